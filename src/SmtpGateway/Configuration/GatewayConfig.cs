@@ -1,0 +1,166 @@
+namespace SmtpGateway.Configuration;
+
+/// <summary>Root of the "Gateway" section of config/gateway.json. Bound by the options binder, validated whole by <see cref="GatewayConfigValidator"/>.</summary>
+public sealed class GatewayConfig
+{
+    public const string SectionName = "Gateway";
+
+    /// <summary>Host name used in the greeting, EHLO reply and Received header. Never a version string.</summary>
+    public string ServerName { get; set; } = "smtpgw.localhost";
+
+    /// <summary>Root of everything the gateway writes: spool, drop folders, logs. Relative paths resolve against the current directory.</summary>
+    public string DataDirectory { get; set; } = "data";
+
+    public TlsConfig Tls { get; set; } = new();
+
+    public List<ListenerConfig> Listeners { get; set; } = [];
+
+    /// <summary>Client networks (CIDR) allowed to relay without authentication. Trunk-level rule until tenant identity lands.</summary>
+    public List<string> RelayNetworks { get; set; } = [];
+
+    public LimitsConfig Limits { get; set; } = new();
+
+    public SpoolConfig Spool { get; set; } = new();
+
+    public DeliveryConfig Delivery { get; set; } = new();
+
+    /// <summary>How long SIGTERM waits for in-flight SMTP sessions before answering 421 to the rest.</summary>
+    public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(20);
+}
+
+public sealed class TlsConfig
+{
+    /// <summary>PEM certificate (chain) path.</summary>
+    public string? CertificatePath { get; set; }
+
+    /// <summary>PEM private key path. Never committed; ./run.sh generates a dev key under certs/dev/.</summary>
+    public string? KeyPath { get; set; }
+}
+
+public enum ListenerKind
+{
+    /// <summary>Message submission (RFC 6409) with STARTTLS offered.</summary>
+    Submission,
+
+    /// <summary>Submission over implicit TLS (RFC 8314 section 3.3).</summary>
+    ImplicitTls,
+
+    /// <summary>Plain relay endpoint for legacy apps recognised by client network.</summary>
+    Relay,
+}
+
+public sealed class ListenerConfig
+{
+    public string Name { get; set; } = "";
+    public ListenerKind Kind { get; set; } = ListenerKind.Submission;
+    public string Address { get; set; } = "127.0.0.1";
+    public int Port { get; set; }
+}
+
+/// <summary>Protocol limits. Defaults cite their source.</summary>
+public sealed class LimitsConfig
+{
+    /// <summary>Bytes. RFC 5321 section 4.5.3.1.7 sets a 64K floor; 25 MiB matches common submission services.</summary>
+    public long MaxMessageSize { get; set; } = 25 * 1024 * 1024;
+
+    /// <summary>RFC 5321 section 4.5.3.1.8: at least 100 recipients must be buffered; more get 452 4.5.3.</summary>
+    public int MaxRecipients { get; set; } = 100;
+
+    /// <summary>RFC 5321 section 4.5.3.1.4: command line 512 octets including CRLF.</summary>
+    public int MaxCommandLineLength { get; set; } = 512;
+
+    /// <summary>RFC 5321 section 4.5.3.1.6: text line 1000 octets including CRLF.</summary>
+    public int MaxTextLineLength { get; set; } = 1000;
+
+    /// <summary>RFC 5321 section 4.5.3.2.7: server timeout waiting for the next command is at least 5 minutes.</summary>
+    public TimeSpan CommandTimeout { get; set; } = TimeSpan.FromMinutes(5);
+
+    /// <summary>RFC 5321 section 4.5.3.2.6 (client waits 10 minutes after the final dot); we allow 3 minutes between DATA blocks.</summary>
+    public TimeSpan DataTimeout { get; set; } = TimeSpan.FromMinutes(3);
+
+    /// <summary>Whole-session cap: long enough for a client to reuse one connection for thousands of messages.</summary>
+    public TimeSpan SessionTimeout { get; set; } = TimeSpan.FromHours(1);
+
+    /// <summary>Concurrent connections across all listeners; beyond this the banner is 421 4.7.0.</summary>
+    public int MaxConnections { get; set; } = 20000;
+
+    /// <summary>Concurrent connections from one client IP (Postfix smtpd_client_connection_count_limit defaults to 50).</summary>
+    public int MaxConnectionsPerIp { get; set; } = 50;
+
+    /// <summary>Protocol errors tolerated in one session before 421 (Postfix smtpd_hard_error_limit defaults to 20).</summary>
+    public int MaxErrors { get; set; } = 20;
+}
+
+public sealed class SpoolConfig
+{
+    /// <summary>Spool directory; relative paths are under DataDirectory.</summary>
+    public string Directory { get; set; } = "spool";
+
+    /// <summary>Disable only for benchmarks that measure the cost of durability. Never in production.</summary>
+    public bool Fsync { get; set; } = true;
+}
+
+public enum DeliveryMode
+{
+    /// <summary>Writes each message as an .eml file under DataDirectory/drop/&lt;tenant&gt;/.</summary>
+    Drop,
+
+    /// <summary>Relays through a configured smarthost over pooled MailKit connections.</summary>
+    Smarthost,
+}
+
+public sealed class DeliveryConfig
+{
+    public DeliveryMode Mode { get; set; } = DeliveryMode.Drop;
+
+    /// <summary>Concurrent delivery workers.</summary>
+    public int Workers { get; set; } = 16;
+
+    /// <summary>Drop folder; relative paths are under DataDirectory.</summary>
+    public string DropDirectory { get; set; } = "drop";
+
+    public SmarthostConfig Smarthost { get; set; } = new();
+
+    public RetryConfig Retry { get; set; } = new();
+}
+
+public enum StartTlsMode
+{
+    /// <summary>STARTTLS when the server offers it; certificate not validated (RFC 7435 opportunistic security).</summary>
+    WhenAvailable,
+    None,
+    Required,
+}
+
+public sealed class SmarthostConfig
+{
+    public string Host { get; set; } = "";
+    public int Port { get; set; } = 25;
+    public StartTlsMode StartTls { get; set; } = StartTlsMode.WhenAvailable;
+
+    /// <summary>Cap on concurrent connections to this destination.</summary>
+    public int MaxConnections { get; set; } = 8;
+
+    /// <summary>Messages sent over one connection before it is recycled.</summary>
+    public int MaxMessagesPerConnection { get; set; } = 1000;
+
+    /// <summary>Pooled idle connections are closed after this long.</summary>
+    public TimeSpan IdleTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>EHLO name we announce; defaults to Gateway.ServerName.</summary>
+    public string? HeloName { get; set; }
+}
+
+public sealed class RetryConfig
+{
+    /// <summary>Delay before each retry; the last entry repeats. Exponential, like Postfix's 5 min doubling to 4000 s.</summary>
+    public List<TimeSpan> Schedule { get; set; } = [TimeSpan.FromMinutes(1), TimeSpan.FromMinutes(5), TimeSpan.FromMinutes(15), TimeSpan.FromMinutes(30), TimeSpan.FromHours(1), TimeSpan.FromHours(2), TimeSpan.FromHours(4)];
+
+    /// <summary>Random spread added to each delay, as a fraction of it, so that retries after an outage do not arrive in lockstep.</summary>
+    public double Jitter { get; set; } = 0.2;
+
+    /// <summary>Messages still undelivered after this age fail (RFC 5321 section 4.5.4.1 suggests 4-5 days).</summary>
+    public TimeSpan MaxAge { get; set; } = TimeSpan.FromDays(5);
+}

@@ -1,0 +1,21 @@
+using System.Diagnostics.Metrics;
+
+namespace SmtpGateway.Diagnostics;
+
+/// <summary>Every telemetry name in one place: dashboards and alerts depend on them.</summary>
+public static class Telemetry
+{
+    public const string MeterName = "SmtpGateway";
+
+    public const string SessionsActive = "smtpgw.sessions.active";
+    public const string SessionsRefused = "smtpgw.sessions.refused";
+    public const string MessagesAccepted = "smtpgw.messages.accepted";
+    public const string MessagesRejected = "smtpgw.messages.rejected";
+    public const string SpoolCommitDuration = "smtpgw.spool.commit.duration";
+    public const string SpoolFsyncs = "smtpgw.spool.fsyncs";
+    public const string DeliveryOutcomes = "smtpgw.delivery.outcomes";
+    public const string QueueDepth = "smtpgw.queue.depth";
+
+    /// <summary>The gateway's single meter; instruments are created from it by each stage.</summary>
+    public static readonly Meter Meter = new(MeterName);
+}
