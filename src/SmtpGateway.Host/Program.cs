@@ -1,0 +1,3 @@
+using SmtpGateway.Cli;
+
+return await GatewayCli.Build().Parse(args).InvokeAsync().ConfigureAwait(false);

@@ -1,0 +1,128 @@
+using System.CommandLine;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using SmtpGateway.Configuration;
+using SmtpGateway.Hosting;
+
+namespace SmtpGateway.Cli;
+
+/// <summary>The `smtpgw` command line. Every verb takes --config and has --help.</summary>
+public static class GatewayCli
+{
+    public static RootCommand Build()
+    {
+        var root = new RootCommand("SmtpGateway: multi-tenant SMTP relay with durable spool and per-tenant isolation.");
+        root.Subcommands.Add(Serve());
+        root.Subcommands.Add(CheckConfig());
+        return root;
+    }
+
+    static Option<string?> ConfigOption() => new("--config", "-c")
+    {
+        Description = $"Path of the configuration file (default: {GatewayConfiguration.DefaultPath}, else the embedded default).",
+    };
+
+    static Command Serve()
+    {
+        var config = ConfigOption();
+        var command = new Command("serve", "Run the gateway: listeners, spool and delivery, until SIGTERM or Ctrl+C.") { config };
+        command.SetAction(async (parse, ct) =>
+        {
+            IHost host;
+            try
+            {
+                host = BuildHost(parse.GetValue(config));
+            }
+            catch (Exception ex) when (ex is FileNotFoundException or InvalidDataException or FormatException)
+            {
+                await Console.Error.WriteLineAsync($"smtpgw: {ex.Message}").ConfigureAwait(false);
+                return 2;
+            }
+
+            try
+            {
+                await host.RunAsync(ct).ConfigureAwait(false);
+                return 0;
+            }
+            catch (OptionsValidationException ex)
+            {
+                await Console.Error.WriteLineAsync("smtpgw: configuration is invalid:").ConfigureAwait(false);
+                foreach (var failure in ex.Failures)
+                {
+                    await Console.Error.WriteLineAsync($"  {failure}").ConfigureAwait(false);
+                }
+
+                return 2;
+            }
+            catch (System.Net.Sockets.SocketException ex)
+            {
+                await Console.Error.WriteLineAsync($"smtpgw: cannot listen: {ex.Message}").ConfigureAwait(false);
+                return 1;
+            }
+            finally
+            {
+                host.Dispose();
+            }
+        });
+        return command;
+    }
+
+    static Command CheckConfig()
+    {
+        var config = ConfigOption();
+        var command = new Command("check-config", "Validate the configuration; print every error and exit non-zero if there is any.") { config };
+        command.SetAction(parse =>
+        {
+            GatewayConfig gateway;
+            try
+            {
+                var configuration = new ConfigurationBuilder().AddGatewaySources(parse.GetValue(config)).Build();
+                gateway = configuration.GetSection(GatewayConfig.SectionName).Get<GatewayConfig>() ?? new GatewayConfig();
+            }
+            catch (Exception ex) when (ex is FileNotFoundException or InvalidDataException or FormatException or InvalidOperationException)
+            {
+                Console.Error.WriteLine($"error: {ex.Message}");
+                return 1;
+            }
+
+            var errors = GatewayConfigValidator.Collect(gateway);
+            foreach (var error in errors)
+            {
+                Console.Error.WriteLine($"error: {error}");
+            }
+
+            if (errors.Count > 0)
+            {
+                Console.Error.WriteLine($"{errors.Count} error(s); the gateway would refuse to start.");
+                return 1;
+            }
+
+            Console.WriteLine($"Configuration OK: {gateway.Listeners.Count} listener(s), delivery {gateway.Delivery.Mode}, data in {GatewayPaths.DataDirectory(gateway)}.");
+            return 0;
+        });
+        return command;
+    }
+
+    public static IHost BuildHost(string? configPath)
+    {
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings
+        {
+            ContentRootPath = Directory.GetCurrentDirectory(),
+            DisableDefaults = true,
+        });
+        builder.Configuration.AddGatewaySources(configPath);
+        builder.Logging.ClearProviders();
+        builder.Logging.AddConfiguration(builder.Configuration.GetSection("Logging"));
+        builder.Logging.AddSimpleConsole(o =>
+        {
+            o.SingleLine = true;
+            o.UseUtcTimestamp = true;
+            o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ ";
+        });
+        builder.Services.AddSmtpGateway(builder.Configuration);
+        return builder.Build();
+    }
+}

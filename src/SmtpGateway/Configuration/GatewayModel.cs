@@ -1,0 +1,60 @@
+using System.Net;
+using System.Net.Security;
+using System.Security.Cryptography.X509Certificates;
+using SmtpGateway.Listener;
+using SmtpGateway.Policy;
+
+namespace SmtpGateway.Configuration;
+
+/// <summary>
+/// Immutable snapshot compiled from a validated <see cref="GatewayConfig"/>: parsed endpoints and networks,
+/// loaded TLS material. Built once at start; a reload builds a new one (Config → Model → State).
+/// </summary>
+public sealed class GatewayModel
+{
+    GatewayModel(IReadOnlyList<ListenerModel> listeners, TlsModel? tls, RelayPolicy relay)
+    {
+        Listeners = listeners;
+        Tls = tls;
+        Relay = relay;
+    }
+
+    public IReadOnlyList<ListenerModel> Listeners { get; }
+
+    public TlsModel? Tls { get; }
+
+    public RelayPolicy Relay { get; }
+
+    public static GatewayModel Build(GatewayConfig config)
+    {
+        var listeners = config.Listeners
+            .Select(l => new ListenerModel(l.Name, l.Kind, new IPEndPoint(IPAddress.Parse(l.Address), l.Port)))
+            .ToList();
+        var networks = config.RelayNetworks.Select(IPNetwork.Parse).ToList();
+
+        TlsModel? tls = null;
+        if (!string.IsNullOrWhiteSpace(config.Tls.CertificatePath) && !string.IsNullOrWhiteSpace(config.Tls.KeyPath))
+        {
+            tls = LoadTls(config.Tls.CertificatePath, config.Tls.KeyPath);
+        }
+
+        return new GatewayModel(listeners, tls, new RelayPolicy(networks));
+    }
+
+    public static TlsModel LoadTls(string certificatePath, string keyPath)
+    {
+        var leaf = X509Certificate2.CreateFromPemFile(certificatePath, keyPath);
+        var chain = new X509Certificate2Collection();
+        chain.ImportFromPemFile(certificatePath);
+        var intermediates = new X509Certificate2Collection();
+        foreach (var cert in chain)
+        {
+            if (cert.Thumbprint != leaf.Thumbprint)
+            {
+                intermediates.Add(cert);
+            }
+        }
+
+        return new TlsModel(SslStreamCertificateContext.Create(leaf, intermediates, offline: true));
+    }
+}

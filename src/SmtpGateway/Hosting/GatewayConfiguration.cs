@@ -1,0 +1,45 @@
+using Microsoft.Extensions.Configuration;
+
+namespace SmtpGateway.Hosting;
+
+/// <summary>Where configuration comes from: the JSON file (or the embedded dev default), then SMTPGW__ environment overrides.</summary>
+public static class GatewayConfiguration
+{
+    public const string DefaultPath = "config/gateway.json";
+    public const string EnvironmentPrefix = "SMTPGW__";
+    const string EmbeddedName = "SmtpGateway.gateway.json";
+
+    /// <summary>
+    /// An explicit path must exist. Without one, config/gateway.json under the current directory is used, or the
+    /// copy embedded in the binary when there is none (so `smtpgw serve` works from anywhere in development).
+    /// </summary>
+    public static IConfigurationBuilder AddGatewaySources(this IConfigurationBuilder builder, string? path)
+    {
+        if (path is not null)
+        {
+            var full = Path.GetFullPath(path);
+            if (!File.Exists(full))
+            {
+                throw new FileNotFoundException($"Configuration file '{full}' does not exist.", full);
+            }
+
+            builder.AddJsonFile(full, optional: false, reloadOnChange: false);
+        }
+        else if (File.Exists(DefaultPath))
+        {
+            builder.AddJsonFile(Path.GetFullPath(DefaultPath), optional: false, reloadOnChange: false);
+        }
+        else
+        {
+            builder.AddJsonStream(EmbeddedDefault());
+        }
+
+        // SMTPGW__Gateway__Delivery__Mode=Smarthost → Gateway:Delivery:Mode (the .NET way, ARCHITECTURE section 6).
+        builder.AddEnvironmentVariables(EnvironmentPrefix);
+        return builder;
+    }
+
+    public static Stream EmbeddedDefault() =>
+        typeof(GatewayConfiguration).Assembly.GetManifestResourceStream(EmbeddedName)
+        ?? throw new InvalidOperationException("The embedded default configuration is missing from the build.");
+}

@@ -1,0 +1,25 @@
+using System.Net;
+
+namespace SmtpGateway.Identity;
+
+/// <summary>What the Listener knows about the client when it asks for authentication.</summary>
+public sealed record AuthRequest(string SessionId, IPAddress ClientAddress, string Listener, string Mechanism, string AuthorizationIdentity, string UserName, string Password);
+
+/// <summary>Outcome of an AUTH attempt. The reason never reaches the client (every failure is the same 535).</summary>
+public sealed record AuthResult(bool Succeeded, string? Identity, string? FailureReason)
+{
+    public static AuthResult Fail(string reason) => new(false, null, reason);
+}
+
+/// <summary>Verifies SASL credentials. Tenant session tokens plug in here (tenant identity issue).</summary>
+public interface ISmtpAuthenticator
+{
+    ValueTask<AuthResult> AuthenticateAsync(AuthRequest request, CancellationToken cancellationToken);
+}
+
+/// <summary>The trunk has no credential store yet: every attempt fails, after a full and well-formed SASL exchange.</summary>
+public sealed class RejectAllAuthenticator : ISmtpAuthenticator
+{
+    public ValueTask<AuthResult> AuthenticateAsync(AuthRequest request, CancellationToken cancellationToken) =>
+        ValueTask.FromResult(AuthResult.Fail("no credential store configured"));
+}

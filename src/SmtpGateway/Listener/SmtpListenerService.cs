@@ -1,0 +1,179 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Text;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace SmtpGateway.Listener;
+
+/// <summary>
+/// Accepts connections on every configured endpoint and runs one <see cref="SmtpSession"/> per connection.
+/// Stop: close the listening sockets, let sessions finish (idle ones get 421 at once), and after the drain
+/// timeout cancel whatever is left; nothing acknowledged is lost because 250 follows the spool commit.
+/// </summary>
+public sealed class SmtpListenerService(
+    IReadOnlyList<ListenerModel> listeners,
+    SessionServices services,
+    TimeSpan shutdownTimeout,
+    ILoggerFactory loggerFactory) : IHostedService, IAsyncDisposable
+{
+    readonly ILogger _logger = loggerFactory.CreateLogger("SmtpGateway.Listener");
+    readonly ConnectionLimiter _limiter = new(services.Limits.MaxConnections, services.Limits.MaxConnectionsPerIp);
+    readonly ConcurrentDictionary<Task, byte> _sessions = new();
+    readonly CancellationTokenSource _draining = new();
+    readonly CancellationTokenSource _hardStop = new();
+    readonly List<Socket> _sockets = [];
+    readonly List<Task> _acceptLoops = [];
+
+    /// <summary>Actual bound endpoints (port 0 in config resolves here), in listener order.</summary>
+    public IReadOnlyList<IPEndPoint> BoundEndPoints => _sockets.Select(s => (IPEndPoint)s.LocalEndPoint!).ToList();
+
+    public int ActiveSessions => _sessions.Count;
+
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        foreach (var listener in listeners)
+        {
+            var socket = new Socket(listener.EndPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+            socket.Bind(listener.EndPoint);
+            socket.Listen(1024);
+            _sockets.Add(socket);
+            ListenerLog.Listening(_logger, listener.Name, listener.Kind.ToString(), (IPEndPoint)socket.LocalEndPoint!);
+            _acceptLoops.Add(AcceptLoopAsync(socket, listener));
+        }
+
+        return Task.CompletedTask;
+    }
+
+    async Task AcceptLoopAsync(Socket listenSocket, ListenerModel listener)
+    {
+        while (!_draining.IsCancellationRequested)
+        {
+            Socket client;
+            try
+            {
+                client = await listenSocket.AcceptAsync(_draining.Token).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException or SocketException)
+            {
+                if (_draining.IsCancellationRequested)
+                {
+                    return;
+                }
+
+                continue;
+            }
+
+            client.NoDelay = true;
+            var remote = (IPEndPoint)client.RemoteEndPoint!;
+            var address = Policy.RelayPolicy.Normalize(remote.Address);
+            var refusal = _limiter.TryAcquire(address);
+            if (refusal is not null)
+            {
+                services.Metrics.Refused(listener.Name);
+                ListenerLog.ConnectionRefused(_logger, address, listener.Name, refusal.Text);
+                _ = RefuseAsync(client, refusal);
+                continue;
+            }
+
+            var task = RunSessionAsync(client, listener, new IPEndPoint(address, remote.Port));
+            _sessions.TryAdd(task, 0);
+            _ = task.ContinueWith(t => _sessions.TryRemove(t, out _), TaskScheduler.Default);
+        }
+    }
+
+    static async Task RefuseAsync(Socket client, SmtpReply reply)
+    {
+        try
+        {
+            var sb = new StringBuilder();
+            reply.WriteTo(sb);
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+            await client.SendAsync(Encoding.ASCII.GetBytes(sb.ToString()), SocketFlags.None, timeout.Token).ConfigureAwait(false);
+            client.Shutdown(SocketShutdown.Both);
+        }
+        catch (Exception ex) when (ex is SocketException or OperationCanceledException or ObjectDisposedException)
+        {
+            // The client is gone; nothing to tell it.
+        }
+        finally
+        {
+            client.Dispose();
+        }
+    }
+
+    async Task RunSessionAsync(Socket client, ListenerModel listener, IPEndPoint remote)
+    {
+        await Task.Yield();
+        services.Metrics.SessionOpened(listener.Name);
+        Stream stream = new NetworkStream(client, ownsSocket: true);
+        try
+        {
+            if (listener.ImplicitTls)
+            {
+                var ssl = new SslStream(stream, leaveInnerStreamOpen: false);
+                stream = ssl;
+                using var handshake = CancellationTokenSource.CreateLinkedTokenSource(_hardStop.Token);
+                handshake.CancelAfter(services.Limits.CommandTimeout);
+                await ssl.AuthenticateAsServerAsync(services.Tls!.ServerOptions(), handshake.Token).ConfigureAwait(false);
+            }
+
+            var session = new SmtpSession(stream, listener, remote, services, _logger, _draining.Token, _hardStop.Token);
+            using (_logger.BeginScope(new Dictionary<string, object> { ["SessionId"] = session.SessionId, ["Listener"] = listener.Name, ["Client"] = remote.Address.ToString() }))
+            {
+                await session.RunAsync().ConfigureAwait(false);
+            }
+        }
+        catch (Exception ex) when (ex is IOException or System.Security.Authentication.AuthenticationException or OperationCanceledException or ObjectDisposedException)
+        {
+            ListenerLog.SessionAborted(_logger, "-", ex.GetType().Name);
+        }
+        catch (Exception ex)
+        {
+            // A bug in one session must not take the process down; the client sees the connection close.
+            ListenerLog.SessionFailed(_logger, "-", ex);
+        }
+        finally
+        {
+            await stream.DisposeAsync().ConfigureAwait(false);
+            _limiter.Release(remote.Address);
+            services.Metrics.SessionClosed(listener.Name);
+        }
+    }
+
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        ListenerLog.Draining(_logger, _sessions.Count, shutdownTimeout);
+        await _draining.CancelAsync().ConfigureAwait(false);
+        foreach (var socket in _sockets)
+        {
+            socket.Dispose();
+        }
+
+        await Task.WhenAll(_acceptLoops).ConfigureAwait(false);
+
+        var all = Task.WhenAll(_sessions.Keys);
+        var finished = await Task.WhenAny(all, Task.Delay(shutdownTimeout, services.Time, cancellationToken)).ConfigureAwait(false);
+        if (finished != all)
+        {
+            ListenerLog.DrainTimeout(_logger, _sessions.Count);
+            await _hardStop.CancelAsync().ConfigureAwait(false);
+            await Task.WhenAny(all, Task.Delay(TimeSpan.FromSeconds(5), services.Time, CancellationToken.None)).ConfigureAwait(false);
+        }
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        foreach (var socket in _sockets)
+        {
+            socket.Dispose();
+        }
+
+        _draining.Dispose();
+        _hardStop.Dispose();
+        return ValueTask.CompletedTask;
+    }
+}

@@ -1,0 +1,93 @@
+using System.Text;
+
+namespace SmtpGateway.Listener;
+
+/// <summary>One SMTP reply: basic code (RFC 5321 section 4.2), enhanced status (RFC 3463) and text.</summary>
+public sealed record SmtpReply(int Code, string? Enhanced, string Text)
+{
+    public bool IsPositive => Code < 400;
+
+    public bool IsTransient => Code is >= 400 and < 500;
+
+    public override string ToString() => Enhanced is null ? $"{Code} {Text}" : $"{Code} {Enhanced} {Text}";
+
+    /// <summary>Appends the reply as one line; text containing CR or LF is flattened so a reply can never split into two.</summary>
+    public void WriteTo(StringBuilder sb)
+    {
+        sb.Append(Code).Append(' ');
+        if (Enhanced is not null)
+        {
+            sb.Append(Enhanced).Append(' ');
+        }
+
+        foreach (var c in Text)
+        {
+            sb.Append(c is '\r' or '\n' ? ' ' : c);
+        }
+
+        sb.Append("\r\n");
+    }
+
+    public SmtpReply WithText(string text) => this with { Text = text };
+}
+
+/// <summary>
+/// The single reply catalogue. Every reply the Listener sends comes from here, so codes and enhanced codes
+/// stay consistent (RFC 5321 section 4.2.3 for codes, RFC 3463 / RFC 5248 registry for enhanced codes).
+/// </summary>
+public static class SmtpReplies
+{
+    public static SmtpReply Greeting(string serverName) => new(220, null, $"{serverName} ESMTP");
+    public static SmtpReply Closing(string serverName) => new(221, "2.0.0", $"{serverName} closing connection");
+    public static SmtpReply Queued(string id) => new(250, "2.0.0", $"Ok: queued as {id}");
+
+    public static readonly SmtpReply Ok = new(250, "2.0.0", "Ok");
+    public static readonly SmtpReply SenderOk = new(250, "2.1.0", "Sender ok");
+    public static readonly SmtpReply RecipientOk = new(250, "2.1.5", "Recipient ok");
+    public static readonly SmtpReply ResetOk = new(250, "2.0.0", "Reset state");
+    public static readonly SmtpReply CannotVrfy = new(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery");
+    public static readonly SmtpReply Help = new(214, "2.0.0", "See RFC 5321");
+    public static readonly SmtpReply StartData = new(354, null, "End data with <CR><LF>.<CR><LF>");
+    public static readonly SmtpReply ReadyForTls = new(220, "2.0.0", "Ready to start TLS");
+    public static readonly SmtpReply AuthSucceeded = new(235, "2.7.0", "Authentication successful");
+
+    public static readonly SmtpReply TooManyConnections = new(421, "4.7.0", "Too many connections, try again later");
+    public static readonly SmtpReply TooManyConnectionsFromIp = new(421, "4.7.0", "Too many connections from your address, try again later");
+    public static readonly SmtpReply CommandTimeout = new(421, "4.4.2", "Timeout waiting for input, closing connection");
+    public static readonly SmtpReply SessionTooLong = new(421, "4.4.2", "Session time limit reached, closing connection");
+    public static readonly SmtpReply ShuttingDown = new(421, "4.3.2", "Service shutting down, try again later");
+    public static readonly SmtpReply TooManyErrors = new(421, "4.7.0", "Too many errors, closing connection");
+    public static readonly SmtpReply SpoolFailed = new(451, "4.3.0", "Temporary failure storing the message, try again later");
+    public static readonly SmtpReply TooManyRecipients = new(452, "4.5.3", "Too many recipients");
+    public static readonly SmtpReply TlsUnavailable = new(454, "4.7.0", "TLS not available");
+
+    public static readonly SmtpReply Unrecognized = new(500, "5.5.2", "Command unrecognized");
+    public static readonly SmtpReply LineTooLong = new(500, "5.5.2", "Line too long (RFC 5321 section 4.5.3.1.4 limit is 512 octets)");
+    public static readonly SmtpReply BareLineEnding = new(500, "5.5.2", "Command lines must end with <CR><LF>");
+    public static readonly SmtpReply HttpNotSmtp = new(554, "5.5.2", "This is an SMTP service, not HTTP; closing connection");
+    public static readonly SmtpReply SyntaxError = new(501, "5.5.4", "Syntax error in parameters or arguments");
+    public static readonly SmtpReply BadSenderSyntax = new(501, "5.1.7", "Bad sender address syntax");
+    public static readonly SmtpReply BadRecipientSyntax = new(501, "5.1.3", "Bad recipient address syntax");
+    public static readonly SmtpReply SourceRouteRefused = new(501, "5.1.3", "Source routes are not accepted");
+    public static readonly SmtpReply InvalidBase64 = new(501, "5.5.2", "Invalid base64 data");
+    public static readonly SmtpReply AuthCancelled = new(501, "5.0.0", "Authentication cancelled");
+    public static readonly SmtpReply NotImplemented = new(502, "5.5.1", "Command not implemented");
+    public static readonly SmtpReply BadSequence = new(503, "5.5.1", "Bad sequence of commands");
+    public static readonly SmtpReply NeedHelo = new(503, "5.5.1", "Send EHLO or HELO first");
+    public static readonly SmtpReply NeedMail = new(503, "5.5.1", "Need MAIL command first");
+    public static readonly SmtpReply NeedRcpt = new(503, "5.5.1", "Need RCPT command first");
+    public static readonly SmtpReply NestedMail = new(503, "5.5.1", "Sender already specified");
+    public static readonly SmtpReply AlreadyTls = new(503, "5.5.1", "TLS already active");
+    public static readonly SmtpReply AlreadyAuthenticated = new(503, "5.5.1", "Already authenticated");
+    public static readonly SmtpReply NotInTransaction = new(503, "5.5.1", "Not allowed during a mail transaction");
+    public static readonly SmtpReply UnknownMechanism = new(504, "5.5.4", "Unrecognized authentication mechanism");
+    public static readonly SmtpReply AuthFailed = new(535, "5.7.8", "Authentication credentials invalid");
+    public static readonly SmtpReply EncryptionRequired = new(538, "5.7.11", "Encryption required for requested authentication mechanism");
+    public static readonly SmtpReply RelayDenied = new(554, "5.7.1", "Relay access denied");
+    public static readonly SmtpReply NoValidRecipients = new(554, "5.5.1", "No valid recipients");
+    public static readonly SmtpReply MessageTooBig = new(552, "5.3.4", "Message size exceeds fixed maximum message size");
+    public static readonly SmtpReply UnknownParameter = new(555, "5.5.4", "MAIL FROM/RCPT TO parameters not recognized or not implemented");
+    public static readonly SmtpReply NonAsciiAddress = new(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter");
+    public static readonly SmtpReply BareCrLfInData = new(550, "5.6.0", "Message contains a bare CR or LF; only <CR><LF> line endings are accepted");
+    public static readonly SmtpReply DataLineTooLong = new(550, "5.6.0", "Message has a line over 1000 octets (RFC 5321 section 4.5.3.1.6)");
+}

@@ -1,0 +1,235 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Text;
+
+namespace SmtpGateway.Listener;
+
+public sealed partial class SmtpSession
+{
+    enum LineStatus
+    {
+        Ok,
+        TooLong,
+        BareLineEnding,
+        BadEncoding,
+        Closed,
+    }
+
+    enum DataOutcome
+    {
+        Ok,
+        TooBig,
+        BareLineEnding,
+        LineTooLong,
+        Closed,
+    }
+
+    readonly record struct Line(LineStatus Status, string Text);
+
+    ValueTask<Line> ReadCommandLineAsync(CancellationToken sessionToken)
+    {
+        // On SIGTERM an idle session (no transaction open) is told 421 at once; a session mid-transaction
+        // may finish its message first (issue #2: "lets in-flight sessions finish up to a timeout").
+        if (_draining.IsCancellationRequested && !InTransaction)
+        {
+            Reply(SmtpReplies.ShuttingDown);
+            return ValueTask.FromResult(new Line(LineStatus.Closed, ""));
+        }
+
+        return ReadLineAsync(MaxAuthLineLength, _services.Limits.CommandTimeout, sessionToken, allowDrain: !InTransaction);
+    }
+
+    /// <summary>
+    /// Reads one CRLF-terminated line of at most <paramref name="maxLength"/> octets including CRLF. Replies are
+    /// flushed only when the client has nothing more buffered (RFC 2920 section 3.2: pipelined replies may be batched).
+    /// </summary>
+    async ValueTask<Line> ReadLineAsync(int maxLength, TimeSpan timeout, CancellationToken sessionToken, bool allowDrain)
+    {
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(sessionToken, _hardStop, allowDrain ? _draining : CancellationToken.None);
+        cts.CancelAfter(timeout);
+        var discarding = false;
+        try
+        {
+            while (true)
+            {
+                ReadResult result;
+                if (_mustWait || !_reader.TryRead(out result))
+                {
+                    await FlushAsync(cts.Token).ConfigureAwait(false);
+                    result = await _reader.ReadAsync(cts.Token).ConfigureAwait(false);
+                }
+
+                _mustWait = false;
+                var buffer = result.Buffer;
+                var lf = buffer.PositionOf((byte)'\n');
+                if (lf is { } position)
+                {
+                    var line = buffer.Slice(0, position);
+                    var status = LineStatus.Ok;
+                    var text = "";
+                    if (discarding || line.Length + 1 > maxLength)
+                    {
+                        status = LineStatus.TooLong;
+                    }
+                    else if (line.Length == 0 || LastByte(line) != (byte)'\r')
+                    {
+                        status = LineStatus.BareLineEnding;
+                    }
+                    else
+                    {
+                        var content = line.Slice(0, line.Length - 1);
+                        if (content.PositionOf((byte)'\r') is not null)
+                        {
+                            status = LineStatus.BareLineEnding;
+                        }
+                        else
+                        {
+                            try
+                            {
+                                text = StrictUtf8.GetString(content);
+                            }
+                            catch (DecoderFallbackException)
+                            {
+                                status = LineStatus.BadEncoding;
+                            }
+                        }
+                    }
+
+                    _reader.AdvanceTo(buffer.GetPosition(1, position));
+                    return new Line(status, text);
+                }
+
+                if (result.IsCompleted)
+                {
+                    _reader.AdvanceTo(buffer.End);
+                    return new Line(LineStatus.Closed, "");
+                }
+
+                if (buffer.Length >= maxLength)
+                {
+                    // Keep memory bounded: drop the overlong line as it arrives, answer once its end is seen.
+                    discarding = true;
+                    _reader.AdvanceTo(buffer.End);
+                }
+                else
+                {
+                    _reader.AdvanceTo(buffer.Start, buffer.End);
+                }
+
+                _mustWait = true;
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            Reply(TimeoutReply(sessionToken, allowDrain));
+            return new Line(LineStatus.Closed, "");
+        }
+    }
+
+    SmtpReply TimeoutReply(CancellationToken sessionToken, bool allowDrain) =>
+        _hardStop.IsCancellationRequested || (allowDrain && _draining.IsCancellationRequested) ? SmtpReplies.ShuttingDown
+        : sessionToken.IsCancellationRequested ? SmtpReplies.SessionTooLong
+        : SmtpReplies.CommandTimeout;
+
+    /// <summary>
+    /// Reads the DATA body (RFC 5321 section 4.1.1.4). Only CRLF "." CRLF ends it; a bare CR or LF anywhere marks the
+    /// message as refused (so "\n.\n" can never smuggle a second message, CVE-2023-51766 class); dot-stuffing is
+    /// removed (section 4.5.2). After a refusal the rest of the body is read and discarded, so the session stays in sync.
+    /// </summary>
+    async ValueTask<DataOutcome> ReadDataAsync(MessageBuffer message, long headerLength, CancellationToken sessionToken)
+    {
+        var limits = _services.Limits;
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(sessionToken, _hardStop);
+        cts.CancelAfter(limits.DataTimeout);
+        bool tooBig = false, bare = false, longLine = false, inLongLine = false;
+        try
+        {
+            while (true)
+            {
+                ReadResult result;
+                if (_mustWait || !_reader.TryRead(out result))
+                {
+                    result = await _reader.ReadAsync(cts.Token).ConfigureAwait(false);
+                    cts.CancelAfter(limits.DataTimeout);
+                }
+
+                _mustWait = false;
+                var buffer = result.Buffer;
+                var reader = new SequenceReader<byte>(buffer);
+                while (reader.TryReadTo(out ReadOnlySequence<byte> line, (byte)'\n'))
+                {
+                    if (inLongLine)
+                    {
+                        inLongLine = false;
+                        continue;
+                    }
+
+                    if (line.Length + 1 > limits.MaxTextLineLength)
+                    {
+                        longLine = true;
+                    }
+
+                    var crlf = line.Length > 0 && LastByte(line) == (byte)'\r';
+                    var content = crlf ? line.Slice(0, line.Length - 1) : line;
+                    if (!crlf || content.PositionOf((byte)'\r') is not null)
+                    {
+                        bare = true;
+                    }
+
+                    if (crlf && content.Length == 1 && content.FirstSpan[0] == (byte)'.')
+                    {
+                        _reader.AdvanceTo(reader.Position);
+                        return tooBig ? DataOutcome.TooBig : bare ? DataOutcome.BareLineEnding : longLine ? DataOutcome.LineTooLong : DataOutcome.Ok;
+                    }
+
+                    if (tooBig || bare || longLine)
+                    {
+                        message.Clear();
+                        continue;
+                    }
+
+                    if (content.Length > 0 && content.FirstSpan[0] == (byte)'.')
+                    {
+                        content = content.Slice(1);
+                    }
+
+                    if (message.Length - headerLength + content.Length + 2 > limits.MaxMessageSize)
+                    {
+                        tooBig = true;
+                        message.Clear();
+                        continue;
+                    }
+
+                    message.Append(content);
+                    message.Append("\r\n"u8);
+                }
+
+                if (result.IsCompleted)
+                {
+                    return DataOutcome.Closed;
+                }
+
+                if (reader.UnreadSequence.Length >= limits.MaxTextLineLength)
+                {
+                    longLine = true;
+                    inLongLine = true;
+                    message.Clear();
+                    _reader.AdvanceTo(buffer.End);
+                }
+                else
+                {
+                    _reader.AdvanceTo(reader.Position, buffer.End);
+                }
+
+                _mustWait = true;
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            Reply(TimeoutReply(sessionToken, allowDrain: false));
+            return DataOutcome.Closed;
+        }
+    }
+
+    static byte LastByte(in ReadOnlySequence<byte> sequence) => sequence.Slice(sequence.Length - 1).FirstSpan[0];
+}

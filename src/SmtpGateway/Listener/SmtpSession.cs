@@ -1,0 +1,729 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Net;
+using System.Net.Security;
+using System.Text;
+using Microsoft.Extensions.Logging;
+using SmtpGateway.Envelope;
+using SmtpGateway.Identity;
+using SmtpGateway.Policy;
+using SmtpGateway.Spool;
+
+namespace SmtpGateway.Listener;
+
+/// <summary>Where a session is in RFC 5321's command sequence (section 4.1.4).</summary>
+public enum SessionState
+{
+    /// <summary>Banner sent; EHLO/HELO not yet seen (or reset by STARTTLS, RFC 3207 section 4.2).</summary>
+    Connected,
+
+    /// <summary>Greeted, no transaction.</summary>
+    Ready,
+
+    /// <summary>MAIL accepted.</summary>
+    Mail,
+
+    /// <summary>At least one RCPT accepted.</summary>
+    Rcpt,
+}
+
+/// <summary>
+/// One SMTP server session over a byte stream (TCP or TLS). Reads commands with hard limits, keeps the state table,
+/// reads DATA with strict CRLF framing, and hands accepted messages to the spool before answering 250.
+/// </summary>
+public sealed partial class SmtpSession
+{
+    static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+
+    /// <summary>RFC 4954 section 4: AUTH lines (command and continuations) may be up to 12288 octets.</summary>
+    const int MaxAuthLineLength = 12288;
+
+    /// <summary>
+    /// Which verbs each state accepts. Anything absent gets the state's refusal. Data, not if-ladders, so the
+    /// sequence rules can be read (and tested) in one place.
+    /// </summary>
+    static readonly Dictionary<SessionState, HashSet<SmtpVerb>> Allowed = new()
+    {
+        [SessionState.Connected] = [SmtpVerb.Helo, SmtpVerb.Ehlo, SmtpVerb.Noop, SmtpVerb.Quit, SmtpVerb.Rset, SmtpVerb.Vrfy, SmtpVerb.Help, SmtpVerb.StartTls],
+        [SessionState.Ready] = [SmtpVerb.Helo, SmtpVerb.Ehlo, SmtpVerb.Mail, SmtpVerb.Noop, SmtpVerb.Quit, SmtpVerb.Rset, SmtpVerb.Vrfy, SmtpVerb.Help, SmtpVerb.StartTls, SmtpVerb.Auth],
+        [SessionState.Mail] = [SmtpVerb.Helo, SmtpVerb.Ehlo, SmtpVerb.Rcpt, SmtpVerb.Data, SmtpVerb.Noop, SmtpVerb.Quit, SmtpVerb.Rset, SmtpVerb.Vrfy, SmtpVerb.Help],
+        [SessionState.Rcpt] = [SmtpVerb.Helo, SmtpVerb.Ehlo, SmtpVerb.Rcpt, SmtpVerb.Data, SmtpVerb.Noop, SmtpVerb.Quit, SmtpVerb.Rset, SmtpVerb.Vrfy, SmtpVerb.Help],
+    };
+
+    readonly SessionServices _services;
+    readonly ListenerModel _listener;
+    readonly IPEndPoint _remote;
+    readonly ILogger _logger;
+    readonly CancellationToken _draining;
+    readonly CancellationToken _hardStop;
+    readonly StringBuilder _out = new();
+    readonly List<string> _recipients = [];
+
+    Stream _stream;
+    PipeReader _reader;
+    bool _mustWait;
+    SessionState _state = SessionState.Connected;
+    string? _helo;
+    bool _esmtp;
+    bool _tls;
+    string? _tlsProtocol;
+    string? _identity;
+    int _errors;
+    int _authFailures;
+    SmtpPath? _mailFrom;
+    bool _smtpUtf8;
+    bool _eightBit;
+
+    public SmtpSession(Stream stream, ListenerModel listener, IPEndPoint remote, SessionServices services, ILogger logger, CancellationToken draining, CancellationToken hardStop)
+    {
+        _stream = stream;
+        _reader = PipeReader.Create(stream, new StreamPipeReaderOptions(leaveOpen: true));
+        _listener = listener;
+        _remote = remote;
+        _services = services;
+        _logger = logger;
+        _draining = draining;
+        _hardStop = hardStop;
+        _tls = stream is SslStream;
+        _tlsProtocol = (stream as SslStream)?.SslProtocol.ToString();
+        SessionId = Guid.NewGuid().ToString("N")[..12];
+    }
+
+    public string SessionId { get; }
+
+    public SessionState State => _state;
+
+    bool InTransaction => _state is SessionState.Mail or SessionState.Rcpt;
+
+    public async Task RunAsync()
+    {
+        using var sessionCap = new CancellationTokenSource(_services.Limits.SessionTimeout, _services.Time);
+        try
+        {
+            Reply(SmtpReplies.Greeting(_services.ServerName));
+            while (true)
+            {
+                var line = await ReadCommandLineAsync(sessionCap.Token).ConfigureAwait(false);
+                if (line.Status == LineStatus.Closed)
+                {
+                    break;
+                }
+
+                if (line.Status != LineStatus.Ok)
+                {
+                    if (!CountError(line.Status == LineStatus.TooLong ? SmtpReplies.LineTooLong : line.Status == LineStatus.BadEncoding ? SmtpReplies.SyntaxError : SmtpReplies.BareLineEnding))
+                    {
+                        break;
+                    }
+
+                    continue;
+                }
+
+                var command = SmtpGrammar.ParseCommand(line.Text);
+                if (command.Verb != SmtpVerb.Auth && Encoding.UTF8.GetByteCount(line.Text) + 2 > _services.Limits.MaxCommandLineLength)
+                {
+                    if (!CountError(SmtpReplies.LineTooLong))
+                    {
+                        break;
+                    }
+
+                    continue;
+                }
+
+                if (!await DispatchAsync(command, sessionCap.Token).ConfigureAwait(false))
+                {
+                    break;
+                }
+            }
+
+            // Bounded: a peer that stops reading must not pin the session (and shutdown) forever.
+            using var flushTimeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+            await FlushAsync(flushTimeout.Token).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is IOException or ObjectDisposedException or OperationCanceledException or AuthenticationFailure)
+        {
+            // The peer went away or TLS failed: nothing was acknowledged that is not already in the spool.
+            ListenerLog.SessionAborted(_logger, SessionId, ex.GetType().Name);
+        }
+        finally
+        {
+            await _reader.CompleteAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Returns false when the session must end.</summary>
+    async ValueTask<bool> DispatchAsync(SmtpCommandLine command, CancellationToken sessionToken)
+    {
+        switch (command.Verb)
+        {
+            case SmtpVerb.Quit:
+                Reply(SmtpReplies.Closing(_services.ServerName));
+                return false;
+            case SmtpVerb.Http:
+                Reply(SmtpReplies.HttpNotSmtp);
+                ListenerLog.HttpProbe(_logger, SessionId, _remote.Address);
+                return false;
+            case SmtpVerb.Unknown:
+                return CountError(SmtpReplies.Unrecognized);
+            case SmtpVerb.Expn:
+            case SmtpVerb.Bdat:
+                return CountError(SmtpReplies.NotImplemented);
+        }
+
+        if (!Allowed[_state].Contains(command.Verb))
+        {
+            return CountError(_state switch
+            {
+                SessionState.Connected => SmtpReplies.NeedHelo,
+                _ when command.Verb == SmtpVerb.Mail => SmtpReplies.NestedMail,
+                _ when command.Verb == SmtpVerb.Rcpt => SmtpReplies.NeedMail,
+                _ when command.Verb == SmtpVerb.Data => SmtpReplies.NeedMail,
+                _ when command.Verb is SmtpVerb.StartTls or SmtpVerb.Auth => SmtpReplies.NotInTransaction,
+                _ => SmtpReplies.BadSequence,
+            });
+        }
+
+        switch (command.Verb)
+        {
+            case SmtpVerb.Ehlo:
+            case SmtpVerb.Helo:
+                return Hello(command);
+            case SmtpVerb.Noop:
+                Reply(SmtpReplies.Ok);
+                return true;
+            case SmtpVerb.Rset:
+                ResetTransaction();
+                Reply(SmtpReplies.ResetOk);
+                return true;
+            case SmtpVerb.Vrfy:
+                // RFC 5321 section 3.5.3: 252 when we will not verify; never disclose mailbox existence.
+                Reply(SmtpReplies.CannotVrfy);
+                return true;
+            case SmtpVerb.Help:
+                Reply(SmtpReplies.Help);
+                return true;
+            case SmtpVerb.StartTls:
+                return await StartTlsAsync(command, sessionToken).ConfigureAwait(false);
+            case SmtpVerb.Auth:
+                return await AuthAsync(command, sessionToken).ConfigureAwait(false);
+            case SmtpVerb.Mail:
+                return Mail(command);
+            case SmtpVerb.Rcpt:
+                return Rcpt(command);
+            case SmtpVerb.Data:
+                return await DataAsync(command, sessionToken).ConfigureAwait(false);
+            default:
+                return CountError(SmtpReplies.Unrecognized);
+        }
+    }
+
+    bool Hello(SmtpCommandLine command)
+    {
+        var argument = command.Argument.Trim();
+        if (!SmtpGrammar.IsHeloArgument(argument))
+        {
+            return CountError(new SmtpReply(501, "5.5.4", "Syntax: EHLO domain or address literal"));
+        }
+
+        // RFC 5321 section 4.1.4: EHLO/HELO in mid-transaction resets it, like RSET.
+        ResetTransaction();
+        _helo = argument;
+        _esmtp = command.Verb == SmtpVerb.Ehlo;
+        _state = SessionState.Ready;
+
+        if (!_esmtp)
+        {
+            Reply(new SmtpReply(250, null, _services.ServerName));
+            return true;
+        }
+
+        var lines = new List<string>
+        {
+            _services.ServerName,
+            "PIPELINING",
+            $"SIZE {_services.Limits.MaxMessageSize}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+        };
+        if (_listener.OffersStartTls && !_tls && _services.Tls is not null)
+        {
+            lines.Add("STARTTLS");
+        }
+
+        if (_listener.OffersAuth && _tls)
+        {
+            lines.Add("AUTH PLAIN LOGIN");
+        }
+
+        for (var i = 0; i < lines.Count; i++)
+        {
+            _out.Append("250").Append(i == lines.Count - 1 ? ' ' : '-').Append(lines[i]).Append("\r\n");
+        }
+
+        return true;
+    }
+
+    async ValueTask<bool> StartTlsAsync(SmtpCommandLine command, CancellationToken sessionToken)
+    {
+        if (command.Argument.Length > 0)
+        {
+            return CountError(SmtpReplies.SyntaxError);
+        }
+
+        if (_tls)
+        {
+            return CountError(SmtpReplies.AlreadyTls);
+        }
+
+        if (!_listener.OffersStartTls || _services.Tls is null)
+        {
+            return CountError(SmtpReplies.NotImplemented);
+        }
+
+        Reply(SmtpReplies.ReadyForTls);
+        await FlushAsync(sessionToken).ConfigureAwait(false);
+
+        // Anything the client pipelined after STARTTLS arrived in plaintext and must not be executed under TLS
+        // (RFC 3207 section 4.2; CVE-2011-0411 command injection). Drop the old reader and its buffer.
+        await _reader.CompleteAsync().ConfigureAwait(false);
+
+        var ssl = new SslStream(_stream, leaveInnerStreamOpen: false);
+        using (var handshake = CancellationTokenSource.CreateLinkedTokenSource(sessionToken, _hardStop))
+        {
+            handshake.CancelAfter(_services.Limits.CommandTimeout);
+            try
+            {
+                await ssl.AuthenticateAsServerAsync(_services.Tls.ServerOptions(), handshake.Token).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is System.Security.Authentication.AuthenticationException or IOException or OperationCanceledException)
+            {
+                throw new AuthenticationFailure(ex);
+            }
+        }
+
+        _stream = ssl;
+        _reader = PipeReader.Create(ssl, new StreamPipeReaderOptions(leaveOpen: true));
+        _mustWait = false;
+        _tls = true;
+        _tlsProtocol = ssl.SslProtocol.ToString();
+
+        // RFC 3207 section 4.2: discard all knowledge from before the handshake; the client must EHLO again.
+        ResetTransaction();
+        _helo = null;
+        _state = SessionState.Connected;
+        return true;
+    }
+
+    async ValueTask<bool> AuthAsync(SmtpCommandLine command, CancellationToken sessionToken)
+    {
+        if (!_listener.OffersAuth)
+        {
+            return CountError(SmtpReplies.NotImplemented);
+        }
+
+        if (!_tls)
+        {
+            // RFC 4954 section 4 / RFC 8314: never accept a password in clear text.
+            return CountError(SmtpReplies.EncryptionRequired);
+        }
+
+        if (_identity is not null)
+        {
+            return CountError(SmtpReplies.AlreadyAuthenticated);
+        }
+
+        var parts = command.Argument.Split(' ', 2);
+        var mechanism = parts[0].ToUpperInvariant();
+        var initial = parts.Length > 1 ? parts[1] : null;
+
+        string authzid, user, password;
+        switch (mechanism)
+        {
+            case "PLAIN":
+            {
+                var response = initial ?? await ChallengeAsync("", sessionToken).ConfigureAwait(false);
+                if (response is null)
+                {
+                    return false;
+                }
+
+                var decoded = DecodeSasl(response, out var failure);
+                if (decoded is null)
+                {
+                    return CountError(failure!);
+                }
+
+                // RFC 4616 section 2: message = [authzid] UTF8NUL authcid UTF8NUL passwd
+                var fields = decoded.Split('\0');
+                if (fields.Length != 3)
+                {
+                    return CountError(new SmtpReply(501, "5.5.2", "Malformed PLAIN response"));
+                }
+
+                (authzid, user, password) = (fields[0], fields[1], fields[2]);
+                break;
+            }
+
+            case "LOGIN":
+            {
+                var userResponse = initial ?? await ChallengeAsync("VXNlcm5hbWU6", sessionToken).ConfigureAwait(false);
+                if (userResponse is null)
+                {
+                    return false;
+                }
+
+                var decodedUser = DecodeSasl(userResponse, out var failure);
+                if (decodedUser is null)
+                {
+                    return CountError(failure!);
+                }
+
+                var passwordResponse = await ChallengeAsync("UGFzc3dvcmQ6", sessionToken).ConfigureAwait(false);
+                if (passwordResponse is null)
+                {
+                    return false;
+                }
+
+                var decodedPassword = DecodeSasl(passwordResponse, out failure);
+                if (decodedPassword is null)
+                {
+                    return CountError(failure!);
+                }
+
+                (authzid, user, password) = ("", decodedUser, decodedPassword);
+                break;
+            }
+
+            default:
+                return CountError(SmtpReplies.UnknownMechanism);
+        }
+
+        var result = await _services.Authenticator.AuthenticateAsync(
+            new AuthRequest(SessionId, _remote.Address, _listener.Name, mechanism, authzid, user, password), sessionToken).ConfigureAwait(false);
+        if (result.Succeeded)
+        {
+            _identity = result.Identity;
+            ListenerLog.Authenticated(_logger, SessionId, mechanism);
+            Reply(SmtpReplies.AuthSucceeded);
+            return true;
+        }
+
+        _authFailures++;
+        ListenerLog.AuthFailed(_logger, SessionId, mechanism, _remote.Address);
+        return CountError(SmtpReplies.AuthFailed);
+    }
+
+    /// <summary>Sends a 334 challenge and reads the client's line; null when the session must end.</summary>
+    async ValueTask<string?> ChallengeAsync(string challenge, CancellationToken sessionToken)
+    {
+        Reply(new SmtpReply(334, null, challenge));
+        var line = await ReadLineAsync(MaxAuthLineLength, _services.Limits.CommandTimeout, sessionToken, allowDrain: false).ConfigureAwait(false);
+        return line.Status switch
+        {
+            LineStatus.Ok => line.Text,
+            LineStatus.Closed => null,
+            _ => "\u0001", // not base64: reported as such by DecodeSasl
+        };
+    }
+
+    static string? DecodeSasl(string response, out SmtpReply? failure)
+    {
+        failure = null;
+        if (response == "*")
+        {
+            // RFC 4954 section 4: the client cancels the exchange.
+            failure = SmtpReplies.AuthCancelled;
+            return null;
+        }
+
+        if (response == "=")
+        {
+            return ""; // RFC 4954 section 4: "=" is an empty initial response
+        }
+
+        var bytes = new byte[(response.Length / 4 * 3) + 3];
+        if (response.Length == 0 || !Convert.TryFromBase64String(response, bytes, out var written))
+        {
+            failure = SmtpReplies.InvalidBase64;
+            return null;
+        }
+
+        try
+        {
+            return StrictUtf8.GetString(bytes, 0, written);
+        }
+        catch (DecoderFallbackException)
+        {
+            failure = SmtpReplies.InvalidBase64;
+            return null;
+        }
+    }
+
+    bool Mail(SmtpCommandLine command)
+    {
+        var error = SmtpGrammar.TryParsePath(command.Argument, "FROM:", allowNull: true, out var path);
+        if (error != PathError.None)
+        {
+            return CountError(error switch
+            {
+                PathError.Parameter => SmtpReplies.UnknownParameter,
+                _ => SmtpReplies.BadSenderSyntax,
+            });
+        }
+
+        var smtpUtf8 = false;
+        var eightBit = false;
+        foreach (var (key, value) in path!.Parameters)
+        {
+            switch (key.ToUpperInvariant())
+            {
+                case "SIZE":
+                    // RFC 1870 section 6: refuse up front when the declared size is over our limit.
+                    if (!long.TryParse(value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var declared))
+                    {
+                        return CountError(SmtpReplies.SyntaxError);
+                    }
+
+                    if (declared > _services.Limits.MaxMessageSize)
+                    {
+                        return CountError(SmtpReplies.MessageTooBig);
+                    }
+
+                    break;
+                case "BODY":
+                    if (value is null || !(value.Equals("7BIT", StringComparison.OrdinalIgnoreCase) || value.Equals("8BITMIME", StringComparison.OrdinalIgnoreCase)))
+                    {
+                        return CountError(SmtpReplies.SyntaxError);
+                    }
+
+                    eightBit = value.Equals("8BITMIME", StringComparison.OrdinalIgnoreCase);
+                    break;
+                case "SMTPUTF8":
+                    if (value is not null)
+                    {
+                        return CountError(SmtpReplies.SyntaxError);
+                    }
+
+                    smtpUtf8 = true;
+                    break;
+                case "AUTH":
+                    // RFC 4954 section 5: accepted and not trusted; identity comes only from our own AUTH.
+                    break;
+                default:
+                    return CountError(SmtpReplies.UnknownParameter);
+            }
+        }
+
+        if (!smtpUtf8 && !path.IsAscii)
+        {
+            return CountError(SmtpReplies.NonAsciiAddress);
+        }
+
+        if (path.Domain.Length == 0 && !path.IsNull)
+        {
+            return CountError(SmtpReplies.BadSenderSyntax);
+        }
+
+        _mailFrom = path;
+        _smtpUtf8 = smtpUtf8;
+        _eightBit = eightBit;
+        _recipients.Clear();
+        _state = SessionState.Mail;
+        Reply(SmtpReplies.SenderOk);
+        return true;
+    }
+
+    bool Rcpt(SmtpCommandLine command)
+    {
+        var error = SmtpGrammar.TryParsePath(command.Argument, "TO:", allowNull: false, out var path);
+        if (error != PathError.None)
+        {
+            return CountError(error switch
+            {
+                PathError.Parameter => SmtpReplies.UnknownParameter,
+                PathError.SourceRoute => SmtpReplies.SourceRouteRefused,
+                _ => SmtpReplies.BadRecipientSyntax,
+            });
+        }
+
+        if (path!.Parameters.Count > 0)
+        {
+            return CountError(SmtpReplies.UnknownParameter);
+        }
+
+        if (!_smtpUtf8 && !path.IsAscii)
+        {
+            return CountError(SmtpReplies.NonAsciiAddress);
+        }
+
+        if (_recipients.Count >= _services.Limits.MaxRecipients)
+        {
+            // RFC 5321 section 4.5.3.1.10: 452 for "too many recipients"; the client sends the rest later.
+            Reply(SmtpReplies.TooManyRecipients);
+            return true;
+        }
+
+        var refusal = _services.Relay.Evaluate(new RelayFacts(_remote.Address, _identity is not null));
+        if (refusal is not null)
+        {
+            ListenerLog.RelayDenied(_logger, SessionId, _remote.Address);
+            return CountError(refusal);
+        }
+
+        _recipients.Add(path.Address);
+        _state = SessionState.Rcpt;
+        Reply(SmtpReplies.RecipientOk);
+        return true;
+    }
+
+    async ValueTask<bool> DataAsync(SmtpCommandLine command, CancellationToken sessionToken)
+    {
+        if (command.Argument.Length > 0)
+        {
+            return CountError(SmtpReplies.SyntaxError);
+        }
+
+        if (_state != SessionState.Rcpt)
+        {
+            // RFC 2920 section 3.1: DATA with no valid recipients after pipelined RCPTs gets 554.
+            return CountError(SmtpReplies.NoValidRecipients);
+        }
+
+        Reply(SmtpReplies.StartData);
+        await FlushAsync(sessionToken).ConfigureAwait(false);
+
+        var id = _services.Spool.NewId();
+        using var message = new MessageBuffer();
+        var received = _services.Time.GetUtcNow();
+        message.Append(Encoding.UTF8.GetBytes(TraceHeader.Received(_helo ?? "unknown", _remote.Address, _services.ServerName, Protocol(), _tlsProtocol, id, received)));
+        var headerLength = message.Length;
+
+        var outcome = await ReadDataAsync(message, headerLength, sessionToken).ConfigureAwait(false);
+        if (outcome == DataOutcome.Closed)
+        {
+            return false;
+        }
+
+        SmtpReply reply;
+        switch (outcome)
+        {
+            case DataOutcome.TooBig:
+                reply = SmtpReplies.MessageTooBig;
+                break;
+            case DataOutcome.BareLineEnding:
+                reply = SmtpReplies.BareCrLfInData;
+                ListenerLog.BareLineEnding(_logger, SessionId, _remote.Address);
+                break;
+            case DataOutcome.LineTooLong:
+                reply = SmtpReplies.DataLineTooLong;
+                break;
+            default:
+                reply = await CommitAsync(id, message, received).ConfigureAwait(false);
+                break;
+        }
+
+        ResetTransaction();
+        if (reply.IsPositive)
+        {
+            _services.Metrics.Accepted(_listener.Name);
+            Reply(reply);
+            return true;
+        }
+
+        _services.Metrics.Rejected(_listener.Name, reply.Code);
+        return reply.IsTransient ? Reply(reply) : CountError(reply);
+    }
+
+    async ValueTask<SmtpReply> CommitAsync(string id, MessageBuffer message, DateTimeOffset received)
+    {
+        var envelope = new SpoolEnvelope(id, null, _mailFrom!.Address, [.. _recipients], received, _remote.Address.ToString(), _listener.Name, _smtpUtf8, _eightBit);
+        try
+        {
+            // Not cancellable: once the bytes are in, finish the commit so the answer matches the disk.
+            await _services.Spool.CommitAsync(envelope, message.ToSequence(), CancellationToken.None).ConfigureAwait(false);
+            ListenerLog.Queued(_logger, SessionId, id, _recipients.Count, message.Length);
+            return SmtpReplies.Queued(id);
+        }
+        catch (Exception ex)
+        {
+            // Disk trouble is transient: 451, never 250 and never 554 (issue #2, ARCHITECTURE "Errors").
+            ListenerLog.SpoolFailed(_logger, SessionId, ex);
+            return SmtpReplies.SpoolFailed;
+        }
+    }
+
+    string Protocol()
+    {
+        // RFC 3848 transmission types for the Received "with" clause.
+        var p = _smtpUtf8 ? "UTF8SMTP" : _esmtp ? "ESMTP" : "SMTP";
+        if (_tls)
+        {
+            p += "S";
+        }
+
+        if (_identity is not null)
+        {
+            p += "A";
+        }
+
+        return p;
+    }
+
+    void ResetTransaction()
+    {
+        _mailFrom = null;
+        _recipients.Clear();
+        _smtpUtf8 = false;
+        _eightBit = false;
+        if (_state is SessionState.Mail or SessionState.Rcpt)
+        {
+            _state = SessionState.Ready;
+        }
+    }
+
+    bool Reply(SmtpReply reply)
+    {
+        reply.WriteTo(_out);
+        return true;
+    }
+
+    /// <summary>Sends a failure reply and counts it; false (session ends with 421) once the error budget is spent.</summary>
+    bool CountError(SmtpReply reply)
+    {
+        Reply(reply);
+        if (++_errors < _services.Limits.MaxErrors)
+        {
+            return true;
+        }
+
+        Reply(SmtpReplies.TooManyErrors);
+        ListenerLog.TooManyErrors(_logger, SessionId, _remote.Address);
+        return false;
+    }
+
+    async ValueTask FlushAsync(CancellationToken cancellationToken)
+    {
+        if (_out.Length == 0)
+        {
+            return;
+        }
+
+        var count = Encoding.UTF8.GetByteCount(_out.ToString());
+        var buffer = ArrayPool<byte>.Shared.Rent(count);
+        try
+        {
+            Encoding.UTF8.GetBytes(_out.ToString(), 0, _out.Length, buffer, 0);
+            _out.Clear();
+            await _stream.WriteAsync(buffer.AsMemory(0, count), cancellationToken).ConfigureAwait(false);
+            await _stream.FlushAsync(cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    /// <summary>Thrown when a TLS handshake fails; the session ends without a reply (there is no channel to reply on).</summary>
+    sealed class AuthenticationFailure(Exception inner) : Exception("TLS handshake failed", inner);
+}
