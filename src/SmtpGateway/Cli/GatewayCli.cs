@@ -17,6 +17,7 @@ public static class GatewayCli
         var root = new RootCommand("SmtpGateway: multi-tenant SMTP relay with durable spool and per-tenant isolation.");
         root.Subcommands.Add(Serve());
         root.Subcommands.Add(CheckConfig());
+        root.Subcommands.Add(TokenCommands.Build(ConfigOption));
         return root;
     }
 
@@ -77,9 +78,10 @@ public static class GatewayCli
         command.SetAction(parse =>
         {
             GatewayConfig gateway;
+            IConfiguration configuration;
             try
             {
-                var configuration = new ConfigurationBuilder().AddGatewaySources(parse.GetValue(config)).Build();
+                configuration = new ConfigurationBuilder().AddGatewaySources(parse.GetValue(config)).Build();
                 gateway = configuration.GetSection(GatewayConfig.SectionName).Get<GatewayConfig>() ?? new GatewayConfig();
             }
             catch (Exception ex) when (ex is FileNotFoundException or InvalidDataException or FormatException or InvalidOperationException)
@@ -89,6 +91,7 @@ public static class GatewayCli
             }
 
             var errors = GatewayConfigValidator.Collect(gateway);
+            Identity.TenantDirectoryService.Load(configuration, errors);
             foreach (var error in errors)
             {
                 Console.Error.WriteLine($"error: {error}");
@@ -122,6 +125,8 @@ public static class GatewayCli
             o.UseUtcTimestamp = true;
             o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ ";
         });
+        // DisableDefaults drops the console lifetime too; without it SIGTERM kills the process instead of draining it.
+        builder.Services.AddSingleton<IHostLifetime, Microsoft.Extensions.Hosting.Internal.ConsoleLifetime>();
         builder.Services.AddSmtpGateway(builder.Configuration);
         return builder.Build();
     }

@@ -20,6 +20,10 @@ public sealed class GatewayConfig
 
     public LimitsConfig Limits { get; set; } = new();
 
+    public IdentityConfig Identity { get; set; } = new();
+
+    public AuditConfig Audit { get; set; } = new();
+
     public SpoolConfig Spool { get; set; } = new();
 
     public DeliveryConfig Delivery { get; set; } = new();

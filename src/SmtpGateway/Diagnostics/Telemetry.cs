@@ -15,6 +15,9 @@ public static class Telemetry
     public const string SpoolFsyncs = "smtpgw.spool.fsyncs";
     public const string DeliveryOutcomes = "smtpgw.delivery.outcomes";
     public const string QueueDepth = "smtpgw.queue.depth";
+    public const string AuditEvents = "smtpgw.audit.events";
+    public const string CrossTenantRefusals = "smtpgw.audit.cross_tenant_refusals";
+    public const string AuthAttempts = "smtpgw.auth.attempts";
 
     /// <summary>The gateway's single meter; instruments are created from it by each stage.</summary>
     public static readonly Meter Meter = new(MeterName);

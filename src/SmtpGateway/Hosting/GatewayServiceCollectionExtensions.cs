@@ -4,7 +4,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using SmtpGateway.Configuration;
-//TEMP using SmtpGateway.Delivery;
+using SmtpGateway.Delivery;
 using SmtpGateway.Identity;
 using SmtpGateway.Listener;
 using SmtpGateway.Spool;
@@ -28,8 +28,8 @@ public static class GatewayServiceCollectionExtensions
         services.AddSingleton<ISmtpAuthenticator, RejectAllAuthenticator>();
         services.AddSingleton<ListenerMetrics>();
 
-        //TEMP services.AddSpool();
-        //TEMP services.AddDelivery();
+        services.AddSpool();
+        services.AddDelivery();
 
         services.AddSingleton(sp =>
         {

@@ -37,7 +37,8 @@ public sealed class SmtpListenerService(
         foreach (var listener in listeners)
         {
             var socket = new Socket(listener.EndPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+            // No ReuseAddress: on Linux .NET maps it to SO_REUSEPORT, which would let a second gateway silently share
+            // the port. Linux already allows rebinding a listening port held only by TIME_WAIT connections.
             socket.Bind(listener.EndPoint);
             socket.Listen(1024);
             _sockets.Add(socket);

@@ -1,0 +1,212 @@
+using System.Diagnostics.Metrics;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using System.Threading.Channels;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using SmtpGateway.Configuration;
+using SmtpGateway.Diagnostics;
+
+namespace SmtpGateway.Audit;
+
+/// <summary>Audit actions (ARCHITECTURE section 4, promise 7).</summary>
+public static class AuditActions
+{
+    public const string Auth = "auth";
+    public const string SendAs = "send-as";
+    public const string HeaderFrom = "header-from";
+    public const string Relay = "relay";
+    public const string TokenMint = "token-mint";
+    public const string TokenRevoke = "token-revoke";
+    public const string KeyRotate = "key-rotate";
+    public const string TokenCheck = "token-check";
+    public const string LegacyRelay = "legacy-relay";
+}
+
+/// <summary>One audit record. Never carries a token, password or key: only the token id.</summary>
+public sealed record AuditEvent
+{
+    public DateTimeOffset Time { get; init; }
+    public required string Action { get; init; }
+    public required string Result { get; init; }
+    public string? Reason { get; init; }
+    public string? Tenant { get; init; }
+    public string? SessionId { get; init; }
+    public string? ClientIp { get; init; }
+    public string? Listener { get; init; }
+    public string? TokenId { get; init; }
+    public string? Subject { get; init; }
+
+    /// <summary>True for refused cross-tenant attempts: logged at Warning and counted per tenant for alerting.</summary>
+    public bool CrossTenant { get; init; }
+}
+
+public interface IAuditLog
+{
+    void Write(AuditEvent auditEvent);
+}
+
+[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
+[JsonSerializable(typeof(AuditEvent))]
+internal sealed partial class AuditJsonContext : JsonSerializerContext;
+
+/// <summary>
+/// JSON lines under DataDirectory/audit/audit.jsonl, written by one background writer that fsyncs each batch
+/// (durable without one fsync per event), rotated by size. Optionally echoed to stdout.
+/// </summary>
+public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
+{
+    readonly Channel<AuditEvent> _channel = Channel.CreateUnbounded<AuditEvent>(new UnboundedChannelOptions { SingleReader = true });
+    readonly string _directory;
+    readonly AuditConfig _config;
+    readonly TimeProvider _time;
+    readonly ILogger _logger;
+    readonly Counter<long> _crossTenant = Telemetry.Meter.CreateCounter<long>(Telemetry.CrossTenantRefusals, description: "Refused cross-tenant attempts");
+    readonly Counter<long> _events = Telemetry.Meter.CreateCounter<long>(Telemetry.AuditEvents, description: "Audit events written");
+
+    public JsonLinesAuditLog(IOptions<GatewayConfig> options, TimeProvider time, ILoggerFactory loggers)
+    {
+        _config = options.Value.Audit;
+        _directory = Path.Combine(GatewayPaths.DataDirectory(options.Value), "audit");
+        _time = time;
+        _logger = loggers.CreateLogger("SmtpGateway.Audit");
+    }
+
+    public string FilePath => Path.Combine(_directory, "audit.jsonl");
+
+    public void Write(AuditEvent auditEvent)
+    {
+        var e = auditEvent.Time == default ? auditEvent with { Time = _time.GetUtcNow() } : auditEvent;
+        if (e.CrossTenant)
+        {
+            _crossTenant.Add(1, new KeyValuePair<string, object?>("tenant", e.Tenant ?? "unknown"), new KeyValuePair<string, object?>("action", e.Action));
+            AuditLogMessages.CrossTenant(_logger, e.Action, e.Tenant, e.Subject, e.Reason, e.SessionId, e.ClientIp);
+        }
+
+        _events.Add(1, new KeyValuePair<string, object?>("action", e.Action), new KeyValuePair<string, object?>("result", e.Result));
+        _channel.Writer.TryWrite(e);
+    }
+
+    /// <summary>Waits until everything written so far is on disk (tests, shutdown).</summary>
+    public async Task FlushAsync()
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _flushWaiters.Enqueue(done);
+        _channel.Writer.TryWrite(FlushMarker);
+        await done.Task.ConfigureAwait(false);
+    }
+
+    static readonly AuditEvent FlushMarker = new() { Action = "", Result = "" };
+    readonly System.Collections.Concurrent.ConcurrentQueue<TaskCompletionSource> _flushWaiters = new();
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        Directory.CreateDirectory(_directory);
+        FileStream? file = null;
+        try
+        {
+            file = Open();
+            var reader = _channel.Reader;
+            while (await WaitAsync(reader, stoppingToken).ConfigureAwait(false))
+            {
+                var wrote = false;
+                while (reader.TryRead(out var e))
+                {
+                    if (ReferenceEquals(e, FlushMarker))
+                    {
+                        continue;
+                    }
+
+                    var line = JsonSerializer.SerializeToUtf8Bytes(e, AuditJsonContext.Default.AuditEvent);
+                    file.Write(line);
+                    file.WriteByte((byte)'\n');
+                    wrote = true;
+                    if (_config.Stdout)
+                    {
+                        using var stdout = Console.OpenStandardOutput();
+                        stdout.Write(line);
+                        stdout.WriteByte((byte)'\n');
+                    }
+                }
+
+                if (wrote)
+                {
+                    file.Flush(flushToDisk: true);
+                    if (file.Length >= _config.MaxFileSize)
+                    {
+                        file.Dispose();
+                        Rotate();
+                        file = Open();
+                    }
+                }
+
+                while (_flushWaiters.TryDequeue(out var waiter))
+                {
+                    waiter.TrySetResult();
+                }
+            }
+        }
+        catch (IOException ex)
+        {
+            AuditLogMessages.WriteFailed(_logger, ex);
+        }
+        finally
+        {
+            file?.Dispose();
+            while (_flushWaiters.TryDequeue(out var waiter))
+            {
+                waiter.TrySetResult();
+            }
+        }
+    }
+
+    static async ValueTask<bool> WaitAsync(ChannelReader<AuditEvent> reader, CancellationToken stoppingToken)
+    {
+        try
+        {
+            return await reader.WaitToReadAsync(stoppingToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            // Drain what is left before stopping: an audit trail with a hole at shutdown is no trail.
+            return reader.TryPeek(out _);
+        }
+    }
+
+    FileStream Open() => new(FilePath, new FileStreamOptions
+    {
+        Mode = FileMode.Append,
+        Access = FileAccess.Write,
+        Share = FileShare.Read,
+        UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+    });
+
+    void Rotate()
+    {
+        for (var i = _config.MaxFiles - 1; i >= 1; i--)
+        {
+            var from = Path.Combine(_directory, $"audit.{i}.jsonl");
+            if (File.Exists(from))
+            {
+                File.Move(from, Path.Combine(_directory, $"audit.{i + 1}.jsonl"), overwrite: true);
+            }
+        }
+
+        File.Move(FilePath, Path.Combine(_directory, "audit.1.jsonl"), overwrite: true);
+        var excess = Path.Combine(_directory, $"audit.{_config.MaxFiles + 1}.jsonl");
+        if (File.Exists(excess))
+        {
+            File.Delete(excess);
+        }
+    }
+
+    static partial class AuditLogMessages
+    {
+        [LoggerMessage(EventId = EventIds.Audit + 0, Level = LogLevel.Warning, Message = "Refused cross-tenant {Action} for tenant {Tenant}: {Subject} ({Reason}); session {SessionId} from {ClientIp}")]
+        public static partial void CrossTenant(ILogger logger, string action, string? tenant, string? subject, string? reason, string? sessionId, string? clientIp);
+
+        [LoggerMessage(EventId = EventIds.Audit + 1, Level = LogLevel.Critical, Message = "Audit log write failed")]
+        public static partial void WriteFailed(ILogger logger, Exception exception);
+    }
+}

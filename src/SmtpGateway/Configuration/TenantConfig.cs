@@ -1,0 +1,78 @@
+namespace SmtpGateway.Configuration;
+
+/// <summary>One tenant as config/gateway.json states it, under "Tenants:&lt;tenant-id&gt;".</summary>
+public sealed class TenantConfig
+{
+    /// <summary>Sending domains. MAIL FROM and header From of this tenant's sessions must be in one of them.</summary>
+    public List<string> Domains { get; set; } = [];
+
+    /// <summary>Domain for per-tenant return paths (VERP); the tenant's own domain or a subdomain of it.</summary>
+    public string? BounceDomain { get; set; }
+
+    /// <summary>Client networks (CIDR) of this tenant's legacy apps on the relay listener.</summary>
+    public List<string> Networks { get; set; } = [];
+
+    /// <summary>DKIM selectors (signing arrives with the HSM issue).</summary>
+    public List<string> DkimSelectors { get; set; } = [];
+
+    public EgressConfig Egress { get; set; } = new();
+
+    public TenantLimitsConfig Limits { get; set; } = new();
+}
+
+public sealed class EgressConfig
+{
+    /// <summary>EHLO name for this tenant's outbound connections.</summary>
+    public string? HeloName { get; set; }
+
+    /// <summary>Source address to bind for this tenant's outbound connections.</summary>
+    public string? SourceAddress { get; set; }
+}
+
+public sealed class TenantLimitsConfig
+{
+    /// <summary>Longest lifetime a token of this tenant may be minted with; null means Gateway:Identity:MaxTokenTtl.</summary>
+    public TimeSpan? MaxTokenTtl { get; set; }
+}
+
+/// <summary>"Gateway:Identity": session tokens and AUTH.</summary>
+public sealed class IdentityConfig
+{
+    /// <summary>The deployment a token is valid for (its audience); a token minted for another gateway is refused.</summary>
+    public string Audience { get; set; } = "smtpgw";
+
+    /// <summary>Issue #3: tokens are short-lived, 15 minutes unless asked otherwise.</summary>
+    public TimeSpan DefaultTokenTtl { get; set; } = TimeSpan.FromMinutes(15);
+
+    public TimeSpan MaxTokenTtl { get; set; } = TimeSpan.FromHours(24);
+
+    /// <summary>After a key rotation, tokens signed with the previous key keep working this long.</summary>
+    public TimeSpan KeyRotationGrace { get; set; } = TimeSpan.FromHours(1);
+
+    /// <summary>Development only: allow AUTH without TLS when the client is on loopback.</summary>
+    public bool AllowPlaintextAuthOnLoopback { get; set; }
+
+    /// <summary>Failed AUTHs from one address within <see cref="AuthFailureWindow"/> before each reply is delayed.</summary>
+    public int AuthFailuresBeforeDelay { get; set; } = 3;
+
+    /// <summary>Failed AUTHs from one address within the window before it gets 421 and is disconnected.</summary>
+    public int AuthFailuresBeforeDisconnect { get; set; } = 10;
+
+    public TimeSpan AuthFailureWindow { get; set; } = TimeSpan.FromMinutes(10);
+
+    /// <summary>How often the gateway re-reads revocations and token keys written by the CLI (issue #3: within one second).</summary>
+    public TimeSpan RefreshInterval { get; set; } = TimeSpan.FromMilliseconds(250);
+}
+
+/// <summary>"Gateway:Audit": the audit trail of credential use and refusals.</summary>
+public sealed class AuditConfig
+{
+    /// <summary>Also write each audit event as a JSON line to stdout (for container log collectors).</summary>
+    public bool Stdout { get; set; }
+
+    /// <summary>Rotate audit.jsonl when it reaches this size.</summary>
+    public long MaxFileSize { get; set; } = 16 * 1024 * 1024;
+
+    /// <summary>Rotated files kept.</summary>
+    public int MaxFiles { get; set; } = 10;
+}

@@ -1,0 +1,173 @@
+using System.Net;
+using SmtpGateway.Configuration;
+
+namespace SmtpGateway.Identity;
+
+/// <summary>A tenant compiled from <see cref="TenantConfig"/>: normalised domains, parsed networks.</summary>
+public sealed record TenantModel(string Id, IReadOnlySet<string> Domains, string? BounceDomain, IReadOnlyList<IPNetwork> Networks, TimeSpan? MaxTokenTtl)
+{
+    /// <summary>True when the normalised domain is one of the tenant's sending domains.</summary>
+    public bool OwnsSendingDomain(string normalizedDomain) => Domains.Contains(normalizedDomain);
+
+    /// <summary>Domains that receive mail for this tenant: its domains and its bounce domain.</summary>
+    public bool ReceivesFor(string normalizedDomain) => Domains.Contains(normalizedDomain) || normalizedDomain == BounceDomain;
+}
+
+/// <summary>
+/// Immutable tenant map (Config → Model). Lookups are by normalised domain and by client address. A session keeps
+/// the snapshot it started with; a reload swaps in a new one.
+/// </summary>
+public sealed class TenantSnapshot
+{
+    readonly Dictionary<string, TenantModel> _byDomain;
+    readonly List<(IPNetwork Network, TenantModel Tenant)> _networks;
+
+    TenantSnapshot(Dictionary<string, TenantModel> tenants, Dictionary<string, TenantModel> byDomain, List<(IPNetwork, TenantModel)> networks)
+    {
+        Tenants = tenants;
+        _byDomain = byDomain;
+        _networks = networks;
+    }
+
+    public static TenantSnapshot Empty { get; } = new(new(StringComparer.Ordinal), new(StringComparer.Ordinal), []);
+
+    public IReadOnlyDictionary<string, TenantModel> Tenants { get; }
+
+    public TenantModel? Find(string tenantId) => Tenants.GetValueOrDefault(tenantId);
+
+    /// <summary>The tenant that sends from or receives for the domain (sending domains and bounce domains).</summary>
+    public TenantModel? FindByDomain(string? normalizedDomain) =>
+        normalizedDomain is null ? null : _byDomain.GetValueOrDefault(normalizedDomain);
+
+    public TenantModel? FindByAddress(IPAddress address)
+    {
+        var a = address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address;
+        foreach (var (network, tenant) in _networks)
+        {
+            if (network.Contains(a))
+            {
+                return tenant;
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>Validates the whole map and builds it; every error is reported with its config path.</summary>
+    public static TenantSnapshot Build(IReadOnlyDictionary<string, TenantConfig> config, List<string> errors)
+    {
+        var tenants = new Dictionary<string, TenantModel>(StringComparer.Ordinal);
+        var byDomain = new Dictionary<string, TenantModel>(StringComparer.Ordinal);
+        var domainOwner = new Dictionary<string, string>(StringComparer.Ordinal);
+        var networks = new List<(IPNetwork, TenantModel)>();
+        var networkOwners = new List<(IPNetwork Network, string Tenant, string Path)>();
+
+        foreach (var (id, t) in config.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+        {
+            var p = $"Tenants:{id}";
+            if (!IsValidTenantId(id))
+            {
+                errors.Add($"{p}: tenant id must be 1-64 characters of a-z, 0-9, '-' and '_' (it is the AUTH user name and a directory name).");
+                continue;
+            }
+
+            var domains = new HashSet<string>(StringComparer.Ordinal);
+            for (var i = 0; i < t.Domains.Count; i++)
+            {
+                var d = DomainName.Normalize(t.Domains[i]);
+                if (d is null)
+                {
+                    errors.Add($"{p}:Domains:{i}: '{t.Domains[i]}' is not a domain name.");
+                    continue;
+                }
+
+                if (domainOwner.TryGetValue(d, out var other) && other != id)
+                {
+                    errors.Add($"{p}:Domains:{i}: '{t.Domains[i]}' is already claimed by tenant '{other}'.");
+                    continue;
+                }
+
+                domainOwner[d] = id;
+                domains.Add(d);
+            }
+
+            if (t.Domains.Count == 0)
+            {
+                errors.Add($"{p}:Domains: at least one sending domain is required.");
+            }
+
+            string? bounce = null;
+            if (t.BounceDomain is not null)
+            {
+                bounce = DomainName.Normalize(t.BounceDomain);
+                if (bounce is null)
+                {
+                    errors.Add($"{p}:BounceDomain: '{t.BounceDomain}' is not a domain name.");
+                }
+                else if (!domains.Any(d => bounce == d || bounce.EndsWith("." + d, StringComparison.Ordinal)))
+                {
+                    // Alignment (SPF/DMARC) is the tenant's only if the return path is in its own domain.
+                    errors.Add($"{p}:BounceDomain: '{t.BounceDomain}' must be one of the tenant's domains or a subdomain of one.");
+                }
+                else if (domainOwner.TryGetValue(bounce, out var other) && other != id)
+                {
+                    errors.Add($"{p}:BounceDomain: '{t.BounceDomain}' is already claimed by tenant '{other}'.");
+                }
+                else
+                {
+                    domainOwner[bounce] = id;
+                }
+            }
+
+            var parsed = new List<IPNetwork>();
+            for (var i = 0; i < t.Networks.Count; i++)
+            {
+                if (!IPNetwork.TryParse(t.Networks[i], out var network))
+                {
+                    errors.Add($"{p}:Networks:{i}: '{t.Networks[i]}' is not a CIDR network.");
+                    continue;
+                }
+
+                foreach (var (otherNetwork, otherTenant, otherPath) in networkOwners)
+                {
+                    if (otherTenant != id && Overlaps(network, otherNetwork))
+                    {
+                        errors.Add($"{p}:Networks:{i}: '{t.Networks[i]}' overlaps {otherPath} of tenant '{otherTenant}'; a client address must map to one tenant.");
+                    }
+                }
+
+                networkOwners.Add((network, id, $"{p}:Networks:{i}"));
+                parsed.Add(network);
+            }
+
+            if (t.Limits.MaxTokenTtl is { } ttl && ttl <= TimeSpan.Zero)
+            {
+                errors.Add($"{p}:Limits:MaxTokenTtl: must be positive.");
+            }
+
+            var model = new TenantModel(id, domains, bounce, parsed, t.Limits.MaxTokenTtl);
+            tenants[id] = model;
+            foreach (var d in domains)
+            {
+                byDomain[d] = model;
+            }
+
+            if (bounce is not null)
+            {
+                byDomain[bounce] = model;
+            }
+
+            networks.AddRange(parsed.Select(n => (n, model)));
+        }
+
+        // Most specific network first, so a lookup is a first match.
+        networks.Sort((a, b) => b.Item1.PrefixLength.CompareTo(a.Item1.PrefixLength));
+        return new TenantSnapshot(tenants, byDomain, networks);
+    }
+
+    public static bool IsValidTenantId(string id) =>
+        id.Length is > 0 and <= 64 && id.All(c => c is (>= 'a' and <= 'z') or (>= '0' and <= '9') or '-' or '_');
+
+    static bool Overlaps(IPNetwork a, IPNetwork b) =>
+        a.BaseAddress.AddressFamily == b.BaseAddress.AddressFamily && (a.Contains(b.BaseAddress) || b.Contains(a.BaseAddress));
+}

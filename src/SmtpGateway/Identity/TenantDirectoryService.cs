@@ -1,0 +1,87 @@
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using Microsoft.Extensions.Primitives;
+using SmtpGateway.Configuration;
+using SmtpGateway.Diagnostics;
+
+namespace SmtpGateway.Identity;
+
+/// <summary>
+/// Holds the current <see cref="TenantSnapshot"/> and swaps it when the configuration file changes. A reload that
+/// fails validation keeps the last good snapshot and logs every error; sessions keep the snapshot they began with.
+/// </summary>
+public sealed partial class TenantDirectoryService : IDisposable
+{
+    public const string SectionName = "Tenants";
+
+    readonly IConfiguration _configuration;
+    readonly ILogger _logger;
+    readonly IDisposable? _subscription;
+    volatile TenantSnapshot _current;
+
+    public TenantDirectoryService(IConfiguration configuration, ILoggerFactory loggers)
+    {
+        _configuration = configuration;
+        _logger = loggers.CreateLogger("SmtpGateway.Identity");
+        var errors = new List<string>();
+        _current = Load(configuration, errors);
+        if (errors.Count > 0)
+        {
+            throw new OptionsValidationException(SectionName, typeof(TenantConfig), errors);
+        }
+
+        TenantLog.Loaded(_logger, _current.Tenants.Count);
+        _subscription = ChangeToken.OnChange(configuration.GetReloadToken, Reload);
+    }
+
+    /// <summary>Raised after a successful reload (tests wait on it).</summary>
+    public event Action<TenantSnapshot>? Reloaded;
+
+    public TenantSnapshot Current => _current;
+
+    public static TenantSnapshot Load(IConfiguration configuration, List<string> errors)
+    {
+        var tenants = configuration.GetSection(SectionName).Get<Dictionary<string, TenantConfig>>() ?? [];
+        return TenantSnapshot.Build(tenants, errors);
+    }
+
+    void Reload()
+    {
+        var errors = new List<string>();
+        TenantSnapshot next;
+        try
+        {
+            next = Load(_configuration, errors);
+        }
+        catch (InvalidOperationException ex)
+        {
+            errors.Add(ex.Message);
+            next = _current;
+        }
+
+        if (errors.Count > 0)
+        {
+            TenantLog.ReloadRejected(_logger, errors.Count, string.Join("; ", errors));
+            return;
+        }
+
+        _current = next;
+        TenantLog.Reloaded(_logger, next.Tenants.Count);
+        Reloaded?.Invoke(next);
+    }
+
+    public void Dispose() => _subscription?.Dispose();
+
+    static partial class TenantLog
+    {
+        [LoggerMessage(EventId = EventIds.Identity + 0, Level = LogLevel.Information, Message = "Tenant directory loaded: {Count} tenant(s)")]
+        public static partial void Loaded(ILogger logger, int count);
+
+        [LoggerMessage(EventId = EventIds.Identity + 1, Level = LogLevel.Information, Message = "Tenant directory reloaded: {Count} tenant(s)")]
+        public static partial void Reloaded(ILogger logger, int count);
+
+        [LoggerMessage(EventId = EventIds.Identity + 2, Level = LogLevel.Error, Message = "Tenant directory reload rejected ({Count} error(s)); keeping the last good snapshot: {Errors}")]
+        public static partial void ReloadRejected(ILogger logger, int count, string errors);
+    }
+}

@@ -1,0 +1,261 @@
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using SmtpGateway.Configuration;
+
+namespace SmtpGateway.Identity.Tokens;
+
+/// <summary>Claims inside a token. Short names keep tokens short enough for one AUTH PLAIN line.</summary>
+public sealed record TokenPayload(
+    [property: JsonPropertyName("v")] int Version,
+    [property: JsonPropertyName("t")] string Tenant,
+    [property: JsonPropertyName("k")] string KeyId,
+    [property: JsonPropertyName("i")] string Id,
+    [property: JsonPropertyName("a")] string Audience,
+    [property: JsonPropertyName("iat")] long IssuedAt,
+    [property: JsonPropertyName("exp")] long ExpiresAt,
+    [property: JsonPropertyName("s")] IReadOnlyList<string> Senders);
+
+public sealed record MintedToken(string Token, TokenRecord Record);
+
+public enum TokenState
+{
+    Active,
+    Expired,
+    Revoked,
+}
+
+public sealed record TokenListItem(string Id, string Tenant, string? Description, IReadOnlyList<string> Senders, DateTimeOffset Issued, DateTimeOffset Expires, string State);
+
+/// <summary>Outcome of checking a presented token. <see cref="Reason"/> is for the audit log only, never the client.</summary>
+public sealed record TokenCheck(bool Valid, string? Reason, TokenPayload? Payload)
+{
+    public static TokenCheck Fail(string reason, TokenPayload? payload = null) => new(false, reason, payload);
+}
+
+/// <summary>
+/// Session tokens: "sgw1." base64url(claims JSON) "." base64url(HMAC-SHA256(tenant key, "sgw1." + claims)).
+/// One fixed construction (no algorithm field to negotiate, unlike JWT), a per-tenant key chosen by the tenant the
+/// client names, and a constant-time MAC comparison. The gateway stores only key material and token metadata; a
+/// token cannot be rebuilt from what is on disk without the key, and the key never leaves the data directory.
+/// </summary>
+public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants, IdentityConfig config, TimeProvider time)
+{
+    const string Prefix = "sgw1.";
+
+    /// <summary>Hostile-input bound: nothing longer is even decoded.</summary>
+    public const int MaxTokenLength = 4096;
+
+    public TokenStore Store => store;
+
+    public MintedToken Mint(string tenantId, TimeSpan? ttl, IReadOnlyList<string> senders, string? description)
+    {
+        var tenant = tenants().Find(tenantId) ?? throw new TokenException($"Unknown tenant '{tenantId}'.");
+        var lifetime = ttl ?? config.DefaultTokenTtl;
+        var max = tenant.MaxTokenTtl ?? config.MaxTokenTtl;
+        if (lifetime <= TimeSpan.Zero || lifetime > max)
+        {
+            throw new TokenException($"TTL must be positive and at most {max}.");
+        }
+
+        var scope = new List<string>();
+        foreach (var sender in senders)
+        {
+            var domain = sender.Contains('@', StringComparison.Ordinal) ? DomainName.OfAddress(sender) : DomainName.Normalize(sender);
+            if (domain is null || !tenant.OwnsSendingDomain(domain))
+            {
+                throw new TokenException($"Sender '{sender}' is not in a domain of tenant '{tenantId}'.");
+            }
+
+            scope.Add(sender.Contains('@', StringComparison.Ordinal) ? $"{sender[..sender.LastIndexOf('@')]}@{domain}" : domain);
+        }
+
+        if (description is { Length: > 200 } || (description?.Any(char.IsControl) ?? false))
+        {
+            throw new TokenException("Description must be at most 200 printable characters.");
+        }
+
+        store.Refresh();
+        var now = time.GetUtcNow();
+        var key = ActiveKey(tenantId, now);
+        var id = "tok_" + Base64Url(RandomNumberGenerator.GetBytes(12));
+        var payload = new TokenPayload(1, tenantId, key.Id, id, config.Audience, now.ToUnixTimeSeconds(), (now + lifetime).ToUnixTimeSeconds(), scope);
+        var token = Sign(payload, key);
+        var record = new TokenRecord(id, tenantId, description, scope, now, now + lifetime, key.Id);
+        store.AppendRegistry(new RegistryEntry("mint", record, null, now));
+        return new MintedToken(token, record);
+    }
+
+    /// <summary>Checks a token presented as the AUTH password by the user <paramref name="userName"/>.</summary>
+    public TokenCheck Verify(string userName, string token)
+    {
+        if (token.Length is 0 or > MaxTokenLength || !token.StartsWith(Prefix, StringComparison.Ordinal))
+        {
+            return TokenCheck.Fail("malformed token");
+        }
+
+        var parts = token.Split('.');
+        if (parts.Length != 3)
+        {
+            return TokenCheck.Fail("malformed token");
+        }
+
+        TokenPayload? payload;
+        byte[] mac;
+        try
+        {
+            payload = JsonSerializer.Deserialize(FromBase64Url(parts[1]), TokenJsonContext.Default.TokenPayload);
+            mac = FromBase64Url(parts[2]);
+        }
+        catch (Exception ex) when (ex is FormatException or JsonException)
+        {
+            return TokenCheck.Fail("malformed token");
+        }
+
+        if (payload is null || payload.Version != 1 || payload.Senders is null)
+        {
+            return TokenCheck.Fail("malformed token");
+        }
+
+        if (!string.Equals(payload.Tenant, userName, StringComparison.Ordinal))
+        {
+            return TokenCheck.Fail("token tenant differs from user name", payload);
+        }
+
+        if (tenants().Find(userName) is null)
+        {
+            return TokenCheck.Fail("unknown tenant", payload);
+        }
+
+        // The key comes from the tenant the client named (== token tenant): tenant B's key can never vouch for A.
+        var key = store.KeysOf(userName).FirstOrDefault(k => k.Id == payload.KeyId);
+        if (key is null)
+        {
+            return TokenCheck.Fail("unknown key", payload);
+        }
+
+        var expected = Mac(key, $"{Prefix}{parts[1]}");
+        if (!CryptographicOperations.FixedTimeEquals(expected, mac))
+        {
+            return TokenCheck.Fail("bad signature", payload);
+        }
+
+        var now = time.GetUtcNow();
+        if (key.RetiresAt is { } retires && now >= retires)
+        {
+            return TokenCheck.Fail("key retired after rotation", payload);
+        }
+
+        if (!string.Equals(payload.Audience, config.Audience, StringComparison.Ordinal))
+        {
+            return TokenCheck.Fail("wrong audience", payload);
+        }
+
+        return StillValid(payload);
+    }
+
+    /// <summary>Expiry and revocation, checked at AUTH and again at every MAIL FROM of the session.</summary>
+    public TokenCheck StillValid(TokenPayload payload)
+    {
+        var now = time.GetUtcNow();
+        if (now.ToUnixTimeSeconds() >= payload.ExpiresAt)
+        {
+            return TokenCheck.Fail("expired", payload);
+        }
+
+        if (store.IsRevoked(payload.Id))
+        {
+            return TokenCheck.Fail("revoked", payload);
+        }
+
+        var key = store.KeysOf(payload.Tenant).FirstOrDefault(k => k.Id == payload.KeyId);
+        if (key is null || (key.RetiresAt is { } retires && now >= retires))
+        {
+            return TokenCheck.Fail("key retired after rotation", payload);
+        }
+
+        return new TokenCheck(true, null, payload);
+    }
+
+    public TokenRecord Revoke(string id)
+    {
+        store.Refresh();
+        var record = store.Tokens().FirstOrDefault(t => t.Id == id) ?? throw new TokenException($"No token with id '{id}'.");
+        if (!store.IsRevoked(id))
+        {
+            store.AppendRegistry(new RegistryEntry("revoke", null, id, time.GetUtcNow()));
+        }
+
+        return record;
+    }
+
+    public IReadOnlyList<TokenListItem> List(string? tenant)
+    {
+        store.Refresh();
+        var now = time.GetUtcNow();
+        return store.Tokens()
+            .Where(t => tenant is null || t.Tenant == tenant)
+            .OrderBy(t => t.Issued)
+            .Select(t => new TokenListItem(t.Id, t.Tenant, t.Description, t.Senders, t.Issued, t.Expires,
+                (store.IsRevoked(t.Id) ? TokenState.Revoked : now >= t.Expires ? TokenState.Expired : TokenState.Active).ToString().ToLowerInvariant()))
+            .ToList();
+    }
+
+    /// <summary>
+    /// Dual-window rotation: a new key signs from now on; the previous keys keep verifying until now + grace, then
+    /// their tokens are refused. Only this tenant's key file changes.
+    /// </summary>
+    public (TokenKey NewKey, DateTimeOffset OldKeysRetireAt) RotateKey(string tenantId, TimeSpan? grace)
+    {
+        if (tenants().Find(tenantId) is null)
+        {
+            throw new TokenException($"Unknown tenant '{tenantId}'.");
+        }
+
+        store.Refresh();
+        var now = time.GetUtcNow();
+        var retireAt = now + (grace ?? config.KeyRotationGrace);
+        var keys = store.KeysOf(tenantId)
+            .Where(k => k.RetiresAt is null || k.RetiresAt > now)
+            .Select(k => k.RetiresAt is null || k.RetiresAt > retireAt ? k with { RetiresAt = retireAt } : k)
+            .ToList();
+        var fresh = TokenStore.NewKey(now);
+        keys.Add(fresh);
+        store.WriteKeys(tenantId, keys);
+        return (fresh, retireAt);
+    }
+
+    TokenKey ActiveKey(string tenantId, DateTimeOffset now)
+    {
+        var active = store.KeysOf(tenantId).LastOrDefault(k => k.RetiresAt is null);
+        if (active is not null)
+        {
+            return active;
+        }
+
+        var key = TokenStore.NewKey(now);
+        store.WriteKeys(tenantId, [.. store.KeysOf(tenantId), key]);
+        return key;
+    }
+
+    static string Sign(TokenPayload payload, TokenKey key)
+    {
+        var body = Base64Url(JsonSerializer.SerializeToUtf8Bytes(payload, TokenJsonContext.Default.TokenPayload));
+        var signed = Prefix + body;
+        return $"{signed}.{Base64Url(Mac(key, signed))}";
+    }
+
+    static byte[] Mac(TokenKey key, string signed) => HMACSHA256.HashData(key.SecretBytes, Encoding.ASCII.GetBytes(signed));
+
+    static string Base64Url(byte[] bytes) => Convert.ToBase64String(bytes).TrimEnd('=').Replace('+', '-').Replace('/', '_');
+
+    static byte[] FromBase64Url(string s)
+    {
+        var b = s.Replace('-', '+').Replace('_', '/');
+        return Convert.FromBase64String(b.PadRight(b.Length + ((4 - (b.Length % 4)) % 4), '='));
+    }
+}
+
+/// <summary>A refused control-plane request (unknown tenant, TTL too long...). Its message is safe to print.</summary>
+public sealed class TokenException(string message) : Exception(message);

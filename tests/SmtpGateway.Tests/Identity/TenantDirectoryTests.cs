@@ -1,0 +1,67 @@
+using System.Net;
+using SmtpGateway.Configuration;
+using SmtpGateway.Identity;
+
+namespace SmtpGateway.Tests.Identity;
+
+public sealed class TenantDirectoryTests
+{
+    static TenantSnapshot Build(Dictionary<string, TenantConfig> config, out List<string> errors)
+    {
+        errors = [];
+        return TenantSnapshot.Build(config, errors);
+    }
+
+    [Theory]
+    [InlineData("tenant-a.example", "a")]
+    [InlineData("TENANT-A.Example.", "a")]
+    [InlineData("bücher.example", "b")]
+    [InlineData("xn--bcher-kva.example", "b")]
+    [InlineData("BÜCHER.EXAMPLE", "b")]
+    [InlineData("tenаnt-a.example", null)] // Cyrillic "а": a lookalike, not the tenant's domain
+    [InlineData("bounces.tenant-a.example", "a")]
+    [InlineData("other.example", null)]
+    public void Domains_map_case_insensitively_with_idn_normalised(string domain, string? tenant)
+    {
+        var snapshot = Build(new()
+        {
+            ["a"] = new() { Domains = ["tenant-a.example"], BounceDomain = "bounces.tenant-a.example" },
+            ["b"] = new() { Domains = ["xn--bcher-kva.example"] },
+        }, out var errors);
+        Assert.Empty(errors);
+        Assert.Equal(tenant, snapshot.FindByDomain(DomainName.Normalize(domain))?.Id);
+    }
+
+    [Fact]
+    public void A_domain_or_network_claimed_twice_is_an_error_with_paths()
+    {
+        Build(new()
+        {
+            ["a"] = new() { Domains = ["shared.example"], Networks = ["10.0.0.0/8"] },
+            ["b"] = new() { Domains = ["SHARED.example."], Networks = ["10.1.0.0/16"], BounceDomain = "evil.example" },
+            ["Bad Id"] = new() { Domains = ["x.example"] },
+            ["c"] = new() { Domains = ["c..example"], Networks = ["nope"] },
+        }, out var errors);
+        Assert.Contains(errors, e => e.StartsWith("Tenants:b:Domains:0:", StringComparison.Ordinal) && e.Contains("claimed by tenant 'a'", StringComparison.Ordinal));
+        Assert.Contains(errors, e => e.StartsWith("Tenants:b:Networks:0:", StringComparison.Ordinal) && e.Contains("overlaps", StringComparison.Ordinal));
+        Assert.Contains(errors, e => e.StartsWith("Tenants:b:BounceDomain:", StringComparison.Ordinal));
+        Assert.Contains(errors, e => e.StartsWith("Tenants:Bad Id:", StringComparison.Ordinal));
+        Assert.Contains(errors, e => e.StartsWith("Tenants:c:Domains:0:", StringComparison.Ordinal));
+        Assert.Contains(errors, e => e.StartsWith("Tenants:c:Networks:0:", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void Client_address_maps_to_the_most_specific_network()
+    {
+        var snapshot = Build(new()
+        {
+            ["a"] = new() { Domains = ["a.example"], Networks = ["192.0.2.0/25"] },
+            ["b"] = new() { Domains = ["b.example"], Networks = ["192.0.2.128/25", "2001:db8::/32"] },
+        }, out var errors);
+        Assert.Empty(errors);
+        Assert.Equal("a", snapshot.FindByAddress(IPAddress.Parse("192.0.2.5"))?.Id);
+        Assert.Equal("b", snapshot.FindByAddress(IPAddress.Parse("::ffff:192.0.2.200"))?.Id);
+        Assert.Equal("b", snapshot.FindByAddress(IPAddress.Parse("2001:db8::1"))?.Id);
+        Assert.Null(snapshot.FindByAddress(IPAddress.Parse("198.51.100.1")));
+    }
+}
