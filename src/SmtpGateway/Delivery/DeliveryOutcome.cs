@@ -1,0 +1,50 @@
+using System.Globalization;
+
+namespace SmtpGateway.Delivery;
+
+/// <summary>What became of one recipient in one attempt. Closed: every reply and every error maps to exactly one.</summary>
+public enum DeliveryOutcome
+{
+    /// <summary>2xx: the next hop took responsibility (RFC 5321 section 6.1).</summary>
+    Delivered,
+
+    /// <summary>4xx, or no usable reply (network, TLS, timeout): try again later (RFC 5321 section 4.5.4.1).</summary>
+    Deferred,
+
+    /// <summary>5xx: will never succeed as sent (RFC 5321 section 4.2.1); kept for a bounce.</summary>
+    Bounced,
+}
+
+/// <summary>The outcome for one recipient with the reply it came from, e.g. "550 5.1.1 No such user".</summary>
+public readonly record struct RecipientResult(string Recipient, DeliveryOutcome Outcome, string Reply)
+{
+    /// <summary>Builds a result from a reply; the outcome comes from <see cref="DeliveryOutcomes.FromReplyCode"/>.</summary>
+    public static RecipientResult FromReply(string recipient, int code, string text) =>
+        new(recipient, DeliveryOutcomes.FromReplyCode(code), DeliveryOutcomes.FormatReply(code, text));
+}
+
+/// <summary>The one place where a reply becomes an outcome.</summary>
+public static class DeliveryOutcomes
+{
+    /// <summary>
+    /// RFC 5321 section 4.2.1: the first digit decides. 2yz done, 4yz transient, 5yz permanent.
+    /// Anything else as a final reply (1yz, 3yz, garbage) is a protocol error, treated as transient.
+    /// Errors without a reply (connection lost, TLS failure, timeout) are given a synthetic 4yz reply
+    /// by the transport and come through here too.
+    /// </summary>
+    public static DeliveryOutcome FromReplyCode(int code) => (code / 100) switch
+    {
+        2 => DeliveryOutcome.Delivered,
+        5 => DeliveryOutcome.Bounced,
+        _ => DeliveryOutcome.Deferred,
+    };
+
+    /// <summary>"code text" on one line; multi-line replies are joined so that logs and state files stay one line per reply.</summary>
+    public static string FormatReply(int code, string? text)
+    {
+        var flat = string.Join(' ', (text ?? "").Split(['\r', '\n'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+        return flat.Length == 0
+            ? code.ToString(CultureInfo.InvariantCulture)
+            : string.Create(CultureInfo.InvariantCulture, $"{code} {flat}");
+    }
+}

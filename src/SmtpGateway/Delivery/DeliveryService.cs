@@ -1,0 +1,206 @@
+using System.Collections.Concurrent;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using SmtpGateway.Configuration;
+using SmtpGateway.Spool;
+
+namespace SmtpGateway.Delivery;
+
+/// <summary>
+/// Delivery workers: take due message ids from the spool, attempt the still-pending recipients through the
+/// transport, record each outcome, and schedule what was deferred (RFC 5321 section 4.5.4.1) until
+/// RetryConfig.MaxAge. Every decision is persisted by the spool before the next attempt can start,
+/// so a restart resumes the schedule. Delivery is at-least-once: an attempt whose result was not
+/// recorded (crash, shutdown) is simply made again.
+/// </summary>
+public sealed class DeliveryService : BackgroundService
+{
+    /// <summary>How long an in-flight attempt may run on after shutdown begins before it is abandoned.</summary>
+    internal static readonly TimeSpan ShutdownGrace = TimeSpan.FromSeconds(10);
+
+    /// <summary>A wake-up this early (timer resolution, clock steps) still counts as due.</summary>
+    static readonly TimeSpan EarlyWakeTolerance = TimeSpan.FromSeconds(1);
+
+    const string DefaultTenant = "default";
+
+    readonly ISpoolQueue _spool;
+    readonly IDeliveryTransport _transport;
+    readonly RetryPolicy _retry;
+    readonly int _workers;
+    readonly string _mode;
+    readonly TimeProvider _time;
+    readonly ILogger _logger;
+    readonly ConcurrentDictionary<string, byte> _inFlight = new(StringComparer.Ordinal);
+    readonly CancellationTokenSource _abort;
+
+    public DeliveryService(ISpoolQueue spool, IDeliveryTransport transport, IOptions<GatewayConfig> options, TimeProvider time, ILogger<DeliveryService> logger)
+        : this(spool, transport, options.Value.Delivery, time, logger, random: null)
+    {
+    }
+
+    internal DeliveryService(ISpoolQueue spool, IDeliveryTransport transport, DeliveryConfig config, TimeProvider time, ILogger logger, Func<double>? random)
+    {
+        _spool = spool;
+        _transport = transport;
+        _retry = new RetryPolicy(config.Retry, random);
+        _workers = Math.Max(1, config.Workers);
+        _mode = config.Mode.ToString();
+        _time = time;
+        _logger = logger;
+
+        // Created on the TimeProvider so that the shutdown grace period (CancelAfter) runs on the same clock as everything else.
+        _abort = new CancellationTokenSource(Timeout.InfiniteTimeSpan, time);
+    }
+
+    /// <summary>Ids being attempted right now.</summary>
+    internal int InFlightCount => _inFlight.Count;
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        DeliveryLog.Started(_logger, _workers, _mode);
+        var workers = Enumerable.Range(0, _workers).Select(_ => WorkerAsync(stoppingToken)).ToArray();
+        await Task.WhenAll(workers).ConfigureAwait(false);
+        DeliveryLog.Stopped(_logger);
+    }
+
+    async Task WorkerAsync(CancellationToken stoppingToken)
+    {
+        var ready = _spool.Ready;
+        try
+        {
+            while (await ready.WaitToReadAsync(stoppingToken).ConfigureAwait(false))
+            {
+                while (!stoppingToken.IsCancellationRequested && ready.TryRead(out var id))
+                    await ProcessAsync(id, _abort.Token).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        {
+            // Shutdown: stop taking new work. Ids still in the channel are on disk and come back on recovery.
+        }
+    }
+
+    /// <summary>
+    /// Stops taking work at once; lets attempts in flight finish for up to <see cref="ShutdownGrace"/> (or until the host's
+    /// shutdown timeout), then cancels them. A cancelled attempt records nothing and is repeated after restart.
+    /// </summary>
+    public override async Task StopAsync(CancellationToken cancellationToken)
+    {
+        _abort.CancelAfter(ShutdownGrace);
+        using var registration = cancellationToken.Register(static state => ((CancellationTokenSource)state!).Cancel(), _abort);
+        await base.StopAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    public override void Dispose()
+    {
+        _abort.Dispose();
+        base.Dispose();
+    }
+
+    /// <summary>One attempt of one message. Tests call it directly; workers call it for each ready id.</summary>
+    internal async Task ProcessAsync(string id, CancellationToken abort)
+    {
+        // The same id can be in the ready channel twice (a stale wake-up): only one attempt at a time.
+        if (!_inFlight.TryAdd(id, 0))
+            return;
+        try
+        {
+            var message = await _spool.LoadAsync(id, abort).ConfigureAwait(false);
+            if (message is null)
+                return;
+
+            var state = message.State;
+            if (state.NextAttemptAt > _time.GetUtcNow() + EarlyWakeTolerance)
+            {
+                // Woken before its time (the durable schedule moved on): go back to sleep until then.
+                _spool.Schedule(id, state.NextAttemptAt);
+                return;
+            }
+
+            var tenant = message.Envelope.TenantId ?? DefaultTenant;
+            using var scope = _logger.BeginScope(new Dictionary<string, object?> { ["QueueId"] = id, ["TenantId"] = tenant });
+
+            var pending = state.Recipients.Where(r => r.Status == RecipientStatus.Pending).Select(r => r.Address).ToArray();
+            if (pending.Length > 0)
+            {
+                var results = await _transport.DeliverAsync(message, pending, abort).ConfigureAwait(false);
+                state = Record(message, state, pending, results, tenant);
+            }
+
+            // Persisted whatever happens next: written even when shutdown is under way, because the attempt was made.
+            await _spool.SaveAsync(state, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (abort.IsCancellationRequested)
+        {
+            DeliveryLog.Abandoned(_logger, id);
+        }
+        catch (Exception ex)
+        {
+            // Spool I/O trouble or a transport bug: nothing was recorded, so the message is tried again later.
+            var retryAt = _time.GetUtcNow() + _retry.BaseDelay(1);
+            DeliveryLog.AttemptFailed(_logger, id, retryAt, ex);
+            _spool.Schedule(id, retryAt);
+        }
+        finally
+        {
+            _inFlight.TryRemove(id, out _);
+        }
+    }
+
+    DeliveryState Record(SpooledMessage message, DeliveryState state, string[] pending, IReadOnlyList<RecipientResult> results, string tenant)
+    {
+        var now = _time.GetUtcNow();
+        var attempts = state.Attempts + 1;
+        var expired = _retry.IsExpired(message.Envelope.ReceivedAt, now);
+        var nextAttemptAt = _retry.NextAttemptAt(attempts, message.Envelope.ReceivedAt, now);
+
+        // Results are positional (one per pending recipient); a short list from a faulty transport counts as deferred.
+        var byAddress = new Dictionary<string, Queue<RecipientResult>>(StringComparer.Ordinal);
+        for (var i = 0; i < pending.Length; i++)
+        {
+            var result = i < results.Count ? results[i] : new RecipientResult(pending[i], DeliveryOutcome.Deferred, "451 4.3.0 No result from transport");
+            if (!byAddress.TryGetValue(pending[i], out var queue))
+                byAddress[pending[i]] = queue = new Queue<RecipientResult>();
+            queue.Enqueue(result);
+        }
+
+        var recipients = new List<RecipientState>(state.Recipients.Count);
+        foreach (var recipient in state.Recipients)
+        {
+            if (recipient.Status != RecipientStatus.Pending || !byAddress.TryGetValue(recipient.Address, out var queue) || queue.Count == 0)
+            {
+                recipients.Add(recipient);
+                continue;
+            }
+
+            var result = queue.Dequeue();
+            switch (result.Outcome)
+            {
+                case DeliveryOutcome.Delivered:
+                    recipients.Add(recipient with { Status = RecipientStatus.Delivered, LastReply = result.Reply, UpdatedAt = now });
+                    DeliveryLog.Delivered(_logger, state.Id, recipient.Address, result.Reply);
+                    DeliveryMetrics.Outcome(tenant, "delivered");
+                    break;
+                case DeliveryOutcome.Bounced:
+                    recipients.Add(recipient with { Status = RecipientStatus.Failed, LastReply = result.Reply, UpdatedAt = now });
+                    DeliveryLog.Bounced(_logger, state.Id, recipient.Address, result.Reply);
+                    DeliveryMetrics.Outcome(tenant, "bounced");
+                    break;
+                case DeliveryOutcome.Deferred when expired:
+                    // RFC 5321 section 4.5.4.1: give up after the retry period; the 4xx reply stays as the reason (RFC 3464 status 4.4.7).
+                    recipients.Add(recipient with { Status = RecipientStatus.Failed, LastReply = result.Reply, UpdatedAt = now });
+                    DeliveryLog.Expired(_logger, state.Id, recipient.Address, attempts, result.Reply);
+                    DeliveryMetrics.Outcome(tenant, "expired");
+                    break;
+                default:
+                    recipients.Add(recipient with { LastReply = result.Reply, UpdatedAt = now });
+                    DeliveryLog.Deferred(_logger, state.Id, recipient.Address, result.Reply, attempts, nextAttemptAt);
+                    DeliveryMetrics.Outcome(tenant, "deferred");
+                    break;
+            }
+        }
+
+        return state with { Attempts = attempts, LastAttemptAt = now, NextAttemptAt = nextAttemptAt, Recipients = recipients };
+    }
+}

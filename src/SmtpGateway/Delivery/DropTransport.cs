@@ -1,0 +1,144 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using SmtpGateway.Configuration;
+using SmtpGateway.Spool;
+
+namespace SmtpGateway.Delivery;
+
+/// <summary>
+/// Delivers by writing each message to &lt;drop&gt;/&lt;tenant&gt;/&lt;id&gt;.eml, byte for byte as spooled.
+/// The file is written under drop/.tmp/ and renamed into place, so a reader never sees half a message.
+/// A repeated attempt (after a crash) overwrites the same name: delivery stays idempotent.
+/// </summary>
+public sealed class DropTransport : IDeliveryTransport
+{
+    const string DefaultTenant = "default";
+    const string TempDirectoryName = ".tmp";
+
+    readonly string _root;
+    readonly bool _fsync;
+    readonly ILogger _logger;
+
+    public DropTransport(IOptions<GatewayConfig> options, ILogger<DropTransport> logger)
+        : this(GatewayPaths.DropDirectory(options.Value), options.Value.Spool.Fsync, logger)
+    {
+    }
+
+    internal DropTransport(string root, bool fsync, ILogger logger)
+    {
+        _root = Path.GetFullPath(root);
+        _fsync = fsync;
+        _logger = logger;
+    }
+
+    /// <inheritdoc />
+    public async Task<IReadOnlyList<RecipientResult>> DeliverAsync(SpooledMessage message, IReadOnlyList<string> recipients, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(message);
+        ArgumentNullException.ThrowIfNull(recipients);
+        var id = message.Envelope.Id;
+        var tmpDirectory = Path.Combine(_root, TempDirectoryName);
+        var tmp = Path.Combine(tmpDirectory, string.Create(CultureInfo.InvariantCulture, $"{id}.{Guid.NewGuid():N}.eml"));
+        try
+        {
+            var tenantDirectory = TenantDirectory(_root, message.Envelope.TenantId);
+            var final = Path.Combine(tenantDirectory, id + ".eml");
+            Directory.CreateDirectory(tmpDirectory);
+            Directory.CreateDirectory(tenantDirectory);
+
+            var source = message.OpenContent();
+            await using (source.ConfigureAwait(false))
+            {
+                var target = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 81920, FileOptions.Asynchronous);
+                await using (target.ConfigureAwait(false))
+                {
+                    await source.CopyToAsync(target, cancellationToken).ConfigureAwait(false);
+
+                    // The spool deletes its copy once this returns Delivered; the drop copy must survive a crash first.
+                    if (_fsync)
+                        target.Flush(flushToDisk: true);
+                }
+            }
+
+            File.Move(tmp, final, overwrite: true);
+            if (_fsync)
+                DurableFile.SyncDirectory(tenantDirectory);
+            DeliveryLog.Dropped(_logger, id, final);
+            return recipients.Select(r => RecipientResult.FromReply(r, 250, "2.0.0 Written to drop directory")).ToArray();
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            TryDelete(tmp);
+            throw;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            TryDelete(tmp);
+            DeliveryLog.DropFailed(_logger, id, ex);
+
+            // RFC 3463 4.3.0: local system trouble, transient.
+            return recipients.Select(r => RecipientResult.FromReply(r, 451, "4.3.0 Drop directory not writable")).ToArray();
+        }
+    }
+
+    /// <summary>
+    /// The tenant's folder under <paramref name="root"/>. Tenant ids come from our own session state, but are still
+    /// reduced to [A-Za-z0-9._-] with no leading dot, so "../x" or "/etc" cannot leave the drop directory.
+    /// When characters had to be replaced a hash of the original id is appended, so that two different
+    /// tenants never share one folder (isolation promise 5 in ARCHITECTURE.md).
+    /// </summary>
+    internal static string TenantDirectory(string root, string? tenantId)
+    {
+        var name = TenantDirectoryName(tenantId);
+        var fullRoot = Path.TrimEndingDirectorySeparator(Path.GetFullPath(root));
+        var path = Path.GetFullPath(Path.Combine(fullRoot, name));
+        if (!path.StartsWith(fullRoot + Path.DirectorySeparatorChar, StringComparison.Ordinal))
+            throw new IOException("Tenant directory would leave the drop directory.");
+        return path;
+    }
+
+    internal static string TenantDirectoryName(string? tenantId)
+    {
+        if (string.IsNullOrEmpty(tenantId))
+            return DefaultTenant;
+
+        const int maxLength = 64;
+        var builder = new StringBuilder(tenantId.Length);
+        var changed = false;
+        foreach (var c in tenantId)
+        {
+            var keep = char.IsAsciiLetterOrDigit(c) || c is '-' or '_' || (c == '.' && builder.Length > 0);
+            builder.Append(keep ? c : '_');
+            changed |= !keep;
+        }
+
+        if (builder.Length > maxLength)
+        {
+            builder.Length = maxLength;
+            changed = true;
+        }
+
+        if (changed)
+        {
+            var hash = Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(tenantId)), 0, 4).ToLowerInvariant();
+            builder.Append('-').Append(hash);
+        }
+
+        return builder.ToString();
+    }
+
+    void TryDelete(string path)
+    {
+        try
+        {
+            File.Delete(path);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            DeliveryLog.DropFailed(_logger, Path.GetFileName(path), ex);
+        }
+    }
+}

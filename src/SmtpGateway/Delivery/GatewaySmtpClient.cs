@@ -1,0 +1,150 @@
+using MailKit;
+using MailKit.Net.Smtp;
+using MimeKit;
+using SmtpGateway.Spool;
+
+namespace SmtpGateway.Delivery;
+
+/// <summary>
+/// MailKit's SmtpClient, changed in three ways for relaying:
+/// <list type="number">
+/// <item>a refused RCPT is recorded, not thrown, so one transaction yields one outcome per recipient
+/// (RFC 5321 section 3.3: RCPT replies are per recipient);</item>
+/// <item>the message is never prepared (re-encoded) before sending: see <see cref="RawMessageCarrier"/>;</item>
+/// <item>the SIZE parameter comes from the known spooled length instead of a second serialisation.</item>
+/// </list>
+/// Envelope sender and recipients are the spooled ones, never taken from headers.
+/// MailKit sends no RSET after a successful transaction (none is needed: RFC 5321 section 4.1.1.4 ends the
+/// transaction at the final reply) and sends RSET itself after a refused MAIL/RCPT/DATA; if RSET fails it
+/// disconnects, which the pool sees as !IsConnected.
+/// </summary>
+internal sealed class GatewaySmtpClient : SmtpClient
+{
+    readonly Dictionary<MailboxAddress, SmtpResponse> _refused = new(ReferenceEqualityComparer.Instance);
+    long _knownSize = -1;
+
+    /// <summary>Result of one transaction; <see cref="Reusable"/> is false when the connection must not go back to the pool.</summary>
+    public readonly record struct TransactionResult(IReadOnlyList<RecipientResult> Results, bool Reusable, bool Exact);
+
+    /// <summary>Runs one SMTP transaction for <paramref name="recipients"/>. Throws only when <paramref name="cancellationToken"/> is cancelled.</summary>
+    public async Task<TransactionResult> SendSpooledAsync(SpooledMessage message, IReadOnlyList<string> recipients, CancellationToken cancellationToken)
+    {
+        var results = new RecipientResult?[recipients.Count];
+        var envelope = message.Envelope;
+
+        MailboxAddress sender;
+        try
+        {
+            // The null reverse-path "" becomes MAIL FROM:<> (RFC 5321 section 4.5.5).
+            sender = new MailboxAddress("", envelope.MailFrom);
+        }
+        catch (ParseException)
+        {
+            // RFC 3463 5.1.7: bad sender's mailbox address syntax.
+            return new TransactionResult(recipients.Select(r => RecipientResult.FromReply(r, 553, "5.1.7 Bad sender address syntax")).ToArray(), true, true);
+        }
+
+        var mailboxes = new List<MailboxAddress>(recipients.Count);
+        var indexOf = new Dictionary<MailboxAddress, int>(ReferenceEqualityComparer.Instance);
+        for (var i = 0; i < recipients.Count; i++)
+        {
+            try
+            {
+                var mailbox = new MailboxAddress("", recipients[i]);
+                mailboxes.Add(mailbox);
+                indexOf[mailbox] = i;
+            }
+            catch (ParseException)
+            {
+                results[i] = RecipientResult.FromReply(recipients[i], 553, "5.1.3 Bad recipient address syntax");
+            }
+        }
+
+        if (mailboxes.Count == 0)
+            return new TransactionResult(Complete(results, recipients), true, true);
+
+        // SMTPUTF8 (RFC 6531) is requested when the client used it and this server offers it; it needs 8BITMIME too.
+        var format = FormatOptions.Default.Clone();
+        format.NewLineFormat = NewLineFormat.Dos;
+        format.International = envelope.SmtpUtf8
+            && Capabilities.HasFlag(SmtpCapabilities.UTF8)
+            && Capabilities.HasFlag(SmtpCapabilities.EightBitMime);
+
+        RawMessageCarrier.Carrier carrier;
+        try
+        {
+            carrier = await RawMessageCarrier.TryCreateAsync(message, format, cancellationToken).ConfigureAwait(false)
+                ?? await RawMessageCarrier.LoadParsedAsync(message, cancellationToken).ConfigureAwait(false);
+        }
+        catch (FormatException)
+        {
+            // Not an RFC 5322 message (it does not start with a header field) and MailKit can only send parsed messages:
+            // retrying cannot help. RFC 3463 5.6.0: other media error. Unreachable behind the Listener, which prepends Received.
+            return new TransactionResult(Complete(results, recipients, 554, "5.6.0 Message header cannot be parsed for relaying"), true, false);
+        }
+
+        using var _ = carrier;
+        _refused.Clear();
+        _knownSize = carrier.Length;
+        try
+        {
+            var text = await SendAsync(format, carrier.Message, sender, mailboxes, cancellationToken).ConfigureAwait(false);
+            foreach (var mailbox in mailboxes)
+                results[indexOf[mailbox]] = Refused(mailbox) ?? RecipientResult.FromReply(recipients[indexOf[mailbox]], 250, text);
+        }
+        catch (SmtpCommandException ex) when (ex.ErrorCode == SmtpErrorCode.SenderNotAccepted)
+        {
+            // MAIL refused: the RCPT replies that follow (often 503) say nothing about the recipients.
+            foreach (var mailbox in mailboxes)
+                results[indexOf[mailbox]] = RecipientResult.FromReply(recipients[indexOf[mailbox]], (int)ex.StatusCode, ex.Message);
+        }
+        catch (SmtpCommandException ex)
+        {
+            // DATA refused, the final reply was not 250, or no RCPT was accepted (then every recipient has its own reply).
+            foreach (var mailbox in mailboxes)
+                results[indexOf[mailbox]] = Refused(mailbox) ?? RecipientResult.FromReply(recipients[indexOf[mailbox]], (int)ex.StatusCode, ex.Message);
+        }
+        catch (ServiceNotAuthenticatedException ex)
+        {
+            // 530 (RFC 4954 section 6): the smarthost wants AUTH, which this gateway does not do yet.
+            foreach (var mailbox in mailboxes)
+                results[indexOf[mailbox]] = Refused(mailbox) ?? RecipientResult.FromReply(recipients[indexOf[mailbox]], 530, "5.7.0 " + ex.Message);
+        }
+        catch (Exception ex) when (!cancellationToken.IsCancellationRequested)
+        {
+            // Connection lost, TLS failure, timeout, protocol garbage: no final reply, so transient (RFC 3463 4.4.2 bad connection).
+            // A recipient already refused in this transaction keeps that reply.
+            foreach (var mailbox in mailboxes)
+                results[indexOf[mailbox]] = Refused(mailbox) ?? RecipientResult.FromReply(recipients[indexOf[mailbox]], 451, $"4.4.2 Connection to next hop failed ({ex.GetType().Name}: {ex.Message})");
+            return new TransactionResult(Complete(results, recipients), false, carrier.Exact);
+        }
+        finally
+        {
+            _knownSize = -1;
+        }
+
+        return new TransactionResult(Complete(results, recipients), IsConnected, carrier.Exact);
+
+        RecipientResult? Refused(MailboxAddress mailbox) =>
+            _refused.TryGetValue(mailbox, out var response)
+                ? RecipientResult.FromReply(recipients[indexOf[mailbox]], (int)response.StatusCode, response.Response)
+                : null;
+    }
+
+    static RecipientResult[] Complete(RecipientResult?[] results, IReadOnlyList<string> recipients, int code = 451, string text = "4.3.0 No result") =>
+        results.Select((r, i) => r ?? RecipientResult.FromReply(recipients[i], code, text)).ToArray();
+
+    protected override void OnRecipientNotAccepted(MimeMessage message, MailboxAddress mailbox, SmtpResponse response) =>
+        _refused[mailbox] = response;
+
+    protected override void Prepare(FormatOptions options, MimeMessage message, EncodingConstraint constraint, int maxLineLength)
+    {
+        // Deliberately empty: relaying must not re-encode (see RawMessageCarrier).
+    }
+
+    protected override long GetSize(FormatOptions options, MimeMessage message, CancellationToken cancellationToken) =>
+        _knownSize >= 0 ? _knownSize : base.GetSize(options, message, cancellationToken);
+
+    protected override Task<long> GetSizeAsync(FormatOptions options, MimeMessage message, CancellationToken cancellationToken) =>
+        _knownSize >= 0 ? Task.FromResult(_knownSize) : base.GetSizeAsync(options, message, cancellationToken);
+}

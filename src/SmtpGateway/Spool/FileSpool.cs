@@ -1,0 +1,520 @@
+using System.Buffers;
+using System.Globalization;
+using System.Text.Json;
+using System.Threading.Channels;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using SmtpGateway.Configuration;
+
+namespace SmtpGateway.Spool;
+
+/// <summary>
+/// The durable spool: one file per message on local disk.
+/// <code>
+/// &lt;spool&gt;/tmp/      partial writes; deleted on start (never acknowledged, never delivered)
+/// &lt;spool&gt;/queue/    complete messages awaiting delivery (&lt;id&gt;, see SpoolFileFormat)
+/// &lt;spool&gt;/state/    delivery state of queued messages (&lt;id&gt;.json), written tmp + rename
+/// &lt;spool&gt;/failed/   finished messages with a failed recipient (&lt;id&gt; and &lt;id&gt;.json)
+/// &lt;spool&gt;/corrupt/  queue files that could not be read, moved aside for an operator
+/// </code>
+/// RFC 5321 section 6.1: once the server answers 250 after DATA it is responsible for the message, so
+/// <see cref="CommitAsync"/> returns only when file data and the queue directory entry are fsynced.
+/// </summary>
+public sealed class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
+{
+    const string TmpName = "tmp";
+    const string QueueName = "queue";
+    const string StateName = "state";
+    const string FailedName = "failed";
+    const string CorruptName = "corrupt";
+    const string StateSuffix = ".json";
+
+    readonly string _root;
+    readonly string _tmp;
+    readonly string _queue;
+    readonly string _state;
+    readonly string _failed;
+    readonly string _corrupt;
+    readonly bool _fsync;
+    readonly TimeProvider _time;
+    readonly ILogger _logger;
+    readonly Channel<string> _ready = Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleReader = false, SingleWriter = false });
+    readonly GroupCommitter _queueSync;
+    readonly WakeupQueue _wakeups;
+    readonly Lock _initGate = new();
+    volatile bool _initialized;
+    int _recovered;
+    uint _sequence = (uint)Random.Shared.Next();
+    long _fileFsyncs;
+
+    public FileSpool(IOptions<GatewayConfig> options, TimeProvider time, ILogger<FileSpool> logger)
+        : this(GatewayPaths.SpoolDirectory(options.Value), options.Value.Spool.Fsync, time, logger)
+    {
+    }
+
+    /// <param name="root">Spool directory (absolute).</param>
+    /// <param name="fsync">False only for benchmarks (SpoolConfig.Fsync).</param>
+    /// <param name="time">Clock for ids, schedules and durations.</param>
+    /// <param name="logger">Spool logger.</param>
+    /// <param name="syncDirectory">Directory fsync; tests wrap it to observe group commit.</param>
+    internal FileSpool(string root, bool fsync, TimeProvider time, ILogger logger, Action<string>? syncDirectory = null)
+    {
+        _root = Path.GetFullPath(root);
+        _tmp = Path.Combine(_root, TmpName);
+        _queue = Path.Combine(_root, QueueName);
+        _state = Path.Combine(_root, StateName);
+        _failed = Path.Combine(_root, FailedName);
+        _corrupt = Path.Combine(_root, CorruptName);
+        _fsync = fsync;
+        _time = time;
+        _logger = logger;
+        var sync = syncDirectory ?? DurableFile.SyncDirectory;
+        _queueSync = new GroupCommitter(() =>
+        {
+            sync(_queue);
+            SpoolMetrics.DirectoryFsync();
+        });
+        _wakeups = new WakeupQueue(time, id => _ready.Writer.TryWrite(id));
+    }
+
+    /// <summary>Absolute spool directory.</summary>
+    public string RootDirectory => _root;
+
+    /// <inheritdoc />
+    public ChannelReader<string> Ready => _ready.Reader;
+
+    /// <summary>Directory fsyncs of queue/ so far (group commit makes this smaller than the number of commits under concurrency).</summary>
+    internal long DirectoryFsyncCount => _queueSync.SyncCount;
+
+    /// <summary>File data fsyncs so far (messages and state files).</summary>
+    internal long FileFsyncCount => Interlocked.Read(ref _fileFsyncs);
+
+    /// <summary>Ids waiting in memory for a later attempt.</summary>
+    internal int ScheduledCount => _wakeups.Count;
+
+    /// <inheritdoc />
+    /// <remarks>20 upper-case hex digits: 12 of Unix milliseconds, then 8 of a per-process sequence that starts at a random value.
+    /// Sorting ids sorts by arrival; the random start keeps ids from two processes in the same millisecond apart.</remarks>
+    public string NewId()
+    {
+        var ms = _time.GetUtcNow().ToUnixTimeMilliseconds();
+        var seq = Interlocked.Increment(ref _sequence);
+        return string.Create(CultureInfo.InvariantCulture, $"{ms:X12}{seq:X8}");
+    }
+
+    /// <inheritdoc />
+    public async Task CommitAsync(SpoolEnvelope envelope, ReadOnlySequence<byte> message, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(envelope);
+        if (!IsValidId(envelope.Id))
+            throw new ArgumentException("Queue id must come from NewId().", nameof(envelope));
+
+        var started = _time.GetTimestamp();
+        // Unique per attempt, so that a failed commit only ever removes its own partial file.
+        var tmp = Path.Combine(_tmp, string.Create(CultureInfo.InvariantCulture, $"{envelope.Id}.{Guid.NewGuid():N}.msg"));
+        var queued = Path.Combine(_queue, envelope.Id);
+        var renamed = false;
+        try
+        {
+            EnsureDirectories();
+            cancellationToken.ThrowIfCancellationRequested();
+            await WriteMessageFileAsync(tmp, envelope, message, cancellationToken).ConfigureAwait(false);
+
+            // The rename publishes envelope and content at once; queue/ never holds a partial file.
+            File.Move(tmp, queued, overwrite: false);
+            renamed = true;
+
+            // The rename is durable only once queue/ itself is synced; wait for a (shared) directory fsync.
+            if (_fsync)
+                await _queueSync.WaitForSyncAsync().ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!renamed)
+        {
+            TryDelete(tmp);
+            throw;
+        }
+        catch (Exception ex)
+        {
+            // Whatever failed, the client gets 451 and will send again, so nothing of this attempt may be delivered:
+            // not the partial tmp file, and not a renamed file whose directory entry may not survive a crash.
+            TryDelete(tmp);
+            if (renamed)
+                TryDelete(queued);
+            SpoolLog.CommitFailed(_logger, envelope.Id, ex);
+            throw new SpoolWriteException($"Could not spool message {envelope.Id}.", ex);
+        }
+
+        SpoolMetrics.Committed(_time.GetElapsedTime(started));
+        SpoolMetrics.Enqueued();
+        SpoolLog.Committed(_logger, envelope.Id, envelope.Recipients.Count, message.Length);
+        _ready.Writer.TryWrite(envelope.Id);
+    }
+
+    async Task WriteMessageFileAsync(string path, SpoolEnvelope envelope, ReadOnlySequence<byte> message, CancellationToken cancellationToken)
+    {
+        var eightBit = false;
+        foreach (var segment in message)
+        {
+            if (segment.Span.IndexOfAnyInRange((byte)0x80, (byte)0xFF) >= 0)
+            {
+                eightBit = true;
+                break;
+            }
+        }
+
+        var preamble = SpoolFileFormat.EncodePreamble(new SpoolFileHeader(envelope, eightBit), message.Length);
+        var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 81920, FileOptions.Asynchronous);
+        await using (stream.ConfigureAwait(false))
+        {
+            await stream.WriteAsync(preamble, cancellationToken).ConfigureAwait(false);
+            foreach (var segment in message)
+                await stream.WriteAsync(segment, cancellationToken).ConfigureAwait(false);
+
+            // Flush(true) is fsync(2) of the file. Concurrent sessions fsync concurrently; the file system
+            // batches them into one journal commit (ext4, xfs), so this does not serialise sessions.
+            if (_fsync)
+            {
+                stream.Flush(flushToDisk: true);
+                CountFileFsync();
+            }
+            else
+            {
+                await stream.FlushAsync(cancellationToken).ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Runs once before the Listener accepts: removes partial writes, moves unreadable queue files aside,
+    /// and hands every queued message to delivery (now, or at its persisted next attempt time).
+    /// </summary>
+    public Task RecoverAsync(CancellationToken cancellationToken)
+    {
+        if (Interlocked.Exchange(ref _recovered, 1) == 1)
+            return Task.CompletedTask;
+
+        EnsureDirectories();
+
+        var partial = 0;
+        foreach (var file in Directory.EnumerateFiles(_tmp))
+        {
+            TryDelete(file);
+            SpoolLog.PartialRemoved(_logger, Path.GetFileName(file));
+            partial++;
+        }
+
+        int due = 0, scheduled = 0, corrupt = 0;
+        var now = _time.GetUtcNow();
+        var queuedIds = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var path in Directory.EnumerateFiles(_queue).Order(StringComparer.Ordinal))
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            var id = Path.GetFileName(path);
+            var message = TryLoad(id, out var movedAside);
+            if (message is null)
+            {
+                if (movedAside)
+                    corrupt++;
+                continue;
+            }
+
+            queuedIds.Add(id);
+            if (message.State.NextAttemptAt > now)
+            {
+                _wakeups.Schedule(id, message.State.NextAttemptAt);
+                scheduled++;
+            }
+            else
+            {
+                _ready.Writer.TryWrite(id);
+                due++;
+            }
+        }
+
+        SpoolMetrics.Enqueued(queuedIds.Count);
+
+        // A state file without its message: the process stopped between finishing a message and removing its state.
+        foreach (var path in Directory.EnumerateFiles(_state, "*" + StateSuffix))
+        {
+            var id = Path.GetFileNameWithoutExtension(path);
+            if (queuedIds.Contains(id))
+                continue;
+            if (IsValidId(id) && File.Exists(Path.Combine(_failed, id)) && !File.Exists(Path.Combine(_failed, id + StateSuffix)))
+                MoveReplacing(path, Path.Combine(_failed, id + StateSuffix));
+            else
+                TryDelete(path);
+            SpoolLog.OrphanStateRemoved(_logger, id);
+        }
+
+        SpoolLog.Recovered(_logger, _root, due, scheduled, partial, corrupt);
+        return Task.CompletedTask;
+    }
+
+    /// <inheritdoc />
+    public Task<SpooledMessage?> LoadAsync(string id, CancellationToken cancellationToken)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        if (!IsValidId(id))
+            return Task.FromResult<SpooledMessage?>(null);
+        var message = TryLoad(id, out var movedAside);
+        if (movedAside)
+            SpoolMetrics.Dequeued();
+        return Task.FromResult(message);
+    }
+
+    /// <summary>Reads a queued message; null when absent or corrupt (corrupt files are moved to corrupt/).</summary>
+    SpooledMessage? TryLoad(string id, out bool movedAside)
+    {
+        movedAside = false;
+        var path = Path.Combine(_queue, id);
+        if (!IsValidId(id))
+        {
+            movedAside = MoveAside(id, "file name is not a queue id");
+            return null;
+        }
+
+        SpoolFileHeader header;
+        long offset, length;
+        try
+        {
+            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1);
+            header = SpoolFileFormat.ReadHeader(stream, out offset, out length);
+        }
+        catch (FileNotFoundException)
+        {
+            return null;
+        }
+        catch (InvalidDataException ex)
+        {
+            movedAside = MoveAside(id, ex.Message);
+            return null;
+        }
+        catch (EndOfStreamException ex)
+        {
+            movedAside = MoveAside(id, ex.Message);
+            return null;
+        }
+
+        if (header.Envelope.Id != id)
+        {
+            movedAside = MoveAside(id, "envelope id does not match the file name");
+            return null;
+        }
+
+        var state = ReadState(Path.Combine(_state, id + StateSuffix), header.Envelope);
+        return new SpooledMessage(path, offset, length, header.Envelope, header.EightBitData, state);
+    }
+
+    DeliveryState ReadState(string path, SpoolEnvelope envelope)
+    {
+        string reason;
+        try
+        {
+            var bytes = File.ReadAllBytes(path);
+            var state = JsonSerializer.Deserialize(bytes, SpoolJsonContext.Default.DeliveryState);
+            if (state is not null && state.Recipients is not null && state.Matches(envelope))
+                return state;
+            reason = "does not match the envelope";
+        }
+        catch (FileNotFoundException)
+        {
+            // Never attempted: no state file is written at commit, to keep the commit at one file.
+            return DeliveryState.Initial(envelope);
+        }
+        catch (Exception ex) when (ex is JsonException or IOException)
+        {
+            reason = ex.GetType().Name;
+        }
+
+        // Starting over may send duplicates to recipients already delivered: at-least-once, never loss.
+        SpoolLog.StateReset(_logger, envelope.Id, reason);
+        return DeliveryState.Initial(envelope);
+    }
+
+    /// <inheritdoc />
+    public Task SaveAsync(DeliveryState state, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        if (!IsValidId(state.Id))
+            throw new ArgumentException("Not a queue id.", nameof(state));
+        cancellationToken.ThrowIfCancellationRequested();
+
+        var message = Path.Combine(_queue, state.Id);
+        var statePath = Path.Combine(_state, state.Id + StateSuffix);
+        if (!state.IsComplete)
+        {
+            WriteStateAtomically(statePath, state);
+            _wakeups.Schedule(state.Id, state.NextAttemptAt);
+            return Task.CompletedTask;
+        }
+
+        if (state.AnyFailed)
+        {
+            // Message first, then its state: a crash in between leaves an orphan state that recovery moves after it.
+            MoveReplacing(message, Path.Combine(_failed, state.Id));
+            WriteStateAtomically(Path.Combine(_failed, state.Id + StateSuffix), state);
+            TryDelete(statePath);
+            SpoolLog.MovedToFailed(_logger, state.Id);
+        }
+        else
+        {
+            // Message first: a crash before the state goes leaves an orphan state (removed on recovery),
+            // never a message without its "delivered" marks (which would be delivered again).
+            File.Delete(message);
+            TryDelete(statePath);
+            SpoolLog.Completed(_logger, state.Id);
+        }
+
+        SpoolMetrics.Dequeued();
+        return Task.CompletedTask;
+    }
+
+    /// <inheritdoc />
+    public void Schedule(string id, DateTimeOffset due) => _wakeups.Schedule(id, due);
+
+    /// <inheritdoc />
+    public IReadOnlyList<SpoolEntry> List(SpoolArea area)
+    {
+        var directory = area == SpoolArea.Queue ? _queue : _failed;
+        var stateDirectory = area == SpoolArea.Queue ? _state : _failed;
+        if (!Directory.Exists(directory))
+            return [];
+
+        var entries = new List<SpoolEntry>();
+        foreach (var path in Directory.EnumerateFiles(directory).Order(StringComparer.Ordinal))
+        {
+            var id = Path.GetFileName(path);
+            if (!IsValidId(id))
+                continue;
+            try
+            {
+                using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1);
+                var header = SpoolFileFormat.ReadHeader(stream, out _, out var length);
+                var state = ReadStateQuietly(Path.Combine(stateDirectory, id + StateSuffix), header.Envelope);
+                entries.Add(new SpoolEntry(id, area, header.Envelope, state, length));
+            }
+            catch (Exception ex) when (ex is IOException or InvalidDataException)
+            {
+                // Listing is read-only: a file that vanished or is damaged is skipped, not moved.
+            }
+        }
+
+        return entries;
+    }
+
+    static DeliveryState ReadStateQuietly(string path, SpoolEnvelope envelope)
+    {
+        try
+        {
+            var state = JsonSerializer.Deserialize(File.ReadAllBytes(path), SpoolJsonContext.Default.DeliveryState);
+            return state is not null && state.Recipients is not null && state.Matches(envelope) ? state : DeliveryState.Initial(envelope);
+        }
+        catch (Exception ex) when (ex is IOException or JsonException)
+        {
+            return DeliveryState.Initial(envelope);
+        }
+    }
+
+    void WriteStateAtomically(string path, DeliveryState state)
+    {
+        // The temporary name lives in tmp/ so that a crash leaves nothing but what recovery already deletes.
+        var tmp = Path.Combine(_tmp, string.Create(CultureInfo.InvariantCulture, $"{state.Id}.{Guid.NewGuid():N}.state"));
+        try
+        {
+            using (var stream = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 4096))
+            {
+                JsonSerializer.Serialize(stream, state, SpoolJsonContext.Default.DeliveryState);
+
+                // Data fsync so that a crash cannot leave an empty state file behind the rename (delayed allocation).
+                // The directory is not synced: losing this rename only repeats an attempt (at-least-once).
+                if (_fsync)
+                {
+                    stream.Flush(flushToDisk: true);
+                    CountFileFsync();
+                }
+            }
+
+            File.Move(tmp, path, overwrite: true);
+        }
+        catch
+        {
+            TryDelete(tmp);
+            throw;
+        }
+    }
+
+    bool MoveAside(string id, string reason)
+    {
+        var source = Path.Combine(_queue, id);
+        var destination = Path.Combine(_corrupt, SafeFileName(id));
+        try
+        {
+            if (File.Exists(destination))
+                destination += "." + _time.GetUtcNow().ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture);
+            File.Move(source, destination);
+            SpoolLog.CorruptMovedAside(_logger, SafeFileName(id), destination, reason);
+            return true;
+        }
+        catch (FileNotFoundException)
+        {
+            return false;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            SpoolLog.MoveAsideFailed(_logger, SafeFileName(id), ex);
+            return false;
+        }
+    }
+
+    static string SafeFileName(string name)
+    {
+        var chars = name.Select(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '-' or '_' ? c : '_').ToArray();
+        return chars.Length == 0 ? "_" : new string(chars);
+    }
+
+    static void MoveReplacing(string source, string destination) => File.Move(source, destination, overwrite: true);
+
+    void EnsureDirectories()
+    {
+        if (_initialized)
+            return;
+        lock (_initGate)
+        {
+            if (_initialized)
+                return;
+            var existed = Directory.Exists(_queue);
+            foreach (var directory in new[] { _tmp, _queue, _state, _failed, _corrupt })
+                Directory.CreateDirectory(directory);
+
+            // New directories are entries in their parent: sync it so that queue/ itself survives a crash
+            // before the first message in it is acknowledged.
+            if (_fsync && !existed)
+                DurableFile.SyncDirectory(_root);
+            _initialized = true;
+        }
+    }
+
+    void CountFileFsync()
+    {
+        Interlocked.Increment(ref _fileFsyncs);
+        SpoolMetrics.FileFsync();
+    }
+
+    void TryDelete(string path)
+    {
+        try
+        {
+            File.Delete(path);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            SpoolLog.CleanupFailed(_logger, Path.GetFileName(path), ex);
+        }
+    }
+
+    /// <summary>Ids are produced by <see cref="NewId"/>; anything else is refused before it can become a path.</summary>
+    internal static bool IsValidId(string? id) =>
+        !string.IsNullOrEmpty(id) && id.Length <= 64 && id.All(char.IsAsciiLetterOrDigit);
+
+    public void Dispose() => _wakeups.Dispose();
+}

@@ -1,0 +1,65 @@
+namespace SmtpGateway.Spool;
+
+/// <summary>
+/// Group commit for directory fsyncs. Every committer renames its file into queue/ and then waits here;
+/// one loop fsyncs the directory and completes every waiter that enqueued before that fsync started.
+/// A waiter that arrives while an fsync runs joins the next one, because the running fsync may have
+/// started before its rename. Under concurrency N sessions share one directory fsync instead of paying N.
+/// </summary>
+internal sealed class GroupCommitter(Action sync)
+{
+    readonly Lock _gate = new();
+    TaskCompletionSource? _next;
+    bool _running;
+    long _syncs;
+
+    /// <summary>Directory fsyncs performed so far.</summary>
+    public long SyncCount => Interlocked.Read(ref _syncs);
+
+    /// <summary>Completes after an fsync that started after this call; faults with that fsync's exception.</summary>
+    public Task WaitForSyncAsync()
+    {
+        lock (_gate)
+        {
+            _next ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var task = _next.Task;
+            if (!_running)
+            {
+                _running = true;
+                ThreadPool.UnsafeQueueUserWorkItem(static self => self.Run(), this, preferLocal: false);
+            }
+
+            return task;
+        }
+    }
+
+    void Run()
+    {
+        while (true)
+        {
+            TaskCompletionSource batch;
+            lock (_gate)
+            {
+                if (_next is null)
+                {
+                    _running = false;
+                    return;
+                }
+
+                batch = _next;
+                _next = null;
+            }
+
+            try
+            {
+                sync();
+                Interlocked.Increment(ref _syncs);
+                batch.SetResult();
+            }
+            catch (Exception ex)
+            {
+                batch.SetException(ex);
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+using System.Text;
+using MimeKit;
+using SmtpGateway.Delivery;
+using SmtpGateway.Spool;
+using SmtpGateway.Tests.Spool;
+using Xunit;
+using static SmtpGateway.Tests.Spool.SpoolTestKit;
+
+namespace SmtpGateway.Tests.Delivery;
+
+public sealed class RawMessageCarrierTests : IDisposable
+{
+    readonly TempDirectory _dir = new();
+    readonly ManualTimeProvider _time = new();
+    readonly FileSpool _spool;
+
+    public RawMessageCarrierTests() => _spool = NewSpool(_dir.Combine("spool"), _time, fsync: false);
+
+    public void Dispose()
+    {
+        _spool.Dispose();
+        _dir.Dispose();
+    }
+
+    async Task<SpooledMessage> SpoolAsync(string text)
+    {
+        var envelope = NewEnvelope(_spool, _time);
+        await _spool.CommitAsync(envelope, Segmented(Encoding.UTF8.GetBytes(text), 5000), CancellationToken.None);
+        return (await _spool.LoadAsync(envelope.Id, CancellationToken.None))!;
+    }
+
+    static FormatOptions SmtpFormat(bool international)
+    {
+        var format = FormatOptions.Default.Clone();
+        format.NewLineFormat = NewLineFormat.Dos;
+        format.EnsureNewLine = true;
+        format.International = international;
+        return format;
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Carrier_writes_the_spooled_bytes_exactly_and_knows_its_length(bool international)
+    {
+        var text =
+            "From: J\u00f6rg <joerg@tenant-a.example>,\r\n  \"Other, Person\" <o@example.org>\r\n" +
+            "To:undisclosed-recipients:;\r\n" +
+            "Subject: =?UTF-8?B?w7xiZXI=?= \u00fcber\r\n" +
+            "X-Empty:\r\n" +
+            $"X-Long: {new string('y', 2000)}\r\n" +
+            "Content-Type: text/plain; charset=utf-8\r\n" +
+            "Content-Transfer-Encoding: 8bit\r\n" +
+            "\r\n" +
+            $"{new string('z', 3000)}\r\n" +
+            ".\r\n" +
+            "\u00e9t\u00e9\r\n";
+        var message = await SpoolAsync(text);
+        var format = SmtpFormat(international);
+
+        using var carrier = await RawMessageCarrier.TryCreateAsync(message, format, CancellationToken.None);
+
+        Assert.NotNull(carrier);
+        Assert.True(carrier.Exact);
+        using var written = new MemoryStream();
+        await carrier.Message.WriteToAsync(format, written, CancellationToken.None);
+        Assert.Equal(text, Encoding.UTF8.GetString(written.ToArray()));
+        Assert.Equal(written.Length, carrier.Length);
+    }
+
+    [Fact]
+    public async Task Header_block_that_cannot_be_reproduced_yields_no_exact_carrier()
+    {
+        // A bare LF inside the header block: MimeKit's CRLF output would differ from the original.
+        var message = await SpoolAsync("Subject: a\nX: b\r\n\r\nbody\r\n");
+        Assert.Null(await RawMessageCarrier.TryCreateAsync(message, SmtpFormat(false), CancellationToken.None));
+    }
+}

@@ -1,0 +1,400 @@
+using System.Buffers;
+using System.Text;
+using SmtpGateway.Spool;
+using Xunit;
+using static SmtpGateway.Tests.Spool.SpoolTestKit;
+
+namespace SmtpGateway.Tests.Spool;
+
+public sealed class FileSpoolTests : IDisposable
+{
+    readonly TempDirectory _dir = new();
+    readonly ManualTimeProvider _time = new();
+
+    public void Dispose() => _dir.Dispose();
+
+    string Root => _dir.Combine("spool");
+
+    static List<string> Drain(FileSpool spool)
+    {
+        var ids = new List<string>();
+        while (spool.Ready.TryRead(out var id))
+            ids.Add(id);
+        return ids;
+    }
+
+    [Fact]
+    public async Task Commit_then_recover_in_a_new_instance_yields_same_envelope_and_bytes()
+    {
+        var bytes = Encoding.UTF8.GetBytes("Subject: caf\u00e9\r\n\r\n\u00fcber\r\n.leading dot\r\n");
+        SpoolEnvelope envelope;
+        using (var spool = NewSpool(Root, _time))
+        {
+            envelope = NewEnvelope(spool, _time, ["a@example.net", "b@example.net"], tenant: "tenant-a", eightBitMime: true, smtpUtf8: true);
+            await spool.CommitAsync(envelope, Segmented(bytes), CancellationToken.None);
+            Assert.Equal([envelope.Id], Drain(spool));
+        }
+
+        using var recovered = NewSpool(Root, _time);
+        await recovered.RecoverAsync(CancellationToken.None);
+        Assert.Equal([envelope.Id], Drain(recovered));
+
+        var message = await recovered.LoadAsync(envelope.Id, CancellationToken.None);
+        Assert.NotNull(message);
+        Assert.Equal(envelope.Id, message.Envelope.Id);
+        Assert.Equal(envelope.TenantId, message.Envelope.TenantId);
+        Assert.Equal(envelope.MailFrom, message.Envelope.MailFrom);
+        Assert.Equal(envelope.Recipients, message.Envelope.Recipients);
+        Assert.Equal(envelope.ReceivedAt, message.Envelope.ReceivedAt);
+        Assert.Equal(envelope.ClientAddress, message.Envelope.ClientAddress);
+        Assert.Equal(envelope.Listener, message.Envelope.Listener);
+        Assert.True(message.Envelope.SmtpUtf8);
+        Assert.True(message.Envelope.EightBitMime);
+        Assert.True(message.EightBitData);
+        Assert.Equal(bytes.Length, message.Length);
+        Assert.Equal(bytes, await ReadContentAsync(message));
+        Assert.Equal(0, message.State.Attempts);
+        Assert.All(message.State.Recipients, r => Assert.Equal(RecipientStatus.Pending, r.Status));
+    }
+
+    [Fact]
+    public async Task Empty_message_and_null_sender_round_trip()
+    {
+        using var spool = NewSpool(Root, _time);
+        var envelope = NewEnvelope(spool, _time, mailFrom: "");
+        await spool.CommitAsync(envelope, ReadOnlySequence<byte>.Empty, CancellationToken.None);
+        var message = await spool.LoadAsync(envelope.Id, CancellationToken.None);
+        Assert.NotNull(message);
+        Assert.Equal("", message.Envelope.MailFrom);
+        Assert.Empty(await ReadContentAsync(message));
+        Assert.False(message.EightBitData);
+    }
+
+    [Fact]
+    public async Task Recovery_deletes_tmp_leftovers_and_never_delivers_them()
+    {
+        using (var spool = NewSpool(Root, _time))
+            await spool.CommitAsync(NewEnvelope(spool, _time), Segmented(SampleMessage()), CancellationToken.None);
+
+        // A crash mid-write leaves a partial file in tmp/ (and a half-written state file).
+        var partialId = "0000000000000000DEAD";
+        await File.WriteAllBytesAsync(Path.Combine(Root, "tmp", partialId), Encoding.ASCII.GetBytes("SGWSPOOL1 100 5000\n{\"Envel"));
+        await File.WriteAllTextAsync(Path.Combine(Root, "tmp", partialId + ".123.state"), "{");
+
+        using var recovered = NewSpool(Root, _time);
+        await recovered.RecoverAsync(CancellationToken.None);
+
+        Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(Root, "tmp")));
+        var ready = Drain(recovered);
+        Assert.Single(ready);
+        Assert.DoesNotContain(partialId, ready);
+        Assert.Null(await recovered.LoadAsync(partialId, CancellationToken.None));
+    }
+
+    [Fact]
+    public async Task Recovery_moves_truncated_and_garbage_queue_files_to_corrupt()
+    {
+        string good, truncated;
+        using (var spool = NewSpool(Root, _time))
+        {
+            var a = NewEnvelope(spool, _time);
+            var b = NewEnvelope(spool, _time);
+            await spool.CommitAsync(a, Segmented(SampleMessage()), CancellationToken.None);
+            await spool.CommitAsync(b, Segmented(SampleMessage()), CancellationToken.None);
+            (good, truncated) = (a.Id, b.Id);
+        }
+
+        var truncatedPath = Path.Combine(Root, "queue", truncated);
+        var length = new FileInfo(truncatedPath).Length;
+        await using (var stream = new FileStream(truncatedPath, FileMode.Open))
+            stream.SetLength(length - 5);
+        await File.WriteAllTextAsync(Path.Combine(Root, "queue", "0000000000000000BEEF"), "not a spool file");
+        await File.WriteAllTextAsync(Path.Combine(Root, "queue", "0000000000000000CAFE"), "SGWSPOOL1 2 0\n{}");
+
+        using var recovered = NewSpool(Root, _time);
+        await recovered.RecoverAsync(CancellationToken.None);
+
+        Assert.Equal([good], Drain(recovered));
+        Assert.Equal([good], Directory.EnumerateFiles(Path.Combine(Root, "queue")).Select(Path.GetFileName));
+        var corrupt = Directory.EnumerateFiles(Path.Combine(Root, "corrupt")).Select(Path.GetFileName).Order().ToArray();
+        Assert.Equal(new[] { "0000000000000000BEEF", "0000000000000000CAFE", truncated }.Order(), corrupt);
+    }
+
+    [Fact]
+    public async Task Concurrent_commits_share_directory_fsyncs()
+    {
+        const int tasks = 20, perTask = 10;
+
+        // The real directory fsync plus a little latency, as on a disk that is not a RAM-backed VM image:
+        // committers arriving during one fsync must share the next one.
+        using var spool = NewSpool(Root, TimeProvider.System, syncDirectory: path =>
+        {
+            DurableFile.SyncDirectory(path);
+            Thread.Sleep(2);
+        });
+        var payload = SampleMessage();
+        await Task.WhenAll(Enumerable.Range(0, tasks).Select(_ => Task.Run(async () =>
+        {
+            for (var i = 0; i < perTask; i++)
+                await spool.CommitAsync(NewEnvelope(spool, TimeProvider.System), Segmented(payload, 4096), CancellationToken.None);
+        })));
+
+        const int messages = tasks * perTask;
+        Assert.Equal(messages, Directory.EnumerateFiles(Path.Combine(Root, "queue")).Count());
+        Assert.Equal(messages, Drain(spool).Distinct().Count());
+        Assert.Equal(messages, spool.FileFsyncCount);
+        Assert.InRange(spool.DirectoryFsyncCount, 1, messages / 2);
+    }
+
+    [Fact]
+    public async Task Fsync_false_skips_every_fsync()
+    {
+        using var spool = NewSpool(Root, _time, fsync: false, syncDirectory: _ => throw new InvalidOperationException("no fsync expected"));
+        await spool.CommitAsync(NewEnvelope(spool, _time), Segmented(SampleMessage()), CancellationToken.None);
+        Assert.Equal(0, spool.FileFsyncCount);
+        Assert.Equal(0, spool.DirectoryFsyncCount);
+        Assert.Single(Drain(spool));
+    }
+
+    [Fact]
+    public async Task Commit_throws_SpoolWriteException_when_queue_is_a_file_and_queues_nothing()
+    {
+        // Tests run as root, so permissions do not stop writes: block the path with a file instead.
+        Directory.CreateDirectory(Root);
+        await File.WriteAllTextAsync(Path.Combine(Root, "queue"), "in the way");
+        using var spool = NewSpool(Root, _time);
+
+        await Assert.ThrowsAsync<SpoolWriteException>(() =>
+            spool.CommitAsync(NewEnvelope(spool, _time), Segmented(SampleMessage()), CancellationToken.None));
+
+        Assert.True(File.Exists(Path.Combine(Root, "queue")));
+        Assert.Empty(Drain(spool));
+    }
+
+    [Fact]
+    public async Task Commit_throws_SpoolWriteException_when_queue_is_replaced_after_start_and_leaves_no_tmp()
+    {
+        using var spool = NewSpool(Root, _time);
+        await spool.RecoverAsync(CancellationToken.None);
+        Directory.Delete(Path.Combine(Root, "queue"));
+        await File.WriteAllTextAsync(Path.Combine(Root, "queue"), "in the way");
+
+        await Assert.ThrowsAsync<SpoolWriteException>(() =>
+            spool.CommitAsync(NewEnvelope(spool, _time), Segmented(SampleMessage()), CancellationToken.None));
+
+        Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(Root, "tmp")));
+        Assert.Empty(Drain(spool));
+    }
+
+    [Fact]
+    public async Task Commit_removes_renamed_file_when_directory_fsync_fails()
+    {
+        using var spool = NewSpool(Root, _time, syncDirectory: _ => throw new IOException("EIO"));
+        var envelope = NewEnvelope(spool, _time);
+
+        var ex = await Assert.ThrowsAsync<SpoolWriteException>(() => spool.CommitAsync(envelope, Segmented(SampleMessage()), CancellationToken.None));
+
+        Assert.IsType<IOException>(ex.InnerException);
+        Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(Root, "queue")));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(Root, "tmp")));
+        Assert.Empty(Drain(spool));
+    }
+
+    [Fact]
+    public async Task Cancelled_commit_leaves_nothing()
+    {
+        using var spool = NewSpool(Root, _time);
+        using var cts = new CancellationTokenSource();
+        await cts.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => spool.CommitAsync(NewEnvelope(spool, _time), Segmented(SampleMessage()), cts.Token));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(Root, "queue")));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(Root, "tmp")));
+    }
+
+    [Fact]
+    public void NewId_is_unique_sortable_and_file_name_safe()
+    {
+        using var spool = NewSpool(Root, _time);
+        var first = Enumerable.Range(0, 1000).Select(_ => spool.NewId()).ToArray();
+        _time.Advance(TimeSpan.FromMilliseconds(1));
+        var later = spool.NewId();
+
+        Assert.Equal(first.Length, first.Distinct().Count());
+        Assert.All(first, id => Assert.Matches("^[0-9A-F]{20}$", id));
+        Assert.All(first, id => Assert.True(string.CompareOrdinal(id, later) < 0));
+    }
+
+    [Fact]
+    public async Task Commit_refuses_an_id_that_is_not_file_name_safe()
+    {
+        using var spool = NewSpool(Root, _time);
+        var envelope = NewEnvelope(spool, _time) with { Id = "../escape" };
+        await Assert.ThrowsAsync<ArgumentException>(() => spool.CommitAsync(envelope, Segmented(SampleMessage()), CancellationToken.None));
+    }
+
+    [Fact]
+    public async Task Save_with_pending_recipients_persists_state_and_wakes_up_at_next_attempt()
+    {
+        using var spool = NewSpool(Root, _time);
+        var envelope = NewEnvelope(spool, _time, ["a@example.net", "b@example.net"]);
+        await spool.CommitAsync(envelope, Segmented(SampleMessage()), CancellationToken.None);
+        Drain(spool);
+
+        var state = DeliveryState.Initial(envelope) with
+        {
+            Attempts = 1,
+            NextAttemptAt = _time.GetUtcNow().AddMinutes(5),
+            Recipients = [new("a@example.net", RecipientStatus.Delivered, "250 ok"), new("b@example.net", RecipientStatus.Pending, "450 busy")],
+        };
+        await spool.SaveAsync(state, CancellationToken.None);
+
+        Assert.True(File.Exists(Path.Combine(Root, "state", envelope.Id + ".json")));
+        Assert.Empty(Drain(spool));
+        _time.Advance(TimeSpan.FromMinutes(4));
+        Assert.Empty(Drain(spool));
+        _time.Advance(TimeSpan.FromMinutes(1));
+        Assert.Equal([envelope.Id], Drain(spool));
+
+        var reloaded = await spool.LoadAsync(envelope.Id, CancellationToken.None);
+        Assert.NotNull(reloaded);
+        Assert.Equal(1, reloaded.State.Attempts);
+        Assert.Equal(RecipientStatus.Delivered, reloaded.State.Recipients[0].Status);
+        Assert.Equal("450 busy", reloaded.State.Recipients[1].LastReply);
+    }
+
+    [Fact]
+    public async Task Recovered_message_with_future_attempt_waits_until_then()
+    {
+        SpoolEnvelope envelope;
+        using (var spool = NewSpool(Root, _time))
+        {
+            envelope = NewEnvelope(spool, _time);
+            await spool.CommitAsync(envelope, Segmented(SampleMessage()), CancellationToken.None);
+            await spool.SaveAsync(DeliveryState.Initial(envelope) with { Attempts = 1, NextAttemptAt = _time.GetUtcNow().AddHours(1) }, CancellationToken.None);
+        }
+
+        using var recovered = NewSpool(Root, _time);
+        await recovered.RecoverAsync(CancellationToken.None);
+        Assert.Empty(Drain(recovered));
+        Assert.Equal(1, recovered.ScheduledCount);
+
+        _time.Advance(TimeSpan.FromMinutes(59));
+        Assert.Empty(Drain(recovered));
+        _time.Advance(TimeSpan.FromMinutes(1));
+        Assert.Equal([envelope.Id], Drain(recovered));
+    }
+
+    [Fact]
+    public void Scheduling_an_id_again_replaces_its_wakeup()
+    {
+        using var spool = NewSpool(Root, _time);
+        var now = _time.GetUtcNow();
+        spool.Schedule("0000000000000000000A", now.AddMinutes(1));
+        spool.Schedule("0000000000000000000A", now.AddMinutes(3));
+        spool.Schedule("0000000000000000000A", now.AddMinutes(3));
+        spool.Schedule("0000000000000000000B", now.AddMinutes(2));
+        Assert.Equal(2, spool.ScheduledCount);
+
+        _time.Advance(TimeSpan.FromMinutes(2));
+        Assert.Equal(["0000000000000000000B"], Drain(spool));
+        _time.Advance(TimeSpan.FromMinutes(1));
+        Assert.Equal(["0000000000000000000A"], Drain(spool));
+        _time.Advance(TimeSpan.FromHours(1));
+        Assert.Empty(Drain(spool));
+        Assert.Equal(0, spool.ScheduledCount);
+
+        // Due now: straight to the ready queue, cancelling a later wake-up.
+        spool.Schedule("0000000000000000000C", _time.GetUtcNow().AddMinutes(5));
+        spool.Schedule("0000000000000000000C", _time.GetUtcNow());
+        Assert.Equal(["0000000000000000000C"], Drain(spool));
+        _time.Advance(TimeSpan.FromMinutes(5));
+        Assert.Empty(Drain(spool));
+    }
+
+    [Fact]
+    public async Task Save_when_all_delivered_deletes_message_and_state()
+    {
+        using var spool = NewSpool(Root, _time);
+        var envelope = NewEnvelope(spool, _time);
+        await spool.CommitAsync(envelope, Segmented(SampleMessage()), CancellationToken.None);
+        await spool.SaveAsync(DeliveryState.Initial(envelope) with { NextAttemptAt = _time.GetUtcNow().AddMinutes(1) }, CancellationToken.None);
+
+        var done = DeliveryState.Initial(envelope) with { Attempts = 2, Recipients = [new("rcpt@example.net", RecipientStatus.Delivered, "250 ok")] };
+        await spool.SaveAsync(done, CancellationToken.None);
+
+        Assert.Empty(Directory.EnumerateFiles(Path.Combine(Root, "queue")));
+        Assert.Empty(Directory.EnumerateFiles(Path.Combine(Root, "state")));
+        Assert.Empty(Directory.EnumerateFiles(Path.Combine(Root, "failed")));
+        Assert.Null(await spool.LoadAsync(envelope.Id, CancellationToken.None));
+    }
+
+    [Fact]
+    public async Task Save_with_a_failed_recipient_moves_message_and_state_to_failed()
+    {
+        using var spool = NewSpool(Root, _time);
+        var envelope = NewEnvelope(spool, _time, ["a@example.net", "b@example.net"]);
+        var bytes = SampleMessage();
+        await spool.CommitAsync(envelope, Segmented(bytes), CancellationToken.None);
+
+        var done = DeliveryState.Initial(envelope) with
+        {
+            Attempts = 1,
+            Recipients = [new("a@example.net", RecipientStatus.Delivered, "250 ok"), new("b@example.net", RecipientStatus.Failed, "550 5.1.1 no such user")],
+        };
+        await spool.SaveAsync(done, CancellationToken.None);
+
+        Assert.Empty(spool.List(SpoolArea.Queue));
+        var failed = Assert.Single(spool.List(SpoolArea.Failed));
+        Assert.Equal(envelope.Id, failed.Id);
+        Assert.Equal(bytes.Length, failed.Size);
+        Assert.Equal("550 5.1.1 no such user", failed.State.Recipients[1].LastReply);
+        Assert.Equal(RecipientStatus.Failed, failed.State.Recipients[1].Status);
+        Assert.True(File.Exists(Path.Combine(Root, "failed", envelope.Id)));
+        Assert.True(File.Exists(Path.Combine(Root, "failed", envelope.Id + ".json")));
+        Assert.Empty(Directory.EnumerateFiles(Path.Combine(Root, "state")));
+    }
+
+    [Fact]
+    public async Task List_shows_queued_messages_with_their_state_oldest_first()
+    {
+        using var spool = NewSpool(Root, _time);
+        var first = NewEnvelope(spool, _time);
+        _time.Advance(TimeSpan.FromSeconds(1));
+        var second = NewEnvelope(spool, _time, ["x@example.net", "y@example.net"]);
+        await spool.CommitAsync(second, Segmented(SampleMessage()), CancellationToken.None);
+        await spool.CommitAsync(first, Segmented(SampleMessage()), CancellationToken.None);
+        await spool.SaveAsync(DeliveryState.Initial(second) with { Attempts = 3, NextAttemptAt = _time.GetUtcNow().AddHours(1) }, CancellationToken.None);
+
+        var entries = spool.List(SpoolArea.Queue);
+
+        Assert.Equal([first.Id, second.Id], entries.Select(e => e.Id));
+        Assert.Equal(0, entries[0].State.Attempts);
+        Assert.Equal(3, entries[1].State.Attempts);
+        Assert.Equal(second.Recipients, entries[1].Envelope.Recipients);
+    }
+
+    [Fact]
+    public async Task Unreadable_state_file_starts_over_rather_than_losing_the_message()
+    {
+        using var spool = NewSpool(Root, _time);
+        var envelope = NewEnvelope(spool, _time);
+        await spool.CommitAsync(envelope, Segmented(SampleMessage()), CancellationToken.None);
+        await File.WriteAllTextAsync(Path.Combine(Root, "state", envelope.Id + ".json"), "{ not json");
+
+        var message = await spool.LoadAsync(envelope.Id, CancellationToken.None);
+
+        Assert.NotNull(message);
+        Assert.Equal(0, message.State.Attempts);
+        Assert.Equal(RecipientStatus.Pending, message.State.Recipients[0].Status);
+    }
+
+    [Fact]
+    public async Task Recovery_removes_orphan_state_files()
+    {
+        Directory.CreateDirectory(Path.Combine(Root, "state"));
+        await File.WriteAllTextAsync(Path.Combine(Root, "state", "0000000000000000AAAA.json"), "{}");
+        using var spool = NewSpool(Root, _time);
+        await spool.RecoverAsync(CancellationToken.None);
+        Assert.Empty(Directory.EnumerateFiles(Path.Combine(Root, "state")));
+    }
+}
