@@ -116,7 +116,8 @@ public static class GatewayCli
             ContentRootPath = Directory.GetCurrentDirectory(),
             DisableDefaults = true,
         });
-        builder.Configuration.AddGatewaySources(configPath);
+        // Reload on change: tenant edits take effect without a restart (sessions keep their snapshot).
+        builder.Configuration.AddGatewaySources(configPath, reloadOnChange: true);
         builder.Logging.ClearProviders();
         builder.Logging.AddConfiguration(builder.Configuration.GetSection("Logging"));
         builder.Logging.AddSimpleConsole(o =>

@@ -15,9 +15,6 @@ public sealed class GatewayConfig
 
     public List<ListenerConfig> Listeners { get; set; } = [];
 
-    /// <summary>Client networks (CIDR) allowed to relay without authentication. Trunk-level rule until tenant identity lands.</summary>
-    public List<string> RelayNetworks { get; set; } = [];
-
     public LimitsConfig Limits { get; set; } = new();
 
     public IdentityConfig Identity { get; set; } = new();

@@ -79,12 +79,34 @@ public sealed class GatewayConfigValidator : IValidateOptions<GatewayConfig>
             CheckFile(e, $"{G}:Tls:KeyPath", c.Tls.KeyPath, "a PEM private key");
         }
 
-        for (var i = 0; i < c.RelayNetworks.Count; i++)
+        var id = c.Identity;
+        if (string.IsNullOrWhiteSpace(id.Audience))
         {
-            if (!IPNetwork.TryParse(c.RelayNetworks[i], out _))
-            {
-                e.Add($"{G}:RelayNetworks:{i}: '{c.RelayNetworks[i]}' is not a CIDR network (e.g. 10.0.0.0/8).");
-            }
+            e.Add($"{G}:Identity:Audience: required (tokens name the deployment they are for).");
+        }
+
+        Positive(e, $"{G}:Identity:DefaultTokenTtl", id.DefaultTokenTtl);
+        Positive(e, $"{G}:Identity:MaxTokenTtl", id.MaxTokenTtl);
+        if (id.DefaultTokenTtl > id.MaxTokenTtl)
+        {
+            e.Add($"{G}:Identity:DefaultTokenTtl: must not exceed MaxTokenTtl.");
+        }
+
+        Positive(e, $"{G}:Identity:KeyRotationGrace", id.KeyRotationGrace);
+        Positive(e, $"{G}:Identity:AuthFailureWindow", id.AuthFailureWindow);
+        if (id.RefreshInterval <= TimeSpan.Zero || id.RefreshInterval > TimeSpan.FromSeconds(1))
+        {
+            e.Add($"{G}:Identity:RefreshInterval: must be between 0 and 1 second (revocations must bite within a second).");
+        }
+
+        if (id.AuthFailuresBeforeDelay < 1 || id.AuthFailuresBeforeDisconnect < id.AuthFailuresBeforeDelay)
+        {
+            e.Add($"{G}:Identity:AuthFailuresBeforeDisconnect: must be at least AuthFailuresBeforeDelay, which must be at least 1.");
+        }
+
+        if (c.Audit.MaxFileSize < 4096 || c.Audit.MaxFiles < 1)
+        {
+            e.Add($"{G}:Audit: MaxFileSize must be at least 4096 and MaxFiles at least 1.");
         }
 
         var lim = c.Limits;

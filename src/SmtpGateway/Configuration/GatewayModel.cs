@@ -2,7 +2,6 @@ using System.Net;
 using System.Net.Security;
 using System.Security.Cryptography.X509Certificates;
 using SmtpGateway.Listener;
-using SmtpGateway.Policy;
 
 namespace SmtpGateway.Configuration;
 
@@ -12,25 +11,21 @@ namespace SmtpGateway.Configuration;
 /// </summary>
 public sealed class GatewayModel
 {
-    GatewayModel(IReadOnlyList<ListenerModel> listeners, TlsModel? tls, RelayPolicy relay)
+    GatewayModel(IReadOnlyList<ListenerModel> listeners, TlsModel? tls)
     {
         Listeners = listeners;
         Tls = tls;
-        Relay = relay;
     }
 
     public IReadOnlyList<ListenerModel> Listeners { get; }
 
     public TlsModel? Tls { get; }
 
-    public RelayPolicy Relay { get; }
-
     public static GatewayModel Build(GatewayConfig config)
     {
         var listeners = config.Listeners
             .Select(l => new ListenerModel(l.Name, l.Kind, new IPEndPoint(IPAddress.Parse(l.Address), l.Port)))
             .ToList();
-        var networks = config.RelayNetworks.Select(IPNetwork.Parse).ToList();
 
         TlsModel? tls = null;
         if (!string.IsNullOrWhiteSpace(config.Tls.CertificatePath) && !string.IsNullOrWhiteSpace(config.Tls.KeyPath))
@@ -38,7 +33,7 @@ public sealed class GatewayModel
             tls = LoadTls(config.Tls.CertificatePath, config.Tls.KeyPath);
         }
 
-        return new GatewayModel(listeners, tls, new RelayPolicy(networks));
+        return new GatewayModel(listeners, tls);
     }
 
     public static TlsModel LoadTls(string certificatePath, string keyPath)

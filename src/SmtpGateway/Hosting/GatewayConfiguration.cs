@@ -13,7 +13,7 @@ public static class GatewayConfiguration
     /// An explicit path must exist. Without one, config/gateway.json under the current directory is used, or the
     /// copy embedded in the binary when there is none (so `smtpgw serve` works from anywhere in development).
     /// </summary>
-    public static IConfigurationBuilder AddGatewaySources(this IConfigurationBuilder builder, string? path)
+    public static IConfigurationBuilder AddGatewaySources(this IConfigurationBuilder builder, string? path, bool reloadOnChange = false)
     {
         if (path is not null)
         {
@@ -23,11 +23,11 @@ public static class GatewayConfiguration
                 throw new FileNotFoundException($"Configuration file '{full}' does not exist.", full);
             }
 
-            builder.AddJsonFile(full, optional: false, reloadOnChange: false);
+            builder.AddJsonFile(full, optional: false, reloadOnChange: reloadOnChange);
         }
         else if (File.Exists(DefaultPath))
         {
-            builder.AddJsonFile(Path.GetFullPath(DefaultPath), optional: false, reloadOnChange: false);
+            builder.AddJsonFile(Path.GetFullPath(DefaultPath), optional: false, reloadOnChange: reloadOnChange);
         }
         else
         {

@@ -3,9 +3,11 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
+using SmtpGateway.Audit;
 using SmtpGateway.Configuration;
 using SmtpGateway.Delivery;
 using SmtpGateway.Identity;
+using SmtpGateway.Identity.Tokens;
 using SmtpGateway.Listener;
 using SmtpGateway.Spool;
 
@@ -25,8 +27,27 @@ public static class GatewayServiceCollectionExtensions
         services.AddSingleton<IValidateOptions<GatewayConfig>, GatewayConfigValidator>();
         services.AddSingleton(TimeProvider.System);
         services.AddSingleton(sp => GatewayModel.Build(sp.GetRequiredService<IOptions<GatewayConfig>>().Value));
-        services.AddSingleton<ISmtpAuthenticator, RejectAllAuthenticator>();
         services.AddSingleton<ListenerMetrics>();
+
+        // Identity: tenant map (reloads with the file), tokens, AUTH throttle, audit trail.
+        services.AddSingleton(sp => new TenantDirectoryService(configuration, sp.GetRequiredService<ILoggerFactory>()));
+        services.AddSingleton(sp => sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Identity);
+        services.AddSingleton(sp => new TokenStore(GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value)));
+        services.AddSingleton(sp =>
+        {
+            var directory = sp.GetRequiredService<TenantDirectoryService>();
+            return new TokenService(sp.GetRequiredService<TokenStore>(), () => directory.Current, sp.GetRequiredService<IdentityConfig>(), sp.GetRequiredService<TimeProvider>());
+        });
+        services.AddSingleton<JsonLinesAuditLog>();
+        services.AddSingleton<IAuditLog>(sp => sp.GetRequiredService<JsonLinesAuditLog>());
+        services.AddHostedService(sp => sp.GetRequiredService<JsonLinesAuditLog>());
+        services.AddHostedService<TokenRefreshService>();
+        services.AddSingleton<ISmtpAuthenticator, TokenAuthenticator>();
+        services.AddSingleton(sp =>
+        {
+            var identity = sp.GetRequiredService<IdentityConfig>();
+            return new AuthThrottle(identity.AuthFailuresBeforeDelay, identity.AuthFailuresBeforeDisconnect, identity.AuthFailureWindow, sp.GetRequiredService<TimeProvider>());
+        });
 
         services.AddSpool();
         services.AddDelivery();
@@ -35,12 +56,20 @@ public static class GatewayServiceCollectionExtensions
         {
             var config = sp.GetRequiredService<IOptions<GatewayConfig>>().Value;
             var model = sp.GetRequiredService<GatewayModel>();
+            var directory = sp.GetRequiredService<TenantDirectoryService>();
+            var tokens = sp.GetRequiredService<TokenService>();
+            var identity = new IdentityServices(
+                () => directory.Current,
+                sp.GetRequiredService<ISmtpAuthenticator>(),
+                tokens.StillValid,
+                sp.GetRequiredService<AuthThrottle>(),
+                sp.GetRequiredService<IAuditLog>(),
+                config.Identity);
             var sessionServices = new SessionServices(
                 config.ServerName,
                 config.Limits,
                 model.Tls,
-                model.Relay,
-                sp.GetRequiredService<ISmtpAuthenticator>(),
+                identity,
                 sp.GetRequiredService<IMessageSpool>(),
                 sp.GetRequiredService<TimeProvider>(),
                 sp.GetRequiredService<ListenerMetrics>());

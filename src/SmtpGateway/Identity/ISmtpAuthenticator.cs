@@ -6,20 +6,13 @@ namespace SmtpGateway.Identity;
 public sealed record AuthRequest(string SessionId, IPAddress ClientAddress, string Listener, string Mechanism, string AuthorizationIdentity, string UserName, string Password);
 
 /// <summary>Outcome of an AUTH attempt. The reason never reaches the client (every failure is the same 535).</summary>
-public sealed record AuthResult(bool Succeeded, string? Identity, string? FailureReason)
+public sealed record AuthResult(bool Succeeded, TenantSession? Session, string? FailureReason)
 {
     public static AuthResult Fail(string reason) => new(false, null, reason);
 }
 
-/// <summary>Verifies SASL credentials. Tenant session tokens plug in here (tenant identity issue).</summary>
+/// <summary>Verifies SASL credentials and says which tenant the session acts for.</summary>
 public interface ISmtpAuthenticator
 {
     ValueTask<AuthResult> AuthenticateAsync(AuthRequest request, CancellationToken cancellationToken);
-}
-
-/// <summary>The trunk has no credential store yet: every attempt fails, after a full and well-formed SASL exchange.</summary>
-public sealed class RejectAllAuthenticator : ISmtpAuthenticator
-{
-    public ValueTask<AuthResult> AuthenticateAsync(AuthRequest request, CancellationToken cancellationToken) =>
-        ValueTask.FromResult(AuthResult.Fail("no credential store configured"));
 }

@@ -34,8 +34,8 @@ static partial class ListenerLog
     [LoggerMessage(EventId = EventIds.Listener + 8, Level = LogLevel.Warning, Message = "Session {SessionId}: too many errors from {Client}; closed")]
     public static partial void TooManyErrors(ILogger logger, string sessionId, IPAddress client);
 
-    [LoggerMessage(EventId = EventIds.Listener + 9, Level = LogLevel.Information, Message = "Session {SessionId} authenticated with {Mechanism}")]
-    public static partial void Authenticated(ILogger logger, string sessionId, string mechanism);
+    [LoggerMessage(EventId = EventIds.Listener + 9, Level = LogLevel.Information, Message = "Session {SessionId} authenticated with {Mechanism} as tenant {Tenant}")]
+    public static partial void Authenticated(ILogger logger, string sessionId, string mechanism, string tenant);
 
     [LoggerMessage(EventId = EventIds.Listener + 10, Level = LogLevel.Warning, Message = "Session {SessionId}: AUTH {Mechanism} failed from {Client}")]
     public static partial void AuthFailed(ILogger logger, string sessionId, string mechanism, IPAddress client);

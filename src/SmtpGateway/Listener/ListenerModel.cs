@@ -3,7 +3,8 @@ using System.Net.Security;
 using System.Security.Authentication;
 using SmtpGateway.Configuration;
 using SmtpGateway.Identity;
-using SmtpGateway.Policy;
+using SmtpGateway.Audit;
+using SmtpGateway.Identity.Tokens;
 using SmtpGateway.Spool;
 
 namespace SmtpGateway.Listener;
@@ -34,13 +35,21 @@ public sealed class TlsModel(SslStreamCertificateContext certificateContext)
     };
 }
 
+/// <summary>Identity facts and services a session consults: the tenant map, AUTH, throttling, audit.</summary>
+public sealed record IdentityServices(
+    Func<TenantSnapshot> Tenants,
+    ISmtpAuthenticator Authenticator,
+    Func<TokenPayload, TokenCheck> StillValid,
+    AuthThrottle Throttle,
+    IAuditLog Audit,
+    IdentityConfig Config);
+
 /// <summary>Everything a session needs, resolved once per listener, not per connection.</summary>
 public sealed record SessionServices(
     string ServerName,
     LimitsConfig Limits,
     TlsModel? Tls,
-    RelayPolicy Relay,
-    ISmtpAuthenticator Authenticator,
+    IdentityServices Identity,
     IMessageSpool Spool,
     TimeProvider Time,
     ListenerMetrics Metrics);

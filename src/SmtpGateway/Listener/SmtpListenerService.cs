@@ -70,7 +70,7 @@ public sealed class SmtpListenerService(
 
             client.NoDelay = true;
             var remote = (IPEndPoint)client.RemoteEndPoint!;
-            var address = Policy.RelayPolicy.Normalize(remote.Address);
+            var address = remote.Address.IsIPv4MappedToIPv6 ? remote.Address.MapToIPv4() : remote.Address;
             var refusal = _limiter.TryAcquire(address);
             if (refusal is not null)
             {

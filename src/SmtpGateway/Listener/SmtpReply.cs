@@ -56,6 +56,7 @@ public static class SmtpReplies
     public static readonly SmtpReply CommandTimeout = new(421, "4.4.2", "Timeout waiting for input, closing connection");
     public static readonly SmtpReply SessionTooLong = new(421, "4.4.2", "Session time limit reached, closing connection");
     public static readonly SmtpReply ShuttingDown = new(421, "4.3.2", "Service shutting down, try again later");
+    public static readonly SmtpReply TooManyAuthFailures = new(421, "4.7.0", "Too many failed authentication attempts, closing connection");
     public static readonly SmtpReply TooManyErrors = new(421, "4.7.0", "Too many errors, closing connection");
     public static readonly SmtpReply SpoolFailed = new(451, "4.3.0", "Temporary failure storing the message, try again later");
     public static readonly SmtpReply TooManyRecipients = new(452, "4.5.3", "Too many recipients");

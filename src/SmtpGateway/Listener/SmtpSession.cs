@@ -4,6 +4,7 @@ using System.Net;
 using System.Net.Security;
 using System.Text;
 using Microsoft.Extensions.Logging;
+using SmtpGateway.Audit;
 using SmtpGateway.Envelope;
 using SmtpGateway.Identity;
 using SmtpGateway.Policy;
@@ -67,9 +68,10 @@ public sealed partial class SmtpSession
     bool _esmtp;
     bool _tls;
     string? _tlsProtocol;
-    string? _identity;
+    readonly TenantSnapshot _tenants;
+    TenantSession? _tenant;
+    string? _transactionTenant;
     int _errors;
-    int _authFailures;
     SmtpPath? _mailFrom;
     bool _smtpUtf8;
     bool _eightBit;
@@ -87,7 +89,20 @@ public sealed partial class SmtpSession
         _tls = stream is SslStream;
         _tlsProtocol = (stream as SslStream)?.SslProtocol.ToString();
         SessionId = Guid.NewGuid().ToString("N")[..12];
+
+        // The session keeps the tenant map it started with, even if the config reloads meanwhile.
+        _tenants = services.Identity.Tenants();
+        if (listener.Kind == Configuration.ListenerKind.Relay && _tenants.FindByAddress(remote.Address) is { } legacy)
+        {
+            _tenant = new TenantSession(legacy.Id, TenantSessionKind.Network, null, []);
+            Audit(AuditActions.LegacyRelay, "ok", "client network", legacy.Id, remote.Address.ToString(), crossTenant: false);
+        }
     }
+
+    /// <summary>The tenant this session acts for (null for unauthenticated inbound).</summary>
+    public TenantSession? Tenant => _tenant;
+
+    bool PlaintextAuthAllowed => _services.Identity.Config.AllowPlaintextAuthOnLoopback && IPAddress.IsLoopback(_remote.Address);
 
     public string SessionId { get; }
 
@@ -251,7 +266,7 @@ public sealed partial class SmtpSession
             lines.Add("STARTTLS");
         }
 
-        if (_listener.OffersAuth && _tls)
+        if (_listener.OffersAuth && (_tls || PlaintextAuthAllowed))
         {
             lines.Add("AUTH PLAIN LOGIN");
         }
@@ -322,15 +337,22 @@ public sealed partial class SmtpSession
             return CountError(SmtpReplies.NotImplemented);
         }
 
-        if (!_tls)
+        if (!_tls && !PlaintextAuthAllowed)
         {
             // RFC 4954 section 4 / RFC 8314: never accept a password in clear text.
             return CountError(SmtpReplies.EncryptionRequired);
         }
 
-        if (_identity is not null)
+        if (_tenant is not null)
         {
             return CountError(SmtpReplies.AlreadyAuthenticated);
+        }
+
+        var throttle = _services.Identity.Throttle;
+        if (throttle.IsBlocked(_remote.Address))
+        {
+            Reply(SmtpReplies.TooManyAuthFailures);
+            return false;
         }
 
         var parts = command.Argument.Split(' ', 2);
@@ -399,19 +421,38 @@ public sealed partial class SmtpSession
                 return CountError(SmtpReplies.UnknownMechanism);
         }
 
-        var result = await _services.Authenticator.AuthenticateAsync(
+        var result = await _services.Identity.Authenticator.AuthenticateAsync(
             new AuthRequest(SessionId, _remote.Address, _listener.Name, mechanism, authzid, user, password), sessionToken).ConfigureAwait(false);
         if (result.Succeeded)
         {
-            _identity = result.Identity;
-            ListenerLog.Authenticated(_logger, SessionId, mechanism);
+            _tenant = result.Session;
+            ListenerLog.Authenticated(_logger, SessionId, mechanism, _tenant!.TenantId);
             Reply(SmtpReplies.AuthSucceeded);
             return true;
         }
 
-        _authFailures++;
         ListenerLog.AuthFailed(_logger, SessionId, mechanism, _remote.Address);
-        return CountError(SmtpReplies.AuthFailed);
+
+        // Slow down guessing: each failure past the threshold waits longer before the (uniform) answer.
+        var delay = throttle.RecordFailure(_remote.Address);
+        if (delay > TimeSpan.Zero)
+        {
+            await FlushAsync(sessionToken).ConfigureAwait(false);
+            await Task.Delay(delay, _services.Time, sessionToken).ConfigureAwait(false);
+        }
+
+        if (!CountError(SmtpReplies.AuthFailed))
+        {
+            return false;
+        }
+
+        if (throttle.IsBlocked(_remote.Address))
+        {
+            Reply(SmtpReplies.TooManyAuthFailures);
+            return false;
+        }
+
+        return true;
     }
 
     /// <summary>Sends a 334 challenge and reads the client's line; null when the session must end.</summary>
@@ -525,6 +566,25 @@ public sealed partial class SmtpSession
             return CountError(SmtpReplies.BadSenderSyntax);
         }
 
+        // Issue #3: a revoked or expired token is refused again at the next MAIL FROM of a session that used it.
+        if (_tenant?.Token is { } token)
+        {
+            var check = _services.Identity.StillValid(token);
+            if (!check.Valid)
+            {
+                Audit(AuditActions.TokenCheck, "refused", check.Reason, _tenant.TenantId, path.Address, crossTenant: false);
+                _tenant = null;
+                return CountError(Policy.SenderPolicy.TokenNoLongerValid);
+            }
+        }
+
+        var decision = Policy.SenderPolicy.MailFrom(_tenant, path.Address, _tenants);
+        if (!decision.Accepted)
+        {
+            Audit(AuditActions.SendAs, "refused", decision.Reason, _tenant?.TenantId, path.Address, decision.CrossTenant);
+            return CountError(decision.Reply!);
+        }
+
         _mailFrom = path;
         _smtpUtf8 = smtpUtf8;
         _eightBit = eightBit;
@@ -564,13 +624,21 @@ public sealed partial class SmtpSession
             return true;
         }
 
-        var refusal = _services.Relay.Evaluate(new RelayFacts(_remote.Address, _identity is not null));
-        if (refusal is not null)
+        var decision = Policy.SenderPolicy.Recipient(_tenant, path, _tenants, _transactionTenant, out var recipientTenant);
+        if (!decision.Accepted)
         {
+            if (decision.Reply!.IsTransient)
+            {
+                Reply(decision.Reply);
+                return true;
+            }
+
             ListenerLog.RelayDenied(_logger, SessionId, _remote.Address);
-            return CountError(refusal);
+            Audit(AuditActions.Relay, "refused", decision.Reason, null, path.Address, crossTenant: false);
+            return CountError(decision.Reply);
         }
 
+        _transactionTenant = recipientTenant;
         _recipients.Add(path.Address);
         _state = SessionState.Rcpt;
         Reply(SmtpReplies.RecipientOk);
@@ -619,7 +687,7 @@ public sealed partial class SmtpSession
                 reply = SmtpReplies.DataLineTooLong;
                 break;
             default:
-                reply = await CommitAsync(id, message, received).ConfigureAwait(false);
+                reply = HeaderFromRefusal(message, headerLength) ?? await CommitAsync(id, message, received).ConfigureAwait(false);
                 break;
         }
 
@@ -637,7 +705,7 @@ public sealed partial class SmtpSession
 
     async ValueTask<SmtpReply> CommitAsync(string id, MessageBuffer message, DateTimeOffset received)
     {
-        var envelope = new SpoolEnvelope(id, null, _mailFrom!.Address, [.. _recipients], received, _remote.Address.ToString(), _listener.Name, _smtpUtf8, _eightBit);
+        var envelope = new SpoolEnvelope(id, _transactionTenant ?? _tenant?.TenantId, _mailFrom!.Address, [.. _recipients], received, _remote.Address.ToString(), _listener.Name, _smtpUtf8, _eightBit);
         try
         {
             // Not cancellable: once the bytes are in, finish the commit so the answer matches the disk.
@@ -662,7 +730,7 @@ public sealed partial class SmtpSession
             p += "S";
         }
 
-        if (_identity is not null)
+        if (_tenant?.Kind == TenantSessionKind.Token)
         {
             p += "A";
         }
@@ -673,6 +741,7 @@ public sealed partial class SmtpSession
     void ResetTransaction()
     {
         _mailFrom = null;
+        _transactionTenant = null;
         _recipients.Clear();
         _smtpUtf8 = false;
         _eightBit = false;
@@ -681,6 +750,40 @@ public sealed partial class SmtpSession
             _state = SessionState.Ready;
         }
     }
+
+    /// <summary>Sender binding for the header From (issue #3): checked on the message as received, before it is queued.</summary>
+    SmtpReply? HeaderFromRefusal(MessageBuffer message, long headerLength)
+    {
+        if (_tenant is null)
+        {
+            return null;
+        }
+
+        var addresses = HeaderFrom.Addresses(message.ToSequence().Slice(headerLength));
+        var decision = Policy.SenderPolicy.HeaderFrom(_tenant, addresses, _tenants);
+        if (decision.Accepted)
+        {
+            return null;
+        }
+
+        Audit(AuditActions.HeaderFrom, "refused", decision.Reason, _tenant.TenantId, addresses is null ? "(none)" : string.Join(",", addresses), decision.CrossTenant);
+        return decision.Reply;
+    }
+
+    void Audit(string action, string result, string? reason, string? tenant, string? subject, bool crossTenant) =>
+        _services.Identity.Audit.Write(new AuditEvent
+        {
+            Action = action,
+            Result = result,
+            Reason = reason,
+            Tenant = tenant,
+            Subject = subject,
+            SessionId = SessionId,
+            ClientIp = _remote.Address.ToString(),
+            Listener = _listener.Name,
+            TokenId = _tenant?.TokenId,
+            CrossTenant = crossTenant,
+        });
 
     bool Reply(SmtpReply reply)
     {

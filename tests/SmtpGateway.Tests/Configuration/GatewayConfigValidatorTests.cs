@@ -36,7 +36,7 @@ public sealed class GatewayConfigValidatorTests
                 new ListenerConfig { Name = "a", Kind = ListenerKind.Relay, Address = "127.0.0.1", Port = 25 },
                 new ListenerConfig { Name = "b", Kind = ListenerKind.Relay, Address = "127.0.0.1", Port = 25 },
             ],
-            RelayNetworks = ["10.0.0.0/33"],
+            Identity = new IdentityConfig { Audience = "", RefreshInterval = TimeSpan.FromSeconds(5) },
             Tls = new TlsConfig { CertificatePath = "/nonexistent/cert.pem" },
             Limits = new LimitsConfig { MaxMessageSize = 1000, MaxCommandLineLength = 100, MaxTextLineLength = 80, CommandTimeout = TimeSpan.Zero, MaxRecipients = 0 },
             Delivery = new DeliveryConfig { Mode = DeliveryMode.Smarthost, Workers = 0, Smarthost = new SmarthostConfig { Host = "", Port = 0 }, Retry = new RetryConfig { Schedule = [], Jitter = 2 } },
@@ -46,7 +46,7 @@ public sealed class GatewayConfigValidatorTests
         string[] expectedPaths =
         [
             "Gateway:ServerName", "Gateway:Listeners:0:Address", "Gateway:Listeners:0:Port", "Gateway:Listeners:1:Name",
-            "Gateway:Listeners:2:Port", "Gateway:Tls:CertificatePath", "Gateway:Tls:KeyPath", "Gateway:RelayNetworks:0",
+            "Gateway:Listeners:2:Port", "Gateway:Tls:CertificatePath", "Gateway:Tls:KeyPath", "Gateway:Identity:Audience", "Gateway:Identity:RefreshInterval",
             "Gateway:Limits:MaxMessageSize", "Gateway:Limits:MaxRecipients", "Gateway:Limits:MaxCommandLineLength",
             "Gateway:Limits:MaxTextLineLength", "Gateway:Limits:CommandTimeout", "Gateway:Delivery:Workers",
             "Gateway:Delivery:Smarthost:Host", "Gateway:Delivery:Smarthost:Port", "Gateway:Delivery:Retry:Schedule",

@@ -13,7 +13,9 @@ public sealed partial class ListenerTranscriptTests
         Assert.StartsWith("250 2.1.0", await c.CommandAsync($"MAIL FROM:<{from}>"));
         Assert.StartsWith("250 2.1.5", await c.CommandAsync($"RCPT TO:<{to}>"));
         Assert.StartsWith("354 ", await c.CommandAsync("DATA"));
-        await c.SendRawAsync(body);
+
+        // Tenant sessions must carry a From header of their own domain (sender binding); add one unless the test wrote its own.
+        await c.SendRawAsync(body.StartsWith("From:", StringComparison.Ordinal) || body == ".\r\n" ? body : $"From: <{from}>\r\n{body}");
         return await c.ReadReplyAsync();
     }
 
@@ -79,10 +81,12 @@ public sealed partial class ListenerTranscriptTests
     [Fact]
     public async Task Empty_body_is_accepted()
     {
+        // Inbound (unauthenticated, to a tenant domain): no sender binding, so a body with no header at all is fine.
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await RawSmtpClient.ConnectAsync(gw.Submission);
         await c.HelloAsync();
-        Assert.StartsWith("250 2.0.0 Ok: queued as ", await SendMessageAsync(c, ".\r\n"));
+        Assert.StartsWith("250 2.0.0 Ok: queued as ", await SendMessageAsync(c, ".\r\n", from: "someone@elsewhere.example", to: "bob@tenant-a.example"));
+        Assert.Equal("tenant-a", Assert.Single(gw.Spool.Commits).Envelope.TenantId);
         var (_, message) = Assert.Single(gw.Spool.Commits);
         Assert.StartsWith("Received: ", Encoding.UTF8.GetString(message));
         Assert.EndsWith("\r\n", Encoding.UTF8.GetString(message));
@@ -131,12 +135,12 @@ public sealed partial class ListenerTranscriptTests
         Assert.StartsWith("250 2.1.0", await c.ReadReplyAsync());
         Assert.StartsWith("250 2.1.5", await c.ReadReplyAsync());
         Assert.StartsWith("354", await c.ReadReplyAsync());
-        await c.SendRawAsync("Subject: a\r\n\r\nx\r\n.\r\nMAIL FROM:<c@tenant-a.example>\r\nRCPT TO:<d@example.net>\r\nDATA\r\n");
+        await c.SendRawAsync("From: a@tenant-a.example\r\nSubject: a\r\n\r\nx\r\n.\r\nMAIL FROM:<c@tenant-a.example>\r\nRCPT TO:<d@example.net>\r\nDATA\r\n");
         Assert.StartsWith("250 2.0.0", await c.ReadReplyAsync());
         Assert.StartsWith("250 2.1.0", await c.ReadReplyAsync());
         Assert.StartsWith("250 2.1.5", await c.ReadReplyAsync());
         Assert.StartsWith("354", await c.ReadReplyAsync());
-        await c.SendRawAsync(".\r\n");
+        await c.SendRawAsync("From: c@tenant-a.example\r\n\r\n.\r\n");
         Assert.StartsWith("250 2.0.0", await c.ReadReplyAsync());
         Assert.Equal(2, gw.Spool.Commits.Count);
     }
@@ -203,7 +207,7 @@ public sealed partial class ListenerTranscriptTests
 
         Assert.StartsWith("452 4.5.3", await c.CommandAsync("RCPT TO:<r100@example.net>"));
         Assert.StartsWith("354", await c.CommandAsync("DATA"));
-        await c.SendRawAsync("Subject: many\r\n\r\n.\r\n");
+        await c.SendRawAsync("From: a@tenant-a.example\r\nSubject: many\r\n\r\n.\r\n");
         Assert.StartsWith("250 2.0.0", await c.ReadReplyAsync());
         Assert.Equal(100, Assert.Single(gw.Spool.Commits).Envelope.Recipients.Count);
     }
@@ -211,7 +215,7 @@ public sealed partial class ListenerTranscriptTests
     [Fact]
     public async Task Client_outside_relay_networks_gets_554_5_7_1()
     {
-        await using var gw = await TestGateway.StartAsync(relayNetworks: ["10.0.0.0/8"]);
+        await using var gw = await TestGateway.StartAsync(tenantANetworks: ["10.0.0.0/8"]);
         await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
         await c.HelloAsync();
         Assert.StartsWith("250", await c.CommandAsync("MAIL FROM:<a@tenant-a.example>"));
@@ -246,7 +250,7 @@ public sealed partial class ListenerTranscriptTests
         Assert.StartsWith("250", await c.CommandAsync("MAIL FROM:<j\u00f6rg@tenant-a.example> SMTPUTF8 BODY=8BITMIME"));
         Assert.StartsWith("250", await c.CommandAsync("RCPT TO:<\u7528\u6237@\u4f8b\u5b50.example>"));
         Assert.StartsWith("354", await c.CommandAsync("DATA"));
-        await c.SendRawAsync("Subject: \u00fcber\r\n\r\nk\u00e4se\r\n.\r\n");
+        await c.SendRawAsync("From: j\u00f6rg@tenant-a.example\r\nSubject: \u00fcber\r\n\r\nk\u00e4se\r\n.\r\n");
         Assert.StartsWith("250 2.0.0", await c.ReadReplyAsync());
         var (envelope, _) = Assert.Single(gw.Spool.Commits);
         Assert.True(envelope.SmtpUtf8);
@@ -352,8 +356,10 @@ public sealed partial class ListenerTranscriptTests
         var ehlo = await c.HelloAsync();
         Assert.Contains("AUTH PLAIN LOGIN", ehlo);
         Assert.DoesNotContain("STARTTLS", ehlo);
+        var token = gw.Tokens.Mint("tenant-a", null, [], null).Token;
+        Assert.StartsWith("235 2.7.0", await c.CommandAsync("AUTH PLAIN " + Convert.ToBase64String(Encoding.UTF8.GetBytes($"\0tenant-a\0{token}"))));
         Assert.StartsWith("250 2.0.0 Ok: queued", await SendMessageAsync(c, "Subject: tls\r\n\r\nx\r\n.\r\n"));
-        Assert.Contains("with ESMTPS", Encoding.UTF8.GetString(Assert.Single(gw.Spool.Commits).Message));
+        Assert.Contains("with ESMTPSA", Encoding.UTF8.GetString(Assert.Single(gw.Spool.Commits).Message));
     }
 
     [Fact]
@@ -445,7 +451,7 @@ public sealed partial class ListenerTranscriptTests
         var stop = gw.Service.StopAsync(CancellationToken.None);
         Assert.StartsWith("421 4.3.2", await idle.ReadReplyAsync());
         Assert.StartsWith("354", await busy.CommandAsync("DATA"));
-        await busy.SendRawAsync("Subject: in flight\r\n\r\nx\r\n.\r\n");
+        await busy.SendRawAsync("From: a@tenant-a.example\r\nSubject: in flight\r\n\r\nx\r\n.\r\n");
         Assert.StartsWith("250 2.0.0", await busy.ReadReplyAsync());
         Assert.StartsWith("421 4.3.2", await busy.ReadReplyAsync());
         await stop;
@@ -466,7 +472,7 @@ public sealed partial class ListenerTranscriptTests
         Assert.StartsWith("501 5.1.3", await c.ReadReplyAsync());
         Assert.StartsWith("250 2.1.5", await c.ReadReplyAsync());
         Assert.StartsWith("354", await c.ReadReplyAsync());
-        await c.SendRawAsync(".\r\n");
+        await c.SendRawAsync("From: a@tenant-a.example\r\n\r\n.\r\n");
         Assert.StartsWith("250 2.0.0", await c.ReadReplyAsync());
         Assert.Equal(["x@example.net", "y@example.net"], Assert.Single(gw.Spool.Commits).Envelope.Recipients);
     }

@@ -8,9 +8,10 @@ using System.Security.Cryptography.X509Certificates;
 using System.Text;
 using Microsoft.Extensions.Logging.Abstractions;
 using SmtpGateway.Configuration;
+using SmtpGateway.Audit;
 using SmtpGateway.Identity;
+using SmtpGateway.Identity.Tokens;
 using SmtpGateway.Listener;
-using SmtpGateway.Policy;
 using SmtpGateway.Spool;
 
 namespace SmtpGateway.Tests.Listener;
@@ -38,6 +39,14 @@ public sealed class RecordingSpool : IMessageSpool
     }
 }
 
+/// <summary>Audit double: keeps every event for assertions.</summary>
+public sealed class RecordingAudit : IAuditLog
+{
+    public ConcurrentQueue<AuditEvent> Events { get; } = new();
+
+    public void Write(AuditEvent auditEvent) => Events.Enqueue(auditEvent);
+}
+
 /// <summary>A real listener on loopback ports with a recording spool: transcript tests talk to it over TCP.</summary>
 public sealed class TestGateway : IAsyncDisposable
 {
@@ -55,13 +64,22 @@ public sealed class TestGateway : IAsyncDisposable
 
     readonly SmtpListenerService _service;
 
-    TestGateway(SmtpListenerService service, RecordingSpool spool)
+    readonly DirectoryInfo _data;
+
+    TestGateway(SmtpListenerService service, RecordingSpool spool, RecordingAudit audit, TokenService tokens, DirectoryInfo data)
     {
         _service = service;
         Spool = spool;
+        Audit = audit;
+        Tokens = tokens;
+        _data = data;
     }
 
     public RecordingSpool Spool { get; }
+
+    public RecordingAudit Audit { get; }
+
+    public TokenService Tokens { get; }
 
     public SmtpListenerService Service => _service;
 
@@ -71,19 +89,46 @@ public sealed class TestGateway : IAsyncDisposable
 
     public IPEndPoint Relay => _service.BoundEndPoints[2];
 
-    public static async Task<TestGateway> StartAsync(Action<LimitsConfig>? limits = null, string[]? relayNetworks = null, TimeSpan? shutdownTimeout = null)
+    /// <summary>
+    /// Two tenants: tenant-a (tenant-a.example, legacy network 127.0.0.1/32 unless overridden) and tenant-b
+    /// (tenant-b.example, 127.0.0.2/32). Relay-listener clients from 127.0.0.1 therefore act for tenant-a.
+    /// </summary>
+    public static async Task<TestGateway> StartAsync(
+        Action<LimitsConfig>? limits = null,
+        string[]? tenantANetworks = null,
+        TimeSpan? shutdownTimeout = null,
+        Action<IdentityConfig>? identity = null,
+        TimeProvider? time = null)
     {
         var limitsConfig = new LimitsConfig();
         limits?.Invoke(limitsConfig);
+        var identityConfig = new IdentityConfig { Audience = "gw-test" };
+        identity?.Invoke(identityConfig);
+        var clock = time ?? TimeProvider.System;
+        var errors = new List<string>();
+        var tenants = TenantSnapshot.Build(new Dictionary<string, TenantConfig>
+        {
+            ["tenant-a"] = new() { Domains = ["tenant-a.example"], BounceDomain = "bounces.tenant-a.example", Networks = [.. tenantANetworks ?? ["127.0.0.1/32"]] },
+            ["tenant-b"] = new() { Domains = ["tenant-b.example"], Networks = ["127.0.0.2/32"] },
+        }, errors);
+        Assert.Empty(errors);
+        var data = Directory.CreateTempSubdirectory("smtpgw-listener");
+        var tokens = new TokenService(new TokenStore(data.FullName), () => tenants, identityConfig, clock);
+        var audit = new RecordingAudit();
         var spool = new RecordingSpool();
         var services = new SessionServices(
             "mx.test.example",
             limitsConfig,
             SharedTls.Value,
-            new RelayPolicy((relayNetworks ?? ["127.0.0.0/8"]).Select(IPNetwork.Parse).ToList()),
-            new RejectAllAuthenticator(),
+            new IdentityServices(
+                () => tenants,
+                new TokenAuthenticator(tokens, audit),
+                tokens.StillValid,
+                new AuthThrottle(identityConfig.AuthFailuresBeforeDelay, identityConfig.AuthFailuresBeforeDisconnect, identityConfig.AuthFailureWindow, clock),
+                audit,
+                identityConfig),
             spool,
-            TimeProvider.System,
+            clock,
             new ListenerMetrics());
         var listeners = new List<ListenerModel>
         {
@@ -93,13 +138,14 @@ public sealed class TestGateway : IAsyncDisposable
         };
         var service = new SmtpListenerService(listeners, services, shutdownTimeout ?? TimeSpan.FromSeconds(5), NullLoggerFactory.Instance);
         await service.StartAsync(CancellationToken.None);
-        return new TestGateway(service, spool);
+        return new TestGateway(service, spool, audit, tokens, data);
     }
 
     public async ValueTask DisposeAsync()
     {
         await _service.StopAsync(CancellationToken.None);
         await _service.DisposeAsync();
+        _data.Delete(recursive: true);
     }
 }
 
@@ -116,9 +162,10 @@ public sealed class RawSmtpClient : IAsyncDisposable
         _stream = stream;
     }
 
-    public static async Task<RawSmtpClient> ConnectAsync(IPEndPoint endPoint, bool implicitTls = false)
+    public static async Task<RawSmtpClient> ConnectAsync(IPEndPoint endPoint, bool implicitTls = false, IPAddress? source = null)
     {
-        var tcp = new TcpClient();
+        // A source address on 127/8 lets one machine play several legacy clients (tenant networks).
+        var tcp = source is null ? new TcpClient() : new TcpClient(new IPEndPoint(source, 0));
         await tcp.ConnectAsync(endPoint);
         Stream stream = tcp.GetStream();
         if (implicitTls)

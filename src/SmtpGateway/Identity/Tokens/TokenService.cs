@@ -44,6 +44,9 @@ public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants,
 {
     const string Prefix = "sgw1.";
 
+    /// <summary>The reason given when a valid-looking token of one tenant is presented under another tenant's name.</summary>
+    public const string TenantMismatch = "token tenant differs from user name";
+
     /// <summary>Hostile-input bound: nothing longer is even decoded.</summary>
     public const int MaxTokenLength = 4096;
 
@@ -118,14 +121,14 @@ public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants,
             return TokenCheck.Fail("malformed token");
         }
 
-        if (!string.Equals(payload.Tenant, userName, StringComparison.Ordinal))
-        {
-            return TokenCheck.Fail("token tenant differs from user name", payload);
-        }
-
         if (tenants().Find(userName) is null)
         {
             return TokenCheck.Fail("unknown tenant", payload);
+        }
+
+        if (!string.Equals(payload.Tenant, userName, StringComparison.Ordinal))
+        {
+            return TokenCheck.Fail(TenantMismatch, payload);
         }
 
         // The key comes from the tenant the client named (== token tenant): tenant B's key can never vouch for A.

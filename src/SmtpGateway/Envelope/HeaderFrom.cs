@@ -1,0 +1,38 @@
+using System.Buffers;
+using MimeKit;
+
+namespace SmtpGateway.Envelope;
+
+/// <summary>Reads the author addresses (RFC 5322 section 3.6.2 From) of a received message, for sender binding.</summary>
+public static class HeaderFrom
+{
+    /// <summary>Header blocks larger than this are not parsed (and the message gets no usable From): bounded work on hostile input.</summary>
+    const int MaxHeaderBlock = 1024 * 1024;
+
+    /// <summary>
+    /// The addresses of the single From header; null when there is none, more than one, or it does not parse.
+    /// </summary>
+    public static IReadOnlyList<string>? Addresses(ReadOnlySequence<byte> message)
+    {
+        var block = message.Length > MaxHeaderBlock ? message.Slice(0, MaxHeaderBlock) : message;
+        using var stream = new MemoryStream(block.ToArray(), writable: false);
+        HeaderList headers;
+        try
+        {
+            headers = HeaderList.Load(ParserOptions.Default, stream);
+        }
+        catch (FormatException)
+        {
+            return null;
+        }
+
+        var from = headers.Where(h => h.Id == HeaderId.From).ToList();
+        if (from.Count != 1 || !InternetAddressList.TryParse(ParserOptions.Default, from[0].RawValue, out var list))
+        {
+            return null;
+        }
+
+        var addresses = list.Mailboxes.Select(m => m.Address).ToList();
+        return addresses.Count == 0 ? null : addresses;
+    }
+}
