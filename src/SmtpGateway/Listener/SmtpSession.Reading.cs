@@ -142,6 +142,10 @@ public sealed partial class SmtpSession
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(sessionToken, _hardStop);
         cts.CancelAfter(limits.DataTimeout);
         bool tooBig = false, bare = false, longLine = false, inLongLine = false;
+
+        // The terminator is CRLF "." CRLF: the dot line ends DATA only if the line before it ended in CRLF (the
+        // 354 reply's line counts). "\n.\r\n" is a bare LF followed by ".\r\n", not an end of data.
+        var previousEndedInCrlf = true;
         try
         {
             while (true)
@@ -161,6 +165,7 @@ public sealed partial class SmtpSession
                     if (inLongLine)
                     {
                         inLongLine = false;
+                        previousEndedInCrlf = line.Length > 0 && LastByte(line) == (byte)'\r';
                         continue;
                     }
 
@@ -176,7 +181,9 @@ public sealed partial class SmtpSession
                         bare = true;
                     }
 
-                    if (crlf && content.Length == 1 && content.FirstSpan[0] == (byte)'.')
+                    var endedInCrlf = previousEndedInCrlf;
+                    previousEndedInCrlf = crlf;
+                    if (crlf && endedInCrlf && content.Length == 1 && content.FirstSpan[0] == (byte)'.')
                     {
                         _reader.AdvanceTo(reader.Position);
                         return tooBig ? DataOutcome.TooBig : bare ? DataOutcome.BareLineEnding : longLine ? DataOutcome.LineTooLong : DataOutcome.Ok;

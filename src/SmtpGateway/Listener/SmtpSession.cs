@@ -87,7 +87,7 @@ public sealed partial class SmtpSession
         _draining = draining;
         _hardStop = hardStop;
         _tls = stream is SslStream;
-        _tlsProtocol = (stream as SslStream)?.SslProtocol.ToString();
+        _tlsProtocol = (stream as SslStream) is { } tls ? TlsName(tls.SslProtocol) : null;
         SessionId = Guid.NewGuid().ToString("N")[..12];
 
         // The session keeps the tenant map it started with, even if the config reloads meanwhile.
@@ -321,7 +321,7 @@ public sealed partial class SmtpSession
         _reader = PipeReader.Create(ssl, new StreamPipeReaderOptions(leaveOpen: true));
         _mustWait = false;
         _tls = true;
-        _tlsProtocol = ssl.SslProtocol.ToString();
+        _tlsProtocol = TlsName(ssl.SslProtocol);
 
         // RFC 3207 section 4.2: discard all knowledge from before the handshake; the client must EHLO again.
         ResetTransaction();
@@ -720,6 +720,14 @@ public sealed partial class SmtpSession
             return SmtpReplies.SpoolFailed;
         }
     }
+
+    /// <summary>The conventional spelling (as OpenSSL and Postfix write it in Received headers).</summary>
+    static string TlsName(System.Security.Authentication.SslProtocols protocol) => protocol switch
+    {
+        System.Security.Authentication.SslProtocols.Tls13 => "TLSv1.3",
+        System.Security.Authentication.SslProtocols.Tls12 => "TLSv1.2",
+        _ => protocol.ToString(),
+    };
 
     string Protocol()
     {

@@ -95,7 +95,7 @@ public sealed partial class ListenerTranscriptTests
     [Theory]
     [InlineData("Subject: x\r\n\r\nbare\nLF\r\n.\r\n")]
     [InlineData("Subject: x\r\n\r\nbare\rCR\r\n.\r\n")]
-    [InlineData("Subject: x\n\nall bare\n.\n.\r\n")]
+    [InlineData("Subject: x\n\nall bare\n.\n\r\n.\r\n")]
     public async Task Bare_cr_or_lf_in_data_is_refused_and_nothing_is_queued(string body)
     {
         await using var gw = await TestGateway.StartAsync();
@@ -118,10 +118,29 @@ public sealed partial class ListenerTranscriptTests
         Assert.StartsWith("250", await c.CommandAsync("MAIL FROM:<alice@tenant-a.example>"));
         Assert.StartsWith("250", await c.CommandAsync("RCPT TO:<bob@example.net>"));
         Assert.StartsWith("354", await c.CommandAsync("DATA"));
-        await c.SendRawAsync("Subject: first\r\n\r\nhello\n.\nMAIL FROM:<evil@attacker.example>\nRCPT TO:<victim@example.net>\nDATA\nSubject: smuggled\n\nboo\n.\r\n");
+        await c.SendRawAsync("Subject: first\r\n\r\nhello\n.\nMAIL FROM:<evil@attacker.example>\nRCPT TO:<victim@example.net>\nDATA\nSubject: smuggled\n\nboo\r\n.\r\n");
         var reply = await c.ReadReplyAsync();
         Assert.StartsWith("550 5.6.0", reply);
         Assert.StartsWith("250 2.0.0", await c.CommandAsync("NOOP")); // no stray replies queued behind it
+        Assert.Empty(gw.Spool.Commits);
+    }
+
+    [Theory]
+    [InlineData("body\n.\r\n")]
+    [InlineData("body\r\n.\n")]
+    [InlineData("body\r.\r\n")]
+    [InlineData("body\n.\n")]
+    public async Task Lf_dot_crlf_variants_are_not_an_end_of_data(string smuggle)
+    {
+        await using var gw = await TestGateway.StartAsync();
+        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await c.HelloAsync();
+        Assert.StartsWith("250", await c.CommandAsync("MAIL FROM:<a@tenant-a.example>"));
+        Assert.StartsWith("250", await c.CommandAsync("RCPT TO:<b@example.net>"));
+        Assert.StartsWith("354", await c.CommandAsync("DATA"));
+        await c.SendRawAsync($"From: a@tenant-a.example\r\n\r\n{smuggle}MAIL FROM:<a@tenant-a.example>\r\nRCPT TO:<x@example.net>\r\nDATA\r\nFrom: a@tenant-a.example\r\n\r\nsmuggled\r\n.\r\n");
+        Assert.StartsWith("550 5.6.0", await c.ReadReplyAsync());
+        Assert.StartsWith("250 2.0.0 Ok\n", (await c.CommandAsync("NOOP")) + "\n"); // nothing else was executed
         Assert.Empty(gw.Spool.Commits);
     }
 

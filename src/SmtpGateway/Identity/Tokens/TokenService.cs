@@ -133,6 +133,13 @@ public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants,
 
         // The key comes from the tenant the client named (== token tenant): tenant B's key can never vouch for A.
         var key = store.KeysOf(userName).FirstOrDefault(k => k.Id == payload.KeyId);
+        if (key is null && store.RefreshIfStale(TimeSpan.FromMilliseconds(100)))
+        {
+            // A token minted moments ago under a brand-new key (first mint, or just after rotation) must not fail
+            // because the periodic refresh has not run yet. Rate-limited, so unknown key ids cannot force disk scans.
+            key = store.KeysOf(userName).FirstOrDefault(k => k.Id == payload.KeyId);
+        }
+
         if (key is null)
         {
             return TokenCheck.Fail("unknown key", payload);

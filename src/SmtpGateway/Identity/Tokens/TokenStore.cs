@@ -49,6 +49,7 @@ public sealed class TokenStore
     Dictionary<string, TokenRecord> _tokens = new(StringComparer.Ordinal);
     FrozenDictionary<string, DateTimeOffset> _revoked = FrozenDictionary<string, DateTimeOffset>.Empty;
     long _registryOffset;
+    long _lastRefresh = long.MinValue / 2;
 
     public TokenStore(string dataDirectory)
     {
@@ -66,7 +67,20 @@ public sealed class TokenStore
         {
             RefreshRegistry();
             RefreshKeys();
+            _lastRefresh = Environment.TickCount64;
         }
+    }
+
+    /// <summary>Refreshes unless the last refresh is younger than <paramref name="minimumAge"/>; true if it refreshed.</summary>
+    public bool RefreshIfStale(TimeSpan minimumAge)
+    {
+        if (Environment.TickCount64 - Interlocked.Read(ref _lastRefresh) < (long)minimumAge.TotalMilliseconds)
+        {
+            return false;
+        }
+
+        Refresh();
+        return true;
     }
 
     public IReadOnlyList<TokenKey> KeysOf(string tenant)
@@ -89,25 +103,8 @@ public sealed class TokenStore
 
     public DateTimeOffset? RevokedAt(string tokenId) => _revoked.TryGetValue(tokenId, out var at) ? at : null;
 
-    public void AppendRegistry(RegistryEntry entry)
-    {
-        Directory.CreateDirectory(Path.GetDirectoryName(_registryPath)!);
-        var line = JsonSerializer.SerializeToUtf8Bytes(entry, TokenJsonContext.Default.RegistryEntry);
-        var bytes = new byte[line.Length + 1];
-        line.CopyTo(bytes, 0);
-        bytes[^1] = (byte)'\n';
-        using var file = new FileStream(_registryPath, new FileStreamOptions
-        {
-            Mode = FileMode.Append,
-            Access = FileAccess.Write,
-            Share = FileShare.ReadWrite,
-            UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
-        });
-
-        // One write call per line: O_APPEND keeps concurrent writers' lines whole.
-        file.Write(bytes);
-        file.Flush(flushToDisk: true);
-    }
+    public void AppendRegistry(RegistryEntry entry) =>
+        Hosting.AppendOnlyFile.AppendLine(_registryPath, JsonSerializer.SerializeToUtf8Bytes(entry, TokenJsonContext.Default.RegistryEntry));
 
     /// <summary>Writes a tenant's key file atomically (temp + rename) with owner-only permissions.</summary>
     public void WriteKeys(string tenant, IReadOnlyList<TokenKey> keys)

@@ -1,0 +1,71 @@
+# syntax=docker/dockerfile:1
+#
+# SmtpGateway container image.
+#
+#   docker build -t smtpgw .
+#   docker run --rm -p 2525:2525 -p 2465:2465 -p 2526:2526 \
+#       -v smtpgw-data:/var/lib/smtpgw \
+#       -v "$PWD/certs/dev:/etc/smtpgw/tls:ro" smtpgw
+#
+# Note: .NET 10 images are published for Ubuntu 24.04 "noble" (the default
+# tags), Alpine and Azure Linux; there are no Debian images for .NET 10.
+# The tags are pinned to noble so that `apt-get` works as written.
+
+# ---- build ------------------------------------------------------------------------
+FROM mcr.microsoft.com/dotnet/sdk:10.0-noble AS build
+WORKDIR /src
+ENV DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
+
+# Restore first, from the project files only, so that the package layer is cached.
+COPY Directory.Build.props Directory.Packages.props ./
+COPY src/SmtpGateway/SmtpGateway.csproj src/SmtpGateway/
+COPY src/SmtpGateway.Host/SmtpGateway.Host.csproj src/SmtpGateway.Host/
+RUN dotnet restore src/SmtpGateway.Host/SmtpGateway.Host.csproj
+
+COPY src/ src/
+# config/gateway.json is embedded in the library as the built-in default configuration.
+COPY config/ config/
+RUN dotnet publish src/SmtpGateway.Host/SmtpGateway.Host.csproj -c Release -o /app --no-restore
+
+# ---- runtime ----------------------------------------------------------------------
+# The plain .NET runtime is enough while smtpgw has no ASP.NET Core dependency; when the admin
+# HTTP API (port 8025) arrives on Kestrel, switch to mcr.microsoft.com/dotnet/aspnet:10.0-noble.
+FROM mcr.microsoft.com/dotnet/runtime:10.0-noble AS runtime
+
+# softhsm2 + opensc (pkcs11-tool): the development PKCS#11 token; ca-certificates: TLS to smarthosts.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends softhsm2 opensc ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
+# The image's built-in non-root user "app" ($APP_UID) owns the data volume.
+RUN mkdir -p /etc/smtpgw/tls /var/lib/smtpgw/softhsm/tokens \
+    && printf 'directories.tokendir = /var/lib/smtpgw/softhsm/tokens\nobjectstore.backend = file\nlog.level = INFO\n' \
+        > /etc/smtpgw/softhsm2.conf \
+    && chown -R "$APP_UID" /var/lib/smtpgw
+
+COPY --from=build /app /app
+COPY config/gateway.json /etc/smtpgw/gateway.json
+
+# Container defaults over config/gateway.json (the .NET way; override with -e):
+# data under the volume, listeners on all interfaces, TLS material mounted at /etc/smtpgw/tls.
+# The legacy relay trusts only the client networks in the config (loopback in the demo config), and
+# container clients arrive from the bridge network: mount your own config at /etc/smtpgw/gateway.json.
+ENV SMTPGW__Gateway__DataDirectory=/var/lib/smtpgw \
+    SMTPGW__Gateway__Tls__CertificatePath=/etc/smtpgw/tls/gateway.crt \
+    SMTPGW__Gateway__Tls__KeyPath=/etc/smtpgw/tls/gateway.key \
+    SMTPGW__Gateway__Listeners__0__Address=0.0.0.0 \
+    SMTPGW__Gateway__Listeners__1__Address=0.0.0.0 \
+    SMTPGW__Gateway__Listeners__2__Address=0.0.0.0 \
+    SOFTHSM2_CONF=/etc/smtpgw/softhsm2.conf
+
+USER $APP_UID
+WORKDIR /var/lib/smtpgw
+VOLUME ["/var/lib/smtpgw"]
+# 2525 submission (STARTTLS), 2465 submissions (implicit TLS), 2526 legacy relay, 8025 admin HTTP
+EXPOSE 2525 2465 2526 8025
+
+# `docker stop` sends SIGTERM; the gateway drains sessions for up to Gateway:ShutdownTimeout
+# (20 s), longer than docker's default 10 s grace: use `docker stop -t 30`.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/app/smtpgw"]
+CMD ["serve", "--config", "/etc/smtpgw/gateway.json"]

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# SmtpGateway: install test dependencies, build, run every test.
+#
+#   ./test.sh                 all tests (unit/transcript + functional)
+#   ./test.sh --filter EXPR   passed on to every `dotnet test` (e.g. --filter FullyQualifiedName~CrashSafety)
+#
+# Ends with one line "N passed, N failed". Exit status is non-zero when the build
+# fails, any test fails, a test run aborts, or no test ran at all.
+# Environment: CONFIGURATION (default Release). TRX files go to TestResults/.
+set -euo pipefail
+
+cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")"
+configuration="${CONFIGURATION:-Release}"
+results="$PWD/TestResults"
+projects=(tests/SmtpGateway.Tests tests/SmtpGateway.FunctionalTests)
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+
+say() { printf 'test.sh: %s\n' "$*" >&2; }
+
+# --- 1. Test dependencies -----------------------------------------------------------
+# postfix: /usr/sbin/smtp-sink (the independent smarthost); swaks + libnet-ssleay-perl:
+# the independent client (with TLS); openssl: test certificates; python3: result summing.
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+missing=()
+[[ -x /usr/sbin/smtp-sink ]] || missing+=(postfix)
+command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+if command -v dpkg-query >/dev/null 2>&1 && ! pkg_installed libnet-ssleay-perl; then missing+=(libnet-ssleay-perl); fi
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+
+if ((${#missing[@]} > 0)); then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        say "installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        # Postfix is only wanted for smtp-sink: no mail system configuration, nothing started.
+        echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections
+        apt-get update -qq
+        apt-get install -y -qq "${missing[@]}"
+    else
+        say "missing test dependencies: ${missing[*]}; install them with:"
+        say "  echo 'postfix postfix/main_mailer_type select No configuration' | sudo debconf-set-selections"
+        say "  sudo DEBIAN_FRONTEND=noninteractive apt-get install -y ${missing[*]}"
+        echo "0 passed, 0 failed"
+        exit 1
+    fi
+fi
+
+if ! command -v dotnet >/dev/null 2>&1; then
+    say "the .NET 10 SDK ('dotnet') is not on PATH; see ./run.sh for how to install it"
+    echo "0 passed, 0 failed"
+    exit 1
+fi
+
+# --- 2. Build -----------------------------------------------------------------------
+say "building SmtpGateway.sln ($configuration)"
+if ! dotnet build SmtpGateway.sln -c "$configuration" -nologo -v quiet; then
+    say "build failed"
+    echo "0 passed, 0 failed"
+    exit 1
+fi
+
+# --- 3. Test ------------------------------------------------------------------------
+rm -rf "$results"
+mkdir -p "$results"
+status=0
+for project in "${projects[@]}"; do
+    name="$(basename "$project")"
+    # Functional tests report what they saw (transcripts, crash-test counts): show it for passing tests too.
+    verbosity=normal
+    [[ "$name" == *FunctionalTests ]] && verbosity=detailed
+    say "running $name"
+    if ! dotnet test "$project" -c "$configuration" --no-build -nologo \
+        --results-directory "$results" \
+        --logger "trx;LogFileName=$name.trx" \
+        --logger "console;verbosity=$verbosity" \
+        --blame-hang-timeout 5m --blame-hang-dump-type none \
+        "$@"; then
+        status=1
+    fi
+done
+
+# --- 4. Sum the TRX counters across projects ------------------------------------------
+summary="$(python3 - "$results" "${projects[@]}" <<'PY'
+import os, sys, xml.etree.ElementTree as ET
+results, projects = sys.argv[1], sys.argv[2:]
+ns = "{http://microsoft.com/schemas/VisualStudio/TeamTest/2010}"
+passed = failed = skipped = 0
+missing = []
+for project in projects:
+    name = os.path.basename(project)
+    path = os.path.join(results, name + ".trx")
+    if not os.path.exists(path):
+        missing.append(name)
+        continue
+    counters = ET.parse(path).getroot().find(f"{ns}ResultSummary/{ns}Counters")
+    c = {k: int(v) for k, v in counters.attrib.items()}
+    p = c.get("passed", 0)
+    f = c.get("failed", 0) + c.get("error", 0) + c.get("timeout", 0) + c.get("aborted", 0)
+    s = c.get("notExecuted", 0) + c.get("inconclusive", 0)
+    print(f"  {name}: {p} passed, {f} failed, {s} skipped", file=sys.stderr)
+    passed, failed, skipped = passed + p, failed + f, skipped + s
+for name in missing:
+    print(f"  {name}: no results (run aborted?)", file=sys.stderr)
+print(passed, failed, skipped, len(missing))
+PY
+)" || { say "could not read the test results"; summary="0 1 0 1"; }
+read -r passed failed skipped missing_results <<<"$summary"
+
+if ((missing_results > 0)); then status=1; fi
+if ((failed > 0)); then status=1; fi
+if ((passed + failed == 0)); then say "no tests ran"; status=1; fi
+((skipped == 0)) || say "$skipped skipped"
+echo "$passed passed, $failed failed"
+exit "$status"
