@@ -128,17 +128,22 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
                         stdout.Write(line);
                         stdout.WriteByte((byte)'\n');
                     }
+
+                    // Checked per line, not per batch, so a burst cannot grow one file far past the limit.
+                    if (file.Position >= _config.MaxFileSize)
+                    {
+                        file.Flush(flushToDisk: true);
+                        file.Dispose();
+                        Rotate();
+                        file = Open();
+                        wrote = false;
+                    }
                 }
 
                 if (wrote)
                 {
+                    // One fsync per batch: durable without one fsync per event.
                     file.Flush(flushToDisk: true);
-                    if (file.Length >= _config.MaxFileSize)
-                    {
-                        file.Dispose();
-                        Rotate();
-                        file = Open();
-                    }
                 }
 
                 while (_flushWaiters.TryDequeue(out var waiter))

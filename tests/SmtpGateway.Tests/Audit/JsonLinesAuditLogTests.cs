@@ -1,0 +1,128 @@
+using System.Diagnostics.Metrics;
+using System.Text.Json;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
+using SmtpGateway.Audit;
+using SmtpGateway.Configuration;
+using SmtpGateway.Diagnostics;
+
+namespace SmtpGateway.Tests.Audit;
+
+public sealed class JsonLinesAuditLogTests : IDisposable
+{
+    readonly DirectoryInfo _data = Directory.CreateTempSubdirectory("smtpgw-audit");
+
+    JsonLinesAuditLog NewLog(long maxFileSize = 1 << 20, int maxFiles = 3) =>
+        new(Options.Create(new GatewayConfig { DataDirectory = _data.FullName, Audit = new AuditConfig { MaxFileSize = maxFileSize, MaxFiles = maxFiles } }), TimeProvider.System, NullLoggerFactory.Instance);
+
+    [Fact]
+    public async Task Events_are_durable_json_lines_with_every_field()
+    {
+        var log = NewLog();
+        await log.StartAsync(CancellationToken.None);
+        log.Write(new AuditEvent { Action = AuditActions.Auth, Result = "refused", Reason = "bad signature", Tenant = "tenant-a", SessionId = "s1", ClientIp = "192.0.2.1", Listener = "submission", TokenId = "tok_1" });
+        await log.FlushAsync();
+        await log.StopAsync(CancellationToken.None);
+
+        var line = Assert.Single(File.ReadAllLines(log.FilePath));
+        using var json = JsonDocument.Parse(line);
+        var root = json.RootElement;
+        Assert.Equal("auth", root.GetProperty("action").GetString());
+        Assert.Equal("refused", root.GetProperty("result").GetString());
+        Assert.Equal("bad signature", root.GetProperty("reason").GetString());
+        Assert.Equal("tenant-a", root.GetProperty("tenant").GetString());
+        Assert.Equal("tok_1", root.GetProperty("tokenId").GetString());
+        Assert.Equal("192.0.2.1", root.GetProperty("clientIp").GetString());
+        Assert.True(root.GetProperty("time").GetDateTimeOffset() > DateTimeOffset.UtcNow.AddMinutes(-1));
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(log.FilePath));
+    }
+
+    [Fact]
+    public async Task The_file_rotates_by_size_and_keeps_a_bounded_number()
+    {
+        var log = NewLog(maxFileSize: 4096, maxFiles: 2);
+        await log.StartAsync(CancellationToken.None);
+        for (var i = 0; i < 200; i++)
+        {
+            log.Write(new AuditEvent { Action = AuditActions.SendAs, Result = "refused", Subject = $"user{i}@tenant-b.example", Tenant = "tenant-a" });
+            if (i % 10 == 0)
+            {
+                await log.FlushAsync();
+            }
+        }
+
+        await log.FlushAsync();
+        await log.StopAsync(CancellationToken.None);
+        var files = Directory.GetFiles(Path.GetDirectoryName(log.FilePath)!).Select(Path.GetFileName).Order().ToList();
+        Assert.Equal(["audit.1.jsonl", "audit.2.jsonl", "audit.jsonl"], files);
+        Assert.All(Directory.GetFiles(Path.GetDirectoryName(log.FilePath)!), f => Assert.True(new FileInfo(f).Length < 4096 + 512));
+    }
+
+    [Fact]
+    public async Task Cross_tenant_refusals_are_counted_per_tenant()
+    {
+        var counts = new Dictionary<string, long>();
+        using var listener = new MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == Telemetry.MeterName && instrument.Name == Telemetry.CrossTenantRefusals)
+            {
+                l.EnableMeasurementEvents(instrument);
+            }
+        };
+        listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
+        {
+            foreach (var tag in tags)
+            {
+                if (tag.Key == "tenant")
+                {
+                    lock (counts)
+                    {
+                        counts[(string)tag.Value!] = counts.GetValueOrDefault((string)tag.Value!) + value;
+                    }
+                }
+            }
+        });
+        listener.Start();
+
+        var log = NewLog();
+        await log.StartAsync(CancellationToken.None);
+        log.Write(new AuditEvent { Action = AuditActions.Auth, Result = "refused", Tenant = "tenant-b", CrossTenant = true });
+        log.Write(new AuditEvent { Action = AuditActions.SendAs, Result = "refused", Tenant = "tenant-b", CrossTenant = true });
+        log.Write(new AuditEvent { Action = AuditActions.SendAs, Result = "refused", Tenant = "tenant-a", CrossTenant = false });
+        await log.FlushAsync();
+        await log.StopAsync(CancellationToken.None);
+        lock (counts)
+        {
+            Assert.Equal(2, counts.GetValueOrDefault("tenant-b"));
+            Assert.False(counts.ContainsKey("tenant-a"));
+        }
+    }
+
+    [Fact]
+    public async Task Cli_appends_interleave_whole_with_the_gateway_writer()
+    {
+        var log = NewLog();
+        await log.StartAsync(CancellationToken.None);
+        var cli = Task.Run(() =>
+        {
+            for (var i = 0; i < 100; i++)
+            {
+                AuditFile.Append(_data.FullName, new AuditEvent { Action = AuditActions.TokenMint, Result = "ok", TokenId = $"tok_{i}" });
+            }
+        });
+        for (var i = 0; i < 100; i++)
+        {
+            log.Write(new AuditEvent { Action = AuditActions.Auth, Result = "ok", TokenId = $"gw_{i}" });
+        }
+
+        await cli;
+        await log.FlushAsync();
+        await log.StopAsync(CancellationToken.None);
+        var lines = File.ReadAllLines(log.FilePath);
+        Assert.Equal(200, lines.Length);
+        Assert.All(lines, l => JsonDocument.Parse(l).Dispose());
+    }
+
+    public void Dispose() => _data.Delete(recursive: true);
+}
