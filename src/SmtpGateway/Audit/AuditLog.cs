@@ -22,6 +22,9 @@ public static class AuditActions
     public const string KeyRotate = "key-rotate";
     public const string TokenCheck = "token-check";
     public const string LegacyRelay = "legacy-relay";
+    public const string DkimSign = "dkim-sign";
+    public const string DkimKeygen = "dkim-keygen";
+    public const string DkimRotate = "dkim-rotate";
 }
 
 /// <summary>One audit record. Never carries a token, password or key: only the token id.</summary>

@@ -18,6 +18,8 @@ public static class Telemetry
     public const string AuditEvents = "smtpgw.audit.events";
     public const string CrossTenantRefusals = "smtpgw.audit.cross_tenant_refusals";
     public const string AuthAttempts = "smtpgw.auth.attempts";
+    public const string DkimSignatures = "smtpgw.dkim.signatures";
+    public const string DkimFailures = "smtpgw.dkim.failures";
 
     /// <summary>The gateway's single meter; instruments are created from it by each stage.</summary>
     public static readonly Meter Meter = new(MeterName);

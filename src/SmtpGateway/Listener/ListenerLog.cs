@@ -46,6 +46,9 @@ static partial class ListenerLog
     [LoggerMessage(EventId = EventIds.Listener + 12, Level = LogLevel.Warning, Message = "{Sessions} session(s) still open after the drain timeout; closing them with 421")]
     public static partial void DrainTimeout(ILogger logger, int sessions);
 
+    [LoggerMessage(EventId = EventIds.Listener + 14, Level = LogLevel.Error, Message = "Session {SessionId}: DKIM signing for tenant {Tenant} failed ({Reason}); answered 451, nothing queued")]
+    public static partial void SigningFailed(ILogger logger, string sessionId, string tenant, string reason);
+
     [LoggerMessage(EventId = EventIds.Listener + 13, Level = LogLevel.Error, Message = "Session {SessionId} failed unexpectedly")]
     public static partial void SessionFailed(ILogger logger, string sessionId, Exception exception);
 }

@@ -52,4 +52,5 @@ public sealed record SessionServices(
     IdentityServices Identity,
     IMessageSpool Spool,
     TimeProvider Time,
-    ListenerMetrics Metrics);
+    ListenerMetrics Metrics,
+    Signing.IMessageSigner? Signer = null);

@@ -40,14 +40,22 @@ public sealed class MessageBuffer : IDisposable
         }
     }
 
-    public ReadOnlySequence<byte> ToSequence()
+    public ReadOnlySequence<byte> ToSequence() => ToSequence(ReadOnlyMemory<byte>.Empty);
+
+    /// <summary>The message with <paramref name="prefix"/> in front (e.g. DKIM-Signature headers), without copying the message.</summary>
+    public ReadOnlySequence<byte> ToSequence(ReadOnlyMemory<byte> prefix)
     {
         if (_chunks.Count == 0)
         {
-            return ReadOnlySequence<byte>.Empty;
+            return new ReadOnlySequence<byte>(prefix);
         }
 
         Segment? first = null, last = null;
+        if (!prefix.IsEmpty)
+        {
+            first = last = new Segment(prefix, 0);
+        }
+
         for (var i = 0; i < _chunks.Count; i++)
         {
             var used = i == _chunks.Count - 1 ? _lastUsed : ChunkSize;

@@ -59,6 +59,7 @@ public static class SmtpReplies
     public static readonly SmtpReply TooManyAuthFailures = new(421, "4.7.0", "Too many failed authentication attempts, closing connection");
     public static readonly SmtpReply TooManyErrors = new(421, "4.7.0", "Too many errors, closing connection");
     public static readonly SmtpReply SpoolFailed = new(451, "4.3.0", "Temporary failure storing the message, try again later");
+    public static readonly SmtpReply SigningFailed = new(451, "4.3.0", "Temporary failure signing the message, try again later");
     public static readonly SmtpReply TooManyRecipients = new(452, "4.5.3", "Too many recipients");
     public static readonly SmtpReply TlsUnavailable = new(454, "4.7.0", "TLS not available");
 

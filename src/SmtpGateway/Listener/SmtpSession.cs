@@ -687,7 +687,9 @@ public sealed partial class SmtpSession
                 reply = SmtpReplies.DataLineTooLong;
                 break;
             default:
-                reply = HeaderFromRefusal(message, headerLength) ?? await CommitAsync(id, message, received).ConfigureAwait(false);
+                reply = HeaderFromRefusal(message, headerLength, out var author)
+                    ?? Sign(message, headerLength, author, out var signature)
+                    ?? await CommitAsync(id, message, signature, received).ConfigureAwait(false);
                 break;
         }
 
@@ -703,13 +705,38 @@ public sealed partial class SmtpSession
         return reply.IsTransient ? Reply(reply) : CountError(reply);
     }
 
-    async ValueTask<SmtpReply> CommitAsync(string id, MessageBuffer message, DateTimeOffset received)
+    /// <summary>
+    /// DKIM for a tenant's outbound message, made before the message is queued: a signing failure is 451 4.3.0 and
+    /// nothing is queued, so a message that should be signed never leaves unsigned (issue #4).
+    /// </summary>
+    SmtpReply? Sign(MessageBuffer message, long headerLength, string? author, out byte[] signature)
+    {
+        signature = [];
+        if (_tenant is null || author is null || _services.Signer is null)
+        {
+            return null;
+        }
+
+        try
+        {
+            signature = _services.Signer.Sign(_tenant.TenantId, author, message.ToSequence().Slice(headerLength), SessionId);
+            return null;
+        }
+        catch (Signing.SigningException ex)
+        {
+            ListenerLog.SigningFailed(_logger, SessionId, _tenant.TenantId, ex.Message);
+            return SmtpReplies.SigningFailed;
+        }
+    }
+
+    async ValueTask<SmtpReply> CommitAsync(string id, MessageBuffer message, byte[] signature, DateTimeOffset received)
     {
         var envelope = new SpoolEnvelope(id, _transactionTenant ?? _tenant?.TenantId, _mailFrom!.Address, [.. _recipients], received, _remote.Address.ToString(), _listener.Name, _smtpUtf8, _eightBit);
         try
         {
             // Not cancellable: once the bytes are in, finish the commit so the answer matches the disk.
-            await _services.Spool.CommitAsync(envelope, message.ToSequence(), CancellationToken.None).ConfigureAwait(false);
+            // DKIM-Signature on top, above our Received (as a signing milter would put it).
+            await _services.Spool.CommitAsync(envelope, message.ToSequence(signature), CancellationToken.None).ConfigureAwait(false);
             ListenerLog.Queued(_logger, SessionId, id, _recipients.Count, message.Length);
             return SmtpReplies.Queued(id);
         }
@@ -760,8 +787,9 @@ public sealed partial class SmtpSession
     }
 
     /// <summary>Sender binding for the header From (issue #3): checked on the message as received, before it is queued.</summary>
-    SmtpReply? HeaderFromRefusal(MessageBuffer message, long headerLength)
+    SmtpReply? HeaderFromRefusal(MessageBuffer message, long headerLength, out string? author)
     {
+        author = null;
         if (_tenant is null)
         {
             return null;
@@ -771,6 +799,7 @@ public sealed partial class SmtpSession
         var decision = Policy.SenderPolicy.HeaderFrom(_tenant, addresses, _tenants);
         if (decision.Accepted)
         {
+            author = addresses![0];
             return null;
         }
 

@@ -98,7 +98,8 @@ public sealed class TestGateway : IAsyncDisposable
         string[]? tenantANetworks = null,
         TimeSpan? shutdownTimeout = null,
         Action<IdentityConfig>? identity = null,
-        TimeProvider? time = null)
+        TimeProvider? time = null,
+        SmtpGateway.Signing.IMessageSigner? signer = null)
     {
         var limitsConfig = new LimitsConfig();
         limits?.Invoke(limitsConfig);
@@ -129,7 +130,8 @@ public sealed class TestGateway : IAsyncDisposable
                 identityConfig),
             spool,
             clock,
-            new ListenerMetrics());
+            new ListenerMetrics(),
+            signer);
         var listeners = new List<ListenerModel>
         {
             new("submission", ListenerKind.Submission, new IPEndPoint(IPAddress.Loopback, 0)),

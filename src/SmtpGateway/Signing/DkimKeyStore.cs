@@ -1,0 +1,102 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using SmtpGateway.Hosting;
+
+namespace SmtpGateway.Signing;
+
+/// <summary>Lifecycle of a DKIM selector (README "DKIM key rotation").</summary>
+public enum SelectorState
+{
+    /// <summary>Published in DNS, not yet signing: gives resolvers time to see the record.</summary>
+    Pending,
+
+    /// <summary>Signing (one per algorithm and domain).</summary>
+    Active,
+
+    /// <summary>No longer signing, still published so mail signed with it in the last days still verifies.</summary>
+    Retiring,
+
+    /// <summary>Withdrawn from DNS; its key may be deleted from the HSM.</summary>
+    Retired,
+}
+
+public enum DkimAlgorithm
+{
+    Rsa2048,
+    Ed25519,
+}
+
+/// <summary>One DKIM key of a tenant: metadata only. The private key lives in the tenant's HSM token under <see cref="KeyLabel"/>.</summary>
+public sealed record DkimSelector(
+    string Domain,
+    string Selector,
+    DkimAlgorithm Algorithm,
+    SelectorState State,
+    string KeyLabel,
+    string PublicKey,
+    DateTimeOffset Created,
+    DateTimeOffset? StateChanged);
+
+public sealed record TenantDkimFile(List<DkimSelector> Selectors);
+
+[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, UseStringEnumConverter = true, WriteIndented = true)]
+[JsonSerializable(typeof(TenantDkimFile))]
+internal sealed partial class DkimJsonContext : JsonSerializerContext;
+
+/// <summary>
+/// DKIM selector metadata per tenant under DataDirectory/dkim/&lt;tenant&gt;.json, written by the CLI
+/// (`smtpgw dkim keygen|rotate`) and re-read by the gateway when the file changes, so a rotation step needs no restart.
+/// </summary>
+public sealed class DkimKeyStore(string dataDirectory)
+{
+    readonly string _directory = Path.Combine(dataDirectory, "dkim");
+    readonly Lock _lock = new();
+    Dictionary<string, (DateTime Stamp, IReadOnlyList<DkimSelector> Selectors)> _cache = new(StringComparer.Ordinal);
+
+    public IReadOnlyList<DkimSelector> Selectors(string tenant)
+    {
+        var path = PathOf(tenant);
+        var stamp = File.Exists(path) ? File.GetLastWriteTimeUtc(path) : DateTime.MinValue;
+        lock (_lock)
+        {
+            if (_cache.TryGetValue(tenant, out var cached) && cached.Stamp == stamp)
+            {
+                return cached.Selectors;
+            }
+        }
+
+        IReadOnlyList<DkimSelector> selectors = stamp == DateTime.MinValue
+            ? []
+            : JsonSerializer.Deserialize(File.ReadAllBytes(path), DkimJsonContext.Default.TenantDkimFile)?.Selectors ?? [];
+        lock (_lock)
+        {
+            _cache = new(_cache, StringComparer.Ordinal) { [tenant] = (stamp, selectors) };
+        }
+
+        return selectors;
+    }
+
+    /// <summary>Signing keys for a domain: the active selector of each algorithm.</summary>
+    public IReadOnlyList<DkimSelector> ActiveFor(string tenant, string normalizedDomain) =>
+        Selectors(tenant).Where(s => s.State == SelectorState.Active && s.Domain == normalizedDomain).ToList();
+
+    /// <summary>True when the tenant has DKIM set up for the domain at all (then a message must never go out unsigned).</summary>
+    public bool Configured(string tenant, string normalizedDomain) =>
+        Selectors(tenant).Any(s => s.Domain == normalizedDomain && s.State is SelectorState.Active);
+
+    public void Save(string tenant, IReadOnlyList<DkimSelector> selectors)
+    {
+        Directory.CreateDirectory(_directory);
+        var path = PathOf(tenant);
+        var tmp = path + ".tmp";
+        using (var file = new FileStream(tmp, new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite }))
+        {
+            JsonSerializer.Serialize(file, new TenantDkimFile([.. selectors]), DkimJsonContext.Default.TenantDkimFile);
+            file.Flush(flushToDisk: true);
+        }
+
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    string PathOf(string tenant) => Path.Combine(_directory, tenant + ".json");
+}

@@ -1,0 +1,72 @@
+using System.Text;
+using SmtpGateway.Signing;
+using SmtpGateway.Tests.Listener;
+
+namespace SmtpGateway.Tests.Signing;
+
+/// <summary>Signing at end of DATA, through the real listener: signed before queueing, 451 on failure, inbound untouched.</summary>
+public sealed class SigningTranscriptTests : IDisposable
+{
+    readonly DirectoryInfo _data = Directory.CreateTempSubdirectory("smtpgw-sign");
+    readonly SoftwareKeySigner _keys = new();
+    readonly DkimKeyStore _store;
+    readonly RecordingAudit _audit = new();
+
+    public SigningTranscriptTests() => _store = new DkimKeyStore(_data.FullName);
+
+    async Task<TestGateway> StartAsync() => await TestGateway.StartAsync(signer: new DkimSigningService(_store, _keys, _audit, TimeProvider.System, null));
+
+    static async Task<string?> SendAsync(RawSmtpClient c, string from, string to, string message)
+    {
+        Assert.StartsWith("250", await c.CommandAsync($"MAIL FROM:<{from}>"));
+        Assert.StartsWith("250", await c.CommandAsync($"RCPT TO:<{to}>"));
+        Assert.StartsWith("354", await c.CommandAsync("DATA"));
+        await c.SendRawAsync(message + ".\r\n");
+        return await c.ReadReplyAsync();
+    }
+
+    [Fact]
+    public async Task Outbound_mail_is_queued_signed_and_verifies()
+    {
+        var rsa = _keys.AddRsa("tenant-a.example", "r1");
+        var ed = _keys.AddEd25519("tenant-a.example", "e1");
+        _store.Save("tenant-a", [rsa, ed]);
+        await using var gw = await StartAsync();
+        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await c.HelloAsync();
+        Assert.StartsWith("250 2.0.0", await SendAsync(c, "app@tenant-a.example", "x@example.net", "From: app@tenant-a.example\r\nTo: x@example.net\r\nSubject: signed\r\n\r\nbody\r\n"));
+        var stored = Assert.Single(gw.Spool.Commits).Message;
+        var text = Encoding.UTF8.GetString(stored);
+        Assert.StartsWith("DKIM-Signature: v=1; a=ed25519-sha256", text);
+        Assert.True(text.IndexOf("Received:", StringComparison.Ordinal) > text.LastIndexOf("DKIM-Signature:", StringComparison.Ordinal));
+        Assert.Equal([true, true], PythonDkim.Verify(stored, PythonDkim.Records(rsa, ed)));
+    }
+
+    [Fact]
+    public async Task A_signing_failure_answers_451_and_queues_nothing()
+    {
+        _store.Save("tenant-a", [_keys.AddEd25519("tenant-a.example", "e1")]);
+        _keys.Fail = true;
+        await using var gw = await StartAsync();
+        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await c.HelloAsync();
+        Assert.StartsWith("451 4.3.0", await SendAsync(c, "app@tenant-a.example", "x@example.net", "From: app@tenant-a.example\r\n\r\nbody\r\n"));
+        Assert.Empty(gw.Spool.Commits);
+        _keys.Fail = false;
+        Assert.StartsWith("250 2.0.0", await SendAsync(c, "app@tenant-a.example", "x@example.net", "From: app@tenant-a.example\r\n\r\nbody\r\n"));
+    }
+
+    [Fact]
+    public async Task Inbound_mail_and_domains_without_keys_are_not_signed()
+    {
+        _store.Save("tenant-a", [_keys.AddEd25519("tenant-a.example", "e1")]);
+        await using var gw = await StartAsync();
+        await using var c = await RawSmtpClient.ConnectAsync(gw.Submission);
+        await c.HelloAsync();
+        Assert.StartsWith("250 2.0.0", await SendAsync(c, "someone@elsewhere.example", "bob@tenant-a.example", "From: someone@elsewhere.example\r\n\r\nhi\r\n"));
+        Assert.StartsWith("Received:", Encoding.UTF8.GetString(Assert.Single(gw.Spool.Commits).Message));
+        Assert.Empty(_keys.SignedData);
+    }
+
+    public void Dispose() => _data.Delete(true);
+}
