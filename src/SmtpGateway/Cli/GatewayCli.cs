@@ -18,6 +18,8 @@ public static class GatewayCli
         root.Subcommands.Add(Serve());
         root.Subcommands.Add(CheckConfig());
         root.Subcommands.Add(TokenCommands.Build(ConfigOption));
+        root.Subcommands.Add(DkimCommands.Dkim(ConfigOption));
+        root.Subcommands.Add(DkimCommands.Hsm(ConfigOption));
         return root;
     }
 

@@ -21,6 +21,10 @@ public sealed class GatewayConfig
 
     public AuditConfig Audit { get; set; } = new();
 
+    public HsmConfig Hsm { get; set; } = new();
+
+    public DkimConfig Dkim { get; set; } = new();
+
     public SpoolConfig Spool { get; set; } = new();
 
     public DeliveryConfig Delivery { get; set; } = new();

@@ -104,6 +104,21 @@ public sealed class GatewayConfigValidator : IValidateOptions<GatewayConfig>
             e.Add($"{G}:Identity:AuthFailuresBeforeDisconnect: must be at least AuthFailuresBeforeDelay, which must be at least 1.");
         }
 
+        if (string.IsNullOrWhiteSpace(c.Hsm.ModulePath))
+        {
+            e.Add($"{G}:Hsm:ModulePath: required (the PKCS#11 module, e.g. /usr/lib/softhsm/libsofthsm2.so).");
+        }
+
+        if (c.Hsm.MaxSessionsPerToken is < 1 or > 256)
+        {
+            e.Add($"{G}:Hsm:MaxSessionsPerToken: {c.Hsm.MaxSessionsPerToken} is out of range 1-256.");
+        }
+
+        if (c.Dkim.SignatureLifetime is { } lifetime && lifetime <= TimeSpan.Zero)
+        {
+            e.Add($"{G}:Dkim:SignatureLifetime: must be positive when set.");
+        }
+
         if (c.Audit.MaxFileSize < 4096 || c.Audit.MaxFiles < 1)
         {
             e.Add($"{G}:Audit: MaxFileSize must be at least 4096 and MaxFiles at least 1.");

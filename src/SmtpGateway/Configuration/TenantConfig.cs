@@ -12,8 +12,8 @@ public sealed class TenantConfig
     /// <summary>Client networks (CIDR) of this tenant's legacy apps on the relay listener.</summary>
     public List<string> Networks { get; set; } = [];
 
-    /// <summary>DKIM selectors (signing arrives with the HSM issue).</summary>
-    public List<string> DkimSelectors { get; set; } = [];
+    /// <summary>This tenant's own HSM token (blast radius one: its keys and PIN are nobody else's).</summary>
+    public TenantHsmConfig Hsm { get; set; } = new();
 
     public EgressConfig Egress { get; set; } = new();
 
@@ -75,4 +75,38 @@ public sealed class AuditConfig
 
     /// <summary>Rotated files kept.</summary>
     public int MaxFiles { get; set; } = 10;
+}
+
+/// <summary>
+/// "Tenants:&lt;id&gt;:Hsm". DKIM selectors themselves are state, not config: `smtpgw dkim keygen|rotate` records them
+/// under DataDirectory/dkim/&lt;tenant&gt;.json so that a rotation step never rewrites the operator's file.
+/// </summary>
+public sealed class TenantHsmConfig
+{
+    /// <summary>Label of the tenant's token (at most 32 bytes); default "smtpgw-&lt;tenant&gt;".</summary>
+    public string? TokenLabel { get; set; }
+
+    /// <summary>File holding the user PIN, readable only by the gateway user; default DataDirectory/hsm/pins/&lt;tenant&gt;.pin.</summary>
+    public string? PinFile { get; set; }
+
+    /// <summary>Environment variable holding the user PIN; takes precedence over the file when set.</summary>
+    public string? PinEnvironmentVariable { get; set; }
+}
+
+/// <summary>"Gateway:Hsm": the PKCS#11 module that holds every tenant's DKIM keys.</summary>
+public sealed class HsmConfig
+{
+    public string ModulePath { get; set; } = "/usr/lib/softhsm/libsofthsm2.so";
+
+    /// <summary>SoftHSM2: keep its config and tokens under DataDirectory/hsm (sets SOFTHSM2_CONF before the module loads).</summary>
+    public bool SoftHsm { get; set; } = true;
+
+    public int MaxSessionsPerToken { get; set; } = 8;
+}
+
+/// <summary>"Gateway:Dkim".</summary>
+public sealed class DkimConfig
+{
+    /// <summary>Signature lifetime for the x= tag; null emits no x=.</summary>
+    public TimeSpan? SignatureLifetime { get; set; }
 }

@@ -6,6 +6,8 @@ using Microsoft.Extensions.Options;
 using SmtpGateway.Audit;
 using SmtpGateway.Configuration;
 using SmtpGateway.Delivery;
+using SmtpGateway.Hsm;
+using SmtpGateway.Signing;
 using SmtpGateway.Identity;
 using SmtpGateway.Identity.Tokens;
 using SmtpGateway.Listener;
@@ -49,6 +51,32 @@ public static class GatewayServiceCollectionExtensions
             return new AuthThrottle(identity.AuthFailuresBeforeDelay, identity.AuthFailuresBeforeDisconnect, identity.AuthFailureWindow, sp.GetRequiredService<TimeProvider>());
         });
 
+        // Signing: each tenant's DKIM keys in its own HSM token; SoftHSM2's config is set before the module loads.
+        services.AddSingleton<IHsm>(sp =>
+        {
+            var config = sp.GetRequiredService<IOptions<GatewayConfig>>().Value;
+            if (config.Hsm.SoftHsm)
+            {
+                SoftHsmSetup.Configure(GatewayPaths.DataDirectory(config));
+            }
+
+            return new Pkcs11Hsm(
+                new Pkcs11HsmOptions { ModulePath = config.Hsm.ModulePath, MaxSessionsPerToken = config.Hsm.MaxSessionsPerToken },
+                sp.GetRequiredService<ILogger<Pkcs11Hsm>>(),
+                sp.GetRequiredService<TimeProvider>());
+        });
+        services.AddSingleton(sp => new TenantHsmTokens(
+            GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value),
+            tenant => configuration.GetSection($"{TenantDirectoryService.SectionName}:{tenant}:Hsm").Get<TenantHsmConfig>()));
+        services.AddSingleton<IDkimKeySigner, HsmKeySigner>();
+        services.AddSingleton(sp => new DkimKeyStore(GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value)));
+        services.AddSingleton<IMessageSigner>(sp => new DkimSigningService(
+            sp.GetRequiredService<DkimKeyStore>(),
+            sp.GetRequiredService<IDkimKeySigner>(),
+            sp.GetRequiredService<IAuditLog>(),
+            sp.GetRequiredService<TimeProvider>(),
+            sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Dkim.SignatureLifetime));
+
         services.AddSpool();
         services.AddDelivery();
 
@@ -72,7 +100,8 @@ public static class GatewayServiceCollectionExtensions
                 identity,
                 sp.GetRequiredService<IMessageSpool>(),
                 sp.GetRequiredService<TimeProvider>(),
-                sp.GetRequiredService<ListenerMetrics>());
+                sp.GetRequiredService<ListenerMetrics>(),
+                sp.GetRequiredService<IMessageSigner>());
             return new SmtpListenerService(model.Listeners, sessionServices, config.ShutdownTimeout, sp.GetRequiredService<ILoggerFactory>());
         });
         services.AddHostedService(sp => sp.GetRequiredService<SmtpListenerService>());

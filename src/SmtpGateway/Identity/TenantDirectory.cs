@@ -140,6 +140,12 @@ public sealed class TenantSnapshot
                 parsed.Add(network);
             }
 
+            if (t.Hsm.TokenLabel is { } label && (label.Length == 0 || System.Text.Encoding.UTF8.GetByteCount(label) > 32))
+            {
+                // PKCS#11 v2.40 section 3.2: CK_TOKEN_INFO.label is 32 bytes.
+                errors.Add($"{p}:Hsm:TokenLabel: '{label}' must be 1-32 bytes.");
+            }
+
             if (t.Limits.MaxTokenTtl is { } ttl && ttl <= TimeSpan.Zero)
             {
                 errors.Add($"{p}:Limits:MaxTokenTtl: must be positive.");

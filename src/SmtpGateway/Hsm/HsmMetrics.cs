@@ -1,0 +1,44 @@
+using System.Diagnostics.Metrics;
+using SmtpGateway.Diagnostics;
+
+namespace SmtpGateway.Hsm;
+
+/// <summary>
+/// HSM instruments on the gateway meter. Tenant is a label on errors and logins because an operator alerts
+/// per tenant (one tenant's token failing must not hide in an aggregate). No label ever carries a PIN.
+/// </summary>
+internal static class HsmMetrics
+{
+    // Names pending a move into Telemetry.cs (which the Hsm stage does not own); keep them in step with it.
+    internal const string SignDurationName = "smtpgw.hsm.sign.duration";
+    internal const string ErrorsName = "smtpgw.hsm.errors";
+    internal const string LoginsName = "smtpgw.hsm.logins";
+    internal const string SessionsOpenName = "smtpgw.hsm.sessions.open";
+
+    static readonly Histogram<double> SignDuration = Telemetry.Meter.CreateHistogram<double>(
+        SignDurationName, "s", "Time of one C_SignInit+C_Sign in the token, pool wait included; algorithm=rsa2048|ed25519.");
+
+    static readonly Counter<long> Errors = Telemetry.Meter.CreateCounter<long>(
+        ErrorsName, "{error}", "HSM failures by tenant and kind (HsmErrorKind).");
+
+    static readonly Counter<long> Logins = Telemetry.Meter.CreateCounter<long>(
+        LoginsName, "{login}", "C_Login attempts by tenant; result=ok|refused|error.");
+
+    static readonly UpDownCounter<long> SessionsOpen = Telemetry.Meter.CreateUpDownCounter<long>(
+        SessionsOpenName, "{session}", "PKCS#11 sessions currently open (pooled and login-holding).");
+
+    public static void Signed(DkimKeyAlgorithm algorithm, TimeSpan elapsed) =>
+        SignDuration.Record(elapsed.TotalSeconds, new KeyValuePair<string, object?>("algorithm", AlgorithmTag(algorithm)));
+
+    public static void Error(string tenant, HsmErrorKind kind) =>
+        Errors.Add(1, new KeyValuePair<string, object?>("tenant", tenant), new KeyValuePair<string, object?>("kind", kind.ToString()));
+
+    public static void Login(string tenant, string result) =>
+        Logins.Add(1, new KeyValuePair<string, object?>("tenant", tenant), new KeyValuePair<string, object?>("result", result));
+
+    public static void SessionOpened() => SessionsOpen.Add(1);
+
+    public static void SessionClosed() => SessionsOpen.Add(-1);
+
+    static string AlgorithmTag(DkimKeyAlgorithm algorithm) => algorithm == DkimKeyAlgorithm.Ed25519 ? "ed25519" : "rsa2048";
+}

@@ -1,0 +1,406 @@
+using System.Diagnostics;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Net.Pkcs11Interop.Common;
+using Net.Pkcs11Interop.HighLevelAPI;
+
+namespace SmtpGateway.Hsm;
+
+/// <summary>How the gateway reaches its PKCS#11 module.</summary>
+public sealed record Pkcs11HsmOptions
+{
+    /// <summary>The module (shared library); SoftHSM2 by default.</summary>
+    public string ModulePath { get; init; } = SoftHsmSetup.DefaultModulePath;
+
+    /// <summary>Sessions per token beyond the one that holds the login; more signers than this wait.</summary>
+    public int MaxSessionsPerToken { get; init; } = 8;
+
+    /// <summary>How long a signer waits for a free session before failing transiently.</summary>
+    public TimeSpan SessionWaitTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>After the module failed to load, calls fail fast for this long before loading is tried again.</summary>
+    public TimeSpan ModuleRetryInterval { get; init; } = TimeSpan.FromSeconds(5);
+}
+
+/// <summary>
+/// <see cref="IHsm"/> over a PKCS#11 module through Pkcs11Interop. The module is loaded on first use
+/// (so the gateway starts, and answers 451, when it is missing), once per process; each tenant's token is
+/// logged into once with that tenant's PIN; operations run on pooled sessions and cached key handles, so
+/// a signature costs C_SignInit + C_Sign and nothing else.
+/// </summary>
+public sealed class Pkcs11Hsm : IHsm
+{
+    readonly Pkcs11HsmOptions _options;
+    readonly ILogger _logger;
+    readonly TimeProvider _time;
+    readonly Lock _loadLock = new();
+    Pkcs11Runtime? _runtime;
+    HsmException? _loadFailure;
+    DateTimeOffset _retryLoadAt;
+    bool _disposed;
+
+    public Pkcs11Hsm(Pkcs11HsmOptions options, ILogger<Pkcs11Hsm>? logger = null, TimeProvider? timeProvider = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentException.ThrowIfNullOrWhiteSpace(options.ModulePath);
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxSessionsPerToken, 1);
+        _options = options;
+        _logger = (ILogger?)logger ?? NullLogger.Instance;
+        _time = timeProvider ?? TimeProvider.System;
+    }
+
+    internal HsmCounters Counters { get; } = new();
+
+    public void Connect(HsmTenantToken token)
+    {
+        Validate(token);
+        Execute(token, "connect", "", static (_, _) => true);
+    }
+
+    public HsmPublicKey GenerateKeyPair(HsmTenantToken token, string keyLabel, DkimKeyAlgorithm algorithm)
+    {
+        Validate(token, keyLabel);
+        if (!Enum.IsDefined(algorithm))
+        {
+            throw new ArgumentOutOfRangeException(nameof(algorithm));
+        }
+
+        return Execute(token, "keygen", keyLabel, (login, session) =>
+        {
+            lock (login.Context.Management)
+            {
+                var factory = login.Context.Runtime.Factories.ObjectAttributeFactory;
+                Counters.FindObject();
+                if (session.FindAllObjects([factory.Create(CKA.CKA_LABEL, keyLabel)]).Count > 0)
+                {
+                    throw new HsmException(HsmErrorKind.KeyExists, token.TenantId, $"token '{token.TokenLabel}' already holds objects labelled '{keyLabel}'");
+                }
+
+                login.ForgetKey(keyLabel);
+                var publicKey = algorithm == DkimKeyAlgorithm.Ed25519
+                    ? GenerateEd25519(login, session, keyLabel)
+                    : GenerateRsa(login, session, keyLabel);
+                var value = ReadPublicKey(login, session, publicKey, algorithm);
+                HsmLog.KeyPairGenerated(_logger, token.TenantId, algorithm, keyLabel, token.TokenLabel);
+                return new HsmPublicKey(algorithm, value);
+            }
+        });
+    }
+
+    public HsmPublicKey? FindPublicKey(HsmTenantToken token, string keyLabel)
+    {
+        Validate(token, keyLabel);
+        return Execute(token, "find", keyLabel, (login, session) =>
+        {
+            var key = login.FindKey(session, keyLabel, CKO.CKO_PUBLIC_KEY, Counters);
+            return key is null ? null : new HsmPublicKey(key.Algorithm, ReadPublicKey(login, session, key.Handle, key.Algorithm));
+        });
+    }
+
+    public bool DeleteKeyPair(HsmTenantToken token, string keyLabel)
+    {
+        Validate(token, keyLabel);
+        return Execute(token, "delete", keyLabel, (login, session) =>
+        {
+            lock (login.Context.Management)
+            {
+                var factory = login.Context.Runtime.Factories.ObjectAttributeFactory;
+                Counters.FindObject();
+                var objects = session.FindAllObjects([factory.Create(CKA.CKA_LABEL, keyLabel)]);
+                login.ForgetKey(keyLabel);
+                foreach (var handle in objects)
+                {
+                    session.DestroyObject(handle);
+                }
+
+                if (objects.Count > 0)
+                {
+                    HsmLog.KeyPairDeleted(_logger, token.TenantId, objects.Count, keyLabel, token.TokenLabel);
+                }
+
+                return objects.Count > 0;
+            }
+        });
+    }
+
+    public byte[] Sign(HsmTenantToken token, string keyLabel, DkimKeyAlgorithm algorithm, ReadOnlySpan<byte> data)
+    {
+        Validate(token, keyLabel);
+        var input = data.ToArray();
+        var started = _time.GetTimestamp();
+        var signature = Execute(token, "sign", keyLabel, (login, session) =>
+        {
+            var key = login.FindKey(session, keyLabel, CKO.CKO_PRIVATE_KEY, Counters)
+                ?? throw new HsmException(HsmErrorKind.KeyNotFound, token.TenantId, $"token '{token.TokenLabel}' has no private key labelled '{keyLabel}'");
+            if (key.Algorithm != algorithm)
+            {
+                throw new HsmException(HsmErrorKind.KeyMismatch, token.TenantId,
+                    $"key '{keyLabel}' in token '{token.TokenLabel}' is {key.Algorithm}, not {algorithm}");
+            }
+
+            var mechanisms = login.Context.Runtime.Factories.MechanismFactory;
+            // RSA: CKM_SHA256_RSA_PKCS hashes inside the token and applies PKCS#1 v1.5 with the SHA-256
+            // DigestInfo (v2.40 Current Mechanisms §2.1.7), i.e. DKIM rsa-sha256 (RFC 6376 §3.3.1).
+            // Ed25519: CKM_EDDSA without parameters is pure Ed25519 (PKCS#11 v3.0 §2.3, RFC 8032 §5.1), as RFC 8463 §3
+            // prescribes. Both go through single-part C_Sign: SoftHSM2 has no C_SignUpdate for EdDSA.
+            using var mechanism = algorithm == DkimKeyAlgorithm.Ed25519
+                ? mechanisms.Create(Pkcs11Constants.CKM_EDDSA)
+                : mechanisms.Create(CKM.CKM_SHA256_RSA_PKCS);
+            return session.Sign(mechanism, key.Handle, input);
+        });
+        HsmMetrics.Signed(algorithm, _time.GetElapsedTime(started));
+        return signature;
+    }
+
+    /// <summary>Runs <paramref name="body"/> on a rented session of the tenant's token (tests inspect objects with it).</summary>
+    internal T WithSession<T>(HsmTenantToken token, Func<ISession, T> body)
+    {
+        Validate(token);
+        return Execute(token, "inspect", "", (_, session) => body(session));
+    }
+
+    public void Dispose()
+    {
+        Pkcs11Runtime? runtime;
+        lock (_loadLock)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
+            runtime = _runtime;
+            _runtime = null;
+        }
+
+        runtime?.Release();
+    }
+
+    /// <summary>
+    /// The operation frame: module, token login, a pooled session, the body, and the error mapping. A stale
+    /// handle, session or login (token removed and reinserted, object deleted elsewhere, sessions closed) drops
+    /// the token's login, pool and cached handles and runs the body once more from a fresh login; the second
+    /// failure is reported.
+    /// </summary>
+    T Execute<T>(HsmTenantToken token, string operation, string keyLabel, Func<TokenLogin, ISession, T> body)
+    {
+        try
+        {
+            var context = Runtime().Token(token);
+            for (var attempt = 0; ; attempt++)
+            {
+                var login = context.Acquire(token, Counters, _logger);
+                ISession session;
+                try
+                {
+                    session = login.Rent(Counters);
+                }
+                catch (StaleLoginException) when (attempt == 0)
+                {
+                    continue;
+                }
+                catch (StaleLoginException ex)
+                {
+                    throw new HsmException(HsmErrorKind.TokenUnavailable, token.TenantId, $"token '{token.TokenLabel}' keeps being reset", null, ex);
+                }
+                catch (Pkcs11Exception ex)
+                {
+                    context.Invalidate(login, ex.RV.ToString(), Counters, _logger);
+                    if (attempt == 0 && Pkcs11Constants.IsStale(ex.RV))
+                    {
+                        continue;
+                    }
+
+                    throw new HsmException(HsmErrorKind.TokenUnavailable, token.TenantId, $"no session can be opened on token '{token.TokenLabel}'", ex.RV.ToString(), ex);
+                }
+
+                var discard = false;
+                try
+                {
+                    return body(login, session);
+                }
+                catch (Pkcs11Exception ex) when (Pkcs11Constants.IsStale(ex.RV))
+                {
+                    discard = true;
+                    context.Invalidate(login, ex.RV.ToString(), Counters, _logger);
+                    if (attempt == 0)
+                    {
+                        continue;
+                    }
+
+                    throw new HsmException(HsmErrorKind.TokenUnavailable, token.TenantId,
+                        $"{operation} in token '{token.TokenLabel}' failed again after logging in afresh", ex.RV.ToString(), ex);
+                }
+                catch (Pkcs11Exception ex)
+                {
+                    discard = true;
+                    HsmLog.SessionDiscarded(_logger, token.TenantId, token.TokenLabel, ex.RV.ToString());
+                    var kind = Pkcs11Constants.IsUnsupported(ex.RV) ? HsmErrorKind.Unsupported : HsmErrorKind.OperationFailed;
+                    throw new HsmException(kind, token.TenantId, $"{operation} in token '{token.TokenLabel}' failed", ex.RV.ToString(), ex);
+                }
+                catch (Exception ex) when (ex is not HsmException)
+                {
+                    discard = true;
+                    throw new HsmException(HsmErrorKind.OperationFailed, token.TenantId, $"{operation} in token '{token.TokenLabel}' failed: {ex.GetType().Name}", null, ex);
+                }
+                finally
+                {
+                    login.Return(session, discard);
+                }
+            }
+        }
+        catch (HsmException ex)
+        {
+            HsmMetrics.Error(token.TenantId, ex.Kind);
+            HsmLog.OperationFailed(_logger, token.TenantId, operation, keyLabel, token.TokenLabel, ex.Kind, ex.ReturnValue is null ? "" : $" ({ex.ReturnValue})");
+            throw;
+        }
+    }
+
+    Pkcs11Runtime Runtime()
+    {
+        lock (_loadLock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_runtime is not null)
+            {
+                return _runtime;
+            }
+
+            // dlopen of a missing module is cheap, but a misconfigured gateway would log it for every message;
+            // fail fast with the last reason until the retry time.
+            if (_loadFailure is not null && _time.GetUtcNow() < _retryLoadAt)
+            {
+                throw new HsmException(HsmErrorKind.ModuleUnavailable, null, _loadFailure.Message);
+            }
+
+            try
+            {
+                _runtime = Pkcs11Runtime.Acquire(_options.ModulePath, _options, _logger);
+                _loadFailure = null;
+                return _runtime;
+            }
+            catch (HsmException ex)
+            {
+                _loadFailure = ex;
+                _retryLoadAt = _time.GetUtcNow() + _options.ModuleRetryInterval;
+                throw;
+            }
+        }
+    }
+
+    IObjectHandle GenerateRsa(TokenLogin login, ISession session, string keyLabel)
+    {
+        var factories = login.Context.Runtime.Factories;
+        var publicTemplate = PublicTemplate(factories, keyLabel);
+        publicTemplate.Add(factories.ObjectAttributeFactory.Create(CKA.CKA_MODULUS_BITS, Pkcs11Constants.RsaModulusBits));
+        publicTemplate.Add(factories.ObjectAttributeFactory.Create(CKA.CKA_PUBLIC_EXPONENT, Pkcs11Constants.RsaPublicExponent.ToArray()));
+        using var mechanism = factories.MechanismFactory.Create(CKM.CKM_RSA_PKCS_KEY_PAIR_GEN);
+        session.GenerateKeyPair(mechanism, publicTemplate, PrivateTemplate(factories, keyLabel), out var publicKey, out _);
+        return publicKey;
+    }
+
+    IObjectHandle GenerateEd25519(TokenLogin login, ISession session, string keyLabel)
+    {
+        var runtime = login.Context.Runtime;
+        var factories = runtime.Factories;
+        // PKCS#11 v3.0 §2.3 lets CKA_EC_PARAMS name an Edwards curve by OID (RFC 8410) or by PrintableString;
+        // modules differ in which they take. Try the one this module took last time first.
+        var first = runtime.EdwardsParamsForm;
+        for (var i = 0; i < 2; i++)
+        {
+            var form = (first + i) % 2;
+            var parameters = form == 0 ? Pkcs11Constants.Ed25519ParamsOid.ToArray() : Pkcs11Constants.Ed25519ParamsName.ToArray();
+            var publicTemplate = PublicTemplate(factories, keyLabel);
+            publicTemplate.Add(factories.ObjectAttributeFactory.Create(CKA.CKA_EC_PARAMS, parameters));
+            using var mechanism = factories.MechanismFactory.Create(Pkcs11Constants.CKM_EC_EDWARDS_KEY_PAIR_GEN);
+            try
+            {
+                session.GenerateKeyPair(mechanism, publicTemplate, PrivateTemplate(factories, keyLabel), out var publicKey, out _);
+                runtime.EdwardsParamsForm = form;
+                return publicKey;
+            }
+            catch (Pkcs11Exception ex) when (i == 0 && ex.RV is CKR.CKR_ATTRIBUTE_VALUE_INVALID or CKR.CKR_CURVE_NOT_SUPPORTED
+                or CKR.CKR_DOMAIN_PARAMS_INVALID or CKR.CKR_TEMPLATE_INCONSISTENT)
+            {
+                HsmLog.EdwardsParamsRefused(_logger, form == 0 ? "oid" : "name", ex.RV.ToString());
+            }
+        }
+
+        throw new UnreachableException();
+    }
+
+    /// <summary>The public half: a token object anyone logged in may read and verify with, usable for nothing else.</summary>
+    static List<IObjectAttribute> PublicTemplate(Pkcs11InteropFactories factories, string keyLabel)
+    {
+        var f = factories.ObjectAttributeFactory;
+        return
+        [
+            f.Create(CKA.CKA_TOKEN, true),
+            f.Create(CKA.CKA_PRIVATE, false),
+            f.Create(CKA.CKA_VERIFY, true),
+            f.Create(CKA.CKA_ENCRYPT, false),
+            f.Create(CKA.CKA_WRAP, false),
+            f.Create(CKA.CKA_LABEL, keyLabel),
+            f.Create(CKA.CKA_ID, Pkcs11Constants.KeyId(keyLabel)),
+        ];
+    }
+
+    /// <summary>
+    /// The private half (ARCHITECTURE.md §4 promise 3): a token object (persists), private (needs the
+    /// tenant's login), sensitive and non-extractable (C_GetAttributeValue refuses CKA_VALUE / CKA_PRIVATE_EXPONENT
+    /// and C_WrapKey refuses it, v2.40 §4.9), and able to sign only: no decrypt, unwrap or derive.
+    /// </summary>
+    static List<IObjectAttribute> PrivateTemplate(Pkcs11InteropFactories factories, string keyLabel)
+    {
+        var f = factories.ObjectAttributeFactory;
+        return
+        [
+            f.Create(CKA.CKA_TOKEN, true),
+            f.Create(CKA.CKA_PRIVATE, true),
+            f.Create(CKA.CKA_SENSITIVE, true),
+            f.Create(CKA.CKA_EXTRACTABLE, false),
+            f.Create(CKA.CKA_SIGN, true),
+            f.Create(CKA.CKA_DECRYPT, false),
+            f.Create(CKA.CKA_UNWRAP, false),
+            f.Create(CKA.CKA_DERIVE, false),
+            f.Create(CKA.CKA_LABEL, keyLabel),
+            f.Create(CKA.CKA_ID, Pkcs11Constants.KeyId(keyLabel)),
+        ];
+    }
+
+    static byte[] ReadPublicKey(TokenLogin login, ISession session, IObjectHandle publicKey, DkimKeyAlgorithm algorithm)
+    {
+        if (algorithm == DkimKeyAlgorithm.Rsa2048)
+        {
+            var rsa = session.GetAttributeValue(publicKey, [CKA.CKA_MODULUS, CKA.CKA_PUBLIC_EXPONENT]);
+            return Pkcs11Constants.RsaSubjectPublicKeyInfo(rsa[0].GetValueAsByteArray(), rsa[1].GetValueAsByteArray());
+        }
+
+        var point = session.GetAttributeValue(publicKey, [CKA.CKA_EC_POINT])[0].GetValueAsByteArray();
+        return Pkcs11Constants.Ed25519PointToRaw(point)
+            ?? throw new HsmException(HsmErrorKind.KeyMismatch, login.TenantId, $"CKA_EC_POINT of {point.Length} bytes is no Ed25519 public key");
+    }
+
+    static void Validate(HsmTenantToken token)
+    {
+        ArgumentNullException.ThrowIfNull(token);
+        // These come from configuration (a PIN file may be empty), so they are HsmExceptions like every other
+        // refusal, not argument errors; the message names the field, never its value.
+        var missing = string.IsNullOrWhiteSpace(token.TenantId) ? "tenant id"
+            : string.IsNullOrWhiteSpace(token.TokenLabel) ? "token label"
+            : string.IsNullOrEmpty(token.UserPin) ? "user PIN"
+            : null;
+        if (missing is not null)
+        {
+            throw new HsmException(HsmErrorKind.Configuration, token.TenantId, $"the HSM token of tenant '{token.TenantId}' has no {missing}");
+        }
+    }
+
+    static void Validate(HsmTenantToken token, string keyLabel)
+    {
+        Validate(token);
+        ArgumentException.ThrowIfNullOrWhiteSpace(keyLabel);
+    }
+}

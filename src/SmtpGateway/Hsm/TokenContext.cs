@@ -1,0 +1,417 @@
+using System.Collections.Concurrent;
+using System.Security.Cryptography;
+using System.Text;
+using Microsoft.Extensions.Logging;
+using Net.Pkcs11Interop.Common;
+using Net.Pkcs11Interop.HighLevelAPI;
+
+namespace SmtpGateway.Hsm;
+
+/// <summary>Counters that tests read to prove the per-message path does no login and no object search.</summary>
+internal sealed class HsmCounters
+{
+    long _logins;
+    long _findObjects;
+    long _sessionsOpened;
+    long _resets;
+
+    public long Logins => Interlocked.Read(ref _logins);
+
+    /// <summary>C_FindObjectsInit/C_FindObjects/C_FindObjectsFinal rounds.</summary>
+    public long FindObjects => Interlocked.Read(ref _findObjects);
+
+    public long SessionsOpened => Interlocked.Read(ref _sessionsOpened);
+
+    /// <summary>Times a token's login, sessions and handles were dropped after a stale handle or session.</summary>
+    public long Resets => Interlocked.Read(ref _resets);
+
+    public void Login() => Interlocked.Increment(ref _logins);
+
+    public void FindObject() => Interlocked.Increment(ref _findObjects);
+
+    public void SessionOpened() => Interlocked.Increment(ref _sessionsOpened);
+
+    public void Reset() => Interlocked.Increment(ref _resets);
+}
+
+/// <summary>A key object found in a token: its handle and what kind of key it is.</summary>
+internal sealed record CachedKey(IObjectHandle Handle, DkimKeyAlgorithm Algorithm);
+
+/// <summary>
+/// One tenant's token within a loaded module: holds the current <see cref="TokenLogin"/> and replaces
+/// it when the PIN changes or the token's handles go stale.
+/// </summary>
+internal sealed class TokenContext(Pkcs11Runtime runtime, string tokenLabel, string ownerTenantId)
+{
+    readonly Lock _gate = new();
+    TokenLogin? _current;
+
+    public Pkcs11Runtime Runtime { get; } = runtime;
+
+    public string TokenLabel { get; } = tokenLabel;
+
+    public string OwnerTenantId { get; } = ownerTenantId;
+
+    /// <summary>Serialises key generation and deletion in this token, so "label already taken" is checked atomically.</summary>
+    public Lock Management { get; } = new();
+
+    /// <summary>
+    /// The logged-in state for this token, logging in first if needed. The per-message path returns from
+    /// the first line: a volatile read and a salted-hash comparison of the PIN, no PKCS#11 call.
+    /// </summary>
+    public TokenLogin Acquire(HsmTenantToken token, HsmCounters counters, ILogger logger)
+    {
+        var login = Volatile.Read(ref _current);
+        if (login is not null && login.PinMatches(token.UserPin))
+        {
+            return login;
+        }
+
+        lock (_gate)
+        {
+            login = _current;
+            if (login is not null)
+            {
+                if (login.PinMatches(token.UserPin))
+                {
+                    return login;
+                }
+
+                // C_Login while logged in returns CKR_USER_ALREADY_LOGGED_IN without checking the PIN, so a
+                // different PIN can only be verified by logging out first. Config is the authority on the PIN.
+                HsmLog.PinChanged(logger, token.TenantId, TokenLabel);
+                Volatile.Write(ref _current, null);
+                login.Retire(logout: true);
+            }
+
+            login = TokenLogin.Open(this, token, counters, logger);
+            Volatile.Write(ref _current, login);
+            return login;
+        }
+    }
+
+    /// <summary>Drops a login whose handles or sessions went stale; the next <see cref="Acquire"/> logs in afresh.</summary>
+    public void Invalidate(TokenLogin login, string reason, HsmCounters counters, ILogger logger)
+    {
+        bool wasCurrent;
+        lock (_gate)
+        {
+            wasCurrent = ReferenceEquals(_current, login);
+            if (wasCurrent)
+            {
+                Volatile.Write(ref _current, null);
+            }
+        }
+
+        if (wasCurrent)
+        {
+            counters.Reset();
+            HsmLog.TokenReset(logger, OwnerTenantId, TokenLabel, reason);
+        }
+
+        // Logging out is token-wide for the application (UG v2.40 §2.6.4), so only the login that is still
+        // current may do it; an older one that lost the race must not log out its successor.
+        login.Retire(logout: wasCurrent);
+    }
+
+    public void Close()
+    {
+        lock (_gate)
+        {
+            _current?.Retire(logout: true);
+            _current = null;
+        }
+    }
+}
+
+/// <summary>
+/// One login to one token: the session that holds the login, a pool of sessions for operations, and
+/// the key handles found through them.
+/// </summary>
+/// <remarks>
+/// PKCS#11 leaves concurrent use of one session undefined (UG v2.40 §2.6.6), so each operation rents a
+/// session for itself. Login state is shared by all of the application's sessions with the token and
+/// ends when the last one closes (UG v2.40 §2.6.4, v2.40 §5.6.2), which is why a dedicated anchor
+/// session stays open for the login's lifetime while pooled sessions come and go. Object handles are
+/// valid in every session of the application for as long as the object exists (UG v2.40 §2.6.5), so a
+/// handle found once serves every later sign on any pooled session.
+/// </remarks>
+internal sealed class TokenLogin
+{
+    static readonly byte[] PinSalt = RandomNumberGenerator.GetBytes(32);
+
+    readonly TokenContext _context;
+    readonly ISession _anchor;
+    readonly byte[] _pinHash;
+    readonly ConcurrentStack<ISession> _idle = new();
+    readonly SemaphoreSlim _capacity;
+    readonly ConcurrentDictionary<(string Label, CKO Class), CachedKey> _keys = new();
+    readonly TimeSpan _wait;
+    volatile bool _retired;
+
+    TokenLogin(TokenContext context, string tenantId, ISlot slot, ISession anchor, byte[] pinHash)
+    {
+        _context = context;
+        TenantId = tenantId;
+        Slot = slot;
+        _anchor = anchor;
+        _pinHash = pinHash;
+        _capacity = new SemaphoreSlim(context.Runtime.Options.MaxSessionsPerToken);
+        _wait = context.Runtime.Options.SessionWaitTimeout;
+    }
+
+    public TokenContext Context => _context;
+
+    public string TenantId { get; }
+
+    public ISlot Slot { get; }
+
+    public bool Retired => _retired;
+
+    public static TokenLogin Open(TokenContext context, HsmTenantToken token, HsmCounters counters, ILogger logger)
+    {
+        var runtime = context.Runtime;
+        ISlot slot;
+        ISession anchor;
+        try
+        {
+            slot = runtime.FindSlot(token.TenantId, token.TokenLabel);
+            anchor = slot.OpenSession(SessionType.ReadWrite);
+        }
+        catch (HsmException ex) when (ex.Kind == HsmErrorKind.TokenNotFound)
+        {
+            HsmLog.TokenNotFound(logger, token.TenantId, token.TokenLabel);
+            throw;
+        }
+        catch (Pkcs11Exception ex)
+        {
+            throw new HsmException(HsmErrorKind.TokenUnavailable, token.TenantId, $"token '{token.TokenLabel}' cannot be opened", ex.RV.ToString(), ex);
+        }
+
+        HsmMetrics.SessionOpened();
+        counters.SessionOpened();
+        try
+        {
+            counters.Login();
+            try
+            {
+                anchor.Login(CKU.CKU_USER, token.UserPin);
+            }
+            catch (Pkcs11Exception ex) when (ex.RV == CKR.CKR_USER_ALREADY_LOGGED_IN)
+            {
+                // Something else in this process logged in to the token (C_Login is per application, not per
+                // caller). Log out and in again so the PIN we were given is actually verified.
+                anchor.Logout();
+                anchor.Login(CKU.CKU_USER, token.UserPin);
+            }
+        }
+        catch (Pkcs11Exception ex)
+        {
+            CloseQuietly(anchor);
+            var refused = Pkcs11Constants.IsPinRefusal(ex.RV);
+            HsmMetrics.Login(token.TenantId, refused ? "refused" : "error");
+            if (refused)
+            {
+                HsmLog.LoginRefused(logger, token.TenantId, token.TokenLabel, ex.RV.ToString());
+            }
+
+            // The inner Pkcs11Exception says only "Method C_Login returned CKR_…"; the PIN is in no message.
+            throw new HsmException(refused ? HsmErrorKind.LoginFailed : HsmErrorKind.TokenUnavailable, token.TenantId,
+                $"login to token '{token.TokenLabel}' for tenant '{token.TenantId}' {(refused ? "refused" : "failed")}", ex.RV.ToString(), ex);
+        }
+
+        HsmMetrics.Login(token.TenantId, "ok");
+        HsmLog.LoggedIn(logger, token.TenantId, token.TokenLabel, slot.SlotId);
+        return new TokenLogin(context, token.TenantId, slot, anchor, HashPin(token.UserPin));
+    }
+
+    public bool PinMatches(string pin)
+    {
+        Span<byte> hash = stackalloc byte[32];
+        HashPin(pin, hash);
+        return CryptographicOperations.FixedTimeEquals(hash, _pinHash);
+    }
+
+    /// <summary>A session for one operation; give it back with <see cref="Return"/>.</summary>
+    public ISession Rent(HsmCounters counters)
+    {
+        if (_retired)
+        {
+            throw new StaleLoginException();
+        }
+
+        if (!_capacity.Wait(_wait))
+        {
+            throw new HsmException(HsmErrorKind.SessionUnavailable, TenantId,
+                $"all {_context.Runtime.Options.MaxSessionsPerToken} sessions of token '{_context.TokenLabel}' stayed busy for {_wait.TotalSeconds:0.#} s");
+        }
+
+        if (_idle.TryPop(out var session))
+        {
+            return session;
+        }
+
+        try
+        {
+            session = Slot.OpenSession(SessionType.ReadWrite);
+        }
+        catch
+        {
+            _capacity.Release();
+            throw;
+        }
+
+        HsmMetrics.SessionOpened();
+        counters.SessionOpened();
+        return session;
+    }
+
+    /// <summary>Returns a rented session; one that saw an error is closed rather than reused.</summary>
+    public void Return(ISession session, bool discard)
+    {
+        if (discard || _retired)
+        {
+            CloseQuietly(session);
+        }
+        else
+        {
+            _idle.Push(session);
+            if (_retired)
+            {
+                DrainIdle(); // retired while we pushed: nobody else will close it
+            }
+        }
+
+        _capacity.Release();
+    }
+
+    /// <summary>
+    /// The key object of that class and label: from the cache, or found once with C_FindObjects and
+    /// cached. Misses are not cached, so a key made later (by `smtpgw dkim keygen`) is found.
+    /// </summary>
+    public CachedKey? FindKey(ISession session, string keyLabel, CKO objectClass, HsmCounters counters)
+    {
+        if (_keys.TryGetValue((keyLabel, objectClass), out var cached))
+        {
+            return cached;
+        }
+
+        var factory = _context.Runtime.Factories.ObjectAttributeFactory;
+        counters.FindObject();
+        var found = session.FindAllObjects([factory.Create(CKA.CKA_CLASS, objectClass), factory.Create(CKA.CKA_LABEL, keyLabel)]);
+        if (found.Count == 0)
+        {
+            return null;
+        }
+
+        if (found.Count > 1)
+        {
+            throw new HsmException(HsmErrorKind.KeyMismatch, TenantId,
+                $"token '{_context.TokenLabel}' holds {found.Count} {objectClass} objects labelled '{keyLabel}'");
+        }
+
+        var keyType = session.GetAttributeValue(found[0], [CKA.CKA_KEY_TYPE])[0].GetValueAsUlong();
+        DkimKeyAlgorithm algorithm = keyType switch
+        {
+            (ulong)CKK.CKK_RSA => DkimKeyAlgorithm.Rsa2048,
+            Pkcs11Constants.CKK_EC_EDWARDS => DkimKeyAlgorithm.Ed25519,
+            _ => throw new HsmException(HsmErrorKind.KeyMismatch, TenantId,
+                $"key '{keyLabel}' in token '{_context.TokenLabel}' has key type 0x{keyType:x}, neither RSA nor Edwards"),
+        };
+
+        var key = new CachedKey(found[0], algorithm);
+        _keys[(keyLabel, objectClass)] = key;
+        return key;
+    }
+
+    public void ForgetKey(string keyLabel)
+    {
+        _keys.TryRemove((keyLabel, CKO.CKO_PRIVATE_KEY), out _);
+        _keys.TryRemove((keyLabel, CKO.CKO_PUBLIC_KEY), out _);
+    }
+
+    /// <summary>Closes the pool and the anchor. Sessions still rented are closed when they come back.</summary>
+    public void Retire(bool logout)
+    {
+        if (_retired)
+        {
+            return;
+        }
+
+        _retired = true;
+        _keys.Clear();
+        DrainIdle();
+        if (logout)
+        {
+            try
+            {
+                _anchor.Logout();
+            }
+            catch (Pkcs11Exception)
+            {
+                // Already logged out, or the token is gone: either way nobody is logged in any more.
+            }
+        }
+
+        CloseQuietly(_anchor);
+    }
+
+    void DrainIdle()
+    {
+        while (_idle.TryPop(out var session))
+        {
+            CloseQuietly(session);
+        }
+    }
+
+    static void CloseQuietly(ISession session)
+    {
+        try
+        {
+            session.Dispose();
+        }
+        catch (Pkcs11Exception)
+        {
+            // A session of a removed token is closed already; nothing else to release.
+        }
+
+        HsmMetrics.SessionClosed();
+    }
+
+    static byte[] HashPin(string pin)
+    {
+        var hash = new byte[32];
+        HashPin(pin, hash);
+        return hash;
+    }
+
+    // Salted with a per-process random value so the stored hash is no PIN oracle outside this process.
+    static void HashPin(string pin, Span<byte> destination)
+    {
+        var length = PinSalt.Length + Encoding.UTF8.GetByteCount(pin);
+        var buffer = length <= 256 ? stackalloc byte[length] : new byte[length];
+        PinSalt.CopyTo(buffer);
+        Encoding.UTF8.GetBytes(pin, buffer[PinSalt.Length..]);
+        SHA256.HashData(buffer, destination);
+        CryptographicOperations.ZeroMemory(buffer);
+    }
+}
+
+/// <summary>Raised when a login was retired between being acquired and used; handled like a stale handle.</summary>
+internal sealed class StaleLoginException : Exception
+{
+    public StaleLoginException()
+        : base("token login was retired")
+    {
+    }
+
+    public StaleLoginException(string message)
+        : base(message)
+    {
+    }
+
+    public StaleLoginException(string message, Exception innerException)
+        : base(message, innerException)
+    {
+    }
+}
