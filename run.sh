@@ -25,7 +25,7 @@ pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'insta
 # --- 1. System packages -------------------------------------------------------
 # openssl: dev TLS certificate. swaks (+ libnet-ssleay-perl for its TLS): to try the gateway.
 install_packages() {
-    local wanted=(openssl swaks libnet-ssleay-perl) missing=() p
+    local wanted=(openssl swaks libnet-ssleay-perl softhsm2) missing=() p
     if ! command -v dpkg-query >/dev/null 2>&1; then
         command -v openssl >/dev/null 2>&1 || say "openssl is missing; install it with your package manager"
         command -v swaks >/dev/null 2>&1 || say "swaks is missing; install it with your package manager"
@@ -89,7 +89,16 @@ smtpgw() {
 # initialise the dev token and generate per-tenant DKIM keys if absent
 # (`smtpgw dkim keygen ...`). Keep every step idempotent: ./run.sh runs it each time.
 dev_hsm() {
-    :
+    local t d
+    for t in tenant-a tenant-b; do
+        d="$t.example"
+        smtpgw_cmd hsm init-token --config "$config" --tenant "$t" >&2 || die "could not create the dev HSM token for $t"
+        if [[ "$(smtpgw_cmd dkim dns --config "$config" --tenant "$t" --json 2>/dev/null)" == "{}" ]]; then
+            smtpgw_cmd dkim keygen --config "$config" --tenant "$t" --domain "$d" --selector ed1 --alg ed25519 >/dev/null
+            smtpgw_cmd dkim keygen --config "$config" --tenant "$t" --domain "$d" --selector rsa1 --alg rsa2048 >/dev/null
+            say "generated DKIM keys for $d in $t's SoftHSM2 token (ed25519 'ed1', rsa2048 'rsa1'); records: ./run.sh dkim dns --tenant $t"
+        fi
+    done
 }
 
 # A fresh session token for the demo tenant (AUTH user = tenant id, password = token),

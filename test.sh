@@ -27,6 +27,12 @@ command -v swaks >/dev/null 2>&1 || missing+=(swaks)
 if command -v dpkg-query >/dev/null 2>&1 && ! pkg_installed libnet-ssleay-perl; then missing+=(libnet-ssleay-perl); fi
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+# softhsm2: DKIM keys live in SoftHSM2 tokens; python3-dkim (+ python3-nacl for ed25519): the independent DKIM verifier.
+[[ -e /usr/lib/softhsm/libsofthsm2.so ]] || missing+=(softhsm2)
+if command -v dpkg-query >/dev/null 2>&1; then
+    for p in python3-dkim python3-nacl opensc; do pkg_installed "$p" || missing+=("$p"); done
+fi
 
 if ((${#missing[@]} > 0)); then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then

@@ -89,6 +89,22 @@ public sealed class SoftHsmSetup
         }
 
         Environment.SetEnvironmentVariable(ConfigVariable, ConfigPath);
+
+        // On Unix, Environment.SetEnvironmentVariable changes only .NET's own copy of the environment; SoftHSM2 calls
+        // getenv() in native code and would silently fall back to /etc/softhsm/softhsm2.conf (the system token
+        // directory). So the native environment is set too.
+        if (NativeEnvironment.setenv(ConfigVariable, ConfigPath, 1) != 0)
+        {
+            throw new HsmException(HsmErrorKind.Configuration, null, $"setenv({ConfigVariable}) failed");
+        }
+    }
+
+    static class NativeEnvironment
+    {
+#pragma warning disable SYSLIB1054 // LibraryImport needs AllowUnsafeBlocks; a plain DllImport with string arguments needs none.
+        [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+        internal static extern int setenv(string name, string value, int overwrite);
+#pragma warning restore SYSLIB1054
     }
 
     /// <summary>
