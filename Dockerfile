@@ -38,9 +38,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # The image's built-in non-root user "app" ($APP_UID) owns the data volume.
-RUN mkdir -p /etc/smtpgw/tls /var/lib/smtpgw/softhsm/tokens \
-    && printf 'directories.tokendir = /var/lib/smtpgw/softhsm/tokens\nobjectstore.backend = file\nlog.level = INFO\n' \
-        > /etc/smtpgw/softhsm2.conf \
+# With Gateway:Hsm:SoftHsm (the default) the gateway writes its own SoftHSM2 config and token directory under
+# the data volume (/var/lib/smtpgw/hsm) and points the module at it; create tokens and keys with
+#   docker run … smtpgw hsm init-token --tenant T   and   smtpgw dkim keygen …
+RUN mkdir -p /etc/smtpgw/tls /var/lib/smtpgw \
     && chown -R "$APP_UID" /var/lib/smtpgw
 
 COPY --from=build /app /app
@@ -55,8 +56,7 @@ ENV SMTPGW__Gateway__DataDirectory=/var/lib/smtpgw \
     SMTPGW__Gateway__Tls__KeyPath=/etc/smtpgw/tls/gateway.key \
     SMTPGW__Gateway__Listeners__0__Address=0.0.0.0 \
     SMTPGW__Gateway__Listeners__1__Address=0.0.0.0 \
-    SMTPGW__Gateway__Listeners__2__Address=0.0.0.0 \
-    SOFTHSM2_CONF=/etc/smtpgw/softhsm2.conf
+    SMTPGW__Gateway__Listeners__2__Address=0.0.0.0
 
 USER $APP_UID
 WORKDIR /var/lib/smtpgw
