@@ -106,7 +106,7 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         Directory.CreateDirectory(_directory);
-        FileStream? file = null;
+        Hosting.AppendOnlyFile? file = null;
         try
         {
             file = Open();
@@ -121,21 +121,22 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
                         continue;
                     }
 
-                    var line = JsonSerializer.SerializeToUtf8Bytes(e, AuditJsonContext.Default.AuditEvent);
+                    var json = JsonSerializer.SerializeToUtf8Bytes(e, AuditJsonContext.Default.AuditEvent);
+                    var line = new byte[json.Length + 1];
+                    json.CopyTo(line, 0);
+                    line[^1] = (byte)'\n';
                     file.Write(line);
-                    file.WriteByte((byte)'\n');
                     wrote = true;
                     if (_config.Stdout)
                     {
                         using var stdout = Console.OpenStandardOutput();
                         stdout.Write(line);
-                        stdout.WriteByte((byte)'\n');
                     }
 
                     // Checked per line, not per batch, so a burst cannot grow one file far past the limit.
-                    if (file.Position >= _config.MaxFileSize)
+                    if (file.Length >= _config.MaxFileSize)
                     {
-                        file.Flush(flushToDisk: true);
+                        file.Flush();
                         file.Dispose();
                         Rotate();
                         file = Open();
@@ -146,7 +147,7 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
                 if (wrote)
                 {
                     // One fsync per batch: durable without one fsync per event.
-                    file.Flush(flushToDisk: true);
+                    file.Flush();
                 }
 
                 while (_flushWaiters.TryDequeue(out var waiter))
@@ -182,13 +183,8 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
         }
     }
 
-    FileStream Open() => new(FilePath, new FileStreamOptions
-    {
-        Mode = FileMode.Append,
-        Access = FileAccess.Write,
-        Share = FileShare.Read,
-        UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
-    });
+    // O_APPEND (not FileMode.Append): the CLI appends to the same file while the gateway writes.
+    Hosting.AppendOnlyFile Open() => Hosting.AppendOnlyFile.Open(FilePath);
 
     void Rotate()
     {

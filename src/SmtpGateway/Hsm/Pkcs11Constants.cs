@@ -16,13 +16,13 @@ internal static class Pkcs11Constants
 
     /// <summary>
     /// CKA_EC_PARAMS for Ed25519 as the DER of the RFC 8410 §3 object identifier id-Ed25519 (1.3.101.112).
-    /// SoftHSM2 2.6.1 accepts this one (it decodes EC params with d2i_ASN1_OBJECT); tried first.
+    /// Tried first: it is the identifier OpenSSL and X.509 use. SoftHSM2 2.6.1 accepts it (and the curve name form).
     /// </summary>
     public static ReadOnlySpan<byte> Ed25519ParamsOid => [0x06, 0x03, 0x2B, 0x65, 0x70];
 
     /// <summary>
-    /// CKA_EC_PARAMS as the PrintableString curve name "edwards25519", which PKCS#11 v3.0 §2.3 also allows
-    /// (and some modules require); used when the module refuses the OID form.
+    /// CKA_EC_PARAMS as the PrintableString curve name "edwards25519" (13 0C + ASCII), which PKCS#11 v3.0 §2.3
+    /// also allows and some modules require; used when the module refuses the OID form.
     /// </summary>
     public static ReadOnlySpan<byte> Ed25519ParamsName => [0x13, 0x0C, 0x65, 0x64, 0x77, 0x61, 0x72, 0x64, 0x73, 0x32, 0x35, 0x35, 0x31, 0x39];
 

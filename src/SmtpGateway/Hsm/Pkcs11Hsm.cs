@@ -20,6 +20,9 @@ public sealed record Pkcs11HsmOptions
 
     /// <summary>After the module failed to load, calls fail fast for this long before loading is tried again.</summary>
     public TimeSpan ModuleRetryInterval { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>After a token refused a PIN, that same PIN is not offered to it again for this long (a different PIN is tried at once).</summary>
+    public TimeSpan LoginRetryInterval { get; init; } = TimeSpan.FromMinutes(1);
 }
 
 /// <summary>
@@ -190,7 +193,7 @@ public sealed class Pkcs11Hsm : IHsm
             var context = Runtime().Token(token);
             for (var attempt = 0; ; attempt++)
             {
-                var login = context.Acquire(token, Counters, _logger);
+                var login = context.Acquire(token, Counters, _logger, _time);
                 ISession session;
                 try
                 {
@@ -206,12 +209,16 @@ public sealed class Pkcs11Hsm : IHsm
                 }
                 catch (Pkcs11Exception ex)
                 {
-                    context.Invalidate(login, ex.RV.ToString(), Counters, _logger);
-                    if (attempt == 0 && Pkcs11Constants.IsStale(ex.RV))
+                    if (Pkcs11Constants.IsStale(ex.RV))
                     {
-                        continue;
+                        context.Invalidate(login, ex.RV.ToString(), Counters, _logger);
+                        if (attempt == 0)
+                        {
+                            continue;
+                        }
                     }
 
+                    // Not stale (e.g. CKR_SESSION_COUNT): the login and the other sessions are fine; report and move on.
                     throw new HsmException(HsmErrorKind.TokenUnavailable, token.TenantId, $"no session can be opened on token '{token.TokenLabel}'", ex.RV.ToString(), ex);
                 }
 

@@ -167,8 +167,10 @@ internal sealed class Pkcs11Runtime
             {
                 info = slot.GetTokenInfo();
             }
-            catch (Pkcs11Exception ex) when (ex.RV is CKR.CKR_TOKEN_NOT_PRESENT or CKR.CKR_TOKEN_NOT_RECOGNIZED or CKR.CKR_DEVICE_REMOVED)
+            catch (Pkcs11Exception)
             {
+                // Another token that cannot answer (removed, broken: SoftHSM2 says CKR_GENERAL_ERROR for a token whose
+                // directory vanished) must not stop this tenant from finding its own: blast radius one.
                 continue;
             }
 

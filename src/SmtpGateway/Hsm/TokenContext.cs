@@ -45,6 +45,7 @@ internal sealed class TokenContext(Pkcs11Runtime runtime, string tokenLabel, str
 {
     readonly Lock _gate = new();
     TokenLogin? _current;
+    RefusedPin? _refused;
 
     public Pkcs11Runtime Runtime { get; } = runtime;
 
@@ -59,7 +60,7 @@ internal sealed class TokenContext(Pkcs11Runtime runtime, string tokenLabel, str
     /// The logged-in state for this token, logging in first if needed. The per-message path returns from
     /// the first line: a volatile read and a salted-hash comparison of the PIN, no PKCS#11 call.
     /// </summary>
-    public TokenLogin Acquire(HsmTenantToken token, HsmCounters counters, ILogger logger)
+    public TokenLogin Acquire(HsmTenantToken token, HsmCounters counters, ILogger logger, TimeProvider time)
     {
         var login = Volatile.Read(ref _current);
         if (login is not null && login.PinMatches(token.UserPin))
@@ -70,13 +71,24 @@ internal sealed class TokenContext(Pkcs11Runtime runtime, string tokenLabel, str
         lock (_gate)
         {
             login = _current;
+            if (login is not null && login.PinMatches(token.UserPin))
+            {
+                return login;
+            }
+
+            // A PIN the token refused is not offered again until the hold-off has passed: real HSMs lock the user
+            // PIN after a few wrong tries (CKF_USER_PIN_FINAL_TRY / CKF_USER_PIN_LOCKED, v2.40 §3.2), and a
+            // misconfigured tenant would otherwise spend them in seconds, one message each. Checked before the
+            // logout below, so a wrong PIN also cannot knock out a good login.
+            if (_refused is { } refused && time.GetUtcNow() < refused.Until && CryptographicOperations.FixedTimeEquals(TokenLogin.HashPin(token.UserPin), refused.PinHash))
+            {
+                throw new HsmException(HsmErrorKind.LoginFailed, token.TenantId,
+                    $"login to token '{TokenLabel}' for tenant '{token.TenantId}' was refused at {refused.At:O}; the same PIN is not retried before {refused.Until:O}",
+                    refused.ReturnValue);
+            }
+
             if (login is not null)
             {
-                if (login.PinMatches(token.UserPin))
-                {
-                    return login;
-                }
-
                 // C_Login while logged in returns CKR_USER_ALREADY_LOGGED_IN without checking the PIN, so a
                 // different PIN can only be verified by logging out first. Config is the authority on the PIN.
                 HsmLog.PinChanged(logger, token.TenantId, TokenLabel);
@@ -84,7 +96,18 @@ internal sealed class TokenContext(Pkcs11Runtime runtime, string tokenLabel, str
                 login.Retire(logout: true);
             }
 
-            login = TokenLogin.Open(this, token, counters, logger);
+            try
+            {
+                login = TokenLogin.Open(this, token, counters, logger);
+            }
+            catch (HsmException ex) when (ex.Kind == HsmErrorKind.LoginFailed)
+            {
+                var now = time.GetUtcNow();
+                _refused = new RefusedPin(TokenLogin.HashPin(token.UserPin), now, now + Runtime.Options.LoginRetryInterval, ex.ReturnValue);
+                throw;
+            }
+
+            // _refused stays: a PIN the token refused remains wrong after another PIN got in.
             Volatile.Write(ref _current, login);
             return login;
         }
@@ -93,26 +116,24 @@ internal sealed class TokenContext(Pkcs11Runtime runtime, string tokenLabel, str
     /// <summary>Drops a login whose handles or sessions went stale; the next <see cref="Acquire"/> logs in afresh.</summary>
     public void Invalidate(TokenLogin login, string reason, HsmCounters counters, ILogger logger)
     {
-        bool wasCurrent;
         lock (_gate)
         {
-            wasCurrent = ReferenceEquals(_current, login);
+            // Logging out is token-wide for the application (UG v2.40 §2.6.4), so only the login that is still
+            // current may do it, and under the gate, before a successor can log in: an older login that lost
+            // the race must not log out its successor.
+            var wasCurrent = ReferenceEquals(_current, login);
             if (wasCurrent)
             {
                 Volatile.Write(ref _current, null);
+                counters.Reset();
+                HsmLog.TokenReset(logger, OwnerTenantId, TokenLabel, reason);
             }
-        }
 
-        if (wasCurrent)
-        {
-            counters.Reset();
-            HsmLog.TokenReset(logger, OwnerTenantId, TokenLabel, reason);
+            login.Retire(logout: wasCurrent);
         }
-
-        // Logging out is token-wide for the application (UG v2.40 §2.6.4), so only the login that is still
-        // current may do it; an older one that lost the race must not log out its successor.
-        login.Retire(logout: wasCurrent);
     }
+
+    sealed record RefusedPin(byte[] PinHash, DateTimeOffset At, DateTimeOffset Until, string? ReturnValue);
 
     public void Close()
     {
@@ -378,7 +399,7 @@ internal sealed class TokenLogin
         HsmMetrics.SessionClosed();
     }
 
-    static byte[] HashPin(string pin)
+    public static byte[] HashPin(string pin)
     {
         var hash = new byte[32];
         HashPin(pin, hash);

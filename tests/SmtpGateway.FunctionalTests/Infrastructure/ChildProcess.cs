@@ -26,6 +26,7 @@ internal sealed class ChildProcess : IDisposable
     readonly Process _process;
     readonly StringBuilder _output = new();
     readonly StringBuilder _stdout = new();
+    readonly StringBuilder _stderr = new();
     readonly Stopwatch _clock = Stopwatch.StartNew();
     readonly TaskCompletionSource _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -101,12 +102,10 @@ internal sealed class ChildProcess : IDisposable
             }
 
             child.Append(line, stream);
-            if (stream == "out")
+            var bare = stream == "out" ? child._stdout : child._stderr;
+            lock (bare)
             {
-                lock (child._stdout)
-                {
-                    child._stdout.Append(line).Append('\n');
-                }
+                bare.Append(line).Append('\n');
             }
         }
 
@@ -151,6 +150,18 @@ internal sealed class ChildProcess : IDisposable
             lock (_stdout)
             {
                 return _stdout.ToString();
+            }
+        }
+    }
+
+    /// <summary>Standard error alone, as lines ending in '\n', without timestamps.</summary>
+    public string StandardError
+    {
+        get
+        {
+            lock (_stderr)
+            {
+                return _stderr.ToString();
             }
         }
     }
@@ -209,7 +220,16 @@ internal sealed class ChildProcess : IDisposable
     public static async Task<(int ExitCode, string Output, string StandardOutput)> RunWithStdoutAsync(string fileName, IEnumerable<string> args,
         string workingDirectory, TimeSpan timeout)
     {
-        using var child = Start(Path.GetFileName(fileName), fileName, args, workingDirectory);
+        var result = await RunCapturedAsync(fileName, args, workingDirectory, timeout).ConfigureAwait(false);
+        return (result.ExitCode, result.Output, result.StandardOutput);
+    }
+
+    /// <summary>Runs a short-lived command to completion; returns its status and its stdout and stderr, each alone and interleaved.</summary>
+    public static async Task<ProcessResult> RunCapturedAsync(string fileName, IEnumerable<string> args, string workingDirectory, TimeSpan timeout,
+        IReadOnlyDictionary<string, string?>? environment = null, Func<string, bool>? keepVariable = null)
+    {
+        var argList = args.ToList();
+        using var child = Start(Path.GetFileName(fileName), fileName, argList, workingDirectory, environment, keepVariable);
         try
         {
             await child.Exited.WaitAsync(timeout).ConfigureAwait(false);
@@ -217,9 +237,15 @@ internal sealed class ChildProcess : IDisposable
         catch (TimeoutException)
         {
             child.Kill();
-            throw new TimeoutException($"{fileName} {string.Join(' ', args)} did not finish within {timeout}:\n{child.Output}");
+            throw new TimeoutException($"{fileName} {string.Join(' ', argList)} did not finish within {timeout}:\n{child.Output}");
         }
 
-        return (child.ExitCode ?? -1, child.Output, child.StandardOutput);
+        return new ProcessResult(child.ExitCode ?? -1, child.Output, child.StandardOutput, child.StandardError);
     }
+}
+
+/// <summary>A finished command: exit status, timestamped interleaved output (for logs), bare stdout and bare stderr.</summary>
+internal sealed record ProcessResult(int ExitCode, string Output, string StandardOutput, string StandardError)
+{
+    public override string ToString() => $"exit status {ExitCode}\n{Output}";
 }

@@ -99,7 +99,6 @@ public sealed class GatewayHarness : IAsyncLifetime
             new JsonObject { ["Name"] = "submission", ["Kind"] = "Submission", ["Address"] = "127.0.0.1", ["Port"] = SubmissionPort },
             new JsonObject { ["Name"] = "submissions", ["Kind"] = "ImplicitTls", ["Address"] = "127.0.0.1", ["Port"] = SubmissionsPort },
             new JsonObject { ["Name"] = "relay", ["Kind"] = "Relay", ["Address"] = "127.0.0.1", ["Port"] = RelayPort });
-        gateway["RelayNetworks"] = new JsonArray("127.0.0.0/8", "::1/128");
         if (gateway["Delivery"] is not JsonObject delivery)
         {
             delivery = [];
@@ -185,6 +184,47 @@ public sealed class GatewayHarness : IAsyncLifetime
         return token.Length > 0 && !token.Contains('\n', StringComparison.Ordinal)
             ? token
             : throw new InvalidOperationException($"smtpgw token mint printed more than a token:\n{log}");
+    }
+
+    /// <summary>The audit log of this gateway's data directory.</summary>
+    internal AuditTrail Audit => new(DataDirectory);
+
+    /// <summary>Everything the current (or last) gateway process has printed so far.</summary>
+    public string GatewayOutput => _gateway?.Output ?? "";
+
+    /// <summary>
+    /// Runs the built <c>smtpgw</c> with exactly <paramref name="args"/> in the work directory, with the same
+    /// environment as the gateway (no SMTPGW__ overrides), as an operator would next to this gateway.
+    /// </summary>
+    internal Task<ProcessResult> SmtpgwAsync(params string[] args)
+    {
+        var (fileName, prefix) = RepoPaths.Smtpgw();
+        return ChildProcess.RunCapturedAsync(fileName, [.. prefix, .. args], WorkDirectory, TimeSpan.FromSeconds(60),
+            new Dictionary<string, string?> { ["DOTNET_NOLOGO"] = "1" },
+            keepVariable: name => !name.StartsWith("SMTPGW__", StringComparison.OrdinalIgnoreCase));
+    }
+
+    /// <summary><c>smtpgw token VERB --config &lt;this gateway's config&gt; ARGS...</c> (same data directory as the running gateway).</summary>
+    internal Task<ProcessResult> TokenCliAsync(string verb, params string[] args) =>
+        SmtpgwAsync(["token", verb, "--config", ConfigPath, .. args]);
+
+    /// <summary>
+    /// <c>smtpgw token mint --tenant T [ARGS...]</c> (default <c>--ttl 1h</c>); fails unless it exits 0 and prints
+    /// exactly one line, the token, on stdout. The id comes from its stderr line "minted &lt;id&gt; for &lt;tenant&gt;".
+    /// </summary>
+    internal async Task<MintedToken> MintTokenAsync(string tenant, params string[] args)
+    {
+        string[] ttl = args.Contains("--ttl") ? [] : ["--ttl", "1h"];
+        var result = await TokenCliAsync("mint", ["--tenant", tenant, .. ttl, .. args]);
+        var lines = result.StandardOutput.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        var id = System.Text.RegularExpressions.Regex.Match(result.StandardError, @"^minted (\S+) for " + System.Text.RegularExpressions.Regex.Escape(tenant) + @"\b",
+            System.Text.RegularExpressions.RegexOptions.Multiline);
+        if (result.ExitCode != 0 || lines.Length != 1 || !id.Success)
+        {
+            throw new InvalidOperationException($"smtpgw token mint --tenant {tenant} did not print one token (and its id on stderr): {result}");
+        }
+
+        return new MintedToken(lines[0].Trim(), id.Groups[1].Value);
     }
 
     /// <summary>SIGKILL: no shutdown code runs, exactly like a power cut for the process (the page cache survives).</summary>
@@ -274,3 +314,6 @@ public sealed class GatewayHarness : IAsyncLifetime
         return Task.CompletedTask;
     }
 }
+
+/// <summary>A token from <c>smtpgw token mint</c> and its id (for revoke, list and the audit log).</summary>
+internal sealed record MintedToken(string Token, string Id);

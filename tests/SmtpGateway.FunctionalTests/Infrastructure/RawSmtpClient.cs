@@ -1,3 +1,4 @@
+using System.Net;
 using System.Net.Security;
 using System.Net.Sockets;
 using System.Text;
@@ -35,10 +36,14 @@ internal sealed class RawSmtpClient : IDisposable
 
     public SmtpReply Banner { get; private set; } = new(0, []);
 
+    /// <param name="localEndPoint">
+    /// Source address (and port, 0 for any) to bind before connecting, e.g. 127.0.0.2 to be another client network
+    /// on loopback; null for the system's choice.
+    /// </param>
     public static async Task<RawSmtpClient> ConnectAsync(string host, int port, TimeSpan timeout, CancellationToken cancellationToken,
-        bool implicitTls = false)
+        bool implicitTls = false, IPEndPoint? localEndPoint = null)
     {
-        var tcp = new TcpClient { NoDelay = true };
+        var tcp = localEndPoint is null ? new TcpClient { NoDelay = true } : new TcpClient(localEndPoint) { NoDelay = true };
         try
         {
             using (var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
@@ -82,6 +87,10 @@ internal sealed class RawSmtpClient : IDisposable
         await WriteAsync(Encoding.ASCII.GetBytes(line + "\r\n"), cancellationToken).ConfigureAwait(false);
         return await ReadReplyAsync(cancellationToken).ConfigureAwait(false);
     }
+
+    /// <summary>AUTH PLAIN with an initial response (RFC 4616: no authorization identity, user, password).</summary>
+    public Task<SmtpReply> AuthPlainAsync(string user, string password, CancellationToken cancellationToken) =>
+        CommandAsync("AUTH PLAIN " + Convert.ToBase64String(Encoding.UTF8.GetBytes($"\0{user}\0{password}")), cancellationToken);
 
     public async Task WriteAsync(ReadOnlyMemory<byte> bytes, CancellationToken cancellationToken)
     {

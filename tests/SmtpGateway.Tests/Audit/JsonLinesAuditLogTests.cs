@@ -126,3 +126,30 @@ public sealed class JsonLinesAuditLogTests : IDisposable
 
     public void Dispose() => _data.Delete(recursive: true);
 }
+
+public sealed class AppendOnlyFileTests : IDisposable
+{
+    readonly DirectoryInfo _dir = Directory.CreateTempSubdirectory("smtpgw-append");
+
+    [Fact]
+    public void Two_long_lived_writers_never_overwrite_each_other()
+    {
+        // Two descriptors on one file behave like two processes: with O_APPEND each write lands at the current end.
+        var path = Path.Combine(_dir.FullName, "log.jsonl");
+        using var a = SmtpGateway.Hosting.AppendOnlyFile.Open(path);
+        using var b = SmtpGateway.Hosting.AppendOnlyFile.Open(path);
+        for (var i = 0; i < 100; i++)
+        {
+            a.Write(System.Text.Encoding.ASCII.GetBytes($"a{i}\n"));
+            b.Write(System.Text.Encoding.ASCII.GetBytes($"b{i}\n"));
+        }
+
+        a.Flush();
+        var lines = File.ReadAllLines(path);
+        Assert.Equal(200, lines.Length);
+        Assert.Equal(Enumerable.Range(0, 100).SelectMany(i => new[] { $"a{i}", $"b{i}" }), lines);
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(path));
+    }
+
+    public void Dispose() => _dir.Delete(true);
+}

@@ -1,0 +1,817 @@
+#!/usr/bin/env bash
+# perf/bench.sh — SmtpGateway beside Postfix, in one run on this machine (issue 5).
+#
+#   perf/bench.sh [options]
+#
+# Rows (each into its own fresh `smtp-sink`, counted at the sink the same way for every row):
+#   ceiling            smtp-source  -> smtp-sink                 (the harness ceiling; ratios are against this)
+#   ceiling-loadgen    smtp-loadgen -> smtp-sink                 (what our own client can push; plain only)
+#   postfix            smtp-loadgen -> Postfix relay -> sink     (private instance, queue on disk, default fsync)
+#   postfix+opendkim   same, OpenDKIM milter signing RSA-2048
+#   smtpgw             smtp-loadgen -> SmtpGateway -> sink       (durable spool, Smarthost delivery)
+#   smtpgw+dkim-*      RSA-2048 / Ed25519 / both in SoftHSM2     ("skipped: signing not built" until `smtpgw dkim` exists)
+#   smtpgw@50%         smtpgw paced at half of its measured rate (p99 latency target)
+#
+# Options:
+#   --size 1k|4k|100k      message size (4k)
+#   --sessions N           concurrent client sessions (20)
+#   --per-conn N           messages per connection (1)
+#   --mode plain|starttls|auth
+#                          plain: legacy relay port (tenant by client network);
+#                          starttls: submission + STARTTLS, no AUTH (recipient in a tenant domain);
+#                          auth: submission + STARTTLS + AUTH PLAIN (gateway: tenant token; Postfix: Cyrus sasldb)
+#   --messages N           messages per system (20000)
+#   --quick                2000 messages per system (smoke test)
+#   --only LIST            comma list of rows: ceiling,postfix,postfix-dkim,smtpgw,smtpgw-dkim,halfpeak
+#   --kill-test            only: SIGKILL the gateway mid-run, restart it, check acknowledged <= received at sink
+#   --idle [N]             only: hold N (10000) idle connections to the gateway, report its peak RSS
+#   --profile SECS         also sample the loaded gateway with `perf record` for SECS s (needs linux-perf)
+#   --no-install           do not apt-get anything
+#   --keep                 keep the work directory (default: removed unless something failed)
+# Environment: SKIP_BUILD=1 reuses existing builds; BENCH_TMP (default /var/tmp) holds the work directory — it
+# must not be tmpfs, or fsync is free.
+#
+# Output: one table on stdout, the same as JSON in perf/results/<UTC timestamp>.json.
+set -euo pipefail
+
+ORIG_ARGS="$*"
+here="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+lib="$here/lib"
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+
+size=4k sessions=20 per_conn=1 mode=plain messages="" quick=0 only="" kill_test=0 idle=0 idle_count=10000
+install=1 keep=0 profile_secs=0
+while (($#)); do
+    case "$1" in
+        --size) size="$2"; shift 2 ;;
+        --sessions) sessions="$2"; shift 2 ;;
+        --per-conn) per_conn="$2"; shift 2 ;;
+        --mode) mode="$2"; shift 2 ;;
+        --messages) messages="$2"; shift 2 ;;
+        --quick) quick=1; shift ;;
+        --only) only="$2"; shift 2 ;;
+        --kill-test) kill_test=1; shift ;;
+        --idle) idle=1; if [[ "${2:-}" =~ ^[0-9]+$ ]]; then idle_count="$2"; shift; fi; shift ;;
+        --profile) profile_secs="$2"; shift 2 ;;
+        --no-install) install=0; shift ;;
+        --keep) keep=1; shift ;;
+        -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench.sh: unknown option $1 (--help)" >&2; exit 2 ;;
+    esac
+done
+case "$size" in 1k|4k|100k) ;; *) echo "bench.sh: --size must be 1k, 4k or 100k" >&2; exit 2 ;; esac
+case "$mode" in plain|starttls|auth) ;; *) echo "bench.sh: --mode must be plain, starttls or auth" >&2; exit 2 ;; esac
+[[ "$sessions" =~ ^[0-9]+$ && "$per_conn" =~ ^[0-9]+$ ]] || { echo "bench.sh: --sessions/--per-conn take numbers" >&2; exit 2; }
+if [[ -z "$messages" ]]; then messages=$((quick ? 2000 : 20000)); fi
+size_bytes=$(( ${size%k} * 1024 ))
+
+say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'bench.sh: error: %s\n' "$*" >&2; exit 1; }
+want() { [[ -z "$only" || ",$only," == *",$1,"* ]]; }
+
+# --- 1. Packages -------------------------------------------------------------------------------------------
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+install_packages() {
+    local wanted=(postfix opendkim opendkim-tools softhsm2 swaks openssl jq perl) missing=() p
+    [[ "$mode" == auth ]] && wanted+=(sasl2-bin libsasl2-modules)
+    ((profile_secs > 0)) && wanted+=(linux-perf)
+    for p in "${wanted[@]}"; do pkg_installed "$p" || missing+=("$p"); done
+    ((${#missing[@]} == 0)) && return 0
+    if ((install)) && [[ $(id -u) == 0 ]]; then
+        say "installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        # Postfix without touching /etc/postfix/main.cf: "No configuration". We only use private instances.
+        echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+        apt-get update -qq >&2
+        apt-get install -y -qq "${missing[@]}" >&2
+        # Debian starts packaged daemons where it can; the benchmark runs its own, so stop any that got started.
+        if pkg_installed opendkim && command -v service >/dev/null 2>&1; then service opendkim stop >/dev/null 2>&1 || true; fi
+    else
+        die "missing packages: ${missing[*]} (apt-get install -y ${missing[*]})"
+    fi
+}
+install_packages
+[[ -x /usr/sbin/smtp-sink && -x /usr/sbin/smtp-source ]] || die "smtp-sink/smtp-source missing (package postfix)"
+
+# --- Work directory, process bookkeeping, cleanup ------------------------------------------------------------
+bench_tmp="${BENCH_TMP:-/var/tmp}"
+work="$(mktemp -d "$bench_tmp/smtpgw-bench.XXXXXX")"
+chmod 755 "$work"     # smtp-sink (nobody) and Postfix (postfix) reach their directories below this one
+declare -a pids=() postfix_dirs=()
+failed=0
+cleanup() {
+    local rc=$? p d
+    for d in "${postfix_dirs[@]}"; do
+        postfix -c "$d/etc" stop >/dev/null 2>&1 || true
+    done
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    sleep 0.5
+    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    for d in "${postfix_dirs[@]}"; do
+        if [[ -s "$d/spool/pid/master.pid" ]]; then kill -KILL "$(tr -d ' ' <"$d/spool/pid/master.pid")" 2>/dev/null || true; fi
+    done
+    if ((keep || failed || rc != 0)); then
+        say "work directory kept: $work"
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Processes we start: remember them so that cleanup stops them. Call as: start_bg NAME LOG cmd...; sets $bg_pid.
+start_bg() {
+    local name="$1" log="$2"; shift 2
+    "$@" >"$log" 2>&1 &
+    bg_pid=$!
+    pids+=("$bg_pid")
+}
+stop_pid() {
+    local p="$1" i
+    kill -TERM "$p" 2>/dev/null || return 0
+    for i in $(seq 1 50); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+}
+
+used_ports=" "
+free_port() {
+    local p
+    while true; do
+        # Below the ephemeral range (32768-60999 by default), so that no client connection holds it.
+        p=$((10000 + RANDOM % 22000))
+        [[ "$used_ports" == *" $p "* ]] && continue
+        if ! ss -Htan "sport = :$p" 2>/dev/null | grep -q .; then used_ports+="$p "; echo "$p"; return; fi
+    done
+}
+# Waits until PORT answers with a 220 banner (up to $2 seconds).
+wait_banner() {
+    local port="$1" limit="${2:-60}" line i
+    for ((i = 0; i < limit * 10; i++)); do
+        if { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null; then
+            line=""
+            read -r -t 5 line <&3 || true
+            printf 'QUIT\r\n' >&3 2>/dev/null || true
+            exec 3<&- 3>&-
+            [[ "$line" == 220* ]] && return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+now() { date +%s.%N; }
+fcalc() { awk "BEGIN { printf \"%.3f\", $* }"; }
+
+# --- 2. Builds -------------------------------------------------------------------------------------------------
+gw_out="$root/src/SmtpGateway.Host/bin/Release/net10.0"
+lg_out="$here/SmtpGateway.LoadGen/bin/Release/net10.0"
+if [[ "${SKIP_BUILD:-0}" != 1 || ! -e "$gw_out/smtpgw.dll" || ! -e "$lg_out/smtp-loadgen.dll" ]]; then
+    command -v dotnet >/dev/null 2>&1 || die "dotnet (the .NET 10 SDK) is not on PATH"
+    say "building smtpgw and smtp-loadgen (Release)"
+    dotnet build "$root/src/SmtpGateway.Host/SmtpGateway.Host.csproj" -c Release -nologo -v quiet -clp:NoSummary >&2 || die "smtpgw build failed"
+    dotnet build "$here/SmtpGateway.LoadGen/SmtpGateway.LoadGen.csproj" -c Release -nologo -v quiet -clp:NoSummary >&2 || die "smtp-loadgen build failed"
+fi
+smtpgw() { if [[ -x "$gw_out/smtpgw" ]]; then "$gw_out/smtpgw" "$@"; else dotnet "$gw_out/smtpgw.dll" "$@"; fi; }
+loadgen() { if [[ -x "$lg_out/smtp-loadgen" ]]; then "$lg_out/smtp-loadgen" "$@"; else dotnet "$lg_out/smtp-loadgen.dll" "$@"; fi; }
+
+# TLS material for starttls/auth rows (both servers use the same certificate): EC P-256 like certs/gen-dev-cert.sh.
+tls_crt="$work/tls/server.crt" tls_key="$work/tls/server.key"
+mkdir -p "$work/tls"
+openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -keyout "$tls_key" -out "$tls_crt" \
+    -days 2 -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >/dev/null 2>&1 || die "openssl failed"
+chmod 644 "$tls_crt"; chmod 600 "$tls_key"
+
+sender="sender@tenant-a.example"
+# Unauthenticated STARTTLS sessions are inbound mail to the gateway: only tenant domains are accepted as recipients.
+# The same recipient is used for every row of a run.
+if [[ "$mode" == starttls ]]; then rcpt="rcpt@tenant-a.example"; else rcpt="rcpt@example.net"; fi
+
+# --- Sinks: one fresh smtp-sink per row, counted by lib/sinkwatch.pl from `smtp-sink -c` -------------------------
+# start_sink NAME → sets sink_port, sink_state, sink_pid
+start_sink() {
+    local name="$1" dir="$work/sink-$1" attempt
+    for attempt in 1 2 3; do
+        rm -rf "$dir"
+        start_sink_once "$name" "$dir" && return 0
+    done
+    die "smtp-sink did not start: $(cat "$dir/sink.err")"
+}
+start_sink_once() {
+    local name="$1" dir="$2"
+    mkdir -p "$dir"
+    sink_port=$(free_port)
+    sink_state="$dir/count"
+    mkfifo "$dir/fifo"
+    # The watcher's open of the FIFO waits for smtp-sink's; it ends at EOF, when the sink exits.
+    perl "$lib/sinkwatch.pl" "$sink_state" <"$dir/fifo" >"$dir/watch.log" 2>&1 &
+    pids+=("$!")
+    smtp-sink -c -u nobody -h sink.bench -m 2048 "127.0.0.1:$sink_port" 2048 >"$dir/fifo" 2>"$dir/sink.err" &
+    sink_pid=$!
+    pids+=("$sink_pid")
+    wait_banner "$sink_port" 20
+}
+# Messages the current sink has received (wait_banner's probe sessions carry none).
+sink_count() { awk '{print $1}' "$sink_state" 2>/dev/null || echo 0; }
+sink_last() { awk '{print $3}' "$sink_state" 2>/dev/null || echo 0; }
+# wait_drain TARGET [STABLE_SECS] [LIMIT_SECS]: until the sink has TARGET messages, or its count has not moved for
+# STABLE_SECS (default 10), or LIMIT_SECS (default 180) passed.
+wait_drain() {
+    local target="$1" stable="${2:-10}" limit="${3:-180}" last=-1 since start c
+    start=$(date +%s); since=$start
+    while true; do
+        c=$(sink_count)
+        ((c >= target)) && return 0
+        if ((c != last)); then last=$c; since=$(date +%s); fi
+        (( $(date +%s) - since >= stable )) && return 1
+        (( $(date +%s) - start >= limit )) && return 1
+        sleep 0.1
+    done
+}
+
+# --- Rows -----------------------------------------------------------------------------------------------------
+rows_dir="$work/rows"; mkdir -p "$rows_dir"
+row_seq=0
+add_row() { row_seq=$((row_seq + 1)); printf '%s\n' "$1" >"$rows_dir/$(printf %02d $row_seq).json"; }
+skip_row() { add_row "$(jq -n --arg n "$1" --arg c "$2" --arg r "$3" '{name:$n, client:$c, skipped:$r}')"; }
+
+loadgen_args=(--connections "$sessions" --per-conn "$per_conn" --size "$size" --from "$sender" --to "$rcpt")
+
+# measure NAME CLIENT_LABEL PORT "ROOT_PIDS" "EXTRA_PIDS" [loadgen args...]
+# Runs the load generator against PORT, waits for the sink to receive everything acknowledged, and records the row.
+# ROOT_PIDS: the server's process tree roots (CPU and memory summed over each tree); EXTRA_PIDS: e.g. opendkim.
+measure() {
+    local name="$1" client="$2" port="$3" roots="$4" extra="$5"; shift 5
+    local dir="$work/row-$name"; mkdir -p "$dir"
+    local cpu0 cpu1 xcpu0=0 xcpu1=0 sink0 sinkc0 sinkc1
+    # shellcheck disable=SC2086
+    cpu0=$("$lib/procstat.pl" cpu $roots)
+    [[ -n "$extra" ]] && xcpu0=$("$lib/procstat.pl" cpu $extra)
+    sinkc0=$("$lib/procstat.pl" cpu "$sink_pid")
+    start_bg "sampler-$name" "$dir/sampler.log" "$lib/procstat.pl" sample "$dir/rss" 0.5 $roots
+    local sampler=$bg_pid
+    sink0=$(sink_count)
+    say "$name: $client → 127.0.0.1:$port (${messages} msgs, $sessions sessions, $per_conn/conn, $size, $mode)"
+    loadgen run --port "$port" "${loadgen_args[@]}" "$@" --label "$name" --out "$dir/loadgen.json" >"$dir/loadgen.out" 2>"$dir/loadgen.err" || true
+    if [[ ! -s "$dir/loadgen.json" ]]; then
+        failed=1; say "$name: load generator failed: $(tail -3 "$dir/loadgen.err")"
+        skip_row "$name" "$client" "load generator failed"
+        stop_pid "$sampler"
+        return 0
+    fi
+    local acked; acked=$(jq .count "$dir/loadgen.json")
+    wait_drain $((sink0 + acked)) 10 240 || say "$name: sink has $(( $(sink_count) - sink0 )) of $acked acknowledged messages after waiting"
+    cpu1=$("$lib/procstat.pl" cpu $roots)
+    [[ -n "$extra" ]] && xcpu1=$("$lib/procstat.pl" cpu $extra)
+    sinkc1=$("$lib/procstat.pl" cpu "$sink_pid")
+    sleep 0.3; stop_pid "$sampler"
+    local hwm=0 rss_peak xrss_peak=0 single=1
+    # A single server process: its own VmHWM. A process tree (Postfix): the sampled peak of the tree's summed Pss.
+    if [[ "$roots" != *" "* ]] && [[ -z "$(pgrep -P "$roots" 2>/dev/null)" ]]; then hwm=$("$lib/procstat.pl" hwm "$roots"); else single=0; fi
+    rss_peak=$(awk '{print $1}' "$dir/rss" 2>/dev/null || echo 0)
+    [[ -z "$extra" ]] || xrss_peak=$("$lib/procstat.pl" hwm $extra)   # the milter: one process
+    local received last started
+    received=$(( $(sink_count) - sink0 ))
+    last=$(sink_last)
+    started=$(jq .started_unix "$dir/loadgen.json")
+    add_row "$(jq -n --arg name "$name" --arg client "$client" --slurpfile lg "$dir/loadgen.json" \
+        --argjson received "$received" --argjson last "$last" --argjson started "$started" \
+        --argjson cpu "$(fcalc "$cpu1 - $cpu0")" --argjson xcpu "$(fcalc "$xcpu1 - $xcpu0")" \
+        --argjson sinkcpu "$(fcalc "$sinkc1 - $sinkc0")" \
+        --argjson hwm "$hwm" --argjson rsspeak "$rss_peak" --argjson xrss "$xrss_peak" --argjson single "$single" '
+        ($lg[0]) as $l
+        | ($last - $started) as $secs
+        | {name: $name, client: $client,
+           acknowledged: $l.count, errors: $l.errors, error_kinds: $l.error_kinds,
+           connect_failures: $l.connect_failures,
+           received_at_sink: $received,
+           seconds: ($secs * 1000 | round / 1000),
+           rate: (if $secs > 0 then ($received / $secs * 10 | round / 10) else 0 end),
+           client_rate_acks: $l.throughput,
+           latency_ms: $l.latency_ms,
+           cpu_s: {server: ($cpu + $xcpu), server_main: $cpu, milter: $xcpu, client: $l.client_cpu_s, sink: $sinkcpu},
+           cpu_ms_per_msg: (if $received > 0 then (($cpu + $xcpu) * 1000 / $received * 1000 | round / 1000) else null end),
+           rss_mb: {server: ((if $single == 1 then $hwm else $rsspeak end) / 1024 * 10 | round / 10),
+                    how: (if $single == 1 then "VmHWM" else "peak of the Pss summed over the process tree, sampled every 0.5 s" end),
+                    milter: ($xrss / 1024 * 10 | round / 10)}}')"
+    say "$name: acked $acked, at sink $received, $(jq -r '"\(.rate) msg/s, p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms"' "$rows_dir/$(printf %02d $row_seq).json")"
+}
+
+# --- Ceiling ----------------------------------------------------------------------------------------------------
+row_ceiling() {
+    start_sink ceiling
+    local dir="$work/row-ceiling"; mkdir -p "$dir"
+    local args=(-s "$sessions" -m "$messages" -l "$size_bytes" -f "$sender" -t "$rcpt")
+    ((per_conn > 1)) && args+=(-d)   # -d: keep the connection for the next message (smtp-source has no "M per connection")
+    local t0 t1 s0 s1; t0=$(now); s0=$("$lib/procstat.pl" cpu "$sink_pid")
+    say "ceiling: smtp-source → smtp-sink ($messages msgs)"
+    /usr/bin/time -f '%U %S' -o "$dir/time" smtp-source "${args[@]}" "127.0.0.1:$sink_port" >"$dir/out" 2>&1 || say "ceiling: smtp-source: $(tail -2 "$dir/out")"
+    wait_drain "$messages" 5 60 || true
+    t1=$(sink_last); s1=$("$lib/procstat.pl" cpu "$sink_pid")
+    local received; received=$(sink_count)
+    add_row "$(jq -n --argjson r "$received" --argjson m "$messages" --argjson secs "$(fcalc "$t1 - $t0")" \
+        --argjson ccpu "$(awk '{print $1 + $2}' "$dir/time")" --argjson scpu "$(fcalc "$s1 - $s0")" '
+        {name: "ceiling", client: "smtp-source", acknowledged: null, errors: ($m - $r), received_at_sink: $r,
+         seconds: ($secs * 1000 | round / 1000), rate: ($r / $secs * 10 | round / 10),
+         latency_ms: null, cpu_s: {server: null, client: $ccpu, sink: $scpu}, cpu_ms_per_msg: null, rss_mb: null,
+         note: "smtp-source cannot time end-of-DATA; no TLS/AUTH: always plain"}')"
+    say "ceiling: $received at sink, $(jq -r .rate "$rows_dir/$(printf %02d $row_seq).json") msg/s"
+    stop_pid "$sink_pid"
+
+    # Our own client straight into the sink: how far smtp-loadgen itself can go (plain; smtp-sink has no TLS).
+    start_sink ceiling-loadgen
+    local saved=("${loadgen_args[@]}")
+    measure ceiling-loadgen smtp-loadgen "$sink_port" "$sink_pid" "" --messages "$messages"
+    # (the "server" here is smtp-sink itself)
+    stop_pid "$sink_pid"
+    loadgen_args=("${saved[@]}")
+}
+
+# --- Postfix ------------------------------------------------------------------------------------------------------
+# postfix_start NAME SINK_PORT [MILTER_PORT] → sets pf_dir, pf_port, pf_master
+postfix_start() {
+    local name="$1" relay_port="$2" milter_port="${3:-}"
+    pf_dir="$work/postfix-$name"
+    pf_port=$(free_port)
+    mkdir -p "$pf_dir/etc" "$pf_dir/spool" "$pf_dir/data"
+    chown postfix:postfix "$pf_dir/data"
+    cat >"$pf_dir/etc/main.cf" <<EOF
+# Private Postfix instance for perf/bench.sh (row $name). The system's /etc/postfix is not used.
+compatibility_level = 3.6
+queue_directory = $pf_dir/spool
+data_directory = $pf_dir/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+shlib_directory = /usr/lib/postfix
+meta_directory = /etc/postfix
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = postfix.bench
+mydomain = bench
+myorigin = \$myhostname
+mydestination =
+local_transport = error:local delivery disabled
+alias_maps =
+alias_database =
+relay_domains =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination
+relayhost = [127.0.0.1]:$relay_port
+smtp_tls_security_level = none
+smtputf8_enable = no
+biff = no
+maillog_file_prefixes = $work
+maillog_file = $pf_dir/maillog
+EOF
+    if [[ "$mode" != plain ]]; then
+        cp "$tls_crt" "$pf_dir/etc/server.crt"; cp "$tls_key" "$pf_dir/etc/server.key"; chmod 600 "$pf_dir/etc/server.key"
+        cat >>"$pf_dir/etc/main.cf" <<EOF
+smtpd_tls_security_level = may
+smtpd_tls_cert_file = $pf_dir/etc/server.crt
+smtpd_tls_key_file = $pf_dir/etc/server.key
+smtpd_tls_session_cache_database =
+EOF
+    else
+        echo "smtpd_tls_security_level = none" >>"$pf_dir/etc/main.cf"
+    fi
+    if [[ "$mode" == auth ]]; then
+        # Cyrus SASL with a private sasldb. Debian's Postfix reads smtpd.conf from $config_directory/sasl/.
+        mkdir -p "$pf_dir/etc/sasl"
+        cat >"$pf_dir/etc/sasl/smtpd.conf" <<EOF
+pwcheck_method: auxprop
+auxprop_plugin: sasldb
+sasldb_path: $pf_dir/etc/sasl/sasldb2
+mech_list: PLAIN
+EOF
+        printf '%s' "$pf_sasl_pass" | saslpasswd2 -p -c -f "$pf_dir/etc/sasl/sasldb2" -u postfix.bench tenant-a
+        chown -R postfix:postfix "$pf_dir/etc/sasl"
+        cat >>"$pf_dir/etc/main.cf" <<EOF
+smtpd_sasl_auth_enable = yes
+smtpd_sasl_type = cyrus
+smtpd_sasl_path = smtpd
+cyrus_sasl_config_path = $pf_dir/etc/sasl
+smtpd_sasl_local_domain = postfix.bench
+smtpd_tls_auth_only = yes
+EOF
+    fi
+    if [[ -n "$milter_port" ]]; then
+        cat >>"$pf_dir/etc/main.cf" <<EOF
+smtpd_milters = inet:127.0.0.1:$milter_port
+non_smtpd_milters =
+milter_default_action = tempfail
+EOF
+    fi
+    # chroot off everywhere (no copies of /etc files needed); otherwise Debian's stock services.
+    cat >"$pf_dir/etc/master.cf" <<EOF
+127.0.0.1:$pf_port inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+EOF
+    postfix_dirs+=("$pf_dir")
+    if ! postfix -c "$pf_dir/etc" start >"$pf_dir/start.log" 2>&1; then
+        script -qc "postfix -c $pf_dir/etc check" /dev/null >>"$pf_dir/start.log" 2>&1 || true
+        die "Postfix ($name) did not start: $(tail -5 "$pf_dir/start.log"; tail -5 "$pf_dir/maillog" 2>/dev/null)"
+    fi
+    wait_banner "$pf_port" 30 || die "Postfix ($name) is not answering on $pf_port: $(tail -5 "$pf_dir/maillog")"
+    pf_master=$(tr -d ' ' <"$pf_dir/spool/pid/master.pid")
+}
+postfix_stop() {
+    postfix -c "$pf_dir/etc" stop >/dev/null 2>&1 || true
+    local i; for i in $(seq 1 50); do kill -0 "$pf_master" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pf_master" 2>/dev/null || true
+}
+
+# OpenDKIM: RSA-2048 key for tenant-a.example; start_opendkim → sets dkim_port, dkim_pid
+start_opendkim() {
+    local dir="$work/opendkim"
+    mkdir -p "$dir/keys"
+    opendkim-genkey -b 2048 -a -d tenant-a.example -s bench -D "$dir/keys" >/dev/null 2>&1 || die "opendkim-genkey failed"
+    chown -R opendkim:opendkim "$dir/keys"; chmod 600 "$dir/keys/bench.private"
+    dkim_port=$(free_port)
+    cat >"$dir/opendkim.conf" <<EOF
+Syslog                  no
+Mode                    s
+Domain                  tenant-a.example
+Selector                bench
+KeyFile                 $dir/keys/bench.private
+Canonicalization        relaxed/relaxed
+SignatureAlgorithm      rsa-sha256
+OversignHeaders         From
+InternalHosts           127.0.0.1
+Socket                  inet:$dkim_port@127.0.0.1
+UserID                  opendkim:opendkim
+RequireSafeKeys         false
+PidFile                 $dir/opendkim.pid
+EOF
+    start_bg opendkim "$dir/opendkim.log" opendkim -f -x "$dir/opendkim.conf"
+    dkim_pid=$bg_pid
+    local i; for i in $(seq 1 100); do ss -Htln "sport = :$dkim_port" | grep -q . && return 0; kill -0 "$dkim_pid" 2>/dev/null || break; sleep 0.1; done
+    die "opendkim did not start: $(cat "$dir/opendkim.log")"
+}
+
+# Probe: one message through a server into a dumping smtp-sink; succeed when the dump has a DKIM-Signature.
+# probe_dkim_dump NAME PORT SINKDIR → returns 0 when every dumped message carries COUNT signatures
+dump_sink_start() {
+    dump_dir="$work/dump-$1"; mkdir -p "$dump_dir"; chmod 777 "$dump_dir"
+    dump_port=$(free_port)
+    start_bg "dump-$1" "$dump_dir.log" smtp-sink -u nobody -h sink.bench -d "$dump_dir/m." "127.0.0.1:$dump_port" 64
+    dump_pid=$bg_pid
+    wait_banner "$dump_port" 20 || die "dumping smtp-sink did not start"
+}
+
+pf_sasl_pass="bench-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+postfix_auth_args() {
+    case "$mode" in
+        plain) ;;
+        starttls) echo --starttls ;;
+        auth) echo --starttls --auth-user tenant-a --auth-pass "$pf_sasl_pass" ;;
+    esac
+}
+
+row_postfix() {
+    start_sink postfix
+    postfix_start plain "$sink_port"
+    # shellcheck disable=SC2046
+    measure postfix smtp-loadgen "$pf_port" "$pf_master" "" --messages "$messages" $(postfix_auth_args)
+    postfix_stop; stop_pid "$sink_pid"
+}
+
+row_postfix_dkim() {
+    start_opendkim
+    # Check that OpenDKIM really signs: one message into a dumping sink first.
+    dump_sink_start postfix-dkim
+    postfix_start dkim-probe "$dump_port" "$dkim_port"
+    # shellcheck disable=SC2046
+    loadgen run --port "$pf_port" --connections 1 --messages 1 --size "$size" --from "$sender" --to "$rcpt" $(postfix_auth_args) >"$dump_dir/probe.json" 2>&1 || true
+    local i signed=0
+    for i in $(seq 1 150); do
+        if grep -q '^DKIM-Signature: v=1; a=rsa-sha256' "$dump_dir"/m.* 2>/dev/null; then signed=1; break; fi
+        sleep 0.1
+    done
+    postfix_stop; stop_pid "$dump_pid"
+    ((signed)) || { failed=1; say "postfix+opendkim: the probe message was not signed; see $dump_dir"; }
+
+    start_sink postfix-dkim
+    postfix_start dkim "$sink_port" "$dkim_port"
+    # shellcheck disable=SC2046
+    measure "postfix+opendkim-rsa2048" smtp-loadgen "$pf_port" "$pf_master" "$dkim_pid" --messages "$messages" $(postfix_auth_args)
+    postfix_stop; stop_pid "$sink_pid"; stop_pid "$dkim_pid"
+}
+
+# --- SmtpGateway ------------------------------------------------------------------------------------------------
+# gw_config DIR SINK_PORT → writes DIR/gateway.json (the repository's config/gateway.json with everything that
+# touches the machine replaced, as tests/.../GatewayHarness.cs does); sets gw_relay_port, gw_sub_port
+gw_config() {
+    local dir="$1" sink="$2"
+    mkdir -p "$dir"
+    gw_relay_port=$(free_port); gw_sub_port=$(free_port)
+    jq --arg dd "$dir/data" --arg crt "$tls_crt" --arg key "$tls_key" \
+       --argjson relay "$gw_relay_port" --argjson sub "$gw_sub_port" --argjson sink "$sink" '
+        .Gateway.ServerName = "smtpgw.bench"
+        | .Gateway.DataDirectory = $dd
+        | .Gateway.Tls = {CertificatePath: $crt, KeyPath: $key}
+        | .Gateway.Listeners = [
+            {Name: "submission", Kind: "Submission", Address: "127.0.0.1", Port: $sub},
+            {Name: "relay", Kind: "Relay", Address: "127.0.0.1", Port: $relay}]
+        | .Gateway.Spool = ((.Gateway.Spool // {}) + {Fsync: true})
+        | .Gateway.Delivery.Mode = "Smarthost"
+        | .Gateway.Delivery.Smarthost = {Host: "127.0.0.1", Port: $sink, StartTls: "None", MaxConnections: 20}
+        | .Gateway.Delivery.Retry = {Schedule: ["00:00:01", "00:00:02", "00:00:05"], Jitter: 0.1}
+        ' "$root/config/gateway.json" >"$dir/gateway.json"
+}
+# gw_start DIR [env...] → sets gw_pid
+gw_start() {
+    local dir="$1"; shift
+    local perfmap=()
+    # --profile: JIT-compiled frames get names in perf (writes /tmp/perf-PID.map).
+    ((profile_secs > 0)) && perfmap=(DOTNET_PerfMapEnabled=1)
+    start_bg smtpgw "$dir/smtpgw.log" env "${perfmap[@]}" SMTPGW__Logging__LogLevel__Default=Warning \
+        SMTPGW__Logging__LogLevel__Microsoft.Hosting.Lifetime=Warning "$@" \
+        "$gw_out/smtpgw" serve --config "$dir/gateway.json"
+    gw_pid=$bg_pid
+    wait_banner "$gw_relay_port" 60 || die "smtpgw did not start: $(tail -20 "$dir/smtpgw.log")"
+    # env execs: $gw_pid is smtpgw itself.
+}
+gw_token=""
+# The load generator's flags for the mode (the port comes from gw_port_for_mode).
+gw_client_args() {
+    case "$mode" in
+        plain) ;;
+        starttls) echo --starttls ;;
+        auth) echo --starttls --auth-user tenant-a --auth-pass "$gw_token" ;;
+    esac
+}
+gw_port_for_mode() { if [[ "$mode" == plain ]]; then echo "$gw_relay_port"; else echo "$gw_sub_port"; fi; }
+gw_mint() {
+    [[ "$mode" == auth ]] || return 0
+    gw_token=$(smtpgw token mint --config "$1/gateway.json" --tenant tenant-a --ttl 1h --description bench 2>"$1/mint.err") \
+        || die "smtpgw token mint failed: $(cat "$1/mint.err")"
+}
+
+gw_rate=0
+row_smtpgw() {
+    start_sink smtpgw
+    local dir="$work/smtpgw"
+    gw_config "$dir" "$sink_port"; gw_mint "$dir"; gw_start "$dir"
+    local client; client=$(gw_client_args)
+    # shellcheck disable=SC2086
+    measure smtpgw smtp-loadgen "$(gw_port_for_mode)" "$gw_pid" "" --messages "$messages" $client
+    gw_rate=$(jq -r .rate "$rows_dir/$(printf %02d $row_seq).json")
+    if ((profile_secs > 0)); then profile_gateway "$dir" "$client"; fi
+    stop_pid "$gw_pid"; stop_pid "$sink_pid"
+}
+
+# p99 at half of the peak rate just measured (issue 5 target: under 20 ms)
+row_halfpeak() {
+    [[ "$gw_rate" != 0 && -n "$gw_rate" ]] || { skip_row "smtpgw@50%" smtp-loadgen "needs the smtpgw row"; return; }
+    local rate n; rate=$(fcalc "$gw_rate / 2"); n=$(awk -v r="$rate" -v q="$quick" 'BEGIN { s = q ? 5 : 15; n = int(r * s); if (n < 500) n = 500; print n }')
+    start_sink halfpeak
+    local dir="$work/smtpgw-halfpeak"
+    gw_config "$dir" "$sink_port"; gw_mint "$dir"; gw_start "$dir"
+    local client; client=$(gw_client_args)
+    local saved=$messages; messages=$n
+    # shellcheck disable=SC2086
+    measure "smtpgw@50%" "smtp-loadgen (paced $rate/s)" "$(gw_port_for_mode)" "$gw_pid" "" --messages "$n" --rate "$rate" $client
+    messages=$saved
+    stop_pid "$gw_pid"; stop_pid "$sink_pid"
+}
+
+# ======================================================================================================================
+# >>> DKIM SIGNING ROWS (SmtpGateway) — enable/adapt when signing lands (issue 4) >>>
+# Runs RSA-2048, Ed25519 and dual-signed rows with keys in SoftHSM2 when `smtpgw dkim --help` works; otherwise each
+# row reads "skipped: signing not built". What to adapt when signing lands: gw_dkim_setup (token initialisation,
+# key generation and the config that activates the selectors), following the issue-4 CLI
+# `smtpgw dkim keygen --tenant T --domain D --selector S --alg ed25519|rsa2048`.
+gw_dkim_setup() {   # gw_dkim_setup DIR ALGS (space-separated: rsa2048 ed25519)
+    local dir="$1" algs="$2" alg
+    # SoftHSM2 token directory under the data directory (issue 4: the gateway sets SOFTHSM2_CONF itself; if it
+    # needs a pre-initialised token, `./run.sh`'s dev_hsm step is the reference).
+    mkdir -p "$dir/data"
+    for alg in $algs; do
+        smtpgw dkim keygen --config "$dir/gateway.json" --tenant tenant-a --domain tenant-a.example \
+            --selector "bench-$alg" --alg "$alg" >"$dir/dns-$alg.txt" 2>"$dir/keygen-$alg.err" \
+            || { say "smtpgw dkim keygen ($alg) failed: $(tail -3 "$dir/keygen-$alg.err")"; return 1; }
+    done
+    # ADAPT: if selectors need activating in config rather than by keygen, patch "$dir/gateway.json" here with jq.
+}
+rows_smtpgw_dkim() {
+    local variants=("rsa2048:rsa2048" "ed25519:ed25519" "rsa2048+ed25519:rsa2048 ed25519") v name algs
+    if ! smtpgw dkim --help >/dev/null 2>&1; then
+        for v in "${variants[@]}"; do skip_row "smtpgw+dkim-${v%%:*}" smtp-loadgen "skipped: signing not built"; done
+        return 0
+    fi
+    for v in "${variants[@]}"; do
+        name="smtpgw+dkim-${v%%:*}"; algs="${v#*:}"
+        local dir="$work/smtpgw-dkim-${v%%:*}"
+        # Probe first: one message into a dumping sink must carry one signature per algorithm.
+        dump_sink_start "$name"
+        gw_config "$dir" "$dump_port"; gw_mint "$dir"
+        gw_dkim_setup "$dir" "$algs" || { skip_row "$name" smtp-loadgen "key setup failed"; stop_pid "$dump_pid"; continue; }
+        gw_start "$dir"
+        # shellcheck disable=SC2046
+        loadgen run --port "$(gw_port_for_mode)" $(gw_client_args) --connections 1 --messages 1 --size "$size" --from "$sender" --to "$rcpt" >"$dump_dir/probe.json" 2>&1 || true
+        local i; for i in $(seq 1 100); do ls "$dump_dir"/m.* >/dev/null 2>&1 && break; sleep 0.1; done; sleep 0.3
+        local sigs; sigs=$(cat "$dump_dir"/m.* 2>/dev/null | grep -c '^DKIM-Signature:' || true)
+        stop_pid "$gw_pid"; stop_pid "$dump_pid"
+        if [[ "$sigs" != "$(wc -w <<<"$algs")" ]]; then
+            failed=1; say "$name: probe message has $sigs DKIM-Signature header(s), expected $(wc -w <<<"$algs")"
+        fi
+        # The measured run: same data directory (keys stay), delivery to a fresh counting sink.
+        start_sink "$name"
+        jq --argjson p "$sink_port" '.Gateway.Delivery.Smarthost.Port = $p' "$dir/gateway.json" >"$dir/g.tmp" && mv "$dir/g.tmp" "$dir/gateway.json"
+        gw_start "$dir"
+        local client; client=$(gw_client_args)
+        # shellcheck disable=SC2086
+        measure "$name" smtp-loadgen "$(gw_port_for_mode)" "$gw_pid" "" --messages "$messages" $client
+        stop_pid "$gw_pid"; stop_pid "$sink_pid"
+    done
+}
+# <<< DKIM SIGNING ROWS <<<
+# ======================================================================================================================
+
+# --- Profile: perf record on the loaded gateway --------------------------------------------------------------------
+profile_gateway() {
+    local dir="$1" client="$2"
+    command -v perf >/dev/null 2>&1 || { say "profile: perf not installed"; return 0; }
+    say "profile: second load on the same gateway, perf record -g for ${profile_secs}s"
+    # shellcheck disable=SC2086
+    loadgen run --port "$(gw_port_for_mode)" "${loadgen_args[@]}" $client --messages 1000000 --max-seconds $((profile_secs + 5)) >"$dir/profile-load.json" 2>&1 &
+    local lgp=$!; pids+=("$lgp")
+    sleep 2
+    perf record -F 499 -g -p "$gw_pid" -o "$dir/perf.data" -- sleep "$profile_secs" >"$dir/perf-record.log" 2>&1 || true
+    wait "$lgp" 2>/dev/null || true
+    perf report -i "$dir/perf.data" --no-children --sort dso,sym --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60 >"$dir/perf-top.txt" || true
+    mkdir -p "$here/results"
+    cp "$dir/perf-top.txt" "$here/results/profile-$stamp.txt" 2>/dev/null || true
+    say "profile: top symbols in perf/results/profile-$stamp.txt"
+}
+
+# --- Kill test ----------------------------------------------------------------------------------------------------
+run_kill_test() {
+    start_sink kill
+    local dir="$work/smtpgw-kill"
+    gw_config "$dir" "$sink_port"; gw_mint "$dir"; gw_start "$dir"
+    local client; client=$(gw_client_args)
+    say "kill test: $messages messages; SIGKILL the gateway after a third is acknowledged, restart on the same data directory"
+    # shellcheck disable=SC2086
+    loadgen run --port "$(gw_port_for_mode)" "${loadgen_args[@]}" $client --messages "$messages" --progress "$dir/progress" --max-seconds 300 \
+        --out "$dir/loadgen.json" >"$dir/loadgen.out" 2>"$dir/loadgen.err" &
+    local lgp=$!; pids+=("$lgp")
+    local third=$((messages / 3)) acked=0
+    while kill -0 "$lgp" 2>/dev/null; do
+        acked=$(awk '{print $1}' "$dir/progress" 2>/dev/null || echo 0)
+        ((acked >= third)) && break
+        sleep 0.05
+    done
+    kill -KILL "$gw_pid"; wait "$gw_pid" 2>/dev/null || true
+    local killed_at=$acked
+    say "kill test: SIGKILL after ~$killed_at acknowledged; sink had $(sink_count); restarting"
+    sleep 1
+    gw_start "$dir"
+    wait "$lgp" || true
+    acked=$(jq .count "$dir/loadgen.json")
+    # Drain: the sink stops moving and the spool queue is empty.
+    local i q
+    for i in $(seq 1 240); do
+        q=$(find "$dir/data/spool/queue" -type f 2>/dev/null | wc -l)
+        (( q == 0 && $(sink_count) >= acked )) && break
+        sleep 0.5
+    done
+    sleep 2
+    local received; received=$(sink_count)
+    local verdict=PASS; ((received >= acked)) || { verdict=FAIL; failed=1; }
+    add_row "$(jq -n --argjson acked "$acked" --argjson received "$received" --argjson killed "$killed_at" \
+        --argjson q "$q" --arg verdict "$verdict" --slurpfile lg "$dir/loadgen.json" '
+        {name: "smtpgw kill test", client: "smtp-loadgen", acknowledged: $acked, received_at_sink: $received,
+         killed_after_acks: $killed, duplicates_or_unacked_delivered: ($received - $acked), spool_queue_left: $q,
+         errors: $lg[0].errors, error_kinds: $lg[0].error_kinds, connect_failures: $lg[0].connect_failures,
+         verdict: $verdict}')"
+    stop_pid "$gw_pid"; stop_pid "$sink_pid"
+}
+
+# --- Idle connections -------------------------------------------------------------------------------------------------
+run_idle() {
+    ulimit -n 1048576 2>/dev/null || ulimit -n 65536 2>/dev/null || say "could not raise ulimit -n (now $(ulimit -n))"
+    start_sink idle
+    local dir="$work/smtpgw-idle"
+    gw_config "$dir" "$sink_port"
+    gw_start "$dir" SMTPGW__Gateway__Limits__MaxConnectionsPerIp=$((idle_count + 100)) SMTPGW__Gateway__Limits__MaxConnections=$((idle_count + 100))
+    sleep 2
+    local base; base=$("$lib/procstat.pl" rss "$gw_pid")
+    local sources=$(( (idle_count + 19999) / 20000 ))
+    say "idle: opening $idle_count connections to the relay port from $sources source address(es); ulimit -n $(ulimit -n)"
+    loadgen idle --port "$gw_relay_port" --count "$idle_count" --hold 15 --source-count "$sources" --ready "$dir/ready" \
+        --out "$dir/idle.json" >"$dir/idle.out" 2>"$dir/idle.err" &
+    local lgp=$!; pids+=("$lgp")
+    local i; for i in $(seq 1 1200); do [[ -s "$dir/ready" ]] && break; kill -0 "$lgp" 2>/dev/null || break; sleep 0.1; done
+    sleep 2
+    local held_rss; held_rss=$("$lib/procstat.pl" rss "$gw_pid")
+    wait "$lgp" || true
+    local hwm; hwm=$("$lib/procstat.pl" hwm "$gw_pid")
+    [[ -s "$dir/idle.json" ]] || { failed=1; die "idle: load generator failed: $(tail -5 "$dir/idle.err")"; }
+    add_row "$(jq -n --slurpfile r "$dir/idle.json" --argjson base "$base" --argjson held "$held_rss" --argjson hwm "$hwm" '
+        $r[0] as $x
+        | {name: "smtpgw idle", client: "smtp-loadgen idle", requested: $x.requested, opened: $x.opened,
+           alive_after_hold: $x.alive_after_hold, failed: $x.failed, failure_kinds: $x.failure_kinds,
+           open_seconds: $x.open_seconds,
+           rss_mb: {before: ($base / 1024 * 10 | round / 10), held: ($held / 1024 * 10 | round / 10),
+                    peak_vmhwm: ($hwm / 1024 * 10 | round / 10)},
+           kb_per_connection: (if $x.opened > 0 then (($held - $base) / $x.opened * 10 | round / 10) else null end),
+           target: "peak RSS < 500 MB at 10,000 connections",
+           verdict: (if $x.opened >= 10000 and $hwm < 512000 then "PASS" elif $x.opened < 10000 then "n/a (< 10,000 opened)" else "FAIL" end)}')"
+    stop_pid "$gw_pid"; stop_pid "$sink_pid"
+}
+
+# --- Run ----------------------------------------------------------------------------------------------------------------
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+t_start=$(date +%s)
+if ((kill_test)); then
+    run_kill_test
+elif ((idle)); then
+    run_idle
+else
+    want ceiling && row_ceiling
+    want postfix && row_postfix
+    want postfix-dkim && row_postfix_dkim
+    want smtpgw && row_smtpgw
+    want smtpgw-dkim && rows_smtpgw_dkim
+    want halfpeak && row_halfpeak
+fi
+t_total=$(( $(date +%s) - t_start ))
+
+# --- Report ----------------------------------------------------------------------------------------------------------
+fs_type=$(df -T "$work" | awk 'NR == 2 {print $2}')
+[[ "$fs_type" == tmpfs ]] && say "warning: $work is on tmpfs: fsync costs nothing there; set BENCH_TMP to a disk"
+machine=$(jq -n --arg cpu "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" \
+    --arg cores "$(nproc)" --arg mem "$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)" \
+    --arg kernel "$(uname -r)" --arg fs "$fs_type" --arg disk "$(df -h "$work" | awk 'NR == 2 {print $1}')" \
+    --arg dotnet "$(dotnet --version 2>/dev/null || echo '?')" \
+    --arg postfix "$(postconf -d -h mail_version 2>/dev/null || echo '?')" \
+    --arg opendkim "$(opendkim -V 2>/dev/null | head -1 | awk '{print $NF}')" \
+    --arg commit "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet HEAD -- src 2>/dev/null || echo '+dirty-src')" \
+    '{cpu: $cpu, cores: ($cores | tonumber), memory: $mem, kernel: $kernel, work_fs: $fs, work_device: $disk,
+      dotnet_sdk: $dotnet, postfix: $postfix, opendkim: $opendkim, smtpgw_commit: $commit}')
+result=$(jq -s --argjson machine "$machine" --arg stamp "$stamp" --arg cmd "perf/bench.sh ${ORIG_ARGS:-}" \
+    --arg size "$size" --argjson sessions "$sessions" --argjson per_conn "$per_conn" --arg mode "$mode" \
+    --argjson messages "$messages" --argjson total "$t_total" '
+    (map(select(.name == "ceiling")) | first | .rate // null) as $ceil
+    | (map(select(.name == "postfix")) | first | .rate // null) as $pf
+    | (map(select(.name == "postfix+opendkim-rsa2048")) | first | .rate // null) as $pfd
+    | {timestamp: $stamp, command: $cmd, machine: $machine,
+       scenario: {size: $size, sessions: $sessions, per_conn: $per_conn, mode: $mode, messages_per_system: $messages},
+       total_seconds: $total,
+       rows: map(. + (if .rate == null then {} else
+            {vs_ceiling: (if $ceil then (.rate / $ceil * 1000 | round / 1000) else null end),
+             vs_postfix: (if (.name | test("dkim")) then (if $pfd then (.rate / $pfd * 100 | round / 100) else null end)
+                          elif (.name | startswith("ceiling")) then null
+                          else (if $pf then (.rate / $pf * 100 | round / 100) else null end) end),
+             vs_postfix_basis: (if (.name | test("dkim")) then "postfix+opendkim-rsa2048" else "postfix" end)} end))}
+    ' "$rows_dir"/*.json)
+mkdir -p "$here/results"
+printf '%s\n' "$result" >"$here/results/$stamp.json"
+
+echo
+echo "SmtpGateway vs Postfix — $(jq -r '.machine | "\(.cpu), \(.cores) cores, \(.memory), \(.kernel), work dir on \(.work_fs)"' <<<"$result")"
+echo "scenario: $size messages, $sessions sessions, $per_conn per connection, mode $mode, $messages messages per system; $t_total s in all"
+echo
+jq -e '[.rows[] | select(.rate != null or .skipped != null)] | length > 0' <<<"$result" >/dev/null && jq -r '.rows[] | select(.skipped != null or .rate != null) |
+    if .skipped != null then [.name, .client, .skipped, "-", "-", "-", "-", "-", "-", "-", "-"] else
+    [.name, .client, (.received_at_sink | tostring) + "/" + ((.acknowledged // "-") | tostring),
+     (.rate | tostring), (.latency_ms.p50 // "-" | tostring), (.latency_ms.p99 // "-" | tostring),
+     (.cpu_s.server // "-" | tostring), (.cpu_ms_per_msg // "-" | tostring),
+     ((.rss_mb.server // "-") | tostring) + (if .rss_mb.milter > 0 then "+" + (.rss_mb.milter | tostring) else "" end),
+     (.vs_postfix // "-" | tostring), (.vs_ceiling // "-" | tostring)] end | @tsv' <<<"$result" \
+  | { printf 'row\tclient\tsink/acked\tmsg/s\tp50ms\tp99ms\tsrvCPUs\tCPUms/msg\tRSS MB\tvsPostfix\tvsCeiling\n'; cat; } \
+  | column -t -s $'\t'
+jq -r '.rows[] | select(.name == "smtpgw kill test") |
+    "kill test: acknowledged \(.acknowledged), received at sink \(.received_at_sink) (\(.duplicates_or_unacked_delivered) more than acknowledged), SIGKILL after ~\(.killed_after_acks) acks, spool left \(.spool_queue_left): \(.verdict)"' <<<"$result"
+jq -r '.rows[] | select(.name == "smtpgw idle") |
+    "idle: \(.opened)/\(.requested) connections open (\(.alive_after_hold) answered NOOP after the hold), RSS before \(.rss_mb.before) MB, held \(.rss_mb.held) MB, VmHWM \(.rss_mb.peak_vmhwm) MB, \(.kb_per_connection) kB/conn: \(.verdict)"' <<<"$result"
+jq -r '.rows[] | select((.errors // 0) > 0 or (.connect_failures // 0) > 0) | select(.name != "smtpgw kill test") |
+    "note: \(.name): \(.errors) errors \(.error_kinds // {} | tostring), \(.connect_failures // 0) connect failures"' <<<"$result"
+echo
+echo "RSS: VmHWM for one-process servers; Postfix: peak of the Pss summed over its process tree (sampled 2/s; Pss splits shared pages), +OpenDKIM VmHWM."
+echo "CPU: utime+stime of the server (Postfix: master's whole tree incl. exited children; + opendkim) during the row."
+echo "vsPostfix: signed rows against postfix+opendkim-rsa2048, others against postfix. vsCeiling: against smtp-source→smtp-sink."
+echo "results: perf/results/$stamp.json"
+((failed)) && exit 1 || exit 0
