@@ -20,6 +20,10 @@ public static class Telemetry
     public const string AuthAttempts = "smtpgw.auth.attempts";
     public const string DkimSignatures = "smtpgw.dkim.signatures";
     public const string DkimFailures = "smtpgw.dkim.failures";
+    public const string HsmSignDuration = "smtpgw.hsm.sign.duration";
+    public const string HsmErrors = "smtpgw.hsm.errors";
+    public const string HsmLogins = "smtpgw.hsm.logins";
+    public const string HsmSessionsOpen = "smtpgw.hsm.sessions.open";
 
     /// <summary>The gateway's single meter; instruments are created from it by each stage.</summary>
     public static readonly Meter Meter = new(MeterName);

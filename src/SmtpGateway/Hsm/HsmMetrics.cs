@@ -10,10 +10,10 @@ namespace SmtpGateway.Hsm;
 internal static class HsmMetrics
 {
     // Names pending a move into Telemetry.cs (which the Hsm stage does not own); keep them in step with it.
-    internal const string SignDurationName = "smtpgw.hsm.sign.duration";
-    internal const string ErrorsName = "smtpgw.hsm.errors";
-    internal const string LoginsName = "smtpgw.hsm.logins";
-    internal const string SessionsOpenName = "smtpgw.hsm.sessions.open";
+    internal const string SignDurationName = Telemetry.HsmSignDuration;
+    internal const string ErrorsName = Telemetry.HsmErrors;
+    internal const string LoginsName = Telemetry.HsmLogins;
+    internal const string SessionsOpenName = Telemetry.HsmSessionsOpen;
 
     static readonly Histogram<double> SignDuration = Telemetry.Meter.CreateHistogram<double>(
         SignDurationName, "s", "Time of one C_SignInit+C_Sign in the token, pool wait included; algorithm=rsa2048|ed25519.");
