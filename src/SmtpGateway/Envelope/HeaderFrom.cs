@@ -15,6 +15,14 @@ public static class HeaderFrom
     public static IReadOnlyList<string>? Addresses(ReadOnlySequence<byte> message)
     {
         var block = message.Length > MaxHeaderBlock ? message.Slice(0, MaxHeaderBlock) : message;
+
+        // Only the header block is copied and parsed, not the body (it can be megabytes).
+        var reader = new SequenceReader<byte>(block);
+        if (reader.TryReadTo(out ReadOnlySequence<byte> headers, "\r\n\r\n"u8, advancePastDelimiter: false))
+        {
+            block = block.Slice(0, headers.Length + 4);
+        }
+
         using var stream = new MemoryStream(block.ToArray(), writable: false);
         HeaderList headers;
         try

@@ -20,7 +20,7 @@ namespace SmtpGateway.Spool;
 /// RFC 5321 section 6.1: once the server answers 250 after DATA it is responsible for the message, so
 /// <see cref="CommitAsync"/> returns only when file data and the queue directory entry are fsynced.
 /// </summary>
-public sealed class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
+public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 {
     const string TmpName = "tmp";
     const string QueueName = "queue";
@@ -111,7 +111,10 @@ public sealed class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 
         var started = _time.GetTimestamp();
         // Unique per attempt, so that a failed commit only ever removes its own partial file.
-        var tmp = Path.Combine(_tmp, string.Create(CultureInfo.InvariantCulture, $"{envelope.Id}.{Guid.NewGuid():N}.msg"));
+        // A recycled file (see Recycle) when there is one: overwriting an existing inode avoids ext4's inode
+        // allocation, which dominated the commit path under load (perf: openat 23% of CPU in find_inode_bit /
+        // recently_deleted at ~1000 creates+unlinks per second).
+        var tmp = _recycled.TryTake(out var reuse) ? reuse : Path.Combine(_tmp, string.Create(CultureInfo.InvariantCulture, $"{envelope.Id}.{Guid.NewGuid():N}.msg"));
         var queued = Path.Combine(_queue, envelope.Id);
         var renamed = false;
         try
@@ -163,7 +166,9 @@ public sealed class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         }
 
         var preamble = SpoolFileFormat.EncodePreamble(new SpoolFileHeader(envelope, eightBit), message.Length);
-        var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 81920, FileOptions.Asynchronous);
+        // Create, not CreateNew: a recycled file is truncated and rewritten (its old content is never published:
+        // only the rename below makes a file visible in queue/, and recovery deletes everything in tmp/).
+        var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 81920, FileOptions.Asynchronous);
         await using (stream.ConfigureAwait(false))
         {
             await stream.WriteAsync(preamble, cancellationToken).ConfigureAwait(false);
@@ -360,7 +365,7 @@ public sealed class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         {
             // Message first: a crash before the state goes leaves an orphan state (removed on recovery),
             // never a message without its "delivered" marks (which would be delivered again).
-            File.Delete(message);
+            Recycle(message);
             TryDelete(statePath);
             SpoolLog.Completed(_logger, state.Id);
         }
@@ -368,6 +373,27 @@ public sealed class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         SpoolMetrics.Dequeued();
         return Task.CompletedTask;
     }
+
+    /// <summary>
+    /// Takes a delivered message's file out of queue/ by renaming it into tmp/ for reuse by a later commit, rather
+    /// than unlinking it: no inode is freed or allocated per message. A crash loses nothing (tmp/ is emptied at
+    /// start); the pool is bounded, beyond it files are deleted.
+    /// </summary>
+    void Recycle(string message)
+    {
+        if (_recycled.Count >= MaxRecycled)
+        {
+            File.Delete(message);
+            return;
+        }
+
+        var target = Path.Combine(_tmp, string.Create(CultureInfo.InvariantCulture, $"free.{Guid.NewGuid():N}.msg"));
+        File.Move(message, target);
+        _recycled.Add(target);
+    }
+
+    const int MaxRecycled = 4096;
+    readonly System.Collections.Concurrent.ConcurrentBag<string> _recycled = [];
 
     /// <inheritdoc />
     public void Schedule(string id, DateTimeOffset due) => _wakeups.Schedule(id, due);
