@@ -18,9 +18,9 @@ public static class HeaderFrom
 
         // Only the header block is copied and parsed, not the body (it can be megabytes).
         var reader = new SequenceReader<byte>(block);
-        if (reader.TryReadTo(out ReadOnlySequence<byte> headers, "\r\n\r\n"u8, advancePastDelimiter: false))
+        if (reader.TryReadTo(out ReadOnlySequence<byte> headerBlock, "\r\n\r\n"u8, advancePastDelimiter: false))
         {
-            block = block.Slice(0, headers.Length + 4);
+            block = block.Slice(0, headerBlock.Length + 4);
         }
 
         using var stream = new MemoryStream(block.ToArray(), writable: false);
