@@ -28,6 +28,8 @@ if command -v dpkg-query >/dev/null 2>&1 && ! pkg_installed libnet-ssleay-perl; 
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# unbound: the local DNS server serving the MX test zone (delivery in Mx mode).
+[[ -x /usr/sbin/unbound ]] || missing+=(unbound)
 # softhsm2: DKIM keys live in SoftHSM2 tokens; python3-dkim (+ python3-nacl for ed25519): the independent DKIM verifier.
 [[ -e /usr/lib/softhsm/libsofthsm2.so ]] || missing+=(softhsm2)
 if command -v dpkg-query >/dev/null 2>&1; then

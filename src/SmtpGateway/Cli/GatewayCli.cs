@@ -20,6 +20,7 @@ public static class GatewayCli
         root.Subcommands.Add(TokenCommands.Build(ConfigOption));
         root.Subcommands.Add(DkimCommands.Dkim(ConfigOption));
         root.Subcommands.Add(DkimCommands.Hsm(ConfigOption));
+        root.Subcommands.Add(QueueCommands.Build(ConfigOption));
         return root;
     }
 

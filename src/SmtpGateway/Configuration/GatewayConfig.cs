@@ -29,6 +29,9 @@ public sealed class GatewayConfig
 
     public DeliveryConfig Delivery { get; set; } = new();
 
+    /// <summary>Resolvers the gateway asks (MX routing); empty means the system's resolvers.</summary>
+    public DnsConfig Dns { get; set; } = new();
+
     /// <summary>How long SIGTERM waits for in-flight SMTP sessions before answering 421 to the rest.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(20);
 }
@@ -112,6 +115,9 @@ public enum DeliveryMode
 
     /// <summary>Relays through a configured smarthost over pooled MailKit connections.</summary>
     Smarthost,
+
+    /// <summary>Delivers to each recipient domain's mail exchangers found in DNS (RFC 5321 section 5); tenants with an Egress:Smarthost use theirs.</summary>
+    Mx,
 }
 
 public sealed class DeliveryConfig
@@ -127,6 +133,114 @@ public sealed class DeliveryConfig
     public SmarthostConfig Smarthost { get; set; } = new();
 
     public RetryConfig Retry { get; set; } = new();
+
+    /// <summary>MX routing (Mode = Mx).</summary>
+    public MxConfig Mx { get; set; } = new();
+
+    /// <summary>Outbound connections open at once for one tenant, across all destinations (isolation: one tenant cannot take every socket).</summary>
+    public int MaxConnectionsPerTenant { get; set; } = 64;
+
+    /// <summary>STARTTLS policy for outbound connections; tenants may override it under Tenants:&lt;id&gt;:Egress:Tls.</summary>
+    public TlsPolicyConfig Tls { get; set; } = new();
+
+    /// <summary>Per-destination backoff: a host that keeps failing is not tried again for a while, so one dead domain does not hold the workers.</summary>
+    public DestinationBackoffConfig Backoff { get; set; } = new();
+
+    /// <summary>Delivery status notifications (RFC 3464) for permanent failures and expiry.</summary>
+    public DsnConfig Dsn { get; set; } = new();
+
+    /// <summary>Delivery events as JSON lines in DataDirectory/&lt;EventsDirectory&gt;/&lt;tenant&gt;.jsonl; empty disables them.</summary>
+    public string EventsDirectory { get; set; } = "events";
+}
+
+/// <summary>"Gateway:Delivery:Mx": delivery to the recipient domains' mail exchangers.</summary>
+public sealed class MxConfig
+{
+    /// <summary>Port of every MX connection. 25 (RFC 5321 section 4.5.4); any other value is for tests only.</summary>
+    public int Port { get; set; } = 25;
+
+    /// <summary>Cap on concurrent connections to one MX host (across tenants).</summary>
+    public int MaxConnectionsPerHost { get; set; } = 4;
+
+    /// <summary>Messages sent over one connection before it is recycled.</summary>
+    public int MaxMessagesPerConnection { get; set; } = 100;
+
+    /// <summary>Pooled idle connections are closed after this long.</summary>
+    public TimeSpan IdleTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>TCP connect plus greeting, per address. RFC 5321 section 4.5.3.2.1 allows the greeting 5 minutes; we give up sooner and try the next address.</summary>
+    public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>MX hosts tried per attempt (in preference order), and addresses per host.</summary>
+    public int MaxHosts { get; set; } = 5;
+
+    public int MaxAddressesPerHost { get; set; } = 4;
+
+    /// <summary>Also connect over IPv6 (AAAA records, tried after the IPv4 addresses of the same host).</summary>
+    public bool UseIPv6 { get; set; } = true;
+}
+
+/// <summary>"Gateway:Dns": the resolvers DnsClient asks. Answers are cached for their TTL.</summary>
+public sealed class DnsConfig
+{
+    /// <summary>Resolver addresses, "ip" or "ip:port" ("[v6]:port"); empty means the system's resolvers (/etc/resolv.conf).</summary>
+    public List<string> Servers { get; set; } = [];
+
+    /// <summary>Per query and try; a query that times out on every try is a transient failure (4.4.3).</summary>
+    public TimeSpan Timeout { get; set; } = TimeSpan.FromSeconds(5);
+
+    public int Retries { get; set; } = 2;
+
+    /// <summary>Cache answers for their TTL (DnsClient's cache).</summary>
+    public bool UseCache { get; set; } = true;
+}
+
+/// <summary>STARTTLS policy for outbound delivery.</summary>
+public enum TlsPolicy
+{
+    /// <summary>STARTTLS when offered; an unverifiable certificate is accepted (RFC 7435); a failed handshake falls back to plaintext.</summary>
+    Opportunistic,
+
+    /// <summary>STARTTLS must succeed (any certificate); otherwise the attempt is deferred with 4.7.x, never sent in plaintext.</summary>
+    Required,
+
+    /// <summary>Required, and the certificate must chain to a trusted root and match the MX host name (as RFC 7672 / 8461 do for DANE / MTA-STS).</summary>
+    Verify,
+}
+
+/// <summary>"Gateway:Delivery:Tls" (and Tenants:&lt;id&gt;:Egress:Tls): a default policy and per destination domain overrides.</summary>
+public sealed class TlsPolicyConfig
+{
+    /// <summary>Policy for domains not listed; null in a tenant's section means the gateway's.</summary>
+    public TlsPolicy? Default { get; set; }
+
+    /// <summary>Recipient domain → policy. A leading "." matches every subdomain (".example.com").</summary>
+    public Dictionary<string, TlsPolicy> Domains { get; set; } = new(StringComparer.OrdinalIgnoreCase);
+
+    /// <summary>PEM file of extra trust anchors for Verify (a private CA); the system roots are used as well.</summary>
+    public string? TrustAnchorsPath { get; set; }
+}
+
+/// <summary>"Gateway:Delivery:Backoff": per destination host, after consecutive connection failures.</summary>
+public sealed class DestinationBackoffConfig
+{
+    /// <summary>Consecutive failures (connect, greeting, TLS, dropped session) before the host is skipped.</summary>
+    public int FailuresBeforeBackoff { get; set; } = 3;
+
+    /// <summary>First skip period; doubles with each further failure up to <see cref="MaxDelay"/>.</summary>
+    public TimeSpan InitialDelay { get; set; } = TimeSpan.FromMinutes(1);
+
+    public TimeSpan MaxDelay { get; set; } = TimeSpan.FromMinutes(30);
+}
+
+/// <summary>"Gateway:Delivery:Dsn": RFC 3464 reports to the envelope sender.</summary>
+public sealed class DsnConfig
+{
+    /// <summary>Send a DSN on permanent failure and on expiry. Never for a message with the null sender (RFC 5321 section 4.5.5).</summary>
+    public bool Enabled { get; set; } = true;
+
+    /// <summary>Header lines of the original message returned (text/rfc822-headers); the body is never returned.</summary>
+    public int MaxReturnedHeaderBytes { get; set; } = 64 * 1024;
 }
 
 public enum StartTlsMode

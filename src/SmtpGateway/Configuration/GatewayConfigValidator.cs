@@ -230,12 +230,151 @@ public sealed class GatewayConfigValidator : IValidateOptions<GatewayConfig>
 
         Positive(e, $"{dp}:Retry:MaxAge", d.Retry.MaxAge);
 
+        var mx = d.Mx;
+        if (mx.Port is < 1 or > 65535)
+        {
+            e.Add($"{dp}:Mx:Port: {mx.Port} is out of range 1-65535.");
+        }
+
+        if (mx.MaxConnectionsPerHost < 1 || mx.MaxMessagesPerConnection < 1 || mx.MaxHosts < 1 || mx.MaxAddressesPerHost < 1)
+        {
+            e.Add($"{dp}:Mx: MaxConnectionsPerHost, MaxMessagesPerConnection, MaxHosts and MaxAddressesPerHost must be at least 1.");
+        }
+
+        Positive(e, $"{dp}:Mx:IdleTimeout", mx.IdleTimeout);
+        Positive(e, $"{dp}:Mx:ConnectTimeout", mx.ConnectTimeout);
+        if (d.MaxConnectionsPerTenant < 1)
+        {
+            e.Add($"{dp}:MaxConnectionsPerTenant: must be at least 1.");
+        }
+
+        CheckTlsPolicy(e, $"{dp}:Tls", d.Tls);
+        if (d.Backoff.FailuresBeforeBackoff < 1)
+        {
+            e.Add($"{dp}:Backoff:FailuresBeforeBackoff: must be at least 1.");
+        }
+
+        Positive(e, $"{dp}:Backoff:InitialDelay", d.Backoff.InitialDelay);
+        if (d.Backoff.MaxDelay < d.Backoff.InitialDelay)
+        {
+            e.Add($"{dp}:Backoff:MaxDelay: must be at least InitialDelay.");
+        }
+
+        if (d.Dsn.MaxReturnedHeaderBytes < 0)
+        {
+            e.Add($"{dp}:Dsn:MaxReturnedHeaderBytes: must not be negative.");
+        }
+
+        for (var i = 0; i < c.Dns.Servers.Count; i++)
+        {
+            if (!TryParseEndpoint(c.Dns.Servers[i], 53, out _))
+            {
+                e.Add($"{G}:Dns:Servers:{i}: '{c.Dns.Servers[i]}' is not an IP address or ip:port.");
+            }
+        }
+
+        Positive(e, $"{G}:Dns:Timeout", c.Dns.Timeout);
+        if (c.Dns.Retries is < 0 or > 10)
+        {
+            e.Add($"{G}:Dns:Retries: {c.Dns.Retries} is out of range 0-10.");
+        }
+
         if (c.ShutdownTimeout < TimeSpan.Zero)
         {
             e.Add($"{G}:ShutdownTimeout: must not be negative.");
         }
 
         return e;
+    }
+
+    /// <summary>Checks every tenant's Egress section (EHLO name, source address, smarthost, TLS policy); paths as in the file.</summary>
+    public static List<string> CollectTenantEgress(IReadOnlyDictionary<string, TenantConfig> tenants)
+    {
+        var e = new List<string>();
+        foreach (var (id, tenant) in tenants)
+        {
+            var p = $"Tenants:{id}:Egress";
+            var egress = tenant.Egress;
+            if (egress is null)
+            {
+                continue;
+            }
+
+            if (!string.IsNullOrEmpty(egress.HeloName) && !Listener.SmtpGrammar.IsDomain(egress.HeloName))
+            {
+                e.Add($"{p}:HeloName: '{egress.HeloName}' is not a host name (RFC 5321 section 4.1.1.1).");
+            }
+
+            if (!string.IsNullOrEmpty(egress.SourceAddress) && !IPAddress.TryParse(egress.SourceAddress, out _))
+            {
+                e.Add($"{p}:SourceAddress: '{egress.SourceAddress}' is not an IP address.");
+            }
+
+            if (egress.Smarthost is { } smarthost)
+            {
+                if (string.IsNullOrWhiteSpace(smarthost.Host))
+                {
+                    e.Add($"{p}:Smarthost:Host: required when Smarthost is set.");
+                }
+
+                if (smarthost.Port is < 1 or > 65535)
+                {
+                    e.Add($"{p}:Smarthost:Port: {smarthost.Port} is out of range 1-65535.");
+                }
+
+                if (smarthost.Tls is { } policy && !Enum.IsDefined(policy))
+                {
+                    e.Add($"{p}:Smarthost:Tls: must be one of {string.Join(", ", Enum.GetNames<TlsPolicy>())}.");
+                }
+            }
+
+            if (egress.Tls is { } tls)
+            {
+                CheckTlsPolicy(e, $"{p}:Tls", tls);
+            }
+        }
+
+        return e;
+    }
+
+    static void CheckTlsPolicy(List<string> e, string path, TlsPolicyConfig tls)
+    {
+        if (tls.Default is { } policy && !Enum.IsDefined(policy))
+        {
+            e.Add($"{path}:Default: must be one of {string.Join(", ", Enum.GetNames<TlsPolicy>())}.");
+        }
+
+        foreach (var (domain, value) in tls.Domains)
+        {
+            var name = domain.StartsWith('.') ? domain[1..] : domain;
+            if (!Listener.SmtpGrammar.IsDomain(name))
+            {
+                e.Add($"{path}:Domains:{domain}: not a domain name.");
+            }
+
+            if (!Enum.IsDefined(value))
+            {
+                e.Add($"{path}:Domains:{domain}: must be one of {string.Join(", ", Enum.GetNames<TlsPolicy>())}.");
+            }
+        }
+
+        if (!string.IsNullOrWhiteSpace(tls.TrustAnchorsPath) && !File.Exists(tls.TrustAnchorsPath))
+        {
+            e.Add($"{path}:TrustAnchorsPath: '{tls.TrustAnchorsPath}' does not exist.");
+        }
+    }
+
+    /// <summary>"ip", "ip:port" or "[v6]:port".</summary>
+    public static bool TryParseEndpoint(string text, int defaultPort, out IPEndPoint? endpoint)
+    {
+        endpoint = null;
+        if (!IPEndPoint.TryParse(text, out var parsed))
+        {
+            return false;
+        }
+
+        endpoint = parsed.Port == 0 ? new IPEndPoint(parsed.Address, defaultPort) : parsed;
+        return true;
     }
 
     static void Positive(List<string> e, string path, TimeSpan value)

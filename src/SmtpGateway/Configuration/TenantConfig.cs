@@ -27,6 +27,23 @@ public sealed class EgressConfig
 
     /// <summary>Source address to bind for this tenant's outbound connections.</summary>
     public string? SourceAddress { get; set; }
+
+    /// <summary>When set, all of this tenant's mail goes to this smarthost instead of MX (or the gateway's smarthost). Credentials come with the vault.</summary>
+    public TenantSmarthostConfig? Smarthost { get; set; }
+
+    /// <summary>This tenant's STARTTLS policy; unset values fall back to Gateway:Delivery:Tls.</summary>
+    public TlsPolicyConfig? Tls { get; set; }
+}
+
+/// <summary>"Tenants:&lt;id&gt;:Egress:Smarthost".</summary>
+public sealed class TenantSmarthostConfig
+{
+    public string Host { get; set; } = "";
+
+    public int Port { get; set; } = 25;
+
+    /// <summary>STARTTLS policy towards this smarthost; null means the tenant's default policy.</summary>
+    public TlsPolicy? Tls { get; set; }
 }
 
 public sealed class TenantLimitsConfig

@@ -30,24 +30,51 @@ internal static partial class DeliveryLog
     [LoggerMessage(EventId = EventIds.Delivery + 7, Level = LogLevel.Information, Message = "Delivery stopped")]
     public static partial void Stopped(ILogger logger);
 
-    [LoggerMessage(EventId = EventIds.Delivery + 20, Level = LogLevel.Debug, Message = "Connected to {Host}:{Port} for tenant {Tenant} (TLS {Tls})")]
-    public static partial void Connected(ILogger logger, string host, int port, string tenant, bool tls);
+    [LoggerMessage(EventId = EventIds.Delivery + 20, Level = LogLevel.Debug, Message = "Connected to {Host}:{Port} [{Address}] for tenant {Tenant} (TLS {Tls})")]
+    public static partial void Connected(ILogger logger, string host, int port, string tenant, string address, string tls);
 
-    [LoggerMessage(EventId = EventIds.Delivery + 21, Level = LogLevel.Warning, Message = "Cannot connect to {Host}:{Port}: {Reason}")]
-    public static partial void ConnectFailed(ILogger logger, string host, int port, string reason);
+    [LoggerMessage(EventId = EventIds.Delivery + 21, Level = LogLevel.Warning, Message = "Cannot open a session with {Host} [{Address}]:{Port}: {Reason}")]
+    public static partial void ConnectFailed(ILogger logger, string host, string address, int port, string reason);
 
     [LoggerMessage(EventId = EventIds.Delivery + 22, Level = LogLevel.Debug, Message = "Closing connection to {Host}:{Port}: {Reason}")]
     public static partial void ConnectionClosed(ILogger logger, string host, int port, string reason);
 
-    [LoggerMessage(EventId = EventIds.Delivery + 23, Level = LogLevel.Warning, Message = "{Id}: connection to {Host}:{Port} failed during the transaction: {Reason}")]
-    public static partial void TransactionBroken(ILogger logger, string id, string host, int port, string reason);
+    [LoggerMessage(EventId = EventIds.Delivery + 23, Level = LogLevel.Warning, Message = "{Id}: session with {Peer} was lost during the transaction: {Reason}")]
+    public static partial void TransactionBroken(ILogger logger, string id, string peer, string reason);
 
     [LoggerMessage(EventId = EventIds.Delivery + 24, Level = LogLevel.Warning, Message = "{Id}: header block could not be reproduced byte for byte; sending MimeKit's serialisation instead")]
     public static partial void RawFallback(ILogger logger, string id);
+
+    [LoggerMessage(EventId = EventIds.Delivery + 25, Level = LogLevel.Information, Message = "TLS handshake with {Host} [{Address}] failed ({Reason}); opportunistic policy: retrying in plaintext")]
+    public static partial void TlsFallback(ILogger logger, string host, string address, string reason);
+
+    [LoggerMessage(EventId = EventIds.Delivery + 26, Level = LogLevel.Information, Message = "{Id}: no route to {Domain}: {Code} {Reason}")]
+    public static partial void RouteFailed(ILogger logger, string id, string domain, int code, string reason);
+
+    [LoggerMessage(EventId = EventIds.Delivery + 27, Level = LogLevel.Error, Message = "Tenant egress reload refused ({Count} errors), keeping the previous settings: {Errors}")]
+    public static partial void EgressReloadRejected(ILogger logger, int count, string errors);
 
     [LoggerMessage(EventId = EventIds.Delivery + 40, Level = LogLevel.Debug, Message = "{Id} dropped to {Path}")]
     public static partial void Dropped(ILogger logger, string id, string path);
 
     [LoggerMessage(EventId = EventIds.Delivery + 41, Level = LogLevel.Error, Message = "{Id}: writing to the drop directory failed")]
     public static partial void DropFailed(ILogger logger, string id, Exception exception);
+
+    [LoggerMessage(EventId = EventIds.Delivery + 60, Level = LogLevel.Information, Message = "{Id}: delivery status notification {DsnId} queued to the sender for {Count} recipient(s)")]
+    public static partial void DsnQueued(ILogger logger, string id, string dsnId, int count);
+
+    [LoggerMessage(EventId = EventIds.Delivery + 61, Level = LogLevel.Error, Message = "{Id}: could not queue the delivery status notification; the failure is recorded without one")]
+    public static partial void DsnFailed(ILogger logger, string id, Exception exception);
+
+    [LoggerMessage(EventId = EventIds.Delivery + 62, Level = LogLevel.Debug, Message = "{Id}: no delivery status notification (null sender, RFC 5321 section 4.5.5)")]
+    public static partial void DsnSuppressed(ILogger logger, string id);
+
+    [LoggerMessage(EventId = EventIds.Delivery + 70, Level = LogLevel.Warning, Message = "Writing the delivery event log failed")]
+    public static partial void EventLogFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(EventId = EventIds.Delivery + 80, Level = LogLevel.Information, Message = "Queue control: {Verb} {Target}: {Result}")]
+    public static partial void QueueControl(ILogger logger, string verb, string target, string result);
+
+    [LoggerMessage(EventId = EventIds.Delivery + 81, Level = LogLevel.Warning, Message = "Queue control request {Name} could not be handled")]
+    public static partial void QueueControlFailed(ILogger logger, string name, Exception exception);
 }

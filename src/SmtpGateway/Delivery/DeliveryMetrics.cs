@@ -9,6 +9,17 @@ internal static class DeliveryMetrics
     static readonly Counter<long> Outcomes = Telemetry.Meter.CreateCounter<long>(
         Telemetry.DeliveryOutcomes, "{recipient}", "Per-recipient delivery outcomes; outcome=delivered|deferred|bounced|expired.");
 
+    static readonly Counter<long> Connections = Telemetry.Meter.CreateCounter<long>(
+        Telemetry.DeliveryConnections, "{connection}", "Outbound SMTP sessions opened; tls=none|tls (plaintext sessions under an opportunistic policy are worth watching).");
+
+    static readonly Counter<long> Dsns = Telemetry.Meter.CreateCounter<long>(
+        Telemetry.DeliveryDsns, "{message}", "Delivery status notifications queued to senders (RFC 3464).");
+
+    public static void ConnectionOpened(string tenant, bool tls) =>
+        Connections.Add(1, new KeyValuePair<string, object?>("tenant", tenant), new KeyValuePair<string, object?>("tls", tls ? "tls" : "none"));
+
+    public static void DsnQueued(string tenant) => Dsns.Add(1, new KeyValuePair<string, object?>("tenant", tenant));
+
     public static void Outcome(string tenant, string outcome) =>
         Outcomes.Add(1, new KeyValuePair<string, object?>("outcome", outcome), new KeyValuePair<string, object?>("tenant", tenant));
 }

@@ -18,6 +18,12 @@ public enum DeliveryOutcome
 /// <summary>The outcome for one recipient with the reply it came from, e.g. "550 5.1.1 No such user".</summary>
 public readonly record struct RecipientResult(string Recipient, DeliveryOutcome Outcome, string Reply)
 {
+    /// <summary>The next hop that gave the reply, e.g. "mx1.example.net[192.0.2.1]:25"; null when no host was reached (DNS failure, local error).</summary>
+    public string? RemoteHost { get; init; }
+
+    /// <summary>TLS version and cipher of the session that carried the transaction ("TLSv1.3 TLS_AES_256_GCM_SHA384"); null for plaintext or no session.</summary>
+    public string? Tls { get; init; }
+
     /// <summary>Builds a result from a reply; the outcome comes from <see cref="DeliveryOutcomes.FromReplyCode"/>.</summary>
     public static RecipientResult FromReply(string recipient, int code, string text) =>
         new(recipient, DeliveryOutcomes.FromReplyCode(code), DeliveryOutcomes.FormatReply(code, text));

@@ -33,16 +33,23 @@ public sealed class DeliveryService : BackgroundService
     readonly ILogger _logger;
     readonly ConcurrentDictionary<string, byte> _inFlight = new(StringComparer.Ordinal);
     readonly CancellationTokenSource _abort;
+    readonly DeliveryEventLog? _events;
+    readonly DsnGenerator? _dsn;
+    readonly QueueControl? _control;
 
     public DeliveryService(ISpoolQueue spool, IDeliveryTransport transport, IOptions<GatewayConfig> options, TimeProvider time, ILogger<DeliveryService> logger)
         : this(spool, transport, options.Value.Delivery, time, logger, random: null)
     {
     }
 
-    internal DeliveryService(ISpoolQueue spool, IDeliveryTransport transport, DeliveryConfig config, TimeProvider time, ILogger logger, Func<double>? random)
+    internal DeliveryService(ISpoolQueue spool, IDeliveryTransport transport, DeliveryConfig config, TimeProvider time, ILogger logger, Func<double>? random,
+        DeliveryEventLog? events = null, DsnGenerator? dsn = null, QueueControl? control = null)
     {
         _spool = spool;
         _transport = transport;
+        _events = events;
+        _dsn = dsn;
+        _control = control;
         _retry = new RetryPolicy(config.Retry, random);
         _workers = Math.Max(1, config.Workers);
         _mode = config.Mode.ToString();
@@ -59,7 +66,9 @@ public sealed class DeliveryService : BackgroundService
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         DeliveryLog.Started(_logger, _workers, _mode);
-        var workers = Enumerable.Range(0, _workers).Select(_ => WorkerAsync(stoppingToken)).ToArray();
+        var workers = Enumerable.Range(0, _workers).Select(_ => WorkerAsync(stoppingToken)).ToList();
+        if (_control is not null)
+            workers.Add(_control.RunAsync(this, ClearBackoff, stoppingToken));
         await Task.WhenAll(workers).ConfigureAwait(false);
         DeliveryLog.Stopped(_logger);
     }
@@ -92,8 +101,23 @@ public sealed class DeliveryService : BackgroundService
         await base.StopAsync(cancellationToken).ConfigureAwait(false);
     }
 
+    /// <summary>`queue retry`: the operator says the destinations are worth trying again now.</summary>
+    void ClearBackoff()
+    {
+        switch (_transport)
+        {
+            case MxTransport mx:
+                mx.Engine.Backoff.Clear();
+                break;
+            case SmarthostTransport smarthost:
+                smarthost.Engine.Backoff.Clear();
+                break;
+        }
+    }
+
     public override void Dispose()
     {
+        _events?.Dispose();
         _abort.Dispose();
         base.Dispose();
     }
@@ -125,7 +149,40 @@ public sealed class DeliveryService : BackgroundService
             if (pending.Length > 0)
             {
                 var results = await _transport.DeliverAsync(message, pending, abort).ConfigureAwait(false);
-                state = Record(message, state, pending, results, tenant);
+                List<DsnRecipient> failed = [];
+                List<DeliveryEvent> events = [];
+                state = Record(message, state, pending, results, tenant, failed, events);
+
+                // The DSN is queued before the failure is recorded: if the process dies in between, the attempt is made
+                // again and at worst a second report goes out (at-least-once), but a recorded failure never lacks its report.
+                string? dsnId = null;
+                if (failed.Count > 0 && _dsn is not null)
+                {
+                    try
+                    {
+                        dsnId = await _dsn.QueueAsync(message, failed, CancellationToken.None).ConfigureAwait(false);
+                    }
+                    catch (Exception ex) when (ex is SpoolWriteException or IOException or UnauthorizedAccessException)
+                    {
+                        // No report could be stored: the failed recipients stay pending (their reply kept), so the next attempt
+                        // fails them again and tries the report again. Delivered recipients stay delivered: no duplicates.
+                        DeliveryLog.DsnFailed(_logger, id, ex);
+                        var unreported = failed.Select(f => f.Recipient).ToHashSet(StringComparer.Ordinal);
+                        var retryAt = _time.GetUtcNow() + _retry.BaseDelay(1);
+                        state = state with
+                        {
+                            NextAttemptAt = state.NextAttemptAt > retryAt ? state.NextAttemptAt : retryAt,
+                            Recipients = state.Recipients.Select(r => r.Status == RecipientStatus.Failed && unreported.Contains(r.Address) && r.UpdatedAt == state.LastAttemptAt
+                                ? r with { Status = RecipientStatus.Pending }
+                                : r).ToList(),
+                        };
+                        events.RemoveAll(e => e.Event is "bounced" or "expired");
+                    }
+                }
+
+                // One JSON line per recipient outcome (events/<tenant>.jsonl); bounces and expiries name their DSN.
+                foreach (var e in events)
+                    _events?.Write(e.Event is "bounced" or "expired" && dsnId is not null ? e with { DsnId = dsnId } : e);
             }
 
             // Persisted whatever happens next: written even when shutdown is under way, because the attempt was made.
@@ -148,7 +205,13 @@ public sealed class DeliveryService : BackgroundService
         }
     }
 
-    DeliveryState Record(SpooledMessage message, DeliveryState state, string[] pending, IReadOnlyList<RecipientResult> results, string tenant)
+    /// <summary>Claims <paramref name="id"/> so that no attempt starts on it (queue tools); false while an attempt is in flight.</summary>
+    internal bool TryClaim(string id) => _inFlight.TryAdd(id, 0);
+
+    internal void Release(string id) => _inFlight.TryRemove(id, out _);
+
+    DeliveryState Record(SpooledMessage message, DeliveryState state, string[] pending, IReadOnlyList<RecipientResult> results, string tenant,
+        List<DsnRecipient> failed, List<DeliveryEvent> events)
     {
         var now = _time.GetUtcNow();
         var attempts = state.Attempts + 1;
@@ -175,6 +238,21 @@ public sealed class DeliveryService : BackgroundService
             }
 
             var result = queue.Dequeue();
+            var expiring = result.Outcome == DeliveryOutcome.Deferred && expired;
+            var name = result.Outcome switch
+            {
+                DeliveryOutcome.Delivered => "delivered",
+                DeliveryOutcome.Bounced => "bounced",
+                _ => expiring ? "expired" : "deferred",
+            };
+            events.Add(new DeliveryEvent
+            {
+                Time = now, Event = name, Id = state.Id, Tenant = tenant, From = message.Envelope.MailFrom, Recipient = recipient.Address,
+                Reply = result.Reply, Host = result.RemoteHost, Tls = result.Tls, Attempt = attempts,
+                NextAttemptAt = name == "deferred" ? nextAttemptAt : null,
+            });
+            if (name is "bounced" or "expired")
+                failed.Add(new DsnRecipient(recipient.Address, result.Reply, result.RemoteHost, expiring));
             switch (result.Outcome)
             {
                 case DeliveryOutcome.Delivered:

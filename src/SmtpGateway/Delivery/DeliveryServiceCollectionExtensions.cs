@@ -1,7 +1,10 @@
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using SmtpGateway.Configuration;
+using SmtpGateway.Spool;
 
 namespace SmtpGateway.Delivery;
 
@@ -9,23 +12,68 @@ public static class DeliveryServiceCollectionExtensions
 {
     /// <summary>
     /// Registers the transport chosen by DeliveryConfig.Mode as <see cref="IDeliveryTransport"/> and
-    /// <see cref="DeliveryService"/> as a hosted service. Call after AddSpool(), so that recovery has
-    /// filled the ready queue when the workers start.
+    /// <see cref="DeliveryService"/> as a hosted service (with the event log, DSNs and the queue control directory).
+    /// Call after AddSpool(), so that recovery has filled the ready queue when the workers start.
+    /// Tenant egress settings are read from the host's IConfiguration ("Tenants"), when there is one.
     /// </summary>
     public static IServiceCollection AddDelivery(this IServiceCollection services)
     {
         ArgumentNullException.ThrowIfNull(services);
         services.AddOptions();
+
+        // The configuration binder appends a bound list to the one a property starts with, so "Retry:Schedule": ["00:00:10"]
+        // would follow the seven default delays instead of replacing them. A configured schedule replaces the default.
+        services.AddOptions<GatewayConfig>().PostConfigure<IServiceProvider>((config, sp) =>
+        {
+            var section = sp.GetService<IConfiguration>()?.GetSection($"{GatewayConfig.SectionName}:Delivery:Retry:Schedule");
+            if (section is not null && section.GetChildren().Any() && section.Get<List<TimeSpan>>() is { } schedule)
+                config.Delivery.Retry.Schedule = schedule;
+        });
+        services.AddSingleton<IValidateOptions<GatewayConfig>>(sp => new EgressOptionsValidator(sp.GetService<IConfiguration>()));
         services.TryAddSingleton(TimeProvider.System);
         services.TryAddSingleton<DropTransport>();
-        services.TryAddSingleton<SmarthostTransport>();
+        services.TryAddSingleton(sp =>
+        {
+            var config = sp.GetRequiredService<IOptions<GatewayConfig>>().Value;
+            return new EgressDirectory(sp.GetService<IConfiguration>(), config.Delivery.Smarthost.HeloName ?? config.ServerName, config.Delivery.Tls,
+                sp.GetRequiredService<ILogger<DeliveryService>>());
+        });
+        services.TryAddSingleton<IMxResolver>(sp =>
+        {
+            var config = sp.GetRequiredService<IOptions<GatewayConfig>>().Value;
+            return new MxResolver(config.Dns, config.Delivery.Mx);
+        });
+        services.TryAddSingleton(sp => new SmarthostTransport(
+            sp.GetRequiredService<IOptions<GatewayConfig>>().Value, sp.GetRequiredService<EgressDirectory>(), sp.GetRequiredService<TimeProvider>(),
+            sp.GetRequiredService<ILogger<SmarthostTransport>>()));
+        services.TryAddSingleton(sp => new MxTransport(
+            sp.GetRequiredService<IOptions<GatewayConfig>>().Value, sp.GetRequiredService<IMxResolver>(), sp.GetRequiredService<EgressDirectory>(),
+            sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<ILogger<MxTransport>>()));
         services.TryAddSingleton<IDeliveryTransport>(sp =>
             sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Delivery.Mode switch
             {
                 DeliveryMode.Smarthost => sp.GetRequiredService<SmarthostTransport>(),
+                DeliveryMode.Mx => sp.GetRequiredService<MxTransport>(),
                 _ => sp.GetRequiredService<DropTransport>(),
             });
-        services.AddHostedService<DeliveryService>();
+        services.TryAddSingleton(sp =>
+        {
+            var config = sp.GetRequiredService<IOptions<GatewayConfig>>().Value;
+            var time = sp.GetRequiredService<TimeProvider>();
+            var logger = sp.GetRequiredService<ILogger<DeliveryService>>();
+            var spool = sp.GetRequiredService<ISpoolQueue>();
+            var events = string.IsNullOrWhiteSpace(config.Delivery.EventsDirectory)
+                ? null
+                : new DeliveryEventLog(Path.IsPathRooted(config.Delivery.EventsDirectory)
+                    ? config.Delivery.EventsDirectory
+                    : Path.Combine(GatewayPaths.DataDirectory(config), config.Delivery.EventsDirectory), logger);
+            var dsn = config.Delivery.Dsn.Enabled && sp.GetService<IMessageSpool>() is { } store
+                ? new DsnGenerator(store, config.ServerName, config.Delivery.Dsn.MaxReturnedHeaderBytes, time, logger)
+                : null;
+            var control = spool is FileSpool fileSpool ? new QueueControl(fileSpool, time, logger) : null;
+            return new DeliveryService(spool, sp.GetRequiredService<IDeliveryTransport>(), config.Delivery, time, logger, random: null, events, dsn, control);
+        });
+        services.AddHostedService(sp => sp.GetRequiredService<DeliveryService>());
         return services;
     }
 }

@@ -1,3 +1,6 @@
+using System.Globalization;
+using System.Net;
+using System.Security.Authentication;
 using MailKit;
 using MailKit.Net.Smtp;
 using MimeKit;
@@ -23,8 +26,38 @@ internal sealed class GatewaySmtpClient : SmtpClient
     readonly Dictionary<MailboxAddress, SmtpResponse> _refused = new(ReferenceEqualityComparer.Instance);
     long _knownSize = -1;
 
-    /// <summary>Result of one transaction; <see cref="Reusable"/> is false when the connection must not go back to the pool.</summary>
-    public readonly record struct TransactionResult(IReadOnlyList<RecipientResult> Results, bool Reusable, bool Exact);
+    /// <summary>
+    /// Result of one transaction; <see cref="Reusable"/> is false when the connection must not go back to the pool.
+    /// <see cref="SessionLost"/> is true when the session ended under the transaction (a 421 reply, RFC 5321 section 3.8,
+    /// or a dropped connection): the replies say nothing about the recipients, so the whole transaction may be tried elsewhere.
+    /// </summary>
+    public readonly record struct TransactionResult(IReadOnlyList<RecipientResult> Results, bool Reusable, bool Exact, bool SessionLost = false);
+
+    /// <summary>The address this connection reached (for the event log); null before connecting.</summary>
+    public IPAddress? RemoteAddress { get; set; }
+
+    /// <summary>"TLSv1.3 TLS_AES_256_GCM_SHA384" when the session is encrypted, else null.</summary>
+    public string? TlsDescription => IsSecure
+        ? string.Create(CultureInfo.InvariantCulture, $"{TlsName(SslProtocol)} {SslCipherSuite?.ToString() ?? "unknown"}")
+        : null;
+
+    static string TlsName(SslProtocols protocol) => protocol switch
+    {
+#pragma warning disable SYSLIB0039 // naming old protocols is not using them
+        SslProtocols.Tls => "TLSv1.0",
+        SslProtocols.Tls11 => "TLSv1.1",
+#pragma warning restore SYSLIB0039
+        SslProtocols.Tls12 => "TLSv1.2",
+        SslProtocols.Tls13 => "TLSv1.3",
+        _ => protocol.ToString(),
+    };
+
+    /// <summary>RSET (RFC 5321 section 4.1.1.5) before reusing a pooled connection: a clean transaction state, and proof that the session is alive.</summary>
+    public async Task<bool> ResetAsync(CancellationToken cancellationToken)
+    {
+        var response = await SendCommandAsync("RSET", cancellationToken).ConfigureAwait(false);
+        return (int)response.StatusCode / 100 == 2;
+    }
 
     /// <summary>Runs one SMTP transaction for <paramref name="recipients"/>. Throws only when <paramref name="cancellationToken"/> is cancelled.</summary>
     public async Task<TransactionResult> SendSpooledAsync(SpooledMessage message, IReadOnlyList<string> recipients, CancellationToken cancellationToken)
@@ -97,12 +130,16 @@ internal sealed class GatewaySmtpClient : SmtpClient
             // MAIL refused: the RCPT replies that follow (often 503) say nothing about the recipients.
             foreach (var mailbox in mailboxes)
                 results[indexOf[mailbox]] = RecipientResult.FromReply(recipients[indexOf[mailbox]], (int)ex.StatusCode, ex.Message);
+            if (ex.StatusCode == SmtpStatusCode.ServiceNotAvailable)
+                return new TransactionResult(Complete(results, recipients), false, carrier.Exact, SessionLost: true);
         }
         catch (SmtpCommandException ex)
         {
             // DATA refused, the final reply was not 250, or no RCPT was accepted (then every recipient has its own reply).
             foreach (var mailbox in mailboxes)
                 results[indexOf[mailbox]] = Refused(mailbox) ?? RecipientResult.FromReply(recipients[indexOf[mailbox]], (int)ex.StatusCode, ex.Message);
+            if (ex.StatusCode == SmtpStatusCode.ServiceNotAvailable)
+                return new TransactionResult(Complete(results, recipients), false, carrier.Exact, SessionLost: true);
         }
         catch (ServiceNotAuthenticatedException ex)
         {
@@ -116,13 +153,16 @@ internal sealed class GatewaySmtpClient : SmtpClient
             // A recipient already refused in this transaction keeps that reply.
             foreach (var mailbox in mailboxes)
                 results[indexOf[mailbox]] = Refused(mailbox) ?? RecipientResult.FromReply(recipients[indexOf[mailbox]], 451, $"4.4.2 Connection to next hop failed ({ex.GetType().Name}: {ex.Message})");
-            return new TransactionResult(Complete(results, recipients), false, carrier.Exact);
+            return new TransactionResult(Complete(results, recipients), false, carrier.Exact, SessionLost: true);
         }
         finally
         {
             _knownSize = -1;
         }
 
+        // A 421 to a RCPT (RFC 5321 section 3.8: the server is closing the session) is about the session, not that recipient.
+        if (_refused.Values.Any(r => r.StatusCode == SmtpStatusCode.ServiceNotAvailable))
+            return new TransactionResult(Complete(results, recipients), false, carrier.Exact, SessionLost: true);
         return new TransactionResult(Complete(results, recipients), IsConnected, carrier.Exact);
 
         RecipientResult? Refused(MailboxAddress mailbox) =>

@@ -1,14 +1,36 @@
-using MailKit.Security;
+using System.Net;
 using Microsoft.Extensions.Logging;
-using SmtpGateway.Configuration;
 
 namespace SmtpGateway.Delivery;
 
+/// <summary>How STARTTLS is used on one connection (a <see cref="Configuration.TlsPolicy"/>, or none at all for a smarthost configured so).</summary>
+internal enum WireTls
+{
+    /// <summary>Never STARTTLS (Smarthost:StartTls = None).</summary>
+    None,
+
+    /// <summary>STARTTLS when offered, any certificate; a failed handshake is retried in plaintext (RFC 7435).</summary>
+    Opportunistic,
+
+    /// <summary>STARTTLS must succeed; any certificate. Never plaintext.</summary>
+    Required,
+
+    /// <summary>STARTTLS must succeed with a certificate that chains to a trusted root and names the host. Never plaintext.</summary>
+    Verify,
+}
+
 /// <summary>
-/// Where a pooled connection goes and for whom. Connections are never shared between tenants
-/// (isolation promise 5 in ARCHITECTURE.md), so the tenant is part of the key.
+/// Where a pooled connection goes and for whom: (tenant, egress identity, destination host), plus the TLS level it was
+/// opened under, so that a plaintext connection is never lent to a transaction whose policy requires TLS.
+/// Connections are never shared between tenants (isolation promise 5 in ARCHITECTURE.md): the tenant is part of the key.
 /// </summary>
-internal readonly record struct SmtpPoolKey(string Tenant, string Host, int Port);
+internal readonly record struct SmtpPoolKey(string Tenant, string HeloName, IPAddress? SourceAddress, string Host, int Port, WireTls Tls)
+{
+    public override string ToString() => $"{Tenant}/{HeloName}/{SourceAddress?.ToString() ?? "*"} -> {Host}:{Port} ({Tls})";
+}
+
+/// <summary>Limits of one destination (host, port): the first rent of a destination fixes them.</summary>
+internal sealed record DestinationLimits(int MaxConnections, int MaxMessagesPerConnection, TimeSpan IdleTimeout, TimeSpan ConnectTimeout);
 
 /// <summary>A connection lent out by <see cref="SmtpConnectionPool"/>.</summary>
 internal sealed class PooledSmtpConnection(GatewaySmtpClient client, SmtpPoolKey key, DateTimeOffset openedAt)
@@ -23,81 +45,117 @@ internal sealed class PooledSmtpConnection(GatewaySmtpClient client, SmtpPoolKey
 
     /// <summary>Transactions run on this connection (counted towards MaxMessagesPerConnection).</summary>
     public int Transactions { get; set; }
+
+    /// <summary>"host[address]:port" for logs and events.</summary>
+    public string Peer => Client.RemoteAddress is { } address ? $"{Key.Host}[{address}]:{Key.Port}" : $"{Key.Host}:{Key.Port}";
+}
+
+/// <summary>Opening a connection failed on every address: the reply to record (4.4.1 unreachable, 4.7.x TLS policy).</summary>
+internal sealed class SmtpConnectException(int code, string text, Exception? inner = null) : Exception($"{code} {text}", inner)
+{
+    public int Code { get; } = code;
+
+    public string Text { get; } = text;
 }
 
 /// <summary>
-/// MailKit connections kept open and reused across messages. Per destination (host, port) at most
-/// MaxConnections are open at once, across tenants; idle ones are reused by the same tenant only,
-/// closed after IdleTimeout, checked with NOOP when idle for a while, and recycled after
-/// MaxMessagesPerConnection transactions. A connection that failed is closed, never pooled again.
+/// MailKit connections kept open and reused across messages, keyed by <see cref="SmtpPoolKey"/>.
+/// Per destination (host, port) at most MaxConnections are open at once across tenants, and per tenant at most
+/// MaxConnectionsPerTenant are lent out at once across destinations. Idle connections are reused by the same key
+/// only, after an RSET that both resets the transaction state and proves the session alive (RFC 5321 section 4.1.1.5);
+/// they are closed after IdleTimeout and recycled after MaxMessagesPerConnection. A connection that failed is closed,
+/// never pooled again.
 /// </summary>
 internal sealed class SmtpConnectionPool : IAsyncDisposable
 {
-    /// <summary>An idle connection older than this gets a NOOP before reuse: servers drop idle clients (RFC 5321 section 4.5.3.2.7 allows 5 minutes) and NAT boxes forget them sooner.</summary>
-    internal static readonly TimeSpan NoopAfterIdle = TimeSpan.FromSeconds(10);
-
     /// <summary>Bound on a polite QUIT when closing, so that a dead peer cannot hold a slot.</summary>
     static readonly TimeSpan QuitTimeout = TimeSpan.FromSeconds(5);
+
+    /// <summary>Bound on the RSET that checks an idle connection.</summary>
+    static readonly TimeSpan ResetTimeout = TimeSpan.FromSeconds(30);
 
     /// <summary>RFC 5321 section 4.5.3.2: command timeouts are minutes (MAIL/RCPT 5, DATA end 10); MailKit applies one value per read or write.</summary>
     internal static readonly TimeSpan CommandTimeout = TimeSpan.FromMinutes(5);
 
-    readonly SmarthostConfig _config;
-    readonly string _heloName;
     readonly TimeProvider _time;
     readonly ILogger _logger;
-    readonly Func<SmtpPoolKey, CancellationToken, Task<GatewaySmtpClient>> _connect;
+    readonly int _maxPerTenant;
+    readonly SmtpConnector.ConnectFunc _connect;
     readonly Lock _gate = new();
     readonly Dictionary<(string Host, int Port), Destination> _destinations = [];
+    readonly Dictionary<string, TenantSlots> _tenants = new(StringComparer.Ordinal);
     readonly ITimer _sweeper;
     bool _disposed;
 
-    public SmtpConnectionPool(SmarthostConfig config, string heloName, TimeProvider time, ILogger logger,
-        Func<SmtpPoolKey, CancellationToken, Task<GatewaySmtpClient>>? connect = null)
+    public SmtpConnectionPool(int maxConnectionsPerTenant, TimeProvider time, ILogger logger, SmtpConnector.ConnectFunc connect)
     {
-        _config = config;
-        _heloName = heloName;
+        _maxPerTenant = Math.Max(1, maxConnectionsPerTenant);
         _time = time;
         _logger = logger;
-        _connect = connect ?? ConnectAsync;
-        var sweep = config.IdleTimeout / 2;
-        if (sweep < TimeSpan.FromSeconds(1))
-            sweep = TimeSpan.FromSeconds(1);
+        _connect = connect;
+        var sweep = TimeSpan.FromSeconds(1);
         _sweeper = time.CreateTimer(static state => _ = ((SmtpConnectionPool)state!).SweepAsync(), this, sweep, sweep);
     }
 
-    int MaxConnections => Math.Max(1, _config.MaxConnections);
-
-    /// <summary>Connections open now (lent out or idle), for tests and diagnostics.</summary>
+    /// <summary>Connections open now to a destination (lent out or idle), for tests and diagnostics.</summary>
     internal int OpenCount(string host, int port)
     {
         lock (_gate)
             return _destinations.TryGetValue((host, port), out var d) ? d.Open : 0;
     }
 
-    /// <summary>Lends a healthy connection for <paramref name="key"/>, opening one if needed. Waits while the destination is at its cap.</summary>
-    public async Task<PooledSmtpConnection> RentAsync(SmtpPoolKey key, CancellationToken cancellationToken)
+    /// <summary>Connections of a tenant lent out right now.</summary>
+    internal int InUseCount(string tenant)
+    {
+        lock (_gate)
+            return _tenants.TryGetValue(tenant, out var t) ? _maxPerTenant - t.Slots.CurrentCount : 0;
+    }
+
+    /// <summary>
+    /// Lends a healthy connection for <paramref name="key"/>, opening one (trying <paramref name="addresses"/> in order) if
+    /// needed. Waits while the tenant or the destination is at its cap. Throws <see cref="SmtpConnectException"/> when no
+    /// address could be reached.
+    /// </summary>
+    public async Task<PooledSmtpConnection> RentAsync(SmtpPoolKey key, IReadOnlyList<IPAddress> addresses, DestinationLimits limits, CancellationToken cancellationToken)
     {
         Destination destination;
+        TenantSlots tenant;
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (!_destinations.TryGetValue((key.Host, key.Port), out destination!))
             {
-                destination = new Destination(MaxConnections);
+                destination = new Destination(limits);
                 _destinations[(key.Host, key.Port)] = destination;
+            }
+
+            if (!_tenants.TryGetValue(key.Tenant, out tenant!))
+            {
+                tenant = new TenantSlots(_maxPerTenant);
+                _tenants[key.Tenant] = tenant;
             }
         }
 
-        await destination.Slots.WaitAsync(cancellationToken).ConfigureAwait(false);
+        // Always tenant first, then destination: one order, so two rents can never wait on each other crosswise.
+        await tenant.Slots.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await destination.Slots.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            tenant.Slots.Release();
+            throw;
+        }
+
         try
         {
             while (true)
             {
-                PooledSmtpConnection? idle = null, evicted = null;
+                PooledSmtpConnection? idle = null, evicted = null, evictedForTenant = null;
                 lock (_gate)
                 {
-                    if (destination.Idle.TryGetValue(key.Tenant, out var list) && list.Count > 0)
+                    if (destination.Idle.TryGetValue(key, out var list) && list.Count > 0)
                     {
                         // Most recently used first: it is the likeliest to still be alive.
                         idle = list[^1];
@@ -105,40 +163,68 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
                     }
                     else
                     {
-                        // A slot is free, so if the destination is at its cap some other tenant's connection is idle: close it.
-                        if (destination.Open >= MaxConnections)
+                        // A slot is free, so if the destination is at its cap some other key's connection is idle: close it.
+                        if (destination.Open >= destination.Limits.MaxConnections)
                         {
                             evicted = destination.TakeOldestIdle();
                             if (evicted is not null)
+                            {
                                 destination.Open--;
+                                _tenants[evicted.Key.Tenant].Open--;
+                            }
+                        }
+
+                        // Likewise for the tenant: at its cap, one of its idle connections (to any destination) makes room.
+                        if (tenant.Open >= _maxPerTenant)
+                        {
+                            var (oldest, from) = OldestIdleOfTenant(key.Tenant);
+                            if (oldest is not null)
+                            {
+                                from!.Open--;
+                                tenant.Open--;
+                                evictedForTenant = oldest;
+                            }
                         }
 
                         destination.Open++;
+                        tenant.Open++;
                     }
                 }
 
                 if (evicted is not null)
-                    await CloseAsync(evicted, "making room for another tenant").ConfigureAwait(false);
+                    await CloseAsync(evicted, "making room for another tenant or identity").ConfigureAwait(false);
+                if (evictedForTenant is not null)
+                    await CloseAsync(evictedForTenant, "tenant at its connection cap").ConfigureAwait(false);
 
                 if (idle is not null)
                 {
-                    if (await IsHealthyAsync(idle, cancellationToken).ConfigureAwait(false))
+                    if (await IsHealthyAsync(idle, destination.Limits, cancellationToken).ConfigureAwait(false))
                         return idle;
                     lock (_gate)
+                    {
                         destination.Open--;
+                        tenant.Open--;
+                    }
+
                     await CloseAsync(idle, "failed health check").ConfigureAwait(false);
                     continue;
                 }
 
                 try
                 {
-                    var client = await _connect(key, cancellationToken).ConfigureAwait(false);
+                    var client = await _connect(key, addresses, destination.Limits.ConnectTimeout, cancellationToken).ConfigureAwait(false);
+                    DeliveryLog.Connected(_logger, key.Host, key.Port, key.Tenant, client.RemoteAddress?.ToString() ?? "", client.TlsDescription ?? "none");
+                    DeliveryMetrics.ConnectionOpened(key.Tenant, client.IsSecure);
                     return new PooledSmtpConnection(client, key, _time.GetUtcNow());
                 }
                 catch
                 {
                     lock (_gate)
+                    {
                         destination.Open--;
+                        tenant.Open--;
+                    }
+
                     throw;
                 }
             }
@@ -146,6 +232,7 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
         catch
         {
             destination.Slots.Release();
+            tenant.Slots.Release();
             throw;
         }
     }
@@ -154,29 +241,30 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
     public async ValueTask ReturnAsync(PooledSmtpConnection connection, bool reusable)
     {
         Destination destination;
-        lock (_gate)
-            destination = _destinations[(connection.Key.Host, connection.Key.Port)];
-
+        TenantSlots tenant;
         string? closeReason = null;
         lock (_gate)
         {
+            destination = _destinations[(connection.Key.Host, connection.Key.Port)];
+            tenant = _tenants[connection.Key.Tenant];
             if (_disposed)
                 closeReason = "shutting down";
             else if (!reusable || !connection.Client.IsConnected)
                 closeReason = "connection failed";
-            else if (connection.Transactions >= Math.Max(1, _config.MaxMessagesPerConnection))
+            else if (connection.Transactions >= Math.Max(1, destination.Limits.MaxMessagesPerConnection))
                 closeReason = "MaxMessagesPerConnection reached";
 
             if (closeReason is null)
             {
                 connection.LastUsed = _time.GetUtcNow();
-                if (!destination.Idle.TryGetValue(connection.Key.Tenant, out var list))
-                    destination.Idle[connection.Key.Tenant] = list = [];
+                if (!destination.Idle.TryGetValue(connection.Key, out var list))
+                    destination.Idle[connection.Key] = list = [];
                 list.Add(connection);
             }
             else
             {
                 destination.Open--;
+                tenant.Open--;
             }
         }
 
@@ -189,70 +277,25 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
         finally
         {
             destination.Slots.Release();
+            tenant.Slots.Release();
         }
     }
 
-    async Task<bool> IsHealthyAsync(PooledSmtpConnection connection, CancellationToken cancellationToken)
+    async Task<bool> IsHealthyAsync(PooledSmtpConnection connection, DestinationLimits limits, CancellationToken cancellationToken)
     {
         if (!connection.Client.IsConnected)
             return false;
-        var idle = _time.GetUtcNow() - connection.LastUsed;
-        if (idle >= _config.IdleTimeout)
+        if (_time.GetUtcNow() - connection.LastUsed >= limits.IdleTimeout)
             return false;
-        if (idle < NoopAfterIdle)
-            return true;
         try
         {
-            await connection.Client.NoOpAsync(cancellationToken).ConfigureAwait(false);
-            return true;
+            using var timeout = new CancellationTokenSource(ResetTimeout, _time);
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
+            return await connection.Client.ResetAsync(linked.Token).ConfigureAwait(false);
         }
         catch (Exception) when (!cancellationToken.IsCancellationRequested)
         {
             return false;
-        }
-    }
-
-    async Task<GatewaySmtpClient> ConnectAsync(SmtpPoolKey key, CancellationToken cancellationToken)
-    {
-        var client = new GatewaySmtpClient
-        {
-            LocalDomain = _heloName,
-            Timeout = (int)CommandTimeout.TotalMilliseconds,
-        };
-        var options = _config.StartTls switch
-        {
-            StartTlsMode.None => SecureSocketOptions.None,
-            StartTlsMode.Required => SecureSocketOptions.StartTls,
-            _ => SecureSocketOptions.StartTlsWhenAvailable,
-        };
-        if (_config.StartTls == StartTlsMode.WhenAvailable)
-        {
-            // RFC 7435 opportunistic security: an unauthenticated encrypted channel is better than plaintext,
-            // and refusing an unverifiable certificate would only push the session back to plaintext.
-            client.ServerCertificateValidationCallback = static (_, _, _, _) => true;
-            client.CheckCertificateRevocation = false;
-        }
-
-        try
-        {
-            using var timeout = new CancellationTokenSource(_config.ConnectTimeout, _time);
-            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
-            try
-            {
-                await client.ConnectAsync(key.Host, key.Port, options, linked.Token).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
-            {
-                throw new TimeoutException($"No greeting within {_config.ConnectTimeout}.");
-            }
-
-            DeliveryLog.Connected(_logger, key.Host, key.Port, key.Tenant, client.IsSecure);
-            return client;
-        }
-        catch
-        {
-            client.Dispose();
-            throw;
         }
     }
 
@@ -270,9 +313,10 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
                 {
                     for (var i = list.Count - 1; i >= 0; i--)
                     {
-                        if (now - list[i].LastUsed < _config.IdleTimeout)
+                        if (now - list[i].LastUsed < destination.Limits.IdleTimeout)
                             continue;
                         expired.Add(list[i]);
+                        _tenants[list[i].Key.Tenant].Open--;
                         list.RemoveAt(i);
                         destination.Open--;
                     }
@@ -320,6 +364,8 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
                 {
                     idle.AddRange(list);
                     destination.Open -= list.Count;
+                    foreach (var connection in list)
+                        _tenants[connection.Key.Tenant].Open--;
                     list.Clear();
                 }
             }
@@ -330,13 +376,46 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
             await CloseAsync(connection, "shutting down").ConfigureAwait(false);
     }
 
-    sealed class Destination(int maxConnections)
+    /// <summary>The tenant's oldest idle connection over all destinations, and its destination; caller holds the gate.</summary>
+    (PooledSmtpConnection? Connection, Destination? From) OldestIdleOfTenant(string tenant)
     {
-        /// <summary>Lent-out connections; a waiter here is waiting for the cap.</summary>
-        public SemaphoreSlim Slots { get; } = new(maxConnections, maxConnections);
+        PooledSmtpConnection? oldest = null;
+        Destination? from = null;
+        foreach (var destination in _destinations.Values)
+        {
+            foreach (var (key, list) in destination.Idle)
+            {
+                if (key.Tenant == tenant && list.Count > 0 && (oldest is null || list[0].LastUsed < oldest.LastUsed))
+                {
+                    oldest = list[0];
+                    from = destination;
+                }
+            }
+        }
 
-        /// <summary>Idle connections by tenant, most recently used last.</summary>
-        public Dictionary<string, List<PooledSmtpConnection>> Idle { get; } = new(StringComparer.Ordinal);
+        if (oldest is not null)
+            from!.Idle[oldest.Key].Remove(oldest);
+        return (oldest, from);
+    }
+
+    sealed class TenantSlots(int max)
+    {
+        /// <summary>Connections of this tenant lent out; a waiter here is waiting for the tenant cap.</summary>
+        public SemaphoreSlim Slots { get; } = new(max, max);
+
+        /// <summary>Open connections of this tenant (lent out or idle), across destinations; kept at the cap by evicting its idle ones.</summary>
+        public int Open { get; set; }
+    }
+
+    sealed class Destination(DestinationLimits limits)
+    {
+        public DestinationLimits Limits { get; } = limits;
+
+        /// <summary>Lent-out connections; a waiter here is waiting for the cap.</summary>
+        public SemaphoreSlim Slots { get; } = new(Math.Max(1, limits.MaxConnections), Math.Max(1, limits.MaxConnections));
+
+        /// <summary>Idle connections by key (tenant, identity, TLS level), most recently used last.</summary>
+        public Dictionary<SmtpPoolKey, List<PooledSmtpConnection>> Idle { get; } = [];
 
         /// <summary>Open connections, lent out or idle; never above the cap.</summary>
         public int Open { get; set; }

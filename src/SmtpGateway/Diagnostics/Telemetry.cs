@@ -15,6 +15,8 @@ public static class Telemetry
     public const string SpoolFsyncs = "smtpgw.spool.fsyncs";
     public const string DeliveryOutcomes = "smtpgw.delivery.outcomes";
     public const string QueueDepth = "smtpgw.queue.depth";
+    public const string DeliveryConnections = "smtpgw.delivery.connections";
+    public const string DeliveryDsns = "smtpgw.delivery.dsns";
     public const string AuditEvents = "smtpgw.audit.events";
     public const string CrossTenantRefusals = "smtpgw.audit.cross_tenant_refusals";
     public const string AuthAttempts = "smtpgw.auth.attempts";

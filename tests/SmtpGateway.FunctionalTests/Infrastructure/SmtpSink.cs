@@ -14,14 +14,20 @@ internal sealed class SmtpSink : IDisposable
     readonly ChildProcess _process;
     readonly Dictionary<string, SinkMessage> _complete = new(StringComparer.Ordinal);
 
-    SmtpSink(ChildProcess process, int port, string dumpDirectory)
+    SmtpSink(ChildProcess process, int port, string dumpDirectory, string address = "127.0.0.1")
     {
         _process = process;
         Port = port;
         DumpDirectory = dumpDirectory;
+        Address = address;
     }
 
     public int Port { get; }
+
+    /// <summary>The loopback address it listens on (127.0.0.x: each MX of a test zone has its own).</summary>
+    public string Address { get; }
+
+    public bool HasExited => _process.HasExited;
 
     public string DumpDirectory { get; }
 
@@ -67,6 +73,43 @@ internal sealed class SmtpSink : IDisposable
         }
     }
 
+    /// <summary>
+    /// The MX variant: smtp-sink on <paramref name="address"/>:<paramref name="port"/> (a fixed port shared by every MX of a
+    /// test, each on its own 127.0.0.x), dumping into its own directory, with extra options to inject replies, e.g.
+    /// <c>-r RCPT</c> (450 to every RCPT), <c>-f RCPT -B "550 5.1.1 No such user"</c>, <c>-Q MAIL</c> (421 and disconnect).
+    /// </summary>
+    public static async Task<SmtpSink> StartAtAsync(string workDirectory, string address, int port, IReadOnlyList<string> options, CancellationToken cancellationToken)
+    {
+        if (!File.Exists(Binary))
+        {
+            throw new InvalidOperationException($"{Binary} is missing: apt-get install postfix (./test.sh does)");
+        }
+
+        var dumps = Path.Combine(workDirectory, $"sink-{address}-{Guid.NewGuid():N}"[..32]);
+        Directory.CreateDirectory(dumps);
+        var args = new List<string>();
+        if (Environment.IsPrivilegedProcess)
+        {
+            File.SetUnixFileMode(dumps, (UnixFileMode)Convert.ToInt32("777", 8));
+            args.AddRange(["-u", "nobody"]);
+        }
+
+        var process = ChildProcess.Start($"smtp-sink@{address}", Binary,
+            [.. args, .. options, "-h", $"sink-{address}.test", "-t", "30", "-m", "512", "-d", Path.Combine(dumps, "msg."), $"{address}:{port}", "512"],
+            workDirectory);
+        var sink = new SmtpSink(process, port, dumps, address);
+        try
+        {
+            await sink.WaitForBannerAsync(cancellationToken).ConfigureAwait(false);
+            return sink;
+        }
+        catch
+        {
+            sink.Dispose();
+            throw;
+        }
+    }
+
     async Task WaitForBannerAsync(CancellationToken cancellationToken)
     {
         var deadline = Stopwatch.StartNew();
@@ -79,8 +122,8 @@ internal sealed class SmtpSink : IDisposable
 
             try
             {
-                using var client = await RawSmtpClient.ConnectAsync("127.0.0.1", Port, TimeSpan.FromSeconds(5), cancellationToken).ConfigureAwait(false);
-                if (client.Banner.Code == 220)
+                using var client = await RawSmtpClient.ConnectAsync(Address, Port, TimeSpan.FromSeconds(5), cancellationToken).ConfigureAwait(false);
+                if (client.Banner.Code is 220 or 421)
                 {
                     return;
                 }

@@ -47,6 +47,13 @@ public sealed class DeliveryRegistrationTests : IDisposable
     }
 
     [Fact]
+    public async Task Mx_mode_selects_the_MX_transport()
+    {
+        await using var provider = Build(DeliveryMode.Mx);
+        Assert.IsType<MxTransport>(provider.GetRequiredService<IDeliveryTransport>());
+    }
+
+    [Fact]
     public async Task Committed_message_reaches_the_drop_folder_through_the_hosted_services()
     {
         await using var provider = Build(DeliveryMode.Drop);

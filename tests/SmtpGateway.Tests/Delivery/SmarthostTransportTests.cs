@@ -249,8 +249,10 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
         Assert.Equal(1, _server.Connections);
         Assert.Equal(2, _server.Messages.Count);
 
-        // A completed transaction needs no RSET before the next MAIL (RFC 5321 section 4.1.1.4), and MailKit sends none.
-        Assert.DoesNotContain("RSET", _server.Commands);
+        // Issue 6: a pooled connection is reused after an RSET (RFC 5321 section 4.1.1.5), which also proves it alive.
+        var commands = _server.Commands.ToList();
+        Assert.Equal(1, commands.Count(c => c == "RSET"));
+        Assert.True(commands.IndexOf("RSET") < commands.FindLastIndex(c => c.StartsWith("MAIL FROM:", StringComparison.Ordinal)), "RSET comes before the second MAIL");
         Assert.DoesNotContain("QUIT", _server.Commands);
         Assert.Equal(2, _server.Commands.Count(c => c.StartsWith("MAIL FROM:", StringComparison.Ordinal)));
     }
@@ -436,7 +438,7 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task Connection_idle_for_a_while_is_checked_with_NOOP_before_reuse()
+    public async Task Connection_idle_for_a_while_is_checked_with_RSET_before_reuse()
     {
         var time = new ManualTimeProvider(DateTimeOffset.UtcNow);
         await using var transport = NewTransport(time: time, idleTimeout: TimeSpan.FromMinutes(5));
@@ -447,7 +449,7 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
         var second = await SpoolAsync(SampleMessage());
         await transport.DeliverAsync(second, second.Envelope.Recipients, CancellationToken.None);
 
-        Assert.Contains("NOOP", _server.Commands);
+        Assert.Contains("RSET", _server.Commands);
         Assert.Equal(1, _server.Connections);
     }
 

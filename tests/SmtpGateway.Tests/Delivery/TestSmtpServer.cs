@@ -52,6 +52,9 @@ public sealed class TestSmtpServer : IAsyncDisposable
 
     public bool AdvertiseSmtpUtf8 { get; set; }
 
+    /// <summary>Offer STARTTLS but answer the handshake with garbage (a broken TLS stack or a middlebox), then hang up.</summary>
+    public bool BreakStartTls { get; set; }
+
     /// <summary>When set, STARTTLS (RFC 3207) is offered with this certificate.</summary>
     public X509Certificate2? StartTlsCertificate { get; set; }
 
@@ -124,8 +127,12 @@ public sealed class TestSmtpServer : IAsyncDisposable
             {
                 case "EHLO":
                     await Send("250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n" + (AdvertiseSmtpUtf8 ? "250-SMTPUTF8\r\n" : "")
-                        + (StartTlsCertificate is not null && !secure ? "250-STARTTLS\r\n" : "") + "250 SIZE 104857600");
+                        + ((StartTlsCertificate is not null || BreakStartTls) && !secure ? "250-STARTTLS\r\n" : "") + "250 SIZE 104857600");
                     break;
+                case "STARTTLS" when BreakStartTls:
+                    await Send("220 2.0.0 Ready to start TLS");
+                    await Send("this is not a TLS record");
+                    return;
                 case "STARTTLS" when StartTlsCertificate is not null && !secure:
                     await Send("220 2.0.0 Ready to start TLS");
                     var tls = new SslStream(stream, leaveInnerStreamOpen: false);

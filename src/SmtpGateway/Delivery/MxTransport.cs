@@ -1,0 +1,29 @@
+using Microsoft.Extensions.Logging;
+using SmtpGateway.Configuration;
+using SmtpGateway.Spool;
+
+namespace SmtpGateway.Delivery;
+
+/// <summary>Delivers to each recipient domain's mail exchangers (RFC 5321 section 5), or to a tenant's own smarthost.</summary>
+public sealed class MxTransport : IDeliveryTransport, IAsyncDisposable
+{
+    readonly OutboundDelivery _engine;
+
+    internal MxTransport(GatewayConfig config, IMxResolver resolver, EgressDirectory egress, TimeProvider time, ILogger logger,
+        SmtpConnector.ConnectFunc? connector = null)
+    {
+        var trust = SmtpConnector.LoadTrustAnchors(config.Delivery.Tls.TrustAnchorsPath);
+        connector ??= new SmtpConnector(trust, time, logger).ConnectAsync;
+        _engine = new OutboundDelivery(null, config.Delivery.Mx, resolver, egress, config.Delivery, connector, time, logger);
+    }
+
+    internal SmtpConnectionPool Pool => _engine.Pool;
+
+    internal OutboundDelivery Engine => _engine;
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<RecipientResult>> DeliverAsync(SpooledMessage message, IReadOnlyList<string> recipients, CancellationToken cancellationToken) =>
+        _engine.DeliverAsync(message, recipients, cancellationToken);
+
+    public ValueTask DisposeAsync() => _engine.DisposeAsync();
+}

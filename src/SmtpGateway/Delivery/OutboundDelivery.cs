@@ -1,0 +1,231 @@
+using System.Net;
+using Microsoft.Extensions.Logging;
+using SmtpGateway.Configuration;
+using SmtpGateway.Identity;
+using SmtpGateway.Spool;
+
+namespace SmtpGateway.Delivery;
+
+/// <summary>One next hop to try: host name (pool key, TLS reference identity), port, addresses (empty: resolve the name when connecting).</summary>
+internal sealed record NextHop(string Host, int Port, IReadOnlyList<IPAddress> Addresses);
+
+/// <summary>
+/// The SMTP delivery engine behind <see cref="SmarthostTransport"/> and <see cref="MxTransport"/>.
+/// For each message it takes the tenant's egress (EHLO name, source address, own smarthost, TLS policy) from the
+/// spooled envelope's tenant, splits the recipients by route (one group per recipient domain for MX, one group for a
+/// smarthost), and runs one transaction per group over a pooled connection keyed by (tenant, egress identity, host).
+/// <list type="bullet">
+/// <item>Hops are tried in order (MX preference, RFC 5321 section 5.1); the next hop is tried when no session could be
+/// opened with this one (every address refused or timed out, a 421 or other non-220 greeting, a TLS policy failure),
+/// and when the session was lost under the transaction (421 or dropped connection: RFC 5321 section 3.8), in which
+/// case the whole transaction goes to the next hop.</item>
+/// <item>A reply to MAIL, RCPT or the final dot is the answer for those recipients: 4yz is deferred (only those
+/// recipients are retried later), 5yz bounced, 2yz delivered.</item>
+/// <item>Hosts that keep failing are skipped for a while (<see cref="DestinationBackoff"/>).</item>
+/// </list>
+/// </summary>
+internal sealed class OutboundDelivery : IAsyncDisposable
+{
+    const string DefaultTenant = "default";
+
+    readonly SmarthostConfig? _smarthost;
+    readonly MxConfig _mx;
+    readonly IMxResolver? _resolver;
+    readonly EgressDirectory _egress;
+    readonly DestinationBackoff _backoff;
+    readonly SmtpConnectionPool _pool;
+    readonly ILogger _logger;
+
+    /// <param name="smarthost">The gateway's smarthost (Mode = Smarthost), or null for MX routing.</param>
+    /// <param name="mx">MX settings (port, limits).</param>
+    /// <param name="resolver">MX resolver; required when <paramref name="smarthost"/> is null.</param>
+    /// <param name="egress">Tenants' egress settings.</param>
+    /// <param name="delivery">Delivery settings (tenant cap, backoff).</param>
+    /// <param name="connector">Opens sessions; tests pass their own.</param>
+    /// <param name="time">Clock.</param>
+    /// <param name="logger">Delivery logger.</param>
+    public OutboundDelivery(SmarthostConfig? smarthost, MxConfig mx, IMxResolver? resolver, EgressDirectory egress, DeliveryConfig delivery,
+        SmtpConnector.ConnectFunc connector, TimeProvider time, ILogger logger)
+    {
+        if (smarthost is null && resolver is null)
+            throw new ArgumentException("MX routing needs a resolver.", nameof(resolver));
+        _smarthost = smarthost;
+        _mx = mx;
+        _resolver = resolver;
+        _egress = egress;
+        _backoff = new DestinationBackoff(delivery.Backoff, time);
+        _pool = new SmtpConnectionPool(delivery.MaxConnectionsPerTenant, time, logger, connector);
+        _logger = logger;
+    }
+
+    internal SmtpConnectionPool Pool => _pool;
+
+    internal DestinationBackoff Backoff => _backoff;
+
+    public async Task<IReadOnlyList<RecipientResult>> DeliverAsync(SpooledMessage message, IReadOnlyList<string> recipients, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(message);
+        ArgumentNullException.ThrowIfNull(recipients);
+        var tenant = message.Envelope.TenantId ?? DefaultTenant;
+        var egress = _egress.For(tenant);
+        var results = new RecipientResult[recipients.Count];
+
+        // A tenant's own smarthost, else the gateway's: every recipient in one transaction.
+        var smarthost = egress.Smarthost is { } own
+            ? (own.Host, own.Port, Tls: Strictest(ToWire(own.Tls ?? egress.Tls.Default), egress, recipients), Limits: SmarthostLimits(_smarthost ?? new SmarthostConfig()))
+            : _smarthost is { } gateway
+                ? (gateway.Host, gateway.Port, Tls: Strictest(FromStartTls(gateway.StartTls), egress, recipients), Limits: SmarthostLimits(gateway))
+                : default((string Host, int Port, WireTls Tls, DestinationLimits Limits)?);
+        if (smarthost is { } hop)
+        {
+            var all = Enumerable.Range(0, recipients.Count).ToArray();
+            await AttemptAsync(message, recipients, all, [new NextHop(hop.Host, hop.Port, [])], hop.Limits, hop.Tls, tenant, egress, results, cancellationToken)
+                .ConfigureAwait(false);
+            return results;
+        }
+
+        // MX: one route and one transaction per recipient domain (RFC 5321 section 5.1).
+        var mxLimits = new DestinationLimits(_mx.MaxConnectionsPerHost, _mx.MaxMessagesPerConnection, _mx.IdleTimeout, _mx.ConnectTimeout);
+        foreach (var group in Enumerable.Range(0, recipients.Count).GroupBy(i => DomainName.OfAddress(recipients[i]) ?? "", StringComparer.Ordinal))
+        {
+            var indices = group.ToArray();
+            if (group.Key.Length == 0)
+            {
+                // RFC 3463 5.1.2: bad destination system address (no routable domain).
+                Fill(results, recipients, indices, 550, "5.1.2 Recipient domain is not routable", null);
+                continue;
+            }
+
+            var route = await _resolver!.ResolveAsync(group.Key, cancellationToken).ConfigureAwait(false);
+            if (route.Failed)
+            {
+                DeliveryLog.RouteFailed(_logger, message.Envelope.Id, group.Key, route.FailureCode, route.FailureText ?? "");
+                Fill(results, recipients, indices, route.FailureCode, route.FailureText, null);
+                continue;
+            }
+
+            var hops = route.Hosts.Select(h => new NextHop(h.Name, _mx.Port, h.Addresses)).ToArray();
+            await AttemptAsync(message, recipients, indices, hops, mxLimits, ToWire(egress.Tls.For(group.Key)), tenant, egress, results, cancellationToken)
+                .ConfigureAwait(false);
+        }
+
+        return results;
+    }
+
+    async Task AttemptAsync(SpooledMessage message, IReadOnlyList<string> all, int[] indices, IReadOnlyList<NextHop> hops, DestinationLimits limits, WireTls tls,
+        string tenant, TenantEgress egress, RecipientResult[] results, CancellationToken cancellationToken)
+    {
+        var recipients = indices.Select(i => all[i]).ToArray();
+        IReadOnlyList<RecipientResult>? lost = null;
+        (int Code, string Text, string? Host)? failure = null;
+        foreach (var hop in hops)
+        {
+            if (_backoff.IsBackedOff(hop.Host, hop.Port, out var until))
+            {
+                failure ??= (451, $"4.4.1 {hop.Host}:{hop.Port} not tried: it kept failing; next try after {until:yyyy-MM-ddTHH:mm:ssZ}", null);
+                continue;
+            }
+
+            var key = new SmtpPoolKey(tenant, egress.HeloName, egress.SourceAddress, hop.Host, hop.Port, tls);
+            PooledSmtpConnection connection;
+            try
+            {
+                connection = await _pool.RentAsync(key, hop.Addresses, limits, cancellationToken).ConfigureAwait(false);
+            }
+            catch (SmtpConnectException ex) when (!cancellationToken.IsCancellationRequested)
+            {
+                // A TLS policy failure is about this tenant's policy, not the host's health: no backoff for others.
+                if (!ex.Text.StartsWith("4.7.", StringComparison.Ordinal))
+                    _backoff.Failure(hop.Host, hop.Port);
+                failure = (ex.Code, ex.Text, $"{hop.Host}:{hop.Port}");
+                lost = null;
+                continue;
+            }
+
+            var reusable = false;
+            GatewaySmtpClient.TransactionResult result;
+            string peer = connection.Peer, tlsDescription = connection.Client.TlsDescription ?? "";
+            try
+            {
+                connection.Transactions++;
+                result = await connection.Client.SendSpooledAsync(message, recipients, cancellationToken).ConfigureAwait(false);
+                reusable = result.Reusable;
+            }
+            finally
+            {
+                // A cancelled or failed transaction leaves the connection in an unknown state: it is closed, not pooled.
+                await _pool.ReturnAsync(connection, reusable).ConfigureAwait(false);
+            }
+
+            if (!result.Exact)
+                DeliveryLog.RawFallback(_logger, message.Envelope.Id);
+            var tagged = result.Results.Select(r => r with { RemoteHost = peer, Tls = tlsDescription.Length == 0 ? null : tlsDescription }).ToArray();
+            if (result.SessionLost)
+            {
+                // RFC 5321 section 3.8: the session ended under the transaction; nothing it said binds the recipients.
+                DeliveryLog.TransactionBroken(_logger, message.Envelope.Id, peer, tagged.FirstOrDefault().Reply ?? "");
+                _backoff.Failure(hop.Host, hop.Port);
+                lost = tagged;
+                failure = null;
+                continue;
+            }
+
+            _backoff.Success(hop.Host, hop.Port);
+            for (var i = 0; i < indices.Length; i++)
+                results[indices[i]] = tagged[i];
+            return;
+        }
+
+        if (lost is not null)
+        {
+            for (var i = 0; i < indices.Length; i++)
+                results[indices[i]] = lost[i];
+            return;
+        }
+
+        var (code, text, host) = failure ?? (451, "4.4.1 No next hop", null);
+        Fill(results, all, indices, code, text, host);
+    }
+
+    static void Fill(RecipientResult[] results, IReadOnlyList<string> recipients, int[] indices, int code, string? text, string? host)
+    {
+        foreach (var i in indices)
+            results[i] = RecipientResult.FromReply(recipients[i], code, text ?? "") with { RemoteHost = host };
+    }
+
+    static DestinationLimits SmarthostLimits(SmarthostConfig c) => new(c.MaxConnections, c.MaxMessagesPerConnection, c.IdleTimeout, c.ConnectTimeout);
+
+    static WireTls FromStartTls(StartTlsMode mode) => mode switch
+    {
+        StartTlsMode.None => WireTls.None,
+
+        // Historic meaning of Smarthost:StartTls = Required: STARTTLS with a certificate that validates for the host.
+        StartTlsMode.Required => WireTls.Verify,
+        _ => WireTls.Opportunistic,
+    };
+
+    static WireTls ToWire(TlsPolicy policy) => policy switch
+    {
+        TlsPolicy.Required => WireTls.Required,
+        TlsPolicy.Verify => WireTls.Verify,
+        _ => WireTls.Opportunistic,
+    };
+
+    /// <summary>A smarthost carries mail for every recipient domain of the message: a domain whose policy demands TLS raises the hop's level.</summary>
+    static WireTls Strictest(WireTls hop, TenantEgress egress, IReadOnlyList<string> recipients)
+    {
+        var level = hop;
+        foreach (var recipient in recipients)
+        {
+            if (DomainName.OfAddress(recipient) is not { } domain)
+                continue;
+            var demanded = egress.Tls.For(domain);
+            if (demanded != TlsPolicy.Opportunistic && ToWire(demanded) > level)
+                level = ToWire(demanded);
+        }
+
+        return level;
+    }
+
+    public ValueTask DisposeAsync() => _pool.DisposeAsync();
+}

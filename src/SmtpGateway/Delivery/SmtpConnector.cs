@@ -1,0 +1,199 @@
+using System.Net;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Cryptography.X509Certificates;
+using MailKit.Security;
+using Microsoft.Extensions.Logging;
+
+namespace SmtpGateway.Delivery;
+
+/// <summary>
+/// Opens one SMTP session for a pool key: binds the tenant's source address (its egress identity), connects to each
+/// address in turn until one answers, greets with the tenant's EHLO name and applies the TLS level:
+/// <list type="bullet">
+/// <item>Opportunistic: STARTTLS when offered, any certificate (RFC 7435); a failed handshake is retried once in
+/// plaintext on the same address, since refusing would only push the mail to plaintext elsewhere;</item>
+/// <item>Required: STARTTLS must be offered and succeed (any certificate), else 4.7.10 / 4.7.5; never plaintext;</item>
+/// <item>Verify: as Required, and the certificate must chain to a trusted root (system roots plus
+/// Delivery:Tls:TrustAnchorsPath) and match the MX host name (RFC 6125; RFC 7672 section 3.2.3 and RFC 8461
+/// section 4.2 name the MX host as the reference identity).</item>
+/// </list>
+/// </summary>
+internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, TimeProvider time, ILogger logger)
+{
+    /// <summary>Opens a session for the key, trying the addresses in order; throws <see cref="SmtpConnectException"/> when none works.</summary>
+    public delegate Task<GatewaySmtpClient> ConnectFunc(SmtpPoolKey key, IReadOnlyList<IPAddress> addresses, TimeSpan connectTimeout, CancellationToken cancellationToken);
+
+    public async Task<GatewaySmtpClient> ConnectAsync(SmtpPoolKey key, IReadOnlyList<IPAddress> addresses, TimeSpan connectTimeout, CancellationToken cancellationToken)
+    {
+        if (addresses.Count == 0)
+            addresses = await ResolveHostAsync(key.Host, cancellationToken).ConfigureAwait(false);
+
+        // A socket bound to an IPv4 source cannot reach an IPv6 address, and vice versa.
+        var usable = key.SourceAddress is { } source ? addresses.Where(a => a.AddressFamily == source.AddressFamily).ToList() : addresses.ToList();
+        if (usable.Count == 0)
+            throw new SmtpConnectException(451, $"4.4.1 No address of {key.Host} matches the source address family");
+
+        SmtpConnectException? last = null;
+        foreach (var address in usable)
+        {
+            try
+            {
+                return await ConnectOneAsync(key, address, key.Tls, connectTimeout, cancellationToken).ConfigureAwait(false);
+            }
+            catch (SmtpConnectException ex) when (ex.InnerException is SslHandshakeException or System.Security.Authentication.AuthenticationException && key.Tls == WireTls.Opportunistic)
+            {
+                // RFC 7435 section 3: opportunistic TLS that fails falls back to what would have been sent anyway.
+                DeliveryLog.TlsFallback(logger, key.Host, address.ToString(), ex.Text);
+                try
+                {
+                    return await ConnectOneAsync(key, address, WireTls.None, connectTimeout, cancellationToken).ConfigureAwait(false);
+                }
+                catch (SmtpConnectException plain)
+                {
+                    last = plain;
+                }
+            }
+            catch (SmtpConnectException ex)
+            {
+                last = ex;
+            }
+
+            DeliveryLog.ConnectFailed(logger, key.Host, address.ToString(), key.Port, last.Text);
+        }
+
+        throw last ?? new SmtpConnectException(451, $"4.4.1 No address for {key.Host}");
+    }
+
+    async Task<GatewaySmtpClient> ConnectOneAsync(SmtpPoolKey key, IPAddress address, WireTls tls, TimeSpan connectTimeout, CancellationToken cancellationToken)
+    {
+        var peer = $"{key.Host}[{address}]:{key.Port}";
+        string? certificateProblem = null;
+        var client = new GatewaySmtpClient
+        {
+            LocalDomain = key.HeloName,
+            Timeout = (int)SmtpConnectionPool.CommandTimeout.TotalMilliseconds,
+            CheckCertificateRevocation = false,
+            RemoteAddress = address,
+        };
+        client.ServerCertificateValidationCallback = tls == WireTls.Verify
+            ? (_, certificate, chain, errors) => Validate(certificate, chain, errors, out certificateProblem)
+            : static (_, _, _, _) => true;
+
+        var options = tls switch
+        {
+            WireTls.None => SecureSocketOptions.None,
+            WireTls.Opportunistic => SecureSocketOptions.StartTlsWhenAvailable,
+            _ => SecureSocketOptions.StartTls,
+        };
+
+        var socket = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        using var timeout = new CancellationTokenSource(connectTimeout, time);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
+        try
+        {
+            if (key.SourceAddress is { } source)
+                socket.Bind(new IPEndPoint(source, 0));
+            await socket.ConnectAsync(new IPEndPoint(address, key.Port), linked.Token).ConfigureAwait(false);
+
+            // The MX host name (not the address) is what TLS checks the certificate against.
+            await client.ConnectAsync(socket, key.Host, key.Port, options, linked.Token).ConfigureAwait(false);
+            return client;
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            Dispose(client, socket);
+            throw;
+        }
+        catch (Exception ex)
+        {
+            Dispose(client, socket);
+            throw ex switch
+            {
+                OperationCanceledException => new SmtpConnectException(451, $"4.4.1 No greeting from {peer} within {connectTimeout.TotalSeconds:0}s", ex),
+                SocketException s => new SmtpConnectException(451, $"4.4.1 Cannot connect to {peer} ({s.SocketErrorCode})", ex),
+
+                // RFC 3207 section 4 and RFC 5248 X.7.10: the policy needs encryption the server does not offer.
+                NotSupportedException => new SmtpConnectException(451, $"4.7.10 {peer} does not offer STARTTLS, which the TLS policy ({tls}) requires", ex),
+
+                // RFC 3463 X.7.5: cryptographic failure (handshake, or a certificate that does not verify).
+                SslHandshakeException or System.Security.Authentication.AuthenticationException => new SmtpConnectException(451,
+                    certificateProblem is not null
+                        ? $"4.7.5 Certificate of {peer} does not verify for {key.Host} ({certificateProblem})"
+                        : $"4.7.5 TLS handshake with {peer} failed", ex),
+                MailKit.Net.Smtp.SmtpCommandException c => new SmtpConnectException(451, $"4.4.1 {peer} refused the session: {DeliveryOutcomes.FormatReply((int)c.StatusCode, c.Message)}", ex),
+                _ => new SmtpConnectException(451, $"4.4.1 Session with {peer} failed before the transaction ({ex.GetType().Name})", ex),
+            };
+        }
+    }
+
+    bool Validate(X509Certificate? certificate, X509Chain? chain, SslPolicyErrors errors, out string? problem)
+    {
+        problem = null;
+        if (certificate is null || errors.HasFlag(SslPolicyErrors.RemoteCertificateNotAvailable))
+        {
+            problem = "no certificate";
+            return false;
+        }
+
+        if (errors.HasFlag(SslPolicyErrors.RemoteCertificateNameMismatch))
+        {
+            problem = "name mismatch";
+            return false;
+        }
+
+        if (!errors.HasFlag(SslPolicyErrors.RemoteCertificateChainErrors))
+            return true;
+        if (trustAnchors is not { Count: > 0 })
+        {
+            problem = "untrusted chain";
+            return false;
+        }
+
+        using var custom = new X509Chain();
+        custom.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
+        custom.ChainPolicy.CustomTrustStore.AddRange(trustAnchors);
+        custom.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+        if (chain is not null)
+        {
+            foreach (var element in chain.ChainElements)
+                custom.ChainPolicy.ExtraStore.Add(element.Certificate);
+        }
+
+        using var leaf = X509CertificateLoader.LoadCertificate(certificate.GetRawCertData());
+        if (custom.Build(leaf))
+            return true;
+        problem = "untrusted chain";
+        return false;
+    }
+
+    static void Dispose(GatewaySmtpClient client, Socket socket)
+    {
+        client.Dispose();
+        socket.Dispose();
+    }
+
+    static async Task<IReadOnlyList<IPAddress>> ResolveHostAsync(string host, CancellationToken cancellationToken)
+    {
+        if (IPAddress.TryParse(host, out var literal))
+            return [literal];
+        try
+        {
+            return await Dns.GetHostAddressesAsync(host, cancellationToken).ConfigureAwait(false);
+        }
+        catch (SocketException ex)
+        {
+            throw new SmtpConnectException(451, $"4.4.3 Cannot resolve {host} ({ex.SocketErrorCode})", ex);
+        }
+    }
+
+    /// <summary>Loads the PEM trust anchors for Verify, or null when none are configured.</summary>
+    public static X509Certificate2Collection? LoadTrustAnchors(string? path)
+    {
+        if (string.IsNullOrWhiteSpace(path))
+            return null;
+        var collection = new X509Certificate2Collection();
+        collection.ImportFromPemFile(path);
+        return collection;
+    }
+}
