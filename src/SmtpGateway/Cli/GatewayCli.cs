@@ -38,9 +38,24 @@ public static class GatewayCli
             IHost host;
             try
             {
+                // Validate the whole file first, so that every error is listed once, plainly, not as a stack trace
+                // from whichever service happens to read its options first.
+                var configuration = new ConfigurationBuilder().AddGatewaySources(parse.GetValue(config)).Build();
+                var errors = CollectAll(configuration, configuration.GetSection(GatewayConfig.SectionName).Get<GatewayConfig>() ?? new GatewayConfig());
+                if (errors.Count > 0)
+                {
+                    await Console.Error.WriteLineAsync("smtpgw: configuration is invalid:").ConfigureAwait(false);
+                    foreach (var error in errors)
+                    {
+                        await Console.Error.WriteLineAsync($"  {error}").ConfigureAwait(false);
+                    }
+
+                    return 2;
+                }
+
                 host = BuildHost(parse.GetValue(config));
             }
-            catch (Exception ex) when (ex is FileNotFoundException or InvalidDataException or FormatException)
+            catch (Exception ex) when (ex is FileNotFoundException or InvalidDataException or FormatException or InvalidOperationException or OptionsValidationException)
             {
                 await Console.Error.WriteLineAsync($"smtpgw: {ex.Message}").ConfigureAwait(false);
                 return 2;
@@ -93,8 +108,7 @@ public static class GatewayCli
                 return 1;
             }
 
-            var errors = GatewayConfigValidator.Collect(gateway);
-            Identity.TenantDirectoryService.Load(configuration, errors);
+            var errors = CollectAll(configuration, gateway);
             foreach (var error in errors)
             {
                 Console.Error.WriteLine($"error: {error}");
@@ -110,6 +124,16 @@ public static class GatewayCli
             return 0;
         });
         return command;
+    }
+
+    /// <summary>Every configuration error, gateway and tenants alike (the same list the gateway refuses to start with).</summary>
+    static List<string> CollectAll(IConfiguration configuration, GatewayConfig gateway)
+    {
+        var errors = GatewayConfigValidator.Collect(gateway);
+        Identity.TenantDirectoryService.Load(configuration, errors);
+        var tenants = configuration.GetSection(Identity.TenantDirectoryService.SectionName).Get<Dictionary<string, TenantConfig>>() ?? [];
+        errors.AddRange(GatewayConfigValidator.CollectTenantEgress(tenants));
+        return errors;
     }
 
     public static IHost BuildHost(string? configPath)
