@@ -105,60 +105,37 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        Directory.CreateDirectory(_directory);
         Hosting.AppendOnlyFile? file = null;
+        var reader = _channel.Reader;
         try
         {
-            file = Open();
-            var reader = _channel.Reader;
             while (await WaitAsync(reader, stoppingToken).ConfigureAwait(false))
             {
-                var wrote = false;
-                while (reader.TryRead(out var e))
+                try
                 {
-                    if (ReferenceEquals(e, FlushMarker))
+                    if (file is null)
                     {
-                        continue;
-                    }
-
-                    var json = JsonSerializer.SerializeToUtf8Bytes(e, AuditJsonContext.Default.AuditEvent);
-                    var line = new byte[json.Length + 1];
-                    json.CopyTo(line, 0);
-                    line[^1] = (byte)'\n';
-                    file.Write(line);
-                    wrote = true;
-                    if (_config.Stdout)
-                    {
-                        using var stdout = Console.OpenStandardOutput();
-                        stdout.Write(line);
-                    }
-
-                    // Checked per line, not per batch, so a burst cannot grow one file far past the limit.
-                    if (file.Length >= _config.MaxFileSize)
-                    {
-                        file.Flush();
-                        file.Dispose();
-                        Rotate();
+                        Directory.CreateDirectory(_directory);
                         file = Open();
-                        wrote = false;
                     }
-                }
 
-                if (wrote)
-                {
-                    // One fsync per batch: durable without one fsync per event.
-                    file.Flush();
+                    file = WriteBatch(reader, file);
                 }
-
-                while (_flushWaiters.TryDequeue(out var waiter))
+                catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
                 {
-                    waiter.TrySetResult();
+                    // Disk full, EIO, a permission slip: the writer must not die (mail keeps flowing and the trail would
+                    // silently stop). Report, back off, reopen, and go on with the events still queued.
+                    AuditLogMessages.WriteFailed(_logger, ex);
+                    file?.Dispose();
+                    file = null;
+                    if (stoppingToken.IsCancellationRequested)
+                    {
+                        break;
+                    }
+
+                    await Task.Delay(TimeSpan.FromSeconds(1), _time, CancellationToken.None).ConfigureAwait(false);
                 }
             }
-        }
-        catch (IOException ex)
-        {
-            AuditLogMessages.WriteFailed(_logger, ex);
         }
         finally
         {
@@ -168,6 +145,54 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
                 waiter.TrySetResult();
             }
         }
+    }
+
+    Hosting.AppendOnlyFile WriteBatch(ChannelReader<AuditEvent> reader, Hosting.AppendOnlyFile file)
+    {
+        var wrote = false;
+        while (reader.TryPeek(out var e))
+        {
+            if (!ReferenceEquals(e, FlushMarker))
+            {
+                var json = JsonSerializer.SerializeToUtf8Bytes(e, AuditJsonContext.Default.AuditEvent);
+                var line = new byte[json.Length + 1];
+                json.CopyTo(line, 0);
+                line[^1] = (byte)'\n';
+                file.Write(line);
+                wrote = true;
+                if (_config.Stdout)
+                {
+                    using var stdout = Console.OpenStandardOutput();
+                    stdout.Write(line);
+                }
+            }
+
+            // Taken off the queue only once written: an event that failed to write is retried after the reopen.
+            reader.TryRead(out _);
+
+            // Checked per line, not per batch, so a burst cannot grow one file far past the limit.
+            if (file.Length >= _config.MaxFileSize)
+            {
+                file.Flush();
+                file.Dispose();
+                Rotate();
+                file = Open();
+                wrote = false;
+            }
+        }
+
+        if (wrote)
+        {
+            // One fsync per batch: durable without one fsync per event.
+            file.Flush();
+        }
+
+        while (_flushWaiters.TryDequeue(out var waiter))
+        {
+            waiter.TrySetResult();
+        }
+
+        return file;
     }
 
     static async ValueTask<bool> WaitAsync(ChannelReader<AuditEvent> reader, CancellationToken stoppingToken)

@@ -46,13 +46,13 @@ public sealed class DropTransport : IDeliveryTransport
         {
             var tenantDirectory = TenantDirectory(_root, message.Envelope.TenantId);
             var final = Path.Combine(tenantDirectory, id + ".eml");
-            Directory.CreateDirectory(tmpDirectory);
-            Directory.CreateDirectory(tenantDirectory);
+            Directory.CreateDirectory(tmpDirectory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            Directory.CreateDirectory(tenantDirectory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
 
             var source = message.OpenContent();
             await using (source.ConfigureAwait(false))
             {
-                var target = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 81920, FileOptions.Asynchronous);
+                var target = new FileStream(tmp, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, Share = FileShare.None, BufferSize = 81920, Options = FileOptions.Asynchronous, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite });
                 await using (target.ConfigureAwait(false))
                 {
                     await source.CopyToAsync(target, cancellationToken).ConfigureAwait(false);

@@ -56,7 +56,17 @@ internal sealed class QueueControl(FileSpool spool, TimeProvider time, ILogger l
                 if (held is not null)
                 {
                     foreach (var path in SafeEnumerate(directory))
-                        await HandleAsync(path, delivery, clearBackoff, stoppingToken).ConfigureAwait(false);
+                    {
+                        try
+                        {
+                            await HandleAsync(path, delivery, clearBackoff, stoppingToken).ConfigureAwait(false);
+                        }
+                        catch (Exception ex) when (ex is not OperationCanceledException)
+                        {
+                            // One bad request must not end the loop: later `queue` commands would all time out.
+                            DeliveryLog.QueueControlFailed(logger, Path.GetFileName(path), ex);
+                        }
+                    }
                 }
 
                 await Task.Delay(PollInterval, time, stoppingToken).ConfigureAwait(false);

@@ -22,6 +22,11 @@ public static class HeaderFrom
         {
             block = block.Slice(0, headerBlock.Length + 4);
         }
+        else if (message.Length > MaxHeaderBlock)
+        {
+            // A header block beyond the bound is not parsed in part: a second From after the cut would go unseen.
+            return null;
+        }
 
         using var stream = new MemoryStream(block.ToArray(), writable: false);
         HeaderList headers;

@@ -166,6 +166,22 @@ public sealed class TenantSnapshot
             networks.AddRange(parsed.Select(n => (n, model)));
         }
 
+        // Blast radius one (ARCHITECTURE promise 2/3): no two tenants may resolve to the same HSM token or PIN file,
+        // explicitly or through the default label "smtpgw-<tenant>".
+        foreach (var group in config.Where(kv => IsValidTenantId(kv.Key))
+                     .GroupBy(kv => kv.Value.Hsm.TokenLabel is { Length: > 0 } l ? l : $"smtpgw-{kv.Key}", StringComparer.Ordinal)
+                     .Where(g => g.Count() > 1))
+        {
+            errors.Add($"Tenants:{group.Last().Key}:Hsm:TokenLabel: token '{group.Key}' is also tenant '{group.First().Key}''s; each tenant needs its own token.");
+        }
+
+        foreach (var group in config.Where(kv => kv.Value.Hsm.PinFile is { Length: > 0 })
+                     .GroupBy(kv => Path.GetFullPath(kv.Value.Hsm.PinFile!), StringComparer.Ordinal)
+                     .Where(g => g.Count() > 1))
+        {
+            errors.Add($"Tenants:{group.Last().Key}:Hsm:PinFile: '{group.Key}' is also tenant '{group.First().Key}''s PIN file.");
+        }
+
         // Most specific network first, so a lookup is a first match.
         networks.Sort((a, b) => b.Item1.PrefixLength.CompareTo(a.Item1.PrefixLength));
         return new TenantSnapshot(tenants, byDomain, networks);

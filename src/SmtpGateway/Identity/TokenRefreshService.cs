@@ -1,11 +1,13 @@
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
 using SmtpGateway.Configuration;
+using SmtpGateway.Diagnostics;
 using SmtpGateway.Identity.Tokens;
 
 namespace SmtpGateway.Identity;
 
 /// <summary>Re-reads token revocations and keys written by the CLI, so `smtpgw token revoke` bites within a second.</summary>
-public sealed class TokenRefreshService(TokenStore store, IdentityConfig config, TimeProvider time) : BackgroundService
+public sealed partial class TokenRefreshService(TokenStore store, IdentityConfig config, TimeProvider time, ILogger<TokenRefreshService> logger) : BackgroundService
 {
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -16,11 +18,16 @@ public sealed class TokenRefreshService(TokenStore store, IdentityConfig config,
             {
                 store.Refresh();
             }
-            catch (IOException)
+            catch (Exception ex) when (ex is not OperationCanceledException)
             {
-                // A file mid-rename: the next tick reads it.
+                // A file mid-rename or unreadable for a moment: keep the last good view and try again next tick.
+                // The loop must never die, or revocations would silently stop reaching the gateway.
+                RefreshFailed(logger, ex.GetType().Name);
             }
         }
         while (await timer.WaitForNextTickAsync(stoppingToken).ConfigureAwait(false));
     }
+
+    [LoggerMessage(EventId = EventIds.Identity + 10, Level = LogLevel.Error, Message = "Reading token revocations and keys failed ({Error}); keeping the last good state")]
+    private static partial void RefreshFailed(ILogger logger, string error);
 }

@@ -168,7 +168,8 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         var preamble = SpoolFileFormat.EncodePreamble(new SpoolFileHeader(envelope, eightBit), message.Length);
         // Create, not CreateNew: a recycled file is truncated and rewritten (its old content is never published:
         // only the rename below makes a file visible in queue/, and recovery deletes everything in tmp/).
-        var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 81920, FileOptions.Asynchronous);
+        // Owner-only: the spool holds every tenant's mail.
+        var stream = new FileStream(path, new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write, Share = FileShare.None, BufferSize = 81920, Options = FileOptions.Asynchronous, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite });
         await using (stream.ConfigureAwait(false))
         {
             await stream.WriteAsync(preamble, cancellationToken).ConfigureAwait(false);
@@ -447,7 +448,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         var tmp = Path.Combine(_tmp, string.Create(CultureInfo.InvariantCulture, $"{state.Id}.{Guid.NewGuid():N}.state"));
         try
         {
-            using (var stream = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 4096))
+            using (var stream = new FileStream(tmp, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, Share = FileShare.None, BufferSize = 4096, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite }))
             {
                 JsonSerializer.Serialize(stream, state, SpoolJsonContext.Default.DeliveryState);
 
@@ -510,7 +511,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
                 return;
             var existed = Directory.Exists(_queue);
             foreach (var directory in new[] { _tmp, _queue, _state, _failed, _corrupt })
-                Directory.CreateDirectory(directory);
+                Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
 
             // New directories are entries in their parent: sync it so that queue/ itself survives a crash
             // before the first message in it is acknowledged.
