@@ -641,6 +641,11 @@ rows_smtpgw_dkim() {
         for v in "${variants[@]}"; do skip_row "smtpgw+dkim-${v%%:*}" smtp-loadgen "skipped: signing not built"; done
         return 0
     fi
+    if [[ "$mode" == starttls ]]; then
+        # STARTTLS without AUTH is unauthenticated (inbound) mail to the gateway: it signs tenant sessions only.
+        for v in "${variants[@]}"; do skip_row "smtpgw+dkim-${v%%:*}" smtp-loadgen "skipped: --mode starttls has no tenant session, nothing is signed (use plain or auth)"; done
+        return 0
+    fi
     for v in "${variants[@]}"; do
         name="smtpgw+dkim-${v%%:*}"; algs="${v#*:}"
         local dir="$work/smtpgw-dkim-${v%%:*}"
