@@ -39,7 +39,7 @@ public sealed class MxResolverTests : IAsyncLifetime
     }
 
     MxResolver Resolver(string? server = null) =>
-        new(new DnsConfig { Servers = [server ?? _dns.Endpoint], Timeout = TimeSpan.FromMilliseconds(500), Retries = 1 }, new MxConfig { UseIPv6 = false });
+        new(new DnsConfig { Servers = [server ?? _dns.Endpoint], Timeout = TimeSpan.FromMilliseconds(500), Retries = 1 }, new MxConfig { UseIPv6 = false, AllowPrivateDestinations = true });
 
     [Fact]
     public async Task MX_hosts_come_in_preference_order_with_all_their_addresses()

@@ -178,6 +178,13 @@ public sealed class MxConfig
 
     /// <summary>Also connect over IPv6 (AAAA records, tried after the IPv4 addresses of the same host).</summary>
     public bool UseIPv6 { get; set; } = true;
+
+    /// <summary>
+    /// Deliver to MX/A answers that are loopback, private (RFC 1918, RFC 4193), shared (RFC 6598), link-local or
+    /// unspecified. Off by default: a sender must not be able to steer the gateway at internal services (or at its
+    /// own relay listener) by publishing such records. Tests and closed networks turn it on.
+    /// </summary>
+    public bool AllowPrivateDestinations { get; set; }
 }
 
 /// <summary>"Gateway:Dns": the resolvers DnsClient asks. Answers are cached for their TTL.</summary>

@@ -172,8 +172,38 @@ internal sealed class MxResolver : IMxResolver
 
         if (addresses.Count == 0 && failure is null && nxdomain > 0)
             failure = (550, MxRoute.Fail(550, $"5.4.4 Host {host} does not exist (NXDOMAIN)"));
-        var distinct = addresses.Distinct().Take(_mx.MaxAddressesPerHost).ToList();
+        var all = addresses.Distinct().ToList();
+        var distinct = all.Where(a => _mx.AllowPrivateDestinations || IsPublic(a)).Take(_mx.MaxAddressesPerHost).ToList();
+        if (distinct.Count == 0 && all.Count > 0)
+        {
+            failure = (451, MxRoute.Fail(451, $"4.4.3 {host} resolves only to non-public addresses"));
+        }
+
         return (distinct, distinct.Count > 0 ? null : failure);
+    }
+
+    /// <summary>False for addresses a public MX must never have (SSRF guard, see MxConfig.AllowPrivateDestinations).</summary>
+    internal static bool IsPublic(System.Net.IPAddress address)
+    {
+        if (address.IsIPv4MappedToIPv6)
+        {
+            address = address.MapToIPv4();
+        }
+
+        if (System.Net.IPAddress.IsLoopback(address) || address.Equals(System.Net.IPAddress.Any) || address.Equals(System.Net.IPAddress.IPv6Any))
+        {
+            return false;
+        }
+
+        if (address.AddressFamily == AddressFamily.InterNetwork)
+        {
+            var b = address.GetAddressBytes();
+            return !(b[0] == 0 || b[0] == 10 || b[0] >= 224 // this network, RFC 1918, multicast and reserved
+                || (b[0] == 172 && (b[1] & 0xF0) == 16) || (b[0] == 192 && b[1] == 168)
+                || (b[0] == 169 && b[1] == 254) || (b[0] == 100 && (b[1] & 0xC0) == 64)); // link-local, RFC 6598
+        }
+
+        return !(address.IsIPv6LinkLocal || address.IsIPv6SiteLocal || address.IsIPv6Multicast || address.IsIPv6UniqueLocal);
     }
 
     static bool IsRoot(DnsString exchange) => exchange.Value is "." or "";

@@ -129,7 +129,7 @@ public class MxHarness : IAsyncLifetime
         var delivery = gateway["Delivery"]!.AsObject();
         delivery["Mode"] = "Mx";
         delivery["Workers"] = 4;
-        delivery["Mx"] = new JsonObject { ["Port"] = MxPort, ["ConnectTimeout"] = "00:00:05", ["UseIPv6"] = false };
+        delivery["Mx"] = new JsonObject { ["Port"] = MxPort, ["ConnectTimeout"] = "00:00:05", ["UseIPv6"] = false, ["AllowPrivateDestinations"] = true };
         delivery["Retry"] = new JsonObject { ["Schedule"] = new JsonArray(_schedule.Select(d => (JsonNode)d).ToArray()), ["Jitter"] = 0.1, ["MaxAge"] = _maxAge.ToString() };
         delivery["Tls"] = new JsonObject { ["Domains"] = new JsonObject { ["tls.test"] = "Required" } };
         delivery["Backoff"] = new JsonObject { ["FailuresBeforeBackoff"] = 3, ["InitialDelay"] = "00:00:01", ["MaxDelay"] = "00:00:02" };

@@ -316,3 +316,24 @@ public sealed class MxTransportTests : IAsyncLifetime
         return X509CertificateLoader.LoadPkcs12(ephemeral.Export(X509ContentType.Pfx), null);
     }
 }
+
+public sealed class MxAddressGuardTests
+{
+    [Theory]
+    [InlineData("93.184.216.34", true)]
+    [InlineData("2606:2800:220:1:248:1893:25c8:1946", true)]
+    [InlineData("127.0.0.1", false)]
+    [InlineData("10.1.2.3", false)]
+    [InlineData("172.16.0.1", false)]
+    [InlineData("172.32.0.1", true)]
+    [InlineData("192.168.1.1", false)]
+    [InlineData("169.254.169.254", false)] // cloud metadata endpoint
+    [InlineData("100.64.0.1", false)]
+    [InlineData("0.0.0.0", false)]
+    [InlineData("::1", false)]
+    [InlineData("fd00::1", false)]
+    [InlineData("fe80::1", false)]
+    [InlineData("::ffff:127.0.0.1", false)]
+    public void Only_public_addresses_are_delivery_targets_by_default(string address, bool isPublic) =>
+        Assert.Equal(isPublic, SmtpGateway.Delivery.MxResolver.IsPublic(System.Net.IPAddress.Parse(address)));
+}
