@@ -40,6 +40,14 @@ internal sealed class DsnGenerator(IMessageSpool spool, string reportingMta, int
             return null;
         }
 
+        if (envelope.Inbound)
+        {
+            // Mail accepted unauthenticated for a tenant's domain: its reverse-path is unverified, so a DSN in the
+            // tenant's name would be backscatter to whoever the sender claimed to be (ARCHITECTURE promise 6).
+            DeliveryLog.DsnSuppressed(logger, envelope.Id);
+            return null;
+        }
+
         var headers = await ReadHeaderSectionAsync(original, maxHeaderBytes, cancellationToken).ConfigureAwait(false);
         var id = spool.NewId();
         var now = time.GetUtcNow();

@@ -731,7 +731,7 @@ public sealed partial class SmtpSession
 
     async ValueTask<SmtpReply> CommitAsync(string id, MessageBuffer message, byte[] signature, DateTimeOffset received)
     {
-        var envelope = new SpoolEnvelope(id, _transactionTenant ?? _tenant?.TenantId, _mailFrom!.Address, [.. _recipients], received, _remote.Address.ToString(), _listener.Name, _smtpUtf8, _eightBit);
+        var envelope = new SpoolEnvelope(id, _transactionTenant ?? _tenant?.TenantId, _mailFrom!.Address, [.. _recipients], received, _remote.Address.ToString(), _listener.Name, _smtpUtf8, _eightBit, Inbound: _tenant is null);
         try
         {
             // Not cancellable: once the bytes are in, finish the commit so the answer matches the disk.

@@ -7,6 +7,7 @@ namespace SmtpGateway.Spool;
 /// <param name="TenantId">Tenant the session acts for; null until tenant identity lands (delivered under "default").</param>
 /// <param name="MailFrom">Envelope sender as given (empty string for the null sender &lt;&gt;).</param>
 /// <param name="Recipients">Envelope recipients in RCPT order.</param>
+/// <param name="Inbound">Accepted from an unauthenticated client for a tenant's own domain (not sent by the tenant).</param>
 public sealed record SpoolEnvelope(
     string Id,
     string? TenantId,
@@ -16,7 +17,8 @@ public sealed record SpoolEnvelope(
     string ClientAddress,
     string Listener,
     bool SmtpUtf8,
-    bool EightBitMime);
+    bool EightBitMime,
+    bool Inbound = false);
 
 /// <summary>Durable message store. The Listener answers 250 only after <see cref="CommitAsync"/> completes.</summary>
 public interface IMessageSpool

@@ -22,9 +22,9 @@ public sealed class DsnMessageTests : IDisposable
         _dir.Dispose();
     }
 
-    async Task<SpooledMessage> SpoolAsync(string mailFrom, string[] recipients, string tenant = "tenant-a")
+    async Task<SpooledMessage> SpoolAsync(string mailFrom, string[] recipients, string tenant = "tenant-a", bool inbound = false)
     {
-        var envelope = NewEnvelope(_spool, TimeProvider.System, recipients, mailFrom, tenant);
+        var envelope = NewEnvelope(_spool, TimeProvider.System, recipients, mailFrom, tenant) with { Inbound = inbound };
         await _spool.CommitAsync(envelope, Segmented(Encoding.ASCII.GetBytes(
             "From: <sender@tenant-a.example>\r\nTo: <x@example.net>\r\nSubject: original subject\r\nMessage-ID: <orig@tenant-a.example>\r\n\r\nsecret body text\r\n"), 1000),
             CancellationToken.None);
@@ -81,6 +81,17 @@ public sealed class DsnMessageTests : IDisposable
         var id = await generator.QueueAsync(original, [new DsnRecipient("gone@example.net", "550 5.1.1 No such user", null, false)], CancellationToken.None);
 
         Assert.Null(id);
+        Assert.Single(_spool.List(SpoolArea.Queue));
+    }
+
+    [Fact]
+    public async Task No_DSN_for_inbound_mail_whose_sender_nobody_verified()
+    {
+        // Unauthenticated mail for a tenant domain: a DSN would be backscatter in the tenant's name.
+        var original = await SpoolAsync("forged@victim.example", ["bob@tenant-a.example"], inbound: true);
+        Assert.True(original.Envelope.Inbound); // the flag survives the spool file
+        var generator = new DsnGenerator(_spool, "gw.example", 65536, TimeProvider.System, NullLogger.Instance);
+        Assert.Null(await generator.QueueAsync(original, [new DsnRecipient("bob@tenant-a.example", "550 5.1.1 No such user", null, false)], CancellationToken.None));
         Assert.Single(_spool.List(SpoolArea.Queue));
     }
 

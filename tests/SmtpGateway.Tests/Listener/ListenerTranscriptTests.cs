@@ -71,6 +71,7 @@ public sealed partial class ListenerTranscriptTests
         var (envelope, message) = Assert.Single(gw.Spool.Commits);
         Assert.Equal(match.Groups[1].Value, envelope.Id);
         Assert.Equal("alice@tenant-a.example", envelope.MailFrom);
+        Assert.False(envelope.Inbound); // sent by the tenant (legacy network): DSNs go back to it
         Assert.Equal(["bob@example.net"], envelope.Recipients);
         var text = Encoding.UTF8.GetString(message);
         Assert.StartsWith("Received: from client.test.example ([127.0.0.1])\r\n\tby mx.test.example with ESMTP id " + envelope.Id + ";\r\n\t", text);
@@ -86,7 +87,9 @@ public sealed partial class ListenerTranscriptTests
         await using var c = await RawSmtpClient.ConnectAsync(gw.Submission);
         await c.HelloAsync();
         Assert.StartsWith("250 2.0.0 Ok: queued as ", await SendMessageAsync(c, ".\r\n", from: "someone@elsewhere.example", to: "bob@tenant-a.example"));
-        Assert.Equal("tenant-a", Assert.Single(gw.Spool.Commits).Envelope.TenantId);
+        var inbound = Assert.Single(gw.Spool.Commits).Envelope;
+        Assert.Equal("tenant-a", inbound.TenantId);
+        Assert.True(inbound.Inbound);
         var (_, message) = Assert.Single(gw.Spool.Commits);
         Assert.StartsWith("Received: ", Encoding.UTF8.GetString(message));
         Assert.EndsWith("\r\n", Encoding.UTF8.GetString(message));
