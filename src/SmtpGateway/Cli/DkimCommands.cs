@@ -225,22 +225,16 @@ public static class DkimCommands
     {
         try
         {
-            var configuration = new ConfigurationBuilder().AddGatewaySources(configPath).Build();
-            var gateway = configuration.GetSection(GatewayConfig.SectionName).Get<GatewayConfig>() ?? new GatewayConfig();
-            var errors = new List<string>();
-            var tenants = TenantDirectoryService.Load(configuration, errors);
-            var raw = configuration.GetSection(TenantDirectoryService.SectionName).Get<Dictionary<string, TenantConfig>>() ?? [];
-            if (errors.Count > 0)
+            if (CliConfiguration.Load(configPath) is not { } cli)
             {
-                errors.ForEach(e => Console.Error.WriteLine($"error: {e}"));
                 return 1;
             }
 
-            var data = GatewayPaths.DataDirectory(gateway);
+            var (data, gateway, raw) = (cli.DataDirectory, cli.Gateway, cli.RawTenants);
             var softHsm = gateway.Hsm.SoftHsm ? SoftHsmSetup.Configure(data) : null;
             using var hsm = new Pkcs11Hsm(new Pkcs11HsmOptions { ModulePath = gateway.Hsm.ModulePath, MaxSessionsPerToken = gateway.Hsm.MaxSessionsPerToken });
             var tokens = new TenantHsmTokens(data, t => raw.GetValueOrDefault(t)?.Hsm);
-            return action(new Context(data, gateway, tenants, tokens, new DkimKeyStore(data), hsm, softHsm));
+            return action(new Context(data, gateway, cli.Tenants, tokens, new DkimKeyStore(data), hsm, softHsm));
         }
         catch (Exception ex) when (ex is HsmException or SigningException or InvalidOperationException or FormatException or FileNotFoundException or IOException or ArgumentException)
         {

@@ -113,23 +113,13 @@ public static class TokenCommands
     {
         try
         {
-            var configuration = new ConfigurationBuilder().AddGatewaySources(configPath).Build();
-            var gateway = configuration.GetSection(GatewayConfig.SectionName).Get<GatewayConfig>() ?? new GatewayConfig();
-            var errors = new List<string>();
-            var tenants = TenantDirectoryService.Load(configuration, errors);
-            if (errors.Count > 0)
+            if (CliConfiguration.Load(configPath) is not { } cli)
             {
-                foreach (var e in errors)
-                {
-                    Console.Error.WriteLine($"error: {e}");
-                }
-
                 return 1;
             }
 
-            var data = GatewayPaths.DataDirectory(gateway);
-            var service = new TokenService(new TokenStore(data), () => tenants, gateway.Identity, TimeProvider.System);
-            return action(new Context(data, service));
+            var service = new TokenService(new TokenStore(cli.DataDirectory), () => cli.Tenants, cli.Gateway.Identity, TimeProvider.System);
+            return action(new Context(cli.DataDirectory, service));
         }
         catch (Exception ex) when (ex is TokenException or FormatException or FileNotFoundException or InvalidDataException or IOException or UnauthorizedAccessException)
         {
