@@ -13,30 +13,16 @@ namespace SmtpGateway.FunctionalTests.Infrastructure;
 /// directory: its own data directory, config file, free loopback ports and the run's test certificate.
 /// Everything is killed on dispose; the directory is kept (and named in the test output) when a test failed.
 /// </summary>
-public sealed class GatewayHarness : IAsyncLifetime
+public sealed class GatewayHarness : GatewayProcessHarness
 {
     public const string ServerName = "gw.functional.test";
 
-    readonly List<ChildProcess> _runs = [];
-    ChildProcess? _gateway;
     SmtpSink? _sink;
 
     public GatewayHarness()
+        : base("smtpgw-ft-")
     {
-        var dir = Directory.CreateTempSubdirectory("smtpgw-ft-");
-        // smtp-sink drops to "nobody" when we are root and must reach its dump directory below this one.
-        File.SetUnixFileMode(dir.FullName, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute
-            | UnixFileMode.GroupRead | UnixFileMode.GroupExecute | UnixFileMode.OtherRead | UnixFileMode.OtherExecute);
-        WorkDirectory = dir.FullName;
-        DataDirectory = Path.Combine(WorkDirectory, "data");
-        ConfigPath = Path.Combine(WorkDirectory, "gateway.json");
     }
-
-    public string WorkDirectory { get; }
-
-    public string DataDirectory { get; }
-
-    public string ConfigPath { get; }
 
     /// <summary>Submission (STARTTLS) listener port.</summary>
     public int SubmissionPort { get; private set; }
@@ -49,12 +35,9 @@ public sealed class GatewayHarness : IAsyncLifetime
 
     internal SmtpSink Sink => _sink ?? throw new InvalidOperationException("not started");
 
-    /// <summary>Set when a test using this harness failed: the work directory is then kept for inspection.</summary>
-    public bool Failed { get; private set; }
+    public bool IsRunning => Gateway is { HasExited: false };
 
-    public bool IsRunning => _gateway is { HasExited: false };
-
-    public async Task InitializeAsync()
+    public override async Task InitializeAsync()
     {
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
         try
@@ -126,11 +109,11 @@ public sealed class GatewayHarness : IAsyncLifetime
         }
 
         var (fileName, prefix) = RepoPaths.Smtpgw();
-        _gateway = ChildProcess.Start($"smtpgw#{_runs.Count + 1}", fileName, [.. prefix, "serve", "--config", ConfigPath], WorkDirectory,
+        Gateway = ChildProcess.Start($"smtpgw#{Runs.Count + 1}", fileName, [.. prefix, "serve", "--config", ConfigPath], WorkDirectory,
             new Dictionary<string, string?> { ["DOTNET_NOLOGO"] = "1" },
             keepVariable: name => !name.StartsWith("SMTPGW__", StringComparison.OrdinalIgnoreCase));
-        _runs.Add(_gateway);
-        await WaitUntilReadyAsync(_gateway, cancellationToken);
+        Runs.Add(Gateway);
+        await WaitUntilReadyAsync(Gateway, cancellationToken);
     }
 
     async Task WaitUntilReadyAsync(ChildProcess gateway, CancellationToken cancellationToken)
@@ -189,20 +172,12 @@ public sealed class GatewayHarness : IAsyncLifetime
     /// <summary>The audit log of this gateway's data directory.</summary>
     internal AuditTrail Audit => new(DataDirectory);
 
-    /// <summary>Everything the current (or last) gateway process has printed so far.</summary>
-    public string GatewayOutput => _gateway?.Output ?? "";
-
     /// <summary>
     /// Runs the built <c>smtpgw</c> with exactly <paramref name="args"/> in the work directory, with the same
     /// environment as the gateway (no SMTPGW__ overrides), as an operator would next to this gateway.
     /// </summary>
     internal Task<ProcessResult> SmtpgwAsync(params string[] args)
-    {
-        var (fileName, prefix) = RepoPaths.Smtpgw();
-        return ChildProcess.RunCapturedAsync(fileName, [.. prefix, .. args], WorkDirectory, TimeSpan.FromSeconds(60),
-            new Dictionary<string, string?> { ["DOTNET_NOLOGO"] = "1" },
-            keepVariable: name => !name.StartsWith("SMTPGW__", StringComparison.OrdinalIgnoreCase));
-    }
+        => RunSmtpgwAsync(args, TimeSpan.FromSeconds(60));
 
     /// <summary><c>smtpgw token VERB --config &lt;this gateway's config&gt; ARGS...</c> (same data directory as the running gateway).</summary>
     internal Task<ProcessResult> TokenCliAsync(string verb, params string[] args) =>
@@ -227,92 +202,10 @@ public sealed class GatewayHarness : IAsyncLifetime
         return new MintedToken(lines[0].Trim(), id.Groups[1].Value);
     }
 
-    /// <summary>SIGKILL: no shutdown code runs, exactly like a power cut for the process (the page cache survives).</summary>
-    public async Task KillGatewayAsync()
-    {
-        if (_gateway is not null)
-        {
-            await _gateway.KillAndWaitAsync(TimeSpan.FromSeconds(30));
-        }
-    }
+    protected override IEnumerable<(string Name, string Output)> PeerOutputs() =>
+        _sink is null ? [] : [("smtp-sink", _sink.Output)];
 
-    /// <summary>
-    /// The gateway runs' and the sink's output for the test log (the last lines of each), with the whole of it
-    /// written to files in the work directory, which is kept.
-    /// </summary>
-    public string Diagnostics()
-    {
-        const int tailLines = 150;
-        var text = new StringBuilder();
-        text.AppendLine($"work directory (kept): {WorkDirectory}; config: {ConfigPath}");
-        void Add(string name, string output)
-        {
-            var file = Path.Combine(WorkDirectory, name.Replace('#', '-') + ".log");
-            try
-            {
-                File.WriteAllText(file, output);
-            }
-            catch (IOException)
-            {
-            }
-
-            var lines = output.Split('\n');
-            text.AppendLine($"----- {name}: {(lines.Length > tailLines ? $"last {tailLines} lines; all in {file}" : file)} -----");
-            text.AppendJoin('\n', lines.TakeLast(tailLines)).AppendLine();
-        }
-
-        foreach (var run in _runs)
-        {
-            Add(run.Name, run.Output);
-        }
-
-        if (_sink is not null)
-        {
-            Add("smtp-sink", _sink.Output);
-        }
-
-        return text.ToString();
-    }
-
-    /// <summary>Runs <paramref name="test"/>; on failure writes the processes' output to the test log and keeps the directory.</summary>
-    public async Task RunAsync(ITestOutputHelper output, Func<Task> test)
-    {
-        try
-        {
-            await test();
-        }
-        catch
-        {
-            Failed = true;
-            output.WriteLine(Diagnostics());
-            throw;
-        }
-    }
-
-    public Task DisposeAsync()
-    {
-        foreach (var run in _runs)
-        {
-            run.Dispose();
-        }
-
-        _sink?.Dispose();
-        if (!Failed)
-        {
-            try
-            {
-                Directory.Delete(WorkDirectory, recursive: true);
-            }
-            catch (IOException)
-            {
-            }
-            catch (UnauthorizedAccessException)
-            {
-            }
-        }
-
-        return Task.CompletedTask;
-    }
+    protected override void DisposePeers() => _sink?.Dispose();
 }
 
 /// <summary>A token from <c>smtpgw token mint</c> and its id (for revoke, list and the audit log).</summary>

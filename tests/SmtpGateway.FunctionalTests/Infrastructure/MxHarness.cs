@@ -22,7 +22,7 @@ internal sealed record EventRecord(string Event, string Id, string Tenant, strin
 /// Each tenant has its own egress identity: EHLO egress-a.test from 127.0.0.1, egress-b.test from 127.0.0.2.
 /// Retries are fast (1 s, 2 s) and messages expire after <see cref="MaxAge"/>, so expiry and DSNs happen within a test.
 /// </summary>
-public class MxHarness : IAsyncLifetime
+public class MxHarness : GatewayProcessHarness
 {
     public const string ServerName = "gw.mx.test";
     public static readonly TimeSpan MaxAge = TimeSpan.FromSeconds(12);
@@ -52,9 +52,7 @@ public class MxHarness : IAsyncLifetime
         "tenant-b.example. 300 IN MX 10 mx.tenant-b.example.", "mx.tenant-b.example. 300 IN A 127.0.0.26",
     ];
 
-    readonly List<ChildProcess> _runs = [];
     readonly List<SmtpSink> _sinks = [];
-    ChildProcess? _gateway;
 
     public MxHarness()
         : this(MaxAge, ["00:00:01", "00:00:02"])
@@ -63,21 +61,11 @@ public class MxHarness : IAsyncLifetime
 
     /// <summary>A harness whose messages live <paramref name="maxAge"/> and are retried on <paramref name="schedule"/>.</summary>
     protected MxHarness(TimeSpan maxAge, string[] schedule)
+        : base("smtpgw-mx-")
     {
         _maxAge = maxAge;
         _schedule = schedule;
-        var dir = Directory.CreateTempSubdirectory("smtpgw-mx-");
-        File.SetUnixFileMode(dir.FullName, (UnixFileMode)Convert.ToInt32("755", 8));
-        WorkDirectory = dir.FullName;
-        DataDirectory = Path.Combine(WorkDirectory, "data");
-        ConfigPath = Path.Combine(WorkDirectory, "gateway.json");
     }
-
-    public string WorkDirectory { get; }
-
-    public string DataDirectory { get; }
-
-    public string ConfigPath { get; }
 
     public int RelayPort { get; private set; }
 
@@ -89,9 +77,7 @@ public class MxHarness : IAsyncLifetime
     /// <summary>The MX of tenant-a.example: where DSNs to tenant-a's senders arrive.</summary>
     internal SmtpSink TenantAMailbox { get; private set; } = null!;
 
-    public bool Failed { get; private set; }
-
-    public virtual async Task InitializeAsync()
+    public override async Task InitializeAsync()
     {
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(90));
         try
@@ -102,10 +88,10 @@ public class MxHarness : IAsyncLifetime
             TenantAMailbox = await StartSinkAsync("127.0.0.25", [], cts.Token);
             await File.WriteAllTextAsync(ConfigPath, BuildConfig(), cts.Token);
             var (fileName, prefix) = RepoPaths.Smtpgw();
-            _gateway = ChildProcess.Start("smtpgw-mx", fileName, [.. prefix, "serve", "--config", ConfigPath], WorkDirectory,
+            Gateway = ChildProcess.Start("smtpgw-mx", fileName, [.. prefix, "serve", "--config", ConfigPath], WorkDirectory,
                 new Dictionary<string, string?> { ["DOTNET_NOLOGO"] = "1" },
                 keepVariable: name => !name.StartsWith("SMTPGW__", StringComparison.OrdinalIgnoreCase));
-            _runs.Add(_gateway);
+            Runs.Add(Gateway);
             await WaitUntilReadyAsync(cts.Token);
         }
         catch (Exception e)
@@ -146,8 +132,8 @@ public class MxHarness : IAsyncLifetime
         var clock = Stopwatch.StartNew();
         while (true)
         {
-            if (_gateway!.HasExited)
-                throw new InvalidOperationException($"smtpgw exited with status {_gateway.ExitCode}:\n{_gateway.Output}");
+            if (Gateway!.HasExited)
+                throw new InvalidOperationException($"smtpgw exited with status {Gateway.ExitCode}:\n{Gateway.Output}");
             try
             {
                 using var client = await RawSmtpClient.ConnectAsync("127.0.0.1", RelayPort, TimeSpan.FromSeconds(5), cancellationToken);
@@ -231,64 +217,24 @@ public class MxHarness : IAsyncLifetime
 
     /// <summary><c>smtpgw ARGS... --config &lt;this gateway's config&gt;</c>.</summary>
     internal Task<ProcessResult> SmtpgwAsync(params string[] args)
+        => RunSmtpgwAsync([.. args, "--config", ConfigPath], TimeSpan.FromSeconds(90));
+
+    protected override IEnumerable<(string Name, string Output)> PeerOutputs()
     {
-        var (fileName, prefix) = RepoPaths.Smtpgw();
-        return ChildProcess.RunCapturedAsync(fileName, [.. prefix, .. args, "--config", ConfigPath], WorkDirectory, TimeSpan.FromSeconds(90),
-            new Dictionary<string, string?> { ["DOTNET_NOLOGO"] = "1" },
-            keepVariable: name => !name.StartsWith("SMTPGW__", StringComparison.OrdinalIgnoreCase));
-    }
-
-    public string GatewayOutput => _gateway?.Output ?? "";
-
-    public string Diagnostics()
-    {
-        var text = new StringBuilder();
-        text.AppendLine($"work directory (kept): {WorkDirectory}; config: {ConfigPath}");
-        void Add(string name, string output)
-        {
-            var lines = output.Split('\n');
-            text.AppendLine($"----- {name}: last {Math.Min(lines.Length, 120)} lines -----");
-            text.AppendJoin('\n', lines.TakeLast(120)).AppendLine();
-        }
-
-        foreach (var run in _runs)
-            Add(run.Name, run.Output);
+        var outputs = new List<(string, string)>();
         if (Dns is not null)
-            Add("unbound", Dns.Output);
+            outputs.Add(("unbound", Dns.Output));
         lock (_sinks)
         {
             foreach (var sink in _sinks)
-                Add($"smtp-sink@{sink.Address}", sink.Output);
+                outputs.Add(($"smtp-sink@{sink.Address}", sink.Output));
         }
 
-        return text.ToString();
+        return outputs;
     }
 
-    public async Task RunAsync(ITestOutputHelper output, Func<Task> test)
+    protected override void DisposePeers()
     {
-        try
-        {
-            await test();
-        }
-        catch
-        {
-            Failed = true;
-            output.WriteLine(Diagnostics());
-            throw;
-        }
-    }
-
-    /// <summary>SIGKILL the gateway (its spool stays as it was), to run the queue tools against a stopped gateway's spool.</summary>
-    public async Task KillGatewayAsync()
-    {
-        if (_gateway is not null)
-            await _gateway.KillAndWaitAsync(TimeSpan.FromSeconds(30));
-    }
-
-    public virtual Task DisposeAsync()
-    {
-        foreach (var run in _runs)
-            run.Dispose();
         lock (_sinks)
         {
             foreach (var sink in _sinks)
@@ -296,20 +242,5 @@ public class MxHarness : IAsyncLifetime
         }
 
         Dns?.Dispose();
-        if (!Failed)
-        {
-            try
-            {
-                Directory.Delete(WorkDirectory, recursive: true);
-            }
-            catch (IOException)
-            {
-            }
-            catch (UnauthorizedAccessException)
-            {
-            }
-        }
-
-        return Task.CompletedTask;
     }
 }

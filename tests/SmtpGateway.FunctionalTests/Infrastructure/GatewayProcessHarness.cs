@@ -1,0 +1,139 @@
+using System.Text;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace SmtpGateway.FunctionalTests.Infrastructure;
+
+/// <summary>
+/// What every functional harness around a real <c>smtpgw serve</c> process shares: a private work directory with its
+/// data directory and config path, the processes it started, failure diagnostics (the last lines of each process's
+/// output, the whole of it in files in the kept directory), SIGKILL, and clean-up. Subclasses add their peers
+/// (smtp-sink, unbound) through <see cref="PeerOutputs"/> and <see cref="DisposePeers"/>.
+/// </summary>
+public abstract class GatewayProcessHarness : IAsyncLifetime
+{
+    const int TailLines = 150;
+
+    protected GatewayProcessHarness(string directoryPrefix)
+    {
+        var dir = Directory.CreateTempSubdirectory(directoryPrefix);
+        // smtp-sink drops to "nobody" when we are root and must reach its dump directory below this one.
+        File.SetUnixFileMode(dir.FullName, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute
+            | UnixFileMode.GroupRead | UnixFileMode.GroupExecute | UnixFileMode.OtherRead | UnixFileMode.OtherExecute);
+        WorkDirectory = dir.FullName;
+        DataDirectory = Path.Combine(WorkDirectory, "data");
+        ConfigPath = Path.Combine(WorkDirectory, "gateway.json");
+    }
+
+    public string WorkDirectory { get; }
+
+    public string DataDirectory { get; }
+
+    public string ConfigPath { get; }
+
+    /// <summary>True once a test failed: the work directory is then kept for inspection.</summary>
+    public bool Failed { get; protected set; }
+
+    /// <summary>Every process started (gateway runs and CLI helpers that are kept), for diagnostics and clean-up.</summary>
+    private protected List<ChildProcess> Runs { get; } = [];
+
+    /// <summary>The current (or last) gateway process.</summary>
+    private protected ChildProcess? Gateway { get; set; }
+
+    /// <summary>Everything the current (or last) gateway process has printed so far.</summary>
+    public string GatewayOutput => Gateway?.Output ?? "";
+
+    public abstract Task InitializeAsync();
+
+    /// <summary>Output of the harness's peers (sinks, DNS server) for <see cref="Diagnostics"/>.</summary>
+    protected virtual IEnumerable<(string Name, string Output)> PeerOutputs() => [];
+
+    protected virtual void DisposePeers()
+    {
+    }
+
+    /// <summary>Runs the built <c>smtpgw</c> with exactly <paramref name="args"/> in the work directory, with the gateway's environment (no SMTPGW__ overrides).</summary>
+    private protected Task<ProcessResult> RunSmtpgwAsync(IEnumerable<string> args, TimeSpan timeout)
+    {
+        var (fileName, prefix) = RepoPaths.Smtpgw();
+        return ChildProcess.RunCapturedAsync(fileName, [.. prefix, .. args], WorkDirectory, timeout,
+            new Dictionary<string, string?> { ["DOTNET_NOLOGO"] = "1" },
+            keepVariable: name => !name.StartsWith("SMTPGW__", StringComparison.OrdinalIgnoreCase));
+    }
+
+    /// <summary>SIGKILL: no shutdown code runs, exactly like a power cut for the process (the page cache survives).</summary>
+    public async Task KillGatewayAsync()
+    {
+        if (Gateway is not null)
+        {
+            await Gateway.KillAndWaitAsync(TimeSpan.FromSeconds(30));
+        }
+    }
+
+    /// <summary>
+    /// The processes' output for the test log (the last lines of each), with the whole of it written to files in the
+    /// work directory, which is kept.
+    /// </summary>
+    public string Diagnostics()
+    {
+        var text = new StringBuilder();
+        text.AppendLine($"work directory (kept): {WorkDirectory}; config: {ConfigPath}");
+        foreach (var (name, output) in Runs.Select(r => (r.Name, r.Output)).Concat(PeerOutputs()))
+        {
+            var file = Path.Combine(WorkDirectory, name.Replace('#', '-').Replace('@', '-') + ".log");
+            try
+            {
+                File.WriteAllText(file, output);
+            }
+            catch (IOException)
+            {
+            }
+
+            var lines = output.Split('\n');
+            text.AppendLine($"----- {name}: {(lines.Length > TailLines ? $"last {TailLines} lines; all in {file}" : file)} -----");
+            text.AppendJoin('\n', lines.TakeLast(TailLines)).AppendLine();
+        }
+
+        return text.ToString();
+    }
+
+    /// <summary>Runs <paramref name="test"/>; on failure writes the processes' output to the test log and keeps the directory.</summary>
+    public async Task RunAsync(ITestOutputHelper output, Func<Task> test)
+    {
+        try
+        {
+            await test();
+        }
+        catch
+        {
+            Failed = true;
+            output.WriteLine(Diagnostics());
+            throw;
+        }
+    }
+
+    public virtual Task DisposeAsync()
+    {
+        foreach (var run in Runs)
+        {
+            run.Dispose();
+        }
+
+        DisposePeers();
+        if (!Failed)
+        {
+            try
+            {
+                Directory.Delete(WorkDirectory, recursive: true);
+            }
+            catch (IOException)
+            {
+            }
+            catch (UnauthorizedAccessException)
+            {
+            }
+        }
+
+        return Task.CompletedTask;
+    }
+}
