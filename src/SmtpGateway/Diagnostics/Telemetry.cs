@@ -19,7 +19,6 @@ public static class Telemetry
     public const string DeliveryDsns = "smtpgw.delivery.dsns";
     public const string AuditEvents = "smtpgw.audit.events";
     public const string CrossTenantRefusals = "smtpgw.audit.cross_tenant_refusals";
-    public const string AuthAttempts = "smtpgw.auth.attempts";
     public const string DkimSignatures = "smtpgw.dkim.signatures";
     public const string DkimFailures = "smtpgw.dkim.failures";
     public const string HsmSignDuration = "smtpgw.hsm.sign.duration";

@@ -3,7 +3,11 @@ using System.Net;
 namespace SmtpGateway.Identity;
 
 /// <summary>What the Listener knows about the client when it asks for authentication.</summary>
-public sealed record AuthRequest(string SessionId, IPAddress ClientAddress, string Listener, string Mechanism, string AuthorizationIdentity, string UserName, string Password);
+public sealed record AuthRequest(string SessionId, IPAddress ClientAddress, string Listener, string Mechanism, string AuthorizationIdentity, string UserName, string Password)
+{
+    // The generated record ToString would print the password (a session token) into any log or exception that formats it.
+    public override string ToString() => $"AuthRequest {{ SessionId = {SessionId}, ClientAddress = {ClientAddress}, Listener = {Listener}, Mechanism = {Mechanism}, UserName = {UserName} }}";
+}
 
 /// <summary>Outcome of an AUTH attempt. The reason never reaches the client (every failure is the same 535).</summary>
 public sealed record AuthResult(bool Succeeded, TenantSession? Session, string? FailureReason)

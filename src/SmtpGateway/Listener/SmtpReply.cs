@@ -61,7 +61,6 @@ public static class SmtpReplies
     public static readonly SmtpReply SpoolFailed = new(451, "4.3.0", "Temporary failure storing the message, try again later");
     public static readonly SmtpReply SigningFailed = new(451, "4.3.0", "Temporary failure signing the message, try again later");
     public static readonly SmtpReply TooManyRecipients = new(452, "4.5.3", "Too many recipients");
-    public static readonly SmtpReply TlsUnavailable = new(454, "4.7.0", "TLS not available");
 
     public static readonly SmtpReply Unrecognized = new(500, "5.5.2", "Command unrecognized");
     public static readonly SmtpReply LineTooLong = new(500, "5.5.2", "Line too long (RFC 5321 section 4.5.3.1.4 limit is 512 octets)");
@@ -77,7 +76,6 @@ public static class SmtpReplies
     public static readonly SmtpReply BadSequence = new(503, "5.5.1", "Bad sequence of commands");
     public static readonly SmtpReply NeedHelo = new(503, "5.5.1", "Send EHLO or HELO first");
     public static readonly SmtpReply NeedMail = new(503, "5.5.1", "Need MAIL command first");
-    public static readonly SmtpReply NeedRcpt = new(503, "5.5.1", "Need RCPT command first");
     public static readonly SmtpReply NestedMail = new(503, "5.5.1", "Sender already specified");
     public static readonly SmtpReply AlreadyTls = new(503, "5.5.1", "TLS already active");
     public static readonly SmtpReply AlreadyAuthenticated = new(503, "5.5.1", "Already authenticated");

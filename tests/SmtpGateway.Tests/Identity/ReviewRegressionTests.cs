@@ -65,3 +65,18 @@ public sealed class ReviewRegressionTests : IDisposable
 
     public void Dispose() => _data.Delete(true);
 }
+
+public sealed class SecretFormattingTests
+{
+    [Fact]
+    public void Records_that_carry_secrets_do_not_print_them()
+    {
+        var request = new AuthRequest("s1", System.Net.IPAddress.Loopback, "submission", "PLAIN", "", "tenant-a", "sgw1.secret-token");
+        Assert.DoesNotContain("secret-token", request.ToString(), StringComparison.Ordinal);
+        var key = new TokenKey("k1", "c2VjcmV0LWtleS1tYXRlcmlhbA==", DateTimeOffset.UnixEpoch, null);
+        Assert.DoesNotContain(key.Secret, key.ToString(), StringComparison.Ordinal);
+        var minted = new MintedToken("sgw1.secret-token", new TokenRecord("tok_1", "tenant-a", null, [], DateTimeOffset.UnixEpoch, DateTimeOffset.UnixEpoch, "k1"));
+        Assert.DoesNotContain("secret-token", minted.ToString(), StringComparison.Ordinal);
+        Assert.Contains("tok_1", minted.ToString(), StringComparison.Ordinal);
+    }
+}

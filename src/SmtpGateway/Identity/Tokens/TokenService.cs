@@ -17,7 +17,11 @@ public sealed record TokenPayload(
     [property: JsonPropertyName("exp")] long ExpiresAt,
     [property: JsonPropertyName("s")] IReadOnlyList<string> Senders);
 
-public sealed record MintedToken(string Token, TokenRecord Record);
+public sealed record MintedToken(string Token, TokenRecord Record)
+{
+    // The token is printed once, deliberately, by `token mint`; formatting the record must not print it again.
+    public override string ToString() => $"MintedToken {{ Record = {Record} }}";
+}
 
 public enum TokenState
 {

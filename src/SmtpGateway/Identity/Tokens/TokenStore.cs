@@ -11,6 +11,9 @@ public sealed record TokenKey(string Id, string Secret, DateTimeOffset Created, 
 {
     [JsonIgnore]
     public byte[] SecretBytes => Convert.FromBase64String(Secret);
+
+    // Never print the key material, whatever formats this record.
+    public override string ToString() => $"TokenKey {{ Id = {Id}, Created = {Created:O}, RetiresAt = {RetiresAt:O} }}";
 }
 
 public sealed record TenantKeyFile(List<TokenKey> Keys);
