@@ -106,6 +106,15 @@ for project in projects:
     f = c.get("failed", 0) + c.get("error", 0) + c.get("timeout", 0) + c.get("aborted", 0)
     s = c.get("notExecuted", 0) + c.get("inconclusive", 0)
     print(f"  {name}: {p} passed, {f} failed, {s} skipped", file=sys.stderr)
+    # Name every failure (and the first lines of its message) next to the total, so a
+    # truncated CI log still says what broke.
+    for r in ET.parse(path).getroot().iter(f"{ns}UnitTestResult"):
+        if r.get("outcome") not in ("Passed", "NotExecuted", "Inconclusive"):
+            message = r.find(f"{ns}Output/{ns}ErrorInfo/{ns}Message")
+            text = (message.text or "").strip().splitlines() if message is not None else []
+            print(f"  FAILED {r.get('testName')} ({r.get('duration')})", file=sys.stderr)
+            for line in text[:6]:
+                print(f"      {line[:300]}", file=sys.stderr)
     passed, failed, skipped = passed + p, failed + f, skipped + s
 for name in missing:
     print(f"  {name}: no results (run aborted?)", file=sys.stderr)

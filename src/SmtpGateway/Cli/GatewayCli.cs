@@ -20,7 +20,12 @@ public static class GatewayCli
         root.Subcommands.Add(TokenCommands.Build(ConfigOption));
         root.Subcommands.Add(DkimCommands.Dkim(ConfigOption));
         root.Subcommands.Add(DkimCommands.Hsm(ConfigOption));
-        root.Subcommands.Add(QueueCommands.Build(ConfigOption));
+        var queue = QueueCommands.Build(ConfigOption);
+        foreach (var verb in EnvelopeCommands.QueueVerbs(ConfigOption))
+            queue.Subcommands.Add(verb);
+        root.Subcommands.Add(queue);
+        root.Subcommands.Add(EnvelopeCommands.Suppression(ConfigOption));
+        root.Subcommands.Add(EnvelopeCommands.Verp(ConfigOption));
         return root;
     }
 

@@ -32,6 +32,9 @@ public sealed class GatewayConfig
     /// <summary>Resolvers the gateway asks (MX routing); empty means the system's resolvers.</summary>
     public DnsConfig Dns { get; set; } = new();
 
+    /// <summary>Return paths and header hygiene (issue #7).</summary>
+    public EnvelopeConfig Envelope { get; set; } = new();
+
     /// <summary>How long SIGTERM waits for in-flight SMTP sessions before answering 421 to the rest.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(20);
 }
@@ -289,4 +292,17 @@ public sealed class RetryConfig
 
     /// <summary>Messages still undelivered after this age fail (RFC 5321 section 4.5.4.1 suggests 4-5 days).</summary>
     public TimeSpan MaxAge { get; set; } = TimeSpan.FromDays(5);
+}
+
+/// <summary>"Gateway:Envelope".</summary>
+public sealed class EnvelopeConfig
+{
+    /// <summary>Header fields removed from every message besides the built-in ones (Return-Path, X-Tenant*, X-Smtpgw*); "X-Foo-*" is a prefix.</summary>
+    public List<string> StripHeaders { get; set; } = [];
+
+    /// <summary>
+    /// After `smtpgw verp rotate-key`, tags made with the previous key are still accepted this long: DSNs come back within
+    /// the sender's retry period (RFC 5321 section 4.5.4.1 suggests 4-5 days), complaints later; 30 days covers both.
+    /// </summary>
+    public TimeSpan ReturnPathKeyGrace { get; set; } = TimeSpan.FromDays(30);
 }

@@ -18,6 +18,12 @@ public sealed class TenantConfig
     public EgressConfig Egress { get; set; } = new();
 
     public TenantLimitsConfig Limits { get; set; } = new();
+
+    /// <summary>Where unauthenticated mail for the tenant's domains goes (replies to its mail; bounces go to Bounces).</summary>
+    public InboundRouteConfig Inbound { get; set; } = new();
+
+    /// <summary>Bounce-rate threshold that pauses the tenant's outbound queue.</summary>
+    public ReputationConfig Reputation { get; set; } = new();
 }
 
 public sealed class EgressConfig

@@ -10,7 +10,11 @@ public sealed record DeliveryEvent
 {
     public required DateTimeOffset Time { get; init; }
 
-    /// <summary>delivered | deferred | bounced | expired.</summary>
+    /// <summary>
+    /// delivered | deferred | bounced | expired (our own attempts); bounced | soft-bounced | complained | delivery-report
+    /// (Source "report": a DSN or ARF report received at a return path); suppressed (a RCPT refused for the suppression
+    /// list; Id is then the session id); paused (the tenant's outbound queue is held for its bounce rate).
+    /// </summary>
     public required string Event { get; init; }
 
     /// <summary>Queue id.</summary>
@@ -40,6 +44,21 @@ public sealed record DeliveryEvent
 
     /// <summary>For bounced and expired: the queue id of the DSN sent to the sender, if any.</summary>
     public string? DsnId { get; init; }
+
+    /// <summary>The reverse-path the message was sent with (the tenant's VERP return path), when it differs from From.</summary>
+    public string? ReturnPath { get; init; }
+
+    /// <summary>"report" when the event comes from a bounce or complaint received later; null for our own attempts.</summary>
+    public string? Source { get; init; }
+
+    /// <summary>For reports: the queue id under which the report itself was received.</summary>
+    public string? ReportId { get; init; }
+
+    /// <summary>For complaints: the ARF Feedback-Type (RFC 5965 section 3.1).</summary>
+    public string? FeedbackType { get; init; }
+
+    /// <summary>For a suppression: whether the recipient was added to the tenant's suppression list.</summary>
+    public bool? Suppressed { get; init; }
 }
 
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]

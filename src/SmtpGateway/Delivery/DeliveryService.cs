@@ -8,6 +8,12 @@ using SmtpGateway.Spool;
 namespace SmtpGateway.Delivery;
 
 /// <summary>
+/// Envelope isolation hooks (issue #7): whether a message's tenant is paused (held), what each outcome does to the tenant
+/// (reputation, suppression), and the return path each recipient was sent with (for the event log).
+/// </summary>
+public sealed record DeliveryHooks(Func<SpoolEnvelope, bool>? IsHeld = null, Bounces.TenantOutcomes? Outcomes = null, ReturnPathResolver? ReturnPaths = null);
+
+/// <summary>
 /// Delivery workers: take due message ids from the spool, attempt the still-pending recipients through the
 /// transport, record each outcome, and schedule what was deferred (RFC 5321 section 4.5.4.1) until
 /// RetryConfig.MaxAge. Every decision is persisted by the spool before the next attempt can start,
@@ -36,6 +42,10 @@ public sealed class DeliveryService : BackgroundService
     readonly DeliveryEventLog? _events;
     readonly DsnGenerator? _dsn;
     readonly QueueControl? _control;
+    readonly DeliveryHooks _hooks;
+
+    /// <summary>A held (paused) tenant's message is looked at again this often, so a resume takes effect soon.</summary>
+    internal static readonly TimeSpan HoldRecheck = TimeSpan.FromSeconds(30);
 
     public DeliveryService(ISpoolQueue spool, IDeliveryTransport transport, IOptions<GatewayConfig> options, TimeProvider time, ILogger<DeliveryService> logger)
         : this(spool, transport, options.Value.Delivery, time, logger, random: null)
@@ -43,8 +53,9 @@ public sealed class DeliveryService : BackgroundService
     }
 
     internal DeliveryService(ISpoolQueue spool, IDeliveryTransport transport, DeliveryConfig config, TimeProvider time, ILogger logger, Func<double>? random,
-        DeliveryEventLog? events = null, DsnGenerator? dsn = null, QueueControl? control = null)
+        DeliveryEventLog? events = null, DsnGenerator? dsn = null, QueueControl? control = null, DeliveryHooks? hooks = null)
     {
+        _hooks = hooks ?? new DeliveryHooks();
         _spool = spool;
         _transport = transport;
         _events = events;
@@ -139,6 +150,13 @@ public sealed class DeliveryService : BackgroundService
             {
                 // Woken before its time (the durable schedule moved on): go back to sleep until then.
                 _spool.Schedule(id, state.NextAttemptAt);
+                return;
+            }
+
+            // A paused tenant's outbound mail is held, not dropped and not attempted: no attempt is counted, nothing expires.
+            if (_hooks.IsHeld?.Invoke(message.Envelope) == true)
+            {
+                _spool.Schedule(id, _time.GetUtcNow() + HoldRecheck);
                 return;
             }
 
@@ -245,11 +263,25 @@ public sealed class DeliveryService : BackgroundService
                 DeliveryOutcome.Bounced => "bounced",
                 _ => expiring ? "expired" : "deferred",
             };
+
+            // What the outcome means for the tenant (reputation, suppression): only for mail the tenant sent.
+            var envelope = message.Envelope;
+            var tenantSent = !envelope.Inbound && envelope.MailFrom.Length > 0 && envelope.TenantId is not null;
+            bool? suppressed = null;
+            if (tenantSent && _hooks.Outcomes is { } outcomes)
+            {
+                var added = outcomes.OnAttempt(envelope.TenantId!, recipient.Address, expiring ? DeliveryOutcome.Bounced : result.Outcome, result.Reply, state.Id);
+                suppressed = added ? true : null;
+            }
+
+            var returnPath = tenantSent ? _hooks.ReturnPaths?.Invoke(envelope, recipient.Address) : null;
             events.Add(new DeliveryEvent
             {
-                Time = now, Event = name, Id = state.Id, Tenant = tenant, From = message.Envelope.MailFrom, Recipient = recipient.Address,
+                Time = now, Event = name, Id = state.Id, Tenant = tenant, From = envelope.MailFrom, Recipient = recipient.Address,
                 Reply = result.Reply, Host = result.RemoteHost, Tls = result.Tls, Attempt = attempts,
                 NextAttemptAt = name == "deferred" ? nextAttemptAt : null,
+                ReturnPath = returnPath == envelope.MailFrom ? null : returnPath,
+                Suppressed = suppressed,
             });
             if (name is "bounced" or "expired")
                 failed.Add(new DsnRecipient(recipient.Address, result.Reply, result.RemoteHost, expiring));

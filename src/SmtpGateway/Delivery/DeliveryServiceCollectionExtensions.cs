@@ -8,6 +8,9 @@ using SmtpGateway.Spool;
 
 namespace SmtpGateway.Delivery;
 
+/// <summary>The tenants' event logs (null when Delivery:EventsDirectory is empty), shared by delivery, bounces and the listener.</summary>
+public sealed record DeliveryEvents(DeliveryEventLog? Log);
+
 public static class DeliveryServiceCollectionExtensions
 {
     /// <summary>
@@ -50,28 +53,46 @@ public static class DeliveryServiceCollectionExtensions
             sp.GetRequiredService<IOptions<GatewayConfig>>().Value, sp.GetRequiredService<IMxResolver>(), sp.GetRequiredService<EgressDirectory>(),
             sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<ILogger<MxTransport>>()));
         services.TryAddSingleton<IDeliveryTransport>(sp =>
-            sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Delivery.Mode switch
+        {
+            IDeliveryTransport transport = sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Delivery.Mode switch
             {
                 DeliveryMode.Smarthost => sp.GetRequiredService<SmarthostTransport>(),
                 DeliveryMode.Mx => sp.GetRequiredService<MxTransport>(),
                 _ => sp.GetRequiredService<DropTransport>(),
-            });
+            };
+
+            // Tenant return paths (VERP), when envelope isolation is registered (the full gateway).
+            var returnPaths = sp.GetService<DeliveryHooks>()?.ReturnPaths;
+            if (transport is SmarthostTransport smarthost)
+                smarthost.ReturnPaths = returnPaths;
+            else if (transport is MxTransport mx)
+                mx.ReturnPaths = returnPaths;
+            return transport;
+        });
+        services.TryAddSingleton(sp =>
+        {
+            var config = sp.GetRequiredService<IOptions<GatewayConfig>>().Value;
+            var logger = sp.GetRequiredService<ILogger<DeliveryService>>();
+            return new DeliveryEvents(string.IsNullOrWhiteSpace(config.Delivery.EventsDirectory)
+                ? null
+                : new DeliveryEventLog(Path.IsPathRooted(config.Delivery.EventsDirectory)
+                    ? config.Delivery.EventsDirectory
+                    : Path.Combine(GatewayPaths.DataDirectory(config), config.Delivery.EventsDirectory), logger));
+        });
         services.TryAddSingleton(sp =>
         {
             var config = sp.GetRequiredService<IOptions<GatewayConfig>>().Value;
             var time = sp.GetRequiredService<TimeProvider>();
             var logger = sp.GetRequiredService<ILogger<DeliveryService>>();
             var spool = sp.GetRequiredService<ISpoolQueue>();
-            var events = string.IsNullOrWhiteSpace(config.Delivery.EventsDirectory)
-                ? null
-                : new DeliveryEventLog(Path.IsPathRooted(config.Delivery.EventsDirectory)
-                    ? config.Delivery.EventsDirectory
-                    : Path.Combine(GatewayPaths.DataDirectory(config), config.Delivery.EventsDirectory), logger);
+            var events = sp.GetRequiredService<DeliveryEvents>().Log;
             var dsn = config.Delivery.Dsn.Enabled && sp.GetService<IMessageSpool>() is { } store
                 ? new DsnGenerator(store, config.ServerName, config.Delivery.Dsn.MaxReturnedHeaderBytes, time, logger)
                 : null;
             var control = spool is FileSpool fileSpool ? new QueueControl(fileSpool, time, logger) : null;
-            return new DeliveryService(spool, sp.GetRequiredService<IDeliveryTransport>(), config.Delivery, time, logger, random: null, events, dsn, control);
+            // The full gateway routes inbound mail and reports through the TenantRouter; delivery alone uses the transport.
+            var transport = (IDeliveryTransport?)sp.GetService<TenantRouter>() ?? sp.GetRequiredService<IDeliveryTransport>();
+            return new DeliveryService(spool, transport, config.Delivery, time, logger, random: null, events, dsn, control, sp.GetService<DeliveryHooks>());
         });
         services.AddHostedService(sp => sp.GetRequiredService<DeliveryService>());
         return services;

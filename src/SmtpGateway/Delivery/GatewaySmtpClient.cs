@@ -60,7 +60,15 @@ internal sealed class GatewaySmtpClient : SmtpClient
     }
 
     /// <summary>Runs one SMTP transaction for <paramref name="recipients"/>. Throws only when <paramref name="cancellationToken"/> is cancelled.</summary>
-    public async Task<TransactionResult> SendSpooledAsync(SpooledMessage message, IReadOnlyList<string> recipients, CancellationToken cancellationToken)
+    public Task<TransactionResult> SendSpooledAsync(SpooledMessage message, IReadOnlyList<string> recipients, CancellationToken cancellationToken) =>
+        SendSpooledAsync(message, recipients, mailFrom: null, cancellationToken);
+
+    /// <summary>Runs one SMTP transaction for <paramref name="recipients"/>. Throws only when <paramref name="cancellationToken"/> is cancelled.</summary>
+    /// <param name="message">The spooled message.</param>
+    /// <param name="recipients">Recipients for this transaction.</param>
+    /// <param name="mailFrom">The reverse-path to send: the tenant's return path, or the envelope sender; null means the envelope sender.</param>
+    /// <param name="cancellationToken">Cancels the transaction.</param>
+    public async Task<TransactionResult> SendSpooledAsync(SpooledMessage message, IReadOnlyList<string> recipients, string? mailFrom, CancellationToken cancellationToken)
     {
         var results = new RecipientResult?[recipients.Count];
         var envelope = message.Envelope;
@@ -69,7 +77,7 @@ internal sealed class GatewaySmtpClient : SmtpClient
         try
         {
             // The null reverse-path "" becomes MAIL FROM:<> (RFC 5321 section 4.5.5).
-            sender = new MailboxAddress("", envelope.MailFrom);
+            sender = new MailboxAddress("", mailFrom ?? envelope.MailFrom);
         }
         catch (ParseException)
         {

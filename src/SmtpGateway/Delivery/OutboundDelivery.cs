@@ -9,6 +9,9 @@ namespace SmtpGateway.Delivery;
 /// <summary>One next hop to try: host name (pool key, TLS reference identity), port, addresses (empty: resolve the name when connecting).</summary>
 internal sealed record NextHop(string Host, int Port, IReadOnlyList<IPAddress> Addresses);
 
+/// <summary>The reverse-path (MAIL FROM) for one recipient of a spooled message: the tenant's VERP return path, or the envelope sender.</summary>
+public delegate string ReturnPathResolver(SpoolEnvelope envelope, string recipient);
+
 /// <summary>
 /// The SMTP delivery engine behind <see cref="SmarthostTransport"/> and <see cref="MxTransport"/>.
 /// For each message it takes the tenant's egress (EHLO name, source address, own smarthost, TLS policy) from the
@@ -62,6 +65,13 @@ internal sealed class OutboundDelivery : IAsyncDisposable
 
     internal DestinationBackoff Backoff => _backoff;
 
+    /// <summary>
+    /// Per-recipient return paths (issue #7). A VERP return path names one recipient, so recipients with different return
+    /// paths go in separate transactions — on the same pooled connection, one after another (RFC 5321 section 3.3 allows
+    /// any number of transactions per session).
+    /// </summary>
+    internal ReturnPathResolver? ReturnPaths { get; set; }
+
     public async Task<IReadOnlyList<RecipientResult>> DeliverAsync(SpooledMessage message, IReadOnlyList<string> recipients, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(message);
@@ -78,9 +88,12 @@ internal sealed class OutboundDelivery : IAsyncDisposable
                 : default((string Host, int Port, WireTls Tls, DestinationLimits Limits)?);
         if (smarthost is { } hop)
         {
-            var all = Enumerable.Range(0, recipients.Count).ToArray();
-            await AttemptAsync(message, recipients, all, [new NextHop(hop.Host, hop.Port, [])], hop.Limits, hop.Tls, tenant, egress, results, cancellationToken)
-                .ConfigureAwait(false);
+            foreach (var (mailFrom, indices) in ByReturnPath(message.Envelope, recipients, Enumerable.Range(0, recipients.Count)))
+            {
+                await AttemptAsync(message, recipients, indices, mailFrom, [new NextHop(hop.Host, hop.Port, [])], hop.Limits, hop.Tls, tenant, egress, results,
+                    cancellationToken).ConfigureAwait(false);
+            }
+
             return results;
         }
 
@@ -105,14 +118,26 @@ internal sealed class OutboundDelivery : IAsyncDisposable
             }
 
             var hops = route.Hosts.Select(h => new NextHop(h.Name, _mx.Port, h.Addresses)).ToArray();
-            await AttemptAsync(message, recipients, indices, hops, mxLimits, ToWire(egress.Tls.For(group.Key)), tenant, egress, results, cancellationToken)
-                .ConfigureAwait(false);
+            foreach (var (mailFrom, batch) in ByReturnPath(message.Envelope, recipients, indices))
+            {
+                await AttemptAsync(message, recipients, batch, mailFrom, hops, mxLimits, ToWire(egress.Tls.For(group.Key)), tenant, egress, results, cancellationToken)
+                    .ConfigureAwait(false);
+            }
         }
 
         return results;
     }
 
-    async Task AttemptAsync(SpooledMessage message, IReadOnlyList<string> all, int[] indices, IReadOnlyList<NextHop> hops, DestinationLimits limits, WireTls tls,
+    /// <summary>Recipients grouped by their return path, in first-seen order; one group with the envelope sender when there is no resolver.</summary>
+    IEnumerable<(string MailFrom, int[] Indices)> ByReturnPath(SpoolEnvelope envelope, IReadOnlyList<string> recipients, IEnumerable<int> indices)
+    {
+        var resolver = ReturnPaths;
+        if (resolver is null)
+            return [(envelope.MailFrom, indices.ToArray())];
+        return indices.GroupBy(i => resolver(envelope, recipients[i]), StringComparer.Ordinal).Select(g => (g.Key, g.ToArray()));
+    }
+
+    async Task AttemptAsync(SpooledMessage message, IReadOnlyList<string> all, int[] indices, string mailFrom, IReadOnlyList<NextHop> hops, DestinationLimits limits, WireTls tls,
         string tenant, TenantEgress egress, RecipientResult[] results, CancellationToken cancellationToken)
     {
         var recipients = indices.Select(i => all[i]).ToArray();
@@ -148,7 +173,7 @@ internal sealed class OutboundDelivery : IAsyncDisposable
             try
             {
                 connection.Transactions++;
-                result = await connection.Client.SendSpooledAsync(message, recipients, cancellationToken).ConfigureAwait(false);
+                result = await connection.Client.SendSpooledAsync(message, recipients, mailFrom, cancellationToken).ConfigureAwait(false);
                 reusable = result.Reusable;
             }
             finally

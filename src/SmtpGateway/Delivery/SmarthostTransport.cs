@@ -27,6 +27,13 @@ public sealed class SmarthostTransport : IDeliveryTransport, IAsyncDisposable
 
     internal OutboundDelivery Engine => _engine;
 
+    /// <summary>Per-recipient return paths (tenant VERP); unset sends the envelope sender.</summary>
+    public ReturnPathResolver? ReturnPaths
+    {
+        get => _engine.ReturnPaths;
+        set => _engine.ReturnPaths = value;
+    }
+
     /// <inheritdoc />
     public Task<IReadOnlyList<RecipientResult>> DeliverAsync(SpooledMessage message, IReadOnlyList<string> recipients, CancellationToken cancellationToken) =>
         _engine.DeliverAsync(message, recipients, cancellationToken);

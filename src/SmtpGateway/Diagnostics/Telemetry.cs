@@ -17,6 +17,9 @@ public static class Telemetry
     public const string QueueDepth = "smtpgw.queue.depth";
     public const string DeliveryConnections = "smtpgw.delivery.connections";
     public const string DeliveryDsns = "smtpgw.delivery.dsns";
+    public const string BouncesReceived = "smtpgw.bounces.received";
+    public const string Suppressed = "smtpgw.suppression.refusals";
+    public const string TenantPaused = "smtpgw.tenant.paused";
     public const string AuditEvents = "smtpgw.audit.events";
     public const string CrossTenantRefusals = "smtpgw.audit.cross_tenant_refusals";
     public const string DkimSignatures = "smtpgw.dkim.signatures";

@@ -6,6 +6,11 @@ namespace SmtpGateway.Identity;
 /// <summary>A tenant compiled from <see cref="TenantConfig"/>: normalised domains, parsed networks.</summary>
 public sealed record TenantModel(string Id, IReadOnlySet<string> Domains, string? BounceDomain, IReadOnlyList<IPNetwork> Networks, TimeSpan? MaxTokenTtl)
 {
+    /// <summary>Where inbound mail for the tenant's domains goes.</summary>
+    public InboundRouteConfig Inbound { get; init; } = new();
+
+    public ReputationConfig Reputation { get; init; } = new();
+
     /// <summary>True when the normalised domain is one of the tenant's sending domains.</summary>
     public bool OwnsSendingDomain(string normalizedDomain) => Domains.Contains(normalizedDomain);
 
@@ -151,7 +156,9 @@ public sealed class TenantSnapshot
                 errors.Add($"{p}:Limits:MaxTokenTtl: must be positive.");
             }
 
-            var model = new TenantModel(id, domains, bounce, parsed, t.Limits.MaxTokenTtl);
+            t.Inbound.Validate($"{p}:Inbound", errors, checkFiles: true);
+            t.Reputation.Validate($"{p}:Reputation", errors);
+            var model = new TenantModel(id, domains, bounce, parsed, t.Limits.MaxTokenTtl) { Inbound = t.Inbound, Reputation = t.Reputation };
             tenants[id] = model;
             foreach (var d in domains)
             {

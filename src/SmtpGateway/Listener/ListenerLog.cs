@@ -51,4 +51,7 @@ static partial class ListenerLog
 
     [LoggerMessage(EventId = EventIds.Listener + 13, Level = LogLevel.Error, Message = "Session {SessionId} failed unexpectedly")]
     public static partial void SessionFailed(ILogger logger, string sessionId, Exception exception);
+
+    [LoggerMessage(EventId = EventIds.Listener + 15, Level = LogLevel.Information, Message = "Session {SessionId}: removed header field(s) {Fields} (client-supplied tenant or delivery-path claims)")]
+    public static partial void HeadersRemoved(ILogger logger, string sessionId, string fields);
 }

@@ -53,4 +53,15 @@ public sealed record SessionServices(
     IMessageSpool Spool,
     TimeProvider Time,
     ListenerMetrics Metrics,
-    Signing.IMessageSigner? Signer = null);
+    Signing.IMessageSigner? Signer = null,
+    EnvelopeServices? Envelope = null);
+
+/// <summary>
+/// Envelope isolation (issue #7) as a session sees it: return-path tags to check at RCPT on bounce domains, the
+/// tenants' suppression lists, header hygiene before signing, and where a suppression refusal is reported.
+/// </summary>
+public sealed record EnvelopeServices(
+    Envelope.ReturnPath ReturnPaths,
+    Bounces.SuppressionList Suppression,
+    Envelope.HeaderHygiene Hygiene,
+    Action<string, string, string>? SuppressedRecipient = null);

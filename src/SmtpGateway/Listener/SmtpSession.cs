@@ -75,6 +75,7 @@ public sealed partial class SmtpSession
     SmtpPath? _mailFrom;
     bool _smtpUtf8;
     bool _eightBit;
+    readonly Func<string, string, bool>? _isReturnPath;
 
     public SmtpSession(Stream stream, ListenerModel listener, IPEndPoint remote, SessionServices services, ILogger logger, CancellationToken draining, CancellationToken hardStop)
     {
@@ -92,6 +93,11 @@ public sealed partial class SmtpSession
 
         // The session keeps the tenant map it started with, even if the config reloads meanwhile.
         _tenants = services.Identity.Tenants();
+        if (services.Envelope is { } envelopeServices)
+        {
+            _isReturnPath = (tenant, local) => envelopeServices.ReturnPaths.Verify(tenant, local) is not null;
+        }
+
         if (listener.Kind == Configuration.ListenerKind.Relay && _tenants.FindByAddress(remote.Address) is { } legacy)
         {
             _tenant = new TenantSession(legacy.Id, TenantSessionKind.Network, null, []);
@@ -624,7 +630,17 @@ public sealed partial class SmtpSession
             return true;
         }
 
-        var decision = Policy.SenderPolicy.Recipient(_tenant, path, _tenants, _transactionTenant, out var recipientTenant);
+        var envelope = _services.Envelope;
+        var suppressed = _tenant is not null && envelope is not null && envelope.Suppression.Contains(_tenant.TenantId, path.Address);
+        var decision = Policy.SenderPolicy.Recipient(_tenant, path, _tenants, _transactionTenant, suppressed, _isReturnPath, out var recipientTenant);
+        if (suppressed && !decision.Accepted)
+        {
+            // Issue #7: the refusal is an event in the tenant's own event log, so its app learns why the address is skipped.
+            // Not a protocol error: a list with many suppressed addresses must not exhaust the session's error budget.
+            envelope!.SuppressedRecipient?.Invoke(_tenant!.TenantId, path.Address, SessionId);
+            return Reply(decision.Reply!);
+        }
+
         if (!decision.Accepted)
         {
             if (decision.Reply!.IsTransient)
@@ -687,10 +703,14 @@ public sealed partial class SmtpSession
                 reply = SmtpReplies.DataLineTooLong;
                 break;
             default:
-                reply = HeaderFromRefusal(message, headerLength, out var author)
-                    ?? Sign(message, headerLength, author, out var signature)
-                    ?? await CommitAsync(id, message, signature, received).ConfigureAwait(false);
+            {
+                using var cleaned = CleanHeaders(message, headerLength, id);
+                var final = cleaned ?? message;
+                reply = HeaderFromRefusal(final, headerLength, out var author)
+                    ?? Sign(final, headerLength, author, out var signature)
+                    ?? await CommitAsync(id, final, signature, received).ConfigureAwait(false);
                 break;
+            }
         }
 
         ResetTransaction();
@@ -703,6 +723,53 @@ public sealed partial class SmtpSession
 
         _services.Metrics.Rejected(_listener.Name, reply.Code);
         return reply.IsTransient ? Reply(reply) : CountError(reply);
+    }
+
+    /// <summary>
+    /// Header hygiene (issue #7), before signing so the signature covers the cleaned header: client-supplied fields that
+    /// claim a tenant or a delivery path are removed (X-Tenant and kin, Return-Path; Bcc too when a tenant sends), and a
+    /// tenant's message without a Message-ID gets one (RFC 5322 section 3.6.4; DKIM over-signs it). Null when nothing
+    /// changes, so the common case costs no copy.
+    /// </summary>
+    MessageBuffer? CleanHeaders(MessageBuffer message, long headerLength, string id)
+    {
+        if (_services.Envelope?.Hygiene is not { } hygiene)
+        {
+            return null;
+        }
+
+        var outbound = _tenant is not null;
+        var content = message.ToSequence().Slice(headerLength);
+        MessageBuffer? cleanedContent = null;
+        var removed = new List<string>();
+        try
+        {
+            var result = hygiene.Clean(content, outbound, chunk => (cleanedContent ??= new MessageBuffer()).Append(chunk), removed);
+            var addMessageId = outbound && !result.HasMessageId;
+            if (!result.Changed && !addMessageId)
+            {
+                return null;
+            }
+
+            if (removed.Count > 0)
+            {
+                ListenerLog.HeadersRemoved(_logger, SessionId, string.Join(", ", removed.Distinct(StringComparer.OrdinalIgnoreCase)));
+            }
+
+            var final = new MessageBuffer();
+            final.Append(message.ToSequence().Slice(0, headerLength));
+            if (addMessageId)
+            {
+                final.Append(Encoding.ASCII.GetBytes($"Message-ID: {HeaderHygiene.NewMessageId(id, _services.ServerName)}\r\n"));
+            }
+
+            final.Append(result.Changed ? cleanedContent?.ToSequence() ?? ReadOnlySequence<byte>.Empty : content);
+            return final;
+        }
+        finally
+        {
+            cleanedContent?.Dispose();
+        }
     }
 
     /// <summary>

@@ -24,6 +24,15 @@ public static class SenderPolicy
     public static readonly SmtpReply TokenNoLongerValid = new(530, "5.7.0", "Authentication required: session credentials expired or revoked");
     public static readonly SmtpReply OtherTenantRecipients = new(452, "4.5.3", "Recipients for another domain group must be sent in a separate transaction");
 
+    /// <summary>RFC 3463 5.1.1 "bad destination mailbox address": a return path we did not make (or no longer accept).</summary>
+    public static readonly SmtpReply UnknownReturnPath = new(550, "5.1.1", "No such recipient");
+
+    /// <summary>Issue #7: a tenant may not mail an address that hard-bounced or complained, until the operator removes it.</summary>
+    public static readonly SmtpReply Suppressed = new(550, "5.7.1", "Recipient is on this account's suppression list (earlier hard bounce or complaint); not sent");
+
+    /// <summary>RFC 5321 section 4.5.1: every domain that receives mail must accept its postmaster (RFC 2142: abuse too).</summary>
+    static readonly string[] RoleMailboxes = ["postmaster", "abuse"];
+
     /// <summary>Issue #3 "Sender binding" for MAIL FROM. Unauthenticated sessions (inbound) are judged at RCPT.</summary>
     public static PolicyDecision MailFrom(TenantSession? session, string address, TenantSnapshot tenants)
     {
@@ -65,12 +74,20 @@ public static class SenderPolicy
     /// mail), with the classic open-relay tricks refused: quoted or routed local parts ("@", "%", "!"), address
     /// literals, and (by the grammar) source routes and trailing dots. One transaction serves one tenant.
     /// </summary>
-    public static PolicyDecision Recipient(TenantSession? session, SmtpPath recipient, TenantSnapshot tenants, string? transactionTenant, out string? recipientTenant)
+    /// <param name="session">The session's tenant, or null for an unauthenticated (inbound) session.</param>
+    /// <param name="recipient">The RCPT path.</param>
+    /// <param name="tenants">The session's tenant snapshot.</param>
+    /// <param name="transactionTenant">Tenant of the recipients accepted so far in this transaction.</param>
+    /// <param name="suppressed">Fact: the recipient is on the session tenant's suppression list.</param>
+    /// <param name="isReturnPath">Fact-finder: (tenant, local part) is a valid return path of that tenant (a MAC check).</param>
+    /// <param name="recipientTenant">The tenant the recipient belongs to.</param>
+    public static PolicyDecision Recipient(TenantSession? session, SmtpPath recipient, TenantSnapshot tenants, string? transactionTenant, bool suppressed,
+        Func<string, string, bool>? isReturnPath, out string? recipientTenant)
     {
         recipientTenant = session?.TenantId;
         if (session is not null)
         {
-            return PolicyDecision.Accept;
+            return suppressed ? new PolicyDecision(Suppressed, "suppressed recipient") : PolicyDecision.Accept;
         }
 
         var local = recipient.LocalPart;
@@ -89,6 +106,15 @@ public static class SenderPolicy
         if (tenant is null || !tenant.ReceivesFor(domain!))
         {
             return new PolicyDecision(SmtpReplies.RelayDenied, "recipient domain is not a tenant domain");
+        }
+
+        // The bounce domain receives only what answers our own mail: return paths with a valid tag (and its role mailboxes).
+        // Anything else there is a forgery or a guess, refused before DATA so that nobody can make us attribute a bounce.
+        if (domain == tenant.BounceDomain && !tenant.Domains.Contains(domain!)
+            && !RoleMailboxes.Contains(local, StringComparer.OrdinalIgnoreCase)
+            && (isReturnPath is null || !isReturnPath(tenant.Id, local)))
+        {
+            return new PolicyDecision(UnknownReturnPath, "unknown or forged return path");
         }
 
         if (transactionTenant is not null && transactionTenant != tenant.Id)

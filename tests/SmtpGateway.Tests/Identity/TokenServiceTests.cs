@@ -43,6 +43,21 @@ public sealed class TokenServiceTests : IDisposable
     }
 
     [Fact]
+    public void A_cross_tenant_attempt_with_a_key_minted_moments_ago_by_another_process_is_still_reported_as_cross_tenant()
+    {
+        // The gateway's service has loaded its keys before tenant-b had any; the CLI (another store) then mints b's first token.
+        var gateway = NewService();
+        gateway.Mint("tenant-a", null, [], null);
+        Thread.Sleep(150); // past the refresh rate limit, as a real minute of uptime would be
+        var b = NewService().Mint("tenant-b", null, [], null);
+
+        var check = gateway.Verify("tenant-a", b.Token);
+        Assert.False(check.Valid);
+        Assert.Equal(TokenService.TenantMismatch, check.Reason);
+        Assert.Equal("tenant-b", check.Payload!.Tenant);
+    }
+
+    [Fact]
     public void A_token_of_tenant_b_relabelled_as_tenant_a_fails_the_mac()
     {
         var svc = NewService();

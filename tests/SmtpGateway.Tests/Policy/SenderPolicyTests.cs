@@ -18,7 +18,7 @@ public sealed class SenderPolicyTests
         var snapshot = TenantSnapshot.Build(new Dictionary<string, TenantConfig>
         {
             ["tenant-a"] = new() { Domains = ["tenant-a.example", "news.tenant-a.example"], BounceDomain = "bounces.tenant-a.example" },
-            ["tenant-b"] = new() { Domains = ["tenant-b.example"] },
+            ["tenant-b"] = new() { Domains = ["tenant-b.example"], BounceDomain = "bounces.tenant-b.example" },
         }, errors);
         Assert.Empty(errors);
         return snapshot;
@@ -69,7 +69,8 @@ public sealed class SenderPolicyTests
 
     [Theory]
     [InlineData("bob@tenant-a.example", true)]
-    [InlineData("b+tag@bounces.tenant-a.example", true)]
+    [InlineData("b+good@bounces.tenant-a.example", true)]
+    [InlineData("Postmaster@bounces.tenant-a.example", true)]
     [InlineData("bob@Tenant-B.Example", true)]
     [InlineData("victim@elsewhere.example", false)]
     [InlineData("\"victim@elsewhere.example\"@tenant-a.example", false)]
@@ -78,7 +79,7 @@ public sealed class SenderPolicyTests
     [InlineData("victim@[127.0.0.1]", false)]
     public void Unauthenticated_clients_reach_only_tenant_domains(string recipient, bool accepted)
     {
-        var decision = SenderPolicy.Recipient(null, Path(recipient), Tenants, null, out _);
+        var decision = SenderPolicy.Recipient(null, Path(recipient), Tenants, null, false, ValidTag, out _);
         Assert.Equal(accepted, decision.Accepted);
         if (!accepted)
         {
@@ -89,16 +90,40 @@ public sealed class SenderPolicyTests
     [Fact]
     public void One_inbound_transaction_serves_one_tenant()
     {
-        Assert.True(SenderPolicy.Recipient(null, Path("x@tenant-a.example"), Tenants, null, out var first).Accepted);
+        Assert.True(SenderPolicy.Recipient(null, Path("x@tenant-a.example"), Tenants, null, false, ValidTag, out var first).Accepted);
         Assert.Equal("tenant-a", first);
-        var second = SenderPolicy.Recipient(null, Path("y@tenant-b.example"), Tenants, first, out _);
+        var second = SenderPolicy.Recipient(null, Path("y@tenant-b.example"), Tenants, first, false, ValidTag, out _);
         Assert.Equal(452, second.Reply!.Code);
     }
 
     [Fact]
     public void Tenant_sessions_may_send_anywhere()
     {
-        Assert.True(SenderPolicy.Recipient(A, Path("anyone@elsewhere.example"), Tenants, null, out var t).Accepted);
+        Assert.True(SenderPolicy.Recipient(A, Path("anyone@elsewhere.example"), Tenants, null, false, ValidTag, out var t).Accepted);
         Assert.Equal("tenant-a", t);
+    }
+
+    /// <summary>Stands in for the MAC check: only tenant-a's "b+good" is a return path it made.</summary>
+    static bool ValidTag(string tenant, string local) => tenant == "tenant-a" && local == "b+good";
+
+    [Theory]
+    [InlineData("b+forged@bounces.tenant-a.example")]
+    [InlineData("someone@bounces.tenant-a.example")]
+    [InlineData("b+good@bounces.tenant-b.example")]
+    public void Bounce_domains_take_only_valid_return_paths(string recipient)
+    {
+        var decision = SenderPolicy.Recipient(null, Path(recipient), Tenants, null, false, ValidTag, out _);
+        Assert.Equal("550 5.1.1 No such recipient", decision.Reply!.ToString());
+    }
+
+    [Fact]
+    public void A_suppressed_recipient_is_refused_to_the_tenant_session_only()
+    {
+        var refused = SenderPolicy.Recipient(A, Path("gone@elsewhere.example"), Tenants, null, suppressed: true, ValidTag, out _);
+        Assert.Equal(SenderPolicy.Suppressed, refused.Reply);
+        Assert.StartsWith("550 5.7.1", refused.Reply!.ToString(), StringComparison.Ordinal);
+
+        // Inbound mail is not the tenant sending: suppression is about what the tenant may send.
+        Assert.True(SenderPolicy.Recipient(null, Path("x@tenant-a.example"), Tenants, null, suppressed: true, ValidTag, out _).Accepted);
     }
 }

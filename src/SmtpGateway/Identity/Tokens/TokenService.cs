@@ -135,7 +135,15 @@ public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants,
             // Only a token that really is another tenant's (its MAC verifies under that tenant's own key) is reported
             // as a cross-tenant attempt, with that tenant's name; anything else is just a bad token, attributed to no one,
             // so nobody can pin forged "attacks" on a tenant or grow metric label sets with invented names.
-            var claimed = tenants().Find(payload.Tenant) is null ? null : store.KeysOf(payload.Tenant).FirstOrDefault(k => k.Id == payload.KeyId);
+            var known = tenants().Find(payload.Tenant) is not null;
+            var claimed = known ? store.KeysOf(payload.Tenant).FirstOrDefault(k => k.Id == payload.KeyId) : null;
+            if (known && claimed is null && store.RefreshIfStale(TimeSpan.FromMilliseconds(100)))
+            {
+                // As below: the other tenant's key may be brand new (its first mint moments ago), not yet seen by the
+                // periodic refresh; without this a real cross-tenant attempt would be logged as a plain bad token.
+                claimed = store.KeysOf(payload.Tenant).FirstOrDefault(k => k.Id == payload.KeyId);
+            }
+
             return claimed is not null && CryptographicOperations.FixedTimeEquals(Mac(claimed, $"{Prefix}{parts[1]}"), mac)
                 ? TokenCheck.Fail(TenantMismatch, payload)
                 : TokenCheck.Fail("bad signature");

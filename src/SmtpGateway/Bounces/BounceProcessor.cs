@@ -1,0 +1,210 @@
+using Microsoft.Extensions.Logging;
+using SmtpGateway.Delivery;
+using SmtpGateway.Envelope;
+using SmtpGateway.Identity;
+using SmtpGateway.Spool;
+
+namespace SmtpGateway.Bounces;
+
+/// <summary>
+/// What happens to the tenant after an outcome: reputation counters, the bounce-rate pause, and suppression of recipients
+/// that hard-bounced or complained. Fed by our own delivery attempts (synchronous 5xx) and by reports that arrive at
+/// return paths (<see cref="BounceProcessor"/>), so both kinds of bounce count the same.
+/// </summary>
+public sealed class TenantOutcomes
+{
+    readonly SuppressionList _suppression;
+    readonly ReputationTracker _reputation;
+
+    public TenantOutcomes(SuppressionList suppression, ReputationTracker reputation)
+    {
+        _suppression = suppression;
+        _reputation = reputation;
+    }
+
+    public SuppressionList Suppression => _suppression;
+
+    public ReputationTracker Reputation => _reputation;
+
+    /// <summary>
+    /// A status that says the address itself is bad (RFC 3463): 5.1.x addressing (no such user, bad domain), 5.2.1 mailbox
+    /// disabled, 5.4.4 unroutable, and 5.0.0 (the generic permanent failure most MTAs use for "user unknown"). Not suppressed:
+    /// 5.2.2 mailbox full, 5.7.x policy (a content or reputation block says nothing about the address), 5.3.x/5.6.x —
+    /// the next message to that address may well be delivered.
+    /// </summary>
+    public static bool IsAddressFailure(string? status) =>
+        status is not null && (status.StartsWith("5.1.", StringComparison.Ordinal) || status is "5.2.1" or "5.4.4" or "5.0.0");
+
+    /// <summary>Our own attempt ended for one recipient of an outbound message.</summary>
+    /// <returns>True when the recipient was added to the suppression list.</returns>
+    public bool OnAttempt(string tenant, string recipient, DeliveryOutcome outcome, string reply, string queueId)
+    {
+        switch (outcome)
+        {
+            case DeliveryOutcome.Delivered:
+                _reputation.Record(tenant, ReputationOutcome.Delivered);
+                return false;
+            case DeliveryOutcome.Deferred:
+                _reputation.Record(tenant, ReputationOutcome.Deferred);
+                return false;
+            default:
+                _reputation.Record(tenant, ReputationOutcome.Bounced);
+                var status = StatusOf(reply);
+                return IsAddressFailure(status) && _suppression.Add(tenant, recipient, "hard-bounce", $"{status} in reply to {queueId}");
+        }
+    }
+
+    /// <summary>A report about one recipient arrived; returns whether the recipient was suppressed.</summary>
+    public bool OnReport(string tenant, BounceFinding finding, string queueId)
+    {
+        switch (finding.Kind)
+        {
+            case BounceKind.HardBounce:
+                _reputation.Record(tenant, ReputationOutcome.Bounced);
+                return finding.Recipient is { } r && IsAddressFailure(finding.Status ?? "5.0.0")
+                    && _suppression.Add(tenant, r, "hard-bounce", $"{finding.Status ?? "5.0.0"} report on {queueId}");
+            case BounceKind.Complaint:
+                // RFC 5965: the recipient said it does not want this mail. Never mail them again without the operator.
+                _reputation.Record(tenant, ReputationOutcome.Complained);
+                return finding.Recipient is { } c && _suppression.Add(tenant, c, "complaint", $"{finding.FeedbackType ?? "abuse"} report on {queueId}");
+            case BounceKind.SoftBounce:
+                _reputation.Record(tenant, ReputationOutcome.Deferred);
+                return false;
+            default:
+                return false;
+        }
+    }
+
+    /// <summary>"550 5.1.1 No such user" → "5.1.1"; RecipientResult replies carry the enhanced code after the basic one.</summary>
+    static string? StatusOf(string reply)
+    {
+        var parts = reply.Split(' ', 3, StringSplitOptions.RemoveEmptyEntries);
+        foreach (var part in parts.Take(2))
+        {
+            if (part.Length >= 5 && part[1] == '.' && char.IsAsciiDigit(part[0]))
+                return part;
+        }
+
+        return parts.Length > 0 && parts[0].Length == 3 && parts[0][0] == '5' ? "5.0.0" : null;
+    }
+}
+
+/// <summary>
+/// Handles mail received at a tenant's return paths: verifies the tag again (the key may have been retired meanwhile),
+/// parses the report with MimeKit (<see cref="BounceParser"/>), attributes it to the tenant, original message and
+/// recipient, and records it: an event in the tenant's own event log, reputation, suppression. The report itself is then
+/// done with (Delivered): it was addressed to the gateway, not to a mailbox.
+/// </summary>
+public sealed partial class BounceProcessor
+{
+    readonly ReturnPath _returnPaths;
+    readonly TenantOutcomes _outcomes;
+    readonly Action<DeliveryEvent>? _events;
+    readonly TimeProvider _time;
+    readonly ILogger _logger;
+
+    public BounceProcessor(ReturnPath returnPaths, TenantOutcomes outcomes, Action<DeliveryEvent>? events, TimeProvider time, ILogger logger)
+    {
+        _returnPaths = returnPaths;
+        _outcomes = outcomes;
+        _events = events;
+        _time = time;
+        _logger = logger;
+    }
+
+    /// <summary>True when <paramref name="recipient"/> is addressed to <paramref name="tenant"/>'s bounce domain with a return-path local part.</summary>
+    public static bool IsReturnPathAddress(TenantModel tenant, string recipient)
+    {
+        var at = recipient.LastIndexOf('@');
+        return at > 0 && tenant.BounceDomain is { } bounce && !tenant.Domains.Contains(bounce)
+            && DomainName.Normalize(recipient[(at + 1)..]) == bounce
+            && recipient.StartsWith(ReturnPath.Prefix, StringComparison.OrdinalIgnoreCase);
+    }
+
+    /// <summary>Processes <paramref name="message"/> for its return-path recipients; one result per recipient.</summary>
+    public async Task<IReadOnlyList<RecipientResult>> ProcessAsync(SpooledMessage message, IReadOnlyList<string> recipients, CancellationToken cancellationToken)
+    {
+        var tenant = message.Envelope.TenantId;
+        var results = new List<RecipientResult>(recipients.Count);
+        foreach (var recipient in recipients)
+        {
+            var local = recipient[..recipient.LastIndexOf('@')];
+            var tag = tenant is null ? null : _returnPaths.Verify(tenant, local);
+            if (tag is null)
+            {
+                // Accepted at RCPT, invalid now (key retired in between): nothing to attribute; do not bounce a bounce.
+                Log.Unattributable(_logger, message.Envelope.Id, "tag no longer valid");
+                results.Add(RecipientResult.FromReply(recipient, 250, "2.0.0 Report discarded: return path no longer valid"));
+                continue;
+            }
+
+            IReadOnlyList<BounceFinding> findings;
+            var content = message.OpenContent();
+            await using (content.ConfigureAwait(false))
+            {
+                // MimeKit parses synchronously; reports are small (the listener's size limit bounds them anyway).
+                findings = BounceParser.Parse(content, address => ReturnPath.IsRecipient(tag, address));
+            }
+
+            cancellationToken.ThrowIfCancellationRequested();
+            Record(message, tag, findings);
+            results.Add(RecipientResult.FromReply(recipient, 250, "2.0.0 Report processed"));
+        }
+
+        return results;
+    }
+
+    void Record(SpooledMessage report, VerpTag tag, IReadOnlyList<BounceFinding> findings)
+    {
+        // The tag names one recipient: the finding about that recipient decides; without one, the first finding is the
+        // report's verdict about our message (a non-standard bounce may name nobody we can recognise).
+        var finding = findings.FirstOrDefault(f => f.Recipient is not null && f.Kind != BounceKind.Unknown)
+            ?? findings.FirstOrDefault(f => f.Kind != BounceKind.Unknown);
+        if (finding is null)
+        {
+            Log.Unattributable(_logger, report.Envelope.Id, findings.Count == 0 ? "not a report" : "report states nothing usable");
+            _events?.Invoke(Event(report, tag, "unrecognized-report", null, "no bounce or complaint found", null));
+            return;
+        }
+
+        var suppressed = _outcomes.OnReport(tag.Tenant, finding, tag.QueueId);
+        var name = finding.Kind switch
+        {
+            BounceKind.HardBounce => "bounced",
+            BounceKind.SoftBounce => "soft-bounced",
+            BounceKind.Complaint => "complained",
+            BounceKind.Delivered => "delivery-report",
+            _ => "unrecognized-report",
+        };
+        var reply = string.Join(' ', new[] { finding.Status, finding.Diagnostic }.Where(s => !string.IsNullOrEmpty(s)));
+        Log.Attributed(_logger, report.Envelope.Id, tag.Tenant, tag.QueueId, name, finding.Recipient is not null, suppressed);
+        _events?.Invoke(Event(report, tag, name, finding, reply.Length == 0 ? finding.Format : reply, suppressed));
+    }
+
+    DeliveryEvent Event(SpooledMessage report, VerpTag tag, string name, BounceFinding? finding, string reply, bool? suppressed) => new()
+    {
+        Time = _time.GetUtcNow(),
+        Event = name,
+        Id = tag.QueueId,
+        Tenant = tag.Tenant,
+        From = report.Envelope.MailFrom,
+        Recipient = finding?.Recipient ?? "",
+        Reply = reply,
+        Host = finding?.ReportingMta,
+        Attempt = 0,
+        Source = "report",
+        ReportId = report.Envelope.Id,
+        FeedbackType = finding?.FeedbackType,
+        Suppressed = suppressed,
+    };
+
+    static partial class Log
+    {
+        [LoggerMessage(EventId = Diagnostics.EventIds.Bounces + 0, Level = LogLevel.Information,
+            Message = "Report {ReportId} for tenant {TenantId}, message {QueueId}: {Kind} (recipient identified: {RecipientFound}, suppressed: {Suppressed})")]
+        public static partial void Attributed(ILogger logger, string reportId, string tenantId, string queueId, string kind, bool recipientFound, bool suppressed);
+
+        [LoggerMessage(EventId = Diagnostics.EventIds.Bounces + 1, Level = LogLevel.Warning, Message = "Report {ReportId} could not be attributed: {Reason}")]
+        public static partial void Unattributable(ILogger logger, string reportId, string reason);
+    }
+}

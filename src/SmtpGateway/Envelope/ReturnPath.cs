@@ -1,0 +1,117 @@
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.RegularExpressions;
+using SmtpGateway.Identity;
+
+namespace SmtpGateway.Envelope;
+
+/// <summary>What a valid return-path tag says: which queued message, and a fingerprint of which recipient.</summary>
+/// <param name="Tenant">The tenant whose key verified the tag (from the bounce domain, never from the tag).</param>
+/// <param name="QueueId">Queue id of the message, as the spool wrote it.</param>
+/// <param name="RecipientHash">Fingerprint of the recipient (8 hex digits), checked with <see cref="ReturnPath.IsRecipient"/>.</param>
+public sealed record VerpTag(string Tenant, string QueueId, string RecipientHash);
+
+/// <summary>
+/// Per-tenant VERP return paths: <c>b+&lt;queue id&gt;.&lt;recipient hash&gt;.&lt;key id&gt;&lt;mac&gt;@&lt;bounce domain&gt;</c>.
+/// <list type="bullet">
+/// <item>The MAC is HMAC-SHA256 under the tenant's own key over (tenant, queue id, recipient hash), cut to 80 bits and
+/// written in base32: unguessable (2^-80 per try) and unforgeable without the key, yet short — the local part stays at
+/// 48 octets, under RFC 5321 section 4.5.3.1.1's 64.</item>
+/// <item>The tag carries a fingerprint of the recipient, not the address: an address does not fit in 64 octets, and a
+/// fingerprint lets the bounce parser recognise the original recipient in any report (DSN, ARF or free text) without
+/// keeping a sent-mail index.</item>
+/// <item>Everything is lower case and compared case-insensitively: some MTAs change the case of local parts.</item>
+/// </list>
+/// </summary>
+public sealed partial class ReturnPath
+{
+    /// <summary>The fixed local-part prefix; "+" keeps the address in the sub-address form mailbox providers expect.</summary>
+    public const string Prefix = "b+";
+
+    const int MacBytes = 10;
+    readonly VerpKeyStore _keys;
+
+    public ReturnPath(VerpKeyStore keys) => _keys = keys;
+
+    /// <summary>The return path for <paramref name="recipient"/> of queued message <paramref name="queueId"/>.</summary>
+    public string For(string tenant, string bounceDomain, string queueId, string recipient)
+    {
+        var key = _keys.Current(tenant);
+        var id = queueId.ToLowerInvariant();
+        var hash = RecipientHash(recipient);
+        return $"{Prefix}{id}.{hash}.{key.Id}{Mac(key, tenant, id, hash)}@{bounceDomain}";
+    }
+
+    /// <summary>
+    /// The tag of <paramref name="localPart"/> when it is a return path this tenant made with a key that is still valid;
+    /// null for anything else (unknown shape, unknown or retired key, wrong MAC). Constant-time MAC comparison.
+    /// </summary>
+    public VerpTag? Verify(string tenant, string localPart)
+    {
+        if (localPart.Length > 64)
+            return null;
+        var match = TagPattern().Match(localPart);
+        if (!match.Success)
+            return null;
+        var id = match.Groups["id"].Value.ToLowerInvariant();
+        var hash = match.Groups["hash"].Value.ToLowerInvariant();
+        var key = _keys.Find(tenant, char.ToLowerInvariant(match.Groups["key"].Value[0]));
+        if (key is null)
+            return null;
+        var expected = Encoding.ASCII.GetBytes(Mac(key, tenant, id, hash));
+        var given = Encoding.ASCII.GetBytes(match.Groups["mac"].Value.ToLowerInvariant());
+        return CryptographicOperations.FixedTimeEquals(expected, given) ? new VerpTag(tenant, id.ToUpperInvariant(), hash) : null;
+    }
+
+    /// <summary>True when <paramref name="address"/> is the recipient the tag was made for.</summary>
+    public static bool IsRecipient(VerpTag tag, string address) =>
+        string.Equals(RecipientHash(address), tag.RecipientHash, StringComparison.Ordinal);
+
+    /// <summary>
+    /// 32-bit fingerprint of the normalised address (local part lower-cased, domain in A-labels): enough to pick the
+    /// recipient out of the handful of addresses a bounce mentions, far too little to recover the address from.
+    /// </summary>
+    public static string RecipientHash(string address)
+    {
+        var a = address.Trim().Trim('<', '>');
+        var at = a.LastIndexOf('@');
+        var normalized = at < 0 ? a.ToLowerInvariant() : $"{a[..at].ToLowerInvariant()}@{DomainName.Normalize(a[(at + 1)..]) ?? a[(at + 1)..].ToLowerInvariant()}";
+        Span<byte> digest = stackalloc byte[32];
+        SHA256.HashData(Encoding.UTF8.GetBytes(normalized), digest);
+        return Convert.ToHexStringLower(digest[..4]);
+    }
+
+    static string Mac(VerpKey key, string tenant, string id, string hash)
+    {
+        // Domain-separated input, so that this key can never produce a value valid in another context.
+        var input = Encoding.UTF8.GetBytes($"smtpgw-verp1\0{tenant}\0{id}\0{hash}");
+        Span<byte> mac = stackalloc byte[32];
+        HMACSHA256.HashData(key.SecretBytes, input, mac);
+        return Base32(mac[..MacBytes]);
+    }
+
+    /// <summary>RFC 4648 section 6 alphabet, lower case, no padding (10 bytes → 16 characters).</summary>
+    static string Base32(ReadOnlySpan<byte> data)
+    {
+        const string alphabet = "abcdefghijklmnopqrstuvwxyz234567";
+        var sb = new StringBuilder((data.Length * 8 + 4) / 5);
+        int buffer = 0, bits = 0;
+        foreach (var b in data)
+        {
+            buffer = (buffer << 8) | b;
+            bits += 8;
+            while (bits >= 5)
+            {
+                sb.Append(alphabet[(buffer >> (bits - 5)) & 31]);
+                bits -= 5;
+            }
+        }
+
+        if (bits > 0)
+            sb.Append(alphabet[(buffer << (5 - bits)) & 31]);
+        return sb.ToString();
+    }
+
+    [GeneratedRegex(@"^b\+(?<id>[0-9a-f]{20})\.(?<hash>[0-9a-f]{8})\.(?<key>[a-z0-9])(?<mac>[a-z2-7]{16})$", RegexOptions.IgnoreCase | RegexOptions.CultureInvariant)]
+    private static partial Regex TagPattern();
+}

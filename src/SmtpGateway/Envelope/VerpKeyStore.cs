@@ -1,0 +1,156 @@
+using System.Security.Cryptography;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace SmtpGateway.Envelope;
+
+/// <summary>One version of a tenant's return-path key. Its id is one character of the tag, so a bounce names the key it needs.</summary>
+public sealed record VerpKey(char Id, string Secret, DateTimeOffset Created, DateTimeOffset? RetiresAt)
+{
+    [JsonIgnore]
+    public byte[] SecretBytes => Convert.FromBase64String(Secret);
+
+    // Never print the key material, whatever formats this record.
+    public override string ToString() => $"VerpKey {{ Id = {Id}, Created = {Created:O}, RetiresAt = {RetiresAt:O} }}";
+}
+
+public sealed record VerpKeyFile(List<VerpKey> Keys);
+
+[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
+[JsonSerializable(typeof(VerpKeyFile))]
+internal sealed partial class VerpJsonContext : JsonSerializerContext;
+
+/// <summary>
+/// Per-tenant return-path keys under DataDirectory/verp/&lt;tenant&gt;.json (mode 0600). A key is made on first use;
+/// `smtpgw verp rotate-key` adds a new one and keeps the old one valid for a grace period, because bounces and
+/// complaints arrive days after the message (RFC 5321 section 4.5.4.1 retries for 4-5 days; feedback loops later still).
+/// The file is re-read when its timestamp changes, so a rotation by the CLI reaches a running gateway.
+/// </summary>
+public sealed class VerpKeyStore
+{
+    const string KeyIds = "abcdefghijklmnopqrstuvwxyz0123456789";
+    readonly string _directory;
+    readonly TimeProvider _time;
+    readonly Lock _lock = new();
+    readonly Dictionary<string, (DateTime Stamp, IReadOnlyList<VerpKey> Keys, long CheckedAt)> _cache = new(StringComparer.Ordinal);
+
+    public VerpKeyStore(string dataDirectory, TimeProvider time)
+    {
+        _directory = Path.Combine(dataDirectory, "verp");
+        _time = time;
+    }
+
+    /// <summary>How often a cached key file is checked for a change on disk.</summary>
+    public TimeSpan RefreshInterval { get; init; } = TimeSpan.FromSeconds(1);
+
+    string PathFor(string tenant) => Path.Combine(_directory, tenant + ".json");
+
+    /// <summary>The key new tags are made with (created when the tenant has none).</summary>
+    public VerpKey Current(string tenant)
+    {
+        var keys = Keys(tenant);
+        var now = _time.GetUtcNow();
+        return keys.Where(k => k.RetiresAt is null || k.RetiresAt > now).MaxBy(k => k.Created) ?? keys[^1];
+    }
+
+    /// <summary>The key with <paramref name="id"/> if it still verifies tags (not past its retirement).</summary>
+    public VerpKey? Find(string tenant, char id)
+    {
+        var now = _time.GetUtcNow();
+        return Keys(tenant).FirstOrDefault(k => k.Id == id && (k.RetiresAt is null || k.RetiresAt > now));
+    }
+
+    /// <summary>Adds a new current key; the previous ones verify for <paramref name="grace"/> more.</summary>
+    public VerpKey Rotate(string tenant, TimeSpan grace)
+    {
+        lock (_lock)
+        {
+            var now = _time.GetUtcNow();
+            var keys = Load(tenant)?.Keys ?? [];
+            var retiring = now + grace;
+            var kept = keys.Where(k => k.RetiresAt is null || k.RetiresAt > now)
+                .Select(k => k.RetiresAt is null || k.RetiresAt > retiring ? k with { RetiresAt = retiring } : k).ToList();
+            var id = KeyIds.First(c => kept.All(k => k.Id != c));
+            var key = NewKey(id, now);
+            kept.Add(key);
+            Save(tenant, new VerpKeyFile(kept), overwrite: true);
+            _cache.Remove(tenant);
+            return key;
+        }
+    }
+
+    IReadOnlyList<VerpKey> Keys(string tenant)
+    {
+        lock (_lock)
+        {
+            var path = PathFor(tenant);
+            var tick = Environment.TickCount64;
+            if (_cache.TryGetValue(tenant, out var cached) && tick - cached.CheckedAt < (long)RefreshInterval.TotalMilliseconds)
+                return cached.Keys;
+
+            var stamp = File.Exists(path) ? File.GetLastWriteTimeUtc(path) : DateTime.MinValue;
+            if (cached.Keys is not null && stamp == cached.Stamp)
+            {
+                _cache[tenant] = cached with { CheckedAt = tick };
+                return cached.Keys;
+            }
+
+            var file = Load(tenant);
+            if (file is null || file.Keys.Count == 0)
+            {
+                // First use: create the key. CreateNew loses the race cleanly to another process making it at the same time.
+                Save(tenant, new VerpKeyFile([NewKey('a', _time.GetUtcNow())]), overwrite: false);
+                file = Load(tenant) ?? throw new IOException($"cannot read the return-path key file of tenant '{tenant}'");
+                stamp = File.GetLastWriteTimeUtc(path);
+            }
+
+            _cache[tenant] = (stamp, file.Keys, tick);
+            return file.Keys;
+        }
+    }
+
+    VerpKeyFile? Load(string tenant)
+    {
+        var path = PathFor(tenant);
+        if (!File.Exists(path))
+            return null;
+        try
+        {
+            return JsonSerializer.Deserialize(File.ReadAllBytes(path), VerpJsonContext.Default.VerpKeyFile);
+        }
+        catch (JsonException ex)
+        {
+            // The message names the file, never its content.
+            throw new IOException($"return-path key file '{path}' is damaged", ex);
+        }
+    }
+
+    void Save(string tenant, VerpKeyFile file, bool overwrite)
+    {
+        Directory.CreateDirectory(_directory);
+        var path = PathFor(tenant);
+        var tmp = path + "." + Guid.NewGuid().ToString("N") + ".tmp";
+        var options = new FileStreamOptions
+        {
+            Mode = FileMode.CreateNew,
+            Access = FileAccess.Write,
+            UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+        };
+        using (var stream = new FileStream(tmp, options))
+        {
+            JsonSerializer.Serialize(stream, file, VerpJsonContext.Default.VerpKeyFile);
+            stream.Flush(flushToDisk: true);
+        }
+
+        try
+        {
+            File.Move(tmp, path, overwrite);
+        }
+        catch (IOException) when (!overwrite && File.Exists(path))
+        {
+            File.Delete(tmp);
+        }
+    }
+
+    static VerpKey NewKey(char id, DateTimeOffset now) => new(id, Convert.ToBase64String(RandomNumberGenerator.GetBytes(32)), now, null);
+}
