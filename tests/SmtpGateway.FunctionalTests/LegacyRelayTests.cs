@@ -55,7 +55,7 @@ public sealed class LegacyRelayTests(GatewayHarness harness, ITestOutputHelper o
 
         var messages = await harness.Sink.WaitAsync(ms => ms.Any(m => m.RcptArgs.Contains($"<{recipient}>")), TimeSpan.FromSeconds(30), cts.Token);
         var message = Assert.Single(messages, m => m.RcptArgs.Contains($"<{recipient}>"));
-        Assert.StartsWith($"<{sender}>", message.MailArgs, StringComparison.Ordinal);
+        Assert.Matches(SinkMessage.VerpPattern("bounces.tenant-b.example"), message.MailArgs); // issue 7: the tenant's return path, not the client's MAIL FROM
         Assert.Equal($"Legacy App <{sender}>", message.Header("From"));
         var (received, rest) = message.SplitTopReceived() ?? throw new Xunit.Sdk.XunitException("no Received field on top:\n" + message.Content);
         output.WriteLine("gateway added: " + received);
@@ -109,11 +109,20 @@ public sealed class LegacyRelayTests(GatewayHarness harness, ITestOutputHelper o
         output.WriteLine($"final reply: {queued}");
         Assert.Equal(250, queued.Code);
 
-        // Inbound mail is delivered (smarthost mode), to the tenant recipient only.
-        var messages = await harness.Sink.WaitAsync(ms => ms.Any(m => m.RcptArgs.Contains($"<{inbound}>")), TimeSpan.FromSeconds(30), cts.Token);
-        var message = Assert.Single(messages, m => m.RcptArgs.Contains($"<{inbound}>"));
-        Assert.Equal([$"<{inbound}>"], message.RcptArgs);
-        Assert.DoesNotContain(harness.Sink.Messages(), m => m.RcptArgs.Contains($"<{outside}>"));
+        // Inbound mail goes to the tenant's inbound route (the default drop folder), never out through the smarthost.
+        var id = queued.Lines[0].Split(' ')[^1];
+        var dropped = Path.Combine(harness.DataDirectory, "inbound", "tenant-a", id + ".eml");
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (!File.Exists(dropped))
+        {
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30), $"{dropped} never appeared");
+            await Task.Delay(100, cts.Token);
+        }
+
+        var text = await File.ReadAllTextAsync(dropped, cts.Token);
+        Assert.StartsWith($"Return-Path: <{sender}>\r\nReceived: ", text, StringComparison.Ordinal);
+        Assert.EndsWith(Encoding.ASCII.GetString(content), text, StringComparison.Ordinal);
+        Assert.DoesNotContain(harness.Sink.Messages(), m => m.RcptArgs.Contains($"<{inbound}>") || m.RcptArgs.Contains($"<{outside}>"));
 
         var refused = await harness.Audit.WaitForAsync(e => e is { Action: "relay", Result: "refused" } && e.Subject == outside,
             $"relay refused for {outside}", AuditWait, cts.Token);

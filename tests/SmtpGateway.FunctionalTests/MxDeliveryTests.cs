@@ -64,9 +64,15 @@ public sealed class MxDeliveryTests(MxHarness harness, ITestOutputHelper output)
 
         var id = await harness.SendAsync("tenant-a", SenderA, rcpts, "421", cts.Token);
 
-        var messages = await backup.WaitAsync(ms => ms.Any(m => m.RcptArgs.Contains($"<{rcpts[0]}>")), Wait, cts.Token);
-        var message = Assert.Single(messages, m => m.RcptArgs.Contains($"<{rcpts[0]}>"));
-        Assert.Equal(rcpts.Select(r => $"<{r}>"), message.RcptArgs); // one transaction with both recipients
+        // Issue 7: each recipient has its own VERP return path, so each is its own transaction; both move to the backup MX.
+        var messages = await backup.WaitAsync(ms => rcpts.All(r => ms.Any(m => m.RcptArgs.Contains($"<{r}>"))), Wait, cts.Token);
+        foreach (var rcpt in rcpts)
+        {
+            var message = Assert.Single(messages, m => m.RcptArgs.Contains($"<{rcpt}>"));
+            Assert.Equal([$"<{rcpt}>"], message.RcptArgs);
+            Assert.Matches(SinkMessage.VerpPattern("bounces.tenant-a.example"), message.MailArgs);
+        }
+
         var events = await harness.WaitForEventsAsync("tenant-a", es => es.Count(e => e.Id == id && e.Event == "delivered") == 2, Wait, cts.Token);
         Assert.All(events.Where(e => e.Id == id), e => Assert.StartsWith("mx2.four21.test", e.Host));
         Assert.Empty(closing.Messages());

@@ -74,11 +74,45 @@ public sealed class PostfixInstanceTests(ITestOutputHelper output) : IDisposable
 
             var returned = Assert.Single(report.OfType<MessagePart>());
             Assert.Equal("bounce me", Assert.IsType<MimeMessage>(returned.Message).Subject);
+            output.WriteLine(postfix.Log);
         }
         catch
         {
             output.WriteLine(postfix.Diagnostics());
             output.WriteLine($"----- smtp-sink -----\n{sink.Output}");
+            throw;
+        }
+    }
+
+    [Fact]
+    public async Task A_DSN_the_target_could_not_take_is_retried_and_delivered_once_it_answers()
+    {
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        var targetPort = FreePort.Next();
+        await using var postfix = await PostfixInstance.StartAsync(new PostfixInstanceOptions
+        {
+            RelayPort = targetPort,
+            RelayDomains = ["bounces.tenant-a.example"],
+        }, cts.Token);
+        try
+        {
+            var (exitCode, transcript) = await ChildProcess.RunAsync("swaks",
+                ["--server", $"127.0.0.1:{postfix.Port}", "--from", Sender, "--to", Recipient, "--timeout", "30"], _dir, TimeSpan.FromSeconds(60));
+            Assert.True(exitCode == 0, $"swaks exited with {exitCode}:\n{transcript}");
+
+            // Nothing listens on the target yet: the DSN is deferred.
+            await postfix.WaitForLogAsync($"to=<{Sender}>, relay=none", TimeSpan.FromSeconds(20), cts.Token);
+            using var sink = await SmtpSink.StartAtAsync(_dir, "127.0.0.1", targetPort, [], cts.Token);
+            await postfix.FlushAsync(cts.Token);
+            var dsn = Assert.Single(await sink.WaitAsync(ms => ms.Count > 0, TimeSpan.FromSeconds(20), cts.Token));
+            Assert.Equal("<>", dsn.MailArgs.Split(' ')[0]);
+            Assert.Contains($"Final-Recipient: rfc822; {Recipient}\n", dsn.Content, StringComparison.Ordinal);
+            await postfix.WaitForLogAsync($"to=<{Sender}>, relay=127.0.0.1[127.0.0.1]:{targetPort}", TimeSpan.FromSeconds(10), cts.Token);
+            output.WriteLine(postfix.Log);
+        }
+        catch
+        {
+            output.WriteLine(postfix.Diagnostics());
             throw;
         }
     }

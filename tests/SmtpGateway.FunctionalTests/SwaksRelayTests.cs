@@ -59,7 +59,7 @@ public sealed partial class SwaksRelayTests(GatewayHarness harness, ITestOutputH
         var message = Assert.Single(messages, m => m.RcptArgs.Contains($"<{recipient}>"));
         output.WriteLine($"smtp-sink dump: {message.Path}");
 
-        Assert.StartsWith($"<{Sender}>", message.MailArgs, StringComparison.Ordinal);
+        Assert.Matches(SinkMessage.VerpPattern("bounces.tenant-a.example"), message.MailArgs); // issue 7: the tenant's return path, not the client's MAIL FROM
         Assert.Equal([$"<{recipient}>"], message.RcptArgs);
 
         var split = message.SplitTopReceived();

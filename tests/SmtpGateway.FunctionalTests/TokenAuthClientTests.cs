@@ -38,7 +38,7 @@ public sealed class TokenAuthClientTests(GatewayHarness harness, ITestOutputHelp
         Assert.Matches(@"(?m)^\s*\d+\.\d+ out \| <~  250 2\.0\.0 Ok: queued as \S+$", transcript);
 
         var message = await ArrivedAsync(recipient, cts.Token);
-        Assert.StartsWith($"<{SenderA}>", message.MailArgs, StringComparison.Ordinal);
+        Assert.Matches(SinkMessage.VerpPattern("bounces.tenant-a.example"), message.MailArgs); // issue 7: the tenant's return path, not the client's MAIL FROM
         Assert.Equal(SenderA, message.Header("From"));
         var (received, _) = message.SplitTopReceived() ?? throw new Xunit.Sdk.XunitException("no Received field on top:\n" + message.Content);
         output.WriteLine("gateway added: " + received);
@@ -119,7 +119,7 @@ public sealed class TokenAuthClientTests(GatewayHarness harness, ITestOutputHelp
         Assert.Matches(@"(?m)^< 250 2\.0\.0 Ok: queued as \S+\s*$", result.StandardError);
 
         var message = await ArrivedAsync(recipient, cts.Token);
-        Assert.StartsWith($"<{SenderA}>", message.MailArgs, StringComparison.Ordinal);
+        Assert.Matches(SinkMessage.VerpPattern("bounces.tenant-a.example"), message.MailArgs); // issue 7: the tenant's return path, not the client's MAIL FROM
         Assert.Equal([$"<{recipient}>"], message.RcptArgs);
         Assert.Equal(from, message.Header("From"));
         var (received, rest) = message.SplitTopReceived() ?? throw new Xunit.Sdk.XunitException("no Received field on top:\n" + message.Content);

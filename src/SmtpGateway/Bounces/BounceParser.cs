@@ -314,8 +314,9 @@ public static partial class BounceParser
         var feedbackType = Sanitize(FirstToken(Field(fields, "Feedback-Type"))?.ToLowerInvariant(), MaxFeedbackTypeChars);
 
         // "not-spam" (RFC 6650 section 4) retracts a complaint; "auth-failure" (RFC 6591) is a DMARC/DKIM failure
-        // report about the message, not the recipient complaining about it.
-        var kind = feedbackType is "not-spam" or "auth-failure" ? BounceKind.Unknown : BounceKind.Complaint;
+        // report about the message, not the recipient complaining about it. Feedback-Type is required (RFC 5965
+        // section 3.1): a report without one is unreadable, and a wrong complaint would suppress a good recipient.
+        var kind = feedbackType is null or "not-spam" or "auth-failure" ? BounceKind.Unknown : BounceKind.Complaint;
         var reportingMta = Sanitize(StripType(Field(fields, "Reporting-MTA") ?? Field(fields, "Source")), MaxMtaChars);
 
         string? recipient = null;

@@ -265,6 +265,18 @@ public sealed class GatewayConfigValidator : IValidateOptions<GatewayConfig>
             e.Add($"{dp}:Dsn:MaxReturnedHeaderBytes: must not be negative.");
         }
 
+        // Header hygiene compiles its strip list once; a bad entry must stop the start, not the first message.
+        try
+        {
+            _ = new Envelope.HeaderHygiene(new Envelope.HeaderHygieneOptions { StripHeaders = c.Envelope.StripHeaders });
+        }
+        catch (ArgumentException ex)
+        {
+            e.Add($"{G}:Envelope:StripHeaders: {ex.Message}");
+        }
+
+        Positive(e, $"{G}:Envelope:ReturnPathKeyGrace", c.Envelope.ReturnPathKeyGrace);
+
         for (var i = 0; i < c.Dns.Servers.Count; i++)
         {
             if (!TryParseEndpoint(c.Dns.Servers[i], 53, out _))

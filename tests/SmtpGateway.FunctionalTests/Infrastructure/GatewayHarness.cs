@@ -13,7 +13,7 @@ namespace SmtpGateway.FunctionalTests.Infrastructure;
 /// directory: its own data directory, config file, free loopback ports and the run's test certificate.
 /// Everything is killed on dispose; the directory is kept (and named in the test output) when a test failed.
 /// </summary>
-public sealed class GatewayHarness : GatewayProcessHarness
+public class GatewayHarness : GatewayProcessHarness
 {
     public const string ServerName = "gw.functional.test";
 
@@ -23,6 +23,9 @@ public sealed class GatewayHarness : GatewayProcessHarness
         : base("smtpgw-ft-")
     {
     }
+
+    /// <summary>A fixture that needs more (another peer, tenant routes) changes the config here, before the gateway starts.</summary>
+    protected virtual Task CustomizeAsync(JsonObject config, CancellationToken cancellationToken) => Task.CompletedTask;
 
     /// <summary>Submission (STARTTLS) listener port.</summary>
     public int SubmissionPort { get; private set; }
@@ -47,7 +50,9 @@ public sealed class GatewayHarness : GatewayProcessHarness
             SubmissionPort = FreePort.Next();
             SubmissionsPort = FreePort.Next();
             RelayPort = FreePort.Next();
-            await File.WriteAllTextAsync(ConfigPath, BuildConfig(certificate, key), cts.Token);
+            var config = BuildConfig(certificate, key);
+            await CustomizeAsync(config, cts.Token);
+            await File.WriteAllTextAsync(ConfigPath, config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }), cts.Token);
             await StartGatewayAsync(cts.Token);
         }
         catch (Exception e)
@@ -63,7 +68,7 @@ public sealed class GatewayHarness : GatewayProcessHarness
     /// defaults), with everything that touches the machine replaced: data directory, TLS files, listeners on
     /// free ports, delivery to the sink with short retries.
     /// </summary>
-    string BuildConfig(string certificate, string key)
+    JsonObject BuildConfig(string certificate, string key)
     {
         var repoConfig = Path.Combine(RepoPaths.Root, "config", "gateway.json");
         var root = File.Exists(repoConfig)
@@ -97,7 +102,7 @@ public sealed class GatewayHarness : GatewayProcessHarness
             ["MaxConnections"] = 8,
         };
         delivery["Retry"] = new JsonObject { ["Schedule"] = new JsonArray("00:00:01", "00:00:02"), ["Jitter"] = 0.1 };
-        return root.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+        return root;
     }
 
     /// <summary>Starts <c>smtpgw serve --config</c> and waits until every listener answers 220.</summary>

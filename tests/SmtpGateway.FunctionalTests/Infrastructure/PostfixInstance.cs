@@ -333,6 +333,7 @@ internal sealed partial class PostfixInstance : IAsyncDisposable
     async Task WaitUntilReadyAsync(TimeSpan timeout, CancellationToken cancellationToken)
     {
         var clock = Stopwatch.StartNew();
+        Exception? last = null;
         while (true)
         {
             if (_process!.HasExited)
@@ -342,7 +343,7 @@ internal sealed partial class PostfixInstance : IAsyncDisposable
 
             if (clock.Elapsed > timeout)
             {
-                throw new TimeoutException($"Postfix did not answer on 127.0.0.1:{Port} within {timeout}:\n{Diagnostics()}");
+                throw new TimeoutException($"Postfix did not answer on 127.0.0.1:{Port} within {timeout} ({last?.Message}):\n{Diagnostics()}");
             }
 
             try
@@ -352,24 +353,35 @@ internal sealed partial class PostfixInstance : IAsyncDisposable
                 if (client.Banner.Code == 220 && client.Banner.Text.StartsWith(Hostname, StringComparison.Ordinal))
                 {
                     await client.CommandAsync("QUIT", cancellationToken).ConfigureAwait(false);
-                    MasterPid = ReadMasterPid();
+                    MasterPid = FindMasterPid();
                     return;
                 }
             }
             catch (Exception e) when (e is SocketException or IOException or TimeoutException)
             {
+                last = e;
             }
 
             await Task.Delay(50, cancellationToken).ConfigureAwait(false);
         }
     }
 
-    int ReadMasterPid()
+    /// <summary>
+    /// The master: start-fg's child running master (its pid file cannot be read here: the master holds a lock on
+    /// queue/pid/master.pid, and .NET's FileShare emulation takes a conflicting one).
+    /// </summary>
+    int FindMasterPid()
     {
-        var path = Path.Combine(QueueDirectory, "pid", "master.pid");
-        return int.TryParse(File.ReadAllText(path).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var pid) && pid > 1
-            ? pid
-            : throw new InvalidOperationException($"no master pid in {path}");
+        foreach (var pid in ProcessIds())
+        {
+            if (Stat(pid) is { } stat && stat.ParentId == _process!.Id && stat.State is not ('Z' or 'X')
+                && ExecutableOf(pid) == DaemonDirectory + "/master")
+            {
+                return pid;
+            }
+        }
+
+        throw new InvalidOperationException($"no master process below postfix start-fg (pid {_process!.Id})");
     }
 
     /// <summary>Polls the log until a line contains <paramref name="fragment"/>; returns that line, or throws with the whole log.</summary>
@@ -465,20 +477,23 @@ internal sealed partial class PostfixInstance : IAsyncDisposable
         }
     }
 
-    /// <summary>SIGKILL to every live (non-zombie) process in session <paramref name="sessionId"/>; returns how many there were.</summary>
+    /// <summary>
+    /// SIGKILL to every live (non-zombie) Postfix program in session <paramref name="sessionId"/> (the master's: it
+    /// calls setsid, and its daemons stay in it even when orphaned); returns how many there were.
+    /// </summary>
     static int KillSession(int sessionId)
     {
-        if (sessionId <= 1 || sessionId == SessionOf(Environment.ProcessId))
+        if (sessionId <= 1 || sessionId == Stat(Environment.ProcessId)?.Session)
         {
             return 0;
         }
 
         var killed = 0;
-        foreach (var entry in Directory.EnumerateDirectories("/proc"))
+        foreach (var pid in ProcessIds())
         {
-            if (!int.TryParse(Path.GetFileName(entry), NumberStyles.None, CultureInfo.InvariantCulture, out var pid)
-                || pid == Environment.ProcessId || SessionOf(pid, out var state) != sessionId || state is 'Z' or 'X'
-                || !IsPostfixDaemon(pid))
+            // A pid reused by anything but a Postfix program is left alone.
+            if (pid == Environment.ProcessId || Stat(pid) is not { State: not ('Z' or 'X') } stat || stat.Session != sessionId
+                || ExecutableOf(pid)?.StartsWith(DaemonDirectory + "/", StringComparison.Ordinal) != true)
             {
                 continue;
             }
@@ -498,25 +513,20 @@ internal sealed partial class PostfixInstance : IAsyncDisposable
         return killed;
     }
 
-    static int SessionOf(int pid) => SessionOf(pid, out _);
-
-    /// <summary>Whether the process runs a program of /usr/lib/postfix/sbin (master, smtpd, ...): a pid reused by anything else is left alone.</summary>
-    static bool IsPostfixDaemon(int pid)
+    static IEnumerable<int> ProcessIds()
     {
-        try
+        foreach (var entry in Directory.EnumerateDirectories("/proc"))
         {
-            return new FileInfo($"/proc/{pid}/exe").LinkTarget is { } exe && exe.StartsWith(DaemonDirectory + "/", StringComparison.Ordinal);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            return false;
+            if (int.TryParse(Path.GetFileName(entry), NumberStyles.None, CultureInfo.InvariantCulture, out var pid))
+            {
+                yield return pid;
+            }
         }
     }
 
-    /// <summary>The session id and state from /proc/&lt;pid&gt;/stat ("pid (comm) state ppid pgrp session ..."); -1 when gone.</summary>
-    static int SessionOf(int pid, out char state)
+    /// <summary>Fields of /proc/&lt;pid&gt;/stat ("pid (comm) state ppid pgrp session ..."); null when the process is gone.</summary>
+    static (char State, int ParentId, int Session)? Stat(int pid)
     {
-        state = '?';
         string stat;
         try
         {
@@ -524,18 +534,29 @@ internal sealed partial class PostfixInstance : IAsyncDisposable
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            return -1;
+            return null;
         }
 
         // comm may contain spaces and parentheses: the fields start after the last ')'.
         var fields = stat[(stat.LastIndexOf(')') + 1)..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
-        if (fields.Length < 4 || fields[0].Length != 1)
-        {
-            return -1;
-        }
+        return fields.Length >= 4 && fields[0].Length == 1
+            && int.TryParse(fields[1], NumberStyles.None, CultureInfo.InvariantCulture, out var parent)
+            && int.TryParse(fields[3], NumberStyles.None, CultureInfo.InvariantCulture, out var session)
+            ? (fields[0][0], parent, session)
+            : null;
+    }
 
-        state = fields[0][0];
-        return int.TryParse(fields[3], NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var session) ? session : -1;
+    /// <summary>The program a process runs (/proc/&lt;pid&gt;/exe), or null.</summary>
+    static string? ExecutableOf(int pid)
+    {
+        try
+        {
+            return new FileInfo($"/proc/{pid}/exe").LinkTarget;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
     }
 
     [GeneratedRegex(@"^5\.\d{1,3}\.\d{1,3}$")]

@@ -28,6 +28,13 @@ internal sealed class SinkMessage
     /// <summary>The X-Mail-Args value (sender and MAIL parameters).</summary>
     public required string MailArgs { get; init; }
 
+    /// <summary>
+    /// The shape of a tenant's VERP return path in MailArgs (issue 7): the gateway never sends the client's MAIL FROM
+    /// onwards, but <c>b+&lt;queue id&gt;.&lt;recipient hash&gt;.&lt;key&gt;&lt;mac&gt;@&lt;the tenant's bounce domain&gt;</c>.
+    /// </summary>
+    public static string VerpPattern(string bounceDomain) =>
+        @"^<b\+[0-9a-f]{20}\.[0-9a-f]{8}\.[a-z0-9][a-z2-7]{16}@" + System.Text.RegularExpressions.Regex.Escape(bounceDomain) + ">";
+
     public required IReadOnlyList<string> RcptArgs { get; init; }
 
     public string? HeloArgs { get; init; }

@@ -627,10 +627,29 @@ public sealed class BounceParserTests
         Assert.Equal("u@example.net", f.Recipient);
         AssertOneLine(f.Diagnostic);
         AssertOneLine(f.ReportingMta);
-        Assert.Equal("550 5.1.1 bad X-Evil: yes[2Jgnp.exe next line tail", f.Diagnostic);
+        // CR/LF/U+2028 become spaces; NUL, BEL, ESC, RLO and zero-width space are dropped; the lone surrogate had
+        // already become U+FFFD in UTF-8.
+        Assert.Equal("550 5.1.1 bad X-Evil: yes[2Jgnp.exe nextline\uFFFD tail", f.Diagnostic);
         Assert.Equal("evil.example X-Injected: 1[31m", f.ReportingMta);
         Assert.Equal(BounceParser.MaxDiagnosticChars, findings[1].Diagnostic!.Length);
         AssertOneLine(findings[1].Diagnostic);
+    }
+
+    [Fact]
+    public void Sanitize_drops_unpaired_surrogates_and_never_splits_a_pair()
+    {
+        Assert.Equal("a b", BounceParser.Sanitize("a\uD800\r\n\uDC00b", 10));
+        Assert.Equal("ab", BounceParser.Sanitize("ab\U0001F600", 3));
+        Assert.Equal("ab\U0001F600", BounceParser.Sanitize("ab\U0001F600", 4));
+        Assert.Null(BounceParser.Sanitize(" \r\n\t\0 ", 10));
+    }
+
+    [Fact]
+    public void ARF_without_a_feedback_type_is_not_a_complaint()
+    {
+        var (findings, _) = Parse(ArfComplete.Replace("Feedback-Type: abuse\n", "", StringComparison.Ordinal), "user@example.com");
+
+        Assert.Equal(BounceKind.Unknown, Assert.Single(findings).Kind);
     }
 
     [Theory]
