@@ -69,6 +69,9 @@ public sealed class ReputationTracker
         lock (_lock)
         {
             var window = Window(tenant);
+
+            // Before counting: noticing a resume clears the window, which must not take this outcome with it.
+            var paused = IsPausedLocked(tenant, window);
             var now = _time.GetUtcNow();
             var bucket = window.Bucket(now, config.Window);
             switch (outcome)
@@ -78,7 +81,7 @@ public sealed class ReputationTracker
                 case ReputationOutcome.Complained: bucket.Complained++; break;
             }
 
-            if (config.MaxBounceRate <= 0 || outcome == ReputationOutcome.Delivered || IsPausedLocked(tenant, window))
+            if (config.MaxBounceRate <= 0 || outcome == ReputationOutcome.Delivered || paused)
                 return null;
 
             var (delivered, bounced, complained) = window.Totals(now, config.Window);

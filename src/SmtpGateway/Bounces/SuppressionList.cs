@@ -116,13 +116,28 @@ public sealed class SuppressionList : IDisposable
     {
         list.File ??= AppendOnlyFile.Open(PathFor(tenant));
         var json = JsonSerializer.SerializeToUtf8Bytes(record, SuppressionJsonContext.Default.SuppressionRecord);
-        var line = new byte[json.Length + 1];
-        json.CopyTo(line, 0);
+
+        // If a writer died mid-line, end its torn fragment first: appended to it, this record would be skipped as damaged
+        // (a bounce that silently suppresses nothing). Two writers racing here at worst leave an empty line, which is skipped.
+        var torn = EndsTorn(PathFor(tenant));
+        var line = new byte[json.Length + (torn ? 2 : 1)];
+        if (torn)
+            line[0] = (byte)'\n';
+        json.CopyTo(line, torn ? 1 : 0);
         line[^1] = (byte)'\n';
         list.File.Write(line);
 
         // Our own line is read back by the next refresh like anyone else's; apply it now so the caller sees it at once.
         ReadNew(tenant, list);
+    }
+
+    static bool EndsTorn(string path)
+    {
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+        if (stream.Length == 0)
+            return false;
+        stream.Position = stream.Length - 1;
+        return stream.ReadByte() != '\n';
     }
 
     TenantList Refreshed(string tenant)
@@ -163,6 +178,8 @@ public sealed class SuppressionList : IDisposable
             return;
         foreach (var raw in Encoding.UTF8.GetString(buffer, 0, end).Split('\n'))
         {
+            if (raw.Length == 0)
+                continue;
             SuppressionRecord? record;
             try
             {

@@ -112,6 +112,7 @@ public sealed partial class ReturnPath
         return sb.ToString();
     }
 
-    [GeneratedRegex(@"^b\+(?<id>[0-9a-f]{20})\.(?<hash>[0-9a-f]{8})\.(?<key>[a-z0-9])(?<mac>[a-z2-7]{16})$", RegexOptions.IgnoreCase | RegexOptions.CultureInvariant)]
+    // \z, not $: "$" also matches before a final "\n", and this is a MAC check on input anyone can send.
+    [GeneratedRegex(@"^b\+(?<id>[0-9a-f]{20})\.(?<hash>[0-9a-f]{8})\.(?<key>[a-z0-9])(?<mac>[a-z2-7]{16})\z", RegexOptions.IgnoreCase | RegexOptions.CultureInvariant)]
     private static partial Regex TagPattern();
 }

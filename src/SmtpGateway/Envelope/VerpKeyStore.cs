@@ -32,7 +32,7 @@ public sealed class VerpKeyStore
     readonly string _directory;
     readonly TimeProvider _time;
     readonly Lock _lock = new();
-    readonly Dictionary<string, (DateTime Stamp, IReadOnlyList<VerpKey> Keys, long CheckedAt)> _cache = new(StringComparer.Ordinal);
+    readonly Dictionary<string, ((DateTime, long) Stamp, IReadOnlyList<VerpKey> Keys, long CheckedAt)> _cache = new(StringComparer.Ordinal);
 
     public VerpKeyStore(string dataDirectory, TimeProvider time)
     {
@@ -88,7 +88,8 @@ public sealed class VerpKeyStore
             if (_cache.TryGetValue(tenant, out var cached) && tick - cached.CheckedAt < (long)RefreshInterval.TotalMilliseconds)
                 return cached.Keys;
 
-            var stamp = File.Exists(path) ? File.GetLastWriteTimeUtc(path) : DateTime.MinValue;
+            // Time and length: a rotation within one timestamp tick (coarse file systems) still changes the length.
+            var stamp = Stamp(path);
             if (cached.Keys is not null && stamp == cached.Stamp)
             {
                 _cache[tenant] = cached with { CheckedAt = tick };
@@ -101,12 +102,18 @@ public sealed class VerpKeyStore
                 // First use: create the key. CreateNew loses the race cleanly to another process making it at the same time.
                 Save(tenant, new VerpKeyFile([NewKey('a', _time.GetUtcNow())]), overwrite: false);
                 file = Load(tenant) ?? throw new IOException($"cannot read the return-path key file of tenant '{tenant}'");
-                stamp = File.GetLastWriteTimeUtc(path);
+                stamp = Stamp(path);
             }
 
             _cache[tenant] = (stamp, file.Keys, tick);
             return file.Keys;
         }
+    }
+
+    static (DateTime, long) Stamp(string path)
+    {
+        var info = new FileInfo(path);
+        return info.Exists ? (info.LastWriteTimeUtc, info.Length) : (DateTime.MinValue, -1);
     }
 
     VerpKeyFile? Load(string tenant)

@@ -277,7 +277,7 @@ public sealed class BounceParserTests
     }
 
     /// <summary>RFC 5965 Appendix B.2.</summary>
-    const string ArfComplete = """
+    internal const string ArfComplete = """
         From: <abusedesk@example.com>
         Date: Thu, 8 Mar 2005 17:40:36 EDT
         Subject: FW: Earn money

@@ -92,6 +92,7 @@ public sealed class TestGateway : IAsyncDisposable
     /// <summary>
     /// Two tenants: tenant-a (tenant-a.example, legacy network 127.0.0.1/32 unless overridden) and tenant-b
     /// (tenant-b.example, 127.0.0.2/32). Relay-listener clients from 127.0.0.1 therefore act for tenant-a.
+    /// <paramref name="envelope"/> turns on envelope isolation (issue #7): return-path checks, suppression, header hygiene.
     /// </summary>
     public static async Task<TestGateway> StartAsync(
         Action<LimitsConfig>? limits = null,
@@ -99,7 +100,8 @@ public sealed class TestGateway : IAsyncDisposable
         TimeSpan? shutdownTimeout = null,
         Action<IdentityConfig>? identity = null,
         TimeProvider? time = null,
-        SmtpGateway.Signing.IMessageSigner? signer = null)
+        SmtpGateway.Signing.IMessageSigner? signer = null,
+        EnvelopeServices? envelope = null)
     {
         var limitsConfig = new LimitsConfig();
         limits?.Invoke(limitsConfig);
@@ -131,7 +133,8 @@ public sealed class TestGateway : IAsyncDisposable
             spool,
             clock,
             new ListenerMetrics(),
-            signer);
+            signer,
+            envelope);
         var listeners = new List<ListenerModel>
         {
             new("submission", ListenerKind.Submission, new IPEndPoint(IPAddress.Loopback, 0)),

@@ -1,0 +1,288 @@
+using System.Diagnostics;
+using System.Text;
+using System.Text.RegularExpressions;
+using Microsoft.Extensions.Time.Testing;
+using SmtpGateway.Envelope;
+using SmtpGateway.Tests.Spool;
+
+namespace SmtpGateway.Tests.Envelope;
+
+/// <summary>Issue #7 VERP return paths: shape, verification, tenant binding, key files and rotation.</summary>
+public sealed partial class ReturnPathTests : IDisposable
+{
+    const string Bounce = "bounces.tenant-a.example";
+
+    /// <summary>A queue id as FileSpool writes it: 12 + 8 upper-case hex digits.</summary>
+    const string QueueId = "018F6B2C3D4E0000001A";
+
+    const string Base32Alphabet = "abcdefghijklmnopqrstuvwxyz234567";
+
+    readonly TempDirectory _dir = new();
+    readonly FakeTimeProvider _time = new(new DateTimeOffset(2030, 1, 1, 12, 0, 0, TimeSpan.Zero));
+
+    public void Dispose() => _dir.Dispose();
+
+    VerpKeyStore NewStore(string? dataDirectory = null, TimeSpan? refresh = null) =>
+        new(dataDirectory ?? _dir.Path, _time) { RefreshInterval = refresh ?? TimeSpan.FromSeconds(1) };
+
+    string KeyFile(string tenant, string? dataDirectory = null) => Path.Combine(dataDirectory ?? _dir.Path, "verp", tenant + ".json");
+
+    static string Local(string address) => address[..address.LastIndexOf('@')];
+
+    [GeneratedRegex(@"^b\+(?<id>[0-9a-f]{20})\.(?<hash>[0-9a-f]{8})\.(?<key>[a-z0-9])(?<mac>[a-z2-7]{16})@bounces\.tenant-a\.example\z", RegexOptions.CultureInvariant)]
+    private static partial Regex LowerCaseShape();
+
+    [Fact]
+    public void For_makes_a_lower_case_tag_with_queue_id_hash_key_and_mac_under_64_octets()
+    {
+        var rp = new ReturnPath(NewStore());
+
+        var address = rp.For("tenant-a", Bounce, QueueId, "u@example.net");
+
+        var match = LowerCaseShape().Match(address);
+        Assert.True(match.Success, address);
+        Assert.Equal(QueueId.ToLowerInvariant(), match.Groups["id"].Value);
+        Assert.Equal(ReturnPath.RecipientHash("u@example.net"), match.Groups["hash"].Value);
+        Assert.Equal("a", match.Groups["key"].Value); // the first key of a tenant
+        Assert.True(Encoding.ASCII.GetByteCount(Local(address)) <= 64, $"local part of {address} is over RFC 5321's 64 octets");
+
+        // Deterministic for the same inputs (the MAC has no randomness), different per recipient and per message.
+        Assert.Equal(address, rp.For("tenant-a", Bounce, QueueId, "u@example.net"));
+        Assert.NotEqual(address, rp.For("tenant-a", Bounce, QueueId, "v@example.net"));
+        Assert.NotEqual(address, rp.For("tenant-a", Bounce, "018F6B2C3D4E0000001B", "u@example.net"));
+    }
+
+    [Fact]
+    public void Verify_accepts_the_tag_also_upper_cased_and_returns_the_spool_queue_id_and_hash()
+    {
+        var rp = new ReturnPath(NewStore());
+        var local = Local(rp.For("tenant-a", Bounce, QueueId, "u@example.net"));
+
+        var tag = rp.Verify("tenant-a", local);
+        var upper = rp.Verify("tenant-a", local.ToUpperInvariant());
+
+        Assert.Equal(new VerpTag("tenant-a", QueueId, ReturnPath.RecipientHash("u@example.net")), tag);
+        Assert.Equal(tag, upper);
+    }
+
+    [Theory]
+    [InlineData("u@example.net", "u@example.net", true)]
+    [InlineData("u@example.net", "U@EXAMPLE.NET", true)]
+    [InlineData("u@example.net", "<u@Example.Net>", true)]
+    [InlineData("u@example.net", " u@example.net ", true)]
+    [InlineData("u@bücher.example", "u@xn--bcher-kva.example", true)]
+    [InlineData("u@xn--bcher-kva.example", "U@BÜCHER.example", true)]
+    [InlineData("u@example.net", "v@example.net", false)]
+    [InlineData("u@example.net", "u@example.org", false)]
+    [InlineData("u@example.net", "u@example.net.evil.example", false)]
+    [InlineData("u@example.net", "uu@example.net", false)]
+    [InlineData("u@bücher.example", "u@bucher.example", false)]
+    public void IsRecipient_matches_the_recipient_case_insensitively_and_nothing_else(string recipient, string candidate, bool expected)
+    {
+        var rp = new ReturnPath(NewStore());
+        var tag = rp.Verify("tenant-a", Local(rp.For("tenant-a", Bounce, QueueId, recipient)));
+
+        Assert.NotNull(tag);
+        Assert.Equal(expected, ReturnPath.IsRecipient(tag, candidate));
+    }
+
+    [Fact]
+    public void Every_single_flipped_character_of_the_tag_is_refused()
+    {
+        var rp = new ReturnPath(NewStore());
+        var local = Local(rp.For("tenant-a", Bounce, QueueId, "u@example.net"));
+        var macStart = local.Length - 16;
+
+        for (var i = 2; i < local.Length; i++)
+        {
+            if (local[i] == '.')
+                continue;
+
+            // A different character of the same alphabet, so the shape stays valid and only the MAC check can refuse it.
+            var alphabet = i >= macStart ? Base32Alphabet : i == macStart - 1 ? "abcdefghijklmnopqrstuvwxyz0123456789" : "0123456789abcdef";
+            var replacement = alphabet[(alphabet.IndexOf(local[i], StringComparison.Ordinal) + 1) % alphabet.Length];
+            var forged = string.Concat(local.AsSpan(0, i), replacement.ToString(), local.AsSpan(i + 1));
+            Assert.Null(rp.Verify("tenant-a", forged));
+        }
+    }
+
+    [Fact]
+    public void Another_tenants_name_with_the_same_tag_is_refused_even_with_the_same_key()
+    {
+        var store = NewStore();
+        var rp = new ReturnPath(store);
+        var local = Local(rp.For("tenant-a", Bounce, QueueId, "u@example.net"));
+
+        Assert.Null(rp.Verify("tenant-b", local)); // tenant-b's own (new) key
+
+        // The tenant is bound in the MAC input, not only by key choice: tenant-c given tenant-a's very key material still refuses.
+        File.Copy(KeyFile("tenant-a"), KeyFile("tenant-c"));
+        Assert.Equal(store.Current("tenant-a").Secret, store.Current("tenant-c").Secret);
+        Assert.Null(rp.Verify("tenant-c", local));
+        Assert.NotNull(rp.Verify("tenant-a", local));
+    }
+
+    [Fact]
+    public void A_tag_made_with_another_key_store_file_is_refused()
+    {
+        using var other = new TempDirectory();
+        var mine = new ReturnPath(NewStore());
+        var theirs = new ReturnPath(NewStore(other.Path));
+
+        var local = Local(theirs.For("tenant-a", Bounce, QueueId, "u@example.net"));
+
+        Assert.Null(mine.Verify("tenant-a", local));
+        Assert.NotNull(theirs.Verify("tenant-a", local));
+        Assert.NotEqual(File.ReadAllText(KeyFile("tenant-a")), File.ReadAllText(KeyFile("tenant-a", other.Path)));
+    }
+
+    [Fact]
+    public void Unknown_key_id_is_refused()
+    {
+        var rp = new ReturnPath(NewStore());
+        var local = Local(rp.For("tenant-a", Bounce, QueueId, "u@example.net"));
+        var keyAt = local.Length - 17;
+        Assert.Equal('a', local[keyAt]);
+
+        foreach (var id in "bz9")
+            Assert.Null(rp.Verify("tenant-a", string.Concat(local.AsSpan(0, keyAt), id.ToString(), local.AsSpan(keyAt + 1))));
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("b+")]
+    [InlineData("b+garbage")]
+    [InlineData("postmaster")]
+    [InlineData("b+018f6b2c3d4e0000001a")]
+    [InlineData("b+018f6b2c3d4e0000001a.1234abcd.a")]
+    [InlineData("b+018f6b2c3d4e0000001a.1234abcd.aaaaaaaaaaaaaaaaa")] // MAC one character too long
+    [InlineData("b+018f6b2c3d4e0000001a.1234abcd.aaaaaaaaaaaaaaa")] // one too short
+    [InlineData("b+018f6b2c3d4e0000001a.1234abcd.aaaaaaaaaaaaaaa1")] // '1' is not base32
+    [InlineData("\"b+x\"")]
+    public void Garbage_is_refused(string local)
+    {
+        var rp = new ReturnPath(NewStore());
+        Assert.Null(rp.Verify("tenant-a", local));
+    }
+
+    [Fact]
+    public void Overlong_local_parts_are_refused_without_matching()
+    {
+        var rp = new ReturnPath(NewStore());
+        var local = Local(rp.For("tenant-a", Bounce, QueueId, "u@example.net"));
+
+        Assert.Null(rp.Verify("tenant-a", local + new string('a', 64)));
+        Assert.Null(rp.Verify("tenant-a", new string('x', 100_000) + local));
+        Assert.Null(rp.Verify("tenant-a", local + "." + local));
+    }
+
+    [Theory]
+    [InlineData("\n")]
+    [InlineData("\r\n")]
+    [InlineData(" ")]
+    [InlineData("\0")]
+    public void A_valid_tag_with_trailing_bytes_is_refused(string suffix)
+    {
+        var rp = new ReturnPath(NewStore());
+        var local = Local(rp.For("tenant-a", Bounce, QueueId, "u@example.net"));
+
+        Assert.True(rp.Verify("tenant-a", local + suffix) is null,
+            $"Verify accepted the tag followed by {Uri.EscapeDataString(suffix)}: the tag regex ends in '$', which .NET also matches before a final newline (use \\z)");
+    }
+
+    [Fact]
+    public void Key_file_is_created_on_first_use_with_mode_0600()
+    {
+        var rp = new ReturnPath(NewStore());
+        Assert.False(File.Exists(KeyFile("tenant-a")));
+
+        rp.For("tenant-a", Bounce, QueueId, "u@example.net");
+
+        Assert.True(File.Exists(KeyFile("tenant-a")));
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(KeyFile("tenant-a")));
+        Assert.False(File.Exists(KeyFile("tenant-b"))); // only the tenant that was used
+        Assert.Empty(Directory.GetFiles(Path.GetDirectoryName(KeyFile("tenant-a"))!, "*.tmp"));
+    }
+
+    [Fact]
+    public void Tenants_get_their_own_random_keys()
+    {
+        var store = NewStore();
+        var a = store.Current("tenant-a");
+        var b = store.Current("tenant-b");
+
+        Assert.Equal(32, a.SecretBytes.Length);
+        Assert.NotEqual(a.Secret, b.Secret);
+        Assert.Equal(a, NewStore().Current("tenant-a")); // persisted: a restart keeps verifying old tags
+    }
+
+    [Fact]
+    public void After_rotation_new_tags_use_the_new_key_and_old_tags_verify_until_the_grace_period_ends()
+    {
+        var store = NewStore();
+        var rp = new ReturnPath(store);
+        var old = Local(rp.For("tenant-a", Bounce, QueueId, "u@example.net"));
+        _time.Advance(TimeSpan.FromMinutes(5));
+
+        var rotated = store.Rotate("tenant-a", TimeSpan.FromDays(7));
+
+        Assert.Equal('b', rotated.Id);
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(KeyFile("tenant-a")));
+        var fresh = Local(rp.For("tenant-a", Bounce, QueueId, "u@example.net"));
+        Assert.Equal('b', fresh[^17]);
+        Assert.NotEqual(old, fresh);
+        Assert.NotNull(rp.Verify("tenant-a", old));
+        Assert.NotNull(rp.Verify("tenant-a", fresh));
+
+        _time.Advance(TimeSpan.FromDays(7) - TimeSpan.FromSeconds(1));
+        Assert.NotNull(rp.Verify("tenant-a", old));
+
+        _time.Advance(TimeSpan.FromSeconds(2));
+        Assert.Null(rp.Verify("tenant-a", old));
+        Assert.NotNull(rp.Verify("tenant-a", fresh));
+        Assert.Equal('b', store.Current("tenant-a").Id);
+    }
+
+    [Fact]
+    public void Rotation_by_a_second_instance_reaches_the_first_within_its_refresh_interval()
+    {
+        var refresh = TimeSpan.FromMilliseconds(100);
+        var gateway = new ReturnPath(NewStore(refresh: refresh));
+        var old = Local(gateway.For("tenant-a", Bounce, QueueId, "u@example.net"));
+        _time.Advance(TimeSpan.FromMinutes(5));
+
+        // The CLI: its own instance over the same data directory; grace zero retires the old key at once.
+        var cli = NewStore();
+        var stopwatch = Stopwatch.StartNew();
+        var rotated = cli.Rotate("tenant-a", TimeSpan.Zero);
+        var cliTag = Local(new ReturnPath(cli).For("tenant-a", Bounce, QueueId, "u@example.net"));
+
+        string current;
+        while ((current = Local(gateway.For("tenant-a", Bounce, QueueId, "u@example.net")))[^17] != rotated.Id && stopwatch.Elapsed < TimeSpan.FromSeconds(5))
+            Thread.Sleep(10);
+        stopwatch.Stop();
+
+        Assert.Equal(rotated.Id, current[^17]);
+        Assert.True(stopwatch.Elapsed < refresh + TimeSpan.FromMilliseconds(900), $"rotation seen after {stopwatch.Elapsed}");
+        Assert.Equal(cliTag, current);
+        Assert.NotNull(gateway.Verify("tenant-a", cliTag));
+        Assert.Null(gateway.Verify("tenant-a", old)); // retired with no grace
+    }
+
+    [Fact]
+    public void Key_material_never_appears_in_ToString()
+    {
+        var key = NewStore().Current("tenant-a");
+        Assert.False(string.IsNullOrEmpty(key.Secret));
+
+        var texts = new[] { key.ToString(), $"{key}", string.Format(System.Globalization.CultureInfo.InvariantCulture, "{0}", key), new VerpKeyFile([key]).ToString() };
+
+        foreach (var text in texts)
+        {
+            Assert.DoesNotContain(key.Secret, text, StringComparison.Ordinal);
+            Assert.DoesNotContain(Convert.ToHexString(key.SecretBytes), text, StringComparison.OrdinalIgnoreCase);
+        }
+
+        Assert.Contains("Id = a", texts[0], StringComparison.Ordinal);
+    }
+}
