@@ -50,7 +50,7 @@ public sealed class TenantOutcomes
             default:
                 _reputation.Record(tenant, ReputationOutcome.Bounced);
                 var status = StatusOf(reply);
-                return IsAddressFailure(status) && _suppression.Add(tenant, recipient, "hard-bounce", $"{status} in reply to {queueId}");
+                return IsAddressFailure(status) && Suppress(tenant, recipient, "hard-bounce", $"{status} in reply to {queueId}");
         }
     }
 
@@ -62,17 +62,25 @@ public sealed class TenantOutcomes
             case BounceKind.HardBounce:
                 _reputation.Record(tenant, ReputationOutcome.Bounced);
                 return finding.Recipient is { } r && IsAddressFailure(finding.Status ?? "5.0.0")
-                    && _suppression.Add(tenant, r, "hard-bounce", $"{finding.Status ?? "5.0.0"} report on {queueId}");
+                    && Suppress(tenant, r, "hard-bounce", $"{finding.Status ?? "5.0.0"} report on {queueId}");
             case BounceKind.Complaint:
                 // RFC 5965: the recipient said it does not want this mail. Never mail them again without the operator.
                 _reputation.Record(tenant, ReputationOutcome.Complained);
-                return finding.Recipient is { } c && _suppression.Add(tenant, c, "complaint", $"{finding.FeedbackType ?? "abuse"} report on {queueId}");
+                return finding.Recipient is { } c && Suppress(tenant, c, "complaint", $"{finding.FeedbackType ?? "abuse"} report on {queueId}");
             case BounceKind.SoftBounce:
                 _reputation.Record(tenant, ReputationOutcome.Deferred);
                 return false;
             default:
                 return false;
         }
+    }
+
+    bool Suppress(string tenant, string recipient, string reason, string detail)
+    {
+        if (!_suppression.Add(tenant, recipient, reason, detail))
+            return false;
+        BounceMetrics.Suppressed(tenant, reason);
+        return true;
     }
 
     /// <summary>"550 5.1.1 No such user" → "5.1.1"; RecipientResult replies carry the enhanced code after the basic one.</summary>
@@ -163,6 +171,7 @@ public sealed partial class BounceProcessor
         if (finding is null)
         {
             Log.Unattributable(_logger, report.Envelope.Id, findings.Count == 0 ? "not a report" : "report states nothing usable");
+            BounceMetrics.Report(tag.Tenant, "unrecognized-report");
             _events?.Invoke(Event(report, tag, "unrecognized-report", null, "no bounce or complaint found", null));
             return;
         }
@@ -176,6 +185,7 @@ public sealed partial class BounceProcessor
             BounceKind.Delivered => "delivery-report",
             _ => "unrecognized-report",
         };
+        BounceMetrics.Report(tag.Tenant, name);
         var reply = string.Join(' ', new[] { finding.Status, finding.Diagnostic }.Where(s => !string.IsNullOrEmpty(s)));
         Log.Attributed(_logger, report.Envelope.Id, tag.Tenant, tag.QueueId, name, finding.Recipient is not null, suppressed);
         _events?.Invoke(Event(report, tag, name, finding, reply.Length == 0 ? finding.Format : reply, suppressed));

@@ -31,7 +31,7 @@ public sealed class ReputationTracker
     const int Buckets = 60;
 
     static readonly Counter<long> Outcomes = Telemetry.Meter.CreateCounter<long>(
-        "smtpgw.tenant.outcomes", "{recipient}", "Per-tenant reputation outcomes; outcome=delivered|deferred|bounced|complained.");
+        Telemetry.TenantOutcomes, "{recipient}", "Per-tenant reputation outcomes; outcome=delivered|deferred|bounced|complained.");
 
     static readonly UpDownCounter<long> Paused = Telemetry.Meter.CreateUpDownCounter<long>(
         Telemetry.TenantPaused, "{tenant}", "Tenants whose outbound queue is held for their bounce rate.");

@@ -17,8 +17,10 @@ public static class Telemetry
     public const string QueueDepth = "smtpgw.queue.depth";
     public const string DeliveryConnections = "smtpgw.delivery.connections";
     public const string DeliveryDsns = "smtpgw.delivery.dsns";
-    public const string BouncesReceived = "smtpgw.bounces.received";
-    public const string Suppressed = "smtpgw.suppression.refusals";
+    public const string ReportsReceived = "smtpgw.bounces.reports";
+    public const string SuppressionRefusals = "smtpgw.suppression.refusals";
+    public const string SuppressionAdded = "smtpgw.suppression.added";
+    public const string TenantOutcomes = "smtpgw.tenant.outcomes";
     public const string TenantPaused = "smtpgw.tenant.paused";
     public const string AuditEvents = "smtpgw.audit.events";
     public const string CrossTenantRefusals = "smtpgw.audit.cross_tenant_refusals";

@@ -195,11 +195,15 @@ public static class GatewayServiceCollectionExtensions
                 sp.GetRequiredService<ReturnPath>(),
                 sp.GetRequiredService<SuppressionList>(),
                 new HeaderHygiene(new HeaderHygieneOptions { StripHeaders = config.Envelope.StripHeaders }),
-                (tenant, recipient, session) => events.Log?.Write(new DeliveryEvent
+                (tenant, recipient, session) =>
                 {
-                    Time = time.GetUtcNow(), Event = "suppressed", Id = session, Tenant = tenant, From = "", Recipient = recipient,
-                    Reply = SenderPolicy.Suppressed.ToString(), Attempt = 0,
-                }));
+                    BounceMetrics.Refused(tenant);
+                    events.Log?.Write(new DeliveryEvent
+                    {
+                        Time = time.GetUtcNow(), Event = "suppressed", Id = session, Tenant = tenant, From = "", Recipient = recipient,
+                        Reply = SenderPolicy.Suppressed.ToString(), Attempt = 0,
+                    });
+                });
         });
     }
 }
