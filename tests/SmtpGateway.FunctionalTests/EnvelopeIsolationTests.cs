@@ -379,6 +379,62 @@ public sealed class EnvelopeIsolationTests(EnvelopeHarness harness, ITestOutputH
         Assert.DoesNotContain(EnvelopeHarness.WebhookSecret, harness.Diagnostics(), StringComparison.Ordinal);
     });
 
+    [Fact]
+    public Task Return_path_key_rotation_on_a_running_gateway_keeps_old_tags_valid() => harness.RunAsync(output, async () =>
+    {
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(90));
+        async Task<string> SendAsync(string marker)
+        {
+            var recipient = $"rot-{marker}@example.net";
+            using (var b = await ConnectFromAsync(TenantBNetwork, cts.Token))
+            {
+                Assert.Equal(250, (await b.SendMailAsync("app@tenant-b.example", [recipient], Message("app@tenant-b.example", recipient, marker), cts.Token)).Code);
+            }
+
+            var sent = Assert.Single(await harness.Sink.WaitAsync(ms => ms.Any(m => m.RcptArgs.Contains($"<{recipient}>")), Wait, cts.Token),
+                m => m.RcptArgs.Contains($"<{recipient}>"));
+            return Regex.Match(sent.MailArgs, "^<([^>]+)>").Groups[1].Value;
+        }
+
+        var before = await SendAsync(Guid.NewGuid().ToString("N"));
+        var rotated = await harness.SmtpgwAsync("verp", "rotate-key", "--config", harness.ConfigPath, "--tenant", "tenant-b", "--grace", "1d");
+        output.WriteLine(rotated.ToString());
+        Assert.Equal(0, rotated.ExitCode);
+        var newKey = Regex.Match(rotated.StandardOutput, "now use key '(.)'").Groups[1].Value;
+        Assert.NotEqual(before.Split('.')[2][0].ToString(), newKey);
+
+        // The running gateway picks the new key up within about a second.
+        var clock = Stopwatch.StartNew();
+        string after;
+        while ((after = await SendAsync(Guid.NewGuid().ToString("N"))).Split('.')[2][0].ToString() != newKey)
+        {
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), $"still signing with the old key: {after}");
+            await Task.Delay(300, cts.Token);
+        }
+
+        // Both the old and the new return path are still valid recipients for a bounce.
+        using var isp = await ConnectFromAsync(NoTenantNetwork, cts.Token);
+        Assert.Equal(250, (await Step(isp, "MAIL FROM:<>", cts.Token)).Code);
+        Assert.Equal(250, (await Step(isp, $"RCPT TO:<{before}>", cts.Token)).Code);
+        Assert.Equal(250, (await Step(isp, $"RCPT TO:<{after}>", cts.Token)).Code);
+        Assert.Equal(250, (await Step(isp, "RSET", cts.Token)).Code);
+    });
+
+    [Fact]
+    public Task Queue_paused_and_resume_answer_for_a_tenant_that_is_not_paused() => harness.RunAsync(output, async () =>
+    {
+        var paused = await harness.SmtpgwAsync("queue", "paused", "--config", harness.ConfigPath);
+        output.WriteLine(paused.ToString());
+        Assert.Equal(0, paused.ExitCode);
+        Assert.Contains("no tenant is paused", paused.StandardError, StringComparison.Ordinal);
+        var resume = await harness.SmtpgwAsync("queue", "resume", "--config", harness.ConfigPath, "--tenant", "tenant-a");
+        Assert.Equal(1, resume.ExitCode);
+        Assert.Contains("tenant-a is not paused", resume.StandardError, StringComparison.Ordinal);
+        var unknown = await harness.SmtpgwAsync("suppression", "list", "--config", harness.ConfigPath, "--tenant", "nobody");
+        Assert.Equal(2, unknown.ExitCode);
+        Assert.Contains("unknown tenant 'nobody'", unknown.StandardError, StringComparison.Ordinal);
+    });
+
     async Task<JsonObject> EventAsync(string tenant, Func<JsonObject, bool> match, CancellationToken cancellationToken)
     {
         var path = Path.Combine(harness.DataDirectory, "events", tenant + ".jsonl");
