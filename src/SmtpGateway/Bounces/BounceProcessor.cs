@@ -124,7 +124,7 @@ public sealed partial class BounceProcessor
     public static bool IsReturnPathAddress(TenantModel tenant, string recipient)
     {
         var at = recipient.LastIndexOf('@');
-        return at > 0 && tenant.BounceDomain is { } bounce && !tenant.Domains.Contains(bounce)
+        return at > 0 && tenant.BounceDomain is { } bounce
             && DomainName.Normalize(recipient[(at + 1)..]) == bounce
             && recipient.StartsWith(ReturnPath.Prefix, StringComparison.OrdinalIgnoreCase);
     }

@@ -110,11 +110,16 @@ public static class SenderPolicy
 
         // The bounce domain receives only what answers our own mail: return paths with a valid tag (and its role mailboxes).
         // Anything else there is a forgery or a guess, refused before DATA so that nobody can make us attribute a bounce.
-        if (domain == tenant.BounceDomain && !tenant.Domains.Contains(domain!)
-            && !RoleMailboxes.Contains(local, StringComparer.OrdinalIgnoreCase)
-            && (isReturnPath is null || !isReturnPath(tenant.Id, local)))
+        // When the bounce domain is also a sending domain, its other mailboxes are ordinary inbound mail; only the
+        // return-path shape ("b+...") is reserved there.
+        if (domain == tenant.BounceDomain)
         {
-            return new PolicyDecision(UnknownReturnPath, "unknown or forged return path");
+            var tagShaped = local.StartsWith(Envelope.ReturnPath.Prefix, StringComparison.OrdinalIgnoreCase);
+            var ordinary = !tagShaped && (tenant.Domains.Contains(domain!) || RoleMailboxes.Contains(local, StringComparer.OrdinalIgnoreCase));
+            if (!ordinary && (isReturnPath is null || !isReturnPath(tenant.Id, local)))
+            {
+                return new PolicyDecision(UnknownReturnPath, "unknown or forged return path");
+            }
         }
 
         if (transactionTenant is not null && transactionTenant != tenant.Id)

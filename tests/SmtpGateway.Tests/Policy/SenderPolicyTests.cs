@@ -1,3 +1,4 @@
+using SmtpGateway.Bounces;
 using SmtpGateway.Configuration;
 using SmtpGateway.Identity;
 using SmtpGateway.Listener;
@@ -114,6 +115,24 @@ public sealed class SenderPolicyTests
     {
         var decision = SenderPolicy.Recipient(null, Path(recipient), Tenants, null, false, ValidTag, out _);
         Assert.Equal("550 5.1.1 No such recipient", decision.Reply!.ToString());
+    }
+
+    [Fact]
+    public void A_bounce_domain_that_is_also_a_sending_domain_reserves_only_the_return_path_shape()
+    {
+        var errors = new List<string>();
+        var shared = TenantSnapshot.Build(new Dictionary<string, TenantConfig>
+        {
+            ["tenant-c"] = new() { Domains = ["tenant-c.example"], BounceDomain = "tenant-c.example" },
+        }, errors);
+        Assert.Empty(errors);
+        static bool Valid(string tenant, string local) => local == "b+good";
+
+        Assert.True(SenderPolicy.Recipient(null, Path("sales@tenant-c.example"), shared, null, false, Valid, out _).Accepted);
+        Assert.True(SenderPolicy.Recipient(null, Path("b+good@tenant-c.example"), shared, null, false, Valid, out _).Accepted);
+        Assert.Equal(SenderPolicy.UnknownReturnPath, SenderPolicy.Recipient(null, Path("B+forged@tenant-c.example"), shared, null, false, Valid, out _).Reply);
+        Assert.True(BounceProcessor.IsReturnPathAddress(shared.Find("tenant-c")!, "b+good@tenant-c.example"));
+        Assert.False(BounceProcessor.IsReturnPathAddress(shared.Find("tenant-c")!, "sales@tenant-c.example"));
     }
 
     [Fact]
