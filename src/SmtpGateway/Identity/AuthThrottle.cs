@@ -5,7 +5,8 @@ namespace SmtpGateway.Identity;
 
 /// <summary>
 /// Slows and then shuts out a client address that keeps failing AUTH (password guessing). Counts failures in a
-/// sliding window per address; shared by all listeners so reconnecting does not reset it.
+/// sliding window per address (an IPv6 client per /64: <see cref="ClientAddress.Key"/>); shared by all listeners so
+/// reconnecting does not reset it.
 /// </summary>
 public sealed class AuthThrottle(int failuresBeforeDelay, int failuresBeforeDisconnect, TimeSpan window, TimeProvider time)
 {
@@ -16,7 +17,7 @@ public sealed class AuthThrottle(int failuresBeforeDelay, int failuresBeforeDisc
 
     public int FailuresInWindow(IPAddress address)
     {
-        if (!_failures.TryGetValue(address, out var q))
+        if (!_failures.TryGetValue(ClientAddress.Key(address), out var q))
         {
             return 0;
         }
@@ -41,7 +42,7 @@ public sealed class AuthThrottle(int failuresBeforeDelay, int failuresBeforeDisc
             }
         }
 
-        var q = _failures.GetOrAdd(address, _ => new Queue<DateTimeOffset>());
+        var q = _failures.GetOrAdd(ClientAddress.Key(address), _ => new Queue<DateTimeOffset>());
         int count;
         lock (q)
         {

@@ -3,7 +3,7 @@ using System.Net;
 namespace SmtpGateway.Listener;
 
 /// <summary>
-/// Global and per-client-IP concurrent connection caps. Checked at accept time so an over-limit client
+/// Global and per-client-IP concurrent connection caps (an IPv6 client is its /64, see Identity.ClientAddress). Checked at accept time so an over-limit client
 /// gets "421 4.7.0" in place of the banner (RFC 5321 section 3.1 allows 421 as the greeting) and costs no session.
 /// </summary>
 public sealed class ConnectionLimiter(int maxConnections, int maxPerAddress)
@@ -26,6 +26,7 @@ public sealed class ConnectionLimiter(int maxConnections, int maxPerAddress)
     /// <summary>Null when admitted (caller must call <see cref="Release"/>), else the refusal reply.</summary>
     public SmtpReply? TryAcquire(IPAddress address)
     {
+        address = Identity.ClientAddress.Key(address);
         lock (_lock)
         {
             if (_total >= maxConnections)
@@ -47,6 +48,7 @@ public sealed class ConnectionLimiter(int maxConnections, int maxPerAddress)
 
     public void Release(IPAddress address)
     {
+        address = Identity.ClientAddress.Key(address);
         lock (_lock)
         {
             if (_perAddress.TryGetValue(address, out var count))
