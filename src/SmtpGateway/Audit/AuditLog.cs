@@ -60,7 +60,20 @@ internal sealed partial class AuditJsonContext : JsonSerializerContext;
 /// </summary>
 public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
 {
-    readonly Channel<AuditEvent> _channel = Channel.CreateUnbounded<AuditEvent>(new UnboundedChannelOptions { SingleReader = true });
+    /// <summary>
+    /// Events waiting for the writer. Bounded: while the disk refuses writes, a flood of failed AUTHs must not grow memory
+    /// without limit. Past this many the newest are dropped, counted (smtpgw.audit.dropped) and reported in the log.
+    /// </summary>
+    internal const int MaxPending = 65_536;
+
+    readonly Channel<AuditEvent> _channel = Channel.CreateBounded<AuditEvent>(new BoundedChannelOptions(MaxPending)
+    {
+        SingleReader = true,
+        FullMode = BoundedChannelFullMode.Wait,
+    });
+
+    readonly Counter<long> _dropped = Telemetry.Meter.CreateCounter<long>(Telemetry.AuditDropped, description: "Audit events dropped because the writer fell behind (disk trouble)");
+    long _droppedTotal;
     readonly string _directory;
     readonly AuditConfig _config;
     readonly TimeProvider _time;
@@ -88,7 +101,16 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
         }
 
         _events.Add(1, new KeyValuePair<string, object?>("action", e.Action), new KeyValuePair<string, object?>("result", e.Result));
-        _channel.Writer.TryWrite(e);
+        if (!_channel.Writer.TryWrite(e) && !_channel.Reader.Completion.IsCompleted)
+        {
+            _dropped.Add(1, new KeyValuePair<string, object?>("action", e.Action));
+            var total = Interlocked.Increment(ref _droppedTotal);
+            if ((total & (total - 1)) == 0)
+            {
+                // 1st, 2nd, 4th, 8th... drop: loud, but not a log line per event in a flood.
+                AuditLogMessages.Dropped(_logger, total, MaxPending);
+            }
+        }
     }
 
     /// <summary>Waits until everything written so far is on disk (tests, shutdown).</summary>
@@ -96,7 +118,7 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
     {
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _flushWaiters.Enqueue(done);
-        _channel.Writer.TryWrite(FlushMarker);
+        await _channel.Writer.WriteAsync(FlushMarker).ConfigureAwait(false);
         await done.Task.ConfigureAwait(false);
     }
 
@@ -237,5 +259,8 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
 
         [LoggerMessage(EventId = EventIds.Audit + 1, Level = LogLevel.Critical, Message = "Audit log write failed")]
         public static partial void WriteFailed(ILogger logger, Exception exception);
+
+        [LoggerMessage(EventId = EventIds.Audit + 2, Level = LogLevel.Critical, Message = "Audit events dropped: {Total} so far; the writer is {Capacity} events behind (is the audit directory writable?)")]
+        public static partial void Dropped(ILogger logger, long total, int capacity);
     }
 }

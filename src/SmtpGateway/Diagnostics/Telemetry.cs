@@ -23,6 +23,7 @@ public static class Telemetry
     public const string TenantOutcomes = "smtpgw.tenant.outcomes";
     public const string TenantPaused = "smtpgw.tenant.paused";
     public const string AuditEvents = "smtpgw.audit.events";
+    public const string AuditDropped = "smtpgw.audit.dropped";
     public const string CrossTenantRefusals = "smtpgw.audit.cross_tenant_refusals";
     public const string DkimSignatures = "smtpgw.dkim.signatures";
     public const string DkimFailures = "smtpgw.dkim.failures";

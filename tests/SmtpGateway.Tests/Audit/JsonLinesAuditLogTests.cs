@@ -38,6 +38,34 @@ public sealed class JsonLinesAuditLogTests : IDisposable
     }
 
     [Fact]
+    public async Task A_writer_that_cannot_keep_up_holds_a_bounded_backlog_and_counts_what_it_drops()
+    {
+        long dropped = 0;
+        using var listener = new MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == Telemetry.MeterName && instrument.Name == Telemetry.AuditDropped)
+                l.EnableMeasurementEvents(instrument);
+        };
+        listener.SetMeasurementEventCallback<long>((_, value, _, _) => Interlocked.Add(ref dropped, value));
+        listener.Start();
+
+        // Not started: nothing drains the queue, as when every write to the audit directory fails.
+        var log = NewLog(maxFileSize: 256L << 20);
+        for (var i = 0; i < JsonLinesAuditLog.MaxPending + 100; i++)
+            log.Write(new AuditEvent { Action = AuditActions.Auth, Result = "refused", Subject = $"flood {i}" });
+        Assert.Equal(100, Interlocked.Read(ref dropped));
+
+        // Once it runs, what was kept is written in order; the process never held more than the bound.
+        await log.StartAsync(CancellationToken.None);
+        await log.FlushAsync();
+        await log.StopAsync(CancellationToken.None);
+        var lines = File.ReadAllLines(log.FilePath);
+        Assert.Equal(JsonLinesAuditLog.MaxPending, lines.Length);
+        Assert.Contains("\"flood 0\"", lines[0], StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task The_file_rotates_by_size_and_keeps_a_bounded_number()
     {
         var log = NewLog(maxFileSize: 4096, maxFiles: 2);
