@@ -73,7 +73,7 @@ public static class EnvelopeCommands
                     continue;
                 any = true;
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"{t}\tpaused {pause.At:yyyy-MM-ddTHH:mm:ssZ}\tbounce rate {pause.Rate:P1} (threshold {pause.Threshold:P1}; {pause.Bounced} bounced, {pause.Complained} complained, {pause.Delivered} delivered)"));
+                    $"{t}\tpaused {pause.At:yyyy-MM-ddTHH:mm:ssZ}\tbounce rate {pause.Rate * 100:0.0}% (threshold {pause.Threshold * 100:0.0}%; {pause.Bounced} bounced, {pause.Complained} complained, {pause.Delivered} delivered)"));
             }
 
             if (!any)

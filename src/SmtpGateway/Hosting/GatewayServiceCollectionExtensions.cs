@@ -143,13 +143,13 @@ public static class GatewayServiceCollectionExtensions
                 audit.Write(new AuditEvent
                 {
                     Action = "tenant-pause", Result = "paused", Tenant = pause.Tenant, Listener = "delivery",
-                    Reason = string.Create(System.Globalization.CultureInfo.InvariantCulture, $"bounce rate {pause.Rate:P1} over {pause.Threshold:P1}"),
+                    Reason = string.Create(System.Globalization.CultureInfo.InvariantCulture, $"bounce rate {pause.Rate * 100:0.0}% over {pause.Threshold * 100:0.0}%"),
                 });
                 events.Log?.Write(new DeliveryEvent
                 {
                     Time = pause.At, Event = "paused", Id = "", Tenant = pause.Tenant, From = "", Recipient = "",
                     Reply = string.Create(System.Globalization.CultureInfo.InvariantCulture,
-                        $"outbound queue held: bounce rate {pause.Rate:P1} ({pause.Bounced} bounced, {pause.Complained} complained, {pause.Delivered} delivered) over {pause.Threshold:P1}; resume with: smtpgw queue resume --tenant {pause.Tenant}"),
+                        $"outbound queue held: bounce rate {pause.Rate * 100:0.0}% ({pause.Bounced} bounced, {pause.Complained} complained, {pause.Delivered} delivered) over {pause.Threshold * 100:0.0}%; resume with: smtpgw queue resume --tenant {pause.Tenant}"),
                     Attempt = 0,
                 });
             });
