@@ -9,5 +9,5 @@ public static class AuditFile
     public static void Append(string dataDirectory, AuditEvent auditEvent) =>
         AppendOnlyFile.AppendLine(
             Path.Combine(dataDirectory, "audit", "audit.jsonl"),
-            JsonSerializer.SerializeToUtf8Bytes(auditEvent, AuditJsonContext.Default.AuditEvent));
+            JsonSerializer.SerializeToUtf8Bytes(auditEvent, AuditJsonContext.Relaxed.AuditEvent));
 }

@@ -52,7 +52,16 @@ public interface IAuditLog
 
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
 [JsonSerializable(typeof(AuditEvent))]
-internal sealed partial class AuditJsonContext : JsonSerializerContext;
+internal sealed partial class AuditJsonContext : JsonSerializerContext
+{
+    /// <summary>Readable "+00:00" and "+" in addresses (a log file, never HTML); control characters and quotes are still escaped.</summary>
+    public static AuditJsonContext Relaxed { get; } = new(new JsonSerializerOptions
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    });
+}
 
 /// <summary>
 /// JSON lines under DataDirectory/audit/audit.jsonl, written by one background writer that fsyncs each batch
@@ -176,7 +185,7 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
         {
             if (!ReferenceEquals(e, FlushMarker))
             {
-                var json = JsonSerializer.SerializeToUtf8Bytes(e, AuditJsonContext.Default.AuditEvent);
+                var json = JsonSerializer.SerializeToUtf8Bytes(e, AuditJsonContext.Relaxed.AuditEvent);
                 var line = new byte[json.Length + 1];
                 json.CopyTo(line, 0);
                 line[^1] = (byte)'\n';

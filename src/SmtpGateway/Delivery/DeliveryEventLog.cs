@@ -63,7 +63,19 @@ public sealed record DeliveryEvent
 
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
 [JsonSerializable(typeof(DeliveryEvent))]
-internal sealed partial class DeliveryEventJsonContext : JsonSerializerContext;
+internal sealed partial class DeliveryEventJsonContext : JsonSerializerContext
+{
+    /// <summary>
+    /// Files for operators and their tools, never embedded in HTML: "+" in a return path and "+00:00" in a time stay
+    /// readable (and greppable) instead of "\u002B". Control characters and quotes are still escaped.
+    /// </summary>
+    public static DeliveryEventJsonContext Relaxed { get; } = new(new JsonSerializerOptions
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    });
+}
 
 /// <summary>
 /// Delivery events as JSON lines, one file per tenant (DataDirectory/events/&lt;tenant&gt;.jsonl), appended with O_APPEND so
@@ -92,7 +104,7 @@ public sealed class DeliveryEventLog : IDisposable
     public void Write(DeliveryEvent delivery)
     {
         ArgumentNullException.ThrowIfNull(delivery);
-        var json = JsonSerializer.SerializeToUtf8Bytes(delivery, DeliveryEventJsonContext.Default.DeliveryEvent);
+        var json = JsonSerializer.SerializeToUtf8Bytes(delivery, DeliveryEventJsonContext.Relaxed.DeliveryEvent);
         var line = new byte[json.Length + 1];
         json.CopyTo(line, 0);
         line[^1] = (byte)'\n';

@@ -67,6 +67,21 @@ public sealed class DeliveryEventsTests : IDisposable
     }
 
     [Fact]
+    public void Event_lines_keep_plus_signs_readable_and_escape_control_characters()
+    {
+        _events.Write(new DeliveryEvent
+        {
+            Time = new DateTimeOffset(2030, 1, 1, 12, 0, 0, TimeSpan.Zero), Event = "delivered", Id = "X", Tenant = "tenant-a", From = "a@tenant-a.example",
+            Recipient = "r@example.net", Reply = "250 ok\r\nInjected: yes", Attempt = 1, ReturnPath = "b+tag@bounces.tenant-a.example",
+        });
+
+        var line = Assert.Single(File.ReadAllLines(_events.PathFor("tenant-a")));
+        Assert.Contains("\"returnPath\":\"b+tag@bounces.tenant-a.example\"", line, StringComparison.Ordinal);
+        Assert.Contains("+00:00", line, StringComparison.Ordinal);
+        Assert.Contains("250 ok\\r\\nInjected: yes", line, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Expiry_is_an_expired_event_with_a_DSN()
     {
         _transport.Reply = (_, _) => "451 4.4.1 Cannot connect";
