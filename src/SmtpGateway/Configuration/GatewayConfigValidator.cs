@@ -272,7 +272,7 @@ public sealed class GatewayConfigValidator : IValidateOptions<GatewayConfig>
         }
         catch (ArgumentException ex)
         {
-            e.Add($"{G}:Envelope:StripHeaders: {ex.Message}");
+            e.Add($"{G}:Envelope:StripHeaders: {(ex.ParamName is null ? ex.Message : ex.Message.Replace($" (Parameter '{ex.ParamName}')", "", StringComparison.Ordinal))}");
         }
 
         Positive(e, $"{G}:Envelope:ReturnPathKeyGrace", c.Envelope.ReturnPathKeyGrace);
