@@ -64,4 +64,34 @@ public sealed class TenantDirectoryTests
         Assert.Equal("b", snapshot.FindByAddress(IPAddress.Parse("2001:db8::1"))?.Id);
         Assert.Null(snapshot.FindByAddress(IPAddress.Parse("198.51.100.1")));
     }
+
+    [Fact]
+    public void Inbound_routes_and_reputation_settings_are_validated_with_the_tenant_and_every_error_has_its_path()
+    {
+        var snapshot = Build(new()
+        {
+            ["a"] = new()
+            {
+                Domains = ["tenant-a.example"],
+                Inbound = new InboundRouteConfig { Route = InboundRouteKind.Forward },
+                Reputation = new ReputationConfig { MaxBounceRate = 1.5, MinimumVolume = 0, Window = TimeSpan.FromSeconds(5) },
+            },
+            ["b"] = new()
+            {
+                Domains = ["tenant-b.example"],
+                Inbound = new InboundRouteConfig { Route = InboundRouteKind.Webhook, Webhook = { Url = "ftp://hooks.example/x", SecretEnvironmentVariable = "SMTPGW_TEST_UNSET_SECRET" } },
+            },
+        }, out var errors);
+
+        Assert.Contains(errors, e => e.StartsWith("Tenants:a:Inbound:Forward:Host:", StringComparison.Ordinal));
+        Assert.Contains(errors, e => e.StartsWith("Tenants:a:Reputation:MaxBounceRate:", StringComparison.Ordinal));
+        Assert.Contains(errors, e => e.StartsWith("Tenants:a:Reputation:MinimumVolume:", StringComparison.Ordinal));
+        Assert.Contains(errors, e => e.StartsWith("Tenants:a:Reputation:Window:", StringComparison.Ordinal));
+        Assert.Contains(errors, e => e.StartsWith("Tenants:b:Inbound:Webhook:Url:", StringComparison.Ordinal));
+        Assert.Contains(errors, e => e.StartsWith("Tenants:b:Inbound:Webhook:", StringComparison.Ordinal) && e.Contains("SMTPGW_TEST_UNSET_SECRET", StringComparison.Ordinal));
+
+        // Defaults are valid: drop folder, 10 % over an hour with at least 100 outcomes.
+        Build(new() { ["c"] = new() { Domains = ["tenant-c.example"] } }, out var none);
+        Assert.Empty(none);
+    }
 }
