@@ -164,7 +164,7 @@ public sealed class EnvelopeIsolationTests(EnvelopeHarness harness, ITestOutputH
         Assert.DoesNotContain("tenant-a", header, StringComparison.OrdinalIgnoreCase);
 
         // ...a Message-ID was added (the client sent none), and the body is untouched.
-        Assert.Matches(@"^<[0-9A-F]{20}\.[0-9a-f]{16}@gw\.functional\.test>$", message.Header("Message-ID") ?? "");
+        Assert.Matches(@"^<[0-9A-F]{20}\.[0-9a-f]{16}@tenant-b\.example>$", message.Header("Message-ID") ?? "");
         Assert.Contains("X-Tenant: tenant-a (body text is not a header)", message.Content, StringComparison.Ordinal);
 
         // The event log keeps the original sender and names the return path used.

@@ -704,9 +704,11 @@ public sealed partial class SmtpSession
                 break;
             default:
             {
-                using var cleaned = CleanHeaders(message, headerLength, id);
+                // Header From first (hygiene never removes it): its verified domain names the Message-ID we may add.
+                var refused = HeaderFromRefusal(message, headerLength, out var author);
+                using var cleaned = refused is null ? CleanHeaders(message, headerLength, id, author) : null;
                 var final = cleaned ?? message;
-                reply = HeaderFromRefusal(final, headerLength, out var author)
+                reply = refused
                     ?? Sign(final, headerLength, author, out var signature)
                     ?? await CommitAsync(id, final, signature, received).ConfigureAwait(false);
                 break;
@@ -731,7 +733,7 @@ public sealed partial class SmtpSession
     /// tenant's message without a Message-ID gets one (RFC 5322 section 3.6.4; DKIM over-signs it). Null when nothing
     /// changes, so the common case costs no copy.
     /// </summary>
-    MessageBuffer? CleanHeaders(MessageBuffer message, long headerLength, string id)
+    MessageBuffer? CleanHeaders(MessageBuffer message, long headerLength, string id, string? author)
     {
         if (_services.Envelope?.Hygiene is not { } hygiene)
         {
@@ -760,7 +762,10 @@ public sealed partial class SmtpSession
             final.Append(message.ToSequence().Slice(0, headerLength));
             if (addMessageId)
             {
-                final.Append(Encoding.ASCII.GetBytes($"Message-ID: {HeaderHygiene.NewMessageId(id, _services.ServerName)}\r\n"));
+                // The tenant's own (verified) From domain, not the gateway's name: a Message-ID domain shared by every
+                // tenant would link their mail together for the reputation systems that look at it.
+                var domain = author is null ? null : DomainName.OfAddress(author);
+                final.Append(Encoding.ASCII.GetBytes($"Message-ID: {HeaderHygiene.NewMessageId(id, domain ?? _services.ServerName)}\r\n"));
             }
 
             final.Append(result.Changed ? cleanedContent?.ToSequence() ?? ReadOnlySequence<byte>.Empty : content);

@@ -215,7 +215,8 @@ public sealed class EnvelopeIsolationTranscriptTests : IDisposable
 
         var (envelope, bytes) = Assert.Single(gw.Spool.Commits);
         var (_, rest) = SplitReceived(bytes);
-        Assert.Matches($"^Message-ID: <{Regex.Escape(envelope.Id)}\\.[0-9a-f]{{16}}@mx\\.test\\.example>\r\n", rest);
+        // Named after the tenant's own From domain, not the gateway: a shared Message-ID domain would link tenants.
+        Assert.Matches($"^Message-ID: <{Regex.Escape(envelope.Id)}\\.[0-9a-f]{{16}}@tenant-a\\.example>\r\n", rest);
         Assert.Equal(message, rest[(rest.IndexOf("\r\n", StringComparison.Ordinal) + 2)..]);
         Assert.Equal(1, CountHeader(Encoding.UTF8.GetString(bytes), "Message-ID"));
     }
