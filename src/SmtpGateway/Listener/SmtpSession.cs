@@ -867,12 +867,19 @@ public sealed partial class SmtpSession
             return null;
         }
 
-        var addresses = HeaderFrom.Addresses(message.ToSequence().Slice(headerLength));
+        var addresses = HeaderFrom.Addresses(message.ToSequence().Slice(headerLength), out var otherSenders);
         var decision = Policy.SenderPolicy.HeaderFrom(_tenant, addresses, _tenants);
         if (decision.Accepted)
         {
-            author = addresses![0];
-            return null;
+            decision = Policy.SenderPolicy.OtherSenders(_tenant, otherSenders, _tenants);
+            if (decision.Accepted)
+            {
+                author = addresses![0];
+                return null;
+            }
+
+            Audit(AuditActions.HeaderFrom, "refused", decision.Reason, _tenant.TenantId, string.Join(",", otherSenders), decision.CrossTenant);
+            return decision.Reply;
         }
 
         Audit(AuditActions.HeaderFrom, "refused", decision.Reason, _tenant.TenantId, addresses is null ? "(none)" : string.Join(",", addresses), decision.CrossTenant);

@@ -19,6 +19,7 @@ public static class SenderPolicy
 {
     public static readonly SmtpReply SenderNotOwned = new(550, "5.7.1", "Sender address is not authorized for this account");
     public static readonly SmtpReply HeaderFromNotOwned = new(550, "5.7.1", "From header address is not authorized for this account");
+    public static readonly SmtpReply OtherSenderNotOwned = new(550, "5.7.1", "Sender or Resent header address is not authorized for this account");
     public static readonly SmtpReply HeaderFromMissing = new(550, "5.7.1", "Message needs exactly one From header with an address");
     public static readonly SmtpReply NullSenderRefused = new(550, "5.7.1", "Null sender is not allowed for submission");
     public static readonly SmtpReply TokenNoLongerValid = new(530, "5.7.0", "Authentication required: session credentials expired or revoked");
@@ -60,6 +61,21 @@ public static class SenderPolicy
         foreach (var address in fromAddresses)
         {
             var decision = Owned(session, address, tenants, HeaderFromNotOwned);
+            if (!decision.Accepted)
+            {
+                return decision;
+            }
+        }
+
+        return PolicyDecision.Accept;
+    }
+
+    /// <summary>Sender, Resent-From and Resent-Sender name who sent the message too: each address must be the tenant's.</summary>
+    public static PolicyDecision OtherSenders(TenantSession session, IReadOnlyList<string> addresses, TenantSnapshot tenants)
+    {
+        foreach (var address in addresses)
+        {
+            var decision = Owned(session, address, tenants, OtherSenderNotOwned);
             if (!decision.Accepted)
             {
                 return decision;

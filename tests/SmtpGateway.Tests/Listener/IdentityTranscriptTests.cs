@@ -115,6 +115,38 @@ public sealed class IdentityTranscriptTests
     }
 
     [Fact]
+    public async Task Sender_and_Resent_headers_are_bound_to_the_tenant_like_From()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        var token = gw.Tokens.Mint("tenant-b", null, [], null).Token;
+        await using var c = await SubmissionAsync(gw);
+        Assert.StartsWith("235", await c.CommandAsync("AUTH PLAIN " + Plain("tenant-b", "tenant-b", token)));
+        foreach (var spoof in new[]
+                 {
+                     "Sender: ceo@tenant-a.example\r\n",
+                     "Resent-From: Boss <ceo@tenant-a.example>\r\n",
+                     "Resent-Sender: ceo@tenant-a.example\r\n",
+                     "Sender: ok@tenant-b.example, ceo@tenant-a.example\r\n",
+                     "Sender: not an address\r\n",
+                 })
+        {
+            Assert.StartsWith("250", await c.CommandAsync("MAIL FROM:<ok@tenant-b.example>"));
+            Assert.StartsWith("250", await c.CommandAsync("RCPT TO:<r@elsewhere.example>"));
+            var reply = await DataAsync(c, "From: ok@tenant-b.example\r\n" + spoof + "Subject: on behalf of\r\n\r\nx\r\n");
+            Assert.StartsWith("550 5.7.1 Sender or Resent header", reply);
+        }
+
+        Assert.Empty(gw.Spool.Commits);
+        Assert.Equal(4, gw.Audit.Events.Count(e => e.Action == AuditActions.HeaderFrom && e.CrossTenant));
+        Assert.Equal(5, gw.Audit.Events.Count(e => e.Action == AuditActions.HeaderFrom));
+
+        // Its own addresses in those fields are fine.
+        Assert.StartsWith("250", await c.CommandAsync("MAIL FROM:<ok@tenant-b.example>"));
+        Assert.StartsWith("250", await c.CommandAsync("RCPT TO:<r@elsewhere.example>"));
+        Assert.StartsWith("250 2.0.0", await DataAsync(c, "From: Team <team@tenant-b.example>\r\nSender: ok@tenant-b.example\r\nSubject: ok\r\n\r\nx\r\n"));
+    }
+
+    [Fact]
     public async Task Sender_scope_of_the_token_is_enforced()
     {
         await using var gw = await TestGateway.StartAsync();
