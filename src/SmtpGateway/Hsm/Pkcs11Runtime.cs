@@ -25,6 +25,8 @@ internal sealed class Pkcs11Runtime
     readonly ILogger _logger;
     int _leases = 1;
     int _edwardsParamsForm; // 0 = OID first, 1 = curve name first; remembers what the module accepted
+    readonly Lazy<IMechanism> _sha256RsaPkcs;
+    readonly Lazy<IMechanism> _eddsa;
 
     Pkcs11Runtime(string key, string modulePath, Pkcs11InteropFactories factories, IPkcs11Library library, Pkcs11HsmOptions options, ILogger logger)
     {
@@ -35,6 +37,8 @@ internal sealed class Pkcs11Runtime
         Options = options;
         _logger = logger;
         SoftHsmConfig = Environment.GetEnvironmentVariable(SoftHsmSetup.ConfigVariable);
+        _sha256RsaPkcs = new(() => factories.MechanismFactory.Create(CKM.CKM_SHA256_RSA_PKCS));
+        _eddsa = new(() => factories.MechanismFactory.Create(Pkcs11Constants.CKM_EDDSA));
     }
 
     public string Key { get; }
@@ -53,6 +57,15 @@ internal sealed class Pkcs11Runtime
 
     /// <summary>Serialises token initialisation (<see cref="SoftHsmSetup.EnsureToken"/>) within the process.</summary>
     public Lock TokenAdministration { get; } = new();
+
+    /// <summary>
+    /// The signing mechanism for an algorithm, made once per module: both take no parameters, so one immutable
+    /// instance serves every concurrent C_SignInit (rather than a finalizable object per signature).
+    /// RSA: CKM_SHA256_RSA_PKCS hashes inside the token and applies PKCS#1 v1.5 with the SHA-256 DigestInfo (v2.40
+    /// Current Mechanisms §2.1.7), i.e. DKIM rsa-sha256 (RFC 6376 §3.3.1). Ed25519: CKM_EDDSA without parameters is pure
+    /// Ed25519 (PKCS#11 v3.0 §2.3, RFC 8032 §5.1), as RFC 8463 §3 prescribes.
+    /// </summary>
+    public IMechanism SignMechanism(DkimKeyAlgorithm algorithm) => algorithm == DkimKeyAlgorithm.Ed25519 ? _eddsa.Value : _sha256RsaPkcs.Value;
 
     public int EdwardsParamsForm
     {
@@ -132,6 +145,14 @@ internal sealed class Pkcs11Runtime
         }
 
         _tokens.Clear();
+        foreach (var mechanism in (ReadOnlySpan<Lazy<IMechanism>>)[_sha256RsaPkcs, _eddsa])
+        {
+            if (mechanism.IsValueCreated)
+            {
+                mechanism.Value.Dispose();
+            }
+        }
+
         Library.Dispose();
         HsmLog.ModuleFinalized(_logger, ModulePath);
     }

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Diagnostics.Metrics;
+using System.Runtime.InteropServices;
 using System.Text;
 using MimeKit;
 using SmtpGateway.Audit;
@@ -55,27 +56,44 @@ public sealed class DkimSigningService(DkimKeyStore store, IDkimKeySigner keys, 
 
         try
         {
-            MimeMessage parsed;
-            using (var stream = new MemoryStream(message.ToArray(), writable: false))
-            {
-                parsed = MimeMessage.Load(ParserOptions.Default, stream);
-            }
-
+            // Parsed in place: no copy of the message, and persistent, so MimeKit's body parts refer to ranges of
+            // this stream instead of copying their content (the stream stays open until both signatures are made).
+            using var stream = MessageStream(message);
+            var parsed = MimeMessage.Load(ParserOptions.Default, stream, persistent: true);
             var fields = HeadersToSign(parsed);
-            var output = new StringBuilder();
 
             // RSA first, Ed25519 on top: the order does not matter to verifiers; DKIM-Signature fields are not in h=.
-            foreach (var selector in selectors.OrderBy(s => s.Algorithm == DkimAlgorithm.Ed25519 ? 1 : 0))
+            // Each header goes in front of the ones before it, so the output lists them in the reverse order.
+            var headers = new List<byte[]>(selectors.Count);
+            var length = 0;
+            foreach (var ed25519Pass in (ReadOnlySpan<bool>)[false, true])
             {
-                var signer = new HsmDkimSigner(keys, tenantId, selector, time, signatureLifetime);
-                signer.Sign(parsed, fields);
-                var header = parsed.Headers[0];
-                output.Insert(0, RawHeader(header));
-                parsed.Headers.RemoveAt(0);
-                _signs.Add(1, new KeyValuePair<string, object?>("tenant", tenantId), new KeyValuePair<string, object?>("algorithm", selector.Algorithm.ToString().ToLowerInvariant()));
+                foreach (var selector in selectors)
+                {
+                    if ((selector.Algorithm == DkimAlgorithm.Ed25519) != ed25519Pass)
+                    {
+                        continue;
+                    }
+
+                    var signer = new HsmDkimSigner(keys, tenantId, selector, time, signatureLifetime);
+                    signer.Sign(parsed, fields);
+                    var header = RawHeader(parsed.Headers[0]);
+                    headers.Add(header);
+                    length += header.Length;
+                    parsed.Headers.RemoveAt(0);
+                    _signs.Add(1, new KeyValuePair<string, object?>("tenant", tenantId), new KeyValuePair<string, object?>("algorithm", AlgorithmTag(selector.Algorithm)));
+                }
             }
 
-            return Encoding.ASCII.GetBytes(output.ToString());
+            var output = new byte[length];
+            var at = 0;
+            for (var i = headers.Count - 1; i >= 0; i--)
+            {
+                headers[i].CopyTo(output, at);
+                at += headers[i].Length;
+            }
+
+            return output;
         }
         catch (Exception ex) when (ex is not OutOfMemoryException)
         {
@@ -121,11 +139,59 @@ public sealed class DkimSigningService(DkimKeyStore store, IDkimKeySigner keys, 
     /// <summary>
     /// The header exactly as MimeKit folded it when it computed the signature (its relaxed form is what was signed;
     /// re-folding it ourselves could move a space inside h=), with every line ending made CRLF: MimeKit folds with the
-    /// platform newline, and a bare LF must never reach the wire.
+    /// platform newline, and a bare LF must never reach the wire. Byte for byte what
+    /// <c>$"{Field}:{ASCII(RawValue).Replace("\r\n", "\n").TrimEnd('\n').Replace("\n", "\r\n")}\r\n"</c> gives, without the strings.
     /// </summary>
-    static string RawHeader(Header header)
+    static byte[] RawHeader(Header header)
     {
-        var raw = Encoding.ASCII.GetString(header.RawValue).Replace("\r\n", "\n", StringComparison.Ordinal).TrimEnd('\n');
-        return $"{header.Field}:{raw.Replace("\n", "\r\n", StringComparison.Ordinal)}\r\n";
+        var raw = header.RawValue;
+
+        // CRLF and LF both count as one line ending; line endings at the very end are dropped (the CRLF below ends it).
+        var end = raw.Length;
+        while (end > 0 && raw[end - 1] == (byte)'\n')
+        {
+            end -= end > 1 && raw[end - 2] == (byte)'\r' ? 2 : 1;
+        }
+
+        var field = Encoding.ASCII.GetBytes(header.Field);
+        var output = new byte[field.Length + 1 + (2 * end) + 2];
+        field.CopyTo(output, 0);
+        var n = field.Length;
+        output[n++] = (byte)':';
+        for (var i = 0; i < end; i++)
+        {
+            var b = raw[i];
+            if (b == (byte)'\r' && i + 1 < end && raw[i + 1] == (byte)'\n')
+            {
+                continue; // the LF that follows writes the CRLF
+            }
+
+            if (b == (byte)'\n')
+            {
+                output[n++] = (byte)'\r';
+            }
+
+            output[n++] = b > 0x7F ? (byte)'?' : b; // what Encoding.ASCII made of a non-ASCII byte
+        }
+
+        output[n++] = (byte)'\r';
+        output[n++] = (byte)'\n';
+        return output.AsSpan(0, n).ToArray();
     }
+
+    static string AlgorithmTag(DkimAlgorithm algorithm) => algorithm switch
+    {
+        DkimAlgorithm.Rsa2048 => "rsa2048",
+        DkimAlgorithm.Ed25519 => "ed25519",
+        _ => algorithm.ToString().ToLowerInvariant(),
+    };
+
+    /// <summary>
+    /// A read-only, seekable view of the message for MimeKit's persistent parse: the listener's buffer itself when the
+    /// message is one array segment (a 4 KiB message is), else a stream over the segments; nothing is copied either way.
+    /// </summary>
+    static Stream MessageStream(in ReadOnlySequence<byte> message) =>
+        message.IsSingleSegment && MemoryMarshal.TryGetArray(message.First, out var segment)
+            ? new MemoryStream(segment.Array!, segment.Offset, segment.Count, writable: false)
+            : new ReadOnlySequenceStream(message);
 }
