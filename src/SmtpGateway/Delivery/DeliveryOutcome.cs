@@ -24,6 +24,9 @@ public readonly record struct RecipientResult(string Recipient, DeliveryOutcome 
     /// <summary>TLS version and cipher of the session that carried the transaction ("TLSv1.3 TLS_AES_256_GCM_SHA384"); null for plaintext or no session.</summary>
     public string? Tls { get; init; }
 
+    /// <summary>The reverse-path the transaction was sent with (the tenant's VERP return path); null when none was sent.</summary>
+    public string? ReturnPath { get; init; }
+
     /// <summary>Builds a result from a reply; the outcome comes from <see cref="DeliveryOutcomes.FromReplyCode"/>.</summary>
     public static RecipientResult FromReply(string recipient, int code, string text) =>
         new(recipient, DeliveryOutcomes.FromReplyCode(code), DeliveryOutcomes.FormatReply(code, text));

@@ -274,7 +274,8 @@ public sealed class DeliveryService : BackgroundService
                 suppressed = added ? true : null;
             }
 
-            var returnPath = tenantSent ? _hooks.ReturnPaths?.Invoke(envelope, recipient.Address) : null;
+            // The transport names the reverse-path it sent; a transport that sends none (drop) leaves the resolver to say it.
+            var returnPath = !tenantSent ? null : result.ReturnPath ?? _hooks.ReturnPaths?.Invoke(envelope, recipient.Address);
             events.Add(new DeliveryEvent
             {
                 Time = now, Event = name, Id = state.Id, Tenant = tenant, From = envelope.MailFrom, Recipient = recipient.Address,

@@ -184,7 +184,7 @@ internal sealed class OutboundDelivery : IAsyncDisposable
 
             if (!result.Exact)
                 DeliveryLog.RawFallback(_logger, message.Envelope.Id);
-            var tagged = result.Results.Select(r => r with { RemoteHost = peer, Tls = tlsDescription.Length == 0 ? null : tlsDescription }).ToArray();
+            var tagged = result.Results.Select(r => r with { RemoteHost = peer, Tls = tlsDescription.Length == 0 ? null : tlsDescription, ReturnPath = mailFrom }).ToArray();
             if (result.SessionLost)
             {
                 // RFC 5321 section 3.8: the session ended under the transaction; nothing it said binds the recipients.

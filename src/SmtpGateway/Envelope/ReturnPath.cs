@@ -31,6 +31,9 @@ public sealed partial class ReturnPath
     const int MacBytes = 10;
     readonly VerpKeyStore _keys;
 
+    /// <summary>Decoded secrets, per key object: a return path is made for every recipient of every message.</summary>
+    static readonly System.Runtime.CompilerServices.ConditionalWeakTable<VerpKey, byte[]> Secrets = new();
+
     public ReturnPath(VerpKeyStore keys) => _keys = keys;
 
     /// <summary>The return path for <paramref name="recipient"/> of queued message <paramref name="queueId"/>.</summary>
@@ -86,7 +89,7 @@ public sealed partial class ReturnPath
         // Domain-separated input, so that this key can never produce a value valid in another context.
         var input = Encoding.UTF8.GetBytes($"smtpgw-verp1\0{tenant}\0{id}\0{hash}");
         Span<byte> mac = stackalloc byte[32];
-        HMACSHA256.HashData(key.SecretBytes, input, mac);
+        HMACSHA256.HashData(Secrets.GetValue(key, static k => k.SecretBytes), input, mac);
         return Base32(mac[..MacBytes]);
     }
 

@@ -102,6 +102,9 @@ public sealed class ReturnPathDeliveryTests : IAsyncLifetime
         Assert.Equal(recipients, results.Select(r => r.Recipient));
         Assert.Equal([DeliveryOutcome.Delivered, DeliveryOutcome.Bounced, DeliveryOutcome.Delivered], results.Select(r => r.Outcome));
         Assert.StartsWith("550 5.1.1", results[1].Reply, StringComparison.Ordinal);
+
+        // Each result names the reverse-path its transaction used (the event log records it without recomputing).
+        Assert.Equal(recipients.Select(r => Verp(message.Envelope, r)), results.Select(r => r.ReturnPath));
         Assert.Equal(["one@example.net", "three@example.net"], _server.Messages.SelectMany(m => m.Recipients));
         Assert.Equal([Verp(message.Envelope, "one@example.net"), Verp(message.Envelope, "three@example.net")], _server.Messages.Select(m => m.MailFrom));
         Assert.Equal(1, _server.Connections);
