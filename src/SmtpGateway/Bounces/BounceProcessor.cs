@@ -151,7 +151,7 @@ public sealed partial class BounceProcessor
             await using (content.ConfigureAwait(false))
             {
                 // MimeKit parses synchronously; reports are small (the listener's size limit bounds them anyway).
-                findings = BounceParser.Parse(content, address => ReturnPath.IsRecipient(tag, address));
+                findings = BounceParser.Parse(content, address => _returnPaths.IsRecipient(tag, address));
             }
 
             cancellationToken.ThrowIfCancellationRequested();

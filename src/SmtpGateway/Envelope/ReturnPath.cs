@@ -9,7 +9,8 @@ namespace SmtpGateway.Envelope;
 /// <param name="Tenant">The tenant whose key verified the tag (from the bounce domain, never from the tag).</param>
 /// <param name="QueueId">Queue id of the message, as the spool wrote it.</param>
 /// <param name="RecipientHash">Fingerprint of the recipient (8 hex digits), checked with <see cref="ReturnPath.IsRecipient"/>.</param>
-public sealed record VerpTag(string Tenant, string QueueId, string RecipientHash);
+/// <param name="KeyId">The tenant key the tag (and its fingerprint) was made with.</param>
+public sealed record VerpTag(string Tenant, string QueueId, string RecipientHash, char KeyId);
 
 /// <summary>
 /// Per-tenant VERP return paths: <c>b+&lt;queue id&gt;.&lt;recipient hash&gt;.&lt;key id&gt;&lt;mac&gt;@&lt;bounce domain&gt;</c>.
@@ -41,7 +42,7 @@ public sealed partial class ReturnPath
     {
         var key = _keys.Current(tenant);
         var id = queueId.ToLowerInvariant();
-        var hash = RecipientHash(recipient);
+        var hash = RecipientHash(key, recipient);
         return $"{Prefix}{id}.{hash}.{key.Id}{Mac(key, tenant, id, hash)}@{bounceDomain}";
     }
 
@@ -63,33 +64,42 @@ public sealed partial class ReturnPath
             return null;
         var expected = Encoding.ASCII.GetBytes(Mac(key, tenant, id, hash));
         var given = Encoding.ASCII.GetBytes(match.Groups["mac"].Value.ToLowerInvariant());
-        return CryptographicOperations.FixedTimeEquals(expected, given) ? new VerpTag(tenant, id.ToUpperInvariant(), hash) : null;
+        return CryptographicOperations.FixedTimeEquals(expected, given) ? new VerpTag(tenant, id.ToUpperInvariant(), hash, key.Id) : null;
     }
 
-    /// <summary>True when <paramref name="address"/> is the recipient the tag was made for.</summary>
-    public static bool IsRecipient(VerpTag tag, string address) =>
-        string.Equals(RecipientHash(address), tag.RecipientHash, StringComparison.Ordinal);
+    /// <summary>True when <paramref name="address"/> is the recipient the tag was made for (false once its key is retired).</summary>
+    public bool IsRecipient(VerpTag tag, string address) =>
+        _keys.Find(tag.Tenant, tag.KeyId) is { } key && string.Equals(RecipientHash(key, address), tag.RecipientHash, StringComparison.Ordinal);
 
     /// <summary>
     /// 32-bit fingerprint of the normalised address (local part lower-cased, domain in A-labels): enough to pick the
-    /// recipient out of the handful of addresses a bounce mentions, far too little to recover the address from.
+    /// recipient out of the handful of addresses a bounce mentions, far too little to recover the address from. Keyed
+    /// with the tenant's secret: an unkeyed hash could be matched offline (2^32 tries) by an address the attacker owns,
+    /// giving a valid tag that a forged report could then pin on a victim's address.
     /// </summary>
-    public static string RecipientHash(string address)
+    static string RecipientHash(VerpKey key, string address)
+    {
+        Span<byte> digest = stackalloc byte[32];
+        HMACSHA256.HashData(Secret(key), Encoding.UTF8.GetBytes("smtpgw-verp1-rcpt\0" + NormalizeRecipient(address)), digest);
+        return Convert.ToHexStringLower(digest[..4]);
+    }
+
+    /// <summary>The form a recipient is fingerprinted in.</summary>
+    public static string NormalizeRecipient(string address)
     {
         var a = address.Trim().Trim('<', '>');
         var at = a.LastIndexOf('@');
-        var normalized = at < 0 ? a.ToLowerInvariant() : $"{a[..at].ToLowerInvariant()}@{DomainName.Normalize(a[(at + 1)..]) ?? a[(at + 1)..].ToLowerInvariant()}";
-        Span<byte> digest = stackalloc byte[32];
-        SHA256.HashData(Encoding.UTF8.GetBytes(normalized), digest);
-        return Convert.ToHexStringLower(digest[..4]);
+        return at < 0 ? a.ToLowerInvariant() : $"{a[..at].ToLowerInvariant()}@{DomainName.Normalize(a[(at + 1)..]) ?? a[(at + 1)..].ToLowerInvariant()}";
     }
+
+    static byte[] Secret(VerpKey key) => Secrets.GetValue(key, static k => k.SecretBytes);
 
     static string Mac(VerpKey key, string tenant, string id, string hash)
     {
         // Domain-separated input, so that this key can never produce a value valid in another context.
         var input = Encoding.UTF8.GetBytes($"smtpgw-verp1\0{tenant}\0{id}\0{hash}");
         Span<byte> mac = stackalloc byte[32];
-        HMACSHA256.HashData(Secrets.GetValue(key, static k => k.SecretBytes), input, mac);
+        HMACSHA256.HashData(Secret(key), input, mac);
         return Base32(mac[..MacBytes]);
     }
 
