@@ -129,34 +129,53 @@ public sealed partial class BounceProcessor
             && recipient.StartsWith(ReturnPath.Prefix, StringComparison.OrdinalIgnoreCase);
     }
 
-    /// <summary>Processes <paramref name="message"/> for its return-path recipients; one result per recipient.</summary>
+    /// <summary>
+    /// Processes <paramref name="message"/> for its return-path recipients; one result per recipient. The report is parsed
+    /// once, whatever the number of return paths it was sent to, and each (message, recipient) is counted at most once:
+    /// otherwise one message to the same return path a hundred times over (or the same report replayed) would count a
+    /// hundred bounces and could pause a tenant on an outsider's say-so.
+    /// </summary>
     public async Task<IReadOnlyList<RecipientResult>> ProcessAsync(SpooledMessage message, IReadOnlyList<string> recipients, CancellationToken cancellationToken)
     {
         var tenant = message.Envelope.TenantId;
-        var results = new List<RecipientResult>(recipients.Count);
-        foreach (var recipient in recipients)
+        var results = new RecipientResult[recipients.Count];
+        var tags = new Dictionary<string, VerpTag>(StringComparer.OrdinalIgnoreCase);
+        for (var i = 0; i < recipients.Count; i++)
         {
+            var recipient = recipients[i];
             var local = recipient[..recipient.LastIndexOf('@')];
+            if (tags.ContainsKey(local))
+            {
+                results[i] = RecipientResult.FromReply(recipient, 250, "2.0.0 Report processed");
+                continue;
+            }
+
             var tag = tenant is null ? null : _returnPaths.Verify(tenant, local);
             if (tag is null)
             {
                 // Accepted at RCPT, invalid now (key retired in between): nothing to attribute; do not bounce a bounce.
                 Log.Unattributable(_logger, message.Envelope.Id, "tag no longer valid");
-                results.Add(RecipientResult.FromReply(recipient, 250, "2.0.0 Report discarded: return path no longer valid"));
+                results[i] = RecipientResult.FromReply(recipient, 250, "2.0.0 Report discarded: return path no longer valid");
                 continue;
             }
 
+            tags[local] = tag;
+            results[i] = RecipientResult.FromReply(recipient, 250, "2.0.0 Report processed");
+        }
+
+        if (tags.Count > 0)
+        {
             IReadOnlyList<BounceFinding> findings;
             var content = message.OpenContent();
             await using (content.ConfigureAwait(false))
             {
-                // MimeKit parses synchronously; reports are small (the listener's size limit bounds them anyway).
-                findings = BounceParser.Parse(content, address => _returnPaths.IsRecipient(tag, address));
+                // MimeKit parses synchronously; the parser reads at most 5 MiB of it.
+                findings = BounceParser.Parse(content, address => tags.Values.Any(t => _returnPaths.IsRecipient(t, address)));
             }
 
             cancellationToken.ThrowIfCancellationRequested();
-            Record(message, tag, findings);
-            results.Add(RecipientResult.FromReply(recipient, 250, "2.0.0 Report processed"));
+            foreach (var tag in tags.Values)
+                Record(message, tag, [.. findings.Where(f => f.Recipient is null || _returnPaths.IsRecipient(tag, f.Recipient))]);
         }
 
         return results;
@@ -164,15 +183,22 @@ public sealed partial class BounceProcessor
 
     void Record(SpooledMessage report, VerpTag tag, IReadOnlyList<BounceFinding> findings)
     {
-        // The tag names one recipient: the finding about that recipient decides; without one, the first finding is the
-        // report's verdict about our message (a non-standard bounce may name nobody we can recognise).
-        var finding = findings.FirstOrDefault(f => f.Recipient is not null && f.Kind != BounceKind.Unknown)
-            ?? findings.FirstOrDefault(f => f.Kind != BounceKind.Unknown);
+        // Only a report that names the recipient the tag was made for counts against the tenant (reputation, suppression):
+        // a report that names nobody we can recognise is recorded as an event and nothing more.
+        var finding = findings.FirstOrDefault(f => f.Recipient is not null && f.Kind != BounceKind.Unknown);
         if (finding is null)
         {
-            Log.Unattributable(_logger, report.Envelope.Id, findings.Count == 0 ? "not a report" : "report states nothing usable");
+            var anything = findings.FirstOrDefault(f => f.Kind != BounceKind.Unknown);
+            Log.Unattributable(_logger, report.Envelope.Id, findings.Count == 0 ? "not a report" : anything is null ? "report states nothing usable" : "report names no recipient of ours");
             BounceMetrics.Report(tag.Tenant, "unrecognized-report");
-            _events?.Invoke(Event(report, tag, "unrecognized-report", null, "no bounce or complaint found", null));
+            _events?.Invoke(Event(report, tag, "unrecognized-report", anything, anything is null ? "no bounce or complaint found" : $"{anything.Kind} without a recognisable recipient", null));
+            return;
+        }
+
+        if (!FirstReport(tag, finding.Kind))
+        {
+            Log.Duplicate(_logger, report.Envelope.Id, tag.Tenant, tag.QueueId);
+            BounceMetrics.Report(tag.Tenant, "duplicate-report");
             return;
         }
 
@@ -190,6 +216,33 @@ public sealed partial class BounceProcessor
         Log.Attributed(_logger, report.Envelope.Id, tag.Tenant, tag.QueueId, name, finding.Recipient is not null, suppressed);
         _events?.Invoke(Event(report, tag, name, finding, reply.Length == 0 ? finding.Format : reply, suppressed));
     }
+
+    /// <summary>
+    /// Reports already counted, by (tenant, queue id, recipient fingerprint, kind): a delayed DSN and then a failure for
+    /// the same message both count, the same report twice does not. Bounded in memory (a restart forgets it, which at
+    /// worst lets one replay count once more); past <see cref="MaxRemembered"/> the oldest half is forgotten.
+    /// </summary>
+    bool FirstReport(VerpTag tag, BounceKind kind)
+    {
+        var key = $"{tag.Tenant}\0{tag.QueueId}\0{tag.RecipientHash}\0{kind}";
+        var now = _time.GetUtcNow().UtcTicks;
+        if (!_seen.TryAdd(key, now))
+            return false;
+        if (_seen.Count > MaxRemembered)
+        {
+            var cutoff = _seen.Values.Order().ElementAt(_seen.Count / 2);
+            foreach (var (k, at) in _seen)
+            {
+                if (at < cutoff)
+                    _seen.TryRemove(k, out _);
+            }
+        }
+
+        return true;
+    }
+
+    internal const int MaxRemembered = 200_000;
+    readonly System.Collections.Concurrent.ConcurrentDictionary<string, long> _seen = new(StringComparer.Ordinal);
 
     DeliveryEvent Event(SpooledMessage report, VerpTag tag, string name, BounceFinding? finding, string reply, bool? suppressed) => new()
     {
@@ -216,5 +269,8 @@ public sealed partial class BounceProcessor
 
         [LoggerMessage(EventId = Diagnostics.EventIds.Bounces + 1, Level = LogLevel.Warning, Message = "Report {ReportId} could not be attributed: {Reason}")]
         public static partial void Unattributable(ILogger logger, string reportId, string reason);
+
+        [LoggerMessage(EventId = Diagnostics.EventIds.Bounces + 2, Level = LogLevel.Warning, Message = "Report {ReportId} for tenant {TenantId}, message {QueueId} repeats one already counted; ignored")]
+        public static partial void Duplicate(ILogger logger, string reportId, string tenantId, string queueId);
     }
 }

@@ -245,12 +245,32 @@ public sealed class BounceProcessorTests : IDisposable
         var result = Assert.Single(await _router.DeliverAsync(report, [returnPath], CancellationToken.None));
 
         Assert.StartsWith("250 2.0.0 Report processed", result.Reply, StringComparison.Ordinal);
+        // A report that does not name the recipient the tag was made for counts for nothing (no bounce, no suppression).
         var e = Assert.Single(_events);
-        Assert.Equal(("bounced", original, ""), (e.Event, e.Id, e.Recipient));
-        Assert.False(e.Suppressed);
+        Assert.Equal(("unrecognized-report", original, ""), (e.Event, e.Id, e.Recipient));
+        Assert.Null(e.Suppressed);
         Assert.False(_suppression.Contains("tenant-a", "u@example.net"));
         Assert.False(_suppression.Contains("tenant-a", "other@example.net"));
         Assert.Empty(_suppression.List("tenant-a"));
+    }
+
+    [Fact]
+    public async Task One_report_sent_to_a_return_path_a_hundred_times_or_replayed_counts_once()
+    {
+        var original = _spool.NewId();
+        var returnPath = _returnPaths.For("tenant-a", BounceA, original, "u@example.net");
+        var many = Enumerable.Repeat(returnPath, 99).Append(returnPath.ToUpperInvariant()).ToArray();
+        var report = await SpoolAsync(Dsn(returnPath), many, inbound: true);
+
+        var results = await _router.DeliverAsync(report, many, CancellationToken.None);
+        Assert.Equal(100, results.Count);
+        Assert.All(results, r => Assert.Equal(DeliveryOutcome.Delivered, r.Outcome));
+
+        var replay = await SpoolAsync(Dsn(returnPath), [returnPath], inbound: true);
+        await _router.DeliverAsync(replay, [returnPath], CancellationToken.None);
+
+        var e = Assert.Single(_events);
+        Assert.Equal(("bounced", original, "u@example.net"), (e.Event, e.Id, e.Recipient));
     }
 
     [Fact]
