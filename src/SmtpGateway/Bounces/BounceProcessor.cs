@@ -36,8 +36,14 @@ public sealed class TenantOutcomes
         status is not null && (status.StartsWith("5.1.", StringComparison.Ordinal) || status is "5.2.1" or "5.4.4" or "5.0.0");
 
     /// <summary>Our own attempt ended for one recipient of an outbound message.</summary>
+    /// <param name="tenant">The sending tenant.</param>
+    /// <param name="recipient">The recipient.</param>
+    /// <param name="outcome">What the attempt decided.</param>
+    /// <param name="reply">The reply that decided it.</param>
+    /// <param name="queueId">The message.</param>
+    /// <param name="aboutRecipient">The reply answered this recipient's RCPT; only such a reply can suppress the address.</param>
     /// <returns>True when the recipient was added to the suppression list.</returns>
-    public bool OnAttempt(string tenant, string recipient, DeliveryOutcome outcome, string reply, string queueId)
+    public bool OnAttempt(string tenant, string recipient, DeliveryOutcome outcome, string reply, string queueId, bool aboutRecipient = true)
     {
         switch (outcome)
         {
@@ -50,7 +56,7 @@ public sealed class TenantOutcomes
             default:
                 _reputation.Record(tenant, ReputationOutcome.Bounced);
                 var status = StatusOf(reply);
-                return IsAddressFailure(status) && Suppress(tenant, recipient, "hard-bounce", $"{status} in reply to {queueId}");
+                return aboutRecipient && IsAddressFailure(status) && Suppress(tenant, recipient, "hard-bounce", $"{status} in reply to {queueId}");
         }
     }
 
@@ -93,7 +99,9 @@ public sealed class TenantOutcomes
                 return part;
         }
 
-        return parts.Length > 0 && parts[0].Length == 3 && parts[0][0] == '5' ? "5.0.0" : null;
+        // No enhanced code: only the classic "no such mailbox" replies to RCPT (RFC 5321 section 4.2.2: 550, 551, 553) count
+        // as the generic permanent failure; anything else (554 transaction failed...) says nothing about the address.
+        return parts.Length > 0 && parts[0] is "550" or "551" or "553" ? "5.0.0" : null;
     }
 }
 

@@ -77,4 +77,10 @@ internal static partial class DeliveryLog
 
     [LoggerMessage(EventId = EventIds.Delivery + 81, Level = LogLevel.Warning, Message = "Queue control request {Name} could not be handled")]
     public static partial void QueueControlFailed(ILogger logger, string name, Exception exception);
+
+    [LoggerMessage(EventId = EventIds.Delivery + 71, Level = LogLevel.Error, Message = "Message {QueueId}: suppression, reputation or return-path bookkeeping failed; the attempt is recorded anyway")]
+    public static partial void BookkeepingFailed(ILogger logger, string queueId, Exception exception);
+
+    [LoggerMessage(EventId = EventIds.Delivery + 72, Level = LogLevel.Error, Message = "Message {QueueId}: the tenant's return path could not be made; deferred")]
+    public static partial void ReturnPathFailed(ILogger logger, string queueId, Exception exception);
 }

@@ -24,6 +24,12 @@ public readonly record struct RecipientResult(string Recipient, DeliveryOutcome 
     /// <summary>TLS version and cipher of the session that carried the transaction ("TLSv1.3 TLS_AES_256_GCM_SHA384"); null for plaintext or no session.</summary>
     public string? Tls { get; init; }
 
+    /// <summary>
+    /// True when the reply was the answer to this recipient's own RCPT (RFC 5321 section 3.3). A refused MAIL FROM or DATA
+    /// is copied to every recipient of the transaction but says nothing about any address: it never suppresses one.
+    /// </summary>
+    public bool AboutRecipient { get; init; }
+
     /// <summary>The reverse-path the transaction was sent with (the tenant's VERP return path); null when none was sent.</summary>
     public string? ReturnPath { get; init; }
 

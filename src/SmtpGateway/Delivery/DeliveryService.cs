@@ -115,7 +115,7 @@ public sealed class DeliveryService : BackgroundService
     /// <summary>`queue retry`: the operator says the destinations are worth trying again now.</summary>
     void ClearBackoff()
     {
-        switch (_transport)
+        switch (_transport is TenantRouter router ? router.Outbound : _transport)
         {
             case MxTransport mx:
                 mx.Engine.Backoff.Clear();
@@ -268,14 +268,25 @@ public sealed class DeliveryService : BackgroundService
             var envelope = message.Envelope;
             var tenantSent = !envelope.Inbound && envelope.MailFrom.Length > 0 && envelope.TenantId is not null;
             bool? suppressed = null;
-            if (tenantSent && _hooks.Outcomes is { } outcomes)
+            string? returnPath = null;
+            try
             {
-                var added = outcomes.OnAttempt(envelope.TenantId!, recipient.Address, expiring ? DeliveryOutcome.Bounced : result.Outcome, result.Reply, state.Id);
-                suppressed = added ? true : null;
-            }
+                if (tenantSent && _hooks.Outcomes is { } outcomes)
+                {
+                    var added = outcomes.OnAttempt(envelope.TenantId!, recipient.Address, expiring ? DeliveryOutcome.Bounced : result.Outcome, result.Reply, state.Id,
+                        result.AboutRecipient && !expiring);
+                    suppressed = added ? true : null;
+                }
 
-            // The transport names the reverse-path it sent; a transport that sends none (drop) leaves the resolver to say it.
-            var returnPath = !tenantSent ? null : result.ReturnPath ?? _hooks.ReturnPaths?.Invoke(envelope, recipient.Address);
+                // The transport names the reverse-path it sent; a transport that sends none (drop) leaves the resolver to say it.
+                returnPath = !tenantSent ? null : result.ReturnPath ?? _hooks.ReturnPaths?.Invoke(envelope, recipient.Address);
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or InvalidDataException)
+            {
+                // Bookkeeping after the fact (suppression file, pause file, key file): the attempt was made and must be
+                // recorded, or delivered recipients would be sent again and the message would never expire.
+                DeliveryLog.BookkeepingFailed(_logger, state.Id, ex);
+            }
             events.Add(new DeliveryEvent
             {
                 Time = now, Event = name, Id = state.Id, Tenant = tenant, From = envelope.MailFrom, Recipient = recipient.Address,

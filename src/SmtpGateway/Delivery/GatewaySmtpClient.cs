@@ -175,7 +175,7 @@ internal sealed class GatewaySmtpClient : SmtpClient
 
         RecipientResult? Refused(MailboxAddress mailbox) =>
             _refused.TryGetValue(mailbox, out var response)
-                ? RecipientResult.FromReply(recipients[indexOf[mailbox]], (int)response.StatusCode, response.Response)
+                ? RecipientResult.FromReply(recipients[indexOf[mailbox]], (int)response.StatusCode, response.Response) with { AboutRecipient = true }
                 : null;
     }
 

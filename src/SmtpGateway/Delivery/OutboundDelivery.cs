@@ -88,7 +88,7 @@ internal sealed class OutboundDelivery : IAsyncDisposable
                 : default((string Host, int Port, WireTls Tls, DestinationLimits Limits)?);
         if (smarthost is { } hop)
         {
-            foreach (var (mailFrom, indices) in ByReturnPath(message.Envelope, recipients, Enumerable.Range(0, recipients.Count)))
+            foreach (var (mailFrom, indices) in ByReturnPath(message.Envelope, recipients, Enumerable.Range(0, recipients.Count), results))
             {
                 await AttemptAsync(message, recipients, indices, mailFrom, [new NextHop(hop.Host, hop.Port, [])], hop.Limits, hop.Tls, tenant, egress, results,
                     cancellationToken).ConfigureAwait(false);
@@ -118,7 +118,7 @@ internal sealed class OutboundDelivery : IAsyncDisposable
             }
 
             var hops = route.Hosts.Select(h => new NextHop(h.Name, _mx.Port, h.Addresses)).ToArray();
-            foreach (var (mailFrom, batch) in ByReturnPath(message.Envelope, recipients, indices))
+            foreach (var (mailFrom, batch) in ByReturnPath(message.Envelope, recipients, indices, results))
             {
                 await AttemptAsync(message, recipients, batch, mailFrom, hops, mxLimits, ToWire(egress.Tls.For(group.Key)), tenant, egress, results, cancellationToken)
                     .ConfigureAwait(false);
@@ -129,12 +129,40 @@ internal sealed class OutboundDelivery : IAsyncDisposable
     }
 
     /// <summary>Recipients grouped by their return path, in first-seen order; one group with the envelope sender when there is no resolver.</summary>
-    IEnumerable<(string MailFrom, int[] Indices)> ByReturnPath(SpoolEnvelope envelope, IReadOnlyList<string> recipients, IEnumerable<int> indices)
+    /// <remarks>
+    /// A return path that cannot be made (the tenant's key file unreadable) defers those recipients with 451 4.3.0: never
+    /// sent with the client's sender instead (bounces would escape attribution), and never an exception that would leave
+    /// the attempt unrecorded (the message would then neither progress nor expire).
+    /// </remarks>
+    IEnumerable<(string MailFrom, int[] Indices)> ByReturnPath(SpoolEnvelope envelope, IReadOnlyList<string> recipients, IEnumerable<int> indices,
+        RecipientResult[] results)
     {
         var resolver = ReturnPaths;
         if (resolver is null)
             return [(envelope.MailFrom, indices.ToArray())];
-        return indices.GroupBy(i => resolver(envelope, recipients[i]), StringComparer.Ordinal).Select(g => (g.Key, g.ToArray()));
+        var groups = new List<(string, List<int>)>();
+        foreach (var i in indices)
+        {
+            string mailFrom;
+            try
+            {
+                mailFrom = resolver(envelope, recipients[i]);
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or InvalidDataException)
+            {
+                DeliveryLog.ReturnPathFailed(_logger, envelope.Id, ex);
+                results[i] = RecipientResult.FromReply(recipients[i], 451, "4.3.0 Return path unavailable (local configuration)");
+                continue;
+            }
+
+            var group = groups.FindIndex(g => g.Item1 == mailFrom);
+            if (group < 0)
+                groups.Add((mailFrom, [i]));
+            else
+                groups[group].Item2.Add(i);
+        }
+
+        return groups.Select(g => (g.Item1, g.Item2.ToArray()));
     }
 
     async Task AttemptAsync(SpooledMessage message, IReadOnlyList<string> all, int[] indices, string mailFrom, IReadOnlyList<NextHop> hops, DestinationLimits limits, WireTls tls,

@@ -54,4 +54,7 @@ static partial class ListenerLog
 
     [LoggerMessage(EventId = EventIds.Listener + 15, Level = LogLevel.Information, Message = "Session {SessionId}: removed header field(s) {Fields} (client-supplied tenant or delivery-path claims)")]
     public static partial void HeadersRemoved(ILogger logger, string sessionId, string fields);
+
+    [LoggerMessage(EventId = EventIds.Listener + 16, Level = LogLevel.Error, Message = "Session {SessionId}: suppression list or return-path keys unreadable; answered 451")]
+    public static partial void EnvelopeStateUnreadable(ILogger logger, string sessionId, Exception exception);
 }

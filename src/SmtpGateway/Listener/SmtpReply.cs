@@ -60,6 +60,7 @@ public static class SmtpReplies
     public static readonly SmtpReply TooManyErrors = new(421, "4.7.0", "Too many errors, closing connection");
     public static readonly SmtpReply SpoolFailed = new(451, "4.3.0", "Temporary failure storing the message, try again later");
     public static readonly SmtpReply SigningFailed = new(451, "4.3.0", "Temporary failure signing the message, try again later");
+    public static readonly SmtpReply LocalError = new(451, "4.3.0", "Temporary local problem, try again later");
     public static readonly SmtpReply TooManyRecipients = new(452, "4.5.3", "Too many recipients");
 
     public static readonly SmtpReply Unrecognized = new(500, "5.5.2", "Command unrecognized");

@@ -631,8 +631,21 @@ public sealed partial class SmtpSession
         }
 
         var envelope = _services.Envelope;
-        var suppressed = _tenant is not null && envelope is not null && envelope.Suppression.Contains(_tenant.TenantId, path.Address);
-        var decision = Policy.SenderPolicy.Recipient(_tenant, path, _tenants, _transactionTenant, suppressed, _isReturnPath, out var recipientTenant);
+        bool suppressed;
+        PolicyDecision decision;
+        string? recipientTenant;
+        try
+        {
+            suppressed = _tenant is not null && envelope is not null && envelope.Suppression.Contains(_tenant.TenantId, path.Address);
+            decision = Policy.SenderPolicy.Recipient(_tenant, path, _tenants, _transactionTenant, suppressed, _isReturnPath, out recipientTenant);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            // The suppression list or a return-path key file cannot be read: local trouble, so try again later (RFC 3463 4.3.0).
+            ListenerLog.EnvelopeStateUnreadable(_logger, SessionId, ex);
+            return Reply(SmtpReplies.LocalError);
+        }
+
         if (suppressed && !decision.Accepted)
         {
             // Issue #7: the refusal is an event in the tenant's own event log, so its app learns why the address is skipped.

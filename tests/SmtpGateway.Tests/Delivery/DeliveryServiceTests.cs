@@ -21,6 +21,9 @@ public sealed class ScriptedTransport : IDeliveryTransport
 
     public TaskCompletionSource Entered { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
+    /// <summary>Replies stand for each recipient's RCPT answer (true), or for a MAIL/DATA answer copied to all (false).</summary>
+    public bool RcptStage { get; set; } = true;
+
     public async Task<IReadOnlyList<RecipientResult>> DeliverAsync(SpooledMessage message, IReadOnlyList<string> recipients, CancellationToken cancellationToken)
     {
         Calls.Enqueue([.. recipients]);
@@ -31,7 +34,7 @@ public sealed class ScriptedTransport : IDeliveryTransport
         return recipients.Select(r =>
         {
             var reply = Reply(r, call);
-            return RecipientResult.FromReply(r, int.Parse(reply[..3], System.Globalization.CultureInfo.InvariantCulture), reply[4..]);
+            return RecipientResult.FromReply(r, int.Parse(reply[..3], System.Globalization.CultureInfo.InvariantCulture), reply[4..]) with { AboutRecipient = RcptStage };
         }).ToArray();
     }
 }

@@ -58,6 +58,24 @@ public sealed class TenantHoldTests : IDisposable
     }
 
     [Fact]
+    public async Task A_refusal_of_MAIL_FROM_or_DATA_counts_as_a_bounce_but_suppresses_no_address()
+    {
+        _transport.RcptStage = false;
+        _transport.Reply = (_, _) => "550 5.1.0 Sender address rejected";
+        await SendAsync("tenant-a", "good@example.net");
+        _transport.Reply = (_, _) => "554 Transaction failed";
+        await SendAsync("tenant-a", "good2@example.net");
+
+        Assert.Empty(_suppression.List("tenant-a"));
+
+        // The same status to RCPT is about the address.
+        _transport.RcptStage = true;
+        _transport.Reply = (_, _) => "550 5.1.1 No such user";
+        await SendAsync("tenant-a", "gone@example.net");
+        Assert.True(_suppression.Contains("tenant-a", "gone@example.net"));
+    }
+
+    [Fact]
     public async Task Bounces_past_the_threshold_hold_the_tenant_until_resume_and_suppress_the_bad_addresses()
     {
         _transport.Reply = (rcpt, _) => rcpt.StartsWith("gone", StringComparison.Ordinal) ? "550 5.1.1 No such user" : "250 2.0.0 Ok";
