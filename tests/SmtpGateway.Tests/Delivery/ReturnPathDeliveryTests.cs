@@ -90,6 +90,23 @@ public sealed class ReturnPathDeliveryTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_return_path_that_cannot_be_made_defers_that_recipient_and_never_sends_the_clients_sender()
+    {
+        await using var transport = NewTransport((envelope, rcpt) =>
+            rcpt.StartsWith("broken", StringComparison.Ordinal) ? throw new IOException("key file damaged") : Verp(envelope, rcpt));
+        string[] recipients = ["broken@example.net", "ok@example.net"];
+        var message = await SpoolAsync(SampleMessage(), recipients);
+
+        var results = await transport.DeliverAsync(message, recipients, CancellationToken.None);
+
+        Assert.Equal([DeliveryOutcome.Deferred, DeliveryOutcome.Delivered], results.Select(r => r.Outcome));
+        Assert.Equal("451 4.3.0 Return path unavailable (local configuration)", results[0].Reply);
+        var sent = Assert.Single(_server.Messages);
+        Assert.Equal(["ok@example.net"], sent.Recipients);
+        Assert.DoesNotContain(_server.Commands, c => c.Contains("news@tenant-a.example", StringComparison.OrdinalIgnoreCase));
+    }
+
+    [Fact]
     public async Task Results_stay_in_recipient_order_when_one_transaction_is_refused()
     {
         _server.RcptReply = rcpt => rcpt == "two@example.org" ? "550 5.1.1 No such user" : "250 2.1.5 Ok";
