@@ -60,9 +60,10 @@ public sealed class SuppressionList : IDisposable
         var key = Normalize(address);
         if (key is null)
             return false;
-        lock (_lock)
+        var list = For(tenant);
+        lock (list)
         {
-            return Refreshed(tenant).Entries.ContainsKey(key);
+            return Refreshed(tenant, list).Entries.ContainsKey(key);
         }
     }
 
@@ -72,9 +73,10 @@ public sealed class SuppressionList : IDisposable
         var key = Normalize(address);
         if (key is null)
             return false;
-        lock (_lock)
+        var list = For(tenant);
+        lock (list)
         {
-            var list = Refreshed(tenant);
+            Refreshed(tenant, list);
             if (list.Entries.ContainsKey(key) || list.Entries.Count >= MaxEntriesPerTenant)
                 return false;
             var record = new SuppressionRecord("add", key, reason, Sanitize(detail), _time.GetUtcNow());
@@ -89,9 +91,10 @@ public sealed class SuppressionList : IDisposable
         var key = Normalize(address);
         if (key is null)
             return false;
-        lock (_lock)
+        var list = For(tenant);
+        lock (list)
         {
-            var list = Refreshed(tenant);
+            Refreshed(tenant, list);
             if (!list.Entries.ContainsKey(key))
                 return false;
             Append(tenant, list, new SuppressionRecord("remove", key, null, null, _time.GetUtcNow()));
@@ -101,9 +104,10 @@ public sealed class SuppressionList : IDisposable
 
     public IReadOnlyList<SuppressionEntry> List(string tenant)
     {
-        lock (_lock)
+        var list = For(tenant);
+        lock (list)
         {
-            return [.. Refreshed(tenant).Entries.Values.OrderBy(e => e.At).ThenBy(e => e.Address, StringComparer.Ordinal)];
+            return [.. Refreshed(tenant, list).Entries.Values.OrderBy(e => e.At).ThenBy(e => e.Address, StringComparer.Ordinal)];
         }
     }
 
@@ -140,10 +144,22 @@ public sealed class SuppressionList : IDisposable
         return stream.ReadByte() != '\n';
     }
 
-    TenantList Refreshed(string tenant)
+    /// <summary>
+    /// Each tenant's list has its own lock (held while its file is read): one tenant's large list loading does not stall
+    /// RCPT for every other tenant. The global lock only guards the map of lists.
+    /// </summary>
+    TenantList For(string tenant)
     {
-        if (!_tenants.TryGetValue(tenant, out var list))
-            _tenants[tenant] = list = new TenantList();
+        lock (_lock)
+        {
+            if (!_tenants.TryGetValue(tenant, out var list))
+                _tenants[tenant] = list = new TenantList();
+            return list;
+        }
+    }
+
+    TenantList Refreshed(string tenant, TenantList list)
+    {
         var tick = Environment.TickCount64;
         if (tick - list.CheckedAt >= (long)RefreshInterval.TotalMilliseconds || list.CheckedAt == long.MinValue)
         {

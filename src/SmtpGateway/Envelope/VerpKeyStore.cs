@@ -70,7 +70,14 @@ public sealed class VerpKeyStore
             var retiring = now + grace;
             var kept = keys.Where(k => k.RetiresAt is null || k.RetiresAt > now)
                 .Select(k => k.RetiresAt is null || k.RetiresAt > retiring ? k with { RetiresAt = retiring } : k).ToList();
-            var id = KeyIds.First(c => kept.All(k => k.Id != c));
+            var free = KeyIds.Where(c => kept.All(k => k.Id != c)).ToList();
+            if (free.Count == 0)
+            {
+                // A key id is one character of the tag: at most 36 keys can be valid at once.
+                throw new IOException($"tenant '{tenant}' has {kept.Count} return-path keys still in their grace period; rotate again after the oldest retires");
+            }
+
+            var id = free[0];
             var key = NewKey(id, now);
             kept.Add(key);
             Save(tenant, new VerpKeyFile(kept), overwrite: true);
