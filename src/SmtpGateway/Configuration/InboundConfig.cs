@@ -145,6 +145,12 @@ public sealed class InboundWebhookConfig
             // Credentials in a URL end up in proxies' and servers' logs; the signature authenticates the gateway instead.
             errors.Add($"{path}:Url: must not contain user information (credentials).");
         }
+        else if (uri.Scheme == Uri.UriSchemeHttp && !uri.IsLoopback)
+        {
+            // The signature covers timestamp, queue id and body, not the envelope headers (tenant, sender, recipients):
+            // over plain HTTP anyone on the path could read the mail and rewrite those. Plain HTTP only to this host.
+            errors.Add($"{path}:Url: must be https (plain http is allowed only to a loopback address).");
+        }
 
         var hasFile = !string.IsNullOrWhiteSpace(SecretFile);
         var hasVariable = !string.IsNullOrWhiteSpace(SecretEnvironmentVariable);

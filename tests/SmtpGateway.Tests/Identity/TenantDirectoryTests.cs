@@ -90,6 +90,14 @@ public sealed class TenantDirectoryTests
         Assert.Contains(errors, e => e.StartsWith("Tenants:b:Inbound:Webhook:Url:", StringComparison.Ordinal));
         Assert.Contains(errors, e => e.StartsWith("Tenants:b:Inbound:Webhook:", StringComparison.Ordinal) && e.Contains("SMTPGW_TEST_UNSET_SECRET", StringComparison.Ordinal));
 
+        // Plain HTTP leaves the envelope headers open to whoever is on the path: only to loopback.
+        Build(new()
+        {
+            ["d"] = new() { Domains = ["tenant-d.example"], Inbound = new InboundRouteConfig { Route = InboundRouteKind.Webhook, Webhook = { Url = "http://hooks.example/x", SecretEnvironmentVariable = "PATH" } } },
+            ["e"] = new() { Domains = ["tenant-e.example"], Inbound = new InboundRouteConfig { Route = InboundRouteKind.Webhook, Webhook = { Url = "http://127.0.0.1:8080/x", SecretEnvironmentVariable = "PATH" } } },
+        }, out var plain);
+        Assert.Equal(["Tenants:d:Inbound:Webhook:Url: must be https (plain http is allowed only to a loopback address)."], plain);
+
         // Defaults are valid: drop folder, 10 % over an hour with at least 100 outcomes.
         Build(new() { ["c"] = new() { Domains = ["tenant-c.example"] } }, out var none);
         Assert.Empty(none);
