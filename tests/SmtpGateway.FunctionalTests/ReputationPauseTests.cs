@@ -64,18 +64,18 @@ public sealed class ReputationPauseTests(PauseHarness harness, ITestOutputHelper
         Assert.Equal(0, item["attempts"]!.GetValue<int>());
         Assert.DoesNotContain(Events(), e => e["recipient"]?.GetValue<string>() == held);
 
-        // Released: the operator resumes; `queue retry` makes it due now instead of at the next hold check.
+        // Released: the operator resumes; within about two seconds the gateway notices and hands the held message back.
         var resumed = await harness.SmtpgwAsync("queue", "resume", "--config", harness.ConfigPath, "--tenant", "tenant-b");
         output.WriteLine(resumed.ToString());
         Assert.Equal(0, resumed.ExitCode);
         var clock = Stopwatch.StartNew();
         while (!Events().Any(e => e["recipient"]?.GetValue<string>() == held))
         {
-            Assert.True(clock.Elapsed < Wait, "the held message was never attempted after resume");
-            await harness.SmtpgwAsync("queue", "retry", "--config", harness.ConfigPath, id);
-            await Task.Delay(500, cts.Token);
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(15), "the held message was not attempted within 15 s of resume");
+            await Task.Delay(200, cts.Token);
         }
 
+        output.WriteLine($"held message attempted {clock.Elapsed.TotalSeconds:0.0} s after resume");
         Assert.Equal("bounced", Events().First(e => e["recipient"]?.GetValue<string>() == held)["event"]!.GetValue<string>());
     });
 

@@ -11,7 +11,11 @@ namespace SmtpGateway.Delivery;
 /// Envelope isolation hooks (issue #7): whether a message's tenant is paused (held), what each outcome does to the tenant
 /// (reputation, suppression), and the return path each recipient was sent with (for the event log).
 /// </summary>
-public sealed record DeliveryHooks(Func<SpoolEnvelope, bool>? IsHeld = null, Bounces.TenantOutcomes? Outcomes = null, ReturnPathResolver? ReturnPaths = null);
+public sealed record DeliveryHooks(Func<SpoolEnvelope, bool>? IsHeld = null, Bounces.TenantOutcomes? Outcomes = null, ReturnPathResolver? ReturnPaths = null)
+{
+    /// <summary>Whether the tenant is still paused; held messages are released when it says no.</summary>
+    public Func<string, bool>? TenantPaused { get; init; }
+}
 
 /// <summary>
 /// Delivery workers: take due message ids from the spool, attempt the still-pending recipients through the
@@ -44,8 +48,14 @@ public sealed class DeliveryService : BackgroundService
     readonly QueueControl? _control;
     readonly DeliveryHooks _hooks;
 
-    /// <summary>A held (paused) tenant's message is looked at again this often, so a resume takes effect soon.</summary>
-    internal static readonly TimeSpan HoldRecheck = TimeSpan.FromSeconds(30);
+    /// <summary>How often parked messages of paused tenants are checked for release (the pause file is re-read each second).</summary>
+    internal static readonly TimeSpan HoldRecheck = TimeSpan.FromSeconds(1);
+
+    /// <summary>
+    /// Ids of held messages, per paused tenant. Parked in memory rather than rescheduled: a paused tenant with a large
+    /// queue must not keep the shared workers reloading its messages. After a restart, recovery parks them again.
+    /// </summary>
+    readonly ConcurrentDictionary<string, ConcurrentQueue<string>> _held = new(StringComparer.Ordinal);
 
     public DeliveryService(ISpoolQueue spool, IDeliveryTransport transport, IOptions<GatewayConfig> options, TimeProvider time, ILogger<DeliveryService> logger)
         : this(spool, transport, options.Value.Delivery, time, logger, random: null)
@@ -80,6 +90,8 @@ public sealed class DeliveryService : BackgroundService
         var workers = Enumerable.Range(0, _workers).Select(_ => WorkerAsync(stoppingToken)).ToList();
         if (_control is not null)
             workers.Add(_control.RunAsync(this, ClearBackoff, stoppingToken));
+        if (_hooks.IsHeld is not null)
+            workers.Add(ReleaseHeldAsync(stoppingToken));
         await Task.WhenAll(workers).ConfigureAwait(false);
         DeliveryLog.Stopped(_logger);
     }
@@ -111,6 +123,32 @@ public sealed class DeliveryService : BackgroundService
         using var registration = cancellationToken.Register(static state => ((CancellationTokenSource)state!).Cancel(), _abort);
         await base.StopAsync(cancellationToken).ConfigureAwait(false);
     }
+
+    /// <summary>Hands parked messages back to the workers once their tenant is no longer paused (`smtpgw queue resume`).</summary>
+    async Task ReleaseHeldAsync(CancellationToken stoppingToken)
+    {
+        try
+        {
+            while (!stoppingToken.IsCancellationRequested)
+            {
+                await Task.Delay(HoldRecheck, _time, stoppingToken).ConfigureAwait(false);
+                foreach (var (tenant, ids) in _held)
+                {
+                    if (ids.IsEmpty || _hooks.TenantPaused?.Invoke(tenant) != false)
+                        continue;
+                    var now = _time.GetUtcNow();
+                    while (ids.TryDequeue(out var id))
+                        _spool.Schedule(id, now);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        {
+        }
+    }
+
+    /// <summary>Messages parked for <paramref name="tenant"/> (tests).</summary>
+    internal int HeldCount(string tenant) => _held.TryGetValue(tenant, out var ids) ? ids.Count : 0;
 
     /// <summary>`queue retry`: the operator says the destinations are worth trying again now.</summary>
     void ClearBackoff()
@@ -156,7 +194,7 @@ public sealed class DeliveryService : BackgroundService
             // A paused tenant's outbound mail is held, not dropped and not attempted: no attempt is counted, nothing expires.
             if (_hooks.IsHeld?.Invoke(message.Envelope) == true)
             {
-                _spool.Schedule(id, _time.GetUtcNow() + HoldRecheck);
+                _held.GetOrAdd(message.Envelope.TenantId ?? DefaultTenant, _ => new ConcurrentQueue<string>()).Enqueue(id);
                 return;
             }
 

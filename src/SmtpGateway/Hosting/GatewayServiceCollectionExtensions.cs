@@ -168,7 +168,10 @@ public static class GatewayServiceCollectionExtensions
             return new DeliveryHooks(
                 IsHeld: envelope => !envelope.Inbound && envelope.MailFrom.Length > 0 && envelope.TenantId is { } t && reputation.IsPaused(t),
                 Outcomes: sp.GetRequiredService<TenantOutcomes>(),
-                ReturnPaths: resolver);
+                ReturnPaths: resolver)
+            {
+                TenantPaused = reputation.IsPaused,
+            };
         });
         services.AddSingleton(sp => new BounceProcessor(
             sp.GetRequiredService<ReturnPath>(),

@@ -100,6 +100,7 @@ public sealed class TenantHoldTests : IDisposable
         Assert.Equal(calls, _transport.Calls.Count);
         var state = Assert.Single(_spool.List(SpoolArea.Queue), e => e.Id == held).State;
         Assert.Equal(0, state.Attempts);
+        Assert.Equal(1, _service.HeldCount("tenant-a")); // parked in memory, not rescheduled over and over
 
         // Long past the message's maximum age: still held, never expired.
         _time.Advance(TimeSpan.FromMinutes(30));
