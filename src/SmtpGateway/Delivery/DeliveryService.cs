@@ -55,7 +55,7 @@ public sealed class DeliveryService : BackgroundService
     /// Ids of held messages, per paused tenant. Parked in memory rather than rescheduled: a paused tenant with a large
     /// queue must not keep the shared workers reloading its messages. After a restart, recovery parks them again.
     /// </summary>
-    readonly ConcurrentDictionary<string, ConcurrentQueue<string>> _held = new(StringComparer.Ordinal);
+    readonly ConcurrentDictionary<string, ConcurrentDictionary<string, DateTimeOffset>> _held = new(StringComparer.Ordinal);
 
     public DeliveryService(ISpoolQueue spool, IDeliveryTransport transport, IOptions<GatewayConfig> options, TimeProvider time, ILogger<DeliveryService> logger)
         : this(spool, transport, options.Value.Delivery, time, logger, random: null)
@@ -132,19 +132,52 @@ public sealed class DeliveryService : BackgroundService
             while (!stoppingToken.IsCancellationRequested)
             {
                 await Task.Delay(HoldRecheck, _time, stoppingToken).ConfigureAwait(false);
-                foreach (var (tenant, ids) in _held)
-                {
-                    if (ids.IsEmpty || _hooks.TenantPaused?.Invoke(tenant) != false)
-                        continue;
-                    var now = _time.GetUtcNow();
-                    while (ids.TryDequeue(out var id))
-                        _spool.Schedule(id, now);
-                }
+                await ReleaseResumedAsync().ConfigureAwait(false);
             }
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
         {
         }
+    }
+
+    /// <summary>One pass of the release loop: every parked message of a tenant that is no longer paused goes back to the queue.</summary>
+    internal async Task ReleaseResumedAsync()
+    {
+        foreach (var (tenant, ids) in _held)
+        {
+            if (ids.IsEmpty || _hooks.TenantPaused?.Invoke(tenant) != false)
+                continue;
+            foreach (var id in ids.Keys)
+            {
+                if (ids.TryRemove(id, out var since))
+                    await ReleaseAsync(id, since).ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>Records how long the message was held (so its retry period is extended by that) and makes it due now.</summary>
+    async Task ReleaseAsync(string id, DateTimeOffset since)
+    {
+        var now = _time.GetUtcNow();
+        if (TryClaim(id))
+        {
+            try
+            {
+                if (await _spool.LoadAsync(id, CancellationToken.None).ConfigureAwait(false) is { } message)
+                    await _spool.SaveAsync(message.State with { HeldFor = message.State.HeldFor + (now - since), NextAttemptAt = now }, CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or SpoolWriteException)
+            {
+                // Not recorded: the message still goes out, with the retry period counted from its arrival.
+                DeliveryLog.AttemptFailed(_logger, id, now, ex);
+            }
+            finally
+            {
+                Release(id);
+            }
+        }
+
+        _spool.Schedule(id, now);
     }
 
     /// <summary>Messages parked for <paramref name="tenant"/> (tests).</summary>
@@ -194,7 +227,8 @@ public sealed class DeliveryService : BackgroundService
             // A paused tenant's outbound mail is held, not dropped and not attempted: no attempt is counted, nothing expires.
             if (_hooks.IsHeld?.Invoke(message.Envelope) == true)
             {
-                _held.GetOrAdd(message.Envelope.TenantId ?? DefaultTenant, _ => new ConcurrentQueue<string>()).Enqueue(id);
+                // Keyed by id: looked at again while still paused (queue retry, restart), it keeps the time it was first held.
+                _held.GetOrAdd(message.Envelope.TenantId ?? DefaultTenant, _ => new(StringComparer.Ordinal)).TryAdd(id, _time.GetUtcNow());
                 return;
             }
 
@@ -271,8 +305,9 @@ public sealed class DeliveryService : BackgroundService
     {
         var now = _time.GetUtcNow();
         var attempts = state.Attempts + 1;
-        var expired = _retry.IsExpired(message.Envelope.ReceivedAt, now);
-        var nextAttemptAt = _retry.NextAttemptAt(attempts, message.Envelope.ReceivedAt, now);
+        var retryFrom = message.Envelope.ReceivedAt + state.HeldFor;
+        var expired = _retry.IsExpired(retryFrom, now);
+        var nextAttemptAt = _retry.NextAttemptAt(attempts, retryFrom, now);
 
         // Results are positional (one per pending recipient); a short list from a faulty transport counts as deferred.
         var byAddress = new Dictionary<string, Queue<RecipientResult>>(StringComparer.Ordinal);

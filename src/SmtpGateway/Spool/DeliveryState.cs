@@ -43,6 +43,12 @@ public sealed record DeliveryState(
     DateTimeOffset? LastAttemptAt,
     IReadOnlyList<RecipientState> Recipients)
 {
+    /// <summary>
+    /// Time the message spent held while its tenant was paused (issue #7). The retry period (Retry:MaxAge) counts from
+    /// arrival plus this, so a message held for days is not expired by its first attempt after the pause is lifted.
+    /// </summary>
+    public TimeSpan HeldFor { get; init; }
+
     /// <summary>True when no recipient is pending: the message can leave the queue.</summary>
     [JsonIgnore]
     public bool IsComplete => Recipients.All(r => r.Status != RecipientStatus.Pending);

@@ -36,7 +36,10 @@ public sealed class TenantHoldTests : IDisposable
         _reputation = new ReputationTracker(_dir.Path, _ => config, _time, _pauses.Add);
         var hooks = new DeliveryHooks(
             IsHeld: e => !e.Inbound && e.MailFrom.Length > 0 && e.TenantId is { } t && _reputation.IsPaused(t),
-            Outcomes: new TenantOutcomes(_suppression, _reputation));
+            Outcomes: new TenantOutcomes(_suppression, _reputation))
+        {
+            TenantPaused = _reputation.IsPaused,
+        };
         var delivery = new DeliveryConfig { Retry = new RetryConfig { Schedule = [TimeSpan.FromMinutes(1)], Jitter = 0, MaxAge = TimeSpan.FromMinutes(10) } };
         _service = new DeliveryService(_spool, _transport, delivery, _time, NullLogger.Instance, () => 0.5, _events, dsn: null, control: null, hooks);
     }
@@ -113,11 +116,22 @@ public sealed class TenantHoldTests : IDisposable
         await SendAsync("tenant-a", "app@tenant.example", mailFrom: "");
         Assert.Equal(calls + 2, _transport.Calls.Count);
 
-        // The operator resumes (as the CLI does); within a second the held message goes out.
+        // Still paused: the release pass leaves it parked.
+        await _service.ReleaseResumedAsync();
+        Assert.Equal(1, _service.HeldCount("tenant-a"));
+
+        // The operator resumes (as the CLI does); within a second the held message goes back to the queue. Its retry period
+        // is extended by the 30 minutes it was held: a first deferral now does not expire it (MaxAge is 10 minutes).
         Assert.True(ReputationTracker.Resume(_dir.Path, "tenant-a"));
         await Task.Delay(1100);
+        await _service.ReleaseResumedAsync();
+        Assert.Equal(0, _service.HeldCount("tenant-a"));
+        Assert.True(Assert.Single(_spool.List(SpoolArea.Queue), e => e.Id == held).State.HeldFor >= TimeSpan.FromMinutes(30));
+        _transport.Reply = (_, _) => "451 4.7.1 Try later";
         await _service.ProcessAsync(held, CancellationToken.None);
         Assert.Equal(["later@example.net"], _transport.Calls.Last());
+        var last = JsonDocument.Parse(File.ReadAllLines(_events.PathFor("tenant-a")).Last()).RootElement;
+        Assert.Equal("deferred", last.GetProperty("event").GetString());
         Assert.False(_reputation.IsPaused("tenant-a"));
     }
 }
