@@ -65,6 +65,7 @@ public sealed class VerpKeyStore
     {
         lock (_lock)
         {
+            using var fileLock = LockFile(tenant);
             var now = _time.GetUtcNow();
             var keys = Load(tenant)?.Keys ?? [];
             var retiring = now + grace;
@@ -106,14 +107,49 @@ public sealed class VerpKeyStore
             var file = Load(tenant);
             if (file is null || file.Keys.Count == 0)
             {
-                // First use: create the key. CreateNew loses the race cleanly to another process making it at the same time.
-                Save(tenant, new VerpKeyFile([NewKey('a', _time.GetUtcNow())]), overwrite: false);
-                file = Load(tenant) ?? throw new IOException($"cannot read the return-path key file of tenant '{tenant}'");
+                // First use: create the key, under the same cross-process lock as a rotation, so that a `verp rotate-key`
+                // at this instant cannot replace the key this process is about to make tags with.
+                using var fileLock = LockFile(tenant);
+                file = Load(tenant);
+                if (file is null || file.Keys.Count == 0)
+                {
+                    Save(tenant, new VerpKeyFile([NewKey('a', _time.GetUtcNow())]), overwrite: false);
+                    file = Load(tenant) ?? throw new IOException($"cannot read the return-path key file of tenant '{tenant}'");
+                }
+
                 stamp = Stamp(path);
             }
 
             _cache[tenant] = (stamp, file.Keys, tick);
             return file.Keys;
+        }
+    }
+
+    /// <summary>
+    /// An exclusive lock shared with every other process using this data directory (the gateway and the CLI): .NET takes
+    /// flock(2) for FileShare.None on Unix. Held only for a read-modify-write of the key file.
+    /// </summary>
+    FileStream LockFile(string tenant)
+    {
+        Directory.CreateDirectory(_directory);
+        var path = Path.Combine(_directory, tenant + ".lock");
+        var deadline = Environment.TickCount64 + 10_000;
+        while (true)
+        {
+            try
+            {
+                return new FileStream(path, new FileStreamOptions
+                {
+                    Mode = FileMode.OpenOrCreate,
+                    Access = FileAccess.ReadWrite,
+                    Share = FileShare.None,
+                    UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+                });
+            }
+            catch (IOException) when (Environment.TickCount64 < deadline)
+            {
+                Thread.Sleep(20);
+            }
         }
     }
 

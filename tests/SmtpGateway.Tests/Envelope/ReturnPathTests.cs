@@ -101,6 +101,34 @@ public sealed partial class ReturnPathTests : IDisposable
     }
 
     [Fact]
+    public void Concurrent_rotations_by_separate_processes_lose_no_key()
+    {
+        // Each store stands for another process (the CLI run twice at once, the gateway making a first key): the key file's
+        // read-modify-write is under a cross-process lock, so every rotation's key survives. Rounds of four rotations
+        // released together by a barrier, on fresh tenants, make the race likely if the lock were missing.
+        for (var round = 0; round < 25; round++)
+        {
+            var tenant = $"tenant-{round}";
+            NewStore().Current(tenant);
+            using var barrier = new Barrier(4);
+            var made = new char[4];
+            var threads = Enumerable.Range(0, 4).Select(i => new Thread(() =>
+            {
+                var store = NewStore();
+                barrier.SignalAndWait();
+                made[i] = store.Rotate(tenant, TimeSpan.FromDays(1)).Id;
+            })).ToList();
+            threads.ForEach(t => t.Start());
+            threads.ForEach(t => t.Join());
+
+            var file = System.Text.Json.JsonDocument.Parse(File.ReadAllText(KeyFile(tenant)));
+            var ids = file.RootElement.GetProperty("keys").EnumerateArray().Select(k => k.GetProperty("id").GetString()![0]).ToList();
+            Assert.True(ids.Count == 5, $"round {round}: {ids.Count} keys after four rotations ({string.Join(",", ids)}; made {string.Join(",", made)})");
+            Assert.All(made, id => Assert.Contains(id, ids));
+        }
+    }
+
+    [Fact]
     public void Every_single_flipped_character_of_the_tag_is_refused()
     {
         var rp = new ReturnPath(NewStore());
