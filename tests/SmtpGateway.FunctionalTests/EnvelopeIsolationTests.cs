@@ -459,29 +459,10 @@ public sealed class EnvelopeIsolationTests(EnvelopeHarness harness, ITestOutputH
         }
     }
 
-    async Task<RawSmtpClient> ConnectFromAsync(string source, CancellationToken cancellationToken)
-    {
-        var smtp = await RawSmtpClient.ConnectAsync("127.0.0.1", harness.RelayPort, TimeSpan.FromSeconds(10), cancellationToken,
-            localEndPoint: new IPEndPoint(IPAddress.Parse(source), 0));
-        try
-        {
-            Assert.Equal(220, smtp.Banner.Code);
-            Assert.Equal(250, (await Step(smtp, "EHLO envelope.functional.test", cancellationToken)).Code);
-            return smtp;
-        }
-        catch
-        {
-            smtp.Dispose();
-            throw;
-        }
-    }
+    Task<RawSmtpClient> ConnectFromAsync(string source, CancellationToken cancellationToken) =>
+        harness.ConnectRelayFromAsync(source, output, cancellationToken, "envelope.functional.test");
 
-    async Task<SmtpReply> Step(RawSmtpClient smtp, string command, CancellationToken cancellationToken)
-    {
-        var reply = await smtp.CommandAsync(command, cancellationToken);
-        output.WriteLine($"C: {command}\nS: {reply}");
-        return reply;
-    }
+    Task<SmtpReply> Step(RawSmtpClient smtp, string command, CancellationToken cancellationToken) => smtp.StepAsync(command, output, cancellationToken);
 
     static byte[] Message(string from, string to, string marker) => Encoding.ASCII.GetBytes(
         $"From: <{from}>\r\n" +

@@ -1,4 +1,3 @@
-using System.Net;
 using System.Text;
 using SmtpGateway.FunctionalTests.Infrastructure;
 using Xunit;
@@ -131,29 +130,10 @@ public sealed class LegacyRelayTests(GatewayHarness harness, ITestOutputHelper o
         Assert.DoesNotContain(harness.Audit.Records(), e => e is { Action: "legacy-relay", ClientIp: NoTenantNetwork });
     });
 
-    async Task<RawSmtpClient> ConnectFromAsync(string source, CancellationToken cancellationToken)
-    {
-        var smtp = await RawSmtpClient.ConnectAsync("127.0.0.1", harness.RelayPort, TimeSpan.FromSeconds(10), cancellationToken,
-            localEndPoint: new IPEndPoint(IPAddress.Parse(source), 0));
-        try
-        {
-            Assert.Equal(220, smtp.Banner.Code);
-            Assert.Equal(250, (await Step(smtp, "EHLO legacy-app.functional.test", cancellationToken)).Code);
-            return smtp;
-        }
-        catch
-        {
-            smtp.Dispose();
-            throw;
-        }
-    }
+    Task<RawSmtpClient> ConnectFromAsync(string source, CancellationToken cancellationToken) =>
+        harness.ConnectRelayFromAsync(source, output, cancellationToken, "legacy-app.functional.test");
 
-    async Task<SmtpReply> Step(RawSmtpClient smtp, string command, CancellationToken cancellationToken)
-    {
-        var reply = await smtp.CommandAsync(command, cancellationToken);
-        output.WriteLine($"C: {command}\nS: {reply}");
-        return reply;
-    }
+    Task<SmtpReply> Step(RawSmtpClient smtp, string command, CancellationToken cancellationToken) => smtp.StepAsync(command, output, cancellationToken);
 
     static byte[] Message(string from, string to, string marker) => Encoding.ASCII.GetBytes(
         $"From: {from}\r\n" +

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Net;
 using System.Text;
 using System.Text.Json.Nodes;
 using SmtpGateway.FunctionalTests.Infrastructure;
@@ -81,9 +80,7 @@ public sealed class ReputationPauseTests(PauseHarness harness, ITestOutputHelper
 
     async Task<string> SendAsync(string recipient, CancellationToken cancellationToken)
     {
-        using var smtp = await RawSmtpClient.ConnectAsync("127.0.0.1", harness.RelayPort, TimeSpan.FromSeconds(10), cancellationToken,
-            localEndPoint: new IPEndPoint(IPAddress.Parse(TenantBNetwork), 0));
-        Assert.Equal(250, (await smtp.CommandAsync("EHLO pause.functional.test", cancellationToken)).Code);
+        using var smtp = await harness.ConnectRelayFromAsync(TenantBNetwork, output, cancellationToken, "pause.functional.test");
         var content = Encoding.ASCII.GetBytes($"From: <app@tenant-b.example>\r\nTo: <{recipient}>\r\nSubject: pause\r\n\r\nHello.\r\n");
         var reply = await smtp.SendMailAsync("app@tenant-b.example", [recipient], content, cancellationToken);
         output.WriteLine($"{recipient}: {reply}");

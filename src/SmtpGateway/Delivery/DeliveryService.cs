@@ -186,15 +186,8 @@ public sealed class DeliveryService : BackgroundService
     /// <summary>`queue retry`: the operator says the destinations are worth trying again now.</summary>
     void ClearBackoff()
     {
-        switch (_transport is TenantRouter router ? router.Outbound : _transport)
-        {
-            case MxTransport mx:
-                mx.Engine.Backoff.Clear();
-                break;
-            case SmarthostTransport smarthost:
-                smarthost.Engine.Backoff.Clear();
-                break;
-        }
+        if ((_transport is TenantRouter router ? router.Outbound : _transport) is IOutboundTransport smtp)
+            smtp.Engine.Backoff.Clear();
     }
 
     public override void Dispose()

@@ -62,11 +62,8 @@ public static class DeliveryServiceCollectionExtensions
             };
 
             // Tenant return paths (VERP), when envelope isolation is registered (the full gateway).
-            var returnPaths = sp.GetService<DeliveryHooks>()?.ReturnPaths;
-            if (transport is SmarthostTransport smarthost)
-                smarthost.ReturnPaths = returnPaths;
-            else if (transport is MxTransport mx)
-                mx.ReturnPaths = returnPaths;
+            if (transport is IOutboundTransport smtp)
+                smtp.Engine.ReturnPaths = sp.GetService<DeliveryHooks>()?.ReturnPaths;
             return transport;
         });
         services.TryAddSingleton(sp =>

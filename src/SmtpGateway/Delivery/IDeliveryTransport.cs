@@ -12,3 +12,12 @@ public interface IDeliveryTransport
     /// </summary>
     Task<IReadOnlyList<RecipientResult>> DeliverAsync(SpooledMessage message, IReadOnlyList<string> recipients, CancellationToken cancellationToken);
 }
+
+/// <summary>
+/// The SMTP transports (MX and smarthost) share one engine: return paths are set, and backoff is cleared, on it, whichever
+/// transport carries it.
+/// </summary>
+internal interface IOutboundTransport
+{
+    OutboundDelivery Engine { get; }
+}

@@ -5,7 +5,7 @@ using SmtpGateway.Spool;
 namespace SmtpGateway.Delivery;
 
 /// <summary>Delivers to each recipient domain's mail exchangers (RFC 5321 section 5), or to a tenant's own smarthost.</summary>
-public sealed class MxTransport : IDeliveryTransport, IAsyncDisposable
+public sealed class MxTransport : IDeliveryTransport, IOutboundTransport, IAsyncDisposable
 {
     readonly OutboundDelivery _engine;
 
@@ -19,14 +19,9 @@ public sealed class MxTransport : IDeliveryTransport, IAsyncDisposable
 
     internal SmtpConnectionPool Pool => _engine.Pool;
 
-    internal OutboundDelivery Engine => _engine;
+    OutboundDelivery IOutboundTransport.Engine => _engine;
 
-    /// <summary>Per-recipient return paths (tenant VERP); unset sends the envelope sender.</summary>
-    public ReturnPathResolver? ReturnPaths
-    {
-        get => _engine.ReturnPaths;
-        set => _engine.ReturnPaths = value;
-    }
+    internal OutboundDelivery Engine => _engine;
 
     /// <inheritdoc />
     public Task<IReadOnlyList<RecipientResult>> DeliverAsync(SpooledMessage message, IReadOnlyList<string> recipients, CancellationToken cancellationToken) =>

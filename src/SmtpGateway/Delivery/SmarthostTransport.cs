@@ -5,7 +5,7 @@ using SmtpGateway.Spool;
 namespace SmtpGateway.Delivery;
 
 /// <summary>Relays every message through the configured smarthost (or the tenant's own) over pooled MailKit connections.</summary>
-public sealed class SmarthostTransport : IDeliveryTransport, IAsyncDisposable
+public sealed class SmarthostTransport : IDeliveryTransport, IOutboundTransport, IAsyncDisposable
 {
     readonly OutboundDelivery _engine;
 
@@ -25,14 +25,9 @@ public sealed class SmarthostTransport : IDeliveryTransport, IAsyncDisposable
 
     internal SmtpConnectionPool Pool => _engine.Pool;
 
-    internal OutboundDelivery Engine => _engine;
+    OutboundDelivery IOutboundTransport.Engine => _engine;
 
-    /// <summary>Per-recipient return paths (tenant VERP); unset sends the envelope sender.</summary>
-    public ReturnPathResolver? ReturnPaths
-    {
-        get => _engine.ReturnPaths;
-        set => _engine.ReturnPaths = value;
-    }
+    internal OutboundDelivery Engine => _engine;
 
     /// <inheritdoc />
     public Task<IReadOnlyList<RecipientResult>> DeliverAsync(SpooledMessage message, IReadOnlyList<string> recipients, CancellationToken cancellationToken) =>

@@ -756,7 +756,8 @@ public sealed partial class SmtpSession
         var outbound = _tenant is not null;
         var content = message.ToSequence().Slice(headerLength);
         MessageBuffer? cleanedContent = null;
-        var removed = new List<string>();
+        // The names are only for the log line: no list per message when Information is off.
+        var removed = _logger.IsEnabled(LogLevel.Information) ? new List<string>() : null;
         try
         {
             var result = hygiene.Clean(content, outbound, chunk => (cleanedContent ??= new MessageBuffer()).Append(chunk), removed);
@@ -766,7 +767,7 @@ public sealed partial class SmtpSession
                 return null;
             }
 
-            if (removed.Count > 0)
+            if (removed is { Count: > 0 })
             {
                 ListenerLog.HeadersRemoved(_logger, SessionId, string.Join(", ", removed.Distinct(StringComparer.OrdinalIgnoreCase)));
             }

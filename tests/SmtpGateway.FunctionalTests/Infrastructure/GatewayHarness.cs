@@ -174,6 +174,28 @@ public class GatewayHarness : GatewayProcessHarness
             : throw new InvalidOperationException($"smtpgw token mint printed more than a token:\n{log}");
     }
 
+    /// <summary>
+    /// A greeted SMTP session on the relay listener from <paramref name="source"/> (a 127.0.0.x address: the client network
+    /// picks the tenant, or none).
+    /// </summary>
+    internal async Task<RawSmtpClient> ConnectRelayFromAsync(string source, ITestOutputHelper output, CancellationToken cancellationToken,
+        string ehlo = "legacy-app.functional.test")
+    {
+        var smtp = await RawSmtpClient.ConnectAsync("127.0.0.1", RelayPort, TimeSpan.FromSeconds(10), cancellationToken,
+            localEndPoint: new System.Net.IPEndPoint(System.Net.IPAddress.Parse(source), 0));
+        try
+        {
+            Assert.Equal(220, smtp.Banner.Code);
+            Assert.Equal(250, (await smtp.StepAsync($"EHLO {ehlo}", output, cancellationToken)).Code);
+            return smtp;
+        }
+        catch
+        {
+            smtp.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>The audit log of this gateway's data directory.</summary>
     internal AuditTrail Audit => new(DataDirectory);
 

@@ -89,6 +89,14 @@ internal sealed class RawSmtpClient : IDisposable
     }
 
     /// <summary>AUTH PLAIN with an initial response (RFC 4616: no authorization identity, user, password).</summary>
+    /// <summary>One command and its reply, both written to the test output.</summary>
+    public async Task<SmtpReply> StepAsync(string command, Xunit.Abstractions.ITestOutputHelper output, CancellationToken cancellationToken)
+    {
+        var reply = await CommandAsync(command, cancellationToken).ConfigureAwait(false);
+        output.WriteLine($"C: {command}\nS: {reply}");
+        return reply;
+    }
+
     public Task<SmtpReply> AuthPlainAsync(string user, string password, CancellationToken cancellationToken) =>
         CommandAsync("AUTH PLAIN " + Convert.ToBase64String(Encoding.UTF8.GetBytes($"\0{user}\0{password}")), cancellationToken);
 

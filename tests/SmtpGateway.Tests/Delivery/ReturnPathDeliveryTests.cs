@@ -31,8 +31,9 @@ public sealed class ReturnPathDeliveryTests : IAsyncLifetime
         _dir.Dispose();
     }
 
-    SmarthostTransport NewTransport(ReturnPathResolver? returnPaths) =>
-        new(new SmarthostConfig
+    SmarthostTransport NewTransport(ReturnPathResolver? returnPaths)
+    {
+        var transport = new SmarthostTransport(new SmarthostConfig
         {
             Host = "127.0.0.1",
             Port = _server.Port,
@@ -42,8 +43,10 @@ public sealed class ReturnPathDeliveryTests : IAsyncLifetime
             IdleTimeout = TimeSpan.FromSeconds(30),
             ConnectTimeout = TimeSpan.FromSeconds(10),
             HeloName = "gw.test",
-        }, "smtpgw.localhost", TimeProvider.System, NullLogger.Instance)
-        { ReturnPaths = returnPaths };
+        }, "smtpgw.localhost", TimeProvider.System, NullLogger.Instance);
+        transport.Engine.ReturnPaths = returnPaths;
+        return transport;
+    }
 
     async Task<SpooledMessage> SpoolAsync(byte[] bytes, string[] recipients)
     {

@@ -3,6 +3,8 @@ using System.Text;
 using SmtpGateway.Envelope;
 using SmtpGateway.Listener;
 
+using SmtpGateway.Tests.Spool;
+
 namespace SmtpGateway.Tests.Envelope;
 
 /// <summary>Pure byte-level tests: every case also runs over 1-, 2- and 3-byte segments, so field names and CRLFs straddle boundaries.</summary>
@@ -20,7 +22,7 @@ public sealed class HeaderHygieneTests
         var whole = Run(hygiene, new ReadOnlySequence<byte>(bytes), outbound);
         foreach (var size in new[] { 1, 2, 3 })
         {
-            var split = Run(hygiene, Segmented(bytes, size), outbound);
+            var split = Run(hygiene, SpoolTestKit.Segmented(bytes, size), outbound);
             Assert.Equal(whole.Result, split.Result);
             Assert.Equal(whole.Output, split.Output);
             Assert.Equal(whole.Names, split.Names);
@@ -41,35 +43,6 @@ public sealed class HeaderHygieneTests
             output.AddRange(chunk.ToArray());
         }, names);
         return new Outcome(result, Encoding.Latin1.GetString([.. output]), calls, names);
-    }
-
-    static ReadOnlySequence<byte> Segmented(byte[] bytes, int size)
-    {
-        if (bytes.Length == 0)
-            return ReadOnlySequence<byte>.Empty;
-        Segment first = new(bytes.AsMemory(0, Math.Min(size, bytes.Length)), 0), last = first;
-        for (var i = size; i < bytes.Length; i += size)
-        {
-            last = last.Append(bytes.AsMemory(i, Math.Min(size, bytes.Length - i)));
-        }
-
-        return new ReadOnlySequence<byte>(first, 0, last, last.Memory.Length);
-    }
-
-    sealed class Segment : ReadOnlySequenceSegment<byte>
-    {
-        public Segment(ReadOnlyMemory<byte> memory, long runningIndex)
-        {
-            Memory = memory;
-            RunningIndex = runningIndex;
-        }
-
-        public Segment Append(ReadOnlyMemory<byte> memory)
-        {
-            var next = new Segment(memory, RunningIndex + Memory.Length);
-            Next = next;
-            return next;
-        }
     }
 
     static void AssertUnchanged(Outcome outcome)
@@ -346,7 +319,7 @@ public sealed class HeaderHygieneTests
     {
         // Explicit, beyond the 1/2/3-byte splits every case already runs through: a prefix name, a CRLF CRLF and a folded value.
         var bytes = Encoding.ASCII.GetBytes("X-Tenant-Id\t: a\r\n b\r\nSubject: s\r\nResent-Bcc: x\r\n\r\nBcc: body\r\n");
-        var sequence = Segmented(bytes, 1);
+        var sequence = SpoolTestKit.Segmented(bytes, 1);
         Assert.False(sequence.IsSingleSegment);
         var output = new List<byte>();
         var result = Default.Clean(sequence, outbound: true, chunk => output.AddRange(chunk.ToArray()));

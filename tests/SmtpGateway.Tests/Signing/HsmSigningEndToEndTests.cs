@@ -6,6 +6,8 @@ using SmtpGateway.Signing;
 using SmtpGateway.Tests.Hsm;
 using SmtpGateway.Tests.Listener;
 
+using SmtpGateway.Tests.Spool;
+
 namespace SmtpGateway.Tests.Signing;
 
 /// <summary>
@@ -44,26 +46,9 @@ public sealed class HsmSigningEndToEndTests(SoftHsmFixture fixture) : IDisposabl
         Assert.Equal([true, true], PythonDkim.Verify([.. headers, .. message], PythonDkim.Records(rsa, ed)));
 
         // RSA PKCS#1 v1.5 and Ed25519 are deterministic: the same bytes again, however the message is held.
-        var half = message.Length / 2;
-        var first = new Segment(message.AsMemory(0, half), 0);
-        var second = first.Append(message.AsMemory(half));
-        Assert.Equal(headers, service.Sign("tenant-a", "app@tenant-a.example", new ReadOnlySequence<byte>(first, 0, second, second.Memory.Length), "s1"));
-    }
-
-    sealed class Segment : ReadOnlySequenceSegment<byte>
-    {
-        public Segment(ReadOnlyMemory<byte> memory, long runningIndex)
-        {
-            Memory = memory;
-            RunningIndex = runningIndex;
-        }
-
-        public Segment Append(ReadOnlyMemory<byte> memory)
-        {
-            var next = new Segment(memory, RunningIndex + Memory.Length);
-            Next = next;
-            return next;
-        }
+        var halves = SpoolTestKit.Segmented(message, (message.Length + 1) / 2);
+        Assert.False(halves.IsSingleSegment);
+        Assert.Equal(headers, service.Sign("tenant-a", "app@tenant-a.example", halves, "s1"));
     }
 
     public void Dispose() => _data.Delete(true);
