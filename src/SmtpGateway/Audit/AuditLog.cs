@@ -41,6 +41,9 @@ public sealed record AuditEvent
     public string? TokenId { get; init; }
     public string? Subject { get; init; }
 
+    /// <summary>The door the request came through: smtp, mcp or api (null for events outside a submission).</summary>
+    public string? Channel { get; init; }
+
     /// <summary>True for refused cross-tenant attempts: logged at Warning and counted per tenant for alerting.</summary>
     public bool CrossTenant { get; init; }
 }

@@ -100,6 +100,24 @@ public sealed class LimitsConfig
 
     /// <summary>Protocol errors tolerated in one session before 421 (Postfix smtpd_hard_error_limit defaults to 20).</summary>
     public int MaxErrors { get; set; } = 20;
+
+    /// <summary>
+    /// Octets of one message kept in memory before the rest streams to a scratch file beside the spool. Small messages (the
+    /// common case) never touch the scratch file; a 20 MiB one costs this much memory, not 20 MiB.
+    /// </summary>
+    public int MessageMemoryThreshold { get; set; } = 256 * 1024;
+
+    /// <summary>
+    /// Header section cap (octets). It is held in memory for sender binding, hygiene and DKIM; Postfix's header_size_limit
+    /// is 100 KiB, Exim's 1 MiB. Beyond it the message gets 552 5.3.4.
+    /// </summary>
+    public int MaxHeaderSectionSize { get; set; } = 1024 * 1024;
+
+    /// <summary>
+    /// Octets of message data all sessions together may hold in memory. When it is spent, DATA streams to disk from its first
+    /// octet; a DATA that cannot get even its header section gets 452 4.3.1, a new connection 421 4.3.2.
+    /// </summary>
+    public long MaxInFlightMemory { get; set; } = 256L * 1024 * 1024;
 }
 
 public sealed class SpoolConfig

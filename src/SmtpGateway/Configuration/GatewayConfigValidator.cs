@@ -20,7 +20,7 @@ public sealed class GatewayConfigValidator : IValidateOptions<GatewayConfig>
         var e = new List<string>();
         const string G = "Gateway";
 
-        if (string.IsNullOrWhiteSpace(c.ServerName) || !Listener.SmtpGrammar.IsDomain(c.ServerName))
+        if (string.IsNullOrWhiteSpace(c.ServerName) || !Smtp.SmtpGrammar.IsDomain(c.ServerName))
         {
             e.Add($"{G}:ServerName: '{c.ServerName}' is not a host name (it is sent in the banner and Received headers).");
         }
@@ -169,6 +169,21 @@ public sealed class GatewayConfigValidator : IValidateOptions<GatewayConfig>
             e.Add($"{lp}:MaxErrors: must be at least 1.");
         }
 
+        if (lim.MessageMemoryThreshold < 4096)
+        {
+            e.Add($"{lp}:MessageMemoryThreshold: must be at least 4096.");
+        }
+
+        if (lim.MaxHeaderSectionSize < 16 * 1024)
+        {
+            e.Add($"{lp}:MaxHeaderSectionSize: must be at least 16384 (RFC 5322 allows long header sections; Postfix's floor is 100 KiB).");
+        }
+
+        if (lim.MaxInFlightMemory < lim.MaxHeaderSectionSize)
+        {
+            e.Add($"{lp}:MaxInFlightMemory: must be at least MaxHeaderSectionSize ({lim.MaxHeaderSectionSize}), or no header section would fit.");
+        }
+
         if (string.IsNullOrWhiteSpace(c.Spool.Directory))
         {
             e.Add($"{G}:Spool:Directory: required.");
@@ -312,7 +327,7 @@ public sealed class GatewayConfigValidator : IValidateOptions<GatewayConfig>
                 continue;
             }
 
-            if (!string.IsNullOrEmpty(egress.HeloName) && !Listener.SmtpGrammar.IsDomain(egress.HeloName))
+            if (!string.IsNullOrEmpty(egress.HeloName) && !Smtp.SmtpGrammar.IsDomain(egress.HeloName))
             {
                 e.Add($"{p}:HeloName: '{egress.HeloName}' is not a host name (RFC 5321 section 4.1.1.1).");
             }
@@ -359,7 +374,7 @@ public sealed class GatewayConfigValidator : IValidateOptions<GatewayConfig>
         foreach (var (domain, value) in tls.Domains)
         {
             var name = domain.StartsWith('.') ? domain[1..] : domain;
-            if (!Listener.SmtpGrammar.IsDomain(name))
+            if (!Smtp.SmtpGrammar.IsDomain(name))
             {
                 e.Add($"{path}:Domains:{domain}: not a domain name.");
             }

@@ -99,7 +99,7 @@ public sealed class InboundForwardConfig
             errors.Add($"{path}:StartTls: must be one of {string.Join(", ", Enum.GetNames<TlsPolicy>())}.");
         }
 
-        if (!string.IsNullOrEmpty(HeloName) && !Listener.SmtpGrammar.IsDomain(HeloName))
+        if (!string.IsNullOrEmpty(HeloName) && !Smtp.SmtpGrammar.IsDomain(HeloName))
         {
             errors.Add($"{path}:HeloName: '{HeloName}' is not a host name (RFC 5321 section 4.1.1.1).");
         }

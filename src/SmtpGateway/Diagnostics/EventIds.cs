@@ -20,4 +20,5 @@ public static class EventIds
     public const int Bounces = 2300;      // 2300-2399
     public const int Audit = 2400;        // 2400-2499
     public const int Admin = 2500;        // 2500-2599
+    public const int Submission = 2600;   // 2600-2699
 }

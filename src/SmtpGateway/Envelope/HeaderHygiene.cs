@@ -211,6 +211,17 @@ public sealed class HeaderHygiene
     /// up to the colon except WSP, CR and LF: broader than ftext, so that a field with a stray byte in its name still counts as a
     /// field (it matches nothing) rather than ending the block and hiding the fields after it. False when the line is not a field.
     /// </summary>
+    /// <summary>
+    /// Whether <paramref name="line"/> (no line ending) starts a header field as <see cref="Clean"/> reads one: a name, optional
+    /// white space, a colon. The streaming reader splits header section from body with this, so both agree where it ends.
+    /// </summary>
+    public static bool IsFieldLine(in ReadOnlySequence<byte> line)
+    {
+        Span<byte> name = stackalloc byte[MaxPatternLength];
+        var reader = new SequenceReader<byte>(line);
+        return TryReadFieldName(ref reader, name, out _);
+    }
+
     static bool TryReadFieldName(ref SequenceReader<byte> reader, scoped Span<byte> name, out int length)
     {
         length = 0;

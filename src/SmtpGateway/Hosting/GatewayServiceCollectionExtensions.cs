@@ -16,6 +16,8 @@ using SmtpGateway.Identity;
 using SmtpGateway.Identity.Tokens;
 using SmtpGateway.Listener;
 using SmtpGateway.Spool;
+using SmtpGateway.Submission;
+using SmtpGateway.Smtp;
 
 namespace SmtpGateway.Hosting;
 
@@ -85,29 +87,42 @@ public static class GatewayServiceCollectionExtensions
         services.AddSpool();
         services.AddDelivery();
 
+        // The one way mail enters (SMTP sessions now; MCP and the admin API next): Identity → Policy → Envelope → Signing → Spool.
+        services.AddSingleton(sp => new MessageMemoryBudget(sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Limits.MaxInFlightMemory));
+        services.AddSingleton(sp =>
+        {
+            var config = sp.GetRequiredService<IOptions<GatewayConfig>>().Value;
+            var directory = sp.GetRequiredService<TenantDirectoryService>();
+            var identity = new IdentityServices(
+                () => directory.Current,
+                sp.GetRequiredService<ISmtpAuthenticator>(),
+                sp.GetRequiredService<TokenService>().StillValid,
+                sp.GetRequiredService<AuthThrottle>(),
+                sp.GetRequiredService<IAuditLog>(),
+                config.Identity);
+            return new SubmissionPipeline(
+                new SubmissionServices(
+                    config.ServerName,
+                    config.Limits,
+                    identity,
+                    sp.GetRequiredService<IMessageSpool>(),
+                    sp.GetRequiredService<TimeProvider>(),
+                    sp.GetRequiredService<MessageMemoryBudget>(),
+                    sp.GetRequiredService<IMessageSigner>(),
+                    sp.GetRequiredService<EnvelopeServices>()),
+                sp.GetRequiredService<ILoggerFactory>());
+        });
         services.AddSingleton(sp =>
         {
             var config = sp.GetRequiredService<IOptions<GatewayConfig>>().Value;
             var model = sp.GetRequiredService<GatewayModel>();
-            var directory = sp.GetRequiredService<TenantDirectoryService>();
-            var tokens = sp.GetRequiredService<TokenService>();
-            var identity = new IdentityServices(
-                () => directory.Current,
-                sp.GetRequiredService<ISmtpAuthenticator>(),
-                tokens.StillValid,
-                sp.GetRequiredService<AuthThrottle>(),
-                sp.GetRequiredService<IAuditLog>(),
-                config.Identity);
             var sessionServices = new SessionServices(
                 config.ServerName,
                 config.Limits,
                 model.Tls,
-                identity,
-                sp.GetRequiredService<IMessageSpool>(),
+                sp.GetRequiredService<SubmissionPipeline>(),
                 sp.GetRequiredService<TimeProvider>(),
-                sp.GetRequiredService<ListenerMetrics>(),
-                sp.GetRequiredService<IMessageSigner>(),
-                sp.GetRequiredService<EnvelopeServices>());
+                sp.GetRequiredService<ListenerMetrics>());
             return new SmtpListenerService(model.Listeners, sessionServices, config.ShutdownTimeout, sp.GetRequiredService<ILoggerFactory>());
         });
         services.AddHostedService(sp => sp.GetRequiredService<SmtpListenerService>());
@@ -204,7 +219,7 @@ public static class GatewayServiceCollectionExtensions
                     events.Log?.Write(new DeliveryEvent
                     {
                         Time = time.GetUtcNow(), Event = "suppressed", Id = session, Tenant = tenant, From = "", Recipient = recipient,
-                        Reply = SenderPolicy.Suppressed.ToString(), Attempt = 0,
+                        Reply = SmtpReplies.Suppressed.ToString(), Attempt = 0,
                     });
                 });
         });

@@ -1,3 +1,4 @@
+using SmtpGateway.Smtp;
 using System.Net;
 
 namespace SmtpGateway.Listener;

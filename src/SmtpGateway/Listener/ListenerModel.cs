@@ -2,10 +2,7 @@ using System.Net;
 using System.Net.Security;
 using System.Security.Authentication;
 using SmtpGateway.Configuration;
-using SmtpGateway.Identity;
-using SmtpGateway.Audit;
-using SmtpGateway.Identity.Tokens;
-using SmtpGateway.Spool;
+using SmtpGateway.Submission;
 
 namespace SmtpGateway.Listener;
 
@@ -35,33 +32,11 @@ public sealed class TlsModel(SslStreamCertificateContext certificateContext)
     };
 }
 
-/// <summary>Identity facts and services a session consults: the tenant map, AUTH, throttling, audit.</summary>
-public sealed record IdentityServices(
-    Func<TenantSnapshot> Tenants,
-    ISmtpAuthenticator Authenticator,
-    Func<TokenPayload, TokenCheck> StillValid,
-    AuthThrottle Throttle,
-    IAuditLog Audit,
-    IdentityConfig Config);
-
 /// <summary>Everything a session needs, resolved once per listener, not per connection.</summary>
 public sealed record SessionServices(
     string ServerName,
     LimitsConfig Limits,
     TlsModel? Tls,
-    IdentityServices Identity,
-    IMessageSpool Spool,
+    SubmissionPipeline Pipeline,
     TimeProvider Time,
-    ListenerMetrics Metrics,
-    Signing.IMessageSigner? Signer = null,
-    EnvelopeServices? Envelope = null);
-
-/// <summary>
-/// Envelope isolation (issue #7) as a session sees it: return-path tags to check at RCPT on bounce domains, the
-/// tenants' suppression lists, header hygiene before signing, and where a suppression refusal is reported.
-/// </summary>
-public sealed record EnvelopeServices(
-    Envelope.ReturnPath ReturnPaths,
-    Bounces.SuppressionList Suppression,
-    Envelope.HeaderHygiene Hygiene,
-    Action<string, string, string>? SuppressedRecipient = null);
+    ListenerMetrics Metrics);

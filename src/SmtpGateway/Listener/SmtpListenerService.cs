@@ -1,3 +1,4 @@
+using SmtpGateway.Smtp;
 using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Security;
@@ -71,7 +72,8 @@ public sealed class SmtpListenerService(
             client.NoDelay = true;
             var remote = (IPEndPoint)client.RemoteEndPoint!;
             var address = remote.Address.IsIPv4MappedToIPv6 ? remote.Address.MapToIPv4() : remote.Address;
-            var refusal = _limiter.TryAcquire(address);
+            // While the message memory budget is spent, a new session could not take a DATA anyway: say so at once.
+            var refusal = services.Pipeline.Budget.Available < services.Limits.MaxHeaderSectionSize ? SmtpReplies.BusyNoStorage : _limiter.TryAcquire(address);
             if (refusal is not null)
             {
                 services.Metrics.Refused(listener.Name);

@@ -1,6 +1,8 @@
 using System.Buffers;
 using System.IO.Pipelines;
 using System.Text;
+using SmtpGateway.Smtp;
+using SmtpGateway.Submission;
 
 namespace SmtpGateway.Listener;
 
@@ -136,7 +138,7 @@ public sealed partial class SmtpSession
     /// message as refused (so "\n.\n" can never smuggle a second message, CVE-2023-51766 class); dot-stuffing is
     /// removed (section 4.5.2). After a refusal the rest of the body is read and discarded, so the session stays in sync.
     /// </summary>
-    async ValueTask<DataOutcome> ReadDataAsync(MessageBuffer message, long headerLength, CancellationToken sessionToken)
+    async ValueTask<DataOutcome> ReadDataAsync(IncomingMessage message, CancellationToken sessionToken)
     {
         var limits = _services.Limits;
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(sessionToken, _hardStop);
@@ -191,7 +193,8 @@ public sealed partial class SmtpSession
 
                     if (tooBig || bare || longLine)
                     {
-                        message.Clear();
+                        // Refused already: keep reading to the end of DATA (to stay in sync), holding nothing.
+                        message.Discard();
                         continue;
                     }
 
@@ -200,15 +203,14 @@ public sealed partial class SmtpSession
                         content = content.Slice(1);
                     }
 
-                    if (message.Length - headerLength + content.Length + 2 > limits.MaxMessageSize)
+                    if (message.Length + content.Length + 2 > limits.MaxMessageSize)
                     {
                         tooBig = true;
-                        message.Clear();
+                        message.Discard();
                         continue;
                     }
 
-                    message.Append(content);
-                    message.Append("\r\n"u8);
+                    message.AppendLine(content);
                 }
 
                 if (result.IsCompleted)
@@ -220,7 +222,7 @@ public sealed partial class SmtpSession
                 {
                     longLine = true;
                     inLongLine = true;
-                    message.Clear();
+                    message.Discard();
                     _reader.AdvanceTo(buffer.End);
                 }
                 else

@@ -1,5 +1,5 @@
 using SmtpGateway.Identity;
-using SmtpGateway.Listener;
+using SmtpGateway.Smtp;
 
 namespace SmtpGateway.Policy;
 
@@ -17,20 +17,6 @@ public readonly record struct PolicyDecision(SmtpReply? Reply, string? Reason = 
 /// </summary>
 public static class SenderPolicy
 {
-    public static readonly SmtpReply SenderNotOwned = new(550, "5.7.1", "Sender address is not authorized for this account");
-    public static readonly SmtpReply HeaderFromNotOwned = new(550, "5.7.1", "From header address is not authorized for this account");
-    public static readonly SmtpReply OtherSenderNotOwned = new(550, "5.7.1", "Sender or Resent header address is not authorized for this account");
-    public static readonly SmtpReply HeaderFromMissing = new(550, "5.7.1", "Message needs exactly one From header with an address");
-    public static readonly SmtpReply NullSenderRefused = new(550, "5.7.1", "Null sender is not allowed for submission");
-    public static readonly SmtpReply TokenNoLongerValid = new(530, "5.7.0", "Authentication required: session credentials expired or revoked");
-    public static readonly SmtpReply OtherTenantRecipients = new(452, "4.5.3", "Recipients for another domain group must be sent in a separate transaction");
-
-    /// <summary>RFC 3463 5.1.1 "bad destination mailbox address": a return path we did not make (or no longer accept).</summary>
-    public static readonly SmtpReply UnknownReturnPath = new(550, "5.1.1", "No such recipient");
-
-    /// <summary>Issue #7: a tenant may not mail an address that hard-bounced or complained, until the operator removes it.</summary>
-    public static readonly SmtpReply Suppressed = new(550, "5.7.1", "Recipient is on this account's suppression list (earlier hard bounce or complaint); not sent");
-
     /// <summary>RFC 5321 section 4.5.1: every domain that receives mail must accept its postmaster (RFC 2142: abuse too).</summary>
     static readonly string[] RoleMailboxes = ["postmaster", "abuse"];
 
@@ -44,10 +30,10 @@ public static class SenderPolicy
 
         if (address.Length == 0)
         {
-            return new PolicyDecision(NullSenderRefused, "null sender");
+            return new PolicyDecision(SmtpReplies.NullSenderRefused, "null sender");
         }
 
-        return Owned(session, address, tenants, SenderNotOwned);
+        return Owned(session, address, tenants, SmtpReplies.SenderNotOwned);
     }
 
     /// <summary>Every address in the From header must pass the same test as MAIL FROM (RFC 5322 section 3.6.2).</summary>
@@ -55,12 +41,12 @@ public static class SenderPolicy
     {
         if (fromAddresses is null || fromAddresses.Count == 0)
         {
-            return new PolicyDecision(HeaderFromMissing, "no usable From header");
+            return new PolicyDecision(SmtpReplies.HeaderFromMissing, "no usable From header");
         }
 
         foreach (var address in fromAddresses)
         {
-            var decision = Owned(session, address, tenants, HeaderFromNotOwned);
+            var decision = Owned(session, address, tenants, SmtpReplies.HeaderFromNotOwned);
             if (!decision.Accepted)
             {
                 return decision;
@@ -75,7 +61,7 @@ public static class SenderPolicy
     {
         foreach (var address in addresses)
         {
-            var decision = Owned(session, address, tenants, OtherSenderNotOwned);
+            var decision = Owned(session, address, tenants, SmtpReplies.OtherSenderNotOwned);
             if (!decision.Accepted)
             {
                 return decision;
@@ -103,7 +89,7 @@ public static class SenderPolicy
         recipientTenant = session?.TenantId;
         if (session is not null)
         {
-            return suppressed ? new PolicyDecision(Suppressed, "suppressed recipient") : PolicyDecision.Accept;
+            return suppressed ? new PolicyDecision(SmtpReplies.Suppressed, "suppressed recipient") : PolicyDecision.Accept;
         }
 
         var local = recipient.LocalPart;
@@ -134,13 +120,13 @@ public static class SenderPolicy
             var ordinary = !tagShaped && (tenant.Domains.Contains(domain!) || RoleMailboxes.Contains(local, StringComparer.OrdinalIgnoreCase));
             if (!ordinary && (isReturnPath is null || !isReturnPath(tenant.Id, local)))
             {
-                return new PolicyDecision(UnknownReturnPath, "unknown or forged return path");
+                return new PolicyDecision(SmtpReplies.UnknownReturnPath, "unknown or forged return path");
             }
         }
 
         if (transactionTenant is not null && transactionTenant != tenant.Id)
         {
-            return new PolicyDecision(OtherTenantRecipients, "recipients of two tenants in one transaction");
+            return new PolicyDecision(SmtpReplies.OtherTenantRecipients, "recipients of two tenants in one transaction");
         }
 
         recipientTenant = tenant.Id;

@@ -16,7 +16,9 @@ public interface IMessageSigner
     /// DKIM-Signature header lines (CRLF-terminated) to put in front of the message; empty when the tenant has no
     /// active selector for the From domain. Throws <see cref="SigningException"/> when signing is configured but fails.
     /// </summary>
-    byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> message, string sessionId);
+    /// <param name="message">The message as it will be queued (without our Received field), or its first part when <paramref name="tail"/> is set.</param>
+    /// <param name="tail">The rest of the message, read from its current position (a spilled body), or null.</param>
+    byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> message, Stream? tail, string sessionId);
 }
 
 /// <summary>
@@ -40,7 +42,11 @@ public sealed class DkimSigningService(DkimKeyStore store, IDkimKeySigner keys, 
     readonly Counter<long> _signs = Telemetry.Meter.CreateCounter<long>(Telemetry.DkimSignatures, description: "DKIM signatures made, per tenant and algorithm");
     readonly Counter<long> _failures = Telemetry.Meter.CreateCounter<long>(Telemetry.DkimFailures, description: "DKIM signing failures, per tenant");
 
-    public byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> message, string sessionId)
+    /// <summary>A message wholly in memory.</summary>
+    public byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> message, string sessionId) =>
+        Sign(tenantId, fromAddress, message, null, sessionId);
+
+    public byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> message, Stream? tail, string sessionId)
     {
         var domain = DomainName.OfAddress(fromAddress);
         if (domain is null)
@@ -58,7 +64,7 @@ public sealed class DkimSigningService(DkimKeyStore store, IDkimKeySigner keys, 
         {
             // Parsed in place: no copy of the message, and persistent, so MimeKit's body parts refer to ranges of
             // this stream instead of copying their content (the stream stays open until both signatures are made).
-            using var stream = MessageStream(message);
+            using var stream = MessageStream(message, tail);
             var parsed = MimeMessage.Load(ParserOptions.Default, stream, persistent: true);
             var fields = HeadersToSign(parsed);
 
@@ -190,8 +196,21 @@ public sealed class DkimSigningService(DkimKeyStore store, IDkimKeySigner keys, 
     /// A read-only, seekable view of the message for MimeKit's persistent parse: the listener's buffer itself when the
     /// message is one array segment (a 4 KiB message is), else a stream over the segments; nothing is copied either way.
     /// </summary>
-    static Stream MessageStream(in ReadOnlySequence<byte> message) =>
-        message.IsSingleSegment && MemoryMarshal.TryGetArray(message.First, out var segment)
+    static Stream MessageStream(in ReadOnlySequence<byte> message, Stream? tail)
+    {
+        Stream head = message.IsSingleSegment && MemoryMarshal.TryGetArray(message.First, out var segment)
             ? new MemoryStream(segment.Array!, segment.Offset, segment.Count, writable: false)
             : new ReadOnlySequenceStream(message);
+        if (tail is null)
+        {
+            return head;
+        }
+
+        // A spilled body stays on disk: MimeKit's persistent parse reads ranges of it instead of loading it. The tail
+        // belongs to the caller (the spool copies it next), so it is left open.
+        var chained = new MimeKit.IO.ChainedStream();
+        chained.Add(head, leaveOpen: false);
+        chained.Add(tail, leaveOpen: true);
+        return chained;
+    }
 }

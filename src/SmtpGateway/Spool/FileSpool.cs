@@ -103,7 +103,18 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     }
 
     /// <inheritdoc />
-    public async Task CommitAsync(SpoolEnvelope envelope, ReadOnlySequence<byte> message, CancellationToken cancellationToken)
+    public Task CommitAsync(SpoolEnvelope envelope, ReadOnlySequence<byte> message, CancellationToken cancellationToken) =>
+        CommitAsync(envelope, new MessageContent([message]), cancellationToken);
+
+    /// <inheritdoc />
+    public FileStream CreateScratchFile()
+    {
+        EnsureDirectories();
+        return ScratchFile.Create(_tmp);
+    }
+
+    /// <inheritdoc />
+    public async Task CommitAsync(SpoolEnvelope envelope, MessageContent message, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(envelope);
         if (!IsValidId(envelope.Id))
@@ -153,19 +164,9 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         _ready.Writer.TryWrite(envelope.Id);
     }
 
-    async Task WriteMessageFileAsync(string path, SpoolEnvelope envelope, ReadOnlySequence<byte> message, CancellationToken cancellationToken)
+    async Task WriteMessageFileAsync(string path, SpoolEnvelope envelope, MessageContent message, CancellationToken cancellationToken)
     {
-        var eightBit = false;
-        foreach (var segment in message)
-        {
-            if (segment.Span.IndexOfAnyInRange((byte)0x80, (byte)0xFF) >= 0)
-            {
-                eightBit = true;
-                break;
-            }
-        }
-
-        var preamble = SpoolFileFormat.EncodePreamble(new SpoolFileHeader(envelope, eightBit), message.Length);
+        var preamble = SpoolFileFormat.EncodePreamble(new SpoolFileHeader(envelope, message.EightBit), message.Length);
         // Create, not CreateNew: a recycled file is truncated and rewritten (its old content is never published:
         // only the rename below makes a file visible in queue/, and recovery deletes everything in tmp/).
         // Owner-only: the spool holds every tenant's mail.
@@ -173,8 +174,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         await using (stream.ConfigureAwait(false))
         {
             await stream.WriteAsync(preamble, cancellationToken).ConfigureAwait(false);
-            foreach (var segment in message)
-                await stream.WriteAsync(segment, cancellationToken).ConfigureAwait(false);
+            await message.WriteToAsync(stream, cancellationToken).ConfigureAwait(false);
 
             // Flush(true) is fsync(2) of the file. Concurrent sessions fsync concurrently; the file system
             // batches them into one journal commit (ext4, xfs), so this does not serialise sessions.

@@ -114,7 +114,7 @@ public sealed class DeliveryEventsTests : IDisposable
     {
         public string NewId() => inner.NewId();
 
-        public Task CommitAsync(SpoolEnvelope envelope, System.Buffers.ReadOnlySequence<byte> message, CancellationToken cancellationToken) =>
+        public Task CommitAsync(SpoolEnvelope envelope, MessageContent content, CancellationToken cancellationToken) =>
             throw new SpoolWriteException("disk full");
     }
 

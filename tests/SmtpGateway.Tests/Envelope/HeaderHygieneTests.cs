@@ -344,7 +344,7 @@ public sealed class HeaderHygieneTests
 
         var head = filler.ToString();
         var message = head + "X-Tenant: acme-tenant-spanning-the-chunk-boundary\r\n\tcontinued\r\nSubject: s\r\n\r\nbody\r\n";
-        using var buffer = new MessageBuffer();
+        using var buffer = new SmtpGateway.Submission.MessageBuffer();
         buffer.Append(Encoding.ASCII.GetBytes(message));
         var sequence = buffer.ToSequence("Received: by gw\r\n"u8.ToArray());
         Assert.False(sequence.IsSingleSegment);

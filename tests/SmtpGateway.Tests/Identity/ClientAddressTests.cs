@@ -1,3 +1,4 @@
+using SmtpGateway.Smtp;
 using System.Net;
 using Microsoft.Extensions.Time.Testing;
 using SmtpGateway.Identity;

@@ -5,6 +5,7 @@ using System.Text.RegularExpressions;
 using SmtpGateway.Bounces;
 using SmtpGateway.Envelope;
 using SmtpGateway.Listener;
+using SmtpGateway.Submission;
 using SmtpGateway.Tests.Spool;
 
 namespace SmtpGateway.Tests.Listener;

@@ -1,3 +1,4 @@
+using SmtpGateway.Smtp;
 using SmtpGateway.Listener;
 
 namespace SmtpGateway.Tests.Listener;

@@ -13,6 +13,7 @@ using SmtpGateway.Identity;
 using SmtpGateway.Identity.Tokens;
 using SmtpGateway.Listener;
 using SmtpGateway.Spool;
+using SmtpGateway.Submission;
 
 namespace SmtpGateway.Tests.Listener;
 
@@ -27,14 +28,18 @@ public sealed class RecordingSpool : IMessageSpool
 
     public string NewId() => $"T{Interlocked.Increment(ref _next):D6}";
 
-    public Task CommitAsync(SpoolEnvelope envelope, ReadOnlySequence<byte> message, CancellationToken cancellationToken)
+    /// <summary>Messages whose body went to a scratch file (the streaming path), by queue id.</summary>
+    public ConcurrentDictionary<string, bool> Spilled { get; } = new();
+
+    public Task CommitAsync(SpoolEnvelope envelope, MessageContent content, CancellationToken cancellationToken)
     {
         if (Fail)
         {
             throw new SpoolWriteException("disk full (test)");
         }
 
-        Commits.Enqueue((envelope, message.ToArray()));
+        Spilled[envelope.Id] = content.Tail is not null;
+        Commits.Enqueue((envelope, content.ToArray()));
         return Task.CompletedTask;
     }
 }
@@ -101,7 +106,8 @@ public sealed class TestGateway : IAsyncDisposable
         Action<IdentityConfig>? identity = null,
         TimeProvider? time = null,
         SmtpGateway.Signing.IMessageSigner? signer = null,
-        EnvelopeServices? envelope = null)
+        EnvelopeServices? envelope = null,
+        MessageMemoryBudget? budget = null)
     {
         var limitsConfig = new LimitsConfig();
         limits?.Invoke(limitsConfig);
@@ -119,22 +125,24 @@ public sealed class TestGateway : IAsyncDisposable
         var tokens = new TokenService(new TokenStore(data.FullName), () => tenants, identityConfig, clock);
         var audit = new RecordingAudit();
         var spool = new RecordingSpool();
-        var services = new SessionServices(
-            "mx.test.example",
-            limitsConfig,
-            SharedTls.Value,
-            new IdentityServices(
-                () => tenants,
-                new TokenAuthenticator(tokens, audit),
-                tokens.StillValid,
-                new AuthThrottle(identityConfig.AuthFailuresBeforeDelay, identityConfig.AuthFailuresBeforeDisconnect, identityConfig.AuthFailureWindow, clock),
-                audit,
-                identityConfig),
-            spool,
-            clock,
-            new ListenerMetrics(),
-            signer,
-            envelope);
+        var pipeline = new SubmissionPipeline(
+            new SubmissionServices(
+                "mx.test.example",
+                limitsConfig,
+                new IdentityServices(
+                    () => tenants,
+                    new TokenAuthenticator(tokens, audit),
+                    tokens.StillValid,
+                    new AuthThrottle(identityConfig.AuthFailuresBeforeDelay, identityConfig.AuthFailuresBeforeDisconnect, identityConfig.AuthFailureWindow, clock),
+                    audit,
+                    identityConfig),
+                spool,
+                clock,
+                budget ?? new MessageMemoryBudget(limitsConfig.MaxInFlightMemory),
+                signer,
+                envelope),
+            NullLoggerFactory.Instance);
+        var services = new SessionServices("mx.test.example", limitsConfig, SharedTls.Value, pipeline, clock, new ListenerMetrics());
         var listeners = new List<ListenerModel>
         {
             new("submission", ListenerKind.Submission, new IPEndPoint(IPAddress.Loopback, 0)),

@@ -1,3 +1,4 @@
+using SmtpGateway.Smtp;
 using SmtpGateway.Bounces;
 using SmtpGateway.Configuration;
 using SmtpGateway.Identity;
@@ -65,7 +66,7 @@ public sealed class SenderPolicyTests
         Assert.True(SenderPolicy.HeaderFrom(A, ["a@tenant-a.example"], Tenants).Accepted);
         Assert.True(SenderPolicy.HeaderFrom(B, ["x@tenant-a.example"], Tenants).CrossTenant);
         Assert.False(SenderPolicy.HeaderFrom(A, ["a@tenant-a.example", "b@tenant-b.example"], Tenants).Accepted);
-        Assert.Equal(SenderPolicy.HeaderFromMissing, SenderPolicy.HeaderFrom(A, [], Tenants).Reply);
+        Assert.Equal(SmtpReplies.HeaderFromMissing, SenderPolicy.HeaderFrom(A, [], Tenants).Reply);
     }
 
     [Theory]
@@ -130,7 +131,7 @@ public sealed class SenderPolicyTests
 
         Assert.True(SenderPolicy.Recipient(null, Path("sales@tenant-c.example"), shared, null, false, Valid, out _).Accepted);
         Assert.True(SenderPolicy.Recipient(null, Path("b+good@tenant-c.example"), shared, null, false, Valid, out _).Accepted);
-        Assert.Equal(SenderPolicy.UnknownReturnPath, SenderPolicy.Recipient(null, Path("B+forged@tenant-c.example"), shared, null, false, Valid, out _).Reply);
+        Assert.Equal(SmtpReplies.UnknownReturnPath, SenderPolicy.Recipient(null, Path("B+forged@tenant-c.example"), shared, null, false, Valid, out _).Reply);
         Assert.True(BounceProcessor.IsReturnPathAddress(shared.Find("tenant-c")!, "b+good@tenant-c.example"));
         Assert.False(BounceProcessor.IsReturnPathAddress(shared.Find("tenant-c")!, "sales@tenant-c.example"));
     }
@@ -139,7 +140,7 @@ public sealed class SenderPolicyTests
     public void A_suppressed_recipient_is_refused_to_the_tenant_session_only()
     {
         var refused = SenderPolicy.Recipient(A, Path("gone@elsewhere.example"), Tenants, null, suppressed: true, ValidTag, out _);
-        Assert.Equal(SenderPolicy.Suppressed, refused.Reply);
+        Assert.Equal(SmtpReplies.Suppressed, refused.Reply);
         Assert.StartsWith("550 5.7.1", refused.Reply!.ToString(), StringComparison.Ordinal);
 
         // Inbound mail is not the tenant sending: suppression is about what the tenant may send.

@@ -152,7 +152,7 @@ public sealed partial class InboundRouter : IDeliveryTransport
         {
             var properties = IPGlobalProperties.GetIPGlobalProperties();
             var name = string.IsNullOrEmpty(properties.DomainName) ? properties.HostName : properties.HostName + "." + properties.DomainName;
-            return Listener.SmtpGrammar.IsDomain(name) ? name : "localhost";
+            return Smtp.SmtpGrammar.IsDomain(name) ? name : "localhost";
         }
         catch (NetworkInformationException)
         {

@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace SmtpGateway.Listener;
+namespace SmtpGateway.Smtp;
 
 /// <summary>One SMTP reply: basic code (RFC 5321 section 4.2), enhanced status (RFC 3463) and text.</summary>
 public sealed record SmtpReply(int Code, string? Enhanced, string Text)
@@ -63,6 +63,12 @@ public static class SmtpReplies
     public static readonly SmtpReply LocalError = new(451, "4.3.0", "Temporary local problem, try again later");
     public static readonly SmtpReply TooManyRecipients = new(452, "4.5.3", "Too many recipients");
 
+    /// <summary>RFC 3463 4.3.1 "mail system full": the gateway's memory budget for messages in flight is spent.</summary>
+    public static readonly SmtpReply InsufficientStorage = new(452, "4.3.1", "Insufficient system storage, try again later");
+
+    /// <summary>A new connection while the memory budget is spent (RFC 5321 section 3.1: 421 at greeting).</summary>
+    public static readonly SmtpReply BusyNoStorage = new(421, "4.3.2", "Too busy: insufficient system storage, try again later");
+
     public static readonly SmtpReply Unrecognized = new(500, "5.5.2", "Command unrecognized");
     public static readonly SmtpReply LineTooLong = new(500, "5.5.2", "Line too long (RFC 5321 section 4.5.3.1.4 limit is 512 octets)");
     public static readonly SmtpReply BareLineEnding = new(500, "5.5.2", "Command lines must end with <CR><LF>");
@@ -72,6 +78,8 @@ public static class SmtpReplies
     public static readonly SmtpReply BadRecipientSyntax = new(501, "5.1.3", "Bad recipient address syntax");
     public static readonly SmtpReply SourceRouteRefused = new(501, "5.1.3", "Source routes are not accepted");
     public static readonly SmtpReply InvalidBase64 = new(501, "5.5.2", "Invalid base64 data");
+    public static readonly SmtpReply MalformedPlain = new(501, "5.5.2", "Malformed PLAIN response");
+    public static readonly SmtpReply BadHeloSyntax = new(501, "5.5.4", "Syntax: EHLO domain or address literal");
     public static readonly SmtpReply AuthCancelled = new(501, "5.0.0", "Authentication cancelled");
     public static readonly SmtpReply NotImplemented = new(502, "5.5.1", "Command not implemented");
     public static readonly SmtpReply BadSequence = new(503, "5.5.1", "Bad sequence of commands");
@@ -87,8 +95,24 @@ public static class SmtpReplies
     public static readonly SmtpReply RelayDenied = new(554, "5.7.1", "Relay access denied");
     public static readonly SmtpReply NoValidRecipients = new(554, "5.5.1", "No valid recipients");
     public static readonly SmtpReply MessageTooBig = new(552, "5.3.4", "Message size exceeds fixed maximum message size");
+    public static readonly SmtpReply HeaderSectionTooBig = new(552, "5.3.4", "Message header section exceeds the size limit");
     public static readonly SmtpReply UnknownParameter = new(555, "5.5.4", "MAIL FROM/RCPT TO parameters not recognized or not implemented");
     public static readonly SmtpReply NonAsciiAddress = new(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter");
     public static readonly SmtpReply BareCrLfInData = new(550, "5.6.0", "Message contains a bare CR or LF; only <CR><LF> line endings are accepted");
     public static readonly SmtpReply DataLineTooLong = new(550, "5.6.0", "Message has a line over 1000 octets (RFC 5321 section 4.5.3.1.6)");
+
+    // Sender binding and relay control (Policy, issue #3 and #7).
+    public static readonly SmtpReply SenderNotOwned = new(550, "5.7.1", "Sender address is not authorized for this account");
+    public static readonly SmtpReply HeaderFromNotOwned = new(550, "5.7.1", "From header address is not authorized for this account");
+    public static readonly SmtpReply OtherSenderNotOwned = new(550, "5.7.1", "Sender or Resent header address is not authorized for this account");
+    public static readonly SmtpReply HeaderFromMissing = new(550, "5.7.1", "Message needs exactly one From header with an address");
+    public static readonly SmtpReply NullSenderRefused = new(550, "5.7.1", "Null sender is not allowed for submission");
+    public static readonly SmtpReply TokenNoLongerValid = new(530, "5.7.0", "Authentication required: session credentials expired or revoked");
+    public static readonly SmtpReply OtherTenantRecipients = new(452, "4.5.3", "Recipients for another domain group must be sent in a separate transaction");
+
+    /// <summary>RFC 3463 5.1.1 "bad destination mailbox address": a return path we did not make (or no longer accept).</summary>
+    public static readonly SmtpReply UnknownReturnPath = new(550, "5.1.1", "No such recipient");
+
+    /// <summary>Issue #7: a tenant may not mail an address that hard-bounced or complained, until the operator removes it.</summary>
+    public static readonly SmtpReply Suppressed = new(550, "5.7.1", "Recipient is on this account's suppression list (earlier hard bounce or complaint); not sent");
 }

@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace SmtpGateway.Listener;
+namespace SmtpGateway.Smtp;
 
 public enum SmtpVerb
 {

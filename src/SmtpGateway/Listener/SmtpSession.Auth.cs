@@ -1,0 +1,136 @@
+using SmtpGateway.Identity;
+using SmtpGateway.Smtp;
+
+namespace SmtpGateway.Listener;
+
+/// <summary>SMTP AUTH (RFC 4954) as a protocol exchange: challenges and decoding here, the decision in the Identity stage.</summary>
+public sealed partial class SmtpSession
+{
+    async ValueTask<bool> AuthAsync(SmtpCommandLine command, CancellationToken sessionToken)
+    {
+        if (!_listener.OffersAuth)
+        {
+            return CountError(SmtpReplies.NotImplemented);
+        }
+
+        if (!_tls && !PlaintextAuthAllowed)
+        {
+            // RFC 4954 section 4 / RFC 8314: never accept a password in clear text.
+            return CountError(SmtpReplies.EncryptionRequired);
+        }
+
+        if (_context.Tenant is not null)
+        {
+            return CountError(SmtpReplies.AlreadyAuthenticated);
+        }
+
+        if (_pipeline.AuthBlocked(_context))
+        {
+            Reply(SmtpReplies.TooManyAuthFailures);
+            return false;
+        }
+
+        var parts = command.Argument.Split(' ', 2);
+        var mechanism = parts[0].ToUpperInvariant();
+        var initial = parts.Length > 1 ? parts[1] : null;
+
+        string authzid, user, password;
+        switch (mechanism)
+        {
+            case "PLAIN":
+            {
+                var response = initial ?? await ChallengeAsync("", sessionToken).ConfigureAwait(false);
+                if (response is null)
+                {
+                    return false;
+                }
+
+                var decoded = Sasl.Decode(response, out var failure);
+                if (decoded is null)
+                {
+                    return CountError(failure!);
+                }
+
+                if (Sasl.ParsePlain(decoded) is not { } plain)
+                {
+                    return CountError(SmtpReplies.MalformedPlain);
+                }
+
+                (authzid, user, password) = plain;
+                break;
+            }
+
+            case "LOGIN":
+            {
+                var userResponse = initial ?? await ChallengeAsync("VXNlcm5hbWU6", sessionToken).ConfigureAwait(false);
+                if (userResponse is null)
+                {
+                    return false;
+                }
+
+                var decodedUser = Sasl.Decode(userResponse, out var failure);
+                if (decodedUser is null)
+                {
+                    return CountError(failure!);
+                }
+
+                var passwordResponse = await ChallengeAsync("UGFzc3dvcmQ6", sessionToken).ConfigureAwait(false);
+                if (passwordResponse is null)
+                {
+                    return false;
+                }
+
+                var decodedPassword = Sasl.Decode(passwordResponse, out failure);
+                if (decodedPassword is null)
+                {
+                    return CountError(failure!);
+                }
+
+                (authzid, user, password) = ("", decodedUser, decodedPassword);
+                break;
+            }
+
+            default:
+                return CountError(SmtpReplies.UnknownMechanism);
+        }
+
+        var verdict = await _pipeline.AuthenticateAsync(_context, mechanism, authzid, user, password, sessionToken).ConfigureAwait(false);
+        if (verdict.Succeeded)
+        {
+            Reply(SmtpReplies.AuthSucceeded);
+            return true;
+        }
+
+        if (verdict.Delay > TimeSpan.Zero)
+        {
+            await FlushAsync(sessionToken).ConfigureAwait(false);
+            await Task.Delay(verdict.Delay, _services.Time, sessionToken).ConfigureAwait(false);
+        }
+
+        if (!CountError(SmtpReplies.AuthFailed))
+        {
+            return false;
+        }
+
+        if (verdict.Blocked)
+        {
+            Reply(SmtpReplies.TooManyAuthFailures);
+            return false;
+        }
+
+        return true;
+    }
+
+    /// <summary>Sends a 334 challenge and reads the client's line; null when the session must end.</summary>
+    async ValueTask<string?> ChallengeAsync(string challenge, CancellationToken sessionToken)
+    {
+        Reply(new SmtpReply(334, null, challenge));
+        var line = await ReadLineAsync(MaxAuthLineLength, _services.Limits.CommandTimeout, sessionToken, allowDrain: false).ConfigureAwait(false);
+        return line.Status switch
+        {
+            LineStatus.Ok => line.Text,
+            LineStatus.Closed => null,
+            _ => "\u0001", // not base64: reported as such by DecodeSasl
+        };
+    }
+}

@@ -1,0 +1,243 @@
+using System.Buffers;
+using SmtpGateway.Envelope;
+using SmtpGateway.Spool;
+
+namespace SmtpGateway.Submission;
+
+/// <summary>Why a message could not be taken in whole (the reply is chosen by the pipeline).</summary>
+public enum IncomingProblem
+{
+    None,
+
+    /// <summary>The header section is over Limits:MaxHeaderSectionSize.</summary>
+    HeaderTooLarge,
+
+    /// <summary>The gateway-wide memory budget could not hold even the header section.</summary>
+    NoMemory,
+
+    /// <summary>The scratch file could not be written (disk full, I/O error).</summary>
+    StorageFailed,
+}
+
+/// <summary>
+/// One message as it arrives, line by line: the header section in memory (sender binding, hygiene and DKIM need it), the
+/// body in memory up to Limits:MessageMemoryThreshold and then in a scratch file beside the spool. Memory comes from the
+/// gateway-wide <see cref="MessageMemoryBudget"/> in chunks; when the budget is spent the body goes to disk from its first
+/// octet. Disposing returns the memory and deletes the scratch file.
+/// </summary>
+public sealed class IncomingMessage : IDisposable
+{
+    /// <summary>Memory is taken from the budget in steps of this size (MessageBuffer's chunk), not per line.</summary>
+    const int Step = 64 * 1024;
+
+    static readonly byte[] Crlf = "\r\n"u8.ToArray();
+
+    readonly MessageMemoryBudget _budget;
+    readonly Func<FileStream> _createScratch;
+    readonly int _memoryThreshold;
+    readonly int _maxHeaderSection;
+    readonly MessageBuffer _memory = new();
+    long _reserved;
+    bool _inHeader = true;
+    bool _firstLine = true;
+    FileStream? _scratch;
+    long _scratchLength;
+    bool _scratchEightBit;
+
+    internal IncomingMessage(string id, string receivedHeader, MessageMemoryBudget budget, Func<FileStream> createScratch, int memoryThreshold, int maxHeaderSection)
+    {
+        Id = id;
+        ReceivedHeader = receivedHeader;
+        _budget = budget;
+        _createScratch = createScratch;
+        _memoryThreshold = memoryThreshold;
+        _maxHeaderSection = maxHeaderSection;
+    }
+
+    /// <summary>Queue id, chosen when DATA began (it is in the Received header).</summary>
+    public string Id { get; }
+
+    /// <summary>Our Received trace field (RFC 5321 section 4.4), CRLF-terminated; it goes on top, outside the DKIM signature.</summary>
+    public string ReceivedHeader { get; }
+
+    /// <summary>When DATA began (the Received field's date and the spool's arrival time).</summary>
+    public DateTimeOffset ReceivedAt { get; init; }
+
+    /// <summary>Octets taken in so far (after dot-unstuffing, CRLF included), excluding our Received field.</summary>
+    public long Length => _memory.Length + _scratchLength;
+
+    /// <summary>Octets of the header section, including the empty line that ends it when there is one.</summary>
+    public long HeaderLength { get; private set; }
+
+    public IncomingProblem Problem { get; private set; }
+
+    /// <summary>True when part of the body is in the scratch file (tests and logs).</summary>
+    public bool Spilled => _scratch is not null;
+
+    /// <summary>The header section (RFC 5322 section 2.1): every field line, plus the empty line after it when present.</summary>
+    public ReadOnlySequence<byte> HeaderSection => _memory.ToSequence().Slice(0, HeaderLength);
+
+    /// <summary>The body held in memory (all of it, unless <see cref="Spilled"/>).</summary>
+    public ReadOnlySequence<byte> MemoryBody => _memory.ToSequence().Slice(HeaderLength);
+
+    /// <summary>Header section and in-memory body as one sequence: the whole message when nothing spilled.</summary>
+    public ReadOnlySequence<byte> InMemory => _memory.ToSequence();
+
+    /// <summary>Whether the scratch part has octets over 127 (the in-memory part is scanned by whoever writes it).</summary>
+    public bool ScratchEightBit => _scratchEightBit;
+
+    /// <summary>
+    /// The spilled rest of the body, positioned at its start; null when everything is in memory. Owned by this message.
+    /// </summary>
+    public Stream? OpenScratch()
+    {
+        if (_scratch is null)
+        {
+            return null;
+        }
+
+        _scratch.Flush();
+        _scratch.Position = 0;
+        return _scratch;
+    }
+
+    public long ScratchLength => _scratchLength;
+
+    /// <summary>Appends one line (without its CRLF; dot-stuffing already removed) and a CRLF.</summary>
+    public void AppendLine(in ReadOnlySequence<byte> line)
+    {
+        if (Problem != IncomingProblem.None)
+        {
+            return;
+        }
+
+        if (_inHeader)
+        {
+            var field = ContinuesHeader(line);
+            _firstLine = false;
+            if (field || line.Length == 0)
+            {
+                // A field line, or (RFC 5322 section 2.1) the empty line that ends the header section: both belong to it.
+                _inHeader = field;
+                AppendHeader(line);
+                return;
+            }
+
+            _inHeader = false;
+        }
+
+        AppendBody(line);
+    }
+
+    void AppendHeader(in ReadOnlySequence<byte> line)
+    {
+        var octets = line.Length + 2;
+        if (_memory.Length + octets > _maxHeaderSection)
+        {
+            Fail(IncomingProblem.HeaderTooLarge);
+            return;
+        }
+
+        if (!Reserve(octets))
+        {
+            Fail(IncomingProblem.NoMemory);
+            return;
+        }
+
+        _memory.Append(line);
+        _memory.Append(Crlf);
+        HeaderLength = _memory.Length;
+    }
+
+    void AppendBody(in ReadOnlySequence<byte> line)
+    {
+        var octets = line.Length + 2;
+        if (_scratch is null && _memory.Length + octets <= _memoryThreshold && Reserve(octets))
+        {
+            _memory.Append(line);
+            _memory.Append(Crlf);
+            return;
+        }
+
+        try
+        {
+            _scratch ??= _createScratch();
+            foreach (var segment in line)
+            {
+                _scratch.Write(segment.Span);
+                _scratchEightBit |= segment.Span.IndexOfAnyInRange((byte)0x80, (byte)0xFF) >= 0;
+            }
+
+            _scratch.Write(Crlf);
+            _scratchLength += octets;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            Fail(IncomingProblem.StorageFailed);
+        }
+    }
+
+    /// <summary>
+    /// Whether the line still belongs to the header section: a field ("name:") or the continuation of one. Anything else
+    /// (the empty line, an mbox "From " line, text) starts the body — the same rule <see cref="HeaderHygiene"/> applies.
+    /// </summary>
+    bool ContinuesHeader(in ReadOnlySequence<byte> line)
+    {
+        if (line.Length == 0)
+        {
+            return false;
+        }
+
+        var first = line.FirstSpan[0];
+        if (first is (byte)' ' or (byte)'\t')
+        {
+            return !_firstLine;
+        }
+
+        return HeaderHygiene.IsFieldLine(line);
+    }
+
+    bool Reserve(long octets)
+    {
+        var needed = _memory.Length + octets - _reserved;
+        if (needed <= 0)
+        {
+            return true;
+        }
+
+        var step = (needed + Step - 1) / Step * Step;
+        if (!_budget.TryTake(step))
+        {
+            return false;
+        }
+
+        _reserved += step;
+        return true;
+    }
+
+    void Fail(IncomingProblem problem)
+    {
+        Problem = problem;
+        Release();
+    }
+
+    /// <summary>Drops what was taken in (the transaction is refused) and keeps refusing further lines.</summary>
+    public void Discard() => Fail(Problem == IncomingProblem.None ? IncomingProblem.StorageFailed : Problem);
+
+    void Release()
+    {
+        _memory.Clear();
+        if (_reserved > 0)
+        {
+            _budget.Return(_reserved);
+            _reserved = 0;
+        }
+
+        _scratch?.Dispose();
+        _scratch = null;
+        _scratchLength = 0;
+        HeaderLength = 0;
+    }
+
+    public void Dispose() => Release();
+}

@@ -1,0 +1,71 @@
+using System.Net;
+using Microsoft.Extensions.Logging;
+using SmtpGateway.Audit;
+using SmtpGateway.Configuration;
+using SmtpGateway.Identity;
+using SmtpGateway.Smtp;
+
+namespace SmtpGateway.Submission.Stages;
+
+/// <summary>
+/// Who the client is: a tenant by AUTH token, or by client network on the legacy relay listener. The only place that sets
+/// <see cref="SubmissionContext.Tenant"/>; later stages take the tenant from the context, never from the message.
+/// </summary>
+internal sealed class IdentityStage(IdentityServices identity, Auditor audit, ILogger logger)
+{
+    public IdentityConfig Config => identity.Config;
+
+    public TenantSnapshot CurrentTenants() => identity.Tenants();
+
+    /// <summary>Legacy relay: the client network names the tenant (issue #3), audited as such.</summary>
+    public void MatchNetwork(SubmissionContext context)
+    {
+        if (context.Tenants.FindByAddress(context.ClientAddress) is { } legacy)
+        {
+            context.Tenant = new TenantSession(legacy.Id, TenantSessionKind.Network, null, []);
+            audit.Write(context, AuditActions.LegacyRelay, "ok", "client network", legacy.Id, context.ClientAddress.ToString(), crossTenant: false);
+        }
+    }
+
+    /// <summary>True when an agent token or client network already chose the tenant (AUTH is then refused).</summary>
+    public static bool HasIdentity(SubmissionContext context) => context.Tenant is not null;
+
+    public bool IsBlocked(IPAddress client) => identity.Throttle.IsBlocked(client);
+
+    public async ValueTask<AuthVerdict> AuthenticateAsync(SubmissionContext context, string mechanism, string authorizationIdentity, string user, string password, CancellationToken cancellationToken)
+    {
+        var result = await identity.Authenticator.AuthenticateAsync(
+            new AuthRequest(context.SessionId, context.ClientAddress, context.Listener, mechanism, authorizationIdentity, user, password), cancellationToken).ConfigureAwait(false);
+        if (result.Succeeded)
+        {
+            context.Tenant = result.Session;
+            SubmissionLog.Authenticated(logger, context.SessionId, mechanism, context.Tenant!.TenantId);
+            return new AuthVerdict(true, TimeSpan.Zero, false);
+        }
+
+        SubmissionLog.AuthFailed(logger, context.SessionId, mechanism, context.ClientAddress);
+
+        // Slow down guessing: each failure past the threshold waits longer before the (uniform) answer.
+        var delay = identity.Throttle.RecordFailure(context.ClientAddress);
+        return new AuthVerdict(false, delay, identity.Throttle.IsBlocked(context.ClientAddress));
+    }
+
+    /// <summary>Issue #3: a revoked or expired token is refused again at the next MAIL FROM of a session that used it.</summary>
+    public SmtpReply? Recheck(SubmissionContext context, string subject)
+    {
+        if (context.Tenant?.Token is not { } token)
+        {
+            return null;
+        }
+
+        var check = identity.StillValid(token);
+        if (check.Valid)
+        {
+            return null;
+        }
+
+        audit.Write(context, AuditActions.TokenCheck, "refused", check.Reason, context.Tenant.TenantId, subject, crossTenant: false);
+        context.Tenant = null;
+        return SmtpReplies.TokenNoLongerValid;
+    }
+}

@@ -1,0 +1,105 @@
+using System.Buffers;
+using Microsoft.Extensions.Logging;
+using SmtpGateway.Audit;
+using SmtpGateway.Envelope;
+using SmtpGateway.Policy;
+using SmtpGateway.Smtp;
+
+namespace SmtpGateway.Submission.Stages;
+
+/// <summary>
+/// Gathers the facts (suppression lists, return-path tags, header From) and applies the pure rules of
+/// <see cref="SenderPolicy"/>; audits every refusal, cross-tenant ones marked as such.
+/// </summary>
+internal sealed class PolicyStage(IdentityStage identity, EnvelopeServices? envelope, Auditor audit, ILogger logger)
+{
+    public Verdict Mail(SubmissionContext context, SmtpPath path, bool smtpUtf8, bool eightBit)
+    {
+        if (identity.Recheck(context, path.Address) is { } expired)
+        {
+            return Verdict.Refuse(expired);
+        }
+
+        var decision = SenderPolicy.MailFrom(context.Tenant, path.Address, context.Tenants);
+        if (!decision.Accepted)
+        {
+            audit.Write(context, AuditActions.SendAs, "refused", decision.Reason, context.Tenant?.TenantId, path.Address, decision.CrossTenant);
+            return Verdict.Refuse(decision.Reply!);
+        }
+
+        context.BeginTransaction(path, smtpUtf8, eightBit);
+        return Verdict.Accept(SmtpReplies.SenderOk);
+    }
+
+    public Verdict Recipient(SubmissionContext context, SmtpPath path)
+    {
+        var tenant = context.Tenant;
+        bool suppressed;
+        PolicyDecision decision;
+        string? recipientTenant;
+        try
+        {
+            suppressed = tenant is not null && envelope is not null && envelope.Suppression.Contains(tenant.TenantId, path.Address);
+            decision = SenderPolicy.Recipient(tenant, path, context.Tenants, context.TransactionTenant, suppressed, IsReturnPath, out recipientTenant);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            // The suppression list or a return-path key file cannot be read: local trouble, so try again later (RFC 3463 4.3.0).
+            SubmissionLog.EnvelopeStateUnreadable(logger, context.SessionId, ex);
+            return Verdict.Answer(SmtpReplies.LocalError);
+        }
+
+        if (suppressed && !decision.Accepted)
+        {
+            // Issue #7: the refusal is an event in the tenant's own event log, so its app learns why the address is skipped.
+            // Not a protocol error: a list with many suppressed addresses must not exhaust the session's error budget.
+            envelope!.SuppressedRecipient?.Invoke(tenant!.TenantId, path.Address, context.SessionId);
+            return Verdict.Answer(decision.Reply!);
+        }
+
+        if (!decision.Accepted)
+        {
+            if (decision.Reply!.IsTransient)
+            {
+                return Verdict.Answer(decision.Reply);
+            }
+
+            SubmissionLog.RelayDenied(logger, context.SessionId, context.ClientAddress);
+            audit.Write(context, AuditActions.Relay, "refused", decision.Reason, null, path.Address, crossTenant: false);
+            return Verdict.Refuse(decision.Reply);
+        }
+
+        context.AddRecipient(path.Address, recipientTenant);
+        return Verdict.Accept(SmtpReplies.RecipientOk);
+    }
+
+    /// <summary>Sender binding for the header From (issue #3), and Sender/Resent-* with it: checked before anything is queued.</summary>
+    public SmtpReply? HeaderFrom(SubmissionContext context, in ReadOnlySequence<byte> headerSection, out string? author)
+    {
+        author = null;
+        if (context.Tenant is not { } tenant)
+        {
+            return null;
+        }
+
+        var addresses = Envelope.HeaderFrom.Addresses(headerSection, out var otherSenders);
+        var decision = SenderPolicy.HeaderFrom(tenant, addresses, context.Tenants);
+        if (decision.Accepted)
+        {
+            decision = SenderPolicy.OtherSenders(tenant, otherSenders, context.Tenants);
+            if (decision.Accepted)
+            {
+                author = addresses![0];
+                return null;
+            }
+
+            audit.Write(context, AuditActions.HeaderFrom, "refused", decision.Reason, tenant.TenantId, string.Join(",", otherSenders), decision.CrossTenant);
+            return decision.Reply;
+        }
+
+        audit.Write(context, AuditActions.HeaderFrom, "refused", decision.Reason, tenant.TenantId, addresses is null ? "(none)" : string.Join(",", addresses), decision.CrossTenant);
+        return decision.Reply;
+    }
+
+    bool IsReturnPath(string tenant, string local) => envelope is not null && envelope.ReturnPaths.Verify(tenant, local) is not null;
+}

@@ -1,0 +1,41 @@
+using System.Buffers;
+using Microsoft.Extensions.Logging;
+using SmtpGateway.Signing;
+using SmtpGateway.Smtp;
+
+namespace SmtpGateway.Submission.Stages;
+
+/// <summary>
+/// DKIM for a tenant's outbound message, made before the message is queued. Fails closed: any failure is 451 4.3.0 and
+/// nothing is queued, so a message that should be signed never leaves unsigned (issue #4, ARCHITECTURE "Fail closed").
+/// </summary>
+internal sealed class SigningStage(IMessageSigner? signer, ILogger logger)
+{
+    /// <param name="message">Header section (cleaned) and the in-memory body, as they will be spooled.</param>
+    /// <param name="tail">The spilled rest of the body, positioned at its start, or null.</param>
+    public SmtpReply? Sign(SubmissionContext context, string? author, in ReadOnlySequence<byte> message, Stream? tail, out byte[] signature)
+    {
+        signature = [];
+        if (context.Tenant is not { } tenant || author is null || signer is null)
+        {
+            return null;
+        }
+
+        try
+        {
+            signature = signer.Sign(tenant.TenantId, author, message, tail, context.SessionId);
+            return null;
+        }
+        catch (SigningException ex)
+        {
+            SubmissionLog.SigningFailed(logger, context.SessionId, tenant.TenantId, ex.Message);
+            return SmtpReplies.SigningFailed;
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            // Whatever broke (a selector file, the HSM, a parser), the message waits: 451, never unsigned, never a dropped session.
+            SubmissionLog.SigningFailed(logger, context.SessionId, tenant.TenantId, ex.GetType().Name);
+            return SmtpReplies.SigningFailed;
+        }
+    }
+}

@@ -1,0 +1,217 @@
+using System.Buffers;
+using System.Net;
+using Microsoft.Extensions.Logging;
+using SmtpGateway.Smtp;
+using SmtpGateway.Spool;
+using SmtpGateway.Submission.Stages;
+
+namespace SmtpGateway.Submission;
+
+/// <summary>
+/// The only way mail enters the gateway: Identity → Policy → Envelope → Signing → Spool. An SMTP session speaks the
+/// protocol and calls in at AUTH, MAIL, RCPT and end of DATA; the MCP tool server and the admin API call
+/// <see cref="SubmitAsync"/> with a message built in code. Every channel therefore passes the same policy, hygiene,
+/// signing and durable commit; none can skip a stage.
+/// </summary>
+public sealed class SubmissionPipeline
+{
+    readonly SubmissionServices _services;
+    readonly IdentityStage _identity;
+    readonly PolicyStage _policy;
+    readonly EnvelopeStage _envelope;
+    readonly SigningStage _signing;
+    readonly SpoolStage _spool;
+    readonly ILogger _logger;
+
+    public SubmissionPipeline(SubmissionServices services, ILoggerFactory loggers)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        ArgumentNullException.ThrowIfNull(loggers);
+        _services = services;
+        _logger = loggers.CreateLogger("SmtpGateway.Submission");
+        var audit = new Auditor(services.Identity.Audit);
+        _identity = new IdentityStage(services.Identity, audit, _logger);
+        _policy = new PolicyStage(_identity, services.Envelope, audit, _logger);
+        _envelope = new EnvelopeStage(services.ServerName, services.Envelope?.Hygiene, _logger);
+        _signing = new SigningStage(services.Signer, _logger);
+        _spool = new SpoolStage(services.Spool, _logger);
+    }
+
+    public Configuration.IdentityConfig IdentityConfig => _identity.Config;
+
+    public MessageMemoryBudget Budget => _services.Budget;
+
+    /// <summary>
+    /// Starts a conversation. On the legacy relay listener (<paramref name="identifyByNetwork"/>) the client network may name
+    /// the tenant at once; otherwise the tenant comes from AUTH, or there is none (inbound mail).
+    /// </summary>
+    public SubmissionContext Open(string sessionId, SubmissionChannel channel, IPAddress client, string listener, bool identifyByNetwork)
+    {
+        var context = new SubmissionContext(sessionId, channel, client, listener, _identity.CurrentTenants());
+        if (identifyByNetwork)
+        {
+            _identity.MatchNetwork(context);
+        }
+
+        return context;
+    }
+
+    public bool AuthBlocked(SubmissionContext context) => _identity.IsBlocked(context.ClientAddress);
+
+    /// <summary>SASL credentials already decoded by the channel; the session token is the password.</summary>
+    public ValueTask<AuthVerdict> AuthenticateAsync(SubmissionContext context, string mechanism, string authorizationIdentity, string user, string password, CancellationToken cancellationToken) =>
+        _identity.AuthenticateAsync(context, mechanism, authorizationIdentity, user, password, cancellationToken);
+
+    public Verdict Mail(SubmissionContext context, SmtpPath mailFrom, bool smtpUtf8, bool eightBitMime) =>
+        _policy.Mail(context, mailFrom, smtpUtf8, eightBitMime);
+
+    public Verdict Recipient(SubmissionContext context, SmtpPath recipient) => _policy.Recipient(context, recipient);
+
+    /// <summary>
+    /// A new message for the open transaction, with its queue id and Received field; null (and the reply) when the
+    /// gateway-wide memory budget cannot hold even a header section (RFC 3463 4.3.1, "mail system full").
+    /// </summary>
+    public IncomingMessage? BeginMessage(SubmissionContext context, out SmtpReply? refusal)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        refusal = null;
+        if (_services.Budget.Available < _services.Limits.MaxHeaderSectionSize)
+        {
+            refusal = SmtpReplies.InsufficientStorage;
+            return null;
+        }
+
+        var id = _spool.NewId();
+        var received = _envelope.Received(context, id, _services.Time.GetUtcNow());
+        var limits = _services.Limits;
+        return new IncomingMessage(id, received, _services.Budget, _spool.CreateScratchFile, limits.MessageMemoryThreshold, limits.MaxHeaderSectionSize)
+        {
+            ReceivedAt = _services.Time.GetUtcNow(),
+        };
+    }
+
+    /// <summary>
+    /// End of DATA: header From binding, hygiene, DKIM, durable commit. The transaction is over whatever the answer; the
+    /// message is the caller's to dispose.
+    /// </summary>
+    public async ValueTask<SmtpReply> EndMessageAsync(SubmissionContext context, IncomingMessage message)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(message);
+        try
+        {
+            if (message.Problem != IncomingProblem.None)
+            {
+                SubmissionLog.MessageNotTaken(_logger, context.SessionId, message.Id, message.Problem, _services.Budget.Used, _services.Budget.Capacity);
+                return message.Problem switch
+                {
+                    IncomingProblem.HeaderTooLarge => SmtpReplies.HeaderSectionTooBig,
+                    IncomingProblem.NoMemory => SmtpReplies.InsufficientStorage,
+                    _ => SmtpReplies.SpoolFailed,
+                };
+            }
+
+            // Header From first (hygiene never removes it): its verified domain names the Message-ID we may add.
+            if (_policy.HeaderFrom(context, message.HeaderSection, out var author) is { } refused)
+            {
+                return refused;
+            }
+
+            using var cleaned = _envelope.Clean(context, message, author);
+            var inMemory = cleaned is null ? message.InMemory : MessageBuffer.Concat([cleaned.ToSequence(), message.MemoryBody]);
+            if (_signing.Sign(context, author, inMemory, message.OpenScratch(), out var signature) is { } unsigned)
+            {
+                return unsigned;
+            }
+
+            // DKIM-Signature on top, above our Received (as a signing milter would put it).
+            var content = new MessageContent(
+                [new ReadOnlySequence<byte>(signature), new ReadOnlySequence<byte>(System.Text.Encoding.UTF8.GetBytes(message.ReceivedHeader)), inMemory],
+                message.OpenScratch(),
+                message.ScratchLength,
+                message.ScratchEightBit);
+            return await _spool.CommitAsync(context, message.Id, content, message.ReceivedAt).ConfigureAwait(false);
+        }
+        finally
+        {
+            context.ResetTransaction();
+        }
+    }
+
+    /// <summary>
+    /// A message built in code (MCP tool, admin API) enters here: the same Policy, Envelope, Signing and Spool stages as an
+    /// SMTP transaction, in the same order. <paramref name="message"/> is RFC 5322 with CRLF line endings; a bare CR or LF
+    /// is refused as it is on the wire. The first refusal is the answer.
+    /// </summary>
+    public async ValueTask<SmtpReply> SubmitAsync(SubmissionContext context, SmtpPath mailFrom, IReadOnlyList<SmtpPath> recipients, ReadOnlySequence<byte> message, bool smtpUtf8 = false)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(recipients);
+        if (recipients.Count == 0)
+        {
+            return SmtpReplies.NoValidRecipients;
+        }
+
+        if (recipients.Count > _services.Limits.MaxRecipients)
+        {
+            return SmtpReplies.TooManyRecipients;
+        }
+
+        if (message.Length > _services.Limits.MaxMessageSize)
+        {
+            return SmtpReplies.MessageTooBig;
+        }
+
+        var mail = Mail(context, mailFrom, smtpUtf8, eightBitMime: true);
+        if (!mail.Accepted)
+        {
+            return mail.Reply;
+        }
+
+        foreach (var recipient in recipients)
+        {
+            var verdict = Recipient(context, recipient);
+            if (!verdict.Accepted)
+            {
+                context.ResetTransaction();
+                return verdict.Reply;
+            }
+        }
+
+        using var incoming = BeginMessage(context, out var refusal);
+        if (incoming is null)
+        {
+            context.ResetTransaction();
+            return refusal!;
+        }
+
+        var reader = new SequenceReader<byte>(message);
+        while (!reader.End)
+        {
+            if (!reader.TryReadTo(out ReadOnlySequence<byte> line, (byte)'\n'))
+            {
+                // The last line has no line ending: it still ends the message, as DATA's final CRLF would.
+                line = reader.UnreadSequence;
+                reader.AdvanceToEnd();
+                if (line.PositionOf((byte)'\r') is not null)
+                {
+                    context.ResetTransaction();
+                    return SmtpReplies.BareCrLfInData;
+                }
+
+                incoming.AppendLine(line);
+                break;
+            }
+
+            if (line.Length == 0 || line.Slice(line.Length - 1).FirstSpan[0] != (byte)'\r' || line.Slice(0, line.Length - 1).PositionOf((byte)'\r') is not null)
+            {
+                context.ResetTransaction();
+                return SmtpReplies.BareCrLfInData;
+            }
+
+            incoming.AppendLine(line.Slice(0, line.Length - 1));
+        }
+
+        return await EndMessageAsync(context, incoming).ConfigureAwait(false);
+    }
+}
