@@ -72,47 +72,70 @@ public sealed class SmtpListenerService(
             client.NoDelay = true;
             var remote = (IPEndPoint)client.RemoteEndPoint!;
             var address = remote.Address.IsIPv4MappedToIPv6 ? remote.Address.MapToIPv4() : remote.Address;
-            // While the message memory budget is spent, a new session could not take a DATA anyway: say so at once.
-            var refusal = services.Pipeline.Budget.Available < services.Limits.MaxHeaderSectionSize ? SmtpReplies.BusyNoStorage : _limiter.TryAcquire(address);
-            if (refusal is not null)
-            {
-                services.Metrics.Refused(listener.Name);
-                ListenerLog.ConnectionRefused(_logger, address, listener.Name, refusal.Text);
-                _ = RefuseAsync(client, refusal);
-                continue;
-            }
-
-            var task = RunSessionAsync(client, listener, new IPEndPoint(address, remote.Port));
-            _sessions.TryAdd(task, 0);
-            _ = task.ContinueWith(t => _sessions.TryRemove(t, out _), TaskScheduler.Default);
+            Accept(new NetworkStream(client, ownsSocket: true), listener, new IPEndPoint(address, remote.Port));
         }
     }
 
-    static async Task RefuseAsync(Socket client, SmtpReply reply)
+    /// <summary>
+    /// Takes one accepted connection from any transport: a socket here, an in-memory pipe in transcript tests (as Kestrel's
+    /// in-memory transport does), so the same limits, drain and clean-up apply to both.
+    /// </summary>
+    internal void Accept(Stream stream, ListenerModel listener, IPEndPoint remote)
+    {
+        // While the message memory budget is spent, a new session could not take a DATA anyway: say so at once.
+        var refusal = services.Pipeline.Budget.Available < services.Limits.MaxHeaderSectionSize ? SmtpReplies.BusyNoStorage : _limiter.TryAcquire(remote.Address);
+        if (refusal is not null)
+        {
+            services.Metrics.Refused(listener.Name);
+            ListenerLog.ConnectionRefused(_logger, remote.Address, listener.Name, refusal.Text);
+            _ = RefuseAsync(stream, refusal);
+            return;
+        }
+
+        var task = RunSessionAsync(stream, listener, remote);
+        _sessions.TryAdd(task, 0);
+        _ = task.ContinueWith(t => _sessions.TryRemove(t, out _), TaskScheduler.Default);
+    }
+
+    /// <summary>The listener bound at <paramref name="endPoint"/> (one of <see cref="BoundEndPoints"/>).</summary>
+    internal ListenerModel ListenerAt(IPEndPoint endPoint)
+    {
+        var bound = BoundEndPoints;
+        for (var i = 0; i < bound.Count; i++)
+        {
+            if (bound[i].Equals(endPoint))
+            {
+                return listeners[i];
+            }
+        }
+
+        throw new ArgumentException($"No listener is bound at {endPoint}.", nameof(endPoint));
+    }
+
+    static async Task RefuseAsync(Stream stream, SmtpReply reply)
     {
         try
         {
             var sb = new StringBuilder();
             reply.WriteTo(sb);
             using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
-            await client.SendAsync(Encoding.ASCII.GetBytes(sb.ToString()), SocketFlags.None, timeout.Token).ConfigureAwait(false);
-            client.Shutdown(SocketShutdown.Both);
+            await stream.WriteAsync(Encoding.ASCII.GetBytes(sb.ToString()), timeout.Token).ConfigureAwait(false);
+            await stream.FlushAsync(timeout.Token).ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is SocketException or OperationCanceledException or ObjectDisposedException)
+        catch (Exception ex) when (ex is IOException or OperationCanceledException or ObjectDisposedException)
         {
             // The client is gone; nothing to tell it.
         }
         finally
         {
-            client.Dispose();
+            await stream.DisposeAsync().ConfigureAwait(false);
         }
     }
 
-    async Task RunSessionAsync(Socket client, ListenerModel listener, IPEndPoint remote)
+    async Task RunSessionAsync(Stream stream, ListenerModel listener, IPEndPoint remote)
     {
         await Task.Yield();
         services.Metrics.SessionOpened(listener.Name);
-        Stream stream = new NetworkStream(client, ownsSocket: true);
         try
         {
             if (listener.ImplicitTls)

@@ -40,6 +40,9 @@ public abstract class GatewayProcessHarness : IAsyncLifetime
     /// <summary>The current (or last) gateway process.</summary>
     private protected ChildProcess? Gateway { get; set; }
 
+    /// <summary>Process id of the current gateway (for /proc readings such as peak RSS).</summary>
+    public int? GatewayPid => Gateway is { HasExited: false } gateway ? gateway.Id : null;
+
     /// <summary>Everything the current (or last) gateway process has printed so far.</summary>
     public string GatewayOutput => Gateway?.Output ?? "";
 

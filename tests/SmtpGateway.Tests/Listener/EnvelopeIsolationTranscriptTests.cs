@@ -44,7 +44,7 @@ public sealed class EnvelopeIsolationTranscriptTests : IDisposable
     /// <summary>Unauthenticated client (inbound): the submission listener without AUTH.</summary>
     static async Task<RawSmtpClient> InboundAsync(TestGateway gw)
     {
-        var c = await RawSmtpClient.ConnectAsync(gw.Submission);
+        var c = await gw.ConnectAsync(gw.Submission);
         await c.HelloAsync();
         return c;
     }
@@ -52,7 +52,7 @@ public sealed class EnvelopeIsolationTranscriptTests : IDisposable
     /// <summary>A tenant's legacy app on the relay listener: 127.0.0.1 is tenant-a, 127.0.0.2 tenant-b.</summary>
     static async Task<RawSmtpClient> TenantAsync(TestGateway gw, string tenant = "tenant-a")
     {
-        var c = await RawSmtpClient.ConnectAsync(gw.Relay, source: IPAddress.Parse(tenant == "tenant-a" ? "127.0.0.1" : "127.0.0.2"));
+        var c = await gw.ConnectAsync(gw.Relay, source: IPAddress.Parse(tenant == "tenant-a" ? "127.0.0.1" : "127.0.0.2"));
         await c.HelloAsync();
         return c;
     }

@@ -17,7 +17,7 @@ public sealed class IdentityTranscriptTests
 
     static async Task<RawSmtpClient> SubmissionAsync(TestGateway gw)
     {
-        var c = await RawSmtpClient.ConnectAsync(gw.Submission);
+        var c = await gw.ConnectAsync(gw.Submission);
         await c.HelloAsync();
         Assert.StartsWith("220 2.0.0", await c.CommandAsync("STARTTLS"));
         await c.StartTlsAsync();
@@ -163,7 +163,7 @@ public sealed class IdentityTranscriptTests
     public async Task Legacy_address_of_tenant_b_acts_for_b_only_and_unknown_addresses_only_reach_tenant_domains()
     {
         await using var gw = await TestGateway.StartAsync();
-        await using (var b = await RawSmtpClient.ConnectAsync(gw.Relay, source: IPAddress.Parse("127.0.0.2")))
+        await using (var b = await gw.ConnectAsync(gw.Relay, source: IPAddress.Parse("127.0.0.2")))
         {
             await b.HelloAsync();
             Assert.StartsWith("550 5.7.1", await b.CommandAsync("MAIL FROM:<ceo@tenant-a.example>"));
@@ -176,7 +176,7 @@ public sealed class IdentityTranscriptTests
         Assert.Single(gw.Audit.Events, e => e.Action == AuditActions.SendAs && e.CrossTenant && e.Tenant == "tenant-b");
         Assert.Single(gw.Audit.Events, e => e.Action == AuditActions.LegacyRelay && e.Tenant == "tenant-b");
 
-        await using var stranger = await RawSmtpClient.ConnectAsync(gw.Relay, source: IPAddress.Parse("127.0.0.3"));
+        await using var stranger = await gw.ConnectAsync(gw.Relay, source: IPAddress.Parse("127.0.0.3"));
         await stranger.HelloAsync();
         Assert.StartsWith("250", await stranger.CommandAsync("MAIL FROM:<someone@elsewhere.example>"));
         foreach (var trick in new[]
@@ -276,7 +276,7 @@ public sealed class IdentityTranscriptTests
     {
         await using (var gw = await TestGateway.StartAsync())
         {
-            await using var c = await RawSmtpClient.ConnectAsync(gw.Submission);
+            await using var c = await gw.ConnectAsync(gw.Submission);
             Assert.DoesNotContain("AUTH", await c.HelloAsync());
             Assert.StartsWith("538 5.7.11", await c.CommandAsync("AUTH PLAIN " + Plain("", "tenant-a", "x")));
         }
@@ -284,7 +284,7 @@ public sealed class IdentityTranscriptTests
         await using (var gw = await TestGateway.StartAsync(identity: i => i.AllowPlaintextAuthOnLoopback = true))
         {
             var token = gw.Tokens.Mint("tenant-a", null, [], null).Token;
-            await using var c = await RawSmtpClient.ConnectAsync(gw.Submission);
+            await using var c = await gw.ConnectAsync(gw.Submission);
             Assert.Contains("AUTH PLAIN LOGIN", await c.HelloAsync());
             Assert.StartsWith("235", await c.CommandAsync("AUTH PLAIN " + Plain("", "tenant-a", token)));
         }

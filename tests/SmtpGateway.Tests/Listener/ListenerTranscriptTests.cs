@@ -23,7 +23,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Greeting_names_the_server_without_a_version()
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         var banner = await c.ReadReplyAsync();
         Assert.Equal("220 mx.test.example ESMTP", banner);
         Assert.DoesNotMatch(@"\d+\.\d+", banner!);
@@ -33,7 +33,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Ehlo_advertises_extensions_and_starttls_only_where_it_applies()
     {
         await using var gw = await TestGateway.StartAsync();
-        await using (var c = await RawSmtpClient.ConnectAsync(gw.Submission))
+        await using (var c = await gw.ConnectAsync(gw.Submission))
         {
             var ehlo = await c.HelloAsync();
             foreach (var ext in new[] { "PIPELINING", "SIZE 26214400", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "STARTTLS" })
@@ -49,7 +49,7 @@ public sealed partial class ListenerTranscriptTests
             Assert.DoesNotContain("STARTTLS", secure);
         }
 
-        await using (var r = await RawSmtpClient.ConnectAsync(gw.Relay))
+        await using (var r = await gw.ConnectAsync(gw.Relay))
         {
             var ehlo = await r.HelloAsync();
             Assert.DoesNotContain("STARTTLS", ehlo);
@@ -61,7 +61,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Accepted_message_is_spooled_byte_for_byte_behind_one_received_header()
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.HelloAsync();
         const string body = "From: alice@tenant-a.example\r\nTo: bob@example.net\r\nSubject: hi \u00e9\r\n\r\nline one\r\n..dot line\r\n\r\nlast\r\n";
         var reply = await SendMessageAsync(c, body + ".\r\n");
@@ -84,7 +84,7 @@ public sealed partial class ListenerTranscriptTests
     {
         // Inbound (unauthenticated, to a tenant domain): no sender binding, so a body with no header at all is fine.
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Submission);
+        await using var c = await gw.ConnectAsync(gw.Submission);
         await c.HelloAsync();
         Assert.StartsWith("250 2.0.0 Ok: queued as ", await SendMessageAsync(c, ".\r\n", from: "someone@elsewhere.example", to: "bob@tenant-a.example"));
         var inbound = Assert.Single(gw.Spool.Commits).Envelope;
@@ -102,7 +102,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Bare_cr_or_lf_in_data_is_refused_and_nothing_is_queued(string body)
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.HelloAsync();
         Assert.StartsWith("550 5.6.0", await SendMessageAsync(c, body));
         Assert.Empty(gw.Spool.Commits);
@@ -116,7 +116,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Bare_lf_dot_smuggling_never_yields_a_second_message()
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.HelloAsync();
         Assert.StartsWith("250", await c.CommandAsync("MAIL FROM:<alice@tenant-a.example>"));
         Assert.StartsWith("250", await c.CommandAsync("RCPT TO:<bob@example.net>"));
@@ -136,7 +136,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Lf_dot_crlf_variants_are_not_an_end_of_data(string smuggle)
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.HelloAsync();
         Assert.StartsWith("250", await c.CommandAsync("MAIL FROM:<a@tenant-a.example>"));
         Assert.StartsWith("250", await c.CommandAsync("RCPT TO:<b@example.net>"));
@@ -151,7 +151,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Crlf_dot_crlf_alone_ends_data_and_pipelined_commands_after_it_run()
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.HelloAsync();
         await c.SendRawAsync("MAIL FROM:<a@tenant-a.example>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n");
         Assert.StartsWith("250 2.1.0", await c.ReadReplyAsync());
@@ -171,7 +171,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Command_line_over_512_octets_gets_500_and_the_session_survives()
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.HelloAsync();
         Assert.StartsWith("250", await c.CommandAsync("NOOP " + new string('x', 505))); // 5 + 505 + 2 = 512
         Assert.StartsWith("500 5.5.2", await c.CommandAsync("NOOP " + new string('x', 506)));
@@ -183,7 +183,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Command_with_bare_lf_is_refused()
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.HelloAsync();
         await c.SendRawAsync("NOOP\n");
         Assert.StartsWith("500 5.5.2", await c.ReadReplyAsync());
@@ -193,7 +193,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Text_line_over_1000_octets_is_refused()
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.HelloAsync();
         Assert.StartsWith("250 2.0.0", await SendMessageAsync(c, $"Subject: ok\r\n\r\n{new string('a', 998)}\r\n.\r\n"));
         Assert.StartsWith("550 5.6.0", await SendMessageAsync(c, $"Subject: long\r\n\r\n{new string('a', 999)}\r\n.\r\n"));
@@ -205,7 +205,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Oversized_message_gets_552_and_declared_size_is_checked_at_mail()
     {
         await using var gw = await TestGateway.StartAsync(l => l.MaxMessageSize = 65536);
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         var ehlo = await c.HelloAsync();
         Assert.Contains("SIZE 65536", ehlo);
         Assert.StartsWith("552 5.3.4", await c.CommandAsync("MAIL FROM:<a@tenant-a.example> SIZE=65537"));
@@ -219,7 +219,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Recipient_101_gets_452_4_5_3()
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.HelloAsync();
         Assert.StartsWith("250", await c.CommandAsync("MAIL FROM:<a@tenant-a.example>"));
         for (var i = 0; i < 100; i++)
@@ -238,7 +238,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Client_outside_relay_networks_gets_554_5_7_1()
     {
         await using var gw = await TestGateway.StartAsync(tenantANetworks: ["10.0.0.0/8"]);
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.HelloAsync();
         Assert.StartsWith("250", await c.CommandAsync("MAIL FROM:<a@tenant-a.example>"));
         Assert.StartsWith("554 5.7.1", await c.CommandAsync("RCPT TO:<b@example.net>"));
@@ -257,7 +257,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Malformed_recipients_get_exact_replies(string command, string expected)
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.HelloAsync();
         Assert.StartsWith("250", await c.CommandAsync("MAIL FROM:<a@tenant-a.example>"));
         Assert.StartsWith(expected, await c.CommandAsync(command));
@@ -267,7 +267,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Smtputf8_addresses_are_accepted_with_the_parameter()
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.HelloAsync();
         Assert.StartsWith("250", await c.CommandAsync("MAIL FROM:<j\u00f6rg@tenant-a.example> SMTPUTF8 BODY=8BITMIME"));
         Assert.StartsWith("250", await c.CommandAsync("RCPT TO:<\u7528\u6237@\u4f8b\u5b50.example>"));
@@ -293,7 +293,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Relay_listener_command_replies(string command, string expected)
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.HelloAsync();
         Assert.StartsWith(expected, await c.CommandAsync(command));
         Assert.StartsWith("250 2.0.0", await c.CommandAsync("NOOP"));
@@ -303,7 +303,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Commands_before_ehlo_get_503()
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.ReadReplyAsync();
         Assert.StartsWith("503 5.5.1", await c.CommandAsync("MAIL FROM:<a@tenant-a.example>"));
         Assert.StartsWith("501 5.5.4", await c.CommandAsync("EHLO"));
@@ -320,7 +320,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Http_request_gets_5xx_and_is_disconnected()
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.ReadReplyAsync();
         await c.SendRawAsync("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
         Assert.StartsWith("554 5.5.2", await c.ReadReplyAsync());
@@ -331,7 +331,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Auth_needs_tls_and_malformed_base64_gets_501_while_the_session_survives()
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Submission);
+        await using var c = await gw.ConnectAsync(gw.Submission);
         await c.HelloAsync();
         Assert.StartsWith("538 5.7.11", await c.CommandAsync("AUTH PLAIN AGFsaWNlAHNlY3JldA=="));
         await c.CommandAsync("STARTTLS");
@@ -358,7 +358,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Starttls_discards_pipelined_plaintext_commands()
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Submission);
+        await using var c = await gw.ConnectAsync(gw.Submission);
         await c.HelloAsync();
         await c.SendRawAsync("STARTTLS\r\nMAIL FROM:<injected@attacker.example>\r\n");
         Assert.StartsWith("220 2.0.0", await c.ReadReplyAsync());
@@ -374,7 +374,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Implicit_tls_listener_greets_after_handshake_and_accepts_mail()
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.ImplicitTls, implicitTls: true);
+        await using var c = await gw.ConnectAsync(gw.ImplicitTls, implicitTls: true);
         var ehlo = await c.HelloAsync();
         Assert.Contains("AUTH PLAIN LOGIN", ehlo);
         Assert.DoesNotContain("STARTTLS", ehlo);
@@ -388,7 +388,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Tls_below_1_2_is_refused()
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Submission);
+        await using var c = await gw.ConnectAsync(gw.Submission);
         await c.HelloAsync();
         await c.CommandAsync("STARTTLS");
 #pragma warning disable SYSLIB0039 // deliberately offering an obsolete protocol
@@ -401,7 +401,7 @@ public sealed partial class ListenerTranscriptTests
     {
         await using var gw = await TestGateway.StartAsync();
         gw.Spool.Fail = true;
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.HelloAsync();
         Assert.StartsWith("451 4.3.0", await SendMessageAsync(c, "Subject: x\r\n\r\ny\r\n.\r\n"));
         gw.Spool.Fail = false;
@@ -412,17 +412,17 @@ public sealed partial class ListenerTranscriptTests
     public async Task Connections_over_the_per_ip_cap_get_421_at_the_banner()
     {
         await using var gw = await TestGateway.StartAsync(l => l.MaxConnectionsPerIp = 2);
-        await using var a = await RawSmtpClient.ConnectAsync(gw.Relay);
-        await using var b = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var a = await gw.ConnectAsync(gw.Relay);
+        await using var b = await gw.ConnectAsync(gw.Relay);
         Assert.StartsWith("220", await a.ReadReplyAsync());
         Assert.StartsWith("220", await b.ReadReplyAsync());
-        await using var third = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var third = await gw.ConnectAsync(gw.Relay);
         Assert.StartsWith("421 4.7.0", await third.ReadReplyAsync());
         Assert.True(await third.IsClosedAsync());
 
         await a.CommandAsync("QUIT");
         await Task.Delay(200);
-        await using var fourth = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var fourth = await gw.ConnectAsync(gw.Relay);
         Assert.StartsWith("220", await fourth.ReadReplyAsync());
     }
 
@@ -430,9 +430,9 @@ public sealed partial class ListenerTranscriptTests
     public async Task Connections_over_the_global_cap_get_421_at_the_banner()
     {
         await using var gw = await TestGateway.StartAsync(l => l.MaxConnections = 1);
-        await using var a = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var a = await gw.ConnectAsync(gw.Relay);
         Assert.StartsWith("220", await a.ReadReplyAsync());
-        await using var b = await RawSmtpClient.ConnectAsync(gw.Submission);
+        await using var b = await gw.ConnectAsync(gw.Submission);
         Assert.StartsWith("421 4.7.0", await b.ReadReplyAsync());
     }
 
@@ -440,7 +440,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Idle_client_gets_421_4_4_2_after_the_command_timeout()
     {
         await using var gw = await TestGateway.StartAsync(l => l.CommandTimeout = TimeSpan.FromMilliseconds(300));
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.ReadReplyAsync();
         Assert.StartsWith("421 4.4.2", await c.ReadReplyAsync(TimeSpan.FromSeconds(5)));
         Assert.True(await c.IsClosedAsync());
@@ -450,7 +450,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Too_many_errors_end_the_session_with_421()
     {
         await using var gw = await TestGateway.StartAsync(l => l.MaxErrors = 3);
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.HelloAsync();
         Assert.StartsWith("500", await c.CommandAsync("BOGUS"));
         Assert.StartsWith("500", await c.CommandAsync("BOGUS"));
@@ -463,9 +463,9 @@ public sealed partial class ListenerTranscriptTests
     public async Task Shutdown_answers_421_to_idle_sessions_and_lets_a_transaction_finish()
     {
         var gw = await TestGateway.StartAsync(shutdownTimeout: TimeSpan.FromSeconds(10));
-        await using var idle = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var idle = await gw.ConnectAsync(gw.Relay);
         await idle.HelloAsync();
-        await using var busy = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var busy = await gw.ConnectAsync(gw.Relay);
         await busy.HelloAsync();
         Assert.StartsWith("250", await busy.CommandAsync("MAIL FROM:<a@tenant-a.example>"));
         Assert.StartsWith("250", await busy.CommandAsync("RCPT TO:<b@example.net>"));
@@ -485,7 +485,7 @@ public sealed partial class ListenerTranscriptTests
     public async Task Pipelined_transaction_gets_replies_in_order()
     {
         await using var gw = await TestGateway.StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.ReadReplyAsync();
         await c.SendRawAsync("EHLO c.example\r\nMAIL FROM:<a@tenant-a.example>\r\nRCPT TO:<x@example.net>\r\nRCPT TO:<bad>\r\nRCPT TO:<y@example.net>\r\nDATA\r\n");
         Assert.StartsWith("250", await c.ReadReplyAsync());

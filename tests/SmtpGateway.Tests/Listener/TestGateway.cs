@@ -154,6 +154,22 @@ public sealed class TestGateway : IAsyncDisposable
         return new TestGateway(service, spool, audit, tokens, data);
     }
 
+    int _nextPort = 40000;
+
+    /// <summary>
+    /// A client connected to <paramref name="endPoint"/>'s listener over an in-memory pipe pair (as Kestrel's in-memory
+    /// transport), not a socket: the server side is the same <see cref="SmtpSession"/> with the same limits and drain, and
+    /// every octet either way is exactly what the session wrote. TLS (implicit or STARTTLS) runs over the pipe as well.
+    /// </summary>
+    public async Task<RawSmtpClient> ConnectAsync(IPEndPoint endPoint, bool implicitTls = false, IPAddress? source = null)
+    {
+        var toServer = new System.IO.Pipelines.Pipe();
+        var toClient = new System.IO.Pipelines.Pipe();
+        var remote = new IPEndPoint(source ?? IPAddress.Loopback, Interlocked.Increment(ref _nextPort));
+        _service.Accept(new DuplexPipeStream(toServer.Reader, toClient.Writer), _service.ListenerAt(endPoint), remote);
+        return await RawSmtpClient.OverAsync(new DuplexPipeStream(toClient.Reader, toServer.Writer), implicitTls);
+    }
+
     public async ValueTask DisposeAsync()
     {
         await _service.StopAsync(CancellationToken.None);
@@ -165,14 +181,27 @@ public sealed class TestGateway : IAsyncDisposable
 /// <summary>A raw SMTP client that shows exactly what the server says.</summary>
 public sealed class RawSmtpClient : IAsyncDisposable
 {
-    readonly TcpClient _tcp;
+    readonly TcpClient? _tcp;
     Stream _stream;
     readonly List<byte> _pending = [];
 
-    RawSmtpClient(TcpClient tcp, Stream stream)
+    RawSmtpClient(TcpClient? tcp, Stream stream)
     {
         _tcp = tcp;
         _stream = stream;
+    }
+
+    /// <summary>A client over an already connected stream (the in-memory transport).</summary>
+    public static async Task<RawSmtpClient> OverAsync(Stream stream, bool implicitTls)
+    {
+        if (implicitTls)
+        {
+            var ssl = new SslStream(stream, false, (_, _, _, _) => true);
+            await ssl.AuthenticateAsClientAsync("localhost");
+            stream = ssl;
+        }
+
+        return new RawSmtpClient(null, stream);
     }
 
     public static async Task<RawSmtpClient> ConnectAsync(IPEndPoint endPoint, bool implicitTls = false, IPAddress? source = null)
@@ -278,12 +307,72 @@ public sealed class RawSmtpClient : IAsyncDisposable
         return ehlo!;
     }
 
+    /// <summary>Every octet the server sends until it closes the connection, exactly (byte-exact transcripts).</summary>
+    public async Task<string> ReadToEndAsync(TimeSpan? timeout = null)
+    {
+        using var cts = new CancellationTokenSource(timeout ?? TimeSpan.FromSeconds(10));
+        using var all = new MemoryStream();
+        all.Write([.. _pending]);
+        _pending.Clear();
+        await _stream.CopyToAsync(all, cts.Token);
+        return Encoding.UTF8.GetString(all.ToArray());
+    }
+
     /// <summary>True once the server has closed the connection (read returns end of stream).</summary>
     public async Task<bool> IsClosedAsync() => await ReadReplyAsync(TimeSpan.FromSeconds(5)) is null;
 
     public async ValueTask DisposeAsync()
     {
         await _stream.DisposeAsync();
-        _tcp.Dispose();
+        _tcp?.Dispose();
+    }
+}
+
+/// <summary>One end of an in-memory connection: reads from one pipe, writes to the other; closing completes both.</summary>
+public sealed class DuplexPipeStream(System.IO.Pipelines.PipeReader input, System.IO.Pipelines.PipeWriter output) : Stream
+{
+    readonly Stream _in = input.AsStream();
+    readonly Stream _out = output.AsStream();
+
+    public override bool CanRead => true;
+
+    public override bool CanSeek => false;
+
+    public override bool CanWrite => true;
+
+    public override long Length => throw new NotSupportedException();
+
+    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+
+    public override int Read(byte[] buffer, int offset, int count) => _in.Read(buffer, offset, count);
+
+    public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) => _in.ReadAsync(buffer, cancellationToken);
+
+    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) => _in.ReadAsync(buffer, offset, count, cancellationToken);
+
+    public override void Write(byte[] buffer, int offset, int count) => _out.Write(buffer, offset, count);
+
+    public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default) => _out.WriteAsync(buffer, cancellationToken);
+
+    public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) => _out.WriteAsync(buffer, offset, count, cancellationToken);
+
+    public override void Flush() => _out.Flush();
+
+    public override Task FlushAsync(CancellationToken cancellationToken) => _out.FlushAsync(cancellationToken);
+
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+    public override void SetLength(long value) => throw new NotSupportedException();
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            // The peer reads end of stream, as after a TCP FIN.
+            output.Complete();
+            input.Complete();
+        }
+
+        base.Dispose(disposing);
     }
 }

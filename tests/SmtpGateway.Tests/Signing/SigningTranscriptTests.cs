@@ -32,7 +32,7 @@ public sealed class SigningTranscriptTests : IDisposable
         var ed = _keys.AddEd25519("tenant-a.example", "e1");
         _store.Save("tenant-a", [rsa, ed]);
         await using var gw = await StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.HelloAsync();
         Assert.StartsWith("250 2.0.0", await SendAsync(c, "app@tenant-a.example", "x@example.net", "From: app@tenant-a.example\r\nTo: x@example.net\r\nSubject: signed\r\n\r\nbody\r\n"));
         var stored = Assert.Single(gw.Spool.Commits).Message;
@@ -48,7 +48,7 @@ public sealed class SigningTranscriptTests : IDisposable
         _store.Save("tenant-a", [_keys.AddEd25519("tenant-a.example", "e1")]);
         _keys.Fail = true;
         await using var gw = await StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await using var c = await gw.ConnectAsync(gw.Relay);
         await c.HelloAsync();
         Assert.StartsWith("451 4.3.0", await SendAsync(c, "app@tenant-a.example", "x@example.net", "From: app@tenant-a.example\r\n\r\nbody\r\n"));
         Assert.Empty(gw.Spool.Commits);
@@ -61,7 +61,7 @@ public sealed class SigningTranscriptTests : IDisposable
     {
         _store.Save("tenant-a", [_keys.AddEd25519("tenant-a.example", "e1")]);
         await using var gw = await StartAsync();
-        await using var c = await RawSmtpClient.ConnectAsync(gw.Submission);
+        await using var c = await gw.ConnectAsync(gw.Submission);
         await c.HelloAsync();
         Assert.StartsWith("250 2.0.0", await SendAsync(c, "someone@elsewhere.example", "bob@tenant-a.example", "From: someone@elsewhere.example\r\n\r\nhi\r\n"));
         Assert.StartsWith("Received:", Encoding.UTF8.GetString(Assert.Single(gw.Spool.Commits).Message));
