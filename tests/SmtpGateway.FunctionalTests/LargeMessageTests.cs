@@ -9,7 +9,7 @@ namespace SmtpGateway.FunctionalTests;
 /// <summary>
 /// Issue 10: DATA streams to disk past a small in-memory threshold. 48 sessions on the relay port each send a 20 MiB
 /// message at once (960 MiB in flight; the gateway used to peak at 1.6 GB RSS): the gateway's peak RSS stays under
-/// 400 MB and every message reaches the sink byte for byte (hash compared), signed by tenant-b's keys.
+/// 400 MB and every message reaches the sink byte for byte (hash compared).
 /// </summary>
 [Collection(GatewayCollection.Name)]
 public sealed class LargeMessageTests(GatewayHarness harness, ITestOutputHelper output) : IClassFixture<GatewayHarness>
