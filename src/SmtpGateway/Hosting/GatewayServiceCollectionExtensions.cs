@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
@@ -37,6 +38,7 @@ public static class GatewayServiceCollectionExtensions
 
         // Identity: tenant map (reloads with the file), tokens, AUTH throttle, audit trail.
         services.AddSingleton(sp => new TenantDirectoryService(configuration, sp.GetRequiredService<ILoggerFactory>()));
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<GatewayConfig>, TenantDirectoryValidator>());
         services.AddSingleton(sp => sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Identity);
         services.AddSingleton(sp => new TokenStore(GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value)));
         services.AddSingleton(sp =>
@@ -69,9 +71,11 @@ public static class GatewayServiceCollectionExtensions
                 sp.GetRequiredService<ILogger<Pkcs11Hsm>>(),
                 sp.GetRequiredService<TimeProvider>());
         });
-        services.AddSingleton(sp => new TenantHsmTokens(
-            GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value),
-            tenant => configuration.GetSection($"{TenantDirectoryService.SectionName}:{tenant}:Hsm").Get<TenantHsmConfig>()));
+        services.AddSingleton(sp =>
+        {
+            var directory = sp.GetRequiredService<TenantDirectoryService>();
+            return new TenantHsmTokens(GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value), () => directory.Current);
+        });
         services.AddSingleton<IDkimKeySigner, HsmKeySigner>();
         services.AddSingleton(sp => new DkimKeyStore(GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value)));
         services.AddSingleton<IMessageSigner>(sp => new DkimSigningService(
