@@ -11,7 +11,7 @@ namespace SmtpGateway.Bounces;
 /// that hard-bounced or complained. Fed by our own delivery attempts (synchronous 5xx) and by reports that arrive at
 /// return paths (<see cref="BounceProcessor"/>), so both kinds of bounce count the same.
 /// </summary>
-public sealed class TenantOutcomes
+public sealed class TenantOutcomes : ITenantOutcomeSink
 {
     readonly SuppressionList _suppression;
     readonly ReputationTracker _reputation;
@@ -111,7 +111,7 @@ public sealed class TenantOutcomes
 /// recipient, and records it: an event in the tenant's own event log, reputation, suppression. The report itself is then
 /// done with (Delivered): it was addressed to the gateway, not to a mailbox.
 /// </summary>
-public sealed partial class BounceProcessor
+public sealed partial class BounceProcessor : IReturnPathMailbox
 {
     readonly ReturnPath _returnPaths;
     readonly TenantOutcomes _outcomes;
@@ -136,6 +136,8 @@ public sealed partial class BounceProcessor
             && DomainName.Normalize(recipient[(at + 1)..]) == bounce
             && recipient.StartsWith(ReturnPath.Prefix, StringComparison.OrdinalIgnoreCase);
     }
+
+    bool IReturnPathMailbox.IsReturnPathAddress(TenantModel tenant, string recipient) => IsReturnPathAddress(tenant, recipient);
 
     /// <summary>
     /// Processes <paramref name="message"/> for its return-path recipients; one result per recipient. The report is parsed

@@ -3,6 +3,7 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using SmtpGateway.Configuration;
 using SmtpGateway.Diagnostics;
+using SmtpGateway.Identity;
 
 namespace SmtpGateway.Bounces;
 
@@ -54,6 +55,18 @@ public sealed class ReputationTracker
         _time = time;
         _paused = paused;
     }
+
+    /// <summary>Reads each tenant's reputation settings from the current tenant snapshot; a tenant not in it gets the defaults.</summary>
+    /// <param name="dataDirectory">Gateway data directory.</param>
+    /// <param name="tenants">The current tenant snapshot.</param>
+    /// <param name="time">Clock.</param>
+    /// <param name="paused">Called once when a tenant becomes paused (alert event, log).</param>
+    public ReputationTracker(string dataDirectory, Func<TenantSnapshot> tenants, TimeProvider time, Action<TenantPause>? paused = null)
+        : this(dataDirectory, tenant => tenants().Find(tenant)?.Reputation ?? DefaultConfig, time, paused)
+    {
+    }
+
+    static ReputationConfig DefaultConfig { get; } = new();
 
     public static string PausePath(string dataDirectory, string tenant) => Path.Combine(dataDirectory, "reputation", tenant + ".paused");
 

@@ -22,7 +22,4 @@ internal sealed record CliConfiguration(IConfiguration Configuration, GatewayCon
 
         return errors.Count > 0 ? null : new CliConfiguration(configuration, gateway, tenants, GatewayPaths.DataDirectory(gateway));
     }
-
-    public IReadOnlyDictionary<string, TenantConfig> RawTenants =>
-        Configuration.GetSection(TenantDirectoryService.SectionName).Get<Dictionary<string, TenantConfig>>() ?? [];
 }

@@ -230,10 +230,10 @@ public static class DkimCommands
                 return 1;
             }
 
-            var (data, gateway, raw) = (cli.DataDirectory, cli.Gateway, cli.RawTenants);
+            var (data, gateway) = (cli.DataDirectory, cli.Gateway);
             var softHsm = gateway.Hsm.SoftHsm ? SoftHsmSetup.Configure(data) : null;
             using var hsm = new Pkcs11Hsm(new Pkcs11HsmOptions { ModulePath = gateway.Hsm.ModulePath, MaxSessionsPerToken = gateway.Hsm.MaxSessionsPerToken });
-            var tokens = new TenantHsmTokens(data, t => raw.GetValueOrDefault(t)?.Hsm);
+            var tokens = new TenantHsmTokens(data, () => cli.Tenants);
             return action(new Context(data, gateway, cli.Tenants, tokens, new DkimKeyStore(data), hsm, softHsm));
         }
         catch (Exception ex) when (ex is HsmException or SigningException or InvalidOperationException or FormatException or FileNotFoundException or IOException or ArgumentException)

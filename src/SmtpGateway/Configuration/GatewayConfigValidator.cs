@@ -320,48 +320,52 @@ public sealed class GatewayConfigValidator : IValidateOptions<GatewayConfig>
         var e = new List<string>();
         foreach (var (id, tenant) in tenants)
         {
-            var p = $"Tenants:{id}:Egress";
-            var egress = tenant.Egress;
-            if (egress is null)
-            {
-                continue;
-            }
-
-            if (!string.IsNullOrEmpty(egress.HeloName) && !Smtp.SmtpGrammar.IsDomain(egress.HeloName))
-            {
-                e.Add($"{p}:HeloName: '{egress.HeloName}' is not a host name (RFC 5321 section 4.1.1.1).");
-            }
-
-            if (!string.IsNullOrEmpty(egress.SourceAddress) && !IPAddress.TryParse(egress.SourceAddress, out _))
-            {
-                e.Add($"{p}:SourceAddress: '{egress.SourceAddress}' is not an IP address.");
-            }
-
-            if (egress.Smarthost is { } smarthost)
-            {
-                if (string.IsNullOrWhiteSpace(smarthost.Host))
-                {
-                    e.Add($"{p}:Smarthost:Host: required when Smarthost is set.");
-                }
-
-                if (smarthost.Port is < 1 or > 65535)
-                {
-                    e.Add($"{p}:Smarthost:Port: {smarthost.Port} is out of range 1-65535.");
-                }
-
-                if (smarthost.Tls is { } policy && !Enum.IsDefined(policy))
-                {
-                    e.Add($"{p}:Smarthost:Tls: must be one of {string.Join(", ", Enum.GetNames<TlsPolicy>())}.");
-                }
-            }
-
-            if (egress.Tls is { } tls)
-            {
-                CheckTlsPolicy(e, $"{p}:Tls", tls);
-            }
+            CheckTenantEgress($"Tenants:{id}:Egress", tenant.Egress, e);
         }
 
         return e;
+    }
+
+    /// <summary>Checks one tenant's Egress section at <paramref name="p"/> ("Tenants:&lt;id&gt;:Egress"); the tenant snapshot calls it while it compiles.</summary>
+    public static void CheckTenantEgress(string p, EgressConfig? egress, List<string> e)
+    {
+        if (egress is null)
+        {
+            return;
+        }
+
+        if (!string.IsNullOrEmpty(egress.HeloName) && !Smtp.SmtpGrammar.IsDomain(egress.HeloName))
+        {
+            e.Add($"{p}:HeloName: '{egress.HeloName}' is not a host name (RFC 5321 section 4.1.1.1).");
+        }
+
+        if (!string.IsNullOrEmpty(egress.SourceAddress) && !IPAddress.TryParse(egress.SourceAddress, out _))
+        {
+            e.Add($"{p}:SourceAddress: '{egress.SourceAddress}' is not an IP address.");
+        }
+
+        if (egress.Smarthost is { } smarthost)
+        {
+            if (string.IsNullOrWhiteSpace(smarthost.Host))
+            {
+                e.Add($"{p}:Smarthost:Host: required when Smarthost is set.");
+            }
+
+            if (smarthost.Port is < 1 or > 65535)
+            {
+                e.Add($"{p}:Smarthost:Port: {smarthost.Port} is out of range 1-65535.");
+            }
+
+            if (smarthost.Tls is { } policy && !Enum.IsDefined(policy))
+            {
+                e.Add($"{p}:Smarthost:Tls: must be one of {string.Join(", ", Enum.GetNames<TlsPolicy>())}.");
+            }
+        }
+
+        if (egress.Tls is { } tls)
+        {
+            CheckTlsPolicy(e, $"{p}:Tls", tls);
+        }
     }
 
     static void CheckTlsPolicy(List<string> e, string path, TlsPolicyConfig tls)

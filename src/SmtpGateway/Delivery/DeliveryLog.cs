@@ -51,9 +51,6 @@ internal static partial class DeliveryLog
     [LoggerMessage(EventId = EventIds.Delivery + 26, Level = LogLevel.Information, Message = "{Id}: no route to {Domain}: {Code} {Reason}")]
     public static partial void RouteFailed(ILogger logger, string id, string domain, int code, string reason);
 
-    [LoggerMessage(EventId = EventIds.Delivery + 27, Level = LogLevel.Error, Message = "Tenant egress reload refused ({Count} errors), keeping the previous settings: {Errors}")]
-    public static partial void EgressReloadRejected(ILogger logger, int count, string errors);
-
     [LoggerMessage(EventId = EventIds.Delivery + 40, Level = LogLevel.Debug, Message = "{Id} dropped to {Path}")]
     public static partial void Dropped(ILogger logger, string id, string path);
 

@@ -8,16 +8,6 @@ using SmtpGateway.Spool;
 namespace SmtpGateway.Delivery;
 
 /// <summary>
-/// Envelope isolation hooks (issue #7): whether a message's tenant is paused (held), what each outcome does to the tenant
-/// (reputation, suppression), and the return path each recipient was sent with (for the event log).
-/// </summary>
-public sealed record DeliveryHooks(Func<SpoolEnvelope, bool>? IsHeld = null, Bounces.TenantOutcomes? Outcomes = null, ReturnPathResolver? ReturnPaths = null)
-{
-    /// <summary>Whether the tenant is still paused; held messages are released when it says no.</summary>
-    public Func<string, bool>? TenantPaused { get; init; }
-}
-
-/// <summary>
 /// Delivery workers: take due message ids from the spool, attempt the still-pending recipients through the
 /// transport, record each outcome, and schedule what was deferred (RFC 5321 section 4.5.4.1) until
 /// RetryConfig.MaxAge. Every decision is persisted by the spool before the next attempt can start,

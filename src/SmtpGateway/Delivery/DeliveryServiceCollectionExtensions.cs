@@ -4,6 +4,7 @@ using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using SmtpGateway.Configuration;
+using SmtpGateway.Identity;
 using SmtpGateway.Spool;
 
 namespace SmtpGateway.Delivery;
@@ -17,7 +18,8 @@ public static class DeliveryServiceCollectionExtensions
     /// Registers the transport chosen by DeliveryConfig.Mode as <see cref="IDeliveryTransport"/> and
     /// <see cref="DeliveryService"/> as a hosted service (with the event log, DSNs and the queue control directory).
     /// Call after AddSpool(), so that recovery has filled the ready queue when the workers start.
-    /// Tenant egress settings are read from the host's IConfiguration ("Tenants"), when there is one.
+    /// Tenant egress settings come from the tenant snapshot (<see cref="TenantDirectoryService"/>, registered here from the
+    /// host's IConfiguration when AddSmtpGateway has not registered it).
     /// </summary>
     public static IServiceCollection AddDelivery(this IServiceCollection services)
     {
@@ -32,14 +34,19 @@ public static class DeliveryServiceCollectionExtensions
             if (section is not null && section.GetChildren().Any() && section.Get<List<TimeSpan>>() is { } schedule)
                 config.Delivery.Retry.Schedule = schedule;
         });
-        services.AddSingleton<IValidateOptions<GatewayConfig>>(sp => new EgressOptionsValidator(sp.GetService<IConfiguration>()));
+
+        // Delivery alone (without AddSmtpGateway) still reads tenant egress from the host's configuration, through the
+        // same one tenant snapshot; without a configuration there are no tenants.
+        services.TryAddSingleton(sp => new TenantDirectoryService(
+            sp.GetService<IConfiguration>() ?? new ConfigurationBuilder().Build(), sp.GetRequiredService<ILoggerFactory>()));
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<GatewayConfig>, TenantDirectoryValidator>());
         services.TryAddSingleton(TimeProvider.System);
         services.TryAddSingleton<DropTransport>();
         services.TryAddSingleton(sp =>
         {
             var config = sp.GetRequiredService<IOptions<GatewayConfig>>().Value;
-            return new EgressDirectory(sp.GetService<IConfiguration>(), config.Delivery.Smarthost.HeloName ?? config.ServerName, config.Delivery.Tls,
-                sp.GetRequiredService<ILogger<DeliveryService>>());
+            var directory = sp.GetRequiredService<TenantDirectoryService>();
+            return new EgressDirectory(() => directory.Current, config.Delivery.Smarthost.HeloName ?? config.ServerName, config.Delivery.Tls);
         });
         services.TryAddSingleton<IMxResolver>(sp =>
         {

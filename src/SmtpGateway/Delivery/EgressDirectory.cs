@@ -1,8 +1,6 @@
 using System.Net;
-using Microsoft.Extensions.Configuration;
-using Microsoft.Extensions.Logging;
-using Microsoft.Extensions.Primitives;
 using SmtpGateway.Configuration;
+using SmtpGateway.Identity;
 
 namespace SmtpGateway.Delivery;
 
@@ -13,29 +11,38 @@ namespace SmtpGateway.Delivery;
 /// <param name="Tls">Per destination domain STARTTLS policy.</param>
 internal sealed record TenantEgress(string HeloName, IPAddress? SourceAddress, TenantSmarthost? Smarthost, TlsPolicyTable Tls);
 
-/// <summary>A tenant smarthost after validation.</summary>
-internal sealed record TenantSmarthost(string Host, int Port, TlsPolicy? Tls);
-
 /// <summary>
 /// Default policy plus per-domain overrides. A tenant's table is consulted first, then the gateway's;
 /// an exact domain beats a ".parent" suffix entry, which beats the default.
 /// </summary>
 internal sealed class TlsPolicyTable
 {
-    readonly Dictionary<string, TlsPolicy> _domains;
+    readonly IReadOnlyDictionary<string, TlsPolicy> _domains;
     readonly TlsPolicyTable? _fallback;
     readonly TlsPolicy? _default;
 
     public TlsPolicyTable(TlsPolicyConfig? config, TlsPolicyTable? fallback)
     {
-        _domains = new Dictionary<string, TlsPolicy>(StringComparer.OrdinalIgnoreCase);
+        var domains = new Dictionary<string, TlsPolicy>(StringComparer.OrdinalIgnoreCase);
         foreach (var (domain, policy) in config?.Domains ?? [])
-            _domains[domain.TrimEnd('.')] = policy;
+        {
+            domains[domain.TrimEnd('.')] = policy;
+        }
+
+        _domains = domains;
         _default = config?.Default;
         _fallback = fallback;
     }
 
-    public static TlsPolicyTable Opportunistic { get; } = new(null, null);
+    /// <summary>A tenant's table as the snapshot compiled it (domains already trimmed, case-insensitive), over the gateway's.</summary>
+    public TlsPolicyTable(TenantTlsPolicy tenant, TlsPolicyTable fallback)
+    {
+        _domains = tenant.Domains;
+        _default = tenant.Default;
+        _fallback = fallback;
+    }
+
+    public static TlsPolicyTable Opportunistic { get; } = new((TlsPolicyConfig?)null, null);
 
     /// <summary>The policy for destinations no domain entry names (a smarthost route).</summary>
     public TlsPolicy Default => _default ?? _fallback?._default ?? TlsPolicy.Opportunistic;
@@ -66,122 +73,65 @@ internal sealed class TlsPolicyTable
 }
 
 /// <summary>
-/// Tenants' egress settings read from "Tenants:&lt;id&gt;:Egress", rebuilt when the configuration reloads (a bad edit is
-/// refused and the last good snapshot stays, like the tenant directory). The tenant comes from the spooled envelope,
-/// which the Listener took from the session, never from message content.
+/// Tenants' egress as the current tenant snapshot states it (<see cref="TenantDirectoryService"/> compiles and validates
+/// "Tenants:&lt;id&gt;:Egress" with the rest of the tenant), with the gateway's defaults filled in. The derived table is
+/// cached against the snapshot reference, so a message costs one reference check and one lookup, and a reload is seen
+/// by the next attempt. The tenant comes from the spooled envelope, which the Listener took from the session, never
+/// from message content.
 /// </summary>
-internal sealed class EgressDirectory : IDisposable
+internal sealed class EgressDirectory
 {
-    const string TenantsSection = "Tenants";
-
-    readonly IConfiguration? _configuration;
+    readonly Func<TenantSnapshot> _tenants;
     readonly string _defaultHelo;
     readonly TlsPolicyTable _gatewayTls;
-    readonly ILogger _logger;
-    readonly IDisposable? _subscription;
-    volatile Dictionary<string, TenantEgress> _tenants = new(StringComparer.Ordinal);
+    readonly TenantEgress _gatewayDefaults;
+    volatile Compiled? _compiled;
 
-    /// <param name="configuration">The host configuration, read under "Tenants"; null means no tenant has egress settings.</param>
+    /// <param name="tenants">The current tenant snapshot.</param>
     /// <param name="defaultHelo">EHLO name for tenants without one (Smarthost:HeloName, else the server name).</param>
     /// <param name="gatewayTls">Gateway-wide TLS policy (Delivery:Tls).</param>
-    /// <param name="logger">Delivery logger.</param>
-    /// <param name="tenants">Fixed tenants instead of the configuration (tests).</param>
-    /// <exception cref="InvalidDataException">A tenant's Egress section is invalid (the gateway refuses to start).</exception>
-    public EgressDirectory(IConfiguration? configuration, string defaultHelo, TlsPolicyConfig? gatewayTls, ILogger logger,
-        IReadOnlyDictionary<string, TenantConfig>? tenants = null)
+    public EgressDirectory(Func<TenantSnapshot> tenants, string defaultHelo, TlsPolicyConfig? gatewayTls)
     {
-        _configuration = configuration;
+        _tenants = tenants;
         _defaultHelo = defaultHelo;
         _gatewayTls = new TlsPolicyTable(gatewayTls, null);
-        _logger = logger;
-        var errors = new List<string>();
-        _tenants = tenants is not null ? Compile(tenants, errors) : Build(errors);
-        if (errors.Count > 0)
-            throw new InvalidDataException("Tenant egress configuration is invalid: " + string.Join("; ", errors));
-        if (configuration is not null && tenants is null)
-            _subscription = ChangeToken.OnChange(configuration.GetReloadToken, Reload);
+        _gatewayDefaults = new TenantEgress(defaultHelo, null, null, _gatewayTls);
     }
 
     /// <summary>The gateway's own TLS table (for tenants without settings).</summary>
     public TlsPolicyTable GatewayTls => _gatewayTls;
 
-    /// <summary>Egress of <paramref name="tenant"/>; a tenant without settings gets the gateway defaults.</summary>
-    public TenantEgress For(string tenant) =>
-        _tenants.TryGetValue(tenant, out var egress) ? egress : new TenantEgress(_defaultHelo, null, null, _gatewayTls);
+    /// <summary>Egress of <paramref name="tenant"/> in the current snapshot; a tenant without settings gets the gateway defaults.</summary>
+    public TenantEgress For(string tenant) => For(_tenants(), tenant);
 
-    Dictionary<string, TenantEgress> Build(List<string> errors)
+    /// <summary>Egress of <paramref name="tenant"/> in <paramref name="snapshot"/>.</summary>
+    public TenantEgress For(TenantSnapshot snapshot, string tenant)
     {
-        if (_configuration is null)
-            return new Dictionary<string, TenantEgress>(StringComparer.Ordinal);
-        var tenants = _configuration.GetSection(TenantsSection).Get<Dictionary<string, TenantConfig>>() ?? [];
-        return Compile(tenants, errors);
+        var compiled = _compiled;
+        if (compiled is null || !ReferenceEquals(compiled.Snapshot, snapshot))
+        {
+            // Two workers racing after a reload both build the same table; either result is right, so no lock.
+            compiled = new Compiled(snapshot, Derive(snapshot));
+            _compiled = compiled;
+        }
+
+        return compiled.Tenants.TryGetValue(tenant, out var egress) ? egress : _gatewayDefaults;
     }
 
-    Dictionary<string, TenantEgress> Compile(IReadOnlyDictionary<string, TenantConfig> tenants, List<string> errors)
+    Dictionary<string, TenantEgress> Derive(TenantSnapshot snapshot)
     {
-        errors.AddRange(GatewayConfigValidator.CollectTenantEgress(tenants));
-        if (errors.Count > 0)
-            return _tenants;
         var result = new Dictionary<string, TenantEgress>(StringComparer.Ordinal);
-        foreach (var (id, tenant) in tenants)
+        foreach (var (id, tenant) in snapshot.Tenants)
         {
-            var egress = tenant.Egress ?? new EgressConfig();
-            var source = string.IsNullOrEmpty(egress.SourceAddress) ? null : IPAddress.Parse(egress.SourceAddress);
-            var smarthost = egress.Smarthost is { } s && !string.IsNullOrWhiteSpace(s.Host) ? new TenantSmarthost(s.Host, s.Port, s.Tls) : null;
-            var helo = string.IsNullOrEmpty(egress.HeloName) ? _defaultHelo : egress.HeloName;
-            result[id] = new TenantEgress(helo, source, smarthost, egress.Tls is null ? _gatewayTls : new TlsPolicyTable(egress.Tls, _gatewayTls));
+            var egress = tenant.Egress;
+            result[id] = ReferenceEquals(egress, TenantEgressModel.GatewayDefaults)
+                ? _gatewayDefaults
+                : new TenantEgress(egress.HeloName ?? _defaultHelo, egress.SourceAddress, egress.Smarthost,
+                    egress.Tls is { } tls ? new TlsPolicyTable(tls, _gatewayTls) : _gatewayTls);
         }
 
         return result;
     }
 
-    void Reload()
-    {
-        var errors = new List<string>();
-        Dictionary<string, TenantEgress> next;
-        try
-        {
-            next = Build(errors);
-        }
-        catch (Exception ex) when (ex is InvalidOperationException or FormatException)
-        {
-            errors.Add(ex.Message);
-            next = _tenants;
-        }
-
-        if (errors.Count > 0)
-        {
-            DeliveryLog.EgressReloadRejected(_logger, errors.Count, string.Join("; ", errors));
-            return;
-        }
-
-        _tenants = next;
-    }
-
-    public void Dispose() => _subscription?.Dispose();
-}
-
-/// <summary>
-/// Refuses to start with an invalid Tenants:&lt;id&gt;:Egress section, listing every error with its path alongside the
-/// gateway's own (options validation at start), instead of failing later when delivery first needs the tenant.
-/// </summary>
-internal sealed class EgressOptionsValidator(IConfiguration? configuration) : Microsoft.Extensions.Options.IValidateOptions<GatewayConfig>
-{
-    public Microsoft.Extensions.Options.ValidateOptionsResult Validate(string? name, GatewayConfig options)
-    {
-        if (configuration is null)
-            return Microsoft.Extensions.Options.ValidateOptionsResult.Skip;
-        List<string> errors;
-        try
-        {
-            var tenants = configuration.GetSection("Tenants").Get<Dictionary<string, TenantConfig>>() ?? [];
-            errors = GatewayConfigValidator.CollectTenantEgress(tenants);
-        }
-        catch (InvalidOperationException ex)
-        {
-            errors = [ex.Message];
-        }
-
-        return errors.Count == 0 ? Microsoft.Extensions.Options.ValidateOptionsResult.Success : Microsoft.Extensions.Options.ValidateOptionsResult.Fail(errors);
-    }
+    sealed record Compiled(TenantSnapshot Snapshot, Dictionary<string, TenantEgress> Tenants);
 }

@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Logging;
 using SmtpGateway.Configuration;
+using SmtpGateway.Identity;
 using SmtpGateway.Spool;
 
 namespace SmtpGateway.Delivery;
@@ -19,7 +20,7 @@ public sealed class SmarthostTransport : IDeliveryTransport, IOutboundTransport,
     /// <summary>For tests: the gateway's smarthost only, no tenant settings.</summary>
     internal SmarthostTransport(SmarthostConfig config, string serverName, TimeProvider time, ILogger logger)
         : this(new GatewayConfig { ServerName = serverName, Delivery = { Mode = DeliveryMode.Smarthost, Smarthost = config } },
-            new EgressDirectory(null, config.HeloName ?? serverName, null, logger), time, logger)
+            new EgressDirectory(() => TenantSnapshot.Empty, config.HeloName ?? serverName, null), time, logger)
     {
     }
 

@@ -1,4 +1,3 @@
-using SmtpGateway.Bounces;
 using SmtpGateway.Identity;
 using SmtpGateway.Spool;
 
@@ -7,17 +6,18 @@ namespace SmtpGateway.Delivery;
 /// <summary>
 /// The transport delivery workers call. Outbound mail (sent by a tenant) goes to the configured outbound transport (MX,
 /// smarthost or drop). Inbound mail (unauthenticated, for a tenant's domains) never leaves that way: recipients at the
-/// tenant's return paths go to <see cref="BounceProcessor"/>, every other recipient to the tenant's inbound route — so a
-/// message addressed to a tenant cannot be relayed back out through MX, and a report is never forwarded as mail.
+/// tenant's return paths go to the <see cref="IReturnPathMailbox"/> (Bounces), every other recipient to the tenant's
+/// inbound route — so a message addressed to a tenant cannot be relayed back out through MX, and a report is never
+/// forwarded as mail.
 /// </summary>
 public sealed class TenantRouter : IDeliveryTransport
 {
     readonly IDeliveryTransport _outbound;
     readonly IDeliveryTransport _inbound;
-    readonly BounceProcessor _bounces;
+    readonly IReturnPathMailbox _bounces;
     readonly Func<TenantSnapshot> _tenants;
 
-    public TenantRouter(IDeliveryTransport outbound, IDeliveryTransport inbound, BounceProcessor bounces, Func<TenantSnapshot> tenants)
+    public TenantRouter(IDeliveryTransport outbound, IDeliveryTransport inbound, IReturnPathMailbox bounces, Func<TenantSnapshot> tenants)
     {
         _outbound = outbound;
         _inbound = inbound;
@@ -38,7 +38,7 @@ public sealed class TenantRouter : IDeliveryTransport
         var reports = new List<int>();
         var mail = new List<int>();
         for (var i = 0; i < recipients.Count; i++)
-            (tenant is not null && BounceProcessor.IsReturnPathAddress(tenant, recipients[i]) ? reports : mail).Add(i);
+            (tenant is not null && _bounces.IsReturnPathAddress(tenant, recipients[i]) ? reports : mail).Add(i);
 
         var results = new RecipientResult[recipients.Count];
         if (reports.Count > 0)

@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
@@ -39,6 +40,7 @@ public static class GatewayServiceCollectionExtensions
 
         // Identity: tenant map (reloads with the file), tokens, AUTH throttle, audit trail.
         services.AddSingleton(sp => new TenantDirectoryService(configuration, sp.GetRequiredService<ILoggerFactory>()));
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<GatewayConfig>, TenantDirectoryValidator>());
         services.AddSingleton(sp => sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Identity);
         services.AddSingleton(sp => new TokenStore(GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value)));
         services.AddSingleton(sp =>
@@ -71,9 +73,11 @@ public static class GatewayServiceCollectionExtensions
                 sp.GetRequiredService<ILogger<Pkcs11Hsm>>(),
                 sp.GetRequiredService<TimeProvider>());
         });
-        services.AddSingleton(sp => new TenantHsmTokens(
-            GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value),
-            tenant => configuration.GetSection($"{TenantDirectoryService.SectionName}:{tenant}:Hsm").Get<TenantHsmConfig>()));
+        services.AddSingleton(sp =>
+        {
+            var directory = sp.GetRequiredService<TenantDirectoryService>();
+            return new TenantHsmTokens(GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value), () => directory.Current);
+        });
         services.AddSingleton<IDkimKeySigner, HsmKeySigner>();
         services.AddSingleton(sp => new DkimKeyStore(GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value)));
         services.AddSingleton<IMessageSigner>(sp => new DkimSigningService(
@@ -144,49 +148,21 @@ public static class GatewayServiceCollectionExtensions
         services.AddSingleton(sp => new VerpKeyStore(Data(sp), sp.GetRequiredService<TimeProvider>()));
         services.AddSingleton(sp => new ReturnPath(sp.GetRequiredService<VerpKeyStore>()));
         services.AddSingleton(sp => new SuppressionList(Data(sp), sp.GetRequiredService<TimeProvider>()));
+        services.AddSingleton(sp => new TenantPauseAlert(
+            sp.GetRequiredService<ILoggerFactory>().CreateLogger("SmtpGateway.Bounces"),
+            sp.GetRequiredService<IAuditLog>(),
+            sp.GetRequiredService<DeliveryEvents>()));
         services.AddSingleton(sp =>
         {
             var directory = sp.GetRequiredService<TenantDirectoryService>();
-            var logger = sp.GetRequiredService<ILoggerFactory>().CreateLogger("SmtpGateway.Bounces");
-            var audit = sp.GetRequiredService<IAuditLog>();
-            var events = sp.GetRequiredService<DeliveryEvents>();
-            var time = sp.GetRequiredService<TimeProvider>();
-            return new ReputationTracker(Data(sp), tenant => directory.Current.Find(tenant)?.Reputation ?? new ReputationConfig(), time, pause =>
-            {
-                // The alert: a log warning, an audit event and a line in the tenant's own event log.
-                EnvelopeLog.TenantPaused(logger, pause.Tenant, pause.Rate, pause.Threshold);
-                audit.Write(new AuditEvent
-                {
-                    Action = "tenant-pause", Result = "paused", Tenant = pause.Tenant, Listener = "delivery",
-                    Reason = string.Create(System.Globalization.CultureInfo.InvariantCulture, $"bounce rate {pause.Rate * 100:0.0}% over {pause.Threshold * 100:0.0}%"),
-                });
-                events.Log?.Write(new DeliveryEvent
-                {
-                    Time = pause.At, Event = "paused", Id = "", Tenant = pause.Tenant, From = "", Recipient = "",
-                    Reply = string.Create(System.Globalization.CultureInfo.InvariantCulture,
-                        $"outbound queue held: bounce rate {pause.Rate * 100:0.0}% ({pause.Bounced} bounced, {pause.Complained} complained, {pause.Delivered} delivered) over {pause.Threshold * 100:0.0}%; resume with: smtpgw queue resume --tenant {pause.Tenant}"),
-                    Attempt = 0,
-                });
-            });
+            return new ReputationTracker(Data(sp), () => directory.Current, sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<TenantPauseAlert>().Raise);
         });
         services.AddSingleton(sp => new TenantOutcomes(sp.GetRequiredService<SuppressionList>(), sp.GetRequiredService<ReputationTracker>()));
         services.AddSingleton(sp =>
         {
             var directory = sp.GetRequiredService<TenantDirectoryService>();
-            var returnPaths = sp.GetRequiredService<ReturnPath>();
-            var reputation = sp.GetRequiredService<ReputationTracker>();
-            ReturnPathResolver resolver = (envelope, recipient) =>
-                envelope.Inbound || envelope.MailFrom.Length == 0 || envelope.TenantId is not { } tenant
-                    || directory.Current.Find(tenant)?.BounceDomain is not { } bounceDomain
-                    ? envelope.MailFrom
-                    : returnPaths.For(tenant, bounceDomain, envelope.Id, recipient);
-            return new DeliveryHooks(
-                IsHeld: envelope => !envelope.Inbound && envelope.MailFrom.Length > 0 && envelope.TenantId is { } t && reputation.IsPaused(t),
-                Outcomes: sp.GetRequiredService<TenantOutcomes>(),
-                ReturnPaths: resolver)
-            {
-                TenantPaused = reputation.IsPaused,
-            };
+            return DeliveryHooks.ForTenants(() => directory.Current, sp.GetRequiredService<ReturnPath>().For, sp.GetRequiredService<ReputationTracker>().IsPaused,
+                sp.GetRequiredService<TenantOutcomes>());
         });
         services.AddSingleton(sp => new BounceProcessor(
             sp.GetRequiredService<ReturnPath>(),
@@ -194,89 +170,28 @@ public static class GatewayServiceCollectionExtensions
             sp.GetRequiredService<DeliveryEvents>().Log is { } log ? log.Write : null,
             sp.GetRequiredService<TimeProvider>(),
             sp.GetRequiredService<ILoggerFactory>().CreateLogger("SmtpGateway.Bounces")));
+        // Registered rather than built inside the router's factory, so the container disposes its HttpClient.
         services.AddSingleton(sp =>
         {
             var directory = sp.GetRequiredService<TenantDirectoryService>();
-            var inbound = new CurrentInboundRoutes(
+            return new CurrentInboundRoutes(
                 () => directory.Current,
                 Data(sp),
                 sp.GetRequiredService<TimeProvider>(),
                 sp.GetRequiredService<ILoggerFactory>().CreateLogger("SmtpGateway.Delivery.Inbound"));
-            return new TenantRouter(sp.GetRequiredService<IDeliveryTransport>(), inbound, sp.GetRequiredService<BounceProcessor>(), () => directory.Current);
         });
         services.AddSingleton(sp =>
         {
-            var config = sp.GetRequiredService<IOptions<GatewayConfig>>().Value;
-            var events = sp.GetRequiredService<DeliveryEvents>();
-            var time = sp.GetRequiredService<TimeProvider>();
-            return new EnvelopeServices(
-                sp.GetRequiredService<ReturnPath>(),
-                sp.GetRequiredService<SuppressionList>(),
-                new HeaderHygiene(new HeaderHygieneOptions { StripHeaders = config.Envelope.StripHeaders }),
-                (tenant, recipient, session) =>
-                {
-                    BounceMetrics.Refused(tenant);
-                    events.Log?.Write(new DeliveryEvent
-                    {
-                        Time = time.GetUtcNow(), Event = "suppressed", Id = session, Tenant = tenant, From = "", Recipient = recipient,
-                        Reply = SmtpReplies.Suppressed.ToString(), Attempt = 0,
-                    });
-                });
+            var directory = sp.GetRequiredService<TenantDirectoryService>();
+            return new TenantRouter(sp.GetRequiredService<IDeliveryTransport>(), sp.GetRequiredService<CurrentInboundRoutes>(), sp.GetRequiredService<BounceProcessor>(),
+                () => directory.Current);
         });
+        services.AddSingleton(sp => new SuppressedRecipientEvents(
+            sp.GetRequiredService<DeliveryEvents>(), sp.GetRequiredService<TimeProvider>(), SmtpReplies.Suppressed.ToString()));
+        services.AddSingleton(sp => new EnvelopeServices(
+            sp.GetRequiredService<ReturnPath>(),
+            sp.GetRequiredService<SuppressionList>(),
+            new HeaderHygiene(new HeaderHygieneOptions { StripHeaders = sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Envelope.StripHeaders }),
+            sp.GetRequiredService<SuppressedRecipientEvents>().Write));
     }
-}
-
-/// <summary>
-/// The tenants' inbound routes as the current tenant snapshot states them: rebuilt when the configuration reloads, so a
-/// changed webhook URL or forward host applies to the next attempt without a restart.
-/// </summary>
-internal sealed class CurrentInboundRoutes : IDeliveryTransport, IDisposable
-{
-    readonly Func<TenantSnapshot> _tenants;
-    readonly string _dataDirectory;
-    readonly TimeProvider _time;
-    readonly ILogger _logger;
-    readonly Lock _lock = new();
-
-    // Redirects are refused: a webhook must not be steered to another host by whoever answers the first one.
-    readonly HttpClient _http = new(new SocketsHttpHandler { AllowAutoRedirect = false, PooledConnectionLifetime = TimeSpan.FromMinutes(5) })
-    {
-        Timeout = Timeout.InfiniteTimeSpan,
-    };
-
-    (TenantSnapshot Snapshot, InboundRouter Router)? _current;
-
-    public CurrentInboundRoutes(Func<TenantSnapshot> tenants, string dataDirectory, TimeProvider time, ILogger logger)
-    {
-        _tenants = tenants;
-        _dataDirectory = dataDirectory;
-        _time = time;
-        _logger = logger;
-    }
-
-    public Task<IReadOnlyList<RecipientResult>> DeliverAsync(SpooledMessage message, IReadOnlyList<string> recipients, CancellationToken cancellationToken) =>
-        Router().DeliverAsync(message, recipients, cancellationToken);
-
-    InboundRouter Router()
-    {
-        var snapshot = _tenants();
-        lock (_lock)
-        {
-            if (_current is { } current && ReferenceEquals(current.Snapshot, snapshot))
-                return current.Router;
-            var routes = snapshot.Tenants.ToDictionary(kv => kv.Key, kv => kv.Value.Inbound, StringComparer.Ordinal);
-            var router = new InboundRouter(routes, _dataDirectory, _http, _time, _logger);
-            _current = (snapshot, router);
-            return router;
-        }
-    }
-
-    public void Dispose() => _http.Dispose();
-}
-
-internal static partial class EnvelopeLog
-{
-    [LoggerMessage(EventId = Diagnostics.EventIds.Bounces + 10, Level = LogLevel.Warning,
-        Message = "Tenant {TenantId} paused: bounce rate {Rate} is over its threshold {Threshold}; its outbound queue is held until `smtpgw queue resume --tenant {TenantId}`")]
-    public static partial void TenantPaused(ILogger logger, string tenantId, double rate, double threshold);
 }

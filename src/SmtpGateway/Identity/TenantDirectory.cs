@@ -1,3 +1,4 @@
+using System.Collections.Frozen;
 using System.Net;
 using SmtpGateway.Configuration;
 
@@ -11,11 +12,39 @@ public sealed record TenantModel(string Id, IReadOnlySet<string> Domains, string
 
     public ReputationConfig Reputation { get; init; } = new();
 
+    /// <summary>How the tenant's mail leaves the gateway; unset values mean the gateway's own (Delivery fills them in).</summary>
+    public TenantEgressModel Egress { get; init; } = TenantEgressModel.GatewayDefaults;
+
+    /// <summary>The tenant's own HSM token; unset values mean the defaults (label "smtpgw-&lt;tenant&gt;", PIN file under the data directory).</summary>
+    public TenantHsmModel Hsm { get; init; } = TenantHsmModel.Defaults;
+
     /// <summary>True when the normalised domain is one of the tenant's sending domains.</summary>
     public bool OwnsSendingDomain(string normalizedDomain) => Domains.Contains(normalizedDomain);
 
     /// <summary>Domains that receive mail for this tenant: its domains and its bounce domain.</summary>
     public bool ReceivesFor(string normalizedDomain) => Domains.Contains(normalizedDomain) || normalizedDomain == BounceDomain;
+}
+
+/// <summary>"Tenants:&lt;id&gt;:Egress" after validation: source address parsed, an empty smarthost dropped, TLS domains frozen.</summary>
+/// <param name="HeloName">EHLO name; null means the gateway's.</param>
+/// <param name="SourceAddress">Local address to bind; null lets the kernel choose.</param>
+/// <param name="Smarthost">The tenant's own next hop; null means the gateway's routing (MX or the gateway's smarthost).</param>
+/// <param name="Tls">The tenant's STARTTLS policy; null means the gateway's.</param>
+public sealed record TenantEgressModel(string? HeloName, IPAddress? SourceAddress, TenantSmarthost? Smarthost, TenantTlsPolicy? Tls)
+{
+    public static TenantEgressModel GatewayDefaults { get; } = new(null, null, null, null);
+}
+
+/// <summary>A tenant smarthost after validation.</summary>
+public sealed record TenantSmarthost(string Host, int Port, TlsPolicy? Tls);
+
+/// <summary>A tenant's STARTTLS policy: default (null: the gateway's) and destination domain → policy, keys without a trailing dot.</summary>
+public sealed record TenantTlsPolicy(TlsPolicy? Default, IReadOnlyDictionary<string, TlsPolicy> Domains);
+
+/// <summary>"Tenants:&lt;id&gt;:Hsm" after validation; the PIN file path is made absolute once, at load.</summary>
+public sealed record TenantHsmModel(string? TokenLabel, string? PinFile, string? PinEnvironmentVariable)
+{
+    public static TenantHsmModel Defaults { get; } = new(null, null, null);
 }
 
 /// <summary>
@@ -156,9 +185,13 @@ public sealed class TenantSnapshot
                 errors.Add($"{p}:Limits:MaxTokenTtl: must be positive.");
             }
 
+            GatewayConfigValidator.CheckTenantEgress($"{p}:Egress", t.Egress, errors);
             t.Inbound.Validate($"{p}:Inbound", errors, checkFiles: true);
             t.Reputation.Validate($"{p}:Reputation", errors);
-            var model = new TenantModel(id, domains, bounce, parsed, t.Limits.MaxTokenTtl) { Inbound = t.Inbound, Reputation = t.Reputation };
+            var model = new TenantModel(id, domains, bounce, parsed, t.Limits.MaxTokenTtl)
+            {
+                Inbound = t.Inbound, Reputation = t.Reputation, Egress = CompileEgress(t.Egress), Hsm = CompileHsm(t.Hsm),
+            };
             tenants[id] = model;
             foreach (var d in domains)
             {
@@ -193,6 +226,43 @@ public sealed class TenantSnapshot
         networks.Sort((a, b) => b.Item1.PrefixLength.CompareTo(a.Item1.PrefixLength));
         return new TenantSnapshot(tenants, byDomain, networks);
     }
+
+    /// <summary>
+    /// Lenient on purpose: anything invalid was reported by <see cref="GatewayConfigValidator.CheckTenantEgress"/>, and a
+    /// snapshot built with errors is never used.
+    /// </summary>
+    static TenantEgressModel CompileEgress(EgressConfig? egress)
+    {
+        if (egress is null)
+        {
+            return TenantEgressModel.GatewayDefaults;
+        }
+
+        var source = IPAddress.TryParse(egress.SourceAddress, out var address) ? address : null;
+        var smarthost = egress.Smarthost is { } s && !string.IsNullOrWhiteSpace(s.Host) ? new TenantSmarthost(s.Host, s.Port, s.Tls) : null;
+        TenantTlsPolicy? tls = null;
+        if (egress.Tls is { } t)
+        {
+            // "example.com." and "example.com" are one domain; the later entry wins, as it did when the table was a copy of the config.
+            var domains = new Dictionary<string, TlsPolicy>(StringComparer.OrdinalIgnoreCase);
+            foreach (var (domain, policy) in t.Domains)
+            {
+                domains[domain.TrimEnd('.')] = policy;
+            }
+
+            tls = new TenantTlsPolicy(t.Default, domains.ToFrozenDictionary(StringComparer.OrdinalIgnoreCase));
+        }
+
+        return new TenantEgressModel(string.IsNullOrEmpty(egress.HeloName) ? null : egress.HeloName, source, smarthost, tls);
+    }
+
+    static TenantHsmModel CompileHsm(TenantHsmConfig? hsm) =>
+        hsm is null
+            ? TenantHsmModel.Defaults
+            : new TenantHsmModel(
+                hsm.TokenLabel is { Length: > 0 } label ? label : null,
+                hsm.PinFile is { Length: > 0 } file ? Path.GetFullPath(file) : null,
+                hsm.PinEnvironmentVariable is { Length: > 0 } variable ? variable : null);
 
     public static bool IsValidTenantId(string id) =>
         id.Length is > 0 and <= 64 && id.All(c => c is (>= 'a' and <= 'z') or (>= '0' and <= '9') or '-' or '_');

@@ -10,6 +10,8 @@ namespace SmtpGateway.Identity;
 /// <summary>
 /// Holds the current <see cref="TenantSnapshot"/> and swaps it when the configuration file changes. A reload that
 /// fails validation keeps the last good snapshot and logs every error; sessions keep the snapshot they began with.
+/// This is the only place the gateway compiles the "Tenants" section: identity, policy, egress, HSM tokens and inbound
+/// routes all read <see cref="Current"/>, so after a reload no stage can see another version of a tenant than the rest.
 /// </summary>
 public sealed partial class TenantDirectoryService : IDisposable
 {
@@ -54,7 +56,7 @@ public sealed partial class TenantDirectoryService : IDisposable
         {
             next = Load(_configuration, errors);
         }
-        catch (InvalidOperationException ex)
+        catch (Exception ex) when (ex is InvalidOperationException or FormatException)
         {
             errors.Add(ex.Message);
             next = _current;
@@ -83,5 +85,30 @@ public sealed partial class TenantDirectoryService : IDisposable
 
         [LoggerMessage(EventId = EventIds.Identity + 2, Level = LogLevel.Error, Message = "Tenant directory reload rejected ({Count} error(s)); keeping the last good snapshot: {Errors}")]
         public static partial void ReloadRejected(ILogger logger, int count, string errors);
+    }
+}
+
+/// <summary>
+/// Refuses to start with an invalid "Tenants" section, listing every tenant error with its path alongside the gateway's
+/// own (options validation at start). It builds the directory itself, so the snapshot it validated is the one served.
+/// </summary>
+public sealed class TenantDirectoryValidator(IServiceProvider services) : IValidateOptions<GatewayConfig>
+{
+    public ValidateOptionsResult Validate(string? name, GatewayConfig options)
+    {
+        try
+        {
+            _ = services.GetService(typeof(TenantDirectoryService));
+            return ValidateOptionsResult.Success;
+        }
+        catch (OptionsValidationException ex)
+        {
+            return ValidateOptionsResult.Fail(ex.Failures);
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or FormatException)
+        {
+            // The binder's own complaint (a value of the wrong type), which names the key.
+            return ValidateOptionsResult.Fail(ex.Message);
+        }
     }
 }

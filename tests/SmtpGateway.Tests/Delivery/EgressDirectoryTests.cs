@@ -3,12 +3,33 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging.Abstractions;
 using SmtpGateway.Configuration;
 using SmtpGateway.Delivery;
+using SmtpGateway.Identity;
 using Xunit;
 
 namespace SmtpGateway.Tests.Delivery;
 
 public sealed class EgressDirectoryTests
 {
+    /// <summary>
+    /// Egress over a snapshot of <paramref name="tenants"/>. Egress tests do not care about domains, but a tenant needs one
+    /// to compile, so a tenant without any gets "&lt;id&gt;.example".
+    /// </summary>
+    internal static EgressDirectory NewDirectory(string defaultHelo, TlsPolicyConfig? gatewayTls, Dictionary<string, TenantConfig> tenants)
+    {
+        foreach (var (id, tenant) in tenants)
+        {
+            if (tenant.Domains.Count == 0)
+            {
+                tenant.Domains.Add($"{id}.example");
+            }
+        }
+
+        var errors = new List<string>();
+        var snapshot = TenantSnapshot.Build(tenants, errors);
+        Assert.Empty(errors);
+        return new EgressDirectory(() => snapshot, defaultHelo, gatewayTls);
+    }
+
     [Fact]
     public void TLS_policy_exact_domain_beats_parent_suffix_beats_tenant_default_beats_gateway()
     {
@@ -17,7 +38,7 @@ public sealed class EgressDirectoryTests
         {
             ["strict"] = new() { Egress = new EgressConfig { Tls = new TlsPolicyConfig { Default = TlsPolicy.Required, Domains = { ["legacy.example"] = TlsPolicy.Opportunistic } } } },
         };
-        using var directory = new EgressDirectory(null, "gw.example", gateway, NullLogger.Instance, tenants);
+        var directory = NewDirectory("gw.example", gateway, tenants);
 
         var plain = directory.For("someone").Tls;
         Assert.Equal(TlsPolicy.Opportunistic, plain.For("example.net"));
@@ -39,11 +60,13 @@ public sealed class EgressDirectoryTests
             ["Tenants:tenant-a:Domains:0"] = "tenant-a.example",
             ["Tenants:tenant-a:Egress:HeloName"] = "out.tenant-a.example",
             ["Tenants:tenant-a:Egress:SourceAddress"] = "192.0.2.10",
+            ["Tenants:tenant-b:Domains:0"] = "tenant-b.example",
             ["Tenants:tenant-b:Egress:Smarthost:Host"] = "relay.tenant-b.example",
             ["Tenants:tenant-b:Egress:Smarthost:Port"] = "587",
             ["Tenants:tenant-b:Egress:Smarthost:Tls"] = "Verify",
         }).Build();
-        using var directory = new EgressDirectory(configuration, "gw.example", null, NullLogger.Instance);
+        using var tenants = new TenantDirectoryService(configuration, NullLoggerFactory.Instance);
+        var directory = new EgressDirectory(() => tenants.Current, "gw.example", null);
 
         var a = directory.For("tenant-a");
         Assert.Equal("out.tenant-a.example", a.HeloName);
@@ -77,8 +100,11 @@ public sealed class EgressDirectoryTests
         Assert.Contains(errors, e => e.StartsWith("Tenants:t:Egress:Smarthost:Host:", StringComparison.Ordinal));
         Assert.Contains(errors, e => e.StartsWith("Tenants:t:Egress:Smarthost:Port:", StringComparison.Ordinal));
         Assert.Contains(errors, e => e.StartsWith("Tenants:t:Egress:Tls:Domains:bad domain:", StringComparison.Ordinal));
-        Assert.Throws<InvalidDataException>(() => new EgressDirectory(null, "gw.example", null, NullLogger.Instance,
-            new Dictionary<string, TenantConfig> { ["t"] = new() { Egress = new EgressConfig { SourceAddress = "nope" } } }));
+
+        // The tenant snapshot refuses a tenant with a bad egress section, with the same path.
+        var snapshotErrors = new List<string>();
+        TenantSnapshot.Build(new Dictionary<string, TenantConfig> { ["t"] = new() { Domains = ["t.example"], Egress = new EgressConfig { SourceAddress = "nope" } } }, snapshotErrors);
+        Assert.Equal(["Tenants:t:Egress:SourceAddress: 'nope' is not an IP address."], snapshotErrors);
     }
 
     [Fact]

@@ -51,7 +51,7 @@ public sealed class MxTransportTests : IAsyncLifetime
         config.Delivery.Mx.Port = _server.Port;
         config.Delivery.Mx.ConnectTimeout = TimeSpan.FromSeconds(5);
         configure?.Invoke(config);
-        var egress = new EgressDirectory(null, config.ServerName, config.Delivery.Tls, NullLogger.Instance, tenants ?? []);
+        var egress = EgressDirectoryTests.NewDirectory(config.ServerName, config.Delivery.Tls, tenants ?? []);
         return new MxTransport(config, resolver, egress, TimeProvider.System, NullLogger.Instance);
     }
 

@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Text;
 using Microsoft.Extensions.Time.Testing;
 using SmtpGateway.Configuration;
+using SmtpGateway.Identity;
 using SmtpGateway.Signing;
 using SmtpGateway.Tests.Hsm;
 using SmtpGateway.Tests.Listener;
@@ -32,7 +33,7 @@ public sealed class HsmSigningEndToEndTests(SoftHsmFixture fixture) : IDisposabl
         store.Save("tenant-a", [rsa, ed]);
         var pinFile = Path.Combine(_data.FullName, "tenant-a.pin");
         File.WriteAllText(pinFile, fixture.TenantA.UserPin);
-        var tokens = new TenantHsmTokens(_data.FullName, _ => new TenantHsmConfig { TokenLabel = SoftHsmFixture.TokenLabelA, PinFile = pinFile });
+        var tokens = new TenantHsmTokens(_data.FullName, _ => new TenantHsmModel(SoftHsmFixture.TokenLabelA, pinFile, null));
         var service = new DkimSigningService(store, new HsmKeySigner(fixture.Hsm, tokens), new RecordingAudit(), new FakeTimeProvider(now), null);
 
         var body = string.Concat(Enumerable.Range(0, 50).Select(i => $"{i:D6} The quick brown fox jumps over the lazy dog.  \r\n"));
