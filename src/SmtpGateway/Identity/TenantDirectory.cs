@@ -11,6 +11,12 @@ public sealed record TenantModel(string Id, IReadOnlySet<string> Domains, string
 
     public ReputationConfig Reputation { get; init; } = new();
 
+    /// <summary>
+    /// "Tenants:&lt;id&gt;:Dkim:Unsigned": the tenant may send unsigned mail. False (signing required) unless the config
+    /// says so, so a model built without it fails closed.
+    /// </summary>
+    public bool Unsigned { get; init; }
+
     /// <summary>True when the normalised domain is one of the tenant's sending domains.</summary>
     public bool OwnsSendingDomain(string normalizedDomain) => Domains.Contains(normalizedDomain);
 
@@ -158,7 +164,7 @@ public sealed class TenantSnapshot
 
             t.Inbound.Validate($"{p}:Inbound", errors, checkFiles: true);
             t.Reputation.Validate($"{p}:Reputation", errors);
-            var model = new TenantModel(id, domains, bounce, parsed, t.Limits.MaxTokenTtl) { Inbound = t.Inbound, Reputation = t.Reputation };
+            var model = new TenantModel(id, domains, bounce, parsed, t.Limits.MaxTokenTtl) { Inbound = t.Inbound, Reputation = t.Reputation, Unsigned = t.Dkim.Unsigned };
             tenants[id] = model;
             foreach (var d in domains)
             {

@@ -805,12 +805,21 @@ public sealed partial class SmtpSession
 
         try
         {
-            signature = _services.Signer.Sign(_tenant.TenantId, author, message.ToSequence().Slice(headerLength), SessionId);
+            // Required unless the session's tenant snapshot says "Dkim:Unsigned" (a tenant missing from it: required).
+            var signingRequired = _tenants.Find(_tenant.TenantId)?.Unsigned != true;
+            signature = _services.Signer.Sign(_tenant.TenantId, author, message.ToSequence().Slice(headerLength), SessionId, signingRequired);
             return null;
         }
         catch (Signing.SigningException ex)
         {
             ListenerLog.SigningFailed(_logger, SessionId, _tenant.TenantId, ex.Message);
+            return SmtpReplies.SigningFailed;
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            // Backstop for a signer that lets something else escape: still 451 and nothing queued, never a dropped
+            // connection and never unsigned mail. Only the type is logged: the message could come from anywhere.
+            ListenerLog.SigningFailed(_logger, SessionId, _tenant.TenantId, ex.GetType().Name);
             return SmtpReplies.SigningFailed;
         }
     }
