@@ -118,7 +118,7 @@ public static class TokenCommands
                 return 1;
             }
 
-            var service = new TokenService(new TokenStore(cli.DataDirectory), () => cli.Tenants, cli.Gateway.Identity, TimeProvider.System);
+            var service = new TokenService(new TokenStore(cli.DataDirectory, TimeProvider.System), () => cli.Tenants, cli.Gateway.Identity, TimeProvider.System);
             return action(new Context(cli.DataDirectory, service));
         }
         catch (Exception ex) when (ex is TokenException or FormatException or FileNotFoundException or InvalidDataException or IOException or UnauthorizedAccessException)

@@ -38,7 +38,7 @@ public static class GatewayServiceCollectionExtensions
         // Identity: tenant map (reloads with the file), tokens, AUTH throttle, audit trail.
         services.AddSingleton(sp => new TenantDirectoryService(configuration, sp.GetRequiredService<ILoggerFactory>()));
         services.AddSingleton(sp => sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Identity);
-        services.AddSingleton(sp => new TokenStore(GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value)));
+        services.AddSingleton(sp => new TokenStore(GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value), sp.GetRequiredService<TimeProvider>()));
         services.AddSingleton(sp =>
         {
             var directory = sp.GetRequiredService<TenantDirectoryService>();

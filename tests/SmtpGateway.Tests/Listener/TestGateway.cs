@@ -117,7 +117,7 @@ public sealed class TestGateway : IAsyncDisposable
         }, errors);
         Assert.Empty(errors);
         var data = Directory.CreateTempSubdirectory("smtpgw-listener");
-        var tokens = new TokenService(new TokenStore(data.FullName), () => tenants, identityConfig, clock);
+        var tokens = new TokenService(new TokenStore(data.FullName, clock), () => tenants, identityConfig, clock);
         var audit = new RecordingAudit();
         var spool = new RecordingSpool();
         var services = new SessionServices(
