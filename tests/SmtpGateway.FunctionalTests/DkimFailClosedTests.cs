@@ -9,6 +9,24 @@ namespace SmtpGateway.FunctionalTests;
 /// <summary>The gateway with config/gateway.json's tenants as they are: DKIM signing required (no "Dkim:Unsigned").</summary>
 public sealed class SigningRequiredHarness : GatewayHarness
 {
+    /// <summary>
+    /// Both tenants' SoftHSM2 tokens are made before anything is signed: SoftHSM2 lists the tokens of its directory when
+    /// the module is initialised (at the gateway's first signature), and a token made later stays invisible to it.
+    /// </summary>
+    public override async Task InitializeAsync()
+    {
+        await base.InitializeAsync();
+        foreach (var tenant in new[] { "tenant-a", "tenant-b" })
+        {
+            var result = await SmtpgwAsync("hsm", "init-token", "--tenant", tenant, "--config", ConfigPath);
+            if (result.ExitCode != 0)
+            {
+                Failed = true;
+                throw new InvalidOperationException($"smtpgw hsm init-token --tenant {tenant} failed: {result}");
+            }
+        }
+    }
+
     protected override Task CustomizeAsync(JsonObject config, CancellationToken cancellationToken)
     {
         foreach (var (_, tenant) in (JsonObject)config["Tenants"]!)
