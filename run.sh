@@ -94,8 +94,10 @@ dev_hsm() {
         d="$t.example"
         smtpgw_cmd hsm init-token --config "$config" --tenant "$t" >&2 || die "could not create the dev HSM token for $t"
         if [[ "$(smtpgw_cmd dkim dns --config "$config" --tenant "$t" --json 2>/dev/null)" == "{}" ]]; then
-            smtpgw_cmd dkim keygen --config "$config" --tenant "$t" --domain "$d" --selector ed1 --alg ed25519 >/dev/null
-            smtpgw_cmd dkim keygen --config "$config" --tenant "$t" --domain "$d" --selector rsa1 --alg rsa2048 >/dev/null
+            smtpgw_cmd dkim keygen --config "$config" --tenant "$t" --domain "$d" --selector ed1 --alg ed25519 >/dev/null \
+                || die "could not generate the dev DKIM key ed1 for $t (without keys its mail gets 451: signing fails closed)"
+            smtpgw_cmd dkim keygen --config "$config" --tenant "$t" --domain "$d" --selector rsa1 --alg rsa2048 >/dev/null \
+                || die "could not generate the dev DKIM key rsa1 for $t (without keys its mail gets 451: signing fails closed)"
             say "generated DKIM keys for $d in $t's SoftHSM2 token (ed25519 'ed1', rsa2048 'rsa1'); records: ./run.sh dkim dns --tenant $t"
         fi
     done

@@ -536,6 +536,8 @@ row_postfix_dkim() {
 # --- SmtpGateway ------------------------------------------------------------------------------------------------
 # gw_config DIR SINK_PORT → writes DIR/conf/gateway.json (the repository's config/gateway.json with everything that
 # touches the machine replaced, as tests/.../GatewayHarness.cs does); sets gw_relay_port, gw_sub_port.
+# Tenants get "Dkim": {"Unsigned": true} (signing fails closed otherwise): the unsigned rows make no keys on purpose;
+# the DKIM rows add keys, and a tenant with an active selector is signed either way.
 # With --sessions above the per-IP limit (default 50; every client is 127.0.0.1) the limit is raised to sessions+10
 # (Postfix exempts $mynetworks from its own per-client limit, so both serve every session).
 # The config lives in its own directory, not above the data directory: the gateway watches the config file's
@@ -556,6 +558,7 @@ gw_config() {
         | .Gateway.Delivery.Mode = "Smarthost"
         | .Gateway.Delivery.Smarthost = {Host: "127.0.0.1", Port: $sink, StartTls: "None", MaxConnections: 20}
         | .Gateway.Delivery.Retry = {Schedule: ["00:00:01", "00:00:02", "00:00:05"], Jitter: 0.1}
+        | .Tenants |= with_entries(.value.Dkim = (.value.Dkim // {Unsigned: true}))
         | if $sessions + 10 > (.Gateway.Limits.MaxConnectionsPerIp // 50)
           then .Gateway.Limits.MaxConnectionsPerIp = $sessions + 10 else . end
         ' "$gw_root/config/gateway.json" >"$dir/conf/gateway.json"

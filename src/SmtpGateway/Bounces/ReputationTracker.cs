@@ -31,6 +31,9 @@ public sealed class ReputationTracker
 {
     const int Buckets = 60;
 
+    /// <summary>How often a tenant's pause file is looked at (a resume by the CLI is noticed within this).</summary>
+    static readonly TimeSpan PauseCheckInterval = TimeSpan.FromSeconds(1);
+
     static readonly Counter<long> Outcomes = Telemetry.Meter.CreateCounter<long>(
         Telemetry.TenantOutcomes, "{recipient}", "Per-tenant reputation outcomes; outcome=delivered|deferred|bounced|complained.");
 
@@ -110,7 +113,7 @@ public sealed class ReputationTracker
             var path = PausePath(Path.GetDirectoryName(_directory)!, tenant);
             File.WriteAllBytes(path, JsonSerializer.SerializeToUtf8Bytes(pause, ReputationJsonContext.Default.TenantPause));
             window.Paused = true;
-            window.PauseCheckedAt = Environment.TickCount64;
+            window.PauseCheckedAt = _time.GetTimestamp();
             Paused.Add(1, new KeyValuePair<string, object?>("tenant", tenant));
         }
 
@@ -153,10 +156,13 @@ public sealed class ReputationTracker
 
     bool IsPausedLocked(string tenant, TenantWindow window)
     {
-        var tick = Environment.TickCount64;
-        if (tick - window.PauseCheckedAt < 1000)
+        var now = _time.GetTimestamp();
+        if (window.PauseCheckedAt is { } checkedAt && _time.GetElapsedTime(checkedAt, now) < PauseCheckInterval)
+        {
             return window.Paused;
-        window.PauseCheckedAt = tick;
+        }
+
+        window.PauseCheckedAt = now;
         var paused = File.Exists(PausePath(Path.GetDirectoryName(_directory)!, tenant));
         if (window.Paused && !paused)
         {
@@ -194,7 +200,8 @@ public sealed class ReputationTracker
 
         public bool Paused { get; set; }
 
-        public long PauseCheckedAt { get; set; } = long.MinValue / 2;
+        /// <summary>TimeProvider timestamp of the last look at the pause file; null before the first.</summary>
+        public long? PauseCheckedAt { get; set; }
 
         public Counts Bucket(DateTimeOffset now, TimeSpan window)
         {

@@ -160,11 +160,11 @@ public sealed class SuppressionList : IDisposable
 
     TenantList Refreshed(string tenant, TenantList list)
     {
-        var tick = Environment.TickCount64;
-        if (tick - list.CheckedAt >= (long)RefreshInterval.TotalMilliseconds || list.CheckedAt == long.MinValue)
+        var now = _time.GetTimestamp();
+        if (list.CheckedAt is not { } checkedAt || _time.GetElapsedTime(checkedAt, now) >= RefreshInterval)
         {
             ReadNew(tenant, list);
-            list.CheckedAt = tick;
+            list.CheckedAt = now;
         }
 
         return list;
@@ -236,7 +236,8 @@ public sealed class SuppressionList : IDisposable
 
         public long Offset { get; set; }
 
-        public long CheckedAt { get; set; } = long.MinValue;
+        /// <summary>TimeProvider timestamp of the last read of the file; null before the first.</summary>
+        public long? CheckedAt { get; set; }
 
         public AppendOnlyFile? File { get; set; }
     }

@@ -129,7 +129,7 @@ public static class DkimCommands
         {
             var t = RequireTenant(ctx, parse.GetValue(tenant)!);
             var d = RequireDomain(ctx, t, parse.GetValue(domain)!);
-            var now = DateTimeOffset.UtcNow;
+            var now = ctx.Time.GetUtcNow();
             var selectors = ctx.Store.Selectors(t).ToList();
             if (parse.GetValue(activate))
             {
@@ -199,11 +199,11 @@ public static class DkimCommands
     {
         var label = $"dkim:{domain}:{selector}";
         var key = ctx.Hsm.GenerateKeyPair(ctx.Tokens.Resolve(tenant), label, algorithm == DkimAlgorithm.Ed25519 ? DkimKeyAlgorithm.Ed25519 : DkimKeyAlgorithm.Rsa2048);
-        return new DkimSelector(domain, selector, algorithm, state, label, Convert.ToBase64String(key.Value), DateTimeOffset.UtcNow, null);
+        return new DkimSelector(domain, selector, algorithm, state, label, Convert.ToBase64String(key.Value), ctx.Time.GetUtcNow(), null);
     }
 
     static void Audit(Context ctx, string tenant, string action, string subject) =>
-        AuditFile.Append(ctx.DataDirectory, new AuditEvent { Time = DateTimeOffset.UtcNow, Action = action, Result = "ok", Tenant = tenant, Subject = subject, Listener = "cli" });
+        AuditFile.Append(ctx.DataDirectory, new AuditEvent { Time = ctx.Time.GetUtcNow(), Action = action, Result = "ok", Tenant = tenant, Subject = subject, Listener = "cli" });
 
     static string RequireTenant(Context ctx, string tenant) =>
         ctx.Tenants.Find(tenant) is null ? throw new InvalidOperationException($"unknown tenant '{tenant}'.") : tenant;
@@ -219,7 +219,8 @@ public static class DkimCommands
             ? selector.ToLowerInvariant()
             : throw new FormatException($"'{selector}' is not a selector (letters, digits and '-', at most 63).");
 
-    sealed record Context(string DataDirectory, GatewayConfig Gateway, TenantSnapshot Tenants, TenantHsmTokens Tokens, DkimKeyStore Store, IHsm Hsm, SoftHsmSetup? SoftHsm);
+    /// <param name="Time">The clock for selector state changes (rotation) and audit times: the system clock in the CLI.</param>
+    sealed record Context(string DataDirectory, GatewayConfig Gateway, TenantSnapshot Tenants, TenantHsmTokens Tokens, DkimKeyStore Store, IHsm Hsm, SoftHsmSetup? SoftHsm, TimeProvider Time);
 
     static int Run(string? configPath, Func<Context, int> action)
     {
@@ -234,7 +235,7 @@ public static class DkimCommands
             var softHsm = gateway.Hsm.SoftHsm ? SoftHsmSetup.Configure(data) : null;
             using var hsm = new Pkcs11Hsm(new Pkcs11HsmOptions { ModulePath = gateway.Hsm.ModulePath, MaxSessionsPerToken = gateway.Hsm.MaxSessionsPerToken });
             var tokens = new TenantHsmTokens(data, () => cli.Tenants);
-            return action(new Context(data, gateway, cli.Tenants, tokens, new DkimKeyStore(data), hsm, softHsm));
+            return action(new Context(data, gateway, cli.Tenants, tokens, new DkimKeyStore(data), hsm, softHsm, TimeProvider.System));
         }
         catch (Exception ex) when (ex is HsmException or SigningException or InvalidOperationException or FormatException or FileNotFoundException or IOException or ArgumentException)
         {

@@ -31,9 +31,10 @@ public static class EnvelopeCommands
         rotate.SetAction(parse => Run(parse.GetValue(config), parse.GetValue(tenant)!, (cli, t) =>
         {
             var period = parse.GetValue(grace) is { } text ? TokenCommands.ParseDuration(text) : cli.Gateway.Envelope.ReturnPathKeyGrace;
-            var key = new VerpKeyStore(cli.DataDirectory, TimeProvider.System).Rotate(t, period);
+            var time = TimeProvider.System;
+            var key = new VerpKeyStore(cli.DataDirectory, time).Rotate(t, period);
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"{t}: return paths now use key '{key.Id}'; tags made with older keys are accepted until {DateTimeOffset.UtcNow + period:yyyy-MM-ddTHH:mm:ssZ}."));
+                $"{t}: return paths now use key '{key.Id}'; tags made with older keys are accepted until {time.GetUtcNow() + period:yyyy-MM-ddTHH:mm:ssZ}."));
             return 0;
         }));
         command.Subcommands.Add(rotate);

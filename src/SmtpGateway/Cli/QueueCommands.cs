@@ -189,7 +189,7 @@ public static class QueueCommands
         try
         {
             using var spool = OpenSpool(configPath);
-            var response = await QueueControl.SubmitAsync(spool, request, GatewayAnswerTimeout, CancellationToken.None).ConfigureAwait(false);
+            var response = await QueueControl.SubmitAsync(spool, request, GatewayAnswerTimeout, TimeProvider.System, CancellationToken.None).ConfigureAwait(false);
             (response.Ok ? Console.Out : Console.Error).WriteLine(response.Ok ? response.Message : "error: " + response.Message);
             return response.Ok ? 0 : 1;
         }

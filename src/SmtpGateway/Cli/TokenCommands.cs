@@ -36,7 +36,7 @@ public static class TokenCommands
             var minted = ctx.Tokens.Mint(parse.GetValue(tenant)!, lifetime, parse.GetValue(sender) ?? [], parse.GetValue(description));
             AuditFile.Append(ctx.DataDirectory, new AuditEvent
             {
-                Time = DateTimeOffset.UtcNow, Action = AuditActions.TokenMint, Result = "ok", Tenant = minted.Record.Tenant, TokenId = minted.Record.Id,
+                Time = ctx.Time.GetUtcNow(), Action = AuditActions.TokenMint, Result = "ok", Tenant = minted.Record.Tenant, TokenId = minted.Record.Id,
                 Subject = $"expires {minted.Record.Expires:O}", Listener = "cli",
             });
             Console.WriteLine(minted.Token);
@@ -81,7 +81,7 @@ public static class TokenCommands
             var record = ctx.Tokens.Revoke(parse.GetValue(id)!);
             AuditFile.Append(ctx.DataDirectory, new AuditEvent
             {
-                Time = DateTimeOffset.UtcNow, Action = AuditActions.TokenRevoke, Result = "ok", Tenant = record.Tenant, TokenId = record.Id, Listener = "cli",
+                Time = ctx.Time.GetUtcNow(), Action = AuditActions.TokenRevoke, Result = "ok", Tenant = record.Tenant, TokenId = record.Id, Listener = "cli",
             });
             Console.WriteLine($"revoked {record.Id} ({record.Tenant})");
             return 0;
@@ -99,7 +99,7 @@ public static class TokenCommands
             var (key, retireAt) = ctx.Tokens.RotateKey(parse.GetValue(tenant)!, parse.GetValue(grace) is { } g ? ParseDuration(g) : null);
             AuditFile.Append(ctx.DataDirectory, new AuditEvent
             {
-                Time = DateTimeOffset.UtcNow, Action = AuditActions.KeyRotate, Result = "ok", Tenant = parse.GetValue(tenant), Subject = $"new key {key.Id}; old keys retire {retireAt:O}", Listener = "cli",
+                Time = ctx.Time.GetUtcNow(), Action = AuditActions.KeyRotate, Result = "ok", Tenant = parse.GetValue(tenant), Subject = $"new key {key.Id}; old keys retire {retireAt:O}", Listener = "cli",
             });
             Console.WriteLine($"tenant {parse.GetValue(tenant)}: new key {key.Id}; tokens under older keys are refused from {retireAt:O}");
             return 0;
@@ -107,7 +107,8 @@ public static class TokenCommands
         return command;
     }
 
-    sealed record Context(string DataDirectory, TokenService Tokens);
+    /// <param name="Time">The clock the token service mints and rotates with, so audit times agree with token times.</param>
+    sealed record Context(string DataDirectory, TokenService Tokens, TimeProvider Time);
 
     static int Run(string? configPath, Func<Context, int> action)
     {
@@ -118,8 +119,9 @@ public static class TokenCommands
                 return 1;
             }
 
-            var service = new TokenService(new TokenStore(cli.DataDirectory), () => cli.Tenants, cli.Gateway.Identity, TimeProvider.System);
-            return action(new Context(cli.DataDirectory, service));
+            var time = TimeProvider.System;
+            var service = new TokenService(new TokenStore(cli.DataDirectory, time), () => cli.Tenants, cli.Gateway.Identity, time);
+            return action(new Context(cli.DataDirectory, service, time));
         }
         catch (Exception ex) when (ex is TokenException or FormatException or FileNotFoundException or InvalidDataException or IOException or UnauthorizedAccessException)
         {

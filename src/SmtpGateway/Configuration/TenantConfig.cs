@@ -15,6 +15,9 @@ public sealed class TenantConfig
     /// <summary>This tenant's own HSM token (blast radius one: its keys and PIN are nobody else's).</summary>
     public TenantHsmConfig Hsm { get; set; } = new();
 
+    /// <summary>DKIM signing of this tenant's outbound mail; required unless <see cref="TenantDkimConfig.Unsigned"/> says otherwise.</summary>
+    public TenantDkimConfig Dkim { get; set; } = new();
+
     public EgressConfig Egress { get; set; } = new();
 
     public TenantLimitsConfig Limits { get; set; } = new();
@@ -24,6 +27,17 @@ public sealed class TenantConfig
 
     /// <summary>Bounce-rate threshold that pauses the tenant's outbound queue.</summary>
     public ReputationConfig Reputation { get; set; } = new();
+}
+
+/// <summary>"Tenants:&lt;id&gt;:Dkim".</summary>
+public sealed class TenantDkimConfig
+{
+    /// <summary>
+    /// The tenant may send without a DKIM signature. Off by default, so a tenant whose selector file is missing or
+    /// broken gets 451 4.3.0 instead of unsigned mail (fail closed); an operator must opt out on purpose. With it on,
+    /// mail is still signed when the tenant has an active selector for the From domain, and a failure is still 451.
+    /// </summary>
+    public bool Unsigned { get; set; }
 }
 
 public sealed class EgressConfig

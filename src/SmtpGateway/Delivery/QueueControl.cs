@@ -256,13 +256,13 @@ internal sealed class QueueControl(FileSpool spool, TimeProvider time, ILogger l
     /// The tool's side: carry out <paramref name="request"/> directly when no gateway holds the lock, else hand it to the
     /// running gateway and wait up to <paramref name="timeout"/> for its answer.
     /// </summary>
-    public static async Task<QueueResponse> SubmitAsync(FileSpool spool, QueueRequest request, TimeSpan timeout, CancellationToken cancellationToken)
+    public static async Task<QueueResponse> SubmitAsync(FileSpool spool, QueueRequest request, TimeSpan timeout, TimeProvider time, CancellationToken cancellationToken)
     {
         var directory = ControlDirectory(spool.RootDirectory);
         using (var held = TryLock(directory, exclusive: true))
         {
             if (held is not null)
-                return await ExecuteAsync(spool, request, TimeProvider.System, delivery: null, clearBackoff: null, cancellationToken).ConfigureAwait(false);
+                return await ExecuteAsync(spool, request, time, delivery: null, clearBackoff: null, cancellationToken).ConfigureAwait(false);
         }
 
         var name = Guid.NewGuid().ToString("N");
@@ -271,8 +271,9 @@ internal sealed class QueueControl(FileSpool spool, TimeProvider time, ILogger l
         var responsePath = Path.Combine(directory, name + ResponseSuffix);
         await File.WriteAllBytesAsync(tmp, JsonSerializer.SerializeToUtf8Bytes(request, QueueControlJsonContext.Default.QueueRequest), cancellationToken).ConfigureAwait(false);
         File.Move(tmp, requestPath);
-        var deadline = DateTime.UtcNow + timeout;
-        while (DateTime.UtcNow < deadline)
+        // The answer timeout runs on the injected clock (monotonic, unlike DateTime.UtcNow, which a clock step moves).
+        var start = time.GetTimestamp();
+        while (time.GetElapsedTime(start) < timeout)
         {
             if (File.Exists(responsePath))
             {
@@ -282,7 +283,7 @@ internal sealed class QueueControl(FileSpool spool, TimeProvider time, ILogger l
                 return response ?? new QueueResponse(false, "empty answer from the gateway");
             }
 
-            await Task.Delay(100, cancellationToken).ConfigureAwait(false);
+            await Task.Delay(TimeSpan.FromMilliseconds(100), time, cancellationToken).ConfigureAwait(false);
         }
 
         try

@@ -40,8 +40,14 @@ public sealed class VerpKeyStore
         _time = time;
     }
 
-    /// <summary>How often a cached key file is checked for a change on disk.</summary>
+    /// <summary>How often a cached key file is checked for a change on disk (on the injected clock).</summary>
     public TimeSpan RefreshInterval { get; init; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>How long a key rotation waits for another process's lock on the key file before it gives up.</summary>
+    public TimeSpan LockTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Real pause between attempts to take the cross-process lock.</summary>
+    static readonly TimeSpan LockRetryPause = TimeSpan.FromMilliseconds(20);
 
     string PathFor(string tenant) => Path.Combine(_directory, tenant + ".json");
 
@@ -92,9 +98,11 @@ public sealed class VerpKeyStore
         lock (_lock)
         {
             var path = PathFor(tenant);
-            var tick = Environment.TickCount64;
-            if (_cache.TryGetValue(tenant, out var cached) && tick - cached.CheckedAt < (long)RefreshInterval.TotalMilliseconds)
+            var tick = _time.GetTimestamp();
+            if (_cache.TryGetValue(tenant, out var cached) && _time.GetElapsedTime(cached.CheckedAt, tick) < RefreshInterval)
+            {
                 return cached.Keys;
+            }
 
             // Time and length: a rotation within one timestamp tick (coarse file systems) still changes the length.
             var stamp = Stamp(path);
@@ -133,7 +141,13 @@ public sealed class VerpKeyStore
     {
         Directory.CreateDirectory(_directory);
         var path = Path.Combine(_directory, tenant + ".lock");
-        var deadline = Environment.TickCount64 + 10_000;
+        // The holder is another process (the CLI, a second gateway) that works in real time and .NET offers no flock(2)
+        // with a timeout, so the pause between attempts is a real Thread.Sleep: a TimeProvider timer would never fire
+        // under a test's frozen clock. The deadline comes from the TimeProvider like every other time limit here, and
+        // the attempts are bounded as well (LockTimeout / LockRetryPause), so a frozen fake clock cannot make a stuck
+        // lock wait forever.
+        var start = _time.GetTimestamp();
+        var attemptsLeft = (int)Math.Max(1, LockTimeout / LockRetryPause);
         while (true)
         {
             try
@@ -146,9 +160,9 @@ public sealed class VerpKeyStore
                     UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
                 });
             }
-            catch (IOException) when (Environment.TickCount64 < deadline)
+            catch (IOException) when (--attemptsLeft > 0 && _time.GetElapsedTime(start) < LockTimeout)
             {
-                Thread.Sleep(20);
+                Thread.Sleep(LockRetryPause);
             }
         }
     }

@@ -18,6 +18,12 @@ public sealed record TenantModel(string Id, IReadOnlySet<string> Domains, string
     /// <summary>The tenant's own HSM token; unset values mean the defaults (label "smtpgw-&lt;tenant&gt;", PIN file under the data directory).</summary>
     public TenantHsmModel Hsm { get; init; } = TenantHsmModel.Defaults;
 
+    /// <summary>
+    /// "Tenants:&lt;id&gt;:Dkim:Unsigned": the tenant may send unsigned mail. False (signing required) unless the config
+    /// says so, so a model built without it fails closed.
+    /// </summary>
+    public bool Unsigned { get; init; }
+
     /// <summary>True when the normalised domain is one of the tenant's sending domains.</summary>
     public bool OwnsSendingDomain(string normalizedDomain) => Domains.Contains(normalizedDomain);
 
@@ -190,7 +196,7 @@ public sealed class TenantSnapshot
             t.Reputation.Validate($"{p}:Reputation", errors);
             var model = new TenantModel(id, domains, bounce, parsed, t.Limits.MaxTokenTtl)
             {
-                Inbound = t.Inbound, Reputation = t.Reputation, Egress = CompileEgress(t.Egress), Hsm = CompileHsm(t.Hsm),
+                Inbound = t.Inbound, Reputation = t.Reputation, Egress = CompileEgress(t.Egress), Hsm = CompileHsm(t.Hsm), Unsigned = t.Dkim.Unsigned,
             };
             tenants[id] = model;
             foreach (var d in domains)

@@ -53,27 +53,58 @@ public sealed class DkimKeyStore(string dataDirectory)
     readonly Lock _lock = new();
     Dictionary<string, (DateTime Stamp, IReadOnlyList<DkimSelector> Selectors)> _cache = new(StringComparer.Ordinal);
 
+    /// <summary>
+    /// The tenant's selectors; empty when it has no selector file. Throws <see cref="SigningException"/> (message names
+    /// the tenant and the kind of trouble, never the file's content) when the file is there but cannot be read or parsed,
+    /// so a caller that must sign fails closed instead of treating a broken file as "no keys".
+    /// </summary>
     public IReadOnlyList<DkimSelector> Selectors(string tenant)
     {
         var path = PathOf(tenant);
-        var stamp = File.Exists(path) ? File.GetLastWriteTimeUtc(path) : DateTime.MinValue;
-        lock (_lock)
+        try
         {
-            if (_cache.TryGetValue(tenant, out var cached) && cached.Stamp == stamp)
+            DateTime stamp;
+            if (File.Exists(path))
             {
-                return cached.Selectors;
+                stamp = File.GetLastWriteTimeUtc(path);
             }
-        }
+            else if (Path.Exists(path))
+            {
+                // A directory (or other non-file) where the selector file belongs: broken state, not "no keys".
+                throw new IOException("not a regular file");
+            }
+            else
+            {
+                stamp = DateTime.MinValue;
+            }
 
-        IReadOnlyList<DkimSelector> selectors = stamp == DateTime.MinValue
-            ? []
-            : JsonSerializer.Deserialize(File.ReadAllBytes(path), DkimJsonContext.Default.TenantDkimFile)?.Selectors ?? [];
-        lock (_lock)
+            lock (_lock)
+            {
+                if (_cache.TryGetValue(tenant, out var cached) && cached.Stamp == stamp)
+                {
+                    return cached.Selectors;
+                }
+            }
+
+            IReadOnlyList<DkimSelector> selectors = stamp == DateTime.MinValue
+                ? []
+                : JsonSerializer.Deserialize(File.ReadAllBytes(path), DkimJsonContext.Default.TenantDkimFile)?.Selectors ?? [];
+            if (selectors.Any(s => s is null || s.Domain is null || s.Selector is null || s.KeyLabel is null))
+            {
+                throw new JsonException("a selector lacks its domain, selector name or key label");
+            }
+
+            lock (_lock)
+            {
+                _cache = new(_cache, StringComparer.Ordinal) { [tenant] = (stamp, selectors) };
+            }
+
+            return selectors;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or JsonException or NotSupportedException)
         {
-            _cache = new(_cache, StringComparer.Ordinal) { [tenant] = (stamp, selectors) };
+            throw new SigningException($"DKIM selector file of tenant '{tenant}' is unreadable or corrupt ({ex.GetType().Name})", ex);
         }
-
-        return selectors;
     }
 
     /// <summary>Signing keys for a domain: the active selector of each algorithm.</summary>

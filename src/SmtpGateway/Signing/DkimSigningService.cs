@@ -13,12 +13,14 @@ namespace SmtpGateway.Signing;
 public interface IMessageSigner
 {
     /// <summary>
-    /// DKIM-Signature header lines (CRLF-terminated) to put in front of the message; empty when the tenant has no
-    /// active selector for the From domain. Throws <see cref="SigningException"/> when signing is configured but fails.
+    /// DKIM-Signature header lines (CRLF-terminated) to put in front of the message. Empty only when
+    /// <paramref name="signingRequired"/> is false (the tenant's "Dkim:Unsigned") and the tenant has no active selector
+    /// for the From domain. Throws <see cref="SigningException"/> (→ 451 4.3.0) when signing is required and there is no
+    /// active selector, when the selector file is unreadable or corrupt, and when the HSM cannot sign.
     /// </summary>
     /// <param name="message">The message as it will be queued (without our Received field), or its first part when <paramref name="tail"/> is set.</param>
     /// <param name="tail">The rest of the message, read from its current position (a spilled body), or null.</param>
-    byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> message, Stream? tail, string sessionId);
+    byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> message, Stream? tail, string sessionId, bool signingRequired);
 }
 
 /// <summary>
@@ -43,25 +45,38 @@ public sealed class DkimSigningService(DkimKeyStore store, IDkimKeySigner keys, 
     readonly Counter<long> _failures = Telemetry.Meter.CreateCounter<long>(Telemetry.DkimFailures, description: "DKIM signing failures, per tenant");
 
     /// <summary>A message wholly in memory.</summary>
-    public byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> message, string sessionId) =>
-        Sign(tenantId, fromAddress, message, null, sessionId);
+    public byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> message, string sessionId, bool signingRequired) =>
+        Sign(tenantId, fromAddress, message, null, sessionId, signingRequired);
 
-    public byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> message, Stream? tail, string sessionId)
+    public byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> message, Stream? tail, string sessionId, bool signingRequired)
     {
         var domain = DomainName.OfAddress(fromAddress);
-        if (domain is null)
-        {
-            return [];
-        }
-
-        var selectors = store.ActiveFor(tenantId, domain);
-        if (selectors.Count == 0)
-        {
-            return [];
-        }
-
         try
         {
+            // Every way of not finding keys is inside the try: a missing, unreadable or corrupt selector file is counted
+            // and audited like an HSM failure, and reaches the session as SigningException (451), never as a crash.
+            if (domain is null)
+            {
+                if (signingRequired)
+                {
+                    throw new SigningException("the header From address has no domain to sign for");
+                }
+
+                return [];
+            }
+
+            var selectors = store.ActiveFor(tenantId, domain);
+            if (selectors.Count == 0)
+            {
+                if (signingRequired)
+                {
+                    // Fail closed: a tenant that has not opted out ("Dkim:Unsigned") never sends unsigned mail.
+                    throw new SigningException($"tenant '{tenantId}' has no active DKIM selector for {domain}");
+                }
+
+                return [];
+            }
+
             // Parsed in place: no copy of the message, and persistent, so MimeKit's body parts refer to ranges of
             // this stream instead of copying their content (the stream stays open until both signatures are made).
             using var stream = MessageStream(message, tail);

@@ -66,7 +66,7 @@ public class GatewayHarness : GatewayProcessHarness
     /// <summary>
     /// The repository's config/gateway.json (so that sections this harness does not know about keep their
     /// defaults), with everything that touches the machine replaced: data directory, TLS files, listeners on
-    /// free ports, delivery to the sink with short retries.
+    /// free ports, delivery to the sink with short retries, and tenants that may send unsigned (no keys are made for them).
     /// </summary>
     JsonObject BuildConfig(string certificate, string key)
     {
@@ -102,6 +102,7 @@ public class GatewayHarness : GatewayProcessHarness
             ["MaxConnections"] = 8,
         };
         delivery["Retry"] = new JsonObject { ["Schedule"] = new JsonArray("00:00:01", "00:00:02"), ["Jitter"] = 0.1 };
+        AllowUnsignedTenants(root);
         return root;
     }
 

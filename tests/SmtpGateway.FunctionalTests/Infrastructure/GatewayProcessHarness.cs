@@ -48,6 +48,27 @@ public abstract class GatewayProcessHarness : IAsyncLifetime
 
     public abstract Task InitializeAsync();
 
+    /// <summary>
+    /// Marks every tenant of <paramref name="root"/> that says nothing about DKIM as <c>"Dkim": { "Unsigned": true }</c>:
+    /// the harnesses create no DKIM keys for config/gateway.json's tenants on purpose, and signing fails closed
+    /// (451 4.3.0) for a tenant without keys that has not opted out. A test that wants signing required removes it.
+    /// </summary>
+    protected static void AllowUnsignedTenants(System.Text.Json.Nodes.JsonObject root)
+    {
+        if (root["Tenants"] is not System.Text.Json.Nodes.JsonObject tenants)
+        {
+            return;
+        }
+
+        foreach (var (_, tenant) in tenants)
+        {
+            if (tenant is System.Text.Json.Nodes.JsonObject t && t["Dkim"] is null)
+            {
+                t["Dkim"] = new System.Text.Json.Nodes.JsonObject { ["Unsigned"] = true };
+            }
+        }
+    }
+
     /// <summary>Output of the harness's peers (sinks, DNS server) for <see cref="Diagnostics"/>.</summary>
     protected virtual IEnumerable<(string Name, string Output)> PeerOutputs() => [];
 

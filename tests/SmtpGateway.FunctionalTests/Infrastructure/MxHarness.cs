@@ -124,6 +124,7 @@ public class MxHarness : GatewayProcessHarness
         tenants["tenant-a"]!["Egress"] = new JsonObject { ["HeloName"] = "egress-a.test", ["SourceAddress"] = "127.0.0.1" };
         tenants["tenant-b"]!["Networks"] = new JsonArray("127.0.0.2/32");
         tenants["tenant-b"]!["Egress"] = new JsonObject { ["HeloName"] = "egress-b.test", ["SourceAddress"] = "127.0.0.2" };
+        AllowUnsignedTenants(root);
         return root.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
     }
 

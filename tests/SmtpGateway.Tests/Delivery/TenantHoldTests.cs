@@ -123,7 +123,9 @@ public sealed class TenantHoldTests : IDisposable
         // The operator resumes (as the CLI does); within a second the held message goes back to the queue. Its retry period
         // is extended by the 30 minutes it was held: a first deferral now does not expire it (MaxAge is 10 minutes).
         Assert.True(ReputationTracker.Resume(_dir.Path, "tenant-a"));
-        await Task.Delay(1100);
+        await _service.ReleaseResumedAsync();
+        Assert.Equal(1, _service.HeldCount("tenant-a")); // the pause file was looked at less than a second ago
+        _time.Advance(TimeSpan.FromSeconds(1));
         await _service.ReleaseResumedAsync();
         Assert.Equal(0, _service.HeldCount("tenant-a"));
         Assert.True(Assert.Single(_spool.List(SpoolArea.Queue), e => e.Id == held).State.HeldFor >= TimeSpan.FromMinutes(30));

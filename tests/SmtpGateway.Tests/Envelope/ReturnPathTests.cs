@@ -292,20 +292,22 @@ public sealed partial class ReturnPathTests : IDisposable
         var gateway = new ReturnPath(NewStore(refresh: refresh));
         var old = Local(gateway.For("tenant-a", Bounce, QueueId, "u@example.net"));
         _time.Advance(TimeSpan.FromMinutes(5));
+        Assert.Equal(old[^17], Local(gateway.For("tenant-a", Bounce, QueueId, "u@example.net"))[^17]); // re-checked now: unchanged
 
         // The CLI: its own instance over the same data directory; grace zero retires the old key at once.
         var cli = NewStore();
-        var stopwatch = Stopwatch.StartNew();
         var rotated = cli.Rotate("tenant-a", TimeSpan.Zero);
         var cliTag = Local(new ReturnPath(cli).For("tenant-a", Bounce, QueueId, "u@example.net"));
+        Assert.NotEqual(old[^17], rotated.Id);
 
-        string current;
-        while ((current = Local(gateway.For("tenant-a", Bounce, QueueId, "u@example.net")))[^17] != rotated.Id && stopwatch.Elapsed < TimeSpan.FromSeconds(5))
-            Thread.Sleep(10);
-        stopwatch.Stop();
+        // Not before the refresh interval: the gateway still makes tags with the key it has cached.
+        _time.Advance(refresh - TimeSpan.FromMilliseconds(1));
+        Assert.Equal(old[^17], Local(gateway.For("tenant-a", Bounce, QueueId, "u@example.net"))[^17]);
 
+        // At the interval it looks at the file again and picks up the rotation.
+        _time.Advance(TimeSpan.FromMilliseconds(1));
+        var current = Local(gateway.For("tenant-a", Bounce, QueueId, "u@example.net"));
         Assert.Equal(rotated.Id, current[^17]);
-        Assert.True(stopwatch.Elapsed < refresh + TimeSpan.FromMilliseconds(900), $"rotation seen after {stopwatch.Elapsed}");
         Assert.Equal(cliTag, current);
         Assert.NotNull(gateway.Verify("tenant-a", cliTag));
         Assert.Null(gateway.Verify("tenant-a", old)); // retired with no grace

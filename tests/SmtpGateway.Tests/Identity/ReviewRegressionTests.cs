@@ -35,7 +35,7 @@ public sealed class ReviewRegressionTests : IDisposable
             ["tenant-a"] = new() { Domains = ["tenant-a.example"] },
             ["tenant-b"] = new() { Domains = ["tenant-b.example"] },
         }, errors);
-        var service = new TokenService(new TokenStore(_data.FullName), () => tenants, new IdentityConfig(), TimeProvider.System);
+        var service = new TokenService(new TokenStore(_data.FullName, TimeProvider.System), () => tenants, new IdentityConfig(), TimeProvider.System);
         var real = service.Mint("tenant-b", null, [], null).Token;
 
         // Same claims (tenant-b, B's key id), MAC replaced: not B's token at all.

@@ -1,4 +1,5 @@
 using System.Net;
+using Microsoft.Extensions.Configuration;
 using SmtpGateway.Configuration;
 using SmtpGateway.Identity;
 
@@ -30,6 +31,23 @@ public sealed class TenantDirectoryTests
         }, out var errors);
         Assert.Empty(errors);
         Assert.Equal(tenant, snapshot.FindByDomain(DomainName.Normalize(domain))?.Id);
+    }
+
+    [Fact]
+    public void Dkim_signing_is_required_unless_the_tenant_opts_out_explicitly()
+    {
+        // Bound the way the gateway binds config/gateway.json, so the JSON spelling "Dkim": { "Unsigned": true } is what counts.
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Tenants:a:Domains:0"] = "a.example",
+            ["Tenants:b:Domains:0"] = "b.example",
+            ["Tenants:b:Dkim:Unsigned"] = "true",
+        }).Build();
+        var tenants = configuration.GetSection("Tenants").Get<Dictionary<string, TenantConfig>>()!;
+        var snapshot = Build(tenants, out var errors);
+        Assert.Empty(errors);
+        Assert.False(snapshot.Find("a")!.Unsigned);
+        Assert.True(snapshot.Find("b")!.Unsigned);
     }
 
     [Fact]

@@ -23,7 +23,7 @@ public sealed class TokenServiceTests : IDisposable
         Assert.Empty(errors);
     }
 
-    TokenService NewService(IdentityConfig? config = null) => new(new TokenStore(_data.FullName), () => _tenants, config ?? _config, _clock);
+    TokenService NewService(IdentityConfig? config = null) => new(new TokenStore(_data.FullName, _clock), () => _tenants, config ?? _config, _clock);
 
     [Fact]
     public void Minted_token_verifies_for_its_tenant_only()
@@ -48,9 +48,12 @@ public sealed class TokenServiceTests : IDisposable
         // The gateway's service has loaded its keys before tenant-b had any; the CLI (another store) then mints b's first token.
         var gateway = NewService();
         gateway.Mint("tenant-a", null, [], null);
-        Thread.Sleep(150); // past the refresh rate limit, as a real minute of uptime would be
         var b = NewService().Mint("tenant-b", null, [], null);
 
+        // Within the refresh rate limit (100 ms) the gateway does not go to disk again: b's key is unknown to it yet.
+        Assert.Equal("bad signature", gateway.Verify("tenant-a", b.Token).Reason);
+
+        _clock.Advance(TimeSpan.FromMilliseconds(150)); // past the rate limit, as a real minute of uptime would be
         var check = gateway.Verify("tenant-a", b.Token);
         Assert.False(check.Valid);
         Assert.Equal(TokenService.TenantMismatch, check.Reason);

@@ -95,8 +95,8 @@ public sealed class TestGateway : IAsyncDisposable
     public IPEndPoint Relay => _service.BoundEndPoints[2];
 
     /// <summary>
-    /// Two tenants: tenant-a (tenant-a.example, legacy network 127.0.0.1/32 unless overridden) and tenant-b
-    /// (tenant-b.example, 127.0.0.2/32). Relay-listener clients from 127.0.0.1 therefore act for tenant-a.
+    /// Two tenants: tenant-a (tenant-a.example, legacy network 127.0.0.1/32 unless overridden; DKIM required) and tenant-b
+    /// (tenant-b.example, 127.0.0.2/32; "Dkim:Unsigned"). Relay-listener clients from 127.0.0.1 therefore act for tenant-a.
     /// <paramref name="envelope"/> turns on envelope isolation (issue #7): return-path checks, suppression, header hygiene.
     /// </summary>
     public static async Task<TestGateway> StartAsync(
@@ -118,11 +118,12 @@ public sealed class TestGateway : IAsyncDisposable
         var tenants = TenantSnapshot.Build(new Dictionary<string, TenantConfig>
         {
             ["tenant-a"] = new() { Domains = ["tenant-a.example"], BounceDomain = "bounces.tenant-a.example", Networks = [.. tenantANetworks ?? ["127.0.0.1/32"]] },
-            ["tenant-b"] = new() { Domains = ["tenant-b.example"], Networks = ["127.0.0.2/32"] },
+            // tenant-b has no DKIM keys on purpose: it opts out of signing; tenant-a must sign (tests give it keys).
+            ["tenant-b"] = new() { Domains = ["tenant-b.example"], Networks = ["127.0.0.2/32"], Dkim = new() { Unsigned = true } },
         }, errors);
         Assert.Empty(errors);
         var data = Directory.CreateTempSubdirectory("smtpgw-listener");
-        var tokens = new TokenService(new TokenStore(data.FullName), () => tenants, identityConfig, clock);
+        var tokens = new TokenService(new TokenStore(data.FullName, clock), () => tenants, identityConfig, clock);
         var audit = new RecordingAudit();
         var spool = new RecordingSpool();
         var pipeline = new SubmissionPipeline(

@@ -45,7 +45,7 @@ public sealed class DkimSigningServiceTests : IDisposable
         _store.Save("tenant-a", [rsa, ed]);
         var original = Encoding.UTF8.GetBytes(Messages[index]);
 
-        var headers = Service().Sign("tenant-a", "alice@tenant-a.example", new ReadOnlySequence<byte>(original), "s1");
+        var headers = Service().Sign("tenant-a", "alice@tenant-a.example", new ReadOnlySequence<byte>(original), "s1", signingRequired: true);
         var signed = headers.Concat(original).ToArray();
         var text = Encoding.UTF8.GetString(headers);
         Assert.Equal(2, text.Split("DKIM-Signature:").Length - 1);
@@ -70,7 +70,7 @@ public sealed class DkimSigningServiceTests : IDisposable
     {
         var ed = _keys.AddEd25519("tenant-a.example", "e1");
         _store.Save("tenant-a", [ed]);
-        var headers = Encoding.ASCII.GetString(Service(TimeSpan.FromDays(7)).Sign("tenant-a", "alice@tenant-a.example", new ReadOnlySequence<byte>(Encoding.UTF8.GetBytes(Messages[0])), "s1"));
+        var headers = Encoding.ASCII.GetString(Service(TimeSpan.FromDays(7)).Sign("tenant-a", "alice@tenant-a.example", new ReadOnlySequence<byte>(Encoding.UTF8.GetBytes(Messages[0])), "s1", signingRequired: true));
         var unfolded = headers.Replace("\r\n\t", " ", StringComparison.Ordinal);
         Assert.Contains("h=from:from:to:to:subject:subject:date:date:message-id:message-id;", unfolded, StringComparison.Ordinal);
         Assert.Contains($"t={_clock.GetUtcNow().ToUnixTimeSeconds()};", unfolded, StringComparison.Ordinal);
@@ -80,13 +80,14 @@ public sealed class DkimSigningServiceTests : IDisposable
     }
 
     [Fact]
-    public void No_active_selector_for_the_domain_means_no_signature_and_no_key_use()
+    public void No_active_selector_for_the_domain_means_no_signature_and_no_key_use_for_an_unsigned_tenant()
     {
         var pending = _keys.AddRsa("tenant-a.example", "p1") with { State = SelectorState.Pending };
         _store.Save("tenant-a", [pending]);
-        Assert.Empty(Service().Sign("tenant-a", "alice@tenant-a.example", new ReadOnlySequence<byte>(Encoding.UTF8.GetBytes(Messages[0])), "s1"));
-        Assert.Empty(Service().Sign("tenant-b", "x@tenant-b.example", new ReadOnlySequence<byte>(Encoding.UTF8.GetBytes(Messages[0])), "s1"));
+        Assert.Empty(Service().Sign("tenant-a", "alice@tenant-a.example", new ReadOnlySequence<byte>(Encoding.UTF8.GetBytes(Messages[0])), "s1", signingRequired: false));
+        Assert.Empty(Service().Sign("tenant-b", "x@tenant-b.example", new ReadOnlySequence<byte>(Encoding.UTF8.GetBytes(Messages[0])), "s1", signingRequired: false));
         Assert.Empty(_keys.SignedData);
+        Assert.Empty(_audit.Events);
     }
 
     [Fact]
@@ -95,7 +96,9 @@ public sealed class DkimSigningServiceTests : IDisposable
         // tenant-b has a key for tenant-a's domain in its own store file: a tenant-a session must not find it, and vice versa.
         var bKey = _keys.AddRsa("tenant-a.example", "b-owned");
         _store.Save("tenant-b", [bKey]);
-        Assert.Empty(Service().Sign("tenant-a", "alice@tenant-a.example", new ReadOnlySequence<byte>(Encoding.UTF8.GetBytes(Messages[0])), "s1"));
+        Assert.Empty(Service().Sign("tenant-a", "alice@tenant-a.example", new ReadOnlySequence<byte>(Encoding.UTF8.GetBytes(Messages[0])), "s1", signingRequired: false));
+        Assert.Throws<SigningException>(() => Service().Sign("tenant-a", "alice@tenant-a.example", new ReadOnlySequence<byte>(Encoding.UTF8.GetBytes(Messages[0])), "s1", signingRequired: true));
+        Assert.Empty(_keys.SignedData);
     }
 
     [Fact]
@@ -104,7 +107,7 @@ public sealed class DkimSigningServiceTests : IDisposable
         var rsa = _keys.AddRsa("tenant-a.example", "r1");
         _store.Save("tenant-a", [rsa]);
         _keys.Fail = true;
-        Assert.Throws<SigningException>(() => Service().Sign("tenant-a", "alice@tenant-a.example", new ReadOnlySequence<byte>(Encoding.UTF8.GetBytes(Messages[0])), "s9"));
+        Assert.Throws<SigningException>(() => Service().Sign("tenant-a", "alice@tenant-a.example", new ReadOnlySequence<byte>(Encoding.UTF8.GetBytes(Messages[0])), "s9", signingRequired: true));
         var e = Assert.Single(_audit.Events);
         Assert.Equal(("dkim-sign", "failed", "tenant-a", "s9"), (e.Action, e.Result, e.Tenant, e.SessionId));
     }
@@ -180,7 +183,7 @@ public sealed class DkimSigningServiceTests : IDisposable
         var ed = _keys.AddEd25519("football.example.com", "brisbane", Convert.FromBase64String("nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A="));
         Assert.Equal("11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=", ed.PublicKey);
         _store.Save("tenant-f", [ed]);
-        var ours = Service().Sign("tenant-f", "joe@football.example.com", new ReadOnlySequence<byte>(unsigned), "s1");
+        var ours = Service().Sign("tenant-f", "joe@football.example.com", new ReadOnlySequence<byte>(unsigned), "s1", signingRequired: true);
         Assert.Contains("bh=2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=;", Encoding.ASCII.GetString(ours).Replace("\r\n\t", "", StringComparison.Ordinal), StringComparison.Ordinal);
         Assert.Equal([true], PythonDkim.Verify([.. ours, .. unsigned], Rfc8463Records));
     }

@@ -91,17 +91,17 @@ public sealed class DkimSigningStabilityTests : IDisposable
         var message = Encoding.UTF8.GetBytes(text);
         var service = new DkimSigningService(_store, _keys, new RecordingAudit(), _clock, TimeSpan.FromDays(7));
 
-        var whole = service.Sign("tenant-a", "alice@tenant-a.example", new ReadOnlySequence<byte>(message), "s1");
+        var whole = service.Sign("tenant-a", "alice@tenant-a.example", new ReadOnlySequence<byte>(message), "s1", signingRequired: true);
         var actual = Convert.ToHexString(SHA256.HashData(whole));
         Assert.True(Expected[name] == actual, $"{name}: {actual}\n{Encoding.ASCII.GetString(whole)}");
 
         // The listener hands over a slice of pooled chunks: an offset into a larger array, or several segments.
         var padded = new byte[message.Length + 200];
         message.CopyTo(padded, 100);
-        Assert.Equal(whole, service.Sign("tenant-a", "alice@tenant-a.example", new ReadOnlySequence<byte>(padded, 100, message.Length), "s1"));
+        Assert.Equal(whole, service.Sign("tenant-a", "alice@tenant-a.example", new ReadOnlySequence<byte>(padded, 100, message.Length), "s1", signingRequired: true));
         foreach (var size in new[] { 1, 7, 64, 1000 })
         {
-            Assert.Equal(whole, service.Sign("tenant-a", "alice@tenant-a.example", Segmented(message, size), "s1"));
+            Assert.Equal(whole, service.Sign("tenant-a", "alice@tenant-a.example", Segmented(message, size), "s1", signingRequired: true));
         }
     }
 

@@ -26,7 +26,7 @@ public sealed class HsmFailureTests : IDisposable
     {
         var audit = new RecordingAudit();
         using var hsm = new Pkcs11Hsm(new Pkcs11HsmOptions { ModulePath = "/nonexistent/libpkcs11.so" });
-        var ex = Assert.Throws<SigningException>(() => Service(hsm, audit).Sign("tenant-a", "a@tenant-a.example", Message, "s1"));
+        var ex = Assert.Throws<SigningException>(() => Service(hsm, audit).Sign("tenant-a", "a@tenant-a.example", Message, "s1", signingRequired: true));
         Assert.Contains("PIN", ex.Message, StringComparison.Ordinal);
         Assert.Single(audit.Events, e => e.Action == "dkim-sign" && e.Result == "failed");
     }
@@ -38,7 +38,7 @@ public sealed class HsmFailureTests : IDisposable
         File.WriteAllText(Path.Combine(_data.FullName, "hsm", "pins", "tenant-a.pin"), "s3cret-pin-123");
         var audit = new RecordingAudit();
         using var hsm = new Pkcs11Hsm(new Pkcs11HsmOptions { ModulePath = "/nonexistent/libpkcs11.so" });
-        var ex = Assert.Throws<SigningException>(() => Service(hsm, audit).Sign("tenant-a", "a@tenant-a.example", Message, "s1"));
+        var ex = Assert.Throws<SigningException>(() => Service(hsm, audit).Sign("tenant-a", "a@tenant-a.example", Message, "s1", signingRequired: true));
         Assert.DoesNotContain("s3cret-pin-123", ex.ToString(), StringComparison.Ordinal);
         Assert.DoesNotContain(audit.Events, e => (e.Reason ?? "").Contains("s3cret", StringComparison.Ordinal));
         Assert.Single(audit.Events, e => e.Action == "dkim-sign" && e.Result == "failed");

@@ -41,7 +41,7 @@ public sealed class HsmSigningEndToEndTests(SoftHsmFixture fixture) : IDisposabl
             "From: <app@tenant-a.example>\r\nTo: <x@example.net>\r\nSubject: hsm\r\nDate: Sat, 28 Nov 2026 12:00:00 +0000\r\n" +
             "Message-ID: <1@tenant-a.example>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n" + body);
 
-        var headers = service.Sign("tenant-a", "app@tenant-a.example", new ReadOnlySequence<byte>(message), "s1");
+        var headers = service.Sign("tenant-a", "app@tenant-a.example", new ReadOnlySequence<byte>(message), "s1", signingRequired: true);
 
         Assert.StartsWith("DKIM-Signature: v=1; a=ed25519-sha256", Encoding.ASCII.GetString(headers), StringComparison.Ordinal);
         Assert.Equal([true, true], PythonDkim.Verify([.. headers, .. message], PythonDkim.Records(rsa, ed)));
@@ -49,7 +49,7 @@ public sealed class HsmSigningEndToEndTests(SoftHsmFixture fixture) : IDisposabl
         // RSA PKCS#1 v1.5 and Ed25519 are deterministic: the same bytes again, however the message is held.
         var halves = SpoolTestKit.Segmented(message, (message.Length + 1) / 2);
         Assert.False(halves.IsSingleSegment);
-        Assert.Equal(headers, service.Sign("tenant-a", "app@tenant-a.example", halves, "s1"));
+        Assert.Equal(headers, service.Sign("tenant-a", "app@tenant-a.example", halves, "s1", signingRequired: true));
     }
 
     public void Dispose() => _data.Delete(true);

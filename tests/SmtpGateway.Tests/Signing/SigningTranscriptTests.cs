@@ -57,6 +57,30 @@ public sealed class SigningTranscriptTests : IDisposable
     }
 
     [Fact]
+    public async Task A_tenant_without_keys_gets_451_unless_it_opted_out_and_the_session_survives()
+    {
+        // tenant-a must sign and has no selector file; tenant-b ("Dkim:Unsigned") has none either.
+        await using var gw = await StartAsync();
+        await using var a = await RawSmtpClient.ConnectAsync(gw.Relay);
+        await a.HelloAsync();
+        Assert.StartsWith("451 4.3.0", await SendAsync(a, "app@tenant-a.example", "x@example.net", "From: app@tenant-a.example\r\n\r\nbody\r\n"));
+        Assert.Empty(gw.Spool.Commits);
+        Assert.Single(_audit.Events, e => e.Action == "dkim-sign" && e.Result == "failed" && e.Tenant == "tenant-a");
+
+        // A corrupt selector file: still 451 on the same connection (it used to drop the connection).
+        Directory.CreateDirectory(Path.Combine(_data.FullName, "dkim"));
+        File.WriteAllText(Path.Combine(_data.FullName, "dkim", "tenant-a.json"), "{ not json");
+        Assert.StartsWith("451 4.3.0", await SendAsync(a, "app@tenant-a.example", "x@example.net", "From: app@tenant-a.example\r\n\r\nbody\r\n"));
+        Assert.StartsWith("250", await a.CommandAsync("NOOP"));
+        Assert.Empty(gw.Spool.Commits);
+
+        await using var b = await RawSmtpClient.ConnectAsync(gw.Relay, source: System.Net.IPAddress.Parse("127.0.0.2"));
+        await b.HelloAsync();
+        Assert.StartsWith("250 2.0.0", await SendAsync(b, "app@tenant-b.example", "x@example.net", "From: app@tenant-b.example\r\n\r\nbody\r\n"));
+        Assert.StartsWith("Received:", Encoding.UTF8.GetString(Assert.Single(gw.Spool.Commits).Message));
+    }
+
+    [Fact]
     public async Task Inbound_mail_and_domains_without_keys_are_not_signed()
     {
         _store.Save("tenant-a", [_keys.AddEd25519("tenant-a.example", "e1")]);

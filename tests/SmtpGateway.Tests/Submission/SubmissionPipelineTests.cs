@@ -64,7 +64,7 @@ public sealed class SubmissionPipelineTests : IDisposable
     {
         limits ??= new LimitsConfig();
         var identity = new IdentityConfig { Audience = "gw-test" };
-        var tokens = new TokenService(new TokenStore(_dir.Path), () => _tenants, identity, _clock);
+        var tokens = new TokenService(new TokenStore(_dir.Path, _clock), () => _tenants, identity, _clock);
         return new SubmissionPipeline(
             new SubmissionServices(
                 "gw.test.example",

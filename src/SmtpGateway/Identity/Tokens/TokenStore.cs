@@ -47,15 +47,21 @@ public sealed class TokenStore
 {
     readonly string _keysDirectory;
     readonly string _registryPath;
+    readonly TimeProvider _time;
     readonly Lock _lock = new();
     Dictionary<string, (DateTime Stamp, IReadOnlyList<TokenKey> Keys)> _keys = new(StringComparer.Ordinal);
     Dictionary<string, TokenRecord> _tokens = new(StringComparer.Ordinal);
     FrozenDictionary<string, DateTimeOffset> _revoked = FrozenDictionary<string, DateTimeOffset>.Empty;
     long _registryOffset;
-    long _lastRefresh = long.MinValue / 2;
 
-    public TokenStore(string dataDirectory)
+    // TimeProvider timestamp of the last refresh, valid once _refreshed is set: the refresh rate limit runs on the
+    // injected clock, so tests move past it by advancing a fake clock instead of sleeping.
+    long _lastRefresh;
+    bool _refreshed;
+
+    public TokenStore(string dataDirectory, TimeProvider time)
     {
+        _time = time;
         var root = Path.Combine(dataDirectory, "identity");
         _keysDirectory = Path.Combine(root, "keys");
         _registryPath = Path.Combine(root, "tokens.jsonl");
@@ -70,14 +76,15 @@ public sealed class TokenStore
         {
             RefreshRegistry();
             RefreshKeys();
-            _lastRefresh = Environment.TickCount64;
+            Interlocked.Exchange(ref _lastRefresh, _time.GetTimestamp());
+            Volatile.Write(ref _refreshed, true);
         }
     }
 
     /// <summary>Refreshes unless the last refresh is younger than <paramref name="minimumAge"/>; true if it refreshed.</summary>
     public bool RefreshIfStale(TimeSpan minimumAge)
     {
-        if (Environment.TickCount64 - Interlocked.Read(ref _lastRefresh) < (long)minimumAge.TotalMilliseconds)
+        if (Volatile.Read(ref _refreshed) && _time.GetElapsedTime(Interlocked.Read(ref _lastRefresh)) < minimumAge)
         {
             return false;
         }

@@ -23,7 +23,9 @@ internal sealed class SigningStage(IMessageSigner? signer, ILogger logger)
 
         try
         {
-            signature = signer.Sign(tenant.TenantId, author, message, tail, context.SessionId);
+            // Required unless the session's tenant snapshot says "Dkim:Unsigned" (a tenant missing from it: required).
+            var signingRequired = context.Tenants.Find(tenant.TenantId)?.Unsigned != true;
+            signature = signer.Sign(tenant.TenantId, author, message, tail, context.SessionId, signingRequired);
             return null;
         }
         catch (SigningException ex)
