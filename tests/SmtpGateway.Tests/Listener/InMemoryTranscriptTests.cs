@@ -110,4 +110,26 @@ public sealed class InMemoryTranscriptTests
         Assert.StartsWith("250 2.0.0", await c.CommandAsync("From: <alice@tenant-a.example>\r\n\r\nhi\r\n."));
         Assert.Equal(0, budget.Used);
     }
+
+    [Fact]
+    public async Task A_scratch_file_that_cannot_be_written_is_451_and_the_session_goes_on()
+    {
+        await using var gw = await TestGateway.StartAsync(limits: l => l.MessageMemoryThreshold = 8 * 1024);
+        gw.Spool.FailScratch = true;
+        await using var c = await gw.ConnectAsync(gw.Relay);
+        await c.HelloAsync();
+        Assert.StartsWith("250 2.1.0", await c.CommandAsync("MAIL FROM:<alice@tenant-a.example>"));
+        Assert.StartsWith("250 2.1.5", await c.CommandAsync("RCPT TO:<bob@example.net>"));
+        Assert.StartsWith("354 ", await c.CommandAsync("DATA"));
+        await c.SendRawAsync("From: <alice@tenant-a.example>\r\n\r\n" + string.Concat(Enumerable.Repeat(new string('b', 98) + "\r\n", 200)) + ".\r\n");
+
+        Assert.Equal("451 4.3.0 Temporary failure storing the message, try again later", await c.ReadReplyAsync());
+        Assert.Empty(gw.Spool.Commits);
+
+        // Small messages never need the scratch file: the next one goes through on the same connection, disk still broken.
+        Assert.StartsWith("250 2.1.0", await c.CommandAsync("MAIL FROM:<alice@tenant-a.example>"));
+        Assert.StartsWith("250 2.1.5", await c.CommandAsync("RCPT TO:<bob@example.net>"));
+        Assert.StartsWith("354 ", await c.CommandAsync("DATA"));
+        Assert.StartsWith("250 2.0.0", await c.CommandAsync("From: <alice@tenant-a.example>\r\n\r\nsmall\r\n."));
+    }
 }

@@ -28,6 +28,11 @@ public sealed class RecordingSpool : IMessageSpool
 
     public string NewId() => $"T{Interlocked.Increment(ref _next):D6}";
 
+    /// <summary>When set, scratch files cannot be created (a full or broken disk under a spilling message).</summary>
+    public bool FailScratch { get; set; }
+
+    public FileStream CreateScratchFile() => FailScratch ? throw new IOException("No space left on device (test)") : ScratchFile.Create(Path.GetTempPath());
+
     /// <summary>Messages whose body went to a scratch file (the streaming path), by queue id.</summary>
     public ConcurrentDictionary<string, bool> Spilled { get; } = new();
 
