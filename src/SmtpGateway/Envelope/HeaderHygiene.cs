@@ -206,12 +206,6 @@ public sealed class HeaderHygiene
     }
 
     /// <summary>
-    /// Reads "name WSP* :" (RFC 5322 section 3.6.8, and the obsolete WSP before the colon of section 4.5, which attackers use to
-    /// slip past exact matches) and copies the lower-cased start of the name into <paramref name="name"/>. The name is every byte
-    /// up to the colon except WSP, CR and LF: broader than ftext, so that a field with a stray byte in its name still counts as a
-    /// field (it matches nothing) rather than ending the block and hiding the fields after it. False when the line is not a field.
-    /// </summary>
-    /// <summary>
     /// Whether <paramref name="line"/> (no line ending) starts a header field as <see cref="Clean"/> reads one: a name, optional
     /// white space, a colon. The streaming reader splits header section from body with this, so both agree where it ends.
     /// </summary>
@@ -222,6 +216,12 @@ public sealed class HeaderHygiene
         return TryReadFieldName(ref reader, name, out _);
     }
 
+    /// <summary>
+    /// Reads "name WSP* :" (RFC 5322 section 3.6.8, and the obsolete WSP before the colon of section 4.5, which attackers use to
+    /// slip past exact matches) and copies the lower-cased start of the name into <paramref name="name"/>. The name is every byte
+    /// up to the colon except WSP, CR and LF: broader than ftext, so that a field with a stray byte in its name still counts as a
+    /// field (it matches nothing) rather than ending the block and hiding the fields after it. False when the line is not a field.
+    /// </summary>
     static bool TryReadFieldName(ref SequenceReader<byte> reader, scoped Span<byte> name, out int length)
     {
         length = 0;

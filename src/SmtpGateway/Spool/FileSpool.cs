@@ -18,7 +18,7 @@ namespace SmtpGateway.Spool;
 /// &lt;spool&gt;/corrupt/  queue files that could not be read, moved aside for an operator
 /// </code>
 /// RFC 5321 section 6.1: once the server answers 250 after DATA it is responsible for the message, so
-/// <see cref="CommitAsync"/> returns only when file data and the queue directory entry are fsynced.
+/// <see cref="CommitAsync(SpoolEnvelope, MessageContent, CancellationToken)"/> returns only when file data and the queue directory entry are fsynced.
 /// </summary>
 public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 {

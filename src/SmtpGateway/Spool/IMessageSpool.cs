@@ -20,7 +20,7 @@ public sealed record SpoolEnvelope(
     bool EightBitMime,
     bool Inbound = false);
 
-/// <summary>Durable message store. The Listener answers 250 only after <see cref="CommitAsync"/> completes.</summary>
+/// <summary>Durable message store. The Listener answers 250 only after <see cref="CommitAsync(SpoolEnvelope, MessageContent, CancellationToken)"/> completes.</summary>
 public interface IMessageSpool
 {
     /// <summary>A new unique, sortable, file-name-safe queue id.</summary>
