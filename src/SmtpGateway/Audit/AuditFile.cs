@@ -1,5 +1,5 @@
 using System.Text.Json;
-using SmtpGateway.Hosting;
+using SmtpGateway.Storage;
 
 namespace SmtpGateway.Audit;
 

@@ -139,7 +139,7 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        Hosting.AppendOnlyFile? file = null;
+        Storage.AppendOnlyFile? file = null;
         var reader = _channel.Reader;
         try
         {
@@ -181,7 +181,7 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
         }
     }
 
-    Hosting.AppendOnlyFile WriteBatch(ChannelReader<AuditEvent> reader, Hosting.AppendOnlyFile file)
+    Storage.AppendOnlyFile WriteBatch(ChannelReader<AuditEvent> reader, Storage.AppendOnlyFile file)
     {
         var wrote = false;
         while (reader.TryPeek(out var e))
@@ -243,7 +243,7 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
     }
 
     // O_APPEND (not FileMode.Append): the CLI appends to the same file while the gateway writes.
-    Hosting.AppendOnlyFile Open() => Hosting.AppendOnlyFile.Open(FilePath);
+    Storage.AppendOnlyFile Open() => Storage.AppendOnlyFile.Open(FilePath);
 
     void Rotate()
     {

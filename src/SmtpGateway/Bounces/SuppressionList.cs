@@ -1,7 +1,7 @@
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
-using SmtpGateway.Hosting;
+using SmtpGateway.Storage;
 using SmtpGateway.Identity;
 
 namespace SmtpGateway.Bounces;

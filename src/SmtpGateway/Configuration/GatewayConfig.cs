@@ -323,4 +323,21 @@ public sealed class EnvelopeConfig
     /// the sender's retry period (RFC 5321 section 4.5.4.1 suggests 4-5 days), complaints later; 30 days covers both.
     /// </summary>
     public TimeSpan ReturnPathKeyGrace { get; set; } = TimeSpan.FromDays(30);
+
+    /// <summary>Longest StripHeaders name (real field names are far shorter; hygiene matches names up to this length).</summary>
+    public const int MaxStripHeaderLength = 128;
+
+    /// <summary>
+    /// Why a StripHeaders entry is not usable, or null when it is. RFC 5322 section 3.6.8: a field name is 1*ftext (printable
+    /// US-ASCII except ':'), optionally followed by '*' for a prefix; a bare "*" would strip every field. The one rule, read
+    /// by the validator at start and by header hygiene when it compiles the list.
+    /// </summary>
+    public static string? StripHeaderError(string? raw, int maxLength)
+    {
+        var entry = raw?.Trim() ?? "";
+        var name = entry.EndsWith('*') ? entry[..^1] : entry;
+        return name.Length == 0 || name.Length > maxLength || !name.All(c => c is >= '!' and <= '~' and not ':' and not '*')
+            ? $"StripHeaders entry \"{entry}\" is not a header field name (optionally ending in '*')."
+            : null;
+    }
 }

@@ -281,13 +281,12 @@ public sealed class GatewayConfigValidator : IValidateOptions<GatewayConfig>
         }
 
         // Header hygiene compiles its strip list once; a bad entry must stop the start, not the first message.
-        try
+        foreach (var entry in c.Envelope.StripHeaders ?? [])
         {
-            _ = new Envelope.HeaderHygiene(new Envelope.HeaderHygieneOptions { StripHeaders = c.Envelope.StripHeaders });
-        }
-        catch (ArgumentException ex)
-        {
-            e.Add($"{G}:Envelope:StripHeaders: {(ex.ParamName is null ? ex.Message : ex.Message.Replace($" (Parameter '{ex.ParamName}')", "", StringComparison.Ordinal))}");
+            if (EnvelopeConfig.StripHeaderError(entry, EnvelopeConfig.MaxStripHeaderLength) is { } error)
+            {
+                e.Add($"{G}:Envelope:StripHeaders: {error}");
+            }
         }
 
         Positive(e, $"{G}:Envelope:ReturnPathKeyGrace", c.Envelope.ReturnPathKeyGrace);

@@ -1,7 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using Microsoft.Extensions.Logging;
-using SmtpGateway.Hosting;
+using SmtpGateway.Storage;
 
 namespace SmtpGateway.Delivery;
 

@@ -25,7 +25,7 @@ public delegate void HygieneWriter(ReadOnlySequence<byte> chunk);
 public sealed class HeaderHygiene
 {
     /// <summary>Longest configurable name; names are compared on a stack copy of at most this many bytes.</summary>
-    const int MaxPatternLength = 128;
+    const int MaxPatternLength = Configuration.EnvelopeConfig.MaxStripHeaderLength;
 
     const byte Cr = (byte)'\r', Lf = (byte)'\n', Sp = (byte)' ', Tab = (byte)'\t', Colon = (byte)':';
 
@@ -61,14 +61,14 @@ public sealed class HeaderHygiene
 
         foreach (var raw in options.StripHeaders ?? [])
         {
-            var entry = raw?.Trim() ?? "";
+            if (Configuration.EnvelopeConfig.StripHeaderError(raw, MaxPatternLength) is { } error)
+            {
+                throw new ArgumentException(error, nameof(options));
+            }
+
+            var entry = raw!.Trim();
             var prefix = entry.EndsWith('*');
             var name = prefix ? entry[..^1] : entry;
-            // RFC 5322 section 3.6.8: a field name is 1*ftext (printable US-ASCII except ':'). A bare "*" would strip every field.
-            if (name.Length == 0 || name.Length > MaxPatternLength || !name.All(c => c is >= '!' and <= '~' and not ':' and not '*'))
-            {
-                throw new ArgumentException($"StripHeaders entry \"{entry}\" is not a header field name (optionally ending in '*').", nameof(options));
-            }
 
             patterns.Add(new Pattern(Encoding.ASCII.GetBytes(name.ToLowerInvariant()), prefix, false));
         }

@@ -1,3 +1,4 @@
+using SmtpGateway.Configuration;
 using SmtpGateway.Smtp;
 using System.Collections.Concurrent;
 using System.Net;

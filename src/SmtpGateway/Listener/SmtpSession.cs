@@ -4,6 +4,7 @@ using System.Net;
 using System.Net.Security;
 using System.Text;
 using Microsoft.Extensions.Logging;
+using SmtpGateway.Configuration;
 using SmtpGateway.Identity;
 using SmtpGateway.Smtp;
 using SmtpGateway.Submission;
@@ -83,7 +84,7 @@ public sealed partial class SmtpSession
         SessionId = Guid.NewGuid().ToString("N")[..12];
 
         // The context keeps the tenant map it started with, even if the config reloads meanwhile.
-        _context = _pipeline.Open(SessionId, SubmissionChannel.Smtp, remote.Address, listener.Name, identifyByNetwork: listener.Kind == Configuration.ListenerKind.Relay);
+        _context = _pipeline.Open(SessionId, SubmissionChannel.Smtp, remote.Address, listener.Name, identifyByNetwork: listener.Kind == ListenerKind.Relay);
         _context.TlsProtocol = (stream as SslStream) is { } tls ? TlsName(tls.SslProtocol) : null;
     }
 

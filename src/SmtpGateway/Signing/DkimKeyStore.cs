@@ -1,6 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
-using SmtpGateway.Hosting;
+using SmtpGateway.Storage;
 
 namespace SmtpGateway.Signing;
 

@@ -164,8 +164,8 @@ public sealed class AppendOnlyFileTests : IDisposable
     {
         // Two descriptors on one file behave like two processes: with O_APPEND each write lands at the current end.
         var path = Path.Combine(_dir.FullName, "log.jsonl");
-        using var a = SmtpGateway.Hosting.AppendOnlyFile.Open(path);
-        using var b = SmtpGateway.Hosting.AppendOnlyFile.Open(path);
+        using var a = SmtpGateway.Storage.AppendOnlyFile.Open(path);
+        using var b = SmtpGateway.Storage.AppendOnlyFile.Open(path);
         for (var i = 0; i < 100; i++)
         {
             a.Write(System.Text.Encoding.ASCII.GetBytes($"a{i}\n"));

@@ -114,7 +114,7 @@ public sealed class TokenStore
     public DateTimeOffset? RevokedAt(string tokenId) => _revoked.TryGetValue(tokenId, out var at) ? at : null;
 
     public void AppendRegistry(RegistryEntry entry) =>
-        Hosting.AppendOnlyFile.AppendLine(_registryPath, JsonSerializer.SerializeToUtf8Bytes(entry, TokenJsonContext.Default.RegistryEntry));
+        Storage.AppendOnlyFile.AppendLine(_registryPath, JsonSerializer.SerializeToUtf8Bytes(entry, TokenJsonContext.Default.RegistryEntry));
 
     /// <summary>Writes a tenant's key file atomically (temp + rename) with owner-only permissions.</summary>
     public void WriteKeys(string tenant, IReadOnlyList<TokenKey> keys)

@@ -1,7 +1,7 @@
 using System.ComponentModel;
 using System.Runtime.InteropServices;
 
-namespace SmtpGateway.Hosting;
+namespace SmtpGateway.Storage;
 
 /// <summary>
 /// A log file shared by several processes (the gateway and the CLI), appended to with O_APPEND. .NET's
