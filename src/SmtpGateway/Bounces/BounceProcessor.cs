@@ -2,6 +2,7 @@ using Microsoft.Extensions.Logging;
 using SmtpGateway.Delivery;
 using SmtpGateway.Envelope;
 using SmtpGateway.Identity;
+using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
 
 namespace SmtpGateway.Bounces;
@@ -156,7 +157,7 @@ public sealed partial class BounceProcessor : IReturnPathMailbox
             var local = recipient[..recipient.LastIndexOf('@')];
             if (tags.ContainsKey(local))
             {
-                results[i] = RecipientResult.FromReply(recipient, 250, "2.0.0 Report processed");
+                results[i] = RecipientResult.FromReply(recipient, DeliveryReplies.ReportProcessed);
                 continue;
             }
 
@@ -165,12 +166,12 @@ public sealed partial class BounceProcessor : IReturnPathMailbox
             {
                 // Accepted at RCPT, invalid now (key retired in between): nothing to attribute; do not bounce a bounce.
                 Log.Unattributable(_logger, message.Envelope.Id, "tag no longer valid");
-                results[i] = RecipientResult.FromReply(recipient, 250, "2.0.0 Report discarded: return path no longer valid");
+                results[i] = RecipientResult.FromReply(recipient, DeliveryReplies.ReportDiscarded);
                 continue;
             }
 
             tags[local] = tag;
-            results[i] = RecipientResult.FromReply(recipient, 250, "2.0.0 Report processed");
+            results[i] = RecipientResult.FromReply(recipient, DeliveryReplies.ReportProcessed);
         }
 
         if (tags.Count > 0)

@@ -1,4 +1,5 @@
 using System.Globalization;
+using SmtpGateway.Smtp;
 
 namespace SmtpGateway.Delivery;
 
@@ -36,6 +37,10 @@ public readonly record struct RecipientResult(string Recipient, DeliveryOutcome 
     /// <summary>Builds a result from a reply; the outcome comes from <see cref="DeliveryOutcomes.FromReplyCode"/>.</summary>
     public static RecipientResult FromReply(string recipient, int code, string text) =>
         new(recipient, DeliveryOutcomes.FromReplyCode(code), DeliveryOutcomes.FormatReply(code, text));
+
+    /// <summary>Builds a result from one of the gateway's own replies (<see cref="DeliveryReplies"/>), recorded as "code enhanced text".</summary>
+    public static RecipientResult FromReply(string recipient, SmtpReply reply) =>
+        FromReply(recipient, reply.Code, DeliveryOutcomes.ReplyText(reply));
 }
 
 /// <summary>The one place where a reply becomes an outcome.</summary>
@@ -62,4 +67,10 @@ public static class DeliveryOutcomes
             ? code.ToString(CultureInfo.InvariantCulture)
             : string.Create(CultureInfo.InvariantCulture, $"{code} {flat}");
     }
+
+    /// <summary>The same one-line form for one of the gateway's own replies: "451 4.3.0 Drop directory not writable".</summary>
+    public static string FormatReply(SmtpReply reply) => FormatReply(reply.Code, ReplyText(reply));
+
+    /// <summary>What follows the code: the enhanced status, a space and the text ("4.3.0 Drop directory not writable"); the text alone without one.</summary>
+    public static string ReplyText(SmtpReply reply) => reply.Enhanced is null ? reply.Text : $"{reply.Enhanced} {reply.Text}";
 }

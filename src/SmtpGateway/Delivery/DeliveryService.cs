@@ -3,6 +3,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using SmtpGateway.Configuration;
+using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
 
 namespace SmtpGateway.Delivery;
@@ -296,7 +297,7 @@ public sealed class DeliveryService : BackgroundService
         var byAddress = new Dictionary<string, Queue<RecipientResult>>(StringComparer.Ordinal);
         for (var i = 0; i < pending.Length; i++)
         {
-            var result = i < results.Count ? results[i] : new RecipientResult(pending[i], DeliveryOutcome.Deferred, "451 4.3.0 No result from transport");
+            var result = i < results.Count ? results[i] : RecipientResult.FromReply(pending[i], DeliveryReplies.NoResultFromTransport);
             if (!byAddress.TryGetValue(pending[i], out var queue))
                 byAddress[pending[i]] = queue = new Queue<RecipientResult>();
             queue.Enqueue(result);

@@ -4,6 +4,7 @@ using System.Text;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using SmtpGateway.Configuration;
+using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
 
 namespace SmtpGateway.Delivery;
@@ -67,7 +68,7 @@ public sealed class DropTransport : IDeliveryTransport
             if (_fsync)
                 DurableFile.SyncDirectory(tenantDirectory);
             DeliveryLog.Dropped(_logger, id, final);
-            return recipients.Select(r => RecipientResult.FromReply(r, 250, "2.0.0 Written to drop directory")).ToArray();
+            return recipients.Select(r => RecipientResult.FromReply(r, DeliveryReplies.Dropped)).ToArray();
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
@@ -78,9 +79,7 @@ public sealed class DropTransport : IDeliveryTransport
         {
             TryDelete(tmp);
             DeliveryLog.DropFailed(_logger, id, ex);
-
-            // RFC 3463 4.3.0: local system trouble, transient.
-            return recipients.Select(r => RecipientResult.FromReply(r, 451, "4.3.0 Drop directory not writable")).ToArray();
+            return recipients.Select(r => RecipientResult.FromReply(r, DeliveryReplies.DropFailed)).ToArray();
         }
     }
 

@@ -4,6 +4,7 @@ using System.Security.Authentication;
 using MailKit;
 using MailKit.Net.Smtp;
 using MimeKit;
+using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
 
 namespace SmtpGateway.Delivery;
@@ -81,8 +82,7 @@ internal sealed class GatewaySmtpClient : SmtpClient
         }
         catch (ParseException)
         {
-            // RFC 3463 5.1.7: bad sender's mailbox address syntax.
-            return new TransactionResult(recipients.Select(r => RecipientResult.FromReply(r, 553, "5.1.7 Bad sender address syntax")).ToArray(), true, true);
+            return new TransactionResult(recipients.Select(r => RecipientResult.FromReply(r, DeliveryReplies.BadSenderSyntax)).ToArray(), true, true);
         }
 
         var mailboxes = new List<MailboxAddress>(recipients.Count);
@@ -97,7 +97,7 @@ internal sealed class GatewaySmtpClient : SmtpClient
             }
             catch (ParseException)
             {
-                results[i] = RecipientResult.FromReply(recipients[i], 553, "5.1.3 Bad recipient address syntax");
+                results[i] = RecipientResult.FromReply(recipients[i], DeliveryReplies.BadRecipientSyntax);
             }
         }
 
@@ -120,8 +120,8 @@ internal sealed class GatewaySmtpClient : SmtpClient
         catch (FormatException)
         {
             // Not an RFC 5322 message (it does not start with a header field) and MailKit can only send parsed messages:
-            // retrying cannot help. RFC 3463 5.6.0: other media error. Unreachable behind the Listener, which prepends Received.
-            return new TransactionResult(Complete(results, recipients, 554, "5.6.0 Message header cannot be parsed for relaying"), true, false);
+            // retrying cannot help. Unreachable behind the Listener, which prepends Received.
+            return new TransactionResult(Complete(results, recipients, DeliveryReplies.HeaderUnparseable), true, false);
         }
 
         using var _ = carrier;
@@ -153,14 +153,17 @@ internal sealed class GatewaySmtpClient : SmtpClient
         {
             // 530 (RFC 4954 section 6): the smarthost wants AUTH, which this gateway does not do yet.
             foreach (var mailbox in mailboxes)
-                results[indexOf[mailbox]] = Refused(mailbox) ?? RecipientResult.FromReply(recipients[indexOf[mailbox]], 530, "5.7.0 " + ex.Message);
+                results[indexOf[mailbox]] = Refused(mailbox) ?? RecipientResult.FromReply(recipients[indexOf[mailbox]], DeliveryReplies.AuthenticationRequired(ex.Message));
         }
         catch (Exception ex) when (!cancellationToken.IsCancellationRequested)
         {
-            // Connection lost, TLS failure, timeout, protocol garbage: no final reply, so transient (RFC 3463 4.4.2 bad connection).
+            // Connection lost, TLS failure, timeout, protocol garbage: no final reply, so transient.
             // A recipient already refused in this transaction keeps that reply.
             foreach (var mailbox in mailboxes)
-                results[indexOf[mailbox]] = Refused(mailbox) ?? RecipientResult.FromReply(recipients[indexOf[mailbox]], 451, $"4.4.2 Connection to next hop failed ({ex.GetType().Name}: {ex.Message})");
+            {
+                results[indexOf[mailbox]] = Refused(mailbox) ?? RecipientResult.FromReply(recipients[indexOf[mailbox]], DeliveryReplies.ConnectionLost(ex.GetType().Name, ex.Message));
+            }
+
             return new TransactionResult(Complete(results, recipients), false, carrier.Exact, SessionLost: true);
         }
         finally
@@ -179,8 +182,8 @@ internal sealed class GatewaySmtpClient : SmtpClient
                 : null;
     }
 
-    static RecipientResult[] Complete(RecipientResult?[] results, IReadOnlyList<string> recipients, int code = 451, string text = "4.3.0 No result") =>
-        results.Select((r, i) => r ?? RecipientResult.FromReply(recipients[i], code, text)).ToArray();
+    static RecipientResult[] Complete(RecipientResult?[] results, IReadOnlyList<string> recipients, SmtpReply? missing = null) =>
+        results.Select((r, i) => r ?? RecipientResult.FromReply(recipients[i], missing ?? DeliveryReplies.NoResult)).ToArray();
 
     protected override void OnRecipientNotAccepted(MimeMessage message, MailboxAddress mailbox, SmtpResponse response) =>
         _refused[mailbox] = response;

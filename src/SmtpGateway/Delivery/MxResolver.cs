@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using DnsClient;
 using DnsClient.Protocol;
 using SmtpGateway.Configuration;
+using SmtpGateway.Smtp;
 
 namespace SmtpGateway.Delivery;
 
@@ -18,6 +19,9 @@ internal sealed record MxRoute(IReadOnlyList<MxHost> Hosts, int FailureCode = 0,
     public bool Failed => FailureCode != 0;
 
     public static MxRoute Fail(int code, string text) => new([], code, text);
+
+    /// <summary>No route, for the reason in one of the gateway's own replies (<see cref="DeliveryReplies"/>).</summary>
+    public static MxRoute Fail(SmtpReply reply) => Fail(reply.Code, DeliveryOutcomes.ReplyText(reply));
 }
 
 /// <summary>Finds the mail exchangers of a recipient domain (RFC 5321 section 5.1).</summary>
@@ -78,13 +82,18 @@ internal sealed class MxResolver : IMxResolver
         }
         catch (DnsResponseException ex)
         {
-            return MxRoute.Fail(451, $"4.4.3 DNS lookup of MX for {domain} failed ({Describe(ex)})");
+            return MxRoute.Fail(DeliveryReplies.DnsLookupFailed(domain, Describe(ex)));
         }
 
         if (mx.Header.ResponseCode == DnsHeaderResponseCode.NotExistentDomain)
-            return MxRoute.Fail(550, $"5.4.4 Domain {domain} does not exist (NXDOMAIN)");
+        {
+            return MxRoute.Fail(DeliveryReplies.DomainNotFound(domain));
+        }
+
         if (mx.HasError)
-            return MxRoute.Fail(451, $"4.4.3 DNS lookup of MX for {domain} failed ({mx.Header.ResponseCode})");
+        {
+            return MxRoute.Fail(DeliveryReplies.DnsLookupFailed(domain, mx.Header.ResponseCode.ToString()));
+        }
 
         var records = mx.Answers.MxRecords().ToList();
         if (records.Count == 0)
@@ -92,15 +101,20 @@ internal sealed class MxResolver : IMxResolver
             // RFC 5321 section 5.1: no MX records, so the domain is its own (implicit) MX with preference 0.
             var implicitHost = await AddressesAsync(domain, cancellationToken).ConfigureAwait(false);
             if (implicitHost.Failure is { } failure)
-                return failure.Code == 550 ? MxRoute.Fail(550, $"5.4.4 Domain {domain} has no MX and no address records") : failure.Route;
+            {
+                return failure.Code == 550 ? MxRoute.Fail(DeliveryReplies.NoMxNoAddress(domain)) : failure.Route;
+            }
+
             return implicitHost.Addresses.Count == 0
-                ? MxRoute.Fail(550, $"5.4.4 Domain {domain} has no MX and no address records")
+                ? MxRoute.Fail(DeliveryReplies.NoMxNoAddress(domain))
                 : new MxRoute([new MxHost(domain, 0, implicitHost.Addresses)]);
         }
 
         // RFC 7505 section 3: a single MX with an empty exchange (".") says the domain accepts no mail.
         if (records.All(r => IsRoot(r.Exchange)))
-            return MxRoute.Fail(556, $"5.1.10 Domain {domain} does not accept mail (null MX, RFC 7505)");
+        {
+            return MxRoute.Fail(DeliveryReplies.NullMx(domain));
+        }
 
         var ordered = records
             .Where(r => !IsRoot(r.Exchange))
@@ -114,14 +128,14 @@ internal sealed class MxResolver : IMxResolver
 
         var hosts = new List<MxHost>(ordered.Count);
         var transient = false;
-        string? lastTransient = null;
+        MxRoute? lastTransient = null;
         foreach (var (name, preference) in ordered)
         {
             var lookup = await AddressesAsync(name, cancellationToken).ConfigureAwait(false);
             if (lookup.Failure is { Code: not 550 } failure)
             {
                 transient = true;
-                lastTransient = failure.Route.FailureText;
+                lastTransient = failure.Route;
             }
 
             if (lookup.Addresses.Count > 0)
@@ -133,8 +147,8 @@ internal sealed class MxResolver : IMxResolver
 
         // Every MX name failed to resolve: transient if DNS had trouble, else the domain's MX records point nowhere.
         return transient
-            ? MxRoute.Fail(451, lastTransient ?? $"4.4.3 DNS lookup of MX hosts for {domain} failed")
-            : MxRoute.Fail(550, $"5.4.4 No MX host of {domain} has an address");
+            ? lastTransient ?? MxRoute.Fail(DeliveryReplies.MxHostsLookupFailed(domain))
+            : MxRoute.Fail(DeliveryReplies.NoMxHostAddress(domain));
     }
 
     async Task<(IReadOnlyList<IPAddress> Addresses, (int Code, MxRoute Route)? Failure)> AddressesAsync(string host, CancellationToken cancellationToken)
@@ -156,7 +170,7 @@ internal sealed class MxResolver : IMxResolver
 
                 if (response.HasError)
                 {
-                    failure = (451, MxRoute.Fail(451, $"4.4.3 DNS lookup of {type} for {host} failed ({response.Header.ResponseCode})"));
+                    failure = Failed(DeliveryReplies.AddressLookupFailed(type.ToString(), host, response.Header.ResponseCode.ToString()));
                     continue;
                 }
 
@@ -166,20 +180,25 @@ internal sealed class MxResolver : IMxResolver
             }
             catch (DnsResponseException ex)
             {
-                failure = (451, MxRoute.Fail(451, $"4.4.3 DNS lookup of {type} for {host} failed ({Describe(ex)})"));
+                failure = Failed(DeliveryReplies.AddressLookupFailed(type.ToString(), host, Describe(ex)));
             }
         }
 
         if (addresses.Count == 0 && failure is null && nxdomain > 0)
-            failure = (550, MxRoute.Fail(550, $"5.4.4 Host {host} does not exist (NXDOMAIN)"));
+        {
+            failure = Failed(DeliveryReplies.HostNotFound(host));
+        }
+
         var all = addresses.Distinct().ToList();
         var distinct = all.Where(a => _mx.AllowPrivateDestinations || IsPublic(a)).Take(_mx.MaxAddressesPerHost).ToList();
         if (distinct.Count == 0 && all.Count > 0)
         {
-            failure = (451, MxRoute.Fail(451, $"4.4.3 {host} resolves only to non-public addresses"));
+            failure = Failed(DeliveryReplies.NonPublicAddresses(host));
         }
 
         return (distinct, distinct.Count > 0 ? null : failure);
+
+        static (int, MxRoute) Failed(SmtpReply reply) => (reply.Code, MxRoute.Fail(reply));
     }
 
     /// <summary>False for addresses a public MX must never have (SSRF guard, see MxConfig.AllowPrivateDestinations).</summary>

@@ -2,6 +2,7 @@ using System.Net;
 using Microsoft.Extensions.Logging;
 using SmtpGateway.Configuration;
 using SmtpGateway.Identity;
+using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
 
 namespace SmtpGateway.Delivery;
@@ -104,8 +105,7 @@ internal sealed class OutboundDelivery : IAsyncDisposable
             var indices = group.ToArray();
             if (group.Key.Length == 0)
             {
-                // RFC 3463 5.1.2: bad destination system address (no routable domain).
-                Fill(results, recipients, indices, 550, "5.1.2 Recipient domain is not routable", null);
+                Fill(results, recipients, indices, DeliveryReplies.DomainNotRoutable, null);
                 continue;
             }
 
@@ -151,7 +151,7 @@ internal sealed class OutboundDelivery : IAsyncDisposable
             catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or InvalidDataException)
             {
                 DeliveryLog.ReturnPathFailed(_logger, envelope.Id, ex);
-                results[i] = RecipientResult.FromReply(recipients[i], 451, "4.3.0 Return path unavailable (local configuration)");
+                results[i] = RecipientResult.FromReply(recipients[i], DeliveryReplies.ReturnPathUnavailable);
                 continue;
             }
 
@@ -170,12 +170,12 @@ internal sealed class OutboundDelivery : IAsyncDisposable
     {
         var recipients = indices.Select(i => all[i]).ToArray();
         IReadOnlyList<RecipientResult>? lost = null;
-        (int Code, string Text, string? Host)? failure = null;
+        (SmtpReply Reply, string? Host)? failure = null;
         foreach (var hop in hops)
         {
             if (_backoff.IsBackedOff(hop.Host, hop.Port, out var until))
             {
-                failure ??= (451, $"4.4.1 {hop.Host}:{hop.Port} not tried: it kept failing; next try after {until:yyyy-MM-ddTHH:mm:ssZ}", null);
+                failure ??= (DeliveryReplies.HopBackedOff(hop.Host, hop.Port, until), null);
                 continue;
             }
 
@@ -190,7 +190,7 @@ internal sealed class OutboundDelivery : IAsyncDisposable
                 // A TLS policy failure is about this tenant's policy, not the host's health: no backoff for others.
                 if (!ex.Text.StartsWith("4.7.", StringComparison.Ordinal))
                     _backoff.Failure(hop.Host, hop.Port);
-                failure = (ex.Code, ex.Text, $"{hop.Host}:{hop.Port}");
+                failure = (ex.Reply, $"{hop.Host}:{hop.Port}");
                 lost = null;
                 continue;
             }
@@ -236,9 +236,12 @@ internal sealed class OutboundDelivery : IAsyncDisposable
             return;
         }
 
-        var (code, text, host) = failure ?? (451, "4.4.1 No next hop", null);
-        Fill(results, all, indices, code, text, host);
+        var (reply, host) = failure ?? (DeliveryReplies.NoNextHop, null);
+        Fill(results, all, indices, reply, host);
     }
+
+    static void Fill(RecipientResult[] results, IReadOnlyList<string> recipients, int[] indices, SmtpReply reply, string? host) =>
+        Fill(results, recipients, indices, reply.Code, DeliveryOutcomes.ReplyText(reply), host);
 
     static void Fill(RecipientResult[] results, IReadOnlyList<string> recipients, int[] indices, int code, string? text, string? host)
     {

@@ -1,5 +1,6 @@
 using System.Net;
 using Microsoft.Extensions.Logging;
+using SmtpGateway.Smtp;
 
 namespace SmtpGateway.Delivery;
 
@@ -50,12 +51,15 @@ internal sealed class PooledSmtpConnection(GatewaySmtpClient client, SmtpPoolKey
     public string Peer => Client.RemoteAddress is { } address ? $"{Key.Host}[{address}]:{Key.Port}" : $"{Key.Host}:{Key.Port}";
 }
 
-/// <summary>Opening a connection failed on every address: the reply to record (4.4.1 unreachable, 4.7.x TLS policy).</summary>
-internal sealed class SmtpConnectException(int code, string text, Exception? inner = null) : Exception($"{code} {text}", inner)
+/// <summary>Opening a connection failed on every address: the reply to record (4.4.1 unreachable, 4.7.x TLS policy), from <see cref="DeliveryReplies"/>.</summary>
+internal sealed class SmtpConnectException(SmtpReply reply, Exception? inner = null) : Exception(reply.ToString(), inner)
 {
-    public int Code { get; } = code;
+    public SmtpReply Reply { get; } = reply;
 
-    public string Text { get; } = text;
+    public int Code => Reply.Code;
+
+    /// <summary>Enhanced status and text, e.g. "4.4.1 Cannot connect to mx.example.net[192.0.2.1]:25 (ConnectionRefused)".</summary>
+    public string Text => DeliveryOutcomes.ReplyText(Reply);
 }
 
 /// <summary>

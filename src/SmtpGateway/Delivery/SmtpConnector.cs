@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using System.Security.Cryptography.X509Certificates;
 using MailKit.Security;
 using Microsoft.Extensions.Logging;
+using SmtpGateway.Smtp;
 
 namespace SmtpGateway.Delivery;
 
@@ -32,7 +33,9 @@ internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, Ti
         // A socket bound to an IPv4 source cannot reach an IPv6 address, and vice versa.
         var usable = key.SourceAddress is { } source ? addresses.Where(a => a.AddressFamily == source.AddressFamily).ToList() : addresses.ToList();
         if (usable.Count == 0)
-            throw new SmtpConnectException(451, $"4.4.1 No address of {key.Host} matches the source address family");
+        {
+            throw new SmtpConnectException(DeliveryReplies.NoAddressInFamily(key.Host));
+        }
 
         SmtpConnectException? last = null;
         foreach (var address in usable)
@@ -62,7 +65,7 @@ internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, Ti
             DeliveryLog.ConnectFailed(logger, key.Host, address.ToString(), key.Port, last.Text);
         }
 
-        throw last ?? new SmtpConnectException(451, $"4.4.1 No address for {key.Host}");
+        throw last ?? new SmtpConnectException(DeliveryReplies.NoAddress(key.Host));
     }
 
     async Task<GatewaySmtpClient> ConnectOneAsync(SmtpPoolKey key, IPAddress address, WireTls tls, TimeSpan connectTimeout, CancellationToken cancellationToken)
@@ -110,19 +113,19 @@ internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, Ti
             Dispose(client, socket);
             throw ex switch
             {
-                OperationCanceledException => new SmtpConnectException(451, $"4.4.1 No greeting from {peer} within {connectTimeout.TotalSeconds:0}s", ex),
-                SocketException s => new SmtpConnectException(451, $"4.4.1 Cannot connect to {peer} ({s.SocketErrorCode})", ex),
+                OperationCanceledException => new SmtpConnectException(DeliveryReplies.NoGreeting(peer, connectTimeout), ex),
+                SocketException s => new SmtpConnectException(DeliveryReplies.CannotConnect(peer, s.SocketErrorCode.ToString()), ex),
 
-                // RFC 3207 section 4 and RFC 5248 X.7.10: the policy needs encryption the server does not offer.
-                NotSupportedException => new SmtpConnectException(451, $"4.7.10 {peer} does not offer STARTTLS, which the TLS policy ({tls}) requires", ex),
+                // MailKit's way of saying STARTTLS was not offered (StartTls options).
+                NotSupportedException => new SmtpConnectException(DeliveryReplies.StartTlsNotOffered(peer, tls.ToString()), ex),
 
-                // RFC 3463 X.7.5: cryptographic failure (handshake, or a certificate that does not verify).
-                SslHandshakeException or System.Security.Authentication.AuthenticationException => new SmtpConnectException(451,
+                // The handshake failed, or a certificate did not verify (the callback said why).
+                SslHandshakeException or System.Security.Authentication.AuthenticationException => new SmtpConnectException(
                     certificateProblem is not null
-                        ? $"4.7.5 Certificate of {peer} does not verify for {key.Host} ({certificateProblem})"
-                        : $"4.7.5 TLS handshake with {peer} failed", ex),
-                MailKit.Net.Smtp.SmtpCommandException c => new SmtpConnectException(451, $"4.4.1 {peer} refused the session: {DeliveryOutcomes.FormatReply((int)c.StatusCode, c.Message)}", ex),
-                _ => new SmtpConnectException(451, $"4.4.1 Session with {peer} failed before the transaction ({ex.GetType().Name})", ex),
+                        ? DeliveryReplies.CertificateNotVerified(peer, key.Host, certificateProblem)
+                        : DeliveryReplies.TlsHandshakeFailed(peer), ex),
+                MailKit.Net.Smtp.SmtpCommandException c => new SmtpConnectException(DeliveryReplies.SessionRefused(peer, DeliveryOutcomes.FormatReply((int)c.StatusCode, c.Message)), ex),
+                _ => new SmtpConnectException(DeliveryReplies.SessionFailed(peer, ex.GetType().Name), ex),
             };
         }
     }
@@ -183,7 +186,7 @@ internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, Ti
         }
         catch (SocketException ex)
         {
-            throw new SmtpConnectException(451, $"4.4.3 Cannot resolve {host} ({ex.SocketErrorCode})", ex);
+            throw new SmtpConnectException(DeliveryReplies.CannotResolve(host, ex.SocketErrorCode.ToString()), ex);
         }
     }
 

@@ -1,4 +1,5 @@
 using SmtpGateway.Identity;
+using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
 
 namespace SmtpGateway.Delivery;
@@ -51,6 +52,8 @@ public sealed class TenantRouter : IDeliveryTransport
     static void Place(RecipientResult[] results, IReadOnlyList<string> recipients, List<int> indices, IReadOnlyList<RecipientResult> partial)
     {
         for (var i = 0; i < indices.Count; i++)
-            results[indices[i]] = i < partial.Count ? partial[i] : RecipientResult.FromReply(recipients[indices[i]], 451, "4.3.0 No result");
+        {
+            results[indices[i]] = i < partial.Count ? partial[i] : RecipientResult.FromReply(recipients[indices[i]], DeliveryReplies.NoResult);
+        }
     }
 }

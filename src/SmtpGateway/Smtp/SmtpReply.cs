@@ -34,6 +34,7 @@ public sealed record SmtpReply(int Code, string? Enhanced, string Text)
 /// <summary>
 /// The single reply catalogue. Every reply the Listener sends comes from here, so codes and enhanced codes
 /// stay consistent (RFC 5321 section 4.2.3 for codes, RFC 3463 / RFC 5248 registry for enhanced codes).
+/// The replies Delivery records for itself are the catalogue's delivery section, <see cref="DeliveryReplies"/>.
 /// </summary>
 public static class SmtpReplies
 {

@@ -1,4 +1,5 @@
 using SmtpGateway.Configuration;
+using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
 
 namespace SmtpGateway.Delivery.Inbound;
@@ -24,9 +25,7 @@ public sealed partial class InboundRouter
         if (string.IsNullOrWhiteSpace(config.Host) || config.Port is < 1 or > 65535)
         {
             InboundLog.ForwardUnreachable(_logger, id, tenant, config.Host ?? "", config.Port, "Forward:Host or Forward:Port is not configured");
-
-            // RFC 3463 4.3.5: system incorrectly configured; transient, the operator can fix it before the message expires.
-            return recipients.Select(r => RecipientResult.FromReply(r, 451, "4.3.5 Inbound forward host is not configured")).ToArray();
+            return recipients.Select(r => RecipientResult.FromReply(r, DeliveryReplies.ForwardNotConfigured)).ToArray();
         }
 
         var tls = config.StartTls switch
@@ -48,13 +47,13 @@ public sealed partial class InboundRouter
         {
             // 4.4.1 no answer / refused, 4.4.3 DNS, 4.7.x TLS policy: all transient (the connector says so with 451).
             InboundLog.ForwardUnreachable(_logger, id, tenant, config.Host, config.Port, ex.Text);
-            return recipients.Select(r => RecipientResult.FromReply(r, ex.Code, ex.Text)).ToArray();
+            return recipients.Select(r => RecipientResult.FromReply(r, ex.Reply)).ToArray();
         }
         catch (Exception ex) when (!cancellationToken.IsCancellationRequested && ex is not OperationCanceledException)
         {
-            var text = $"4.4.1 Cannot connect to {config.Host}:{config.Port} ({ex.GetType().Name})";
-            InboundLog.ForwardUnreachable(_logger, id, tenant, config.Host, config.Port, text);
-            return recipients.Select(r => RecipientResult.FromReply(r, 451, text)).ToArray();
+            var reply = DeliveryReplies.CannotConnect($"{config.Host}:{config.Port}", ex.GetType().Name);
+            InboundLog.ForwardUnreachable(_logger, id, tenant, config.Host, config.Port, DeliveryOutcomes.ReplyText(reply));
+            return recipients.Select(r => RecipientResult.FromReply(r, reply)).ToArray();
         }
 
         var peer = client.RemoteAddress is { } address ? $"{config.Host}[{address}]:{config.Port}" : $"{config.Host}:{config.Port}";

@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text;
 using SmtpGateway.Configuration;
+using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
 
 namespace SmtpGateway.Delivery.Inbound;
@@ -36,15 +37,15 @@ public sealed partial class InboundRouter
         if (!Uri.TryCreate(config.Url, UriKind.Absolute, out var url) || (url.Scheme != Uri.UriSchemeHttp && url.Scheme != Uri.UriSchemeHttps))
         {
             InboundLog.WebhookUrlInvalid(_logger, tenant);
-
-            // RFC 3463 4.3.5: system incorrectly configured.
-            return Deferred(recipients, "4.3.5 Inbound webhook is not configured", null);
+            return Deferred(recipients, DeliveryReplies.WebhookNotConfigured, null);
         }
 
         var endpoint = url.GetLeftPart(UriPartial.Authority);
         var secret = ReadSecret(tenant, config);
         if (secret is null)
-            return Deferred(recipients, "4.3.5 Inbound webhook secret unavailable", endpoint);
+        {
+            return Deferred(recipients, DeliveryReplies.WebhookSecretUnavailable, endpoint);
+        }
 
         var timeoutAfter = config.Timeout > TimeSpan.Zero ? config.Timeout : TimeSpan.FromSeconds(30);
         try
@@ -77,7 +78,7 @@ public sealed partial class InboundRouter
             if (status is >= 200 and < 300)
             {
                 InboundLog.WebhookDelivered(_logger, id, tenant, endpoint, status);
-                return recipients.Select(r => RecipientResult.FromReply(r, 250, string.Create(CultureInfo.InvariantCulture, $"2.0.0 Webhook answered {status}")) with { RemoteHost = endpoint }).ToArray();
+                return recipients.Select(r => RecipientResult.FromReply(r, DeliveryReplies.WebhookAccepted(status)) with { RemoteHost = endpoint }).ToArray();
             }
 
             // 408 and 429 ask for a retry; other 4xx mean the endpoint refuses what we send: still retried (the tenant can fix
@@ -89,7 +90,7 @@ public sealed partial class InboundRouter
                 InboundLog.WebhookRedirected(_logger, id, tenant, endpoint, status);
             else
                 InboundLog.WebhookDeferred(_logger, id, tenant, endpoint, status);
-            return Deferred(recipients, string.Create(CultureInfo.InvariantCulture, $"4.4.1 Webhook answered {status}"), endpoint);
+            return Deferred(recipients, DeliveryReplies.WebhookNotAccepted(status), endpoint);
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
@@ -97,23 +98,23 @@ public sealed partial class InboundRouter
         }
         catch (OperationCanceledException)
         {
-            // Our timeout, or HttpClient.Timeout if the caller set it lower: no answer in time (RFC 3463 4.4.1).
-            var text = string.Create(CultureInfo.InvariantCulture, $"4.4.1 Webhook did not answer within {timeoutAfter.TotalSeconds:0.###}s");
-            InboundLog.WebhookFailed(_logger, id, tenant, endpoint, text);
-            return Deferred(recipients, text, endpoint);
+            // Our timeout, or HttpClient.Timeout if the caller set it lower: no answer in time.
+            var reply = DeliveryReplies.WebhookTimeout(timeoutAfter);
+            InboundLog.WebhookFailed(_logger, id, tenant, endpoint, DeliveryOutcomes.ReplyText(reply));
+            return Deferred(recipients, reply, endpoint);
         }
         catch (HttpRequestException ex)
         {
-            // Connection refused, DNS, TLS, connection reset: no answer (RFC 3463 4.4.1). The message names host and port only.
+            // Connection refused, DNS, TLS, connection reset: no answer. The message names host and port only.
             var detail = ex.InnerException is SocketException socket ? socket.SocketErrorCode.ToString() : ex.HttpRequestError.ToString();
             InboundLog.WebhookFailed(_logger, id, tenant, endpoint, $"{ex.HttpRequestError}: {ex.Message}");
-            return Deferred(recipients, $"4.4.1 Webhook unreachable ({detail})", endpoint);
+            return Deferred(recipients, DeliveryReplies.WebhookUnreachable(detail), endpoint);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
-            // Reading the spool file failed: local trouble (RFC 3463 4.3.0).
+            // Reading the spool file failed: local trouble.
             InboundLog.WebhookFailed(_logger, id, tenant, endpoint, $"{ex.GetType().Name}: {ex.Message}");
-            return Deferred(recipients, "4.3.0 Local error reading the message", endpoint);
+            return Deferred(recipients, DeliveryReplies.LocalReadError, endpoint);
         }
         finally
         {
@@ -121,8 +122,8 @@ public sealed partial class InboundRouter
         }
     }
 
-    static RecipientResult[] Deferred(IReadOnlyList<string> recipients, string text, string? endpoint) =>
-        recipients.Select(r => RecipientResult.FromReply(r, 451, text) with { RemoteHost = endpoint }).ToArray();
+    static RecipientResult[] Deferred(IReadOnlyList<string> recipients, SmtpReply reply, string? endpoint) =>
+        recipients.Select(r => RecipientResult.FromReply(r, reply) with { RemoteHost = endpoint }).ToArray();
 
     /// <summary>
     /// The secret as UTF-8 bytes of the trimmed text, from the environment variable when it is set and non-empty, else from

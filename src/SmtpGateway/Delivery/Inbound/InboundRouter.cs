@@ -3,6 +3,7 @@ using System.Net.NetworkInformation;
 using System.Text;
 using Microsoft.Extensions.Logging;
 using SmtpGateway.Configuration;
+using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
 
 namespace SmtpGateway.Delivery.Inbound;
@@ -109,7 +110,7 @@ public sealed partial class InboundRouter : IDeliveryTransport
             File.Move(tmp, final, overwrite: true);
             DurableFile.SyncDirectory(directory);
             InboundLog.Dropped(_logger, id, tenant, final);
-            return recipients.Select(r => RecipientResult.FromReply(r, 250, "2.0.0 Written to inbound drop directory")).ToArray();
+            return recipients.Select(r => RecipientResult.FromReply(r, DeliveryReplies.InboundDropped)).ToArray();
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
@@ -120,9 +121,7 @@ public sealed partial class InboundRouter : IDeliveryTransport
         {
             TryDelete(tmp);
             InboundLog.DropFailed(_logger, id, tenant, directory ?? "(unresolved)", ex);
-
-            // RFC 3463 4.3.0: local system trouble, transient.
-            return recipients.Select(r => RecipientResult.FromReply(r, 451, "4.3.0 Inbound drop directory not writable")).ToArray();
+            return recipients.Select(r => RecipientResult.FromReply(r, DeliveryReplies.InboundDropFailed)).ToArray();
         }
     }
 
