@@ -261,7 +261,10 @@ public sealed class EnvelopeIsolationTests(EnvelopeHarness harness, ITestOutputH
             Assert.Equal(250, (await Step(a, "MAIL FROM:<news@tenant-a.example>", cts.Token)).Code);
             var rcpt = await Step(a, $"RCPT TO:<{gone}>", cts.Token);
             if (rcpt.Code == 250)
+            {
                 break;
+            }
+
             Assert.True(clock.Elapsed < TimeSpan.FromSeconds(5), $"still refused {clock.Elapsed} after `suppression remove`: {rcpt}");
             await Task.Delay(200, cts.Token);
         }
@@ -446,7 +449,9 @@ public sealed class EnvelopeIsolationTests(EnvelopeHarness harness, ITestOutputH
                 foreach (var line in await File.ReadAllLinesAsync(path, cancellationToken))
                 {
                     if (line.Length > 0 && JsonNode.Parse(line) is JsonObject e && match(e))
+                    {
                         return e;
+                    }
                 }
             }
 

@@ -138,7 +138,10 @@ public sealed class MxDeliveryTests(MxHarness harness, ITestOutputHelper output)
         var events = await harness.WaitForEventsAsync("tenant-a", es => es.Count(e => e.Id == id && e.Attempt == 1) == 3, Wait, cts.Token);
         var first = events.Where(e => e.Id == id && e.Attempt == 1).ToDictionary(e => e.Recipient);
         foreach (var e in first.Values)
+        {
             output.WriteLine($"event: {e}");
+        }
+
         Assert.Equal("delivered", first[rcpts[0]].Event);
         Assert.Equal("bounced", first[rcpts[1]].Event);
         Assert.Equal("550 5.1.1 No such user", first[rcpts[1]].Reply);

@@ -84,7 +84,10 @@ public sealed class QueueToolsTests(SlowRetryMxHarness harness, ITestOutputHelpe
         var result = await harness.SmtpgwAsync(args);
         output.WriteLine($"$ smtpgw {string.Join(' ', args)}\n{result.StandardOutput}{result.StandardError}");
         if (expectSuccess)
+        {
             Assert.True(result.ExitCode == 0, $"smtpgw {string.Join(' ', args)}: {result}");
+        }
+
         return result;
     }
 }

@@ -102,9 +102,15 @@ public sealed class ReputationPauseTests(PauseHarness harness, ITestOutputHelper
         while (true)
         {
             if (Events().FirstOrDefault(match) is { } e)
+            {
                 return e;
+            }
+
             if (clock.Elapsed > Wait)
+            {
                 throw new TimeoutException("no matching event:\n" + string.Join("\n", Events().Select(x => x.ToJsonString())));
+            }
+
             await Task.Delay(100, cancellationToken);
         }
     }

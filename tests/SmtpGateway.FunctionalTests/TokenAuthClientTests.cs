@@ -1,5 +1,4 @@
 using System.Text;
-using System.Text.RegularExpressions;
 using SmtpGateway.FunctionalTests.Infrastructure;
 using Xunit;
 using Xunit.Abstractions;

@@ -120,7 +120,10 @@ public static partial class BounceParser
         {
             var read = source.Read(chunk, 0, (int)Math.Min(chunk.Length, max - output.Length));
             if (read == 0)
+            {
                 break;
+            }
+
             output.Write(chunk, 0, read);
         }
 
@@ -131,7 +134,10 @@ public static partial class BounceParser
     static List<BounceFinding> ParseCore(MemoryStream buffer, CandidateFilter candidates)
     {
         if (buffer.Length == 0)
+        {
             return [];
+        }
+
         var options = ParserOptions.Default.Clone();
         options.MaxMimeDepth = MaxMimeDepth; // deeply nested multiparts must not exhaust the stack
         var message = MimeMessage.Load(options, buffer, persistent: true);
@@ -141,17 +147,25 @@ public static partial class BounceParser
         foreach (var leaf in leaves)
         {
             if (leaf.Entity is not MimePart part)
+            {
                 continue;
+            }
+
             if (IsDeliveryStatus(part.ContentType))
             {
                 var findings = FromDsn(part, budget, candidates);
                 if (findings.Count > 0)
+                {
                     return findings;
+                }
+
                 break; // a report part without recipient groups: fall back to reading the text
             }
 
             if (part.ContentType.IsMimeType("message", "feedback-report"))
+            {
                 return [FromArf(part, leaf.Parent, leaves, budget, candidates)];
+            }
         }
 
         return [FromText(message, leaves, budget, candidates)];
@@ -168,7 +182,9 @@ public static partial class BounceParser
         var groups = ParseFieldGroups(budget.Take(DecodeContent(part, budget.Remaining)), MaxStatusGroups + 1);
         var findings = new List<BounceFinding>();
         if (groups.Count == 0)
+        {
             return findings;
+        }
 
         // RFC 3464 section 2.2: the first group holds the per-message fields. A broken report may omit it.
         List<KeyValuePair<string, string>> perMessage = IsRecipientGroup(groups[0]) ? [] : groups[0];
@@ -177,9 +193,14 @@ public static partial class BounceParser
         foreach (var group in groups)
         {
             if (findings.Count >= MaxStatusGroups)
+            {
                 break;
+            }
+
             if (ReferenceEquals(group, perMessage) || !IsRecipientGroup(group))
+            {
                 continue;
+            }
 
             var diagnostic = Sanitize(StripType(Field(group, "Diagnostic-Code")), MaxDiagnosticChars);
             var status = ParseStatus(Field(group, "Status")) ?? FirstEnhancedStatus(diagnostic);
@@ -219,15 +240,23 @@ public static partial class BounceParser
     static string? CheckAddressField(string? value, CandidateFilter candidates)
     {
         if (value is null)
+        {
             return null;
+        }
+
         var semicolon = value.IndexOf(';', StringComparison.Ordinal);
         var type = semicolon < 0 ? "" : value[..semicolon].Trim();
         var address = FirstToken(semicolon < 0 ? value : value[(semicolon + 1)..]);
         if (address is null)
+        {
             return null;
+        }
 
         if (type.Equals("utf-8", StringComparison.OrdinalIgnoreCase))
+        {
             address = DecodeUnicodeEscapes(address);
+        }
+
         var found = candidates.Check(address);
         if (found is null && address.Contains('+', StringComparison.Ordinal))
         {
@@ -235,7 +264,9 @@ public static partial class BounceParser
             // second try: '+' is also a common sub-address separator, so the raw form goes first.
             var decoded = DecodeXtext(address);
             if (decoded != address)
+            {
                 found = candidates.Check(decoded);
+            }
         }
 
         return found;
@@ -245,7 +276,10 @@ public static partial class BounceParser
     static string DecodeUnicodeEscapes(string value)
     {
         if (!value.Contains("\\x{", StringComparison.OrdinalIgnoreCase))
+        {
             return value;
+        }
+
         var sb = new StringBuilder(value.Length);
         for (var i = 0; i < value.Length; i++)
         {
@@ -300,7 +334,10 @@ public static partial class BounceParser
     static string? FirstEnhancedStatus(string? text)
     {
         if (text is null)
+        {
             return null;
+        }
+
         var match = EnhancedStatus().Match(text);
         return match.Success ? match.Value : null;
     }
@@ -327,7 +364,9 @@ public static partial class BounceParser
             {
                 recipient = candidates.Check(field.Value);
                 if (recipient is not null)
+                {
                     break;
+                }
             }
         }
 
@@ -354,7 +393,10 @@ public static partial class BounceParser
         foreach (var (address, index) in ScanAddresses(text))
         {
             if (candidates.Exhausted)
+            {
                 break;
+            }
+
             recipient = candidates.Check(address);
             if (recipient is not null)
             {
@@ -421,7 +463,10 @@ public static partial class BounceParser
         foreach (var leaf in leaves)
         {
             if (leaf.Entity is not TextPart part || IsHeadersType(part.ContentType))
+            {
                 continue;
+            }
+
             (part.IsHtml ? html : plain).Add(part);
         }
 
@@ -429,7 +474,10 @@ public static partial class BounceParser
         foreach (var part in plain.Count > 0 ? plain : html)
         {
             if (budget.Remaining <= 0)
+            {
                 break;
+            }
+
             var text = budget.Take(TextOf(part, budget.Remaining));
             sb.Append(part.IsHtml ? StripHtml(text) : text).Append("\n\n");
         }
@@ -463,7 +511,9 @@ public static partial class BounceParser
             if (inTag)
             {
                 if (c == '>')
+                {
                     inTag = false;
+                }
             }
             else if (c == '<')
             {
@@ -491,14 +541,20 @@ public static partial class BounceParser
         {
             var eol = text.IndexOf('\n', pos);
             if (eol < 0)
+            {
                 eol = text.Length;
+            }
+
             var line = text.AsSpan(pos, eol - pos).Trim();
             if (line.StartsWith("original message headers", StringComparison.OrdinalIgnoreCase)
                 || (line.StartsWith("---", StringComparison.Ordinal)
                     && (line.Contains("copy of the message", StringComparison.OrdinalIgnoreCase)
                         || line.Contains("original message", StringComparison.OrdinalIgnoreCase)
                         || line.Contains("undelivered message", StringComparison.OrdinalIgnoreCase))))
+            {
                 return pos;
+            }
+
             pos = eol + 1;
         }
 
@@ -512,12 +568,17 @@ public static partial class BounceParser
         var end = Math.Min(region.Length, recipientIndex + NearAfter);
         var start = recipientIndex + recipient.Length;
         if (start >= end)
+        {
             return end;
+        }
+
         foreach (var (address, index) in ScanAddresses(region[start..end]))
         {
             var at = start + index;
             if (!address.Equals(recipient, StringComparison.OrdinalIgnoreCase) && StartsLine(region, at))
+            {
                 return at;
+            }
         }
 
         return end;
@@ -527,9 +588,14 @@ public static partial class BounceParser
             for (var i = index - 1; i >= 0 && index - i < 80; i--)
             {
                 if (text[i] == '\n')
+                {
                     return true;
+                }
+
                 if (text[i] is not (' ' or '\t' or '<' or '\r'))
+                {
                     return false;
+                }
             }
 
             return index < 80;
@@ -545,9 +611,14 @@ public static partial class BounceParser
         foreach (Match m in EnhancedStatus().Matches(region))
         {
             if (enhanced.Count >= MaxSpots)
+            {
                 break;
+            }
+
             if (m.Value[0] is '4' or '5')
+            {
                 enhanced[m.Index] = new Spot(m.Index, m.Value[0], m.Value);
+            }
         }
 
         var spots = new List<Spot>();
@@ -555,7 +626,10 @@ public static partial class BounceParser
         foreach (Match m in ReplyCode().Matches(region))
         {
             if (++replies > MaxSpots)
+            {
                 break;
+            }
+
             var code = m.Groups["code"];
             var next = m.Index + m.Length; // the character after the separator
             if (enhanced.Remove(next, out var status))
@@ -570,7 +644,9 @@ public static partial class BounceParser
             var follower = next < region.Length ? region[next] : '\n';
             if (separator == '-' || char.IsAsciiLetterUpper(follower) || follower is '<' or '#' or '"' or '\'' or '[' or '('
                 || m.Value.Contains("said:", StringComparison.OrdinalIgnoreCase))
+            {
                 spots.Add(new Spot(code.Index, code.Value[0], null));
+            }
         }
 
         spots.AddRange(enhanced.Values);
@@ -582,10 +658,16 @@ public static partial class BounceParser
     {
         var start = index;
         while (start > 0 && text[start - 1] != '\n' && index - start < 1000)
+        {
             start--;
+        }
+
         var end = text.IndexOf('\n', index);
         if (end < 0)
+        {
             end = text.Length;
+        }
+
         end = Math.Min(end, index + 2000);
         return text[start..end];
     }
@@ -632,7 +714,9 @@ public static partial class BounceParser
             if (local.Equals("mailer-daemon", StringComparison.OrdinalIgnoreCase) || local.Equals("postmaster", StringComparison.OrdinalIgnoreCase)
                 || local.Equals("mail-daemon", StringComparison.OrdinalIgnoreCase) || local.Equals("mailerdaemon", StringComparison.OrdinalIgnoreCase)
                 || (mailbox.Name ?? "").Contains("mail delivery", StringComparison.OrdinalIgnoreCase))
+            {
                 return true;
+            }
         }
 
         var subject = message.Subject ?? "";
@@ -665,7 +749,10 @@ public static partial class BounceParser
             }
 
             if (space && sb.Length > 0)
+            {
                 sb.Append(' ');
+            }
+
             space = false;
             sb.Append(c is '\u2019' or '\u2018' ? '\'' : char.ToLowerInvariant(c));
         }
@@ -691,24 +778,44 @@ public static partial class BounceParser
         {
             var start = at;
             while (start > 0 && at - start < MaxScanLocal && IsLocalChar(text[start - 1]))
+            {
                 start--;
+            }
+
             var end = at + 1;
             while (end < text.Length && end - at <= 255 && IsDomainChar(text[end]))
+            {
                 end++;
+            }
+
             while (start < at && text[start] == '.')
+            {
                 start++;
+            }
+
             while (end > at + 1 && text[end - 1] is '.' or '-')
+            {
                 end--;
+            }
+
             if (start == at || end == at + 1)
+            {
                 continue;
+            }
+
             yield return (text[start..end], start);
 
             // "'user@example.com'" or "=user@...": also offer it without leading punctuation.
             var trimmed = start;
             while (trimmed < at && !char.IsLetterOrDigit(text[trimmed]))
+            {
                 trimmed++;
+            }
+
             if (trimmed > start && trimmed < at)
+            {
                 yield return (text[trimmed..end], trimmed);
+            }
         }
     }
 
@@ -724,31 +831,53 @@ public static partial class BounceParser
     internal static string? PlausibleAddress(string? value)
     {
         if (value is null)
+        {
             return null;
+        }
+
         var s = value.Trim();
         if (s.Length >= 2 && s[0] == '<' && s[^1] == '>')
+        {
             s = s[1..^1].Trim();
+        }
+
         if (s.Length is < 3 or > MaxAddressChars)
+        {
             return null;
+        }
+
         var at = s.LastIndexOf('@');
         if (at <= 0 || at == s.Length - 1)
+        {
             return null;
+        }
+
         foreach (var c in s.AsSpan(0, at))
         {
             if (char.IsControl(c) || char.IsWhiteSpace(c) || c is '<' or '>' or '(' or ')' or '[' or ']' or ',' or ';' or ':' or '\\' or '"' or '@'
                 || char.GetUnicodeCategory(c) == UnicodeCategory.Format)
+            {
                 return null;
+            }
         }
 
         var domain = s.AsSpan(at + 1);
         if (domain[0] == '[')
+        {
             return domain[^1] == ']' && domain.Length > 2 && !domain[1..^1].ContainsAnyExcept("0123456789abcdefABCDEF.:Iv6") ? s : null;
+        }
+
         if (domain[0] is '.' or '-' || domain[^1] is '.' or '-' || !domain.Contains('.') || domain.Contains("..", StringComparison.Ordinal))
+        {
             return null;
+        }
+
         foreach (var c in domain)
         {
             if (!IsDomainChar(c))
+            {
                 return null;
+            }
         }
 
         return s;
@@ -761,9 +890,14 @@ public static partial class BounceParser
             foreach (var (address, _) in ScanAddresses(value))
             {
                 if (candidates.Exhausted)
+                {
                     return null;
+                }
+
                 if (candidates.Check(address) is { } found)
+                {
                     return found;
+                }
             }
         }
 
@@ -779,7 +913,9 @@ public static partial class BounceParser
             foreach (var header in enclosed.Headers)
             {
                 if (header.Id is HeaderId.To or HeaderId.Cc)
+                {
                     yield return header.Value ?? "";
+                }
             }
         }
         else if (entity is MimePart part && IsHeadersType(part.ContentType))
@@ -788,7 +924,9 @@ public static partial class BounceParser
             foreach (var field in groups.SelectMany(g => g))
             {
                 if (field.Key.Equals("To", StringComparison.OrdinalIgnoreCase) || field.Key.Equals("Cc", StringComparison.OrdinalIgnoreCase))
+                {
                     yield return field.Value;
+                }
             }
         }
     }
@@ -810,11 +948,20 @@ public static partial class BounceParser
         {
             var address = PlausibleAddress(raw);
             if (address is null)
+            {
                 return null;
+            }
+
             if (_seen.TryGetValue(address, out var known))
+            {
                 return known ? address : null;
+            }
+
             if (Exhausted)
+            {
                 return null;
+            }
+
             InCallback = true;
             var passes = isCandidate(address);
             InCallback = false;
@@ -833,7 +980,10 @@ public static partial class BounceParser
     {
         var leaves = new List<Leaf>();
         if (root is null)
+        {
             return leaves;
+        }
+
         var stack = new Stack<(MimeEntity Entity, Multipart? Parent, int Depth)>();
         stack.Push((root, null, 0));
         var visited = 0;
@@ -843,9 +993,14 @@ public static partial class BounceParser
             if (entity is Multipart multipart)
             {
                 if (depth >= MaxMimeDepth)
+                {
                     continue;
+                }
+
                 for (var i = Math.Min(multipart.Count, MaxEntities) - 1; i >= 0; i--)
+                {
                     stack.Push((multipart[i], multipart, depth + 1));
+                }
             }
             else
             {
@@ -859,7 +1014,10 @@ public static partial class BounceParser
     static string DecodeContent(MimePart part, int maxChars)
     {
         if (part.Content is null || maxChars <= 0)
+        {
             return "";
+        }
+
         using var decoded = new MemoryStream();
         part.Content.DecodeTo(decoded);
         // Report parts are ASCII (RFC 3464) or UTF-8 (RFC 6533, RFC 5965); invalid bytes become U+FFFD.
@@ -873,7 +1031,10 @@ public static partial class BounceParser
         public string Take(string text)
         {
             if (text.Length > Remaining)
+            {
                 text = text[..Remaining];
+            }
+
             Remaining -= text.Length;
             return text;
         }
@@ -894,10 +1055,16 @@ public static partial class BounceParser
         void Flush()
         {
             if (name is null)
+            {
                 return;
+            }
+
             current ??= [];
             if (current.Count < MaxFieldsPerGroup)
+            {
                 current.Add(new(name, value.ToString()));
+            }
+
             name = null;
             value.Clear();
         }
@@ -906,7 +1073,10 @@ public static partial class BounceParser
         {
             var eol = text.IndexOf('\n', pos);
             if (eol < 0)
+            {
                 eol = text.Length;
+            }
+
             var line = text.AsSpan(pos, eol - pos).TrimEnd('\r');
             pos = eol + 1;
 
@@ -914,7 +1084,10 @@ public static partial class BounceParser
             {
                 Flush();
                 if (current is { Count: > 0 })
+                {
                     groups.Add(current);
+                }
+
                 current = null;
                 continue;
             }
@@ -922,31 +1095,45 @@ public static partial class BounceParser
             if (line[0] is ' ' or '\t')
             {
                 if (name is not null)
+                {
                     AppendCapped(value.Append(' '), line.Trim());
+                }
+
                 continue;
             }
 
             Flush();
             var colon = line.IndexOf(':');
             if (colon <= 0)
+            {
                 continue;
+            }
+
             var fieldName = line[..colon].Trim();
             if (fieldName.Length is 0 or > 64 || fieldName.ContainsAny(" \t"))
+            {
                 continue;
+            }
+
             name = fieldName.ToString();
             AppendCapped(value, line[(colon + 1)..].Trim());
         }
 
         Flush();
         if (current is { Count: > 0 } && groups.Count < maxGroups)
+        {
             groups.Add(current);
+        }
+
         return groups;
 
         static void AppendCapped(StringBuilder sb, ReadOnlySpan<char> text)
         {
             var room = MaxFieldChars - sb.Length;
             if (room > 0)
+            {
                 sb.Append(text.Length > room ? text[..room] : text);
+            }
         }
     }
 
@@ -955,7 +1142,9 @@ public static partial class BounceParser
         foreach (var field in group)
         {
             if (field.Key.Equals(name, StringComparison.OrdinalIgnoreCase))
+            {
                 return field.Value;
+            }
         }
 
         return null;
@@ -964,11 +1153,17 @@ public static partial class BounceParser
     static string? FirstToken(string? value)
     {
         if (value is null)
+        {
             return null;
+        }
+
         var span = value.AsSpan().Trim();
         var space = span.IndexOfAny(" \t\r\n");
         if (space >= 0)
+        {
             span = span[..space];
+        }
+
         return span.Length == 0 ? null : span.ToString();
     }
 
@@ -977,11 +1172,17 @@ public static partial class BounceParser
     static string? StripType(string? value)
     {
         if (value is null)
+        {
             return null;
+        }
+
         var semicolon = value.IndexOf(';', StringComparison.Ordinal);
         if (semicolon > 0 && semicolon <= 32 && value.AsSpan(0, semicolon).Trim() is { Length: > 0 } type
             && !type.ContainsAnyExcept("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"))
+        {
             return value[(semicolon + 1)..].Trim();
+        }
+
         return value.Trim();
     }
 
@@ -993,7 +1194,10 @@ public static partial class BounceParser
     internal static string? Sanitize(string? value, int max)
     {
         if (value is null)
+        {
             return null;
+        }
+
         var sb = new StringBuilder(Math.Min(value.Length, max));
         var space = false;
         for (var i = 0; i < value.Length; i++)
@@ -1007,17 +1211,27 @@ public static partial class BounceParser
 
             var pair = char.IsHighSurrogate(c) && i + 1 < value.Length && char.IsLowSurrogate(value[i + 1]);
             if ((!pair && char.IsSurrogate(c)) || char.IsControl(c) || char.GetUnicodeCategory(c) == UnicodeCategory.Format)
+            {
                 continue;
+            }
 
             var needed = (space ? 1 : 0) + (pair ? 2 : 1);
             if (sb.Length + needed > max)
+            {
                 break;
+            }
+
             if (space)
+            {
                 sb.Append(' ');
+            }
+
             space = false;
             sb.Append(c);
             if (pair)
+            {
                 sb.Append(value[++i]);
+            }
         }
 
         return sb.Length == 0 ? null : sb.ToString();

@@ -85,7 +85,10 @@ public sealed class TenantOutcomes : ITenantOutcomeSink
     bool Suppress(string tenant, string recipient, string reason, string detail)
     {
         if (!_suppression.Add(tenant, recipient, reason, detail))
+        {
             return false;
+        }
+
         BounceMetrics.Suppressed(tenant, reason);
         return true;
     }
@@ -97,7 +100,9 @@ public sealed class TenantOutcomes : ITenantOutcomeSink
         foreach (var part in parts.Take(2))
         {
             if (part.Length >= 5 && part[1] == '.' && char.IsAsciiDigit(part[0]))
+            {
                 return part;
+            }
         }
 
         // No enhanced code: only the classic "no such mailbox" replies to RCPT (RFC 5321 section 4.2.2: 550, 551, 553) count
@@ -186,7 +191,9 @@ public sealed partial class BounceProcessor : IReturnPathMailbox
 
             cancellationToken.ThrowIfCancellationRequested();
             foreach (var tag in tags.Values)
+            {
                 Record(message, tag, [.. findings.Where(f => f.Recipient is null || _returnPaths.IsRecipient(tag, f.Recipient))]);
+            }
         }
 
         return results;
@@ -238,14 +245,19 @@ public sealed partial class BounceProcessor : IReturnPathMailbox
         var key = $"{tag.Tenant}\0{tag.QueueId}\0{tag.RecipientHash}\0{kind}";
         var now = _time.GetUtcNow().UtcTicks;
         if (!_seen.TryAdd(key, now))
+        {
             return false;
+        }
+
         if (_seen.Count > MaxRemembered)
         {
             var cutoff = _seen.Values.Order().ElementAt(_seen.Count / 2);
             foreach (var (k, at) in _seen)
             {
                 if (at < cutoff)
+                {
                     _seen.TryRemove(k, out _);
+                }
             }
         }
 

@@ -78,7 +78,9 @@ public sealed class ReputationTracker
     {
         Outcomes.Add(1, new KeyValuePair<string, object?>("outcome", outcome.ToString().ToLowerInvariant()), new KeyValuePair<string, object?>("tenant", tenant));
         if (outcome == ReputationOutcome.Deferred)
+        {
             return null;
+        }
 
         var config = _config(tenant);
         TenantPause? pause = null;
@@ -98,15 +100,22 @@ public sealed class ReputationTracker
             }
 
             if (config.MaxBounceRate <= 0 || outcome == ReputationOutcome.Delivered || paused)
+            {
                 return null;
+            }
 
             var (delivered, bounced, complained) = window.Totals(now, config.Window);
             var volume = delivered + bounced;
             if (volume < config.MinimumVolume)
+            {
                 return null;
+            }
+
             var rate = (double)(bounced + complained) / volume;
             if (rate <= config.MaxBounceRate)
+            {
                 return null;
+            }
 
             pause = new TenantPause(tenant, now, Math.Round(rate, 4), bounced, complained, delivered, config.MaxBounceRate);
             Directory.CreateDirectory(_directory);
@@ -149,7 +158,10 @@ public sealed class ReputationTracker
     {
         var path = PausePath(dataDirectory, tenant);
         if (!File.Exists(path))
+        {
             return false;
+        }
+
         File.Delete(path);
         return true;
     }
@@ -182,7 +194,10 @@ public sealed class ReputationTracker
     TenantWindow Window(string tenant)
     {
         if (!_tenants.TryGetValue(tenant, out var window))
+        {
             _tenants[tenant] = window = new TenantWindow();
+        }
+
         return window;
     }
 
@@ -209,7 +224,10 @@ public sealed class ReputationTracker
             var start = now.UtcTicks / width * width;
             Prune(now, window);
             if (_buckets.Count > 0 && _buckets.Last().Start == start)
+            {
                 return _buckets.Last();
+            }
+
             var bucket = new Counts { Start = start };
             _buckets.Enqueue(bucket);
             return bucket;
@@ -235,7 +253,9 @@ public sealed class ReputationTracker
         {
             var oldest = now.UtcTicks - window.Ticks;
             while (_buckets.Count > 0 && _buckets.Peek().Start < oldest)
+            {
                 _buckets.Dequeue();
+            }
         }
     }
 }

@@ -1,8 +1,8 @@
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
-using SmtpGateway.Storage;
 using SmtpGateway.Identity;
+using SmtpGateway.Storage;
 
 namespace SmtpGateway.Bounces;
 
@@ -50,7 +50,10 @@ public sealed class SuppressionList : IDisposable
         var a = address.Trim().Trim('<', '>');
         var at = a.LastIndexOf('@');
         if (at <= 0 || at == a.Length - 1 || a.Length > 512 || a.Any(char.IsControl))
+        {
             return null;
+        }
+
         var domain = DomainName.Normalize(a[(at + 1)..]);
         return domain is null ? null : $"{a[..at].ToLowerInvariant()}@{domain}";
     }
@@ -59,7 +62,10 @@ public sealed class SuppressionList : IDisposable
     {
         var key = Normalize(address);
         if (key is null)
+        {
             return false;
+        }
+
         var list = For(tenant);
         lock (list)
         {
@@ -72,13 +78,19 @@ public sealed class SuppressionList : IDisposable
     {
         var key = Normalize(address);
         if (key is null)
+        {
             return false;
+        }
+
         var list = For(tenant);
         lock (list)
         {
             Refreshed(tenant, list);
             if (list.Entries.ContainsKey(key) || list.Entries.Count >= MaxEntriesPerTenant)
+            {
                 return false;
+            }
+
             var record = new SuppressionRecord("add", key, reason, Sanitize(detail), _time.GetUtcNow());
             Append(tenant, list, record);
             return true;
@@ -90,13 +102,19 @@ public sealed class SuppressionList : IDisposable
     {
         var key = Normalize(address);
         if (key is null)
+        {
             return false;
+        }
+
         var list = For(tenant);
         lock (list)
         {
             Refreshed(tenant, list);
             if (!list.Entries.ContainsKey(key))
+            {
                 return false;
+            }
+
             Append(tenant, list, new SuppressionRecord("remove", key, null, null, _time.GetUtcNow()));
             return true;
         }
@@ -126,7 +144,10 @@ public sealed class SuppressionList : IDisposable
         var torn = EndsTorn(PathFor(tenant));
         var line = new byte[json.Length + (torn ? 2 : 1)];
         if (torn)
+        {
             line[0] = (byte)'\n';
+        }
+
         json.CopyTo(line, torn ? 1 : 0);
         line[^1] = (byte)'\n';
         list.File.Write(line);
@@ -139,7 +160,10 @@ public sealed class SuppressionList : IDisposable
     {
         using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
         if (stream.Length == 0)
+        {
             return false;
+        }
+
         stream.Position = stream.Length - 1;
         return stream.ReadByte() != '\n';
     }
@@ -153,7 +177,10 @@ public sealed class SuppressionList : IDisposable
         lock (_lock)
         {
             if (!_tenants.TryGetValue(tenant, out var list))
+            {
                 _tenants[tenant] = list = new TenantList();
+            }
+
             return list;
         }
     }
@@ -175,7 +202,10 @@ public sealed class SuppressionList : IDisposable
     {
         var path = PathFor(tenant);
         if (!File.Exists(path))
+        {
             return;
+        }
+
         using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
         if (stream.Length < list.Offset)
         {
@@ -185,17 +215,26 @@ public sealed class SuppressionList : IDisposable
         }
 
         if (stream.Length == list.Offset)
+        {
             return;
+        }
+
         stream.Position = list.Offset;
         var buffer = new byte[stream.Length - list.Offset];
         stream.ReadExactly(buffer);
         var end = Array.LastIndexOf(buffer, (byte)'\n');
         if (end < 0)
+        {
             return;
+        }
+
         foreach (var raw in Encoding.UTF8.GetString(buffer, 0, end).Split('\n'))
         {
             if (raw.Length == 0)
+            {
                 continue;
+            }
+
             SuppressionRecord? record;
             try
             {
@@ -207,11 +246,18 @@ public sealed class SuppressionList : IDisposable
             }
 
             if (record?.Address is null || Normalize(record.Address) is not { } key)
+            {
                 continue;
+            }
+
             if (record.Op == "add")
+            {
                 list.Entries[key] = new SuppressionEntry(key, record.Reason ?? "manual", record.Detail, record.At);
+            }
             else if (record.Op == "remove")
+            {
                 list.Entries.Remove(key);
+            }
         }
 
         list.Offset += end + 1;
@@ -225,7 +271,10 @@ public sealed class SuppressionList : IDisposable
         lock (_lock)
         {
             foreach (var list in _tenants.Values)
+            {
                 list.File?.Dispose();
+            }
+
             _tenants.Clear();
         }
     }

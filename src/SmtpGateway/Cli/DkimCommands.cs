@@ -1,9 +1,7 @@
 using System.CommandLine;
 using System.Security.Cryptography;
-using Microsoft.Extensions.Configuration;
 using SmtpGateway.Audit;
 using SmtpGateway.Configuration;
-using SmtpGateway.Hosting;
 using SmtpGateway.Hsm;
 using SmtpGateway.Identity;
 using SmtpGateway.Signing;

@@ -66,19 +66,28 @@ public static class EnvelopeCommands
         {
             var cli = CliConfiguration.Load(parse.GetValue(config2));
             if (cli is null)
+            {
                 return 2;
+            }
+
             var any = false;
             foreach (var t in cli.Tenants.Tenants.Keys.Order(StringComparer.Ordinal))
             {
                 if (ReputationTracker.ReadPause(cli.DataDirectory, t) is not { } pause)
+                {
                     continue;
+                }
+
                 any = true;
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"{t}\tpaused {pause.At:yyyy-MM-ddTHH:mm:ssZ}\tbounce rate {pause.Rate * 100:0.0}% (threshold {pause.Threshold * 100:0.0}%; {pause.Bounced} bounced, {pause.Complained} complained, {pause.Delivered} delivered)"));
             }
 
             if (!any)
+            {
                 Console.Error.WriteLine("no tenant is paused");
+            }
+
             return 0;
         });
         yield return paused;
@@ -101,7 +110,10 @@ public static class EnvelopeCommands
 
             Console.WriteLine($"{"ADDRESS",-40} {"REASON",-12} {"SINCE",-20} DETAIL");
             foreach (var e in entries)
+            {
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{e.Address,-40} {e.Reason,-12} {e.At:yyyy-MM-ddTHH:mm:ssZ} {e.Detail}"));
+            }
+
             Console.Error.WriteLine($"{entries.Count} suppressed recipient(s) for {t}");
             return 0;
         }));
@@ -118,7 +130,10 @@ public static class EnvelopeCommands
             using var list = new SuppressionList(cli.DataDirectory, TimeProvider.System);
             var a = parse.GetValue(address)!;
             if (Bounces.SuppressionList.Normalize(a) is null)
+            {
                 throw new FormatException($"'{a}' is not an address.");
+            }
+
             Console.WriteLine(list.Add(t, a, "manual", "added by operator") ? $"{t}: suppressed {a}" : $"{t}: {a} was already suppressed");
             return 0;
         }));
@@ -154,7 +169,10 @@ public static class EnvelopeCommands
     {
         var cli = CliConfiguration.Load(configPath);
         if (cli is null)
+        {
             return 2;
+        }
+
         if (cli.Tenants.Find(tenant) is null)
         {
             Console.Error.WriteLine($"error: unknown tenant '{tenant}'");

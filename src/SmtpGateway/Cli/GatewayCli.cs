@@ -22,7 +22,10 @@ public static class GatewayCli
         root.Subcommands.Add(DkimCommands.Hsm(ConfigOption));
         var queue = QueueCommands.Build(ConfigOption);
         foreach (var verb in EnvelopeCommands.QueueVerbs(ConfigOption))
+        {
             queue.Subcommands.Add(verb);
+        }
+
         root.Subcommands.Add(queue);
         root.Subcommands.Add(EnvelopeCommands.Suppression(ConfigOption));
         root.Subcommands.Add(EnvelopeCommands.Verp(ConfigOption));

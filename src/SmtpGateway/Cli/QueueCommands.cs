@@ -54,7 +54,10 @@ public static class QueueCommands
         {
             var wanted = parse.GetValue(state)?.ToLowerInvariant();
             if (wanted is not (null or "queued" or "deferred" or "failed"))
+            {
                 throw new FormatException($"--state must be queued, deferred or failed, not '{wanted}'.");
+            }
+
             var items = spool.List(SpoolArea.Queue).Concat(spool.List(SpoolArea.Failed))
                 .Select(ToItem)
                 .Where(i => parse.GetValue(tenant) is not { } t || i.Tenant == t)
@@ -111,11 +114,17 @@ public static class QueueCommands
             Console.WriteLine($"attempts:    {item.Attempts}{(item.LastAttemptAt is { } l ? $", last {l:O}" : "")}{(item.State != "failed" && item.NextAttemptAt is { } n ? $", next {n:O}" : "")}");
             Console.WriteLine("recipients:");
             foreach (var r in item.Recipients)
+            {
                 Console.WriteLine($"  {r.Status,-9} <{r.Address}> {r.LastReply}");
+            }
+
             Console.WriteLine("headers:");
             using var content = found.Message.OpenContent();
             foreach (var line in HeaderLines(content))
+            {
                 Console.WriteLine("  " + line);
+            }
+
             return 0;
         }));
         return command;
@@ -152,7 +161,9 @@ public static class QueueCommands
     {
         using var reader = new StreamReader(content, Encoding.UTF8, detectEncodingFromByteOrderMarks: false);
         for (var i = 0; i < 200 && reader.ReadLine() is { Length: > 0 } line; i++)
+        {
             yield return new string(line.Select(c => char.IsControl(c) && c != '\t' ? '?' : c).ToArray());
+        }
     }
 
     static string Shorten(string text, int max) => text.Length <= max ? text : text[..(max - 1)] + "…";

@@ -1,11 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
-using Microsoft.Extensions.Configuration;
 using SmtpGateway.Audit;
-using SmtpGateway.Configuration;
-using SmtpGateway.Hosting;
-using SmtpGateway.Identity;
 using SmtpGateway.Identity.Tokens;
 
 namespace SmtpGateway.Cli;

@@ -18,10 +18,18 @@ public sealed class ReputationConfig
     public void Validate(string path, List<string> errors)
     {
         if (MaxBounceRate is < 0 or > 1 || double.IsNaN(MaxBounceRate))
+        {
             errors.Add($"{path}:MaxBounceRate: must be between 0 (off) and 1.");
+        }
+
         if (MinimumVolume < 1)
+        {
             errors.Add($"{path}:MinimumVolume: must be at least 1.");
+        }
+
         if (Window < TimeSpan.FromMinutes(1) || Window > TimeSpan.FromDays(30))
+        {
             errors.Add($"{path}:Window: must be between 1 minute and 30 days.");
+        }
     }
 }

@@ -113,9 +113,15 @@ public sealed class DeliveryEventLog : IDisposable
             lock (_gate)
             {
                 if (_disposed)
+                {
                     return;
+                }
+
                 if (!_files.TryGetValue(delivery.Tenant, out var file))
+                {
                     _files[delivery.Tenant] = file = AppendOnlyFile.Open(PathFor(delivery.Tenant));
+                }
+
                 file.Write(line);
             }
         }
@@ -131,7 +137,10 @@ public sealed class DeliveryEventLog : IDisposable
         {
             _disposed = true;
             foreach (var file in _files.Values)
+            {
                 file.Dispose();
+            }
+
             _files.Clear();
         }
     }

@@ -80,9 +80,15 @@ public sealed class DeliveryService : BackgroundService
         DeliveryLog.Started(_logger, _workers, _mode);
         var workers = Enumerable.Range(0, _workers).Select(_ => WorkerAsync(stoppingToken)).ToList();
         if (_control is not null)
+        {
             workers.Add(_control.RunAsync(this, ClearBackoff, stoppingToken));
+        }
+
         if (_hooks.IsHeld is not null)
+        {
             workers.Add(ReleaseHeldAsync(stoppingToken));
+        }
+
         await Task.WhenAll(workers).ConfigureAwait(false);
         DeliveryLog.Stopped(_logger);
     }
@@ -95,7 +101,9 @@ public sealed class DeliveryService : BackgroundService
             while (await ready.WaitToReadAsync(stoppingToken).ConfigureAwait(false))
             {
                 while (!stoppingToken.IsCancellationRequested && ready.TryRead(out var id))
+                {
                     await ProcessAsync(id, _abort.Token).ConfigureAwait(false);
+                }
             }
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
@@ -137,11 +145,16 @@ public sealed class DeliveryService : BackgroundService
         foreach (var (tenant, ids) in _held)
         {
             if (ids.IsEmpty || _hooks.TenantPaused?.Invoke(tenant) != false)
+            {
                 continue;
+            }
+
             foreach (var id in ids.Keys)
             {
                 if (ids.TryRemove(id, out var since))
+                {
                     await ReleaseAsync(id, since).ConfigureAwait(false);
+                }
             }
         }
     }
@@ -155,7 +168,9 @@ public sealed class DeliveryService : BackgroundService
             try
             {
                 if (await _spool.LoadAsync(id, CancellationToken.None).ConfigureAwait(false) is { } message)
+                {
                     await _spool.SaveAsync(message.State with { HeldFor = message.State.HeldFor + (now - since), NextAttemptAt = now }, CancellationToken.None).ConfigureAwait(false);
+                }
             }
             catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or SpoolWriteException)
             {
@@ -178,7 +193,9 @@ public sealed class DeliveryService : BackgroundService
     void ClearBackoff()
     {
         if ((_transport is TenantRouter router ? router.Outbound : _transport) is IOutboundTransport smtp)
+        {
             smtp.Engine.Backoff.Clear();
+        }
     }
 
     public override void Dispose()
@@ -193,12 +210,17 @@ public sealed class DeliveryService : BackgroundService
     {
         // The same id can be in the ready channel twice (a stale wake-up): only one attempt at a time.
         if (!_inFlight.TryAdd(id, 0))
+        {
             return;
+        }
+
         try
         {
             var message = await _spool.LoadAsync(id, abort).ConfigureAwait(false);
             if (message is null)
+            {
                 return;
+            }
 
             var state = message.State;
             if (state.NextAttemptAt > _time.GetUtcNow() + EarlyWakeTolerance)
@@ -256,7 +278,9 @@ public sealed class DeliveryService : BackgroundService
 
                 // One JSON line per recipient outcome (events/<tenant>.jsonl); bounces and expiries name their DSN.
                 foreach (var e in events)
+                {
                     _events?.Write(e.Event is "bounced" or "expired" && dsnId is not null ? e with { DsnId = dsnId } : e);
+                }
             }
 
             // Persisted whatever happens next: written even when shutdown is under way, because the attempt was made.
@@ -299,7 +323,10 @@ public sealed class DeliveryService : BackgroundService
         {
             var result = i < results.Count ? results[i] : RecipientResult.FromReply(pending[i], DeliveryReplies.NoResultFromTransport);
             if (!byAddress.TryGetValue(pending[i], out var queue))
+            {
                 byAddress[pending[i]] = queue = new Queue<RecipientResult>();
+            }
+
             queue.Enqueue(result);
         }
 
@@ -353,7 +380,10 @@ public sealed class DeliveryService : BackgroundService
                 Suppressed = suppressed,
             });
             if (name is "bounced" or "expired")
+            {
                 failed.Add(new DsnRecipient(recipient.Address, result.Reply, result.RemoteHost, expiring));
+            }
+
             switch (result.Outcome)
             {
                 case DeliveryOutcome.Delivered:

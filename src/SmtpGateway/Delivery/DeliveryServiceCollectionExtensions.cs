@@ -32,7 +32,9 @@ public static class DeliveryServiceCollectionExtensions
         {
             var section = sp.GetService<IConfiguration>()?.GetSection($"{GatewayConfig.SectionName}:Delivery:Retry:Schedule");
             if (section is not null && section.GetChildren().Any() && section.Get<List<TimeSpan>>() is { } schedule)
+            {
                 config.Delivery.Retry.Schedule = schedule;
+            }
         });
 
         // Delivery alone (without AddSmtpGateway) still reads tenant egress from the host's configuration, through the
@@ -70,7 +72,10 @@ public static class DeliveryServiceCollectionExtensions
 
             // Tenant return paths (VERP), when envelope isolation is registered (the full gateway).
             if (transport is IOutboundTransport smtp)
+            {
                 smtp.Engine.ReturnPaths = sp.GetService<DeliveryHooks>()?.ReturnPaths;
+            }
+
             return transport;
         });
         services.TryAddSingleton(sp =>

@@ -21,9 +21,15 @@ internal sealed class DestinationBackoff(DestinationBackoffConfig config, TimePr
         {
             until = default;
             if (!_entries.TryGetValue((host, port), out var entry) || entry.Until is not { } end)
+            {
                 return false;
+            }
+
             if (end <= time.GetUtcNow())
+            {
                 return false; // Expired: one probe goes through; its outcome decides.
+            }
+
             until = end;
             return true;
         }
@@ -34,14 +40,23 @@ internal sealed class DestinationBackoff(DestinationBackoffConfig config, TimePr
         lock (_gate)
         {
             if (!_entries.TryGetValue((host, port), out var entry))
+            {
                 _entries[(host, port)] = entry = new Entry();
+            }
+
             entry.Failures++;
             var over = entry.Failures - Math.Max(1, config.FailuresBeforeBackoff);
             if (over < 0)
+            {
                 return;
+            }
+
             var delay = config.InitialDelay * Math.Pow(2, Math.Min(over, 20));
             if (delay > config.MaxDelay)
+            {
                 delay = config.MaxDelay;
+            }
+
             entry.Until = time.GetUtcNow() + delay;
         }
     }
@@ -49,14 +64,18 @@ internal sealed class DestinationBackoff(DestinationBackoffConfig config, TimePr
     public void Success(string host, int port)
     {
         lock (_gate)
+        {
             _entries.Remove((host, port));
+        }
     }
 
     /// <summary>Forgets every backoff (`smtpgw queue retry --all`).</summary>
     public void Clear()
     {
         lock (_gate)
+        {
             _entries.Clear();
+        }
     }
 
     sealed class Entry

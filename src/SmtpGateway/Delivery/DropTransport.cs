@@ -60,13 +60,18 @@ public sealed class DropTransport : IDeliveryTransport
 
                     // The spool deletes its copy once this returns Delivered; the drop copy must survive a crash first.
                     if (_fsync)
+                    {
                         target.Flush(flushToDisk: true);
+                    }
                 }
             }
 
             File.Move(tmp, final, overwrite: true);
             if (_fsync)
+            {
                 DurableFile.SyncDirectory(tenantDirectory);
+            }
+
             DeliveryLog.Dropped(_logger, id, final);
             return recipients.Select(r => RecipientResult.FromReply(r, DeliveryReplies.Dropped)).ToArray();
         }
@@ -95,14 +100,19 @@ public sealed class DropTransport : IDeliveryTransport
         var fullRoot = Path.TrimEndingDirectorySeparator(Path.GetFullPath(root));
         var path = Path.GetFullPath(Path.Combine(fullRoot, name));
         if (!path.StartsWith(fullRoot + Path.DirectorySeparatorChar, StringComparison.Ordinal))
+        {
             throw new IOException("Tenant directory would leave the drop directory.");
+        }
+
         return path;
     }
 
     internal static string TenantDirectoryName(string? tenantId)
     {
         if (string.IsNullOrEmpty(tenantId))
+        {
             return DefaultTenant;
+        }
 
         const int maxLength = 64;
         var builder = new StringBuilder(tenantId.Length);

@@ -31,7 +31,10 @@ internal sealed class DsnGenerator(IMessageSpool spool, string reportingMta, int
     public async Task<string?> QueueAsync(SpooledMessage original, IReadOnlyList<DsnRecipient> failed, CancellationToken cancellationToken)
     {
         if (failed.Count == 0)
+        {
             return null;
+        }
+
         var envelope = original.Envelope;
         if (envelope.MailFrom.Length == 0)
         {
@@ -114,7 +117,10 @@ internal sealed class DsnGenerator(IMessageSpool spool, string reportingMta, int
             Line("Action: failed");
             Line($"Status: {Status(f)}");
             if (f.RemoteHost is { } host && HostName(host) is { Length: > 0 } name)
+            {
                 Line($"Remote-MTA: dns; {name}");
+            }
+
             Line($"Diagnostic-Code: smtp; {Sanitize(f.Reply)}");
             Line($"Last-Attempt-Date: {Rfc5322Date(now)}");
         }
@@ -142,10 +148,16 @@ internal sealed class DsnGenerator(IMessageSpool spool, string reportingMta, int
     internal static string Status(DsnRecipient f)
     {
         if (f.Expired)
+        {
             return "4.4.7";
+        }
+
         var parts = f.Reply.Split(' ', 3);
         if (parts.Length >= 2 && IsEnhancedCode(parts[1]))
+        {
             return parts[1];
+        }
+
         return parts[0].StartsWith('4') ? "4.0.0" : "5.0.0";
     }
 
@@ -172,18 +184,27 @@ internal sealed class DsnGenerator(IMessageSpool spool, string reportingMta, int
     internal static string Sanitize(string? value)
     {
         if (string.IsNullOrEmpty(value))
+        {
             return "";
+        }
+
         var builder = new StringBuilder(Math.Min(value.Length, MaxFieldText));
         var space = false;
         foreach (var c in value)
         {
             if (builder.Length >= MaxFieldText)
+            {
                 break;
+            }
+
             var ch = c is < ' ' or '\u007f' ? ' ' : c > '\u007e' ? '?' : c;
             if (ch == ' ')
             {
                 if (space || builder.Length == 0)
+                {
                     continue;
+                }
+
                 space = true;
             }
             else
@@ -211,16 +232,24 @@ internal sealed class DsnGenerator(IMessageSpool spool, string reportingMta, int
             {
                 var n = await stream.ReadAsync(buffer.AsMemory(read), cancellationToken).ConfigureAwait(false);
                 if (n == 0)
+                {
                     break;
+                }
+
                 read += n;
             }
 
             var data = buffer.AsSpan(0, read);
             var end = data.IndexOf("\r\n\r\n"u8);
             if (end >= 0)
+            {
                 return data[..(end + 2)].ToArray();
+            }
+
             if (data.StartsWith("\r\n"u8))
+            {
                 return [];
+            }
 
             // No empty line within the limit: keep whole lines only.
             var lastLine = data.LastIndexOf("\r\n"u8);

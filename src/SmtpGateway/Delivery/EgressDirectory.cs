@@ -52,7 +52,10 @@ internal sealed class TlsPolicyTable
     {
         var own = Lookup(domain);
         if (own is { } found)
+        {
             return found;
+        }
+
         var inherited = _fallback?.Lookup(domain);
         return inherited ?? _default ?? _fallback?._default ?? TlsPolicy.Opportunistic;
     }
@@ -61,11 +64,16 @@ internal sealed class TlsPolicyTable
     {
         domain = domain.TrimEnd('.');
         if (_domains.TryGetValue(domain, out var exact))
+        {
             return exact;
+        }
+
         for (var dot = domain.IndexOf('.', StringComparison.Ordinal); dot >= 0; dot = domain.IndexOf('.', dot + 1))
         {
             if (_domains.TryGetValue(domain[dot..], out var suffix))
+            {
                 return suffix;
+            }
         }
 
         return null;

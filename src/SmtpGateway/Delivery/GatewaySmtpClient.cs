@@ -102,7 +102,9 @@ internal sealed class GatewaySmtpClient : SmtpClient
         }
 
         if (mailboxes.Count == 0)
+        {
             return new TransactionResult(Complete(results, recipients), true, true);
+        }
 
         // SMTPUTF8 (RFC 6531) is requested when the client used it and this server offers it; it needs 8BITMIME too.
         var format = FormatOptions.Default.Clone();
@@ -131,29 +133,43 @@ internal sealed class GatewaySmtpClient : SmtpClient
         {
             var text = await SendAsync(format, carrier.Message, sender, mailboxes, cancellationToken).ConfigureAwait(false);
             foreach (var mailbox in mailboxes)
+            {
                 results[indexOf[mailbox]] = Refused(mailbox) ?? RecipientResult.FromReply(recipients[indexOf[mailbox]], 250, text);
+            }
         }
         catch (SmtpCommandException ex) when (ex.ErrorCode == SmtpErrorCode.SenderNotAccepted)
         {
             // MAIL refused: the RCPT replies that follow (often 503) say nothing about the recipients.
             foreach (var mailbox in mailboxes)
+            {
                 results[indexOf[mailbox]] = RecipientResult.FromReply(recipients[indexOf[mailbox]], (int)ex.StatusCode, ex.Message);
+            }
+
             if (ex.StatusCode == SmtpStatusCode.ServiceNotAvailable)
+            {
                 return new TransactionResult(Complete(results, recipients), false, carrier.Exact, SessionLost: true);
+            }
         }
         catch (SmtpCommandException ex)
         {
             // DATA refused, the final reply was not 250, or no RCPT was accepted (then every recipient has its own reply).
             foreach (var mailbox in mailboxes)
+            {
                 results[indexOf[mailbox]] = Refused(mailbox) ?? RecipientResult.FromReply(recipients[indexOf[mailbox]], (int)ex.StatusCode, ex.Message);
+            }
+
             if (ex.StatusCode == SmtpStatusCode.ServiceNotAvailable)
+            {
                 return new TransactionResult(Complete(results, recipients), false, carrier.Exact, SessionLost: true);
+            }
         }
         catch (ServiceNotAuthenticatedException ex)
         {
             // 530 (RFC 4954 section 6): the smarthost wants AUTH, which this gateway does not do yet.
             foreach (var mailbox in mailboxes)
+            {
                 results[indexOf[mailbox]] = Refused(mailbox) ?? RecipientResult.FromReply(recipients[indexOf[mailbox]], DeliveryReplies.AuthenticationRequired(ex.Message));
+            }
         }
         catch (Exception ex) when (!cancellationToken.IsCancellationRequested)
         {
@@ -173,7 +189,10 @@ internal sealed class GatewaySmtpClient : SmtpClient
 
         // A 421 to a RCPT (RFC 5321 section 3.8: the server is closing the session) is about the session, not that recipient.
         if (_refused.Values.Any(r => r.StatusCode == SmtpStatusCode.ServiceNotAvailable))
+        {
             return new TransactionResult(Complete(results, recipients), false, carrier.Exact, SessionLost: true);
+        }
+
         return new TransactionResult(Complete(results, recipients), IsConnected, carrier.Exact);
 
         RecipientResult? Refused(MailboxAddress mailbox) =>

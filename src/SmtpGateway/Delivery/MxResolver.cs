@@ -1,7 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
 using DnsClient;
-using DnsClient.Protocol;
 using SmtpGateway.Configuration;
 using SmtpGateway.Smtp;
 
@@ -139,11 +138,15 @@ internal sealed class MxResolver : IMxResolver
             }
 
             if (lookup.Addresses.Count > 0)
+            {
                 hosts.Add(new MxHost(name, preference, lookup.Addresses));
+            }
         }
 
         if (hosts.Count > 0)
+        {
             return new MxRoute(hosts);
+        }
 
         // Every MX name failed to resolve: transient if DNS had trouble, else the domain's MX records point nowhere.
         return transient

@@ -52,7 +52,10 @@ internal sealed class OutboundDelivery : IAsyncDisposable
         SmtpConnector.ConnectFunc connector, TimeProvider time, ILogger logger)
     {
         if (smarthost is null && resolver is null)
+        {
             throw new ArgumentException("MX routing needs a resolver.", nameof(resolver));
+        }
+
         _smarthost = smarthost;
         _mx = mx;
         _resolver = resolver;
@@ -139,7 +142,10 @@ internal sealed class OutboundDelivery : IAsyncDisposable
     {
         var resolver = ReturnPaths;
         if (resolver is null)
+        {
             return [(envelope.MailFrom, indices.ToArray())];
+        }
+
         var groups = new List<(string, List<int>)>();
         foreach (var i in indices)
         {
@@ -157,9 +163,13 @@ internal sealed class OutboundDelivery : IAsyncDisposable
 
             var group = groups.FindIndex(g => g.Item1 == mailFrom);
             if (group < 0)
+            {
                 groups.Add((mailFrom, [i]));
+            }
             else
+            {
                 groups[group].Item2.Add(i);
+            }
         }
 
         return groups.Select(g => (g.Item1, g.Item2.ToArray()));
@@ -189,7 +199,10 @@ internal sealed class OutboundDelivery : IAsyncDisposable
             {
                 // A TLS policy failure is about this tenant's policy, not the host's health: no backoff for others.
                 if (!ex.Text.StartsWith("4.7.", StringComparison.Ordinal))
+                {
                     _backoff.Failure(hop.Host, hop.Port);
+                }
+
                 failure = (ex.Reply, $"{hop.Host}:{hop.Port}");
                 lost = null;
                 continue;
@@ -211,7 +224,10 @@ internal sealed class OutboundDelivery : IAsyncDisposable
             }
 
             if (!result.Exact)
+            {
                 DeliveryLog.RawFallback(_logger, message.Envelope.Id);
+            }
+
             var tagged = result.Results.Select(r => r with { RemoteHost = peer, Tls = tlsDescription.Length == 0 ? null : tlsDescription, ReturnPath = mailFrom }).ToArray();
             if (result.SessionLost)
             {
@@ -225,14 +241,20 @@ internal sealed class OutboundDelivery : IAsyncDisposable
 
             _backoff.Success(hop.Host, hop.Port);
             for (var i = 0; i < indices.Length; i++)
+            {
                 results[indices[i]] = tagged[i];
+            }
+
             return;
         }
 
         if (lost is not null)
         {
             for (var i = 0; i < indices.Length; i++)
+            {
                 results[indices[i]] = lost[i];
+            }
+
             return;
         }
 
@@ -246,7 +268,9 @@ internal sealed class OutboundDelivery : IAsyncDisposable
     static void Fill(RecipientResult[] results, IReadOnlyList<string> recipients, int[] indices, int code, string? text, string? host)
     {
         foreach (var i in indices)
+        {
             results[i] = RecipientResult.FromReply(recipients[i], code, text ?? "") with { RemoteHost = host };
+        }
     }
 
     static DestinationLimits SmarthostLimits(SmarthostConfig c) => new(c.MaxConnections, c.MaxMessagesPerConnection, c.IdleTimeout, c.ConnectTimeout);
@@ -274,10 +298,15 @@ internal sealed class OutboundDelivery : IAsyncDisposable
         foreach (var recipient in recipients)
         {
             if (DomainName.OfAddress(recipient) is not { } domain)
+            {
                 continue;
+            }
+
             var demanded = egress.Tls.For(domain);
             if (demanded != TlsPolicy.Opportunistic && ToWire(demanded) > level)
+            {
                 level = ToWire(demanded);
+            }
         }
 
         return level;

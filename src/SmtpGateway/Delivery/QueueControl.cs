@@ -142,8 +142,10 @@ internal sealed class QueueControl(FileSpool spool, TimeProvider time, ILogger l
                 foreach (var entry in spool.List(SpoolArea.Queue))
                 {
                     if ((await RetryAsync(spool, entry.Id, time, delivery, cancellationToken).ConfigureAwait(false)).Ok)
-                        count++;
-                }
+                        {
+                            count++;
+                        }
+                    }
 
                 return new QueueResponse(true, $"{count} message(s) due now");
             }
@@ -180,16 +182,24 @@ internal sealed class QueueControl(FileSpool spool, TimeProvider time, ILogger l
 
         // After the claim is released: a worker that took the id while it was claimed skipped it, so hand it over again.
         if (response.Ok && delivery is not null)
+        {
             spool.Schedule(id, time.GetUtcNow());
+        }
+
         return response;
     }
 
     static async Task<QueueResponse> WithClaimAsync(string id, DeliveryService? delivery, CancellationToken cancellationToken, Func<Task<QueueResponse>> action)
     {
         if (!FileSpool.IsValidId(id))
+        {
             return new QueueResponse(false, $"'{id}' is not a queue id");
+        }
+
         if (delivery is null)
+        {
             return await action().ConfigureAwait(false);
+        }
 
         // An attempt in flight finishes first; its outcome is then on disk for us to act on.
         using var wait = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
@@ -229,7 +239,10 @@ internal sealed class QueueControl(FileSpool spool, TimeProvider time, ILogger l
             Directory.CreateDirectory(directory);
             stream = new FileStream(Path.Combine(directory, LockName), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.ReadWrite | FileShare.Delete);
             if (Native.flock((int)stream.SafeFileHandle.DangerousGetHandle(), (exclusive ? Native.LOCK_EX : Native.LOCK_SH) | Native.LOCK_NB) == 0)
+            {
                 return stream;
+            }
+
             stream.Dispose();
             return null;
         }
@@ -262,7 +275,9 @@ internal sealed class QueueControl(FileSpool spool, TimeProvider time, ILogger l
         using (var held = TryLock(directory, exclusive: true))
         {
             if (held is not null)
+            {
                 return await ExecuteAsync(spool, request, time, delivery: null, clearBackoff: null, cancellationToken).ConfigureAwait(false);
+            }
         }
 
         var name = Guid.NewGuid().ToString("N");

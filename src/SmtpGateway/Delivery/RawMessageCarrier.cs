@@ -35,7 +35,9 @@ internal static class RawMessageCarrier
     {
         var (headerBlock, bodyOffset) = await ReadHeaderBlockAsync(message, cancellationToken).ConfigureAwait(false);
         if (headerBlock is null)
+        {
             return null;
+        }
 
         HeaderList headers;
         try
@@ -52,7 +54,9 @@ internal static class RawMessageCarrier
             foreach (var header in headers)
             {
                 if (header.RawValue is [.., (byte)'\n'])
+                {
                     header.SetRawValue(header.RawValue);
+                }
             }
         }
         catch (Exception ex) when (ex is ParseException or FormatException or ArgumentException)
@@ -105,12 +109,18 @@ internal static class RawMessageCarrier
             {
                 var read = await stream.ReadAsync(chunk, cancellationToken).ConfigureAwait(false);
                 if (read == 0)
+                {
                     break;
+                }
+
                 var searchFrom = (int)Math.Max(0, buffer.Length - (HeaderEnd.Length - 1));
                 buffer.Write(chunk, 0, read);
                 var data = buffer.GetBuffer().AsSpan(0, (int)buffer.Length);
                 if (data.Length >= 2 && data[0] == '\r' && data[1] == '\n')
+                {
                     return ([], 2);
+                }
+
                 var index = data[searchFrom..].IndexOf(HeaderEnd);
                 if (index >= 0)
                 {
@@ -120,7 +130,10 @@ internal static class RawMessageCarrier
             }
 
             if (buffer.Length >= MaxHeaderBlock)
+            {
                 return (null, 0);
+            }
+
             var all = buffer.ToArray();
             return all.Length >= 2 && all[0] == '\r' && all[1] == '\n' ? ([], 2) : (all, all.Length);
         }
@@ -150,7 +163,9 @@ internal static class RawMessageCarrier
             // No Content-* headers of our own: the message's own ones are in the pinned header block.
             Headers.Clear();
             if (eightBit)
+            {
                 Add(new MimePart("application", "octet-stream") { ContentTransferEncoding = ContentEncoding.EightBit });
+            }
         }
 
         public long Length { get; }
@@ -184,9 +199,13 @@ internal static class RawMessageCarrier
             while ((read = source.Read(buffer)) > 0)
             {
                 if (destination is ICancellableStream cancellable)
+                {
                     cancellable.Write(buffer, 0, read, cancellationToken);
+                }
                 else
+                {
                     destination.Write(buffer, 0, read);
+                }
             }
         }
     }

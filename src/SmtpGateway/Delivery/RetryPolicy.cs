@@ -27,7 +27,10 @@ public sealed class RetryPolicy
     {
         var schedule = _config.Schedule;
         if (schedule is null || schedule.Count == 0)
+        {
             return FallbackDelay;
+        }
+
         return schedule[Math.Clamp(attempts - 1, 0, schedule.Count - 1)];
     }
 

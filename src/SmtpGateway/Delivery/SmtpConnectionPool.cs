@@ -105,14 +105,18 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
     internal int OpenCount(string host, int port)
     {
         lock (_gate)
+        {
             return _destinations.TryGetValue((host, port), out var d) ? d.Open : 0;
+        }
     }
 
     /// <summary>Connections of a tenant lent out right now.</summary>
     internal int InUseCount(string tenant)
     {
         lock (_gate)
+        {
             return _tenants.TryGetValue(tenant, out var t) ? _maxPerTenant - t.Slots.CurrentCount : 0;
+        }
     }
 
     /// <summary>
@@ -196,14 +200,22 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
                 }
 
                 if (evicted is not null)
+                {
                     await CloseAsync(evicted, "making room for another tenant or identity").ConfigureAwait(false);
+                }
+
                 if (evictedForTenant is not null)
+                {
                     await CloseAsync(evictedForTenant, "tenant at its connection cap").ConfigureAwait(false);
+                }
 
                 if (idle is not null)
                 {
                     if (await IsHealthyAsync(idle, destination.Limits, cancellationToken).ConfigureAwait(false))
+                    {
                         return idle;
+                    }
+
                     lock (_gate)
                     {
                         destination.Open--;
@@ -252,17 +264,26 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
             destination = _destinations[(connection.Key.Host, connection.Key.Port)];
             tenant = _tenants[connection.Key.Tenant];
             if (_disposed)
+            {
                 closeReason = "shutting down";
+            }
             else if (!reusable || !connection.Client.IsConnected)
+            {
                 closeReason = "connection failed";
+            }
             else if (connection.Transactions >= Math.Max(1, destination.Limits.MaxMessagesPerConnection))
+            {
                 closeReason = "MaxMessagesPerConnection reached";
+            }
 
             if (closeReason is null)
             {
                 connection.LastUsed = _time.GetUtcNow();
                 if (!destination.Idle.TryGetValue(connection.Key, out var list))
+                {
                     destination.Idle[connection.Key] = list = [];
+                }
+
                 list.Add(connection);
             }
             else
@@ -276,7 +297,9 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
         {
             // Closed before the slot is released, so the cap holds on the wire too.
             if (closeReason is not null)
+            {
                 await CloseAsync(connection, closeReason).ConfigureAwait(false);
+            }
         }
         finally
         {
@@ -288,9 +311,15 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
     async Task<bool> IsHealthyAsync(PooledSmtpConnection connection, DestinationLimits limits, CancellationToken cancellationToken)
     {
         if (!connection.Client.IsConnected)
+        {
             return false;
+        }
+
         if (_time.GetUtcNow() - connection.LastUsed >= limits.IdleTimeout)
+        {
             return false;
+        }
+
         try
         {
             using var timeout = new CancellationTokenSource(ResetTimeout, _time);
@@ -309,7 +338,10 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
         lock (_gate)
         {
             if (_disposed)
+            {
                 return;
+            }
+
             var now = _time.GetUtcNow();
             foreach (var destination in _destinations.Values)
             {
@@ -318,7 +350,10 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
                     for (var i = list.Count - 1; i >= 0; i--)
                     {
                         if (now - list[i].LastUsed < destination.Limits.IdleTimeout)
+                        {
                             continue;
+                        }
+
                         expired.Add(list[i]);
                         _tenants[list[i].Key.Tenant].Open--;
                         list.RemoveAt(i);
@@ -329,7 +364,9 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
         }
 
         foreach (var connection in expired)
+        {
             await CloseAsync(connection, "idle timeout").ConfigureAwait(false);
+        }
     }
 
     async Task CloseAsync(PooledSmtpConnection connection, string reason)
@@ -360,7 +397,10 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
         lock (_gate)
         {
             if (_disposed)
+            {
                 return;
+            }
+
             _disposed = true;
             foreach (var destination in _destinations.Values)
             {
@@ -369,7 +409,10 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
                     idle.AddRange(list);
                     destination.Open -= list.Count;
                     foreach (var connection in list)
+                    {
                         _tenants[connection.Key.Tenant].Open--;
+                    }
+
                     list.Clear();
                 }
             }
@@ -377,7 +420,9 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
 
         await _sweeper.DisposeAsync().ConfigureAwait(false);
         foreach (var connection in idle)
+        {
             await CloseAsync(connection, "shutting down").ConfigureAwait(false);
+        }
     }
 
     /// <summary>The tenant's oldest idle connection over all destinations, and its destination; caller holds the gate.</summary>
@@ -398,7 +443,10 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
         }
 
         if (oldest is not null)
+        {
             from!.Idle[oldest.Key].Remove(oldest);
+        }
+
         return (oldest, from);
     }
 
@@ -430,11 +478,16 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
             foreach (var list in Idle.Values)
             {
                 if (list.Count > 0 && (from is null || list[0].LastUsed < from[0].LastUsed))
+                {
                     from = list;
+                }
             }
 
             if (from is null)
+            {
                 return null;
+            }
+
             var oldest = from[0];
             from.RemoveAt(0);
             return oldest;

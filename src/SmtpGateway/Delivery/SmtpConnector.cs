@@ -28,7 +28,9 @@ internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, Ti
     public async Task<GatewaySmtpClient> ConnectAsync(SmtpPoolKey key, IReadOnlyList<IPAddress> addresses, TimeSpan connectTimeout, CancellationToken cancellationToken)
     {
         if (addresses.Count == 0)
+        {
             addresses = await ResolveHostAsync(key.Host, cancellationToken).ConfigureAwait(false);
+        }
 
         // A socket bound to an IPv4 source cannot reach an IPv6 address, and vice versa.
         var usable = key.SourceAddress is { } source ? addresses.Where(a => a.AddressFamily == source.AddressFamily).ToList() : addresses.ToList();
@@ -96,7 +98,10 @@ internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, Ti
         try
         {
             if (key.SourceAddress is { } source)
+            {
                 socket.Bind(new IPEndPoint(source, 0));
+            }
+
             await socket.ConnectAsync(new IPEndPoint(address, key.Port), linked.Token).ConfigureAwait(false);
 
             // The MX host name (not the address) is what TLS checks the certificate against.
@@ -146,7 +151,10 @@ internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, Ti
         }
 
         if (!errors.HasFlag(SslPolicyErrors.RemoteCertificateChainErrors))
+        {
             return true;
+        }
+
         if (trustAnchors is not { Count: > 0 })
         {
             problem = "untrusted chain";
@@ -160,12 +168,17 @@ internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, Ti
         if (chain is not null)
         {
             foreach (var element in chain.ChainElements)
+            {
                 custom.ChainPolicy.ExtraStore.Add(element.Certificate);
+            }
         }
 
         using var leaf = X509CertificateLoader.LoadCertificate(certificate.GetRawCertData());
         if (custom.Build(leaf))
+        {
             return true;
+        }
+
         problem = "untrusted chain";
         return false;
     }
@@ -179,7 +192,10 @@ internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, Ti
     static async Task<IReadOnlyList<IPAddress>> ResolveHostAsync(string host, CancellationToken cancellationToken)
     {
         if (IPAddress.TryParse(host, out var literal))
+        {
             return [literal];
+        }
+
         try
         {
             return await Dns.GetHostAddressesAsync(host, cancellationToken).ConfigureAwait(false);
@@ -194,7 +210,10 @@ internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, Ti
     public static X509Certificate2Collection? LoadTrustAnchors(string? path)
     {
         if (string.IsNullOrWhiteSpace(path))
+        {
             return null;
+        }
+
         var collection = new X509Certificate2Collection();
         collection.ImportFromPemFile(path);
         return collection;

@@ -33,19 +33,29 @@ public sealed class TenantRouter : IDeliveryTransport
         ArgumentNullException.ThrowIfNull(message);
         ArgumentNullException.ThrowIfNull(recipients);
         if (!message.Envelope.Inbound)
+        {
             return await _outbound.DeliverAsync(message, recipients, cancellationToken).ConfigureAwait(false);
+        }
 
         var tenant = message.Envelope.TenantId is { } id ? _tenants().Find(id) : null;
         var reports = new List<int>();
         var mail = new List<int>();
         for (var i = 0; i < recipients.Count; i++)
+        {
             (tenant is not null && _bounces.IsReturnPathAddress(tenant, recipients[i]) ? reports : mail).Add(i);
+        }
 
         var results = new RecipientResult[recipients.Count];
         if (reports.Count > 0)
+        {
             Place(results, recipients, reports, await _bounces.ProcessAsync(message, [.. reports.Select(i => recipients[i])], cancellationToken).ConfigureAwait(false));
+        }
+
         if (mail.Count > 0)
+        {
             Place(results, recipients, mail, await _inbound.DeliverAsync(message, [.. mail.Select(i => recipients[i])], cancellationToken).ConfigureAwait(false));
+        }
+
         return results;
     }
 

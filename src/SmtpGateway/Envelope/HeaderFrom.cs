@@ -51,9 +51,13 @@ public static class HeaderFrom
         foreach (var header in headers.Where(h => h.Id is HeaderId.Sender or HeaderId.ResentFrom or HeaderId.ResentSender))
         {
             if (InternetAddressList.TryParse(ParserOptions.Default, header.RawValue, out var senders) && senders.Mailboxes.Any())
+            {
                 others.AddRange(senders.Mailboxes.Select(m => m.Address));
+            }
             else
+            {
                 others.Add(header.Value.Trim());
+            }
         }
 
         otherSenders = others;

@@ -77,9 +77,13 @@ public sealed class HeaderHygiene
         foreach (var first in _patterns.Select(p => p.Name[0]).Append(MessageIdName[0]))
         {
             if (first < 64)
+            {
                 _firstLo |= 1UL << first;
+            }
             else
+            {
                 _firstHi |= 1UL << (first - 64);
+            }
         }
     }
 
@@ -109,20 +113,27 @@ public sealed class HeaderHygiene
             // The empty line ends the header block (RFC 5322 section 2.1). A lone LF counts too: CRLF is guaranteed upstream,
             // but if one slipped through, recipients' parsers would end the header there, so must we.
             if (first == Lf || (first == Cr && reader.TryPeek(1, out var second) && second == Lf))
+            {
                 break;
+            }
 
             if (first is Sp or Tab)
             {
                 // A continuation line (RFC 5322 section 2.2.3) of a kept field: removed fields consume theirs below.
                 // One before any field belongs to nothing: treat the block as ended, as for any other non-field line.
                 if (lineStartOffset == 0)
+                {
                     break;
+                }
+
                 SkipLine(ref reader);
                 continue;
             }
 
             if (!TryReadFieldName(ref reader, name, out var nameLength))
+            {
                 break; // Not a field (e.g. an mbox "From " line): the rest is body, kept as is.
+            }
 
             var copied = name[..Math.Min(nameLength, MaxPatternLength)];
             var remove = false;
@@ -147,7 +158,10 @@ public sealed class HeaderHygiene
             }
 
             if (lineStartOffset > keptStartOffset)
+            {
                 output(content.Slice(keptStart, lineStart));
+            }
+
             keptStart = reader.Position;
             keptStartOffset = reader.Consumed;
             removed++;
@@ -155,10 +169,15 @@ public sealed class HeaderHygiene
         }
 
         if (removed == 0)
+        {
             return new HygieneResult(false, hasMessageId, 0);
+        }
 
         if (keptStartOffset < content.Length)
+        {
             output(content.Slice(keptStart));
+        }
+
         return new HygieneResult(true, hasMessageId, removed);
     }
 
@@ -169,7 +188,9 @@ public sealed class HeaderHygiene
     public static string NewMessageId(string queueId, string domain)
     {
         if (!IsDotAtomText(queueId))
+        {
             throw new ArgumentException("Queue id must be a dot-atom-text (RFC 5322 section 3.6.4 id-left).", nameof(queueId));
+        }
 
         // RFC 5321 section 4.5.3.1.2 caps a domain at 255 octets; anything else would yield a malformed header.
         var right = domain is { Length: <= 255 } && IsDotAtomText(domain) ? domain : "localhost";
@@ -182,14 +203,20 @@ public sealed class HeaderHygiene
     static bool IsDotAtomText(string? value)
     {
         if (string.IsNullOrEmpty(value))
+        {
             return false;
+        }
+
         var previousDot = true; // no leading dot
         foreach (var c in value)
         {
             if (c == '.')
             {
                 if (previousDot)
+                {
                     return false;
+                }
+
                 previousDot = true;
             }
             else if (char.IsAsciiLetterOrDigit(c) || "!#$%&'*+-/=?^_`{|}~".Contains(c, StringComparison.Ordinal))
@@ -228,19 +255,31 @@ public sealed class HeaderHygiene
         while (reader.TryRead(out var b))
         {
             if (b == Colon)
+            {
                 return length > 0;
+            }
+
             if (b is Sp or Tab)
             {
                 if (length == 0)
+                {
                     return false;
+                }
+
                 reader.AdvancePastAny(Sp, Tab);
                 return reader.TryRead(out var colon) && colon == Colon;
             }
 
             if (b is Cr or Lf)
+            {
                 return false;
+            }
+
             if (length < name.Length)
+            {
                 name[length] = b is >= (byte)'A' and <= (byte)'Z' ? (byte)(b | 0x20) : b;
+            }
+
             length++;
         }
 
@@ -251,7 +290,9 @@ public sealed class HeaderHygiene
     static void SkipLine(ref SequenceReader<byte> reader)
     {
         if (!reader.TryAdvanceTo(Lf))
+        {
             reader.AdvanceToEnd();
+        }
     }
 
     bool IsCandidate(byte first) =>
@@ -262,9 +303,14 @@ public sealed class HeaderHygiene
         foreach (var pattern in _patterns)
         {
             if (pattern.OutboundOnly && !outbound)
+            {
                 continue;
+            }
+
             if (pattern.Prefix ? copied.StartsWith(pattern.Name) : length == pattern.Name.Length && copied.SequenceEqual(pattern.Name))
+            {
                 return true;
+            }
         }
 
         return false;

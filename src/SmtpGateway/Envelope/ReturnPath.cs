@@ -53,15 +53,24 @@ public sealed partial class ReturnPath
     public VerpTag? Verify(string tenant, string localPart)
     {
         if (localPart.Length > 64)
+        {
             return null;
+        }
+
         var match = TagPattern().Match(localPart);
         if (!match.Success)
+        {
             return null;
+        }
+
         var id = match.Groups["id"].Value.ToLowerInvariant();
         var hash = match.Groups["hash"].Value.ToLowerInvariant();
         var key = _keys.Find(tenant, char.ToLowerInvariant(match.Groups["key"].Value[0]));
         if (key is null)
+        {
             return null;
+        }
+
         var expected = Encoding.ASCII.GetBytes(Mac(key, tenant, id, hash));
         var given = Encoding.ASCII.GetBytes(match.Groups["mac"].Value.ToLowerInvariant());
         return CryptographicOperations.FixedTimeEquals(expected, given) ? new VerpTag(tenant, id.ToUpperInvariant(), hash, key.Id) : null;
@@ -121,7 +130,10 @@ public sealed partial class ReturnPath
         }
 
         if (bits > 0)
+        {
             sb.Append(alphabet[(buffer << (5 - bits)) & 31]);
+        }
+
         return sb.ToString();
     }
 

@@ -177,7 +177,10 @@ public sealed class VerpKeyStore
     {
         var path = PathFor(tenant);
         if (!File.Exists(path))
+        {
             return null;
+        }
+
         try
         {
             return JsonSerializer.Deserialize(File.ReadAllBytes(path), VerpJsonContext.Default.VerpKeyFile);

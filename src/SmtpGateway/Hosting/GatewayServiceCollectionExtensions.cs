@@ -6,19 +6,18 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using SmtpGateway.Audit;
 using SmtpGateway.Bounces;
-using SmtpGateway.Envelope;
-using SmtpGateway.Policy;
-using SmtpGateway.Delivery.Inbound;
 using SmtpGateway.Configuration;
 using SmtpGateway.Delivery;
+using SmtpGateway.Delivery.Inbound;
+using SmtpGateway.Envelope;
 using SmtpGateway.Hsm;
-using SmtpGateway.Signing;
 using SmtpGateway.Identity;
 using SmtpGateway.Identity.Tokens;
 using SmtpGateway.Listener;
+using SmtpGateway.Signing;
+using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
 using SmtpGateway.Submission;
-using SmtpGateway.Smtp;
 
 namespace SmtpGateway.Hosting;
 

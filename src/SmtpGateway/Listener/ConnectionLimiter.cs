@@ -1,5 +1,5 @@
-using SmtpGateway.Smtp;
 using System.Net;
+using SmtpGateway.Smtp;
 
 namespace SmtpGateway.Listener;
 

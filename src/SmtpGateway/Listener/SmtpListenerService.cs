@@ -1,5 +1,3 @@
-using SmtpGateway.Configuration;
-using SmtpGateway.Smtp;
 using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Security;
@@ -7,6 +5,8 @@ using System.Net.Sockets;
 using System.Text;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using SmtpGateway.Configuration;
+using SmtpGateway.Smtp;
 
 namespace SmtpGateway.Listener;
 

@@ -20,12 +20,17 @@ internal static partial class DurableFile
     public static void SyncDirectory(string path)
     {
         if (OperatingSystem.IsWindows())
+        {
             return;
+        }
 
         var flags = OperatingSystem.IsLinux() ? ORdOnly | OCloExecLinux : ORdOnly;
         var fd = Native.open(path, flags);
         if (fd < 0)
+        {
             throw new IOException($"open({path}) for directory fsync failed: {new Win32Exception(Marshal.GetLastPInvokeError()).Message}");
+        }
+
         try
         {
             // EINTR is retried: fsync may be interrupted by a signal without having failed.
@@ -34,7 +39,9 @@ internal static partial class DurableFile
             {
                 var errno = Marshal.GetLastPInvokeError();
                 if (errno != eintr)
+                {
                     throw new IOException($"fsync({path}) failed: {new Win32Exception(errno).Message}");
+                }
             }
         }
         finally

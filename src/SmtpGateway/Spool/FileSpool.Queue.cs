@@ -7,7 +7,10 @@ public sealed partial class FileSpool
     internal (SpoolEntry Entry, SpooledMessage Message)? Peek(string id)
     {
         if (!IsValidId(id))
+        {
             return null;
+        }
+
         foreach (var (area, directory, stateDirectory) in new[] { (SpoolArea.Queue, _queue, _state), (SpoolArea.Failed, _failed, _failed) })
         {
             var path = Path.Combine(directory, id);
@@ -38,7 +41,10 @@ public sealed partial class FileSpool
     internal SpoolArea? Delete(string id)
     {
         if (!IsValidId(id))
+        {
             return null;
+        }
+
         var queued = Path.Combine(_queue, id);
         if (File.Exists(queued))
         {

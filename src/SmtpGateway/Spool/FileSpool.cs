@@ -118,7 +118,9 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     {
         ArgumentNullException.ThrowIfNull(envelope);
         if (!IsValidId(envelope.Id))
+        {
             throw new ArgumentException("Queue id must come from NewId().", nameof(envelope));
+        }
 
         var started = _time.GetTimestamp();
         // Unique per attempt, so that a failed commit only ever removes its own partial file.
@@ -140,7 +142,9 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 
             // The rename is durable only once queue/ itself is synced; wait for a (shared) directory fsync.
             if (_fsync)
+            {
                 await _queueSync.WaitForSyncAsync().ConfigureAwait(false);
+            }
         }
         catch (OperationCanceledException) when (!renamed)
         {
@@ -153,7 +157,10 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             // not the partial tmp file, and not a renamed file whose directory entry may not survive a crash.
             TryDelete(tmp);
             if (renamed)
+            {
                 TryDelete(queued);
+            }
+
             SpoolLog.CommitFailed(_logger, envelope.Id, ex);
             throw new SpoolWriteException($"Could not spool message {envelope.Id}.", ex);
         }
@@ -197,7 +204,9 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     public Task RecoverAsync(CancellationToken cancellationToken)
     {
         if (Interlocked.Exchange(ref _recovered, 1) == 1)
+        {
             return Task.CompletedTask;
+        }
 
         EnsureDirectories();
 
@@ -220,7 +229,10 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             if (message is null)
             {
                 if (movedAside)
+                {
                     corrupt++;
+                }
+
                 continue;
             }
 
@@ -244,11 +256,19 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         {
             var id = Path.GetFileNameWithoutExtension(path);
             if (queuedIds.Contains(id))
+            {
                 continue;
+            }
+
             if (IsValidId(id) && File.Exists(Path.Combine(_failed, id)) && !File.Exists(Path.Combine(_failed, id + StateSuffix)))
+            {
                 MoveReplacing(path, Path.Combine(_failed, id + StateSuffix));
+            }
             else
+            {
                 TryDelete(path);
+            }
+
             SpoolLog.OrphanStateRemoved(_logger, id);
         }
 
@@ -261,10 +281,16 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     {
         cancellationToken.ThrowIfCancellationRequested();
         if (!IsValidId(id))
+        {
             return Task.FromResult<SpooledMessage?>(null);
+        }
+
         var message = TryLoad(id, out var movedAside);
         if (movedAside)
+        {
             SpoolMetrics.Dequeued();
+        }
+
         return Task.FromResult(message);
     }
 
@@ -319,7 +345,10 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             var bytes = File.ReadAllBytes(path);
             var state = JsonSerializer.Deserialize(bytes, SpoolJsonContext.Default.DeliveryState);
             if (state is not null && state.Recipients is not null && state.Matches(envelope))
+            {
                 return state;
+            }
+
             reason = "does not match the envelope";
         }
         catch (FileNotFoundException)
@@ -342,7 +371,10 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     {
         ArgumentNullException.ThrowIfNull(state);
         if (!IsValidId(state.Id))
+        {
             throw new ArgumentException("Not a queue id.", nameof(state));
+        }
+
         cancellationToken.ThrowIfCancellationRequested();
 
         var message = Path.Combine(_queue, state.Id);
@@ -405,14 +437,19 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         var directory = area == SpoolArea.Queue ? _queue : _failed;
         var stateDirectory = area == SpoolArea.Queue ? _state : _failed;
         if (!Directory.Exists(directory))
+        {
             return [];
+        }
 
         var entries = new List<SpoolEntry>();
         foreach (var path in Directory.EnumerateFiles(directory).Order(StringComparer.Ordinal))
         {
             var id = Path.GetFileName(path);
             if (!IsValidId(id))
+            {
                 continue;
+            }
+
             try
             {
                 using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1);
@@ -477,7 +514,10 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         try
         {
             if (File.Exists(destination))
+            {
                 destination += "." + _time.GetUtcNow().ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture);
+            }
+
             File.Move(source, destination);
             SpoolLog.CorruptMovedAside(_logger, SafeFileName(id), destination, reason);
             return true;
@@ -504,19 +544,30 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     void EnsureDirectories()
     {
         if (_initialized)
+        {
             return;
+        }
+
         lock (_initGate)
         {
             if (_initialized)
+            {
                 return;
+            }
+
             var existed = Directory.Exists(_queue);
             foreach (var directory in new[] { _tmp, _queue, _state, _failed, _corrupt })
+            {
                 Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            }
 
             // New directories are entries in their parent: sync it so that queue/ itself survives a crash
             // before the first message in it is acknowledged.
             if (_fsync && !existed)
+            {
                 DurableFile.SyncDirectory(_root);
+            }
+
             _initialized = true;
         }
     }

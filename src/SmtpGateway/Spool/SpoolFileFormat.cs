@@ -53,19 +53,25 @@ internal static class SpoolFileFormat
         var read = ReadAtMost(stream, buffer);
         var newline = buffer[..read].IndexOf((byte)'\n');
         if (newline < 0)
+        {
             throw new InvalidDataException("missing or overlong preamble line");
+        }
 
         var parts = Encoding.ASCII.GetString(buffer[..newline]).Split(' ');
         if (parts.Length != 3 || parts[0] != Magic
             || !int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out var headerLength)
             || !long.TryParse(parts[2], NumberStyles.None, CultureInfo.InvariantCulture, out messageLength)
             || headerLength <= 0 || headerLength > MaxHeaderLength)
+        {
             throw new InvalidDataException("bad preamble");
+        }
 
         contentOffset = newline + 1L + headerLength;
         if (stream.Length != contentOffset + messageLength)
+        {
             throw new InvalidDataException(string.Create(CultureInfo.InvariantCulture,
                 $"length mismatch: file has {stream.Length} bytes, preamble says {contentOffset + messageLength}"));
+        }
 
         var json = new byte[headerLength];
         stream.Position = newline + 1;
@@ -81,7 +87,10 @@ internal static class SpoolFileFormat
         }
 
         if (header?.Envelope is not { } envelope || envelope.Recipients is null || envelope.MailFrom is null || envelope.Id is null)
+        {
             throw new InvalidDataException("incomplete envelope");
+        }
+
         return header;
     }
 
@@ -92,7 +101,10 @@ internal static class SpoolFileFormat
         {
             var n = stream.Read(buffer[total..]);
             if (n == 0)
+            {
                 break;
+            }
+
             total += n;
         }
 

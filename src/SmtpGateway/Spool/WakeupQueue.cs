@@ -32,7 +32,9 @@ internal sealed class WakeupQueue : IDisposable
         get
         {
             lock (_gate)
+            {
                 return _dueById.Count;
+            }
         }
     }
 
@@ -41,15 +43,24 @@ internal sealed class WakeupQueue : IDisposable
         lock (_gate)
         {
             if (_disposed)
+            {
                 return;
+            }
+
             if (at > _time.GetUtcNow())
             {
                 if (_dueById.TryGetValue(id, out var existing) && existing == at)
+                {
                     return;
+                }
+
                 _dueById[id] = at;
                 _heap.Enqueue(id, at);
                 if (_armedFor is null || at < _armedFor)
+                {
                     ArmLocked(at);
+                }
+
                 return;
             }
 
@@ -65,7 +76,10 @@ internal sealed class WakeupQueue : IDisposable
         lock (_gate)
         {
             if (_disposed)
+            {
                 return;
+            }
+
             _armedFor = null;
             var now = _time.GetUtcNow();
             while (_heap.TryPeek(out var id, out var at) && at <= now)
@@ -79,20 +93,30 @@ internal sealed class WakeupQueue : IDisposable
             }
 
             if (_heap.TryPeek(out _, out var next))
+            {
                 ArmLocked(next);
+            }
         }
 
         foreach (var id in due)
+        {
             _due(id);
+        }
     }
 
     void ArmLocked(DateTimeOffset at)
     {
         var delay = at - _time.GetUtcNow();
         if (delay < TimeSpan.Zero)
+        {
             delay = TimeSpan.Zero;
+        }
+
         if (delay > MaxTimerDelay)
+        {
             delay = MaxTimerDelay;
+        }
+
         _armedFor = at;
         _timer.Change(delay, Timeout.InfiniteTimeSpan);
     }

@@ -1,6 +1,5 @@
 using System.Buffers;
 using SmtpGateway.Envelope;
-using SmtpGateway.Spool;
 
 namespace SmtpGateway.Submission;
 

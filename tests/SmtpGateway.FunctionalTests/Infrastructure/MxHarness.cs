@@ -5,7 +5,6 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Xunit;
-using Xunit.Abstractions;
 
 namespace SmtpGateway.FunctionalTests.Infrastructure;
 
@@ -134,12 +133,17 @@ public class MxHarness : GatewayProcessHarness
         while (true)
         {
             if (Gateway!.HasExited)
+            {
                 throw new InvalidOperationException($"smtpgw exited with status {Gateway.ExitCode}:\n{Gateway.Output}");
+            }
+
             try
             {
                 using var client = await RawSmtpClient.ConnectAsync("127.0.0.1", RelayPort, TimeSpan.FromSeconds(5), cancellationToken);
                 if (client.Banner.Code == 220)
+                {
                     return;
+                }
             }
             catch (Exception e) when (e is SocketException or IOException or TimeoutException && clock.Elapsed < TimeSpan.FromSeconds(30))
             {
@@ -153,7 +157,10 @@ public class MxHarness : GatewayProcessHarness
     {
         var sink = await SmtpSink.StartAtAsync(WorkDirectory, address, MxPort, options, cancellationToken);
         lock (_sinks)
+        {
             _sinks.Add(sink);
+        }
+
         return sink;
     }
 
@@ -187,7 +194,10 @@ public class MxHarness : GatewayProcessHarness
     {
         var path = Path.Combine(DataDirectory, "events", tenant + ".jsonl");
         if (!File.Exists(path))
+        {
             return [];
+        }
+
         var options = new JsonSerializerOptions(JsonSerializerDefaults.Web);
         using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
         using var reader = new StreamReader(stream);
@@ -195,7 +205,9 @@ public class MxHarness : GatewayProcessHarness
         while (reader.ReadLine() is { } line)
         {
             if (line.EndsWith('}'))
+            {
                 list.Add(JsonSerializer.Deserialize<EventRecord>(line, options)!);
+            }
         }
 
         return list;
@@ -209,9 +221,15 @@ public class MxHarness : GatewayProcessHarness
         {
             var events = Events(tenant);
             if (done(events))
+            {
                 return events;
+            }
+
             if (clock.Elapsed > timeout)
+            {
                 throw new TimeoutException($"events of {tenant}: condition not met within {timeout}:\n{string.Join('\n', events)}");
+            }
+
             await Task.Delay(100, cancellationToken);
         }
     }
@@ -224,11 +242,16 @@ public class MxHarness : GatewayProcessHarness
     {
         var outputs = new List<(string, string)>();
         if (Dns is not null)
+        {
             outputs.Add(("unbound", Dns.Output));
+        }
+
         lock (_sinks)
         {
             foreach (var sink in _sinks)
+            {
                 outputs.Add(($"smtp-sink@{sink.Address}", sink.Output));
+            }
         }
 
         return outputs;
@@ -239,7 +262,9 @@ public class MxHarness : GatewayProcessHarness
         lock (_sinks)
         {
             foreach (var sink in _sinks)
+            {
                 sink.Dispose();
+            }
         }
 
         Dns?.Dispose();

@@ -42,7 +42,10 @@ internal sealed class Unbound : IDisposable
         CancellationToken cancellationToken)
     {
         if (!File.Exists(Binary))
+        {
             throw new InvalidOperationException($"{Binary} is missing: apt-get install unbound (./test.sh does)");
+        }
+
         var directory = Path.Combine(workDirectory, "unbound");
         Directory.CreateDirectory(directory);
         for (var attempt = 0; ; attempt++)
@@ -68,9 +71,15 @@ internal sealed class Unbound : IDisposable
                 .AppendLine("  module-config: \"iterator\"")
                 .AppendLine("  auto-trust-anchor-file: \"\"");
             foreach (var zone in zones)
+            {
                 config.AppendLine($"  local-zone: \"{zone}\" static");
+            }
+
             foreach (var record in records)
+            {
                 config.AppendLine($"  local-data: \"{record}\"");
+            }
+
             config.AppendLine("remote-control:").AppendLine("  control-enable: no");
             var path = Path.Combine(directory, "unbound.conf");
             await File.WriteAllTextAsync(path, config.ToString(), cancellationToken).ConfigureAwait(false);
@@ -100,19 +109,27 @@ internal sealed class Unbound : IDisposable
         while (true)
         {
             if (_process.HasExited)
+            {
                 throw new InvalidOperationException($"unbound exited:\n{_process.Output}");
+            }
+
             try
             {
                 var response = await client.QueryAsync(probe, QueryType.A, cancellationToken: cancellationToken).ConfigureAwait(false);
                 if (response.Answers.ARecords().Any())
+                {
                     return;
+                }
             }
             catch (DnsResponseException) when (clock.Elapsed < TimeSpan.FromSeconds(20))
             {
             }
 
             if (clock.Elapsed > TimeSpan.FromSeconds(20))
+            {
                 throw new TimeoutException($"unbound did not answer for {probe}:\n{_process.Output}");
+            }
+
             await Task.Delay(50, cancellationToken).ConfigureAwait(false);
         }
     }

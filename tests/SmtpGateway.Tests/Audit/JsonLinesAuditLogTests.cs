@@ -45,7 +45,9 @@ public sealed class JsonLinesAuditLogTests : IDisposable
         listener.InstrumentPublished = (instrument, l) =>
         {
             if (instrument.Meter.Name == Telemetry.MeterName && instrument.Name == Telemetry.AuditDropped)
+            {
                 l.EnableMeasurementEvents(instrument);
+            }
         };
         listener.SetMeasurementEventCallback<long>((_, value, _, _) => Interlocked.Add(ref dropped, value));
         listener.Start();
@@ -53,7 +55,10 @@ public sealed class JsonLinesAuditLogTests : IDisposable
         // Not started: nothing drains the queue, as when every write to the audit directory fails.
         var log = NewLog(maxFileSize: 256L << 20);
         for (var i = 0; i < JsonLinesAuditLog.MaxPending + 100; i++)
+        {
             log.Write(new AuditEvent { Action = AuditActions.Auth, Result = "refused", Subject = $"flood {i}" });
+        }
+
         Assert.Equal(100, Interlocked.Read(ref dropped));
 
         // Once it runs, what was kept is written in order; the process never held more than the bound.

@@ -22,7 +22,10 @@ public sealed class BounceParserTests
     static void AssertOneLine(string? value, int max = BounceParser.MaxDiagnosticChars)
     {
         if (value is null)
+        {
             return;
+        }
+
         Assert.True(value.Length <= max, $"{value.Length} > {max}");
         Assert.DoesNotContain(value, c => char.IsControl(c) || c is '\u2028' or '\u2029' or '\u202E' or '\u200B');
         Assert.Equal(value.Trim(), value);
@@ -699,7 +702,10 @@ public sealed class BounceParserTests
             + "Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n"
             + "--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; bomb.example\r\n\r\n");
         for (var i = 0; i < 100_000; i++)
+        {
             sb.Append("Final-Recipient: rfc822; r").Append(i).Append("@x.example\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n");
+        }
+
         sb.Append("--b--\r\n");
         var calls = 0;
         var watch = Stopwatch.StartNew();
@@ -742,7 +748,10 @@ public sealed class BounceParserTests
     {
         var sb = new StringBuilder("From: MAILER-DAEMON@bomb.example\r\nSubject: Undeliverable\r\n\r\n");
         for (var i = 0; sb.Length < 10 * 1024 * 1024; i++)
+        {
             sb.Append('a', 100).Append(i).Append("@example.com\r\n");
+        }
+
         sb.Append("target@example.net 550 5.1.1\r\n");
         var calls = 0;
         var watch = Stopwatch.StartNew();
@@ -763,7 +772,10 @@ public sealed class BounceParserTests
     {
         var sb = new StringBuilder("From: MAILER-DAEMON@bomb.example\r\nMIME-Version: 1.0\r\n");
         for (var i = 0; i < 20_000; i++)
+        {
             sb.Append("Content-Type: multipart/mixed; boundary=\"b").Append(i).Append("\"\r\n\r\n--b").Append(i).Append("\r\n");
+        }
+
         sb.Append("Content-Type: text/plain\r\n\r\nhello\r\n");
         using var stream = new MemoryStream(Encoding.ASCII.GetBytes(sb.ToString()));
 

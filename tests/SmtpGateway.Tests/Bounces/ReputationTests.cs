@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Microsoft.Extensions.Time.Testing;
 using SmtpGateway.Bounces;
 using SmtpGateway.Configuration;
@@ -20,7 +19,10 @@ public sealed class ReputationTests : IDisposable
     public void Dispose()
     {
         foreach (var list in _lists)
+        {
             list.Dispose();
+        }
+
         _dir.Dispose();
     }
 
@@ -30,7 +32,9 @@ public sealed class ReputationTests : IDisposable
         new(_dir.Path, config ?? (_ => Strict()), _time, p =>
         {
             lock (_alerts)
+            {
                 _alerts.Add(p);
+            }
         });
 
     string PauseFile(string tenant) => ReputationTracker.PausePath(_dir.Path, tenant);
@@ -255,7 +259,10 @@ public sealed class ReputationTests : IDisposable
         var (outcomes, suppression, reputation) = NewOutcomes();
 
         for (var i = 0; i < 50; i++)
+        {
             outcomes.OnAttempt("tenant-a", $"r{i}@example.net", DeliveryOutcome.Deferred, "451 4.3.0 later", "Q1");
+        }
+
         outcomes.OnAttempt("tenant-a", "a@example.net", DeliveryOutcome.Delivered, "250 ok", "Q1");
         outcomes.OnAttempt("tenant-a", "b@example.net", DeliveryOutcome.Bounced, "550 5.7.1 no", "Q1"); // 1/2: not over 0.5
 

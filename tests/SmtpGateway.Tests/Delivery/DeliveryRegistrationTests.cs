@@ -5,7 +5,6 @@ using SmtpGateway.Configuration;
 using SmtpGateway.Delivery;
 using SmtpGateway.Spool;
 using SmtpGateway.Tests.Spool;
-using Xunit;
 
 namespace SmtpGateway.Tests.Delivery;
 
@@ -59,7 +58,10 @@ public sealed class DeliveryRegistrationTests : IDisposable
         await using var provider = Build(DeliveryMode.Drop);
         var hosted = provider.GetServices<IHostedService>().ToArray();
         foreach (var service in hosted)
+        {
             await service.StartAsync(CancellationToken.None);
+        }
+
         try
         {
             var spool = provider.GetRequiredService<IMessageSpool>();
@@ -74,7 +76,9 @@ public sealed class DeliveryRegistrationTests : IDisposable
         finally
         {
             foreach (var service in hosted.Reverse())
+            {
                 await service.StopAsync(CancellationToken.None);
+            }
         }
     }
 }

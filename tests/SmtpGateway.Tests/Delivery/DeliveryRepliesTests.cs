@@ -1,7 +1,6 @@
 using System.Reflection;
 using SmtpGateway.Delivery;
 using SmtpGateway.Smtp;
-using Xunit;
 
 namespace SmtpGateway.Tests.Delivery;
 

@@ -4,7 +4,6 @@ using SmtpGateway.Configuration;
 using SmtpGateway.Delivery;
 using SmtpGateway.Spool;
 using SmtpGateway.Tests.Spool;
-using Xunit;
 using static SmtpGateway.Tests.Spool.SpoolTestKit;
 
 namespace SmtpGateway.Tests.Delivery;
@@ -30,7 +29,10 @@ public sealed class ScriptedTransport : IDeliveryTransport
         var call = Calls.Count;
         Entered.TrySetResult();
         if (Gate is { } gate)
+        {
             await gate.Task.WaitAsync(cancellationToken);
+        }
+
         return recipients.Select(r =>
         {
             var reply = Reply(r, call);
@@ -212,7 +214,10 @@ public sealed class DeliveryServiceTests : IDisposable
             times.Add(_time.GetUtcNow());
             await service.ProcessAsync(id, CancellationToken.None);
             if (await _spool.LoadAsync(id, CancellationToken.None) is { } after)
+            {
                 _time.Advance(after.State.NextAttemptAt - _time.GetUtcNow());
+            }
+
             Assert.True(times.Count < 10);
         }
 

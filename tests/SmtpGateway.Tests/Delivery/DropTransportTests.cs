@@ -3,7 +3,6 @@ using Microsoft.Extensions.Logging.Abstractions;
 using SmtpGateway.Delivery;
 using SmtpGateway.Spool;
 using SmtpGateway.Tests.Spool;
-using Xunit;
 using static SmtpGateway.Tests.Spool.SpoolTestKit;
 
 namespace SmtpGateway.Tests.Delivery;

@@ -4,7 +4,6 @@ using Microsoft.Extensions.Logging.Abstractions;
 using SmtpGateway.Configuration;
 using SmtpGateway.Delivery;
 using SmtpGateway.Identity;
-using Xunit;
 
 namespace SmtpGateway.Tests.Delivery;
 
@@ -128,7 +127,10 @@ public sealed class EgressDirectoryTests
 
         foreach (var path in new[] { "Gateway:Dns:Servers:1", "Gateway:Dns:Timeout", "Gateway:Delivery:Mx:Port", "Gateway:Delivery:Mx:",
                      "Gateway:Delivery:MaxConnectionsPerTenant", "Gateway:Delivery:Backoff:FailuresBeforeBackoff", "Gateway:Delivery:Tls:TrustAnchorsPath" })
+        {
             Assert.Contains(errors, e => e.StartsWith(path, StringComparison.Ordinal));
+        }
+
         Assert.DoesNotContain(errors, e => e.StartsWith("Gateway:Dns:Servers:0", StringComparison.Ordinal));
     }
 }

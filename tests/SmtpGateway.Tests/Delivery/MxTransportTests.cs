@@ -6,7 +6,6 @@ using SmtpGateway.Configuration;
 using SmtpGateway.Delivery;
 using SmtpGateway.Spool;
 using SmtpGateway.Tests.Spool;
-using Xunit;
 using static SmtpGateway.Tests.Spool.SpoolTestKit;
 
 namespace SmtpGateway.Tests.Delivery;
@@ -271,7 +270,9 @@ public sealed class MxTransportTests : IAsyncLifetime
         await using var transport = NewTransport(resolver, c => c.Delivery.MaxConnectionsPerTenant = 2);
         var messages = new List<SpooledMessage>();
         for (var i = 0; i < 12; i++)
+        {
             messages.Add(await SpoolAsync([i % 2 == 0 ? $"r{i}@one.example" : $"r{i}@two.example"], "tenant-a"));
+        }
 
         var results = await Task.WhenAll(messages.Select(m => Task.Run(() => transport.DeliverAsync(m, m.Envelope.Recipients, CancellationToken.None))));
 

@@ -6,7 +6,6 @@ using SmtpGateway.Configuration;
 using SmtpGateway.Delivery;
 using SmtpGateway.Spool;
 using SmtpGateway.Tests.Spool;
-using Xunit;
 using static SmtpGateway.Tests.Spool.SpoolTestKit;
 
 namespace SmtpGateway.Tests.Delivery;
@@ -129,7 +128,10 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
         // those are the only bytes that may be added.
         var expected = text.Contains("\r\n\r\n", StringComparison.Ordinal) || text.StartsWith("\r\n", StringComparison.Ordinal) ? text : text + "\r\n";
         if (!expected.EndsWith("\r\n", StringComparison.Ordinal))
+        {
             expected += "\r\n";
+        }
+
         Assert.Equal(expected, Encoding.ASCII.GetString(received));
     }
 
@@ -394,7 +396,9 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
         await using var transport = NewTransport(maxConnections: 3);
         var messages = new List<SpooledMessage>();
         for (var i = 0; i < 24; i++)
+        {
             messages.Add(await SpoolAsync(SampleMessage($"m{i}")));
+        }
 
         var results = await Task.WhenAll(messages.Select(m => Task.Run(() => transport.DeliverAsync(m, m.Envelope.Recipients, CancellationToken.None))));
 
@@ -413,7 +417,9 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
         var a2 = await SpoolAsync(SampleMessage(), tenant: "tenant-a");
 
         foreach (var m in new[] { a, b, a2 })
+        {
             await transport.DeliverAsync(m, m.Envelope.Recipients, CancellationToken.None);
+        }
 
         Assert.Equal(2, _server.Connections);
         var byConnection = _server.Messages.GroupBy(m => m.Connection).Select(g => g.Count()).Order().ToArray();
@@ -459,7 +465,10 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
         while (!condition())
         {
             if (Environment.TickCount64 > deadline)
+            {
                 throw new TimeoutException("condition not met in time");
+            }
+
             await Task.Delay(10);
         }
     }

@@ -88,7 +88,9 @@ public sealed class TestSmtpServer : IAsyncDisposable
                     try
                     {
                         using (client)
+                        {
                             await SessionAsync(client, number);
+                        }
                     }
                     catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
                     {
@@ -119,7 +121,10 @@ public sealed class TestSmtpServer : IAsyncDisposable
         {
             var line = await ReadLineAsync(reader);
             if (line is null)
+            {
                 return;
+            }
+
             var command = Encoding.UTF8.GetString(line).TrimEnd('\r', '\n');
             Commands.Enqueue(command);
             var verb = command.Split(' ', 2)[0].ToUpperInvariant();
@@ -170,7 +175,10 @@ public sealed class TestSmtpServer : IAsyncDisposable
                     var (rcpt, _) = SplitPath(command["RCPT TO:".Length..]);
                     var reply = RcptReply(rcpt);
                     if (reply.StartsWith('2'))
+                    {
                         recipients.Add(rcpt);
+                    }
+
                     await Send(reply);
                     break;
                 case "DATA":
@@ -183,11 +191,20 @@ public sealed class TestSmtpServer : IAsyncDisposable
                     await Send("354 End data with <CR><LF>.<CR><LF>");
                     var data = await ReadDataAsync(reader);
                     if (data is null)
+                    {
                         return;
+                    }
+
                     if (DataDelay > TimeSpan.Zero)
+                    {
                         await Task.Delay(DataDelay, _stop.Token);
+                    }
+
                     if (DataReply.StartsWith('2'))
+                    {
                         Messages.Enqueue(new ReceivedMessage(connection, mailFrom, mailParameters, recipients.ToArray(), data));
+                    }
+
                     recipients.Clear();
                     await Send(DataReply);
                     break;
@@ -222,10 +239,15 @@ public sealed class TestSmtpServer : IAsyncDisposable
         while (true)
         {
             if (await reader.ReadAsync(one, _stop.Token) == 0)
+            {
                 return null;
+            }
+
             line.WriteByte(one[0]);
             if (one[0] == '\n')
+            {
                 return line.ToArray();
+            }
         }
     }
 
@@ -237,9 +259,15 @@ public sealed class TestSmtpServer : IAsyncDisposable
         {
             var line = await ReadLineAsync(reader);
             if (line is null)
+            {
                 return null;
+            }
+
             if (line.AsSpan().SequenceEqual(".\r\n"u8))
+            {
                 return data.ToArray();
+            }
+
             var start = line.Length > 0 && line[0] == '.' ? 1 : 0;
             data.Write(line, start, line.Length - start);
         }
@@ -248,7 +276,10 @@ public sealed class TestSmtpServer : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) == 1)
+        {
             return;
+        }
+
         await _stop.CancelAsync();
         _listener.Stop();
         await _accept;

@@ -1,7 +1,6 @@
 using System.Buffers;
 using System.Text;
 using SmtpGateway.Envelope;
-using SmtpGateway.Listener;
 
 using SmtpGateway.Tests.Spool;
 

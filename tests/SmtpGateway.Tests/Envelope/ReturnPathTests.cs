@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text;
 using System.Text.RegularExpressions;
 using Microsoft.Extensions.Time.Testing;
@@ -138,7 +137,9 @@ public sealed partial class ReturnPathTests : IDisposable
         for (var i = 2; i < local.Length; i++)
         {
             if (local[i] == '.')
+            {
                 continue;
+            }
 
             // A different character of the same alphabet, so the shape stays valid and only the MAC check can refuse it.
             var alphabet = i >= macStart ? Base32Alphabet : i == macStart - 1 ? "abcdefghijklmnopqrstuvwxyz0123456789" : "0123456789abcdef";
@@ -187,7 +188,9 @@ public sealed partial class ReturnPathTests : IDisposable
         Assert.Equal('a', local[keyAt]);
 
         foreach (var id in "bz9")
+        {
             Assert.Null(rp.Verify("tenant-a", string.Concat(local.AsSpan(0, keyAt), id.ToString(), local.AsSpan(keyAt + 1))));
+        }
     }
 
     [Theory]

@@ -1,8 +1,8 @@
-using SmtpGateway.Smtp;
 using System.Net;
 using Microsoft.Extensions.Time.Testing;
 using SmtpGateway.Identity;
 using SmtpGateway.Listener;
+using SmtpGateway.Smtp;
 
 namespace SmtpGateway.Tests.Identity;
 

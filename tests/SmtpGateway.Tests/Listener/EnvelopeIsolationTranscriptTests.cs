@@ -4,7 +4,6 @@ using System.Text;
 using System.Text.RegularExpressions;
 using SmtpGateway.Bounces;
 using SmtpGateway.Envelope;
-using SmtpGateway.Listener;
 using SmtpGateway.Submission;
 using SmtpGateway.Tests.Spool;
 
@@ -148,13 +147,19 @@ public sealed class EnvelopeIsolationTranscriptTests : IDisposable
     public async Task Thirty_suppressed_recipients_do_not_spend_the_session_error_budget()
     {
         for (var i = 0; i < 30; i++)
+        {
             Assert.True(_suppression.Add("tenant-a", $"s{i}@example.net", "hard-bounce", null));
+        }
+
         await using var gw = await StartAsync(); // MaxErrors is 20
         await using var c = await TenantAsync(gw);
 
         Assert.StartsWith("250", await c.CommandAsync("MAIL FROM:<app@tenant-a.example>"));
         for (var i = 0; i < 30; i++)
+        {
             Assert.Equal(SuppressedReply, await c.CommandAsync($"RCPT TO:<s{i}@example.net>"));
+        }
+
         Assert.StartsWith("250 2.1.5", await c.CommandAsync("RCPT TO:<ok@example.net>"));
         Assert.StartsWith("250 2.0.0", await DataAsync(c, "From: app@tenant-a.example\r\nSubject: hi\r\n\r\nbody\r\n"));
         Assert.StartsWith("250", await c.CommandAsync("NOOP"));

@@ -1,5 +1,4 @@
 using SmtpGateway.Smtp;
-using SmtpGateway.Listener;
 
 namespace SmtpGateway.Tests.Listener;
 

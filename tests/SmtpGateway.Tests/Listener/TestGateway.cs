@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Security;
@@ -7,8 +6,8 @@ using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using System.Text;
 using Microsoft.Extensions.Logging.Abstractions;
-using SmtpGateway.Configuration;
 using SmtpGateway.Audit;
+using SmtpGateway.Configuration;
 using SmtpGateway.Identity;
 using SmtpGateway.Identity.Tokens;
 using SmtpGateway.Listener;

@@ -1,9 +1,8 @@
-using SmtpGateway.Smtp;
 using SmtpGateway.Bounces;
 using SmtpGateway.Configuration;
 using SmtpGateway.Identity;
-using SmtpGateway.Listener;
 using SmtpGateway.Policy;
+using SmtpGateway.Smtp;
 
 namespace SmtpGateway.Tests.Policy;
 

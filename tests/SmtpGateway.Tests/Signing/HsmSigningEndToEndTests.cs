@@ -1,7 +1,6 @@
 using System.Buffers;
 using System.Text;
 using Microsoft.Extensions.Time.Testing;
-using SmtpGateway.Configuration;
 using SmtpGateway.Identity;
 using SmtpGateway.Signing;
 using SmtpGateway.Tests.Hsm;

@@ -1,7 +1,6 @@
 using System.Buffers;
 using System.Text;
 using SmtpGateway.Spool;
-using Xunit;
 using static SmtpGateway.Tests.Spool.SpoolTestKit;
 
 namespace SmtpGateway.Tests.Spool;
@@ -19,7 +18,10 @@ public sealed class FileSpoolTests : IDisposable
     {
         var ids = new List<string>();
         while (spool.Ready.TryRead(out var id))
+        {
             ids.Add(id);
+        }
+
         return ids;
     }
 
@@ -74,7 +76,9 @@ public sealed class FileSpoolTests : IDisposable
     public async Task Recovery_deletes_tmp_leftovers_and_never_delivers_them()
     {
         using (var spool = NewSpool(Root, _time))
+        {
             await spool.CommitAsync(NewEnvelope(spool, _time), Segmented(SampleMessage()), CancellationToken.None);
+        }
 
         // A crash mid-write leaves a partial file in tmp/ (and a half-written state file).
         var partialId = "0000000000000000DEAD";
@@ -107,7 +111,10 @@ public sealed class FileSpoolTests : IDisposable
         var truncatedPath = Path.Combine(Root, "queue", truncated);
         var length = new FileInfo(truncatedPath).Length;
         await using (var stream = new FileStream(truncatedPath, FileMode.Open))
+        {
             stream.SetLength(length - 5);
+        }
+
         await File.WriteAllTextAsync(Path.Combine(Root, "queue", "0000000000000000BEEF"), "not a spool file");
         await File.WriteAllTextAsync(Path.Combine(Root, "queue", "0000000000000000CAFE"), "SGWSPOOL1 2 0\n{}");
 
@@ -136,7 +143,9 @@ public sealed class FileSpoolTests : IDisposable
         await Task.WhenAll(Enumerable.Range(0, tasks).Select(_ => Task.Run(async () =>
         {
             for (var i = 0; i < perTask; i++)
+            {
                 await spool.CommitAsync(NewEnvelope(spool, TimeProvider.System), Segmented(payload, 4096), CancellationToken.None);
+            }
         })));
 
         const int messages = tasks * perTask;

@@ -14,7 +14,9 @@ public sealed class ManualTimeProvider(DateTimeOffset start) : TimeProvider
     public override DateTimeOffset GetUtcNow()
     {
         lock (_gate)
+        {
             return _now;
+        }
     }
 
     public override long TimestampFrequency => TimeSpan.TicksPerSecond;
@@ -25,7 +27,10 @@ public sealed class ManualTimeProvider(DateTimeOffset start) : TimeProvider
     {
         var timer = new ManualTimer(this, callback, state);
         lock (_gate)
+        {
             _timers.Add(timer);
+        }
+
         timer.Change(dueTime, period);
         return timer;
     }
@@ -35,7 +40,10 @@ public sealed class ManualTimeProvider(DateTimeOffset start) : TimeProvider
     {
         DateTimeOffset target;
         lock (_gate)
+        {
             target = _now + by;
+        }
+
         while (true)
         {
             ManualTimer? next = null;
@@ -44,7 +52,9 @@ public sealed class ManualTimeProvider(DateTimeOffset start) : TimeProvider
                 foreach (var timer in _timers)
                 {
                     if (timer.DueAt is { } due && due <= target && (next is null || due < next.DueAt))
+                    {
                         next = timer;
+                    }
                 }
 
                 if (next is null)
@@ -54,7 +64,10 @@ public sealed class ManualTimeProvider(DateTimeOffset start) : TimeProvider
                 }
 
                 if (next.DueAt > _now)
+                {
                     _now = next.DueAt!.Value;
+                }
+
                 next.DueAt = next.Period > TimeSpan.Zero ? next.DueAt + next.Period : null;
             }
 
@@ -65,7 +78,9 @@ public sealed class ManualTimeProvider(DateTimeOffset start) : TimeProvider
     void Remove(ManualTimer timer)
     {
         lock (_gate)
+        {
             _timers.Remove(timer);
+        }
     }
 
     sealed class ManualTimer(ManualTimeProvider owner, TimerCallback callback, object? state) : ITimer

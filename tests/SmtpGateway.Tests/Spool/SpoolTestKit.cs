@@ -48,15 +48,22 @@ public static class SpoolTestKit
     public static ReadOnlySequence<byte> Segmented(byte[] bytes, int segmentSize = 7)
     {
         if (bytes.Length == 0)
+        {
             return ReadOnlySequence<byte>.Empty;
+        }
+
         Segment? first = null, last = null;
         for (var offset = 0; offset < bytes.Length; offset += segmentSize)
         {
             var memory = bytes.AsMemory(offset, Math.Min(segmentSize, bytes.Length - offset));
             if (first is null)
+            {
                 first = last = new Segment(memory, 0);
+            }
             else
+            {
                 last = last!.Append(memory);
+            }
         }
 
         return new ReadOnlySequence<byte>(first!, 0, last!, last!.Memory.Length);

@@ -41,7 +41,10 @@ internal sealed class CurrentInboundRoutes : IDeliveryTransport, IDisposable
         lock (_lock)
         {
             if (_current is { } current && ReferenceEquals(current.Snapshot, snapshot))
+            {
                 return current.Router;
+            }
+
             var routes = snapshot.Tenants.ToDictionary(kv => kv.Key, kv => kv.Value.Inbound, StringComparer.Ordinal);
             var router = new InboundRouter(routes, _dataDirectory, _http, _time, _logger);
             _current = (snapshot, router);

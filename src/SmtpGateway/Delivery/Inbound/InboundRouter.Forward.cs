@@ -61,7 +61,10 @@ public sealed partial class InboundRouter
         {
             var transaction = await client.SendSpooledAsync(message, recipients, cancellationToken).ConfigureAwait(false);
             if (!transaction.Exact)
+            {
                 InboundLog.ForwardNotExact(_logger, id, tenant);
+            }
+
             InboundLog.Forwarded(_logger, id, tenant, peer);
             var tlsDescription = client.TlsDescription;
             return transaction.Results.Select(r => r with { RemoteHost = peer, Tls = tlsDescription }).ToArray();

@@ -57,7 +57,9 @@ public sealed partial class InboundRouter
             string signature;
             var macInput = message.OpenContent();
             await using (macInput.ConfigureAwait(false))
+            {
                 signature = await InboundWebhookSignature.ComputeAsync(secret, timestamp, id, macInput, cancellationToken).ConfigureAwait(false);
+            }
 
             using var timeout = new CancellationTokenSource(timeoutAfter, _time);
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
@@ -85,11 +87,18 @@ public sealed partial class InboundRouter
             // its endpoint within the retry window, and a bounce of inbound mail would reach an outsider), but worth a warning.
             // A 3xx is not followed (the caller's HttpClient must not, either): signed mail goes only where the tenant configured.
             if (status is >= 400 and < 500 and not 408 and not 429)
+            {
                 InboundLog.WebhookRefused(_logger, id, tenant, endpoint, status);
+            }
             else if (status is >= 300 and < 400)
+            {
                 InboundLog.WebhookRedirected(_logger, id, tenant, endpoint, status);
+            }
             else
+            {
                 InboundLog.WebhookDeferred(_logger, id, tenant, endpoint, status);
+            }
+
             return Deferred(recipients, DeliveryReplies.WebhookNotAccepted(status), endpoint);
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
@@ -136,7 +145,9 @@ public sealed partial class InboundRouter
         {
             var value = Environment.GetEnvironmentVariable(config.SecretEnvironmentVariable);
             if (!string.IsNullOrWhiteSpace(value))
+            {
                 return Encoding.UTF8.GetBytes(value.Trim());
+            }
         }
 
         if (!string.IsNullOrWhiteSpace(config.SecretFile))
@@ -145,7 +156,10 @@ public sealed partial class InboundRouter
             {
                 var value = File.ReadAllText(Path.GetFullPath(config.SecretFile), Encoding.UTF8);
                 if (!string.IsNullOrWhiteSpace(value))
+                {
                     return Encoding.UTF8.GetBytes(value.Trim());
+                }
+
                 InboundLog.WebhookSecretUnavailable(_logger, tenant, $"file {config.SecretFile} (empty)");
                 return null;
             }
@@ -173,9 +187,13 @@ public sealed partial class InboundRouter
         foreach (var b in Encoding.UTF8.GetBytes(value))
         {
             if (b is > 0x20 and < 0x7F and not (byte)'%' and not (byte)',')
+            {
                 builder.Append((char)b);
+            }
             else
+            {
                 builder.Append('%').Append(b.ToString("X2", CultureInfo.InvariantCulture));
+            }
         }
 
         return builder.ToString();

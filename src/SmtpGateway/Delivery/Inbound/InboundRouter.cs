@@ -133,7 +133,10 @@ public sealed partial class InboundRouter : IDeliveryTransport
     void TryDelete(string? path)
     {
         if (path is null)
+        {
             return;
+        }
+
         try
         {
             File.Delete(path);

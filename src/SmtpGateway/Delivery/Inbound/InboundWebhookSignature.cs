@@ -47,11 +47,15 @@ public static class InboundWebhookSignature
     {
         ArgumentNullException.ThrowIfNull(secret);
         if (signature is null || !signature.StartsWith(Version, StringComparison.Ordinal) || signature.Length != Version.Length + (2 * MacLength))
+        {
             return false;
+        }
 
         Span<byte> given = stackalloc byte[MacLength];
         if (Convert.FromHexString(signature.AsSpan(Version.Length), given, out _, out var written) != System.Buffers.OperationStatus.Done || written != MacLength)
+        {
             return false;
+        }
 
         using var hmac = Start(secret, timestamp, queueId);
         hmac.AppendData(body);
@@ -67,7 +71,10 @@ public static class InboundWebhookSignature
         var buffer = new byte[81920];
         int read;
         while ((read = await body.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)
+        {
             hmac.AppendData(buffer, 0, read);
+        }
+
         return Format(hmac);
     }
 

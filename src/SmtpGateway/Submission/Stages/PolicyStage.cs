@@ -1,7 +1,6 @@
 using System.Buffers;
 using Microsoft.Extensions.Logging;
 using SmtpGateway.Audit;
-using SmtpGateway.Envelope;
 using SmtpGateway.Policy;
 using SmtpGateway.Smtp;
 

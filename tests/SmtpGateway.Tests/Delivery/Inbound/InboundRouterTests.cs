@@ -38,7 +38,10 @@ public sealed class InboundRouterTests : IDisposable
     {
         var routes = new Dictionary<string, InboundRouteConfig>(StringComparer.Ordinal);
         if (route is not null)
+        {
             routes[Tenant] = route;
+        }
+
         return new InboundRouter(routes, DataDirectory, _http, time ?? TimeProvider.System, _logger);
     }
 
@@ -260,9 +263,14 @@ public sealed class InboundRouterTests : IDisposable
         Assert.Single(receiver.Requests);
         var warnings = _logger.Entries.Where(e => e.Level == LogLevel.Warning).Select(e => e.Message).ToArray();
         if (warning is null)
+        {
             Assert.Empty(warnings);
+        }
         else
+        {
             Assert.Contains(warnings, w => w.Contains(warning, StringComparison.Ordinal));
+        }
+
         AssertSecretNeverLogged();
     }
 
@@ -582,13 +590,22 @@ public sealed class InboundRouterTests : IDisposable
                 await context.Request.InputStream.CopyToAsync(body);
                 var headers = new Dictionary<string, string?>(StringComparer.OrdinalIgnoreCase);
                 foreach (var name in context.Request.Headers.AllKeys)
+                {
                     headers[name!] = context.Request.Headers[name];
+                }
+
                 Requests.Enqueue(new ReceivedRequest(context.Request.HttpMethod, context.Request.Url!.PathAndQuery, headers, body.ToArray()));
                 if (Delay > TimeSpan.Zero)
+                {
                     await Task.Delay(Delay, _stop.Token);
+                }
+
                 context.Response.StatusCode = Status;
                 if (Status is >= 300 and < 400)
+                {
                     context.Response.RedirectLocation = "http://192.0.2.1/elsewhere";
+                }
+
                 context.Response.Close();
             }
             catch (Exception e) when (e is HttpListenerException or IOException or OperationCanceledException or ObjectDisposedException or InvalidOperationException)
@@ -622,7 +639,10 @@ public sealed class InboundRouterTests : IDisposable
         {
             var line = formatter(state, exception) + (exception is null ? "" : " " + exception);
             if (state is IEnumerable<KeyValuePair<string, object?>> values)
+            {
                 line += " " + string.Join(' ', values.Select(v => $"{v.Key}={v.Value}"));
+            }
+
             Entries.Enqueue((logLevel, line));
         }
     }
