@@ -1,15 +1,14 @@
 using System.Buffers;
 using System.Diagnostics.Metrics;
-using System.Runtime.InteropServices;
+using System.Globalization;
 using System.Text;
-using MimeKit;
 using SmtpGateway.Audit;
 using SmtpGateway.Diagnostics;
 using SmtpGateway.Identity;
 
 namespace SmtpGateway.Signing;
 
-/// <summary>What the Listener calls at end of DATA for a tenant's outbound message.</summary>
+/// <summary>What the Signing stage calls at end of DATA for a tenant's outbound message.</summary>
 public interface IMessageSigner
 {
     /// <summary>
@@ -18,9 +17,9 @@ public interface IMessageSigner
     /// for the From domain. Throws <see cref="SigningException"/> (→ 451 4.3.0) when signing is required and there is no
     /// active selector, when the selector file is unreadable or corrupt, and when the HSM cannot sign.
     /// </summary>
-    /// <param name="message">The message as it will be queued (without our Received field), or its first part when <paramref name="tail"/> is set.</param>
-    /// <param name="tail">The rest of the message, read from its current position (a spilled body), or null.</param>
-    byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> message, Stream? tail, string sessionId, bool signingRequired);
+    /// <param name="headerSection">The header section as it will be queued (after hygiene, without our Received field).</param>
+    /// <param name="bodyHash">SHA-256 of the relaxed canonical body (<see cref="DkimBodyHash"/>), computed while the body arrived.</param>
+    byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> headerSection, ReadOnlySpan<byte> bodyHash, string sessionId, bool signingRequired);
 }
 
 /// <summary>
@@ -44,11 +43,26 @@ public sealed class DkimSigningService(DkimKeyStore store, IDkimKeySigner keys, 
     readonly Counter<long> _signs = Telemetry.Meter.CreateCounter<long>(Telemetry.DkimSignatures, description: "DKIM signatures made, per tenant and algorithm");
     readonly Counter<long> _failures = Telemetry.Meter.CreateCounter<long>(Telemetry.DkimFailures, description: "DKIM signing failures, per tenant");
 
-    /// <summary>A message wholly in memory.</summary>
-    public byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> message, string sessionId, bool signingRequired) =>
-        Sign(tenantId, fromAddress, message, null, sessionId, signingRequired);
+    /// <summary>A whole message in memory (tests, benchmarks): split into header section and body, the body hashed here.</summary>
+    public byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> message, string sessionId, bool signingRequired)
+    {
+        var (header, body) = SplitMessage(message.ToArray());
+        using var hash = new DkimBodyHash();
+        var reader = new SequenceReader<byte>(new ReadOnlySequence<byte>(body));
+        while (reader.TryReadTo(out ReadOnlySequence<byte> line, "\r\n"u8))
+        {
+            hash.AppendLine(line);
+        }
 
-    public byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> message, Stream? tail, string sessionId, bool signingRequired)
+        if (!reader.End)
+        {
+            hash.AppendLine(reader.UnreadSequence);
+        }
+
+        return Sign(tenantId, fromAddress, new ReadOnlySequence<byte>(header), hash.Finish(), sessionId, signingRequired);
+    }
+
+    public byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> headerSection, ReadOnlySpan<byte> bodyHash, string sessionId, bool signingRequired)
     {
         var domain = DomainName.OfAddress(fromAddress);
         try
@@ -77,11 +91,13 @@ public sealed class DkimSigningService(DkimKeyStore store, IDkimKeySigner keys, 
                 return [];
             }
 
-            // Parsed in place: no copy of the message, and persistent, so MimeKit's body parts refer to ranges of
-            // this stream instead of copying their content (the stream stays open until both signatures are made).
-            using var stream = MessageStream(message, tail);
-            var parsed = MimeMessage.Load(ParserOptions.Default, stream, persistent: true);
-            var fields = HeadersToSign(parsed);
+            // The header section was split off once while the message streamed in; here it is split into fields once and
+            // every signature reuses that split and the body hash.
+            var fields = DkimHeaders.Split(headerSection.ToArray());
+            var names = HeadersToSign(fields);
+            var signedHeaders = CanonicalHeaders(fields, names);
+            var bodyHashText = Convert.ToBase64String(bodyHash);
+            var now = time.GetUtcNow().ToUnixTimeSeconds();
 
             // RSA first, Ed25519 on top: the order does not matter to verifiers; DKIM-Signature fields are not in h=.
             // Each header goes in front of the ones before it, so the output lists them in the reverse order.
@@ -96,12 +112,9 @@ public sealed class DkimSigningService(DkimKeyStore store, IDkimKeySigner keys, 
                         continue;
                     }
 
-                    var signer = new HsmDkimSigner(keys, tenantId, selector, time, signatureLifetime);
-                    signer.Sign(parsed, fields);
-                    var header = RawHeader(parsed.Headers[0]);
+                    var header = SignatureHeader(tenantId, selector, names, bodyHashText, now, signedHeaders.WrittenSpan);
                     headers.Add(header);
                     length += header.Length;
-                    parsed.Headers.RemoveAt(0);
                     _signs.Add(1, new KeyValuePair<string, object?>("tenant", tenantId), new KeyValuePair<string, object?>("algorithm", AlgorithmTag(selector.Algorithm)));
                 }
             }
@@ -132,12 +145,87 @@ public sealed class DkimSigningService(DkimKeyStore store, IDkimKeySigner keys, 
         }
     }
 
-    static List<string> HeadersToSign(MimeMessage message)
+    /// <summary>
+    /// One DKIM-Signature field (RFC 6376 section 3.5), folded at 78 columns at tag boundaries (and inside h= at its colons,
+    /// inside b= anywhere: white space there is ignored), as MimeKit folds it. The signed data is the selected fields'
+    /// relaxed forms, then this field's own relaxed form with an empty b= and no CRLF (section 3.7).
+    /// </summary>
+    byte[] SignatureHeader(string tenantId, DkimSelector selector, List<string> names, string bodyHash, long now, ReadOnlySpan<byte> signedHeaders)
     {
-        var counts = new Dictionary<string, int>(StringComparer.OrdinalIgnoreCase);
-        foreach (var header in message.Headers.Concat(message.Body?.Headers ?? []))
+        var tags = new List<string>
         {
-            counts[header.Field] = counts.GetValueOrDefault(header.Field) + 1;
+            "v=1",
+            selector.Algorithm == DkimAlgorithm.Ed25519 ? "a=ed25519-sha256" : "a=rsa-sha256",
+            $"d={selector.Domain}",
+            $"s={selector.Selector}",
+            "c=relaxed/relaxed",
+            string.Create(CultureInfo.InvariantCulture, $"t={now}"),
+        };
+        if (signatureLifetime is { } lifetime)
+        {
+            tags.Add(string.Create(CultureInfo.InvariantCulture, $"x={now + (long)lifetime.TotalSeconds}"));
+        }
+
+        var text = new FoldedField("DKIM-Signature:");
+        foreach (var tag in tags)
+        {
+            text.AddTag(tag + ";");
+        }
+
+        text.AddList("h=", names, ':', ';');
+        text.StartTag($"bh={bodyHash};");
+        text.StartTag("b=");
+
+        var data = new ArrayBufferWriter<byte>(signedHeaders.Length + 512);
+        data.Write(signedHeaders);
+        DkimHeaders.AppendRelaxed(data, Encoding.ASCII.GetBytes(text.ToString()), withCrlf: false);
+        text.AddChunked(Convert.ToBase64String(keys.Sign(tenantId, selector, data.WrittenSpan.ToArray())));
+        return Encoding.ASCII.GetBytes(text + "\r\n");
+    }
+
+    /// <summary>
+    /// The selected fields' relaxed forms in h= order. RFC 6376 section 5.4.2: a name listed n times takes its instances
+    /// from the bottom of the header section up; a listing with no instance left (over-signing) contributes nothing.
+    /// </summary>
+    static ArrayBufferWriter<byte> CanonicalHeaders(List<DkimHeaderField> fields, List<string> names)
+    {
+        var output = new ArrayBufferWriter<byte>(1024);
+        var taken = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (var name in names)
+        {
+            var skip = taken.GetValueOrDefault(name);
+            taken[name] = skip + 1;
+            for (var i = fields.Count - 1; i >= 0; i--)
+            {
+                if (fields[i].Name == name && skip-- == 0)
+                {
+                    DkimHeaders.AppendRelaxed(output, fields[i].Raw.Span);
+                    break;
+                }
+            }
+        }
+
+        return output;
+    }
+
+    /// <summary>Header section (through the empty line, when there is one) and body of a whole message.</summary>
+    static (byte[] Header, byte[] Body) SplitMessage(byte[] message)
+    {
+        if (message.AsSpan().StartsWith("\r\n"u8))
+        {
+            return (message[..2], message[2..]);
+        }
+
+        var end = message.AsSpan().IndexOf("\r\n\r\n"u8);
+        return end < 0 ? (message, []) : (message[..(end + 4)], message[(end + 4)..]);
+    }
+
+    static List<string> HeadersToSign(List<DkimHeaderField> headers)
+    {
+        var counts = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (var header in headers)
+        {
+            counts[header.Name] = counts.GetValueOrDefault(header.Name) + 1;
         }
 
         var fields = new List<string>();
@@ -157,75 +245,94 @@ public sealed class DkimSigningService(DkimKeyStore store, IDkimKeySigner keys, 
         return fields;
     }
 
-    /// <summary>
-    /// The header exactly as MimeKit folded it when it computed the signature (its relaxed form is what was signed;
-    /// re-folding it ourselves could move a space inside h=), with every line ending made CRLF: MimeKit folds with the
-    /// platform newline, and a bare LF must never reach the wire. Byte for byte what
-    /// <c>$"{Field}:{ASCII(RawValue).Replace("\r\n", "\n").TrimEnd('\n').Replace("\n", "\r\n")}\r\n"</c> gives, without the strings.
-    /// </summary>
-    static byte[] RawHeader(Header header)
-    {
-        var raw = header.RawValue;
-
-        // CRLF and LF both count as one line ending; line endings at the very end are dropped (the CRLF below ends it).
-        var end = raw.Length;
-        while (end > 0 && raw[end - 1] == (byte)'\n')
-        {
-            end -= end > 1 && raw[end - 2] == (byte)'\r' ? 2 : 1;
-        }
-
-        var field = Encoding.ASCII.GetBytes(header.Field);
-        var output = new byte[field.Length + 1 + (2 * end) + 2];
-        field.CopyTo(output, 0);
-        var n = field.Length;
-        output[n++] = (byte)':';
-        for (var i = 0; i < end; i++)
-        {
-            var b = raw[i];
-            if (b == (byte)'\r' && i + 1 < end && raw[i + 1] == (byte)'\n')
-            {
-                continue; // the LF that follows writes the CRLF
-            }
-
-            if (b == (byte)'\n')
-            {
-                output[n++] = (byte)'\r';
-            }
-
-            output[n++] = b > 0x7F ? (byte)'?' : b; // what Encoding.ASCII made of a non-ASCII byte
-        }
-
-        output[n++] = (byte)'\r';
-        output[n++] = (byte)'\n';
-        return output.AsSpan(0, n).ToArray();
-    }
-
     static string AlgorithmTag(DkimAlgorithm algorithm) => algorithm switch
     {
         DkimAlgorithm.Rsa2048 => "rsa2048",
         DkimAlgorithm.Ed25519 => "ed25519",
         _ => algorithm.ToString().ToLowerInvariant(),
     };
+}
 
-    /// <summary>
-    /// A read-only, seekable view of the message for MimeKit's persistent parse: the listener's buffer itself when the
-    /// message is one array segment (a 4 KiB message is), else a stream over the segments; nothing is copied either way.
-    /// </summary>
-    static Stream MessageStream(in ReadOnlySequence<byte> message, Stream? tail)
+/// <summary>A header field written with folding at 78 columns (RFC 5322 section 2.1.1), the way MimeKit folds DKIM-Signature.</summary>
+internal sealed class FoldedField(string start)
+{
+    const int Width = 78;
+    readonly StringBuilder _text = new(start);
+    int _column = start.Length;
+
+    /// <summary>A whole tag (with its ';'): on this line after a space if it fits, else on a new line.</summary>
+    public void AddTag(string tag)
     {
-        Stream head = message.IsSingleSegment && MemoryMarshal.TryGetArray(message.First, out var segment)
-            ? new MemoryStream(segment.Array!, segment.Offset, segment.Count, writable: false)
-            : new ReadOnlySequenceStream(message);
-        if (tail is null)
+        if (_column + 1 + tag.Length <= Width)
         {
-            return head;
+            _text.Append(' ').Append(tag);
+            _column += 1 + tag.Length;
+        }
+        else
+        {
+            NewLine();
+            _text.Append(tag);
+            _column += tag.Length;
+        }
+    }
+
+    /// <summary>A list tag (h=): whole when it fits; otherwise on a new line, folded after a separator where needed.</summary>
+    public void AddList(string prefix, List<string> items, char separator, char terminator)
+    {
+        var whole = prefix + string.Join(separator, items) + terminator;
+        if (_column + 1 + whole.Length <= Width)
+        {
+            AddTag(whole);
+            return;
         }
 
-        // A spilled body stays on disk: MimeKit's persistent parse reads ranges of it instead of loading it. The tail
-        // belongs to the caller (the spool copies it next), so it is left open.
-        var chained = new MimeKit.IO.ChainedStream();
-        chained.Add(head, leaveOpen: false);
-        chained.Add(tail, leaveOpen: true);
-        return chained;
+        NewLine();
+        _text.Append(prefix);
+        _column += prefix.Length;
+        for (var i = 0; i < items.Count; i++)
+        {
+            var item = items[i] + (i == items.Count - 1 ? terminator : separator);
+            if (_column + item.Length > Width)
+            {
+                NewLine();
+            }
+
+            _text.Append(item);
+            _column += item.Length;
+        }
     }
+
+    /// <summary>A tag on a line of its own (bh=, and b= whose value is added later), as MimeKit places them.</summary>
+    public void StartTag(string prefix)
+    {
+        NewLine();
+        _text.Append(prefix);
+        _column += prefix.Length;
+    }
+
+    /// <summary>A value that may be cut anywhere (base64 of b=, where white space is ignored), filling each line to the width.</summary>
+    public void AddChunked(string value)
+    {
+        var at = 0;
+        while (at < value.Length)
+        {
+            if (_column >= Width)
+            {
+                NewLine();
+            }
+
+            var n = Math.Min(Width - _column, value.Length - at);
+            _text.Append(value, at, n);
+            _column += n;
+            at += n;
+        }
+    }
+
+    void NewLine()
+    {
+        _text.Append("\r\n\t");
+        _column = 1;
+    }
+
+    public override string ToString() => _text.ToString();
 }

@@ -1,5 +1,6 @@
 using System.Buffers;
 using SmtpGateway.Envelope;
+using SmtpGateway.Signing;
 
 namespace SmtpGateway.Submission;
 
@@ -43,8 +44,12 @@ public sealed class IncomingMessage : IDisposable
     long _scratchLength;
     bool _scratchEightBit;
 
-    internal IncomingMessage(string id, string receivedHeader, MessageMemoryBudget budget, Func<FileStream> createScratch, int memoryThreshold, int maxHeaderSection)
+    readonly DkimBodyHash? _bodyHash;
+
+    internal IncomingMessage(string id, string receivedHeader, MessageMemoryBudget budget, Func<FileStream> createScratch, int memoryThreshold, int maxHeaderSection,
+        DkimBodyHash? bodyHash = null)
     {
+        _bodyHash = bodyHash;
         Id = id;
         ReceivedHeader = receivedHeader;
         _budget = budget;
@@ -81,6 +86,12 @@ public sealed class IncomingMessage : IDisposable
 
     /// <summary>Header section and in-memory body as one sequence: the whole message when nothing spilled.</summary>
     public ReadOnlySequence<byte> InMemory => _memory.ToSequence();
+
+    /// <summary>
+    /// SHA-256 of the relaxed canonical body (RFC 6376 section 3.4.4), computed as the body arrived; null when nobody asked
+    /// for it (mail that is not signed). Hygiene changes only the header section, so this is the hash of the body as queued.
+    /// </summary>
+    public byte[]? BodyHash => _bodyHash?.Finish();
 
     /// <summary>Whether the scratch part has octets over 127 (the in-memory part is scanned by whoever writes it).</summary>
     public bool ScratchEightBit => _scratchEightBit;
@@ -150,6 +161,7 @@ public sealed class IncomingMessage : IDisposable
 
     void AppendBody(in ReadOnlySequence<byte> line)
     {
+        _bodyHash?.AppendLine(line);
         var octets = line.Length + 2;
         if (_scratch is null && _memory.Length + octets <= _memoryThreshold && Reserve(octets))
         {
@@ -238,5 +250,9 @@ public sealed class IncomingMessage : IDisposable
         HeaderLength = 0;
     }
 
-    public void Dispose() => Release();
+    public void Dispose()
+    {
+        Release();
+        _bodyHash?.Dispose();
+    }
 }

@@ -84,7 +84,9 @@ public sealed class SubmissionPipeline
         var id = _spool.NewId();
         var received = _envelope.Received(context, id, _services.Time.GetUtcNow());
         var limits = _services.Limits;
-        return new IncomingMessage(id, received, _services.Budget, _spool.CreateScratchFile, limits.MessageMemoryThreshold, limits.MaxHeaderSectionSize)
+        // The DKIM body hash is made while the body streams in, for the mail that will be signed (a tenant's own).
+        var bodyHash = context.Tenant is not null && _services.Signer is not null ? new Signing.DkimBodyHash() : null;
+        return new IncomingMessage(id, received, _services.Budget, _spool.CreateScratchFile, limits.MessageMemoryThreshold, limits.MaxHeaderSectionSize, bodyHash)
         {
             ReceivedAt = _services.Time.GetUtcNow(),
         };
@@ -118,11 +120,13 @@ public sealed class SubmissionPipeline
             }
 
             using var cleaned = _envelope.Clean(context, message, author);
-            var inMemory = cleaned is null ? message.InMemory : MessageBuffer.Concat([cleaned.ToSequence(), message.MemoryBody]);
-            if (_signing.Sign(context, author, inMemory, message.OpenScratch(), out var signature) is { } unsigned)
+            var headerSection = cleaned?.ToSequence() ?? message.HeaderSection;
+            if (_signing.Sign(context, author, headerSection, message.BodyHash, out var signature) is { } unsigned)
             {
                 return unsigned;
             }
+
+            var inMemory = cleaned is null ? message.InMemory : MessageBuffer.Concat([headerSection, message.MemoryBody]);
 
             // DKIM-Signature on top, above our Received (as a signing milter would put it).
             var content = new MessageContent(

@@ -11,9 +11,9 @@ namespace SmtpGateway.Submission.Stages;
 /// </summary>
 internal sealed class SigningStage(IMessageSigner? signer, ILogger logger)
 {
-    /// <param name="message">Header section (cleaned) and the in-memory body, as they will be spooled.</param>
-    /// <param name="tail">The spilled rest of the body, positioned at its start, or null.</param>
-    public SmtpReply? Sign(SubmissionContext context, string? author, in ReadOnlySequence<byte> message, Stream? tail, out byte[] signature)
+    /// <param name="headerSection">The header section as it will be spooled (after hygiene).</param>
+    /// <param name="bodyHash">The DKIM body hash made while the body streamed in.</param>
+    public SmtpReply? Sign(SubmissionContext context, string? author, in ReadOnlySequence<byte> headerSection, byte[]? bodyHash, out byte[] signature)
     {
         signature = [];
         if (context.Tenant is not { } tenant || author is null || signer is null)
@@ -21,11 +21,18 @@ internal sealed class SigningStage(IMessageSigner? signer, ILogger logger)
             return null;
         }
 
+        if (bodyHash is null)
+        {
+            // The message began before the session had a tenant: nothing hashed its body, so nothing can be signed.
+            SubmissionLog.SigningFailed(logger, context.SessionId, tenant.TenantId, "no body hash");
+            return SmtpReplies.SigningFailed;
+        }
+
         try
         {
             // Required unless the session's tenant snapshot says "Dkim:Unsigned" (a tenant missing from it: required).
             var signingRequired = context.Tenants.Find(tenant.TenantId)?.Unsigned != true;
-            signature = signer.Sign(tenant.TenantId, author, message, tail, context.SessionId, signingRequired);
+            signature = signer.Sign(tenant.TenantId, author, headerSection, bodyHash, context.SessionId, signingRequired);
             return null;
         }
         catch (SigningException ex)

@@ -1,0 +1,230 @@
+using System.Buffers;
+using System.Security.Cryptography;
+using System.Text;
+
+namespace SmtpGateway.Signing;
+
+/// <summary>
+/// RFC 6376 section 3.4.4 "relaxed" body canonicalisation, fed one line at a time while the body arrives, and hashed as it
+/// goes (SHA-256): the body is never read again to sign it, wherever it ends up (memory or a scratch file).
+/// </summary>
+public sealed class DkimBodyHash : IDisposable
+{
+    static readonly byte[] Crlf = "\r\n"u8.ToArray();
+
+    readonly IncrementalHash _sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+    long _pendingEmptyLines;
+    byte[]? _hash;
+
+    /// <summary>One body line without its CRLF.</summary>
+    public void AppendLine(in ReadOnlySequence<byte> line)
+    {
+        if (line.IsSingleSegment)
+        {
+            AppendLine(line.FirstSpan);
+            return;
+        }
+
+        var copy = ArrayPool<byte>.Shared.Rent(checked((int)line.Length));
+        try
+        {
+            line.CopyTo(copy);
+            AppendLine(copy.AsSpan(0, (int)line.Length));
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(copy);
+        }
+    }
+
+    /// <summary>One body line without its CRLF.</summary>
+    public void AppendLine(ReadOnlySpan<byte> line)
+    {
+        if (_hash is not null)
+        {
+            throw new InvalidOperationException("The body hash is already finished.");
+        }
+
+        // Step a: white space at the end of a line is ignored. An empty line is held back: step c ignores empty lines at the
+        // end of the body, and only a later non-empty line proves these were not at the end.
+        var end = line.Length;
+        while (end > 0 && line[end - 1] is (byte)' ' or (byte)'\t')
+        {
+            end--;
+        }
+
+        if (end == 0)
+        {
+            _pendingEmptyLines++;
+            return;
+        }
+
+        for (; _pendingEmptyLines > 0; _pendingEmptyLines--)
+        {
+            _sha.AppendData(Crlf);
+        }
+
+        line = line[..end];
+        if (line.IndexOf((byte)'\t') < 0 && line.IndexOf("  "u8) < 0)
+        {
+            _sha.AppendData(line);
+        }
+        else
+        {
+            // Step b: every run of white space within the line becomes one SP.
+            var buffer = ArrayPool<byte>.Shared.Rent(line.Length);
+            try
+            {
+                _sha.AppendData(buffer, 0, CollapseWhiteSpace(line, buffer));
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+
+        _sha.AppendData(Crlf);
+    }
+
+    /// <summary>The SHA-256 of the canonical body (an empty body hashes as the empty string, RFC 6376 section 3.4.4).</summary>
+    public byte[] Finish() => _hash ??= _sha.GetHashAndReset();
+
+    public void Dispose() => _sha.Dispose();
+
+    internal static int CollapseWhiteSpace(ReadOnlySpan<byte> input, Span<byte> output)
+    {
+        var n = 0;
+        var inRun = false;
+        foreach (var b in input)
+        {
+            if (b is (byte)' ' or (byte)'\t')
+            {
+                if (!inRun)
+                {
+                    output[n++] = (byte)' ';
+                    inRun = true;
+                }
+            }
+            else
+            {
+                output[n++] = b;
+                inRun = false;
+            }
+        }
+
+        return n;
+    }
+}
+
+/// <summary>One header field as it stands in the message: its lower-cased name and its raw octets (folds and CRLF included).</summary>
+public readonly record struct DkimHeaderField(string Name, ReadOnlyMemory<byte> Raw);
+
+/// <summary>RFC 6376 section 3.4.2 "relaxed" header canonicalisation and the header section split into fields.</summary>
+public static class DkimHeaders
+{
+    /// <summary>
+    /// The fields of a header section (each field line with its continuation lines), in order, up to the empty line that
+    /// ends the section. The section is what the streaming reader kept as header section, so every line is a field or a
+    /// continuation of one.
+    /// </summary>
+    public static List<DkimHeaderField> Split(ReadOnlyMemory<byte> section)
+    {
+        var fields = new List<DkimHeaderField>();
+        var span = section.Span;
+        var start = -1;
+        var at = 0;
+        while (at < span.Length)
+        {
+            var lf = span[at..].IndexOf((byte)'\n');
+            var next = lf < 0 ? span.Length : at + lf + 1;
+            var first = span[at];
+            if (first is (byte)'\r' or (byte)'\n')
+            {
+                break; // the empty line: end of the header section
+            }
+
+            if (first is not ((byte)' ' or (byte)'\t') || start < 0)
+            {
+                if (start >= 0)
+                {
+                    fields.Add(Field(section[start..at]));
+                }
+
+                start = at;
+            }
+
+            at = next;
+        }
+
+        if (start >= 0)
+        {
+            fields.Add(Field(section[start..at]));
+        }
+
+        return fields;
+    }
+
+    static DkimHeaderField Field(ReadOnlyMemory<byte> raw)
+    {
+        var span = raw.Span;
+        var colon = span.IndexOf((byte)':');
+        var name = colon < 0 ? span : span[..colon];
+        name = name.TrimEnd(" \t"u8);
+        return new DkimHeaderField(Encoding.ASCII.GetString(name).ToLowerInvariant(), raw);
+    }
+
+    /// <summary>
+    /// Appends the relaxed form of <paramref name="field"/> (RFC 6376 section 3.4.2): the name lower-cased, no white space
+    /// around the colon, continuation lines unfolded, each run of white space one SP, none at the end of the value; then
+    /// CRLF unless <paramref name="withCrlf"/> is false (the DKIM-Signature field itself is hashed without it).
+    /// </summary>
+    public static void AppendRelaxed(ArrayBufferWriter<byte> output, ReadOnlySpan<byte> field, bool withCrlf = true)
+    {
+        ArgumentNullException.ThrowIfNull(output);
+        var colon = field.IndexOf((byte)':');
+        var name = (colon < 0 ? field : field[..colon]).TrimEnd(" \t"u8);
+        var nameOut = output.GetSpan(name.Length);
+        for (var i = 0; i < name.Length; i++)
+        {
+            nameOut[i] = name[i] is >= (byte)'A' and <= (byte)'Z' ? (byte)(name[i] | 0x20) : name[i];
+        }
+
+        output.Advance(name.Length);
+        output.Write(":"u8);
+        if (colon >= 0)
+        {
+            var value = field[(colon + 1)..];
+            var buffer = output.GetSpan(value.Length);
+            var n = 0;
+            var pendingSpace = false;
+            foreach (var b in value)
+            {
+                if (b is (byte)'\r' or (byte)'\n')
+                {
+                    continue; // unfold: the CRLF goes, the white space after it is a run like any other
+                }
+
+                if (b is (byte)' ' or (byte)'\t')
+                {
+                    pendingSpace = n > 0; // leading white space of the value is dropped
+                    continue;
+                }
+
+                if (pendingSpace)
+                {
+                    buffer[n++] = (byte)' ';
+                    pendingSpace = false;
+                }
+
+                buffer[n++] = b;
+            }
+
+            output.Advance(n); // a run at the very end was never written: trailing white space is gone
+        }
+
+        if (withCrlf)
+        {
+            output.Write("\r\n"u8);
+        }
+    }
+}
