@@ -1,4 +1,7 @@
 using System.Buffers;
+using System.Diagnostics.CodeAnalysis;
+using System.Runtime.InteropServices;
+using System.Text;
 using MimeKit;
 
 namespace SmtpGateway.Envelope;
@@ -23,51 +26,52 @@ public static class HeaderFrom
     {
         otherSenders = [];
         var block = message.Length > MaxHeaderBlock ? message.Slice(0, MaxHeaderBlock) : message;
-
-        // Only the header block is copied and parsed, not the body (it can be megabytes).
-        var reader = new SequenceReader<byte>(block);
-        if (reader.TryReadTo(out ReadOnlySequence<byte> headerBlock, "\r\n\r\n"u8, advancePastDelimiter: false))
-        {
-            block = block.Slice(0, headerBlock.Length + 4);
-        }
-        else if (message.Length > MaxHeaderBlock)
+        var section = HeaderSection.Parse(block.ToArray(), out var consumed);
+        if (consumed == block.Length && message.Length > MaxHeaderBlock)
         {
             // A header block beyond the bound is not parsed in part: a second From after the cut would go unseen.
             return null;
         }
 
-        using var stream = new MemoryStream(block.ToArray(), writable: false);
-        HeaderList headers;
-        try
-        {
-            headers = HeaderList.Load(ParserOptions.Default, stream);
-        }
-        catch (FormatException)
-        {
-            return null;
-        }
+        return Addresses(section, out otherSenders);
+    }
 
+    /// <summary>
+    /// The same, from the header section as the streaming reader split it (the one split that hygiene and DKIM use too, so
+    /// all three agree on which fields there are). The addresses are parsed with MimeKit, from each field's raw value.
+    /// </summary>
+    public static IReadOnlyList<string>? Addresses(HeaderSection section, out IReadOnlyList<string> otherSenders)
+    {
+        ArgumentNullException.ThrowIfNull(section);
         var others = new List<string>();
-        foreach (var header in headers.Where(h => h.Id is HeaderId.Sender or HeaderId.ResentFrom or HeaderId.ResentSender))
+        foreach (var field in section.Fields.Where(f => f.Name is "sender" or "resent-from" or "resent-sender"))
         {
-            if (InternetAddressList.TryParse(ParserOptions.Default, header.RawValue, out var senders) && senders.Mailboxes.Any())
+            if (TryParse(field, out var senders) && senders.Mailboxes.Any())
             {
                 others.AddRange(senders.Mailboxes.Select(m => m.Address));
             }
             else
             {
-                others.Add(header.Value.Trim());
+                others.Add(Encoding.UTF8.GetString(field.Value.Span).Replace("\r\n", "", StringComparison.Ordinal).Trim());
             }
         }
 
         otherSenders = others;
-        var from = headers.Where(h => h.Id == HeaderId.From).ToList();
-        if (from.Count != 1 || !InternetAddressList.TryParse(ParserOptions.Default, from[0].RawValue, out var list))
+        var from = section.Named("from").ToList();
+        if (from.Count != 1 || !TryParse(from[0], out var list))
         {
             return null;
         }
 
         var addresses = list.Mailboxes.Select(m => m.Address).ToList();
         return addresses.Count == 0 ? null : addresses;
+    }
+
+    static bool TryParse(HeaderField field, [NotNullWhen(true)] out InternetAddressList? list)
+    {
+        var value = field.Value;
+        return MemoryMarshal.TryGetArray(value, out var segment)
+            ? InternetAddressList.TryParse(ParserOptions.Default, segment.Array!, segment.Offset, segment.Count, out list)
+            : InternetAddressList.TryParse(ParserOptions.Default, value.ToArray(), out list);
     }
 }

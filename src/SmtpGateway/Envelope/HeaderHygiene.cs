@@ -1,6 +1,4 @@
-using System.Buffers;
 using System.Security.Cryptography;
-using System.Text;
 
 namespace SmtpGateway.Envelope;
 
@@ -10,26 +8,22 @@ public sealed class HeaderHygieneOptions
     public List<string> StripHeaders { get; set; } = [];
 }
 
-/// <param name="Changed">True when fields were removed and the cleaned message was written to the callback.</param>
-/// <param name="HasMessageId">A kept Message-ID field was seen in the header block (RFC 5322 section 3.6.4).</param>
+/// <param name="Section">The cleaned header section (the same instance when nothing was removed).</param>
+/// <param name="Changed">True when fields were removed.</param>
+/// <param name="HasMessageId">A kept Message-ID field is in the section (RFC 5322 section 3.6.4).</param>
 /// <param name="RemovedFields">Number of removed fields (a folded field counts once).</param>
-public readonly record struct HygieneResult(bool Changed, bool HasMessageId, int RemovedFields);
-
-/// <summary>Receives consecutive chunks of the cleaned message. The chunks point into the original content: copy before it is released.</summary>
-public delegate void HygieneWriter(ReadOnlySequence<byte> chunk);
+public readonly record struct HygieneOutcome(HeaderSection Section, bool Changed, bool HasMessageId, int RemovedFields);
 
 /// <summary>
-/// Strips client-supplied header fields that could claim a tenant or a delivery path, working on the raw bytes of the
-/// header block only (no MIME parse): this runs per message on the hot path.
+/// Strips client-supplied header fields that could claim a tenant or a delivery path. Works on the header section as the
+/// streaming reader split it (<see cref="HeaderSection"/>: no MIME parse, no second scan): this runs per message on the hot path.
 /// </summary>
 public sealed class HeaderHygiene
 {
-    /// <summary>Longest configurable name; names are compared on a stack copy of at most this many bytes.</summary>
+    /// <summary>Longest configurable name.</summary>
     const int MaxPatternLength = Configuration.EnvelopeConfig.MaxStripHeaderLength;
 
-    const byte Cr = (byte)'\r', Lf = (byte)'\n', Sp = (byte)' ', Tab = (byte)'\t', Colon = (byte)':';
-
-    static readonly byte[] MessageIdName = "message-id"u8.ToArray();
+    const string MessageIdName = "message-id";
 
     /// <summary>Lower-cased names; always stripped, whatever the configuration.</summary>
     static readonly (string Name, bool Prefix, bool OutboundOnly)[] BuiltIn =
@@ -56,7 +50,7 @@ public sealed class HeaderHygiene
         var patterns = new List<Pattern>();
         foreach (var (name, prefix, outboundOnly) in BuiltIn)
         {
-            patterns.Add(new Pattern(Encoding.ASCII.GetBytes(name), prefix, outboundOnly));
+            patterns.Add(new Pattern(name, prefix, outboundOnly));
         }
 
         foreach (var raw in options.StripHeaders ?? [])
@@ -70,11 +64,11 @@ public sealed class HeaderHygiene
             var prefix = entry.EndsWith('*');
             var name = prefix ? entry[..^1] : entry;
 
-            patterns.Add(new Pattern(Encoding.ASCII.GetBytes(name.ToLowerInvariant()), prefix, false));
+            patterns.Add(new Pattern(name.ToLowerInvariant(), prefix, false));
         }
 
         _patterns = [.. patterns];
-        foreach (var first in _patterns.Select(p => p.Name[0]).Append(MessageIdName[0]))
+        foreach (var first in _patterns.Select(p => p.Name[0]))
         {
             if (first < 64)
             {
@@ -88,97 +82,36 @@ public sealed class HeaderHygiene
     }
 
     /// <summary>
-    /// Inspects <paramref name="content"/> (a message: header block, CRLF, body; strict CRLF). When fields must be removed,
-    /// writes the whole cleaned message to <paramref name="output"/> as consecutive chunks of kept bytes (slices of
-    /// <paramref name="content"/>, never empty) and returns Changed = true. When nothing is removed, <paramref name="output"/> is
-    /// never called: the caller keeps the original bytes (zero copies).
+    /// The section without the fields to strip (each with its continuation lines, which belong to it). When nothing is
+    /// removed, the same section comes back (zero copies); otherwise a new one that shares the kept fields' octets.
     /// </summary>
     /// <param name="outbound">Mail sent by a tenant: also strip Bcc and Resent-Bcc.</param>
     /// <param name="removedNames">When not null, receives the names of the removed fields as written (printable ASCII, for logs).</param>
-    public HygieneResult Clean(in ReadOnlySequence<byte> content, bool outbound, HygieneWriter output, ICollection<string>? removedNames = null)
+    public HygieneOutcome Clean(HeaderSection section, bool outbound, ICollection<string>? removedNames = null)
     {
-        ArgumentNullException.ThrowIfNull(output);
-        Span<byte> name = stackalloc byte[MaxPatternLength];
-        var reader = new SequenceReader<byte>(content);
-        var keptStart = content.Start;
-        long keptStartOffset = 0;
-        var removed = 0;
+        ArgumentNullException.ThrowIfNull(section);
+        var fields = section.Fields;
+        List<HeaderField>? kept = null;
         var hasMessageId = false;
-
-        while (reader.TryPeek(out var first))
+        var removed = 0;
+        for (var i = 0; i < fields.Count; i++)
         {
-            var lineStart = reader.Position;
-            var lineStartOffset = reader.Consumed;
-
-            // The empty line ends the header block (RFC 5322 section 2.1). A lone LF counts too: CRLF is guaranteed upstream,
-            // but if one slipped through, recipients' parsers would end the header there, so must we.
-            if (first == Lf || (first == Cr && reader.TryPeek(1, out var second) && second == Lf))
+            var field = fields[i];
+            if (!Matches(field.Name, outbound))
             {
-                break;
-            }
-
-            if (first is Sp or Tab)
-            {
-                // A continuation line (RFC 5322 section 2.2.3) of a kept field: removed fields consume theirs below.
-                // One before any field belongs to nothing: treat the block as ended, as for any other non-field line.
-                if (lineStartOffset == 0)
-                {
-                    break;
-                }
-
-                SkipLine(ref reader);
+                hasMessageId |= field.Name == MessageIdName;
+                kept?.Add(field);
                 continue;
             }
 
-            if (!TryReadFieldName(ref reader, name, out var nameLength))
-            {
-                break; // Not a field (e.g. an mbox "From " line): the rest is body, kept as is.
-            }
-
-            var copied = name[..Math.Min(nameLength, MaxPatternLength)];
-            var remove = false;
-            var messageId = false;
-            if (IsCandidate(copied[0]))
-            {
-                remove = Matches(copied, nameLength, outbound);
-                messageId = !remove && nameLength == MessageIdName.Length && copied.SequenceEqual(MessageIdName);
-            }
-
-            SkipLine(ref reader);
-            if (!remove)
-            {
-                hasMessageId |= messageId;
-                continue;
-            }
-
-            // The field goes with all its continuation lines.
-            while (reader.TryPeek(out var next) && next is Sp or Tab)
-            {
-                SkipLine(ref reader);
-            }
-
-            if (lineStartOffset > keptStartOffset)
-            {
-                output(content.Slice(keptStart, lineStart));
-            }
-
-            keptStart = reader.Position;
-            keptStartOffset = reader.Consumed;
+            kept ??= [.. fields.Take(i)];
             removed++;
-            removedNames?.Add(LogName(content.Slice(lineStart), nameLength));
+            removedNames?.Add(LogName(field.Raw.Span, field.Name.Length));
         }
 
-        if (removed == 0)
-        {
-            return new HygieneResult(false, hasMessageId, 0);
-        }
-
-        if (keptStartOffset < content.Length)
-        {
-            output(content.Slice(keptStart));
-        }
-
-        return new HygieneResult(true, hasMessageId, removed);
+        return kept is null
+            ? new HygieneOutcome(section, false, hasMessageId, 0)
+            : new HygieneOutcome(section.With(kept), true, hasMessageId, removed);
     }
 
     /// <summary>
@@ -232,74 +165,16 @@ public sealed class HeaderHygiene
         return !previousDot; // no trailing dot
     }
 
-    /// <summary>
-    /// Whether <paramref name="line"/> (no line ending) starts a header field as <see cref="Clean"/> reads one: a name, optional
-    /// white space, a colon. The streaming reader splits header section from body with this, so both agree where it ends.
-    /// </summary>
-    public static bool IsFieldLine(in ReadOnlySequence<byte> line)
-    {
-        Span<byte> name = stackalloc byte[MaxPatternLength];
-        var reader = new SequenceReader<byte>(line);
-        return TryReadFieldName(ref reader, name, out _);
-    }
-
-    /// <summary>
-    /// Reads "name WSP* :" (RFC 5322 section 3.6.8, and the obsolete WSP before the colon of section 4.5, which attackers use to
-    /// slip past exact matches) and copies the lower-cased start of the name into <paramref name="name"/>. The name is every byte
-    /// up to the colon except WSP, CR and LF: broader than ftext, so that a field with a stray byte in its name still counts as a
-    /// field (it matches nothing) rather than ending the block and hiding the fields after it. False when the line is not a field.
-    /// </summary>
-    static bool TryReadFieldName(ref SequenceReader<byte> reader, scoped Span<byte> name, out int length)
-    {
-        length = 0;
-        while (reader.TryRead(out var b))
-        {
-            if (b == Colon)
-            {
-                return length > 0;
-            }
-
-            if (b is Sp or Tab)
-            {
-                if (length == 0)
-                {
-                    return false;
-                }
-
-                reader.AdvancePastAny(Sp, Tab);
-                return reader.TryRead(out var colon) && colon == Colon;
-            }
-
-            if (b is Cr or Lf)
-            {
-                return false;
-            }
-
-            if (length < name.Length)
-            {
-                name[length] = b is >= (byte)'A' and <= (byte)'Z' ? (byte)(b | 0x20) : b;
-            }
-
-            length++;
-        }
-
-        return false;
-    }
-
-    /// <summary>Moves past the LF ending the current line (vectorised search), or to the end when the input ends unterminated.</summary>
-    static void SkipLine(ref SequenceReader<byte> reader)
-    {
-        if (!reader.TryAdvanceTo(Lf))
-        {
-            reader.AdvanceToEnd();
-        }
-    }
-
-    bool IsCandidate(byte first) =>
+    bool IsCandidate(char first) =>
         first < 64 ? (_firstLo & (1UL << first)) != 0 : first < 128 && (_firstHi & (1UL << (first - 64))) != 0;
 
-    bool Matches(ReadOnlySpan<byte> copied, int length, bool outbound)
+    bool Matches(string name, bool outbound)
     {
+        if (name.Length == 0 || !IsCandidate(name[0]))
+        {
+            return false;
+        }
+
         foreach (var pattern in _patterns)
         {
             if (pattern.OutboundOnly && !outbound)
@@ -307,7 +182,7 @@ public sealed class HeaderHygiene
                 continue;
             }
 
-            if (pattern.Prefix ? copied.StartsWith(pattern.Name) : length == pattern.Name.Length && copied.SequenceEqual(pattern.Name))
+            if (pattern.Prefix ? name.StartsWith(pattern.Name, StringComparison.Ordinal) : name == pattern.Name)
             {
                 return true;
             }
@@ -317,11 +192,9 @@ public sealed class HeaderHygiene
     }
 
     /// <summary>The removed field's name for logs: only printable ASCII survives, so log lines cannot be forged.</summary>
-    static string LogName(ReadOnlySequence<byte> line, int nameLength)
+    static string LogName(ReadOnlySpan<byte> raw, int nameLength)
     {
-        Span<byte> raw = stackalloc byte[64];
-        var n = (int)Math.Min(Math.Min(nameLength, raw.Length), line.Length);
-        line.Slice(0, n).CopyTo(raw);
+        var n = Math.Min(Math.Min(nameLength, 64), raw.Length);
         var chars = new char[n];
         for (var i = 0; i < n; i++)
         {
@@ -331,5 +204,5 @@ public sealed class HeaderHygiene
         return new string(chars);
     }
 
-    sealed record Pattern(byte[] Name, bool Prefix, bool OutboundOnly);
+    sealed record Pattern(string Name, bool Prefix, bool OutboundOnly);
 }

@@ -1,6 +1,5 @@
 using System.Buffers;
 using System.Security.Cryptography;
-using System.Text;
 
 namespace SmtpGateway.Signing;
 
@@ -116,63 +115,9 @@ public sealed class DkimBodyHash : IDisposable
     }
 }
 
-/// <summary>One header field as it stands in the message: its lower-cased name and its raw octets (folds and CRLF included).</summary>
-public readonly record struct DkimHeaderField(string Name, ReadOnlyMemory<byte> Raw);
-
-/// <summary>RFC 6376 section 3.4.2 "relaxed" header canonicalisation and the header section split into fields.</summary>
+/// <summary>RFC 6376 section 3.4.2 "relaxed" header canonicalisation.</summary>
 public static class DkimHeaders
 {
-    /// <summary>
-    /// The fields of a header section (each field line with its continuation lines), in order, up to the empty line that
-    /// ends the section. The section is what the streaming reader kept as header section, so every line is a field or a
-    /// continuation of one.
-    /// </summary>
-    public static List<DkimHeaderField> Split(ReadOnlyMemory<byte> section)
-    {
-        var fields = new List<DkimHeaderField>();
-        var span = section.Span;
-        var start = -1;
-        var at = 0;
-        while (at < span.Length)
-        {
-            var lf = span[at..].IndexOf((byte)'\n');
-            var next = lf < 0 ? span.Length : at + lf + 1;
-            var first = span[at];
-            if (first is (byte)'\r' or (byte)'\n')
-            {
-                break; // the empty line: end of the header section
-            }
-
-            if (first is not ((byte)' ' or (byte)'\t') || start < 0)
-            {
-                if (start >= 0)
-                {
-                    fields.Add(Field(section[start..at]));
-                }
-
-                start = at;
-            }
-
-            at = next;
-        }
-
-        if (start >= 0)
-        {
-            fields.Add(Field(section[start..at]));
-        }
-
-        return fields;
-    }
-
-    static DkimHeaderField Field(ReadOnlyMemory<byte> raw)
-    {
-        var span = raw.Span;
-        var colon = span.IndexOf((byte)':');
-        var name = colon < 0 ? span : span[..colon];
-        name = name.TrimEnd(" \t"u8);
-        return new DkimHeaderField(Encoding.ASCII.GetString(name).ToLowerInvariant(), raw);
-    }
-
     /// <summary>
     /// Appends the relaxed form of <paramref name="field"/> (RFC 6376 section 3.4.2): the name lower-cased, no white space
     /// around the colon, continuation lines unfolded, each run of white space one SP, none at the end of the value; then

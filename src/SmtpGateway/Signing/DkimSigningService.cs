@@ -4,6 +4,7 @@ using System.Globalization;
 using System.Text;
 using SmtpGateway.Audit;
 using SmtpGateway.Diagnostics;
+using SmtpGateway.Envelope;
 using SmtpGateway.Identity;
 
 namespace SmtpGateway.Signing;
@@ -19,7 +20,7 @@ public interface IMessageSigner
     /// </summary>
     /// <param name="headerSection">The header section as it will be queued (after hygiene, without our Received field).</param>
     /// <param name="bodyHash">SHA-256 of the relaxed canonical body (<see cref="DkimBodyHash"/>), computed while the body arrived.</param>
-    byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> headerSection, ReadOnlySpan<byte> bodyHash, string sessionId, bool signingRequired);
+    byte[] Sign(string tenantId, string fromAddress, HeaderSection headerSection, ReadOnlySpan<byte> bodyHash, string sessionId, bool signingRequired);
 }
 
 /// <summary>
@@ -46,9 +47,10 @@ public sealed class DkimSigningService(DkimKeyStore store, IDkimKeySigner keys, 
     /// <summary>A whole message in memory (tests, benchmarks): split into header section and body, the body hashed here.</summary>
     public byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> message, string sessionId, bool signingRequired)
     {
-        var (header, body) = SplitMessage(message.ToArray());
+        var bytes = message.ToArray();
+        var header = HeaderSection.Parse(bytes, out var consumed);
         using var hash = new DkimBodyHash();
-        var reader = new SequenceReader<byte>(new ReadOnlySequence<byte>(body));
+        var reader = new SequenceReader<byte>(new ReadOnlySequence<byte>(bytes.AsMemory(consumed)));
         while (reader.TryReadTo(out ReadOnlySequence<byte> line, "\r\n"u8))
         {
             hash.AppendLine(line);
@@ -59,10 +61,10 @@ public sealed class DkimSigningService(DkimKeyStore store, IDkimKeySigner keys, 
             hash.AppendLine(reader.UnreadSequence);
         }
 
-        return Sign(tenantId, fromAddress, new ReadOnlySequence<byte>(header), hash.Finish(), sessionId, signingRequired);
+        return Sign(tenantId, fromAddress, header, hash.Finish(), sessionId, signingRequired);
     }
 
-    public byte[] Sign(string tenantId, string fromAddress, ReadOnlySequence<byte> headerSection, ReadOnlySpan<byte> bodyHash, string sessionId, bool signingRequired)
+    public byte[] Sign(string tenantId, string fromAddress, HeaderSection headerSection, ReadOnlySpan<byte> bodyHash, string sessionId, bool signingRequired)
     {
         var domain = DomainName.OfAddress(fromAddress);
         try
@@ -91,9 +93,9 @@ public sealed class DkimSigningService(DkimKeyStore store, IDkimKeySigner keys, 
                 return [];
             }
 
-            // The header section was split off once while the message streamed in; here it is split into fields once and
-            // every signature reuses that split and the body hash.
-            var fields = DkimHeaders.Split(headerSection.ToArray());
+            // The header section was split into fields once, while it streamed in; every signature reuses that and the body hash.
+            ArgumentNullException.ThrowIfNull(headerSection);
+            var fields = headerSection.Fields;
             var names = HeadersToSign(fields);
             var signedHeaders = CanonicalHeaders(fields, names);
             var bodyHashText = Convert.ToBase64String(bodyHash);
@@ -187,7 +189,7 @@ public sealed class DkimSigningService(DkimKeyStore store, IDkimKeySigner keys, 
     /// The selected fields' relaxed forms in h= order. RFC 6376 section 5.4.2: a name listed n times takes its instances
     /// from the bottom of the header section up; a listing with no instance left (over-signing) contributes nothing.
     /// </summary>
-    static ArrayBufferWriter<byte> CanonicalHeaders(List<DkimHeaderField> fields, List<string> names)
+    static ArrayBufferWriter<byte> CanonicalHeaders(IReadOnlyList<HeaderField> fields, List<string> names)
     {
         var output = new ArrayBufferWriter<byte>(1024);
         var taken = new Dictionary<string, int>(StringComparer.Ordinal);
@@ -208,19 +210,7 @@ public sealed class DkimSigningService(DkimKeyStore store, IDkimKeySigner keys, 
         return output;
     }
 
-    /// <summary>Header section (through the empty line, when there is one) and body of a whole message.</summary>
-    static (byte[] Header, byte[] Body) SplitMessage(byte[] message)
-    {
-        if (message.AsSpan().StartsWith("\r\n"u8))
-        {
-            return (message[..2], message[2..]);
-        }
-
-        var end = message.AsSpan().IndexOf("\r\n\r\n"u8);
-        return end < 0 ? (message, []) : (message[..(end + 4)], message[(end + 4)..]);
-    }
-
-    static List<string> HeadersToSign(List<DkimHeaderField> headers)
+    static List<string> HeadersToSign(IReadOnlyList<HeaderField> headers)
     {
         var counts = new Dictionary<string, int>(StringComparer.Ordinal);
         foreach (var header in headers)

@@ -37,6 +37,11 @@ public sealed class IncomingMessage : IDisposable
     readonly int _memoryThreshold;
     readonly int _maxHeaderSection;
     readonly MessageBuffer _memory = new();
+
+    /// <summary>Where each header field starts (octet offset): the one split of the header section, made as lines arrive.</summary>
+    readonly List<int> _fieldStarts = [];
+    long _fieldsEnd;
+    HeaderSection? _headers;
     long _reserved;
     bool _inHeader = true;
     bool _firstLine = true;
@@ -78,8 +83,17 @@ public sealed class IncomingMessage : IDisposable
     /// <summary>True when part of the body is in the scratch file (tests and logs).</summary>
     public bool Spilled => _scratch is not null;
 
-    /// <summary>The header section (RFC 5322 section 2.1): every field line, plus the empty line after it when present.</summary>
-    public ReadOnlySequence<byte> HeaderSection => _memory.ToSequence().Slice(0, HeaderLength);
+    /// <summary>The header section's octets (RFC 5322 section 2.1): every field line, plus the empty line after it when present.</summary>
+    public ReadOnlySequence<byte> HeaderBytes => _memory.ToSequence().Slice(0, HeaderLength);
+
+    /// <summary>
+    /// The header section split into fields, from the split the reader made as the lines arrived (one contiguous copy of the
+    /// section's octets, no second scan). Valid until the message is disposed or discarded.
+    /// </summary>
+    public HeaderSection Headers => _headers ??= HeaderSection.FromFieldStarts(Contiguous(HeaderBytes), _fieldStarts, (int)_fieldsEnd);
+
+    /// <summary>The octets in place when they are in one chunk (a header section nearly always is), else one copy.</summary>
+    static ReadOnlyMemory<byte> Contiguous(in ReadOnlySequence<byte> octets) => octets.IsSingleSegment ? octets.First : octets.ToArray();
 
     /// <summary>The body held in memory (all of it, unless <see cref="Spilled"/>).</summary>
     public ReadOnlySequence<byte> MemoryBody => _memory.ToSequence().Slice(HeaderLength);
@@ -128,8 +142,18 @@ public sealed class IncomingMessage : IDisposable
             if (field || line.Length == 0)
             {
                 // A field line, or (RFC 5322 section 2.1) the empty line that ends the header section: both belong to it.
+                if (field && line.FirstSpan[0] is not ((byte)' ' or (byte)'\t'))
+                {
+                    _fieldStarts.Add((int)_memory.Length);
+                }
+
                 _inHeader = field;
                 AppendHeader(line);
+                if (field)
+                {
+                    _fieldsEnd = _memory.Length;
+                }
+
                 return;
             }
 
@@ -190,7 +214,7 @@ public sealed class IncomingMessage : IDisposable
 
     /// <summary>
     /// Whether the line still belongs to the header section: a field ("name:") or the continuation of one. Anything else
-    /// (the empty line, an mbox "From " line, text) starts the body — the same rule <see cref="HeaderHygiene"/> applies.
+    /// (the empty line, an mbox "From " line, text) starts the body — the rule of <see cref="HeaderSection.Parse"/>.
     /// </summary>
     bool ContinuesHeader(in ReadOnlySequence<byte> line)
     {
@@ -205,7 +229,7 @@ public sealed class IncomingMessage : IDisposable
             return !_firstLine;
         }
 
-        return HeaderHygiene.IsFieldLine(line);
+        return HeaderSection.IsFieldStart(line);
     }
 
     bool Reserve(long octets)
@@ -248,6 +272,9 @@ public sealed class IncomingMessage : IDisposable
         _scratch = null;
         _scratchLength = 0;
         HeaderLength = 0;
+        _fieldStarts.Clear();
+        _fieldsEnd = 0;
+        _headers = null;
     }
 
     public void Dispose()

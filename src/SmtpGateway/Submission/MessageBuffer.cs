@@ -75,37 +75,6 @@ public sealed class MessageBuffer : IDisposable
         return new ReadOnlySequence<byte>(first!, 0, last!, last!.Memory.Length);
     }
 
-    /// <summary>Several sequences as one, without copying their octets (empty ones are skipped).</summary>
-    public static ReadOnlySequence<byte> Concat(IReadOnlyList<ReadOnlySequence<byte>> parts)
-    {
-        ArgumentNullException.ThrowIfNull(parts);
-        Segment? first = null, last = null;
-        foreach (var part in parts)
-        {
-            foreach (var memory in part)
-            {
-                if (memory.IsEmpty)
-                {
-                    continue;
-                }
-
-                var segment = new Segment(memory, last is null ? 0 : last.RunningIndex + last.Memory.Length);
-                if (last is null)
-                {
-                    first = segment;
-                }
-                else
-                {
-                    last.SetNext(segment);
-                }
-
-                last = segment;
-            }
-        }
-
-        return first is null ? ReadOnlySequence<byte>.Empty : new ReadOnlySequence<byte>(first, 0, last!, last!.Memory.Length);
-    }
-
     public void Clear()
     {
         foreach (var chunk in _chunks)

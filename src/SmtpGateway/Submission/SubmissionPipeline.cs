@@ -3,6 +3,7 @@ using System.Net;
 using Microsoft.Extensions.Logging;
 using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
+using SmtpGateway.Storage;
 using SmtpGateway.Submission.Stages;
 
 namespace SmtpGateway.Submission;
@@ -114,19 +115,19 @@ public sealed class SubmissionPipeline
             }
 
             // Header From first (hygiene never removes it): its verified domain names the Message-ID we may add.
-            if (_policy.HeaderFrom(context, message.HeaderSection, out var author) is { } refused)
+            if (_policy.HeaderFrom(context, message.Headers, out var author) is { } refused)
             {
                 return refused;
             }
 
-            using var cleaned = _envelope.Clean(context, message, author);
-            var headerSection = cleaned?.ToSequence() ?? message.HeaderSection;
-            if (_signing.Sign(context, author, headerSection, message.BodyHash, out var signature) is { } unsigned)
+            // One split of the header section (made while it streamed in) serves sender binding above, hygiene and DKIM.
+            var headers = _envelope.Clean(context, message, author);
+            if (_signing.Sign(context, author, headers, message.BodyHash, out var signature) is { } unsigned)
             {
                 return unsigned;
             }
 
-            var inMemory = cleaned is null ? message.InMemory : MessageBuffer.Concat([headerSection, message.MemoryBody]);
+            var inMemory = ReferenceEquals(headers, message.Headers) ? message.InMemory : ByteSequence.Concat([headers.ToSequence(), message.MemoryBody]);
 
             // DKIM-Signature on top, above our Received (as a signing milter would put it).
             var content = new MessageContent(

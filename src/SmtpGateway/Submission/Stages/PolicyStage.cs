@@ -1,4 +1,3 @@
-using System.Buffers;
 using Microsoft.Extensions.Logging;
 using SmtpGateway.Audit;
 using SmtpGateway.Policy;
@@ -73,7 +72,7 @@ internal sealed class PolicyStage(IdentityStage identity, EnvelopeServices? enve
     }
 
     /// <summary>Sender binding for the header From (issue #3), and Sender/Resent-* with it: checked before anything is queued.</summary>
-    public SmtpReply? HeaderFrom(SubmissionContext context, in ReadOnlySequence<byte> headerSection, out string? author)
+    public SmtpReply? HeaderFrom(SubmissionContext context, Envelope.HeaderSection headers, out string? author)
     {
         author = null;
         if (context.Tenant is not { } tenant)
@@ -81,7 +80,7 @@ internal sealed class PolicyStage(IdentityStage identity, EnvelopeServices? enve
             return null;
         }
 
-        var addresses = Envelope.HeaderFrom.Addresses(headerSection, out var otherSenders);
+        var addresses = Envelope.HeaderFrom.Addresses(headers, out var otherSenders);
         var decision = SenderPolicy.HeaderFrom(tenant, addresses, context.Tenants);
         if (decision.Accepted)
         {

@@ -1,4 +1,4 @@
-using System.Buffers;
+using SmtpGateway.Envelope;
 using Microsoft.Extensions.Logging;
 using SmtpGateway.Signing;
 using SmtpGateway.Smtp;
@@ -13,7 +13,7 @@ internal sealed class SigningStage(IMessageSigner? signer, ILogger logger)
 {
     /// <param name="headerSection">The header section as it will be spooled (after hygiene).</param>
     /// <param name="bodyHash">The DKIM body hash made while the body streamed in.</param>
-    public SmtpReply? Sign(SubmissionContext context, string? author, in ReadOnlySequence<byte> headerSection, byte[]? bodyHash, out byte[] signature)
+    public SmtpReply? Sign(SubmissionContext context, string? author, HeaderSection headerSection, byte[]? bodyHash, out byte[] signature)
     {
         signature = [];
         if (context.Tenant is not { } tenant || author is null || signer is null)
