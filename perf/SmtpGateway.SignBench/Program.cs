@@ -15,6 +15,7 @@ using System.Security.Cryptography;
 using System.Text;
 using MimeKit;
 using MimeKit.Cryptography;
+using SmtpGateway.SignBench;
 using Net.Pkcs11Interop.Common;
 using Net.Pkcs11Interop.HighLevelAPI;
 using SmtpGateway.Audit;
@@ -135,7 +136,7 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
         Cases([.. stores.Select(s =>
         {
             var service = new DkimSigningService(s.Value, dummy, audit, fixedTime, null);
-            return ($"svc.{s.Key}.nohsm", (Action)(() => service.Sign(Tenant, "app@" + Domain, message, "s1")));
+            return ($"svc.{s.Key}.nohsm", (Action)(() => service.Sign(Tenant, "app@" + Domain, message, "s1", signingRequired: true)));
         })]);
 
         using var hsm = new Pkcs11Hsm(new Pkcs11HsmOptions());
@@ -187,13 +188,13 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
         }
 
         // (d) the full path.
-        var keys = new HsmKeySigner(hsm, new TenantHsmTokens(dataDir, _ => null));
+        var keys = new HsmKeySigner(hsm, new TenantHsmTokens(dataDir, () => SmtpGateway.Identity.TenantSnapshot.Empty));
         var outputs = new Dictionary<string, byte[]>();
         Cases([.. stores.SelectMany(s =>
         {
             var service = new DkimSigningService(s.Value, keys, audit, fixedTime, null);
-            outputs[s.Key] = service.Sign(Tenant, "app@" + Domain, message, "s1");
-            return new[] { ($"svc.{s.Key}", (Action)(() => service.Sign(Tenant, "app@" + Domain, message, "s1"))) };
+            outputs[s.Key] = service.Sign(Tenant, "app@" + Domain, message, "s1", signingRequired: true);
+            return new[] { ($"svc.{s.Key}", (Action)(() => service.Sign(Tenant, "app@" + Domain, message, "s1", signingRequired: true))) };
         })]);
 
         // Sanity: what the full path produced verifies (MimeKit's verifier here; the tests run python3-dkim too).

@@ -4,6 +4,7 @@ using System.Text;
 using Microsoft.Extensions.Time.Testing;
 using MimeKit;
 using MimeKit.Cryptography;
+using SmtpGateway.Envelope;
 using SmtpGateway.Signing;
 using SmtpGateway.Tests.Listener;
 
@@ -117,16 +118,33 @@ public sealed class DkimSigningServiceTests : IDisposable
     {
         // RFC 6376 section 3.4.5: headers "A: X" and "B : Y<HTAB><CRLF><HTAB>Z  " relax to "a:X" and "b:Y Z";
         // the body " C <CRLF>D <HTAB> E <CRLF><CRLF><CRLF>" relaxes to " C<CRLF>D E<CRLF>".
-        var ed = _keys.AddEd25519("tenant-a.example", "e1");
-        var message = MimeMessage.Load(new MemoryStream(Encoding.ASCII.GetBytes("A: X\r\nB : Y\t\r\n\tZ  \r\nFrom: x@tenant-a.example\r\n\r\n C \r\nD \t E \r\n\r\n\r\n")));
-        var signer = new HsmDkimSigner(_keys, "tenant-a", ed, _clock, null);
-        signer.Sign(message, ["a", "b", "from"]);
+        var bytes = Encoding.ASCII.GetBytes("A: X\r\nB : Y\t\r\n\tZ  \r\nFrom: x@tenant-a.example\r\n\r\n C \r\nD \t E \r\n\r\n\r\n");
+        var section = HeaderSection.Parse(bytes, out var consumed);
+        var headers = new ArrayBufferWriter<byte>();
+        foreach (var field in section.Fields)
+        {
+            DkimHeaders.AppendRelaxed(headers, field.Raw.Span);
+        }
 
-        var data = Encoding.ASCII.GetString(Assert.Single(_keys.SignedData));
-        Assert.StartsWith("a:X\r\nb:Y Z\r\nfrom:x@tenant-a.example\r\ndkim-signature:v=1; a=ed25519-sha256;", data);
-        Assert.EndsWith("b=", data);
+        Assert.Equal("a:X\r\nb:Y Z\r\nfrom:x@tenant-a.example\r\n", Encoding.ASCII.GetString(headers.WrittenSpan));
+
+        using var body = new DkimBodyHash();
+        foreach (var line in Encoding.ASCII.GetString(bytes, consumed, bytes.Length - consumed).Split("\r\n")[..^1])
+        {
+            body.AppendLine(Encoding.ASCII.GetBytes(line));
+        }
+
         var bh = Convert.ToBase64String(SHA256.HashData(Encoding.ASCII.GetBytes(" C\r\nD E\r\n")));
-        Assert.Contains($"bh={bh};", message.Headers[HeaderId.DkimSignature], StringComparison.Ordinal);
+        Assert.Equal(bh, Convert.ToBase64String(body.Finish()));
+
+        // Through the service: the data handed to the HSM is the selected fields' relaxed forms, then the signature field's own.
+        var ed = _keys.AddEd25519("tenant-a.example", "e1");
+        _store.Save("tenant-a", [ed]);
+        var signature = Encoding.ASCII.GetString(Service().Sign("tenant-a", "x@tenant-a.example", new ReadOnlySequence<byte>(bytes), "s1", signingRequired: true));
+        var data = Encoding.ASCII.GetString(Assert.Single(_keys.SignedData));
+        Assert.StartsWith("from:x@tenant-a.example\r\ndkim-signature:v=1; a=ed25519-sha256;", data);
+        Assert.EndsWith("b=", data);
+        Assert.Contains($"bh={bh};", signature, StringComparison.Ordinal);
     }
 
     /// <summary>RFC 8463 Appendix A: the published example message, keys and signatures.</summary>

@@ -1,27 +1,16 @@
 using MimeKit.Cryptography;
 using Org.BouncyCastle.Crypto;
+using SmtpGateway.Signing;
 
-namespace SmtpGateway.Signing;
-
-/// <summary>Signs DKIM data with a tenant's key inside the HSM. The gateway never sees the private key.</summary>
-public interface IDkimKeySigner
-{
-    /// <summary>
-    /// rsa-sha256: PKCS#1 v1.5 signature over SHA-256 of <paramref name="data"/>.
-    /// ed25519-sha256 (RFC 8463 section 3): pure Ed25519 over the SHA-256 digest of <paramref name="data"/>.
-    /// Throws <see cref="SigningException"/> on any HSM trouble.
-    /// </summary>
-    byte[] Sign(string tenantId, DkimSelector selector, byte[] data);
-}
-
-/// <summary>A signing failure. Always transient for the client: the answer is 451 4.3.0, never an unsigned message.</summary>
-public sealed class SigningException(string message, Exception? inner = null) : Exception(message, inner);
+namespace SmtpGateway.SignBench;
 
 /// <summary>
 /// MimeKit's DKIM signer (canonicalisation, header selection, tag layout) with the signature itself made by the
 /// HSM: <see cref="CreateSigningContext"/> returns a context that collects the canonicalised data and hands it to
 /// the tenant's token in one single-part C_Sign (SoftHSM2's EdDSA has no multi-part signing).
 /// </summary>
+/// <remarks>The gateway signed this way until issue 10 (canonicalisation of its own, body hash while streaming); kept here as the
+/// reference the benchmark compares against.</remarks>
 public sealed class HsmDkimSigner : DkimSigner
 {
     readonly IDkimKeySigner _keys;
