@@ -203,7 +203,7 @@ public sealed partial class SmtpSession
                         content = content.Slice(1);
                     }
 
-                    if (message.Length + content.Length + 2 > limits.MaxMessageSize)
+                    if (message.Received + content.Length + 2 > limits.MaxMessageSize)
                     {
                         tooBig = true;
                         message.Discard();

@@ -96,6 +96,7 @@ public static class SmtpReplies
     public static readonly SmtpReply RelayDenied = new(554, "5.7.1", "Relay access denied");
     public static readonly SmtpReply NoValidRecipients = new(554, "5.5.1", "No valid recipients");
     public static readonly SmtpReply MessageTooBig = new(552, "5.3.4", "Message size exceeds fixed maximum message size");
+    public static readonly SmtpReply LeadingContinuation = new(550, "5.6.0", "Message must begin with a header field or an empty line, not a continuation line");
     public static readonly SmtpReply HeaderSectionTooBig = new(552, "5.3.4", "Message header section exceeds the size limit");
     public static readonly SmtpReply UnknownParameter = new(555, "5.5.4", "MAIL FROM/RCPT TO parameters not recognized or not implemented");
     public static readonly SmtpReply NonAsciiAddress = new(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter");

@@ -17,6 +17,12 @@ public enum IncomingProblem
 
     /// <summary>The scratch file could not be written (disk full, I/O error).</summary>
     StorageFailed,
+
+    /// <summary>
+    /// The first line is a continuation line: under our Received field it would continue that field, and every field
+    /// after it would reach recipients unseen by hygiene and sender binding.
+    /// </summary>
+    LeadingContinuation,
 }
 
 /// <summary>
@@ -40,6 +46,8 @@ public sealed class IncomingMessage : IDisposable
 
     /// <summary>Where each header field starts (octet offset): the one split of the header section, made as lines arrive.</summary>
     readonly List<int> _fieldStarts = [];
+    long _received;
+    long _headerCopy;
     long _fieldsEnd;
     HeaderSection? _headers;
     long _reserved;
@@ -72,8 +80,11 @@ public sealed class IncomingMessage : IDisposable
     /// <summary>When DATA began (the Received field's date and the spool's arrival time).</summary>
     public DateTimeOffset ReceivedAt { get; init; }
 
-    /// <summary>Octets taken in so far (after dot-unstuffing, CRLF included), excluding our Received field.</summary>
+    /// <summary>Octets held so far (after dot-unstuffing, CRLF included), excluding our Received field.</summary>
     public long Length => _memory.Length + _scratchLength;
+
+    /// <summary>Octets the client sent in this DATA so far, kept or not: the size limit counts these, refused or not.</summary>
+    public long Received => _received;
 
     /// <summary>Octets of the header section, including the empty line that ends it when there is one.</summary>
     public long HeaderLength { get; private set; }
@@ -90,10 +101,45 @@ public sealed class IncomingMessage : IDisposable
     /// The header section split into fields, from the split the reader made as the lines arrived (one contiguous copy of the
     /// section's octets, no second scan). Valid until the message is disposed or discarded.
     /// </summary>
-    public HeaderSection Headers => _headers ??= HeaderSection.FromFieldStarts(Contiguous(HeaderBytes), _fieldStarts, (int)_fieldsEnd);
+    public HeaderSection Headers => _headers ?? throw new InvalidOperationException("Complete() the message first.");
 
-    /// <summary>The octets in place when they are in one chunk (a header section nearly always is), else one copy.</summary>
-    static ReadOnlyMemory<byte> Contiguous(in ReadOnlySequence<byte> octets) => octets.IsSingleSegment ? octets.First : octets.ToArray();
+    /// <summary>
+    /// The end of DATA: the scratch file flushed (a full disk often shows only here) and the header section made contiguous
+    /// for its split (in place when it is in one chunk, as it nearly always is; otherwise one copy, paid from the budget).
+    /// False when that fails; <see cref="Problem"/> says why.
+    /// </summary>
+    public bool Complete()
+    {
+        if (Problem != IncomingProblem.None)
+        {
+            return false;
+        }
+
+        try
+        {
+            _scratch?.Flush();
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            Fail(IncomingProblem.StorageFailed);
+            return false;
+        }
+
+        var octets = HeaderBytes;
+        if (!octets.IsSingleSegment)
+        {
+            if (!_budget.TryTake(octets.Length))
+            {
+                Fail(IncomingProblem.NoMemory);
+                return false;
+            }
+
+            _headerCopy = octets.Length;
+        }
+
+        _headers = HeaderSection.FromFieldStarts(octets.IsSingleSegment ? octets.First : octets.ToArray(), _fieldStarts, (int)_fieldsEnd);
+        return true;
+    }
 
     /// <summary>The body held in memory (all of it, unless <see cref="Spilled"/>).</summary>
     public ReadOnlySequence<byte> MemoryBody => _memory.ToSequence().Slice(HeaderLength);
@@ -120,7 +166,6 @@ public sealed class IncomingMessage : IDisposable
             return null;
         }
 
-        _scratch.Flush();
         _scratch.Position = 0;
         return _scratch;
     }
@@ -130,6 +175,7 @@ public sealed class IncomingMessage : IDisposable
     /// <summary>Appends one line (without its CRLF; dot-stuffing already removed) and a CRLF.</summary>
     public void AppendLine(in ReadOnlySequence<byte> line)
     {
+        _received += line.Length + 2;
         if (Problem != IncomingProblem.None)
         {
             return;
@@ -137,6 +183,12 @@ public sealed class IncomingMessage : IDisposable
 
         if (_inHeader)
         {
+            if (_firstLine && line.Length > 0 && line.FirstSpan[0] is (byte)' ' or (byte)'\t')
+            {
+                Fail(IncomingProblem.LeadingContinuation);
+                return;
+            }
+
             var field = ContinuesHeader(line);
             _firstLine = false;
             if (field || line.Length == 0)
@@ -157,7 +209,15 @@ public sealed class IncomingMessage : IDisposable
                 return;
             }
 
+            // A line that is no field ends the header section without an empty line (an mbox "From " line, text). Every
+            // parser downstream must split where we did, or a field after it would reach recipients unseen by hygiene and
+            // sender binding: the empty line goes in, as Postfix's cleanup puts it in (the line itself starts the body).
             _inHeader = false;
+            AppendHeader(ReadOnlySequence<byte>.Empty);
+            if (Problem != IncomingProblem.None)
+            {
+                return;
+            }
         }
 
         AppendBody(line);
@@ -187,7 +247,7 @@ public sealed class IncomingMessage : IDisposable
     {
         _bodyHash?.AppendLine(line);
         var octets = line.Length + 2;
-        if (_scratch is null && _memory.Length + octets <= _memoryThreshold && Reserve(octets))
+        if (_scratch is null && _memory.Length + octets <= _memoryThreshold && Reserve(octets, _budget.Capacity / 4))
         {
             _memory.Append(line);
             _memory.Append(Crlf);
@@ -232,7 +292,9 @@ public sealed class IncomingMessage : IDisposable
         return HeaderSection.IsFieldStart(line);
     }
 
-    bool Reserve(long octets)
+    /// <param name="keep">Octets of the budget this reservation must leave free (bodies leave a quarter for header sections,
+    /// so slow bodies cannot lock out every new message: a body that finds no room spills to disk instead).</param>
+    bool Reserve(long octets, long keep = 0)
     {
         var needed = _memory.Length + octets - _reserved;
         if (needed <= 0)
@@ -241,7 +303,7 @@ public sealed class IncomingMessage : IDisposable
         }
 
         var step = (needed + Step - 1) / Step * Step;
-        if (!_budget.TryTake(step))
+        if (!_budget.TryTake(step, keep))
         {
             return false;
         }
@@ -275,6 +337,11 @@ public sealed class IncomingMessage : IDisposable
         _fieldStarts.Clear();
         _fieldsEnd = 0;
         _headers = null;
+        if (_headerCopy > 0)
+        {
+            _budget.Return(_headerCopy);
+            _headerCopy = 0;
+        }
     }
 
     public void Dispose()

@@ -15,14 +15,14 @@ public sealed class MessageMemoryBudget(long capacity)
 
     public long Available => Capacity - Used;
 
-    /// <summary>Takes <paramref name="octets"/> if they fit; false (nothing taken) when they do not.</summary>
-    public bool TryTake(long octets)
+    /// <summary>Takes <paramref name="octets"/> if they fit leaving <paramref name="keep"/> free; false (nothing taken) when not.</summary>
+    public bool TryTake(long octets, long keep = 0)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(octets);
         var used = Interlocked.Read(ref _used);
         while (true)
         {
-            if (used + octets > Capacity)
+            if (used + octets > Capacity - keep)
             {
                 return false;
             }

@@ -103,13 +103,14 @@ public sealed class SubmissionPipeline
         ArgumentNullException.ThrowIfNull(message);
         try
         {
-            if (message.Problem != IncomingProblem.None)
+            if (!message.Complete())
             {
                 SubmissionLog.MessageNotTaken(_logger, context.SessionId, message.Id, message.Problem, _services.Budget.Used, _services.Budget.Capacity);
                 return message.Problem switch
                 {
                     IncomingProblem.HeaderTooLarge => SmtpReplies.HeaderSectionTooBig,
                     IncomingProblem.NoMemory => SmtpReplies.InsufficientStorage,
+                    IncomingProblem.LeadingContinuation => SmtpReplies.LeadingContinuation,
                     _ => SmtpReplies.SpoolFailed,
                 };
             }

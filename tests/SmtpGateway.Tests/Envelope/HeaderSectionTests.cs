@@ -18,7 +18,6 @@ public sealed class HeaderSectionTests
         "From: a@tenant-a.example\r\nSubject: folded\r\n  tail\r\n\tmore\r\nX-Tenant : b\r\n\r\n",
         "X-Tenant\t:\tb\r\nFrom:a@tenant-a.example\r\n\r\n\r\nbody after an empty line\r\n",
         "From: a@tenant-a.example\r\nnot a field line\r\nX-Tenant: in the body\r\n",
-        " leading continuation\r\nFrom: a@tenant-a.example\r\n\r\n",
         "From: a@tenant-a.example\r\nX Tenant: space inside a name is no field\r\n\r\n",
         "Fr\u00f6m: stray octet in a name\r\nFROM: a@tenant-a.example\r\n\r\n",
         "\r\nno header section at all\r\n",
@@ -39,11 +38,33 @@ public sealed class HeaderSectionTests
             incoming.AppendLine(line);
         }
 
+        Assert.True(incoming.Complete());
         var streamed = incoming.Headers;
         Assert.Equal(parsed.Fields.Select(f => (f.Name, Encoding.Latin1.GetString(f.Raw.Span))), streamed.Fields.Select(f => (f.Name, Encoding.Latin1.GetString(f.Raw.Span))));
-        Assert.Equal(consumed, incoming.HeaderLength);
-        Assert.Equal(Encoding.Latin1.GetString(parsed.Trailer.Span), Encoding.Latin1.GetString(streamed.Trailer.Span));
-        Assert.Equal(bytes.AsSpan(0, consumed).ToArray(), streamed.ToSequence().ToArray());
+        if (parsed.Trailer.IsEmpty && consumed < bytes.Length)
+        {
+            // Ended by a line that is no field: the streaming reader puts the empty line in, so every parser splits here.
+            Assert.Equal("\r\n", Encoding.Latin1.GetString(streamed.Trailer.Span));
+            Assert.Equal(consumed + 2, incoming.HeaderLength);
+            Assert.Equal(bytes.AsSpan(0, consumed).ToArray().Concat("\r\n"u8.ToArray()), streamed.ToSequence().ToArray());
+        }
+        else
+        {
+            Assert.Equal(Encoding.Latin1.GetString(parsed.Trailer.Span), Encoding.Latin1.GetString(streamed.Trailer.Span));
+            Assert.Equal(consumed, incoming.HeaderLength);
+            Assert.Equal(bytes.AsSpan(0, consumed).ToArray(), streamed.ToSequence().ToArray());
+        }
+    }
+
+    [Fact]
+    public void A_message_that_begins_with_a_continuation_line_is_refused_as_it_would_continue_our_received_field()
+    {
+        using var incoming = new IncomingMessage("T1", "Received: x\r\n", new MessageMemoryBudget(1 << 20), () => throw new IOException("no scratch"), 64 * 1024, 64 * 1024);
+        incoming.AppendLine(new ReadOnlySequence<byte>(" x"u8.ToArray()));
+        incoming.AppendLine(new ReadOnlySequence<byte>("X-Tenant-Id: victim"u8.ToArray()));
+        Assert.Equal(IncomingProblem.LeadingContinuation, incoming.Problem);
+        Assert.False(incoming.Complete());
+        Assert.Equal(0, incoming.Length);
     }
 
     [Fact]

@@ -132,4 +132,38 @@ public sealed class InMemoryTranscriptTests
         Assert.StartsWith("354 ", await c.CommandAsync("DATA"));
         Assert.StartsWith("250 2.0.0", await c.CommandAsync("From: <alice@tenant-a.example>\r\n\r\nsmall\r\n."));
     }
+
+    [Fact]
+    public async Task A_message_that_begins_with_a_continuation_line_gets_550_5_6_0_and_nothing_is_queued()
+    {
+        // Under our Received field " x" would continue it, and the fields after it would slip past hygiene (inbound, no AUTH).
+        await using var gw = await TestGateway.StartAsync(tenantANetworks: ["10.99.0.0/16"]);
+        await using var c = await gw.ConnectAsync(gw.Relay);
+        await c.HelloAsync();
+        Assert.StartsWith("250 2.1.0", await c.CommandAsync("MAIL FROM:<someone@example.net>"));
+        Assert.StartsWith("250 2.1.5", await c.CommandAsync("RCPT TO:<info@tenant-a.example>"));
+        Assert.StartsWith("354 ", await c.CommandAsync("DATA"));
+        await c.SendRawAsync(" x\r\nX-Tenant-Id: tenant-b\r\nReturn-Path: <forged@example.net>\r\n\r\nbody\r\n.\r\n");
+
+        Assert.Equal("550 5.6.0 Message must begin with a header field or an empty line, not a continuation line", await c.ReadReplyAsync());
+        Assert.Empty(gw.Spool.Commits);
+        Assert.StartsWith("250 ", await c.CommandAsync("NOOP")); // the session goes on
+    }
+
+    [Fact]
+    public async Task A_header_section_ended_by_a_line_that_is_no_field_gets_its_empty_line_so_later_fields_are_body()
+    {
+        await using var gw = await TestGateway.StartAsync(tenantANetworks: ["10.99.0.0/16"]);
+        await using var c = await gw.ConnectAsync(gw.Relay);
+        await c.HelloAsync();
+        Assert.StartsWith("250 2.1.0", await c.CommandAsync("MAIL FROM:<someone@example.net>"));
+        Assert.StartsWith("250 2.1.5", await c.CommandAsync("RCPT TO:<info@tenant-a.example>"));
+        Assert.StartsWith("354 ", await c.CommandAsync("DATA"));
+        Assert.StartsWith("250 2.0.0", await c.CommandAsync("Subject: hi\r\nnot a field\r\nX-Tenant: tenant-b\r\n."));
+
+        var (_, message) = Assert.Single(gw.Spool.Commits);
+        var text = Encoding.UTF8.GetString(message);
+        // Every parser now ends the header section where hygiene and sender binding did: X-Tenant is body text.
+        Assert.EndsWith("\r\nSubject: hi\r\n\r\nnot a field\r\nX-Tenant: tenant-b\r\n", text, StringComparison.Ordinal);
+    }
 }
