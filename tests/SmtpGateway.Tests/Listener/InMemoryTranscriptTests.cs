@@ -138,11 +138,7 @@ public sealed class InMemoryTranscriptTests
     {
         // Under our Received field " x" would continue it, and the fields after it would slip past hygiene (inbound, no AUTH).
         await using var gw = await TestGateway.StartAsync(tenantANetworks: ["10.99.0.0/16"]);
-        await using var c = await gw.ConnectAsync(gw.Relay);
-        await c.HelloAsync();
-        Assert.StartsWith("250 2.1.0", await c.CommandAsync("MAIL FROM:<someone@example.net>"));
-        Assert.StartsWith("250 2.1.5", await c.CommandAsync("RCPT TO:<info@tenant-a.example>"));
-        Assert.StartsWith("354 ", await c.CommandAsync("DATA"));
+        await using var c = await InboundDataAsync(gw);
         await c.SendRawAsync(" x\r\nX-Tenant-Id: tenant-b\r\nReturn-Path: <forged@example.net>\r\n\r\nbody\r\n.\r\n");
 
         Assert.Equal("550 5.6.0 Message must begin with a header field or an empty line, not a continuation line", await c.ReadReplyAsync());
@@ -154,16 +150,23 @@ public sealed class InMemoryTranscriptTests
     public async Task A_header_section_ended_by_a_line_that_is_no_field_gets_its_empty_line_so_later_fields_are_body()
     {
         await using var gw = await TestGateway.StartAsync(tenantANetworks: ["10.99.0.0/16"]);
-        await using var c = await gw.ConnectAsync(gw.Relay);
-        await c.HelloAsync();
-        Assert.StartsWith("250 2.1.0", await c.CommandAsync("MAIL FROM:<someone@example.net>"));
-        Assert.StartsWith("250 2.1.5", await c.CommandAsync("RCPT TO:<info@tenant-a.example>"));
-        Assert.StartsWith("354 ", await c.CommandAsync("DATA"));
+        await using var c = await InboundDataAsync(gw);
         Assert.StartsWith("250 2.0.0", await c.CommandAsync("Subject: hi\r\nnot a field\r\nX-Tenant: tenant-b\r\n."));
 
         var (_, message) = Assert.Single(gw.Spool.Commits);
         var text = Encoding.UTF8.GetString(message);
         // Every parser now ends the header section where hygiene and sender binding did: X-Tenant is body text.
         Assert.EndsWith("\r\nSubject: hi\r\n\r\nnot a field\r\nX-Tenant: tenant-b\r\n", text, StringComparison.Ordinal);
+    }
+
+    /// <summary>An unauthenticated (inbound) client at the start of DATA for a tenant's domain: hygiene applies, no From binding.</summary>
+    static async Task<RawSmtpClient> InboundDataAsync(TestGateway gw)
+    {
+        var c = await gw.ConnectAsync(gw.Relay);
+        await c.HelloAsync();
+        Assert.StartsWith("250 2.1.0", await c.CommandAsync("MAIL FROM:<someone@example.net>"));
+        Assert.StartsWith("250 2.1.5", await c.CommandAsync("RCPT TO:<info@tenant-a.example>"));
+        Assert.StartsWith("354 ", await c.CommandAsync("DATA"));
+        return c;
     }
 }
