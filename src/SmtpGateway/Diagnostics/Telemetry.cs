@@ -31,6 +31,9 @@ public static class Telemetry
     public const string HsmErrors = "smtpgw.hsm.errors";
     public const string HsmLogins = "smtpgw.hsm.logins";
     public const string HsmSessionsOpen = "smtpgw.hsm.sessions.open";
+    public const string SubmissionMemory = "smtpgw.submission.memory";
+    public const string SubmissionSpilled = "smtpgw.submission.spilled";
+    public const string SubmissionNotTaken = "smtpgw.submission.not_taken";
 
     /// <summary>The gateway's single meter; instruments are created from it by each stage.</summary>
     public static readonly Meter Meter = new(MeterName);

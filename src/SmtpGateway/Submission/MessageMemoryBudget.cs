@@ -30,6 +30,7 @@ public sealed class MessageMemoryBudget(long capacity)
             var seen = Interlocked.CompareExchange(ref _used, used + octets, used);
             if (seen == used)
             {
+                SubmissionMetrics.MemoryTaken(octets);
                 return true;
             }
 
@@ -41,5 +42,6 @@ public sealed class MessageMemoryBudget(long capacity)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(octets);
         Interlocked.Add(ref _used, -octets);
+        SubmissionMetrics.MemoryReturned(octets);
     }
 }

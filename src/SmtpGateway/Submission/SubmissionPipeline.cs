@@ -106,6 +106,7 @@ public sealed class SubmissionPipeline
             if (!message.Complete())
             {
                 SubmissionLog.MessageNotTaken(_logger, context.SessionId, message.Id, message.Problem, _services.Budget.Used, _services.Budget.Capacity);
+                SubmissionMetrics.MessageNotTaken(message.Problem);
                 return message.Problem switch
                 {
                     IncomingProblem.HeaderTooLarge => SmtpReplies.HeaderSectionTooBig,
@@ -136,6 +137,11 @@ public sealed class SubmissionPipeline
                 message.OpenScratch(),
                 message.ScratchLength,
                 message.ScratchEightBit);
+            if (message.Spilled)
+            {
+                SubmissionMetrics.MessageSpilled();
+            }
+
             return await _spool.CommitAsync(context, message.Id, content, message.ReceivedAt).ConfigureAwait(false);
         }
         finally
