@@ -113,13 +113,13 @@ public sealed class SmtpListenerService(
         throw new ArgumentException($"No listener is bound at {endPoint}.", nameof(endPoint));
     }
 
-    static async Task RefuseAsync(Stream stream, SmtpReply reply)
+    async Task RefuseAsync(Stream stream, SmtpReply reply)
     {
         try
         {
             var sb = new StringBuilder();
             reply.WriteTo(sb);
-            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5), services.Time);
             await stream.WriteAsync(Encoding.ASCII.GetBytes(sb.ToString()), timeout.Token).ConfigureAwait(false);
             await stream.FlushAsync(timeout.Token).ConfigureAwait(false);
         }
@@ -143,8 +143,8 @@ public sealed class SmtpListenerService(
             {
                 var ssl = new SslStream(stream, leaveInnerStreamOpen: false);
                 stream = ssl;
-                using var handshake = CancellationTokenSource.CreateLinkedTokenSource(_hardStop.Token);
-                handshake.CancelAfter(services.Limits.CommandTimeout);
+                using var handshakeTimer = new CancellationTokenSource(services.Limits.CommandTimeout, services.Time);
+                using var handshake = CancellationTokenSource.CreateLinkedTokenSource(_hardStop.Token, handshakeTimer.Token);
                 await ssl.AuthenticateAsServerAsync(services.Tls!.ServerOptions(), handshake.Token).ConfigureAwait(false);
             }
 

@@ -47,8 +47,9 @@ public sealed partial class SmtpSession
     /// </summary>
     async ValueTask<Line> ReadLineAsync(int maxLength, TimeSpan timeout, CancellationToken sessionToken, bool allowDrain)
     {
-        using var cts = CancellationTokenSource.CreateLinkedTokenSource(sessionToken, _hardStop, allowDrain ? _draining : CancellationToken.None);
-        cts.CancelAfter(timeout);
+        // The timeout runs on the injected clock, so tests move time instead of waiting for it.
+        using var timer = new CancellationTokenSource(timeout, _services.Time);
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(sessionToken, _hardStop, allowDrain ? _draining : CancellationToken.None, timer.Token);
         var discarding = false;
         try
         {
@@ -141,8 +142,8 @@ public sealed partial class SmtpSession
     async ValueTask<DataOutcome> ReadDataAsync(IncomingMessage message, CancellationToken sessionToken)
     {
         var limits = _services.Limits;
-        using var cts = CancellationTokenSource.CreateLinkedTokenSource(sessionToken, _hardStop);
-        cts.CancelAfter(limits.DataTimeout);
+        using var timer = new CancellationTokenSource(limits.DataTimeout, _services.Time);
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(sessionToken, _hardStop, timer.Token);
         bool tooBig = false, bare = false, longLine = false, inLongLine = false;
 
         // The terminator is CRLF "." CRLF: the dot line ends DATA only if the line before it ended in CRLF (the
@@ -156,7 +157,7 @@ public sealed partial class SmtpSession
                 if (_mustWait || !_reader.TryRead(out result))
                 {
                     result = await _reader.ReadAsync(cts.Token).ConfigureAwait(false);
-                    cts.CancelAfter(limits.DataTimeout);
+                    timer.CancelAfter(limits.DataTimeout); // RFC 5321 section 4.5.3.2.5: the limit is per block, not per message
                 }
 
                 _mustWait = false;

@@ -141,7 +141,7 @@ public sealed partial class SmtpSession
             }
 
             // Bounded: a peer that stops reading must not pin the session (and shutdown) forever.
-            using var flushTimeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+            using var flushTimeout = new CancellationTokenSource(TimeSpan.FromSeconds(10), _services.Time);
             await FlushAsync(flushTimeout.Token).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is IOException or ObjectDisposedException or OperationCanceledException or AuthenticationFailure)
@@ -293,9 +293,9 @@ public sealed partial class SmtpSession
         await _reader.CompleteAsync().ConfigureAwait(false);
 
         var ssl = new SslStream(_stream, leaveInnerStreamOpen: false);
-        using (var handshake = CancellationTokenSource.CreateLinkedTokenSource(sessionToken, _hardStop))
+        using var handshakeTimer = new CancellationTokenSource(_services.Limits.CommandTimeout, _services.Time);
+        using (var handshake = CancellationTokenSource.CreateLinkedTokenSource(sessionToken, _hardStop, handshakeTimer.Token))
         {
-            handshake.CancelAfter(_services.Limits.CommandTimeout);
             try
             {
                 await ssl.AuthenticateAsServerAsync(_services.Tls.ServerOptions(), handshake.Token).ConfigureAwait(false);

@@ -1,4 +1,5 @@
 using System.Text;
+using Microsoft.Extensions.Time.Testing;
 using System.Text.RegularExpressions;
 
 namespace SmtpGateway.Tests.Listener;
@@ -439,11 +440,38 @@ public sealed partial class ListenerTranscriptTests
     [Fact]
     public async Task Idle_client_gets_421_4_4_2_after_the_command_timeout()
     {
-        await using var gw = await TestGateway.StartAsync(l => l.CommandTimeout = TimeSpan.FromMilliseconds(300));
+        // RFC 5321 section 4.5.3.2.7: 5 minutes, on the injected clock: the test moves time instead of waiting.
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var gw = await TestGateway.StartAsync(time: clock);
         await using var c = await gw.ConnectAsync(gw.Relay);
-        await c.ReadReplyAsync();
+        await c.HelloAsync();
+
+        clock.Advance(TimeSpan.FromMinutes(5) - TimeSpan.FromSeconds(1));
+        Assert.StartsWith("250", await c.CommandAsync("NOOP")); // not yet, and a command starts the wait again
+
+        clock.Advance(TimeSpan.FromMinutes(5));
         Assert.StartsWith("421 4.4.2", await c.ReadReplyAsync(TimeSpan.FromSeconds(5)));
         Assert.True(await c.IsClosedAsync());
+    }
+
+    [Fact]
+    public async Task A_client_that_stalls_inside_DATA_gets_421_4_4_2_after_the_data_block_timeout()
+    {
+        // RFC 5321 section 4.5.3.2.5/6: the limit is per block of data, restarted by every block that arrives.
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var gw = await TestGateway.StartAsync(time: clock);
+        await using var c = await gw.ConnectAsync(gw.Relay);
+        await c.HelloAsync();
+        Assert.StartsWith("250", await c.CommandAsync("MAIL FROM:<alice@tenant-a.example>"));
+        Assert.StartsWith("250", await c.CommandAsync("RCPT TO:<bob@example.net>"));
+        Assert.StartsWith("354", await c.CommandAsync("DATA"));
+        await c.SendRawAsync("From: <alice@tenant-a.example>\r\n");
+        await Task.Yield();
+
+        clock.Advance(TimeSpan.FromMinutes(3));
+        Assert.StartsWith("421 4.4.2", await c.ReadReplyAsync(TimeSpan.FromSeconds(5)));
+        Assert.True(await c.IsClosedAsync());
+        Assert.Empty(gw.Spool.Commits);
     }
 
     [Fact]
