@@ -40,6 +40,9 @@ public sealed partial class TenantDirectoryService : IDisposable
     /// <summary>Raised after a successful reload (tests wait on it).</summary>
     public event Action<TenantSnapshot>? Reloaded;
 
+    /// <summary>Raised when a reload is refused (every error listed); the last good snapshot stays. Tests wait on it.</summary>
+    public event Action<IReadOnlyList<string>>? ReloadRejected;
+
     public TenantSnapshot Current => _current;
 
     public static TenantSnapshot Load(IConfiguration configuration, List<string> errors)
@@ -65,6 +68,7 @@ public sealed partial class TenantDirectoryService : IDisposable
         if (errors.Count > 0)
         {
             TenantLog.ReloadRejected(_logger, errors.Count, string.Join("; ", errors));
+            ReloadRejected?.Invoke(errors);
             return;
         }
 

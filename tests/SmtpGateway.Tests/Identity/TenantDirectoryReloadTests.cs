@@ -36,9 +36,12 @@ public sealed class TenantDirectoryReloadTests : IDisposable
 
         // Two tenants claiming one domain: refused, the last good snapshot stays.
         var second = new TaskCompletionSource<TenantSnapshot>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var rejected = new TaskCompletionSource<IReadOnlyList<string>>(TaskCreationOptions.RunContinuationsAsynchronously);
         directory.Reloaded += s => second.TrySetResult(s);
+        directory.ReloadRejected += e => rejected.TrySetResult(e);
         Write("""{ "a": { "Domains": ["a.example"] }, "c": { "Domains": ["A.example."] } }""");
-        await Task.Delay(TimeSpan.FromSeconds(2));
+        var errors = await rejected.Task.WaitAsync(TimeSpan.FromSeconds(15));
+        Assert.Contains(errors, e => e.Contains("a.example", StringComparison.OrdinalIgnoreCase));
         Assert.False(second.Task.IsCompleted);
         Assert.Same(next, directory.Current);
     }

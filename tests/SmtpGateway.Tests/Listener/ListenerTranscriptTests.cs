@@ -422,7 +422,9 @@ public sealed partial class ListenerTranscriptTests
         Assert.True(await third.IsClosedAsync());
 
         await a.CommandAsync("QUIT");
-        await Task.Delay(200);
+        Assert.True(await a.IsClosedAsync());
+        // The slot is free once the session has finished (its clean-up follows the close the client saw).
+        await WaitUntilAsync(() => gw.Service.ActiveSessions < 2);
         await using var fourth = await gw.ConnectAsync(gw.Relay);
         Assert.StartsWith("220", await fourth.ReadReplyAsync());
     }
@@ -529,4 +531,14 @@ public sealed partial class ListenerTranscriptTests
 
     [GeneratedRegex(@"^250 2\.0\.0 Ok: queued as (\S+)$")]
     private static partial Regex QueuedReply();
+
+    static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        while (!condition())
+        {
+            // A poll for a condition, not a wait for time to pass: it ends as soon as the condition holds.
+            await Task.Delay(5, cts.Token);
+        }
+    }
 }
