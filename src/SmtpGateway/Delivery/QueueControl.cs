@@ -40,6 +40,7 @@ internal sealed class QueueControl(FileSpool spool, TimeProvider time, ILogger l
     const string ResponseSuffix = ".res";
     static readonly TimeSpan PollInterval = TimeSpan.FromMilliseconds(200);
     static readonly TimeSpan ClaimWait = TimeSpan.FromSeconds(30);
+    static readonly TimeSpan ClaimPoll = TimeSpan.FromMilliseconds(50);
 
     public static string ControlDirectory(string spoolRoot) => Path.Combine(spoolRoot, DirectoryName);
 
@@ -151,7 +152,7 @@ internal sealed class QueueControl(FileSpool spool, TimeProvider time, ILogger l
             }
 
             case "delete" when request.Id is { } id:
-                return await WithClaimAsync(id, delivery, cancellationToken, () =>
+                return await WithClaimAsync(id, delivery, time, cancellationToken, () =>
                 {
                     var area = spool.Delete(id);
                     return Task.FromResult(area is null
@@ -165,7 +166,7 @@ internal sealed class QueueControl(FileSpool spool, TimeProvider time, ILogger l
 
     static async Task<QueueResponse> RetryAsync(FileSpool spool, string id, TimeProvider time, DeliveryService? delivery, CancellationToken cancellationToken)
     {
-        var response = await WithClaimAsync(id, delivery, cancellationToken, async () =>
+        var response = await WithClaimAsync(id, delivery, time, cancellationToken, async () =>
         {
             var message = await spool.LoadAsync(id, cancellationToken).ConfigureAwait(false);
             if (message is null)
@@ -189,7 +190,7 @@ internal sealed class QueueControl(FileSpool spool, TimeProvider time, ILogger l
         return response;
     }
 
-    static async Task<QueueResponse> WithClaimAsync(string id, DeliveryService? delivery, CancellationToken cancellationToken, Func<Task<QueueResponse>> action)
+    static async Task<QueueResponse> WithClaimAsync(string id, DeliveryService? delivery, TimeProvider time, CancellationToken cancellationToken, Func<Task<QueueResponse>> action)
     {
         if (!FileSpool.IsValidId(id))
         {
@@ -202,13 +203,14 @@ internal sealed class QueueControl(FileSpool spool, TimeProvider time, ILogger l
         }
 
         // An attempt in flight finishes first; its outcome is then on disk for us to act on.
-        using var wait = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        wait.CancelAfter(ClaimWait);
+        // The wait runs on the injected clock, like every other timeout in the gateway.
+        using var limit = new CancellationTokenSource(ClaimWait, time);
+        using var wait = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, limit.Token);
         while (!delivery.TryClaim(id))
         {
             try
             {
-                await Task.Delay(50, wait.Token).ConfigureAwait(false);
+                await Task.Delay(ClaimPoll, time, wait.Token).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
             {
@@ -286,7 +288,7 @@ internal sealed class QueueControl(FileSpool spool, TimeProvider time, ILogger l
         var responsePath = Path.Combine(directory, name + ResponseSuffix);
         await File.WriteAllBytesAsync(tmp, JsonSerializer.SerializeToUtf8Bytes(request, QueueControlJsonContext.Default.QueueRequest), cancellationToken).ConfigureAwait(false);
         File.Move(tmp, requestPath);
-        // The answer timeout runs on the injected clock (monotonic, unlike DateTime.UtcNow, which a clock step moves).
+        // The answer timeout runs on the injected clock (monotonic, unlike the wall clock, which a clock step moves).
         var start = time.GetTimestamp();
         while (time.GetElapsedTime(start) < timeout)
         {

@@ -4,6 +4,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Time.Testing;
 using SmtpGateway.Configuration;
 using SmtpGateway.Delivery;
 using SmtpGateway.Delivery.Inbound;
@@ -277,14 +278,27 @@ public sealed class InboundRouterTests : IDisposable
     [Fact]
     public async Task Webhook_timeout_is_deferred()
     {
-        await using var receiver = new WebhookReceiver { Delay = TimeSpan.FromSeconds(5) };
-        var router = NewRouter(WebhookRoute(receiver.Url, timeout: TimeSpan.FromMilliseconds(300), secretFile: WriteSecretFile()));
+        // The timeout runs on the router's clock: the receiver holds the request (it answers after a minute of real time,
+        // or when disposed), and the test moves the fake clock past the 300 ms limit once the request has arrived.
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var receiver = new WebhookReceiver { Delay = TimeSpan.FromMinutes(1) };
+        var router = NewRouter(WebhookRoute(receiver.Url, timeout: TimeSpan.FromMilliseconds(300), secretFile: WriteSecretFile()), clock);
         var message = await SpoolAsync(SampleMessage());
 
-        var started = DateTimeOffset.UtcNow;
-        var results = await router.DeliverAsync(message, message.Envelope.Recipients, CancellationToken.None);
+        var delivery = router.DeliverAsync(message, message.Envelope.Recipients, CancellationToken.None);
+        using (var arrived = new CancellationTokenSource(TimeSpan.FromSeconds(10)))
+        {
+            while (receiver.Requests.IsEmpty)
+            {
+                await Task.Delay(5, arrived.Token); // a poll for the request, not a wait for the timeout
+            }
+        }
 
-        Assert.True(DateTimeOffset.UtcNow - started < TimeSpan.FromSeconds(4));
+        clock.Advance(TimeSpan.FromMilliseconds(299));
+        Assert.False(delivery.IsCompleted);
+        clock.Advance(TimeSpan.FromMilliseconds(1));
+        var results = await delivery.WaitAsync(TimeSpan.FromSeconds(10));
+
         Assert.All(results, r =>
         {
             Assert.Equal(DeliveryOutcome.Deferred, r.Outcome);
