@@ -30,15 +30,12 @@ public sealed class HeaderSection
         Fields = fields;
         Trailer = trailer;
         _contiguous = contiguous;
-        Length = trailer.Length + fields.Sum(f => (long)f.Raw.Length);
     }
 
     public IReadOnlyList<HeaderField> Fields { get; }
 
     /// <summary>What ends the section inside it: the empty line (CRLF), or nothing when the body starts without one.</summary>
     public ReadOnlyMemory<byte> Trailer { get; }
-
-    public long Length { get; }
 
     /// <summary>The fields named <paramref name="name"/> (lower case), in order.</summary>
     public IEnumerable<HeaderField> Named(string name) => Fields.Where(f => f.Name == name);

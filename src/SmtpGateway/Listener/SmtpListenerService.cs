@@ -84,7 +84,7 @@ public sealed class SmtpListenerService(
     internal void Accept(Stream stream, ListenerModel listener, IPEndPoint remote)
     {
         // While the message memory budget is spent, a new session could not take a DATA anyway: say so at once.
-        var refusal = services.Pipeline.Budget.Available < services.Limits.MaxHeaderSectionSize ? SmtpReplies.BusyNoStorage : _limiter.TryAcquire(remote.Address);
+        var refusal = services.Pipeline.HasRoomForMessage ? _limiter.TryAcquire(remote.Address) : SmtpReplies.BusyNoStorage;
         if (refusal is not null)
         {
             services.Metrics.Refused(listener.Name);

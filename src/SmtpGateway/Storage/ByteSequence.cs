@@ -9,31 +9,54 @@ public static class ByteSequence
     public static ReadOnlySequence<byte> Concat(IReadOnlyList<ReadOnlySequence<byte>> parts)
     {
         ArgumentNullException.ThrowIfNull(parts);
-        Segment? first = null, last = null;
+        var memories = new List<ReadOnlyMemory<byte>>();
         foreach (var part in parts)
         {
             foreach (var memory in part)
             {
-                if (memory.IsEmpty)
-                {
-                    continue;
-                }
-
-                var segment = new Segment(memory, last is null ? 0 : last.RunningIndex + last.Memory.Length);
-                if (last is null)
-                {
-                    first = segment;
-                }
-                else
-                {
-                    last.SetNext(segment);
-                }
-
-                last = segment;
+                memories.Add(memory);
             }
         }
 
-        return first is null ? ReadOnlySequence<byte>.Empty : new ReadOnlySequence<byte>(first, 0, last!, last!.Memory.Length);
+        return Of(memories);
+    }
+
+    /// <summary>Blocks of memory as one sequence, in order (empty ones are skipped; one block needs no segment objects).</summary>
+    public static ReadOnlySequence<byte> Of(IReadOnlyList<ReadOnlyMemory<byte>> blocks)
+    {
+        ArgumentNullException.ThrowIfNull(blocks);
+        Segment? first = null, last = null;
+        ReadOnlyMemory<byte> only = default;
+        var count = 0;
+        foreach (var memory in blocks)
+        {
+            if (memory.IsEmpty)
+            {
+                continue;
+            }
+
+            if (++count == 1)
+            {
+                only = memory;
+                continue;
+            }
+
+            if (first is null)
+            {
+                first = last = new Segment(only, 0);
+            }
+
+            var segment = new Segment(memory, last!.RunningIndex + last.Memory.Length);
+            last.SetNext(segment);
+            last = segment;
+        }
+
+        return count switch
+        {
+            0 => ReadOnlySequence<byte>.Empty,
+            1 => new ReadOnlySequence<byte>(only),
+            _ => new ReadOnlySequence<byte>(first!, 0, last!, last!.Memory.Length),
+        };
     }
 
     sealed class Segment : ReadOnlySequenceSegment<byte>

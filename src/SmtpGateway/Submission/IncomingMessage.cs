@@ -273,24 +273,12 @@ public sealed class IncomingMessage : IDisposable
     }
 
     /// <summary>
-    /// Whether the line still belongs to the header section: a field ("name:") or the continuation of one. Anything else
-    /// (the empty line, an mbox "From " line, text) starts the body — the rule of <see cref="HeaderSection.Parse"/>.
+    /// Whether the line still belongs to the header section: a field ("name:") or the continuation of one (a leading
+    /// continuation line was refused before this is asked). Anything else (the empty line, an mbox "From " line, text)
+    /// starts the body: the rule of <see cref="HeaderSection.Parse"/>.
     /// </summary>
-    bool ContinuesHeader(in ReadOnlySequence<byte> line)
-    {
-        if (line.Length == 0)
-        {
-            return false;
-        }
-
-        var first = line.FirstSpan[0];
-        if (first is (byte)' ' or (byte)'\t')
-        {
-            return !_firstLine;
-        }
-
-        return HeaderSection.IsFieldStart(line);
-    }
+    static bool ContinuesHeader(in ReadOnlySequence<byte> line) =>
+        line.Length > 0 && (line.FirstSpan[0] is (byte)' ' or (byte)'\t' || HeaderSection.IsFieldStart(line));
 
     /// <param name="keep">Octets of the budget this reservation must leave free (bodies leave a quarter for header sections,
     /// so slow bodies cannot lock out every new message: a body that finds no room spills to disk instead).</param>

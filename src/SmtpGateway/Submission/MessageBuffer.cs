@@ -1,4 +1,5 @@
 using System.Buffers;
+using SmtpGateway.Storage;
 
 namespace SmtpGateway.Submission;
 
@@ -40,39 +41,16 @@ public sealed class MessageBuffer : IDisposable
         }
     }
 
-    public ReadOnlySequence<byte> ToSequence() => ToSequence(ReadOnlyMemory<byte>.Empty);
-
-    /// <summary>The message with <paramref name="prefix"/> in front (e.g. DKIM-Signature headers), without copying the message.</summary>
-    public ReadOnlySequence<byte> ToSequence(ReadOnlyMemory<byte> prefix)
+    /// <summary>The octets held, in place (no copy); valid until the buffer is cleared.</summary>
+    public ReadOnlySequence<byte> ToSequence()
     {
-        if (_chunks.Count == 0)
-        {
-            return new ReadOnlySequence<byte>(prefix);
-        }
-
-        Segment? first = null, last = null;
-        if (!prefix.IsEmpty)
-        {
-            first = last = new Segment(prefix, 0);
-        }
-
+        var blocks = new ReadOnlyMemory<byte>[_chunks.Count];
         for (var i = 0; i < _chunks.Count; i++)
         {
-            var used = i == _chunks.Count - 1 ? _lastUsed : ChunkSize;
-            var segment = new Segment(_chunks[i].AsMemory(0, used), last?.RunningIndex + last?.Memory.Length ?? 0);
-            if (last is null)
-            {
-                first = segment;
-            }
-            else
-            {
-                last.SetNext(segment);
-            }
-
-            last = segment;
+            blocks[i] = _chunks[i].AsMemory(0, i == _chunks.Count - 1 ? _lastUsed : ChunkSize);
         }
 
-        return new ReadOnlySequence<byte>(first!, 0, last!, last!.Memory.Length);
+        return ByteSequence.Of(blocks);
     }
 
     public void Clear()
@@ -88,15 +66,4 @@ public sealed class MessageBuffer : IDisposable
     }
 
     public void Dispose() => Clear();
-
-    sealed class Segment : ReadOnlySequenceSegment<byte>
-    {
-        public Segment(ReadOnlyMemory<byte> memory, long runningIndex)
-        {
-            Memory = memory;
-            RunningIndex = runningIndex;
-        }
-
-        public void SetNext(Segment next) => Next = next;
-    }
 }

@@ -43,6 +43,12 @@ public sealed class SubmissionPipeline
     public MessageMemoryBudget Budget => _services.Budget;
 
     /// <summary>
+    /// Whether the memory budget still holds a header section: a DATA (452 4.3.1 otherwise) or a new connection (421 4.3.2)
+    /// could not take a message without one.
+    /// </summary>
+    public bool HasRoomForMessage => _services.Budget.Available >= _services.Limits.MaxHeaderSectionSize;
+
+    /// <summary>
     /// Starts a conversation. On the legacy relay listener (<paramref name="identifyByNetwork"/>) the client network may name
     /// the tenant at once; otherwise the tenant comes from AUTH, or there is none (inbound mail).
     /// </summary>
@@ -76,7 +82,7 @@ public sealed class SubmissionPipeline
     {
         ArgumentNullException.ThrowIfNull(context);
         refusal = null;
-        if (_services.Budget.Available < _services.Limits.MaxHeaderSectionSize)
+        if (!HasRoomForMessage)
         {
             refusal = SmtpReplies.InsufficientStorage;
             return null;

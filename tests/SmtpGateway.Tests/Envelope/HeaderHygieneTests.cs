@@ -345,7 +345,7 @@ public sealed class HeaderHygieneTests
         var message = head + "X-Tenant: acme-tenant-spanning-the-chunk-boundary\r\n\tcontinued\r\nSubject: s\r\n\r\nbody\r\n";
         using var buffer = new SmtpGateway.Submission.MessageBuffer();
         buffer.Append(Encoding.ASCII.GetBytes(message));
-        var sequence = buffer.ToSequence("Received: by gw\r\n"u8.ToArray());
+        var sequence = SmtpGateway.Storage.ByteSequence.Concat([new ReadOnlySequence<byte>("Received: by gw\r\n"u8.ToArray()), buffer.ToSequence()]);
         Assert.False(sequence.IsSingleSegment);
 
         var output = new List<byte>();

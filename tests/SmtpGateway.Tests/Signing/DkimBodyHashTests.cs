@@ -1,7 +1,7 @@
-using System.Buffers;
 using System.Security.Cryptography;
 using System.Text;
 using SmtpGateway.Signing;
+using SmtpGateway.Storage;
 
 namespace SmtpGateway.Tests.Signing;
 
@@ -47,22 +47,8 @@ public sealed class DkimBodyHashTests
     {
         var whole = Hash("x  y\t\tz  ");
         using var hash = new DkimBodyHash();
-        var first = new Segment("x "u8.ToArray());
-        var last = first.Append(" y\t"u8.ToArray()).Append("\tz  "u8.ToArray());
-        hash.AppendLine(new ReadOnlySequence<byte>(first, 0, last, last.Memory.Length));
+        hash.AppendLine(ByteSequence.Of(["x "u8.ToArray(), " y\t"u8.ToArray(), "\tz  "u8.ToArray()]));
         Assert.Equal(whole, Convert.ToBase64String(hash.Finish()));
         Assert.Equal(Sha("x y z\r\n"), whole);
-    }
-
-    sealed class Segment : ReadOnlySequenceSegment<byte>
-    {
-        public Segment(ReadOnlyMemory<byte> memory) => Memory = memory;
-
-        public Segment Append(ReadOnlyMemory<byte> memory)
-        {
-            var next = new Segment(memory) { RunningIndex = RunningIndex + Memory.Length };
-            Next = next;
-            return next;
-        }
     }
 }

@@ -4,6 +4,7 @@ using System.Text;
 using Microsoft.Extensions.Time.Testing;
 using SmtpGateway.Signing;
 using SmtpGateway.Tests.Listener;
+using SmtpGateway.Tests.Spool;
 
 namespace SmtpGateway.Tests.Signing;
 
@@ -101,43 +102,7 @@ public sealed class DkimSigningStabilityTests : IDisposable
         Assert.Equal(whole, service.Sign("tenant-a", "alice@tenant-a.example", new ReadOnlySequence<byte>(padded, 100, message.Length), "s1", signingRequired: true));
         foreach (var size in new[] { 1, 7, 64, 1000 })
         {
-            Assert.Equal(whole, service.Sign("tenant-a", "alice@tenant-a.example", Segmented(message, size), "s1", signingRequired: true));
-        }
-    }
-
-    static ReadOnlySequence<byte> Segmented(byte[] data, int size)
-    {
-        Chunk? first = null, last = null;
-        for (var i = 0; i < data.Length; i += size)
-        {
-            var chunk = new Chunk(data.AsMemory(i, Math.Min(size, data.Length - i)), i);
-            if (last is null)
-            {
-                first = chunk;
-            }
-            else
-            {
-                last.Next = chunk;
-            }
-
-            last = chunk;
-        }
-
-        return first is null ? ReadOnlySequence<byte>.Empty : new ReadOnlySequence<byte>(first, 0, last!, last!.Memory.Length);
-    }
-
-    sealed class Chunk : ReadOnlySequenceSegment<byte>
-    {
-        public Chunk(ReadOnlyMemory<byte> memory, long runningIndex)
-        {
-            Memory = memory;
-            RunningIndex = runningIndex;
-        }
-
-        public new Chunk? Next
-        {
-            get => (Chunk?)base.Next;
-            set => base.Next = value;
+            Assert.Equal(whole, service.Sign("tenant-a", "alice@tenant-a.example", SpoolTestKit.Segmented(message, size), "s1", signingRequired: true));
         }
     }
 

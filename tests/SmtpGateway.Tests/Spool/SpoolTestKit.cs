@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Text;
 using Microsoft.Extensions.Logging.Abstractions;
 using SmtpGateway.Spool;
+using SmtpGateway.Storage;
 
 namespace SmtpGateway.Tests.Spool;
 
@@ -45,29 +46,9 @@ public static class SpoolTestKit
         new(spool.NewId(), tenant, mailFrom, recipients ?? ["rcpt@example.net"], time.GetUtcNow(), "127.0.0.1", "relay", smtpUtf8, eightBitMime);
 
     /// <summary>A message given to the spool in several segments, like a pipe reader hands it over.</summary>
-    public static ReadOnlySequence<byte> Segmented(byte[] bytes, int segmentSize = 7)
-    {
-        if (bytes.Length == 0)
-        {
-            return ReadOnlySequence<byte>.Empty;
-        }
-
-        Segment? first = null, last = null;
-        for (var offset = 0; offset < bytes.Length; offset += segmentSize)
-        {
-            var memory = bytes.AsMemory(offset, Math.Min(segmentSize, bytes.Length - offset));
-            if (first is null)
-            {
-                first = last = new Segment(memory, 0);
-            }
-            else
-            {
-                last = last!.Append(memory);
-            }
-        }
-
-        return new ReadOnlySequence<byte>(first!, 0, last!, last!.Memory.Length);
-    }
+    public static ReadOnlySequence<byte> Segmented(byte[] bytes, int segmentSize = 7) =>
+        ByteSequence.Of([.. Enumerable.Range(0, (bytes.Length + segmentSize - 1) / segmentSize)
+            .Select(i => (ReadOnlyMemory<byte>)bytes.AsMemory(i * segmentSize, Math.Min(segmentSize, bytes.Length - (i * segmentSize))))]);
 
     public static byte[] SampleMessage(string subject = "Hello") => Encoding.UTF8.GetBytes(
         "From: <sender@tenant-a.example>\r\n" +
@@ -83,21 +64,5 @@ public static class SpoolTestKit
         using var copy = new MemoryStream();
         await stream.CopyToAsync(copy);
         return copy.ToArray();
-    }
-
-    sealed class Segment : ReadOnlySequenceSegment<byte>
-    {
-        public Segment(ReadOnlyMemory<byte> memory, long runningIndex)
-        {
-            Memory = memory;
-            RunningIndex = runningIndex;
-        }
-
-        public Segment Append(ReadOnlyMemory<byte> memory)
-        {
-            var next = new Segment(memory, RunningIndex + Memory.Length);
-            Next = next;
-            return next;
-        }
     }
 }
