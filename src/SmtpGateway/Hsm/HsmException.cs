@@ -25,6 +25,8 @@ public enum HsmErrorKind
     Unsupported,
     /// <summary>The configuration contradicts the isolation rules (a token label claimed by two tenants, a label on two tokens).</summary>
     Configuration,
+    /// <summary>Sealed data did not authenticate under the key (AES-GCM tag mismatch: tampered, or sealed for another tenant or record).</summary>
+    DataInvalid,
 }
 
 /// <summary>
