@@ -11,3 +11,10 @@ public static class AuditFile
             Path.Combine(dataDirectory, "audit", "audit.jsonl"),
             JsonSerializer.SerializeToUtf8Bytes(auditEvent, AuditJsonContext.Relaxed.AuditEvent));
 }
+
+/// <summary><see cref="IAuditLog"/> for the CLI: each event appended at once, stamped with <paramref name="time"/> when it has no time.</summary>
+public sealed class AppendingAuditLog(string dataDirectory, TimeProvider time) : IAuditLog
+{
+    public void Write(AuditEvent auditEvent) =>
+        AuditFile.Append(dataDirectory, auditEvent.Time == default ? auditEvent with { Time = time.GetUtcNow() } : auditEvent);
+}

@@ -25,6 +25,11 @@ public static class AuditActions
     public const string DkimSign = "dkim-sign";
     public const string DkimKeygen = "dkim-keygen";
     public const string DkimRotate = "dkim-rotate";
+    public const string VaultDecrypt = "vault-decrypt";
+    public const string VaultSet = "vault-set";
+    public const string VaultRotate = "vault-rotate";
+    public const string VaultDelete = "vault-delete";
+    public const string UpstreamAuth = "upstream-auth";
 }
 
 /// <summary>One audit record. Never carries a token, password or key: only the token id.</summary>
@@ -40,6 +45,9 @@ public sealed record AuditEvent
     public string? Listener { get; init; }
     public string? TokenId { get; init; }
     public string? Subject { get; init; }
+
+    /// <summary>The spooled message the event was for (vault decryptions and upstream AUTH during delivery).</summary>
+    public string? QueueId { get; init; }
 
     /// <summary>The door the request came through: smtp, mcp or api (null for events outside a submission).</summary>
     public string? Channel { get; init; }

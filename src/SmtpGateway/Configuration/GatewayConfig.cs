@@ -35,6 +35,9 @@ public sealed class GatewayConfig
     /// <summary>Return paths and header hygiene (issue #7).</summary>
     public EnvelopeConfig Envelope { get; set; } = new();
 
+    /// <summary>Upstream-credential vault (issue #11).</summary>
+    public VaultConfig Vault { get; set; } = new();
+
     /// <summary>How long SIGTERM waits for in-flight SMTP sessions before answering 421 to the rest.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(20);
 }

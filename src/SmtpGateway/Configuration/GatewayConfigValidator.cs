@@ -290,6 +290,7 @@ public sealed class GatewayConfigValidator : IValidateOptions<GatewayConfig>
         }
 
         Positive(e, $"{G}:Envelope:ReturnPathKeyGrace", c.Envelope.ReturnPathKeyGrace);
+        CheckVault(e, $"{G}:Vault", c.Vault);
 
         for (var i = 0; i < c.Dns.Servers.Count; i++)
         {
@@ -405,6 +406,22 @@ public sealed class GatewayConfigValidator : IValidateOptions<GatewayConfig>
 
         endpoint = parsed.Port == 0 ? new IPEndPoint(parsed.Address, defaultPort) : parsed;
         return true;
+    }
+
+    static void CheckVault(List<string> e, string path, VaultConfig? vault)
+    {
+        if (vault is null)
+        {
+            return;
+        }
+
+        Positive(e, $"{path}:RotationGrace", vault.RotationGrace);
+        Positive(e, $"{path}:TokenEndpointTimeout", vault.TokenEndpointTimeout);
+        // Zero is allowed (refresh only once expired), a negative lead time would use tokens after they expire.
+        if (vault.RefreshBefore < TimeSpan.Zero)
+        {
+            e.Add($"{path}:RefreshBefore: must not be negative.");
+        }
     }
 
     static void Positive(List<string> e, string path, TimeSpan value)
