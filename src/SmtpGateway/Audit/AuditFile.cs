@@ -12,9 +12,16 @@ public static class AuditFile
             JsonSerializer.SerializeToUtf8Bytes(auditEvent, AuditJsonContext.Relaxed.AuditEvent));
 }
 
-/// <summary><see cref="IAuditLog"/> for the CLI: each event appended at once, stamped with <paramref name="time"/> when it has no time.</summary>
+/// <summary>
+/// <see cref="IAuditLog"/> for the CLI: each event appended at once, stamped with <paramref name="time"/> when it has no
+/// time and with listener "cli" when it names none, like the CLI's other audit events.
+/// </summary>
 public sealed class AppendingAuditLog(string dataDirectory, TimeProvider time) : IAuditLog
 {
     public void Write(AuditEvent auditEvent) =>
-        AuditFile.Append(dataDirectory, auditEvent.Time == default ? auditEvent with { Time = time.GetUtcNow() } : auditEvent);
+        AuditFile.Append(dataDirectory, auditEvent with
+        {
+            Time = auditEvent.Time == default ? time.GetUtcNow() : auditEvent.Time,
+            Listener = auditEvent.Listener ?? "cli",
+        });
 }

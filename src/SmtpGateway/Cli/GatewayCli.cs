@@ -29,6 +29,7 @@ public static class GatewayCli
         root.Subcommands.Add(queue);
         root.Subcommands.Add(EnvelopeCommands.Suppression(ConfigOption));
         root.Subcommands.Add(EnvelopeCommands.Verp(ConfigOption));
+        root.Subcommands.Add(VaultCommands.Build(ConfigOption));
         return root;
     }
 
