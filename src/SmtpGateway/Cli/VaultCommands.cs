@@ -123,7 +123,9 @@ public static class VaultCommands
             var stored = rotate ? vault.Rotate(t, parse.GetValue(name)!, secret, period) : vault.Set(t, parse.GetValue(name)!, secret);
             // Decrypt once through the tenant's HSM key (audited, purpose cli-verify): what the gateway will do per AUTH.
             vault.Verify(stored);
-            var retiring = rotate ? string.Create(CultureInfo.InvariantCulture, $"; previous versions stay usable until {stored.Created + period:yyyy-MM-ddTHH:mm:ssZ}") : "";
+            var retiring = rotate && vault.Usable(t, stored.Name).Skip(1).FirstOrDefault()?.RetiresAt is { } at
+                ? string.Create(CultureInfo.InvariantCulture, $"; the previous version stays usable until {at:yyyy-MM-ddTHH:mm:ssZ}, then it is destroyed")
+                : "";
             env.Out.WriteLine($"{t}: stored {stored.Name}#v{stored.Version} ({stored.Kind.ToString().ToLowerInvariant()} for {stored.UserName}){retiring}");
             return 0;
         }));

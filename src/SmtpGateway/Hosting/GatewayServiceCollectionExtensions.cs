@@ -18,6 +18,7 @@ using SmtpGateway.Signing;
 using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
 using SmtpGateway.Submission;
+using SmtpGateway.Vault;
 
 namespace SmtpGateway.Hosting;
 
@@ -87,6 +88,8 @@ public static class GatewayServiceCollectionExtensions
             sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Dkim.SignatureLifetime));
 
         AddEnvelopeIsolation(services);
+        // Before delivery: its outbound AUTH asks the vault (IUpstreamCredentials) for the tenants' smarthost credentials.
+        services.AddVault();
         services.AddSpool();
         services.AddDelivery();
 
@@ -133,6 +136,32 @@ public static class GatewayServiceCollectionExtensions
         services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromMinutes(2));
         services.AddOptions<HostOptions>().Configure<IOptions<GatewayConfig>>((host, gateway) =>
             host.ShutdownTimeout = gateway.Value.ShutdownTimeout + TimeSpan.FromSeconds(30));
+        return services;
+    }
+
+    /// <summary>
+    /// Issue #11: the tenants' upstream-credential vault (DataDirectory/vault), its key-encryption keys in the tenants' HSM
+    /// tokens, and the sweep that destroys rotated-out versions. Token endpoints are verified against the system roots and
+    /// the delivery trust anchors (Gateway:Delivery:Tls:TrustAnchorsPath), like smarthosts.
+    /// </summary>
+    public static IServiceCollection AddVault(this IServiceCollection services)
+    {
+        // Shared with the session-token and return-path keys; whichever stage registers first wins, the registration is the same.
+        services.TryAddSingleton<ITenantKeys>(sp => new HsmTenantKeys(sp.GetRequiredService<IHsm>(), sp.GetRequiredService<TenantHsmTokens>()));
+        services.AddSingleton(sp =>
+        {
+            var config = sp.GetRequiredService<IOptions<GatewayConfig>>().Value;
+            return new CredentialVault(
+                GatewayPaths.DataDirectory(config),
+                sp.GetRequiredService<ITenantKeys>(),
+                sp.GetRequiredService<IAuditLog>(),
+                sp.GetRequiredService<TimeProvider>(),
+                config.Vault,
+                OAuth2TokenClient.CreateHandler(SmtpConnector.LoadTrustAnchors(config.Delivery.Tls.TrustAnchorsPath)),
+                sp.GetRequiredService<ILogger<CredentialVault>>());
+        });
+        services.AddSingleton<IUpstreamCredentials>(sp => sp.GetRequiredService<CredentialVault>());
+        services.AddHostedService(sp => new VaultSweeper(sp.GetRequiredService<CredentialVault>(), sp.GetRequiredService<TimeProvider>()));
         return services;
     }
 

@@ -93,14 +93,15 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
             throw new ArgumentException("the grace period must not be negative", nameof(grace));
         }
 
+        var retiring = DateTimeOffset.MinValue;
         var version = Write(tenant, document =>
         {
             var credential = document.Find(name) ?? throw new InvalidOperationException($"tenant '{tenant}' has no credential '{name}'; use `vault set` to create it");
-            var retiring = _time.GetUtcNow() + period;
+            retiring = _time.GetUtcNow() + period;
             var kept = credential.Versions.Select(v => v.RetiresAt is { } at && at <= retiring ? v : v with { RetiresAt = retiring }).ToList();
             return AddVersion(tenant, document, name, credential.Versions.Max(v => v.Version) + 1, secret, kept);
         });
-        Audited(AuditActions.VaultRotate, version, $"{version.Kind} for {version.UserName}; previous versions retire {_time.GetUtcNow() + period:O}");
+        Audited(AuditActions.VaultRotate, version, $"{version.Kind} for {version.UserName}; previous versions retire {retiring:O}");
         return version;
     }
 

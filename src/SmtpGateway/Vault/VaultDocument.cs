@@ -69,6 +69,7 @@ internal sealed record VaultRecord(
 {
     public bool Retired(DateTimeOffset now) => RetiresAt is { } at && at <= now;
 
+    [JsonIgnore]
     public bool Refreshable => Kind == UpstreamCredentialKind.OAuth2 && Grant == OAuth2Grant.RefreshToken;
 
     // Never print ciphertext either: it is what a `vault list` must not show, and it makes logs a copy of the file.
