@@ -201,14 +201,48 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
         var access = record.Access;
         if (access is null || access.Expires - _time.GetUtcNow() <= _config.RefreshBefore)
         {
-            access = await RefreshOnce(version, queueId).WaitAsync(cancellationToken).ConfigureAwait(false);
+            try
+            {
+                access = await RefreshOnce(version, queueId).WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (UpstreamCredentialException) when (access is not null && access.Expires > _time.GetUtcNow())
+            {
+                // The endpoint is down or refusing, but the token in hand has not expired yet: use it. RefreshBefore is a
+                // margin, not a deadline, and a token endpoint outage must not stop mail while tokens still work.
+            }
         }
 
         return new UpstreamSecret(version, Decrypt(version, document, access.Ciphertext, VaultCrypto.AccessAad(version.Tenant, version.Name, version.Version, access.Expires), purpose, queueId));
     }
 
-    public void Refused(UpstreamCredentialVersion version, string? queueId, string reply) =>
+    public void Refused(UpstreamCredentialVersion version, string? queueId, string reply)
+    {
         UpstreamRefused(version, queueId, Printable(reply));
+        if (version.Kind == UpstreamCredentialKind.OAuth2)
+        {
+            ForgetAccessToken(version);
+        }
+    }
+
+    /// <summary>
+    /// A refused bearer token may have been revoked before its expiry: drop it, so that the next AUTH fetches a new one
+    /// with the refresh token instead of offering the dead one until it nears expiry.
+    /// </summary>
+    void ForgetAccessToken(UpstreamCredentialVersion version)
+    {
+        try
+        {
+            Write(version.Tenant, document =>
+                document.Find(version.Name) is { } credential && credential.Versions.FirstOrDefault(v => v.Version == version.Version) is { Refreshable: true, Access: not null } record
+                    ? (document.With(credential with { Versions = [.. credential.Versions.Select(v => v == record ? v with { Access = null } : v)] }), 0)
+                    : (document, 0));
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or InvalidDataException)
+        {
+            // The refusal is already audited and counted; the stale token is then replaced when it nears expiry.
+            VaultLog.ForgetFailed(_logger, version.Tenant, Subject(version.Name, version.Version), ex);
+        }
+    }
 
     void UpstreamRefused(UpstreamCredentialVersion version, string? queueId, string reason)
     {

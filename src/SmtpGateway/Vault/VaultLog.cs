@@ -27,6 +27,9 @@ internal static partial class VaultLog
 
     [LoggerMessage(EventId = EventIds.Vault + 6, Level = LogLevel.Warning, Message = "Upstream refused {Subject} of tenant {Tenant} (queue {QueueId}): {Reply}")]
     public static partial void UpstreamRefused(ILogger logger, string tenant, string subject, string? queueId, string reply);
+
+    [LoggerMessage(EventId = EventIds.Vault + 7, Level = LogLevel.Error, Message = "Could not drop the refused access token of {Subject} for tenant {Tenant}; it is replaced when it nears expiry")]
+    public static partial void ForgetFailed(ILogger logger, string tenant, string subject, Exception exception);
 }
 
 /// <summary>Vault instruments on the gateway meter; the tenant is the only label (never a credential name or secret).</summary>

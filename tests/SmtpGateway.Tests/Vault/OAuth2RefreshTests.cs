@@ -156,4 +156,36 @@ public sealed class OAuth2RefreshTests : IDisposable
         var body = OAuth2TokenClient.FormBody("a+b/c=d&e f"u8, "id:1", "sécret"u8);
         Assert.Equal("grant_type=refresh_token&refresh_token=a%2Bb%2Fc%3Dd%26e%20f&client_id=id%3A1&client_secret=s%C3%A9cret", Encoding.ASCII.GetString(body));
     }
+
+    [Fact]
+    public async Task A_token_still_valid_is_used_while_the_endpoint_is_down()
+    {
+        var version = SetRefreshRecord();
+        _kit.Endpoint.Reply("""{"access_token":"at-1","expires_in":3600}""");
+        Assert.Equal("at-1", await Open(version));
+
+        // Inside RefreshBefore but not expired: the failed refresh falls back to the token in hand.
+        _kit.Clock.Advance(TimeSpan.FromMinutes(57));
+        _kit.Endpoint.Reply("{}", HttpStatusCode.ServiceUnavailable);
+        Assert.Equal("at-1", await Open(version));
+
+        // Expired: nothing to fall back on.
+        _kit.Clock.Advance(TimeSpan.FromMinutes(4));
+        _kit.Endpoint.Reply("{}", HttpStatusCode.ServiceUnavailable);
+        Assert.True((await Assert.ThrowsAsync<UpstreamCredentialException>(() => Open(version))).Transient);
+    }
+
+    [Fact]
+    public async Task A_bearer_token_refused_upstream_is_replaced_on_the_next_auth()
+    {
+        var version = SetRefreshRecord();
+        _kit.Endpoint.Reply("""{"access_token":"at-1","expires_in":3600}""");
+        Assert.Equal("at-1", await Open(version));
+
+        Vault.Refused(version, "Q1", "535 5.7.8 token revoked");
+        _kit.Endpoint.Reply("""{"access_token":"at-2","expires_in":3600}""");
+
+        Assert.Equal("at-2", await Open(version));
+        Assert.Equal(2, _kit.Endpoint.Calls);
+    }
 }
