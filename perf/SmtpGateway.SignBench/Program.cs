@@ -49,6 +49,11 @@ try
 finally
 {
     dir.Delete(recursive: true);
+    if (Directory.Exists(TenantHsmTokens.DefaultPinDirectory(dir.FullName)))
+    {
+        Directory.Delete(TenantHsmTokens.DefaultPinDirectory(dir.FullName), recursive: true);
+    }
+
 }
 
 sealed class Bench(int rounds, int roundMs, string? only, string label, string? tsv)
@@ -67,9 +72,12 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
         var pin = "bench-" + Convert.ToHexString(RandomNumberGenerator.GetBytes(6));
         var setup = SoftHsmSetup.Configure(dataDir);
         setup.EnsureToken(TokenLabel, "so-" + pin, pin);
-        Directory.CreateDirectory(Path.Combine(dataDir, "hsm", "pins"));
-        File.WriteAllText(Path.Combine(dataDir, "hsm", "pins", Tenant + ".pin"), pin);
-        var token = new HsmTenantToken(Tenant, TokenLabel, pin);
+        // The default PIN file, <data>.pins/<tenant>.pin, as `smtpgw hsm init-token` writes it (0600 in a 0700 directory).
+        var pinDir = TenantHsmTokens.DefaultPinDirectory(dataDir);
+        Directory.CreateDirectory(pinDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        File.WriteAllText(Path.Combine(pinDir, Tenant + ".pin"), pin);
+        File.SetUnixFileMode(Path.Combine(pinDir, Tenant + ".pin"), UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        var token = new HsmTenantToken(Tenant, TokenLabel, HsmPin.FromString(pin));
 
         HsmPublicKey rsaPublic, edPublic;
         using (var keygen = new Pkcs11Hsm(new Pkcs11HsmOptions()))
@@ -90,7 +98,7 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
 
         // (c) the token's C_SignInit + C_Sign alone, through Pkcs11Interop directly (the module is loaded only here,
         // so nothing of the gateway's own is timed): the two RSA mechanisms the gateway can choose between.
-        RawPkcs11(token, headerData, headerDigest);
+        RawPkcs11(token, pin, headerData, headerDigest);
 
         // (a) parsing.
         var segment = Message.Segment(message);
@@ -234,7 +242,7 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
         return verified.Count == 2 && verified.All(v => v) ? 0 : 1;
     }
 
-    void RawPkcs11(HsmTenantToken token, byte[] headerData, byte[] headerDigest)
+    void RawPkcs11(HsmTenantToken token, string pin, byte[] headerData, byte[] headerDigest)
     {
         if (only is not null && !only.Split(',').Any(o => "raw.".StartsWith(o, StringComparison.Ordinal) || o.StartsWith("raw.", StringComparison.Ordinal)))
         {
@@ -245,7 +253,7 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
         using var library = factories.Pkcs11LibraryFactory.LoadPkcs11Library(factories, SoftHsmSetup.DefaultModulePath, AppType.MultiThreaded);
         var slot = library.GetSlotList(SlotsType.WithTokenPresent).Single(s => s.GetTokenInfo().Label == token.TokenLabel);
         using var session = slot.OpenSession(SessionType.ReadWrite);
-        session.Login(CKU.CKU_USER, token.UserPin);
+        session.Login(CKU.CKU_USER, Encoding.UTF8.GetBytes(pin));
         IObjectHandle Find(string keyLabel) => session.FindAllObjects(
             [factories.ObjectAttributeFactory.Create(CKA.CKA_CLASS, CKO.CKO_PRIVATE_KEY), factories.ObjectAttributeFactory.Create(CKA.CKA_LABEL, keyLabel)]).Single();
         var rsaKey = Find(RsaKey);

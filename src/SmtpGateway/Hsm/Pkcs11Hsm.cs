@@ -629,7 +629,7 @@ public sealed class Pkcs11Hsm : IHsm
         // refusal, not argument errors; the message names the field, never its value.
         var missing = string.IsNullOrWhiteSpace(token.TenantId) ? "tenant id"
             : string.IsNullOrWhiteSpace(token.TokenLabel) ? "token label"
-            : string.IsNullOrEmpty(token.UserPin) ? "user PIN"
+            : token.Pin is null || token.Pin.IsEmpty ? "user PIN"
             : null;
         if (missing is not null)
         {

@@ -266,10 +266,10 @@ public sealed class HsmTenantKeysTests(SoftHsmFixture fixture) : IDisposable
 
     HsmTenantKeys Keys()
     {
-        var pins = new Dictionary<string, string> { ["tenant-a"] = fixture.TenantA.UserPin, ["tenant-b"] = fixture.TenantB.UserPin };
+        var pins = new Dictionary<string, string> { ["tenant-a"] = fixture.PinA, ["tenant-b"] = fixture.PinB };
         foreach (var (tenant, pin) in pins)
         {
-            File.WriteAllText(Path.Combine(_pins.FullName, tenant + ".pin"), pin);
+            TestPinFiles.Write(Path.Combine(_pins.FullName, tenant + ".pin"), pin);
         }
 
         var labels = new Dictionary<string, string> { ["tenant-a"] = SoftHsmFixture.TokenLabelA, ["tenant-b"] = SoftHsmFixture.TokenLabelB };

@@ -27,7 +27,7 @@ public sealed class TenantSnapshotConsistencyTests : IDisposable
     (ConfigurationRoot Root, string PinFile) NewConfiguration()
     {
         var pinFile = Path.Combine(_dir.Path, "tenant-a.pin");
-        File.WriteAllText(pinFile, "1234");
+        SmtpGateway.Tests.Hsm.TestPinFiles.Write(pinFile, "1234");
         var root = new ConfigurationRoot([new MemoryConfigurationProvider(new MemoryConfigurationSource
         {
             InitialData = new Dictionary<string, string?>
