@@ -64,6 +64,7 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
     const string RsaKey = "dkim-bench-rsa";
     const string EdKey = "dkim-bench-ed25519";
     const string MacKey = "smtpgw-token-bench";
+    const string KekKey = "smtpgw-vault-kek-1";
 
     readonly List<string> _rows = [];
 
@@ -176,6 +177,19 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
             ("hmac.hsm", () => hsm.Hmac(token, MacKey, macInput)),
             ("hmac.keys", () => tenantKeys.Mac(Tenant, MacKey, macInput)),
             ("hmac.managed", () => HMACSHA256.HashData(macSecret, macInput)));
+
+        // AES-256-GCM in the token (the vault's key-encryption key) over a 32-byte data key, as the vault unseals it.
+        if (!hsm.HasSecretKey(token, KekKey))
+        {
+            hsm.GenerateSecretKey(token, KekKey, HsmSecretKeyType.Aes256);
+        }
+
+        var dataKey = RandomNumberGenerator.GetBytes(32);
+        var kekAad = Encoding.ASCII.GetBytes("smtpgw-vault-dek\0bench\0" + KekKey);
+        var sealedKey = hsm.Seal(token, KekKey, dataKey, kekAad);
+        Cases(
+            ("kek.seal", () => hsm.Seal(token, KekKey, dataKey, kekAad)),
+            ("kek.open", () => CryptographicOperations.ZeroMemory(hsm.Open(token, KekKey, sealedKey, kekAad))));
 
         // Concurrency: process CPU per signature with 1, 2 and 8 threads signing at once (the listener signs on
         // many sessions' threads; SoftHSM2 and OpenSSL 3 take locks inside C_Sign).

@@ -104,7 +104,15 @@ public sealed class TenantHsmTokens
     public List<string> PrepareAtStart(IEnumerable<string> tenants, ILogger logger)
     {
         var errors = new List<string>();
-        MoveLegacyPinFiles(logger, errors);
+        if (IsInside(PinDirectory, _dataDirectory))
+        {
+            errors.Add($"Gateway:Hsm:PinDirectory: '{PinDirectory}' is inside the data directory '{_dataDirectory}'; PIN files belong outside it, so that a copy of the data directory carries no PIN");
+        }
+        else
+        {
+            MoveLegacyPinFiles(logger, errors);
+        }
+
         foreach (var tenant in tenants)
         {
             var settings = _tenant(tenant);
@@ -115,6 +123,12 @@ public sealed class TenantHsmTokens
                     if (source.File is { } file && FileProblem(file) is { } problem)
                     {
                         errors.Add($"Tenants:{tenant}:Hsm: {problem}");
+                        continue;
+                    }
+
+                    if (source.File is { } pinFile && pinFile == PinFile(tenant, settings) && IsInside(pinFile, _dataDirectory))
+                    {
+                        errors.Add($"Tenants:{tenant}:Hsm:PinFile: '{pinFile}' is inside the data directory '{_dataDirectory}'; PIN files belong outside it");
                         continue;
                     }
 
@@ -259,6 +273,9 @@ public sealed class TenantHsmTokens
             CryptographicOperations.ZeroMemory(y);
         }
     }
+
+    static bool IsInside(string path, string directory) =>
+        Path.GetFullPath(path).StartsWith(Path.TrimEndingDirectorySeparator(directory) + Path.DirectorySeparatorChar, StringComparison.Ordinal);
 
     static string Octal(UnixFileMode mode) => "0" + Convert.ToString((int)mode & 0x1FF, 8).PadLeft(3, '0');
 

@@ -180,6 +180,17 @@ public sealed class TenantHsmPinTests : IDisposable
     }
 
     [Fact]
+    public void PinFiles_InsideTheDataDirectory_AreRefusedAtStart()
+    {
+        var inside = TestPinFiles.Write(Path.Combine(Data, "secrets", "tenant-a.pin"), Pin);
+        var explicitFile = new TenantHsmTokens(Data, _ => new TenantHsmModel(null, inside, null), new HsmConfig { PinDirectory = Pins }, () => null);
+        var insideDirectory = new TenantHsmTokens(Data, _ => null, new HsmConfig { PinDirectory = Path.Combine(Data, "secrets") }, () => null);
+
+        Assert.StartsWith("Tenants:tenant-a:Hsm:PinFile:", Assert.Single(explicitFile.PrepareAtStart(["tenant-a"], new ListLogger())), StringComparison.Ordinal);
+        Assert.Contains(insideDirectory.PrepareAtStart(["tenant-a"], new ListLogger()), e => e.StartsWith("Gateway:Hsm:PinDirectory:", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public void NoPinAnywhere_IsASigningExceptionNamingTheSources()
     {
         var ex = Assert.Throws<SigningException>(() => Tokens().Resolve("tenant-a"));
