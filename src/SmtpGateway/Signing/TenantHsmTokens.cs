@@ -99,16 +99,16 @@ public sealed class TenantHsmTokens
     /// What the gateway and the CLI do before anything logs in: moves legacy PIN files out of the data directory
     /// (&lt;data&gt;/hsm/pins/&lt;tenant&gt;.pin → &lt;PinDirectory&gt;/&lt;tenant&gt;.pin, with a log line), then checks every
     /// tenant's PIN file that would be used. Returns every problem (naming file and mode, never the PIN); the caller
-    /// refuses to start when there is any.
+    /// refuses to start when there is any. <paramref name="moveLegacyFiles"/> false only checks (`smtpgw check-config`).
     /// </summary>
-    public List<string> PrepareAtStart(IEnumerable<string> tenants, ILogger logger)
+    public List<string> PrepareAtStart(IEnumerable<string> tenants, ILogger logger, bool moveLegacyFiles = true)
     {
         var errors = new List<string>();
         if (IsInside(PinDirectory, _dataDirectory))
         {
             errors.Add($"Gateway:Hsm:PinDirectory: '{PinDirectory}' is inside the data directory '{_dataDirectory}'; PIN files belong outside it, so that a copy of the data directory carries no PIN");
         }
-        else
+        else if (moveLegacyFiles)
         {
             MoveLegacyPinFiles(logger, errors);
         }
