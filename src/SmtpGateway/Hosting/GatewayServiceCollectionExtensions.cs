@@ -80,6 +80,8 @@ public static class GatewayServiceCollectionExtensions
             return new TenantHsmTokens(GatewayPaths.DataDirectory(config), () => directory.Current, config.Hsm);
         });
         services.AddSingleton<IDkimKeySigner, HsmKeySigner>();
+        // Symmetric keys (session-token and VERP HMAC keys, the vault's key-encryption key) in the same tenant tokens.
+        services.TryAddSingleton<ITenantKeys, HsmTenantKeys>();
         services.AddSingleton(sp => new DkimKeyStore(GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value)));
         services.AddSingleton<IMessageSigner>(sp => new DkimSigningService(
             sp.GetRequiredService<DkimKeyStore>(),

@@ -300,6 +300,24 @@ public sealed class HsmTenantKeysTests(SoftHsmFixture fixture) : IDisposable
     }
 
     [Fact]
+    public void Mac_AfterTheFirstCall_ResolvesFromCaches_WithoutLoginOrObjectSearch()
+    {
+        var keys = Keys();
+        var label = $"smtpgw-verp-{Guid.NewGuid():N}";
+        keys.CreateMacKey("tenant-b", label);
+        var reference = keys.Mac("tenant-b", label, "return-path"u8);
+        var (logins, finds) = (fixture.Hsm.Counters.Logins, fixture.Hsm.Counters.FindObjects);
+
+        for (var i = 0; i < 20; i++)
+        {
+            Assert.Equal(reference, keys.Mac("tenant-b", label, "return-path"u8));
+        }
+
+        Assert.Equal(logins, fixture.Hsm.Counters.Logins);
+        Assert.Equal(finds, fixture.Hsm.Counters.FindObjects);
+    }
+
+    [Fact]
     public void ATenantWithoutPin_IsAnHsmConfigurationError()
     {
         var ex = Assert.Throws<HsmException>(() => Keys().Mac("tenant-c", "smtpgw-token-1", "abc"u8));
