@@ -54,6 +54,12 @@ internal static partial class HsmLog
     [LoggerMessage(EventId = EventIds.Hsm + 31, Level = LogLevel.Debug, Message = "Tenant {Tenant}: discarding a session of token {TokenLabel} after {ReturnValue}")]
     public static partial void SessionDiscarded(ILogger logger, string tenant, string tokenLabel, string returnValue);
 
+    [LoggerMessage(EventId = EventIds.Hsm + 50, Level = LogLevel.Warning, Message = "Tenant {Tenant}: moved the HSM PIN file out of the data directory, from {LegacyPath} to {PinPath}")]
+    public static partial void LegacyPinFileMoved(ILogger logger, string tenant, string legacyPath, string pinPath);
+
+    [LoggerMessage(EventId = EventIds.Hsm + 51, Level = LogLevel.Information, Message = "Tenant {Tenant}: HSM PIN from {PinSource}")]
+    public static partial void PinSourceChosen(ILogger logger, string tenant, string pinSource);
+
     [LoggerMessage(EventId = EventIds.Hsm + 40, Level = LogLevel.Information, Message = "SoftHSM2 configuration {ConfigPath} (tokens in {TokenDirectory})")]
     public static partial void SoftHsmConfigured(ILogger logger, string configPath, string tokenDirectory);
 

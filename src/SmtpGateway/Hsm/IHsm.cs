@@ -9,13 +9,12 @@ public enum DkimKeyAlgorithm
 
 /// <summary>
 /// One tenant's token and the PIN that opens it, as resolved from configuration by the caller.
-/// The PIN is passed in on every call rather than kept by the HSM layer: it is compared (as a salted
-/// hash) against the one the token was logged in with, so a changed PIN in config takes effect.
+/// The PIN is passed in on every call rather than kept by the HSM layer: its fingerprint is compared with the
+/// one the token was logged in with, so a changed PIN in config takes effect; its bytes are read only for C_Login.
 /// </summary>
-public sealed record HsmTenantToken(string TenantId, string TokenLabel, string UserPin)
+public sealed record HsmTenantToken(string TenantId, string TokenLabel, HsmPin Pin)
 {
-    // A record's generated ToString prints every property; this one would print the PIN into any log
-    // line or exception message that formats the record.
+    // A record's generated ToString prints every property; HsmPin prints only its source, but say so explicitly.
     public override string ToString() => $"HsmTenantToken {{ TenantId = {TenantId}, TokenLabel = {TokenLabel} }}";
 }
 

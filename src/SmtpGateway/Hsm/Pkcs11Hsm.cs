@@ -179,6 +179,8 @@ public sealed class Pkcs11Hsm : IHsm
                 var template = SecretTemplate(factories, keyLabel, HsmSecretKeyType.Hmac256);
                 // CKA_SENSITIVE true on C_CreateObject makes CKA_ALWAYS_SENSITIVE false (v2.40 §4.9: it was once known
                 // outside the token), which is the truth for a migrated key; from now on it is used only inside the token.
+                // Pkcs11Interop copies the value into unmanaged memory and frees it without zeroing (UnmanagedMemory.Free);
+                // accepted because this runs once per legacy key, whose plaintext sat in a file until this migration.
                 using var valueAttribute = factories.ObjectAttributeFactory.Create(CKA.CKA_VALUE, value);
                 template.Add(valueAttribute);
                 lock (login.Context.Management)
@@ -629,7 +631,7 @@ public sealed class Pkcs11Hsm : IHsm
         // refusal, not argument errors; the message names the field, never its value.
         var missing = string.IsNullOrWhiteSpace(token.TenantId) ? "tenant id"
             : string.IsNullOrWhiteSpace(token.TokenLabel) ? "token label"
-            : string.IsNullOrEmpty(token.UserPin) ? "user PIN"
+            : token.Pin is null || token.Pin.IsEmpty ? "user PIN"
             : null;
         if (missing is not null)
         {

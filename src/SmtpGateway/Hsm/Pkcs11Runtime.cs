@@ -57,7 +57,7 @@ internal sealed class Pkcs11Runtime
     /// <summary>SOFTHSM2_CONF as it was when C_Initialize ran: SoftHSM2 reads its configuration only then.</summary>
     public string? SoftHsmConfig { get; }
 
-    /// <summary>Serialises token initialisation (<see cref="SoftHsmSetup.EnsureToken"/>) within the process.</summary>
+    /// <summary>Serialises token initialisation (<see cref="SoftHsmSetup.EnsureToken(string, string, HsmPin, string)"/>) within the process.</summary>
     public Lock TokenAdministration { get; } = new();
 
     /// <summary>

@@ -266,10 +266,10 @@ public sealed class HsmTenantKeysTests(SoftHsmFixture fixture) : IDisposable
 
     HsmTenantKeys Keys()
     {
-        var pins = new Dictionary<string, string> { ["tenant-a"] = fixture.TenantA.UserPin, ["tenant-b"] = fixture.TenantB.UserPin };
+        var pins = new Dictionary<string, string> { ["tenant-a"] = fixture.PinA, ["tenant-b"] = fixture.PinB };
         foreach (var (tenant, pin) in pins)
         {
-            File.WriteAllText(Path.Combine(_pins.FullName, tenant + ".pin"), pin);
+            TestPinFiles.Write(Path.Combine(_pins.FullName, tenant + ".pin"), pin);
         }
 
         var labels = new Dictionary<string, string> { ["tenant-a"] = SoftHsmFixture.TokenLabelA, ["tenant-b"] = SoftHsmFixture.TokenLabelB };
@@ -297,6 +297,24 @@ public sealed class HsmTenantKeysTests(SoftHsmFixture fixture) : IDisposable
         Assert.Equal(HsmErrorKind.KeyNotFound, Assert.Throws<HsmException>(() => keys.Open("tenant-b", kek, sealedData, "aad"u8)).Kind);
         Assert.True(keys.DeleteKey("tenant-a", kek));
         Assert.False(keys.HasKey("tenant-a", kek));
+    }
+
+    [Fact]
+    public void Mac_AfterTheFirstCall_ResolvesFromCaches_WithoutLoginOrObjectSearch()
+    {
+        var keys = Keys();
+        var label = $"smtpgw-verp-{Guid.NewGuid():N}";
+        keys.CreateMacKey("tenant-b", label);
+        var reference = keys.Mac("tenant-b", label, "return-path"u8);
+        var (logins, finds) = (fixture.Hsm.Counters.Logins, fixture.Hsm.Counters.FindObjects);
+
+        for (var i = 0; i < 20; i++)
+        {
+            Assert.Equal(reference, keys.Mac("tenant-b", label, "return-path"u8));
+        }
+
+        Assert.Equal(logins, fixture.Hsm.Counters.Logins);
+        Assert.Equal(finds, fixture.Hsm.Counters.FindObjects);
     }
 
     [Fact]

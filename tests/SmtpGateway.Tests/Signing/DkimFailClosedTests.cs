@@ -116,11 +116,11 @@ public sealed class DkimFailClosedTests : IDisposable
     {
         // Wrong PIN in the PIN file: the HSM refuses the login; the failure is 451 material and the PIN stays out of it.
         _store.Save(Tenant, [new DkimSelector("tenant-a.example", "e1", DkimAlgorithm.Ed25519, SelectorState.Active, "dkim:tenant-a.example:e1", "AAAA", DateTimeOffset.UtcNow, null)]);
-        var pins = Path.Combine(_data.FullName, "hsm", "pins");
-        Directory.CreateDirectory(pins);
-        File.WriteAllText(Path.Combine(pins, Tenant + ".pin"), Secret);
+        var pins = Path.Combine(_data.FullName, "pins");
+        SmtpGateway.Tests.Hsm.TestPinFiles.Write(Path.Combine(pins, Tenant + ".pin"), Secret);
         using var hsm = new RefusingHsm();
-        var service = new DkimSigningService(_store, new HsmKeySigner(hsm, new TenantHsmTokens(_data.FullName, _ => null)), _audit, TimeProvider.System, null);
+        var tokens = new TenantHsmTokens(_data.FullName, _ => null, new SmtpGateway.Configuration.HsmConfig { PinDirectory = pins });
+        var service = new DkimSigningService(_store, new HsmKeySigner(hsm, tokens), _audit, TimeProvider.System, null);
         var ex = Assert.Throws<SigningException>(() => service.Sign(Tenant, "a@tenant-a.example", Message, "s1", signingRequired: true));
         Assert.DoesNotContain(Secret, ex.ToString(), StringComparison.Ordinal);
         var e = Assert.Single(_audit.Events);
@@ -165,7 +165,7 @@ public sealed class DkimFailClosedTests : IDisposable
 
         SmtpGateway.Hsm.HsmException Refused(SmtpGateway.Hsm.HsmTenantToken token)
         {
-            PinSeen = token.UserPin;
+            PinSeen = System.Text.Encoding.UTF8.GetString(token.Pin.Read());
             return new SmtpGateway.Hsm.HsmException(SmtpGateway.Hsm.HsmErrorKind.LoginFailed, token.TenantId, $"C_Login on token '{token.TokenLabel}' refused", "CKR_PIN_INCORRECT");
         }
     }
