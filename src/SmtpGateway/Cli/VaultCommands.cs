@@ -34,7 +34,7 @@ internal sealed record VaultCliEnvironment(Func<Stream> Stdin, bool StdinIsTermi
         }
 
         var hsm = new Pkcs11Hsm(new Pkcs11HsmOptions { ModulePath = cli.Gateway.Hsm.ModulePath, MaxSessionsPerToken = cli.Gateway.Hsm.MaxSessionsPerToken });
-        return (new HsmTenantKeys(hsm, new TenantHsmTokens(cli.DataDirectory, () => cli.Tenants)), hsm);
+        return (new HsmTenantKeys(hsm, new TenantHsmTokens(cli.DataDirectory, () => cli.Tenants, cli.Gateway.Hsm)), hsm);
     }
 }
 

@@ -145,13 +145,12 @@ public static class GatewayServiceCollectionExtensions
 
     /// <summary>
     /// Issue #11: the tenants' upstream-credential vault (DataDirectory/vault), its key-encryption keys in the tenants' HSM
-    /// tokens, and the sweep that destroys rotated-out versions. Token endpoints are verified against the system roots and
+    /// tokens (through the <see cref="ITenantKeys"/> registered with the signing services), and the sweep that destroys
+    /// rotated-out versions. Token endpoints are verified against the system roots and
     /// the delivery trust anchors (Gateway:Delivery:Tls:TrustAnchorsPath), like smarthosts.
     /// </summary>
     public static IServiceCollection AddVault(this IServiceCollection services)
     {
-        // Shared with the session-token and return-path keys; whichever stage registers first wins, the registration is the same.
-        services.TryAddSingleton<ITenantKeys>(sp => new HsmTenantKeys(sp.GetRequiredService<IHsm>(), sp.GetRequiredService<TenantHsmTokens>()));
         services.AddSingleton(sp =>
         {
             var config = sp.GetRequiredService<IOptions<GatewayConfig>>().Value;

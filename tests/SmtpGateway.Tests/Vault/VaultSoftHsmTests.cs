@@ -17,20 +17,21 @@ namespace SmtpGateway.Tests.Vault;
 public sealed class VaultSoftHsmTests(SoftHsmFixture fixture) : IDisposable
 {
     readonly DirectoryInfo _data = Directory.CreateTempSubdirectory("smtpgw-vault-hsm");
+
+    // PINs never live in the data directory (spec-11 §5).
+    readonly DirectoryInfo _pins = Directory.CreateTempSubdirectory("smtpgw-vault-pins");
     readonly RecordingAudit _audit = new();
 
     CredentialVault NewVault()
     {
         var labels = new Dictionary<string, string> { ["tenant-a"] = SoftHsmFixture.TokenLabelA, ["tenant-b"] = SoftHsmFixture.TokenLabelB };
-        foreach (var (tenant, pin) in new[] { ("tenant-a", fixture.TenantA.UserPin), ("tenant-b", fixture.TenantB.UserPin) })
+        foreach (var (tenant, pin) in new[] { ("tenant-a", fixture.PinA), ("tenant-b", fixture.PinB) })
         {
-            File.WriteAllText(Path.Combine(_data.FullName, tenant + ".pin"), pin);
-            // PIN files readable by others are refused (spec-11 §5).
-            File.SetUnixFileMode(Path.Combine(_data.FullName, tenant + ".pin"), UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            TestPinFiles.Write(Path.Combine(_pins.FullName, tenant + ".pin"), pin);
         }
 
-        var keys = new HsmTenantKeys(fixture.Hsm, new TenantHsmTokens(_data.FullName, tenant =>
-            labels.TryGetValue(tenant, out var label) ? new TenantHsmModel(label, Path.Combine(_data.FullName, tenant + ".pin"), null) : null));
+        var keys = new HsmTenantKeys(fixture.Hsm, new TenantHsmTokens(_pins.FullName, tenant =>
+            labels.TryGetValue(tenant, out var label) ? new TenantHsmModel(label, Path.Combine(_pins.FullName, tenant + ".pin"), null) : null));
         return new CredentialVault(_data.FullName, keys, _audit, new FakeTimeProvider(DateTimeOffset.UtcNow), new VaultConfig(), new HttpClientHandler(),
             NullLogger<CredentialVault>.Instance);
     }
@@ -65,5 +66,9 @@ public sealed class VaultSoftHsmTests(SoftHsmFixture fixture) : IDisposable
         Assert.Equal(-1, onDisk.AsSpan().IndexOf("hsm-pass-A1"u8));
     }
 
-    public void Dispose() => _data.Delete(recursive: true);
+    public void Dispose()
+    {
+        _data.Delete(recursive: true);
+        _pins.Delete(recursive: true);
+    }
 }
