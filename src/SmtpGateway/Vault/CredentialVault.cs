@@ -63,7 +63,8 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
 
     // ---- management (CLI) ----
 
-    /// <summary>Stores version 1 of a new credential; refuses a name that exists (a second secret is a rotation).</summary>
+    /// <summary>Stores the first version of a new credential (1, or past any number a deleted one of that name used);
+    /// refuses a name that exists (a second secret is a rotation).</summary>
     public UpstreamCredentialVersion Set(string tenant, string name, NewSecret secret)
     {
         CheckName(name);
@@ -74,7 +75,7 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
                 throw new InvalidOperationException($"tenant '{tenant}' already has a credential '{name}'; use `vault rotate` to replace it");
             }
 
-            return AddVersion(tenant, document, name, 1, secret, []);
+            return AddVersion(tenant, document, name, document.NextVersion(name), secret, []);
         });
         Audited(AuditActions.VaultSet, version, $"{version.Kind} for {version.UserName}");
         return version;
@@ -99,7 +100,7 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
             var credential = document.Find(name) ?? throw new InvalidOperationException($"tenant '{tenant}' has no credential '{name}'; use `vault set` to create it");
             retiring = _time.GetUtcNow() + period;
             var kept = credential.Versions.Select(v => v.RetiresAt is { } at && at <= retiring ? v : v with { RetiresAt = retiring }).ToList();
-            return AddVersion(tenant, document, name, credential.Versions.Max(v => v.Version) + 1, secret, kept);
+            return AddVersion(tenant, document, name, document.NextVersion(name), secret, kept);
         });
         Audited(AuditActions.VaultRotate, version, $"{version.Kind} for {version.UserName}; previous versions retire {retiring:O}");
         return version;

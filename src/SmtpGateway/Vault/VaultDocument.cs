@@ -15,6 +15,17 @@ internal sealed record VaultDocument(SealedDataKey? DataKey, IReadOnlyList<Vault
     /// <summary>Format of the file, for a later migration.</summary>
     public int Format { get; init; } = 1;
 
+    /// <summary>
+    /// The highest version ever issued per name, kept after deletion: a version number is part of the delivery's pool key
+    /// and of the record's associated data, so it must never be issued twice for one name (a pooled connection authenticated
+    /// with a deleted version must not pass for the new one, nor a restored copy of a deleted record decrypt as it).
+    /// </summary>
+    public IReadOnlyDictionary<string, int>? LastVersions { get; init; }
+
+    /// <summary>The number the next version of <paramref name="name"/> gets.</summary>
+    public int NextVersion(string name) =>
+        Math.Max(LastVersions?.GetValueOrDefault(name) ?? 0, Find(name)?.Versions.Max(v => v.Version) ?? 0) + 1;
+
     public VaultCredential? Find(string name) => Credentials.FirstOrDefault(c => c.Name == name);
 
     public VaultRecord? Find(string name, int version) => Find(name)?.Versions.FirstOrDefault(v => v.Version == version);
@@ -23,6 +34,10 @@ internal sealed record VaultDocument(SealedDataKey? DataKey, IReadOnlyList<Vault
     public VaultDocument With(VaultCredential credential) => this with
     {
         Credentials = [.. Credentials.Where(c => c.Name != credential.Name), .. credential.Versions.Count > 0 ? [credential] : Array.Empty<VaultCredential>()],
+        LastVersions = credential.Versions.Count == 0 ? LastVersions : new Dictionary<string, int>(LastVersions ?? new Dictionary<string, int>(), StringComparer.Ordinal)
+        {
+            [credential.Name] = Math.Max(LastVersions?.GetValueOrDefault(credential.Name) ?? 0, credential.Versions.Max(v => v.Version)),
+        },
     };
 
     /// <summary>Without the versions whose grace window has passed at <paramref name="now"/>; the same instance when none has.</summary>

@@ -245,8 +245,11 @@ public sealed class CredentialVaultTests : IDisposable
         Assert.Empty(Vault.Usable("tenant-a", "smarthost"));
         Assert.Equal(0, Vault.Delete("tenant-a", "smarthost"));
         Assert.Equal(["smarthost#v2", "smarthost (all versions)"], _kit.Events(AuditActions.VaultDelete).Select(e => e.Subject));
-        // Deleted for good: the name can be set afresh.
-        Assert.Equal(1, Vault.Set("tenant-a", "smarthost", PasswordSecret()).Version);
+        // Deleted for good: the name can be set afresh, but never with a number it used before (pool keys, associated data).
+        Assert.Equal(3, Vault.Set("tenant-a", "smarthost", PasswordSecret()).Version);
+        Vault.Delete("tenant-a", "smarthost", 3);
+        Assert.Equal(4, Vault.Set("tenant-a", "smarthost", PasswordSecret()).Version);
+        Assert.Equal(5, Vault.Rotate("tenant-a", "smarthost", PasswordSecret()).Version);
     }
 
     [Fact]
