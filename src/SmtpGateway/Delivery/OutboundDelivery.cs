@@ -77,6 +77,8 @@ internal sealed class OutboundDelivery : IAsyncDisposable
 
     internal DestinationBackoff Backoff => _backoff;
 
+    internal UpstreamAuthenticator Auth => _auth;
+
     /// <summary>
     /// Per-recipient return paths (issue #7). A VERP return path names one recipient, so recipients with different return
     /// paths go in separate transactions — on the same pooled connection, one after another (RFC 5321 section 3.3 allows

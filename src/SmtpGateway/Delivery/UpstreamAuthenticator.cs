@@ -47,6 +47,9 @@ internal sealed class UpstreamAuthenticator(IUpstreamCredentials? credentials, T
 
     readonly ConcurrentDictionary<(string Tenant, string Name, int Version), DateTimeOffset> _refused = new();
 
+    /// <summary>The vault this authenticator asks; null when none is registered.</summary>
+    internal IUpstreamCredentials? Credentials => credentials;
+
     /// <summary>
     /// The versions to try for a new connection, in order: the usable ones newest first, those refused in the last few
     /// minutes last. Or the deferral when there is none (no vault, none stored, vault unavailable).

@@ -57,6 +57,9 @@ internal abstract class SecretSaslMechanism : SaslMechanism, IDisposable
         to = to[part.Length..];
     }
 
+    /// <summary>The response buffers handed to MailKit so far (zero after <see cref="Dispose"/>), for tests.</summary>
+    internal IReadOnlyList<byte[]> Responses => _issued;
+
     /// <summary>Zeroes every response this mechanism handed to MailKit.</summary>
     public void Dispose()
     {
@@ -64,8 +67,6 @@ internal abstract class SecretSaslMechanism : SaslMechanism, IDisposable
         {
             CryptographicOperations.ZeroMemory(buffer);
         }
-
-        _issued.Clear();
     }
 
     /// <summary>Creates the mechanism for <paramref name="mechanism"/>.</summary>
