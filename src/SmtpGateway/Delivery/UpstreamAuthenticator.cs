@@ -70,6 +70,11 @@ internal sealed class UpstreamAuthenticator(IUpstreamCredentials? credentials, T
         {
             return ([], DeliveryReplies.UpstreamCredentialUnavailable(name, ex.Message));
         }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or InvalidDataException)
+        {
+            // The vault file could not be read: a deferral like any other unavailability; only the type is recorded.
+            return ([], DeliveryReplies.UpstreamCredentialUnavailable(name, ex.GetType().Name));
+        }
 
         if (usable.Count == 0)
         {
@@ -113,6 +118,12 @@ internal sealed class UpstreamAuthenticator(IUpstreamCredentials? credentials, T
         {
             return Failed(queueId, version, DeliveryReplies.UpstreamCredentialUnavailable(credential, ex.Message));
         }
+        catch (Exception ex) when (!cancellationToken.IsCancellationRequested)
+        {
+            // Anything else from the vault (it should have said UpstreamCredentialException): still a deferral, never a
+            // bounce, and only the exception type is recorded, since its message was not written to be safe to log.
+            return Failed(queueId, version, DeliveryReplies.UpstreamCredentialUnavailable(credential, ex.GetType().Name));
+        }
 
         try
         {
@@ -128,6 +139,7 @@ internal sealed class UpstreamAuthenticator(IUpstreamCredentials? credentials, T
             }
 
             DeliveryLog.UpstreamAuthenticated(logger, peer, version.Tenant, credential, sasl.MechanismName);
+            _refused.TryRemove((version.Tenant, version.Name, version.Version), out _);
             return UpstreamAuthResult.Ok;
         }
         catch (MailKit.Security.AuthenticationException ex)

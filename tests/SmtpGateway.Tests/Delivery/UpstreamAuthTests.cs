@@ -333,17 +333,21 @@ public sealed class UpstreamAuthTests : IAsyncLifetime
         Assert.Equal(0, _server.Connections);
     }
 
-    [Fact]
-    public async Task A_credential_the_vault_cannot_open_defers_and_sends_no_AUTH()
+    [Theory]
+    [InlineData(false, "454 4.7.0 Upstream credential relay#v1 unavailable (record does not decrypt)")]
+    [InlineData(true, "454 4.7.0 Upstream credential relay#v1 unavailable (CryptographicException)")] // its message is not recorded
+    public async Task A_credential_the_vault_cannot_open_defers_and_sends_no_AUTH(bool unexpected, string expected)
     {
         _vault.Set(Tenant, "relay", User, "hunter2");
-        _vault.OpenFails = new UpstreamCredentialException("record does not decrypt", transient: false);
+        _vault.OpenFails = unexpected
+            ? new CryptographicException("record does not decrypt")
+            : new UpstreamCredentialException("record does not decrypt", transient: false);
         await using var transport = NewTransport();
 
         var (_, result) = await DeliverAsync(transport);
 
         Assert.Equal(DeliveryOutcome.Deferred, result.Outcome);
-        Assert.Equal("454 4.7.0 Upstream credential relay#v1 unavailable (record does not decrypt)", result.Reply);
+        Assert.Equal(expected, result.Reply);
         Assert.Empty(_server.AuthExchanges);
         Assert.Empty(_server.Messages);
         Assert.Equal(0, transport.Pool.OpenCount("127.0.0.1", _server.Port));

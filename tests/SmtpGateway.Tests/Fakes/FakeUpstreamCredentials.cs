@@ -23,8 +23,8 @@ internal sealed class FakeUpstreamCredentials(TimeProvider time) : IUpstreamCred
     /// <summary>(version, queue id, reply) of every Refused.</summary>
     public ConcurrentQueue<(UpstreamCredentialVersion Version, string? QueueId, string Reply)> Refusals { get; } = new();
 
-    /// <summary>When set, OpenAsync throws this (an HSM down, a record that does not decrypt).</summary>
-    public UpstreamCredentialException? OpenFails { get; set; }
+    /// <summary>When set, OpenAsync throws this (an HSM down, a record that does not decrypt, a vault bug).</summary>
+    public Exception? OpenFails { get; set; }
 
     /// <summary>Stores version 1 of a credential (vault set).</summary>
     public UpstreamCredentialVersion Set(string tenant, string name, string user, string secret, UpstreamCredentialKind kind = UpstreamCredentialKind.Password)
