@@ -49,6 +49,11 @@ try
 finally
 {
     dir.Delete(recursive: true);
+    if (Directory.Exists(TenantHsmTokens.DefaultPinDirectory(dir.FullName)))
+    {
+        Directory.Delete(TenantHsmTokens.DefaultPinDirectory(dir.FullName), recursive: true);
+    }
+
 }
 
 sealed class Bench(int rounds, int roundMs, string? only, string label, string? tsv)
@@ -58,6 +63,8 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
     const string Domain = "tenant-a.example";
     const string RsaKey = "dkim-bench-rsa";
     const string EdKey = "dkim-bench-ed25519";
+    const string MacKey = "smtpgw-token-bench";
+    const string KekKey = "smtpgw-vault-kek-1";
 
     readonly List<string> _rows = [];
 
@@ -66,9 +73,12 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
         var pin = "bench-" + Convert.ToHexString(RandomNumberGenerator.GetBytes(6));
         var setup = SoftHsmSetup.Configure(dataDir);
         setup.EnsureToken(TokenLabel, "so-" + pin, pin);
-        Directory.CreateDirectory(Path.Combine(dataDir, "hsm", "pins"));
-        File.WriteAllText(Path.Combine(dataDir, "hsm", "pins", Tenant + ".pin"), pin);
-        var token = new HsmTenantToken(Tenant, TokenLabel, pin);
+        // The default PIN file, <data>.pins/<tenant>.pin, as `smtpgw hsm init-token` writes it (0600 in a 0700 directory).
+        var pinDir = TenantHsmTokens.DefaultPinDirectory(dataDir);
+        Directory.CreateDirectory(pinDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        File.WriteAllText(Path.Combine(pinDir, Tenant + ".pin"), pin);
+        File.SetUnixFileMode(Path.Combine(pinDir, Tenant + ".pin"), UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        var token = new HsmTenantToken(Tenant, TokenLabel, HsmPin.FromString(pin));
 
         HsmPublicKey rsaPublic, edPublic;
         using (var keygen = new Pkcs11Hsm(new Pkcs11HsmOptions()))
@@ -89,7 +99,7 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
 
         // (c) the token's C_SignInit + C_Sign alone, through Pkcs11Interop directly (the module is loaded only here,
         // so nothing of the gateway's own is timed): the two RSA mechanisms the gateway can choose between.
-        RawPkcs11(token, headerData, headerDigest);
+        RawPkcs11(token, pin, headerData, headerDigest);
 
         // (a) parsing.
         var segment = Message.Segment(message);
@@ -146,6 +156,40 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
         Cases(
             ("hsm.rsa", () => hsm.Sign(token, RsaKey, DkimKeyAlgorithm.Rsa2048, headerData)),
             ("hsm.ed", () => hsm.Sign(token, EdKey, DkimKeyAlgorithm.Ed25519, headerDigest)));
+
+        // HMAC-SHA256 in the token (session-token and VERP keys, issue 11) over a ~100-byte input, the size of a token's
+        // signed fields or a return path's: the raw IHsm call, the production path through HsmTenantKeys (tenant → token
+        // and PIN resolution from the cache), and the same HMAC in process for scale.
+        var macInput = Encoding.ASCII.GetBytes("smtpgw-token\0bench\0k1\0app@tenant-a.example\01795780800\0" + new string('n', 48));
+        var macSecret = RandomNumberGenerator.GetBytes(32);
+        if (!hsm.HasSecretKey(token, MacKey))
+        {
+            hsm.ImportHmacKey(token, MacKey, macSecret);
+        }
+
+        var tenantKeys = new HsmTenantKeys(hsm, new TenantHsmTokens(dataDir, () => SmtpGateway.Identity.TenantSnapshot.Empty));
+        if (!tenantKeys.Mac(Tenant, MacKey, macInput).AsSpan().SequenceEqual(HMACSHA256.HashData(macSecret, macInput)))
+        {
+            throw new InvalidOperationException("CKM_SHA256_HMAC in the token differs from HMACSHA256");
+        }
+
+        Cases(
+            ("hmac.hsm", () => hsm.Hmac(token, MacKey, macInput)),
+            ("hmac.keys", () => tenantKeys.Mac(Tenant, MacKey, macInput)),
+            ("hmac.managed", () => HMACSHA256.HashData(macSecret, macInput)));
+
+        // AES-256-GCM in the token (the vault's key-encryption key) over a 32-byte data key, as the vault unseals it.
+        if (!hsm.HasSecretKey(token, KekKey))
+        {
+            hsm.GenerateSecretKey(token, KekKey, HsmSecretKeyType.Aes256);
+        }
+
+        var dataKey = RandomNumberGenerator.GetBytes(32);
+        var kekAad = Encoding.ASCII.GetBytes("smtpgw-vault-dek\0bench\0" + KekKey);
+        var sealedKey = hsm.Seal(token, KekKey, dataKey, kekAad);
+        Cases(
+            ("kek.seal", () => hsm.Seal(token, KekKey, dataKey, kekAad)),
+            ("kek.open", () => CryptographicOperations.ZeroMemory(hsm.Open(token, KekKey, sealedKey, kekAad))));
 
         // Concurrency: process CPU per signature with 1, 2 and 8 threads signing at once (the listener signs on
         // many sessions' threads; SoftHSM2 and OpenSSL 3 take locks inside C_Sign).
@@ -212,7 +256,7 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
         return verified.Count == 2 && verified.All(v => v) ? 0 : 1;
     }
 
-    void RawPkcs11(HsmTenantToken token, byte[] headerData, byte[] headerDigest)
+    void RawPkcs11(HsmTenantToken token, string pin, byte[] headerData, byte[] headerDigest)
     {
         if (only is not null && !only.Split(',').Any(o => "raw.".StartsWith(o, StringComparison.Ordinal) || o.StartsWith("raw.", StringComparison.Ordinal)))
         {
@@ -223,7 +267,7 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
         using var library = factories.Pkcs11LibraryFactory.LoadPkcs11Library(factories, SoftHsmSetup.DefaultModulePath, AppType.MultiThreaded);
         var slot = library.GetSlotList(SlotsType.WithTokenPresent).Single(s => s.GetTokenInfo().Label == token.TokenLabel);
         using var session = slot.OpenSession(SessionType.ReadWrite);
-        session.Login(CKU.CKU_USER, token.UserPin);
+        session.Login(CKU.CKU_USER, Encoding.UTF8.GetBytes(pin));
         IObjectHandle Find(string keyLabel) => session.FindAllObjects(
             [factories.ObjectAttributeFactory.Create(CKA.CKA_CLASS, CKO.CKO_PRIVATE_KEY), factories.ObjectAttributeFactory.Create(CKA.CKA_LABEL, keyLabel)]).Single();
         var rsaKey = Find(RsaKey);

@@ -141,7 +141,8 @@ public sealed class DkimFailClosedTests(SigningRequiredHarness harness, ITestOut
         await CliAsync("dkim", "keygen", "--tenant", Tenant, "--domain", Domain, "--selector", "ed1", "--alg", "ed25519");
 
         // The key is there; the PIN file now holds a PIN the token refuses (C_Login: CKR_PIN_INCORRECT).
-        var pinFile = Path.Combine(harness.DataDirectory, "hsm", "pins", Tenant + ".pin");
+        // The default PIN directory: the data directory's sibling "<data>.pins", never inside the data directory.
+        var pinFile = Path.Combine(harness.DataDirectory + ".pins", Tenant + ".pin");
         var pin = (await File.ReadAllTextAsync(pinFile, cts.Token)).Trim();
         await File.WriteAllTextAsync(pinFile, WrongPin + "\n", cts.Token);
 

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Security.Cryptography;
+using Microsoft.Extensions.Logging;
 using SmtpGateway.Audit;
 using SmtpGateway.Configuration;
 using SmtpGateway.Hsm;
@@ -16,7 +17,9 @@ public static class DkimCommands
         var hsm = new Command("hsm", "HSM token administration (SoftHSM2 in development).");
         var config = configOption();
         var tenant = new Option<string>("--tenant") { Description = "Tenant id.", Required = true };
-        var init = new Command("init-token", "Create the tenant's SoftHSM2 token if absent; the user PIN goes to the tenant's PIN file (mode 0600).") { config, tenant };
+        var init = new Command("init-token",
+            "Create the tenant's SoftHSM2 token if absent. The user PIN is the tenant's configured one (environment variable, systemd credential or PIN file); "
+            + "when there is none, a new PIN is written to the tenant's PIN file (mode 0600, directory 0700; default <DataDirectory>.pins/<tenant>.pin).") { config, tenant };
         init.SetAction(parse => Run(parse.GetValue(config), ctx =>
         {
             var t = RequireTenant(ctx, parse.GetValue(tenant)!);
@@ -25,20 +28,24 @@ public static class DkimCommands
                 throw new InvalidOperationException("init-token only manages SoftHSM2 tokens (Gateway:Hsm:SoftHsm); provision real HSM tokens with the vendor's tools.");
             }
 
-            var pinFile = ctx.Tokens.PinFile(t);
-            var created = false;
-            if (!File.Exists(pinFile))
+            string? written = null;
+            if (ctx.Tokens.PinSource(t) is null)
             {
-                Directory.CreateDirectory(Path.GetDirectoryName(pinFile)!);
-                File.SetUnixFileMode(Path.GetDirectoryName(pinFile)!, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-                using var file = new FileStream(pinFile, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite });
-                file.Write(System.Text.Encoding.ASCII.GetBytes(Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16))));
-                created = true;
+                if (!ctx.Gateway.Hsm.AllowPinFiles)
+                {
+                    throw new InvalidOperationException(
+                        $"tenant '{t}' has no PIN and Gateway:Hsm:AllowPinFiles is false: supply it through Tenants:{t}:Hsm:PinEnvironmentVariable or the systemd credential smtpgw-{t}.pin.");
+                }
+
+                written = ctx.Tokens.PinFile(t);
+                WritePinFile(written);
             }
 
             var token = ctx.Tokens.Resolve(t);
-            var fresh = ctx.SoftHsm!.EnsureToken(token.TokenLabel, Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16)), token.UserPin, ctx.Gateway.Hsm.ModulePath);
-            Console.WriteLine(fresh ? $"created token '{token.TokenLabel}' for {t}{(created ? $"; user PIN written to {pinFile}" : "")}" : $"token '{token.TokenLabel}' for {t} exists");
+            var fresh = ctx.SoftHsm!.EnsureToken(token.TokenLabel, Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16)), token.Pin, ctx.Gateway.Hsm.ModulePath);
+            Console.WriteLine(fresh
+                ? $"created token '{token.TokenLabel}' for {t}; user PIN {(written is null ? $"from {token.Pin.Source}" : $"written to {written}")}"
+                : $"token '{token.TokenLabel}' for {t} exists");
             return 0;
         }));
         hsm.Subcommands.Add(init);
@@ -212,6 +219,25 @@ public static class DkimCommands
         return ctx.Tenants.Find(tenant)!.OwnsSendingDomain(d) ? d : throw new InvalidOperationException($"{domain} is not a domain of tenant '{tenant}'.");
     }
 
+    /// <summary>A new random user PIN in a new file only the gateway's user can read, in a directory only it can enter.</summary>
+    static void WritePinFile(string pinFile)
+    {
+        var directory = Path.GetDirectoryName(Path.GetFullPath(pinFile))!;
+        Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        File.SetUnixFileMode(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        var pin = System.Text.Encoding.ASCII.GetBytes(Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16)));
+        try
+        {
+            using var file = new FileStream(pinFile, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite });
+            file.Write(pin);
+            file.Flush(flushToDisk: true);
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(pin);
+        }
+    }
+
     static string RequireSelector(string selector) =>
         selector.Length is > 0 and <= 63 && selector.All(c => char.IsAsciiLetterOrDigit(c) || c == '-')
             ? selector.ToLowerInvariant()
@@ -232,7 +258,23 @@ public static class DkimCommands
             var (data, gateway) = (cli.DataDirectory, cli.Gateway);
             var softHsm = gateway.Hsm.SoftHsm ? SoftHsmSetup.Configure(data) : null;
             using var hsm = new Pkcs11Hsm(new Pkcs11HsmOptions { ModulePath = gateway.Hsm.ModulePath, MaxSessionsPerToken = gateway.Hsm.MaxSessionsPerToken });
-            var tokens = new TenantHsmTokens(data, () => cli.Tenants);
+            var tokens = new TenantHsmTokens(data, () => cli.Tenants, gateway.Hsm);
+            // As the gateway does at start: legacy PIN files move out of the data directory, and a PIN file that group or
+            // others may read is refused before any token is opened with it.
+            using (var loggers = LoggerFactory.Create(b => b.SetMinimumLevel(LogLevel.Warning).AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace)))
+            {
+                var problems = tokens.PrepareAtStart(cli.Tenants.Tenants.Keys, loggers.CreateLogger("SmtpGateway.Hsm"));
+                if (problems.Count > 0)
+                {
+                    foreach (var problem in problems)
+                    {
+                        Console.Error.WriteLine($"error: {problem}");
+                    }
+
+                    return 1;
+                }
+            }
+
             return action(new Context(data, gateway, cli.Tenants, tokens, new DkimKeyStore(data), hsm, softHsm, TimeProvider.System));
         }
         catch (Exception ex) when (ex is HsmException or SigningException or InvalidOperationException or FormatException or FileNotFoundException or IOException or ArgumentException)

@@ -3,6 +3,7 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 using SmtpGateway.Configuration;
 using SmtpGateway.Hosting;
@@ -139,7 +140,15 @@ public static class GatewayCli
     {
         var errors = GatewayConfigValidator.Collect(gateway);
         // The tenant snapshot's own compile: domains, networks, egress, HSM tokens, inbound routes, limits, reputation.
-        Identity.TenantDirectoryService.Load(configuration, errors);
+        var tenants = Identity.TenantDirectoryService.Load(configuration, errors);
+        if (errors.Count == 0)
+        {
+            // PIN files others may read, or inside the data directory (the start-up check repeats this after moving legacy
+            // PIN files; here nothing is moved, so check-config changes nothing on disk).
+            errors.AddRange(new Signing.TenantHsmTokens(GatewayPaths.DataDirectory(gateway), () => tenants, gateway.Hsm)
+                .PrepareAtStart(tenants.Tenants.Keys, NullLogger.Instance, moveLegacyFiles: false));
+        }
+
         return errors;
     }
 

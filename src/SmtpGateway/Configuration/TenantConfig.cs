@@ -151,10 +151,14 @@ public sealed class TenantHsmConfig
     /// <summary>Label of the tenant's token (at most 32 bytes); default "smtpgw-&lt;tenant&gt;".</summary>
     public string? TokenLabel { get; set; }
 
-    /// <summary>File holding the user PIN, readable only by the gateway user; default DataDirectory/hsm/pins/&lt;tenant&gt;.pin.</summary>
+    /// <summary>
+    /// File holding the user PIN (mode 0600 in a 0700 directory, else the gateway refuses to start); default
+    /// Gateway:Hsm:PinDirectory/&lt;tenant&gt;.pin. Used only when neither the environment variable nor the systemd
+    /// credential smtpgw-&lt;tenant&gt;.pin supplies the PIN, and only while Gateway:Hsm:AllowPinFiles is true.
+    /// </summary>
     public string? PinFile { get; set; }
 
-    /// <summary>Environment variable holding the user PIN; takes precedence over the file when set.</summary>
+    /// <summary>Environment variable holding the user PIN; takes precedence over the credential and the file when set.</summary>
     public string? PinEnvironmentVariable { get; set; }
 }
 
@@ -167,6 +171,19 @@ public sealed class HsmConfig
     public bool SoftHsm { get; set; } = true;
 
     public int MaxSessionsPerToken { get; set; } = 8;
+
+    /// <summary>
+    /// Where default PIN files live (&lt;tenant&gt;.pin); default: the data directory's sibling "&lt;DataDirectory&gt;.pins",
+    /// so that neither a copy of the data directory nor of the SoftHSM2 token store carries the PINs. Relative paths
+    /// are relative to the working directory, like Tenants:&lt;id&gt;:Hsm:PinFile.
+    /// </summary>
+    public string? PinDirectory { get; set; }
+
+    /// <summary>
+    /// Whether PINs may come from files at all. Production sets false: then a PIN comes only from the tenant's
+    /// environment variable or the systemd credential $CREDENTIALS_DIRECTORY/smtpgw-&lt;tenant&gt;.pin.
+    /// </summary>
+    public bool AllowPinFiles { get; set; } = true;
 }
 
 /// <summary>"Gateway:Dkim".</summary>

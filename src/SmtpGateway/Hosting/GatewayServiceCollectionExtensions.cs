@@ -40,6 +40,7 @@ public static class GatewayServiceCollectionExtensions
         // Identity: tenant map (reloads with the file), tokens, AUTH throttle, audit trail.
         services.AddSingleton(sp => new TenantDirectoryService(configuration, sp.GetRequiredService<ILoggerFactory>()));
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<GatewayConfig>, TenantDirectoryValidator>());
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<GatewayConfig>, HsmPinStartupCheck>());
         services.AddSingleton(sp => sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Identity);
         services.AddSingleton(sp => new TokenStore(GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value), sp.GetRequiredService<TimeProvider>()));
         services.AddSingleton(sp =>
@@ -75,9 +76,12 @@ public static class GatewayServiceCollectionExtensions
         services.AddSingleton(sp =>
         {
             var directory = sp.GetRequiredService<TenantDirectoryService>();
-            return new TenantHsmTokens(GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value), () => directory.Current);
+            var config = sp.GetRequiredService<IOptions<GatewayConfig>>().Value;
+            return new TenantHsmTokens(GatewayPaths.DataDirectory(config), () => directory.Current, config.Hsm);
         });
         services.AddSingleton<IDkimKeySigner, HsmKeySigner>();
+        // Symmetric keys (session-token and VERP HMAC keys, the vault's key-encryption key) in the same tenant tokens.
+        services.TryAddSingleton<ITenantKeys, HsmTenantKeys>();
         services.AddSingleton(sp => new DkimKeyStore(GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value)));
         services.AddSingleton<IMessageSigner>(sp => new DkimSigningService(
             sp.GetRequiredService<DkimKeyStore>(),

@@ -39,11 +39,26 @@ internal static partial class HsmLog
     [LoggerMessage(EventId = EventIds.Hsm + 22, Level = LogLevel.Debug, Message = "Ed25519 EC params form {Form} refused by the module ({ReturnValue}); trying the other form")]
     public static partial void EdwardsParamsRefused(ILogger logger, string form, string returnValue);
 
+    [LoggerMessage(EventId = EventIds.Hsm + 23, Level = LogLevel.Information, Message = "Tenant {Tenant}: generated {KeyType} secret key {KeyLabel} in token {TokenLabel}")]
+    public static partial void SecretKeyGenerated(ILogger logger, string tenant, HsmSecretKeyType keyType, string keyLabel, string tokenLabel);
+
+    [LoggerMessage(EventId = EventIds.Hsm + 24, Level = LogLevel.Information, Message = "Tenant {Tenant}: imported HMAC key {KeyLabel} into token {TokenLabel} (sensitive, non-extractable)")]
+    public static partial void SecretKeyImported(ILogger logger, string tenant, string keyLabel, string tokenLabel);
+
+    [LoggerMessage(EventId = EventIds.Hsm + 25, Level = LogLevel.Information, Message = "Tenant {Tenant}: deleted secret key {KeyLabel} from token {TokenLabel}")]
+    public static partial void SecretKeyDeleted(ILogger logger, string tenant, string keyLabel, string tokenLabel);
+
     [LoggerMessage(EventId = EventIds.Hsm + 30, Level = LogLevel.Warning, Message = "Tenant {Tenant}: {Operation} with key {KeyLabel} in token {TokenLabel} failed: {Kind}{ReturnValue}")]
     public static partial void OperationFailed(ILogger logger, string tenant, string operation, string keyLabel, string tokenLabel, HsmErrorKind kind, string returnValue);
 
     [LoggerMessage(EventId = EventIds.Hsm + 31, Level = LogLevel.Debug, Message = "Tenant {Tenant}: discarding a session of token {TokenLabel} after {ReturnValue}")]
     public static partial void SessionDiscarded(ILogger logger, string tenant, string tokenLabel, string returnValue);
+
+    [LoggerMessage(EventId = EventIds.Hsm + 50, Level = LogLevel.Warning, Message = "Tenant {Tenant}: moved the HSM PIN file out of the data directory, from {LegacyPath} to {PinPath}")]
+    public static partial void LegacyPinFileMoved(ILogger logger, string tenant, string legacyPath, string pinPath);
+
+    [LoggerMessage(EventId = EventIds.Hsm + 51, Level = LogLevel.Information, Message = "Tenant {Tenant}: HSM PIN from {PinSource}")]
+    public static partial void PinSourceChosen(ILogger logger, string tenant, string pinSource);
 
     [LoggerMessage(EventId = EventIds.Hsm + 40, Level = LogLevel.Information, Message = "SoftHSM2 configuration {ConfigPath} (tokens in {TokenDirectory})")]
     public static partial void SoftHsmConfigured(ILogger logger, string configPath, string tokenDirectory);

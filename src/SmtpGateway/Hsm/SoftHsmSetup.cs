@@ -1,3 +1,4 @@
+using System.Security.Cryptography;
 using System.Text;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -114,9 +115,21 @@ public sealed class SoftHsmSetup
     /// </summary>
     public bool EnsureToken(string label, string soPin, string userPin, string modulePath = DefaultModulePath)
     {
+        ArgumentException.ThrowIfNullOrEmpty(userPin);
+        return EnsureToken(label, soPin, HsmPin.FromString(userPin), modulePath);
+    }
+
+    /// <inheritdoc cref="EnsureToken(string, string, string, string)"/>
+    public bool EnsureToken(string label, string soPin, HsmPin userPin, string modulePath = DefaultModulePath)
+    {
         ArgumentException.ThrowIfNullOrWhiteSpace(label);
         ArgumentException.ThrowIfNullOrEmpty(soPin);
-        ArgumentException.ThrowIfNullOrEmpty(userPin);
+        ArgumentNullException.ThrowIfNull(userPin);
+        if (userPin.IsEmpty)
+        {
+            throw new ArgumentException("the user PIN is empty", nameof(userPin));
+        }
+
         if (Encoding.UTF8.GetByteCount(label) > MaxTokenLabelBytes || label != label.Trim())
         {
             throw new ArgumentException($"a token label is at most {MaxTokenLabelBytes} bytes without leading or trailing blanks", nameof(label));
@@ -148,12 +161,15 @@ public sealed class SoftHsmSetup
                 using (var session = slot.OpenSession(SessionType.ReadWrite))
                 {
                     session.Login(CKU.CKU_SO, soPin);
+                    // C_InitPIN takes the PIN as bytes (v2.40 §5.6.1); they are read for the call and zeroed after.
+                    var pin = userPin.Read();
                     try
                     {
-                        session.InitPin(userPin);
+                        session.InitPin(pin);
                     }
                     finally
                     {
+                        CryptographicOperations.ZeroMemory(pin);
                         session.Logout();
                     }
                 }

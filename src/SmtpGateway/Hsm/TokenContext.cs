@@ -1,6 +1,5 @@
 using System.Collections.Concurrent;
 using System.Security.Cryptography;
-using System.Text;
 using Microsoft.Extensions.Logging;
 using Net.Pkcs11Interop.Common;
 using Net.Pkcs11Interop.HighLevelAPI;
@@ -34,8 +33,15 @@ internal sealed class HsmCounters
     public void Reset() => Interlocked.Increment(ref _resets);
 }
 
-/// <summary>A key object found in a token: its handle and what kind of key it is.</summary>
-internal sealed record CachedKey(IObjectHandle Handle, DkimKeyAlgorithm Algorithm);
+/// <summary>A key object found in a token: its handle and its CKA_KEY_TYPE (checked on lookup to be one the gateway makes).</summary>
+internal sealed record CachedKey(IObjectHandle Handle, ulong KeyType)
+{
+    /// <summary>For key pairs: RSA or Edwards (the only two types <see cref="TokenLogin.FindKey"/> accepts for them).</summary>
+    public DkimKeyAlgorithm Algorithm => KeyType == Pkcs11Constants.CKK_EC_EDWARDS ? DkimKeyAlgorithm.Ed25519 : DkimKeyAlgorithm.Rsa2048;
+
+    /// <summary>For secret keys: generic secret (HMAC) or AES.</summary>
+    public HsmSecretKeyType SecretType => KeyType == (ulong)CKK.CKK_AES ? HsmSecretKeyType.Aes256 : HsmSecretKeyType.Hmac256;
+}
 
 /// <summary>
 /// One tenant's token within a loaded module: holds the current <see cref="TokenLogin"/> and replaces
@@ -58,12 +64,12 @@ internal sealed class TokenContext(Pkcs11Runtime runtime, string tokenLabel, str
 
     /// <summary>
     /// The logged-in state for this token, logging in first if needed. The per-message path returns from
-    /// the first line: a volatile read and a salted-hash comparison of the PIN, no PKCS#11 call.
+    /// the first line: a volatile read and a comparison of two PIN fingerprints, no PKCS#11 call and no PIN read.
     /// </summary>
     public TokenLogin Acquire(HsmTenantToken token, HsmCounters counters, ILogger logger, TimeProvider time)
     {
         var login = Volatile.Read(ref _current);
-        if (login is not null && login.PinMatches(token.UserPin))
+        if (login is not null && token.Pin.SameAs(login.Pin))
         {
             return login;
         }
@@ -71,7 +77,7 @@ internal sealed class TokenContext(Pkcs11Runtime runtime, string tokenLabel, str
         lock (_gate)
         {
             login = _current;
-            if (login is not null && login.PinMatches(token.UserPin))
+            if (login is not null && token.Pin.SameAs(login.Pin))
             {
                 return login;
             }
@@ -80,7 +86,7 @@ internal sealed class TokenContext(Pkcs11Runtime runtime, string tokenLabel, str
             // PIN after a few wrong tries (CKF_USER_PIN_FINAL_TRY / CKF_USER_PIN_LOCKED, v2.40 §3.2), and a
             // misconfigured tenant would otherwise spend them in seconds, one message each. Checked before the
             // logout below, so a wrong PIN also cannot knock out a good login.
-            if (_refused is { } refused && time.GetUtcNow() < refused.Until && CryptographicOperations.FixedTimeEquals(TokenLogin.HashPin(token.UserPin), refused.PinHash))
+            if (_refused is { } refused && time.GetUtcNow() < refused.Until && token.Pin.Matches(refused.Fingerprint))
             {
                 throw new HsmException(HsmErrorKind.LoginFailed, token.TenantId,
                     $"login to token '{TokenLabel}' for tenant '{token.TenantId}' was refused at {refused.At:O}; the same PIN is not retried before {refused.Until:O}",
@@ -103,7 +109,7 @@ internal sealed class TokenContext(Pkcs11Runtime runtime, string tokenLabel, str
             catch (HsmException ex) when (ex.Kind == HsmErrorKind.LoginFailed)
             {
                 var now = time.GetUtcNow();
-                _refused = new RefusedPin(TokenLogin.HashPin(token.UserPin), now, now + Runtime.Options.LoginRetryInterval, ex.ReturnValue);
+                _refused = new RefusedPin(token.Pin.FingerprintCopy(), now, now + Runtime.Options.LoginRetryInterval, ex.ReturnValue);
                 throw;
             }
 
@@ -133,7 +139,7 @@ internal sealed class TokenContext(Pkcs11Runtime runtime, string tokenLabel, str
         }
     }
 
-    sealed record RefusedPin(byte[] PinHash, DateTimeOffset At, DateTimeOffset Until, string? ReturnValue);
+    sealed record RefusedPin(byte[] Fingerprint, DateTimeOffset At, DateTimeOffset Until, string? ReturnValue);
 
     public void Close()
     {
@@ -159,29 +165,29 @@ internal sealed class TokenContext(Pkcs11Runtime runtime, string tokenLabel, str
 /// </remarks>
 internal sealed class TokenLogin
 {
-    static readonly byte[] PinSalt = RandomNumberGenerator.GetBytes(32);
-
     readonly TokenContext _context;
     readonly ISession _anchor;
-    readonly byte[] _pinHash;
     readonly ConcurrentStack<ISession> _idle = new();
     readonly SemaphoreSlim _capacity;
     readonly ConcurrentDictionary<(string Label, CKO Class), CachedKey> _keys = new();
     readonly TimeSpan _wait;
     volatile bool _retired;
 
-    TokenLogin(TokenContext context, string tenantId, ISlot slot, ISession anchor, byte[] pinHash)
+    TokenLogin(TokenContext context, string tenantId, ISlot slot, ISession anchor, HsmPin pin)
     {
         _context = context;
         TenantId = tenantId;
         Slot = slot;
         _anchor = anchor;
-        _pinHash = pinHash;
+        Pin = pin;
         _capacity = new SemaphoreSlim(context.Runtime.Options.MaxSessionsPerToken);
         _wait = context.Runtime.Options.SessionWaitTimeout;
     }
 
     public TokenContext Context => _context;
+
+    /// <summary>The PIN this login was made with (its fingerprint tells whether configuration has changed it since).</summary>
+    public HsmPin Pin { get; }
 
     public string TenantId { get; }
 
@@ -214,17 +220,33 @@ internal sealed class TokenLogin
         try
         {
             counters.Login();
+            // The PIN is read from its source for this C_Login only (v2.40 §5.6.3 takes it as a byte string, not text)
+            // and zeroed straight after; between logins the process holds its fingerprint, not the PIN.
+            var pin = ReadPin(token);
             try
             {
-                anchor.Login(CKU.CKU_USER, token.UserPin);
+                try
+                {
+                    anchor.Login(CKU.CKU_USER, pin);
+                }
+                catch (Pkcs11Exception ex) when (ex.RV == CKR.CKR_USER_ALREADY_LOGGED_IN)
+                {
+                    // Something else in this process logged in to the token (C_Login is per application, not per
+                    // caller). Log out and in again so the PIN we were given is actually verified.
+                    anchor.Logout();
+                    anchor.Login(CKU.CKU_USER, pin);
+                }
             }
-            catch (Pkcs11Exception ex) when (ex.RV == CKR.CKR_USER_ALREADY_LOGGED_IN)
+            finally
             {
-                // Something else in this process logged in to the token (C_Login is per application, not per
-                // caller). Log out and in again so the PIN we were given is actually verified.
-                anchor.Logout();
-                anchor.Login(CKU.CKU_USER, token.UserPin);
+                CryptographicOperations.ZeroMemory(pin);
             }
+        }
+        catch (HsmException)
+        {
+            CloseQuietly(anchor);
+            HsmMetrics.Login(token.TenantId, "error");
+            throw;
         }
         catch (Pkcs11Exception ex)
         {
@@ -243,14 +265,21 @@ internal sealed class TokenLogin
 
         HsmMetrics.Login(token.TenantId, "ok");
         HsmLog.LoggedIn(logger, token.TenantId, token.TokenLabel, slot.SlotId);
-        return new TokenLogin(context, token.TenantId, slot, anchor, HashPin(token.UserPin));
+        return new TokenLogin(context, token.TenantId, slot, anchor, token.Pin);
     }
 
-    public bool PinMatches(string pin)
+    /// <summary>The PIN bytes from their source; a source that cannot be read (file gone, mode widened) is configuration trouble.</summary>
+    static byte[] ReadPin(HsmTenantToken token)
     {
-        Span<byte> hash = stackalloc byte[32];
-        HashPin(pin, hash);
-        return CryptographicOperations.FixedTimeEquals(hash, _pinHash);
+        try
+        {
+            return token.Pin.Read();
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or InvalidOperationException)
+        {
+            // The source's message names the file or variable and what is wrong with it, never the PIN.
+            throw new HsmException(HsmErrorKind.Configuration, token.TenantId, $"the PIN of tenant '{token.TenantId}' cannot be read: {ex.Message}", null, ex);
+        }
     }
 
     /// <summary>A session for one operation; give it back with <see cref="Return"/>.</summary>
@@ -332,15 +361,16 @@ internal sealed class TokenLogin
         }
 
         var keyType = session.GetAttributeValue(found[0], [CKA.CKA_KEY_TYPE])[0].GetValueAsUlong();
-        DkimKeyAlgorithm algorithm = keyType switch
+        var known = objectClass == CKO.CKO_SECRET_KEY
+            ? keyType is (ulong)CKK.CKK_GENERIC_SECRET or (ulong)CKK.CKK_AES
+            : keyType is (ulong)CKK.CKK_RSA or Pkcs11Constants.CKK_EC_EDWARDS;
+        if (!known)
         {
-            (ulong)CKK.CKK_RSA => DkimKeyAlgorithm.Rsa2048,
-            Pkcs11Constants.CKK_EC_EDWARDS => DkimKeyAlgorithm.Ed25519,
-            _ => throw new HsmException(HsmErrorKind.KeyMismatch, TenantId,
-                $"key '{keyLabel}' in token '{_context.TokenLabel}' has key type 0x{keyType:x}, neither RSA nor Edwards"),
-        };
+            throw new HsmException(HsmErrorKind.KeyMismatch, TenantId,
+                $"key '{keyLabel}' in token '{_context.TokenLabel}' has key type 0x{keyType:x}, which the gateway does not use for {objectClass}");
+        }
 
-        var key = new CachedKey(found[0], algorithm);
+        var key = new CachedKey(found[0], keyType);
         _keys[(keyLabel, objectClass)] = key;
         return key;
     }
@@ -349,6 +379,7 @@ internal sealed class TokenLogin
     {
         _keys.TryRemove((keyLabel, CKO.CKO_PRIVATE_KEY), out _);
         _keys.TryRemove((keyLabel, CKO.CKO_PUBLIC_KEY), out _);
+        _keys.TryRemove((keyLabel, CKO.CKO_SECRET_KEY), out _);
     }
 
     /// <summary>Closes the pool and the anchor. Sessions still rented are closed when they come back.</summary>
@@ -397,24 +428,6 @@ internal sealed class TokenLogin
         }
 
         HsmMetrics.SessionClosed();
-    }
-
-    public static byte[] HashPin(string pin)
-    {
-        var hash = new byte[32];
-        HashPin(pin, hash);
-        return hash;
-    }
-
-    // Salted with a per-process random value so the stored hash is no PIN oracle outside this process.
-    static void HashPin(string pin, Span<byte> destination)
-    {
-        var length = PinSalt.Length + Encoding.UTF8.GetByteCount(pin);
-        var buffer = length <= 256 ? stackalloc byte[length] : new byte[length];
-        PinSalt.CopyTo(buffer);
-        Encoding.UTF8.GetBytes(pin, buffer[PinSalt.Length..]);
-        SHA256.HashData(buffer, destination);
-        CryptographicOperations.ZeroMemory(buffer);
     }
 }
 

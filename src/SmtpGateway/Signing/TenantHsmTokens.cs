@@ -1,40 +1,73 @@
 using System.Collections.Concurrent;
+using System.Security.Cryptography;
+using System.Text;
+using Microsoft.Extensions.Logging;
+using SmtpGateway.Configuration;
 using SmtpGateway.Hsm;
 using SmtpGateway.Identity;
 
 namespace SmtpGateway.Signing;
 
 /// <summary>
-/// Resolves a tenant's token label and PIN from the tenant snapshot: the PIN from the tenant's environment variable or
-/// PIN file (never from the message, never logged). The resolved token is cached per tenant together with the token
-/// settings it came from, so the PIN file is read once, and again only after a reload changes the tenant's token or
-/// PIN source.
+/// Resolves a tenant's token label and PIN from the tenant snapshot (never from the message, never logged). The PIN
+/// comes, in this order, from the tenant's environment variable (Tenants:&lt;id&gt;:Hsm:PinEnvironmentVariable), the
+/// systemd credential $CREDENTIALS_DIRECTORY/smtpgw-&lt;tenant&gt;.pin, or, while Gateway:Hsm:AllowPinFiles is true, the
+/// PIN file (Tenants:&lt;id&gt;:Hsm:PinFile, else &lt;Gateway:Hsm:PinDirectory&gt;/&lt;tenant&gt;.pin, by default in the data
+/// directory's sibling "&lt;DataDirectory&gt;.pins", so a copy of the data directory carries no PIN). A PIN file or its
+/// directory that group or others may access is refused. What is cached per tenant is an <see cref="HsmPin"/>: a
+/// fingerprint and the source to read the bytes from at the next C_Login, renewed when a reload changes the tenant's
+/// token or PIN settings.
 /// </summary>
 public sealed class TenantHsmTokens
 {
+    /// <summary>The systemd credentials directory variable (systemd.exec(5) "Credentials", LoadCredential=).</summary>
+    public const string CredentialsDirectoryVariable = "CREDENTIALS_DIRECTORY";
+
+    const UnixFileMode GroupOrOther = UnixFileMode.GroupRead | UnixFileMode.GroupWrite | UnixFileMode.GroupExecute
+        | UnixFileMode.OtherRead | UnixFileMode.OtherWrite | UnixFileMode.OtherExecute;
+
     readonly string _dataDirectory;
     readonly Func<string, TenantHsmModel?> _tenant;
+    readonly Func<string?> _credentialsDirectory;
+    readonly bool _allowPinFiles;
     readonly ConcurrentDictionary<string, (TenantHsmModel? Settings, HsmTenantToken Token)> _cache = new(StringComparer.Ordinal);
 
-    /// <param name="dataDirectory">Where default PIN files live (hsm/pins/&lt;tenant&gt;.pin).</param>
+    /// <param name="dataDirectory">The gateway's data directory (the default PIN directory is its sibling; legacy PIN files were inside it).</param>
     /// <param name="tenants">The current tenant snapshot (the gateway's <see cref="TenantDirectoryService"/>, or the CLI's load).</param>
-    public TenantHsmTokens(string dataDirectory, Func<TenantSnapshot> tenants)
-        : this(dataDirectory, tenant => tenants().Find(tenant)?.Hsm)
+    /// <param name="hsm">Gateway:Hsm (PinDirectory, AllowPinFiles); null means the defaults.</param>
+    public TenantHsmTokens(string dataDirectory, Func<TenantSnapshot> tenants, HsmConfig? hsm = null)
+        : this(dataDirectory, tenant => tenants().Find(tenant)?.Hsm, hsm)
     {
     }
 
-    /// <summary>Fixed settings per tenant (tests); null means the defaults.</summary>
-    internal TenantHsmTokens(string dataDirectory, Func<string, TenantHsmModel?> tenant)
+    /// <summary>Fixed settings per tenant (tests); null means the defaults. <paramref name="credentialsDirectory"/> replaces $CREDENTIALS_DIRECTORY.</summary>
+    internal TenantHsmTokens(string dataDirectory, Func<string, TenantHsmModel?> tenant, HsmConfig? hsm = null, Func<string?>? credentialsDirectory = null)
     {
-        _dataDirectory = dataDirectory;
+        _dataDirectory = Path.GetFullPath(dataDirectory);
         _tenant = tenant;
+        _allowPinFiles = hsm?.AllowPinFiles ?? true;
+        PinDirectory = hsm?.PinDirectory is { Length: > 0 } directory ? Path.GetFullPath(directory) : DefaultPinDirectory(_dataDirectory);
+        _credentialsDirectory = credentialsDirectory ?? (() => Environment.GetEnvironmentVariable(CredentialsDirectoryVariable));
     }
+
+    /// <summary>Where default PIN files live.</summary>
+    public string PinDirectory { get; }
+
+    /// <summary>The data directory's sibling "&lt;DataDirectory&gt;.pins": outside the data directory and the token store in it.</summary>
+    public static string DefaultPinDirectory(string dataDirectory) => Path.TrimEndingDirectorySeparator(Path.GetFullPath(dataDirectory)) + ".pins";
+
+    /// <summary>Where PIN files were kept before: inside the data directory, beside the SoftHSM2 token store.</summary>
+    public string LegacyPinDirectory => Path.Combine(_dataDirectory, "hsm", "pins");
 
     public static string DefaultLabel(string tenant) => $"smtpgw-{tenant}";
 
+    /// <summary>The tenant's PIN file (explicit, or in <see cref="PinDirectory"/>), whether or not it is the source in use.</summary>
     public string PinFile(string tenant) => PinFile(tenant, _tenant(tenant));
 
     public string Label(string tenant) => Label(tenant, _tenant(tenant));
+
+    /// <summary>Where the tenant's PIN would come from now ("environment variable X", "systemd credential …", "file …"), or null when no source has one.</summary>
+    public string? PinSource(string tenant) => Source(tenant, _tenant(tenant))?.Description;
 
     public HsmTenantToken Resolve(string tenant)
     {
@@ -44,37 +77,210 @@ public sealed class TenantHsmTokens
             return cached.Token;
         }
 
-        var token = new HsmTenantToken(tenant, Label(tenant, settings), ReadPin(tenant, settings));
+        var source = Source(tenant, settings) ?? throw new SigningException(_allowPinFiles
+            ? $"no HSM PIN for tenant '{tenant}' (no environment variable, systemd credential smtpgw-{tenant}.pin or PIN file {PinFile(tenant, settings)})"
+            : $"no HSM PIN for tenant '{tenant}': Gateway:Hsm:AllowPinFiles is false and neither an environment variable nor the systemd credential smtpgw-{tenant}.pin supplies one");
+        HsmPin pin;
+        try
+        {
+            pin = HsmPin.FromSource(source.Description, source.Read);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or InvalidOperationException)
+        {
+            throw new SigningException($"the HSM PIN of tenant '{tenant}' cannot be read: {ex.Message}", ex);
+        }
+
+        var token = new HsmTenantToken(tenant, Label(tenant, settings), pin);
         _cache[tenant] = (settings, token);
         return token;
     }
 
-    string PinFile(string tenant, TenantHsmModel? settings) =>
-        settings?.PinFile ?? Path.Combine(_dataDirectory, "hsm", "pins", tenant + ".pin");
+    /// <summary>
+    /// What the gateway and the CLI do before anything logs in: moves legacy PIN files out of the data directory
+    /// (&lt;data&gt;/hsm/pins/&lt;tenant&gt;.pin → &lt;PinDirectory&gt;/&lt;tenant&gt;.pin, with a log line), then checks every
+    /// tenant's PIN file that would be used. Returns every problem (naming file and mode, never the PIN); the caller
+    /// refuses to start when there is any. <paramref name="moveLegacyFiles"/> false only checks (`smtpgw check-config`).
+    /// </summary>
+    public List<string> PrepareAtStart(IEnumerable<string> tenants, ILogger logger, bool moveLegacyFiles = true)
+    {
+        var errors = new List<string>();
+        if (IsInside(PinDirectory, _dataDirectory))
+        {
+            errors.Add($"Gateway:Hsm:PinDirectory: '{PinDirectory}' is inside the data directory '{_dataDirectory}'; PIN files belong outside it, so that a copy of the data directory carries no PIN");
+        }
+        else if (moveLegacyFiles)
+        {
+            MoveLegacyPinFiles(logger, errors);
+        }
+
+        foreach (var tenant in tenants)
+        {
+            var settings = _tenant(tenant);
+            try
+            {
+                if (Source(tenant, settings) is { } source)
+                {
+                    if (source.File is { } file && FileProblem(file) is { } problem)
+                    {
+                        errors.Add($"Tenants:{tenant}:Hsm: {problem}");
+                        continue;
+                    }
+
+                    if (source.File is { } pinFile && pinFile == PinFile(tenant, settings) && IsInside(pinFile, _dataDirectory))
+                    {
+                        errors.Add($"Tenants:{tenant}:Hsm:PinFile: '{pinFile}' is inside the data directory '{_dataDirectory}'; PIN files belong outside it");
+                        continue;
+                    }
+
+                    HsmLog.PinSourceChosen(logger, tenant, source.Description);
+                }
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+            {
+                errors.Add($"Tenants:{tenant}:Hsm: {ex.Message}");
+            }
+        }
+
+        return errors;
+    }
+
+    /// <summary>
+    /// Why the PIN file (or its directory) must not be used, or null when it may: a PIN file is for the gateway's user
+    /// alone, so any group or other permission bit (mode &amp; 077) on the file or its directory refuses it.
+    /// </summary>
+    public static string? FileProblem(string file)
+    {
+        var directory = Path.GetDirectoryName(Path.GetFullPath(file))!;
+        var directoryMode = File.GetUnixFileMode(directory);
+        if ((directoryMode & GroupOrOther) != 0)
+        {
+            return $"PIN directory '{directory}' has mode {Octal(directoryMode)}: group or others may access it; a PIN directory must be 0700 (chmod 700 '{directory}')";
+        }
+
+        var mode = File.GetUnixFileMode(file);
+        return (mode & GroupOrOther) != 0
+            ? $"PIN file '{file}' has mode {Octal(mode)}: group or others may access it; a PIN file must be 0600 or 0400 (chmod 600 '{file}')"
+            : null;
+    }
+
+    string PinFile(string tenant, TenantHsmModel? settings) => settings?.PinFile ?? Path.Combine(PinDirectory, tenant + ".pin");
 
     static string Label(string tenant, TenantHsmModel? settings) => settings?.TokenLabel ?? DefaultLabel(tenant);
 
-    string ReadPin(string tenant, TenantHsmModel? settings)
+    /// <summary>The first source that holds a PIN now, in the documented order; null when none does.</summary>
+    PinSourceInfo? Source(string tenant, TenantHsmModel? settings)
     {
-        string? pin = null;
-        if (settings?.PinEnvironmentVariable is { } variable)
+        if (settings?.PinEnvironmentVariable is { } variable && !string.IsNullOrEmpty(Environment.GetEnvironmentVariable(variable)))
         {
-            pin = Environment.GetEnvironmentVariable(variable);
+            // The process environment is itself a long-lived copy (the runtime keeps it as strings); the systemd
+            // credential is the better choice in production, and this reader at least makes no further copy to keep.
+            return new PinSourceInfo($"environment variable {variable}", null, () =>
+                HsmPin.Trim(Encoding.UTF8.GetBytes(Environment.GetEnvironmentVariable(variable)
+                    ?? throw new InvalidOperationException($"environment variable {variable} is no longer set"))));
         }
 
-        if (string.IsNullOrEmpty(pin))
+        if (_credentialsDirectory() is { Length: > 0 } credentials)
         {
-            var file = PinFile(tenant, settings);
-            if (!File.Exists(file))
+            var credential = Path.Combine(credentials, $"smtpgw-{tenant}.pin");
+            if (File.Exists(credential))
             {
-                throw new SigningException($"no HSM PIN for tenant '{tenant}' (PIN file or environment variable missing)");
+                return new PinSourceInfo($"systemd credential {credential}", credential, () => ReadPinFile(credential));
             }
-
-            pin = File.ReadAllText(file).Trim();
         }
 
-        return pin;
+        if (!_allowPinFiles)
+        {
+            return null;
+        }
+
+        var file = PinFile(tenant, settings);
+        return File.Exists(file) ? new PinSourceInfo($"file {file}", file, () => ReadPinFile(file)) : null;
     }
+
+    /// <summary>The PIN bytes of a file, refused (InvalidOperationException, naming file and mode) when group or others may access it.</summary>
+    static byte[] ReadPinFile(string file)
+    {
+        if (FileProblem(file) is { } problem)
+        {
+            throw new InvalidOperationException(problem);
+        }
+
+        return HsmPin.Trim(File.ReadAllBytes(file));
+    }
+
+    void MoveLegacyPinFiles(ILogger logger, List<string> errors)
+    {
+        var legacy = LegacyPinDirectory;
+        if (!Directory.Exists(legacy))
+        {
+            return;
+        }
+
+        foreach (var old in Directory.EnumerateFiles(legacy, "*.pin"))
+        {
+            var tenant = Path.GetFileNameWithoutExtension(old);
+            var target = Path.Combine(PinDirectory, tenant + ".pin");
+            try
+            {
+                if (!Directory.Exists(PinDirectory))
+                {
+                    Directory.CreateDirectory(PinDirectory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+                }
+
+                if (File.Exists(target))
+                {
+                    if (!SameContent(old, target))
+                    {
+                        errors.Add($"legacy PIN file '{old}' and '{target}' both exist and differ; keep the right one in '{PinDirectory}' and delete the other");
+                        continue;
+                    }
+
+                    File.Delete(old);
+                }
+                else
+                {
+                    // A rename within one file system (the default PIN directory is the data directory's sibling), so no
+                    // copy of the PIN is left behind in the data directory's blocks.
+                    File.Move(old, target);
+                    File.SetUnixFileMode(target, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+                }
+
+                HsmLog.LegacyPinFileMoved(logger, tenant, old, target);
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+            {
+                errors.Add($"legacy PIN file '{old}' cannot be moved to '{target}': {ex.Message}");
+            }
+        }
+
+        if (!Directory.EnumerateFileSystemEntries(legacy).Any())
+        {
+            Directory.Delete(legacy);
+        }
+    }
+
+    static bool SameContent(string a, string b)
+    {
+        var x = File.ReadAllBytes(a);
+        var y = File.ReadAllBytes(b);
+        try
+        {
+            return CryptographicOperations.FixedTimeEquals(x, y);
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(x);
+            CryptographicOperations.ZeroMemory(y);
+        }
+    }
+
+    static bool IsInside(string path, string directory) =>
+        Path.GetFullPath(path).StartsWith(Path.TrimEndingDirectorySeparator(directory) + Path.DirectorySeparatorChar, StringComparison.Ordinal);
+
+    static string Octal(UnixFileMode mode) => "0" + Convert.ToString((int)mode & 0x1FF, 8).PadLeft(3, '0');
+
+    /// <param name="File">The file the PIN is read from (credential or PIN file), whose mode is checked; null for a variable.</param>
+    sealed record PinSourceInfo(string Description, string? File, Func<byte[]> Read);
 }
 
 /// <summary>The HSM behind <see cref="IDkimKeySigner"/>: each tenant's signatures are made in that tenant's token.</summary>
@@ -87,7 +293,7 @@ public sealed class HsmKeySigner(IHsm hsm, TenantHsmTokens tokens) : IDkimKeySig
             var token = tokens.Resolve(tenantId);
             return selector.Algorithm == DkimAlgorithm.Ed25519
                 // RFC 8463 section 3: ed25519-sha256 signs the SHA-256 hash of the canonicalised data with pure Ed25519.
-                ? hsm.Sign(token, selector.KeyLabel, DkimKeyAlgorithm.Ed25519, System.Security.Cryptography.SHA256.HashData(data))
+                ? hsm.Sign(token, selector.KeyLabel, DkimKeyAlgorithm.Ed25519, SHA256.HashData(data))
                 : hsm.Sign(token, selector.KeyLabel, DkimKeyAlgorithm.Rsa2048, data);
         }
         catch (HsmException ex)

@@ -15,7 +15,7 @@ public sealed class Pkcs11HsmFailureTests(SoftHsmFixture fixture)
     {
         const string wrongPin = "not-the-pin-4711";
         using var hsm = new Pkcs11Hsm(new Pkcs11HsmOptions());
-        var token = fixture.TenantB with { UserPin = wrongPin };
+        var token = fixture.TenantB with { Pin = HsmPin.FromString(wrongPin) };
 
         var ex = Assert.Throws<HsmException>(() => hsm.Sign(token, SoftHsmFixture.Ed25519KeyB, DkimKeyAlgorithm.Ed25519, Data));
 
@@ -24,7 +24,7 @@ public sealed class Pkcs11HsmFailureTests(SoftHsmFixture fixture)
         Assert.Equal(nameof(CKR.CKR_PIN_INCORRECT), ex.ReturnValue);
         Assert.Contains(SoftHsmFixture.TokenLabelB, ex.Message, StringComparison.Ordinal);
         Assert.DoesNotContain(wrongPin, ex.ToString(), StringComparison.Ordinal);
-        Assert.DoesNotContain(fixture.TenantB.UserPin, ex.ToString(), StringComparison.Ordinal);
+        Assert.DoesNotContain(fixture.PinB, ex.ToString(), StringComparison.Ordinal);
         Assert.DoesNotContain(wrongPin, token.ToString(), StringComparison.Ordinal);
 
         // B's correct PIN logs in again.
@@ -37,7 +37,7 @@ public sealed class Pkcs11HsmFailureTests(SoftHsmFixture fixture)
         const string wrongPin = "wrong-again-0815";
         var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
         using var hsm = new Pkcs11Hsm(new Pkcs11HsmOptions(), null, time);
-        var wrong = fixture.TenantB with { UserPin = wrongPin };
+        var wrong = fixture.TenantB with { Pin = HsmPin.FromString(wrongPin) };
         Assert.Equal(HsmErrorKind.LoginFailed, Assert.Throws<HsmException>(() => hsm.Connect(wrong)).Kind);
         hsm.Connect(fixture.TenantB); // the good PIN logs in again
         var logins = hsm.Counters.Logins;
@@ -73,7 +73,7 @@ public sealed class Pkcs11HsmFailureTests(SoftHsmFixture fixture)
             Assert.Equal(HsmErrorKind.ModuleUnavailable, ex.Kind);
             Assert.True(ex.Transient);
             Assert.Contains("/nonexistent/libpkcs11-missing.so", ex.Message, StringComparison.Ordinal);
-            Assert.DoesNotContain(fixture.TenantA.UserPin, ex.ToString(), StringComparison.Ordinal);
+            Assert.DoesNotContain(fixture.PinA, ex.ToString(), StringComparison.Ordinal);
         });
         Assert.NotNull(first.InnerException);
         Assert.Null(second.InnerException);   // the fast path does not try dlopen again
@@ -83,7 +83,7 @@ public sealed class Pkcs11HsmFailureTests(SoftHsmFixture fixture)
     [Fact]
     public void AbsentToken_IsTransient()
     {
-        var ex = Assert.Throws<HsmException>(() => fixture.Hsm.Sign(new HsmTenantToken("tenant-c", "smtpgw-tenant-c", "1234"), "k", DkimKeyAlgorithm.Ed25519, Data));
+        var ex = Assert.Throws<HsmException>(() => fixture.Hsm.Sign(new HsmTenantToken("tenant-c", "smtpgw-tenant-c", HsmPin.FromString("1234")), "k", DkimKeyAlgorithm.Ed25519, Data));
 
         Assert.Equal(HsmErrorKind.TokenNotFound, ex.Kind);
         Assert.True(ex.Transient);
@@ -97,7 +97,7 @@ public sealed class Pkcs11HsmFailureTests(SoftHsmFixture fixture)
         const string label = "smtpgw-tenant-removed";
         var setup = SoftHsmSetup.Configure(fixture.DataDirectory);
         setup.EnsureToken(label, "so-removed", "user-removed");
-        var token = new HsmTenantToken("tenant-removed", label, "user-removed");
+        var token = new HsmTenantToken("tenant-removed", label, HsmPin.FromString("user-removed"));
         fixture.Hsm.GenerateKeyPair(token, "k", DkimKeyAlgorithm.Ed25519);
         Assert.Equal(64, fixture.Hsm.Sign(token, "k", DkimKeyAlgorithm.Ed25519, Data).Length);
         var slotId = fixture.Hsm.WithSession(token, session => session.GetSessionInfo().SlotId);
@@ -112,7 +112,7 @@ public sealed class Pkcs11HsmFailureTests(SoftHsmFixture fixture)
             Assert.True(ex.Transient);
             // Other tenants sign on, and log in afresh past the broken slot (finding a token walks every slot).
             var logins = fixture.Hsm.Counters.Logins;
-            Assert.Throws<HsmException>(() => fixture.Hsm.Connect(fixture.TenantA with { UserPin = "wrong-pin-forces-a-new-login" }));
+            Assert.Throws<HsmException>(() => fixture.Hsm.Connect(fixture.TenantA with { Pin = HsmPin.FromString("wrong-pin-forces-a-new-login") }));
             Assert.Equal(64, fixture.Hsm.Sign(fixture.TenantA, SoftHsmFixture.Ed25519Key, DkimKeyAlgorithm.Ed25519, Data).Length);
             Assert.Equal(64, fixture.Hsm.Sign(fixture.TenantB, SoftHsmFixture.Ed25519KeyB, DkimKeyAlgorithm.Ed25519, Data).Length);
             Assert.Equal(logins + 2, fixture.Hsm.Counters.Logins);
@@ -150,7 +150,7 @@ public sealed class Pkcs11HsmFailureTests(SoftHsmFixture fixture)
     [Fact]
     public void EmptyPin_IsAConfigurationError()
     {
-        var ex = Assert.Throws<HsmException>(() => fixture.Hsm.Connect(fixture.TenantA with { UserPin = "" }));
+        var ex = Assert.Throws<HsmException>(() => fixture.Hsm.Connect(fixture.TenantA with { Pin = HsmPin.FromString("") }));
 
         Assert.Equal(HsmErrorKind.Configuration, ex.Kind);
         Assert.False(ex.Transient);
@@ -162,8 +162,8 @@ public sealed class Pkcs11HsmFailureTests(SoftHsmFixture fixture)
         var text = fixture.TenantA.ToString();
 
         Assert.Contains("tenant-a", text, StringComparison.Ordinal);
-        Assert.DoesNotContain(fixture.TenantA.UserPin, text, StringComparison.Ordinal);
-        Assert.DoesNotContain(fixture.TenantA.UserPin, $"{fixture.TenantA}", StringComparison.Ordinal);
+        Assert.DoesNotContain(fixture.PinA, text, StringComparison.Ordinal);
+        Assert.DoesNotContain(fixture.PinA, $"{fixture.TenantA}", StringComparison.Ordinal);
     }
 
     [Fact]

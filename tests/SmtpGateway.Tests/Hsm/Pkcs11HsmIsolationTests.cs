@@ -40,15 +40,15 @@ public sealed class Pkcs11HsmIsolationTests(SoftHsmFixture fixture)
     public void PinOfTenantB_DoesNotOpenTenantAsToken_EvenWhileAIsLoggedIn()
     {
         fixture.Hsm.Connect(fixture.TenantA); // A's token is logged in with A's PIN
-        var wrong = fixture.TenantA with { UserPin = fixture.TenantB.UserPin };
+        var wrong = fixture.TenantA with { Pin = HsmPin.FromString(fixture.PinB) };
 
         var ex = Assert.Throws<HsmException>(() => fixture.Hsm.Sign(wrong, SoftHsmFixture.Ed25519Key, DkimKeyAlgorithm.Ed25519, Data));
 
         Assert.Equal(HsmErrorKind.LoginFailed, ex.Kind);
         Assert.Equal(nameof(CKR.CKR_PIN_INCORRECT), ex.ReturnValue);
         Assert.True(ex.Transient);
-        Assert.DoesNotContain(fixture.TenantB.UserPin, ex.ToString(), StringComparison.Ordinal);
-        Assert.DoesNotContain(fixture.TenantA.UserPin, ex.ToString(), StringComparison.Ordinal);
+        Assert.DoesNotContain(fixture.PinB, ex.ToString(), StringComparison.Ordinal);
+        Assert.DoesNotContain(fixture.PinA, ex.ToString(), StringComparison.Ordinal);
 
         // A's own PIN still works afterwards (it logs in again).
         Assert.Equal(64, fixture.Hsm.Sign(fixture.TenantA, SoftHsmFixture.Ed25519Key, DkimKeyAlgorithm.Ed25519, Data).Length);
@@ -57,12 +57,12 @@ public sealed class Pkcs11HsmIsolationTests(SoftHsmFixture fixture)
     [Fact]
     public void ATokenLabel_UsedByASecondTenant_IsRefused()
     {
-        var intruder = new HsmTenantToken("tenant-b", SoftHsmFixture.TokenLabelA, fixture.TenantA.UserPin);
+        var intruder = new HsmTenantToken("tenant-b", SoftHsmFixture.TokenLabelA, HsmPin.FromString(fixture.PinA));
 
         var ex = Assert.Throws<HsmException>(() => fixture.Hsm.Sign(intruder, SoftHsmFixture.Ed25519Key, DkimKeyAlgorithm.Ed25519, Data));
 
         Assert.Equal(HsmErrorKind.Configuration, ex.Kind);
-        Assert.DoesNotContain(fixture.TenantA.UserPin, ex.ToString(), StringComparison.Ordinal);
+        Assert.DoesNotContain(fixture.PinA, ex.ToString(), StringComparison.Ordinal);
     }
 
     [Fact]

@@ -33,8 +33,10 @@ public sealed class SoftHsmFixture : IDisposable
     {
         var shared = Shared.Value;
         DataDirectory = shared.DataDirectory;
-        TenantA = new HsmTenantToken("tenant-a", TokenLabelA, shared.PinA);
-        TenantB = new HsmTenantToken("tenant-b", TokenLabelB, shared.PinB);
+        PinA = shared.PinA;
+        PinB = shared.PinB;
+        TenantA = new HsmTenantToken("tenant-a", TokenLabelA, HsmPin.FromString(shared.PinA));
+        TenantB = new HsmTenantToken("tenant-b", TokenLabelB, HsmPin.FromString(shared.PinB));
         Hsm = new Pkcs11Hsm(new Pkcs11HsmOptions());
         RsaPublicKey = Hsm.FindPublicKey(TenantA, RsaKey) ?? Hsm.GenerateKeyPair(TenantA, RsaKey, DkimKeyAlgorithm.Rsa2048);
         Ed25519PublicKey = Hsm.FindPublicKey(TenantA, Ed25519Key) ?? Hsm.GenerateKeyPair(TenantA, Ed25519Key, DkimKeyAlgorithm.Ed25519);
@@ -42,6 +44,11 @@ public sealed class SoftHsmFixture : IDisposable
     }
 
     public string DataDirectory { get; }
+
+    /// <summary>Tenant A's user PIN as text: for writing PIN files and for asserting that no message carries it.</summary>
+    public string PinA { get; }
+
+    public string PinB { get; }
 
     public HsmTenantToken TenantA { get; }
 

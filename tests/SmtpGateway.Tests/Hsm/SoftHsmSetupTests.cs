@@ -40,10 +40,10 @@ public sealed class SoftHsmSetupTests(SoftHsmFixture fixture)
         const string label = "smtpgw-tenant-setup";
 
         Assert.True(setup.EnsureToken(label, "so-setup", "user-setup"));
-        var token = new HsmTenantToken("tenant-setup", label, "user-setup");
+        var token = new HsmTenantToken("tenant-setup", label, HsmPin.FromString("user-setup"));
         fixture.Hsm.Connect(token);
         Assert.Null(fixture.Hsm.FindPublicKey(token, SoftHsmFixture.RsaKey));
-        var so = Assert.Throws<HsmException>(() => fixture.Hsm.Connect(token with { UserPin = "so-setup" }));
+        var so = Assert.Throws<HsmException>(() => fixture.Hsm.Connect(token with { Pin = HsmPin.FromString("so-setup") }));
         Assert.Equal(HsmErrorKind.LoginFailed, so.Kind);
     }
 

@@ -26,13 +26,14 @@ public sealed class TenantSnapshotConsistencyTests : IDisposable
 
     (ConfigurationRoot Root, string PinFile) NewConfiguration()
     {
-        var pinFile = Path.Combine(_dir.Path, "tenant-a.pin");
-        File.WriteAllText(pinFile, "1234");
+        // Outside the data directory, as the start-up check requires of a PIN file.
+        var pinFile = Path.Combine(_dir.Path, "pins", "tenant-a.pin");
+        SmtpGateway.Tests.Hsm.TestPinFiles.Write(pinFile, "1234");
         var root = new ConfigurationRoot([new MemoryConfigurationProvider(new MemoryConfigurationSource
         {
             InitialData = new Dictionary<string, string?>
             {
-                ["Gateway:DataDirectory"] = _dir.Path,
+                ["Gateway:DataDirectory"] = Path.Combine(_dir.Path, "data"),
                 ["Tenants:tenant-a:Domains:0"] = "one.tenant-a.example",
                 ["Tenants:tenant-a:Egress:Smarthost:Host"] = "relay-1.tenant-a.example",
                 ["Tenants:tenant-a:Egress:Smarthost:Port"] = "587",

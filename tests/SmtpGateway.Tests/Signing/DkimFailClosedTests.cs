@@ -116,11 +116,11 @@ public sealed class DkimFailClosedTests : IDisposable
     {
         // Wrong PIN in the PIN file: the HSM refuses the login; the failure is 451 material and the PIN stays out of it.
         _store.Save(Tenant, [new DkimSelector("tenant-a.example", "e1", DkimAlgorithm.Ed25519, SelectorState.Active, "dkim:tenant-a.example:e1", "AAAA", DateTimeOffset.UtcNow, null)]);
-        var pins = Path.Combine(_data.FullName, "hsm", "pins");
-        Directory.CreateDirectory(pins);
-        File.WriteAllText(Path.Combine(pins, Tenant + ".pin"), Secret);
+        var pins = Path.Combine(_data.FullName, "pins");
+        SmtpGateway.Tests.Hsm.TestPinFiles.Write(Path.Combine(pins, Tenant + ".pin"), Secret);
         using var hsm = new RefusingHsm();
-        var service = new DkimSigningService(_store, new HsmKeySigner(hsm, new TenantHsmTokens(_data.FullName, _ => null)), _audit, TimeProvider.System, null);
+        var tokens = new TenantHsmTokens(_data.FullName, _ => null, new SmtpGateway.Configuration.HsmConfig { PinDirectory = pins });
+        var service = new DkimSigningService(_store, new HsmKeySigner(hsm, tokens), _audit, TimeProvider.System, null);
         var ex = Assert.Throws<SigningException>(() => service.Sign(Tenant, "a@tenant-a.example", Message, "s1", signingRequired: true));
         Assert.DoesNotContain(Secret, ex.ToString(), StringComparison.Ordinal);
         var e = Assert.Single(_audit.Events);
@@ -145,13 +145,27 @@ public sealed class DkimFailClosedTests : IDisposable
 
         public byte[] Sign(SmtpGateway.Hsm.HsmTenantToken token, string keyLabel, SmtpGateway.Hsm.DkimKeyAlgorithm algorithm, ReadOnlySpan<byte> data) => throw Refused(token);
 
+        public void GenerateSecretKey(SmtpGateway.Hsm.HsmTenantToken token, string keyLabel, SmtpGateway.Hsm.HsmSecretKeyType type) => throw Refused(token);
+
+        public void ImportHmacKey(SmtpGateway.Hsm.HsmTenantToken token, string keyLabel, ReadOnlySpan<byte> secret) => throw Refused(token);
+
+        public byte[] Hmac(SmtpGateway.Hsm.HsmTenantToken token, string keyLabel, ReadOnlySpan<byte> data) => throw Refused(token);
+
+        public byte[] Seal(SmtpGateway.Hsm.HsmTenantToken token, string keyLabel, ReadOnlySpan<byte> plaintext, ReadOnlySpan<byte> associatedData) => throw Refused(token);
+
+        public byte[] Open(SmtpGateway.Hsm.HsmTenantToken token, string keyLabel, ReadOnlySpan<byte> sealedData, ReadOnlySpan<byte> associatedData) => throw Refused(token);
+
+        public bool HasSecretKey(SmtpGateway.Hsm.HsmTenantToken token, string keyLabel) => throw Refused(token);
+
+        public bool DeleteSecretKey(SmtpGateway.Hsm.HsmTenantToken token, string keyLabel) => throw Refused(token);
+
         public void Dispose()
         {
         }
 
         SmtpGateway.Hsm.HsmException Refused(SmtpGateway.Hsm.HsmTenantToken token)
         {
-            PinSeen = token.UserPin;
+            PinSeen = System.Text.Encoding.UTF8.GetString(token.Pin.Read());
             return new SmtpGateway.Hsm.HsmException(SmtpGateway.Hsm.HsmErrorKind.LoginFailed, token.TenantId, $"C_Login on token '{token.TokenLabel}' refused", "CKR_PIN_INCORRECT");
         }
     }

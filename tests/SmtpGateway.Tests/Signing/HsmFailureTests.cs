@@ -15,7 +15,7 @@ public sealed class HsmFailureTests : IDisposable
     {
         var store = new DkimKeyStore(_data.FullName);
         store.Save("tenant-a", [new DkimSelector("tenant-a.example", "ed1", DkimAlgorithm.Ed25519, SelectorState.Active, "dkim:tenant-a.example:ed1", "AAAA", DateTimeOffset.UtcNow, null)]);
-        var tokens = new TenantHsmTokens(_data.FullName, _ => null);
+        var tokens = new TenantHsmTokens(_data.FullName, _ => null, new SmtpGateway.Configuration.HsmConfig { PinDirectory = Path.Combine(_data.FullName, "pins") });
         return new DkimSigningService(store, new HsmKeySigner(hsm, tokens), audit, TimeProvider.System, null);
     }
 
@@ -34,8 +34,7 @@ public sealed class HsmFailureTests : IDisposable
     [Fact]
     public void A_missing_module_is_a_signing_failure_that_names_no_secret()
     {
-        Directory.CreateDirectory(Path.Combine(_data.FullName, "hsm", "pins"));
-        File.WriteAllText(Path.Combine(_data.FullName, "hsm", "pins", "tenant-a.pin"), "s3cret-pin-123");
+        SmtpGateway.Tests.Hsm.TestPinFiles.Write(Path.Combine(_data.FullName, "pins", "tenant-a.pin"), "s3cret-pin-123");
         var audit = new RecordingAudit();
         using var hsm = new Pkcs11Hsm(new Pkcs11HsmOptions { ModulePath = "/nonexistent/libpkcs11.so" });
         var ex = Assert.Throws<SigningException>(() => Service(hsm, audit).Sign("tenant-a", "a@tenant-a.example", Message, "s1", signingRequired: true));

@@ -31,7 +31,7 @@ public sealed class HsmSigningEndToEndTests(SoftHsmFixture fixture) : IDisposabl
         var store = new DkimKeyStore(_data.FullName);
         store.Save("tenant-a", [rsa, ed]);
         var pinFile = Path.Combine(_data.FullName, "tenant-a.pin");
-        File.WriteAllText(pinFile, fixture.TenantA.UserPin);
+        TestPinFiles.Write(pinFile, fixture.PinA);
         var tokens = new TenantHsmTokens(_data.FullName, _ => new TenantHsmModel(SoftHsmFixture.TokenLabelA, pinFile, null));
         var service = new DkimSigningService(store, new HsmKeySigner(fixture.Hsm, tokens), new RecordingAudit(), new FakeTimeProvider(now), null);
 
