@@ -41,7 +41,11 @@ public static class GatewayServiceCollectionExtensions
         services.AddSingleton(sp => new TenantDirectoryService(configuration, sp.GetRequiredService<ILoggerFactory>()));
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<GatewayConfig>, TenantDirectoryValidator>());
         services.AddSingleton(sp => sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Identity);
-        services.AddSingleton(sp => new TokenStore(GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value), sp.GetRequiredService<TimeProvider>()));
+        services.AddSingleton(sp => new TokenStore(
+            GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value),
+            sp.GetRequiredService<TimeProvider>(),
+            sp.GetRequiredService<ITenantKeys>(),
+            sp.GetRequiredService<ILogger<TokenStore>>()));
         services.AddSingleton(sp =>
         {
             var directory = sp.GetRequiredService<TenantDirectoryService>();
@@ -50,6 +54,8 @@ public static class GatewayServiceCollectionExtensions
         services.AddSingleton<JsonLinesAuditLog>();
         services.AddSingleton<IAuditLog>(sp => sp.GetRequiredService<JsonLinesAuditLog>());
         services.AddHostedService(sp => sp.GetRequiredService<JsonLinesAuditLog>());
+        // Before anything reads a key: legacy plaintext key files go into the tenants' tokens and are shredded.
+        services.AddHostedService<LegacyKeyMigration>();
         services.AddHostedService<TokenRefreshService>();
         services.AddSingleton<ISmtpAuthenticator, TokenAuthenticator>();
         services.AddSingleton(sp =>
@@ -144,7 +150,8 @@ public static class GatewayServiceCollectionExtensions
     {
         static string Data(IServiceProvider sp) => GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value);
 
-        services.AddSingleton(sp => new VerpKeyStore(Data(sp), sp.GetRequiredService<TimeProvider>()));
+        services.AddSingleton(sp => new VerpKeyStore(Data(sp), sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<ITenantKeys>(),
+            sp.GetRequiredService<ILoggerFactory>().CreateLogger("SmtpGateway.Envelope")));
         services.AddSingleton(sp => new ReturnPath(sp.GetRequiredService<VerpKeyStore>()));
         services.AddSingleton(sp => new SuppressionList(Data(sp), sp.GetRequiredService<TimeProvider>()));
         services.AddSingleton(sp => new TenantPauseAlert(

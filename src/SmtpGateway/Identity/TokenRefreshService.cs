@@ -6,7 +6,11 @@ using SmtpGateway.Identity.Tokens;
 
 namespace SmtpGateway.Identity;
 
-/// <summary>Re-reads token revocations and keys written by the CLI, so `smtpgw token revoke` bites within a second.</summary>
+/// <summary>
+/// Re-reads token revocations and keys written by the CLI, so `smtpgw token revoke` bites within a second, and destroys
+/// token keys past their rotation grace in the tenants' HSM tokens, so a retired key does not outlive its window even
+/// when nobody rotates again.
+/// </summary>
 public sealed partial class TokenRefreshService(TokenStore store, IdentityConfig config, TimeProvider time, ILogger<TokenRefreshService> logger) : BackgroundService
 {
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -17,6 +21,7 @@ public sealed partial class TokenRefreshService(TokenStore store, IdentityConfig
             try
             {
                 store.Refresh();
+                store.DestroyRetiredKeys();
             }
             catch (Exception ex) when (ex is not OperationCanceledException)
             {

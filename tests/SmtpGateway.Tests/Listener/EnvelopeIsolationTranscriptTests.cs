@@ -5,6 +5,7 @@ using System.Text.RegularExpressions;
 using SmtpGateway.Bounces;
 using SmtpGateway.Envelope;
 using SmtpGateway.Submission;
+using SmtpGateway.Tests.Fakes;
 using SmtpGateway.Tests.Spool;
 
 namespace SmtpGateway.Tests.Listener;
@@ -19,6 +20,7 @@ public sealed class EnvelopeIsolationTranscriptTests : IDisposable
     const string SuppressedReply = "550 5.7.1 Recipient is on this account's suppression list (earlier hard bounce or complaint); not sent";
 
     readonly TempDirectory _dir = new();
+    readonly InMemoryTenantKeys _hsm = new();
     readonly ReturnPath _returnPaths;
     readonly SuppressionList _suppression;
     readonly ConcurrentQueue<(string Tenant, string Address, string Session)> _refusals = new();
@@ -26,7 +28,7 @@ public sealed class EnvelopeIsolationTranscriptTests : IDisposable
 
     public EnvelopeIsolationTranscriptTests()
     {
-        _returnPaths = new ReturnPath(new VerpKeyStore(_dir.Path, TimeProvider.System));
+        _returnPaths = new ReturnPath(new VerpKeyStore(_dir.Path, TimeProvider.System, _hsm));
         _suppression = new SuppressionList(_dir.Path, TimeProvider.System);
         _envelope = new EnvelopeServices(_returnPaths, _suppression, new HeaderHygiene(new HeaderHygieneOptions()),
             (tenant, address, session) => _refusals.Enqueue((tenant, address, session)));
