@@ -58,6 +58,7 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
     const string Domain = "tenant-a.example";
     const string RsaKey = "dkim-bench-rsa";
     const string EdKey = "dkim-bench-ed25519";
+    const string MacKey = "smtpgw-token-bench";
 
     readonly List<string> _rows = [];
 
@@ -146,6 +147,27 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
         Cases(
             ("hsm.rsa", () => hsm.Sign(token, RsaKey, DkimKeyAlgorithm.Rsa2048, headerData)),
             ("hsm.ed", () => hsm.Sign(token, EdKey, DkimKeyAlgorithm.Ed25519, headerDigest)));
+
+        // HMAC-SHA256 in the token (session-token and VERP keys, issue 11) over a ~100-byte input, the size of a token's
+        // signed fields or a return path's: the raw IHsm call, the production path through HsmTenantKeys (tenant → token
+        // and PIN resolution from the cache), and the same HMAC in process for scale.
+        var macInput = Encoding.ASCII.GetBytes("smtpgw-token\0bench\0k1\0app@tenant-a.example\01795780800\0" + new string('n', 48));
+        var macSecret = RandomNumberGenerator.GetBytes(32);
+        if (!hsm.HasSecretKey(token, MacKey))
+        {
+            hsm.ImportHmacKey(token, MacKey, macSecret);
+        }
+
+        var tenantKeys = new HsmTenantKeys(hsm, new TenantHsmTokens(dataDir, () => SmtpGateway.Identity.TenantSnapshot.Empty));
+        if (!tenantKeys.Mac(Tenant, MacKey, macInput).AsSpan().SequenceEqual(HMACSHA256.HashData(macSecret, macInput)))
+        {
+            throw new InvalidOperationException("CKM_SHA256_HMAC in the token differs from HMACSHA256");
+        }
+
+        Cases(
+            ("hmac.hsm", () => hsm.Hmac(token, MacKey, macInput)),
+            ("hmac.keys", () => tenantKeys.Mac(Tenant, MacKey, macInput)),
+            ("hmac.managed", () => HMACSHA256.HashData(macSecret, macInput)));
 
         // Concurrency: process CPU per signature with 1, 2 and 8 threads signing at once (the listener signs on
         // many sessions' threads; SoftHSM2 and OpenSSL 3 take locks inside C_Sign).

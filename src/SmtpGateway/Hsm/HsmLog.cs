@@ -39,6 +39,15 @@ internal static partial class HsmLog
     [LoggerMessage(EventId = EventIds.Hsm + 22, Level = LogLevel.Debug, Message = "Ed25519 EC params form {Form} refused by the module ({ReturnValue}); trying the other form")]
     public static partial void EdwardsParamsRefused(ILogger logger, string form, string returnValue);
 
+    [LoggerMessage(EventId = EventIds.Hsm + 23, Level = LogLevel.Information, Message = "Tenant {Tenant}: generated {KeyType} secret key {KeyLabel} in token {TokenLabel}")]
+    public static partial void SecretKeyGenerated(ILogger logger, string tenant, HsmSecretKeyType keyType, string keyLabel, string tokenLabel);
+
+    [LoggerMessage(EventId = EventIds.Hsm + 24, Level = LogLevel.Information, Message = "Tenant {Tenant}: imported HMAC key {KeyLabel} into token {TokenLabel} (sensitive, non-extractable)")]
+    public static partial void SecretKeyImported(ILogger logger, string tenant, string keyLabel, string tokenLabel);
+
+    [LoggerMessage(EventId = EventIds.Hsm + 25, Level = LogLevel.Information, Message = "Tenant {Tenant}: deleted secret key {KeyLabel} from token {TokenLabel}")]
+    public static partial void SecretKeyDeleted(ILogger logger, string tenant, string keyLabel, string tokenLabel);
+
     [LoggerMessage(EventId = EventIds.Hsm + 30, Level = LogLevel.Warning, Message = "Tenant {Tenant}: {Operation} with key {KeyLabel} in token {TokenLabel} failed: {Kind}{ReturnValue}")]
     public static partial void OperationFailed(ILogger logger, string tenant, string operation, string keyLabel, string tokenLabel, HsmErrorKind kind, string returnValue);
 

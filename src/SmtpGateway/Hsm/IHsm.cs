@@ -19,6 +19,15 @@ public sealed record HsmTenantToken(string TenantId, string TokenLabel, string U
     public override string ToString() => $"HsmTenantToken {{ TenantId = {TenantId}, TokenLabel = {TokenLabel} }}";
 }
 
+/// <summary>The secret-key types a tenant token holds for the gateway (besides DKIM key pairs).</summary>
+public enum HsmSecretKeyType
+{
+    /// <summary>256-bit CKK_GENERIC_SECRET for CKM_SHA256_HMAC (session-token and VERP keys); sign/verify only.</summary>
+    Hmac256,
+    /// <summary>AES-256 (CKK_AES) for CKM_AES_GCM (the vault's key-encryption key); encrypt/decrypt only.</summary>
+    Aes256,
+}
+
 /// <summary>
 /// A public key as DKIM publishes it in <c>p=</c>: for RSA the SubjectPublicKeyInfo DER (RFC 6376 §3.6.1),
 /// for Ed25519 the raw 32-byte public key (RFC 8463 §4).
@@ -53,4 +62,29 @@ public interface IHsm : IDisposable
     /// (the SHA-256 hash of the canonicalised header block), not a prehash for Ed25519ph.
     /// </summary>
     byte[] Sign(HsmTenantToken token, string keyLabel, DkimKeyAlgorithm algorithm, ReadOnlySpan<byte> data);
+
+    /// <summary>Generates a secret key in the tenant's token (token, private, sensitive, non-extractable, usable for its one
+    /// purpose only); fails with <see cref="HsmErrorKind.KeyExists"/> if any object already has that label.</summary>
+    void GenerateSecretKey(HsmTenantToken token, string keyLabel, HsmSecretKeyType type);
+
+    /// <summary>Creates an HMAC key (as <see cref="HsmSecretKeyType.Hmac256"/>) from known bytes with C_CreateObject: for
+    /// migrating a legacy plaintext key only. KeyExists when the label is taken.</summary>
+    void ImportHmacKey(HsmTenantToken token, string keyLabel, ReadOnlySpan<byte> secret);
+
+    /// <summary>HMAC-SHA256 (CKM_SHA256_HMAC, single-part C_Sign) of <paramref name="data"/> with the HMAC key of that label.</summary>
+    byte[] Hmac(HsmTenantToken token, string keyLabel, ReadOnlySpan<byte> data);
+
+    /// <summary>AES-256-GCM (CKM_AES_GCM, C_Encrypt) under the AES key of that label with a fresh random 96-bit nonce and a
+    /// 128-bit tag; returns nonce ‖ ciphertext ‖ tag.</summary>
+    byte[] Seal(HsmTenantToken token, string keyLabel, ReadOnlySpan<byte> plaintext, ReadOnlySpan<byte> associatedData);
+
+    /// <summary>The inverse of <see cref="Seal"/>; data that does not authenticate is <see cref="HsmErrorKind.DataInvalid"/>.
+    /// The caller zeroes the result after use.</summary>
+    byte[] Open(HsmTenantToken token, string keyLabel, ReadOnlySpan<byte> sealedData, ReadOnlySpan<byte> associatedData);
+
+    /// <summary>Whether the token holds a secret key with that label.</summary>
+    bool HasSecretKey(HsmTenantToken token, string keyLabel);
+
+    /// <summary>Destroys the secret key with that label (key pairs sharing the label are left alone); false when there was none.</summary>
+    bool DeleteSecretKey(HsmTenantToken token, string keyLabel);
 }

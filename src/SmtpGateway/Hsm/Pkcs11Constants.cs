@@ -28,6 +28,18 @@ internal static class Pkcs11Constants
 
     public const ulong RsaModulusBits = 2048;
 
+    /// <summary>Secret keys are 256 bits: HMAC keys as long as SHA-256's output (RFC 2104 §3 recommends at least L bytes), AES-256.</summary>
+    public const int SecretKeyBytes = 32;
+
+    /// <summary>
+    /// AES-GCM nonce: 96 bits, the length GCM processes without GHASHing it (NIST SP 800-38D §7.1), drawn at random per
+    /// seal (the §8.2.2 construction; safe for far more than the vault's few seals per key).
+    /// </summary>
+    public const int GcmNonceBytes = 12;
+
+    /// <summary>AES-GCM tag: the full 128 bits (SP 800-38D §5.2.1.2; shorter tags weaken forgery resistance).</summary>
+    public const int GcmTagBytes = 16;
+
     /// <summary>F4 (65537), the public exponent every DKIM verifier expects.</summary>
     public static ReadOnlySpan<byte> RsaPublicExponent => [0x01, 0x00, 0x01];
 
@@ -76,6 +88,16 @@ internal static class Pkcs11Constants
     /// <summary>Return values of C_Login that mean the PIN itself was refused.</summary>
     public static bool IsPinRefusal(CKR rv) => rv is CKR.CKR_PIN_INCORRECT or CKR.CKR_PIN_INVALID or CKR.CKR_PIN_LEN_RANGE
         or CKR.CKR_PIN_LOCKED or CKR.CKR_PIN_EXPIRED;
+
+    /// <summary>
+    /// Return values of C_Decrypt (after a successful C_DecryptInit) for AES-GCM input that does not authenticate or cannot
+    /// be ciphertext. The standard code for a failed tag check is CKR_ENCRYPTED_DATA_INVALID (v3.0 Current Mechanisms
+    /// §2.10.6), too-short input CKR_ENCRYPTED_DATA_LEN_RANGE (v2.40 §5.2); some modules say CKR_DATA_INVALID/LEN_RANGE. SoftHSM2
+    /// 2.6.1 reports a failed tag check as CKR_GENERAL_ERROR (its SymDecrypt returns that when the OpenSSL decrypt-final
+    /// fails; Pkcs11HsmSecretKeyTests shows it), so from C_Decrypt, with key and session known good, that counts too.
+    /// </summary>
+    public static bool IsDataRefusal(CKR rv) => rv is CKR.CKR_ENCRYPTED_DATA_INVALID or CKR.CKR_ENCRYPTED_DATA_LEN_RANGE
+        or CKR.CKR_DATA_INVALID or CKR.CKR_DATA_LEN_RANGE or CKR.CKR_GENERAL_ERROR;
 
     /// <summary>Return values that say the module cannot do this at all; retrying will not help.</summary>
     public static bool IsUnsupported(CKR rv) => rv is CKR.CKR_MECHANISM_INVALID or CKR.CKR_MECHANISM_PARAM_INVALID

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Net.Pkcs11Interop.Common;
@@ -72,14 +73,7 @@ public sealed class Pkcs11Hsm : IHsm
         {
             lock (login.Context.Management)
             {
-                var factory = login.Context.Runtime.Factories.ObjectAttributeFactory;
-                Counters.FindObject();
-                if (session.FindAllObjects([factory.Create(CKA.CKA_LABEL, keyLabel)]).Count > 0)
-                {
-                    throw new HsmException(HsmErrorKind.KeyExists, token.TenantId, $"token '{token.TokenLabel}' already holds objects labelled '{keyLabel}'");
-                }
-
-                login.ForgetKey(keyLabel);
+                ClaimLabel(login, session, token, keyLabel);
                 var publicKey = algorithm == DkimKeyAlgorithm.Ed25519
                     ? GenerateEd25519(login, session, keyLabel)
                     : GenerateRsa(login, session, keyLabel);
@@ -105,24 +99,13 @@ public sealed class Pkcs11Hsm : IHsm
         Validate(token, keyLabel);
         return Execute(token, "delete", keyLabel, (login, session) =>
         {
-            lock (login.Context.Management)
+            var count = Destroy(login, session, keyLabel, null);
+            if (count > 0)
             {
-                var factory = login.Context.Runtime.Factories.ObjectAttributeFactory;
-                Counters.FindObject();
-                var objects = session.FindAllObjects([factory.Create(CKA.CKA_LABEL, keyLabel)]);
-                login.ForgetKey(keyLabel);
-                foreach (var handle in objects)
-                {
-                    session.DestroyObject(handle);
-                }
-
-                if (objects.Count > 0)
-                {
-                    HsmLog.KeyPairDeleted(_logger, token.TenantId, objects.Count, keyLabel, token.TokenLabel);
-                }
-
-                return objects.Count > 0;
+                HsmLog.KeyPairDeleted(_logger, token.TenantId, count, keyLabel, token.TokenLabel);
             }
+
+            return count > 0;
         });
     }
 
@@ -150,6 +133,165 @@ public sealed class Pkcs11Hsm : IHsm
         });
         HsmMetrics.Signed(algorithm, _time.GetElapsedTime(started));
         return signature;
+    }
+
+    public void GenerateSecretKey(HsmTenantToken token, string keyLabel, HsmSecretKeyType type)
+    {
+        Validate(token, keyLabel);
+        if (!Enum.IsDefined(type))
+        {
+            throw new ArgumentOutOfRangeException(nameof(type));
+        }
+
+        Execute(token, "keygen", keyLabel, (login, session) =>
+        {
+            var factories = login.Context.Runtime.Factories;
+            var template = SecretTemplate(factories, keyLabel, type);
+            // CKA_VALUE_LEN is required by both key-generation mechanisms (v2.40 Current Mechanisms §2.8.3 AES,
+            // §2.29.4 generic secret), and must not be given to C_CreateObject (footnote 3 of their attribute tables).
+            template.Add(factories.ObjectAttributeFactory.Create(CKA.CKA_VALUE_LEN, (ulong)Pkcs11Constants.SecretKeyBytes));
+            using var mechanism = factories.MechanismFactory.Create(type == HsmSecretKeyType.Hmac256 ? CKM.CKM_GENERIC_SECRET_KEY_GEN : CKM.CKM_AES_KEY_GEN);
+            lock (login.Context.Management)
+            {
+                ClaimLabel(login, session, token, keyLabel);
+                session.GenerateKey(mechanism, template);
+            }
+
+            HsmLog.SecretKeyGenerated(_logger, token.TenantId, type, keyLabel, token.TokenLabel);
+            return true;
+        });
+    }
+
+    public void ImportHmacKey(HsmTenantToken token, string keyLabel, ReadOnlySpan<byte> secret)
+    {
+        Validate(token, keyLabel);
+        if (secret.IsEmpty)
+        {
+            throw new ArgumentException("an HMAC key has at least one byte", nameof(secret));
+        }
+
+        var value = secret.ToArray();
+        try
+        {
+            Execute(token, "import", keyLabel, (login, session) =>
+            {
+                var factories = login.Context.Runtime.Factories;
+                var template = SecretTemplate(factories, keyLabel, HsmSecretKeyType.Hmac256);
+                // CKA_SENSITIVE true on C_CreateObject makes CKA_ALWAYS_SENSITIVE false (v2.40 §4.9: it was once known
+                // outside the token), which is the truth for a migrated key; from now on it is used only inside the token.
+                using var valueAttribute = factories.ObjectAttributeFactory.Create(CKA.CKA_VALUE, value);
+                template.Add(valueAttribute);
+                lock (login.Context.Management)
+                {
+                    ClaimLabel(login, session, token, keyLabel);
+                    session.CreateObject(template);
+                }
+
+                HsmLog.SecretKeyImported(_logger, token.TenantId, keyLabel, token.TokenLabel);
+                return true;
+            });
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(value);
+        }
+    }
+
+    public byte[] Hmac(HsmTenantToken token, string keyLabel, ReadOnlySpan<byte> data)
+    {
+        Validate(token, keyLabel);
+        var input = data.ToArray();
+        // Single-part C_SignInit + C_Sign with the module's one parameterless CKM_SHA256_HMAC (v2.40 Current Mechanisms
+        // §2.17.2): on the per-call path, as for DKIM, the handle comes from the login's cache and no C_Login or
+        // C_FindObjects is made.
+        return Execute(token, "hmac", keyLabel, (login, session) =>
+            session.Sign(login.Context.Runtime.HmacMechanism, SecretKey(login, session, token, keyLabel, HsmSecretKeyType.Hmac256).Handle, input));
+    }
+
+    public byte[] Seal(HsmTenantToken token, string keyLabel, ReadOnlySpan<byte> plaintext, ReadOnlySpan<byte> associatedData)
+    {
+        Validate(token, keyLabel);
+        var input = plaintext.ToArray();
+        var aad = associatedData.ToArray();
+        try
+        {
+            return Execute(token, "seal", keyLabel, (login, session) =>
+            {
+                var key = SecretKey(login, session, token, keyLabel, HsmSecretKeyType.Aes256);
+                var nonce = RandomNumberGenerator.GetBytes(Pkcs11Constants.GcmNonceBytes);
+                using var mechanism = GcmMechanism(login, nonce, aad, out var parameters);
+                using (parameters)
+                {
+                    // C_Encrypt with CKM_AES_GCM returns ciphertext ‖ tag (v2.40 Current Mechanisms §2.12.4; v3.0 §2.10.6).
+                    var output = session.Encrypt(mechanism, key.Handle, input);
+                    if (output.Length != input.Length + Pkcs11Constants.GcmTagBytes)
+                    {
+                        throw new HsmException(HsmErrorKind.OperationFailed, token.TenantId,
+                            $"AES-GCM in token '{token.TokenLabel}' returned {output.Length} bytes for {input.Length} bytes of plaintext");
+                    }
+
+                    return (byte[])[.. nonce, .. output];
+                }
+            });
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(input);
+        }
+    }
+
+    public byte[] Open(HsmTenantToken token, string keyLabel, ReadOnlySpan<byte> sealedData, ReadOnlySpan<byte> associatedData)
+    {
+        Validate(token, keyLabel);
+        if (sealedData.Length < Pkcs11Constants.GcmNonceBytes + Pkcs11Constants.GcmTagBytes)
+        {
+            var ex = new HsmException(HsmErrorKind.DataInvalid, token.TenantId, $"sealed data under key '{keyLabel}' is {sealedData.Length} bytes, shorter than nonce and tag");
+            HsmMetrics.Error(token.TenantId, ex.Kind);
+            throw ex;
+        }
+
+        var nonce = sealedData[..Pkcs11Constants.GcmNonceBytes].ToArray();
+        var body = sealedData[Pkcs11Constants.GcmNonceBytes..].ToArray();
+        var aad = associatedData.ToArray();
+        return Execute(token, "open", keyLabel, (login, session) =>
+        {
+            var key = SecretKey(login, session, token, keyLabel, HsmSecretKeyType.Aes256);
+            using var mechanism = GcmMechanism(login, nonce, aad, out var parameters);
+            using (parameters)
+            {
+                try
+                {
+                    return session.Decrypt(mechanism, key.Handle, body);
+                }
+                catch (Pkcs11Exception ex) when (ex.Method == "C_Decrypt" && Pkcs11Constants.IsDataRefusal(ex.RV))
+                {
+                    // A failed C_Decrypt ends the operation (v2.40 §5.9), so the session stays usable: not discarded.
+                    throw new HsmException(HsmErrorKind.DataInvalid, token.TenantId,
+                        $"sealed data under key '{keyLabel}' in token '{token.TokenLabel}' did not authenticate", ex.RV.ToString(), ex);
+                }
+            }
+        });
+    }
+
+    public bool HasSecretKey(HsmTenantToken token, string keyLabel)
+    {
+        Validate(token, keyLabel);
+        return Execute(token, "find", keyLabel, (login, session) => login.FindKey(session, keyLabel, CKO.CKO_SECRET_KEY, Counters) is not null);
+    }
+
+    public bool DeleteSecretKey(HsmTenantToken token, string keyLabel)
+    {
+        Validate(token, keyLabel);
+        return Execute(token, "delete", keyLabel, (login, session) =>
+        {
+            var deleted = Destroy(login, session, keyLabel, CKO.CKO_SECRET_KEY) > 0;
+            if (deleted)
+            {
+                HsmLog.SecretKeyDeleted(_logger, token.TenantId, keyLabel, token.TokenLabel);
+            }
+
+            return deleted;
+        });
     }
 
     /// <summary>Runs <paramref name="body"/> on a rented session of the tenant's token (tests inspect objects with it).</summary>
@@ -333,6 +475,99 @@ public sealed class Pkcs11Hsm : IHsm
         }
 
         throw new UnreachableException();
+    }
+
+    /// <summary>
+    /// Fails with KeyExists when any object in the token has the label, so one label names one thing (callers hold the
+    /// token's Management lock, which makes check-then-create atomic within the process); forgets cached handles of it.
+    /// </summary>
+    void ClaimLabel(TokenLogin login, ISession session, HsmTenantToken token, string keyLabel)
+    {
+        var factory = login.Context.Runtime.Factories.ObjectAttributeFactory;
+        Counters.FindObject();
+        if (session.FindAllObjects([factory.Create(CKA.CKA_LABEL, keyLabel)]).Count > 0)
+        {
+            throw new HsmException(HsmErrorKind.KeyExists, token.TenantId, $"token '{token.TokenLabel}' already holds objects labelled '{keyLabel}'");
+        }
+
+        login.ForgetKey(keyLabel);
+    }
+
+    /// <summary>Destroys the objects with that label (of that class, or of any); returns how many there were.</summary>
+    int Destroy(TokenLogin login, ISession session, string keyLabel, CKO? objectClass)
+    {
+        var factory = login.Context.Runtime.Factories.ObjectAttributeFactory;
+        List<IObjectAttribute> template = [factory.Create(CKA.CKA_LABEL, keyLabel)];
+        if (objectClass is { } cls)
+        {
+            template.Add(factory.Create(CKA.CKA_CLASS, cls));
+        }
+
+        lock (login.Context.Management)
+        {
+            Counters.FindObject();
+            var objects = session.FindAllObjects(template);
+            login.ForgetKey(keyLabel);
+            foreach (var handle in objects)
+            {
+                session.DestroyObject(handle);
+            }
+
+            return objects.Count;
+        }
+    }
+
+    /// <summary>The secret key of that label and type, from the login's handle cache after the first lookup.</summary>
+    CachedKey SecretKey(TokenLogin login, ISession session, HsmTenantToken token, string keyLabel, HsmSecretKeyType type)
+    {
+        var key = login.FindKey(session, keyLabel, CKO.CKO_SECRET_KEY, Counters)
+            ?? throw new HsmException(HsmErrorKind.KeyNotFound, token.TenantId, $"token '{token.TokenLabel}' has no secret key labelled '{keyLabel}'");
+        return key.SecretType == type
+            ? key
+            : throw new HsmException(HsmErrorKind.KeyMismatch, token.TenantId, $"key '{keyLabel}' in token '{token.TokenLabel}' is {key.SecretType}, not {type}");
+    }
+
+    /// <summary>
+    /// CKM_AES_GCM with CK_GCM_PARAMS (v2.40 Current Mechanisms §2.12.3): the 96-bit nonce, the associated data and a
+    /// 128-bit tag. ulIvBits (a v2.40 header field the text never describes, dropped in v3.0) is given as the nonce's
+    /// length in bits, which is what modules that read it expect. Made per call: the nonce differs every time.
+    /// </summary>
+    static IMechanism GcmMechanism(TokenLogin login, byte[] nonce, byte[] aad, out IDisposable parameters)
+    {
+        var factories = login.Context.Runtime.Factories;
+        var gcm = factories.MechanismParamsFactory.CreateCkGcmParams(nonce, (ulong)nonce.Length * 8, aad, Pkcs11Constants.GcmTagBytes * 8);
+        parameters = gcm;
+        return factories.MechanismFactory.Create(CKM.CKM_AES_GCM, gcm);
+    }
+
+    /// <summary>
+    /// A secret key (ARCHITECTURE.md §3 "Secrets at rest"): token object, private, sensitive and non-extractable like a
+    /// DKIM private key (v2.40 §4.9: CKA_VALUE is never revealed and C_WrapKey refuses it), and usable for its one
+    /// purpose only: an HMAC key signs and verifies, an AES key-encryption key encrypts and decrypts; neither wraps,
+    /// unwraps or derives, so it cannot be used to lift other keys out of the token.
+    /// </summary>
+    static List<IObjectAttribute> SecretTemplate(Pkcs11InteropFactories factories, string keyLabel, HsmSecretKeyType type)
+    {
+        var f = factories.ObjectAttributeFactory;
+        var mac = type == HsmSecretKeyType.Hmac256;
+        return
+        [
+            f.Create(CKA.CKA_CLASS, CKO.CKO_SECRET_KEY),
+            f.Create(CKA.CKA_KEY_TYPE, mac ? CKK.CKK_GENERIC_SECRET : CKK.CKK_AES),
+            f.Create(CKA.CKA_TOKEN, true),
+            f.Create(CKA.CKA_PRIVATE, true),
+            f.Create(CKA.CKA_SENSITIVE, true),
+            f.Create(CKA.CKA_EXTRACTABLE, false),
+            f.Create(CKA.CKA_SIGN, mac),
+            f.Create(CKA.CKA_VERIFY, mac),
+            f.Create(CKA.CKA_ENCRYPT, !mac),
+            f.Create(CKA.CKA_DECRYPT, !mac),
+            f.Create(CKA.CKA_WRAP, false),
+            f.Create(CKA.CKA_UNWRAP, false),
+            f.Create(CKA.CKA_DERIVE, false),
+            f.Create(CKA.CKA_LABEL, keyLabel),
+            f.Create(CKA.CKA_ID, Pkcs11Constants.KeyId(keyLabel)),
+        ];
     }
 
     /// <summary>The public half: a token object anyone logged in may read and verify with, usable for nothing else.</summary>

@@ -27,6 +27,7 @@ internal sealed class Pkcs11Runtime
     int _edwardsParamsForm; // 0 = OID first, 1 = curve name first; remembers what the module accepted
     readonly Lazy<IMechanism> _sha256RsaPkcs;
     readonly Lazy<IMechanism> _eddsa;
+    readonly Lazy<IMechanism> _sha256Hmac;
 
     Pkcs11Runtime(string key, string modulePath, Pkcs11InteropFactories factories, IPkcs11Library library, Pkcs11HsmOptions options, ILogger logger)
     {
@@ -39,6 +40,7 @@ internal sealed class Pkcs11Runtime
         SoftHsmConfig = Environment.GetEnvironmentVariable(SoftHsmSetup.ConfigVariable);
         _sha256RsaPkcs = new(() => factories.MechanismFactory.Create(CKM.CKM_SHA256_RSA_PKCS));
         _eddsa = new(() => factories.MechanismFactory.Create(Pkcs11Constants.CKM_EDDSA));
+        _sha256Hmac = new(() => factories.MechanismFactory.Create(CKM.CKM_SHA256_HMAC));
     }
 
     public string Key { get; }
@@ -66,6 +68,12 @@ internal sealed class Pkcs11Runtime
     /// Ed25519 (PKCS#11 v3.0 §2.3, RFC 8032 §5.1), as RFC 8463 §3 prescribes.
     /// </summary>
     public IMechanism SignMechanism(DkimKeyAlgorithm algorithm) => algorithm == DkimKeyAlgorithm.Ed25519 ? _eddsa.Value : _sha256RsaPkcs.Value;
+
+    /// <summary>
+    /// CKM_SHA256_HMAC (v2.40 Current Mechanisms §2.17.2: general-length HMAC fixed at the full 32-byte output, no
+    /// parameter), made once per module for the same reason as <see cref="SignMechanism"/>.
+    /// </summary>
+    public IMechanism HmacMechanism => _sha256Hmac.Value;
 
     public int EdwardsParamsForm
     {
@@ -145,7 +153,7 @@ internal sealed class Pkcs11Runtime
         }
 
         _tokens.Clear();
-        foreach (var mechanism in (ReadOnlySpan<Lazy<IMechanism>>)[_sha256RsaPkcs, _eddsa])
+        foreach (var mechanism in (ReadOnlySpan<Lazy<IMechanism>>)[_sha256RsaPkcs, _eddsa, _sha256Hmac])
         {
             if (mechanism.IsValueCreated)
             {

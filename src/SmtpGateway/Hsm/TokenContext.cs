@@ -34,8 +34,15 @@ internal sealed class HsmCounters
     public void Reset() => Interlocked.Increment(ref _resets);
 }
 
-/// <summary>A key object found in a token: its handle and what kind of key it is.</summary>
-internal sealed record CachedKey(IObjectHandle Handle, DkimKeyAlgorithm Algorithm);
+/// <summary>A key object found in a token: its handle and its CKA_KEY_TYPE (checked on lookup to be one the gateway makes).</summary>
+internal sealed record CachedKey(IObjectHandle Handle, ulong KeyType)
+{
+    /// <summary>For key pairs: RSA or Edwards (the only two types <see cref="TokenLogin.FindKey"/> accepts for them).</summary>
+    public DkimKeyAlgorithm Algorithm => KeyType == Pkcs11Constants.CKK_EC_EDWARDS ? DkimKeyAlgorithm.Ed25519 : DkimKeyAlgorithm.Rsa2048;
+
+    /// <summary>For secret keys: generic secret (HMAC) or AES.</summary>
+    public HsmSecretKeyType SecretType => KeyType == (ulong)CKK.CKK_AES ? HsmSecretKeyType.Aes256 : HsmSecretKeyType.Hmac256;
+}
 
 /// <summary>
 /// One tenant's token within a loaded module: holds the current <see cref="TokenLogin"/> and replaces
@@ -332,15 +339,16 @@ internal sealed class TokenLogin
         }
 
         var keyType = session.GetAttributeValue(found[0], [CKA.CKA_KEY_TYPE])[0].GetValueAsUlong();
-        DkimKeyAlgorithm algorithm = keyType switch
+        var known = objectClass == CKO.CKO_SECRET_KEY
+            ? keyType is (ulong)CKK.CKK_GENERIC_SECRET or (ulong)CKK.CKK_AES
+            : keyType is (ulong)CKK.CKK_RSA or Pkcs11Constants.CKK_EC_EDWARDS;
+        if (!known)
         {
-            (ulong)CKK.CKK_RSA => DkimKeyAlgorithm.Rsa2048,
-            Pkcs11Constants.CKK_EC_EDWARDS => DkimKeyAlgorithm.Ed25519,
-            _ => throw new HsmException(HsmErrorKind.KeyMismatch, TenantId,
-                $"key '{keyLabel}' in token '{_context.TokenLabel}' has key type 0x{keyType:x}, neither RSA nor Edwards"),
-        };
+            throw new HsmException(HsmErrorKind.KeyMismatch, TenantId,
+                $"key '{keyLabel}' in token '{_context.TokenLabel}' has key type 0x{keyType:x}, which the gateway does not use for {objectClass}");
+        }
 
-        var key = new CachedKey(found[0], algorithm);
+        var key = new CachedKey(found[0], keyType);
         _keys[(keyLabel, objectClass)] = key;
         return key;
     }
@@ -349,6 +357,7 @@ internal sealed class TokenLogin
     {
         _keys.TryRemove((keyLabel, CKO.CKO_PRIVATE_KEY), out _);
         _keys.TryRemove((keyLabel, CKO.CKO_PUBLIC_KEY), out _);
+        _keys.TryRemove((keyLabel, CKO.CKO_SECRET_KEY), out _);
     }
 
     /// <summary>Closes the pool and the anchor. Sessions still rented are closed when they come back.</summary>

@@ -145,6 +145,20 @@ public sealed class DkimFailClosedTests : IDisposable
 
         public byte[] Sign(SmtpGateway.Hsm.HsmTenantToken token, string keyLabel, SmtpGateway.Hsm.DkimKeyAlgorithm algorithm, ReadOnlySpan<byte> data) => throw Refused(token);
 
+        public void GenerateSecretKey(SmtpGateway.Hsm.HsmTenantToken token, string keyLabel, SmtpGateway.Hsm.HsmSecretKeyType type) => throw Refused(token);
+
+        public void ImportHmacKey(SmtpGateway.Hsm.HsmTenantToken token, string keyLabel, ReadOnlySpan<byte> secret) => throw Refused(token);
+
+        public byte[] Hmac(SmtpGateway.Hsm.HsmTenantToken token, string keyLabel, ReadOnlySpan<byte> data) => throw Refused(token);
+
+        public byte[] Seal(SmtpGateway.Hsm.HsmTenantToken token, string keyLabel, ReadOnlySpan<byte> plaintext, ReadOnlySpan<byte> associatedData) => throw Refused(token);
+
+        public byte[] Open(SmtpGateway.Hsm.HsmTenantToken token, string keyLabel, ReadOnlySpan<byte> sealedData, ReadOnlySpan<byte> associatedData) => throw Refused(token);
+
+        public bool HasSecretKey(SmtpGateway.Hsm.HsmTenantToken token, string keyLabel) => throw Refused(token);
+
+        public bool DeleteSecretKey(SmtpGateway.Hsm.HsmTenantToken token, string keyLabel) => throw Refused(token);
+
         public void Dispose()
         {
         }
