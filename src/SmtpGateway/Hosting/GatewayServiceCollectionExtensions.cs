@@ -84,6 +84,8 @@ public static class GatewayServiceCollectionExtensions
             return new TenantHsmTokens(GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value), () => directory.Current);
         });
         services.AddSingleton<IDkimKeySigner, HsmKeySigner>();
+        // Token, return-path (and vault) keys: symmetric keys in the same per-tenant tokens, non-extractable.
+        services.TryAddSingleton<ITenantKeys>(sp => new HsmTenantKeys(sp.GetRequiredService<IHsm>(), sp.GetRequiredService<TenantHsmTokens>()));
         services.AddSingleton(sp => new DkimKeyStore(GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value)));
         services.AddSingleton<IMessageSigner>(sp => new DkimSigningService(
             sp.GetRequiredService<DkimKeyStore>(),

@@ -23,17 +23,19 @@ public sealed class TokenKeyHsmTests : IDisposable
     readonly FakeTimeProvider _clock = new(new DateTimeOffset(2026, 11, 28, 12, 0, 0, TimeSpan.Zero));
     readonly IdentityConfig _config = new() { Audience = "gw-test", KeyRotationGrace = TimeSpan.FromMinutes(30) };
     readonly InMemoryTenantKeys _hsm = new();
-    readonly TenantSnapshot _tenants;
+    readonly TenantSnapshot _tenants = TwoTenants();
 
-    public TokenKeyHsmTests()
+    /// <summary>tenant-a and tenant-b with a domain each and nothing else.</summary>
+    internal static TenantSnapshot TwoTenants()
     {
         var errors = new List<string>();
-        _tenants = TenantSnapshot.Build(new Dictionary<string, TenantConfig>
+        var tenants = TenantSnapshot.Build(new Dictionary<string, TenantConfig>
         {
             ["tenant-a"] = new() { Domains = ["tenant-a.example"] },
             ["tenant-b"] = new() { Domains = ["tenant-b.example"] },
         }, errors);
         Assert.Empty(errors);
+        return tenants;
     }
 
     public void Dispose() => _data.Delete(recursive: true);
