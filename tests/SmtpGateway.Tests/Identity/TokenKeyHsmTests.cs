@@ -203,7 +203,10 @@ public sealed class TokenKeyHsmTests : IDisposable
         Assert.Equal(0, Macs(() => Assert.Equal("expired", service.Verify("tenant-a", expiring.Token).Reason)));
         Assert.Equal(0, Macs(() => Assert.Equal("revoked", service.Verify("tenant-a", revoked.Token).Reason)));
         Assert.Equal(0, Macs(() => Assert.Equal("wrong audience", service.Verify("tenant-a", foreign.Token).Reason)));
-        Assert.Null(service.Verify("tenant-a", expiring.Token).Payload); // unverified claims are attributed to no one
+        // Unverified claims: attributed only to a token the registry minted for this tenant, never to an invented id.
+        Assert.Equal(expiring.Record.Id, service.Verify("tenant-a", expiring.Token).Payload?.Id);
+        var invented = LegacyToken("tenant-a", good.Record.KeyId, Convert.ToBase64String(new byte[32]), -TimeSpan.FromMinutes(1));
+        Assert.Equal(0, Macs(() => Assert.Equal(("expired", (TokenPayload?)null), (service.Verify("tenant-a", invented).Reason, service.Verify("tenant-a", invented).Payload))));
 
         // The whole AUTH (authenticator + audit) is still one MAC; the per-MAIL FROM recheck is none.
         var audit = new RecordingAudit();

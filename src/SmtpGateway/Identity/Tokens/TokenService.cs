@@ -167,22 +167,17 @@ public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants,
         }
 
         // Refusals that hold whatever the MAC says come first, so they cost no HSM call (and a retired key, perhaps
-        // already destroyed in the token, is never asked for). The claims are not verified yet, so none is attributed:
-        // the payload is left out, as for any bad token. The client learns nothing it did not send.
+        // already destroyed in the token, is never asked for). The client learns nothing it did not send. The claims
+        // are not verified, so the token is attributed (audit token id) only when the registry has minted exactly
+        // that token id for this tenant under this key; an invented id is attributed to no one, as any bad token.
         var now = time.GetUtcNow();
-        if (key.RetiresAt is { } retires && now >= retires)
+        var cheap = key.RetiresAt is { } retires && now >= retires ? "key retired after rotation"
+            : !string.Equals(payload.Audience, config.Audience, StringComparison.Ordinal) ? "wrong audience"
+            : StillValid(payload) is { Valid: false } stale ? stale.Reason
+            : null;
+        if (cheap is not null)
         {
-            return TokenCheck.Fail("key retired after rotation");
-        }
-
-        if (!string.Equals(payload.Audience, config.Audience, StringComparison.Ordinal))
-        {
-            return TokenCheck.Fail("wrong audience");
-        }
-
-        if (StillValid(payload) is { Valid: false } stale)
-        {
-            return TokenCheck.Fail(stale.Reason!);
+            return TokenCheck.Fail(cheap, store.Record(payload.Id) is { } minted && minted.Tenant == userName && minted.KeyId == payload.KeyId ? payload : null);
         }
 
         var expected = Mac(userName, key, $"{Prefix}{parts[1]}");

@@ -139,6 +139,15 @@ public sealed partial class TokenStore
         }
     }
 
+    /// <summary>The registry's record of a minted token, if any.</summary>
+    public TokenRecord? Record(string tokenId)
+    {
+        lock (_lock)
+        {
+            return _tokens.GetValueOrDefault(tokenId);
+        }
+    }
+
     public DateTimeOffset? RevokedAt(string tokenId) => _revoked.TryGetValue(tokenId, out var at) ? at : null;
 
     public void AppendRegistry(RegistryEntry entry) =>
