@@ -111,6 +111,24 @@ public sealed class EnvelopeIsolationTranscriptTests : IDisposable
     }
 
     [Fact]
+    public async Task A_return_path_the_hsm_token_cannot_check_now_is_answered_451_not_refused_as_forged()
+    {
+        var made = _returnPaths.For("tenant-a", "bounces.tenant-a.example", QueueId, "u@example.net");
+        // The gateway side is a fresh ReturnPath (a restarted process): nothing remembered, every check needs the token.
+        var restarted = new EnvelopeServices(new ReturnPath(new VerpKeyStore(_dir.Path, TimeProvider.System, _hsm)), _suppression,
+            new HeaderHygiene(new HeaderHygieneOptions()));
+        await using var gw = await TestGateway.StartAsync(envelope: restarted);
+        await using var c = await InboundAsync(gw);
+        _hsm.Unavailable = true;
+
+        Assert.StartsWith("250", await c.CommandAsync("MAIL FROM:<>"));
+        Assert.StartsWith("451 4.3.0", await c.CommandAsync($"RCPT TO:<{made}>"));
+        Assert.StartsWith("550 5.1.1", await c.CommandAsync("RCPT TO:<b+garbage@bounces.tenant-a.example>")); // no token needed
+        _hsm.Unavailable = false;
+        Assert.StartsWith("250 2.1.5", await c.CommandAsync($"RCPT TO:<{made}>"));
+    }
+
+    [Fact]
     public async Task A_suppressed_recipient_of_a_tenant_session_is_refused_and_reported()
     {
         Assert.True(_suppression.Add("tenant-a", "gone@example.net", "hard-bounce", "5.1.1 in reply to Q1"));
