@@ -144,7 +144,7 @@ internal sealed class OutboundDelivery : IAsyncDisposable
 
     /// <summary>Recipients grouped by their return path, in first-seen order; one group with the envelope sender when there is no resolver.</summary>
     /// <remarks>
-    /// A return path that cannot be made (the tenant's key file unreadable) defers those recipients with 451 4.3.0: never
+    /// A return path that cannot be made (the tenant's key file unreadable, its HSM token unavailable) defers those recipients with 451 4.3.0: never
     /// sent with the client's sender instead (bounces would escape attribution), and never an exception that would leave
     /// the attempt unrecorded (the message would then neither progress nor expire).
     /// </remarks>
@@ -165,7 +165,7 @@ internal sealed class OutboundDelivery : IAsyncDisposable
             {
                 mailFrom = resolver(envelope, recipients[i]);
             }
-            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or InvalidDataException)
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or InvalidDataException or Hsm.HsmException)
             {
                 DeliveryLog.ReturnPathFailed(_logger, envelope.Id, ex);
                 results[i] = RecipientResult.FromReply(recipients[i], DeliveryReplies.ReturnPathUnavailable);

@@ -31,13 +31,17 @@ public static class DeliveryReplies
     /// <summary>RFC 3463 2.0.0 "other undefined status": accepted and dropped, a report to a retired return path (never bounce a bounce).</summary>
     public static readonly SmtpReply ReportDiscarded = new(250, "2.0.0", "Report discarded: return path no longer valid");
 
+    /// <summary>RFC 3463 4.3.0 "other or undefined mail system status": a report to a return path cannot be checked now (the
+    /// tenant's HSM token does not answer); deferred, never discarded as forged.</summary>
+    public static readonly SmtpReply ReportDeferred = new(451, "4.3.0", "Report deferred: return path cannot be checked now");
+
     /// <summary>RFC 3463 4.3.0 "other or undefined mail system status": a transport gave no result for this recipient, so it is retried.</summary>
     public static readonly SmtpReply NoResult = new(451, "4.3.0", "No result");
 
     /// <summary>RFC 3463 4.3.0 "other or undefined mail system status": a transport returned a short result list; the missing ones are retried.</summary>
     public static readonly SmtpReply NoResultFromTransport = new(451, "4.3.0", "No result from transport");
 
-    /// <summary>RFC 3463 4.3.0 "other or undefined mail system status": the tenant's return path cannot be made (key file unreadable); never sent with another sender.</summary>
+    /// <summary>RFC 3463 4.3.0 "other or undefined mail system status": the tenant's return path cannot be made (key file unreadable, HSM token unavailable); never sent with another sender.</summary>
     public static readonly SmtpReply ReturnPathUnavailable = new(451, "4.3.0", "Return path unavailable (local configuration)");
 
     // The transaction as the gateway sees it before and around the remote replies.
