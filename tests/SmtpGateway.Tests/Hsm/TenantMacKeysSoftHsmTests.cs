@@ -35,8 +35,8 @@ public sealed class TenantMacKeysSoftHsmTests : IDisposable
     public TenantMacKeysSoftHsmTests(SoftHsmFixture fixture, ITestOutputHelper output)
     {
         _output = output;
-        Environment.SetEnvironmentVariable("SMTPGW_TEST_PIN_TENANT_A", fixture.TenantA.UserPin);
-        Environment.SetEnvironmentVariable("SMTPGW_TEST_PIN_TENANT_B", fixture.TenantB.UserPin);
+        Environment.SetEnvironmentVariable("SMTPGW_TEST_PIN_TENANT_A", fixture.PinA);
+        Environment.SetEnvironmentVariable("SMTPGW_TEST_PIN_TENANT_B", fixture.PinB);
         var labels = new Dictionary<string, TenantHsmModel>
         {
             ["tenant-a"] = new(SoftHsmFixture.TokenLabelA, null, "SMTPGW_TEST_PIN_TENANT_A"),
