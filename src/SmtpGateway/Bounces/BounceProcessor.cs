@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Logging;
 using SmtpGateway.Delivery;
 using SmtpGateway.Envelope;
+using SmtpGateway.Hsm;
 using SmtpGateway.Identity;
 using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
@@ -156,44 +157,55 @@ public sealed partial class BounceProcessor : IReturnPathMailbox
         var tenant = message.Envelope.TenantId;
         var results = new RecipientResult[recipients.Count];
         var tags = new Dictionary<string, VerpTag>(StringComparer.OrdinalIgnoreCase);
-        for (var i = 0; i < recipients.Count; i++)
+        try
         {
-            var recipient = recipients[i];
-            var local = recipient[..recipient.LastIndexOf('@')];
-            if (tags.ContainsKey(local))
+            for (var i = 0; i < recipients.Count; i++)
             {
+                var recipient = recipients[i];
+                var local = recipient[..recipient.LastIndexOf('@')];
+                if (tags.ContainsKey(local))
+                {
+                    results[i] = RecipientResult.FromReply(recipient, DeliveryReplies.ReportProcessed);
+                    continue;
+                }
+
+                var tag = tenant is null ? null : _returnPaths.Verify(tenant, local);
+                if (tag is null)
+                {
+                    // Accepted at RCPT, invalid now (key retired in between): nothing to attribute; do not bounce a bounce.
+                    Log.Unattributable(_logger, message.Envelope.Id, "tag no longer valid");
+                    results[i] = RecipientResult.FromReply(recipient, DeliveryReplies.ReportDiscarded);
+                    continue;
+                }
+
+                tags[local] = tag;
                 results[i] = RecipientResult.FromReply(recipient, DeliveryReplies.ReportProcessed);
-                continue;
             }
 
-            var tag = tenant is null ? null : _returnPaths.Verify(tenant, local);
-            if (tag is null)
+            if (tags.Count > 0)
             {
-                // Accepted at RCPT, invalid now (key retired in between): nothing to attribute; do not bounce a bounce.
-                Log.Unattributable(_logger, message.Envelope.Id, "tag no longer valid");
-                results[i] = RecipientResult.FromReply(recipient, DeliveryReplies.ReportDiscarded);
-                continue;
-            }
+                IReadOnlyList<BounceFinding> findings;
+                var content = message.OpenContent();
+                await using (content.ConfigureAwait(false))
+                {
+                    // MimeKit parses synchronously; the parser reads at most 5 MiB of it.
+                    findings = BounceParser.Parse(content, address => tags.Values.Any(t => _returnPaths.IsRecipient(t, address)));
+                }
 
-            tags[local] = tag;
-            results[i] = RecipientResult.FromReply(recipient, DeliveryReplies.ReportProcessed);
+                cancellationToken.ThrowIfCancellationRequested();
+                foreach (var tag in tags.Values)
+                {
+                    Record(message, tag, [.. findings.Where(f => f.Recipient is null || _returnPaths.IsRecipient(tag, f.Recipient))]);
+                }
+            }
         }
-
-        if (tags.Count > 0)
+        catch (HsmException ex)
         {
-            IReadOnlyList<BounceFinding> findings;
-            var content = message.OpenContent();
-            await using (content.ConfigureAwait(false))
-            {
-                // MimeKit parses synchronously; the parser reads at most 5 MiB of it.
-                findings = BounceParser.Parse(content, address => tags.Values.Any(t => _returnPaths.IsRecipient(t, address)));
-            }
-
-            cancellationToken.ThrowIfCancellationRequested();
-            foreach (var tag in tags.Values)
-            {
-                Record(message, tag, [.. findings.Where(f => f.Recipient is null || _returnPaths.IsRecipient(tag, f.Recipient))]);
-            }
+            // The tenant's token cannot check tags now. A genuine report must not be taken for a forgery and dropped, so
+            // the whole message is deferred and comes back when the token answers; a report recorded in part before the
+            // failure is not counted twice then (FirstReport).
+            Log.Deferred(_logger, message.Envelope.Id, ex.Message);
+            return [.. recipients.Select(r => RecipientResult.FromReply(r, DeliveryReplies.ReportDeferred))];
         }
 
         return results;
@@ -295,5 +307,8 @@ public sealed partial class BounceProcessor : IReturnPathMailbox
 
         [LoggerMessage(EventId = Diagnostics.EventIds.Bounces + 2, Level = LogLevel.Warning, Message = "Report {ReportId} for tenant {TenantId}, message {QueueId} repeats one already counted; ignored")]
         public static partial void Duplicate(ILogger logger, string reportId, string tenantId, string queueId);
+
+        [LoggerMessage(EventId = Diagnostics.EventIds.Bounces + 3, Level = LogLevel.Warning, Message = "Report {ReportId} deferred: the tenant's HSM token cannot check return paths now ({Reason})")]
+        public static partial void Deferred(ILogger logger, string reportId, string reason);
     }
 }

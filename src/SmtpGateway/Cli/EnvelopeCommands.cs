@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using Microsoft.Extensions.Logging;
 using SmtpGateway.Bounces;
 using SmtpGateway.Envelope;
 
@@ -32,7 +33,11 @@ public static class EnvelopeCommands
         {
             var period = parse.GetValue(grace) is { } text ? TokenCommands.ParseDuration(text) : cli.Gateway.Envelope.ReturnPathKeyGrace;
             var time = TimeProvider.System;
-            var key = new VerpKeyStore(cli.DataDirectory, time).Rotate(t, period);
+            using var logs = CliLog.Open();
+            using var keys = CliTenantKeys.Open(cli);
+            var store = new VerpKeyStore(cli.DataDirectory, time, keys.Keys, logs.CreateLogger<VerpKeyStore>());
+            store.MigrateLegacyKeys();
+            var key = store.Rotate(t, period);
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{t}: return paths now use key '{key.Id}'; tags made with older keys are accepted until {time.GetUtcNow() + period:yyyy-MM-ddTHH:mm:ssZ}."));
             return 0;
@@ -183,7 +188,7 @@ public static class EnvelopeCommands
         {
             return action(cli, tenant);
         }
-        catch (Exception ex) when (ex is FormatException or IOException or UnauthorizedAccessException)
+        catch (Exception ex) when (ex is FormatException or IOException or UnauthorizedAccessException or Hsm.HsmException)
         {
             Console.Error.WriteLine($"error: {ex.Message}");
             return 1;

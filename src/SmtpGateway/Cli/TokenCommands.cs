@@ -1,7 +1,9 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
+using Microsoft.Extensions.Logging;
 using SmtpGateway.Audit;
+using SmtpGateway.Hsm;
 using SmtpGateway.Identity.Tokens;
 
 namespace SmtpGateway.Cli;
@@ -116,10 +118,16 @@ public static class TokenCommands
             }
 
             var time = TimeProvider.System;
-            var service = new TokenService(new TokenStore(cli.DataDirectory, time), () => cli.Tenants, cli.Gateway.Identity, time);
+            using var logs = CliLog.Open();
+            using var keys = CliTenantKeys.Open(cli);
+            var store = new TokenStore(cli.DataDirectory, time, keys.Keys, logs.CreateLogger<TokenStore>());
+            // Every verb first finishes any migration of legacy plaintext key files, so running the CLI is enough to get
+            // rid of them even before the gateway restarts.
+            store.MigrateLegacyKeys();
+            var service = new TokenService(store, () => cli.Tenants, cli.Gateway.Identity, time);
             return action(new Context(cli.DataDirectory, service, time));
         }
-        catch (Exception ex) when (ex is TokenException or FormatException or FileNotFoundException or InvalidDataException or IOException or UnauthorizedAccessException)
+        catch (Exception ex) when (ex is TokenException or HsmException or FormatException or FileNotFoundException or InvalidDataException or IOException or UnauthorizedAccessException)
         {
             Console.Error.WriteLine($"error: {ex.Message}");
             return 1;

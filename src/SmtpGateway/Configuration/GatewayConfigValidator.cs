@@ -1,4 +1,5 @@
 using System.Net;
+using System.Text.RegularExpressions;
 using Microsoft.Extensions.Options;
 
 namespace SmtpGateway.Configuration;
@@ -7,7 +8,7 @@ namespace SmtpGateway.Configuration;
 /// Validates the whole configuration and reports every error with its path (as YARP does), so an operator
 /// fixes a broken file in one pass. Runs at start (ValidateOnStart) and from `smtpgw check-config`.
 /// </summary>
-public sealed class GatewayConfigValidator : IValidateOptions<GatewayConfig>
+public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayConfig>
 {
     public ValidateOptionsResult Validate(string? name, GatewayConfig options)
     {
@@ -360,11 +361,61 @@ public sealed class GatewayConfigValidator : IValidateOptions<GatewayConfig>
             {
                 e.Add($"{p}:Smarthost:Tls: must be one of {string.Join(", ", Enum.GetNames<TlsPolicy>())}.");
             }
+
+            CheckSmarthostAuth($"{p}:Smarthost", smarthost, e);
         }
 
         if (egress.Tls is { } tls)
         {
             CheckTlsPolicy(e, $"{p}:Tls", tls);
+        }
+    }
+
+    /// <summary>The names the vault accepts for a credential (letters, digits, dot, underscore, hyphen; at most 64).</summary>
+    [GeneratedRegex("^[A-Za-z0-9._-]{1,64}$", RegexOptions.CultureInvariant)]
+    private static partial Regex CredentialName();
+
+    /// <summary>True when <paramref name="name"/> is a well-formed vault credential name.</summary>
+    public static bool IsCredentialName(string? name) => name is not null && CredentialName().IsMatch(name);
+
+    /// <summary>"PLAIN", "LOGIN" or "XOAUTH2" (SASL names are case-insensitive, RFC 4422 section 3.1); null for unset or unknown.</summary>
+    public static SmarthostAuthMechanism? ParseAuthMechanism(string? name) => name?.Trim().ToUpperInvariant() switch
+    {
+        "PLAIN" => SmarthostAuthMechanism.Plain,
+        "LOGIN" => SmarthostAuthMechanism.Login,
+        "XOAUTH2" => SmarthostAuthMechanism.XOAuth2,
+        _ => null,
+    };
+
+    /// <summary>
+    /// A smarthost that gets a credential must be reached over TLS: implicit TLS, or STARTTLS Required or Verify (Verify
+    /// when unset). Opportunistic would hand the password to anyone who strips STARTTLS from the EHLO reply (RFC 3207
+    /// section 6), and RFC 4954 section 4 leaves plaintext mechanisms to protected sessions.
+    /// </summary>
+    static void CheckSmarthostAuth(string p, TenantSmarthostConfig smarthost, List<string> e)
+    {
+        var hasCredential = !string.IsNullOrEmpty(smarthost.Credential);
+        if (hasCredential && !IsCredentialName(smarthost.Credential))
+        {
+            e.Add($"{p}:Credential: '{smarthost.Credential}' is not a credential name (1-64 of A-Z a-z 0-9 . _ -).");
+        }
+
+        if (hasCredential && !smarthost.ImplicitTls && smarthost.Tls is { } tls && tls is not (TlsPolicy.Required or TlsPolicy.Verify))
+        {
+            e.Add($"{p}:Tls: {tls} would send the credential without TLS; with Credential set use ImplicitTls, or Tls Required or Verify.");
+        }
+
+        if (!string.IsNullOrEmpty(smarthost.AuthMechanism))
+        {
+            if (ParseAuthMechanism(smarthost.AuthMechanism) is null)
+            {
+                e.Add($"{p}:AuthMechanism: '{smarthost.AuthMechanism}' is not one of PLAIN, LOGIN, XOAUTH2.");
+            }
+
+            if (!hasCredential)
+            {
+                e.Add($"{p}:AuthMechanism: needs Credential (nothing to authenticate with).");
+            }
         }
     }
 

@@ -62,8 +62,36 @@ public sealed class TenantSmarthostConfig
 
     public int Port { get; set; } = 25;
 
-    /// <summary>STARTTLS policy towards this smarthost; null means the tenant's default policy.</summary>
+    /// <summary>
+    /// STARTTLS policy towards this smarthost; null means the tenant's default policy, or Verify when
+    /// <see cref="Credential"/> is set (a password is never sent over plaintext or unverified TLS by default).
+    /// </summary>
     public TlsPolicy? Tls { get; set; }
+
+    /// <summary>TLS from the first byte (RFC 8314 section 3.3, the port 465 style) instead of STARTTLS; the certificate is always verified.</summary>
+    public bool ImplicitTls { get; set; }
+
+    /// <summary>Name of the tenant's upstream credential in the vault; the gateway authenticates (RFC 4954 AUTH) only when set.</summary>
+    public string? Credential { get; set; }
+
+    /// <summary>
+    /// SASL mechanism for AUTH: PLAIN, LOGIN or XOAUTH2. Unset: XOAUTH2 for an OAuth 2.0 credential, else PLAIN when the
+    /// server offers it, else LOGIN.
+    /// </summary>
+    public string? AuthMechanism { get; set; }
+}
+
+/// <summary>The SASL mechanisms the gateway can authenticate to an upstream smarthost with.</summary>
+public enum SmarthostAuthMechanism
+{
+    /// <summary>RFC 4616.</summary>
+    Plain,
+
+    /// <summary>draft-murchison-sasl-login (user name, then password, each in its own round).</summary>
+    Login,
+
+    /// <summary>Google's XOAUTH2 (an OAuth 2.0 bearer token), as Gmail and Microsoft 365 accept it.</summary>
+    XOAuth2,
 }
 
 public sealed class TenantLimitsConfig

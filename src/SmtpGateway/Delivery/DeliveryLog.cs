@@ -51,6 +51,18 @@ internal static partial class DeliveryLog
     [LoggerMessage(EventId = EventIds.Delivery + 26, Level = LogLevel.Information, Message = "{Id}: no route to {Domain}: {Code} {Reason}")]
     public static partial void RouteFailed(ILogger logger, string id, string domain, int code, string reason);
 
+    [LoggerMessage(EventId = EventIds.Delivery + 27, Level = LogLevel.Debug, Message = "Authenticated to {Peer} for tenant {Tenant} with credential {Credential} ({Mechanism})")]
+    public static partial void UpstreamAuthenticated(ILogger logger, string peer, string tenant, string credential, string mechanism);
+
+    [LoggerMessage(EventId = EventIds.Delivery + 28, Level = LogLevel.Warning, Message = "{Id}: {Peer} refused tenant {Tenant}'s credential {Credential}: {Reply}")]
+    public static partial void UpstreamAuthRefused(ILogger logger, string id, string peer, string tenant, string credential, string reply);
+
+    [LoggerMessage(EventId = EventIds.Delivery + 29, Level = LogLevel.Information, Message = "{Id}: retrying AUTH for tenant {Tenant} with credential {Credential}, still in its rotation grace window, on a fresh connection")]
+    public static partial void UpstreamAuthFallback(ILogger logger, string id, string tenant, string credential);
+
+    [LoggerMessage(EventId = EventIds.Delivery + 30, Level = LogLevel.Warning, Message = "{Id}: no upstream AUTH for tenant {Tenant}: {Reply}")]
+    public static partial void UpstreamAuthFailed(ILogger logger, string id, string tenant, string reply);
+
     [LoggerMessage(EventId = EventIds.Delivery + 40, Level = LogLevel.Debug, Message = "{Id} dropped to {Path}")]
     public static partial void Dropped(ILogger logger, string id, string path);
 

@@ -15,6 +15,12 @@ internal static class DeliveryMetrics
     static readonly Counter<long> Dsns = Telemetry.Meter.CreateCounter<long>(
         Telemetry.DeliveryDsns, "{message}", "Delivery status notifications queued to senders (RFC 3464).");
 
+    static readonly Counter<long> UpstreamAuthFailures = Telemetry.Meter.CreateCounter<long>(
+        Telemetry.DeliveryUpstreamAuthFailures, "{refusal}", "A tenant's smarthost refused its upstream credential (RFC 4954 535 and kin); the mail is deferred.");
+
+    /// <summary>The credential name and version stay out of the labels: the tenant is what an alert is about.</summary>
+    public static void UpstreamAuthFailure(string tenant) => UpstreamAuthFailures.Add(1, new KeyValuePair<string, object?>("tenant", tenant));
+
     public static void ConnectionOpened(string tenant, bool tls) =>
         Connections.Add(1, new KeyValuePair<string, object?>("tenant", tenant), new KeyValuePair<string, object?>("tls", tls ? "tls" : "none"));
 

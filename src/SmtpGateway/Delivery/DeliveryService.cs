@@ -365,7 +365,7 @@ public sealed class DeliveryService : BackgroundService
                 // The transport names the reverse-path it sent; a transport that sends none (drop) leaves the resolver to say it.
                 returnPath = !tenantSent ? null : result.ReturnPath ?? _hooks.ReturnPaths?.Invoke(envelope, recipient.Address);
             }
-            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or InvalidDataException)
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or InvalidDataException or Hsm.HsmException)
             {
                 // Bookkeeping after the fact (suppression file, pause file, key file): the attempt was made and must be
                 // recorded, or delivered recipients would be sent again and the message would never expire.

@@ -6,6 +6,7 @@ using Microsoft.Extensions.Options;
 using SmtpGateway.Configuration;
 using SmtpGateway.Identity;
 using SmtpGateway.Spool;
+using SmtpGateway.Vault;
 
 namespace SmtpGateway.Delivery;
 
@@ -55,12 +56,13 @@ public static class DeliveryServiceCollectionExtensions
             var config = sp.GetRequiredService<IOptions<GatewayConfig>>().Value;
             return new MxResolver(config.Dns, config.Delivery.Mx);
         });
+        // The vault is optional: without one, a tenant smarthost that names a credential is deferred (4.7.0), never sent unauthenticated.
         services.TryAddSingleton(sp => new SmarthostTransport(
             sp.GetRequiredService<IOptions<GatewayConfig>>().Value, sp.GetRequiredService<EgressDirectory>(), sp.GetRequiredService<TimeProvider>(),
-            sp.GetRequiredService<ILogger<SmarthostTransport>>()));
+            sp.GetRequiredService<ILogger<SmarthostTransport>>(), sp.GetService<IUpstreamCredentials>()));
         services.TryAddSingleton(sp => new MxTransport(
             sp.GetRequiredService<IOptions<GatewayConfig>>().Value, sp.GetRequiredService<IMxResolver>(), sp.GetRequiredService<EgressDirectory>(),
-            sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<ILogger<MxTransport>>()));
+            sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<ILogger<MxTransport>>(), credentials: sp.GetService<IUpstreamCredentials>()));
         services.TryAddSingleton<IDeliveryTransport>(sp =>
         {
             IDeliveryTransport transport = sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Delivery.Mode switch

@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Logging;
 using SmtpGateway.Configuration;
 using SmtpGateway.Spool;
+using SmtpGateway.Vault;
 
 namespace SmtpGateway.Delivery;
 
@@ -9,12 +10,19 @@ public sealed class MxTransport : IDeliveryTransport, IOutboundTransport, IAsync
 {
     readonly OutboundDelivery _engine;
 
+    /// <param name="config">Gateway configuration (MX settings, limits, trust anchors).</param>
+    /// <param name="resolver">MX resolver.</param>
+    /// <param name="egress">Tenants' egress (a tenant's own smarthost replaces MX for its mail).</param>
+    /// <param name="time">Clock.</param>
+    /// <param name="logger">Delivery logger.</param>
+    /// <param name="connector">Opens sessions; tests pass their own.</param>
+    /// <param name="credentials">The vault, for tenants whose smarthost names a credential; null when none is registered.</param>
     internal MxTransport(GatewayConfig config, IMxResolver resolver, EgressDirectory egress, TimeProvider time, ILogger logger,
-        SmtpConnector.ConnectFunc? connector = null)
+        SmtpConnector.ConnectFunc? connector = null, IUpstreamCredentials? credentials = null)
     {
         var trust = SmtpConnector.LoadTrustAnchors(config.Delivery.Tls.TrustAnchorsPath);
         connector ??= new SmtpConnector(trust, time, logger).ConnectAsync;
-        _engine = new OutboundDelivery(null, config.Delivery.Mx, resolver, egress, config.Delivery, connector, time, logger);
+        _engine = new OutboundDelivery(null, config.Delivery.Mx, resolver, egress, config.Delivery, connector, time, logger, credentials);
     }
 
     internal SmtpConnectionPool Pool => _engine.Pool;

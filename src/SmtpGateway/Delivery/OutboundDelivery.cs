@@ -4,6 +4,7 @@ using SmtpGateway.Configuration;
 using SmtpGateway.Identity;
 using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
+using SmtpGateway.Vault;
 
 namespace SmtpGateway.Delivery;
 
@@ -26,6 +27,10 @@ public delegate string ReturnPathResolver(SpoolEnvelope envelope, string recipie
 /// <item>A reply to MAIL, RCPT or the final dot is the answer for those recipients: 4yz is deferred (only those
 /// recipients are retried later), 5yz bounced, 2yz delivered.</item>
 /// <item>Hosts that keep failing are skipped for a while (<see cref="DestinationBackoff"/>).</item>
+/// <item>A tenant smarthost with a vault credential gets AUTH (RFC 4954) on each new connection, with the newest usable
+/// version; the version is part of the pool key. A refusal defers (never bounces: the credential is the tenant's
+/// configuration, not the recipient's), and a version still in its rotation grace window is tried once on a fresh
+/// connection.</item>
 /// </list>
 /// </summary>
 internal sealed class OutboundDelivery : IAsyncDisposable
@@ -38,6 +43,7 @@ internal sealed class OutboundDelivery : IAsyncDisposable
     readonly EgressDirectory _egress;
     readonly DestinationBackoff _backoff;
     readonly SmtpConnectionPool _pool;
+    readonly UpstreamAuthenticator _auth;
     readonly ILogger _logger;
 
     /// <param name="smarthost">The gateway's smarthost (Mode = Smarthost), or null for MX routing.</param>
@@ -48,8 +54,9 @@ internal sealed class OutboundDelivery : IAsyncDisposable
     /// <param name="connector">Opens sessions; tests pass their own.</param>
     /// <param name="time">Clock.</param>
     /// <param name="logger">Delivery logger.</param>
+    /// <param name="credentials">The tenants' upstream credentials (the vault); null when none is registered, and then a tenant smarthost with a credential is deferred.</param>
     public OutboundDelivery(SmarthostConfig? smarthost, MxConfig mx, IMxResolver? resolver, EgressDirectory egress, DeliveryConfig delivery,
-        SmtpConnector.ConnectFunc connector, TimeProvider time, ILogger logger)
+        SmtpConnector.ConnectFunc connector, TimeProvider time, ILogger logger, IUpstreamCredentials? credentials = null)
     {
         if (smarthost is null && resolver is null)
         {
@@ -62,12 +69,15 @@ internal sealed class OutboundDelivery : IAsyncDisposable
         _egress = egress;
         _backoff = new DestinationBackoff(delivery.Backoff, time);
         _pool = new SmtpConnectionPool(delivery.MaxConnectionsPerTenant, time, logger, connector);
+        _auth = new UpstreamAuthenticator(credentials, time, logger);
         _logger = logger;
     }
 
     internal SmtpConnectionPool Pool => _pool;
 
     internal DestinationBackoff Backoff => _backoff;
+
+    internal UpstreamAuthenticator Auth => _auth;
 
     /// <summary>
     /// Per-recipient return paths (issue #7). A VERP return path names one recipient, so recipients with different return
@@ -86,16 +96,17 @@ internal sealed class OutboundDelivery : IAsyncDisposable
 
         // A tenant's own smarthost, else the gateway's: every recipient in one transaction.
         var smarthost = egress.Smarthost is { } own
-            ? (own.Host, own.Port, Tls: Strictest(ToWire(own.Tls ?? egress.Tls.Default), egress, recipients), Limits: SmarthostLimits(_smarthost ?? new SmarthostConfig()))
+            ? (own.Host, own.Port, Tls: OwnSmarthostTls(own, egress, recipients), Limits: SmarthostLimits(_smarthost ?? new SmarthostConfig()),
+                Auth: own.Credential is null ? null : own)
             : _smarthost is { } gateway
-                ? (gateway.Host, gateway.Port, Tls: Strictest(FromStartTls(gateway.StartTls), egress, recipients), Limits: SmarthostLimits(gateway))
-                : default((string Host, int Port, WireTls Tls, DestinationLimits Limits)?);
+                ? (gateway.Host, gateway.Port, Tls: Strictest(FromStartTls(gateway.StartTls), egress, recipients), Limits: SmarthostLimits(gateway), Auth: null)
+                : default((string Host, int Port, WireTls Tls, DestinationLimits Limits, TenantSmarthost? Auth)?);
         if (smarthost is { } hop)
         {
             foreach (var (mailFrom, indices) in ByReturnPath(message.Envelope, recipients, Enumerable.Range(0, recipients.Count), results))
             {
                 await AttemptAsync(message, recipients, indices, mailFrom, [new NextHop(hop.Host, hop.Port, [])], hop.Limits, hop.Tls, tenant, egress, results,
-                    cancellationToken).ConfigureAwait(false);
+                    hop.Auth, cancellationToken).ConfigureAwait(false);
             }
 
             return results;
@@ -123,7 +134,7 @@ internal sealed class OutboundDelivery : IAsyncDisposable
             var hops = route.Hosts.Select(h => new NextHop(h.Name, _mx.Port, h.Addresses)).ToArray();
             foreach (var (mailFrom, batch) in ByReturnPath(message.Envelope, recipients, indices, results))
             {
-                await AttemptAsync(message, recipients, batch, mailFrom, hops, mxLimits, ToWire(egress.Tls.For(group.Key)), tenant, egress, results, cancellationToken)
+                await AttemptAsync(message, recipients, batch, mailFrom, hops, mxLimits, ToWire(egress.Tls.For(group.Key)), tenant, egress, results, auth: null, cancellationToken)
                     .ConfigureAwait(false);
             }
         }
@@ -133,7 +144,7 @@ internal sealed class OutboundDelivery : IAsyncDisposable
 
     /// <summary>Recipients grouped by their return path, in first-seen order; one group with the envelope sender when there is no resolver.</summary>
     /// <remarks>
-    /// A return path that cannot be made (the tenant's key file unreadable) defers those recipients with 451 4.3.0: never
+    /// A return path that cannot be made (the tenant's key file unreadable, its HSM token unavailable) defers those recipients with 451 4.3.0: never
     /// sent with the client's sender instead (bounces would escape attribution), and never an exception that would leave
     /// the attempt unrecorded (the message would then neither progress nor expire).
     /// </remarks>
@@ -154,7 +165,7 @@ internal sealed class OutboundDelivery : IAsyncDisposable
             {
                 mailFrom = resolver(envelope, recipients[i]);
             }
-            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or InvalidDataException)
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or InvalidDataException or Hsm.HsmException)
             {
                 DeliveryLog.ReturnPathFailed(_logger, envelope.Id, ex);
                 results[i] = RecipientResult.FromReply(recipients[i], DeliveryReplies.ReturnPathUnavailable);
@@ -176,7 +187,7 @@ internal sealed class OutboundDelivery : IAsyncDisposable
     }
 
     async Task AttemptAsync(SpooledMessage message, IReadOnlyList<string> all, int[] indices, string mailFrom, IReadOnlyList<NextHop> hops, DestinationLimits limits, WireTls tls,
-        string tenant, TenantEgress egress, RecipientResult[] results, CancellationToken cancellationToken)
+        string tenant, TenantEgress egress, RecipientResult[] results, TenantSmarthost? auth, CancellationToken cancellationToken)
     {
         var recipients = indices.Select(i => all[i]).ToArray();
         IReadOnlyList<RecipientResult>? lost = null;
@@ -190,20 +201,12 @@ internal sealed class OutboundDelivery : IAsyncDisposable
             }
 
             var key = new SmtpPoolKey(tenant, egress.HeloName, egress.SourceAddress, hop.Host, hop.Port, tls);
-            PooledSmtpConnection connection;
-            try
+            var rented = auth is null
+                ? await RentAsync(key, hop, limits, cancellationToken).ConfigureAwait(false)
+                : await RentAuthenticatedAsync(key, hop, limits, auth, message.Envelope.Id, cancellationToken).ConfigureAwait(false);
+            if (rented.Connection is not { } connection)
             {
-                connection = await _pool.RentAsync(key, hop.Addresses, limits, cancellationToken).ConfigureAwait(false);
-            }
-            catch (SmtpConnectException ex) when (!cancellationToken.IsCancellationRequested)
-            {
-                // A TLS policy failure is about this tenant's policy, not the host's health: no backoff for others.
-                if (!ex.Text.StartsWith("4.7.", StringComparison.Ordinal))
-                {
-                    _backoff.Failure(hop.Host, hop.Port);
-                }
-
-                failure = (ex.Reply, $"{hop.Host}:{hop.Port}");
+                failure = (rented.Failure!, rented.Host);
                 lost = null;
                 continue;
             }
@@ -262,6 +265,92 @@ internal sealed class OutboundDelivery : IAsyncDisposable
         Fill(results, all, indices, reply, host);
     }
 
+    /// <summary>A connection, or why none could be had (and from which host, for the result's RemoteHost).</summary>
+    readonly record struct Rented(PooledSmtpConnection? Connection, SmtpReply? Failure, string? Host);
+
+    async Task<Rented> RentAsync(SmtpPoolKey key, NextHop hop, DestinationLimits limits, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return new Rented(await _pool.RentAsync(key, hop.Addresses, limits, cancellationToken).ConfigureAwait(false), null, null);
+        }
+        catch (SmtpConnectException ex) when (!cancellationToken.IsCancellationRequested)
+        {
+            // A TLS policy failure is about this tenant's policy, not the host's health: no backoff for others.
+            if (!ex.Text.StartsWith("4.7.", StringComparison.Ordinal))
+            {
+                _backoff.Failure(hop.Host, hop.Port);
+            }
+
+            return new Rented(null, ex.Reply, $"{hop.Host}:{hop.Port}");
+        }
+    }
+
+    /// <summary>
+    /// A connection authenticated with the tenant's credential: an idle one of the same version, else a new one that
+    /// AUTHs now. When the server refuses the version, the next usable one (the previous version, in its rotation grace
+    /// window) is tried once, on a fresh connection: at most two AUTH attempts per delivery attempt.
+    /// </summary>
+    async Task<Rented> RentAuthenticatedAsync(SmtpPoolKey key, NextHop hop, DestinationLimits limits, TenantSmarthost smarthost, string queueId,
+        CancellationToken cancellationToken)
+    {
+        var name = smarthost.Credential!;
+        var (versions, unusable) = _auth.Candidates(key.Tenant, name);
+        if (unusable is not null)
+        {
+            DeliveryLog.UpstreamAuthFailed(_logger, queueId, key.Tenant, DeliveryOutcomes.FormatReply(unusable));
+            return new Rented(null, unusable, null);
+        }
+
+        var last = default(Rented);
+        for (var i = 0; i < Math.Min(2, versions.Count); i++)
+        {
+            var version = versions[i];
+            if (i > 0)
+            {
+                DeliveryLog.UpstreamAuthFallback(_logger, queueId, key.Tenant, UpstreamAuthenticator.Name(version));
+            }
+
+            var rented = await RentAsync(key with { Credential = new PoolCredential(version.Name, version.Version) }, hop, limits, cancellationToken)
+                .ConfigureAwait(false);
+            if (rented.Connection is not { } connection || connection.Client.IsAuthenticated)
+            {
+                // No session at all (not the credential's fault), or a pooled one already authenticated with this version.
+                return rented;
+            }
+
+            UpstreamAuthResult result;
+            try
+            {
+                result = await _auth.AuthenticateAsync(connection.Client, connection.Peer, version, smarthost.AuthMechanism, queueId, cancellationToken)
+                    .ConfigureAwait(false);
+            }
+            catch
+            {
+                await _pool.ReturnAsync(connection, reusable: false).ConfigureAwait(false);
+                throw;
+            }
+
+            if (result.Status == UpstreamAuthStatus.Authenticated)
+            {
+                // This version works: idle connections of older ones drain now.
+                await _pool.CloseIdleAsync(k => k.Credential is { } c && c.Name == name && c.Version < version.Version && (k with { Credential = null }) == key,
+                    "superseded credential version").ConfigureAwait(false);
+                return rented;
+            }
+
+            // Never pooled: an unauthenticated session must not be lent as an authenticated one.
+            await _pool.ReturnAsync(connection, reusable: false).ConfigureAwait(false);
+            last = new Rented(null, result.Reply, connection.Peer);
+            if (result.Status != UpstreamAuthStatus.Refused)
+            {
+                break;
+            }
+        }
+
+        return last;
+    }
+
     static void Fill(RecipientResult[] results, IReadOnlyList<string> recipients, int[] indices, SmtpReply reply, string? host) =>
         Fill(results, recipients, indices, reply.Code, DeliveryOutcomes.ReplyText(reply), host);
 
@@ -283,6 +372,22 @@ internal sealed class OutboundDelivery : IAsyncDisposable
         StartTlsMode.Required => WireTls.Verify,
         _ => WireTls.Opportunistic,
     };
+
+    /// <summary>
+    /// A tenant's own smarthost: implicit TLS when configured (RFC 8314 section 3.3), else its STARTTLS policy raised by
+    /// the recipients' domains. With a credential the certificate is always verified: a Required policy becomes Verify,
+    /// since an unverified peer could be anyone collecting passwords.
+    /// </summary>
+    static WireTls OwnSmarthostTls(TenantSmarthost own, TenantEgress egress, IReadOnlyList<string> recipients)
+    {
+        if (own.ImplicitTls)
+        {
+            return WireTls.Implicit;
+        }
+
+        var level = Strictest(ToWire(own.Tls ?? egress.Tls.Default), egress, recipients);
+        return own.Credential is not null && level < WireTls.Verify ? WireTls.Verify : level;
+    }
 
     static WireTls ToWire(TlsPolicy policy) => policy switch
     {

@@ -2,6 +2,7 @@ using Microsoft.Extensions.Logging;
 using SmtpGateway.Configuration;
 using SmtpGateway.Identity;
 using SmtpGateway.Spool;
+using SmtpGateway.Vault;
 
 namespace SmtpGateway.Delivery;
 
@@ -10,11 +11,17 @@ public sealed class SmarthostTransport : IDeliveryTransport, IOutboundTransport,
 {
     readonly OutboundDelivery _engine;
 
-    internal SmarthostTransport(GatewayConfig config, EgressDirectory egress, TimeProvider time, ILogger logger)
+    /// <param name="config">Gateway configuration (smarthost, limits, trust anchors).</param>
+    /// <param name="egress">Tenants' egress.</param>
+    /// <param name="time">Clock.</param>
+    /// <param name="logger">Delivery logger.</param>
+    /// <param name="credentials">The vault, for tenants whose smarthost names a credential; null when none is registered.</param>
+    internal SmarthostTransport(GatewayConfig config, EgressDirectory egress, TimeProvider time, ILogger logger, IUpstreamCredentials? credentials = null)
     {
         var trust = SmtpConnector.LoadTrustAnchors(config.Delivery.Tls.TrustAnchorsPath);
         var connector = new SmtpConnector(trust, time, logger);
-        _engine = new OutboundDelivery(config.Delivery.Smarthost, config.Delivery.Mx, resolver: null, egress, config.Delivery, connector.ConnectAsync, time, logger);
+        _engine = new OutboundDelivery(config.Delivery.Smarthost, config.Delivery.Mx, resolver: null, egress, config.Delivery, connector.ConnectAsync, time, logger,
+            credentials);
     }
 
     /// <summary>For tests: the gateway's smarthost only, no tenant settings.</summary>

@@ -18,16 +18,29 @@ internal enum WireTls
 
     /// <summary>STARTTLS must succeed with a certificate that chains to a trusted root and names the host. Never plaintext.</summary>
     Verify,
+
+    /// <summary>TLS from connect (RFC 8314 section 3.3, port 465 style), certificate verified as for <see cref="Verify"/>. Strictest of all.</summary>
+    Implicit,
+}
+
+/// <summary>The vault credential (name, version) a connection authenticated with; part of the pool key so that versions never share connections.</summary>
+internal readonly record struct PoolCredential(string Name, int Version)
+{
+    public override string ToString() => $"{Name}#v{Version}";
 }
 
 /// <summary>
 /// Where a pooled connection goes and for whom: (tenant, egress identity, destination host), plus the TLS level it was
 /// opened under, so that a plaintext connection is never lent to a transaction whose policy requires TLS.
 /// Connections are never shared between tenants (isolation promise 5 in ARCHITECTURE.md): the tenant is part of the key.
+/// A connection that authenticated (RFC 4954) carries its credential name and version in the key: after a rotation new
+/// connections use the new version, and one authenticated with the old version is never lent for the new one.
 /// </summary>
-internal readonly record struct SmtpPoolKey(string Tenant, string HeloName, IPAddress? SourceAddress, string Host, int Port, WireTls Tls)
+internal readonly record struct SmtpPoolKey(string Tenant, string HeloName, IPAddress? SourceAddress, string Host, int Port, WireTls Tls,
+    PoolCredential? Credential = null)
 {
-    public override string ToString() => $"{Tenant}/{HeloName}/{SourceAddress?.ToString() ?? "*"} -> {Host}:{Port} ({Tls})";
+    public override string ToString() =>
+        $"{Tenant}/{HeloName}/{SourceAddress?.ToString() ?? "*"} -> {Host}:{Port} ({Tls}{(Credential is { } c ? $", AUTH {c}" : "")})";
 }
 
 /// <summary>Limits of one destination (host, port): the first rent of a destination fixes them.</summary>
@@ -391,9 +404,51 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
         }
     }
 
-    public async ValueTask DisposeAsync()
+    /// <summary>
+    /// Closes the idle connections whose key matches: after a credential rotation the connections authenticated with an
+    /// older version drain now instead of holding slots until their idle timeout. Lent-out ones finish their transaction
+    /// and are never lent for the new version (the version is part of the key).
+    /// </summary>
+    public async Task CloseIdleAsync(Func<SmtpPoolKey, bool> match, string reason)
+    {
+        List<PooledSmtpConnection> idle;
+        lock (_gate)
+        {
+            idle = TakeIdle(match);
+        }
+
+        foreach (var connection in idle)
+        {
+            await CloseAsync(connection, reason).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Removes the idle connections whose key matches from the pool's books; caller holds the gate and closes them.</summary>
+    List<PooledSmtpConnection> TakeIdle(Func<SmtpPoolKey, bool> match)
     {
         List<PooledSmtpConnection> idle = [];
+        foreach (var destination in _destinations.Values)
+        {
+            foreach (var (key, list) in destination.Idle)
+            {
+                if (list.Count == 0 || !match(key))
+                {
+                    continue;
+                }
+
+                idle.AddRange(list);
+                destination.Open -= list.Count;
+                _tenants[key.Tenant].Open -= list.Count;
+                list.Clear();
+            }
+        }
+
+        return idle;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        List<PooledSmtpConnection> idle;
         lock (_gate)
         {
             if (_disposed)
@@ -402,20 +457,7 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
             }
 
             _disposed = true;
-            foreach (var destination in _destinations.Values)
-            {
-                foreach (var list in destination.Idle.Values)
-                {
-                    idle.AddRange(list);
-                    destination.Open -= list.Count;
-                    foreach (var connection in list)
-                    {
-                        _tenants[connection.Key.Tenant].Open--;
-                    }
-
-                    list.Clear();
-                }
-            }
+            idle = TakeIdle(static _ => true);
         }
 
         await _sweeper.DisposeAsync().ConfigureAwait(false);

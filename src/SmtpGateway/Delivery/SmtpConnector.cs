@@ -18,6 +18,7 @@ namespace SmtpGateway.Delivery;
 /// <item>Verify: as Required, and the certificate must chain to a trusted root (system roots plus
 /// Delivery:Tls:TrustAnchorsPath) and match the MX host name (RFC 6125; RFC 7672 section 3.2.3 and RFC 8461
 /// section 4.2 name the MX host as the reference identity).</item>
+/// <item>Implicit: TLS from the first byte (RFC 8314 section 3.3, a smarthost on port 465), verified as for Verify.</item>
 /// </list>
 /// </summary>
 internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, TimeProvider time, ILogger logger)
@@ -81,7 +82,7 @@ internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, Ti
             CheckCertificateRevocation = false,
             RemoteAddress = address,
         };
-        client.ServerCertificateValidationCallback = tls == WireTls.Verify
+        client.ServerCertificateValidationCallback = tls is WireTls.Verify or WireTls.Implicit
             ? (_, certificate, chain, errors) => Validate(certificate, chain, errors, out certificateProblem)
             : static (_, _, _, _) => true;
 
@@ -89,6 +90,7 @@ internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, Ti
         {
             WireTls.None => SecureSocketOptions.None,
             WireTls.Opportunistic => SecureSocketOptions.StartTlsWhenAvailable,
+            WireTls.Implicit => SecureSocketOptions.SslOnConnect,
             _ => SecureSocketOptions.StartTls,
         };
 

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.RegularExpressions;
@@ -22,6 +23,10 @@ public sealed record VerpTag(string Tenant, string QueueId, string RecipientHash
 /// fingerprint lets the bounce parser recognise the original recipient in any report (DSN, ARF or free text) without
 /// keeping a sent-mail index.</item>
 /// <item>Everything is lower case and compared case-insensitively: some MTAs change the case of local parts.</item>
+/// <item>Both MACs are computed in the tenant's HSM token. A new return path costs two HSM calls (recipient fingerprint,
+/// tag MAC), a verification one; what they yield is public (it is the address itself) and is remembered, so a retry of
+/// the same message, or another message to the same recipient, costs fewer or none. An unreachable token is an
+/// <see cref="Hsm.HsmException"/>: callers defer, never send without a tag or treat a genuine tag as forged.</item>
 /// </list>
 /// </summary>
 public sealed partial class ReturnPath
@@ -30,10 +35,21 @@ public sealed partial class ReturnPath
     public const string Prefix = "b+";
 
     const int MacBytes = 10;
+
+    /// <summary>Entries per memo before it starts afresh: bounds memory under a flood of distinct recipients.</summary>
+    const int MemoCapacity = 50_000;
+
     readonly VerpKeyStore _keys;
 
-    /// <summary>Decoded secrets, per key object: a return path is made for every recipient of every message.</summary>
-    static readonly System.Runtime.CompilerServices.ConditionalWeakTable<VerpKey, byte[]> Secrets = new();
+    /// <summary>Recipient fingerprints by (tenant, key label, normalised address).</summary>
+    readonly ConcurrentDictionary<(string, string, string), string> _hashes = new();
+
+    /// <summary>Tagged local parts by (tenant, key label, queue id, normalised address): a delivery retry makes the same one.</summary>
+    readonly ConcurrentDictionary<(string, string, string, string), string> _tags = new();
+
+    /// <summary>Local parts known to be valid tags, by (tenant, key label, lower-cased local part): made here or verified once.
+    /// Only valid ones: a flood of forgeries cannot fill it.</summary>
+    readonly ConcurrentDictionary<(string, string, string), string> _valid = new();
 
     public ReturnPath(VerpKeyStore keys) => _keys = keys;
 
@@ -42,8 +58,15 @@ public sealed partial class ReturnPath
     {
         var key = _keys.Current(tenant);
         var id = queueId.ToLowerInvariant();
-        var hash = RecipientHash(key, recipient);
-        return $"{Prefix}{id}.{hash}.{key.Id}{Mac(key, tenant, id, hash)}@{bounceDomain}";
+        var normalized = NormalizeRecipient(recipient);
+        var local = Remember(_tags, (tenant, key.KeyLabel, id, normalized), () =>
+        {
+            var hash = RecipientHash(tenant, key, normalized);
+            var made = $"{Prefix}{id}.{hash}.{key.Id}{Mac(key, tenant, id, hash)}";
+            Remember(_valid, (tenant, key.KeyLabel, made), () => made);
+            return made;
+        });
+        return $"{local}@{bounceDomain}";
     }
 
     /// <summary>
@@ -71,14 +94,26 @@ public sealed partial class ReturnPath
             return null;
         }
 
-        var expected = Encoding.ASCII.GetBytes(Mac(key, tenant, id, hash));
-        var given = Encoding.ASCII.GetBytes(match.Groups["mac"].Value.ToLowerInvariant());
-        return CryptographicOperations.FixedTimeEquals(expected, given) ? new VerpTag(tenant, id.ToUpperInvariant(), hash, key.Id) : null;
+        // The key (and with it the retirement check) is looked up before the memo, so a retired key's tags stop at once.
+        var local = localPart.ToLowerInvariant();
+        if (!_valid.ContainsKey((tenant, key.KeyLabel, local)))
+        {
+            var expected = Encoding.ASCII.GetBytes(Mac(key, tenant, id, hash));
+            var given = Encoding.ASCII.GetBytes(match.Groups["mac"].Value.ToLowerInvariant());
+            if (!CryptographicOperations.FixedTimeEquals(expected, given))
+            {
+                return null;
+            }
+
+            Remember(_valid, (tenant, key.KeyLabel, local), () => local);
+        }
+
+        return new VerpTag(tenant, id.ToUpperInvariant(), hash, key.Id);
     }
 
     /// <summary>True when <paramref name="address"/> is the recipient the tag was made for (false once its key is retired).</summary>
     public bool IsRecipient(VerpTag tag, string address) =>
-        _keys.Find(tag.Tenant, tag.KeyId) is { } key && string.Equals(RecipientHash(key, address), tag.RecipientHash, StringComparison.Ordinal);
+        _keys.Find(tag.Tenant, tag.KeyId) is { } key && string.Equals(RecipientHash(tag.Tenant, key, NormalizeRecipient(address)), tag.RecipientHash, StringComparison.Ordinal);
 
     /// <summary>
     /// 32-bit fingerprint of the normalised address (local part lower-cased, domain in A-labels): enough to pick the
@@ -86,12 +121,9 @@ public sealed partial class ReturnPath
     /// with the tenant's secret: an unkeyed hash could be matched offline (2^32 tries) by an address the attacker owns,
     /// giving a valid tag that a forged report could then pin on a victim's address.
     /// </summary>
-    static string RecipientHash(VerpKey key, string address)
-    {
-        Span<byte> digest = stackalloc byte[32];
-        HMACSHA256.HashData(Secret(key), Encoding.UTF8.GetBytes("smtpgw-verp1-rcpt\0" + NormalizeRecipient(address)), digest);
-        return Convert.ToHexStringLower(digest[..4]);
-    }
+    string RecipientHash(string tenant, VerpKey key, string normalized) =>
+        Remember(_hashes, (tenant, key.KeyLabel, normalized), () =>
+            Convert.ToHexStringLower(_keys.Mac(tenant, key, Encoding.UTF8.GetBytes("smtpgw-verp1-rcpt\0" + normalized)).AsSpan(0, 4)));
 
     /// <summary>The form a recipient is fingerprinted in.</summary>
     public static string NormalizeRecipient(string address)
@@ -101,15 +133,34 @@ public sealed partial class ReturnPath
         return at < 0 ? a.ToLowerInvariant() : $"{a[..at].ToLowerInvariant()}@{DomainName.Normalize(a[(at + 1)..]) ?? a[(at + 1)..].ToLowerInvariant()}";
     }
 
-    static byte[] Secret(VerpKey key) => Secrets.GetValue(key, static k => k.SecretBytes);
-
-    static string Mac(VerpKey key, string tenant, string id, string hash)
+    string Mac(VerpKey key, string tenant, string id, string hash)
     {
         // Domain-separated input, so that this key can never produce a value valid in another context.
         var input = Encoding.UTF8.GetBytes($"smtpgw-verp1\0{tenant}\0{id}\0{hash}");
-        Span<byte> mac = stackalloc byte[32];
-        HMACSHA256.HashData(Secret(key), input, mac);
-        return Base32(mac[..MacBytes]);
+        return Base32(_keys.Mac(tenant, key, input).AsSpan(0, MacBytes));
+    }
+
+    /// <summary>
+    /// A memo of values that are public once made (they are parts of addresses), keyed by the key label so that a
+    /// rotation never serves an old key's value. Emptied when full rather than evicted piecemeal: simple, and the cost
+    /// of forgetting is only an HSM call per entry made again.
+    /// </summary>
+    static string Remember<TKey>(ConcurrentDictionary<TKey, string> memo, TKey key, Func<string> make)
+        where TKey : notnull
+    {
+        if (memo.TryGetValue(key, out var known))
+        {
+            return known;
+        }
+
+        var value = make();
+        if (memo.Count >= MemoCapacity)
+        {
+            memo.Clear();
+        }
+
+        memo[key] = value;
+        return value;
     }
 
     /// <summary>RFC 4648 section 6 alphabet, lower case, no padding (10 bytes → 16 characters).</summary>

@@ -1,17 +1,29 @@
-using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using SmtpGateway.Diagnostics;
+using SmtpGateway.Hsm;
+using SmtpGateway.Storage;
 
 namespace SmtpGateway.Envelope;
 
-/// <summary>One version of a tenant's return-path key. Its id is one character of the tag, so a bounce names the key it needs.</summary>
-public sealed record VerpKey(char Id, string Secret, DateTimeOffset Created, DateTimeOffset? RetiresAt)
+/// <summary>
+/// One version of a tenant's return-path key: metadata only. Its id is one character of the tag, so a bounce names the
+/// key it needs; the key itself is a non-extractable HMAC key in the tenant's HSM token under <see cref="KeyLabel"/>.
+/// </summary>
+public sealed record VerpKey(char Id, DateTimeOffset Created, DateTimeOffset? RetiresAt, string? Label = null)
 {
-    [JsonIgnore]
-    public byte[] SecretBytes => Convert.FromBase64String(Secret);
+    /// <summary>The plaintext key of the legacy format: read only to migrate it into the token, never written again.</summary>
+    [JsonPropertyName("secret")]
+    public string? LegacySecret { get; init; }
 
-    // Never print the key material, whatever formats this record.
-    public override string ToString() => $"VerpKey {{ Id = {Id}, Created = {Created:O}, RetiresAt = {RetiresAt:O} }}";
+    /// <summary>The key's label in the tenant's token. Ids are reused after retirement, so the label adds the creation time.</summary>
+    [JsonIgnore]
+    public string KeyLabel => Label ?? VerpKeyStore.LabelFor(Id, Created);
+
+    // Never print key material, whatever formats this record (a legacy one still carries it until migrated).
+    public override string ToString() => $"VerpKey {{ Id = {Id}, Label = {KeyLabel}, Created = {Created:O}, RetiresAt = {RetiresAt:O} }}";
 }
 
 public sealed record VerpKeyFile(List<VerpKey> Keys);
@@ -21,23 +33,30 @@ public sealed record VerpKeyFile(List<VerpKey> Keys);
 internal sealed partial class VerpJsonContext : JsonSerializerContext;
 
 /// <summary>
-/// Per-tenant return-path keys under DataDirectory/verp/&lt;tenant&gt;.json (mode 0600). A key is made on first use;
-/// `smtpgw verp rotate-key` adds a new one and keeps the old one valid for a grace period, because bounces and
-/// complaints arrive days after the message (RFC 5321 section 4.5.4.1 retries for 4-5 days; feedback loops later still).
-/// The file is re-read when its timestamp changes, so a rotation by the CLI reaches a running gateway.
+/// Per-tenant return-path key metadata under DataDirectory/verp/&lt;tenant&gt;.json (mode 0600); the keys live in the
+/// tenant's HSM token (<see cref="ITenantKeys"/>, label <c>smtpgw-verp-&lt;id&gt;&lt;createdUnixSeconds&gt;</c>). A key is made
+/// on first use; `smtpgw verp rotate-key` adds a new one and keeps the old one valid for a grace period, because bounces
+/// and complaints arrive days after the message (RFC 5321 section 4.5.4.1 retries for 4-5 days; feedback loops later
+/// still); keys past their grace period are destroyed in the token. The file is re-read when its timestamp changes, so a
+/// rotation by the CLI reaches a running gateway. A legacy file (plaintext keys) is migrated into the token when first
+/// read, and its old bytes shredded.
 /// </summary>
-public sealed class VerpKeyStore
+public sealed partial class VerpKeyStore
 {
     const string KeyIds = "abcdefghijklmnopqrstuvwxyz0123456789";
     readonly string _directory;
     readonly TimeProvider _time;
+    readonly ITenantKeys _tenantKeys;
+    readonly ILogger _logger;
     readonly Lock _lock = new();
     readonly Dictionary<string, ((DateTime, long) Stamp, IReadOnlyList<VerpKey> Keys, long CheckedAt)> _cache = new(StringComparer.Ordinal);
 
-    public VerpKeyStore(string dataDirectory, TimeProvider time)
+    public VerpKeyStore(string dataDirectory, TimeProvider time, ITenantKeys tenantKeys, ILogger? logger = null)
     {
         _directory = Path.Combine(dataDirectory, "verp");
         _time = time;
+        _tenantKeys = tenantKeys;
+        _logger = logger ?? NullLogger.Instance;
     }
 
     /// <summary>How often a cached key file is checked for a change on disk (on the injected clock).</summary>
@@ -46,10 +65,13 @@ public sealed class VerpKeyStore
     /// <summary>How long a key rotation waits for another process's lock on the key file before it gives up.</summary>
     public TimeSpan LockTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
-    /// <summary>Real pause between attempts to take the cross-process lock.</summary>
-    static readonly TimeSpan LockRetryPause = TimeSpan.FromMilliseconds(20);
+    /// <summary>The label of a return-path key in the tenant's HSM token.</summary>
+    public static string LabelFor(char id, DateTimeOffset created) => $"smtpgw-verp-{id}{created.ToUnixTimeSeconds()}";
 
     string PathFor(string tenant) => Path.Combine(_directory, tenant + ".json");
+
+    /// <summary>HMAC-SHA256 of <paramref name="data"/> under <paramref name="key"/>, computed inside the tenant's token.</summary>
+    public byte[] Mac(string tenant, VerpKey key, ReadOnlySpan<byte> data) => _tenantKeys.Mac(tenant, key.KeyLabel, data);
 
     /// <summary>The key new tags are made with (created when the tenant has none).</summary>
     public VerpKey Current(string tenant)
@@ -66,16 +88,17 @@ public sealed class VerpKeyStore
         return Keys(tenant).FirstOrDefault(k => k.Id == id && (k.RetiresAt is null || k.RetiresAt > now));
     }
 
-    /// <summary>Adds a new current key; the previous ones verify for <paramref name="grace"/> more.</summary>
+    /// <summary>Adds a new current key; the previous ones verify for <paramref name="grace"/> more; retired ones are destroyed.</summary>
     public VerpKey Rotate(string tenant, TimeSpan grace)
     {
         lock (_lock)
         {
             using var fileLock = LockFile(tenant);
             var now = _time.GetUtcNow();
-            var keys = Load(tenant)?.Keys ?? [];
+            var keys = MigrateLocked(tenant)?.Keys ?? [];
             var retiring = now + grace;
-            var kept = keys.Where(k => k.RetiresAt is null || k.RetiresAt > now)
+            // Retired keys go first, so that a reused id can never meet its predecessor's label still in the token.
+            var kept = DestroyRetired(tenant, keys, now)
                 .Select(k => k.RetiresAt is null || k.RetiresAt > retiring ? k with { RetiresAt = retiring } : k).ToList();
             var free = KeyIds.Where(c => kept.All(k => k.Id != c)).ToList();
             if (free.Count == 0)
@@ -84,12 +107,41 @@ public sealed class VerpKeyStore
                 throw new IOException($"tenant '{tenant}' has {kept.Count} return-path keys still in their grace period; rotate again after the oldest retires");
             }
 
-            var id = free[0];
-            var key = NewKey(id, now);
+            var key = CreateKey(tenant, free[0], now);
             kept.Add(key);
             Save(tenant, new VerpKeyFile(kept), overwrite: true);
             _cache.Remove(tenant);
             return key;
+        }
+    }
+
+    /// <summary>Migrates every legacy key file into the tenants' tokens (gateway start, CLI); failures are logged and retried on use.</summary>
+    public void MigrateLegacyKeys()
+    {
+        if (!Directory.Exists(_directory))
+        {
+            return;
+        }
+
+        foreach (var path in Directory.EnumerateFiles(_directory, "*.json"))
+        {
+            var tenant = Path.GetFileNameWithoutExtension(path);
+            try
+            {
+                if (Load(tenant)?.Keys.Any(k => k.LegacySecret is not null) == true || LegacyTempFiles(tenant).Any())
+                {
+                    lock (_lock)
+                    {
+                        using var fileLock = LockFile(tenant);
+                        MigrateLocked(tenant);
+                        _cache.Remove(tenant);
+                    }
+                }
+            }
+            catch (Exception ex) when (ex is HsmException or IOException or InvalidDataException)
+            {
+                MigrationFailed(_logger, tenant, ex.Message);
+            }
         }
     }
 
@@ -105,67 +157,135 @@ public sealed class VerpKeyStore
             }
 
             // Time and length: a rotation within one timestamp tick (coarse file systems) still changes the length.
+            // A key that has retired meanwhile sends the read down the slow path below, which destroys it in the token.
             var stamp = Stamp(path);
-            if (cached.Keys is not null && stamp == cached.Stamp)
+            if (cached.Keys is not null && stamp == cached.Stamp && !cached.Keys.Any(k => k.RetiresAt <= _time.GetUtcNow()))
             {
                 _cache[tenant] = cached with { CheckedAt = tick };
                 return cached.Keys;
             }
 
             var file = Load(tenant);
-            if (file is null || file.Keys.Count == 0)
+            if (file is null || file.Keys.Count == 0 || file.Keys.Any(k => k.LegacySecret is not null) || file.Keys.Any(k => k.RetiresAt <= _time.GetUtcNow()))
             {
-                // First use: create the key, under the same cross-process lock as a rotation, so that a `verp rotate-key`
-                // at this instant cannot replace the key this process is about to make tags with.
+                // First use, a legacy file or a retired key: changed under the same cross-process lock as a rotation, so
+                // that a `verp rotate-key` at this instant cannot replace the key this process is about to make tags with.
                 using var fileLock = LockFile(tenant);
-                file = Load(tenant);
+                file = MigrateLocked(tenant);
+                var now = _time.GetUtcNow();
                 if (file is null || file.Keys.Count == 0)
                 {
-                    Save(tenant, new VerpKeyFile([NewKey('a', _time.GetUtcNow())]), overwrite: false);
+                    Save(tenant, new VerpKeyFile([CreateKey(tenant, 'a', now)]), overwrite: false);
                     file = Load(tenant) ?? throw new IOException($"cannot read the return-path key file of tenant '{tenant}'");
+                }
+                else if (file.Keys.Any(k => k.RetiresAt <= now))
+                {
+                    file = DestroyRetiredQuietly(tenant, file, now);
                 }
 
                 stamp = Stamp(path);
             }
 
-            _cache[tenant] = (stamp, file.Keys, tick);
-            return file.Keys;
+            IReadOnlyList<VerpKey> keys = [.. file.Keys.Select(k => k with { Label = k.KeyLabel })];
+            _cache[tenant] = (stamp, keys, tick);
+            return keys;
         }
     }
 
     /// <summary>
-    /// An exclusive lock shared with every other process using this data directory (the gateway and the CLI): .NET takes
-    /// flock(2) for FileShare.None on Unix. Held only for a read-modify-write of the key file.
+    /// Retired keys found on a read are destroyed in the token and dropped from the file; an HSM that cannot do it now
+    /// must not stop return paths being made with the current key, so the failure is logged and left for the next read.
     /// </summary>
-    FileStream LockFile(string tenant)
+    VerpKeyFile DestroyRetiredQuietly(string tenant, VerpKeyFile file, DateTimeOffset now)
     {
-        Directory.CreateDirectory(_directory);
-        var path = Path.Combine(_directory, tenant + ".lock");
-        // The holder is another process (the CLI, a second gateway) that works in real time and .NET offers no flock(2)
-        // with a timeout, so the pause between attempts is a real Thread.Sleep: a TimeProvider timer would never fire
-        // under a test's frozen clock. The deadline comes from the TimeProvider like every other time limit here, and
-        // the attempts are bounded as well (LockTimeout / LockRetryPause), so a frozen fake clock cannot make a stuck
-        // lock wait forever.
-        var start = _time.GetTimestamp();
-        var attemptsLeft = (int)Math.Max(1, LockTimeout / LockRetryPause);
-        while (true)
+        try
         {
-            try
+            var kept = DestroyRetired(tenant, file.Keys, now);
+            if (kept.Count == 0)
             {
-                return new FileStream(path, new FileStreamOptions
-                {
-                    Mode = FileMode.OpenOrCreate,
-                    Access = FileAccess.ReadWrite,
-                    Share = FileShare.None,
-                    UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
-                });
+                kept.Add(CreateKey(tenant, KeyIds.First(c => file.Keys.All(k => k.Id != c)), now));
             }
-            catch (IOException) when (--attemptsLeft > 0 && _time.GetElapsedTime(start) < LockTimeout)
-            {
-                Thread.Sleep(LockRetryPause);
-            }
+
+            var next = new VerpKeyFile(kept);
+            Save(tenant, next, overwrite: true);
+            return next;
+        }
+        catch (HsmException ex)
+        {
+            DestroyFailed(_logger, tenant, ex.Message);
+            return file;
         }
     }
+
+    /// <summary>
+    /// Destroys in the token every key past its retirement and returns the others. Each key is destroyed before the file
+    /// drops it, so a failure part-way leaves it listed and retried, never orphaned in the token.
+    /// </summary>
+    List<VerpKey> DestroyRetired(string tenant, IEnumerable<VerpKey> keys, DateTimeOffset now)
+    {
+        var kept = new List<VerpKey>();
+        foreach (var key in keys)
+        {
+            if (key.RetiresAt <= now)
+            {
+                _tenantKeys.DeleteKey(tenant, key.KeyLabel);
+                KeyDestroyed(_logger, key.Id, tenant);
+            }
+            else
+            {
+                kept.Add(key);
+            }
+        }
+
+        return kept;
+    }
+
+    /// <summary>A new key generated in the tenant's token; the token first, so the file never names a key it lacks.</summary>
+    VerpKey CreateKey(string tenant, char id, DateTimeOffset now)
+    {
+        var label = LabelFor(id, now);
+        _tenantKeys.CreateMacKey(tenant, label);
+        return new VerpKey(id, now, null, label);
+    }
+
+    /// <summary>
+    /// The tenant's key file, with a legacy one migrated first: every plaintext key imported into the token under its
+    /// label, the file rewritten without them and the old bytes shredded, leftover temp files shredded too. Caller holds
+    /// the tenant's file lock.
+    /// </summary>
+    VerpKeyFile? MigrateLocked(string tenant)
+    {
+        var file = Load(tenant);
+        var legacy = file?.Keys.Where(k => k.LegacySecret is not null).ToList() ?? [];
+        foreach (var key in legacy)
+        {
+            LegacyMacKey.Import(_tenantKeys, tenant, key.KeyLabel, key.LegacySecret!);
+        }
+
+        if (legacy.Count > 0)
+        {
+            file = new VerpKeyFile([.. file!.Keys.Select(k => k with { Label = k.KeyLabel, LegacySecret = null })]);
+            Save(tenant, file, overwrite: true, shredReplaced: true);
+        }
+
+        foreach (var tmp in LegacyTempFiles(tenant))
+        {
+            KeyMetadataFile.ShredAndDelete(tmp);
+        }
+
+        if (legacy.Count > 0)
+        {
+            Migrated(_logger, legacy.Count, tenant);
+        }
+
+        return file;
+    }
+
+    /// <summary>Temp files a crashed writer left ("&lt;tenant&gt;.json.&lt;guid&gt;.tmp"); from before the migration they hold plaintext.</summary>
+    IEnumerable<string> LegacyTempFiles(string tenant) =>
+        Directory.Exists(_directory) ? Directory.EnumerateFiles(_directory, tenant + ".json*.tmp") : [];
+
+    FileStream LockFile(string tenant) => KeyMetadataFile.Lock(Path.Combine(_directory, tenant + ".lock"), _time, LockTimeout);
 
     static (DateTime, long) Stamp(string path)
     {
@@ -176,14 +296,9 @@ public sealed class VerpKeyStore
     VerpKeyFile? Load(string tenant)
     {
         var path = PathFor(tenant);
-        if (!File.Exists(path))
-        {
-            return null;
-        }
-
         try
         {
-            return JsonSerializer.Deserialize(File.ReadAllBytes(path), VerpJsonContext.Default.VerpKeyFile);
+            return KeyMetadataFile.Read(path, VerpJsonContext.Default.VerpKeyFile);
         }
         catch (JsonException ex)
         {
@@ -192,32 +307,22 @@ public sealed class VerpKeyStore
         }
     }
 
-    void Save(string tenant, VerpKeyFile file, bool overwrite)
+    void Save(string tenant, VerpKeyFile file, bool overwrite, bool shredReplaced = false)
     {
         Directory.CreateDirectory(_directory);
-        var path = PathFor(tenant);
-        var tmp = path + "." + Guid.NewGuid().ToString("N") + ".tmp";
-        var options = new FileStreamOptions
-        {
-            Mode = FileMode.CreateNew,
-            Access = FileAccess.Write,
-            UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
-        };
-        using (var stream = new FileStream(tmp, options))
-        {
-            JsonSerializer.Serialize(stream, file, VerpJsonContext.Default.VerpKeyFile);
-            stream.Flush(flushToDisk: true);
-        }
-
-        try
-        {
-            File.Move(tmp, path, overwrite);
-        }
-        catch (IOException) when (!overwrite && File.Exists(path))
-        {
-            File.Delete(tmp);
-        }
+        var clean = new VerpKeyFile([.. file.Keys.Select(k => k with { Label = k.KeyLabel, LegacySecret = null })]);
+        KeyMetadataFile.Write(PathFor(tenant), JsonSerializer.SerializeToUtf8Bytes(clean, VerpJsonContext.Default.VerpKeyFile), overwrite, shredReplaced);
     }
 
-    static VerpKey NewKey(char id, DateTimeOffset now) => new(id, Convert.ToBase64String(RandomNumberGenerator.GetBytes(32)), now, null);
+    [LoggerMessage(EventId = EventIds.Envelope + 20, Level = LogLevel.Information, Message = "migrated {Count} return-path keys of tenant {Tenant} into its HSM token; plaintext file shredded")]
+    private static partial void Migrated(ILogger logger, int count, string tenant);
+
+    [LoggerMessage(EventId = EventIds.Envelope + 21, Level = LogLevel.Error, Message = "Migrating the legacy return-path keys of tenant {Tenant} into its HSM token failed ({Error}); will retry on use")]
+    private static partial void MigrationFailed(ILogger logger, string tenant, string error);
+
+    [LoggerMessage(EventId = EventIds.Envelope + 22, Level = LogLevel.Information, Message = "Destroyed retired return-path key {KeyId} of tenant {Tenant} in its HSM token")]
+    private static partial void KeyDestroyed(ILogger logger, char keyId, string tenant);
+
+    [LoggerMessage(EventId = EventIds.Envelope + 23, Level = LogLevel.Warning, Message = "Destroying the retired return-path keys of tenant {Tenant} failed ({Error}); will retry")]
+    private static partial void DestroyFailed(ILogger logger, string tenant, string error);
 }

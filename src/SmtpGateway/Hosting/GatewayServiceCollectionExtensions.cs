@@ -43,7 +43,11 @@ public static class GatewayServiceCollectionExtensions
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<GatewayConfig>, TenantDirectoryValidator>());
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<GatewayConfig>, HsmPinStartupCheck>());
         services.AddSingleton(sp => sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Identity);
-        services.AddSingleton(sp => new TokenStore(GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value), sp.GetRequiredService<TimeProvider>()));
+        services.AddSingleton(sp => new TokenStore(
+            GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value),
+            sp.GetRequiredService<TimeProvider>(),
+            sp.GetRequiredService<ITenantKeys>(),
+            sp.GetRequiredService<ILogger<TokenStore>>()));
         services.AddSingleton(sp =>
         {
             var directory = sp.GetRequiredService<TenantDirectoryService>();
@@ -52,6 +56,8 @@ public static class GatewayServiceCollectionExtensions
         services.AddSingleton<JsonLinesAuditLog>();
         services.AddSingleton<IAuditLog>(sp => sp.GetRequiredService<JsonLinesAuditLog>());
         services.AddHostedService(sp => sp.GetRequiredService<JsonLinesAuditLog>());
+        // Before anything reads a key: legacy plaintext key files go into the tenants' tokens and are shredded.
+        services.AddHostedService<LegacyKeyMigration>();
         services.AddHostedService<TokenRefreshService>();
         services.AddSingleton<ISmtpAuthenticator, TokenAuthenticator>();
         services.AddSingleton(sp =>
@@ -176,7 +182,8 @@ public static class GatewayServiceCollectionExtensions
     {
         static string Data(IServiceProvider sp) => GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value);
 
-        services.AddSingleton(sp => new VerpKeyStore(Data(sp), sp.GetRequiredService<TimeProvider>()));
+        services.AddSingleton(sp => new VerpKeyStore(Data(sp), sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<ITenantKeys>(),
+            sp.GetRequiredService<ILoggerFactory>().CreateLogger("SmtpGateway.Envelope")));
         services.AddSingleton(sp => new ReturnPath(sp.GetRequiredService<VerpKeyStore>()));
         services.AddSingleton(sp => new SuppressionList(Data(sp), sp.GetRequiredService<TimeProvider>()));
         services.AddSingleton(sp => new TenantPauseAlert(

@@ -9,10 +9,16 @@ public sealed record AuthRequest(string SessionId, IPAddress ClientAddress, stri
     public override string ToString() => $"AuthRequest {{ SessionId = {SessionId}, ClientAddress = {ClientAddress}, Listener = {Listener}, Mechanism = {Mechanism}, UserName = {UserName} }}";
 }
 
-/// <summary>Outcome of an AUTH attempt. The reason never reaches the client (every failure is the same 535).</summary>
-public sealed record AuthResult(bool Succeeded, TenantSession? Session, string? FailureReason)
+/// <summary>
+/// Outcome of an AUTH attempt. The reason never reaches the client: every refusal is the same 535, and a
+/// <paramref name="Temporary"/> failure (the credentials could not be checked at all, e.g. the tenant's HSM token is
+/// unavailable) the same 454.
+/// </summary>
+public sealed record AuthResult(bool Succeeded, TenantSession? Session, string? FailureReason, bool Temporary = false)
 {
     public static AuthResult Fail(string reason) => new(false, null, reason);
+
+    public static AuthResult Unavailable(string reason) => new(false, null, reason, Temporary: true);
 }
 
 /// <summary>Verifies SASL credentials and says which tenant the session acts for.</summary>

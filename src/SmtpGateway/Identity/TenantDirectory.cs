@@ -42,7 +42,14 @@ public sealed record TenantEgressModel(string? HeloName, IPAddress? SourceAddres
 }
 
 /// <summary>A tenant smarthost after validation.</summary>
-public sealed record TenantSmarthost(string Host, int Port, TlsPolicy? Tls);
+/// <param name="Host">Host name (or address literal); also the name its certificate must carry.</param>
+/// <param name="Port">TCP port.</param>
+/// <param name="Tls">STARTTLS policy; null is the tenant's default. Verify when a credential is set and the config left it unset.</param>
+/// <param name="ImplicitTls">TLS from connect (RFC 8314 section 3.3), certificate verified.</param>
+/// <param name="Credential">Vault credential name to AUTH with; null means no AUTH.</param>
+/// <param name="AuthMechanism">Configured SASL mechanism; null lets the credential kind and the server's offer decide.</param>
+public sealed record TenantSmarthost(string Host, int Port, TlsPolicy? Tls, bool ImplicitTls = false, string? Credential = null,
+    SmarthostAuthMechanism? AuthMechanism = null);
 
 /// <summary>A tenant's STARTTLS policy: default (null: the gateway's) and destination domain → policy, keys without a trailing dot.</summary>
 public sealed record TenantTlsPolicy(TlsPolicy? Default, IReadOnlyDictionary<string, TlsPolicy> Domains);
@@ -245,7 +252,7 @@ public sealed class TenantSnapshot
         }
 
         var source = IPAddress.TryParse(egress.SourceAddress, out var address) ? address : null;
-        var smarthost = egress.Smarthost is { } s && !string.IsNullOrWhiteSpace(s.Host) ? new TenantSmarthost(s.Host, s.Port, s.Tls) : null;
+        var smarthost = egress.Smarthost is { } s && !string.IsNullOrWhiteSpace(s.Host) ? CompileSmarthost(s) : null;
         TenantTlsPolicy? tls = null;
         if (egress.Tls is { } t)
         {
@@ -260,6 +267,15 @@ public sealed class TenantSnapshot
         }
 
         return new TenantEgressModel(string.IsNullOrEmpty(egress.HeloName) ? null : egress.HeloName, source, smarthost, tls);
+    }
+
+    static TenantSmarthost CompileSmarthost(TenantSmarthostConfig s)
+    {
+        var credential = string.IsNullOrWhiteSpace(s.Credential) ? null : s.Credential;
+
+        // With a credential the default is Verify: AUTH never goes over plaintext or unverified TLS unless configured so.
+        var tls = s.Tls ?? (credential is null ? null : TlsPolicy.Verify);
+        return new TenantSmarthost(s.Host, s.Port, tls, s.ImplicitTls, credential, GatewayConfigValidator.ParseAuthMechanism(s.AuthMechanism));
     }
 
     static TenantHsmModel CompileHsm(TenantHsmConfig? hsm) =>

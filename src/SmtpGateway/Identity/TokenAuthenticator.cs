@@ -1,11 +1,13 @@
 using SmtpGateway.Audit;
+using SmtpGateway.Hsm;
 using SmtpGateway.Identity.Tokens;
 
 namespace SmtpGateway.Identity;
 
 /// <summary>
 /// AUTH PLAIN/LOGIN with user name = tenant id and password = session token (issue #3). Every outcome is audited
-/// with its reason; the client only ever learns "535 5.7.8".
+/// with its reason; the client only ever learns "535 5.7.8", or "454 4.7.0" when the tenant's HSM token cannot check
+/// the token's MAC now: an outage must not tell a client with good credentials that they are bad.
 /// </summary>
 public sealed class TokenAuthenticator(TokenService tokens, IAuditLog audit) : ISmtpAuthenticator
 {
@@ -16,7 +18,7 @@ public sealed class TokenAuthenticator(TokenService tokens, IAuditLog audit) : I
         audit.Write(new AuditEvent
         {
             Action = AuditActions.Auth,
-            Result = result.Succeeded ? "ok" : "refused",
+            Result = result.Succeeded ? "ok" : result.Temporary ? "error" : "refused",
             Reason = result.FailureReason,
             Tenant = crossTenant ? check!.Payload!.Tenant : check?.Reason == "unknown tenant" || !TenantSnapshot.IsValidTenantId(request.UserName) ? null : request.UserName,
             Subject = crossTenant ? $"user name '{request.UserName}'" : request.Mechanism,
@@ -39,7 +41,16 @@ public sealed class TokenAuthenticator(TokenService tokens, IAuditLog audit) : I
             return AuthResult.Fail("authorization identity differs from user name");
         }
 
-        check = tokens.Verify(request.UserName, request.Password);
+        try
+        {
+            check = tokens.Verify(request.UserName, request.Password);
+        }
+        catch (HsmException ex)
+        {
+            // The message names tenant, token and label (never a PIN or key); the kind says what an operator should look at.
+            return AuthResult.Unavailable($"HSM unavailable ({ex.Kind}): {ex.Message}");
+        }
+
         if (!check.Valid)
         {
             return AuthResult.Fail(check.Reason!);

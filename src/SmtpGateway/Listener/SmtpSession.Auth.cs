@@ -101,6 +101,13 @@ public sealed partial class SmtpSession
             return true;
         }
 
+        if (verdict.Temporary)
+        {
+            // RFC 4954 section 6: the server could not check the credentials now; the client may retry, so no strike.
+            Reply(SmtpReplies.AuthTemporaryFailure);
+            return true;
+        }
+
         if (verdict.Delay > TimeSpan.Zero)
         {
             await FlushAsync(sessionToken).ConfigureAwait(false);

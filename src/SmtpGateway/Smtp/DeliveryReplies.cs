@@ -31,13 +31,17 @@ public static class DeliveryReplies
     /// <summary>RFC 3463 2.0.0 "other undefined status": accepted and dropped, a report to a retired return path (never bounce a bounce).</summary>
     public static readonly SmtpReply ReportDiscarded = new(250, "2.0.0", "Report discarded: return path no longer valid");
 
+    /// <summary>RFC 3463 4.3.0 "other or undefined mail system status": a report to a return path cannot be checked now (the
+    /// tenant's HSM token does not answer); deferred, never discarded as forged.</summary>
+    public static readonly SmtpReply ReportDeferred = new(451, "4.3.0", "Report deferred: return path cannot be checked now");
+
     /// <summary>RFC 3463 4.3.0 "other or undefined mail system status": a transport gave no result for this recipient, so it is retried.</summary>
     public static readonly SmtpReply NoResult = new(451, "4.3.0", "No result");
 
     /// <summary>RFC 3463 4.3.0 "other or undefined mail system status": a transport returned a short result list; the missing ones are retried.</summary>
     public static readonly SmtpReply NoResultFromTransport = new(451, "4.3.0", "No result from transport");
 
-    /// <summary>RFC 3463 4.3.0 "other or undefined mail system status": the tenant's return path cannot be made (key file unreadable); never sent with another sender.</summary>
+    /// <summary>RFC 3463 4.3.0 "other or undefined mail system status": the tenant's return path cannot be made (key file unreadable, HSM token unavailable); never sent with another sender.</summary>
     public static readonly SmtpReply ReturnPathUnavailable = new(451, "4.3.0", "Return path unavailable (local configuration)");
 
     // The transaction as the gateway sees it before and around the remote replies.
@@ -128,6 +132,46 @@ public static class DeliveryReplies
 
     /// <summary>RFC 3463 4.7.5 "cryptographic failure": the TLS handshake with the next hop failed.</summary>
     public static SmtpReply TlsHandshakeFailed(string peer) => new(451, "4.7.5", $"TLS handshake with {peer} failed");
+
+    // Upstream AUTH to a tenant's smarthost (RFC 4954). A refused or missing credential is the tenant's configuration, not
+    // the recipient's: always 4yz (deferred, retried, expired in the end), never a bounce, whatever the smarthost said.
+    // The text names the credential and version (name#vN), never the secret.
+
+    /// <summary>
+    /// RFC 4954 section 6 454 4.7.0 "temporary authentication failure": the smarthost refused the credential (535 5.7.8 and
+    /// kin). A remote 4yz keeps its own code and enhanced status; a remote 5yz becomes 454 4.7.0, since rotating or
+    /// fixing the credential makes the same message deliverable.
+    /// </summary>
+    public static SmtpReply UpstreamAuthRefused(string peer, string credential, int remoteCode, string remoteText)
+    {
+        var remote = remoteCode > 0 ? $"{remoteCode.ToString(CultureInfo.InvariantCulture)} {remoteText}".TrimEnd() : remoteText;
+        var text = $"{peer} refused upstream credential {credential} ({remote})";
+        if (remoteCode is >= 400 and < 500)
+        {
+            var enhanced = remoteText.Split(' ', 2)[0];
+            return enhanced.StartsWith("4.", StringComparison.Ordinal) && enhanced.Count(c => c == '.') == 2
+                ? new SmtpReply(remoteCode, enhanced, text)
+                : new SmtpReply(remoteCode, "4.7.0", text);
+        }
+
+        return new SmtpReply(454, "4.7.0", text);
+    }
+
+    /// <summary>RFC 3463 4.7.0: the vault could not produce the credential (HSM unavailable, record undecryptable, token endpoint down, no vault configured).</summary>
+    public static SmtpReply UpstreamCredentialUnavailable(string credential, string detail) =>
+        new(454, "4.7.0", $"Upstream credential {credential} unavailable ({detail})");
+
+    /// <summary>RFC 3463 4.7.0: the tenant's egress names a credential of which no version is stored (or every version retired).</summary>
+    public static SmtpReply UpstreamCredentialMissing(string credential) => new(454, "4.7.0", $"Upstream credential {credential} has no usable version in the vault");
+
+    /// <summary>RFC 3463 4.7.0: the smarthost offers no SASL mechanism the gateway can use with this credential (RFC 4954 section 3).</summary>
+    public static SmtpReply UpstreamAuthNotOffered(string peer, string wanted) => new(454, "4.7.0", $"{peer} does not offer AUTH {wanted}");
+
+    /// <summary>RFC 5248 registry X.7.11 "encryption required for requested authentication mechanism": the session is not encrypted, so no credential is sent.</summary>
+    public static SmtpReply UpstreamAuthNeedsTls(string peer) => new(454, "4.7.11", $"{peer}: session is not encrypted; the credential is not sent");
+
+    /// <summary>RFC 3463 4.4.2 "bad connection": the session broke during AUTH.</summary>
+    public static SmtpReply UpstreamAuthBroken(string peer, string exceptionType) => new(451, "4.4.2", $"Session with {peer} failed during AUTH ({exceptionType})");
 
     // Inbound routes of a tenant (forward host, webhook).
 

@@ -62,6 +62,8 @@ public static class SmtpReplies
     public static readonly SmtpReply SpoolFailed = new(451, "4.3.0", "Temporary failure storing the message, try again later");
     public static readonly SmtpReply SigningFailed = new(451, "4.3.0", "Temporary failure signing the message, try again later");
     public static readonly SmtpReply LocalError = new(451, "4.3.0", "Temporary local problem, try again later");
+    /// <summary>RFC 4954 section 6: the credentials could not be checked now (the tenant's HSM token does not answer).</summary>
+    public static readonly SmtpReply AuthTemporaryFailure = new(454, "4.7.0", "Temporary authentication failure, try again later");
     public static readonly SmtpReply TooManyRecipients = new(452, "4.5.3", "Too many recipients");
 
     /// <summary>RFC 3463 4.3.1 "mail system full": the gateway's memory budget for messages in flight is spent.</summary>

@@ -32,4 +32,7 @@ internal static partial class SubmissionLog
 
     [LoggerMessage(EventId = EventIds.Submission + 8, Level = LogLevel.Warning, Message = "Session {SessionId}: message {QueueId} refused: {Problem} ({Bytes} bytes in memory budget of {Capacity})")]
     public static partial void MessageNotTaken(ILogger logger, string sessionId, string queueId, IncomingProblem problem, long bytes, long capacity);
+
+    [LoggerMessage(EventId = EventIds.Submission + 9, Level = LogLevel.Error, Message = "Session {SessionId}: AUTH {Mechanism} could not be checked ({Reason}); answered 454")]
+    public static partial void AuthUnavailable(ILogger logger, string sessionId, string mechanism, string reason);
 }

@@ -19,4 +19,5 @@ public readonly record struct Verdict(SmtpReply Reply, bool Accepted, bool Count
 /// <summary>The Identity stage's answer to AUTH.</summary>
 /// <param name="Delay">How long to wait before answering a failure (slows guessing).</param>
 /// <param name="Blocked">The client has failed too often: after the answer the session ends.</param>
-public readonly record struct AuthVerdict(bool Succeeded, TimeSpan Delay, bool Blocked);
+/// <param name="Temporary">The credentials could not be checked now (HSM token unavailable): 454, not 535, and no strike.</param>
+public readonly record struct AuthVerdict(bool Succeeded, TimeSpan Delay, bool Blocked, bool Temporary = false);

@@ -52,6 +52,7 @@ public class GatewayHarness : GatewayProcessHarness
             var config = BuildConfig(certificate, key);
             await CustomizeAsync(config, cts.Token);
             await File.WriteAllTextAsync(ConfigPath, config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }), cts.Token);
+            await InitTenantTokensAsync(cts.Token);
             await StartGatewayAsync(cts.Token);
         }
         catch (Exception e)

@@ -69,6 +69,23 @@ public abstract class GatewayProcessHarness : IAsyncLifetime
         }
     }
 
+    /// <summary>
+    /// <c>smtpgw hsm init-token</c> for every tenant in the written config: each tenant's session-token and return-path
+    /// keys live in its own SoftHSM2 token (issue #11), so a tenant without one could neither AUTH nor get return paths.
+    /// </summary>
+    private protected async Task InitTenantTokensAsync(CancellationToken cancellationToken)
+    {
+        var root = System.Text.Json.Nodes.JsonNode.Parse(await File.ReadAllTextAsync(ConfigPath, cancellationToken))!;
+        foreach (var (tenant, _) in root["Tenants"]?.AsObject() ?? [])
+        {
+            var result = await RunSmtpgwAsync(["hsm", "init-token", "--config", ConfigPath, "--tenant", tenant], TimeSpan.FromSeconds(60));
+            if (result.ExitCode != 0)
+            {
+                throw new InvalidOperationException($"smtpgw hsm init-token --tenant {tenant} failed: {result}");
+            }
+        }
+    }
+
     /// <summary>Output of the harness's peers (sinks, DNS server) for <see cref="Diagnostics"/>.</summary>
     protected virtual IEnumerable<(string Name, string Output)> PeerOutputs() => [];
 

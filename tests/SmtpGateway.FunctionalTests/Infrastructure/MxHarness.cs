@@ -86,6 +86,7 @@ public class MxHarness : GatewayProcessHarness
             RelayPort = FreePort.Next();
             TenantAMailbox = await StartSinkAsync("127.0.0.25", [], cts.Token);
             await File.WriteAllTextAsync(ConfigPath, BuildConfig(), cts.Token);
+            await InitTenantTokensAsync(cts.Token);
             var (fileName, prefix) = RepoPaths.Smtpgw();
             Gateway = ChildProcess.Start("smtpgw-mx", fileName, [.. prefix, "serve", "--config", ConfigPath], WorkDirectory,
                 new Dictionary<string, string?> { ["DOTNET_NOLOGO"] = "1" },

@@ -8,6 +8,7 @@ using SmtpGateway.Delivery;
 using SmtpGateway.Envelope;
 using SmtpGateway.Identity;
 using SmtpGateway.Spool;
+using SmtpGateway.Tests.Fakes;
 using SmtpGateway.Tests.Spool;
 using static SmtpGateway.Tests.Spool.SpoolTestKit;
 
@@ -36,6 +37,7 @@ public sealed class BounceProcessorTests : IDisposable
 
     readonly TempDirectory _dir = new();
     readonly FakeTimeProvider _time = new(new DateTimeOffset(2030, 1, 1, 12, 0, 0, TimeSpan.Zero));
+    readonly InMemoryTenantKeys _hsm = new();
     readonly FileSpool _spool;
     readonly TenantSnapshot _tenants;
     readonly ReturnPath _returnPaths;
@@ -56,7 +58,7 @@ public sealed class BounceProcessorTests : IDisposable
         }, errors);
         Assert.Empty(errors);
         var data = _dir.Combine("data");
-        _returnPaths = new ReturnPath(new VerpKeyStore(data, _time));
+        _returnPaths = new ReturnPath(new VerpKeyStore(data, _time, _hsm));
         _suppression = new SuppressionList(data, _time);
         var reputation = new ReputationTracker(data, t => _tenants.Find(t)?.Reputation ?? new ReputationConfig(), _time);
         var processor = new BounceProcessor(_returnPaths, new TenantOutcomes(_suppression, reputation), _events.Enqueue, _time, NullLogger.Instance);
@@ -183,6 +185,32 @@ public sealed class BounceProcessorTests : IDisposable
         var entry = Assert.Single(_suppression.List("tenant-a"));
         Assert.Equal("hard-bounce", entry.Reason);
         Assert.Contains(original, entry.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_report_that_cannot_be_checked_while_the_hsm_token_is_down_is_deferred_not_dropped_as_forged()
+    {
+        var original = _spool.NewId();
+        var returnPath = _returnPaths.For("tenant-a", BounceA, original, "u@example.net");
+        var report = await SpoolAsync(Dsn(returnPath), [returnPath], inbound: true);
+
+        // A restarted gateway (nothing remembered): the tag can only be checked in the token, which does not answer.
+        var data = _dir.Combine("data");
+        var outcomes = new TenantOutcomes(_suppression, new ReputationTracker(data, t => _tenants.Find(t)?.Reputation ?? new ReputationConfig(), _time));
+        var restarted = new BounceProcessor(new ReturnPath(new VerpKeyStore(data, _time, _hsm)), outcomes, _events.Enqueue, _time, NullLogger.Instance);
+        _hsm.Unavailable = true;
+
+        var deferred = Assert.Single(await restarted.ProcessAsync(report, [returnPath], CancellationToken.None));
+        Assert.Equal(DeliveryOutcome.Deferred, deferred.Outcome);
+        Assert.StartsWith("451 4.3.0", deferred.Reply, StringComparison.Ordinal);
+        Assert.Empty(_events);
+        Assert.False(_suppression.Contains("tenant-a", "u@example.net"));
+
+        // The retry after the token is back attributes it as usual.
+        _hsm.Unavailable = false;
+        var processed = Assert.Single(await restarted.ProcessAsync(report, [returnPath], CancellationToken.None));
+        Assert.StartsWith("250 2.0.0 Report processed", processed.Reply, StringComparison.Ordinal);
+        Assert.True(_suppression.Contains("tenant-a", "u@example.net"));
     }
 
     [Fact]

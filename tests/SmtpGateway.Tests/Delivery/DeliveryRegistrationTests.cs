@@ -4,7 +4,9 @@ using Microsoft.Extensions.Options;
 using SmtpGateway.Configuration;
 using SmtpGateway.Delivery;
 using SmtpGateway.Spool;
+using SmtpGateway.Tests.Fakes;
 using SmtpGateway.Tests.Spool;
+using SmtpGateway.Vault;
 
 namespace SmtpGateway.Tests.Delivery;
 
@@ -14,10 +16,15 @@ public sealed class DeliveryRegistrationTests : IDisposable
 
     public void Dispose() => _dir.Dispose();
 
-    ServiceProvider Build(DeliveryMode mode)
+    ServiceProvider Build(DeliveryMode mode, IUpstreamCredentials? credentials = null)
     {
         var services = new ServiceCollection();
         services.AddLogging();
+        if (credentials is not null)
+        {
+            services.AddSingleton(credentials);
+        }
+
         services.AddSingleton(Options.Create(new GatewayConfig { DataDirectory = _dir.Path, Delivery = { Mode = mode } }));
         services.AddSpool();
         services.AddDelivery();
@@ -43,6 +50,20 @@ public sealed class DeliveryRegistrationTests : IDisposable
     {
         await using var provider = Build(DeliveryMode.Smarthost);
         Assert.IsType<SmarthostTransport>(provider.GetRequiredService<IDeliveryTransport>());
+    }
+
+    [Theory]
+    [InlineData(DeliveryMode.Smarthost, true)]
+    [InlineData(DeliveryMode.Mx, true)]
+    [InlineData(DeliveryMode.Smarthost, false)]
+    public async Task SMTP_transports_take_the_registered_upstream_credentials_when_there_are_any(DeliveryMode mode, bool registered)
+    {
+        var vault = registered ? new FakeUpstreamCredentials(TimeProvider.System) : null;
+        await using var provider = Build(mode, vault);
+
+        var transport = Assert.IsAssignableFrom<IOutboundTransport>(provider.GetRequiredService<IDeliveryTransport>());
+
+        Assert.Same(vault, transport.Engine.Auth.Credentials);
     }
 
     [Fact]

@@ -34,6 +34,16 @@ public sealed class DeliveryRepliesTests
         { "bad-sender", "553 5.1.7 Bad sender address syntax", DeliveryOutcome.Bounced },
         { "connection-lost", "451 4.4.2 Connection to next hop failed (IOException: Connection reset by peer)", DeliveryOutcome.Deferred },
         { "auth-required-empty", "530 5.7.0", DeliveryOutcome.Bounced },
+
+        // A refused or missing upstream credential defers, even when the smarthost said 5yz.
+        { "upstream-535", $"454 4.7.0 {Peer} refused upstream credential relay#v2 (535 5.7.8 Authentication credentials invalid)", DeliveryOutcome.Deferred },
+        { "upstream-454", $"454 4.7.0 {Peer} refused upstream credential relay#v2 (454 4.7.0 Temporary authentication failure)", DeliveryOutcome.Deferred },
+        { "upstream-432", $"432 4.7.12 {Peer} refused upstream credential relay#v2 (432 4.7.12 A password transition is needed)", DeliveryOutcome.Deferred },
+        { "upstream-no-code", $"454 4.7.0 {Peer} refused upstream credential relay#v2 (Mechanism too weak)", DeliveryOutcome.Deferred },
+        { "upstream-unavailable", "454 4.7.0 Upstream credential relay#v1 unavailable (HSM token not present)", DeliveryOutcome.Deferred },
+        { "upstream-missing", "454 4.7.0 Upstream credential relay has no usable version in the vault", DeliveryOutcome.Deferred },
+        { "upstream-not-offered", $"454 4.7.0 {Peer} does not offer AUTH XOAUTH2", DeliveryOutcome.Deferred },
+        { "upstream-needs-tls", $"454 4.7.11 {Peer}: session is not encrypted; the credential is not sent", DeliveryOutcome.Deferred },
     };
 
     static SmtpReply Reply(string name) => name switch
@@ -60,6 +70,14 @@ public sealed class DeliveryRepliesTests
         // A multi-line exception message is flattened into one line, as before.
         "connection-lost" => DeliveryReplies.ConnectionLost("IOException", "Connection reset\r\n by peer"),
         "auth-required-empty" => DeliveryReplies.AuthenticationRequired(""),
+        "upstream-535" => DeliveryReplies.UpstreamAuthRefused(Peer, "relay#v2", 535, "5.7.8 Authentication credentials invalid"),
+        "upstream-454" => DeliveryReplies.UpstreamAuthRefused(Peer, "relay#v2", 454, "4.7.0 Temporary authentication failure"),
+        "upstream-432" => DeliveryReplies.UpstreamAuthRefused(Peer, "relay#v2", 432, "4.7.12 A password transition is needed"),
+        "upstream-no-code" => DeliveryReplies.UpstreamAuthRefused(Peer, "relay#v2", 0, "Mechanism too weak"),
+        "upstream-unavailable" => DeliveryReplies.UpstreamCredentialUnavailable("relay#v1", "HSM token not present"),
+        "upstream-missing" => DeliveryReplies.UpstreamCredentialMissing("relay"),
+        "upstream-not-offered" => DeliveryReplies.UpstreamAuthNotOffered(Peer, "XOAUTH2"),
+        "upstream-needs-tls" => DeliveryReplies.UpstreamAuthNeedsTls(Peer),
         _ => throw new ArgumentOutOfRangeException(nameof(name), name, null),
     };
 

@@ -3,6 +3,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 using SmtpGateway.Configuration;
 using SmtpGateway.Delivery;
 using SmtpGateway.Spool;
+using SmtpGateway.Tests.Fakes;
 using SmtpGateway.Tests.Spool;
 using static SmtpGateway.Tests.Spool.SpoolTestKit;
 
@@ -106,6 +107,23 @@ public sealed class ReturnPathDeliveryTests : IAsyncLifetime
         Assert.Equal("451 4.3.0 Return path unavailable (local configuration)", results[0].Reply);
         var sent = Assert.Single(_server.Messages);
         Assert.Equal(["ok@example.net"], sent.Recipients);
+        Assert.DoesNotContain(_server.Commands, c => c.Contains("news@tenant-a.example", StringComparison.OrdinalIgnoreCase));
+    }
+
+    [Fact]
+    public async Task A_tenant_hsm_token_that_cannot_make_return_paths_defers_the_recipients()
+    {
+        var hsm = new InMemoryTenantKeys();
+        var returnPaths = new SmtpGateway.Envelope.ReturnPath(new SmtpGateway.Envelope.VerpKeyStore(_dir.Combine("data"), TimeProvider.System, hsm));
+        await using var transport = NewTransport((envelope, rcpt) => returnPaths.For(envelope.TenantId!, "bounces.tenant-a.example", envelope.Id, rcpt));
+        string[] recipients = ["a@example.net", "b@example.net"];
+        var message = await SpoolAsync(SampleMessage(), recipients);
+        hsm.Unavailable = true;
+
+        var results = await transport.DeliverAsync(message, recipients, CancellationToken.None);
+
+        Assert.All(results, r => Assert.Equal((DeliveryOutcome.Deferred, "451 4.3.0 Return path unavailable (local configuration)"), (r.Outcome, r.Reply)));
+        Assert.Empty(_server.Messages);
         Assert.DoesNotContain(_server.Commands, c => c.Contains("news@tenant-a.example", StringComparison.OrdinalIgnoreCase));
     }
 

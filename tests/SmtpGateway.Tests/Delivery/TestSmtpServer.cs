@@ -10,9 +10,13 @@ namespace SmtpGateway.Tests.Delivery;
 /// <summary>One message as the test server received it: envelope, MAIL parameters, and DATA after dot-unstuffing.</summary>
 public sealed record ReceivedMessage(int Connection, string MailFrom, string MailParameters, IReadOnlyList<string> Recipients, byte[] Data);
 
+/// <summary>One AUTH exchange (RFC 4954): the mechanism, the client's lines as sent (base64) and decoded, and the final reply.</summary>
+public sealed record AuthExchange(int Connection, string Mechanism, IReadOnlyList<string> WireLines, IReadOnlyList<byte[]> Responses, string Reply);
+
 /// <summary>
 /// A tiny SMTP server on loopback for transport tests: EHLO (PIPELINING, 8BITMIME, SIZE, optionally SMTPUTF8),
-/// MAIL, RCPT with a reply per address, DATA, RSET, NOOP, QUIT. Records raw DATA bytes and counts connections.
+/// MAIL, RCPT with a reply per address, DATA, RSET, NOOP, QUIT; optionally STARTTLS or implicit TLS, and AUTH PLAIN,
+/// LOGIN and XOAUTH2. Records raw DATA bytes and AUTH exchanges, and counts connections.
 /// </summary>
 public sealed class TestSmtpServer : IAsyncDisposable
 {
@@ -57,6 +61,17 @@ public sealed class TestSmtpServer : IAsyncDisposable
 
     /// <summary>When set, STARTTLS (RFC 3207) is offered with this certificate.</summary>
     public X509Certificate2? StartTlsCertificate { get; set; }
+
+    /// <summary>When set, every session is TLS from the first byte (RFC 8314 section 3.3) with this certificate.</summary>
+    public X509Certificate2? ImplicitTlsCertificate { get; set; }
+
+    /// <summary>SASL mechanisms offered in the EHLO reply (RFC 4954 section 3); no AUTH keyword when empty.</summary>
+    public string[] AuthMechanisms { get; set; } = [];
+
+    /// <summary>Final reply to an AUTH exchange from the mechanism and the decoded client responses; default 235.</summary>
+    public Func<string, IReadOnlyList<byte[]>, string> AuthReply { get; set; } = (_, _) => "235 2.7.0 Authentication successful";
+
+    public ConcurrentQueue<AuthExchange> AuthExchanges { get; } = new();
 
     /// <summary>Sessions that completed a TLS handshake.</summary>
     public int TlsSessions => Volatile.Read(ref _tlsSessions);
@@ -110,8 +125,19 @@ public sealed class TestSmtpServer : IAsyncDisposable
     async Task SessionAsync(TcpClient client, int connection)
     {
         Stream stream = client.GetStream();
-        var reader = new BufferedStream(stream, 8192);
         var secure = false;
+        if (ImplicitTlsCertificate is { } implicitCertificate)
+        {
+            if (await HandshakeAsync(stream, implicitCertificate) is not { } implicitTls)
+            {
+                return;
+            }
+
+            stream = implicitTls;
+            secure = true;
+        }
+
+        var reader = new BufferedStream(stream, 8192);
         async Task Send(string reply) => await stream.WriteAsync(Encoding.ASCII.GetBytes(reply + "\r\n"), _stop.Token);
 
         await Send("220 test.example ESMTP");
@@ -132,7 +158,8 @@ public sealed class TestSmtpServer : IAsyncDisposable
             {
                 case "EHLO":
                     await Send("250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n" + (AdvertiseSmtpUtf8 ? "250-SMTPUTF8\r\n" : "")
-                        + ((StartTlsCertificate is not null || BreakStartTls) && !secure ? "250-STARTTLS\r\n" : "") + "250 SIZE 104857600");
+                        + ((StartTlsCertificate is not null || BreakStartTls) && !secure ? "250-STARTTLS\r\n" : "")
+                        + (AuthMechanisms.Length > 0 ? $"250-AUTH {string.Join(' ', AuthMechanisms)}\r\n" : "") + "250 SIZE 104857600");
                     break;
                 case "STARTTLS" when BreakStartTls:
                     await Send("220 2.0.0 Ready to start TLS");
@@ -140,22 +167,23 @@ public sealed class TestSmtpServer : IAsyncDisposable
                     return;
                 case "STARTTLS" when StartTlsCertificate is not null && !secure:
                     await Send("220 2.0.0 Ready to start TLS");
-                    var tls = new SslStream(stream, leaveInnerStreamOpen: false);
-                    try
-                    {
-                        await tls.AuthenticateAsServerAsync(StartTlsCertificate);
-                    }
-                    catch (System.Security.Authentication.AuthenticationException)
+                    if (await HandshakeAsync(stream, StartTlsCertificate) is not { } tls)
                     {
                         return;
                     }
 
                     // RFC 3207 section 4.2: the session starts over after the handshake.
-                    Interlocked.Increment(ref _tlsSessions);
                     stream = tls;
                     reader = new BufferedStream(tls, 8192);
                     secure = true;
                     recipients.Clear();
+                    break;
+                case "AUTH":
+                    if (!await AuthAsync(command, connection, reader, Send))
+                    {
+                        return;
+                    }
+
                     break;
                 case "HELO":
                     await Send("250 test.example");
@@ -223,6 +251,78 @@ public sealed class TestSmtpServer : IAsyncDisposable
                     break;
             }
         }
+    }
+
+    /// <summary>The server side of a TLS handshake, counted in <see cref="TlsSessions"/>; null when it failed.</summary>
+    async Task<SslStream?> HandshakeAsync(Stream stream, X509Certificate2 certificate)
+    {
+        var tls = new SslStream(stream, leaveInnerStreamOpen: false);
+        try
+        {
+            await tls.AuthenticateAsServerAsync(certificate);
+        }
+        catch (System.Security.Authentication.AuthenticationException)
+        {
+            await tls.DisposeAsync();
+            return null;
+        }
+
+        Interlocked.Increment(ref _tlsSessions);
+        return tls;
+    }
+
+    /// <summary>
+    /// RFC 4954 section 4: AUTH mechanism [initial-response]; 334 challenges until the client has said everything; then
+    /// the final reply. LOGIN asks for the user name and the password in turn; a refused XOAUTH2 first sends a 334 with
+    /// a JSON error, which the client answers with an empty line. False when the client hung up.
+    /// </summary>
+    async Task<bool> AuthAsync(string command, int connection, Stream reader, Func<string, Task> send)
+    {
+        var parts = command.Split(' ');
+        var mechanism = parts[1].ToUpperInvariant();
+        var wire = new List<string> { command };
+        var responses = new List<byte[]>();
+        if (parts.Length > 2)
+        {
+            responses.Add(Convert.FromBase64String(parts[2]));
+        }
+
+        async Task<bool> Ask(string challenge)
+        {
+            await send("334 " + challenge);
+            var line = await ReadLineAsync(reader);
+            if (line is null)
+            {
+                return false;
+            }
+
+            var text = Encoding.ASCII.GetString(line).TrimEnd('\r', '\n');
+            wire.Add(text);
+            responses.Add(Convert.FromBase64String(text));
+            return true;
+        }
+
+        if (mechanism == "LOGIN")
+        {
+            if (!await Ask("VXNlcm5hbWU6") || !await Ask("UGFzc3dvcmQ6"))
+            {
+                return false;
+            }
+        }
+        else if (responses.Count == 0 && !await Ask(""))
+        {
+            return false;
+        }
+
+        var reply = AuthReply(mechanism, responses);
+        if (mechanism == "XOAUTH2" && !reply.StartsWith('2') && !await Ask(Convert.ToBase64String("{\"status\":\"401\",\"schemes\":\"bearer\"}"u8)))
+        {
+            return false;
+        }
+
+        AuthExchanges.Enqueue(new AuthExchange(connection, mechanism, wire, responses, reply));
+        await send(reply);
+        return true;
     }
 
     static (string Path, string Parameters) SplitPath(string rest)

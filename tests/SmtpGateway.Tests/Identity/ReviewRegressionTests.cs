@@ -4,6 +4,7 @@ using SmtpGateway.Configuration;
 using SmtpGateway.Envelope;
 using SmtpGateway.Identity;
 using SmtpGateway.Identity.Tokens;
+using SmtpGateway.Tests.Fakes;
 
 namespace SmtpGateway.Tests.Identity;
 
@@ -35,7 +36,7 @@ public sealed class ReviewRegressionTests : IDisposable
             ["tenant-a"] = new() { Domains = ["tenant-a.example"] },
             ["tenant-b"] = new() { Domains = ["tenant-b.example"] },
         }, errors);
-        var service = new TokenService(new TokenStore(_data.FullName, TimeProvider.System), () => tenants, new IdentityConfig(), TimeProvider.System);
+        var service = new TokenService(new TokenStore(_data.FullName, TimeProvider.System, new InMemoryTenantKeys()), () => tenants, new IdentityConfig(), TimeProvider.System);
         var real = service.Mint("tenant-b", null, [], null).Token;
 
         // Same claims (tenant-b, B's key id), MAC replaced: not B's token at all.
@@ -73,8 +74,8 @@ public sealed class SecretFormattingTests
     {
         var request = new AuthRequest("s1", System.Net.IPAddress.Loopback, "submission", "PLAIN", "", "tenant-a", "sgw1.secret-token");
         Assert.DoesNotContain("secret-token", request.ToString(), StringComparison.Ordinal);
-        var key = new TokenKey("k1", "c2VjcmV0LWtleS1tYXRlcmlhbA==", DateTimeOffset.UnixEpoch, null);
-        Assert.DoesNotContain(key.Secret, key.ToString(), StringComparison.Ordinal);
+        var key = new TokenKey("k1", DateTimeOffset.UnixEpoch, null) { LegacySecret = "c2VjcmV0LWtleS1tYXRlcmlhbA==" };
+        Assert.DoesNotContain(key.LegacySecret, key.ToString(), StringComparison.Ordinal);
         var minted = new MintedToken("sgw1.secret-token", new TokenRecord("tok_1", "tenant-a", null, [], DateTimeOffset.UnixEpoch, DateTimeOffset.UnixEpoch, "k1"));
         Assert.DoesNotContain("secret-token", minted.ToString(), StringComparison.Ordinal);
         Assert.Contains("tok_1", minted.ToString(), StringComparison.Ordinal);

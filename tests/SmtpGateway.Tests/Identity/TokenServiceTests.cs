@@ -2,6 +2,7 @@ using Microsoft.Extensions.Time.Testing;
 using SmtpGateway.Configuration;
 using SmtpGateway.Identity;
 using SmtpGateway.Identity.Tokens;
+using SmtpGateway.Tests.Fakes;
 
 namespace SmtpGateway.Tests.Identity;
 
@@ -11,6 +12,7 @@ public sealed class TokenServiceTests : IDisposable
     readonly FakeTimeProvider _clock = new(new DateTimeOffset(2026, 11, 28, 12, 0, 0, TimeSpan.Zero));
     readonly IdentityConfig _config = new() { Audience = "gw-test", KeyRotationGrace = TimeSpan.FromMinutes(30) };
     readonly TenantSnapshot _tenants;
+    readonly InMemoryTenantKeys _hsm = new();
 
     public TokenServiceTests()
     {
@@ -23,7 +25,7 @@ public sealed class TokenServiceTests : IDisposable
         Assert.Empty(errors);
     }
 
-    TokenService NewService(IdentityConfig? config = null) => new(new TokenStore(_data.FullName, _clock), () => _tenants, config ?? _config, _clock);
+    TokenService NewService(IdentityConfig? config = null) => new(new TokenStore(_data.FullName, _clock, _hsm), () => _tenants, config ?? _config, _clock);
 
     [Fact]
     public void Minted_token_verifies_for_its_tenant_only()

@@ -5,6 +5,7 @@ using System.Text.RegularExpressions;
 using SmtpGateway.Bounces;
 using SmtpGateway.Envelope;
 using SmtpGateway.Submission;
+using SmtpGateway.Tests.Fakes;
 using SmtpGateway.Tests.Spool;
 
 namespace SmtpGateway.Tests.Listener;
@@ -19,6 +20,7 @@ public sealed class EnvelopeIsolationTranscriptTests : IDisposable
     const string SuppressedReply = "550 5.7.1 Recipient is on this account's suppression list (earlier hard bounce or complaint); not sent";
 
     readonly TempDirectory _dir = new();
+    readonly InMemoryTenantKeys _hsm = new();
     readonly ReturnPath _returnPaths;
     readonly SuppressionList _suppression;
     readonly ConcurrentQueue<(string Tenant, string Address, string Session)> _refusals = new();
@@ -26,7 +28,7 @@ public sealed class EnvelopeIsolationTranscriptTests : IDisposable
 
     public EnvelopeIsolationTranscriptTests()
     {
-        _returnPaths = new ReturnPath(new VerpKeyStore(_dir.Path, TimeProvider.System));
+        _returnPaths = new ReturnPath(new VerpKeyStore(_dir.Path, TimeProvider.System, _hsm));
         _suppression = new SuppressionList(_dir.Path, TimeProvider.System);
         _envelope = new EnvelopeServices(_returnPaths, _suppression, new HeaderHygiene(new HeaderHygieneOptions()),
             (tenant, address, session) => _refusals.Enqueue((tenant, address, session)));
@@ -106,6 +108,24 @@ public sealed class EnvelopeIsolationTranscriptTests : IDisposable
         Assert.True(envelope.Inbound);
         Assert.Equal([valid, valid.ToUpperInvariant(), "postmaster@bounces.tenant-a.example", "Abuse@Bounces.Tenant-A.example"], envelope.Recipients);
         Assert.Empty(_refusals);
+    }
+
+    [Fact]
+    public async Task A_return_path_the_hsm_token_cannot_check_now_is_answered_451_not_refused_as_forged()
+    {
+        var made = _returnPaths.For("tenant-a", "bounces.tenant-a.example", QueueId, "u@example.net");
+        // The gateway side is a fresh ReturnPath (a restarted process): nothing remembered, every check needs the token.
+        var restarted = new EnvelopeServices(new ReturnPath(new VerpKeyStore(_dir.Path, TimeProvider.System, _hsm)), _suppression,
+            new HeaderHygiene(new HeaderHygieneOptions()));
+        await using var gw = await TestGateway.StartAsync(envelope: restarted);
+        await using var c = await InboundAsync(gw);
+        _hsm.Unavailable = true;
+
+        Assert.StartsWith("250", await c.CommandAsync("MAIL FROM:<>"));
+        Assert.StartsWith("451 4.3.0", await c.CommandAsync($"RCPT TO:<{made}>"));
+        Assert.StartsWith("550 5.1.1", await c.CommandAsync("RCPT TO:<b+garbage@bounces.tenant-a.example>")); // no token needed
+        _hsm.Unavailable = false;
+        Assert.StartsWith("250 2.1.5", await c.CommandAsync($"RCPT TO:<{made}>"));
     }
 
     [Fact]

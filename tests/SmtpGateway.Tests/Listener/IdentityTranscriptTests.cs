@@ -2,6 +2,7 @@ using System.Net;
 using System.Text;
 using Microsoft.Extensions.Time.Testing;
 using SmtpGateway.Audit;
+using SmtpGateway.Tests.Fakes;
 
 namespace SmtpGateway.Tests.Listener;
 
@@ -49,6 +50,26 @@ public sealed class IdentityTranscriptTests
         Assert.Equal(("ok", "tenant-a", false), (auth.Result, auth.Tenant, auth.CrossTenant));
         Assert.NotNull(auth.TokenId);
         Assert.DoesNotContain(gw.Audit.Events, e => (e.Reason + e.Subject + e.TokenId).Contains(token.Split('.')[2], StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task An_unreachable_hsm_token_at_auth_answers_454_not_bad_credentials_and_the_client_may_retry()
+    {
+        var hsm = new InMemoryTenantKeys();
+        await using var gw = await TestGateway.StartAsync(tenantKeys: hsm);
+        var token = gw.Tokens.Mint("tenant-a", null, [], "agent").Token;
+        await using var c = await SubmissionAsync(gw);
+
+        hsm.Unavailable = true;
+        Assert.Equal("454 4.7.0 Temporary authentication failure, try again later", await c.CommandAsync("AUTH PLAIN " + Plain("", "tenant-a", token)));
+        Assert.Equal("454 4.7.0 Temporary authentication failure, try again later", await c.CommandAsync("AUTH PLAIN " + Plain("", "tenant-a", token)));
+        Assert.Equal("454 4.7.0 Temporary authentication failure, try again later", await c.CommandAsync("AUTH PLAIN " + Plain("", "tenant-a", token)));
+        Assert.Equal("535 5.7.8 Authentication credentials invalid", await c.CommandAsync("AUTH PLAIN " + Plain("", "tenant-a", "guess")));
+
+        // The token comes back: same session, no throttle strikes from the outage.
+        hsm.Unavailable = false;
+        Assert.StartsWith("235 2.7.0", await c.CommandAsync("AUTH PLAIN " + Plain("", "tenant-a", token)));
+        Assert.Equal(3, gw.Audit.Events.Count(e => e.Action == AuditActions.Auth && e.Result == "error"));
     }
 
     [Fact]

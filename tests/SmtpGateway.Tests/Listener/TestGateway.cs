@@ -13,6 +13,7 @@ using SmtpGateway.Identity.Tokens;
 using SmtpGateway.Listener;
 using SmtpGateway.Spool;
 using SmtpGateway.Submission;
+using SmtpGateway.Tests.Fakes;
 
 namespace SmtpGateway.Tests.Listener;
 
@@ -102,6 +103,7 @@ public sealed class TestGateway : IAsyncDisposable
     /// Two tenants: tenant-a (tenant-a.example, legacy network 127.0.0.1/32 unless overridden; DKIM required) and tenant-b
     /// (tenant-b.example, 127.0.0.2/32; "Dkim:Unsigned"). Relay-listener clients from 127.0.0.1 therefore act for tenant-a.
     /// <paramref name="envelope"/> turns on envelope isolation (issue #7): return-path checks, suppression, header hygiene.
+    /// <paramref name="tenantKeys"/> holds the token keys (an in-memory fake unless a test needs to reach or break it).
     /// </summary>
     public static async Task<TestGateway> StartAsync(
         Action<LimitsConfig>? limits = null,
@@ -111,7 +113,8 @@ public sealed class TestGateway : IAsyncDisposable
         TimeProvider? time = null,
         SmtpGateway.Signing.IMessageSigner? signer = null,
         EnvelopeServices? envelope = null,
-        MessageMemoryBudget? budget = null)
+        MessageMemoryBudget? budget = null,
+        SmtpGateway.Hsm.ITenantKeys? tenantKeys = null)
     {
         var limitsConfig = new LimitsConfig();
         limits?.Invoke(limitsConfig);
@@ -127,7 +130,7 @@ public sealed class TestGateway : IAsyncDisposable
         }, errors);
         Assert.Empty(errors);
         var data = Directory.CreateTempSubdirectory("smtpgw-listener");
-        var tokens = new TokenService(new TokenStore(data.FullName, clock), () => tenants, identityConfig, clock);
+        var tokens = new TokenService(new TokenStore(data.FullName, clock, tenantKeys ?? new InMemoryTenantKeys()), () => tenants, identityConfig, clock);
         var audit = new RecordingAudit();
         var spool = new RecordingSpool();
         var pipeline = new SubmissionPipeline(

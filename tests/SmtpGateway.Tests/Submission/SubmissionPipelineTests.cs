@@ -13,6 +13,7 @@ using SmtpGateway.Signing;
 using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
 using SmtpGateway.Submission;
+using SmtpGateway.Tests.Fakes;
 using SmtpGateway.Tests.Listener;
 using SmtpGateway.Tests.Signing;
 using SmtpGateway.Tests.Spool;
@@ -27,6 +28,7 @@ public sealed class SubmissionPipelineTests : IDisposable
 {
     readonly TempDirectory _dir = new();
     readonly FakeTimeProvider _clock = new(new DateTimeOffset(2026, 12, 4, 12, 0, 0, TimeSpan.Zero));
+    readonly InMemoryTenantKeys _hsm = new();
     readonly SoftwareKeySigner _keys = new();
     readonly RecordingAudit _audit = new();
     readonly FileSpool _spool;
@@ -64,7 +66,7 @@ public sealed class SubmissionPipelineTests : IDisposable
     {
         limits ??= new LimitsConfig();
         var identity = new IdentityConfig { Audience = "gw-test" };
-        var tokens = new TokenService(new TokenStore(_dir.Path, _clock), () => _tenants, identity, _clock);
+        var tokens = new TokenService(new TokenStore(_dir.Path, _clock, _hsm), () => _tenants, identity, _clock);
         return new SubmissionPipeline(
             new SubmissionServices(
                 "gw.test.example",
@@ -74,7 +76,7 @@ public sealed class SubmissionPipelineTests : IDisposable
                 _clock,
                 budget ?? new MessageMemoryBudget(limits.MaxInFlightMemory),
                 new DkimSigningService(_dkim, _keys, _audit, _clock, null),
-                new EnvelopeServices(new ReturnPath(new VerpKeyStore(_dir.Path, _clock)), _suppression, new HeaderHygiene(new HeaderHygieneOptions()))),
+                new EnvelopeServices(new ReturnPath(new VerpKeyStore(_dir.Path, _clock, _hsm)), _suppression, new HeaderHygiene(new HeaderHygieneOptions()))),
             NullLoggerFactory.Instance);
     }
 

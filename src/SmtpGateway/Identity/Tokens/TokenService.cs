@@ -41,8 +41,11 @@ public sealed record TokenCheck(bool Valid, string? Reason, TokenPayload? Payloa
 /// <summary>
 /// Session tokens: "sgw1." base64url(claims JSON) "." base64url(HMAC-SHA256(tenant key, "sgw1." + claims)).
 /// One fixed construction (no algorithm field to negotiate, unlike JWT), a per-tenant key chosen by the tenant the
-/// client names, and a constant-time MAC comparison. The gateway stores only key material and token metadata; a
-/// token cannot be rebuilt from what is on disk without the key, and the key never leaves the data directory.
+/// client names, and a constant-time MAC comparison. The MAC is computed inside the tenant's HSM token (the key is
+/// non-extractable there); the data directory holds only key and token metadata, from which no token can be rebuilt.
+/// Verification refuses on every cheap check (shape, tenant, key, retirement, audience, expiry, revocation) before it
+/// asks the token, so one AUTH costs at most one HSM MAC and garbage costs none. An unreachable token surfaces as an
+/// <see cref="Hsm.HsmException"/>: the caller answers a temporary failure, never "bad credentials".
 /// </summary>
 public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants, IdentityConfig config, TimeProvider time)
 {
@@ -88,7 +91,7 @@ public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants,
         var key = ActiveKey(tenantId, now);
         var id = "tok_" + Base64Url(RandomNumberGenerator.GetBytes(12));
         var payload = new TokenPayload(1, tenantId, key.Id, id, config.Audience, now.ToUnixTimeSeconds(), (now + lifetime).ToUnixTimeSeconds(), scope);
-        var token = Sign(payload, key);
+        var token = Sign(tenantId, payload, key);
         var record = new TokenRecord(id, tenantId, description, scope, now, now + lifetime, key.Id);
         store.AppendRegistry(new RegistryEntry("mint", record, null, now));
         return new MintedToken(token, record);
@@ -144,7 +147,7 @@ public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants,
                 claimed = store.KeysOf(payload.Tenant).FirstOrDefault(k => k.Id == payload.KeyId);
             }
 
-            return claimed is not null && CryptographicOperations.FixedTimeEquals(Mac(claimed, $"{Prefix}{parts[1]}"), mac)
+            return claimed is not null && CryptographicOperations.FixedTimeEquals(Mac(payload.Tenant, claimed, $"{Prefix}{parts[1]}"), mac)
                 ? TokenCheck.Fail(TenantMismatch, payload)
                 : TokenCheck.Fail("bad signature");
         }
@@ -163,24 +166,22 @@ public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants,
             return TokenCheck.Fail("unknown key");
         }
 
-        var expected = Mac(key, $"{Prefix}{parts[1]}");
-        if (!CryptographicOperations.FixedTimeEquals(expected, mac))
-        {
-            return TokenCheck.Fail("bad signature");
-        }
-
+        // Refusals that hold whatever the MAC says come first, so they cost no HSM call (and a retired key, perhaps
+        // already destroyed in the token, is never asked for). The client learns nothing it did not send. The claims
+        // are not verified, so the token is attributed (audit token id) only when the registry has minted exactly
+        // that token id for this tenant under this key; an invented id is attributed to no one, as any bad token.
         var now = time.GetUtcNow();
-        if (key.RetiresAt is { } retires && now >= retires)
+        var cheap = key.RetiresAt is { } retires && now >= retires ? "key retired after rotation"
+            : !string.Equals(payload.Audience, config.Audience, StringComparison.Ordinal) ? "wrong audience"
+            : StillValid(payload) is { Valid: false } stale ? stale.Reason
+            : null;
+        if (cheap is not null)
         {
-            return TokenCheck.Fail("key retired after rotation", payload);
+            return TokenCheck.Fail(cheap, store.Record(payload.Id) is { } minted && minted.Tenant == userName && minted.KeyId == payload.KeyId ? payload : null);
         }
 
-        if (!string.Equals(payload.Audience, config.Audience, StringComparison.Ordinal))
-        {
-            return TokenCheck.Fail("wrong audience", payload);
-        }
-
-        return StillValid(payload);
+        var expected = Mac(userName, key, $"{Prefix}{parts[1]}");
+        return CryptographicOperations.FixedTimeEquals(expected, mac) ? new TokenCheck(true, null, payload) : TokenCheck.Fail("bad signature");
     }
 
     /// <summary>Expiry and revocation, checked at AUTH and again at every MAIL FROM of the session.</summary>
@@ -241,17 +242,20 @@ public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants,
             throw new TokenException($"Unknown tenant '{tenantId}'.");
         }
 
-        store.Refresh();
         var now = time.GetUtcNow();
         var retireAt = now + (grace ?? config.KeyRotationGrace);
-        var keys = store.KeysOf(tenantId)
-            .Where(k => k.RetiresAt is null || k.RetiresAt > now)
-            .Select(k => k.RetiresAt is null || k.RetiresAt > retireAt ? k with { RetiresAt = retireAt } : k)
-            .ToList();
-        var fresh = TokenStore.NewKey(now);
-        keys.Add(fresh);
-        store.WriteKeys(tenantId, keys);
-        return (fresh, retireAt);
+        TokenKey? fresh = null;
+        store.Update(tenantId, keys =>
+        {
+            // Keys already past their retirement are destroyed in the token now; the rest retire at the latest by retireAt.
+            var kept = store.DestroyRetired(tenantId, keys)
+                .Select(k => k.RetiresAt is null || k.RetiresAt > retireAt ? k with { RetiresAt = retireAt } : k)
+                .ToList();
+            fresh = store.CreateKey(tenantId, now);
+            kept.Add(fresh);
+            return kept;
+        });
+        return (fresh!, retireAt);
     }
 
     TokenKey ActiveKey(string tenantId, DateTimeOffset now)
@@ -262,19 +266,20 @@ public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants,
             return active;
         }
 
-        var key = TokenStore.NewKey(now);
-        store.WriteKeys(tenantId, [.. store.KeysOf(tenantId), key]);
-        return key;
+        // First mint: made under the file lock, so a concurrent first mint (or rotation) elsewhere is seen, not doubled.
+        var keys = store.Update(tenantId, keys => keys.Any(k => k.RetiresAt is null) ? keys : [.. keys, store.CreateKey(tenantId, now)]);
+        return keys.Last(k => k.RetiresAt is null);
     }
 
-    static string Sign(TokenPayload payload, TokenKey key)
+    string Sign(string tenantId, TokenPayload payload, TokenKey key)
     {
         var body = Base64Url(JsonSerializer.SerializeToUtf8Bytes(payload, TokenJsonContext.Default.TokenPayload));
         var signed = Prefix + body;
-        return $"{signed}.{Base64Url(Mac(key, signed))}";
+        return $"{signed}.{Base64Url(Mac(tenantId, key, signed))}";
     }
 
-    static byte[] Mac(TokenKey key, string signed) => HMACSHA256.HashData(key.SecretBytes, Encoding.ASCII.GetBytes(signed));
+    /// <summary>The one HSM call of a mint or a verification: HMAC-SHA256 inside the tenant's token.</summary>
+    byte[] Mac(string tenantId, TokenKey key, string signed) => store.Mac(tenantId, key, Encoding.ASCII.GetBytes(signed));
 
     static string Base64Url(byte[] bytes) => Convert.ToBase64String(bytes).TrimEnd('=').Replace('+', '-').Replace('/', '_');
 

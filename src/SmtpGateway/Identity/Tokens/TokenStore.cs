@@ -3,17 +3,30 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using SmtpGateway.Diagnostics;
+using SmtpGateway.Hsm;
+using SmtpGateway.Storage;
 
 namespace SmtpGateway.Identity.Tokens;
 
-/// <summary>One per-tenant token key version. The secret never leaves the data directory (mode 0600).</summary>
-public sealed record TokenKey(string Id, string Secret, DateTimeOffset Created, DateTimeOffset? RetiresAt)
+/// <summary>
+/// One per-tenant token key version: metadata only. The key itself is a non-extractable HMAC key in the tenant's HSM
+/// token under <see cref="Label"/>, so neither this file nor this process holds key material.
+/// </summary>
+public sealed record TokenKey(string Id, DateTimeOffset Created, DateTimeOffset? RetiresAt, string? Label = null)
 {
-    [JsonIgnore]
-    public byte[] SecretBytes => Convert.FromBase64String(Secret);
+    /// <summary>The plaintext key of the legacy format: read only to migrate it into the token, never written again.</summary>
+    [JsonPropertyName("secret")]
+    public string? LegacySecret { get; init; }
 
-    // Never print the key material, whatever formats this record.
-    public override string ToString() => $"TokenKey {{ Id = {Id}, Created = {Created:O}, RetiresAt = {RetiresAt:O} }}";
+    /// <summary>The key's label in the tenant's token (files written before the label was stored use the derived one).</summary>
+    [JsonIgnore]
+    public string KeyLabel => Label ?? TokenStore.LabelFor(Id);
+
+    // Never print key material, whatever formats this record (a legacy one still carries it until migrated).
+    public override string ToString() => $"TokenKey {{ Id = {Id}, Label = {KeyLabel}, Created = {Created:O}, RetiresAt = {RetiresAt:O} }}";
 }
 
 public sealed record TenantKeyFile(List<TokenKey> Keys);
@@ -39,15 +52,19 @@ public sealed record RegistryEntry(string Op, TokenRecord? Token, string? Id, Da
 internal sealed partial class TokenJsonContext : JsonSerializerContext;
 
 /// <summary>
-/// Files under DataDirectory/identity: keys/&lt;tenant&gt;.json (per-tenant token keys) and tokens.jsonl (append-only
+/// Files under DataDirectory/identity: keys/&lt;tenant&gt;.json (per-tenant token key metadata) and tokens.jsonl (append-only
 /// mint/revoke log). The CLI writes them; the running gateway re-reads them every refresh interval, which is how a
-/// revocation reaches it within a second without a network control plane.
+/// revocation reaches it within a second without a network control plane. The keys themselves live in each tenant's
+/// HSM token (<see cref="ITenantKeys"/>, label <c>smtpgw-token-&lt;keyId&gt;</c>); a key file of the legacy format, with
+/// the plaintext key in it, is migrated into the token the first time it is seen and the old bytes are shredded.
 /// </summary>
-public sealed class TokenStore
+public sealed partial class TokenStore
 {
     readonly string _keysDirectory;
     readonly string _registryPath;
     readonly TimeProvider _time;
+    readonly ITenantKeys _tenantKeys;
+    readonly ILogger _logger;
     readonly Lock _lock = new();
     Dictionary<string, (DateTime Stamp, IReadOnlyList<TokenKey> Keys)> _keys = new(StringComparer.Ordinal);
     Dictionary<string, TokenRecord> _tokens = new(StringComparer.Ordinal);
@@ -59,15 +76,26 @@ public sealed class TokenStore
     long _lastRefresh;
     bool _refreshed;
 
-    public TokenStore(string dataDirectory, TimeProvider time)
+    public TokenStore(string dataDirectory, TimeProvider time, ITenantKeys tenantKeys, ILogger? logger = null)
     {
         _time = time;
+        _tenantKeys = tenantKeys;
+        _logger = logger ?? NullLogger.Instance;
         var root = Path.Combine(dataDirectory, "identity");
         _keysDirectory = Path.Combine(root, "keys");
         _registryPath = Path.Combine(root, "tokens.jsonl");
     }
 
     public string RegistryPath => _registryPath;
+
+    /// <summary>How long a key change waits for another process's lock on the tenant's key file.</summary>
+    public TimeSpan LockTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>The label of a token key in the tenant's HSM token.</summary>
+    public static string LabelFor(string keyId) => "smtpgw-token-" + keyId;
+
+    /// <summary>HMAC-SHA256 of <paramref name="data"/> under <paramref name="key"/>, computed inside the tenant's token.</summary>
+    public byte[] Mac(string tenant, TokenKey key, ReadOnlySpan<byte> data) => _tenantKeys.Mac(tenant, key.KeyLabel, data);
 
     /// <summary>Re-reads what changed on disk: new registry lines, key files with a new timestamp.</summary>
     public void Refresh()
@@ -111,40 +139,168 @@ public sealed class TokenStore
         }
     }
 
+    /// <summary>The registry's record of a minted token, if any.</summary>
+    public TokenRecord? Record(string tokenId)
+    {
+        lock (_lock)
+        {
+            return _tokens.GetValueOrDefault(tokenId);
+        }
+    }
+
     public DateTimeOffset? RevokedAt(string tokenId) => _revoked.TryGetValue(tokenId, out var at) ? at : null;
 
     public void AppendRegistry(RegistryEntry entry) =>
         Storage.AppendOnlyFile.AppendLine(_registryPath, JsonSerializer.SerializeToUtf8Bytes(entry, TokenJsonContext.Default.RegistryEntry));
 
-    /// <summary>Writes a tenant's key file atomically (temp + rename) with owner-only permissions.</summary>
-    public void WriteKeys(string tenant, IReadOnlyList<TokenKey> keys)
+    /// <summary>
+    /// Read-modify-write of a tenant's key list under the cross-process lock (the gateway and the CLI both change key
+    /// files): <paramref name="change"/> sees the file as it is now, migrated if it was legacy, and may create or destroy
+    /// keys in the token; what it returns is written (metadata only).
+    /// </summary>
+    public IReadOnlyList<TokenKey> Update(string tenant, Func<IReadOnlyList<TokenKey>, IReadOnlyList<TokenKey>> change)
+    {
+        using var fileLock = KeyMetadataFile.Lock(LockPath(tenant), _time, LockTimeout);
+        var keys = change(MigrateLocked(tenant) ?? []);
+        WriteKeys(tenant, keys, shred: false);
+        return keys;
+    }
+
+    /// <summary>
+    /// A new key generated inside the tenant's token (the caller records it with <see cref="Update"/>). The token comes
+    /// first: a crash before the file is written leaves an unused key in the token, never a file naming a missing key.
+    /// </summary>
+    public TokenKey CreateKey(string tenant, DateTimeOffset now)
+    {
+        var id = $"k{now.ToUnixTimeSeconds():x}{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(2))}";
+        _tenantKeys.CreateMacKey(tenant, LabelFor(id));
+        return new TokenKey(id, now, null, LabelFor(id));
+    }
+
+    /// <summary>
+    /// Destroys in the token every key of <paramref name="keys"/> past its retirement and returns the others. Each key is
+    /// destroyed before the file drops it, so a failure part-way leaves it listed (and retried), never orphaned; a
+    /// retired key is refused before any MAC, so one already destroyed but still listed is harmless.
+    /// </summary>
+    public IReadOnlyList<TokenKey> DestroyRetired(string tenant, IReadOnlyList<TokenKey> keys)
+    {
+        var now = _time.GetUtcNow();
+        foreach (var key in keys.Where(k => k.RetiresAt <= now))
+        {
+            _tenantKeys.DeleteKey(tenant, key.KeyLabel);
+            KeyDestroyed(_logger, key.Id, tenant);
+        }
+
+        return [.. keys.Where(k => !(k.RetiresAt <= now))];
+    }
+
+    /// <summary>Destroys the retired keys of every tenant that has one (the gateway's refresh loop calls this).</summary>
+    public void DestroyRetiredKeys()
+    {
+        var now = _time.GetUtcNow();
+        List<string> tenants;
+        lock (_lock)
+        {
+            tenants = [.. _keys.Where(t => t.Value.Keys.Any(k => k.RetiresAt <= now)).Select(t => t.Key)];
+        }
+
+        foreach (var tenant in tenants)
+        {
+            Update(tenant, keys => DestroyRetired(tenant, keys));
+        }
+
+        if (tenants.Count > 0)
+        {
+            Refresh();
+        }
+    }
+
+    /// <summary>
+    /// Migrates every legacy key file (plaintext keys) into the tenants' tokens: at gateway start and before every CLI
+    /// verb, so that the plaintext is gone as soon as the new version first runs. A tenant whose token cannot be reached
+    /// is logged and left for the next attempt; the others go ahead.
+    /// </summary>
+    public void MigrateLegacyKeys()
+    {
+        if (!Directory.Exists(_keysDirectory))
+        {
+            return;
+        }
+
+        foreach (var path in Directory.EnumerateFiles(_keysDirectory, "*.json"))
+        {
+            var tenant = Path.GetFileNameWithoutExtension(path);
+            try
+            {
+                if (Read(path)?.Keys.Any(k => k.LegacySecret is not null) == true || LegacyTempFiles(tenant).Any())
+                {
+                    using var fileLock = KeyMetadataFile.Lock(LockPath(tenant), _time, LockTimeout);
+                    MigrateLocked(tenant);
+                }
+            }
+            catch (Exception ex) when (ex is HsmException or IOException or InvalidDataException or JsonException)
+            {
+                MigrationFailed(_logger, tenant, Describe(ex));
+            }
+        }
+    }
+
+    /// <summary>Writes a tenant's key file atomically (temp + rename) with owner-only permissions; metadata only.</summary>
+    void WriteKeys(string tenant, IReadOnlyList<TokenKey> keys, bool shred)
     {
         Directory.CreateDirectory(_keysDirectory);
         File.SetUnixFileMode(_keysDirectory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         var path = KeyPath(tenant);
-        var tmp = path + ".tmp";
-        using (var file = new FileStream(tmp, new FileStreamOptions
-        {
-            Mode = FileMode.Create,
-            Access = FileAccess.Write,
-            UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
-        }))
-        {
-            JsonSerializer.Serialize(file, new TenantKeyFile([.. keys]), TokenJsonContext.Default.TenantKeyFile);
-            file.Flush(flushToDisk: true);
-        }
-
-        File.Move(tmp, path, overwrite: true);
+        var clean = keys.Select(k => k with { Label = k.KeyLabel, LegacySecret = null }).ToList();
+        KeyMetadataFile.Write(path, JsonSerializer.SerializeToUtf8Bytes(new TenantKeyFile(clean), TokenJsonContext.Default.TenantKeyFile), shredReplaced: shred);
         lock (_lock)
         {
-            _keys[tenant] = (File.GetLastWriteTimeUtc(path), keys);
+            _keys[tenant] = (File.GetLastWriteTimeUtc(path), clean);
         }
     }
 
-    public static TokenKey NewKey(DateTimeOffset now) =>
-        new($"k{now.ToUnixTimeSeconds():x}{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(2))}", Convert.ToBase64String(RandomNumberGenerator.GetBytes(32)), now, null);
+    /// <summary>
+    /// The tenant's keys as on disk, with a legacy file migrated first: every plaintext key imported into the token under
+    /// its label, the file rewritten without them and the old bytes shredded, and leftover temp files of the old writer
+    /// (which held the same plaintext) shredded too. Caller holds the tenant's file lock.
+    /// </summary>
+    List<TokenKey>? MigrateLocked(string tenant)
+    {
+        var file = Read(KeyPath(tenant));
+        var legacy = file?.Keys.Where(k => k.LegacySecret is not null).ToList() ?? [];
+        foreach (var key in legacy)
+        {
+            LegacyMacKey.Import(_tenantKeys, tenant, key.KeyLabel, key.LegacySecret!);
+        }
+
+        var keys = file?.Keys.Select(k => k with { Label = k.KeyLabel, LegacySecret = null }).ToList();
+        if (legacy.Count > 0)
+        {
+            WriteKeys(tenant, keys!, shred: true);
+        }
+
+        foreach (var tmp in LegacyTempFiles(tenant))
+        {
+            KeyMetadataFile.ShredAndDelete(tmp);
+        }
+
+        if (legacy.Count > 0)
+        {
+            Migrated(_logger, legacy.Count, tenant);
+        }
+
+        return keys;
+    }
+
+    /// <summary>Temp files a crashed writer left: the old writer's fixed "&lt;tenant&gt;.json.tmp" and this one's unique names.</summary>
+    IEnumerable<string> LegacyTempFiles(string tenant) =>
+        Directory.Exists(_keysDirectory) ? Directory.EnumerateFiles(_keysDirectory, tenant + ".json*.tmp") : [];
+
+    static TenantKeyFile? Read(string path) => KeyMetadataFile.Read(path, TokenJsonContext.Default.TenantKeyFile);
 
     string KeyPath(string tenant) => Path.Combine(_keysDirectory, tenant + ".json");
+
+    string LockPath(string tenant) => Path.Combine(_keysDirectory, tenant + ".lock");
 
     void RefreshKeys()
     {
@@ -166,10 +322,31 @@ public sealed class TokenStore
 
             try
             {
-                var file = JsonSerializer.Deserialize(File.ReadAllBytes(path), TokenJsonContext.Default.TenantKeyFile);
-                next[tenant] = (stamp, file?.Keys ?? []);
+                var file = Read(path);
+                if (file?.Keys.Any(k => k.LegacySecret is not null) == true)
+                {
+                    // A legacy file copied in (or restored from a backup) while the gateway runs: migrate it now.
+                    using (KeyMetadataFile.Lock(LockPath(tenant), _time, LockTimeout))
+                    {
+                        file = new TenantKeyFile(MigrateLocked(tenant) ?? []);
+                    }
+
+                    stamp = File.GetLastWriteTimeUtc(path);
+                }
+
+                next[tenant] = (stamp, [.. (file?.Keys ?? []).Select(k => k with { Label = k.KeyLabel, LegacySecret = null })]);
             }
-            catch (Exception ex) when (ex is IOException or JsonException)
+            catch (HsmException ex)
+            {
+                // The token cannot take the legacy keys yet: log it and try again next refresh (no stamp kept). Until then
+                // the tenant's tokens get a temporary AUTH failure, never a verification with the plaintext key.
+                MigrationFailed(_logger, tenant, Describe(ex));
+                if (known.Keys is not null)
+                {
+                    next[tenant] = (DateTime.MinValue, known.Keys);
+                }
+            }
+            catch (Exception ex) when (ex is IOException or JsonException or InvalidDataException)
             {
                 // Keep the last good keys rather than lock a tenant out over a half-written file.
                 if (known.Keys is not null)
@@ -181,6 +358,19 @@ public sealed class TokenStore
 
         _keys = next;
     }
+
+    [LoggerMessage(EventId = EventIds.Identity + 11, Level = LogLevel.Information, Message = "migrated {Count} token keys of tenant {Tenant} into its HSM token; plaintext file shredded")]
+    private static partial void Migrated(ILogger logger, int count, string tenant);
+
+    [LoggerMessage(EventId = EventIds.Identity + 12, Level = LogLevel.Error, Message = "Migrating the legacy token keys of tenant {Tenant} into its HSM token failed ({Error}); will retry")]
+    private static partial void MigrationFailed(ILogger logger, string tenant, string error);
+
+    /// <summary>What a failed migration may say: an HSM message names tenant, token and label only; other exceptions could
+    /// quote the file (a JSON parse error near a key), so only their type is logged.</summary>
+    static string Describe(Exception ex) => ex is HsmException ? ex.Message : ex.GetType().Name;
+
+    [LoggerMessage(EventId = EventIds.Identity + 13, Level = LogLevel.Information, Message = "Destroyed retired token key {KeyId} of tenant {Tenant} in its HSM token")]
+    private static partial void KeyDestroyed(ILogger logger, string keyId, string tenant);
 
     void RefreshRegistry()
     {

@@ -43,6 +43,13 @@ internal sealed class IdentityStage(IdentityServices identity, Auditor audit, IL
             return new AuthVerdict(true, TimeSpan.Zero, false);
         }
 
+        if (result.Temporary)
+        {
+            // Our outage, not the client's guess: no strike against its address, and the answer says "try again".
+            SubmissionLog.AuthUnavailable(logger, context.SessionId, mechanism, result.FailureReason ?? "");
+            return new AuthVerdict(false, TimeSpan.Zero, false, Temporary: true);
+        }
+
         SubmissionLog.AuthFailed(logger, context.SessionId, mechanism, context.ClientAddress);
 
         // Slow down guessing: each failure past the threshold waits longer before the (uniform) answer.

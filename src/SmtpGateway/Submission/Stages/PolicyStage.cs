@@ -40,9 +40,10 @@ internal sealed class PolicyStage(IdentityStage identity, EnvelopeServices? enve
             suppressed = tenant is not null && envelope is not null && envelope.Suppression.Contains(tenant.TenantId, path.Address);
             decision = SenderPolicy.Recipient(tenant, path, context.Tenants, context.TransactionTenant, suppressed, IsReturnPath, out recipientTenant);
         }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or Hsm.HsmException)
         {
-            // The suppression list or a return-path key file cannot be read: local trouble, so try again later (RFC 3463 4.3.0).
+            // The suppression list or a return-path key file cannot be read, or the tenant's HSM token cannot check a tag:
+            // local trouble, so try again later (RFC 3463 4.3.0); a genuine bounce must not be refused as forged.
             SubmissionLog.EnvelopeStateUnreadable(logger, context.SessionId, ex);
             return Verdict.Answer(SmtpReplies.LocalError);
         }

@@ -9,6 +9,7 @@ using SmtpGateway.Configuration;
 using SmtpGateway.Delivery;
 using SmtpGateway.Delivery.Inbound;
 using SmtpGateway.Spool;
+using SmtpGateway.Tests.Fakes;
 using SmtpGateway.Tests.Spool;
 using static SmtpGateway.Tests.Spool.SpoolTestKit;
 
@@ -637,27 +638,4 @@ public sealed class InboundRouterTests : IDisposable
     }
 
     sealed record ReceivedRequest(string Method, string PathAndQuery, IReadOnlyDictionary<string, string?> Headers, byte[] Body);
-
-    /// <summary>Keeps every formatted log line, with its exception, so tests can prove what never appears.</summary>
-    sealed class CapturingLogger : ILogger
-    {
-        public ConcurrentQueue<(LogLevel Level, string Message)> Entries { get; } = new();
-
-        public IEnumerable<string> Lines => Entries.Select(e => e.Message);
-
-        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
-
-        public bool IsEnabled(LogLevel logLevel) => true;
-
-        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
-        {
-            var line = formatter(state, exception) + (exception is null ? "" : " " + exception);
-            if (state is IEnumerable<KeyValuePair<string, object?>> values)
-            {
-                line += " " + string.Join(' ', values.Select(v => $"{v.Key}={v.Value}"));
-            }
-
-            Entries.Enqueue((logLevel, line));
-        }
-    }
 }
