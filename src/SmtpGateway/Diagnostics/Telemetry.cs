@@ -35,7 +35,6 @@ public static class Telemetry
     public const string SubmissionMemory = "smtpgw.submission.memory";
     public const string SubmissionSpilled = "smtpgw.submission.spilled";
     public const string SubmissionNotTaken = "smtpgw.submission.not_taken";
-    public const string UpstreamAuthFailures = "smtpgw.delivery.upstream_auth_failures";
     public const string VaultDecryptions = "smtpgw.vault.decryptions";
 
     /// <summary>The gateway's single meter; instruments are created from it by each stage.</summary>

@@ -216,6 +216,10 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
         return new UpstreamSecret(version, Decrypt(version, document, access.Ciphertext, VaultCrypto.AccessAad(version.Tenant, version.Name, version.Version, access.Expires), purpose, queueId));
     }
 
+    /// <summary>
+    /// Audit event and log line; the per-tenant counter is Delivery's (UpstreamAuthenticator counts the 535 where it
+    /// happens), so a refusal is counted once.
+    /// </summary>
     public void Refused(UpstreamCredentialVersion version, string? queueId, string reply)
     {
         UpstreamRefused(version, queueId, Printable(reply));
@@ -247,7 +251,6 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
 
     void UpstreamRefused(UpstreamCredentialVersion version, string? queueId, string reason)
     {
-        VaultMetrics.UpstreamRefused(version.Tenant);
         VaultLog.UpstreamRefused(_logger, version.Tenant, Subject(version.Name, version.Version), queueId, reason);
         _audit.Write(new AuditEvent
         {
@@ -324,6 +327,7 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
                 if (!ex.Transient)
                 {
                     // The endpoint refused the refresh token (revoked, expired): the same as a smarthost's 535.
+                    VaultMetrics.TokenEndpointRefused(tenant);
                     UpstreamRefused(version, queueId, $"token endpoint: {ex.Message}");
                 }
 

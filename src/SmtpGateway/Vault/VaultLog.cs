@@ -35,13 +35,17 @@ internal static partial class VaultLog
 /// <summary>Vault instruments on the gateway meter; the tenant is the only label (never a credential name or secret).</summary>
 internal static class VaultMetrics
 {
+    /// <summary>
+    /// The same instrument name as Delivery's: a smarthost's 535 is counted there, where it happens; a token endpoint
+    /// refusing the refresh token is counted here, the only place that sees it. One refusal, one count.
+    /// </summary>
     static readonly Counter<long> UpstreamAuthFailures = Telemetry.Meter.CreateCounter<long>(
-        Telemetry.UpstreamAuthFailures, "{failure}", "Upstream servers (smarthost, token endpoint) refusing a tenant's stored credential.");
+        Telemetry.DeliveryUpstreamAuthFailures, "{refusal}", "A tenant's token endpoint refused its stored refresh token; the mail is deferred.");
 
     static readonly Counter<long> Decryptions = Telemetry.Meter.CreateCounter<long>(
         Telemetry.VaultDecryptions, "{decryption}", "Vault record decryptions by tenant; result=ok|refused|error.");
 
-    public static void UpstreamRefused(string tenant) => UpstreamAuthFailures.Add(1, new KeyValuePair<string, object?>("tenant", tenant));
+    public static void TokenEndpointRefused(string tenant) => UpstreamAuthFailures.Add(1, new KeyValuePair<string, object?>("tenant", tenant));
 
     public static void Decrypted(string tenant, string result) =>
         Decryptions.Add(1, new KeyValuePair<string, object?>("tenant", tenant), new KeyValuePair<string, object?>("result", result));

@@ -14,8 +14,8 @@ public sealed class OAuth2RefreshTests : IDisposable
 
     public void Dispose() => _kit.Dispose();
 
-    UpstreamCredentialVersion SetRefreshRecord(string? clientSecret = "client-sec-99") =>
-        Vault.Set("tenant-a", "o365", NewSecret.RefreshToken("me@a.example", VaultTestKit.Bytes("refresh-7c1d"), clientSecret is null ? null : VaultTestKit.Bytes(clientSecret), Endpoint, "client-1"));
+    UpstreamCredentialVersion SetRefreshRecord(string? clientSecret = "client-sec-99", string tenant = "tenant-a") =>
+        Vault.Set(tenant, "o365", NewSecret.RefreshToken("me@a.example", VaultTestKit.Bytes("refresh-7c1d"), clientSecret is null ? null : VaultTestKit.Bytes(clientSecret), Endpoint, "client-1"));
 
     async Task<string> Open(UpstreamCredentialVersion version)
     {
@@ -100,12 +100,16 @@ public sealed class OAuth2RefreshTests : IDisposable
     [Fact]
     public async Task A_refused_refresh_token_is_an_upstream_refusal_without_the_token_in_any_message()
     {
-        var version = SetRefreshRecord();
+        var version = SetRefreshRecord(tenant: "tenant-revoked");
         _kit.Endpoint.Reply("""{"error":"invalid_grant","error_description":"refresh-7c1d is revoked"}""", HttpStatusCode.BadRequest);
 
-        var ex = await Assert.ThrowsAsync<UpstreamCredentialException>(() => Open(version));
+        UpstreamCredentialException? ex = null;
+        var counted = await UpstreamAuthFailures.CountAsync("tenant-revoked", async () => ex = await Assert.ThrowsAsync<UpstreamCredentialException>(() => Open(version)));
 
-        Assert.False(ex.Transient);
+        // Only the vault sees a token endpoint's refusal, so it counts it (per tenant, like a smarthost's 535).
+        Assert.Equal(1, counted);
+
+        Assert.False(ex!.Transient);
         Assert.Contains("invalid_grant", ex.Message, StringComparison.Ordinal);
         Assert.DoesNotContain("refresh-7c1d", ex.ToString(), StringComparison.Ordinal);
         var audit = Assert.Single(_kit.Events(AuditActions.UpstreamAuth));
