@@ -77,12 +77,12 @@ public abstract class GatewayProcessHarness : IAsyncLifetime
     }
 
     /// <summary>Runs the built <c>smtpgw</c> with exactly <paramref name="args"/> in the work directory, with the gateway's environment (no SMTPGW__ overrides).</summary>
-    private protected Task<ProcessResult> RunSmtpgwAsync(IEnumerable<string> args, TimeSpan timeout)
+    private protected Task<ProcessResult> RunSmtpgwAsync(IEnumerable<string> args, TimeSpan timeout, string? standardInput = null)
     {
         var (fileName, prefix) = RepoPaths.Smtpgw();
         return ChildProcess.RunCapturedAsync(fileName, [.. prefix, .. args], WorkDirectory, timeout,
             new Dictionary<string, string?> { ["DOTNET_NOLOGO"] = "1" },
-            keepVariable: name => !name.StartsWith("SMTPGW__", StringComparison.OrdinalIgnoreCase));
+            keepVariable: name => !name.StartsWith("SMTPGW__", StringComparison.OrdinalIgnoreCase), standardInput: standardInput);
     }
 
     /// <summary>SIGKILL: no shutdown code runs, exactly like a power cut for the process (the page cache survives).</summary>
