@@ -46,7 +46,7 @@ public sealed class PostfixSaslInstanceTests(ITestOutputHelper output) : IDispos
             Assert.True(exit == 0, $"swaks with the right credential exited with {exit}");
             Assert.Contains("235 2.7.0 Authentication successful", transcript, StringComparison.Ordinal);
             Assert.Contains("250 2.0.0 Ok: queued as", transcript, StringComparison.Ordinal);
-            var message = Assert.Single(await sink.WaitAsync(ms => ms.Any(m => For(m, good)), TimeSpan.FromSeconds(20), cts.Token));
+            var message = Assert.Single(await sink.WaitAsync(ms => ms.Any(m => m.HasRecipient(good)), TimeSpan.FromSeconds(20), cts.Token));
             Assert.Equal($"<{Sender}>", message.MailArgs.Split(' ')[0]);
             await postfix.WaitForSaslLoginAsync(User, TimeSpan.FromSeconds(10), cts.Token);
 
@@ -54,7 +54,7 @@ public sealed class PostfixSaslInstanceTests(ITestOutputHelper output) : IDispos
             var login = $"login-{Guid.NewGuid():N}@example.net";
             (exit, transcript) = await SwaksAsync(postfix, login, ["--tls", "--auth", "LOGIN", "--auth-user", User, "--auth-password", Password]);
             Assert.True(exit == 0, $"swaks with AUTH LOGIN exited with {exit}");
-            await sink.WaitAsync(ms => ms.Any(m => For(m, login)), TimeSpan.FromSeconds(20), cts.Token);
+            await sink.WaitAsync(ms => ms.Any(m => m.HasRecipient(login)), TimeSpan.FromSeconds(20), cts.Token);
 
             // A wrong password: 535, nothing relayed.
             (exit, transcript) = await SwaksAsync(postfix, $"wrong-{Guid.NewGuid():N}@example.net",
@@ -91,9 +91,6 @@ public sealed class PostfixSaslInstanceTests(ITestOutputHelper output) : IDispos
             throw;
         }
     }
-
-    /// <summary>Postfix's smtp client adds ORCPT= to RCPT: the address is the first word.</summary>
-    static bool For(SinkMessage message, string recipient) => message.RcptArgs.Any(r => r.Split(' ')[0] == $"<{recipient}>");
 
     async Task<(int ExitCode, string Transcript)> SwaksAsync(PostfixInstance postfix, string recipient, string[] args)
     {

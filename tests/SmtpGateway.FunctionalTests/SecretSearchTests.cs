@@ -19,13 +19,21 @@ public sealed class SecretSearchTests(ITestOutputHelper output) : IDisposable
     public void Directory_search_finds_each_form_of_a_known_secret_and_key_like_base64_JSON_fields_but_not_sealed_or_public_ones()
     {
         var password = new KnownSecret("upstream password", "Upstream-Pa55word-" + Guid.NewGuid().ToString("N"));
-        var key = new KnownSecret("legacy token key", Convert.ToBase64String(RandomNumberGenerator.GetBytes(32)));
+        // A key with a '+' in its base64 (System.Text.Json writes it as \u002B).
+        string keyValue;
+        do
+        {
+            keyValue = Convert.ToBase64String(RandomNumberGenerator.GetBytes(32));
+        }
+        while (!keyValue.Contains('+', StringComparison.Ordinal));
+        var key = new KnownSecret("legacy token key", keyValue);
         var absent = new KnownSecret("never written", "never-written-" + Guid.NewGuid().ToString("N"));
         var data = Path.Combine(_dir, "data");
         Directory.CreateDirectory(Path.Combine(data, "a", "b"));
         File.WriteAllBytes(Path.Combine(data, "utf16.bin"), [0, 1, 2, .. Encoding.Unicode.GetBytes(password.Value), 3]);
         File.WriteAllText(Path.Combine(data, "a", "b64.txt"), "x " + Convert.ToBase64String(Encoding.UTF8.GetBytes(password.Value)));
         File.WriteAllBytes(Path.Combine(data, "a", "b", "raw.bin"), [9, .. Convert.FromBase64String(key.Value), 9]);
+        File.WriteAllText(Path.Combine(data, "escaped.json"), System.Text.Json.JsonSerializer.Serialize(new { note = key.Value }));
         File.WriteAllText(Path.Combine(data, "keys.json"),
             $$"""{"keys":[{"id":"k1","secret":"{{Convert.ToBase64String(RandomNumberGenerator.GetBytes(32))}}","created":"2026-01-01T00:00:00Z"}]}""");
         File.WriteAllText(Path.Combine(data, "vault.json"),
@@ -44,6 +52,7 @@ public sealed class SecretSearchTests(ITestOutputHelper output) : IDisposable
         Assert.Contains(hits, h => h.Contains("utf16.bin contains upstream password (UTF-16LE)", StringComparison.Ordinal));
         Assert.Contains(hits, h => h.Contains("b64.txt contains upstream password (base64)", StringComparison.Ordinal));
         Assert.Contains(hits, h => h.Contains("raw.bin contains legacy token key (raw key bytes)", StringComparison.Ordinal));
+        Assert.Contains(hits, h => h.Contains("escaped.json contains legacy token key (JSON-escaped)", StringComparison.Ordinal));
         Assert.DoesNotContain(hits, h => h.Contains("never written", StringComparison.Ordinal));
         Assert.DoesNotContain(hits, h => h.Contains(password.Value, StringComparison.Ordinal));
 

@@ -19,6 +19,13 @@ internal sealed record KnownSecret(string Name, string Value)
             ("UTF-16LE", Encoding.Unicode.GetBytes(Value)),
             ("base64", Encoding.ASCII.GetBytes(Convert.ToBase64String(Encoding.UTF8.GetBytes(Value)))),
         };
+        // System.Text.Json's default encoder writes '+', '<', '&', ... as \uXXXX: a secret in a JSON file the gateway wrote.
+        var escaped = JsonSerializer.Serialize(Value)[1..^1];
+        if (escaped != Value)
+        {
+            forms.Add(("JSON-escaped", Encoding.UTF8.GetBytes(escaped)));
+        }
+
         if (SecretSearch.DecodeBase64(Value) is { Length: >= 16 } raw)
         {
             forms.Add(("raw key bytes", raw));
@@ -38,7 +45,8 @@ internal sealed record KnownSecret(string Name, string Value)
 /// </summary>
 internal static partial class SecretSearch
 {
-    const int ChunkSize = 8 * 1024 * 1024;
+    // Small enough that the all-zero stretches of a core (most of a .NET process's: committed, untouched pages) are skipped whole.
+    const int ChunkSize = 1024 * 1024;
 
     /// <summary>Copies <paramref name="source"/> recursively (files that vanish meanwhile are skipped) to <paramref name="destination"/>.</summary>
     public static void CopyDirectory(string source, string destination)
@@ -100,9 +108,11 @@ internal static partial class SecretSearch
                 }
 
                 var span = buffer.AsSpan(0, kept + read);
+                // New bytes all zero: only a form that starts in the kept tail can end here (a UTF-16 form ends in 0).
+                var searched = span.Slice(kept).IndexOfAnyExcept((byte)0) < 0 ? span[..Math.Min(span.Length, kept + overlap)] : span;
                 foreach (var (secret, form, bytes) in patterns)
                 {
-                    if (!found.ContainsKey((secret.Name, form)) && span.IndexOf(bytes) is var at and >= 0)
+                    if (!found.ContainsKey((secret.Name, form)) && searched.IndexOf(bytes) is var at and >= 0)
                     {
                         found[(secret.Name, form)] = offset - kept + at;
                     }
