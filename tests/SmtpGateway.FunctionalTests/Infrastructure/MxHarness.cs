@@ -1,4 +1,6 @@
+using System.Diagnostics;
 using System.Net;
+using System.Net.Sockets;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Xunit;
@@ -83,7 +85,12 @@ public class MxHarness : GatewayProcessHarness
             RelayPort = FreePort.Next();
             TenantAMailbox = await StartSinkAsync("127.0.0.25", [], cts.Token);
             await File.WriteAllTextAsync(ConfigPath, BuildConfig(), cts.Token);
-            await StartServeAsync("smtpgw-mx", RelayPort, implicitTls: false, cts.Token);
+            var (fileName, prefix) = RepoPaths.Smtpgw();
+            Gateway = ChildProcess.Start("smtpgw-mx", fileName, [.. prefix, "serve", "--config", ConfigPath], WorkDirectory,
+                new Dictionary<string, string?> { ["DOTNET_NOLOGO"] = "1" },
+                keepVariable: name => !name.StartsWith("SMTPGW__", StringComparison.OrdinalIgnoreCase));
+            Runs.Add(Gateway);
+            await WaitUntilReadyAsync(cts.Token);
         }
         catch (Exception e)
         {
@@ -117,6 +124,31 @@ public class MxHarness : GatewayProcessHarness
         tenants["tenant-b"]!["Egress"] = new JsonObject { ["HeloName"] = "egress-b.test", ["SourceAddress"] = "127.0.0.2" };
         AllowUnsignedTenants(root);
         return root.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+    }
+
+    async Task WaitUntilReadyAsync(CancellationToken cancellationToken)
+    {
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            if (Gateway!.HasExited)
+            {
+                throw new InvalidOperationException($"smtpgw exited with status {Gateway.ExitCode}:\n{Gateway.Output}");
+            }
+
+            try
+            {
+                using var client = await RawSmtpClient.ConnectAsync("127.0.0.1", RelayPort, TimeSpan.FromSeconds(5), cancellationToken);
+                if (client.Banner.Code == 220)
+                {
+                    return;
+                }
+            }
+            catch (Exception e) when (e is SocketException or IOException or TimeoutException && clock.Elapsed < TimeSpan.FromSeconds(30))
+            {
+                await Task.Delay(50, cancellationToken);
+            }
+        }
     }
 
     /// <summary>An MX: smtp-sink on <paramref name="address"/>:<see cref="MxPort"/> with <paramref name="options"/>; stopped with the harness.</summary>
