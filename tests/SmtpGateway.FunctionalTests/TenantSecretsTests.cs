@@ -199,6 +199,13 @@ public sealed class TenantSecretsTests(TenantSecretsHarness harness, ITestOutput
             output.WriteLine(mint.Output);
             Assert.NotEqual(0, mint.ExitCode);
             Assert.DoesNotContain("sgw1.", mint.StandardOutput, StringComparison.Ordinal);
+
+            // Control: the PIN is exactly what the copy lacks. The same copy with the PIN directory (Gateway:Hsm:PinDirectory)
+            // mints a token, so the refusal above was for want of the PIN, not a broken copy.
+            root["Gateway"]!["Hsm"]!["PinDirectory"] = harness.PinDirectory;
+            await File.WriteAllTextAsync(copyConfig, root.ToJsonString(), cts.Token);
+            var withPin = await harness.SmtpgwWithConfigAsync(copyConfig, ["token", "mint", "--tenant", TenantA, "--ttl", "5m"]);
+            Assert.True(withPin.ExitCode == 0, $"the copy with the PIN directory did not mint a token: {withPin}");
         }
         finally
         {
@@ -218,15 +225,16 @@ public sealed class TenantSecretsTests(TenantSecretsHarness harness, ITestOutput
         // Control: a string the gateway surely holds (its server name, from the config) is found, in UTF-16 (a .NET string).
         var control = new KnownSecret("control: the server name", TenantSecretsHarness.ServerName);
         var hits = SecretSearch.FindInFile(core.FilePath, [control, .. harness.UpstreamSecretsAndKeys()]);
-        Assert.Contains(hits, h => h.Contains("control: the server name (UTF-16LE)", StringComparison.Ordinal));
-        hits = [.. hits.Where(h => !h.Contains("control:", StringComparison.Ordinal))];
-        Assert.True(hits.Count == 0, "the gateway's memory holds secrets:\n" + string.Join('\n', hits));
 
         // Not required by the issue, reported for the README: what else a core holds.
         foreach (var hit in SecretSearch.FindInFile(core.FilePath, [.. harness.OAuthSecrets(), .. harness.Pins()]))
         {
             output.WriteLine($"note: {hit}");
         }
+
+        Assert.Contains(hits, h => h.Contains("control: the server name (UTF-16LE)", StringComparison.Ordinal));
+        hits = [.. hits.Where(h => !h.Contains("control:", StringComparison.Ordinal))];
+        Assert.True(hits.Count == 0, "the gateway's memory holds secrets:\n" + string.Join('\n', hits));
     });
 
     /// <summary>One message from each of tenant-a and tenant-b, delivered to its own mailbox.</summary>
