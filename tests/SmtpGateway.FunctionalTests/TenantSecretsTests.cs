@@ -19,7 +19,9 @@ public sealed class TenantSecretsTests(TenantSecretsHarness harness, ITestOutput
     const string TenantA = "tenant-a";
     const string TenantB = "tenant-b";
     const string TenantC = "tenant-c";
-    const string Subject = TenantSecretsHarness.CredentialName + "#v1";
+    /// <summary>Audit Subject of a vault event: "&lt;name&gt;#v&lt;version&gt;" (the rotation test makes tenant-a's v2).</summary>
+    const string SubjectPrefix = TenantSecretsHarness.CredentialName + "#v";
+    static readonly string[] UsersOfA = [TenantSecretsHarness.UserA, TenantSecretsHarness.UserA2];
     static readonly TimeSpan Wait = TimeSpan.FromSeconds(30);
 
     static string NewRecipient(string tag) => $"{tag}-{Guid.NewGuid():N}@example.net";
@@ -38,7 +40,7 @@ public sealed class TenantSecretsTests(TenantSecretsHarness harness, ITestOutput
         // Each smarthost accepted mail only from its own tenant's SASL user.
         await harness.SmarthostA.WaitForSaslLoginAsync(TenantSecretsHarness.UserA, Wait, cts.Token);
         await harness.SmarthostB.WaitForSaslLoginAsync(TenantSecretsHarness.UserB, Wait, cts.Token);
-        Assert.All(harness.SmarthostA.SaslLogins(), user => Assert.Equal(TenantSecretsHarness.UserA, user));
+        Assert.All(harness.SmarthostA.SaslLogins(), user => Assert.Contains(user, UsersOfA));
         Assert.All(harness.SmarthostB.SaslLogins(), user => Assert.Equal(TenantSecretsHarness.UserB, user));
 
         // Every decryption is audited: tenant, credential#version, purpose, queue id, result.
@@ -46,7 +48,7 @@ public sealed class TenantSecretsTests(TenantSecretsHarness harness, ITestOutput
         {
             var decrypt = await harness.Audit.WaitForAsync(e => e is { Action: "vault-decrypt", Result: "ok" } && e.Tenant == tenant && e.QueueId == id,
                 $"vault-decrypt ok for {tenant} {id}", Wait, cts.Token);
-            Assert.Equal(Subject, decrypt.Subject);
+            Assert.StartsWith(SubjectPrefix, decrypt.Subject, StringComparison.Ordinal);
             Assert.Equal("smtp-auth", decrypt.Reason);
         }
 
@@ -100,7 +102,7 @@ public sealed class TenantSecretsTests(TenantSecretsHarness harness, ITestOutput
             var refused = await harness.Audit.WaitForAsync(e => e is { Action: "vault-decrypt", Result: "refused", Tenant: TenantB } && e.QueueId == id,
                 $"vault-decrypt refused for {TenantB} {id}", Wait, cts.Token);
             output.WriteLine(refused.Line);
-            Assert.Equal(Subject, refused.Subject);
+            Assert.StartsWith(SubjectPrefix, refused.Subject, StringComparison.Ordinal);
             var events = await harness.WaitForEventsAsync(TenantB, es => es.Any(e => e.Id == id && e.Event == "deferred"), Wait, cts.Token);
             var deferred = events.First(e => e.Id == id && e.Event == "deferred");
             Assert.True(deferred.Reply.StartsWith('4'), $"not a temporary failure: {deferred.Reply}");
@@ -108,7 +110,7 @@ public sealed class TenantSecretsTests(TenantSecretsHarness harness, ITestOutput
 
             // Nothing went out with tenant-a's credential: no AUTH at smarthost B, no mail anywhere.
             Assert.Equal(loginsB, harness.SmarthostB.SaslLogins().Count);
-            Assert.All(harness.SmarthostA.SaslLogins(), user => Assert.Equal(TenantSecretsHarness.UserA, user));
+            Assert.All(harness.SmarthostA.SaslLogins(), user => Assert.Contains(user, UsersOfA));
             Assert.DoesNotContain(harness.MailboxA.Messages().Concat(harness.MailboxB.Messages()).Concat(harness.GatewaySink.Messages()), m => m.HasRecipient(rcpt));
         }
         finally
@@ -149,6 +151,63 @@ public sealed class TenantSecretsTests(TenantSecretsHarness harness, ITestOutput
 
         // Deferred, not lost: once the password is valid again the retry delivers it.
         await harness.MailboxB.WaitAsync(ms => ms.Any(m => m.HasRecipient(rcpt)), Wait, cts.Token);
+    });
+
+    [Fact]
+    public Task Vault_rotate_moves_new_connections_to_the_new_version_and_a_refused_new_version_falls_back_to_the_previous_one_in_the_grace_window() =>
+        harness.RunAsync(output, async () =>
+    {
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(90));
+        var audit = harness.Audit;
+        // The provider issues tenant-a a second credential (another user, so that both work at once, as a dual window needs).
+        await harness.SmarthostA.SetSaslPasswordAsync(TenantSecretsHarness.UserA2, harness.PasswordA2, cts.Token);
+        var rotate = await harness.CliAsync(["vault", "rotate", "--tenant", TenantA, "--name", TenantSecretsHarness.CredentialName,
+            "--user", TenantSecretsHarness.UserA2, "--password-stdin", "--grace", "10m"], harness.PasswordA2 + "\n");
+        output.WriteLine(rotate.Output);
+
+        // vault list: both versions, the previous one retiring, never a secret.
+        var list = await harness.CliAsync(["vault", "list", "--tenant", TenantA, "--json"]);
+        output.WriteLine(list.StandardOutput);
+        var versions = Assert.IsType<JsonArray>(JsonNode.Parse(list.StandardOutput)).Select(n => n!.AsObject())
+            .Where(o => (string?)o["name"] == TenantSecretsHarness.CredentialName).ToList();
+        Assert.Equal([1, 2], versions.Select(o => (int)o["version"]!).Order());
+        Assert.NotNull(versions.Single(o => (int)o["version"]! == 1)["retiresAt"]);
+        Assert.Equal(TenantSecretsHarness.UserA2, (string?)versions.Single(o => (int)o["version"]! == 2)["user"]);
+        foreach (var secret in harness.UpstreamSecretsAndKeys())
+        {
+            Assert.False(list.Output.Contains(secret.Value, StringComparison.Ordinal) || rotate.Output.Contains(secret.Value, StringComparison.Ordinal),
+                $"vault rotate or list printed the {secret}");
+        }
+
+        // New connections use the new version at once.
+        var rcpt = NewRecipient("rotated");
+        var id = await harness.SendAsync(TenantA, rcpt, "after rotate", cts.Token);
+        await harness.MailboxA.WaitAsync(ms => ms.Any(m => m.HasRecipient(rcpt)), Wait, cts.Token);
+        var decrypt = await audit.WaitForAsync(e => e is { Action: "vault-decrypt", Result: "ok", Tenant: TenantA } && e.QueueId == id, $"vault-decrypt for {id}", Wait, cts.Token);
+        Assert.Equal(TenantSecretsHarness.CredentialName + "#v2", decrypt.Subject);
+        Assert.Equal(TenantSecretsHarness.UserA2, harness.SmarthostA.SaslLogins()[^1]);
+
+        // The provider refuses the new credential while the old one is in its grace window: the gateway tries the previous
+        // version on a fresh connection, and the message goes out (not deferred).
+        await harness.SmarthostA.SetSaslPasswordAsync(TenantSecretsHarness.UserA2, "revoked-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8)), cts.Token);
+        try
+        {
+            var fallback = NewRecipient("fallback");
+            var id2 = await harness.SendAsync(TenantA, fallback, "v2 refused", cts.Token);
+            await harness.MailboxA.WaitAsync(ms => ms.Any(m => m.HasRecipient(fallback)), Wait, cts.Token);
+            var refused = await audit.WaitForAsync(e => e is { Action: "upstream-auth", Result: "refused", Tenant: TenantA } && (e.QueueId is null || e.QueueId == id2),
+                "upstream-auth refused for v2", Wait, cts.Token);
+            output.WriteLine(refused.Line);
+            Assert.Equal(TenantSecretsHarness.CredentialName + "#v2", refused.Subject);
+            await audit.WaitForAsync(e => e is { Action: "vault-decrypt", Result: "ok", Tenant: TenantA } && e.QueueId == id2 && e.Subject == TenantSecretsHarness.CredentialName + "#v1",
+                "vault-decrypt of v1 for the fallback", Wait, cts.Token);
+            Assert.Equal(TenantSecretsHarness.UserA, harness.SmarthostA.SaslLogins()[^1]);
+            Assert.DoesNotContain(harness.Events(TenantA), e => e.Id == id2 && e.Event is "deferred" or "bounced");
+        }
+        finally
+        {
+            await harness.SmarthostA.SetSaslPasswordAsync(TenantSecretsHarness.UserA2, harness.PasswordA2, CancellationToken.None);
+        }
     });
 
     [Fact]

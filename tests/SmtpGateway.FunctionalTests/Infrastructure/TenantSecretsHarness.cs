@@ -29,6 +29,9 @@ public sealed class TenantSecretsHarness : GatewayProcessHarness
     public const string CredentialName = "relay";
     public const string UserA = "relay-a";
     public const string UserB = "relay-b";
+
+    /// <summary>tenant-a's second upstream user, made by the rotation test (its new credential version).</summary>
+    public const string UserA2 = "relay-a2";
     public const string OAuthUser = "mailer@tenant-c.example";
     public const string OAuthClientId = "smtpgw-tenant-c";
 
@@ -42,6 +45,8 @@ public sealed class TenantSecretsHarness : GatewayProcessHarness
 
     /// <summary>Upstream passwords, refresh token, client secret and legacy keys: random per run, never on argv.</summary>
     public string PasswordA { get; } = "pw-a-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16));
+
+    public string PasswordA2 { get; } = "pw-a2-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16));
 
     public string PasswordB { get; } = "pw-b-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16));
 
@@ -269,6 +274,8 @@ public sealed class TenantSecretsHarness : GatewayProcessHarness
     [
         new("tenant-a upstream password", PasswordA),
         new("tenant-a AUTH PLAIN response", $"\0{UserA}\0{PasswordA}"),
+        new("tenant-a rotated upstream password", PasswordA2),
+        new("tenant-a rotated AUTH PLAIN response", $"\0{UserA2}\0{PasswordA2}"),
         new("tenant-b upstream password", PasswordB),
         new("tenant-b AUTH PLAIN response", $"\0{UserB}\0{PasswordB}"),
         new("tenant-a legacy token key", LegacyTokenKeyA),
