@@ -7,7 +7,7 @@ namespace SmtpGateway.FunctionalTests.Infrastructure;
 /// <summary>
 /// A secret the test knows (an upstream password, a legacy token or VERP key, a refresh token) and the byte forms it
 /// may take where the gateway writes or holds it: UTF-8, UTF-16LE (a .NET string), its base64 (as a client or a JSON
-/// file would carry it) and, when the secret is itself base64 of 16+ bytes (a key), the raw key bytes.
+/// file would carry it; as bytes and as a .NET string), JSON-escaped and, when the secret is itself base64 of 16+ bytes (a key), the raw key bytes.
 /// </summary>
 internal sealed record KnownSecret(string Name, string Value)
 {
@@ -18,6 +18,8 @@ internal sealed record KnownSecret(string Name, string Value)
             ("UTF-8", Encoding.UTF8.GetBytes(Value)),
             ("UTF-16LE", Encoding.Unicode.GetBytes(Value)),
             ("base64", Encoding.ASCII.GetBytes(Convert.ToBase64String(Encoding.UTF8.GetBytes(Value)))),
+            // The base64 as a .NET string (e.g. an AUTH command line built as text).
+            ("base64 UTF-16LE", Encoding.Unicode.GetBytes(Convert.ToBase64String(Encoding.UTF8.GetBytes(Value)))),
         };
         // System.Text.Json's default encoder writes '+', '<', '&', ... as \uXXXX: a secret in a JSON file the gateway wrote.
         var escaped = JsonSerializer.Serialize(Value)[1..^1];
