@@ -86,7 +86,7 @@ public sealed class TenantSecretsHarness : GatewayProcessHarness
 
     /// <summary>
     /// Starts the upstreams, writes the config, makes the tenants' HSM tokens (<c>hsm init-token</c>), seeds the legacy key
-    /// files, stores the credentials (<c>vault set</c>, secrets on stdin), then starts <c>smtpgw serve</c>.
+    /// files, stores the credentials (<c>vault set</c>, secrets on stdin), mints session tokens and starts <c>smtpgw serve</c>.
     /// </summary>
     public override async Task InitializeAsync()
     {
@@ -135,7 +135,13 @@ public sealed class TenantSecretsHarness : GatewayProcessHarness
             await CliAsync(["vault", "set", "--tenant", "tenant-c", "--name", CredentialName, "--user", OAuthUser, "--oauth2-refresh-token-stdin",
                 "--token-endpoint", OAuth.TokenEndpoint, "--client-id", OAuthClientId], $"{OAuthRefreshToken}\n{OAuthClientSecret}\n");
 
+            // Session tokens: tenant-b's and tenant-c's first mint makes their token keys, which the gateway then reads at start
+            // (a key made while it runs reaches it only within its refresh interval). tenant-a's key is the legacy one the
+            // gateway itself migrates at start, so its token is minted after.
+            await MintTokenAsync("tenant-b");
+            await MintTokenAsync("tenant-c");
             await StartServeAsync("smtpgw-secrets", SubmissionsPort, implicitTls: true, cts.Token);
+            await MintTokenAsync("tenant-a");
         }
         catch (Exception e)
         {
@@ -248,19 +254,19 @@ public sealed class TenantSecretsHarness : GatewayProcessHarness
     internal Task<ProcessResult> SmtpgwWithConfigAsync(string configPath, string[] args, string? standardInput = null) =>
         RunSmtpgwAsync([.. args, "--config", configPath], TimeSpan.FromSeconds(60), standardInput);
 
+    async Task MintTokenAsync(string tenant)
+    {
+        var minted = await CliAsync(["token", "mint", "--tenant", tenant, "--ttl", "1h", "--description", "tenant secrets functional test"]);
+        _tokens[tenant] = minted.StandardOutput.Trim();
+    }
+
     /// <summary>
-    /// Submits one message for <paramref name="tenant"/> (AUTH PLAIN with a session token, implicit TLS) from
+    /// Submits one message for <paramref name="tenant"/> (AUTH PLAIN with its session token, implicit TLS) from
     /// app@&lt;tenant's domain&gt; to <paramref name="recipient"/>; returns the gateway's queue id.
     /// </summary>
     internal async Task<string> SendAsync(string tenant, string recipient, string subject, CancellationToken cancellationToken)
     {
-        if (!_tokens.TryGetValue(tenant, out var token))
-        {
-            var minted = await CliAsync(["token", "mint", "--tenant", tenant, "--ttl", "1h", "--description", "tenant secrets functional test"]);
-            token = minted.StandardOutput.Trim();
-            _tokens[tenant] = token;
-        }
-
+        var token = _tokens[tenant];
         var from = $"app@{tenant}.example";
         using var smtp = await RawSmtpClient.ConnectAsync("127.0.0.1", SubmissionsPort, TimeSpan.FromSeconds(10), cancellationToken, implicitTls: true);
         Assert.Equal(250, (await smtp.CommandAsync("EHLO client.secrets.test", cancellationToken)).Code);
