@@ -35,6 +35,11 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 if command -v dpkg-query >/dev/null 2>&1; then
     for p in python3-dkim python3-nacl opensc; do pkg_installed "$p" || missing+=("$p"); done
 fi
+# sasl2-bin (saslpasswd2) + libsasl2-modules: the authenticating Postfix smarthosts (Cyrus SASL sasldb2, PLAIN/LOGIN);
+# gdb: gcore, the core dump searched for tenant secrets.
+[[ -x /usr/sbin/saslpasswd2 ]] || missing+=(sasl2-bin)
+if command -v dpkg-query >/dev/null 2>&1 && ! pkg_installed libsasl2-modules; then missing+=(libsasl2-modules); fi
+[[ -x /usr/bin/gcore ]] || missing+=(gdb)
 
 if ((${#missing[@]} > 0)); then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then

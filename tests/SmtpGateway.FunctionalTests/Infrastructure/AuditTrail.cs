@@ -17,6 +17,9 @@ internal sealed record AuditRecord
     public string? Listener { get; init; }
     public string? TokenId { get; init; }
     public string? Subject { get; init; }
+
+    /// <summary>The message a delivery-time event (vault-decrypt, upstream-auth) was for.</summary>
+    public string? QueueId { get; init; }
     public bool CrossTenant { get; init; }
 
     /// <summary>The JSON line itself.</summary>

@@ -47,8 +47,9 @@ internal sealed class ChildProcess : IDisposable
     /// <summary>Completes when the process has exited and its output has been read to the end.</summary>
     public Task Exited => _exited.Task;
 
+    /// <param name="standardInput">Written to the process's stdin, which is then closed (null: closed at once). How secrets reach a CLI: never argv.</param>
     public static ChildProcess Start(string name, string fileName, IEnumerable<string> args, string workingDirectory,
-        IReadOnlyDictionary<string, string?>? environment = null, Func<string, bool>? keepVariable = null)
+        IReadOnlyDictionary<string, string?>? environment = null, Func<string, bool>? keepVariable = null, string? standardInput = null)
     {
         var psi = new ProcessStartInfo(fileName)
         {
@@ -117,6 +118,18 @@ internal sealed class ChildProcess : IDisposable
         }
 
         s_live[child] = 0;
+        if (standardInput is not null)
+        {
+            try
+            {
+                process.StandardInput.Write(standardInput);
+            }
+            catch (IOException)
+            {
+                // The process exited (or closed stdin) before reading it: its exit status and output say why.
+            }
+        }
+
         process.StandardInput.Close();
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
@@ -226,10 +239,10 @@ internal sealed class ChildProcess : IDisposable
 
     /// <summary>Runs a short-lived command to completion; returns its status and its stdout and stderr, each alone and interleaved.</summary>
     public static async Task<ProcessResult> RunCapturedAsync(string fileName, IEnumerable<string> args, string workingDirectory, TimeSpan timeout,
-        IReadOnlyDictionary<string, string?>? environment = null, Func<string, bool>? keepVariable = null)
+        IReadOnlyDictionary<string, string?>? environment = null, Func<string, bool>? keepVariable = null, string? standardInput = null)
     {
         var argList = args.ToList();
-        using var child = Start(Path.GetFileName(fileName), fileName, argList, workingDirectory, environment, keepVariable);
+        using var child = Start(Path.GetFileName(fileName), fileName, argList, workingDirectory, environment, keepVariable, standardInput);
         try
         {
             await child.Exited.WaitAsync(timeout).ConfigureAwait(false);

@@ -1,4 +1,6 @@
+using System.Diagnostics;
 using System.Text;
+using System.Text.Json;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -94,12 +96,115 @@ public abstract class GatewayProcessHarness : IAsyncLifetime
     }
 
     /// <summary>Runs the built <c>smtpgw</c> with exactly <paramref name="args"/> in the work directory, with the gateway's environment (no SMTPGW__ overrides).</summary>
-    private protected Task<ProcessResult> RunSmtpgwAsync(IEnumerable<string> args, TimeSpan timeout)
+    private protected Task<ProcessResult> RunSmtpgwAsync(IEnumerable<string> args, TimeSpan timeout, string? standardInput = null)
     {
         var (fileName, prefix) = RepoPaths.Smtpgw();
         return ChildProcess.RunCapturedAsync(fileName, [.. prefix, .. args], WorkDirectory, timeout,
             new Dictionary<string, string?> { ["DOTNET_NOLOGO"] = "1" },
-            keepVariable: name => !name.StartsWith("SMTPGW__", StringComparison.OrdinalIgnoreCase));
+            keepVariable: name => !name.StartsWith("SMTPGW__", StringComparison.OrdinalIgnoreCase), standardInput: standardInput);
+    }
+
+    /// <summary>Every delivery event of <paramref name="tenant"/> so far.</summary>
+    /// <remarks>DataDirectory/events/&lt;tenant&gt;.jsonl, written by the delivery service.</remarks>
+    internal IReadOnlyList<EventRecord> Events(string tenant)
+    {
+        var path = Path.Combine(DataDirectory, "events", tenant + ".jsonl");
+        if (!File.Exists(path))
+        {
+            return [];
+        }
+
+        var options = new JsonSerializerOptions(JsonSerializerDefaults.Web);
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        using var reader = new StreamReader(stream);
+        var list = new List<EventRecord>();
+        while (reader.ReadLine() is { } line)
+        {
+            if (line.EndsWith('}'))
+            {
+                list.Add(JsonSerializer.Deserialize<EventRecord>(line, options)!);
+            }
+        }
+
+        return list;
+    }
+
+    /// <summary>Waits until <paramref name="done"/> holds for <paramref name="tenant"/>'s events, or throws TimeoutException.</summary>
+    internal async Task<IReadOnlyList<EventRecord>> WaitForEventsAsync(string tenant, Func<IReadOnlyList<EventRecord>, bool> done, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            var events = Events(tenant);
+            if (done(events))
+            {
+                return events;
+            }
+
+            if (clock.Elapsed > timeout)
+            {
+                throw new TimeoutException($"events of {tenant}: condition not met within {timeout}:\n{string.Join('\n', events)}");
+            }
+
+            await Task.Delay(100, cancellationToken);
+        }
+    }
+
+    /// <summary>
+    /// Starts <c>smtpgw serve --config</c> (environment without SMTPGW__ overrides) as <see cref="Gateway"/> and waits until
+    /// the listener on <paramref name="port"/> greets with 220.
+    /// </summary>
+    private protected async Task StartServeAsync(string name, int port, bool implicitTls, CancellationToken cancellationToken)
+    {
+        var (fileName, prefix) = RepoPaths.Smtpgw();
+        Gateway = ChildProcess.Start(name, fileName, [.. prefix, "serve", "--config", ConfigPath], WorkDirectory,
+            new Dictionary<string, string?> { ["DOTNET_NOLOGO"] = "1" },
+            keepVariable: variable => !variable.StartsWith("SMTPGW__", StringComparison.OrdinalIgnoreCase));
+        Runs.Add(Gateway);
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            if (Gateway.HasExited)
+            {
+                throw new InvalidOperationException($"smtpgw exited with status {Gateway.ExitCode}:\n{Gateway.Output}");
+            }
+
+            try
+            {
+                using var client = await RawSmtpClient.ConnectAsync("127.0.0.1", port, TimeSpan.FromSeconds(5), cancellationToken, implicitTls);
+                if (client.Banner.Code == 220)
+                {
+                    return;
+                }
+            }
+            catch (Exception e) when (e is System.Net.Sockets.SocketException or IOException or TimeoutException or System.Security.Authentication.AuthenticationException
+                                      && clock.Elapsed < TimeSpan.FromSeconds(30))
+            {
+                await Task.Delay(50, cancellationToken);
+            }
+        }
+    }
+
+    /// <summary>
+    /// One small message (From, To, Subject, Message-ID, Date, a line of body) in a greeted (and, where needed,
+    /// authenticated) session; asserts 250 and returns the gateway's queue id from "queued as &lt;id&gt;".
+    /// </summary>
+    private protected static async Task<string> SubmitAsync(RawSmtpClient smtp, string from, IReadOnlyList<string> recipients, string subject,
+        CancellationToken cancellationToken)
+    {
+        var content = Encoding.ASCII.GetBytes(
+            $"From: <{from}>\r\n" +
+            $"To: {string.Join(", ", recipients.Select(r => $"<{r}>"))}\r\n" +
+            $"Subject: {subject}\r\n" +
+            $"Message-ID: <{Guid.NewGuid():N}@client.functional.test>\r\n" +
+            "Date: Thu, 27 Nov 2025 10:00:01 +0000\r\n" +
+            "\r\n" +
+            $"Body of {subject}.\r\n");
+        var reply = await smtp.SendMailAsync(from, recipients, content, cancellationToken);
+        Assert.True(reply.Code == 250, $"gateway refused the message: {reply}");
+        const string marker = "queued as ";
+        var text = reply.Lines[0];
+        return text[(text.IndexOf(marker, StringComparison.Ordinal) + marker.Length)..].Trim();
     }
 
     /// <summary>SIGKILL: no shutdown code runs, exactly like a power cut for the process (the page cache survives).</summary>

@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
-using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Xunit;
@@ -175,64 +174,7 @@ public class MxHarness : GatewayProcessHarness
         using var smtp = await RawSmtpClient.ConnectAsync("127.0.0.1", RelayPort, TimeSpan.FromSeconds(10), cancellationToken,
             localEndPoint: new IPEndPoint(IPAddress.Parse(source), 0));
         Assert.Equal(250, (await smtp.CommandAsync("EHLO client.functional.test", cancellationToken)).Code);
-        var content = Encoding.ASCII.GetBytes(
-            $"From: <{from}>\r\n" +
-            $"To: {string.Join(", ", recipients.Select(r => $"<{r}>"))}\r\n" +
-            $"Subject: {subject}\r\n" +
-            $"Message-ID: <{Guid.NewGuid():N}@client.functional.test>\r\n" +
-            "Date: Thu, 27 Nov 2025 10:00:01 +0000\r\n" +
-            "\r\n" +
-            $"Body of {subject}.\r\n");
-        var reply = await smtp.SendMailAsync(from, recipients, content, cancellationToken);
-        Assert.True(reply.Code == 250, $"gateway refused the message: {reply}");
-        const string marker = "queued as ";
-        var text = reply.Lines[0];
-        return text[(text.IndexOf(marker, StringComparison.Ordinal) + marker.Length)..].Trim();
-    }
-
-    /// <summary>Every delivery event of <paramref name="tenant"/> so far.</summary>
-    internal IReadOnlyList<EventRecord> Events(string tenant)
-    {
-        var path = Path.Combine(DataDirectory, "events", tenant + ".jsonl");
-        if (!File.Exists(path))
-        {
-            return [];
-        }
-
-        var options = new JsonSerializerOptions(JsonSerializerDefaults.Web);
-        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-        using var reader = new StreamReader(stream);
-        var list = new List<EventRecord>();
-        while (reader.ReadLine() is { } line)
-        {
-            if (line.EndsWith('}'))
-            {
-                list.Add(JsonSerializer.Deserialize<EventRecord>(line, options)!);
-            }
-        }
-
-        return list;
-    }
-
-    /// <summary>Waits until <paramref name="done"/> holds for <paramref name="tenant"/>'s events, or throws TimeoutException.</summary>
-    internal async Task<IReadOnlyList<EventRecord>> WaitForEventsAsync(string tenant, Func<IReadOnlyList<EventRecord>, bool> done, TimeSpan timeout, CancellationToken cancellationToken)
-    {
-        var clock = Stopwatch.StartNew();
-        while (true)
-        {
-            var events = Events(tenant);
-            if (done(events))
-            {
-                return events;
-            }
-
-            if (clock.Elapsed > timeout)
-            {
-                throw new TimeoutException($"events of {tenant}: condition not met within {timeout}:\n{string.Join('\n', events)}");
-            }
-
-            await Task.Delay(100, cancellationToken);
-        }
+        return await SubmitAsync(smtp, from, recipients, subject, cancellationToken);
     }
 
     /// <summary><c>smtpgw ARGS... --config &lt;this gateway's config&gt;</c>.</summary>

@@ -39,6 +39,29 @@ internal sealed record PostfixInstanceOptions
 
     /// <summary>Extra main.cf parameters; they replace the generated value of the same name.</summary>
     public IReadOnlyDictionary<string, string> MainCf { get; init; } = new Dictionary<string, string>();
+
+    /// <summary>
+    /// STARTTLS on smtpd with this certificate and key (PEM), e.g. <see cref="TestCertificate"/>'s; null: no TLS.
+    /// </summary>
+    public PostfixTls? Tls { get; init; }
+
+    /// <summary>
+    /// The one Cyrus SASL (sasldb2) user of an authenticating smarthost; requires <see cref="Tls"/>. Then AUTH PLAIN and
+    /// LOGIN are offered only after STARTTLS (smtpd_tls_auth_only), and only an authenticated client may relay
+    /// (smtpd_relay_restrictions = permit_sasl_authenticated, reject): an unauthenticated or wrongly authenticated
+    /// client gets no further than RCPT, whatever its address.
+    /// </summary>
+    public PostfixSaslUser? Sasl { get; init; }
+}
+
+/// <summary>smtpd's certificate and key (PEM files; copied into the instance's config directory).</summary>
+internal sealed record PostfixTls(string CertificatePath, string KeyPath);
+
+/// <summary>A SASL user in the instance's sasldb2 (realm <see cref="PostfixInstance.Hostname"/>, which smtpd adds to a bare name).</summary>
+internal sealed record PostfixSaslUser(string User, string Password)
+{
+    // Never print the password, whatever formats this record.
+    public override string ToString() => $"PostfixSaslUser {{ User = {User} }}";
 }
 
 /// <summary>
@@ -47,6 +70,12 @@ internal sealed record PostfixInstanceOptions
 /// right away with the error(8) transport, so its bounce(8) daemon writes a real Postfix DSN (multipart/report, from
 /// MAILER-DAEMON, null sender), which its smtp(8) client relays to the test's host:port. No DNS, no syslog, no chroot;
 /// the system's /etc/postfix and /var/spool/postfix are never touched.
+/// <para>
+/// As a tenant's authenticating smarthost (<see cref="PostfixInstanceOptions.Tls"/> and <see cref="PostfixInstanceOptions.Sasl"/>):
+/// STARTTLS with the test certificate, Cyrus SASL over a private sasldb2 with one user, AUTH only after STARTTLS, relay
+/// only when authenticated; mail for <see cref="PostfixInstanceOptions.RelayDomains"/> goes on to the test's smtp-sink,
+/// and the log names the SASL user of each accepted message (<see cref="WaitForSaslLoginAsync"/>).
+/// </para>
 /// <para>
 /// Runs as <c>postfix -c &lt;dir&gt; start-fg</c>, a child process of the test (its master and daemons are our
 /// descendants, killed with the test host if all else fails); <see cref="DisposeAsync"/> runs <c>postfix -c &lt;dir&gt; stop</c>,
@@ -58,6 +87,7 @@ internal sealed partial class PostfixInstance : IAsyncDisposable
 {
     public const string PostfixBinary = "/usr/sbin/postfix";
     public const string PostkickBinary = "/usr/sbin/postkick";
+    public const string SaslPasswd2Binary = "/usr/sbin/saslpasswd2";
     public const string Hostname = "postfix.functional.test";
 
     /// <summary>Where Debian puts master and the daemons (postconf daemon_directory).</summary>
@@ -98,6 +128,11 @@ internal sealed partial class PostfixInstance : IAsyncDisposable
     public string QueueDirectory => Path.Combine(WorkDirectory, "queue");
 
     public string DataDirectory => Path.Combine(WorkDirectory, "data");
+
+    /// <summary>Cyrus SASL's smtpd.conf and the sasldb2 (when <see cref="PostfixInstanceOptions.Sasl"/> is set).</summary>
+    public string SaslDirectory => Path.Combine(ConfigDirectory, "sasl");
+
+    public string SaslDatabasePath => Path.Combine(SaslDirectory, "sasldb2");
 
     /// <summary>maillog_file: every line every Postfix program logged.</summary>
     public string LogPath => Path.Combine(WorkDirectory, "maillog");
@@ -219,6 +254,19 @@ internal sealed partial class PostfixInstance : IAsyncDisposable
         {
             throw new ArgumentException("RelayDomains is empty: the DSNs would have nowhere to go", nameof(options));
         }
+
+        if (options.Sasl is { } sasl)
+        {
+            if (options.Tls is null)
+            {
+                throw new ArgumentException("Sasl needs Tls: AUTH is offered only after STARTTLS (smtpd_tls_auth_only)", nameof(options));
+            }
+
+            if (!DomainPattern().IsMatch(sasl.User) || sasl.Password.Length == 0 || sasl.Password.Any(char.IsControl))
+            {
+                throw new ArgumentException($"Sasl: the user must be a plain name and the password one non-empty line ({sasl})", nameof(options));
+            }
+        }
     }
 
     async Task WriteConfigurationAsync(CancellationToken cancellationToken)
@@ -287,6 +335,34 @@ internal sealed partial class PostfixInstance : IAsyncDisposable
             ["readme_directory"] = "no",
             ["html_directory"] = "no",
         };
+        if (options.Tls is { } tls)
+        {
+            // Root-owned copies (the key mode 0600): smtpd reads them before it drops privileges.
+            var certificate = Path.Combine(ConfigDirectory, "smtpd.crt");
+            var key = Path.Combine(ConfigDirectory, "smtpd.key");
+            File.Copy(tls.CertificatePath, certificate, overwrite: true);
+            File.Copy(tls.KeyPath, key, overwrite: true);
+            File.SetUnixFileMode(key, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            main["smtpd_tls_security_level"] = "may";
+            main["smtpd_tls_cert_file"] = certificate;
+            main["smtpd_tls_key_file"] = key;
+            main["smtpd_tls_session_cache_database"] = "";
+            main["smtpd_tls_loglevel"] = "1";
+        }
+
+        if (options.Sasl is { } sasl)
+        {
+            await WriteSaslAsync(sasl, cancellationToken).ConfigureAwait(false);
+            main["smtpd_sasl_auth_enable"] = "yes";
+            main["smtpd_sasl_type"] = "cyrus";
+            main["smtpd_sasl_path"] = "smtpd";
+            main["cyrus_sasl_config_path"] = SaslDirectory;
+            main["smtpd_sasl_security_options"] = "noanonymous";
+            main["smtpd_tls_auth_only"] = "yes";
+            // Only AUTH opens the relay: mynetworks (127.0.0.0/8, i.e. every local client) does not.
+            main["smtpd_relay_restrictions"] = "permit_sasl_authenticated, reject";
+        }
+
         foreach (var (name, value) in options.MainCf)
         {
             main[name] = value;
@@ -328,6 +404,49 @@ internal sealed partial class PostfixInstance : IAsyncDisposable
 
             """;
         await File.WriteAllTextAsync(Path.Combine(ConfigDirectory, "master.cf"), masterCf, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Cyrus SASL for smtpd: auxprop over a private sasldb2 holding the one user (as perf/bench.sh builds it). smtpd
+    /// runs as user postfix and opens the database for each AUTH, so <see cref="SetSaslPasswordAsync"/> bites at once.
+    /// </summary>
+    async Task WriteSaslAsync(PostfixSaslUser sasl, CancellationToken cancellationToken)
+    {
+        Directory.CreateDirectory(SaslDirectory);
+        await File.WriteAllTextAsync(Path.Combine(SaslDirectory, "smtpd.conf"),
+            $"pwcheck_method: auxprop\nauxprop_plugin: sasldb\nsasldb_path: {SaslDatabasePath}\nmech_list: PLAIN LOGIN\n", cancellationToken)
+            .ConfigureAwait(false);
+        await SetSaslPasswordAsync(sasl.User, sasl.Password, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Creates <paramref name="user"/> in the sasldb2 or changes its password (<c>saslpasswd2 -p -c</c>, the password on
+    /// stdin): a test revokes a credential the gateway holds by changing it here.
+    /// </summary>
+    public async Task SetSaslPasswordAsync(string user, string password, CancellationToken cancellationToken = default)
+    {
+        if (!File.Exists(SaslPasswd2Binary))
+        {
+            throw new InvalidOperationException($"{SaslPasswd2Binary} is missing: apt-get install sasl2-bin libsasl2-modules (./test.sh does)");
+        }
+
+        var set = await ChildProcess.RunCapturedAsync(SaslPasswd2Binary, ["-p", "-c", "-f", SaslDatabasePath, "-u", Hostname, user], WorkDirectory,
+            TimeSpan.FromSeconds(30), standardInput: password).WaitAsync(cancellationToken).ConfigureAwait(false);
+        if (set.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"saslpasswd2 for {user} failed: {set}");
+        }
+
+        // smtpd (user postfix) reads the database, through its group; root keeps ownership (postfix-script warns otherwise).
+        var chown = await ChildProcess.RunCapturedAsync("chown", ["-R", "root:postfix", SaslDirectory], WorkDirectory, TimeSpan.FromSeconds(30))
+            .WaitAsync(cancellationToken).ConfigureAwait(false);
+        if (chown.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"chown of {SaslDirectory} failed: {chown}");
+        }
+
+        File.SetUnixFileMode(SaslDirectory, (UnixFileMode)Convert.ToInt32("750", 8));
+        File.SetUnixFileMode(SaslDatabasePath, (UnixFileMode)Convert.ToInt32("640", 8));
     }
 
     async Task WaitUntilReadyAsync(TimeSpan timeout, CancellationToken cancellationToken)
@@ -410,6 +529,19 @@ internal sealed partial class PostfixInstance : IAsyncDisposable
             await Task.Delay(100, cancellationToken).ConfigureAwait(false);
         }
     }
+
+    /// <summary>
+    /// Waits for smtpd's line of a message accepted from a client authenticated as <paramref name="user"/>
+    /// ("QUEUEID: client=..., sasl_method=M, sasl_username=USER"); returns it.
+    /// </summary>
+    public Task<string> WaitForSaslLoginAsync(string user, TimeSpan timeout, CancellationToken cancellationToken = default) =>
+        WaitForLogAsync(line => line.Contains("sasl_method=", StringComparison.Ordinal) && line.EndsWith($", sasl_username={user}", StringComparison.Ordinal),
+            $"of a message from SASL user {user}", timeout, cancellationToken);
+
+    /// <summary>Every SASL user smtpd accepted a message from (its "sasl_username=" log lines), in order.</summary>
+    public IReadOnlyList<string> SaslLogins() =>
+        [.. Log.Split('\n').Where(l => l.Contains("sasl_method=", StringComparison.Ordinal))
+            .Select(l => l[(l.IndexOf(", sasl_username=", StringComparison.Ordinal) + ", sasl_username=".Length)..])];
 
     /// <summary>Makes the queue manager retry deferred mail now (what <c>postqueue -f</c> does; postqueue itself is set-gid and refuses a private config directory).</summary>
     public async Task FlushAsync(CancellationToken cancellationToken = default)

@@ -39,6 +39,9 @@ internal sealed class SinkMessage
 
     public string? HeloArgs { get; init; }
 
+    /// <summary>Whether a RCPT of this transaction was <paramref name="address"/> (Postfix's smtp client adds ORCPT=: the address is the first word).</summary>
+    public bool HasRecipient(string address) => RcptArgs.Any(r => r.Split(' ')[0] == $"<{address}>");
+
     /// <summary>The message as the gateway sent it, as smtp-sink stored it (LF line ends), Latin-1 decoded (one char per byte).</summary>
     public required string Content { get; init; }
 
