@@ -20,7 +20,7 @@ internal sealed class CliTenantKeys : IDisposable
         }
 
         _hsm = new Pkcs11Hsm(new Pkcs11HsmOptions { ModulePath = hsm.ModulePath, MaxSessionsPerToken = hsm.MaxSessionsPerToken });
-        Keys = new HsmTenantKeys(_hsm, new TenantHsmTokens(cli.DataDirectory, () => cli.Tenants));
+        Keys = new HsmTenantKeys(_hsm, new TenantHsmTokens(cli.DataDirectory, () => cli.Tenants, hsm));
     }
 
     public ITenantKeys Keys { get; }

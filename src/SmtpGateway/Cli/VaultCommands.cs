@@ -6,7 +6,6 @@ using System.Text.Json.Serialization;
 using Microsoft.Extensions.Logging.Abstractions;
 using SmtpGateway.Audit;
 using SmtpGateway.Hsm;
-using SmtpGateway.Signing;
 using SmtpGateway.Vault;
 
 namespace SmtpGateway.Cli;
@@ -28,13 +27,8 @@ internal sealed record VaultCliEnvironment(Func<Stream> Stdin, bool StdinIsTermi
     /// <summary>The real keys: each tenant's own HSM token (SoftHSM2 in development), as DKIM signing uses.</summary>
     static (ITenantKeys, IDisposable) HsmKeys(CliConfiguration cli)
     {
-        if (cli.Gateway.Hsm.SoftHsm)
-        {
-            SoftHsmSetup.Configure(cli.DataDirectory);
-        }
-
-        var hsm = new Pkcs11Hsm(new Pkcs11HsmOptions { ModulePath = cli.Gateway.Hsm.ModulePath, MaxSessionsPerToken = cli.Gateway.Hsm.MaxSessionsPerToken });
-        return (new HsmTenantKeys(hsm, new TenantHsmTokens(cli.DataDirectory, () => cli.Tenants, cli.Gateway.Hsm)), hsm);
+        var keys = CliTenantKeys.Open(cli);
+        return (keys.Keys, keys);
     }
 }
 

@@ -16,7 +16,7 @@ public sealed record VerpKey(char Id, DateTimeOffset Created, DateTimeOffset? Re
 {
     /// <summary>The plaintext key of the legacy format: read only to migrate it into the token, never written again.</summary>
     [JsonPropertyName("secret")]
-    public string? LegacySecret { get; init; }
+    public LegacySecretMarker? LegacySecret { get; init; }
 
     /// <summary>The key's label in the tenant's token. Ids are reused after retirement, so the label adds the creation time.</summary>
     [JsonIgnore]
@@ -257,9 +257,24 @@ public sealed partial class VerpKeyStore
     {
         var file = Load(tenant);
         var legacy = file?.Keys.Where(k => k.LegacySecret is not null).ToList() ?? [];
-        foreach (var key in legacy)
+        if (legacy.Count > 0)
         {
-            LegacyMacKey.Import(_tenantKeys, tenant, key.KeyLabel, key.LegacySecret!);
+            // Read again as bytes: the deserialised records only know that a key has a secret, never its value.
+            var secrets = LegacyMacKey.ReadSecrets(PathFor(tenant));
+            try
+            {
+                for (var i = 0; i < file!.Keys.Count; i++)
+                {
+                    if (file.Keys[i].LegacySecret is not null)
+                    {
+                        LegacyMacKey.Import(_tenantKeys, tenant, file.Keys[i].KeyLabel, i < secrets.Count ? secrets[i] : null);
+                    }
+                }
+            }
+            finally
+            {
+                LegacyMacKey.ZeroAll(secrets);
+            }
         }
 
         if (legacy.Count > 0)

@@ -323,19 +323,38 @@ public sealed partial class ReturnPathTests : IDisposable
     }
 
     [Fact]
-    public void Key_material_never_appears_in_ToString()
+    public void A_legacy_key_is_read_without_its_material_and_its_secret_only_as_bytes()
     {
-        // Only a legacy key (read for migration) still carries material in this process.
-        var key = new VerpKey('a', _time.GetUtcNow(), null) { LegacySecret = "c2VjcmV0LWtleS1tYXRlcmlhbC0zMi1ieXRlcyEhIQ==" };
-
-        var texts = new[] { key.ToString(), $"{key}", string.Format(System.Globalization.CultureInfo.InvariantCulture, "{0}", key), new VerpKeyFile([key]).ToString() };
-
-        foreach (var text in texts)
+        // The record only learns that a legacy key has a secret; the value is read as bytes for migration, never a string.
+        const string Secret = "c2VjcmV0LWtleS1tYXRlcmlhbC0zMi1ieXRlcyEhIQ==";
+        var path = Path.Combine(Path.GetTempPath(), $"verp-legacy-{Guid.NewGuid():N}.json");
+        // One secret JSON-escaped as some writers do ('+' as \u002B), one plain, one key without a secret.
+        File.WriteAllText(path, $$"""{"keys":[{"id":"a","created":"2026-01-01T00:00:00+00:00","secret":"{{Secret}}"},{"id":"b","created":"2026-01-02T00:00:00+00:00"},{"id":"c","created":"2026-01-03T00:00:00+00:00","secret":"AAEC\u002B/8="}]}""");
+        try
         {
-            Assert.DoesNotContain(key.LegacySecret, text, StringComparison.Ordinal);
-            Assert.DoesNotContain(Convert.ToHexString(Convert.FromBase64String(key.LegacySecret)), text, StringComparison.OrdinalIgnoreCase);
-        }
+            var file = System.Text.Json.JsonSerializer.Deserialize(File.ReadAllBytes(path), VerpJsonContext.Default.VerpKeyFile)!;
+            Assert.NotNull(file.Keys[0].LegacySecret);
+            Assert.Null(file.Keys[1].LegacySecret);
+            var key = file.Keys[0];
+            var texts = new[] { key.ToString(), $"{key}", string.Format(System.Globalization.CultureInfo.InvariantCulture, "{0}", key), file.ToString() };
+            foreach (var text in texts)
+            {
+                Assert.DoesNotContain(Secret, text, StringComparison.Ordinal);
+            }
 
-        Assert.Contains("Id = a", texts[0], StringComparison.Ordinal);
+            Assert.Contains("Id = a", texts[0], StringComparison.Ordinal);
+
+            var secrets = SmtpGateway.Hsm.LegacyMacKey.ReadSecrets(path);
+            Assert.Equal(3, secrets.Count);
+            Assert.Equal(Convert.FromBase64String(Secret), secrets[0]);
+            Assert.Null(secrets[1]);
+            Assert.Equal(new byte[] { 0, 1, 2, 0xfb, 0xff }, secrets[2]);
+            SmtpGateway.Hsm.LegacyMacKey.ZeroAll(secrets);
+            Assert.All(secrets[0]!, b => Assert.Equal(0, b));
+        }
+        finally
+        {
+            File.Delete(path);
+        }
     }
 }

@@ -19,7 +19,7 @@ public sealed record TokenKey(string Id, DateTimeOffset Created, DateTimeOffset?
 {
     /// <summary>The plaintext key of the legacy format: read only to migrate it into the token, never written again.</summary>
     [JsonPropertyName("secret")]
-    public string? LegacySecret { get; init; }
+    public LegacySecretMarker? LegacySecret { get; init; }
 
     /// <summary>The key's label in the tenant's token (files written before the label was stored use the derived one).</summary>
     [JsonIgnore]
@@ -268,9 +268,24 @@ public sealed partial class TokenStore
     {
         var file = Read(KeyPath(tenant));
         var legacy = file?.Keys.Where(k => k.LegacySecret is not null).ToList() ?? [];
-        foreach (var key in legacy)
+        if (legacy.Count > 0)
         {
-            LegacyMacKey.Import(_tenantKeys, tenant, key.KeyLabel, key.LegacySecret!);
+            // Read again as bytes: the deserialised records only know that a key has a secret, never its value.
+            var secrets = LegacyMacKey.ReadSecrets(KeyPath(tenant));
+            try
+            {
+                for (var i = 0; i < file!.Keys.Count; i++)
+                {
+                    if (file.Keys[i].LegacySecret is not null)
+                    {
+                        LegacyMacKey.Import(_tenantKeys, tenant, file.Keys[i].KeyLabel, i < secrets.Count ? secrets[i] : null);
+                    }
+                }
+            }
+            finally
+            {
+                LegacyMacKey.ZeroAll(secrets);
+            }
         }
 
         var keys = file?.Keys.Select(k => k with { Label = k.KeyLabel, LegacySecret = null }).ToList();
