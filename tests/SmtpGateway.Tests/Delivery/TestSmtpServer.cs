@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Security;
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 using System.Security.Cryptography.X509Certificates;
 using System.Text;
 
@@ -100,11 +101,12 @@ public sealed class TestSmtpServer : IAsyncDisposable
 
                 _sessions.Add(Task.Run(async () =>
                 {
+                    var quit = new StrongBox<bool>();
                     try
                     {
                         using (client)
                         {
-                            await SessionAsync(client, number);
+                            await SessionAsync(client, number, quit);
                         }
                     }
                     catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
@@ -112,7 +114,10 @@ public sealed class TestSmtpServer : IAsyncDisposable
                     }
                     finally
                     {
-                        Interlocked.Decrement(ref _active);
+                        if (!quit.Value)
+                        {
+                            Interlocked.Decrement(ref _active);
+                        }
                     }
                 }));
             }
@@ -122,7 +127,7 @@ public sealed class TestSmtpServer : IAsyncDisposable
         }
     }
 
-    async Task SessionAsync(TcpClient client, int connection)
+    async Task SessionAsync(TcpClient client, int connection, StrongBox<bool> quit)
     {
         Stream stream = client.GetStream();
         var secure = false;
@@ -244,6 +249,10 @@ public sealed class TestSmtpServer : IAsyncDisposable
                     await Send("250 2.0.0 Ok");
                     break;
                 case "QUIT":
+                    // The session stops counting as active before the client can see 221: a client that frees its slot on
+                    // 221 and connects again at once must not look like one connection too many.
+                    quit.Value = true;
+                    Interlocked.Decrement(ref _active);
                     await Send("221 2.0.0 Bye");
                     return;
                 default:
