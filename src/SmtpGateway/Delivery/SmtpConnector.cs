@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using System.Security.Cryptography.X509Certificates;
 using MailKit.Security;
 using Microsoft.Extensions.Logging;
+using SmtpGateway.Configuration;
 using SmtpGateway.Smtp;
 
 namespace SmtpGateway.Delivery;
@@ -157,26 +158,7 @@ internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, Ti
             return true;
         }
 
-        if (trustAnchors is not { Count: > 0 })
-        {
-            problem = "untrusted chain";
-            return false;
-        }
-
-        using var custom = new X509Chain();
-        custom.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
-        custom.ChainPolicy.CustomTrustStore.AddRange(trustAnchors);
-        custom.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
-        if (chain is not null)
-        {
-            foreach (var element in chain.ChainElements)
-            {
-                custom.ChainPolicy.ExtraStore.Add(element.Certificate);
-            }
-        }
-
-        using var leaf = X509CertificateLoader.LoadCertificate(certificate.GetRawCertData());
-        if (custom.Build(leaf))
+        if (TrustAnchors.ChainsTo(trustAnchors, certificate, chain))
         {
             return true;
         }

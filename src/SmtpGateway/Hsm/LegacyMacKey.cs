@@ -61,6 +61,35 @@ internal static class LegacyMacKey
         return secrets;
     }
 
+    /// <summary>
+    /// Imports every legacy key of the file at <paramref name="path"/>: <paramref name="labels"/> has, per position in its
+    /// "keys" array, the label to import under, or null for a key without plaintext. The records the caller deserialised
+    /// only know that a key has a secret; the values are read again here as bytes and zeroed after the import.
+    /// </summary>
+    public static void ImportAll(ITenantKeys keys, string tenant, string path, IReadOnlyList<string?> labels)
+    {
+        if (labels.All(l => l is null))
+        {
+            return;
+        }
+
+        var secrets = ReadSecrets(path);
+        try
+        {
+            for (var i = 0; i < labels.Count; i++)
+            {
+                if (labels[i] is { } label)
+                {
+                    Import(keys, tenant, label, i < secrets.Count ? secrets[i] : null);
+                }
+            }
+        }
+        finally
+        {
+            ZeroAll(secrets);
+        }
+    }
+
     /// <summary>Zeroes every key <see cref="ReadSecrets"/> returned.</summary>
     public static void ZeroAll(List<byte[]?> secrets)
     {

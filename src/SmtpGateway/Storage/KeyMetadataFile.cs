@@ -13,9 +13,6 @@ internal static class KeyMetadataFile
 {
     const UnixFileMode OwnerReadWrite = UnixFileMode.UserRead | UnixFileMode.UserWrite;
 
-    /// <summary>Real pause between attempts to take the cross-process lock.</summary>
-    static readonly TimeSpan LockRetryPause = TimeSpan.FromMilliseconds(20);
-
     /// <summary>
     /// Writes <paramref name="content"/> to <paramref name="path"/> through a temp file (mode 0600, fsynced, renamed).
     /// With <paramref name="overwrite"/> false an existing file wins and the temp file is removed. With
@@ -90,30 +87,7 @@ internal static class KeyMetadataFile
     public static FileStream Lock(string path, TimeProvider time, TimeSpan timeout)
     {
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-        // The holder is another process (the CLI, a second gateway) that works in real time and .NET offers no flock(2)
-        // with a timeout, so the pause between attempts is a real Thread.Sleep: a TimeProvider timer would never fire
-        // under a test's frozen clock. The deadline comes from the TimeProvider like every other time limit here, and
-        // the attempts are bounded as well (timeout / LockRetryPause), so a frozen fake clock cannot make a stuck
-        // lock wait forever.
-        var start = time.GetTimestamp();
-        var attemptsLeft = (int)Math.Max(1, timeout / LockRetryPause);
-        while (true)
-        {
-            try
-            {
-                return new FileStream(path, new FileStreamOptions
-                {
-                    Mode = FileMode.OpenOrCreate,
-                    Access = FileAccess.ReadWrite,
-                    Share = FileShare.None,
-                    UnixCreateMode = OwnerReadWrite,
-                });
-            }
-            catch (IOException) when (--attemptsLeft > 0 && time.GetElapsedTime(start) < timeout)
-            {
-                Thread.Sleep(LockRetryPause);
-            }
-        }
+        return CrossProcessLock.Acquire(path, timeout, time);
     }
 
     static void Zero(FileStream file)

@@ -4,6 +4,7 @@ using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using System.Text;
 using System.Text.Json;
+using SmtpGateway.Configuration;
 
 namespace SmtpGateway.Vault;
 
@@ -66,26 +67,12 @@ internal sealed class OAuth2TokenClient(HttpMessageInvoker http, TimeSpan timeou
             return true;
         }
 
-        if (certificate is null || errors != SslPolicyErrors.RemoteCertificateChainErrors || trustAnchors is not { Count: > 0 })
+        if (certificate is null || errors != SslPolicyErrors.RemoteCertificateChainErrors)
         {
             return false;
         }
 
-        using var anchored = new X509Chain();
-        anchored.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
-        anchored.ChainPolicy.CustomTrustStore.AddRange(trustAnchors);
-        anchored.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
-        if (chain is not null)
-        {
-            // The intermediates the server sent, so a chain through them can reach the anchor.
-            foreach (var element in chain.ChainElements)
-            {
-                anchored.ChainPolicy.ExtraStore.Add(element.Certificate);
-            }
-        }
-
-        using var leaf = X509CertificateLoader.LoadCertificate(certificate.GetRawCertData());
-        return anchored.Build(leaf);
+        return TrustAnchors.ChainsTo(trustAnchors, certificate, chain);
     }
 
     /// <summary>Why <paramref name="endpoint"/> cannot be a token endpoint, or null: https only, so the refresh token never crosses plaintext.</summary>

@@ -268,25 +268,7 @@ public sealed partial class TokenStore
     {
         var file = Read(KeyPath(tenant));
         var legacy = file?.Keys.Where(k => k.LegacySecret is not null).ToList() ?? [];
-        if (legacy.Count > 0)
-        {
-            // Read again as bytes: the deserialised records only know that a key has a secret, never its value.
-            var secrets = LegacyMacKey.ReadSecrets(KeyPath(tenant));
-            try
-            {
-                for (var i = 0; i < file!.Keys.Count; i++)
-                {
-                    if (file.Keys[i].LegacySecret is not null)
-                    {
-                        LegacyMacKey.Import(_tenantKeys, tenant, file.Keys[i].KeyLabel, i < secrets.Count ? secrets[i] : null);
-                    }
-                }
-            }
-            finally
-            {
-                LegacyMacKey.ZeroAll(secrets);
-            }
-        }
+        LegacyMacKey.ImportAll(_tenantKeys, tenant, KeyPath(tenant), file?.Keys.Select(k => k.LegacySecret is null ? null : k.KeyLabel).ToList() ?? []);
 
         var keys = file?.Keys.Select(k => k with { Label = k.KeyLabel, LegacySecret = null }).ToList();
         if (legacy.Count > 0)
