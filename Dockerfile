@@ -41,8 +41,12 @@ RUN apt-get update \
 # With Gateway:Hsm:SoftHsm (the default) the gateway writes its own SoftHSM2 config and token directory under
 # the data volume (/var/lib/smtpgw/hsm) and points the module at it; create tokens and keys with
 #   docker run … smtpgw hsm init-token --tenant T   and   smtpgw dkim keygen …
-RUN mkdir -p /etc/smtpgw/tls /var/lib/smtpgw \
-    && chown -R "$APP_UID" /var/lib/smtpgw
+# The tenants' HSM PINs never go in the data volume (a copy of it must not carry them): mount them at
+# /etc/smtpgw/pins (0700, files 0600), or pass them as environment variables / systemd-style credentials
+# ($CREDENTIALS_DIRECTORY/smtpgw-<tenant>.pin) and set SMTPGW__Gateway__Hsm__AllowPinFiles=false.
+RUN mkdir -p /etc/smtpgw/tls /var/lib/smtpgw /etc/smtpgw/pins \
+    && chown -R "$APP_UID" /var/lib/smtpgw /etc/smtpgw/pins \
+    && chmod 0700 /etc/smtpgw/pins
 
 COPY --from=build /app /app
 COPY config/gateway.json /etc/smtpgw/gateway.json
@@ -52,6 +56,7 @@ COPY config/gateway.json /etc/smtpgw/gateway.json
 # The legacy relay trusts only the client networks in the config (loopback in the demo config), and
 # container clients arrive from the bridge network: mount your own config at /etc/smtpgw/gateway.json.
 ENV SMTPGW__Gateway__DataDirectory=/var/lib/smtpgw \
+    SMTPGW__Gateway__Hsm__PinDirectory=/etc/smtpgw/pins \
     SMTPGW__Gateway__Tls__CertificatePath=/etc/smtpgw/tls/gateway.crt \
     SMTPGW__Gateway__Tls__KeyPath=/etc/smtpgw/tls/gateway.key \
     SMTPGW__Gateway__Listeners__0__Address=0.0.0.0 \
