@@ -588,6 +588,10 @@ gw_client_args() {
 }
 gw_port_for_mode() { if [[ "$mode" == plain ]]; then echo "$gw_relay_port"; else echo "$gw_sub_port"; fi; }
 gw_mint() {
+    # Every tenant with return paths (or AUTH) needs its HSM token: the VERP and session-token HMAC keys live there
+    # (issue 11). Idempotent, and harmless for older builds, which used the token only for DKIM.
+    smtpgw hsm init-token --config "$1/conf/gateway.json" --tenant tenant-a >"$1/init-token.log" 2>&1 \
+        || die "smtpgw hsm init-token failed: $(tail -3 "$1/init-token.log")"
     [[ "$mode" == auth ]] || return 0
     gw_token=$(smtpgw token mint --config "$1/conf/gateway.json" --tenant tenant-a --ttl 1h --description bench 2>"$1/mint.err") \
         || die "smtpgw token mint failed: $(cat "$1/mint.err")"
