@@ -138,7 +138,7 @@ public sealed partial class VerpKeyStore
                     }
                 }
             }
-            catch (Exception ex) when (ex is HsmException or IOException or InvalidDataException)
+            catch (Exception ex) when (ex is not OperationCanceledException)
             {
                 MigrationFailed(_logger, tenant, ex.Message);
             }
@@ -295,7 +295,10 @@ public sealed partial class VerpKeyStore
         var path = PathFor(tenant);
         try
         {
-            return KeyMetadataFile.Read(path, VerpJsonContext.Default.VerpKeyFile);
+            var file = KeyMetadataFile.Read(path, VerpJsonContext.Default.VerpKeyFile);
+            return file is not null && (file.Keys is null || file.Keys.Any(k => k is null))
+                ? throw new IOException($"return-path key file '{path}' is damaged (no key list)")
+                : file;
         }
         catch (JsonException ex)
         {

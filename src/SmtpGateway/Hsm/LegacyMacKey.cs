@@ -135,7 +135,7 @@ internal static class LegacyMacKey
     /// </summary>
     public static void Import(ITenantKeys keys, string tenant, string label, byte[]? secret)
     {
-        if (secret is null)
+        if (secret is not { Length: > 0 })
         {
             throw new InvalidDataException($"legacy key '{label}' of tenant '{tenant}' has no readable secret");
         }

@@ -567,6 +567,11 @@ public sealed class Pkcs11Hsm : IHsm
             f.Create(CKA.CKA_WRAP, false),
             f.Create(CKA.CKA_UNWRAP, false),
             f.Create(CKA.CKA_DERIVE, false),
+
+            // Fixed for life (v2.40 §4.4, v3.0 §4.4): nobody holding the PIN may later give the key a use it was not made
+            // for (C_SetAttributeValue CKA_WRAP/CKA_DERIVE) or copy it with other attributes (C_CopyObject).
+            f.Create(CKA.CKA_MODIFIABLE, false),
+            f.Create(CKA.CKA_COPYABLE, false),
             f.Create(CKA.CKA_LABEL, keyLabel),
             f.Create(CKA.CKA_ID, Pkcs11Constants.KeyId(keyLabel)),
         ];

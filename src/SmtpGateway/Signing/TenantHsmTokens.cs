@@ -120,7 +120,7 @@ public sealed class TenantHsmTokens
             {
                 if (Source(tenant, settings) is { } source)
                 {
-                    if (source.File is { } file && FileProblem(file) is { } problem)
+                    if (source.File is { } file && FileProblem(file, source.SystemdCredential) is { } problem)
                     {
                         errors.Add($"Tenants:{tenant}:Hsm: {problem}");
                         continue;
@@ -148,17 +148,23 @@ public sealed class TenantHsmTokens
     /// Why the PIN file (or its directory) must not be used, or null when it may: a PIN file is for the gateway's user
     /// alone, so any group or other permission bit (mode &amp; 077) on the file or its directory refuses it.
     /// </summary>
-    public static string? FileProblem(string file)
+    /// <remarks>
+    /// A systemd credential is checked for "others" only: systemd writes it 0400 in a private 0500 directory and grants
+    /// the unit's User= access with a POSIX ACL, and an ACL's mask shows up in the group bits of the mode (0440, 0550)
+    /// although no group has access (systemd.exec(5), "Credentials").
+    /// </remarks>
+    public static string? FileProblem(string file, bool systemdCredential = false)
     {
+        var refused = systemdCredential ? UnixFileMode.OtherRead | UnixFileMode.OtherWrite | UnixFileMode.OtherExecute : GroupOrOther;
         var directory = Path.GetDirectoryName(Path.GetFullPath(file))!;
         var directoryMode = File.GetUnixFileMode(directory);
-        if ((directoryMode & GroupOrOther) != 0)
+        if ((directoryMode & refused) != 0)
         {
             return $"PIN directory '{directory}' has mode {Octal(directoryMode)}: group or others may access it; a PIN directory must be 0700 (chmod 700 '{directory}')";
         }
 
         var mode = File.GetUnixFileMode(file);
-        return (mode & GroupOrOther) != 0
+        return (mode & refused) != 0
             ? $"PIN file '{file}' has mode {Octal(mode)}: group or others may access it; a PIN file must be 0600 or 0400 (chmod 600 '{file}')"
             : null;
     }
@@ -184,7 +190,7 @@ public sealed class TenantHsmTokens
             var credential = Path.Combine(credentials, $"smtpgw-{tenant}.pin");
             if (File.Exists(credential))
             {
-                return new PinSourceInfo($"systemd credential {credential}", credential, () => ReadPinFile(credential));
+                return new PinSourceInfo($"systemd credential {credential}", credential, () => ReadPinFile(credential, systemdCredential: true), SystemdCredential: true);
             }
         }
 
@@ -198,9 +204,9 @@ public sealed class TenantHsmTokens
     }
 
     /// <summary>The PIN bytes of a file, refused (InvalidOperationException, naming file and mode) when group or others may access it.</summary>
-    static byte[] ReadPinFile(string file)
+    static byte[] ReadPinFile(string file, bool systemdCredential = false)
     {
-        if (FileProblem(file) is { } problem)
+        if (FileProblem(file, systemdCredential) is { } problem)
         {
             throw new InvalidOperationException(problem);
         }
@@ -280,7 +286,7 @@ public sealed class TenantHsmTokens
     static string Octal(UnixFileMode mode) => "0" + Convert.ToString((int)mode & 0x1FF, 8).PadLeft(3, '0');
 
     /// <param name="File">The file the PIN is read from (credential or PIN file), whose mode is checked; null for a variable.</param>
-    sealed record PinSourceInfo(string Description, string? File, Func<byte[]> Read);
+    sealed record PinSourceInfo(string Description, string? File, Func<byte[]> Read, bool SystemdCredential = false);
 }
 
 /// <summary>The HSM behind <see cref="IDkimKeySigner"/>: each tenant's signatures are made in that tenant's token.</summary>

@@ -26,6 +26,9 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
     public const string PurposeRefresh = "oauth2-refresh";
     public const string PurposeVerify = "cli-verify";
 
+    /// <summary>A rotation seals the previous versions again, because their retirement is part of their associated data.</summary>
+    public const string PurposeRotate = "rotate";
+
     /// <summary>
     /// Lifetime assumed when a token endpoint omits expires_in (RFC 6749 section 5.1 only recommends it): the hour the
     /// large providers issue. A token that dies sooner is refused by the smarthost, and that defers, never bounces.
@@ -99,7 +102,7 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
         {
             var credential = document.Find(name) ?? throw new InvalidOperationException($"tenant '{tenant}' has no credential '{name}'; use `vault set` to create it");
             retiring = _time.GetUtcNow() + period;
-            var kept = credential.Versions.Select(v => v.RetiresAt is { } at && at <= retiring ? v : v with { RetiresAt = retiring }).ToList();
+            var kept = credential.Versions.Select(v => v.RetiresAt is { } at && at <= retiring ? v : Reseal(tenant, name, document, v, v with { RetiresAt = retiring })).ToList();
             return AddVersion(tenant, document, name, document.NextVersion(name), secret, kept);
         });
         Audited(AuditActions.VaultRotate, version, $"{version.Kind} for {version.UserName}; previous versions retire {retiring:O}");
@@ -145,7 +148,7 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
     {
         var document = Read(version.Tenant);
         var record = Find(document, version, PurposeVerify, null);
-        CryptographicOperations.ZeroMemory(Decrypt(version, document, record.Ciphertext, VaultCrypto.RecordAad(version.Tenant, version.Name, version.Version), PurposeVerify, null));
+        CryptographicOperations.ZeroMemory(Decrypt(version, document, record.Ciphertext, VaultCrypto.RecordAad(version.Tenant, version.Name, record), PurposeVerify, null));
     }
 
     /// <summary>Removes every version past its grace window from every tenant's file; returns how many went.</summary>
@@ -164,7 +167,7 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
                     destroyed += count;
                 }
             }
-            catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException or ArgumentException)
+            catch (Exception ex) when (ex is not OperationCanceledException)
             {
                 VaultLog.SweepFailed(_logger, tenant, ex);
             }
@@ -195,7 +198,7 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
         var record = Find(document, version, purpose, queueId);
         if (!record.Refreshable)
         {
-            var aad = VaultCrypto.RecordAad(version.Tenant, version.Name, version.Version);
+            var aad = VaultCrypto.RecordAad(version.Tenant, version.Name, record);
             return new UpstreamSecret(version, Decrypt(version, document, record.Ciphertext, aad, purpose, queueId));
         }
 
@@ -310,7 +313,7 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
             return stored;
         }
 
-        var payload = Decrypt(version, document, record.Ciphertext, VaultCrypto.RecordAad(tenant, version.Name, version.Version), PurposeRefresh, queueId);
+        var payload = Decrypt(version, document, record.Ciphertext, VaultCrypto.RecordAad(tenant, version.Name, record), PurposeRefresh, queueId);
         try
         {
             var split = Array.IndexOf(payload, (byte)'\n');
@@ -375,7 +378,7 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
                 var updated = _crypto.WithDataKey(tenant, sealedKey, dataKey => record with
                 {
                     Access = new AccessTokenRecord(expires, VaultCrypto.Seal(dataKey, response.AccessToken, VaultCrypto.AccessAad(tenant, name, number, expires))),
-                    Ciphertext = rotated is null ? record.Ciphertext : VaultCrypto.Seal(dataKey, rotated, VaultCrypto.RecordAad(tenant, name, number)),
+                    Ciphertext = rotated is null ? record.Ciphertext : VaultCrypto.Seal(dataKey, rotated, VaultCrypto.RecordAad(tenant, name, record)),
                 });
                 return (document.With(credential! with { Versions = [.. credential.Versions.Select(v => v.Version == number ? updated : v)] }), updated.Access!);
             });
@@ -440,14 +443,37 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
         throw new UpstreamCredentialException($"{Subject(version.Name, version.Version)} of tenant '{version.Tenant}' no longer exists (deleted or past its grace window)", transient: false);
     }
 
+    /// <summary>
+    /// <paramref name="changed"/> with its secret sealed again under its new associated data (a rotation sets the previous
+    /// versions' retirement, which is bound to the ciphertext). A record that no longer authenticates stops the rotation.
+    /// </summary>
+    VaultRecord Reseal(string tenant, string name, VaultDocument document, VaultRecord current, VaultRecord changed)
+    {
+        var sealedKey = document.DataKey ?? throw new InvalidDataException($"the vault of tenant '{tenant}' has records but no data key");
+        return _crypto.WithDataKey(tenant, sealedKey, dataKey =>
+        {
+            var plaintext = VaultCrypto.Open(tenant, dataKey, current.Ciphertext, VaultCrypto.RecordAad(tenant, name, current));
+            AuditDecrypt(tenant, Subject(name, current.Version), PurposeRotate, null, "ok");
+            try
+            {
+                // A stored access token is bound to its record by tenant, name and version only, so it stays valid.
+                return changed with { Ciphertext = VaultCrypto.Seal(dataKey, plaintext, VaultCrypto.RecordAad(tenant, name, changed)) };
+            }
+            finally
+            {
+                CryptographicOperations.ZeroMemory(plaintext);
+            }
+        });
+    }
+
     (VaultDocument Document, UpstreamCredentialVersion Version) AddVersion(string tenant, VaultDocument document, string name, int number, NewSecret secret, List<VaultRecord> previous)
     {
         var sealedKey = document.DataKey ?? _crypto.NewDataKey(tenant);
         var payload = secret.Payload();
         try
         {
-            var ciphertext = _crypto.WithDataKey(tenant, sealedKey, dataKey => VaultCrypto.Seal(dataKey, payload, VaultCrypto.RecordAad(tenant, name, number)));
-            var record = new VaultRecord(number, secret.Kind, secret.Grant, secret.UserName, _time.GetUtcNow(), null, secret.TokenEndpoint, secret.ClientId, ciphertext, null);
+            var record = new VaultRecord(number, secret.Kind, secret.Grant, secret.UserName, _time.GetUtcNow(), null, secret.TokenEndpoint, secret.ClientId, "", null);
+            record = record with { Ciphertext = _crypto.WithDataKey(tenant, sealedKey, dataKey => VaultCrypto.Seal(dataKey, payload, VaultCrypto.RecordAad(tenant, name, record))) };
             return (document.With(new VaultCredential(name, [.. previous, record])) with { DataKey = sealedKey }, ToVersion(tenant, name, record));
         }
         finally

@@ -109,9 +109,30 @@ internal sealed class VaultCrypto(ITenantKeys keys)
         return plaintext;
     }
 
-    /// <summary>"smtpgw-vault\0&lt;tenant&gt;\0&lt;name&gt;\0&lt;version&gt;": binds a record to its owner and place.</summary>
-    public static byte[] RecordAad(string tenant, string name, int version) =>
-        Encoding.UTF8.GetBytes($"smtpgw-vault\0{tenant}\0{name}\0{version}");
+    /// <summary>
+    /// A record's associated data: its owner and place (tenant, name, version) and everything in clear that decides how
+    /// the secret is used (kind, grant, user name, token endpoint, client id, retirement), each length-prefixed. So a
+    /// record moved to another tenant does not decrypt, and neither does one whose clear fields were edited in the file
+    /// (a password turned into a "refresh token" for an attacker's endpoint, a retired version given a longer life).
+    /// </summary>
+    public static byte[] RecordAad(string tenant, string name, VaultRecord record)
+    {
+        var fields = new[]
+        {
+            "smtpgw-vault2", tenant, name, record.Version.ToString(System.Globalization.CultureInfo.InvariantCulture), record.Kind.ToString(),
+            record.Grant?.ToString() ?? "", record.UserName, record.TokenEndpoint ?? "", record.ClientId ?? "",
+            record.RetiresAt?.ToUnixTimeSeconds().ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "",
+        };
+        var buffer = new List<byte>();
+        foreach (var field in fields)
+        {
+            var bytes = Encoding.UTF8.GetBytes(field);
+            buffer.AddRange(BitConverter.GetBytes(System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(bytes.Length)));
+            buffer.AddRange(bytes);
+        }
+
+        return [.. buffer];
+    }
 
     /// <summary>
     /// The record's associated data, then "\0access\0&lt;expires unix seconds&gt;": a fetched access token belongs to its

@@ -80,13 +80,32 @@ internal sealed class VaultStore
 
         try
         {
-            return JsonSerializer.Deserialize(bytes, VaultJsonContext.Default.VaultDocument) ?? VaultDocument.Empty;
+            return Checked(JsonSerializer.Deserialize(bytes, VaultJsonContext.Default.VaultDocument), path);
         }
         catch (JsonException ex)
         {
             // The message names the file, never its content.
             throw new InvalidDataException($"vault file '{path}' is damaged", ex);
         }
+    }
+
+    /// <summary>
+    /// The document if its shape is whole: a hand-edited or damaged file (null lists or entries, missing fields, versions
+    /// below 1) is refused here as damaged, so no later step meets a null and fails with an exception no caller expects
+    /// (the sweep would stop the host; a delivery would be retried without being recorded).
+    /// </summary>
+    static VaultDocument Checked(VaultDocument? document, string path)
+    {
+        if (document is null)
+        {
+            return VaultDocument.Empty;
+        }
+
+        var whole = document.Credentials is not null
+            && (document.DataKey is null || (document.DataKey.Kek is { Length: > 0 } && document.DataKey.Ciphertext is { Length: > 0 }))
+            && document.Credentials.All(c => c is { Name.Length: > 0, Versions: not null }
+                && c.Versions.All(v => v is { Version: > 0, UserName: not null, Ciphertext.Length: > 0 } && (v.Access is null || v.Access.Ciphertext is { Length: > 0 })));
+        return whole ? document : throw new InvalidDataException($"vault file '{path}' is damaged (a credential, version or key is incomplete)");
     }
 
     /// <summary>Runs a read-modify-write of the tenant's file under the cross-process lock; <paramref name="change"/>

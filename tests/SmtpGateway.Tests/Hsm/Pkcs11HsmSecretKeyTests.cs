@@ -81,6 +81,11 @@ public sealed class Pkcs11HsmSecretKeyTests(SoftHsmFixture fixture)
             Assert.Equal(CKR.CKR_ATTRIBUTE_SENSITIVE, module.C_GetAttributeValue(session.SessionId, key.ObjectId, value, 1));
             Assert.Equal(ulong.MaxValue, value[0].valueLen);
             Assert.True(session.GetAttributeValue(key, [CKA.CKA_VALUE])[0].CannotBeRead);
+
+            // Nobody with the PIN can give the key another use or copy it with other attributes (v2.40 §4.4).
+            var modify = Assert.Throws<Pkcs11Exception>(() => session.SetAttributeValue(key, [factory.Create(CKA.CKA_WRAP, true)]));
+            Assert.Contains(modify.RV, new[] { CKR.CKR_ATTRIBUTE_READ_ONLY, CKR.CKR_ACTION_PROHIBITED });
+            Assert.Throws<Pkcs11Exception>(() => session.CopyObject(key, [factory.Create(CKA.CKA_DERIVE, true)]));
             return true;
         });
     }

@@ -116,6 +116,23 @@ public sealed class TenantHsmPinTests : IDisposable
     }
 
     [Fact]
+    public void SystemdCredential_WithTheGroupBitsAnAclMaskShows_IsAccepted_ButOthersBitsAreNot()
+    {
+        // systemd grants User= access to /run/credentials/<unit> with an ACL; its mask appears as group bits (0440/0550).
+        var credentials = Path.Combine(_root.FullName, "credentials-acl");
+        var file = TestPinFiles.Write(Path.Combine(credentials, "smtpgw-tenant-a.pin"), "from-credential", UnixFileMode.UserRead | UnixFileMode.GroupRead);
+        File.SetUnixFileMode(credentials, UnixFileMode.UserRead | UnixFileMode.UserExecute | UnixFileMode.GroupRead | UnixFileMode.GroupExecute);
+        var settings = new TenantHsmModel(null, null, null);
+
+        Assert.Equal("from-credential", Text(Tokens(settings, allowPinFiles: false, credentials: credentials).Resolve("tenant-a").Pin));
+        Assert.NotNull(TenantHsmTokens.FileProblem(file)); // the same modes are refused for an ordinary PIN file
+
+        File.SetUnixFileMode(file, UnixFileMode.UserRead | UnixFileMode.OtherRead);
+        Assert.Contains("0404", TenantHsmTokens.FileProblem(file, systemdCredential: true), StringComparison.Ordinal);
+        File.SetUnixFileMode(credentials, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+    }
+
+    [Fact]
     public void EnvironmentVariable_IsReadAfreshForEachLogin()
     {
         Environment.SetEnvironmentVariable(_variable, Pin);

@@ -158,6 +158,57 @@ public sealed class CredentialVaultTests : IDisposable
         Assert.Single(_kit.Events(AuditActions.VaultDecrypt), e => e.Result == "refused");
     }
 
+    [Theory]
+    [InlineData("refresh-to-attacker")]
+    [InlineData("user")]
+    [InlineData("unretire")]
+    public async Task Editing_a_records_clear_fields_makes_it_undecryptable(string edit)
+    {
+        // Whoever can write the vault file (but has no PIN) must not be able to redirect a password to their own token
+        // endpoint, change the account it is used for, or keep a rotated-out version alive.
+        var first = Vault.Set("tenant-a", "smarthost", PasswordSecret());
+        Vault.Rotate("tenant-a", "smarthost", PasswordSecret(), TimeSpan.FromMinutes(10));
+        var file = JsonNode.Parse(File.ReadAllText(Vault.PathFor("tenant-a")))!;
+        var record = file["credentials"]![0]!["versions"]![0]!;
+        Assert.Equal(first.Version, (int)record["version"]!);
+        switch (edit)
+        {
+            case "refresh-to-attacker":
+                record["kind"] = "OAuth2";
+                record["grant"] = "RefreshToken";
+                record["tokenEndpoint"] = "https://attacker.example/token";
+                record["clientId"] = "x";
+                break;
+            case "user":
+                record["userName"] = "someone-else@tenant-a.example";
+                break;
+            default:
+                record.AsObject().Remove("retiresAt");
+                break;
+        }
+
+        File.WriteAllText(Vault.PathFor("tenant-a"), file.ToJsonString());
+        var tampered = Vault.Usable("tenant-a", "smarthost").Single(v => v.Version == first.Version);
+
+        await Assert.ThrowsAsync<UpstreamCredentialException>(async () => (await Vault.OpenAsync(tampered, "smtp-auth", "Q1", CancellationToken.None)).Dispose());
+
+        Assert.Equal(0, _kit.Endpoint.Calls);
+        Assert.Contains(_kit.Events(AuditActions.VaultDecrypt), e => e is { Result: "refused", QueueId: "Q1" });
+    }
+
+    [Theory]
+    [InlineData("""{"credentials":[null]}""")]
+    [InlineData("""{"credentials":[{"name":"x","versions":[null]}]}""")]
+    [InlineData("""{"credentials":[{"name":"x","versions":[{"version":0,"kind":"Password","userName":"u","created":"2026-01-01T00:00:00Z","ciphertext":"AA=="}]}]}""")]
+    public void A_damaged_file_is_refused_as_damaged_and_the_sweep_survives_it(string json)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(Vault.PathFor("tenant-a"))!);
+        File.WriteAllText(Vault.PathFor("tenant-a"), json);
+
+        Assert.Throws<UpstreamCredentialException>(() => Vault.Usable("tenant-a", "x"));
+        Vault.Sweep(); // logs the damaged file; must not throw (it would stop the host)
+    }
+
     [Fact]
     public async Task An_unavailable_hsm_is_a_transient_error_not_a_refusal()
     {

@@ -147,9 +147,23 @@ public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants,
                 claimed = store.KeysOf(payload.Tenant).FirstOrDefault(k => k.Id == payload.KeyId);
             }
 
-            return claimed is not null && CryptographicOperations.FixedTimeEquals(Mac(payload.Tenant, claimed, $"{Prefix}{parts[1]}"), mac)
-                ? TokenCheck.Fail(TenantMismatch, payload)
-                : TokenCheck.Fail("bad signature");
+            if (claimed is null || (claimed.RetiresAt is { } gone && time.GetUtcNow() >= gone))
+            {
+                return TokenCheck.Fail("bad signature");
+            }
+
+            try
+            {
+                return CryptographicOperations.FixedTimeEquals(Mac(payload.Tenant, claimed, $"{Prefix}{parts[1]}"), mac)
+                    ? TokenCheck.Fail(TenantMismatch, payload)
+                    : TokenCheck.Fail("bad signature");
+            }
+            catch (Hsm.HsmException)
+            {
+                // A cross-tenant attempt can never succeed, so the other tenant's token being unreachable is no reason to
+                // answer "try again later" (454): it is refused like any bad token, just not attributed.
+                return TokenCheck.Fail("bad signature");
+            }
         }
 
         // The key comes from the tenant the client named (== token tenant): tenant B's key can never vouch for A.

@@ -238,8 +238,9 @@ public sealed partial class TokenStore
                     MigrateLocked(tenant);
                 }
             }
-            catch (Exception ex) when (ex is HsmException or IOException or InvalidDataException or JsonException)
+            catch (Exception ex) when (ex is not OperationCanceledException)
             {
+                // One tenant's damaged file or unreachable token must not keep the gateway from starting for the others.
                 MigrationFailed(_logger, tenant, Describe(ex));
             }
         }
@@ -293,7 +294,9 @@ public sealed partial class TokenStore
     IEnumerable<string> LegacyTempFiles(string tenant) =>
         Directory.Exists(_keysDirectory) ? Directory.EnumerateFiles(_keysDirectory, tenant + ".json*.tmp") : [];
 
-    static TenantKeyFile? Read(string path) => KeyMetadataFile.Read(path, TokenJsonContext.Default.TenantKeyFile);
+    static TenantKeyFile? Read(string path) => KeyMetadataFile.Read(path, TokenJsonContext.Default.TenantKeyFile) is { } file
+        ? file.Keys is null || file.Keys.Any(k => k is null) ? throw new InvalidDataException($"token key file '{path}' is damaged (no key list)") : file
+        : null;
 
     string KeyPath(string tenant) => Path.Combine(_keysDirectory, tenant + ".json");
 
