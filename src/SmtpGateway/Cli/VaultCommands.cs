@@ -183,7 +183,7 @@ public static class VaultCommands
     /// </summary>
     internal static (byte[] First, byte[]? Second) ReadSecretLines(Stream input)
     {
-        var buffer = new byte[MaxStdinBytes + 1];
+        var buffer = SecretBuffer.Allocate(MaxStdinBytes + 1);
         try
         {
             var length = 0;

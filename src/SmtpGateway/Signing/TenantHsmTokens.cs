@@ -241,14 +241,33 @@ public sealed class TenantHsmTokens
                         continue;
                     }
 
-                    File.Delete(old);
+                    Storage.KeyMetadataFile.ShredAndDelete(old);
                 }
                 else
                 {
-                    // A rename within one file system (the default PIN directory is the data directory's sibling), so no
-                    // copy of the PIN is left behind in the data directory's blocks.
-                    File.Move(old, target);
-                    File.SetUnixFileMode(target, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+                    // Copied, then the old file overwritten with zeros before it is deleted: the PIN directory may be on
+                    // another file system than the data directory (a container's volume), where a move is a copy that
+                    // would leave the PIN in the data directory's freed blocks.
+                    using (var copy = new FileStream(target, new FileStreamOptions
+                    {
+                        Mode = FileMode.CreateNew,
+                        Access = FileAccess.Write,
+                        UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+                    }))
+                    {
+                        var pin = File.ReadAllBytes(old);
+                        try
+                        {
+                            copy.Write(pin);
+                            copy.Flush(flushToDisk: true);
+                        }
+                        finally
+                        {
+                            System.Security.Cryptography.CryptographicOperations.ZeroMemory(pin);
+                        }
+                    }
+
+                    Storage.KeyMetadataFile.ShredAndDelete(old);
                 }
 
                 HsmLog.LegacyPinFileMoved(logger, tenant, old, target);

@@ -357,7 +357,7 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
         byte[]? rotated = null;
         if (response.RefreshToken is { Length: > 0 } newRefresh)
         {
-            rotated = new byte[newRefresh.Length + (clientSecret.IsEmpty ? 0 : 1 + clientSecret.Length)];
+            rotated = SecretBuffer.Allocate(newRefresh.Length + (clientSecret.IsEmpty ? 0 : 1 + clientSecret.Length));
             newRefresh.CopyTo(rotated, 0);
             if (!clientSecret.IsEmpty)
             {

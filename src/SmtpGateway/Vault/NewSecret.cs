@@ -86,7 +86,7 @@ public sealed class NewSecret : IDisposable
             return (byte[])_secret.Clone();
         }
 
-        var payload = new byte[_secret.Length + 1 + _clientSecret.Length];
+        var payload = SecretBuffer.Allocate(_secret.Length + 1 + _clientSecret.Length);
         _secret.CopyTo(payload, 0);
         payload[_secret.Length] = (byte)'\n';
         _clientSecret.CopyTo(payload, _secret.Length + 1);

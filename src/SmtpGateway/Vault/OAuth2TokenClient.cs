@@ -107,7 +107,7 @@ internal sealed class OAuth2TokenClient(HttpMessageInvoker http, TimeSpan timeou
             {
                 using var answer = await http.SendAsync(request, linked.Token).ConfigureAwait(false);
                 status = (int)answer.StatusCode;
-                response = new byte[MaxResponseBytes];
+                response = SecretBuffer.Allocate(MaxResponseBytes);
                 var stream = await answer.Content.ReadAsStreamAsync(linked.Token).ConfigureAwait(false);
                 await using (stream.ConfigureAwait(false))
                 {
@@ -172,7 +172,7 @@ internal sealed class OAuth2TokenClient(HttpMessageInvoker http, TimeSpan timeou
         ReadOnlySpan<byte> secretName = "&client_secret="u8;
         var size = grant.Length + EncodedLength(refreshToken) + idName.Length + EncodedLength(id)
             + (clientSecret.IsEmpty ? 0 : secretName.Length + EncodedLength(clientSecret));
-        var body = new byte[size];
+        var body = SecretBuffer.Allocate(size);
         var at = 0;
         Append(body, ref at, grant);
         Encode(body, ref at, refreshToken);
@@ -313,7 +313,7 @@ internal sealed class OAuth2TokenClient(HttpMessageInvoker http, TimeSpan timeou
         }
 
         // Unescaping never lengthens the value.
-        var scratch = new byte[reader.HasValueSequence ? checked((int)reader.ValueSequence.Length) : reader.ValueSpan.Length];
+        var scratch = SecretBuffer.Allocate(reader.HasValueSequence ? checked((int)reader.ValueSequence.Length) : reader.ValueSpan.Length);
         try
         {
             return scratch.AsSpan(0, reader.CopyString(scratch)).ToArray();

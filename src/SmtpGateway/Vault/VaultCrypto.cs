@@ -94,7 +94,7 @@ internal sealed class VaultCrypto(ITenantKeys keys)
             throw new HsmException(HsmErrorKind.DataInvalid, tenant, "a vault record is too short");
         }
 
-        var plaintext = new byte[sealedData.Length - NonceSize - TagSize];
+        var plaintext = SecretBuffer.Allocate(sealedData.Length - NonceSize - TagSize);
         using var aes = new AesGcm(dataKey, TagSize);
         try
         {

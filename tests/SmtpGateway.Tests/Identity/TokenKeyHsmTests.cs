@@ -70,6 +70,29 @@ public sealed class TokenKeyHsmTests : IDisposable
     }
 
     [Fact]
+    public async Task A_legacy_key_file_seen_first_while_the_token_is_down_gives_a_temporary_auth_failure_not_535()
+    {
+        var secret = Convert.ToBase64String(RandomNumberGenerator.GetBytes(32));
+        WriteLegacyFile("tenant-a", ("k1", secret, _clock.GetUtcNow() - TimeSpan.FromMinutes(5), null));
+        var token = LegacyToken("tenant-a", "k1", secret, TimeSpan.FromHours(1));
+        _hsm.Unavailable = true;
+        var service = NewService();
+        service.Store.Refresh(); // migration fails: the token is down
+
+        var result = await new TokenAuthenticator(service, new RecordingAudit())
+            .AuthenticateAsync(new AuthRequest("s1", IPAddress.Loopback, "submission", "PLAIN", "", "tenant-a", token), CancellationToken.None);
+
+        Assert.False(result.Succeeded);
+        Assert.True(result.Temporary);
+        Assert.Contains("\"secret\"", File.ReadAllText(KeyFile("tenant-a")), StringComparison.Ordinal); // not yet migrated
+
+        _hsm.Unavailable = false;
+        service.Store.Refresh();
+        Assert.True(service.Verify("tenant-a", token).Valid);
+        KeyFileAssertions.HoldsNoKeyMaterial(KeyFile("tenant-a"));
+    }
+
+    [Fact]
     public void Legacy_keys_are_imported_the_file_shredded_and_tokens_minted_before_still_verify()
     {
         var (old, current) = (Convert.ToBase64String(RandomNumberGenerator.GetBytes(32)), Convert.ToBase64String(RandomNumberGenerator.GetBytes(32)));

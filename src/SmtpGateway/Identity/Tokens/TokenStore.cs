@@ -294,6 +294,18 @@ public sealed partial class TokenStore
     IEnumerable<string> LegacyTempFiles(string tenant) =>
         Directory.Exists(_keysDirectory) ? Directory.EnumerateFiles(_keysDirectory, tenant + ".json*.tmp") : [];
 
+    static TenantKeyFile? TryRead(string path)
+    {
+        try
+        {
+            return Read(path);
+        }
+        catch (Exception ex) when (ex is IOException or JsonException or InvalidDataException)
+        {
+            return null;
+        }
+    }
+
     static TenantKeyFile? Read(string path) => KeyMetadataFile.Read(path, TokenJsonContext.Default.TenantKeyFile) is { } file
         ? file.Keys is null || file.Keys.Any(k => k is null) ? throw new InvalidDataException($"token key file '{path}' is damaged (no key list)") : file
         : null;
@@ -344,6 +356,13 @@ public sealed partial class TokenStore
                 if (known.Keys is not null)
                 {
                     next[tenant] = (DateTime.MinValue, known.Keys);
+                }
+                else if (TryRead(path) is { } legacy)
+                {
+                    // First sight of the file (a start with the token down): publish what the file says about its keys,
+                    // without their material, so a valid token's MAC goes to the token and fails there as temporary
+                    // (454), rather than as "unknown key" (535, and a strike against the client's address).
+                    next[tenant] = (DateTime.MinValue, [.. legacy.Keys.Select(k => k with { Label = k.KeyLabel, LegacySecret = null })]);
                 }
             }
             catch (Exception ex) when (ex is IOException or JsonException or InvalidDataException)
