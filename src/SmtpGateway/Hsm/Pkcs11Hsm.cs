@@ -263,7 +263,9 @@ public sealed class Pkcs11Hsm : IHsm
             {
                 try
                 {
-                    return session.Decrypt(mechanism, key.Handle, body);
+                    return login.Context.Runtime.Raw is { } raw
+                        ? raw.DecryptGcm(session, key.Handle, nonce, aad, body)
+                        : session.Decrypt(mechanism, key.Handle, body);
                 }
                 catch (Pkcs11Exception ex) when (ex.Method == "C_Decrypt" && Pkcs11Constants.IsDataRefusal(ex.RV))
                 {

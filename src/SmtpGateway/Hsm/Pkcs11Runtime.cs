@@ -28,6 +28,7 @@ internal sealed class Pkcs11Runtime
     readonly Lazy<IMechanism> _sha256RsaPkcs;
     readonly Lazy<IMechanism> _eddsa;
     readonly Lazy<IMechanism> _sha256Hmac;
+    readonly Lazy<RawDecryptor?> _raw;
 
     Pkcs11Runtime(string key, string modulePath, Pkcs11InteropFactories factories, IPkcs11Library library, Pkcs11HsmOptions options, ILogger logger)
     {
@@ -41,7 +42,11 @@ internal sealed class Pkcs11Runtime
         _sha256RsaPkcs = new(() => factories.MechanismFactory.Create(CKM.CKM_SHA256_RSA_PKCS));
         _eddsa = new(() => factories.MechanismFactory.Create(Pkcs11Constants.CKM_EDDSA));
         _sha256Hmac = new(() => factories.MechanismFactory.Create(CKM.CKM_SHA256_HMAC));
+        _raw = new(() => RawDecryptor.TryLoad(modulePath));
     }
+
+    /// <summary>C_Decrypt into a caller's buffer (64-bit Unix), so no copy of a decrypted key is left behind; null elsewhere.</summary>
+    public RawDecryptor? Raw => _raw.Value;
 
     public string Key { get; }
 
@@ -159,6 +164,11 @@ internal sealed class Pkcs11Runtime
             {
                 mechanism.Value.Dispose();
             }
+        }
+
+        if (_raw.IsValueCreated)
+        {
+            _raw.Value?.Dispose();
         }
 
         Library.Dispose();
