@@ -48,8 +48,12 @@ public sealed partial class VerpKeyStore
     readonly TimeProvider _time;
     readonly ITenantKeys _tenantKeys;
     readonly ILogger _logger;
-    readonly Lock _lock = new();
-    readonly Dictionary<string, ((DateTime, long) Stamp, IReadOnlyList<VerpKey> Keys, long CheckedAt)> _cache = new(StringComparer.Ordinal);
+    // Per tenant: a slow read-modify-write of one tenant (waiting for the CLI's file lock, or for its HSM token to create,
+    // import or destroy a key) must not hold up return paths of the others. Tenant ids come from the tenant snapshot.
+    readonly System.Collections.Concurrent.ConcurrentDictionary<string, Lock> _locks = new(StringComparer.Ordinal);
+    readonly System.Collections.Concurrent.ConcurrentDictionary<string, ((DateTime, long) Stamp, IReadOnlyList<VerpKey> Keys, long CheckedAt)> _cache = new(StringComparer.Ordinal);
+
+    Lock LockFor(string tenant) => _locks.GetOrAdd(tenant, static _ => new Lock());
 
     public VerpKeyStore(string dataDirectory, TimeProvider time, ITenantKeys tenantKeys, ILogger? logger = null)
     {
@@ -91,7 +95,7 @@ public sealed partial class VerpKeyStore
     /// <summary>Adds a new current key; the previous ones verify for <paramref name="grace"/> more; retired ones are destroyed.</summary>
     public VerpKey Rotate(string tenant, TimeSpan grace)
     {
-        lock (_lock)
+        lock (LockFor(tenant))
         {
             using var fileLock = LockFile(tenant);
             var now = _time.GetUtcNow();
@@ -110,7 +114,7 @@ public sealed partial class VerpKeyStore
             var key = CreateKey(tenant, free[0], now);
             kept.Add(key);
             Save(tenant, new VerpKeyFile(kept), overwrite: true);
-            _cache.Remove(tenant);
+            _cache.TryRemove(tenant, out _);
             return key;
         }
     }
@@ -130,11 +134,11 @@ public sealed partial class VerpKeyStore
             {
                 if (Load(tenant)?.Keys.Any(k => k.LegacySecret is not null) == true || LegacyTempFiles(tenant).Any())
                 {
-                    lock (_lock)
+                    lock (LockFor(tenant))
                     {
                         using var fileLock = LockFile(tenant);
                         MigrateLocked(tenant);
-                        _cache.Remove(tenant);
+                        _cache.TryRemove(tenant, out _);
                     }
                 }
             }
@@ -147,7 +151,7 @@ public sealed partial class VerpKeyStore
 
     IReadOnlyList<VerpKey> Keys(string tenant)
     {
-        lock (_lock)
+        lock (LockFor(tenant))
         {
             var path = PathFor(tenant);
             var tick = _time.GetTimestamp();

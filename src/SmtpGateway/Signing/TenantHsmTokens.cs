@@ -163,6 +163,16 @@ public sealed class TenantHsmTokens
             return $"PIN directory '{directory}' has mode {Octal(directoryMode)}: group or others may access it; a PIN directory must be 0700 (chmod 700 '{directory}')";
         }
 
+        // A symbolic link is judged by what it points at (the mode of a link itself means nothing): the file that is
+        // read, and the directory holding it, must be as private as the PIN directory.
+        if (new FileInfo(file).ResolveLinkTarget(returnFinalTarget: true) is { } target && !string.Equals(target.FullName, file, StringComparison.Ordinal))
+        {
+            if (FileProblem(target.FullName, systemdCredential) is { } problem)
+            {
+                return $"PIN file '{file}' is a link to '{target.FullName}': {problem}";
+            }
+        }
+
         var mode = File.GetUnixFileMode(file);
         return (mode & refused) != 0
             ? $"PIN file '{file}' has mode {Octal(mode)}: group or others may access it; a PIN file must be 0600 or 0400 (chmod 600 '{file}')"

@@ -383,6 +383,11 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
                 return (document.With(credential! with { Versions = [.. credential.Versions.Select(v => v.Version == number ? updated : v)] }), updated.Access!);
             });
         }
+        catch (IOException ex)
+        {
+            // The file lock was not had in time, or the disk refused the write: temporary, like an HSM outage.
+            throw new UpstreamCredentialException($"cannot store the refreshed token of {Subject(version.Name, version.Version)}: {ex.GetType().Name}", transient: true, ex);
+        }
         catch (HsmException ex)
         {
             throw new UpstreamCredentialException($"cannot store the refreshed token of {Subject(version.Name, version.Version)}: {ex.Message}", ex.Transient, ex);

@@ -122,6 +122,12 @@ internal sealed class OAuth2TokenClient(HttpMessageInvoker http, TimeSpan timeou
             {
                 throw new UpstreamCredentialException($"token endpoint {where} is unreachable: {ex.HttpRequestError}", transient: true, ex);
             }
+            catch (IOException ex)
+            {
+                // The connection broke while the answer was read (HttpIOException): as temporary as an unreachable endpoint,
+                // and reported the same way, so the caller can still use a token that has not expired.
+                throw new UpstreamCredentialException($"token endpoint {where} broke off its answer: {ex.GetType().Name}", transient: true, ex);
+            }
 
             if (length < 0)
             {

@@ -133,6 +133,26 @@ public sealed class TenantHsmPinTests : IDisposable
     }
 
     [Fact]
+    public void A_PinFile_ThatLinksIntoAnOpenDirectory_IsRefused_NamingTheTarget()
+    {
+        var open = Path.Combine(_root.FullName, "shared");
+        var real = TestPinFiles.Write(Path.Combine(open, "tenant-a.pin"), Pin);
+        File.SetUnixFileMode(open, (UnixFileMode)Convert.ToInt32("755", 8));
+        Directory.CreateDirectory(Pins);
+        File.SetUnixFileMode(Pins, (UnixFileMode)Convert.ToInt32("700", 8));
+        var link = Path.Combine(Pins, "tenant-a.pin");
+        File.CreateSymbolicLink(link, real);
+
+        var problem = TenantHsmTokens.FileProblem(link);
+
+        Assert.NotNull(problem);
+        Assert.Contains(open, problem, StringComparison.Ordinal);
+        Assert.Contains("0755", problem, StringComparison.Ordinal);
+        File.SetUnixFileMode(open, (UnixFileMode)Convert.ToInt32("700", 8));
+        Assert.Null(TenantHsmTokens.FileProblem(link)); // a link to a private place is fine
+    }
+
+    [Fact]
     public void EnvironmentVariable_IsReadAfreshForEachLogin()
     {
         Environment.SetEnvironmentVariable(_variable, Pin);

@@ -132,6 +132,18 @@ public sealed class OAuth2RefreshTests : IDisposable
     }
 
     [Fact]
+    public async Task An_answer_broken_off_mid_body_is_a_temporary_credential_failure()
+    {
+        var version = SetRefreshRecord();
+        _kit.Endpoint.Reply("{}");
+        _kit.Endpoint.BreakBody = new System.Net.Http.HttpIOException(System.Net.Http.HttpRequestError.ResponseEnded, "connection reset");
+
+        var ex = await Assert.ThrowsAsync<UpstreamCredentialException>(() => Open(version));
+
+        Assert.True(ex.Transient);
+    }
+
+    [Fact]
     public async Task An_oversized_response_is_not_buffered()
     {
         var version = SetRefreshRecord();

@@ -57,6 +57,9 @@ internal sealed class TokenEndpointStub : HttpMessageHandler
 
     public int Calls => Volatile.Read(ref _calls);
 
+    /// <summary>When set, the answer's body breaks off with this after its headers (a connection reset mid-answer).</summary>
+    public Exception? BreakBody { get; set; }
+
     /// <summary>When set, every request waits for it (to hold a refresh open while others arrive).</summary>
     public TaskCompletionSource? Gate { get; set; }
 
@@ -84,6 +87,35 @@ internal sealed class TokenEndpointStub : HttpMessageHandler
             await gate.Task.WaitAsync(cancellationToken);
         }
 
-        return new HttpResponseMessage(reply.Status) { Content = new StringContent(reply.Body, Encoding.UTF8, "application/json") };
+        return BreakBody is { } broken
+            ? new HttpResponseMessage(reply.Status) { Content = new StreamContent(new BrokenStream(broken)) }
+            : new HttpResponseMessage(reply.Status) { Content = new StringContent(reply.Body, Encoding.UTF8, "application/json") };
+    }
+
+    sealed class BrokenStream(Exception error) : Stream
+    {
+        public override bool CanRead => true;
+
+        public override bool CanSeek => false;
+
+        public override bool CanWrite => false;
+
+        public override long Length => throw new NotSupportedException();
+
+        public override long Position { get => 0; set => throw new NotSupportedException(); }
+
+        public override void Flush()
+        {
+        }
+
+        public override int Read(byte[] buffer, int offset, int count) => throw error;
+
+        public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) => ValueTask.FromException<int>(error);
+
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+        public override void SetLength(long value) => throw new NotSupportedException();
+
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
     }
 }
