@@ -77,6 +77,12 @@ public sealed class LimitsConfig
     /// <summary>Bytes. RFC 5321 section 4.5.3.1.7 sets a 64K floor; 25 MiB matches common submission services.</summary>
     public long MaxMessageSize { get; set; } = 25 * 1024 * 1024;
 
+    /// <summary>
+    /// Received fields a message may carry before it is taken for a mail loop and refused with 554 5.4.6 (RFC 5321
+    /// section 6.3 asks for a hop limit of at least 100 on relays; Postfix's hop_count_limit is 50, which we follow).
+    /// </summary>
+    public int MaxReceivedHeaders { get; set; } = 50;
+
     /// <summary>RFC 5321 section 4.5.3.1.8: at least 100 recipients must be buffered; more get 452 4.5.3.</summary>
     public int MaxRecipients { get; set; } = 100;
 

@@ -137,6 +137,11 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
             e.Add($"{lp}:MaxMessageSize: {lim.MaxMessageSize} is above 2 GiB.");
         }
 
+        if (lim.MaxReceivedHeaders < 1)
+        {
+            e.Add($"{lp}:MaxReceivedHeaders: must be at least 1 (a message always gains our own Received field).");
+        }
+
         if (lim.MaxRecipients < 1)
         {
             e.Add($"{lp}:MaxRecipients: must be at least 1 (RFC 5321 section 4.5.3.1.8 recommends 100).");

@@ -30,9 +30,22 @@ public sealed class HeaderSection
         Fields = fields;
         Trailer = trailer;
         _contiguous = contiguous;
+        var received = 0;
+        foreach (var field in fields)
+        {
+            if (field.Name == "received")
+            {
+                received++;
+            }
+        }
+
+        ReceivedCount = received;
     }
 
     public IReadOnlyList<HeaderField> Fields { get; }
+
+    /// <summary>Received fields (the hop count, RFC 5321 section 6.3), counted once when the section is split.</summary>
+    public int ReceivedCount { get; }
 
     /// <summary>What ends the section inside it: the empty line (CRLF), or nothing when the body starts without one.</summary>
     public ReadOnlyMemory<byte> Trailer { get; }

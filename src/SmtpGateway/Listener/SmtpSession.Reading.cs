@@ -22,6 +22,7 @@ public sealed partial class SmtpSession
         Ok,
         TooBig,
         BareLineEnding,
+        NulCharacter,
         LineTooLong,
         Closed,
     }
@@ -144,7 +145,7 @@ public sealed partial class SmtpSession
         var limits = _services.Limits;
         using var timer = new CancellationTokenSource(limits.DataTimeout, _services.Time);
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(sessionToken, _hardStop, timer.Token);
-        bool tooBig = false, bare = false, longLine = false, inLongLine = false;
+        bool tooBig = false, bare = false, nul = false, longLine = false, inLongLine = false;
 
         // The terminator is CRLF "." CRLF: the dot line ends DATA only if the line before it ended in CRLF (the
         // 354 reply's line counts). "\n.\r\n" is a bare LF followed by ".\r\n", not an end of data.
@@ -183,16 +184,21 @@ public sealed partial class SmtpSession
                     {
                         bare = true;
                     }
+                    else if (content.PositionOf((byte)0) is not null)
+                    {
+                        // RFC 5322 section 2.1: a NUL is refused here, before any stage sees the message, never relayed.
+                        nul = true;
+                    }
 
                     var endedInCrlf = previousEndedInCrlf;
                     previousEndedInCrlf = crlf;
                     if (crlf && endedInCrlf && content.Length == 1 && content.FirstSpan[0] == (byte)'.')
                     {
                         _reader.AdvanceTo(reader.Position);
-                        return tooBig ? DataOutcome.TooBig : bare ? DataOutcome.BareLineEnding : longLine ? DataOutcome.LineTooLong : DataOutcome.Ok;
+                        return tooBig ? DataOutcome.TooBig : bare ? DataOutcome.BareLineEnding : nul ? DataOutcome.NulCharacter : longLine ? DataOutcome.LineTooLong : DataOutcome.Ok;
                     }
 
-                    if (tooBig || bare || longLine)
+                    if (tooBig || bare || nul || longLine)
                     {
                         // Refused already: keep reading to the end of DATA (to stay in sync), holding nothing.
                         message.Discard();

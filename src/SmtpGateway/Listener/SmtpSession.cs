@@ -475,6 +475,9 @@ public sealed partial class SmtpSession
                 reply = SmtpReplies.BareCrLfInData;
                 ListenerLog.BareLineEnding(_logger, SessionId, _remote.Address);
                 break;
+            case DataOutcome.NulCharacter:
+                reply = SmtpReplies.NulInData;
+                break;
             case DataOutcome.LineTooLong:
                 reply = SmtpReplies.DataLineTooLong;
                 break;

@@ -103,6 +103,12 @@ public static class SmtpReplies
     public static readonly SmtpReply UnknownParameter = new(555, "5.5.4", "MAIL FROM/RCPT TO parameters not recognized or not implemented");
     public static readonly SmtpReply NonAsciiAddress = new(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter");
     public static readonly SmtpReply BareCrLfInData = new(550, "5.6.0", "Message contains a bare CR or LF; only <CR><LF> line endings are accepted");
+
+    /// <summary>RFC 5322 section 2.1 and RFC 5321 section 4.5.2 (text is US-ASCII/UTF-8 without NUL): a NUL is refused, never relayed.</summary>
+    public static readonly SmtpReply NulInData = new(550, "5.6.0", "Message contains a NUL character, which Internet mail may not carry");
+
+    /// <summary>RFC 5321 section 6.3 / RFC 3463 5.4.6 (routing loop detected): counted once, during the header split.</summary>
+    public static readonly SmtpReply TooManyHops = new(554, "5.4.6", "Too many Received header fields: the message appears to be looping");
     public static readonly SmtpReply DataLineTooLong = new(550, "5.6.0", "Message has a line over 1000 octets (RFC 5321 section 4.5.3.1.6)");
 
     // Sender binding and relay control (Policy, issue #3 and #7).

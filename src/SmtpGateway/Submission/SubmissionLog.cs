@@ -35,4 +35,7 @@ internal static partial class SubmissionLog
 
     [LoggerMessage(EventId = EventIds.Submission + 9, Level = LogLevel.Error, Message = "Session {SessionId}: AUTH {Mechanism} could not be checked ({Reason}); answered 454")]
     public static partial void AuthUnavailable(ILogger logger, string sessionId, string mechanism, string reason);
+
+    [LoggerMessage(EventId = EventIds.Submission + 10, Level = LogLevel.Warning, Message = "Session {SessionId}: message {QueueId} refused as a mail loop: {Count} Received fields, more than {Limit}")]
+    public static partial void LoopRefused(ILogger logger, string sessionId, string queueId, int count, int limit);
 }

@@ -122,6 +122,13 @@ public sealed class SubmissionPipeline
                 };
             }
 
+            if (message.Headers.ReceivedCount > _services.Limits.MaxReceivedHeaders)
+            {
+                // A forward route or an MX pointing back at us: refuse rather than circle until the spool fills.
+                SubmissionLog.LoopRefused(_logger, context.SessionId, message.Id, message.Headers.ReceivedCount, _services.Limits.MaxReceivedHeaders);
+                return SmtpReplies.TooManyHops;
+            }
+
             // Header From first (hygiene never removes it): its verified domain names the Message-ID we may add.
             if (_policy.HeaderFrom(context, message.Headers, out var author) is { } refused)
             {
@@ -217,6 +224,12 @@ public sealed class SubmissionPipeline
                     return SmtpReplies.BareCrLfInData;
                 }
 
+                if (line.PositionOf((byte)0) is not null)
+                {
+                    context.ResetTransaction();
+                    return SmtpReplies.NulInData;
+                }
+
                 incoming.AppendLine(line);
                 break;
             }
@@ -225,6 +238,12 @@ public sealed class SubmissionPipeline
             {
                 context.ResetTransaction();
                 return SmtpReplies.BareCrLfInData;
+            }
+
+            if (line.PositionOf((byte)0) is not null)
+            {
+                context.ResetTransaction();
+                return SmtpReplies.NulInData;
             }
 
             incoming.AppendLine(line.Slice(0, line.Length - 1));

@@ -113,6 +113,37 @@ public sealed partial class ListenerTranscriptTests
         Assert.Single(gw.Spool.Commits);
     }
 
+    [Theory]
+    [InlineData("Subject: x\r\n\r\nnul \0 in the body\r\n.\r\n")]
+    [InlineData("Subject: x\0y\r\n\r\nbody\r\n.\r\n")]
+    [InlineData("Subject: x\r\n\r\n\0.\r\n.\r\n")]
+    public async Task A_nul_in_data_is_refused_with_550_5_6_0_and_nothing_is_queued(string body)
+    {
+        await using var gw = await TestGateway.StartAsync();
+        await using var c = await gw.ConnectAsync(gw.Relay);
+        await c.HelloAsync();
+        Assert.Equal("550 5.6.0 Message contains a NUL character, which Internet mail may not carry", await SendMessageAsync(c, body));
+        Assert.Empty(gw.Spool.Commits);
+
+        // The session stays usable and in sync.
+        Assert.StartsWith("250 2.0.0 Ok: queued", await SendMessageAsync(c, "Subject: fine\r\n\r\nok\r\n.\r\n"));
+        Assert.Single(gw.Spool.Commits);
+    }
+
+    [Theory]
+    [InlineData(50, "250 2.0.0")]
+    [InlineData(51, "554 5.4.6")]
+    public async Task More_than_50_received_fields_is_a_mail_loop_refused_with_554_5_4_6(int hops, string expected)
+    {
+        await using var gw = await TestGateway.StartAsync();
+        await using var c = await gw.ConnectAsync(gw.Relay);
+        await c.HelloAsync();
+        var received = string.Concat(Enumerable.Range(0, hops).Select(i => $"Received: from hop{i}.example.net by hop{i + 1}.example.net; Fri, 4 Dec 2026 12:00:00 +0000\r\n"));
+
+        Assert.StartsWith(expected, await SendMessageAsync(c, $"From: <alice@tenant-a.example>\r\n{received}Subject: loop\r\n\r\nbody\r\n.\r\n"));
+        Assert.Equal(hops <= 50 ? 1 : 0, gw.Spool.Commits.Count);
+    }
+
     [Fact]
     public async Task Bare_lf_dot_smuggling_never_yields_a_second_message()
     {

@@ -254,6 +254,35 @@ public sealed class SubmissionPipelineTests : IDisposable
         Assert.Empty(_spool.List(SpoolArea.Queue));
     }
 
+    [Theory]
+    [InlineData("From: alice@tenant-a.example\r\nSubject: x\r\n\r\nline \0 one\r\n")]
+    [InlineData("From: alice@tenant-a.example\r\nSubject: x\r\n\r\nlast line without an ending \0")]
+    public async Task A_nul_in_a_built_message_is_refused_as_on_the_wire(string text)
+    {
+        var pipeline = Pipeline();
+        var context = AsTenant(pipeline, "tenant-a");
+
+        var reply = await pipeline.SubmitAsync(context, Path("alice@tenant-a.example"), [Path("bob@example.net")], new ReadOnlySequence<byte>(Encoding.ASCII.GetBytes(text)));
+
+        Assert.Equal(SmtpReplies.NulInData, reply);
+        Assert.Empty(_spool.List(SpoolArea.Queue));
+    }
+
+    [Fact]
+    public async Task A_built_message_over_the_hop_limit_is_refused_as_a_loop()
+    {
+        var pipeline = Pipeline(new LimitsConfig { MaxReceivedHeaders = 3 });
+        var context = AsTenant(pipeline, "tenant-a");
+        var received = string.Concat(Enumerable.Range(0, 4).Select(i => $"Received: from h{i}.example.net by h{i + 1}.example.net; Fri, 4 Dec 2026 12:00:00 +0000\r\n"));
+        var message = Encoding.ASCII.GetBytes($"From: alice@tenant-a.example\r\n{received}Subject: x\r\n\r\nbody\r\n");
+
+        var reply = await pipeline.SubmitAsync(context, Path("alice@tenant-a.example"), [Path("bob@example.net")], new ReadOnlySequence<byte>(message));
+
+        Assert.Equal(SmtpReplies.TooManyHops, reply);
+        Assert.Empty(_spool.List(SpoolArea.Queue));
+        Assert.Equal(0, pipeline.Budget.Used);
+    }
+
     static IncomingMessage StartTransaction(SubmissionPipeline pipeline, SubmissionContext context)
     {
         Assert.True(pipeline.Mail(context, Path("alice@tenant-a.example"), false, false).Accepted);
