@@ -93,6 +93,22 @@ public sealed class TokenKeyHsmTests : IDisposable
     }
 
     [Fact]
+    public void The_lifetime_cap_is_checked_at_every_use_not_only_at_mint()
+    {
+        var service = NewService();
+        var token = service.Mint("tenant-a", TimeSpan.FromHours(2), [], null);
+        var check = service.Verify("tenant-a", token.Token);
+        Assert.True(check.Valid);
+
+        // The operator lowers the cap: the two-hour token stops working at once, at AUTH and at the next MAIL FROM.
+        _config.MaxTokenTtl = TimeSpan.FromHours(1);
+
+        Assert.Equal("lifetime longer than MaxTokenTtl", service.Verify("tenant-a", token.Token).Reason);
+        Assert.False(service.StillValid(check.Payload!).Valid);
+        Assert.True(service.Verify("tenant-a", service.Mint("tenant-a", TimeSpan.FromMinutes(30), [], null).Token).Valid);
+    }
+
+    [Fact]
     public void Legacy_keys_are_imported_the_file_shredded_and_tokens_minted_before_still_verify()
     {
         var (old, current) = (Convert.ToBase64String(RandomNumberGenerator.GetBytes(32)), Convert.ToBase64String(RandomNumberGenerator.GetBytes(32)));

@@ -212,6 +212,14 @@ public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants,
             return TokenCheck.Fail("revoked", payload);
         }
 
+        // The cap applies to every use, not only to minting: a token minted before the operator lowered
+        // Gateway:Identity:MaxTokenTtl (or the tenant's Limits:MaxTokenTtl) stops working at once.
+        var cap = tenants().Find(payload.Tenant)?.MaxTokenTtl ?? config.MaxTokenTtl;
+        if (payload.ExpiresAt - payload.IssuedAt > (long)cap.TotalSeconds)
+        {
+            return TokenCheck.Fail("lifetime longer than MaxTokenTtl", payload);
+        }
+
         var key = store.KeysOf(payload.Tenant).FirstOrDefault(k => k.Id == payload.KeyId);
         if (key is null || (key.RetiresAt is { } retires && now >= retires))
         {
