@@ -91,7 +91,7 @@ public sealed class DeliveryRegistrationTests : IDisposable
             await spool.CommitAsync(envelope, new System.Buffers.ReadOnlySequence<byte>(bytes), CancellationToken.None);
 
             var path = Path.Combine(_dir.Path, "drop", "tenant-a", envelope.Id + ".eml");
-            await SmarthostTransportTests.WaitUntilAsync(() => File.Exists(path) && !File.Exists(Path.Combine(_dir.Path, "spool", "queue", envelope.Id)));
+            await Poll.UntilAsync(() => File.Exists(path) && !File.Exists(Path.Combine(_dir.Path, "spool", "queue", envelope.Id)));
             Assert.Equal(bytes, await File.ReadAllBytesAsync(path));
         }
         finally

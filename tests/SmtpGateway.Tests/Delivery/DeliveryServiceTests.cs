@@ -3,6 +3,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 using SmtpGateway.Configuration;
 using SmtpGateway.Delivery;
 using SmtpGateway.Spool;
+using SmtpGateway.Tests.Fakes;
 using SmtpGateway.Tests.Spool;
 using static SmtpGateway.Tests.Spool.SpoolTestKit;
 
@@ -267,11 +268,11 @@ public sealed class DeliveryServiceTests : IDisposable
         {
             var envelope = NewEnvelope(_spool, _time, ["slow@example.net"]);
             await _spool.CommitAsync(envelope, Segmented(SampleMessage()), CancellationToken.None);
-            await SmarthostTransportTests.WaitUntilAsync(() => _transport.Calls.Count == 1 && service.InFlightCount == 0);
+            await Poll.UntilAsync(() => _transport.Calls.Count == 1 && service.InFlightCount == 0);
             Assert.Single(_spool.List(SpoolArea.Queue));
 
             _time.Advance(TimeSpan.FromMinutes(1));
-            await SmarthostTransportTests.WaitUntilAsync(() => _spool.List(SpoolArea.Queue).Count == 0);
+            await Poll.UntilAsync(() => _spool.List(SpoolArea.Queue).Count == 0);
             Assert.Equal(2, _transport.Calls.Count);
         }
         finally
@@ -295,7 +296,7 @@ public sealed class DeliveryServiceTests : IDisposable
         using var hostTimeout = new CancellationTokenSource();
         await hostTimeout.CancelAsync();
         await service.StopAsync(hostTimeout.Token).WaitAsync(TimeSpan.FromSeconds(5));
-        await SmarthostTransportTests.WaitUntilAsync(() => service.InFlightCount == 0);
+        await Poll.UntilAsync(() => service.InFlightCount == 0);
 
         var message = await _spool.LoadAsync(envelope.Id, CancellationToken.None);
         Assert.NotNull(message);

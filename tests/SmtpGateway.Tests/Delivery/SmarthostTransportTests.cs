@@ -5,6 +5,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 using SmtpGateway.Configuration;
 using SmtpGateway.Delivery;
 using SmtpGateway.Spool;
+using SmtpGateway.Tests.Fakes;
 using SmtpGateway.Tests.Spool;
 using static SmtpGateway.Tests.Spool.SpoolTestKit;
 
@@ -436,7 +437,7 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
         Assert.Equal(1, transport.Pool.OpenCount("127.0.0.1", _server.Port));
 
         time.Advance(TimeSpan.FromSeconds(31));
-        await WaitUntilAsync(() => transport.Pool.OpenCount("127.0.0.1", _server.Port) == 0 && _server.Commands.Contains("QUIT"));
+        await Poll.UntilAsync(() => transport.Pool.OpenCount("127.0.0.1", _server.Port) == 0 && _server.Commands.Contains("QUIT"));
 
         var second = await SpoolAsync(SampleMessage());
         await transport.DeliverAsync(second, second.Envelope.Recipients, CancellationToken.None);
@@ -457,19 +458,5 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
 
         Assert.Contains("RSET", _server.Commands);
         Assert.Equal(1, _server.Connections);
-    }
-
-    internal static async Task WaitUntilAsync(Func<bool> condition, int timeoutMs = 5000)
-    {
-        var deadline = Environment.TickCount64 + timeoutMs;
-        while (!condition())
-        {
-            if (Environment.TickCount64 > deadline)
-            {
-                throw new TimeoutException("condition not met in time");
-            }
-
-            await Task.Delay(10);
-        }
     }
 }

@@ -1,6 +1,7 @@
 using System.Text;
-using Microsoft.Extensions.Time.Testing;
 using System.Text.RegularExpressions;
+using Microsoft.Extensions.Time.Testing;
+using SmtpGateway.Tests.Fakes;
 
 namespace SmtpGateway.Tests.Listener;
 
@@ -455,7 +456,7 @@ public sealed partial class ListenerTranscriptTests
         await a.CommandAsync("QUIT");
         Assert.True(await a.IsClosedAsync());
         // The slot is free once the session has finished (its clean-up follows the close the client saw).
-        await WaitUntilAsync(() => gw.Service.ActiveSessions < 2);
+        await Poll.UntilAsync(() => gw.Service.ActiveSessions < 2);
         await using var fourth = await gw.ConnectAsync(gw.Relay);
         Assert.StartsWith("220", await fourth.ReadReplyAsync());
     }
@@ -569,14 +570,4 @@ public sealed partial class ListenerTranscriptTests
 
     [GeneratedRegex(@"^250 2\.0\.0 Ok: queued as (\S+)$")]
     private static partial Regex QueuedReply();
-
-    static async Task WaitUntilAsync(Func<bool> condition)
-    {
-        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(10));
-        while (!condition())
-        {
-            // A poll for a condition, not a wait for time to pass: it ends as soon as the condition holds.
-            await Task.Delay(5, cts.Token);
-        }
-    }
 }

@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json.Nodes;
 using SmtpGateway.Audit;
 using SmtpGateway.Diagnostics;
+using SmtpGateway.Tests.Fakes;
 using SmtpGateway.Vault;
 
 namespace SmtpGateway.Tests.Vault;
@@ -269,11 +270,8 @@ public sealed class CredentialVaultTests : IDisposable
             _kit.Clock.Advance(TimeSpan.FromMinutes(1));
         }
 
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
-        while (VersionsOnDisk("smarthost").Count > 1 && DateTime.UtcNow < deadline)
-        {
-            await Task.Delay(20);
-        }
+        // The sweeper's timer fired on the fake clock; its callback runs on the thread pool.
+        await Poll.UntilAsync(() => VersionsOnDisk("smarthost").Count == 1);
 
         await sweeper.StopAsync(CancellationToken.None);
         Assert.Equal([2], VersionsOnDisk("smarthost"));
