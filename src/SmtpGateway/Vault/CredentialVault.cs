@@ -284,18 +284,28 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
 
         async Task RunAsync(TaskCompletionSource<AccessTokenRecord> done)
         {
+            AccessTokenRecord? access = null;
+            Exception? failure = null;
             try
             {
                 // Not the caller's token: other callers wait for this refresh too; the endpoint timeout bounds it.
-                done.SetResult(await RefreshAsync(version, queueId).ConfigureAwait(false));
+                access = await RefreshAsync(version, queueId).ConfigureAwait(false);
             }
             catch (Exception ex)
             {
-                done.SetException(ex);
+                failure = ex;
             }
-            finally
+
+            // Out of the table before anyone is released: a caller resumed by the result (on another thread) that
+            // opens again must start a new refresh, not be handed this finished one.
+            _refreshes.TryRemove(new KeyValuePair<(string, string, int), Task<AccessTokenRecord>>(key, done.Task));
+            if (failure is null)
             {
-                _refreshes.TryRemove(key, out _);
+                done.SetResult(access!);
+            }
+            else
+            {
+                done.SetException(failure);
             }
         }
     }
