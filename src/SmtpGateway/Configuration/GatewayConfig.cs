@@ -17,6 +17,9 @@ public sealed class GatewayConfig
 
     public LimitsConfig Limits { get; set; } = new();
 
+    /// <summary>Per-tenant limits of tenants that do not set their own ("Tenants:&lt;id&gt;:Limits").</summary>
+    public TenantLimitDefaults TenantLimits { get; set; } = new();
+
     public IdentityConfig Identity { get; set; } = new();
 
     public AuditConfig Audit { get; set; } = new();

@@ -125,6 +125,17 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
             e.Add($"{G}:Audit: MaxFileSize must be at least 4096 and MaxFiles at least 1.");
         }
 
+        var tl = c.TenantLimits;
+        if (tl.MessagesPerMinute < 1 || tl.RecipientsPerMinute < 1 || tl.MaxSessions < 1 || tl.MaxConcurrentSigning < 1 || tl.MaxMessageSize is < 1)
+        {
+            e.Add($"{G}:TenantLimits: MessagesPerMinute, RecipientsPerMinute, MaxSessions, MaxConcurrentSigning and MaxMessageSize must be at least 1.");
+        }
+
+        if (tl.MaxMessageSize > c.Limits.MaxMessageSize)
+        {
+            e.Add($"{G}:TenantLimits:MaxMessageSize: {tl.MaxMessageSize} is above Gateway:Limits:MaxMessageSize ({c.Limits.MaxMessageSize}).");
+        }
+
         var lim = c.Limits;
         var lp = $"{G}:Limits";
         if (lim.MaxMessageSize < 65536)

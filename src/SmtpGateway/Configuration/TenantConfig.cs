@@ -12,6 +12,12 @@ public sealed class TenantConfig
     /// <summary>Client networks (CIDR) of this tenant's legacy apps on the relay listener.</summary>
     public List<string> Networks { get; set; } = [];
 
+    /// <summary>
+    /// Accept a network wider than /16 (IPv4) or /48 (IPv6) in <see cref="Networks"/>. Off by default: 0.0.0.0/0 would let
+    /// every client send as this tenant, and a typo in a prefix length should not do that silently.
+    /// </summary>
+    public bool AllowWideNetworks { get; set; }
+
     /// <summary>This tenant's own HSM token (blast radius one: its keys and PIN are nobody else's).</summary>
     public TenantHsmConfig Hsm { get; set; } = new();
 
@@ -94,10 +100,48 @@ public enum SmarthostAuthMechanism
     XOAuth2,
 }
 
+/// <summary>"Tenants:&lt;id&gt;:Limits": every value left null takes the gateway-wide default from "Gateway:TenantLimits".</summary>
 public sealed class TenantLimitsConfig
 {
     /// <summary>Longest lifetime a token of this tenant may be minted with; null means Gateway:Identity:MaxTokenTtl.</summary>
     public TimeSpan? MaxTokenTtl { get; set; }
+
+    /// <summary>Messages (MAIL FROM transactions) per minute; beyond it MAIL gets 450 4.7.1.</summary>
+    public int? MessagesPerMinute { get; set; }
+
+    /// <summary>Accepted recipients per minute; beyond it RCPT gets 452 4.5.3.</summary>
+    public int? RecipientsPerMinute { get; set; }
+
+    /// <summary>Concurrent SMTP sessions acting for the tenant (authenticated or matched by network).</summary>
+    public int? MaxSessions { get; set; }
+
+    /// <summary>Bytes; at most Gateway:Limits:MaxMessageSize (the listener's own cap, announced in EHLO SIZE).</summary>
+    public long? MaxMessageSize { get; set; }
+
+    /// <summary>Signatures made at once for the tenant; more wait (asynchronously) for one of its own slots.</summary>
+    public int? MaxConcurrentSigning { get; set; }
+}
+
+/// <summary>
+/// "Gateway:TenantLimits": the per-tenant limits of a tenant whose "Limits" section leaves them unset. Generous on purpose
+/// (about 17 dual-signed messages a second per core is what one tenant can take anyway); an operator lowers them per tenant.
+/// </summary>
+public sealed class TenantLimitDefaults
+{
+    public int MessagesPerMinute { get; set; } = 60_000;
+
+    public int RecipientsPerMinute { get; set; } = 300_000;
+
+    public int MaxSessions { get; set; } = 1_000;
+
+    /// <summary>Null: Gateway:Limits:MaxMessageSize.</summary>
+    public long? MaxMessageSize { get; set; }
+
+    /// <summary>
+    /// Below Gateway:Hsm:MaxSessionsPerToken (8), so a tenant's signers never queue for an HSM session on a blocked thread,
+    /// and the token keeps sessions free for its token and return-path MACs.
+    /// </summary>
+    public int MaxConcurrentSigning { get; set; } = 4;
 }
 
 /// <summary>"Gateway:Identity": session tokens and AUTH.</summary>

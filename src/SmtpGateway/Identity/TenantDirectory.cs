@@ -15,6 +15,9 @@ public sealed record TenantModel(string Id, IReadOnlySet<string> Domains, string
     /// <summary>How the tenant's mail leaves the gateway; unset values mean the gateway's own (Delivery fills them in).</summary>
     public TenantEgressModel Egress { get; init; } = TenantEgressModel.GatewayDefaults;
 
+    /// <summary>The tenant's limits, its own or the gateway-wide defaults (Gateway:TenantLimits).</summary>
+    public TenantLimits Limits { get; init; } = TenantLimits.Defaults;
+
     /// <summary>The tenant's own HSM token; unset values mean the defaults (label "smtpgw-&lt;tenant&gt;", PIN file under the data directory).</summary>
     public TenantHsmModel Hsm { get; init; } = TenantHsmModel.Defaults;
 
@@ -29,6 +32,20 @@ public sealed record TenantModel(string Id, IReadOnlySet<string> Domains, string
 
     /// <summary>Domains that receive mail for this tenant: its domains and its bounce domain.</summary>
     public bool ReceivesFor(string normalizedDomain) => Domains.Contains(normalizedDomain) || normalizedDomain == BounceDomain;
+}
+
+/// <summary>"Tenants:&lt;id&gt;:Limits" with every unset value taken from "Gateway:TenantLimits".</summary>
+/// <param name="MaxMessageSize">Bytes; never above the gateway's own Gateway:Limits:MaxMessageSize.</param>
+public sealed record TenantLimits(int MessagesPerMinute, int RecipientsPerMinute, int MaxSessions, long MaxMessageSize, int MaxConcurrentSigning)
+{
+    public static TenantLimits Defaults { get; } = Resolve(new TenantLimitsConfig(), new TenantLimitDefaults(), new LimitsConfig().MaxMessageSize);
+
+    public static TenantLimits Resolve(TenantLimitsConfig tenant, TenantLimitDefaults defaults, long gatewayMaxMessageSize) => new(
+        tenant.MessagesPerMinute ?? defaults.MessagesPerMinute,
+        tenant.RecipientsPerMinute ?? defaults.RecipientsPerMinute,
+        tenant.MaxSessions ?? defaults.MaxSessions,
+        Math.Min(tenant.MaxMessageSize ?? defaults.MaxMessageSize ?? gatewayMaxMessageSize, gatewayMaxMessageSize),
+        tenant.MaxConcurrentSigning ?? defaults.MaxConcurrentSigning);
 }
 
 /// <summary>"Tenants:&lt;id&gt;:Egress" after validation: source address parsed, an empty smarthost dropped, TLS domains frozen.</summary>
@@ -101,8 +118,12 @@ public sealed class TenantSnapshot
     }
 
     /// <summary>Validates the whole map and builds it; every error is reported with its config path.</summary>
-    public static TenantSnapshot Build(IReadOnlyDictionary<string, TenantConfig> config, List<string> errors)
+    /// <param name="limitDefaults">Gateway:TenantLimits; null: the built-in defaults.</param>
+    /// <param name="gatewayMaxMessageSize">Gateway:Limits:MaxMessageSize; null: the built-in default.</param>
+    public static TenantSnapshot Build(IReadOnlyDictionary<string, TenantConfig> config, List<string> errors, TenantLimitDefaults? limitDefaults = null, long? gatewayMaxMessageSize = null)
     {
+        var defaults = limitDefaults ?? new TenantLimitDefaults();
+        var maxMessageSize = gatewayMaxMessageSize ?? new LimitsConfig().MaxMessageSize;
         var tenants = new Dictionary<string, TenantModel>(StringComparer.Ordinal);
         var byDomain = new Dictionary<string, TenantModel>(StringComparer.Ordinal);
         var domainOwner = new Dictionary<string, string>(StringComparer.Ordinal);
@@ -183,6 +204,13 @@ public sealed class TenantSnapshot
                     }
                 }
 
+                // A prefix this short maps a whole provider (or everyone: 0.0.0.0/0) to one tenant's identity.
+                var widest = network.BaseAddress.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? 16 : 48;
+                if (network.PrefixLength < widest && !t.AllowWideNetworks)
+                {
+                    errors.Add($"{p}:Networks:{i}: '{t.Networks[i]}' is wider than /{widest}; every address in it could send as this tenant. Narrow it, or set {p}:AllowWideNetworks to true.");
+                }
+
                 networkOwners.Add((network, id, $"{p}:Networks:{i}"));
                 parsed.Add(network);
             }
@@ -198,12 +226,14 @@ public sealed class TenantSnapshot
                 errors.Add($"{p}:Limits:MaxTokenTtl: must be positive.");
             }
 
+            CheckLimits($"{p}:Limits", t.Limits, maxMessageSize, errors);
             GatewayConfigValidator.CheckTenantEgress($"{p}:Egress", t.Egress, errors);
             t.Inbound.Validate($"{p}:Inbound", errors, checkFiles: true);
             t.Reputation.Validate($"{p}:Reputation", errors);
             var model = new TenantModel(id, domains, bounce, parsed, t.Limits.MaxTokenTtl)
             {
                 Inbound = t.Inbound, Reputation = t.Reputation, Egress = CompileEgress(t.Egress), Hsm = CompileHsm(t.Hsm), Unsigned = t.Dkim.Unsigned,
+                Limits = TenantLimits.Resolve(t.Limits, defaults, maxMessageSize),
             };
             tenants[id] = model;
             foreach (var d in domains)
@@ -238,6 +268,26 @@ public sealed class TenantSnapshot
         // Most specific network first, so a lookup is a first match.
         networks.Sort((a, b) => b.Item1.PrefixLength.CompareTo(a.Item1.PrefixLength));
         return new TenantSnapshot(tenants, byDomain, networks);
+    }
+
+    static void CheckLimits(string p, TenantLimitsConfig limits, long gatewayMaxMessageSize, List<string> errors)
+    {
+        foreach (var (name, value) in new (string, long?)[]
+                 {
+                     ("MessagesPerMinute", limits.MessagesPerMinute), ("RecipientsPerMinute", limits.RecipientsPerMinute), ("MaxSessions", limits.MaxSessions),
+                     ("MaxMessageSize", limits.MaxMessageSize), ("MaxConcurrentSigning", limits.MaxConcurrentSigning),
+                 })
+        {
+            if (value is < 1)
+            {
+                errors.Add($"{p}:{name}: {value} must be at least 1.");
+            }
+        }
+
+        if (limits.MaxMessageSize > gatewayMaxMessageSize)
+        {
+            errors.Add($"{p}:MaxMessageSize: {limits.MaxMessageSize} is above Gateway:Limits:MaxMessageSize ({gatewayMaxMessageSize}), the most any listener takes.");
+        }
     }
 
     /// <summary>

@@ -48,7 +48,9 @@ public sealed partial class TenantDirectoryService : IDisposable
     public static TenantSnapshot Load(IConfiguration configuration, List<string> errors)
     {
         var tenants = configuration.GetSection(SectionName).Get<Dictionary<string, TenantConfig>>() ?? [];
-        return TenantSnapshot.Build(tenants, errors);
+        var defaults = configuration.GetSection($"{GatewayConfig.SectionName}:TenantLimits").Get<TenantLimitDefaults>() ?? new TenantLimitDefaults();
+        var limits = configuration.GetSection($"{GatewayConfig.SectionName}:Limits").Get<LimitsConfig>() ?? new LimitsConfig();
+        return TenantSnapshot.Build(tenants, errors, defaults, limits.MaxMessageSize);
     }
 
     void Reload()

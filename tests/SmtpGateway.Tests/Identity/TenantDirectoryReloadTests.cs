@@ -49,7 +49,7 @@ public sealed class TenantDirectoryReloadTests : IDisposable
     [Fact]
     public void An_invalid_directory_at_start_refuses_to_start_with_every_error()
     {
-        var path = Write("""{ "a": { "Domains": ["x.example"], "Networks": ["10.0.0.0/8"] }, "b": { "Domains": ["x.example"], "Networks": ["10.1.0.0/16"] } }""");
+        var path = Write("""{ "a": { "Domains": ["x.example"], "Networks": ["10.0.0.0/8"], "AllowWideNetworks": true }, "b": { "Domains": ["x.example"], "Networks": ["10.1.0.0/16"] } }""");
         var configuration = new ConfigurationBuilder().AddJsonFile(path).Build();
         var ex = Assert.Throws<OptionsValidationException>(() => new TenantDirectoryService(configuration, NullLoggerFactory.Instance));
         Assert.Contains(ex.Failures, f => f.StartsWith("Tenants:b:Domains:0:", StringComparison.Ordinal));

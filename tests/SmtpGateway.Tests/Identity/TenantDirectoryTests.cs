@@ -50,12 +50,64 @@ public sealed class TenantDirectoryTests
         Assert.True(snapshot.Find("b")!.Unsigned);
     }
 
+    [Theory]
+    [InlineData("0.0.0.0/0", 16)]
+    [InlineData("10.0.0.0/15", 16)]
+    [InlineData("::/0", 48)]
+    [InlineData("2001:db8::/47", 48)]
+    public void A_network_wider_than_16_or_48_bits_is_refused_unless_the_tenant_allows_it(string network, int widest)
+    {
+        Build(new() { ["a"] = new() { Domains = ["a.example"], Networks = [network] } }, out var errors);
+        var error = Assert.Single(errors);
+        Assert.StartsWith("Tenants:a:Networks:0:", error, StringComparison.Ordinal);
+        Assert.Contains($"wider than /{widest}", error, StringComparison.Ordinal);
+        Assert.Contains("AllowWideNetworks", error, StringComparison.Ordinal);
+
+        var snapshot = Build(new() { ["a"] = new() { Domains = ["a.example"], Networks = [network], AllowWideNetworks = true } }, out errors);
+        Assert.Empty(errors);
+        Assert.Single(snapshot.Find("a")!.Networks);
+    }
+
+    [Theory]
+    [InlineData("10.1.0.0/16")]
+    [InlineData("192.0.2.7/32")]
+    [InlineData("2001:db8:1::/48")]
+    public void Networks_of_16_or_48_bits_and_narrower_need_no_opt_in(string network)
+    {
+        Build(new() { ["a"] = new() { Domains = ["a.example"], Networks = [network] } }, out var errors);
+        Assert.Empty(errors);
+    }
+
+    [Fact]
+    public void Tenant_limits_take_unset_values_from_the_gateway_defaults_and_report_every_bad_one()
+    {
+        var defaults = new TenantLimitDefaults { MessagesPerMinute = 100, MaxConcurrentSigning = 2 };
+        var errors = new List<string>();
+        var snapshot = TenantSnapshot.Build(new Dictionary<string, TenantConfig>
+        {
+            ["a"] = new() { Domains = ["a.example"], Limits = new() { RecipientsPerMinute = 7, MaxMessageSize = 100_000 } },
+            ["b"] = new() { Domains = ["b.example"] },
+        }, errors, defaults, gatewayMaxMessageSize: 1_000_000);
+        Assert.Empty(errors);
+        Assert.Equal(new TenantLimits(100, 7, 1_000, 100_000, 2), snapshot.Find("a")!.Limits);
+        Assert.Equal(new TenantLimits(100, 300_000, 1_000, 1_000_000, 2), snapshot.Find("b")!.Limits);
+
+        TenantSnapshot.Build(new Dictionary<string, TenantConfig>
+        {
+            ["a"] = new() { Domains = ["a.example"], Limits = new() { MessagesPerMinute = 0, MaxSessions = -1, MaxMessageSize = 2_000_000 } },
+        }, errors, defaults, gatewayMaxMessageSize: 1_000_000);
+        Assert.Contains(errors, e => e.StartsWith("Tenants:a:Limits:MessagesPerMinute:", StringComparison.Ordinal));
+        Assert.Contains(errors, e => e.StartsWith("Tenants:a:Limits:MaxSessions:", StringComparison.Ordinal));
+        Assert.Contains(errors, e => e.StartsWith("Tenants:a:Limits:MaxMessageSize:", StringComparison.Ordinal) && e.Contains("above", StringComparison.Ordinal));
+        Assert.Equal(3, errors.Count);
+    }
+
     [Fact]
     public void A_domain_or_network_claimed_twice_is_an_error_with_paths()
     {
         Build(new()
         {
-            ["a"] = new() { Domains = ["shared.example"], Networks = ["10.0.0.0/8"] },
+            ["a"] = new() { Domains = ["shared.example"], Networks = ["10.0.0.0/8"], AllowWideNetworks = true },
             ["b"] = new() { Domains = ["SHARED.example."], Networks = ["10.1.0.0/16"], BounceDomain = "evil.example" },
             ["Bad Id"] = new() { Domains = ["x.example"] },
             ["c"] = new() { Domains = ["c..example"], Networks = ["nope"] },
@@ -74,7 +126,7 @@ public sealed class TenantDirectoryTests
         var snapshot = Build(new()
         {
             ["a"] = new() { Domains = ["a.example"], Networks = ["192.0.2.0/25"] },
-            ["b"] = new() { Domains = ["b.example"], Networks = ["192.0.2.128/25", "2001:db8::/32"] },
+            ["b"] = new() { Domains = ["b.example"], Networks = ["192.0.2.128/25", "2001:db8::/48"] },
         }, out var errors);
         Assert.Empty(errors);
         Assert.Equal("a", snapshot.FindByAddress(IPAddress.Parse("192.0.2.5"))?.Id);

@@ -270,7 +270,7 @@ public sealed partial class ListenerTranscriptTests
     [Fact]
     public async Task Client_outside_relay_networks_gets_554_5_7_1()
     {
-        await using var gw = await TestGateway.StartAsync(tenantANetworks: ["10.0.0.0/8"]);
+        await using var gw = await TestGateway.StartAsync(tenantANetworks: ["10.0.0.0/16"]);
         await using var c = await gw.ConnectAsync(gw.Relay);
         await c.HelloAsync();
         Assert.StartsWith("250", await c.CommandAsync("MAIL FROM:<a@tenant-a.example>"));
