@@ -1,6 +1,5 @@
 using System.Collections.Concurrent;
 using System.Diagnostics.Metrics;
-using System.Threading.RateLimiting;
 using Microsoft.Extensions.Logging;
 using SmtpGateway.Diagnostics;
 using SmtpGateway.Identity;
@@ -17,16 +16,12 @@ public enum TenantLimit
 }
 
 /// <summary>
-/// Per-tenant volume state (issue 12): messages and recipients per minute (sliding one-minute windows of
-/// System.Threading.RateLimiting) and concurrent sessions. One instance per process, keyed by tenant id; it outlives
-/// config reloads, and each call passes the tenant's current <see cref="TenantLimits"/>, so a changed limit is picked up
-/// at the next call. Tenants are config-bounded, so the map is too.
+/// Per-tenant volume state (issue 12): messages and recipients per minute (sliding one-minute windows, System.Threading.RateLimiting
+/// limiters on the <see cref="TimeProvider"/> clock: <see cref="SlidingWindowLimiter"/>) and concurrent sessions. One instance per
+/// process, keyed by tenant id; it outlives config reloads, and each call passes the tenant's current
+/// <see cref="TenantLimits"/>, so a changed limit applies at the next call, to the counts already made. Tenants are
+/// config-bounded, so the map is too.
 /// </summary>
-/// <remarks>
-/// Time comes from <see cref="TimeProvider"/>: the limiters do not replenish themselves (that would read the system
-/// clock); each call first replays the window segments that elapsed on the provider's clock. No timer is needed, and
-/// unit tests move time with a fake clock.
-/// </remarks>
 public sealed partial class TenantRateLimits(TimeProvider time, ILogger logger)
 {
     /// <summary>The window every "per minute" limit counts over.</summary>
@@ -37,8 +32,6 @@ public sealed partial class TenantRateLimits(TimeProvider time, ILogger logger)
 
     /// <summary>At most one warning per tenant and limit in this interval; the next one says how many were left out.</summary>
     static readonly TimeSpan LogInterval = TimeSpan.FromMinutes(1);
-
-    static readonly TimeSpan Segment = Window / Segments;
 
     static readonly Counter<long> RefusedCounter = Telemetry.Meter.CreateCounter<long>(
         Telemetry.LimitsRefused, description: "Commands refused because a tenant reached one of its limits (Tenants:<id>:Limits), by tenant and limit");
@@ -121,80 +114,33 @@ public sealed partial class TenantRateLimits(TimeProvider time, ILogger logger)
     bool Acquire(string tenant, TenantLimits limits, TenantLimit limit)
     {
         var state = State(tenant);
-        bool acquired;
-        lock (state)
-        {
-            Replenish(state);
-            var limiter = limit == TenantLimit.Messages
-                ? Current(ref state.Messages, ref state.MessagesLimit, limits.MessagesPerMinute)
-                : Current(ref state.Recipients, ref state.RecipientsLimit, limits.RecipientsPerMinute);
-            using var lease = limiter.AttemptAcquire(1);
-            acquired = lease.IsAcquired;
-        }
+        var (limiter, permits) = limit == TenantLimit.Messages
+            ? (state.Messages, limits.MessagesPerMinute)
+            : (state.Recipients, limits.RecipientsPerMinute);
 
-        if (!acquired)
+        // The limit as configured now (a reload may have changed it); the permits already in the window still count.
+        limiter.PermitLimit = permits;
+        using var lease = limiter.AttemptAcquire(1);
+        if (!lease.IsAcquired)
         {
             Refused(tenant, limit);
         }
 
-        return acquired;
+        return lease.IsAcquired;
     }
 
-    TenantState State(string tenant) => _tenants.GetOrAdd(tenant, _ => new TenantState(time.GetTimestamp()));
+    TenantState State(string tenant) => _tenants.GetOrAdd(tenant, static (_, time) => new TenantState(
+        new SlidingWindowLimiter(time, int.MaxValue, Window, Segments),
+        new SlidingWindowLimiter(time, int.MaxValue, Window, Segments)), time);
 
-    /// <summary>
-    /// The limiter for the current limit. A changed limit (config reload) starts a fresh window: a limiter's permit count
-    /// is fixed at creation. The old one is dropped, not disposed: it owns no timer, and a caller may still hold it.
-    /// </summary>
-    static SlidingWindowRateLimiter Current(ref SlidingWindowRateLimiter? limiter, ref int current, int permits)
+    sealed class TenantState(SlidingWindowLimiter messages, SlidingWindowLimiter recipients)
     {
-        if (limiter is null || current != permits)
-        {
-            limiter = new SlidingWindowRateLimiter(new SlidingWindowRateLimiterOptions
-            {
-                PermitLimit = permits,
-                Window = Window,
-                SegmentsPerWindow = Segments,
-                QueueLimit = 0,
-                AutoReplenishment = false,
-            });
-            current = permits;
-        }
+        public SlidingWindowLimiter Messages { get; } = messages;
 
-        return limiter;
-    }
+        public SlidingWindowLimiter Recipients { get; } = recipients;
 
-    /// <summary>Moves both windows on by the segments that elapsed since the last call (at most a whole window: then all is free).</summary>
-    void Replenish(TenantState state)
-    {
-        var elapsed = time.GetElapsedTime(state.SegmentStart);
-        if (elapsed < Segment)
-        {
-            return;
-        }
-
-        var steps = elapsed.Ticks / Segment.Ticks;
-        for (var i = 0; i < Math.Min(steps, Segments); i++)
-        {
-            state.Messages?.TryReplenish();
-            state.Recipients?.TryReplenish();
-        }
-
-        // Advance by whole segments (keeping the remainder), so a caller every 7 s still moves the window every 10 s; after
-        // a whole window or more everything is free and the segments start again now.
-        state.SegmentStart = steps >= Segments
-            ? time.GetTimestamp()
-            : state.SegmentStart + steps * Segment.Ticks * time.TimestampFrequency / TimeSpan.TicksPerSecond;
-    }
-
-    sealed class TenantState(long segmentStart)
-    {
-        public long SegmentStart = segmentStart;
-        public SlidingWindowRateLimiter? Messages;
-        public int MessagesLimit;
-        public SlidingWindowRateLimiter? Recipients;
-        public int RecipientsLimit;
-        public int Sessions;
+        /// <summary>Guarded by a lock on the state.</summary>
+        public int Sessions { get; set; }
     }
 
     sealed class SessionSlot(TenantState state) : IDisposable
