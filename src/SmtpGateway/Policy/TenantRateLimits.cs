@@ -168,7 +168,7 @@ public sealed partial class TenantRateLimits(TimeProvider time, ILogger logger)
     static partial class LimitsLog
     {
         [LoggerMessage(EventId = EventIds.Policy + 20, Level = LogLevel.Warning,
-            Message = "Tenant {Tenant} reached its {Limit} limit; refusing with a temporary (or size) reply. {Suppressed} more refusal(s) of this kind since the last warning")]
+            Message = "Tenant {Tenant} reached its {Limit} limit and was refused; {Suppressed} more refusal(s) since the previous warning (at most one a minute per tenant and limit)")]
         public static partial void LimitReached(ILogger logger, string tenant, string limit, int suppressed);
     }
 }

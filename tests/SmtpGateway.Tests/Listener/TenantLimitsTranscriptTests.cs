@@ -135,6 +135,27 @@ public sealed class TenantLimitsTranscriptTests
     }
 
     [Fact]
+    public async Task A_session_closed_by_the_command_timeout_gives_its_slot_back()
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var gw = await TestGateway.StartAsync(time: clock, tenantLimits: (id, l) => l.MaxSessions = id == "tenant-a" ? 1 : null);
+        await using var c = await gw.ConnectAsync(gw.Relay);
+        await c.HelloAsync();
+        Assert.Equal(1, gw.RateLimits.OpenSessions("tenant-a"));
+
+        // The session may start its read timer after a first move of the clock: move it until the 421 comes.
+        var reply = c.ReadReplyAsync(TimeSpan.FromSeconds(10));
+        await Poll.UntilAsync(() =>
+        {
+            clock.Advance(TimeSpan.FromMinutes(6));
+            return reply.IsCompleted;
+        });
+
+        Assert.StartsWith("421 4.4.2", await reply);
+        await Poll.UntilAsync(() => gw.RateLimits.OpenSessions("tenant-a") == 0);
+    }
+
+    [Fact]
     public async Task Over_MaxSessions_AUTH_gets_454_4_7_0_and_no_strike_then_succeeds_once_a_session_ends()
     {
         await using var gw = await TestGateway.StartAsync(tenantLimits: (id, l) => l.MaxSessions = id == "tenant-a" ? 1 : null,
