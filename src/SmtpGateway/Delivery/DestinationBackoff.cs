@@ -1,4 +1,5 @@
 using System.Net;
+using Microsoft.Extensions.Logging;
 using SmtpGateway.Configuration;
 
 namespace SmtpGateway.Delivery;
@@ -32,14 +33,18 @@ internal readonly record struct EgressIdentity(string Tenant, IPAddress? SourceA
 /// oldest. Forgetting costs at most a probe, never a delivery.
 /// </para>
 /// </summary>
-internal sealed class DestinationBackoff(DestinationBackoffConfig config, TimeProvider time)
+internal sealed class DestinationBackoff(DestinationBackoffConfig config, TimeProvider time, ILogger logger)
 {
+    /// <summary>At most one "table full" warning per this period: an eviction storm must not flood the log.</summary>
+    static readonly TimeSpan FullWarningInterval = TimeSpan.FromMinutes(1);
+
     readonly Lock _gate = new();
     readonly Dictionary<EgressIdentity, LinkedListNode<Entry>> _entries = [];
 
     /// <summary>Entries by last failure, oldest first: the sweep and the eviction both take from the head.</summary>
     readonly LinkedList<Entry> _byLastFailure = new();
     long _evicted;
+    DateTimeOffset _lastFullWarning = DateTimeOffset.MinValue;
 
     /// <summary>Identities remembered now (tests, diagnostics).</summary>
     internal int Count
@@ -90,6 +95,22 @@ internal sealed class DestinationBackoff(DestinationBackoffConfig config, TimePr
 
     public void Failure(EgressIdentity identity)
     {
+        var (started, full) = Record(identity);
+        if (full is { } evicted)
+        {
+            DeliveryLog.BackoffTableFull(logger, Math.Max(1, config.MaxEntries), evicted);
+        }
+
+        if (started is { } entry)
+        {
+            DeliveryLog.BackoffStarted(logger, identity.Tenant, identity.Host, identity.Port, identity.SourceAddress?.ToString() ?? "any", entry.Failures, entry.Until);
+        }
+    }
+
+    /// <summary>Counts a failure; returns the new backoff (when one starts or grows) and the eviction count when a "table full" warning is due.</summary>
+    ((int Failures, DateTimeOffset Until)? Started, long? Full) Record(EgressIdentity identity)
+    {
+        long? full = null;
         lock (_gate)
         {
             var now = time.GetUtcNow();
@@ -106,6 +127,11 @@ internal sealed class DestinationBackoff(DestinationBackoffConfig config, TimePr
                 {
                     Remove(oldest.Value.Identity);
                     _evicted++;
+                    if (now - _lastFullWarning >= FullWarningInterval)
+                    {
+                        _lastFullWarning = now;
+                        full = _evicted;
+                    }
                 }
 
                 _entries[identity] = _byLastFailure.AddLast(new Entry(identity));
@@ -117,7 +143,7 @@ internal sealed class DestinationBackoff(DestinationBackoffConfig config, TimePr
             var over = entry.Failures - Math.Max(1, config.FailuresBeforeBackoff);
             if (over < 0)
             {
-                return;
+                return (null, full);
             }
 
             var delay = config.InitialDelay * Math.Pow(2, Math.Min(over, 20));
@@ -127,6 +153,7 @@ internal sealed class DestinationBackoff(DestinationBackoffConfig config, TimePr
             }
 
             entry.Until = now + delay;
+            return ((entry.Failures, now + delay), full);
         }
     }
 

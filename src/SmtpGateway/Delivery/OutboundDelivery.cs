@@ -68,7 +68,7 @@ internal sealed class OutboundDelivery : IAsyncDisposable
         _mx = mx;
         _resolver = resolver;
         _egress = egress;
-        _backoff = new DestinationBackoff(delivery.Backoff, time);
+        _backoff = new DestinationBackoff(delivery.Backoff, time, logger);
         _pool = new SmtpConnectionPool(delivery.MaxConnectionsPerTenant, time, logger, connector);
         _auth = new UpstreamAuthenticator(credentials, time, logger);
         _logger = logger;

@@ -3,6 +3,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Time.Testing;
 using SmtpGateway.Configuration;
 using SmtpGateway.Delivery;
+using SmtpGateway.Tests.Fakes;
 
 namespace SmtpGateway.Tests.Delivery;
 
@@ -18,6 +19,7 @@ public sealed class EgressIsolationTests
     static readonly EgressIdentity B = new("tenant-b", SourceA1, "mx.example.net", 25);
 
     readonly FakeTimeProvider _time = new(new DateTimeOffset(2026, 12, 4, 12, 0, 0, TimeSpan.Zero));
+    readonly CapturingLogger _log = new();
 
     DestinationBackoff NewBackoff(int failuresBeforeBackoff = 1, int maxEntries = 10_000) => new(new DestinationBackoffConfig
     {
@@ -25,7 +27,7 @@ public sealed class EgressIsolationTests
         InitialDelay = TimeSpan.FromMinutes(1),
         MaxDelay = TimeSpan.FromMinutes(10),
         MaxEntries = maxEntries,
-    }, _time);
+    }, _time, _log);
 
     [Fact]
     public void A_tenants_failures_back_off_its_own_identity_only()
@@ -36,6 +38,7 @@ public sealed class EgressIsolationTests
 
         Assert.True(backoff.IsBackedOff(A, out var until));
         Assert.Equal(_time.GetUtcNow() + TimeSpan.FromMinutes(1), until);
+        Assert.Contains(_log.Lines, l => l.StartsWith("Backoff for tenant tenant-a to mx.example.net:25 (source 192.0.2.10): 1 failure(s)", StringComparison.Ordinal));
         Assert.False(backoff.IsBackedOff(B, out _)); // another tenant, same host, port and source address
         Assert.False(backoff.IsBackedOff(A with { SourceAddress = SourceA2 }, out _)); // same tenant, other source address
         Assert.False(backoff.IsBackedOff(A with { SourceAddress = null }, out _));
@@ -149,6 +152,12 @@ public sealed class EgressIsolationTests
         Assert.True(backoff.IsBackedOff(identities[4], out _));
         Assert.False(backoff.IsBackedOff(identities[1], out _));
         Assert.False(backoff.IsBackedOff(identities[2], out _));
+
+        // One warning for both evictions (at most one a minute), then another after a minute.
+        Assert.Single(_log.Lines, l => l.StartsWith("Backoff table full (3 egress identities)", StringComparison.Ordinal));
+        _time.Advance(TimeSpan.FromMinutes(1));
+        backoff.Failure(B);
+        Assert.Equal(2, _log.Lines.Count(l => l.StartsWith("Backoff table full", StringComparison.Ordinal)));
     }
 
     [Fact]
