@@ -296,6 +296,108 @@ public sealed class FaultTests(ITestOutputHelper output)
             Assert.Contains("4 corrupt files moved aside", harness.GatewayOutput, StringComparison.Ordinal);
         });
 
+    /// <summary>One message from <paramref name="source"/> (127.0.0.1 is tenant-a, 127.0.0.2 tenant-b) with a sender of <paramref name="domain"/>.</summary>
+    static async Task<Infrastructure.SmtpReply> SendFromAsync(GatewayHarness harness, string source, string domain, string subject, CancellationToken cancellationToken)
+    {
+        using var smtp = await RawSmtpClient.ConnectAsync("127.0.0.1", harness.RelayPort, TimeSpan.FromSeconds(10), cancellationToken,
+            localEndPoint: new System.Net.IPEndPoint(System.Net.IPAddress.Parse(source), 0));
+        Assert.Equal(250, (await smtp.CommandAsync("EHLO faults.functional.test", cancellationToken)).Code);
+        var content = Encoding.ASCII.GetBytes($"From: <app@{domain}>\r\nTo: <sink@example.net>\r\nSubject: {subject}\r\n\r\nbody\r\n");
+        return await smtp.SendMailAsync($"app@{domain}", ["sink@example.net"], content, cancellationToken);
+    }
+
+    /// <summary>
+    /// Changes SoftHSM2's token "generation" counter, as SoftHSM2 does itself when another process changes the token: only
+    /// then does it look at the token directory again (OSToken::index) and see objects gone or back.
+    /// </summary>
+    static void BumpGeneration(string tokenDir)
+    {
+        var path = Path.Combine(tokenDir, "generation");
+        var bytes = File.ReadAllBytes(path);
+        bytes[^1]++;
+        File.WriteAllBytes(path, bytes);
+    }
+
+    [Fact]
+    public Task HSM_token_unavailable_mid_run_answers_451_for_the_signing_tenant_only_and_signing_recovers_by_itself() => FaultGatewayHarness.RunAsync(output,
+        (harness, config, ct) =>
+        {
+            // tenant-a must sign (no Dkim:Unsigned); tenant-b keeps Dkim:Unsigned (added by the harness).
+            ((JsonObject)config["Tenants"]!["tenant-a"]!).Remove("Dkim");
+            config["Tenants"]!["tenant-b"]!["Dkim"] = new JsonObject { ["Unsigned"] = true };
+            return Task.CompletedTask;
+        },
+        async harness =>
+        {
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(180));
+            var run = Marker();
+            var keygen = await harness.SmtpgwAsync("dkim", "keygen", "--tenant", "tenant-a", "--domain", "tenant-a.example", "--selector", "ed1", "--alg", "ed25519", "--config", harness.ConfigPath);
+            Assert.True(keygen.ExitCode == 0, keygen.ToString());
+            var acknowledged = new List<string>();
+            var refused = new List<string>();
+
+            async Task ExpectAsync(string source, string domain, string label, int code)
+            {
+                var subject = $"{run} {label} {acknowledged.Count + refused.Count}";
+                var reply = await SendFromAsync(harness, source, domain, subject, cts.Token);
+                output.WriteLine($"{label}: {reply}");
+                if (code == 250)
+                {
+                    Assert.True(reply.Code == 250, $"{label}: {reply}");
+                    acknowledged.Add(subject);
+                }
+                else
+                {
+                    Assert.True(reply.Code == 451 && reply.Text.StartsWith("4.3.0 ", StringComparison.Ordinal), $"{label}, expected 451 4.3.0: {reply}");
+                    refused.Add(subject);
+                }
+            }
+
+            await ExpectAsync("127.0.0.1", "tenant-a.example", "a signed before", 250);
+            await ExpectAsync("127.0.0.2", "tenant-b.example", "b unsigned before", 250);
+            await harness.Sink.WaitAsync(ms => acknowledged.All(s => ms.Any(m => m.Header("Subject") == s)), Wait, cts.Token);
+
+            // Take tenant-a's SoftHSM2 token's objects away (its directory is found by the label in its token.object):
+            // the cached key handles go stale, a fresh login finds no key, and signing fails closed. The token directory
+            // itself stays: SoftHSM2 marks a token whose directory vanished invalid until the module is initialised
+            // again (OSToken::index), which no in-process recovery can undo.
+            var tokens = Path.Combine(harness.DataDirectory, "hsm", "tokens");
+            var tokenDir = Directory.GetDirectories(tokens).Single(d => File.Exists(Path.Combine(d, "token.object"))
+                && Encoding.Latin1.GetString(File.ReadAllBytes(Path.Combine(d, "token.object"))).Contains("smtpgw-tenant-a", StringComparison.Ordinal));
+            var away = Directory.CreateDirectory(tokenDir + ".away").FullName;
+            var objects = Directory.GetFiles(tokenDir, "*.object").Where(f => Path.GetFileName(f) != "token.object").ToList();
+            Assert.NotEmpty(objects);
+            foreach (var file in objects)
+            {
+                File.Move(file, Path.Combine(away, Path.GetFileName(file)));
+            }
+
+            BumpGeneration(tokenDir);
+
+            for (var i = 0; i < 2; i++)
+            {
+                await ExpectAsync("127.0.0.1", "tenant-a.example", "a while the token is away", 451);
+                await ExpectAsync("127.0.0.2", "tenant-b.example", "b while a's token is away", 250);
+            }
+
+            // Back: signing recovers in the same process (the token's login, sessions and handles are made afresh).
+            foreach (var file in objects)
+            {
+                File.Move(Path.Combine(away, Path.GetFileName(file)), file);
+            }
+
+            BumpGeneration(tokenDir);
+
+            await ExpectAsync("127.0.0.1", "tenant-a.example", "a signed after", 250);
+            Assert.True(harness.IsRunning);
+
+            var messages = await harness.Sink.WaitAsync(ms => acknowledged.All(s => ms.Any(m => m.Header("Subject") == s)), Wait, cts.Token);
+            var ours = messages.Where(m => m.Header("Subject")?.StartsWith(run, StringComparison.Ordinal) == true).ToList();
+            Assert.Equal(acknowledged.Count, ours.Count);
+            Assert.DoesNotContain(ours, m => refused.Contains(m.Header("Subject")!));
+            Assert.All(ours.Where(m => m.Header("Subject")!.Contains(" a signed", StringComparison.Ordinal)), m => Assert.NotNull(m.Header("DKIM-Signature")));
+        });
+
     [Fact]
     public Task Slow_clients_trickling_bytes_are_closed_at_their_limit_while_a_normal_client_sends() => FaultGatewayHarness.RunAsync(output,
         (harness, config, ct) =>
