@@ -469,6 +469,7 @@ public sealed class FaultTests(ITestOutputHelper output)
             }
 
             await Task.WhenAll(tricklers);
+            output.WriteLine($"normal client: {sent.Count} messages, all 250, in {normal.Elapsed.TotalSeconds:F1} s");
             var results = closed.ToList();
             foreach (var group in results.GroupBy(r => (r.Data, r.Reply)))
             {

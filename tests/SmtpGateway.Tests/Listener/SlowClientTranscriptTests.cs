@@ -118,6 +118,15 @@ public sealed class SlowClientTranscriptTests
         Assert.True(await c.IsClosedAsync());
     }
 
+    [Fact]
+    public void A_negative_MinDataRate_is_refused_at_validation()
+    {
+        var config = new SmtpGateway.Configuration.GatewayConfig { Limits = new SmtpGateway.Configuration.LimitsConfig { MinDataRate = -1 } };
+        Assert.Contains(SmtpGateway.Configuration.GatewayConfigValidator.Collect(config), e => e.StartsWith("Gateway:Limits:MinDataRate:", StringComparison.Ordinal));
+        config.Limits.MinDataRate = 0;
+        Assert.DoesNotContain(SmtpGateway.Configuration.GatewayConfigValidator.Collect(config), e => e.Contains("MinDataRate", StringComparison.Ordinal));
+    }
+
     [Theory]
     [InlineData(28, true)]   // ENOSPC
     [InlineData(122, true)]  // EDQUOT
