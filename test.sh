@@ -40,6 +40,8 @@ fi
 [[ -x /usr/sbin/saslpasswd2 ]] || missing+=(sasl2-bin)
 if command -v dpkg-query >/dev/null 2>&1 && ! pkg_installed libsasl2-modules; then missing+=(libsasl2-modules); fi
 [[ -x /usr/bin/gcore ]] || missing+=(gdb)
+# mount/umount (Debian "mount", util-linux): the fault tests mount a small tmpfs on the spool (spool full → 452 4.3.1).
+[[ -x /usr/bin/mount && -x /usr/bin/umount ]] || missing+=(mount)
 
 if ((${#missing[@]} > 0)); then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then

@@ -30,6 +30,9 @@ public static class AuditActions
     public const string VaultRotate = "vault-rotate";
     public const string VaultDelete = "vault-delete";
     public const string UpstreamAuth = "upstream-auth";
+
+    /// <summary>An unreadable queue file moved to the spool's corrupt/ directory (not delivered unless an operator acts).</summary>
+    public const string SpoolQuarantine = "spool-quarantine";
 }
 
 /// <summary>One audit record. Never carries a token, password or key: only the token id.</summary>

@@ -101,6 +101,14 @@ public sealed class LimitsConfig
     /// <summary>RFC 5321 section 4.5.3.2.6 (client waits 10 minutes after the final dot); we allow 3 minutes between DATA blocks.</summary>
     public TimeSpan DataTimeout { get; set; } = TimeSpan.FromMinutes(3);
 
+    /// <summary>
+    /// Octets per second a DATA body must average once DataTimeout has passed since the 354 (0 turns it off): the block
+    /// timeout restarts with every octet, so without it one octet every few seconds would hold a session for the whole
+    /// SessionTimeout. Kestrel's MinRequestBodyDataRate (240 bytes/s after a 5 s grace) is the model; here the grace is
+    /// DataTimeout, so RFC 5321 section 4.5.3.2.5's 3 minutes per block are still honoured for the first block.
+    /// </summary>
+    public int MinDataRate { get; set; } = 240;
+
     /// <summary>Whole-session cap: long enough for a client to reuse one connection for thousands of messages.</summary>
     public TimeSpan SessionTimeout { get; set; } = TimeSpan.FromHours(1);
 

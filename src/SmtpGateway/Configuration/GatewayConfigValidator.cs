@@ -170,6 +170,11 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
 
         Positive(e, $"{lp}:CommandTimeout", lim.CommandTimeout);
         Positive(e, $"{lp}:DataTimeout", lim.DataTimeout);
+        if (lim.MinDataRate < 0)
+        {
+            e.Add($"{lp}:MinDataRate: must be 0 (off) or a positive number of octets per second.");
+        }
+
         Positive(e, $"{lp}:SessionTimeout", lim.SessionTimeout);
         if (lim.MaxConnections < 1)
         {

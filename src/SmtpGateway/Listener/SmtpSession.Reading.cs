@@ -146,6 +146,8 @@ public sealed partial class SmtpSession
         using var timer = new CancellationTokenSource(limits.DataTimeout, _services.Time);
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(sessionToken, _hardStop, timer.Token);
         bool tooBig = false, bare = false, nul = false, longLine = false, inLongLine = false;
+        var rate = new DataRate(limits.DataTimeout, limits.MinDataRate, _services.Time);
+        long carried = 0; // octets of the buffer seen by an earlier read and left unconsumed (a partial line)
 
         // The terminator is CRLF "." CRLF: the dot line ends DATA only if the line before it ended in CRLF (the
         // 354 reply's line counts). "\n.\r\n" is a bare LF followed by ".\r\n", not an end of data.
@@ -155,14 +157,22 @@ public sealed partial class SmtpSession
             while (true)
             {
                 ReadResult result;
+                var waited = false;
                 if (_mustWait || !_reader.TryRead(out result))
                 {
                     result = await _reader.ReadAsync(cts.Token).ConfigureAwait(false);
-                    timer.CancelAfter(limits.DataTimeout); // RFC 5321 section 4.5.3.2.5: the limit is per block, not per message
+                    waited = true;
                 }
 
                 _mustWait = false;
                 var buffer = result.Buffer;
+                rate.Arrived(buffer.Length - carried);
+                if (waited)
+                {
+                    // RFC 5321 section 4.5.3.2.5: the limit is per block, not per message; but never past the minimum rate's deadline.
+                    timer.CancelAfter(rate.NextTimeout());
+                }
+
                 var reader = new SequenceReader<byte>(buffer);
                 while (reader.TryReadTo(out ReadOnlySequence<byte> line, (byte)'\n'))
                 {
@@ -231,10 +241,12 @@ public sealed partial class SmtpSession
                     inLongLine = true;
                     message.Discard();
                     _reader.AdvanceTo(buffer.End);
+                    carried = 0;
                 }
                 else
                 {
                     _reader.AdvanceTo(reader.Position, buffer.End);
+                    carried = reader.Remaining;
                 }
 
                 _mustWait = true;
@@ -242,8 +254,40 @@ public sealed partial class SmtpSession
         }
         catch (OperationCanceledException)
         {
-            Reply(TimeoutReply(sessionToken, allowDrain: false));
+            var reply = TimeoutReply(sessionToken, allowDrain: false);
+            Reply(timer.IsCancellationRequested && reply == SmtpReplies.CommandTimeout && rate.TooSlow ? SmtpReplies.DataTooSlow : reply);
             return DataOutcome.Closed;
+        }
+    }
+
+    /// <summary>
+    /// The whole-DATA deadline of Limits:MinDataRate: DataTimeout of grace from the 354, plus 1/MinDataRate seconds for every
+    /// octet received (Kestrel's MinRequestBodyDataRate, with DataTimeout as its grace period). The block timeout restarts
+    /// with every read; this one does not, so a client trickling an octet every few seconds is closed instead of holding
+    /// the session until SessionTimeout.
+    /// </summary>
+    sealed class DataRate(TimeSpan grace, int minRate, TimeProvider time)
+    {
+        readonly long _started = time.GetTimestamp();
+        long _octets;
+
+        /// <summary>True when the last timeout handed out was the rate's deadline (shorter than the block timeout).</summary>
+        public bool TooSlow { get; private set; }
+
+        public void Arrived(long octets) => _octets += Math.Max(0, octets);
+
+        /// <summary>Time left before the session is closed: the block timeout, or less when the rate's deadline comes first.</summary>
+        public TimeSpan NextTimeout()
+        {
+            if (minRate <= 0)
+            {
+                return grace;
+            }
+
+            var allowed = grace + TimeSpan.FromSeconds((double)_octets / minRate);
+            var left = allowed - time.GetElapsedTime(_started);
+            TooSlow = left < grace;
+            return left <= TimeSpan.Zero ? TimeSpan.Zero : TooSlow ? left : grace;
         }
     }
 

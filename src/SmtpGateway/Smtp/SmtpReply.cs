@@ -142,4 +142,16 @@ public static class SmtpReplies
 
     /// <summary>Over the tenant's MaxMessageSize (MAIL SIZE=, DATA, or a message built in code): RFC 1870 / RFC 3463 5.3.4, permanent.</summary>
     public static readonly SmtpReply TenantMessageTooBig = new(552, "5.3.4", "Message size exceeds this account's maximum message size");
+
+    /// <summary>
+    /// RFC 3463 4.3.1 "mail system full" with RFC 5321 section 4.2.2's 452: the spool's file system is full (ENOSPC or
+    /// EDQUOT). Transient: the gateway takes mail again by itself once space is freed.
+    /// </summary>
+    public static readonly SmtpReply SpoolFull = new(452, "4.3.1", "Mail system full: insufficient storage for the message, try again later");
+
+    /// <summary>
+    /// A client sending DATA slower than Limits:MinDataRate (after Limits:DataTimeout of grace) is closed, as Kestrel's
+    /// MinRequestBodyDataRate closes a slow request body: a trickler cannot hold a session for the whole SessionTimeout.
+    /// </summary>
+    public static readonly SmtpReply DataTooSlow = new(421, "4.4.2", "Data arriving too slowly, closing connection");
 }

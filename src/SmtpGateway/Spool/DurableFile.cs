@@ -28,7 +28,8 @@ internal static partial class DurableFile
         var fd = Native.open(path, flags);
         if (fd < 0)
         {
-            throw new IOException($"open({path}) for directory fsync failed: {new Win32Exception(Marshal.GetLastPInvokeError()).Message}");
+            var openErrno = Marshal.GetLastPInvokeError();
+            throw StorageErrors.FromErrno($"open({path}) for directory fsync failed: {new Win32Exception(openErrno).Message}", openErrno);
         }
 
         try
@@ -40,7 +41,8 @@ internal static partial class DurableFile
                 var errno = Marshal.GetLastPInvokeError();
                 if (errno != eintr)
                 {
-                    throw new IOException($"fsync({path}) failed: {new Win32Exception(errno).Message}");
+                    // errno kept in HResult: ENOSPC from fsync is "mail system full" (StorageErrors), not a generic failure.
+                    throw StorageErrors.FromErrno($"fsync({path}) failed: {new Win32Exception(errno).Message}", errno);
                 }
             }
         }

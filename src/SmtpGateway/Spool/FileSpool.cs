@@ -38,6 +38,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     readonly bool _fsync;
     readonly TimeProvider _time;
     readonly ILogger _logger;
+    readonly Audit.IAuditLog? _audit;
     readonly Channel<string> _ready = Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleReader = false, SingleWriter = false });
     readonly GroupCommitter _queueSync;
     readonly WakeupQueue _wakeups;
@@ -47,9 +48,14 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     uint _sequence = (uint)Random.Shared.Next();
     long _fileFsyncs;
 
-    public FileSpool(IOptions<GatewayConfig> options, TimeProvider time, ILogger<FileSpool> logger)
+    /// <param name="options">Gateway config (spool directory, fsync).</param>
+    /// <param name="time">Clock.</param>
+    /// <param name="logger">Spool logger.</param>
+    /// <param name="audit">Where a quarantined queue file is recorded for the operator (optional: the CLI has none).</param>
+    public FileSpool(IOptions<GatewayConfig> options, TimeProvider time, ILogger<FileSpool> logger, Audit.IAuditLog? audit = null)
         : this(GatewayPaths.SpoolDirectory(options.Value), options.Value.Spool.Fsync, time, logger)
     {
+        _audit = audit;
     }
 
     /// <param name="root">Spool directory (absolute).</param>
@@ -520,6 +526,17 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 
             File.Move(source, destination);
             SpoolLog.CorruptMovedAside(_logger, SafeFileName(id), destination, reason);
+            // An operator event as well as a log line: a quarantined file is a message that will not be delivered
+            // unless someone looks at corrupt/ (the reason is ours, never file content).
+            _audit?.Write(new Audit.AuditEvent
+            {
+                Time = _time.GetUtcNow(),
+                Action = Audit.AuditActions.SpoolQuarantine,
+                Result = "moved",
+                Reason = reason,
+                QueueId = SafeFileName(id),
+                Subject = Path.GetFileName(destination),
+            });
             return true;
         }
         catch (FileNotFoundException)

@@ -23,6 +23,9 @@ public enum IncomingProblem
     /// after it would reach recipients unseen by hygiene and sender binding.
     /// </summary>
     LeadingContinuation,
+
+    /// <summary>The scratch file's file system is full (ENOSPC/EDQUOT): 452 4.3.1, not the generic 451.</summary>
+    StorageFull,
 }
 
 /// <summary>
@@ -124,7 +127,7 @@ public sealed class IncomingMessage : IDisposable
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
-            Fail(IncomingProblem.StorageFailed);
+            Fail(Spool.StorageErrors.IsFull(ex) ? IncomingProblem.StorageFull : IncomingProblem.StorageFailed);
             return false;
         }
 
@@ -271,7 +274,7 @@ public sealed class IncomingMessage : IDisposable
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
-            Fail(IncomingProblem.StorageFailed);
+            Fail(Spool.StorageErrors.IsFull(ex) ? IncomingProblem.StorageFull : IncomingProblem.StorageFailed);
         }
     }
 
@@ -321,7 +324,16 @@ public sealed class IncomingMessage : IDisposable
             _reserved = 0;
         }
 
-        _scratch?.Dispose();
+        try
+        {
+            _scratch?.Dispose();
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            // Closing flushes the write buffer, which fails again on a full disk; the handle is closed regardless (and the
+            // file, DeleteOnClose, is gone). The message is refused already: the failure must not end the session too.
+        }
+
         _scratch = null;
         _scratchLength = 0;
         HeaderLength = 0;

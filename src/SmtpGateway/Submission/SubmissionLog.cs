@@ -38,4 +38,7 @@ internal static partial class SubmissionLog
 
     [LoggerMessage(EventId = EventIds.Submission + 10, Level = LogLevel.Warning, Message = "Session {SessionId}: message {QueueId} refused as a mail loop: {Count} Received fields, more than {Limit}")]
     public static partial void LoopRefused(ILogger logger, string sessionId, string queueId, int count, int limit);
+
+    [LoggerMessage(EventId = EventIds.Submission + 20, Level = LogLevel.Warning, Message = "Session {SessionId}: spool file system full, message {QueueId} not queued; answered 452 4.3.1 (accepting again once space is freed)")]
+    public static partial void SpoolFull(ILogger logger, string sessionId, string queueId);
 }

@@ -13,7 +13,7 @@ internal static class SubmissionMetrics
         Telemetry.SubmissionSpilled, description: "Messages whose body streamed to a scratch file (over Limits:MessageMemoryThreshold, or memory budget spent)");
 
     static readonly Counter<long> NotTaken = Telemetry.Meter.CreateCounter<long>(
-        Telemetry.SubmissionNotTaken, description: "Messages refused at end of DATA before the stages ran, by reason (a closed set)");
+        Telemetry.SubmissionNotTaken, description: "Messages refused at end of DATA without being queued for a reason of the gateway's own (memory, scratch file, spool file system full), by reason (a closed set)");
 
     public static void MemoryTaken(long octets) => Memory.Add(octets);
 
@@ -27,6 +27,7 @@ internal static class SubmissionMetrics
         IncomingProblem.NoMemory => "no_memory",
         IncomingProblem.StorageFailed => "storage_failed",
         IncomingProblem.LeadingContinuation => "leading_continuation",
+        IncomingProblem.StorageFull => "storage_full",
         _ => "other",
     }));
 }

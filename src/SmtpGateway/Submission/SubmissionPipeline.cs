@@ -135,6 +135,7 @@ public sealed class SubmissionPipeline
                     IncomingProblem.HeaderTooLarge => SmtpReplies.HeaderSectionTooBig,
                     IncomingProblem.NoMemory => SmtpReplies.InsufficientStorage,
                     IncomingProblem.LeadingContinuation => SmtpReplies.LeadingContinuation,
+                    IncomingProblem.StorageFull => SmtpReplies.SpoolFull,
                     _ => SmtpReplies.SpoolFailed,
                 };
             }

@@ -15,7 +15,8 @@ internal sealed class Unbound : IDisposable
 {
     public const string Binary = "/usr/sbin/unbound";
 
-    readonly ChildProcess _process;
+    ChildProcess _process;
+    readonly List<ChildProcess> _stopped = [];
 
     Unbound(ChildProcess process, int port, string configPath)
     {
@@ -31,7 +32,21 @@ internal sealed class Unbound : IDisposable
     /// <summary>"127.0.0.1:port", as Gateway:Dns:Servers takes it.</summary>
     public string Endpoint => $"127.0.0.1:{Port}";
 
-    public string Output => _process.Output;
+    public string Output => string.Concat(_stopped.Select(p => p.Output + "\n----- (stopped; restarted) -----\n")) + _process.Output;
+
+    /// <summary>Kills the server (a DNS outage for the fault tests); <see cref="RestartAsync"/> brings it back on the same port.</summary>
+    public async Task StopAsync()
+    {
+        await _process.KillAndWaitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+    }
+
+    /// <summary>Starts unbound again with the same config and port, and waits until it answers for <paramref name="probe"/>.</summary>
+    public async Task RestartAsync(string probe, CancellationToken cancellationToken)
+    {
+        _stopped.Add(_process);
+        _process = ChildProcess.Start("unbound", Binary, ["-d", "-c", ConfigPath], Path.GetDirectoryName(ConfigPath)!);
+        await WaitUntilAnsweringAsync(probe, cancellationToken).ConfigureAwait(false);
+    }
 
     /// <param name="workDirectory">Where the config goes (a subdirectory "unbound" is made).</param>
     /// <param name="zones">Static local zones, e.g. "test.".</param>
@@ -134,5 +149,12 @@ internal sealed class Unbound : IDisposable
         }
     }
 
-    public void Dispose() => _process.Dispose();
+    public void Dispose()
+    {
+        _process.Dispose();
+        foreach (var stopped in _stopped)
+        {
+            stopped.Dispose();
+        }
+    }
 }

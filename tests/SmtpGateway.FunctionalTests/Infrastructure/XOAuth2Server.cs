@@ -174,26 +174,10 @@ internal sealed partial class XOAuth2Server : IDisposable
     public IReadOnlyList<XOAuth2Event> Messages() => [.. Events().Where(e => e.Event == "message")];
 
     /// <summary>Polls the events until <paramref name="done"/> holds, or throws TimeoutException with all of them.</summary>
-    public async Task<IReadOnlyList<XOAuth2Event>> WaitAsync(Func<IReadOnlyList<XOAuth2Event>, bool> done, string what, TimeSpan timeout,
-        CancellationToken cancellationToken)
-    {
-        var clock = Stopwatch.StartNew();
-        while (true)
-        {
-            var events = Events();
-            if (done(events))
-            {
-                return events;
-            }
-
-            if (clock.Elapsed > timeout || _process.HasExited)
-            {
-                throw new TimeoutException($"xoauth2 server: no {what} within {timeout}:\n{string.Join('\n', events)}\n{_process.Output}");
-            }
-
-            await Task.Delay(100, cancellationToken).ConfigureAwait(false);
-        }
-    }
+    public Task<IReadOnlyList<XOAuth2Event>> WaitAsync(Func<IReadOnlyList<XOAuth2Event>, bool> done, string what, TimeSpan timeout,
+        CancellationToken cancellationToken) =>
+        EventPoll.UntilAsync(Events, done, () => _process.HasExited,
+            events => $"xoauth2 server: no {what} within {timeout}:\n{string.Join('\n', events)}\n{_process.Output}", timeout, cancellationToken);
 
     public void Dispose() => _process.Dispose();
 

@@ -31,6 +31,13 @@ internal sealed class SpoolStage(IMessageSpool spool, ILogger logger)
             SubmissionLog.Queued(logger, context.SessionId, id, envelope.Recipients.Count, content.Length);
             return SmtpReplies.Queued(id);
         }
+        catch (Exception ex) when (ex is not OutOfMemoryException && StorageErrors.IsFull(ex))
+        {
+            // RFC 3463 4.3.1 "mail system full": still transient (452), and the next commit after space is freed succeeds.
+            SubmissionLog.SpoolFull(logger, context.SessionId, id);
+            SubmissionMetrics.MessageNotTaken(IncomingProblem.StorageFull);
+            return SmtpReplies.SpoolFull;
+        }
         catch (Exception ex) when (ex is not OutOfMemoryException)
         {
             // Disk trouble is transient: 451, never 250 and never 554 (issue #2, ARCHITECTURE "Errors").
