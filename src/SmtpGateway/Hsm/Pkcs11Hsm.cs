@@ -16,8 +16,11 @@ public sealed record Pkcs11HsmOptions
     /// <summary>Sessions per token beyond the one that holds the login; more signers than this wait.</summary>
     public int MaxSessionsPerToken { get; init; } = 8;
 
-    /// <summary>How long a signer waits for a free session before failing transiently.</summary>
-    public TimeSpan SessionWaitTimeout { get; init; } = TimeSpan.FromSeconds(10);
+    /// <summary>
+    /// How long an operation blocks for a free session before failing transiently. Short (issue 12): it blocks a pool
+    /// thread, and signers are kept within the pool by the asynchronous signing gate, so only a hung token waits this long.
+    /// </summary>
+    public TimeSpan SessionWaitTimeout { get; init; } = TimeSpan.FromSeconds(1);
 
     /// <summary>After the module failed to load, calls fail fast for this long before loading is tried again.</summary>
     public TimeSpan ModuleRetryInterval { get; init; } = TimeSpan.FromSeconds(5);

@@ -125,4 +125,7 @@ public static class SmtpReplies
 
     /// <summary>Issue #7: a tenant may not mail an address that hard-bounced or complained, until the operator removes it.</summary>
     public static readonly SmtpReply Suppressed = new(550, "5.7.1", "Recipient is on this account's suppression list (earlier hard bounce or complaint); not sent");
+
+    /// <summary>Issue 12: no signing slot for this tenant in time (its own share busy); never sent unsigned, so the client retries.</summary>
+    public static readonly SmtpReply SigningBusy = new(451, "4.3.0", "Signing is busy for this account, try again later");
 }
