@@ -58,6 +58,10 @@ public sealed class SigningGate
         Telemetry.SigningRefused, "{message}", "Messages answered 451 4.3.0 because no signing slot was granted, per tenant; reason=timeout|queue_full|cancelled");
 
     readonly Lock _lock = new();
+    /// <summary>
+    /// Kept once made, so the hot path allocates nothing but the slot: tenant ids come from the tenant snapshot (never from
+    /// client input), so this holds at most every tenant configured since start.
+    /// </summary>
     readonly Dictionary<string, TenantState> _tenants = new(StringComparer.Ordinal);
 
     /// <summary>Tenants with waiters, in round-robin order (a tenant granted from here moves to the end).</summary>
@@ -148,9 +152,7 @@ public sealed class SigningGate
 
             if (state.Waiters.Count >= _options.MaxWaitersPerTenant)
             {
-                var held = state.Held;
-                Forget(state);
-                return ValueTask.FromResult(Refuse(tenantId, SigningRefusal.QueueFull, held, share));
+                return ValueTask.FromResult(Refuse(tenantId, SigningRefusal.QueueFull, state.Held, share));
             }
 
             waiter = new Waiter(this, state, _time.GetTimestamp());
@@ -196,7 +198,6 @@ public sealed class SigningGate
             state.Held--;
             _inUse--;
             granted = Dispatch();
-            Forget(state);
         }
 
         Complete(granted);
@@ -222,7 +223,6 @@ public sealed class SigningGate
 
             held = state.Held;
             share = state.Share;
-            Forget(state);
         }
 
         waiter.Disarm();
@@ -282,15 +282,6 @@ public sealed class SigningGate
             waiter.Disarm();
             WaitMs.Record(_time.GetElapsedTime(waiter.Since).TotalMilliseconds, new KeyValuePair<string, object?>("tenant", waiter.State.TenantId));
             waiter.TrySetResult(new SigningSlot(this, waiter.State));
-        }
-    }
-
-    /// <summary>Under the lock: a tenant with nothing held and nothing waiting leaves the table (it stays bounded by active tenants).</summary>
-    void Forget(TenantState state)
-    {
-        if (state.Held == 0 && state.Waiters.Count == 0)
-        {
-            _tenants.Remove(state.TenantId);
         }
     }
 
