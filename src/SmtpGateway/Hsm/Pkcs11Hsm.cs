@@ -17,10 +17,11 @@ public sealed record Pkcs11HsmOptions
     public int MaxSessionsPerToken { get; init; } = 8;
 
     /// <summary>
-    /// How long an operation blocks for a free session before failing transiently. Short (issue 12): it blocks a pool
-    /// thread, and signers are kept within the pool by the asynchronous signing gate, so only a hung token waits this long.
+    /// How long an operation blocks for a free session before failing transiently. Short (issue 12, was 10 s): it blocks a
+    /// pool thread, and the asynchronous signing gate keeps each tenant's signers within its pool, so only a token that
+    /// hangs (or a burst of token and return-path MACs) makes anyone wait; 2 s leaves room for a loaded host's scheduling.
     /// </summary>
-    public TimeSpan SessionWaitTimeout { get; init; } = TimeSpan.FromSeconds(1);
+    public TimeSpan SessionWaitTimeout { get; init; } = TimeSpan.FromSeconds(2);
 
     /// <summary>After the module failed to load, calls fail fast for this long before loading is tried again.</summary>
     public TimeSpan ModuleRetryInterval { get; init; } = TimeSpan.FromSeconds(5);

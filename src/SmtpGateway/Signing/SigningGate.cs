@@ -130,11 +130,13 @@ public sealed class SigningGate
             return ValueTask.FromResult(Refuse(tenantId, SigningRefusal.Cancelled, 0, share));
         }
 
-        Waiter waiter;
-        List<Waiter>? granted;
+        Waiter? waiter = null;
+        List<Waiter>? granted = null;
+        int? heldWhenFull = null;
+        TenantState? state;
         lock (_lock)
         {
-            if (!_tenants.TryGetValue(tenantId, out var state))
+            if (!_tenants.TryGetValue(tenantId, out state))
             {
                 state = new TenantState(tenantId);
                 _tenants.Add(tenantId, state);
@@ -146,24 +148,35 @@ public sealed class SigningGate
             {
                 state.Held++;
                 _inUse++;
-                WaitMs.Record(0, new KeyValuePair<string, object?>("tenant", tenantId));
-                return ValueTask.FromResult(new SigningSlot(this, state));
             }
-
-            if (state.Waiters.Count >= _options.MaxWaitersPerTenant)
+            else if (state.Waiters.Count >= _options.MaxWaitersPerTenant)
             {
-                return ValueTask.FromResult(Refuse(tenantId, SigningRefusal.QueueFull, state.Held, share));
+                heldWhenFull = state.Held;
             }
-
-            waiter = new Waiter(this, state, _time.GetTimestamp());
-            state.Waiters.AddLast(waiter.Node);
-            if (state.Waiters.Count == 1)
+            else
             {
-                _waiting.Add(state);
-            }
+                waiter = new Waiter(this, state, _time.GetTimestamp());
+                state.Waiters.AddLast(waiter.Node);
+                if (state.Waiters.Count == 1)
+                {
+                    _waiting.Add(state);
+                }
 
-            // Only a reload that raised this tenant's share can leave a slot for it here; the waiters take it now.
-            granted = Dispatch();
+                // Only a reload that raised this tenant's share can leave a slot for it here; the waiters take it now.
+                granted = Dispatch();
+            }
+        }
+
+        // Metrics and logs outside the lock, as everything that is not the gate's own state.
+        if (heldWhenFull is { } held)
+        {
+            return ValueTask.FromResult(Refuse(tenantId, SigningRefusal.QueueFull, held, share));
+        }
+
+        if (waiter is null)
+        {
+            WaitMs.Record(0, new KeyValuePair<string, object?>("tenant", tenantId));
+            return ValueTask.FromResult(new SigningSlot(this, state));
         }
 
         Complete(granted);
