@@ -115,6 +115,13 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
             e.Add($"{G}:Hsm:MaxSessionsPerToken: {c.Hsm.MaxSessionsPerToken} is out of range 1-256.");
         }
 
+        if (c.Hsm.MaxConcurrentSigning is < 1 or > 4096 || c.Hsm.SigningWaitTimeout <= TimeSpan.Zero || c.Hsm.SigningWaitTimeout > TimeSpan.FromMinutes(5)
+            || c.Hsm.MaxSigningWaitersPerTenant is < 0 or > 100_000)
+        {
+            // 5 minutes: well inside the 10 minutes a client waits for the reply to end of DATA (RFC 5321 section 4.5.3.2.6).
+            e.Add($"{G}:Hsm: MaxConcurrentSigning must be 1-4096 when set, SigningWaitTimeout above 0 and at most 5 minutes, MaxSigningWaitersPerTenant 0-100000.");
+        }
+
         if (c.Dkim.SignatureLifetime is { } lifetime && lifetime <= TimeSpan.Zero)
         {
             e.Add($"{G}:Dkim:SignatureLifetime: must be positive when set.");

@@ -217,6 +217,18 @@ public sealed class HsmConfig
     public int MaxSessionsPerToken { get; set; } = 8;
 
     /// <summary>
+    /// Signatures in progress at once across all tenants (issue 12); null: two per core, within 4..64. Each tenant takes at
+    /// most its Limits:MaxConcurrentSigning of them (and never more than MaxSessionsPerToken); others wait asynchronously.
+    /// </summary>
+    public int? MaxConcurrentSigning { get; set; }
+
+    /// <summary>How long a message waits for a signing slot before 451 4.3.0 (never sent unsigned).</summary>
+    public TimeSpan SigningWaitTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Messages of one tenant waiting for a signing slot; one more is answered 451 4.3.0 at once.</summary>
+    public int MaxSigningWaitersPerTenant { get; set; } = 256;
+
+    /// <summary>
     /// Where default PIN files live (&lt;tenant&gt;.pin); default: the data directory's sibling "&lt;DataDirectory&gt;.pins",
     /// so that neither a copy of the data directory nor of the SoftHSM2 token store carries the PINs. Relative paths
     /// are relative to the working directory, like Tenants:&lt;id&gt;:Hsm:PinFile.

@@ -28,6 +28,8 @@ public static class Telemetry
     public const string CrossTenantRefusals = "smtpgw.audit.cross_tenant_refusals";
     public const string DkimSignatures = "smtpgw.dkim.signatures";
     public const string DkimFailures = "smtpgw.dkim.failures";
+    public const string SigningWait = "smtpgw.signing.wait";
+    public const string SigningRefused = "smtpgw.signing.refused";
     public const string HsmSignDuration = "smtpgw.hsm.sign.duration";
     public const string HsmErrors = "smtpgw.hsm.errors";
     public const string HsmLogins = "smtpgw.hsm.logins";

@@ -97,6 +97,15 @@ public static class GatewayServiceCollectionExtensions
             sp.GetRequiredService<TimeProvider>(),
             sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Dkim.SignatureLifetime));
 
+        services.AddSingleton(sp =>
+        {
+            var hsm = sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Hsm;
+            return new SigningGate(
+                new SigningGateOptions(hsm.MaxConcurrentSigning ?? SigningGateOptions.DefaultCapacity, hsm.MaxSessionsPerToken, hsm.SigningWaitTimeout, hsm.MaxSigningWaitersPerTenant),
+                sp.GetRequiredService<TimeProvider>(),
+                sp.GetRequiredService<ILoggerFactory>().CreateLogger("SmtpGateway.Signing"));
+        });
+
         AddEnvelopeIsolation(services);
         // Before delivery: its outbound AUTH asks the vault (IUpstreamCredentials) for the tenants' smarthost credentials.
         services.AddVault();
@@ -128,7 +137,8 @@ public static class GatewayServiceCollectionExtensions
                     sp.GetRequiredService<MessageMemoryBudget>(),
                     sp.GetRequiredService<IMessageSigner>(),
                     sp.GetRequiredService<EnvelopeServices>(),
-                    sp.GetRequiredService<Policy.TenantRateLimits>()),
+                    sp.GetRequiredService<Policy.TenantRateLimits>(),
+                    sp.GetRequiredService<SigningGate>()),
                 sp.GetRequiredService<ILoggerFactory>());
         });
         services.AddSingleton(sp =>

@@ -16,8 +16,12 @@ public sealed record Pkcs11HsmOptions
     /// <summary>Sessions per token beyond the one that holds the login; more signers than this wait.</summary>
     public int MaxSessionsPerToken { get; init; } = 8;
 
-    /// <summary>How long a signer waits for a free session before failing transiently.</summary>
-    public TimeSpan SessionWaitTimeout { get; init; } = TimeSpan.FromSeconds(10);
+    /// <summary>
+    /// How long an operation blocks for a free session before failing transiently. Short (issue 12, was 10 s): it blocks a
+    /// pool thread, and the asynchronous signing gate keeps each tenant's signers within its pool, so only a token that
+    /// hangs (or a burst of token and return-path MACs) makes anyone wait; 2 s leaves room for a loaded host's scheduling.
+    /// </summary>
+    public TimeSpan SessionWaitTimeout { get; init; } = TimeSpan.FromSeconds(2);
 
     /// <summary>After the module failed to load, calls fail fast for this long before loading is tried again.</summary>
     public TimeSpan ModuleRetryInterval { get; init; } = TimeSpan.FromSeconds(5);

@@ -290,7 +290,11 @@ internal sealed class TokenLogin
             throw new StaleLoginException();
         }
 
-        if (!_capacity.Wait(_wait))
+        // Issue 12: the signing gate keeps each tenant's signers within its share (at most this pool's size), so a signer
+        // finds a session free; what can still wait here is a token or return-path MAC meeting a full pool. Take a free
+        // session without blocking; else wait briefly (the holders are C_Sign calls of a millisecond or so) and fail
+        // transiently rather than hold a pool thread for long.
+        if (!_capacity.Wait(0) && !_capacity.Wait(_wait))
         {
             throw new HsmException(HsmErrorKind.SessionUnavailable, TenantId,
                 $"all {_context.Runtime.Options.MaxSessionsPerToken} sessions of token '{_context.TokenLabel}' stayed busy for {_wait.TotalSeconds:0.#} s");

@@ -154,4 +154,7 @@ public static class SmtpReplies
     /// MinRequestBodyDataRate closes a slow request body: a trickler cannot hold a session for the whole SessionTimeout.
     /// </summary>
     public static readonly SmtpReply DataTooSlow = new(421, "4.4.2", "Data arriving too slowly, closing connection");
+
+    /// <summary>Issue 12: no signing slot for this tenant in time (its own share busy); never sent unsigned, so the client retries.</summary>
+    public static readonly SmtpReply SigningBusy = new(451, "4.3.0", "Signing is busy for this account, try again later");
 }

@@ -35,7 +35,8 @@ public sealed class SubmissionPipeline
         _identity = new IdentityStage(services.Identity, rates, audit, _logger);
         _policy = new PolicyStage(_identity, rates, services.Limits.MaxMessageSize, services.Envelope, audit, _logger);
         _envelope = new EnvelopeStage(services.ServerName, services.Envelope?.Hygiene, _logger);
-        _signing = new SigningStage(services.Signer, _logger);
+        // One gate per process in the host (registered once); a pipeline built without one (tests) gets its own.
+        _signing = new SigningStage(services.Signer, services.SigningGate ?? new Signing.SigningGate(Signing.SigningGateOptions.Default, services.Time, _logger), _logger);
         _spool = new SpoolStage(services.Spool, _logger);
     }
 
@@ -155,7 +156,8 @@ public sealed class SubmissionPipeline
 
             // One split of the header section (made while it streamed in) serves sender binding above, hygiene and DKIM.
             var headers = _envelope.Clean(context, message, author);
-            if (_signing.Sign(context, author, headers, message.BodyHash, out var signature) is { } unsigned)
+            var (unsigned, signature) = await _signing.SignAsync(context, author, headers, message.BodyHash).ConfigureAwait(false);
+            if (unsigned is not null)
             {
                 return unsigned;
             }

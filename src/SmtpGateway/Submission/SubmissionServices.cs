@@ -31,6 +31,7 @@ public sealed record EnvelopeServices(
 /// <param name="Envelope">Null only where envelope isolation is not under test.</param>
 /// <param name="Budget">Gateway-wide memory budget for messages in flight; one per process.</param>
 /// <param name="RateLimits">Per-tenant message, recipient and session counts; one per process (null: the pipeline makes its own).</param>
+/// <param name="SigningGate">Gateway-wide fair admission to signing (issue 12); one per process. Null: the pipeline makes its own.</param>
 public sealed record SubmissionServices(
     string ServerName,
     LimitsConfig Limits,
@@ -40,4 +41,5 @@ public sealed record SubmissionServices(
     MessageMemoryBudget Budget,
     IMessageSigner? Signer = null,
     EnvelopeServices? Envelope = null,
-    Policy.TenantRateLimits? RateLimits = null);
+    Policy.TenantRateLimits? RateLimits = null,
+    SigningGate? SigningGate = null);

@@ -1,19 +1,11 @@
 using System.Buffers;
 using System.Net;
 using System.Text;
-using Microsoft.Extensions.Logging.Abstractions;
-using Microsoft.Extensions.Time.Testing;
 using MimeKit;
-using SmtpGateway.Bounces;
 using SmtpGateway.Configuration;
-using SmtpGateway.Envelope;
-using SmtpGateway.Identity;
-using SmtpGateway.Identity.Tokens;
-using SmtpGateway.Signing;
 using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
 using SmtpGateway.Submission;
-using SmtpGateway.Tests.Fakes;
 using SmtpGateway.Tests.Listener;
 using SmtpGateway.Tests.Signing;
 using SmtpGateway.Tests.Spool;
@@ -26,59 +18,30 @@ namespace SmtpGateway.Tests.Submission;
 /// </summary>
 public sealed class SubmissionPipelineTests : IDisposable
 {
-    readonly TempDirectory _dir = new();
-    readonly FakeTimeProvider _clock = new(new DateTimeOffset(2026, 12, 4, 12, 0, 0, TimeSpan.Zero));
-    readonly InMemoryTenantKeys _hsm = new();
     readonly SoftwareKeySigner _keys = new();
-    readonly RecordingAudit _audit = new();
+    readonly SubmissionBench _bench = new(new Dictionary<string, TenantConfig>
+    {
+        ["tenant-a"] = new() { Domains = ["tenant-a.example"], Networks = ["127.0.0.1/32"] },
+        ["tenant-b"] = new() { Domains = ["tenant-b.example"], Networks = ["127.0.0.2/32"] },
+    });
+
     readonly FileSpool _spool;
-    readonly DkimKeyStore _dkim;
-    readonly SuppressionList _suppression;
-    readonly TenantSnapshot _tenants;
+    readonly RecordingAudit _audit;
     readonly Dictionary<string, string> _records;
 
     public SubmissionPipelineTests()
     {
-        _spool = SpoolTestKit.NewSpool(_dir.Combine("spool"), _clock);
-        _dkim = new DkimKeyStore(_dir.Path);
-        _suppression = new SuppressionList(_dir.Path, _clock);
-        var errors = new List<string>();
-        _tenants = TenantSnapshot.Build(new Dictionary<string, TenantConfig>
-        {
-            ["tenant-a"] = new() { Domains = ["tenant-a.example"], Networks = ["127.0.0.1/32"] },
-            ["tenant-b"] = new() { Domains = ["tenant-b.example"], Networks = ["127.0.0.2/32"] },
-        }, errors);
-        Assert.Empty(errors);
+        _spool = _bench.Spool;
+        _audit = _bench.Audit;
         var rsa = _keys.AddRsa("tenant-a.example", "r1");
         var ed = _keys.AddEd25519("tenant-a.example", "e1");
-        _dkim.Save("tenant-a", [rsa, ed]);
+        _bench.Dkim.Save("tenant-a", [rsa, ed]);
         _records = new Dictionary<string, string>(PythonDkim.Records(rsa, ed));
     }
 
-    public void Dispose()
-    {
-        _suppression.Dispose();
-        _spool.Dispose();
-        _dir.Dispose();
-    }
+    public void Dispose() => _bench.Dispose();
 
-    SubmissionPipeline Pipeline(LimitsConfig? limits = null, MessageMemoryBudget? budget = null)
-    {
-        limits ??= new LimitsConfig();
-        var identity = new IdentityConfig { Audience = "gw-test" };
-        var tokens = new TokenService(new TokenStore(_dir.Path, _clock, _hsm), () => _tenants, identity, _clock);
-        return new SubmissionPipeline(
-            new SubmissionServices(
-                "gw.test.example",
-                limits,
-                new IdentityServices(() => _tenants, new TokenAuthenticator(tokens, _audit), tokens.StillValid, new AuthThrottle(3, 10, TimeSpan.FromMinutes(5), _clock), _audit, identity),
-                _spool,
-                _clock,
-                budget ?? new MessageMemoryBudget(limits.MaxInFlightMemory),
-                new DkimSigningService(_dkim, _keys, _audit, _clock, null),
-                new EnvelopeServices(new ReturnPath(new VerpKeyStore(_dir.Path, _clock, _hsm)), _suppression, new HeaderHygiene(new HeaderHygieneOptions()))),
-            NullLoggerFactory.Instance);
-    }
+    SubmissionPipeline Pipeline(LimitsConfig? limits = null, MessageMemoryBudget? budget = null) => _bench.Pipeline(_keys, limits, budget);
 
     /// <summary>The Identity stage names the tenant (here by client network; the MCP channel will use a session token).</summary>
     static SubmissionContext AsTenant(SubmissionPipeline pipeline, string tenant)

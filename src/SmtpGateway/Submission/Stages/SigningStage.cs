@@ -1,4 +1,5 @@
 using SmtpGateway.Envelope;
+using SmtpGateway.Identity;
 using Microsoft.Extensions.Logging;
 using SmtpGateway.Signing;
 using SmtpGateway.Smtp;
@@ -9,42 +10,55 @@ namespace SmtpGateway.Submission.Stages;
 /// DKIM for a tenant's outbound message, made before the message is queued. Fails closed: any failure is 451 4.3.0 and
 /// nothing is queued, so a message that should be signed never leaves unsigned (issue #4, ARCHITECTURE "Fail closed").
 /// </summary>
-internal sealed class SigningStage(IMessageSigner? signer, ILogger logger)
+internal sealed class SigningStage(IMessageSigner? signer, SigningGate gate, ILogger logger)
 {
+    /// <summary>The DKIM-Signature fields to put on top, or the refusal (then nothing is queued).</summary>
+    public readonly record struct Outcome(SmtpReply? Refusal, byte[] Signature);
+
+    static readonly Outcome NotSigned = new(null, []);
+
     /// <param name="headerSection">The header section as it will be spooled (after hygiene).</param>
     /// <param name="bodyHash">The DKIM body hash made while the body streamed in.</param>
-    public SmtpReply? Sign(SubmissionContext context, string? author, HeaderSection headerSection, byte[]? bodyHash, out byte[] signature)
+    public async ValueTask<Outcome> SignAsync(SubmissionContext context, string? author, HeaderSection headerSection, byte[]? bodyHash, CancellationToken cancellationToken = default)
     {
-        signature = [];
         if (context.Tenant is not { } tenant || author is null || signer is null)
         {
-            return null;
+            return NotSigned;
         }
 
         if (bodyHash is null)
         {
             // The message began before the session had a tenant: nothing hashed its body, so nothing can be signed.
             SubmissionLog.SigningFailed(logger, context.SessionId, tenant.TenantId, "no body hash");
-            return SmtpReplies.SigningFailed;
+            return new Outcome(SmtpReplies.SigningFailed, []);
+        }
+
+        // Issue 12: wait (asynchronously, no thread held) for one of this tenant's signing slots; another tenant's flood
+        // holds only its own share. The C_Sign that follows is CPU work in the token, done on this thread.
+        var model = context.Tenants.Find(tenant.TenantId);
+        using var slot = await gate.AcquireAsync(tenant.TenantId, (model?.Limits ?? TenantLimits.Defaults).MaxConcurrentSigning, cancellationToken)
+            .ConfigureAwait(false);
+        if (!slot.Granted)
+        {
+            return new Outcome(SmtpReplies.SigningBusy, []);
         }
 
         try
         {
             // Required unless the session's tenant snapshot says "Dkim:Unsigned" (a tenant missing from it: required).
-            var signingRequired = context.Tenants.Find(tenant.TenantId)?.Unsigned != true;
-            signature = signer.Sign(tenant.TenantId, author, headerSection, bodyHash, context.SessionId, signingRequired);
-            return null;
+            var signingRequired = model?.Unsigned != true;
+            return new Outcome(null, signer.Sign(tenant.TenantId, author, headerSection, bodyHash, context.SessionId, signingRequired));
         }
         catch (SigningException ex)
         {
             SubmissionLog.SigningFailed(logger, context.SessionId, tenant.TenantId, ex.Message);
-            return SmtpReplies.SigningFailed;
+            return new Outcome(SmtpReplies.SigningFailed, []);
         }
         catch (Exception ex) when (ex is not OutOfMemoryException)
         {
             // Whatever broke (a selector file, the HSM, a parser), the message waits: 451, never unsigned, never a dropped session.
             SubmissionLog.SigningFailed(logger, context.SessionId, tenant.TenantId, ex.GetType().Name);
-            return SmtpReplies.SigningFailed;
+            return new Outcome(SmtpReplies.SigningFailed, []);
         }
     }
 }
