@@ -94,6 +94,9 @@ public class GatewayHarness : GatewayProcessHarness
         }
 
         delivery["Mode"] = "Smarthost";
+
+        // Every peer here (sink, Postfix, webhook listener) is on 127.0.0.1: the destination guard's opt-out.
+        delivery["AllowPrivateDestinations"] = true;
         delivery["Smarthost"] = new JsonObject
         {
             ["Host"] = "127.0.0.1",
