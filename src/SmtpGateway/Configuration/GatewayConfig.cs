@@ -200,7 +200,7 @@ public sealed class MxConfig
     /// <summary>Port of every MX connection. 25 (RFC 5321 section 4.5.4); any other value is for tests only.</summary>
     public int Port { get; set; } = 25;
 
-    /// <summary>Cap on concurrent connections to one MX host (across tenants).</summary>
+    /// <summary>Cap on concurrent connections to one MX host per egress identity (tenant, source address): one tenant cannot take another's.</summary>
     public int MaxConnectionsPerHost { get; set; } = 4;
 
     /// <summary>Messages sent over one connection before it is recycled.</summary>
@@ -269,7 +269,7 @@ public sealed class TlsPolicyConfig
     public string? TrustAnchorsPath { get; set; }
 }
 
-/// <summary>"Gateway:Delivery:Backoff": per destination host, after consecutive connection failures.</summary>
+/// <summary>"Gateway:Delivery:Backoff": per egress identity (tenant, source address, host, port), after consecutive connection failures.</summary>
 public sealed class DestinationBackoffConfig
 {
     /// <summary>Consecutive failures (connect, greeting, TLS, dropped session) before the host is skipped.</summary>
@@ -278,7 +278,11 @@ public sealed class DestinationBackoffConfig
     /// <summary>First skip period; doubles with each further failure up to <see cref="MaxDelay"/>.</summary>
     public TimeSpan InitialDelay { get; set; } = TimeSpan.FromMinutes(1);
 
+    /// <summary>Longest skip period; also how long an entry is remembered after its backoff ended without a new failure.</summary>
     public TimeSpan MaxDelay { get; set; } = TimeSpan.FromMinutes(30);
+
+    /// <summary>Egress identities (tenant, source address, host, port) remembered at most; a new one evicts the one whose last failure is oldest.</summary>
+    public int MaxEntries { get; set; } = 10_000;
 }
 
 /// <summary>"Gateway:Delivery:Dsn": RFC 3464 reports to the envelope sender.</summary>
@@ -305,7 +309,7 @@ public sealed class SmarthostConfig
     public int Port { get; set; } = 25;
     public StartTlsMode StartTls { get; set; } = StartTlsMode.WhenAvailable;
 
-    /// <summary>Cap on concurrent connections to this destination.</summary>
+    /// <summary>Cap on concurrent connections to this destination per egress identity (tenant, source address): one tenant cannot take another's.</summary>
     public int MaxConnections { get; set; } = 8;
 
     /// <summary>Messages sent over one connection before it is recycled.</summary>

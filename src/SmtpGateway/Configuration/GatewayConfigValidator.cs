@@ -294,6 +294,11 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
             e.Add($"{dp}:Backoff:MaxDelay: must be at least InitialDelay.");
         }
 
+        if (d.Backoff.MaxEntries < 1)
+        {
+            e.Add($"{dp}:Backoff:MaxEntries: must be at least 1.");
+        }
+
         if (d.Dsn.MaxReturnedHeaderBytes < 0)
         {
             e.Add($"{dp}:Dsn:MaxReturnedHeaderBytes: must not be negative.");

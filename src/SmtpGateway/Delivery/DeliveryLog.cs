@@ -92,4 +92,13 @@ internal static partial class DeliveryLog
 
     [LoggerMessage(EventId = EventIds.Delivery + 72, Level = LogLevel.Error, Message = "Message {QueueId}: the tenant's return path could not be made; deferred")]
     public static partial void ReturnPathFailed(ILogger logger, string queueId, Exception exception);
+
+    // Egress identity backoff (issue 12): Delivery+163..169 (Delivery+160..162 and +170..176 are the inbound log's).
+    [LoggerMessage(EventId = EventIds.Delivery + 163, Level = LogLevel.Warning,
+        Message = "Backoff for tenant {Tenant} to {Host}:{Port} (source {Source}): {Failures} failure(s) in a row; its mail there is not tried until {Until:O}; other tenants are not affected")]
+    public static partial void BackoffStarted(ILogger logger, string tenant, string host, int port, string source, int failures, DateTimeOffset until);
+
+    [LoggerMessage(EventId = EventIds.Delivery + 164, Level = LogLevel.Warning,
+        Message = "Backoff table full ({MaxEntries} egress identities): the identities whose last failure is oldest are forgotten ({Evicted} so far); raise Delivery:Backoff:MaxEntries if this repeats")]
+    public static partial void BackoffTableFull(ILogger logger, int maxEntries, long evicted);
 }

@@ -26,7 +26,8 @@ public delegate string ReturnPathResolver(SpoolEnvelope envelope, string recipie
 /// case the whole transaction goes to the next hop.</item>
 /// <item>A reply to MAIL, RCPT or the final dot is the answer for those recipients: 4yz is deferred (only those
 /// recipients are retried later), 5yz bounced, 2yz delivered.</item>
-/// <item>Hosts that keep failing are skipped for a while (<see cref="DestinationBackoff"/>).</item>
+/// <item>Hosts that keep failing for a tenant are skipped for a while by that tenant only (<see cref="DestinationBackoff"/>,
+/// per egress identity: tenant, source address, host, port).</item>
 /// <item>A tenant smarthost with a vault credential gets AUTH (RFC 4954) on each new connection, with the newest usable
 /// version; the version is part of the pool key. A refusal defers (never bounces: the credential is the tenant's
 /// configuration, not the recipient's), and a version still in its rotation grace window is tried once on a fresh
@@ -67,7 +68,7 @@ internal sealed class OutboundDelivery : IAsyncDisposable
         _mx = mx;
         _resolver = resolver;
         _egress = egress;
-        _backoff = new DestinationBackoff(delivery.Backoff, time);
+        _backoff = new DestinationBackoff(delivery.Backoff, time, logger);
         _pool = new SmtpConnectionPool(delivery.MaxConnectionsPerTenant, time, logger, connector);
         _auth = new UpstreamAuthenticator(credentials, time, logger);
         _logger = logger;
@@ -194,13 +195,13 @@ internal sealed class OutboundDelivery : IAsyncDisposable
         (SmtpReply Reply, string? Host)? failure = null;
         foreach (var hop in hops)
         {
-            if (_backoff.IsBackedOff(hop.Host, hop.Port, out var until))
+            var key = new SmtpPoolKey(tenant, egress.HeloName, egress.SourceAddress, hop.Host, hop.Port, tls);
+            if (_backoff.IsBackedOff(key.Identity, out var until))
             {
                 failure ??= (DeliveryReplies.HopBackedOff(hop.Host, hop.Port, until), null);
                 continue;
             }
 
-            var key = new SmtpPoolKey(tenant, egress.HeloName, egress.SourceAddress, hop.Host, hop.Port, tls);
             var rented = auth is null
                 ? await RentAsync(key, hop, limits, cancellationToken).ConfigureAwait(false)
                 : await RentAuthenticatedAsync(key, hop, limits, auth, message.Envelope.Id, cancellationToken).ConfigureAwait(false);
@@ -236,13 +237,13 @@ internal sealed class OutboundDelivery : IAsyncDisposable
             {
                 // RFC 5321 section 3.8: the session ended under the transaction; nothing it said binds the recipients.
                 DeliveryLog.TransactionBroken(_logger, message.Envelope.Id, peer, tagged.FirstOrDefault().Reply ?? "");
-                _backoff.Failure(hop.Host, hop.Port);
+                _backoff.Failure(key.Identity);
                 lost = tagged;
                 failure = null;
                 continue;
             }
 
-            _backoff.Success(hop.Host, hop.Port);
+            _backoff.Success(key.Identity);
             for (var i = 0; i < indices.Length; i++)
             {
                 results[indices[i]] = tagged[i];
@@ -276,10 +277,10 @@ internal sealed class OutboundDelivery : IAsyncDisposable
         }
         catch (SmtpConnectException ex) when (!cancellationToken.IsCancellationRequested)
         {
-            // A TLS policy failure is about this tenant's policy, not the host's health: no backoff for others.
+            // A TLS policy failure is about this tenant's policy, not the host's health: no backoff at all.
             if (!ex.Text.StartsWith("4.7.", StringComparison.Ordinal))
             {
-                _backoff.Failure(hop.Host, hop.Port);
+                _backoff.Failure(key.Identity);
             }
 
             return new Rented(null, ex.Reply, $"{hop.Host}:{hop.Port}");

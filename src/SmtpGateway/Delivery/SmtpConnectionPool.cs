@@ -39,11 +39,14 @@ internal readonly record struct PoolCredential(string Name, int Version)
 internal readonly record struct SmtpPoolKey(string Tenant, string HeloName, IPAddress? SourceAddress, string Host, int Port, WireTls Tls,
     PoolCredential? Credential = null)
 {
+    /// <summary>The egress identity (tenant, source address, host, port) whose connection cap this key counts against.</summary>
+    public EgressIdentity Identity => new(Tenant, SourceAddress, Host, Port);
+
     public override string ToString() =>
         $"{Tenant}/{HeloName}/{SourceAddress?.ToString() ?? "*"} -> {Host}:{Port} ({Tls}{(Credential is { } c ? $", AUTH {c}" : "")})";
 }
 
-/// <summary>Limits of one destination (host, port): the first rent of a destination fixes them.</summary>
+/// <summary>Limits of one destination as one egress identity sees it: the first rent for the identity fixes them.</summary>
 internal sealed record DestinationLimits(int MaxConnections, int MaxMessagesPerConnection, TimeSpan IdleTimeout, TimeSpan ConnectTimeout);
 
 /// <summary>A connection lent out by <see cref="SmtpConnectionPool"/>.</summary>
@@ -77,8 +80,12 @@ internal sealed class SmtpConnectException(SmtpReply reply, Exception? inner = n
 
 /// <summary>
 /// MailKit connections kept open and reused across messages, keyed by <see cref="SmtpPoolKey"/>.
-/// Per destination (host, port) at most MaxConnections are open at once across tenants, and per tenant at most
-/// MaxConnectionsPerTenant are lent out at once across destinations. Idle connections are reused by the same key
+/// Per egress identity (tenant, source address, host, port: <see cref="EgressIdentity"/>) at most MaxConnections are
+/// open at once, and per tenant at most MaxConnectionsPerTenant are lent out at once across destinations. The
+/// destination cap is per identity, not per host, so one tenant whose transactions are slow at a host (a tarpit aimed at
+/// its reputation, a flood of its own) cannot take the slots another tenant needs there; the price is that a host can see
+/// up to MaxConnections from each tenant, bounded overall by each tenant's MaxConnectionsPerTenant.
+/// An identity with nothing open, idle or being rented is forgotten by the sweep, so the table holds only live ones. Idle connections are reused by the same key
 /// only, after an RSET that both resets the transaction state and proves the session alive (RFC 5321 section 4.1.1.5);
 /// they are closed after IdleTimeout and recycled after MaxMessagesPerConnection. A connection that failed is closed,
 /// never pooled again.
@@ -99,7 +106,7 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
     readonly int _maxPerTenant;
     readonly SmtpConnector.ConnectFunc _connect;
     readonly Lock _gate = new();
-    readonly Dictionary<(string Host, int Port), Destination> _destinations = [];
+    readonly Dictionary<EgressIdentity, Destination> _destinations = [];
     readonly Dictionary<string, TenantSlots> _tenants = new(StringComparer.Ordinal);
     readonly ITimer _sweeper;
     bool _disposed;
@@ -114,12 +121,24 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
         _sweeper = time.CreateTimer(static state => _ = ((SmtpConnectionPool)state!).SweepAsync(), this, sweep, sweep);
     }
 
-    /// <summary>Connections open now to a destination (lent out or idle), for tests and diagnostics.</summary>
+    /// <summary>Connections open now to a destination (lent out or idle) over every egress identity, for tests and diagnostics.</summary>
     internal int OpenCount(string host, int port)
     {
         lock (_gate)
         {
-            return _destinations.TryGetValue((host, port), out var d) ? d.Open : 0;
+            return _destinations.Where(d => d.Key.Host == host && d.Key.Port == port).Sum(d => d.Value.Open);
+        }
+    }
+
+    /// <summary>Egress identities the pool keeps books for now (tests: the table does not grow without bound).</summary>
+    internal int IdentityCount
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _destinations.Count;
+            }
         }
     }
 
@@ -134,7 +153,7 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
 
     /// <summary>
     /// Lends a healthy connection for <paramref name="key"/>, opening one (trying <paramref name="addresses"/> in order) if
-    /// needed. Waits while the tenant or the destination is at its cap. Throws <see cref="SmtpConnectException"/> when no
+    /// needed. Waits while the tenant or its egress identity is at its cap. Throws <see cref="SmtpConnectException"/> when no
     /// address could be reached.
     /// </summary>
     public async Task<PooledSmtpConnection> RentAsync(SmtpPoolKey key, IReadOnlyList<IPAddress> addresses, DestinationLimits limits, CancellationToken cancellationToken)
@@ -144,10 +163,10 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            if (!_destinations.TryGetValue((key.Host, key.Port), out destination!))
+            if (!_destinations.TryGetValue(key.Identity, out destination!))
             {
                 destination = new Destination(limits);
-                _destinations[(key.Host, key.Port)] = destination;
+                _destinations[key.Identity] = destination;
             }
 
             if (!_tenants.TryGetValue(key.Tenant, out tenant!))
@@ -155,7 +174,29 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
                 tenant = new TenantSlots(_maxPerTenant);
                 _tenants[key.Tenant] = tenant;
             }
+
+            // Counted until the connection comes back (or the rent fails), so the sweep never forgets a destination in use.
+            destination.Renters++;
         }
+
+        try
+        {
+            return await RentAsync(key, addresses, destination, tenant, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            lock (_gate)
+            {
+                destination.Renters--;
+            }
+
+            throw;
+        }
+    }
+
+    async Task<PooledSmtpConnection> RentAsync(SmtpPoolKey key, IReadOnlyList<IPAddress> addresses, Destination destination, TenantSlots tenant,
+        CancellationToken cancellationToken)
+    {
 
         // Always tenant first, then destination: one order, so two rents can never wait on each other crosswise.
         await tenant.Slots.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -184,7 +225,8 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
                     }
                     else
                     {
-                        // A slot is free, so if the destination is at its cap some other key's connection is idle: close it.
+                        // A slot is free, so if the identity is at its cap an idle connection of another key of it (other TLS
+                        // level, credential version or EHLO name) is idle: close it.
                         if (destination.Open >= destination.Limits.MaxConnections)
                         {
                             evicted = destination.TakeOldestIdle();
@@ -214,7 +256,7 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
 
                 if (evicted is not null)
                 {
-                    await CloseAsync(evicted, "making room for another tenant or identity").ConfigureAwait(false);
+                    await CloseAsync(evicted, "making room for another TLS level or credential").ConfigureAwait(false);
                 }
 
                 if (evictedForTenant is not null)
@@ -274,8 +316,9 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
         string? closeReason = null;
         lock (_gate)
         {
-            destination = _destinations[(connection.Key.Host, connection.Key.Port)];
+            destination = _destinations[connection.Key.Identity];
             tenant = _tenants[connection.Key.Tenant];
+            destination.Renters--;
             if (_disposed)
             {
                 closeReason = "shutting down";
@@ -373,6 +416,12 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
                         destination.Open--;
                     }
                 }
+            }
+
+            // Identities with nothing open and no rent under way are forgotten: the table holds live identities only.
+            foreach (var (identity, _) in _destinations.Where(d => d.Value is { Open: 0, Renters: 0 }).ToList())
+            {
+                _destinations.Remove(identity);
             }
         }
 
@@ -513,6 +562,9 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
 
         /// <summary>Open connections, lent out or idle; never above the cap.</summary>
         public int Open { get; set; }
+
+        /// <summary>Rents under way plus connections lent out: while above zero the sweep keeps this destination.</summary>
+        public int Renters { get; set; }
 
         public PooledSmtpConnection? TakeOldestIdle()
         {

@@ -105,6 +105,8 @@ public static class GatewayServiceCollectionExtensions
 
         // The one way mail enters (SMTP sessions now; MCP and the admin API next): Identity → Policy → Envelope → Signing → Spool.
         services.AddSingleton(sp => new MessageMemoryBudget(sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Limits.MaxInFlightMemory));
+        // Issue 12: per-tenant message, recipient and session counts; one per process, surviving tenant reloads.
+        services.AddSingleton(sp => new Policy.TenantRateLimits(sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<ILoggerFactory>().CreateLogger("SmtpGateway.Policy")));
         services.AddSingleton(sp =>
         {
             var config = sp.GetRequiredService<IOptions<GatewayConfig>>().Value;
@@ -125,7 +127,8 @@ public static class GatewayServiceCollectionExtensions
                     sp.GetRequiredService<TimeProvider>(),
                     sp.GetRequiredService<MessageMemoryBudget>(),
                     sp.GetRequiredService<IMessageSigner>(),
-                    sp.GetRequiredService<EnvelopeServices>()),
+                    sp.GetRequiredService<EnvelopeServices>(),
+                    sp.GetRequiredService<Policy.TenantRateLimits>()),
                 sp.GetRequiredService<ILoggerFactory>());
         });
         services.AddSingleton(sp =>

@@ -104,7 +104,7 @@ public sealed partial class SmtpSession
         if (verdict.Temporary)
         {
             // RFC 4954 section 6: the server could not check the credentials now; the client may retry, so no strike.
-            Reply(SmtpReplies.AuthTemporaryFailure);
+            Reply(verdict.Refusal ?? SmtpReplies.AuthTemporaryFailure);
             return true;
         }
 

@@ -210,7 +210,7 @@ public sealed partial class SmtpSession
                         content = content.Slice(1);
                     }
 
-                    if (message.Received + content.Length + 2 > limits.MaxMessageSize)
+                    if (message.Received + content.Length + 2 > Math.Min(limits.MaxMessageSize, message.MaxSize))
                     {
                         tooBig = true;
                         message.Discard();

@@ -104,8 +104,10 @@ public sealed partial class SmtpSession
         using var sessionCap = new CancellationTokenSource(_services.Limits.SessionTimeout, _services.Time);
         try
         {
-            Reply(SmtpReplies.Greeting(_services.ServerName));
-            while (true)
+            // The relay listener's tenant at its MaxSessions: 421 in place of the banner (RFC 5321 section 3.1), and close.
+            var refusal = _context.ConnectRefusal;
+            Reply(refusal ?? SmtpReplies.Greeting(_services.ServerName));
+            while (refusal is null)
             {
                 var line = await ReadCommandLineAsync(sessionCap.Token).ConfigureAwait(false);
                 if (line.Status == LineStatus.Closed)
@@ -151,6 +153,8 @@ public sealed partial class SmtpSession
         }
         finally
         {
+            // However the session ended (QUIT, abort, a bug): the tenant's session slot goes back.
+            SubmissionPipeline.Close(_context);
             await _reader.CompleteAsync().ConfigureAwait(false);
         }
     }
@@ -333,6 +337,7 @@ public sealed partial class SmtpSession
 
         var smtpUtf8 = false;
         var eightBit = false;
+        long? size = null;
         foreach (var (key, value) in path!.Parameters)
         {
             switch (key.ToUpperInvariant())
@@ -349,6 +354,7 @@ public sealed partial class SmtpSession
                         return CountError(SmtpReplies.MessageTooBig);
                     }
 
+                    size = declared;
                     break;
                 case "BODY":
                     if (value is null || !(value.Equals("7BIT", StringComparison.OrdinalIgnoreCase) || value.Equals("8BITMIME", StringComparison.OrdinalIgnoreCase)))
@@ -384,10 +390,11 @@ public sealed partial class SmtpSession
             return CountError(SmtpReplies.BadSenderSyntax);
         }
 
-        var verdict = _pipeline.Mail(_context, path, smtpUtf8, eightBit);
+        var verdict = _pipeline.Mail(_context, path, smtpUtf8, eightBit, size);
         if (!verdict.Accepted)
         {
-            return CountError(verdict.Reply);
+            // A tenant's rate limit (450) is an answer, not a protocol error: it must not use up the error budget.
+            return verdict.CountsAsError ? CountError(verdict.Reply) : Reply(verdict.Reply);
         }
 
         _state = SessionState.Mail;
@@ -469,7 +476,7 @@ public sealed partial class SmtpSession
         switch (outcome)
         {
             case DataOutcome.TooBig:
-                reply = SmtpReplies.MessageTooBig;
+                reply = _pipeline.MessageTooBig(_context, message);
                 break;
             case DataOutcome.BareLineEnding:
                 reply = SmtpReplies.BareCrLfInData;

@@ -125,4 +125,21 @@ public static class SmtpReplies
 
     /// <summary>Issue #7: a tenant may not mail an address that hard-bounced or complained, until the operator removes it.</summary>
     public static readonly SmtpReply Suppressed = new(550, "5.7.1", "Recipient is on this account's suppression list (earlier hard bounce or complaint); not sent");
+
+    // Per-tenant limits (issue 12, Tenants:<id>:Limits). Fixed texts: never the client's input.
+
+    /// <summary>MessagesPerMinute reached, at MAIL: temporary, the client tries again later.</summary>
+    public static readonly SmtpReply TenantMessageRate = new(450, "4.7.1", "Message rate limit for this account reached, try again later");
+
+    /// <summary>RecipientsPerMinute reached, at RCPT: RFC 5321 section 4.5.3.1.10, the client sends the rest in a later transaction.</summary>
+    public static readonly SmtpReply TenantRecipientRate = new(452, "4.5.3", "Recipient rate limit for this account reached, send the remaining recipients later");
+
+    /// <summary>MaxSessions reached at AUTH: RFC 4954 section 6 temporary failure; the credentials were fine, so no strike.</summary>
+    public static readonly SmtpReply TenantSessionsAtAuth = new(454, "4.7.0", "Too many concurrent sessions for this account, try again later");
+
+    /// <summary>MaxSessions reached when the relay listener matched the client network: 421 in place of the banner (RFC 5321 section 3.1).</summary>
+    public static readonly SmtpReply TenantSessionsAtConnect = new(421, "4.7.0", "Too many concurrent sessions for this account, try again later");
+
+    /// <summary>Over the tenant's MaxMessageSize (MAIL SIZE=, DATA, or a message built in code): RFC 1870 / RFC 3463 5.3.4, permanent.</summary>
+    public static readonly SmtpReply TenantMessageTooBig = new(552, "5.3.4", "Message size exceeds this account's maximum message size");
 }

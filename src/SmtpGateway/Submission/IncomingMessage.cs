@@ -77,6 +77,9 @@ public sealed class IncomingMessage : IDisposable
     /// <summary>Our Received trace field (RFC 5321 section 4.4), CRLF-terminated; it goes on top, outside the DKIM signature.</summary>
     public string ReceivedHeader { get; }
 
+    /// <summary>The most octets this message may have: Gateway:Limits:MaxMessageSize, or the tenant's MaxMessageSize when lower.</summary>
+    public long MaxSize { get; init; } = long.MaxValue;
+
     /// <summary>When DATA began (the Received field's date and the spool's arrival time).</summary>
     public DateTimeOffset ReceivedAt { get; init; }
 

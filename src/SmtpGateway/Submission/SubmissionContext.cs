@@ -21,6 +21,9 @@ public sealed class SubmissionContext
 {
     readonly List<string> _recipients = [];
 
+    /// <summary>The tenant's session slot (Limits:MaxSessions), held from identification until <see cref="SubmissionPipeline.Close"/>.</summary>
+    IDisposable? _sessionSlot;
+
     internal SubmissionContext(string sessionId, SubmissionChannel channel, IPAddress client, string listener, TenantSnapshot tenants)
     {
         SessionId = sessionId;
@@ -64,6 +67,19 @@ public sealed class SubmissionContext
     public string? TransactionTenant { get; internal set; }
 
     public IReadOnlyList<string> Recipients => _recipients;
+
+    /// <summary>
+    /// Set when the conversation may not start (the network-matched tenant is at its MaxSessions): the channel answers it in
+    /// place of its greeting and ends.
+    /// </summary>
+    public SmtpReply? ConnectRefusal { get; internal set; }
+
+    internal void HoldSessionSlot(IDisposable? slot)
+    {
+        // One slot per conversation: a second identification (AUTH after a revoked token) gives the first one back.
+        _sessionSlot?.Dispose();
+        _sessionSlot = slot;
+    }
 
     public bool InTransaction => MailFrom is not null;
 

@@ -31,8 +31,9 @@ public sealed class SubmissionPipeline
         _services = services;
         _logger = loggers.CreateLogger("SmtpGateway.Submission");
         var audit = new Auditor(services.Identity.Audit);
-        _identity = new IdentityStage(services.Identity, audit, _logger);
-        _policy = new PolicyStage(_identity, services.Envelope, audit, _logger);
+        var rates = services.RateLimits ?? new Policy.TenantRateLimits(services.Time, _logger);
+        _identity = new IdentityStage(services.Identity, rates, audit, _logger);
+        _policy = new PolicyStage(_identity, rates, services.Limits.MaxMessageSize, services.Envelope, audit, _logger);
         _envelope = new EnvelopeStage(services.ServerName, services.Envelope?.Hygiene, _logger);
         _signing = new SigningStage(services.Signer, _logger);
         _spool = new SpoolStage(services.Spool, _logger);
@@ -63,14 +64,22 @@ public sealed class SubmissionPipeline
         return context;
     }
 
+    /// <summary>The conversation is over (however it ended): its tenant session slot goes back. Safe to call twice.</summary>
+    public static void Close(SubmissionContext context)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        context.HoldSessionSlot(null);
+    }
+
     public bool AuthBlocked(SubmissionContext context) => _identity.IsBlocked(context.ClientAddress);
 
     /// <summary>SASL credentials already decoded by the channel; the session token is the password.</summary>
     public ValueTask<AuthVerdict> AuthenticateAsync(SubmissionContext context, string mechanism, string authorizationIdentity, string user, string password, CancellationToken cancellationToken) =>
         _identity.AuthenticateAsync(context, mechanism, authorizationIdentity, user, password, cancellationToken);
 
-    public Verdict Mail(SubmissionContext context, SmtpPath mailFrom, bool smtpUtf8, bool eightBitMime) =>
-        _policy.Mail(context, mailFrom, smtpUtf8, eightBitMime);
+    /// <param name="declaredSize">MAIL SIZE= (RFC 1870), checked against the tenant's MaxMessageSize.</param>
+    public Verdict Mail(SubmissionContext context, SmtpPath mailFrom, bool smtpUtf8, bool eightBitMime, long? declaredSize = null) =>
+        _policy.Mail(context, mailFrom, smtpUtf8, eightBitMime, declaredSize);
 
     public Verdict Recipient(SubmissionContext context, SmtpPath recipient) => _policy.Recipient(context, recipient);
 
@@ -96,7 +105,15 @@ public sealed class SubmissionPipeline
         return new IncomingMessage(id, received, _services.Budget, _spool.CreateScratchFile, limits.MessageMemoryThreshold, limits.MaxHeaderSectionSize, bodyHash)
         {
             ReceivedAt = _services.Time.GetUtcNow(),
+            MaxSize = _policy.MaxMessageSize(context),
         };
+    }
+
+    /// <summary>The reply for a DATA that ran over the message's <see cref="IncomingMessage.MaxSize"/> (the tenant's limit is counted).</summary>
+    public SmtpReply MessageTooBig(SubmissionContext context, IncomingMessage message)
+    {
+        ArgumentNullException.ThrowIfNull(message);
+        return _policy.TooBig(context, message.MaxSize);
     }
 
     /// <summary>
@@ -187,7 +204,8 @@ public sealed class SubmissionPipeline
             return SmtpReplies.MessageTooBig;
         }
 
-        var mail = Mail(context, mailFrom, smtpUtf8, eightBitMime: true);
+        // The whole message is at hand: its length is the declared size, so the tenant's MaxMessageSize applies at MAIL.
+        var mail = Mail(context, mailFrom, smtpUtf8, eightBitMime: true, declaredSize: message.Length);
         if (!mail.Accepted)
         {
             return mail.Reply;

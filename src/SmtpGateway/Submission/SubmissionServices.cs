@@ -30,6 +30,7 @@ public sealed record EnvelopeServices(
 /// <param name="Signer">Null only where no tenant signs (unit tests of other stages).</param>
 /// <param name="Envelope">Null only where envelope isolation is not under test.</param>
 /// <param name="Budget">Gateway-wide memory budget for messages in flight; one per process.</param>
+/// <param name="RateLimits">Per-tenant message, recipient and session counts; one per process (null: the pipeline makes its own).</param>
 public sealed record SubmissionServices(
     string ServerName,
     LimitsConfig Limits,
@@ -38,4 +39,5 @@ public sealed record SubmissionServices(
     TimeProvider Time,
     MessageMemoryBudget Budget,
     IMessageSigner? Signer = null,
-    EnvelopeServices? Envelope = null);
+    EnvelopeServices? Envelope = null,
+    Policy.TenantRateLimits? RateLimits = null);

@@ -20,4 +20,5 @@ public readonly record struct Verdict(SmtpReply Reply, bool Accepted, bool Count
 /// <param name="Delay">How long to wait before answering a failure (slows guessing).</param>
 /// <param name="Blocked">The client has failed too often: after the answer the session ends.</param>
 /// <param name="Temporary">The credentials could not be checked now (HSM token unavailable): 454, not 535, and no strike.</param>
-public readonly record struct AuthVerdict(bool Succeeded, TimeSpan Delay, bool Blocked, bool Temporary = false);
+/// <param name="Refusal">With <paramref name="Temporary"/>: the reply when it is not the generic 454 (the tenant's MaxSessions).</param>
+public readonly record struct AuthVerdict(bool Succeeded, TimeSpan Delay, bool Blocked, bool Temporary = false, SmtpReply? Refusal = null);

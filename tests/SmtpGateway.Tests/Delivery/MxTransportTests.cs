@@ -306,14 +306,7 @@ public sealed class MxTransportTests : IAsyncLifetime
     [Fact]
     public async Task A_host_that_keeps_failing_is_skipped_until_its_backoff_ends()
     {
-        var port = _server.Port;
-        await _server.DisposeAsync();
-        var resolver = new FixedResolver(new() { ["example.net"] = new MxRoute([Host("mx.example.net", 10, "127.0.0.1")]) });
-        await using var transport = NewTransport(resolver, c =>
-        {
-            c.Delivery.Mx.Port = port;
-            c.Delivery.Backoff = new DestinationBackoffConfig { FailuresBeforeBackoff = 2, InitialDelay = TimeSpan.FromMinutes(5), MaxDelay = TimeSpan.FromMinutes(5) };
-        });
+        await using var transport = await DeadHostTransportAsync(failuresBeforeBackoff: 2);
 
         var replies = new List<string>();
         for (var i = 0; i < 3; i++)
@@ -326,6 +319,41 @@ public sealed class MxTransportTests : IAsyncLifetime
         Assert.StartsWith("451 4.4.1 Cannot connect", replies[1]);
         Assert.StartsWith("451 4.4.1 mx.example.net:", replies[2]);
         Assert.Contains("not tried", replies[2]);
+    }
+
+    [Fact]
+    public async Task A_host_backed_off_for_one_tenant_is_still_tried_for_another()
+    {
+        await using var transport = await DeadHostTransportAsync(failuresBeforeBackoff: 1);
+
+        async Task<string> AttemptAsync(string tenant)
+        {
+            var message = await SpoolAsync(["a@example.net"], tenant);
+            return Assert.Single(await transport.DeliverAsync(message, message.Envelope.Recipients, CancellationToken.None)).Reply;
+        }
+
+        Assert.StartsWith("451 4.4.1 Cannot connect", await AttemptAsync("tenant-a"));
+        Assert.Contains("not tried", await AttemptAsync("tenant-a"));
+
+        // tenant-b's own attempt goes to the host (and fails on its own), it is not skipped for tenant-a's failure.
+        Assert.StartsWith("451 4.4.1 Cannot connect", await AttemptAsync("tenant-b"));
+        Assert.Contains("not tried", await AttemptAsync("tenant-b"));
+    }
+
+    /// <summary>MX routing for example.net to mx.example.net (127.0.0.1), where nothing listens (the test server is stopped); backoff of 5 minutes.</summary>
+    async Task<MxTransport> DeadHostTransportAsync(int failuresBeforeBackoff)
+    {
+        var port = _server.Port;
+        await _server.DisposeAsync();
+        var resolver = new FixedResolver(new() { ["example.net"] = new MxRoute([Host("mx.example.net", 10, "127.0.0.1")]) });
+        return NewTransport(resolver, c =>
+        {
+            c.Delivery.Mx.Port = port;
+            c.Delivery.Backoff = new DestinationBackoffConfig
+            {
+                FailuresBeforeBackoff = failuresBeforeBackoff, InitialDelay = TimeSpan.FromMinutes(5), MaxDelay = TimeSpan.FromMinutes(5),
+            };
+        });
     }
 
     static X509Certificate2 Certificate(string subject, string dnsName)

@@ -76,8 +76,9 @@ public sealed class TestGateway : IAsyncDisposable
 
     readonly DirectoryInfo _data;
 
-    TestGateway(SmtpListenerService service, RecordingSpool spool, RecordingAudit audit, TokenService tokens, DirectoryInfo data)
+    TestGateway(SmtpListenerService service, RecordingSpool spool, RecordingAudit audit, TokenService tokens, DirectoryInfo data, SmtpGateway.Policy.TenantRateLimits rateLimits)
     {
+        RateLimits = rateLimits;
         _service = service;
         Spool = spool;
         Audit = audit;
@@ -90,6 +91,9 @@ public sealed class TestGateway : IAsyncDisposable
     public RecordingAudit Audit { get; }
 
     public TokenService Tokens { get; }
+
+    /// <summary>The per-tenant counters (issue 12): tests read the open session slots from it.</summary>
+    public SmtpGateway.Policy.TenantRateLimits RateLimits { get; }
 
     public SmtpListenerService Service => _service;
 
@@ -104,6 +108,7 @@ public sealed class TestGateway : IAsyncDisposable
     /// (tenant-b.example, 127.0.0.2/32; "Dkim:Unsigned"). Relay-listener clients from 127.0.0.1 therefore act for tenant-a.
     /// <paramref name="envelope"/> turns on envelope isolation (issue #7): return-path checks, suppression, header hygiene.
     /// <paramref name="tenantKeys"/> holds the token keys (an in-memory fake unless a test needs to reach or break it).
+    /// <paramref name="tenantLimits"/> sets a tenant's "Limits" section (issue 12), by tenant id.
     /// </summary>
     public static async Task<TestGateway> StartAsync(
         Action<LimitsConfig>? limits = null,
@@ -114,7 +119,8 @@ public sealed class TestGateway : IAsyncDisposable
         SmtpGateway.Signing.IMessageSigner? signer = null,
         EnvelopeServices? envelope = null,
         MessageMemoryBudget? budget = null,
-        SmtpGateway.Hsm.ITenantKeys? tenantKeys = null)
+        SmtpGateway.Hsm.ITenantKeys? tenantKeys = null,
+        Action<string, TenantLimitsConfig>? tenantLimits = null)
     {
         var limitsConfig = new LimitsConfig();
         limits?.Invoke(limitsConfig);
@@ -122,13 +128,21 @@ public sealed class TestGateway : IAsyncDisposable
         identity?.Invoke(identityConfig);
         var clock = time ?? TimeProvider.System;
         var errors = new List<string>();
-        var tenants = TenantSnapshot.Build(new Dictionary<string, TenantConfig>
+        var configs = new Dictionary<string, TenantConfig>
         {
             ["tenant-a"] = new() { Domains = ["tenant-a.example"], BounceDomain = "bounces.tenant-a.example", Networks = [.. tenantANetworks ?? ["127.0.0.1/32"]] },
             // tenant-b has no DKIM keys on purpose: it opts out of signing; tenant-a must sign (tests give it keys).
             ["tenant-b"] = new() { Domains = ["tenant-b.example"], Networks = ["127.0.0.2/32"], Dkim = new() { Unsigned = true } },
-        }, errors);
+        };
+        foreach (var (id, config) in configs)
+        {
+            tenantLimits?.Invoke(id, config.Limits);
+        }
+
+        var tenants = TenantSnapshot.Build(configs, errors);
         Assert.Empty(errors);
+
+        var rateLimits = new SmtpGateway.Policy.TenantRateLimits(clock, NullLogger.Instance);
         var data = Directory.CreateTempSubdirectory("smtpgw-listener");
         var tokens = new TokenService(new TokenStore(data.FullName, clock, tenantKeys ?? new InMemoryTenantKeys()), () => tenants, identityConfig, clock);
         var audit = new RecordingAudit();
@@ -148,7 +162,8 @@ public sealed class TestGateway : IAsyncDisposable
                 clock,
                 budget ?? new MessageMemoryBudget(limitsConfig.MaxInFlightMemory),
                 signer,
-                envelope),
+                envelope,
+                rateLimits),
             NullLoggerFactory.Instance);
         var services = new SessionServices("mx.test.example", limitsConfig, SharedTls.Value, pipeline, clock, new ListenerMetrics());
         var listeners = new List<ListenerModel>
@@ -159,7 +174,7 @@ public sealed class TestGateway : IAsyncDisposable
         };
         var service = new SmtpListenerService(listeners, services, shutdownTimeout ?? TimeSpan.FromSeconds(5), NullLoggerFactory.Instance);
         await service.StartAsync(CancellationToken.None);
-        return new TestGateway(service, spool, audit, tokens, data);
+        return new TestGateway(service, spool, audit, tokens, data, rateLimits);
     }
 
     int _nextPort = 40000;

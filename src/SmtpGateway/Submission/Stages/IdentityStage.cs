@@ -3,6 +3,7 @@ using Microsoft.Extensions.Logging;
 using SmtpGateway.Audit;
 using SmtpGateway.Configuration;
 using SmtpGateway.Identity;
+using SmtpGateway.Policy;
 using SmtpGateway.Smtp;
 
 namespace SmtpGateway.Submission.Stages;
@@ -11,17 +12,33 @@ namespace SmtpGateway.Submission.Stages;
 /// Who the client is: a tenant by AUTH token, or by client network on the legacy relay listener. The only place that sets
 /// <see cref="SubmissionContext.Tenant"/>; later stages take the tenant from the context, never from the message.
 /// </summary>
-internal sealed class IdentityStage(IdentityServices identity, Auditor audit, ILogger logger)
+internal sealed class IdentityStage(IdentityServices identity, TenantRateLimits rates, Auditor audit, ILogger logger)
 {
     public IdentityConfig Config => identity.Config;
 
     public TenantSnapshot CurrentTenants() => identity.Tenants();
+
+    /// <summary>
+    /// The tenant's limits as configured now: the counters are shared by all its sessions, so a reload applies to sessions
+    /// already open (the snapshot the conversation began with answers only for a tenant the reload removed).
+    /// </summary>
+    public TenantLimits LimitsOf(SubmissionContext context, string tenant) =>
+        (identity.Tenants().Find(tenant) ?? context.Tenants.Find(tenant))?.Limits ?? TenantLimits.Defaults;
 
     /// <summary>Legacy relay: the client network names the tenant (issue #3), audited as such.</summary>
     public void MatchNetwork(SubmissionContext context)
     {
         if (context.Tenants.FindByAddress(context.ClientAddress) is { } legacy)
         {
+            if (rates.TryOpenSession(legacy.Id, LimitsOf(context, legacy.Id)) is not { } slot)
+            {
+                // Over the tenant's MaxSessions: refused before the banner, rather than let an idle session wait for MAIL.
+                audit.Write(context, AuditActions.LegacyRelay, "refused", "tenant session limit", legacy.Id, context.ClientAddress.ToString(), crossTenant: false);
+                context.ConnectRefusal = SmtpReplies.TenantSessionsAtConnect;
+                return;
+            }
+
+            context.HoldSessionSlot(slot);
             context.Tenant = new TenantSession(legacy.Id, TenantSessionKind.Network, null, []);
             audit.Write(context, AuditActions.LegacyRelay, "ok", "client network", legacy.Id, context.ClientAddress.ToString(), crossTenant: false);
         }
@@ -38,6 +55,13 @@ internal sealed class IdentityStage(IdentityServices identity, Auditor audit, IL
             new AuthRequest(context.SessionId, context.ClientAddress, context.Listener, mechanism, authorizationIdentity, user, password), cancellationToken).ConfigureAwait(false);
         if (result.Succeeded)
         {
+            if (rates.TryOpenSession(result.Session!.TenantId, LimitsOf(context, result.Session.TenantId)) is not { } slot)
+            {
+                // Good credentials, too many sessions: RFC 4954 section 6 temporary failure, and no strike against the address.
+                return new AuthVerdict(false, TimeSpan.Zero, false, Temporary: true, Refusal: SmtpReplies.TenantSessionsAtAuth);
+            }
+
+            context.HoldSessionSlot(slot);
             context.Tenant = result.Session;
             SubmissionLog.Authenticated(logger, context.SessionId, mechanism, context.Tenant!.TenantId);
             return new AuthVerdict(true, TimeSpan.Zero, false);
@@ -73,6 +97,7 @@ internal sealed class IdentityStage(IdentityServices identity, Auditor audit, IL
 
         audit.Write(context, AuditActions.TokenCheck, "refused", check.Reason, context.Tenant.TenantId, subject, crossTenant: false);
         context.Tenant = null;
+        context.HoldSessionSlot(null);
         return SmtpReplies.TokenNoLongerValid;
     }
 }

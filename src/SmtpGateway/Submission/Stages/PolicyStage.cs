@@ -9,9 +9,10 @@ namespace SmtpGateway.Submission.Stages;
 /// Gathers the facts (suppression lists, return-path tags, header From) and applies the pure rules of
 /// <see cref="SenderPolicy"/>; audits every refusal, cross-tenant ones marked as such.
 /// </summary>
-internal sealed class PolicyStage(IdentityStage identity, EnvelopeServices? envelope, Auditor audit, ILogger logger)
+internal sealed class PolicyStage(IdentityStage identity, TenantRateLimits rates, long gatewayMaxMessageSize, EnvelopeServices? envelope, Auditor audit, ILogger logger)
 {
-    public Verdict Mail(SubmissionContext context, SmtpPath path, bool smtpUtf8, bool eightBit)
+    /// <param name="declaredSize">MAIL SIZE= (RFC 1870), or the length of a message built in code; null when not declared.</param>
+    public Verdict Mail(SubmissionContext context, SmtpPath path, bool smtpUtf8, bool eightBit, long? declaredSize = null)
     {
         if (identity.Recheck(context, path.Address) is { } expired)
         {
@@ -23,6 +24,23 @@ internal sealed class PolicyStage(IdentityStage identity, EnvelopeServices? enve
         {
             audit.Write(context, AuditActions.SendAs, "refused", decision.Reason, context.Tenant?.TenantId, path.Address, decision.CrossTenant);
             return Verdict.Refuse(decision.Reply!);
+        }
+
+        // Issue 12: the tenant's own limits; inbound mail (no tenant) counts against none. Size first, so a message that
+        // could never be taken does not use up a permit.
+        if (context.Tenant is { } tenant)
+        {
+            var limits = identity.LimitsOf(context, tenant.TenantId);
+            if (declaredSize > limits.MaxMessageSize)
+            {
+                rates.Refused(tenant.TenantId, TenantLimit.Size);
+                return Verdict.Refuse(SmtpReplies.TenantMessageTooBig);
+            }
+
+            if (!rates.TryAcquireMessage(tenant.TenantId, limits))
+            {
+                return Verdict.Answer(SmtpReplies.TenantMessageRate);
+            }
         }
 
         context.BeginTransaction(path, smtpUtf8, eightBit);
@@ -68,8 +86,30 @@ internal sealed class PolicyStage(IdentityStage identity, EnvelopeServices? enve
             return Verdict.Refuse(decision.Reply);
         }
 
+        // Counted only for a recipient that would be taken: a refused one costs the tenant nothing.
+        if (tenant is not null && !rates.TryAcquireRecipient(tenant.TenantId, identity.LimitsOf(context, tenant.TenantId)))
+        {
+            return Verdict.Answer(SmtpReplies.TenantRecipientRate);
+        }
+
         context.AddRecipient(path.Address, recipientTenant);
         return Verdict.Accept(SmtpReplies.RecipientOk);
+    }
+
+    /// <summary>The most octets this conversation's message may have: the gateway's limit, or its tenant's when lower.</summary>
+    public long MaxMessageSize(SubmissionContext context) =>
+        context.Tenant is { } tenant ? Math.Min(gatewayMaxMessageSize, identity.LimitsOf(context, tenant.TenantId).MaxMessageSize) : gatewayMaxMessageSize;
+
+    /// <summary>DATA ran over <see cref="MaxMessageSize"/>: the tenant's reply (and refusal count) when its limit was the one reached.</summary>
+    public SmtpReply TooBig(SubmissionContext context, long maxSize)
+    {
+        if (context.Tenant is { } tenant && maxSize < gatewayMaxMessageSize)
+        {
+            rates.Refused(tenant.TenantId, TenantLimit.Size);
+            return SmtpReplies.TenantMessageTooBig;
+        }
+
+        return SmtpReplies.MessageTooBig;
     }
 
     /// <summary>Sender binding for the header From (issue #3), and Sender/Resent-* with it: checked before anything is queued.</summary>
