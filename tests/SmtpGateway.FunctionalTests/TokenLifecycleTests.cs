@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Text.Json;
 using System.Text.Json.Nodes;
 using SmtpGateway.FunctionalTests.Infrastructure;
 using Xunit;
@@ -178,19 +177,10 @@ public sealed class TokenLifecycleTests(GatewayHarness harness, ITestOutputHelpe
     [Fact]
     public Task Check_config_refuses_a_domain_claimed_by_two_tenants_and_names_the_path_and_the_other_tenant() => harness.RunAsync(output, async () =>
     {
-        // Control: the harness's own config (from config/gateway.json) passes.
-        var ok = await harness.SmtpgwAsync("check-config", "--config", harness.ConfigPath);
-        output.WriteLine(ok.Output);
-        Assert.True(ok.ExitCode == 0, $"check-config refused the harness config: {ok}");
-
-        // tenant-b also claims tenant-a's domain, spelled differently (case, trailing dot): still the same domain.
-        var root = JsonNode.Parse(await File.ReadAllTextAsync(harness.ConfigPath))!.AsObject();
-        root["Tenants"]!["tenant-b"]!["Domains"] = new JsonArray("tenant-b.example", "Tenant-A.EXAMPLE.");
-        var path = Path.Combine(harness.WorkDirectory, "duplicate-domain.json");
-        await File.WriteAllTextAsync(path, root.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-
-        var bad = await harness.SmtpgwAsync("check-config", "--config", path);
-        output.WriteLine(bad.Output);
+        // Control: the harness's own config (from config/gateway.json) passes. Then tenant-b also claims tenant-a's domain,
+        // spelled differently (case, trailing dot): still the same domain.
+        var bad = await harness.CheckChangedConfigAsync(output, "duplicate-domain.json",
+            root => root["Tenants"]!["tenant-b"]!["Domains"] = new JsonArray("tenant-b.example", "Tenant-A.EXAMPLE."));
         Assert.NotEqual(0, bad.ExitCode);
         var error = Assert.Single(bad.StandardError.Split('\n'), l => l.Contains("Tenants:tenant-b:Domains:1", StringComparison.Ordinal));
         Assert.Contains("'tenant-a'", error, StringComparison.Ordinal);

@@ -192,6 +192,14 @@ public sealed class DeliveryConfig
 
     /// <summary>Delivery events as JSON lines in DataDirectory/&lt;EventsDirectory&gt;/&lt;tenant&gt;.jsonl; empty disables them.</summary>
     public string EventsDirectory { get; set; } = "events";
+
+    /// <summary>
+    /// Let every outbound path (MX, the gateway's and tenants' smarthosts, inbound Forward and Webhook) connect to
+    /// loopback, private, link-local, metadata and other special-purpose addresses (the destination guard's table).
+    /// Off by default: a tenant's route or a published DNS record must not steer the gateway at internal services.
+    /// Development setups and closed networks turn it on.
+    /// </summary>
+    public bool AllowPrivateDestinations { get; set; }
 }
 
 /// <summary>"Gateway:Delivery:Mx": delivery to the recipient domains' mail exchangers.</summary>
@@ -322,6 +330,12 @@ public sealed class SmarthostConfig
 
     /// <summary>EHLO name we announce; defaults to Gateway.ServerName.</summary>
     public string? HeloName { get; set; }
+
+    /// <summary>
+    /// This smarthost (Host and Port) may be a private or loopback address even when Delivery:AllowPrivateDestinations
+    /// is off: the operator's own relay often sits on the internal network, tenants' routes should not.
+    /// </summary>
+    public bool AllowPrivateDestinations { get; set; }
 }
 
 public sealed class RetryConfig

@@ -71,10 +71,12 @@ public sealed class InboundForwardConfig
     public int Port { get; set; } = 25;
 
     /// <summary>
-    /// STARTTLS towards the tenant's server (RFC 3207). Verify checks the certificate against the system roots and
-    /// <see cref="Host"/> (RFC 6125).
+    /// STARTTLS towards the tenant's server (RFC 3207). Verify (the default) requires STARTTLS and checks the certificate
+    /// against the system roots and <see cref="Host"/> (RFC 6125): inbound mail is the tenant's private correspondence, and
+    /// the destination is known in advance, unlike an MX. A configuration opts down explicitly with Required (any
+    /// certificate) or Opportunistic (RFC 7435: plaintext when STARTTLS is missing or fails).
     /// </summary>
-    public TlsPolicy StartTls { get; set; } = TlsPolicy.Opportunistic;
+    public TlsPolicy StartTls { get; set; } = TlsPolicy.Verify;
 
     /// <summary>EHLO name; default the machine's host name.</summary>
     public string? HeloName { get; set; }

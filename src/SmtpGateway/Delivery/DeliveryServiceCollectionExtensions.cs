@@ -54,7 +54,7 @@ public static class DeliveryServiceCollectionExtensions
         services.TryAddSingleton<IMxResolver>(sp =>
         {
             var config = sp.GetRequiredService<IOptions<GatewayConfig>>().Value;
-            return new MxResolver(config.Dns, config.Delivery.Mx);
+            return new MxResolver(config.Dns, config.Delivery.Mx, config.Delivery.AllowPrivateDestinations);
         });
         // The vault is optional: without one, a tenant smarthost that names a credential is deferred (4.7.0), never sent unauthenticated.
         services.TryAddSingleton(sp => new SmarthostTransport(

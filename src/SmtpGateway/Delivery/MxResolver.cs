@@ -45,10 +45,15 @@ internal sealed class MxResolver : IMxResolver
 {
     readonly ILookupClient _dns;
     readonly MxConfig _mx;
+    readonly bool _allowPrivate;
 
-    public MxResolver(DnsConfig dns, MxConfig mx)
+    /// <param name="dns">Resolvers.</param>
+    /// <param name="mx">MX settings, among them Mx:AllowPrivateDestinations.</param>
+    /// <param name="allowPrivateDestinations">Delivery:AllowPrivateDestinations, which allows private answers for every path.</param>
+    public MxResolver(DnsConfig dns, MxConfig mx, bool allowPrivateDestinations = false)
     {
         _mx = mx;
+        _allowPrivate = mx.AllowPrivateDestinations || allowPrivateDestinations;
         var servers = dns.Servers.Select(s => GatewayConfigValidator.TryParseEndpoint(s, 53, out var ep) ? ep! : throw new FormatException($"DNS server '{s}' is not ip[:port]."))
             .ToArray();
         var options = servers.Length > 0 ? new LookupClientOptions(servers) : new LookupClientOptions();
@@ -70,6 +75,7 @@ internal sealed class MxResolver : IMxResolver
     {
         _dns = dns;
         _mx = mx;
+        _allowPrivate = mx.AllowPrivateDestinations;
     }
 
     public async Task<MxRoute> ResolveAsync(string domain, CancellationToken cancellationToken)
@@ -193,7 +199,7 @@ internal sealed class MxResolver : IMxResolver
         }
 
         var all = addresses.Distinct().ToList();
-        var distinct = all.Where(a => _mx.AllowPrivateDestinations || IsPublic(a)).Take(_mx.MaxAddressesPerHost).ToList();
+        var distinct = all.Where(a => _allowPrivate || IsPublic(a)).Take(_mx.MaxAddressesPerHost).ToList();
         if (distinct.Count == 0 && all.Count > 0)
         {
             failure = Failed(DeliveryReplies.NonPublicAddresses(host));
@@ -204,29 +210,8 @@ internal sealed class MxResolver : IMxResolver
         static (int, MxRoute) Failed(SmtpReply reply) => (reply.Code, MxRoute.Fail(reply));
     }
 
-    /// <summary>False for addresses a public MX must never have (SSRF guard, see MxConfig.AllowPrivateDestinations).</summary>
-    internal static bool IsPublic(System.Net.IPAddress address)
-    {
-        if (address.IsIPv4MappedToIPv6)
-        {
-            address = address.MapToIPv4();
-        }
-
-        if (System.Net.IPAddress.IsLoopback(address) || address.Equals(System.Net.IPAddress.Any) || address.Equals(System.Net.IPAddress.IPv6Any))
-        {
-            return false;
-        }
-
-        if (address.AddressFamily == AddressFamily.InterNetwork)
-        {
-            var b = address.GetAddressBytes();
-            return !(b[0] == 0 || b[0] == 10 || b[0] >= 224 // this network, RFC 1918, multicast and reserved
-                || (b[0] == 172 && (b[1] & 0xF0) == 16) || (b[0] == 192 && b[1] == 168)
-                || (b[0] == 169 && b[1] == 254) || (b[0] == 100 && (b[1] & 0xC0) == 64)); // link-local, RFC 6598
-        }
-
-        return !(address.IsIPv6LinkLocal || address.IsIPv6SiteLocal || address.IsIPv6Multicast || address.IsIPv6UniqueLocal);
-    }
+    /// <summary>False for addresses a public MX must never have (SSRF guard: <see cref="DestinationGuard"/>'s table).</summary>
+    internal static bool IsPublic(IPAddress address) => DestinationGuard.IsAllowed(address);
 
     static bool IsRoot(DnsString exchange) => exchange.Value is "." or "";
 

@@ -21,8 +21,12 @@ namespace SmtpGateway.Delivery;
 /// section 4.2 name the MX host as the reference identity).</item>
 /// <item>Implicit: TLS from the first byte (RFC 8314 section 3.3, a smarthost on port 465), verified as for Verify.</item>
 /// </list>
+/// A next hop given by name (smarthost, Forward) is resolved once through <paramref name="destinations"/>, which refuses
+/// loopback, private, link-local and metadata addresses unless allowed; the socket connects to a checked address only.
 /// </summary>
-internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, TimeProvider time, ILogger logger)
+/// <param name="path">The destination guard's path label for hops resolved here (smarthost or forward).</param>
+internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, TimeProvider time, ILogger logger, DestinationPolicy destinations,
+    string path = DestinationGuard.Smarthost)
 {
     /// <summary>Opens a session for the key, trying the addresses in order; throws <see cref="SmtpConnectException"/> when none works.</summary>
     public delegate Task<GatewaySmtpClient> ConnectFunc(SmtpPoolKey key, IReadOnlyList<IPAddress> addresses, TimeSpan connectTimeout, CancellationToken cancellationToken);
@@ -31,7 +35,7 @@ internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, Ti
     {
         if (addresses.Count == 0)
         {
-            addresses = await ResolveHostAsync(key.Host, cancellationToken).ConfigureAwait(false);
+            addresses = await ResolveHostAsync(key, cancellationToken).ConfigureAwait(false);
         }
 
         // A socket bound to an IPv4 source cannot reach an IPv6 address, and vice versa.
@@ -173,20 +177,19 @@ internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, Ti
         socket.Dispose();
     }
 
-    static async Task<IReadOnlyList<IPAddress>> ResolveHostAsync(string host, CancellationToken cancellationToken)
+    async Task<IReadOnlyList<IPAddress>> ResolveHostAsync(SmtpPoolKey key, CancellationToken cancellationToken)
     {
-        if (IPAddress.TryParse(host, out var literal))
-        {
-            return [literal];
-        }
-
         try
         {
-            return await Dns.GetHostAddressesAsync(host, cancellationToken).ConfigureAwait(false);
+            return await destinations.ResolveAsync(path, key.Tenant, key.Host, key.Port, cancellationToken).ConfigureAwait(false);
         }
         catch (SocketException ex)
         {
-            throw new SmtpConnectException(DeliveryReplies.CannotResolve(host, ex.SocketErrorCode.ToString()), ex);
+            throw new SmtpConnectException(DeliveryReplies.CannotResolve(key.Host, ex.SocketErrorCode.ToString()), ex);
+        }
+        catch (DestinationRefusedException ex)
+        {
+            throw new SmtpConnectException(ex.Reply, ex);
         }
     }
 

@@ -18,6 +18,7 @@ public static class Telemetry
     public const string DeliveryConnections = "smtpgw.delivery.connections";
     public const string DeliveryDsns = "smtpgw.delivery.dsns";
     public const string DeliveryUpstreamAuthFailures = "smtpgw.delivery.upstream_auth_failures";
+    public const string DeliveryDestinationRefused = "smtpgw.delivery.destination_refused";
     public const string ReportsReceived = "smtpgw.bounces.reports";
     public const string SuppressionRefusals = "smtpgw.suppression.refusals";
     public const string SuppressionAdded = "smtpgw.suppression.added";

@@ -225,11 +225,11 @@ public static class GatewayServiceCollectionExtensions
         services.AddSingleton(sp =>
         {
             var directory = sp.GetRequiredService<TenantDirectoryService>();
-            return new CurrentInboundRoutes(
-                () => directory.Current,
-                Data(sp),
-                sp.GetRequiredService<TimeProvider>(),
-                sp.GetRequiredService<ILoggerFactory>().CreateLogger("SmtpGateway.Delivery.Inbound"));
+            var logger = sp.GetRequiredService<ILoggerFactory>().CreateLogger("SmtpGateway.Delivery.Inbound");
+
+            // Inbound routes are tenants' destinations: only the gateway-wide switch allows private ones.
+            var allowPrivate = sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Delivery.AllowPrivateDestinations;
+            return new CurrentInboundRoutes(() => directory.Current, Data(sp), sp.GetRequiredService<TimeProvider>(), logger, new DestinationPolicy(allowPrivate, logger));
         });
         services.AddSingleton(sp =>
         {

@@ -50,6 +50,8 @@ public sealed partial class TenantDirectoryService : IDisposable
         var tenants = configuration.GetSection(SectionName).Get<Dictionary<string, TenantConfig>>() ?? [];
         var defaults = configuration.GetSection($"{GatewayConfig.SectionName}:TenantLimits").Get<TenantLimitDefaults>() ?? new TenantLimitDefaults();
         var limits = configuration.GetSection($"{GatewayConfig.SectionName}:Limits").Get<LimitsConfig>() ?? new LimitsConfig();
+        var delivery = configuration.GetSection($"{GatewayConfig.SectionName}:Delivery").Get<DeliveryConfig>() ?? new DeliveryConfig();
+        Delivery.DestinationGuard.CheckTenants(tenants, delivery, errors);
         return TenantSnapshot.Build(tenants, errors, defaults, limits.MaxMessageSize);
     }
 

@@ -199,4 +199,10 @@ public static class DeliveryReplies
 
     /// <summary>RFC 3463 4.3.0 "other or undefined mail system status": reading the spooled message failed, local trouble.</summary>
     public static readonly SmtpReply LocalReadError = new(451, "4.3.0", "Local error reading the message");
+
+    /// <summary>
+    /// RFC 3463 4.4.3 (as <see cref="NonPublicAddresses"/>): every address of the destination is in a range the destination
+    /// guard refuses (loopback, private, link-local, metadata, ...); transient, since DNS or the configuration may be fixed.
+    /// </summary>
+    public static SmtpReply DestinationRefused(string host, string range) => new(451, "4.4.3", $"{host} resolves only to refused non-public addresses ({range})");
 }

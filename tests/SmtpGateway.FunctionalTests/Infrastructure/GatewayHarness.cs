@@ -94,6 +94,9 @@ public class GatewayHarness : GatewayProcessHarness
         }
 
         delivery["Mode"] = "Smarthost";
+
+        // Every peer here (sink, Postfix, webhook listener) is on 127.0.0.1: the destination guard's opt-out.
+        delivery["AllowPrivateDestinations"] = true;
         delivery["Smarthost"] = new JsonObject
         {
             ["Host"] = "127.0.0.1",
@@ -206,6 +209,25 @@ public class GatewayHarness : GatewayProcessHarness
     /// </summary>
     internal Task<ProcessResult> SmtpgwAsync(params string[] args)
         => RunSmtpgwAsync(args, TimeSpan.FromSeconds(60));
+
+    /// <summary>
+    /// <c>smtpgw check-config</c> on this gateway's config (a control: it must pass), then on a copy changed by
+    /// <paramref name="change"/> written to WorkDirectory/<paramref name="name"/>; returns the second result.
+    /// </summary>
+    internal async Task<ProcessResult> CheckChangedConfigAsync(ITestOutputHelper output, string name, Action<JsonObject> change)
+    {
+        var ok = await SmtpgwAsync("check-config", "--config", ConfigPath);
+        output.WriteLine(ok.Output);
+        Assert.True(ok.ExitCode == 0, $"check-config refused the harness config: {ok}");
+
+        var root = JsonNode.Parse(await File.ReadAllTextAsync(ConfigPath))!.AsObject();
+        change(root);
+        var path = Path.Combine(WorkDirectory, name);
+        await File.WriteAllTextAsync(path, root.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        var result = await SmtpgwAsync("check-config", "--config", path);
+        output.WriteLine(result.Output);
+        return result;
+    }
 
     /// <summary><c>smtpgw token VERB --config &lt;this gateway's config&gt; ARGS...</c> (same data directory as the running gateway).</summary>
     internal Task<ProcessResult> TokenCliAsync(string verb, params string[] args) =>

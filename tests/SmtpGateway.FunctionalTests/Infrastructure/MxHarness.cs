@@ -113,6 +113,9 @@ public class MxHarness : GatewayProcessHarness
         gateway["Dns"] = new JsonObject { ["Servers"] = new JsonArray(Dns.Endpoint), ["Timeout"] = "00:00:02", ["Retries"] = 1 };
         var delivery = gateway["Delivery"]!.AsObject();
         delivery["Mode"] = "Mx";
+
+        // MX hosts and tenant smarthosts are 127.0.0.x: the destination guard's opt-out for every path.
+        delivery["AllowPrivateDestinations"] = true;
         delivery["Workers"] = 4;
         delivery["Mx"] = new JsonObject { ["Port"] = MxPort, ["ConnectTimeout"] = "00:00:05", ["UseIPv6"] = false, ["AllowPrivateDestinations"] = true };
         delivery["Retry"] = new JsonObject { ["Schedule"] = new JsonArray(_schedule.Select(d => (JsonNode)d).ToArray()), ["Jitter"] = 0.1, ["MaxAge"] = _maxAge.ToString() };

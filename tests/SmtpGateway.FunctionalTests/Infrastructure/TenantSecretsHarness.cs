@@ -171,6 +171,9 @@ public sealed class TenantSecretsHarness : GatewayProcessHarness
         var delivery = gateway["Delivery"]!.AsObject();
         delivery["Mode"] = "Smarthost";
         delivery["Workers"] = 4;
+
+        // The smarthosts (Postfix, sink, XOAUTH2 server) are on 127.0.0.1: the destination guard's opt-out.
+        delivery["AllowPrivateDestinations"] = true;
         // The gateway's own smarthost: a tenant with its own must never end up here.
         delivery["Smarthost"] = new JsonObject
         {

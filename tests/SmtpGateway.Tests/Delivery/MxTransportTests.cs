@@ -46,7 +46,7 @@ public sealed class MxTransportTests : IAsyncLifetime
 
     MxTransport NewTransport(IMxResolver resolver, Action<GatewayConfig>? configure = null, Dictionary<string, TenantConfig>? tenants = null)
     {
-        var config = new GatewayConfig { ServerName = "gw.test", Delivery = { Mode = DeliveryMode.Mx } };
+        var config = new GatewayConfig { ServerName = "gw.test", Delivery = { Mode = DeliveryMode.Mx, AllowPrivateDestinations = true } };
         config.Delivery.Mx.Port = _server.Port;
         config.Delivery.Mx.ConnectTimeout = TimeSpan.FromSeconds(5);
         configure?.Invoke(config);
@@ -154,6 +154,29 @@ public sealed class MxTransportTests : IAsyncLifetime
         Assert.All(results, r => Assert.Equal(DeliveryOutcome.Delivered, r.Outcome));
         Assert.Equal(0, resolver.Queries);
         Assert.Equal(["a@one.example", "b@two.example"], Assert.Single(_server.Messages).Recipients);
+    }
+
+    [Fact]
+    public async Task Tenant_smarthost_on_a_private_address_is_refused_at_validation_and_at_connect_and_nothing_is_sent()
+    {
+        var resolver = new FixedResolver([]);
+        var tenants = new Dictionary<string, TenantConfig>
+        {
+            ["tenant-a"] = new() { Egress = new EgressConfig { Smarthost = new TenantSmarthostConfig { Host = "127.0.0.1", Port = _server.Port } } },
+        };
+        var errors = new List<string>();
+        DestinationGuard.CheckTenants(tenants, new DeliveryConfig { Mode = DeliveryMode.Mx }, errors);
+        Assert.StartsWith("Tenants:tenant-a:Egress:Smarthost:Host: 127.0.0.1 is a loopback address", Assert.Single(errors), StringComparison.Ordinal);
+
+        await using var transport = NewTransport(resolver, c => c.Delivery.AllowPrivateDestinations = false, tenants);
+        var message = await SpoolAsync(["a@one.example"], "tenant-a");
+
+        var result = Assert.Single(await transport.DeliverAsync(message, message.Envelope.Recipients, CancellationToken.None));
+
+        Assert.Equal(DeliveryOutcome.Deferred, result.Outcome);
+        Assert.Equal("451 4.4.3 127.0.0.1 resolves only to refused non-public addresses (loopback)", result.Reply);
+        Assert.Empty(_server.Messages);
+        Assert.Equal(0, _server.Connections);
     }
 
     [Fact]
@@ -344,25 +367,4 @@ public sealed class MxTransportTests : IAsyncLifetime
         using var ephemeral = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddHours(1));
         return X509CertificateLoader.LoadPkcs12(ephemeral.Export(X509ContentType.Pfx), null);
     }
-}
-
-public sealed class MxAddressGuardTests
-{
-    [Theory]
-    [InlineData("93.184.216.34", true)]
-    [InlineData("2606:2800:220:1:248:1893:25c8:1946", true)]
-    [InlineData("127.0.0.1", false)]
-    [InlineData("10.1.2.3", false)]
-    [InlineData("172.16.0.1", false)]
-    [InlineData("172.32.0.1", true)]
-    [InlineData("192.168.1.1", false)]
-    [InlineData("169.254.169.254", false)] // cloud metadata endpoint
-    [InlineData("100.64.0.1", false)]
-    [InlineData("0.0.0.0", false)]
-    [InlineData("::1", false)]
-    [InlineData("fd00::1", false)]
-    [InlineData("fe80::1", false)]
-    [InlineData("::ffff:127.0.0.1", false)]
-    public void Only_public_addresses_are_delivery_targets_by_default(string address, bool isPublic) =>
-        Assert.Equal(isPublic, SmtpGateway.Delivery.MxResolver.IsPublic(System.Net.IPAddress.Parse(address)));
 }

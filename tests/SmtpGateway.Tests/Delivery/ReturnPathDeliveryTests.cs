@@ -38,6 +38,7 @@ public sealed class ReturnPathDeliveryTests : IAsyncLifetime
         {
             Host = "127.0.0.1",
             Port = _server.Port,
+            AllowPrivateDestinations = true,
             StartTls = StartTlsMode.None,
             MaxConnections = 4,
             MaxMessagesPerConnection = 100,

@@ -42,6 +42,7 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
             IdleTimeout = idleTimeout ?? TimeSpan.FromSeconds(30),
             ConnectTimeout = TimeSpan.FromSeconds(10),
             HeloName = "gw.test",
+            AllowPrivateDestinations = true,
         }, "smtpgw.localhost", time ?? TimeProvider.System, NullLogger.Instance);
 
     async Task<SpooledMessage> SpoolAsync(byte[] bytes, string[]? recipients = null, string mailFrom = "sender@tenant-a.example",
@@ -379,7 +380,7 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
     {
         var port = _server.Port;
         await _server.DisposeAsync();
-        await using var transport = new SmarthostTransport(new SmarthostConfig { Host = "127.0.0.1", Port = port, ConnectTimeout = TimeSpan.FromSeconds(5) },
+        await using var transport = new SmarthostTransport(new SmarthostConfig { Host = "127.0.0.1", Port = port, ConnectTimeout = TimeSpan.FromSeconds(5), AllowPrivateDestinations = true },
             "smtpgw.localhost", TimeProvider.System, NullLogger.Instance);
         var message = await SpoolAsync(SampleMessage(), ["a@example.net", "b@example.net"]);
 

@@ -54,7 +54,7 @@ public sealed class UpstreamAuthTests : IAsyncLifetime
     {
         var smarthost = new TenantSmarthostConfig { Host = "127.0.0.1", Port = _server.Port, Credential = "relay" };
         configure?.Invoke(smarthost);
-        var config = new GatewayConfig { ServerName = "gw.test", Delivery = { Mode = DeliveryMode.Smarthost } };
+        var config = new GatewayConfig { ServerName = "gw.test", Delivery = { Mode = DeliveryMode.Smarthost, AllowPrivateDestinations = true } };
         config.Delivery.Smarthost.ConnectTimeout = TimeSpan.FromSeconds(5);
         config.Delivery.Tls.TrustAnchorsPath = trusted ? _anchors : null;
         var tenants = new Dictionary<string, TenantConfig> { [Tenant] = new() { Egress = new EgressConfig { Smarthost = smarthost } } };

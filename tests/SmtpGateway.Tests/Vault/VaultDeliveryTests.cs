@@ -55,7 +55,7 @@ public sealed class VaultDeliveryTests : IAsyncLifetime
 
     async Task<RecipientResult> Deliver()
     {
-        var gateway = new GatewayConfig { ServerName = "gw.test", Delivery = { Mode = DeliveryMode.Smarthost } };
+        var gateway = new GatewayConfig { ServerName = "gw.test", Delivery = { Mode = DeliveryMode.Smarthost, AllowPrivateDestinations = true } };
         gateway.Delivery.Tls.TrustAnchorsPath = _anchors;
         var smarthost = new TenantSmarthostConfig { Host = "127.0.0.1", Port = _server.Port, Credential = "relay" };
         var tenants = new Dictionary<string, TenantConfig> { [Tenant] = new() { Egress = new EgressConfig { Smarthost = smarthost } } };

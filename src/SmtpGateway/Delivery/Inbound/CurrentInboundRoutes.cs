@@ -16,16 +16,17 @@ internal sealed class CurrentInboundRoutes : IDeliveryTransport, IDisposable
     readonly ILogger _logger;
     readonly Lock _lock = new();
 
-    // Redirects are refused: a webhook must not be steered to another host by whoever answers the first one.
-    readonly HttpClient _http = new(new SocketsHttpHandler { AllowAutoRedirect = false, PooledConnectionLifetime = TimeSpan.FromMinutes(5) })
-    {
-        Timeout = Timeout.InfiniteTimeSpan,
-    };
+    // Redirects are refused and every connection goes through the destination guard (InboundRouter.CreateWebhookClient).
+    readonly HttpClient _http;
+    readonly DestinationPolicy _destinations;
 
     (TenantSnapshot Snapshot, InboundRouter Router)? _current;
 
-    public CurrentInboundRoutes(Func<TenantSnapshot> tenants, string dataDirectory, TimeProvider time, ILogger logger)
+    /// <param name="destinations">The destination guard's policy (Gateway:Delivery:AllowPrivateDestinations) for Forward and Webhook.</param>
+    public CurrentInboundRoutes(Func<TenantSnapshot> tenants, string dataDirectory, TimeProvider time, ILogger logger, DestinationPolicy destinations)
     {
+        _destinations = destinations;
+        _http = InboundRouter.CreateWebhookClient(destinations);
         _tenants = tenants;
         _dataDirectory = dataDirectory;
         _time = time;
@@ -46,7 +47,7 @@ internal sealed class CurrentInboundRoutes : IDeliveryTransport, IDisposable
             }
 
             var routes = snapshot.Tenants.ToDictionary(kv => kv.Key, kv => kv.Value.Inbound, StringComparer.Ordinal);
-            var router = new InboundRouter(routes, _dataDirectory, _http, _time, _logger);
+            var router = new InboundRouter(routes, _dataDirectory, _http, _time, _logger, _destinations);
             _current = (snapshot, router);
             return router;
         }

@@ -67,6 +67,7 @@ public sealed partial class InboundRouter
             request.Content = new StreamContent(message.OpenContent(), 81920);
             request.Content.Headers.ContentType = new MediaTypeHeaderValue("message/rfc822");
             request.Content.Headers.ContentLength = message.Length;
+            request.Options.Set(WebhookTenant, tenant);
             request.Headers.TryAddWithoutValidation(TenantHeader, EncodeHeaderValue(tenant));
             request.Headers.TryAddWithoutValidation(QueueIdHeader, EncodeHeaderValue(id));
             request.Headers.TryAddWithoutValidation(MailFromHeader, message.Envelope.MailFrom.Length == 0 ? "<>" : EncodeHeaderValue(message.Envelope.MailFrom));
@@ -111,6 +112,12 @@ public sealed partial class InboundRouter
             var reply = DeliveryReplies.WebhookTimeout(timeoutAfter);
             InboundLog.WebhookFailed(_logger, id, tenant, endpoint, DeliveryOutcomes.ReplyText(reply));
             return Deferred(recipients, reply, endpoint);
+        }
+        catch (HttpRequestException ex) when (ex.InnerException is DestinationRefusedException refused)
+        {
+            // The destination guard refused every address of the host (logged and counted there); DNS or config may change.
+            InboundLog.WebhookFailed(_logger, id, tenant, endpoint, DeliveryOutcomes.ReplyText(refused.Reply));
+            return Deferred(recipients, refused.Reply, endpoint);
         }
         catch (HttpRequestException ex)
         {

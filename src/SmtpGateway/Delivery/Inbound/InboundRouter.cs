@@ -35,7 +35,17 @@ public sealed partial class InboundRouter : IDeliveryTransport
     readonly ILogger _logger;
     readonly SmtpConnector _connector;
 
+    /// <summary>
+    /// A router whose Forward route refuses private destinations (the destination guard, no opt-out). The Webhook route is
+    /// guarded by the HttpClient's handler: use one from <see cref="CreateWebhookClient"/>.
+    /// </summary>
     public InboundRouter(IReadOnlyDictionary<string, InboundRouteConfig> routesByTenant, string dataDirectory, HttpClient httpClient, TimeProvider time, ILogger logger)
+        : this(routesByTenant, dataDirectory, httpClient, time, logger, new DestinationPolicy(false, logger ?? throw new ArgumentNullException(nameof(logger))))
+    {
+    }
+
+    internal InboundRouter(IReadOnlyDictionary<string, InboundRouteConfig> routesByTenant, string dataDirectory, HttpClient httpClient, TimeProvider time, ILogger logger,
+        DestinationPolicy destinations)
     {
         ArgumentNullException.ThrowIfNull(routesByTenant);
         ArgumentException.ThrowIfNullOrWhiteSpace(dataDirectory);
@@ -49,8 +59,31 @@ public sealed partial class InboundRouter : IDeliveryTransport
         _logger = logger;
 
         // No private trust anchors: Verify towards a tenant's server uses the system roots.
-        _connector = new SmtpConnector(trustAnchors: null, time, logger);
+        _connector = new SmtpConnector(trustAnchors: null, time, logger, destinations, DestinationGuard.Forward);
     }
+
+    /// <summary>
+    /// The HttpClient for webhooks: no redirects (see the class remarks), no client-wide timeout, and a connect callback
+    /// that resolves the URL's host once through <paramref name="destinations"/> and connects to a checked address, so a
+    /// name whose answer changes after validation (DNS rebinding) still cannot reach a refused address.
+    /// </summary>
+    internal static HttpClient CreateWebhookClient(DestinationPolicy destinations) =>
+        new(new SocketsHttpHandler
+        {
+            AllowAutoRedirect = false,
+            PooledConnectionLifetime = TimeSpan.FromMinutes(5),
+
+            // A proxy would connect on our behalf to an address we never checked.
+            UseProxy = false,
+            ConnectCallback = (context, cancellationToken) => destinations.ConnectHttpAsync(context,
+                context.InitialRequestMessage.Options.TryGetValue(WebhookTenant, out var tenant) ? tenant : "-", cancellationToken),
+        })
+        {
+            Timeout = Timeout.InfiniteTimeSpan,
+        };
+
+    /// <summary>The tenant of a webhook request, for the guard's log and metric.</summary>
+    internal static readonly HttpRequestOptionsKey<string> WebhookTenant = new("smtpgw.tenant");
 
     /// <inheritdoc />
     public Task<IReadOnlyList<RecipientResult>> DeliverAsync(SpooledMessage message, IReadOnlyList<string> recipients, CancellationToken cancellationToken)

@@ -36,7 +36,7 @@ public sealed class InboundRouterTests : IDisposable
 
     string DataDirectory => _dir.Combine("data");
 
-    InboundRouter NewRouter(InboundRouteConfig? route, TimeProvider? time = null)
+    InboundRouter NewRouter(InboundRouteConfig? route, TimeProvider? time = null, HttpClient? http = null, DestinationPolicy? destinations = null)
     {
         var routes = new Dictionary<string, InboundRouteConfig>(StringComparer.Ordinal);
         if (route is not null)
@@ -44,7 +44,7 @@ public sealed class InboundRouterTests : IDisposable
             routes[Tenant] = route;
         }
 
-        return new InboundRouter(routes, DataDirectory, _http, time ?? TimeProvider.System, _logger);
+        return new InboundRouter(routes, DataDirectory, http ?? _http, time ?? TimeProvider.System, _logger, destinations ?? DestinationPolicy.AllowAll(_logger));
     }
 
     async Task<SpooledMessage> SpoolAsync(byte[] bytes, string[]? recipients = null, string mailFrom = "someone@outside.example", string? tenant = Tenant)
@@ -368,7 +368,7 @@ public sealed class InboundRouterTests : IDisposable
         var router = NewRouter(new InboundRouteConfig
         {
             Route = InboundRouteKind.Forward,
-            Forward = new InboundForwardConfig { Host = "127.0.0.1", Port = server.Port, HeloName = "gw.test" },
+            Forward = new InboundForwardConfig { Host = "127.0.0.1", Port = server.Port, HeloName = "gw.test", StartTls = TlsPolicy.Opportunistic },
         });
         var bytes = TrickyMessage();
         var message = await SpoolAsync(bytes, ["info@tenant-a.example", "nobody@tenant-a.example", "later@tenant-a.example"], mailFrom: "someone@outside.example");
@@ -395,7 +395,7 @@ public sealed class InboundRouterTests : IDisposable
     public async Task Forward_keeps_the_null_sender()
     {
         await using var server = new TestSmtpServer();
-        var router = NewRouter(new InboundRouteConfig { Route = InboundRouteKind.Forward, Forward = { Host = "127.0.0.1", Port = server.Port } });
+        var router = NewRouter(new InboundRouteConfig { Route = InboundRouteKind.Forward, Forward = { Host = "127.0.0.1", Port = server.Port, StartTls = TlsPolicy.Opportunistic } });
         var message = await SpoolAsync(SampleMessage(), ["info@tenant-a.example"], mailFrom: "");
 
         var results = await router.DeliverAsync(message, message.Envelope.Recipients, CancellationToken.None);
@@ -443,11 +443,20 @@ public sealed class InboundRouterTests : IDisposable
         });
     }
 
-    [Fact]
-    public async Task Forward_with_required_tls_to_a_plaintext_server_is_deferred_never_sent()
+    [Theory]
+    [InlineData(TlsPolicy.Required)]
+    [InlineData(null)] // the default is Verify: TLS required with certificate verification
+    public async Task Forward_with_required_tls_to_a_plaintext_server_is_deferred_never_sent(TlsPolicy? policy)
     {
         await using var server = new TestSmtpServer();
-        var router = NewRouter(new InboundRouteConfig { Route = InboundRouteKind.Forward, Forward = { Host = "127.0.0.1", Port = server.Port, StartTls = TlsPolicy.Required } });
+        var forward = new InboundForwardConfig { Host = "127.0.0.1", Port = server.Port };
+        if (policy is { } explicitPolicy)
+        {
+            forward.StartTls = explicitPolicy;
+        }
+
+        Assert.Equal(TlsPolicy.Verify, new InboundForwardConfig().StartTls);
+        var router = NewRouter(new InboundRouteConfig { Route = InboundRouteKind.Forward, Forward = forward });
         var message = await SpoolAsync(SampleMessage());
 
         var results = await router.DeliverAsync(message, message.Envelope.Recipients, CancellationToken.None);
@@ -458,6 +467,134 @@ public sealed class InboundRouterTests : IDisposable
             Assert.StartsWith("451 4.7.10", r.Reply, StringComparison.Ordinal);
         });
         Assert.Empty(server.Messages);
+    }
+
+    // ---------------------------------------------------------------- Destination guard (issue 12)
+
+    [Theory]
+    [InlineData("http://127.0.0.1:8080/hook?token=abc", "127.0.0.1", "loopback")]
+    [InlineData("https://169.254.169.254/latest/meta-data/?token=abc", "169.254.169.254", "metadata")]
+    [InlineData("https://[::ffff:10.1.2.3]/hook?token=abc", "::ffff:10.1.2.3", "private")]
+    [InlineData("https://[64:ff9b::a9fe:a9fe]/hook?token=abc", "64:ff9b::a9fe:a9fe", "metadata")]
+    public void Webhook_to_a_refused_address_literal_is_a_configuration_error(string url, string literal, string range)
+    {
+        var tenants = new Dictionary<string, TenantConfig> { [Tenant] = new() { Inbound = WebhookRoute(url, variable: "PATH") } };
+        var errors = new List<string>();
+
+        DestinationGuard.CheckTenants(tenants, new DeliveryConfig(), errors);
+
+        var error = Assert.Single(errors);
+        Assert.StartsWith($"Tenants:tenant-a:Inbound:Webhook:Url: {literal} is a {range} address, which the destination guard refuses", error, StringComparison.Ordinal);
+        Assert.Contains("set Gateway:Delivery:AllowPrivateDestinations to true", error, StringComparison.Ordinal);
+        Assert.DoesNotContain("token", error, StringComparison.Ordinal);
+
+        errors.Clear();
+        DestinationGuard.CheckTenants(tenants, new DeliveryConfig { AllowPrivateDestinations = true }, errors);
+        Assert.Empty(errors);
+    }
+
+    [Theory]
+    [InlineData("127.0.0.1", "loopback")]
+    [InlineData("169.254.169.254", "metadata")]
+    [InlineData("::1", "loopback")]
+    [InlineData("::ffff:127.0.0.1", "loopback")]
+    [InlineData("64:ff9b::7f00:1", "loopback")]
+    public async Task Webhook_name_whose_answer_changes_to_a_refused_address_after_validation_is_refused_at_connect(string answer, string range)
+    {
+        await using var receiver = new WebhookReceiver(anyHost: true);
+        var url = $"http://hook.tenant-a.test:{new Uri(receiver.Url).Port}/hook";
+        var route = WebhookRoute(url, secretFile: WriteSecretFile());
+
+        // At validation the name is accepted (a name is checked when it is used) and answers a public address...
+        var dns = new ChangingResolver(IPAddress.Parse("93.184.216.34"));
+        var errors = new List<string>();
+        DestinationGuard.CheckTenants(new Dictionary<string, TenantConfig> { [Tenant] = new() { Inbound = route } }, new DeliveryConfig(), errors);
+        Assert.Empty(errors);
+
+        // ...then the answer changes (DNS rebinding) to an address where something is listening.
+        dns.Answer = [IPAddress.Parse(answer)];
+        var policy = new DestinationPolicy(false, _logger, resolver: dns.ResolveAsync);
+        using var http = InboundRouter.CreateWebhookClient(policy);
+        var router = NewRouter(route, http: http, destinations: policy);
+        var message = await SpoolAsync(SampleMessage());
+
+        var results = await router.DeliverAsync(message, message.Envelope.Recipients, CancellationToken.None);
+
+        Assert.All(results, r =>
+        {
+            Assert.Equal(DeliveryOutcome.Deferred, r.Outcome);
+            Assert.Equal($"451 4.4.3 hook.tenant-a.test resolves only to refused non-public addresses ({range})", r.Reply);
+        });
+        Assert.Empty(receiver.Requests);
+        Assert.Equal(1, dns.Questions);
+        Assert.Contains(_logger.Lines, l => l.Contains($"Destination guard: webhook for tenant {Tenant}: hook.tenant-a.test resolves to {IPAddress.Parse(answer)} ({range})", StringComparison.Ordinal));
+        AssertSecretNeverLogged();
+    }
+
+    [Fact]
+    public async Task Webhook_connects_to_the_address_it_checked_once_and_keeps_the_name_for_the_Host_header()
+    {
+        await using var receiver = new WebhookReceiver(anyHost: true);
+        var port = new Uri(receiver.Url).Port;
+
+        // hook.tenant-a.test exists only in this resolver: reaching the receiver proves the socket went to the checked address.
+        var dns = new ChangingResolver(IPAddress.Loopback);
+        var policy = new DestinationPolicy(true, _logger, resolver: dns.ResolveAsync);
+        using var http = InboundRouter.CreateWebhookClient(policy);
+        var router = NewRouter(WebhookRoute($"http://hook.tenant-a.test:{port}/hook", secretFile: WriteSecretFile()), http: http, destinations: policy);
+        var message = await SpoolAsync(SampleMessage());
+
+        var results = await router.DeliverAsync(message, message.Envelope.Recipients, CancellationToken.None);
+
+        Assert.All(results, r => Assert.Equal(DeliveryOutcome.Delivered, r.Outcome));
+        var request = Assert.Single(receiver.Requests);
+        Assert.Equal($"hook.tenant-a.test:{port}", request.Headers["Host"]);
+        Assert.Equal(1, dns.Questions);
+    }
+
+    [Fact]
+    public async Task Forward_to_a_private_address_is_refused_at_validation_and_at_connect_and_nothing_is_sent()
+    {
+        await using var server = new TestSmtpServer();
+        var literal = new InboundRouteConfig { Route = InboundRouteKind.Forward, Forward = { Host = "127.0.0.1", Port = server.Port, StartTls = TlsPolicy.Opportunistic } };
+        var named = new InboundRouteConfig { Route = InboundRouteKind.Forward, Forward = { Host = "mail.tenant-a.test", Port = server.Port, StartTls = TlsPolicy.Opportunistic } };
+        var errors = new List<string>();
+        DestinationGuard.CheckTenants(new Dictionary<string, TenantConfig> { [Tenant] = new() { Inbound = literal }, ["tenant-b"] = new() { Inbound = named } },
+            new DeliveryConfig(), errors);
+        Assert.StartsWith("Tenants:tenant-a:Inbound:Forward:Host: 127.0.0.1 is a loopback address", Assert.Single(errors), StringComparison.Ordinal);
+
+        var dns = new ChangingResolver(IPAddress.Parse("10.0.0.25"), IPAddress.Loopback);
+        var policy = new DestinationPolicy(false, _logger, resolver: dns.ResolveAsync);
+        foreach (var (route, host, range) in new[] { (literal, "127.0.0.1", "loopback"), (named, "mail.tenant-a.test", "private") })
+        {
+            var message = await SpoolAsync(SampleMessage());
+            var results = await NewRouter(route, destinations: policy).DeliverAsync(message, message.Envelope.Recipients, CancellationToken.None);
+
+            Assert.All(results, r =>
+            {
+                Assert.Equal(DeliveryOutcome.Deferred, r.Outcome);
+                Assert.Equal($"451 4.4.3 {host} resolves only to refused non-public addresses ({range})", r.Reply);
+            });
+        }
+
+        Assert.Equal(0, server.Connections);
+        Assert.Equal(1, dns.Questions);
+    }
+
+    /// <summary>A resolver whose answer the test changes between validation and delivery, counting the questions.</summary>
+    sealed class ChangingResolver(params IPAddress[] answer)
+    {
+        int _questions;
+
+        public IPAddress[] Answer { get; set; } = answer;
+
+        public int Questions => Volatile.Read(ref _questions);
+
+        public Task<IPAddress[]> ResolveAsync(string host, CancellationToken cancellationToken)
+        {
+            Interlocked.Increment(ref _questions);
+            return Task.FromResult(Answer);
+        }
     }
 
     // ---------------------------------------------------------------- Validate
@@ -550,14 +687,15 @@ public sealed class InboundRouterTests : IDisposable
         readonly CancellationTokenSource _stop = new();
         readonly Task _loop;
 
-        public WebhookReceiver()
+        /// <param name="anyHost">Accept any Host header (a name only the test's resolver knows), not only 127.0.0.1.</param>
+        public WebhookReceiver(bool anyHost = false)
         {
             for (var attempt = 0; ; attempt++)
             {
                 var port = FreePort();
                 Url = $"http://127.0.0.1:{port}/";
                 _listener.Prefixes.Clear();
-                _listener.Prefixes.Add(Url);
+                _listener.Prefixes.Add(anyHost ? $"http://*:{port}/" : Url);
                 try
                 {
                     _listener.Start();
