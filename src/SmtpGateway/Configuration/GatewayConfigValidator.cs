@@ -255,7 +255,7 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
 
             Positive(e, $"{dp}:Smarthost:IdleTimeout", s.IdleTimeout);
             Positive(e, $"{dp}:Smarthost:ConnectTimeout", s.ConnectTimeout);
-            Delivery.DestinationGuard.CheckLiteral($"{dp}:Smarthost:Host", s.Host, d.AllowPrivateDestinations || s.AllowPrivateDestinations,
+            DestinationRanges.CheckLiteral($"{dp}:Smarthost:Host", s.Host, d.AllowPrivateDestinations || s.AllowPrivateDestinations,
                 $"{dp}:Smarthost:AllowPrivateDestinations", e);
         }
 

@@ -51,7 +51,7 @@ public sealed partial class TenantDirectoryService : IDisposable
         var defaults = configuration.GetSection($"{GatewayConfig.SectionName}:TenantLimits").Get<TenantLimitDefaults>() ?? new TenantLimitDefaults();
         var limits = configuration.GetSection($"{GatewayConfig.SectionName}:Limits").Get<LimitsConfig>() ?? new LimitsConfig();
         var delivery = configuration.GetSection($"{GatewayConfig.SectionName}:Delivery").Get<DeliveryConfig>() ?? new DeliveryConfig();
-        Delivery.DestinationGuard.CheckTenants(tenants, delivery, errors);
+        DestinationRanges.CheckTenants(tenants, delivery, errors);
         return TenantSnapshot.Build(tenants, errors, defaults, limits.MaxMessageSize);
     }
 

@@ -123,7 +123,7 @@ public sealed class DestinationGuardTests
     public void Range_names_are_a_small_closed_set()
     {
         // They are the metric label "range": a new row must reuse a name or add one on purpose.
-        var names = DestinationGuard.Ranges.Select(r => r.Name).Distinct().Order(StringComparer.Ordinal).ToArray();
+        var names = DestinationRanges.Ranges.Select(r => r.Name).Distinct().Order(StringComparer.Ordinal).ToArray();
         Assert.Equal(
             ["6to4", "benchmarking", "ietf-protocol", "ipv4-compatible", "ipv4-mapped", "link-local", "loopback", "metadata", "multicast", "nat64", "nat64-local",
                 "private", "reserved", "shared", "site-local", "this-network", "unique-local", "unspecified"],
@@ -217,7 +217,7 @@ public sealed class DestinationGuardTests
         };
         var errors = new List<string>();
 
-        DestinationGuard.CheckTenants(tenants, delivery, errors);
+        DestinationRanges.CheckTenants(tenants, delivery, errors);
 
         Assert.StartsWith("Tenants:other:Egress:Smarthost:Host: 10.0.0.6 is a private address", Assert.Single(errors), StringComparison.Ordinal);
     }

@@ -165,7 +165,7 @@ public sealed class MxTransportTests : IAsyncLifetime
             ["tenant-a"] = new() { Egress = new EgressConfig { Smarthost = new TenantSmarthostConfig { Host = "127.0.0.1", Port = _server.Port } } },
         };
         var errors = new List<string>();
-        DestinationGuard.CheckTenants(tenants, new DeliveryConfig { Mode = DeliveryMode.Mx }, errors);
+        DestinationRanges.CheckTenants(tenants, new DeliveryConfig { Mode = DeliveryMode.Mx }, errors);
         Assert.StartsWith("Tenants:tenant-a:Egress:Smarthost:Host: 127.0.0.1 is a loopback address", Assert.Single(errors), StringComparison.Ordinal);
 
         await using var transport = NewTransport(resolver, c => c.Delivery.AllowPrivateDestinations = false, tenants);

@@ -481,7 +481,7 @@ public sealed class InboundRouterTests : IDisposable
         var tenants = new Dictionary<string, TenantConfig> { [Tenant] = new() { Inbound = WebhookRoute(url, variable: "PATH") } };
         var errors = new List<string>();
 
-        DestinationGuard.CheckTenants(tenants, new DeliveryConfig(), errors);
+        DestinationRanges.CheckTenants(tenants, new DeliveryConfig(), errors);
 
         var error = Assert.Single(errors);
         Assert.StartsWith($"Tenants:tenant-a:Inbound:Webhook:Url: {literal} is a {range} address, which the destination guard refuses", error, StringComparison.Ordinal);
@@ -489,7 +489,7 @@ public sealed class InboundRouterTests : IDisposable
         Assert.DoesNotContain("token", error, StringComparison.Ordinal);
 
         errors.Clear();
-        DestinationGuard.CheckTenants(tenants, new DeliveryConfig { AllowPrivateDestinations = true }, errors);
+        DestinationRanges.CheckTenants(tenants, new DeliveryConfig { AllowPrivateDestinations = true }, errors);
         Assert.Empty(errors);
     }
 
@@ -508,7 +508,7 @@ public sealed class InboundRouterTests : IDisposable
         // At validation the name is accepted (a name is checked when it is used) and answers a public address...
         var dns = new ChangingResolver(IPAddress.Parse("93.184.216.34"));
         var errors = new List<string>();
-        DestinationGuard.CheckTenants(new Dictionary<string, TenantConfig> { [Tenant] = new() { Inbound = route } }, new DeliveryConfig(), errors);
+        DestinationRanges.CheckTenants(new Dictionary<string, TenantConfig> { [Tenant] = new() { Inbound = route } }, new DeliveryConfig(), errors);
         Assert.Empty(errors);
 
         // ...then the answer changes (DNS rebinding) to an address where something is listening.
@@ -559,7 +559,7 @@ public sealed class InboundRouterTests : IDisposable
         var literal = new InboundRouteConfig { Route = InboundRouteKind.Forward, Forward = { Host = "127.0.0.1", Port = server.Port, StartTls = TlsPolicy.Opportunistic } };
         var named = new InboundRouteConfig { Route = InboundRouteKind.Forward, Forward = { Host = "mail.tenant-a.test", Port = server.Port, StartTls = TlsPolicy.Opportunistic } };
         var errors = new List<string>();
-        DestinationGuard.CheckTenants(new Dictionary<string, TenantConfig> { [Tenant] = new() { Inbound = literal }, ["tenant-b"] = new() { Inbound = named } },
+        DestinationRanges.CheckTenants(new Dictionary<string, TenantConfig> { [Tenant] = new() { Inbound = literal }, ["tenant-b"] = new() { Inbound = named } },
             new DeliveryConfig(), errors);
         Assert.StartsWith("Tenants:tenant-a:Inbound:Forward:Host: 127.0.0.1 is a loopback address", Assert.Single(errors), StringComparison.Ordinal);
 
