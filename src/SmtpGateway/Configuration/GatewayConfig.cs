@@ -114,6 +114,13 @@ public sealed class LimitsConfig
     public int MaxErrors { get; set; } = 20;
 
     /// <summary>
+    /// NOOP, RSET, VRFY, HELP and repeated EHLO/HELO a session may send between accepted messages before it is closed with
+    /// 421 4.7.0 (Postfix smtpd_junk_command_limit defaults to 100). A message accepted with 250 starts the count afresh, so
+    /// a client that keeps one connection open for many messages (RSET between them, NOOP to keep it alive) is never cut off.
+    /// </summary>
+    public int MaxJunkCommands { get; set; } = 100;
+
+    /// <summary>
     /// Octets of one message kept in memory before the rest streams to a scratch file beside the spool. Small messages (the
     /// common case) never touch the scratch file; a 20 MiB one costs this much memory, not 20 MiB.
     /// </summary>

@@ -186,6 +186,11 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
             e.Add($"{lp}:MaxErrors: must be at least 1.");
         }
 
+        if (lim.MaxJunkCommands < 1)
+        {
+            e.Add($"{lp}:MaxJunkCommands: must be at least 1.");
+        }
+
         if (lim.MessageMemoryThreshold < 4096)
         {
             e.Add($"{lp}:MessageMemoryThreshold: must be at least 4096.");

@@ -36,6 +36,7 @@ public static class Telemetry
     public const string SubmissionSpilled = "smtpgw.submission.spilled";
     public const string SubmissionNotTaken = "smtpgw.submission.not_taken";
     public const string VaultDecryptions = "smtpgw.vault.decryptions";
+    public const string SessionsJunkClosed = "smtpgw.sessions.junk_closed";
 
     /// <summary>The gateway's single meter; instruments are created from it by each stage.</summary>
     public static readonly Meter Meter = new(MeterName);

@@ -187,6 +187,11 @@ public sealed partial class SmtpSession
             });
         }
 
+        if (IsJunk(command.Verb) && !CountJunk())
+        {
+            return false;
+        }
+
         switch (command.Verb)
         {
             case SmtpVerb.Ehlo:
@@ -490,6 +495,7 @@ public sealed partial class SmtpSession
         if (reply.IsPositive)
         {
             _services.Metrics.Accepted(_listener.Name);
+            ForgiveJunk();
             Reply(reply);
             return true;
         }

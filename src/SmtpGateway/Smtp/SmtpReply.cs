@@ -125,4 +125,7 @@ public static class SmtpReplies
 
     /// <summary>Issue #7: a tenant may not mail an address that hard-bounced or complained, until the operator removes it.</summary>
     public static readonly SmtpReply Suppressed = new(550, "5.7.1", "Recipient is on this account's suppression list (earlier hard bounce or complaint); not sent");
+
+    /// <summary>Gateway:Limits:MaxJunkCommands (Postfix smtpd_junk_command_limit): a session that only idles is closed.</summary>
+    public static readonly SmtpReply TooManyJunkCommands = new(421, "4.7.0", "Too many NOOP, RSET, VRFY, HELP or repeated EHLO commands without a message, closing connection");
 }
