@@ -128,4 +128,7 @@ public static class SmtpReplies
 
     /// <summary>Gateway:Limits:MaxJunkCommands (Postfix smtpd_junk_command_limit): a session that only idles is closed.</summary>
     public static readonly SmtpReply TooManyJunkCommands = new(421, "4.7.0", "Too many NOOP, RSET, VRFY, HELP or repeated EHLO commands without a message, closing connection");
+
+    /// <summary>MAIL of a token session while the token registry cannot be read: its revocation state is unknown (fail closed).</summary>
+    public static readonly SmtpReply TokenCheckUnavailable = new(451, "4.7.0", "Temporary failure checking the session's credentials, try again later");
 }
