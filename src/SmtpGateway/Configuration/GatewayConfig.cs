@@ -343,6 +343,15 @@ public sealed class EnvelopeConfig
     /// </summary>
     public TimeSpan ReturnPathKeyGrace { get; set; } = TimeSpan.FromDays(30);
 
+    /// <summary>
+    /// Failed return-path checks (RCPT to a bounce-domain address whose tag does not verify) one client address may cause
+    /// within <see cref="ReturnPathFailureWindow"/>; past it, its RCPTs to return paths get 450 4.7.1 without any HSM MAC
+    /// (each check of a forged tag otherwise costs one). An IPv6 client counts per /64, as for AUTH failures.
+    /// </summary>
+    public int ReturnPathFailuresPerClient { get; set; } = 10;
+
+    public TimeSpan ReturnPathFailureWindow { get; set; } = TimeSpan.FromMinutes(10);
+
     /// <summary>Longest StripHeaders name (real field names are far shorter; hygiene matches names up to this length).</summary>
     public const int MaxStripHeaderLength = 128;
 

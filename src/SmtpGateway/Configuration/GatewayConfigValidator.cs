@@ -312,6 +312,11 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
         }
 
         Positive(e, $"{G}:Envelope:ReturnPathKeyGrace", c.Envelope.ReturnPathKeyGrace);
+        Positive(e, $"{G}:Envelope:ReturnPathFailureWindow", c.Envelope.ReturnPathFailureWindow);
+        if (c.Envelope.ReturnPathFailuresPerClient < 1)
+        {
+            e.Add($"{G}:Envelope:ReturnPathFailuresPerClient: must be at least 1.");
+        }
         CheckVault(e, $"{G}:Vault", c.Vault);
 
         for (var i = 0; i < c.Dns.Servers.Count; i++)

@@ -131,4 +131,7 @@ public static class SmtpReplies
 
     /// <summary>MAIL of a token session while the token registry cannot be read: its revocation state is unknown (fail closed).</summary>
     public static readonly SmtpReply TokenCheckUnavailable = new(451, "4.7.0", "Temporary failure checking the session's credentials, try again later");
+
+    /// <summary>RFC 3463 4.7.1 (delivery not authorized, try later): too many failed return-path checks from this client address.</summary>
+    public static readonly SmtpReply ReturnPathChecksThrottled = new(450, "4.7.1", "Too many unknown return-path addresses from your address, try again later");
 }
