@@ -112,6 +112,24 @@ public sealed class ParserProperties
         }));
     }
 
+    [Fact]
+    public void An_address_literal_round_trips_and_is_a_valid_helo_argument()
+    {
+        var gen = Gen.OneOf(
+            Gen.Choose(0, 255).ArrayOf(4).Select(b => new System.Net.IPAddress([.. b.Select(x => (byte)x)]).ToString()),
+            Gen.Choose(0, 255).ArrayOf(16).Select(b => "IPv6:" + new System.Net.IPAddress([.. b.Select(x => (byte)x)]).ToString()));
+        FuzzConfig.Check(Prop.ForAll(gen.ToArbitrary(), literal =>
+        {
+            var error = SmtpGrammar.TryParsePath($"TO:<user@[{literal}]>", "TO:", allowNull: false, out var path);
+            return error == PathError.None && path!.Domain == $"[{literal}]" && SmtpGrammar.IsHeloArgument($"[{literal}]");
+        }));
+    }
+
+    [Fact]
+    public void Any_helo_argument_is_judged_without_throwing_and_what_passes_has_no_space_or_control_character() =>
+        FuzzConfig.Check(Prop.ForAll(FuzzConfig.HostileString, argument =>
+            !SmtpGrammar.IsHeloArgument(argument) || (!HasControl(argument) && !argument.Contains(' ') && argument.Length <= 255)));
+
     // ---- SASL (Identity/Sasl.cs) --------------------------------------------------------------------------------------
 
     [Fact]
