@@ -171,6 +171,17 @@ public sealed class TokenRegistryFailClosedTests : IDisposable
     }
 
     [Fact]
+    public void Revoking_a_token_behind_a_damaged_line_says_why_it_is_not_found()
+    {
+        var (_, cli, _, _, _) = Running();
+        File.AppendAllText(RegistryPath, "{not json\n");
+        var hidden = NewService().Mint("tenant-a", null, [], null); // written after the damage
+        var error = Assert.Throws<TokenException>(() => cli.Revoke(hidden.Record.Id));
+        Assert.Contains("has a line that is not a registry entry", error.Message, StringComparison.Ordinal);
+        Assert.Contains("Repair it", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void A_half_written_last_line_is_not_damage()
     {
         var (gateway, _, a, _, _) = Running();

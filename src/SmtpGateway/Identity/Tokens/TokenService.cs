@@ -250,7 +250,10 @@ public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants,
     public TokenRecord Revoke(string id)
     {
         store.Refresh();
-        var record = store.Tokens().FirstOrDefault(t => t.Id == id) ?? throw new TokenException($"No token with id '{id}'.");
+        var record = store.Tokens().FirstOrDefault(t => t.Id == id) ?? throw new TokenException(store.RegistryFault is { } fault
+            // A token minted after a damaged line is not read until the line is repaired: say so rather than "no such token".
+            ? $"No token with id '{id}' in the readable part of the registry: {store.RegistryPath} {fault}. Repair it, then revoke again."
+            : $"No token with id '{id}'.");
         if (!store.IsRevoked(id))
         {
             store.AppendRegistry(new RegistryEntry("revoke", null, id, time.GetUtcNow()));
