@@ -251,4 +251,30 @@ public sealed class TokenRegistryFailClosedTests : IDisposable
         gw.Tokens.Store.Refresh();
         Assert.StartsWith("235 2.7.0", await c.CommandAsync("AUTH PLAIN " + plain));
     }
+
+    [Fact]
+    public async Task Over_smtp_mail_in_a_session_authenticated_before_the_loss_gets_451_and_keeps_its_auth()
+    {
+        await using var gw = await TestGateway.StartAsync();
+        var token = gw.Tokens.Mint("tenant-a", null, [], "agent").Token;
+        gw.Tokens.Store.Refresh();
+        var registry = gw.Tokens.Store.RegistryPath;
+        var saved = File.ReadAllBytes(registry);
+
+        await using var c = await gw.ConnectAsync(gw.Submission);
+        await c.HelloAsync();
+        Assert.StartsWith("220 2.0.0", await c.CommandAsync("STARTTLS"));
+        await c.StartTlsAsync();
+        Assert.StartsWith("250", await c.CommandAsync("EHLO agent.example"));
+        Assert.StartsWith("235 2.7.0", await c.CommandAsync("AUTH PLAIN " + Convert.ToBase64String(Encoding.UTF8.GetBytes($"\0tenant-a\0{token}"))));
+
+        File.Delete(registry);
+        gw.Tokens.Store.Refresh();
+        Assert.Equal("451 4.7.0 Temporary failure checking the session's credentials, try again later", await c.CommandAsync("MAIL FROM:<agent@tenant-a.example>"));
+        Assert.Contains(gw.Audit.Events, e => e.Action == AuditActions.TokenCheck && e.Result == "error");
+
+        File.WriteAllBytes(registry, saved);
+        gw.Tokens.Store.Refresh();
+        Assert.StartsWith("250 2.1.0", await c.CommandAsync("MAIL FROM:<agent@tenant-a.example>"));
+    }
 }
