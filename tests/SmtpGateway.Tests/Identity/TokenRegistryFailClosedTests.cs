@@ -234,11 +234,7 @@ public sealed class TokenRegistryFailClosedTests : IDisposable
         File.Delete(registry);
         gw.Tokens.Store.Refresh(); // as the refresh service would within a second
 
-        await using var c = await gw.ConnectAsync(gw.Submission);
-        await c.HelloAsync();
-        Assert.StartsWith("220 2.0.0", await c.CommandAsync("STARTTLS"));
-        await c.StartTlsAsync();
-        Assert.StartsWith("250", await c.CommandAsync("EHLO agent.example"));
+        await using var c = await IdentityTranscriptTests.SubmissionAsync(gw);
         var plain = Convert.ToBase64String(Encoding.UTF8.GetBytes($"\0tenant-a\0{token}"));
         for (var i = 0; i < 5; i++)
         {
@@ -261,11 +257,7 @@ public sealed class TokenRegistryFailClosedTests : IDisposable
         var registry = gw.Tokens.Store.RegistryPath;
         var saved = File.ReadAllBytes(registry);
 
-        await using var c = await gw.ConnectAsync(gw.Submission);
-        await c.HelloAsync();
-        Assert.StartsWith("220 2.0.0", await c.CommandAsync("STARTTLS"));
-        await c.StartTlsAsync();
-        Assert.StartsWith("250", await c.CommandAsync("EHLO agent.example"));
+        await using var c = await IdentityTranscriptTests.SubmissionAsync(gw);
         Assert.StartsWith("235 2.7.0", await c.CommandAsync("AUTH PLAIN " + Convert.ToBase64String(Encoding.UTF8.GetBytes($"\0tenant-a\0{token}"))));
 
         File.Delete(registry);

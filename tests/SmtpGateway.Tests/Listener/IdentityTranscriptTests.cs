@@ -16,7 +16,7 @@ public sealed class IdentityTranscriptTests
     static string Plain(string authzid, string user, string password) =>
         Convert.ToBase64String(Encoding.UTF8.GetBytes($"{authzid}\0{user}\0{password}"));
 
-    static async Task<RawSmtpClient> SubmissionAsync(TestGateway gw)
+    internal static async Task<RawSmtpClient> SubmissionAsync(TestGateway gw)
     {
         var c = await gw.ConnectAsync(gw.Submission);
         await c.HelloAsync();
