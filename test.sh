@@ -7,6 +7,8 @@
 # Ends with one line "N passed, N failed". Exit status is non-zero when the build
 # fails, any test fails, a test run aborts, or no test ran at all.
 # Environment: CONFIGURATION (default Release). TRX files go to TestResults/.
+# SMTPGW_FUZZ_ITERATIONS: cases per fuzzing property (tests/SmtpGateway.Tests/Fuzz, default 1000, a few seconds in all);
+# raise it for a long run, e.g. SMTPGW_FUZZ_ITERATIONS=200000 ./test.sh --filter FullyQualifiedName~Fuzz
 set -euo pipefail
 
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")"

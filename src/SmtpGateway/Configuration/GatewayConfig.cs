@@ -122,6 +122,13 @@ public sealed class LimitsConfig
     public int MaxErrors { get; set; } = 20;
 
     /// <summary>
+    /// NOOP, RSET, VRFY, HELP and repeated EHLO/HELO a session may send between accepted messages before it is closed with
+    /// 421 4.7.0 (Postfix smtpd_junk_command_limit defaults to 100). A message accepted with 250 starts the count afresh, so
+    /// a client that keeps one connection open for many messages (RSET between them, NOOP to keep it alive) is never cut off.
+    /// </summary>
+    public int MaxJunkCommands { get; set; } = 100;
+
+    /// <summary>
     /// Octets of one message kept in memory before the rest streams to a scratch file beside the spool. Small messages (the
     /// common case) never touch the scratch file; a 20 MiB one costs this much memory, not 20 MiB.
     /// </summary>
@@ -361,6 +368,15 @@ public sealed class EnvelopeConfig
     /// the sender's retry period (RFC 5321 section 4.5.4.1 suggests 4-5 days), complaints later; 30 days covers both.
     /// </summary>
     public TimeSpan ReturnPathKeyGrace { get; set; } = TimeSpan.FromDays(30);
+
+    /// <summary>
+    /// Failed return-path checks (RCPT to a bounce-domain address whose tag does not verify) one client address may cause
+    /// within <see cref="ReturnPathFailureWindow"/>; past it, its RCPTs to return paths get 450 4.7.1 without any HSM MAC
+    /// (each check of a forged tag otherwise costs one). An IPv6 client counts per /64, as for AUTH failures.
+    /// </summary>
+    public int ReturnPathFailuresPerClient { get; set; } = 10;
+
+    public TimeSpan ReturnPathFailureWindow { get; set; } = TimeSpan.FromMinutes(10);
 
     /// <summary>Longest StripHeaders name (real field names are far shorter; hygiene matches names up to this length).</summary>
     public const int MaxStripHeaderLength = 128;

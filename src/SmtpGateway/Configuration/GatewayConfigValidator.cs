@@ -198,6 +198,11 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
             e.Add($"{lp}:MaxErrors: must be at least 1.");
         }
 
+        if (lim.MaxJunkCommands < 1)
+        {
+            e.Add($"{lp}:MaxJunkCommands: must be at least 1.");
+        }
+
         if (lim.MessageMemoryThreshold < 4096)
         {
             e.Add($"{lp}:MessageMemoryThreshold: must be at least 4096.");
@@ -326,6 +331,11 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
         }
 
         Positive(e, $"{G}:Envelope:ReturnPathKeyGrace", c.Envelope.ReturnPathKeyGrace);
+        Positive(e, $"{G}:Envelope:ReturnPathFailureWindow", c.Envelope.ReturnPathFailureWindow);
+        if (c.Envelope.ReturnPathFailuresPerClient < 1)
+        {
+            e.Add($"{G}:Envelope:ReturnPathFailuresPerClient: must be at least 1.");
+        }
         CheckVault(e, $"{G}:Vault", c.Vault);
 
         for (var i = 0; i < c.Dns.Servers.Count; i++)

@@ -40,6 +40,7 @@ public static class Telemetry
     public const string SubmissionNotTaken = "smtpgw.submission.not_taken";
     public const string VaultDecryptions = "smtpgw.vault.decryptions";
     public const string LimitsRefused = "smtpgw.limits.refused";
+    public const string SessionsJunkClosed = "smtpgw.sessions.junk_closed";
 
     /// <summary>The gateway's single meter; instruments are created from it by each stage.</summary>
     public static readonly Meter Meter = new(MeterName);

@@ -239,10 +239,16 @@ public static class GatewayServiceCollectionExtensions
         });
         services.AddSingleton(sp => new SuppressedRecipientEvents(
             sp.GetRequiredService<DeliveryEvents>(), sp.GetRequiredService<TimeProvider>(), SmtpReplies.Suppressed.ToString()));
-        services.AddSingleton(sp => new EnvelopeServices(
-            sp.GetRequiredService<ReturnPath>(),
-            sp.GetRequiredService<SuppressionList>(),
-            new HeaderHygiene(new HeaderHygieneOptions { StripHeaders = sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Envelope.StripHeaders }),
-            sp.GetRequiredService<SuppressedRecipientEvents>().Write));
+        services.AddSingleton(sp =>
+        {
+            var envelope = sp.GetRequiredService<IOptions<GatewayConfig>>().Value.Envelope;
+            return new EnvelopeServices(
+                sp.GetRequiredService<ReturnPath>(),
+                sp.GetRequiredService<SuppressionList>(),
+                new HeaderHygiene(new HeaderHygieneOptions { StripHeaders = envelope.StripHeaders }),
+                sp.GetRequiredService<SuppressedRecipientEvents>().Write,
+                // Its own table, not the AUTH throttle's: forged tags must not lock a client out of AUTH, nor the reverse.
+                new AuthThrottle(int.MaxValue, envelope.ReturnPathFailuresPerClient, envelope.ReturnPathFailureWindow, sp.GetRequiredService<TimeProvider>()));
+        });
     }
 }

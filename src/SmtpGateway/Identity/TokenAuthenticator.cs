@@ -51,6 +51,12 @@ public sealed class TokenAuthenticator(TokenService tokens, IAuditLog audit) : I
             return AuthResult.Unavailable($"HSM unavailable ({ex.Kind}): {ex.Message}");
         }
 
+        if (check.Temporary)
+        {
+            // Revocations cannot be read now: the credentials may well be good, so "try again later" (454), no strike.
+            return AuthResult.Unavailable(check.Reason!);
+        }
+
         if (!check.Valid)
         {
             return AuthResult.Fail(check.Reason!);

@@ -18,5 +18,10 @@ public sealed class ListenerMetrics
 
     public void Accepted(string listener) => _accepted.Add(1, new KeyValuePair<string, object?>("listener", listener));
 
+    readonly Counter<long> _junkClosed = Telemetry.Meter.CreateCounter<long>(Telemetry.SessionsJunkClosed, description: "Sessions closed for too many NOOP/RSET/VRFY/HELP/EHLO commands");
+
+    /// <summary>Labelled by listener name only (from config): a closed set, never client input.</summary>
+    public void JunkClosed(string listener) => _junkClosed.Add(1, new KeyValuePair<string, object?>("listener", listener));
+
     public void Rejected(string listener, int code) => _rejected.Add(1, new KeyValuePair<string, object?>("listener", listener), new KeyValuePair<string, object?>("code", code));
 }

@@ -191,6 +191,11 @@ public sealed partial class SmtpSession
             });
         }
 
+        if (IsJunk(command.Verb) && !CountJunk())
+        {
+            return false;
+        }
+
         switch (command.Verb)
         {
             case SmtpVerb.Ehlo:
@@ -497,6 +502,7 @@ public sealed partial class SmtpSession
         if (reply.IsPositive)
         {
             _services.Metrics.Accepted(_listener.Name);
+            ForgiveJunk();
             Reply(reply);
             return true;
         }

@@ -157,4 +157,13 @@ public static class SmtpReplies
 
     /// <summary>Issue 12: no signing slot for this tenant in time (its own share busy); never sent unsigned, so the client retries.</summary>
     public static readonly SmtpReply SigningBusy = new(451, "4.3.0", "Signing is busy for this account, try again later");
+
+    /// <summary>Gateway:Limits:MaxJunkCommands (Postfix smtpd_junk_command_limit): a session that only idles is closed.</summary>
+    public static readonly SmtpReply TooManyJunkCommands = new(421, "4.7.0", "Too many NOOP, RSET, VRFY, HELP or repeated EHLO commands without a message, closing connection");
+
+    /// <summary>MAIL of a token session while the token registry cannot be read: its revocation state is unknown (fail closed).</summary>
+    public static readonly SmtpReply TokenCheckUnavailable = new(451, "4.7.0", "Temporary failure checking the session's credentials, try again later");
+
+    /// <summary>RFC 3463 4.7.1 (delivery not authorized, try later): too many failed return-path checks from this client address.</summary>
+    public static readonly SmtpReply ReturnPathChecksThrottled = new(450, "4.7.1", "Too many unknown return-path addresses from your address, try again later");
 }

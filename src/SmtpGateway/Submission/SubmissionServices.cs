@@ -19,12 +19,15 @@ public sealed record IdentityServices(
 /// <summary>
 /// Envelope isolation (issue #7) as the pipeline sees it: return-path tags to check at RCPT on bounce domains, the
 /// tenants' suppression lists, header hygiene before signing, and where a suppression refusal is reported.
+/// <paramref name="ReturnPathThrottle"/> counts failed tag checks per client address (issue 12); null only in tests
+/// that do not exercise it.
 /// </summary>
 public sealed record EnvelopeServices(
     Envelope.ReturnPath ReturnPaths,
     Bounces.SuppressionList Suppression,
     Envelope.HeaderHygiene Hygiene,
-    Action<string, string, string>? SuppressedRecipient = null);
+    Action<string, string, string>? SuppressedRecipient = null,
+    AuthThrottle? ReturnPathThrottle = null);
 
 /// <summary>Everything the stages need, resolved once at start.</summary>
 /// <param name="Signer">Null only where no tenant signs (unit tests of other stages).</param>

@@ -32,8 +32,12 @@ public enum TokenState
 
 public sealed record TokenListItem(string Id, string Tenant, string? Description, IReadOnlyList<string> Senders, DateTimeOffset Issued, DateTimeOffset Expires, string State);
 
-/// <summary>Outcome of checking a presented token. <see cref="Reason"/> is for the audit log only, never the client.</summary>
-public sealed record TokenCheck(bool Valid, string? Reason, TokenPayload? Payload)
+/// <summary>
+/// Outcome of checking a presented token. <see cref="Reason"/> is for the audit log only, never the client.
+/// <see cref="Temporary"/>: the token could not be checked now (its revocation state is unknown), so the answer is
+/// "try again later", never "bad credentials".
+/// </summary>
+public sealed record TokenCheck(bool Valid, string? Reason, TokenPayload? Payload, bool Temporary = false)
 {
     public static TokenCheck Fail(string reason, TokenPayload? payload = null) => new(false, reason, payload);
 }
@@ -185,9 +189,10 @@ public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants,
         // are not verified, so the token is attributed (audit token id) only when the registry has minted exactly
         // that token id for this tenant under this key; an invented id is attributed to no one, as any bad token.
         var now = time.GetUtcNow();
+        var still = StillValid(payload);
         var cheap = key.RetiresAt is { } retires && now >= retires ? "key retired after rotation"
             : !string.Equals(payload.Audience, config.Audience, StringComparison.Ordinal) ? "wrong audience"
-            : StillValid(payload) is { Valid: false } stale ? stale.Reason
+            : still is { Valid: false, Temporary: false } ? still.Reason
             : null;
         if (cheap is not null)
         {
@@ -195,7 +200,13 @@ public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants,
         }
 
         var expected = Mac(userName, key, $"{Prefix}{parts[1]}");
-        return CryptographicOperations.FixedTimeEquals(expected, mac) ? new TokenCheck(true, null, payload) : TokenCheck.Fail("bad signature");
+        if (!CryptographicOperations.FixedTimeEquals(expected, mac))
+        {
+            // A forgery stays a forgery (535 and a strike) even while revocations cannot be read.
+            return TokenCheck.Fail("bad signature");
+        }
+
+        return still.Temporary ? still : new TokenCheck(true, null, payload);
     }
 
     /// <summary>Expiry and revocation, checked at AUTH and again at every MAIL FROM of the session.</summary>
@@ -210,6 +221,13 @@ public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants,
         if (store.IsRevoked(payload.Id))
         {
             return TokenCheck.Fail("revoked", payload);
+        }
+
+        // Fail closed (issue 12): a registry that should exist but cannot be read might hold this token's revocation.
+        // Checked after the known revocations, so a token revoked before the damage is refused outright.
+        if (store.RegistryFault is { } fault)
+        {
+            return new TokenCheck(false, $"token registry {fault}", payload, Temporary: true);
         }
 
         // The cap applies to every use, not only to minting: a token minted before the operator lowered
@@ -232,7 +250,10 @@ public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants,
     public TokenRecord Revoke(string id)
     {
         store.Refresh();
-        var record = store.Tokens().FirstOrDefault(t => t.Id == id) ?? throw new TokenException($"No token with id '{id}'.");
+        var record = store.Tokens().FirstOrDefault(t => t.Id == id) ?? throw new TokenException(store.RegistryFault is { } fault
+            // A token minted after a damaged line is not read until the line is repaired: say so rather than "no such token".
+            ? $"No token with id '{id}' in the readable part of the registry: {store.RegistryPath} {fault}. Repair it, then revoke again."
+            : $"No token with id '{id}'.");
         if (!store.IsRevoked(id))
         {
             store.AppendRegistry(new RegistryEntry("revoke", null, id, time.GetUtcNow()));

@@ -1,6 +1,5 @@
 using System.Collections.Frozen;
 using System.Security.Cryptography;
-using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using Microsoft.Extensions.Logging;
@@ -62,14 +61,22 @@ public sealed partial class TokenStore
 {
     readonly string _keysDirectory;
     readonly string _registryPath;
+    readonly string _registryMarkerPath;
     readonly TimeProvider _time;
     readonly ITenantKeys _tenantKeys;
     readonly ILogger _logger;
     readonly Lock _lock = new();
     Dictionary<string, (DateTime Stamp, IReadOnlyList<TokenKey> Keys)> _keys = new(StringComparer.Ordinal);
-    Dictionary<string, TokenRecord> _tokens = new(StringComparer.Ordinal);
+    readonly Dictionary<string, TokenRecord> _tokens = new(StringComparer.Ordinal);
     FrozenDictionary<string, DateTimeOffset> _revoked = FrozenDictionary<string, DateTimeOffset>.Empty;
     long _registryOffset;
+
+    // Fail closed (issue 12): once the registry exists it must stay readable, or a revocation written to it could be
+    // missed. Set while it is missing, unreadable or damaged; cleared by the next good read.
+    volatile string? _registryFault;
+    bool _registrySeen;
+    string? _faultLogged;
+    long _faultLoggedAt;
 
     // TimeProvider timestamp of the last refresh, valid once _refreshed is set: the refresh rate limit runs on the
     // injected clock, so tests move past it by advancing a fake clock instead of sleeping.
@@ -84,9 +91,23 @@ public sealed partial class TokenStore
         var root = Path.Combine(dataDirectory, "identity");
         _keysDirectory = Path.Combine(root, "keys");
         _registryPath = Path.Combine(root, "tokens.jsonl");
+        _registryMarkerPath = Path.Combine(root, "tokens.expected");
     }
 
     public string RegistryPath => _registryPath;
+
+    /// <summary>
+    /// Written beside the registry when it is first created (or first read, for installations older than this file): from
+    /// then on a missing registry is a loss, not a fresh install. A fresh install has neither and needs no registry.
+    /// </summary>
+    public string RegistryMarkerPath => _registryMarkerPath;
+
+    /// <summary>
+    /// Why revocations cannot be trusted now (the registry that should exist is missing, unreadable or damaged), or null.
+    /// While set, AUTH and the per-MAIL recheck answer a temporary failure for every tenant (the registry is one file for
+    /// all of them); revocations already read are kept whatever happens to the file.
+    /// </summary>
+    public string? RegistryFault => _registryFault;
 
     /// <summary>How long a key change waits for another process's lock on the tenant's key file.</summary>
     public TimeSpan LockTimeout { get; init; } = TimeSpan.FromSeconds(10);
@@ -150,8 +171,38 @@ public sealed partial class TokenStore
 
     public DateTimeOffset? RevokedAt(string tokenId) => _revoked.TryGetValue(tokenId, out var at) ? at : null;
 
-    public void AppendRegistry(RegistryEntry entry) =>
+    public void AppendRegistry(RegistryEntry entry)
+    {
+        // The marker comes first: a registry line never exists without it, so its later loss is always noticed.
+        WriteRegistryMarker();
         Storage.AppendOnlyFile.AppendLine(_registryPath, JsonSerializer.SerializeToUtf8Bytes(entry, TokenJsonContext.Default.RegistryEntry));
+    }
+
+    void WriteRegistryMarker()
+    {
+        if (File.Exists(_registryMarkerPath))
+        {
+            return;
+        }
+
+        Directory.CreateDirectory(Path.GetDirectoryName(_registryMarkerPath)!);
+        try
+        {
+            // Owner-only like every file under identity/ (it says nothing secret, but the directory's rule is simple).
+            using var marker = new FileStream(_registryMarkerPath, new FileStreamOptions
+            {
+                Mode = FileMode.CreateNew,
+                Access = FileAccess.Write,
+                UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+            });
+            marker.Write("tokens.jsonl (token mints and revocations) exists; while it is missing or damaged, AUTH answers 454 4.7.0\n"u8);
+            marker.Flush(flushToDisk: true);
+        }
+        catch (IOException) when (File.Exists(_registryMarkerPath))
+        {
+            // Another process (the CLI, or the gateway) made it meanwhile.
+        }
+    }
 
     /// <summary>
     /// Read-modify-write of a tenant's key list under the cross-process lock (the gateway and the CLI both change key
@@ -391,19 +442,60 @@ public sealed partial class TokenStore
     [LoggerMessage(EventId = EventIds.Identity + 13, Level = LogLevel.Information, Message = "Destroyed retired token key {KeyId} of tenant {Tenant} in its HSM token")]
     private static partial void KeyDestroyed(ILogger logger, string keyId, string tenant);
 
+    /// <summary>A registry that should be there and cannot be read, or holds a line that is not an entry.</summary>
+    sealed class RegistryDamagedException(string message) : Exception(message);
+
     void RefreshRegistry()
+    {
+        try
+        {
+            ReadRegistry();
+            if (_registryFault is not null)
+            {
+                _registryFault = null;
+                _faultLogged = null;
+                RegistryRecovered(_logger, _registryPath);
+            }
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or RegistryDamagedException)
+        {
+            // Only what went wrong is logged, never a line of the file. Once per change of cause, then every 5 minutes.
+            var reason = ex is RegistryDamagedException ? ex.Message : $"cannot be read ({ex.GetType().Name})";
+            _registryFault = reason;
+            if (reason != _faultLogged || _time.GetElapsedTime(_faultLoggedAt) >= TimeSpan.FromMinutes(5))
+            {
+                _faultLogged = reason;
+                _faultLoggedAt = _time.GetTimestamp();
+                RegistryUnreadable(_logger, _registryPath, reason);
+            }
+        }
+    }
+
+    void ReadRegistry()
     {
         if (!File.Exists(_registryPath))
         {
+            // Missing is fine only on a fresh install: never seen by this process, and no marker of an earlier creation.
+            if (_registrySeen || File.Exists(_registryMarkerPath) || Directory.Exists(_registryPath))
+            {
+                throw new RegistryDamagedException("is missing (or not a regular file)");
+            }
+
             return;
         }
 
         using var file = new FileStream(_registryPath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+        if (!_registrySeen)
+        {
+            _registrySeen = true;
+            TryWriteMarker();
+        }
+
         if (file.Length < _registryOffset)
         {
+            // Replaced by a shorter file (restored from a backup, rewritten by hand): read it again from the start. What
+            // was already read stays: a revocation is never forgotten because the file lost it.
             _registryOffset = 0;
-            _tokens = new(StringComparer.Ordinal);
-            _revoked = FrozenDictionary<string, DateTimeOffset>.Empty;
         }
 
         if (file.Length == _registryOffset)
@@ -415,37 +507,77 @@ public sealed partial class TokenStore
         var bytes = new byte[file.Length - _registryOffset];
         file.ReadExactly(bytes);
 
-        // Only whole lines: a line still being written is picked up next time.
-        var end = Array.LastIndexOf(bytes, (byte)'\n');
-        if (end < 0)
-        {
-            return;
-        }
-
+        // Only whole lines: a line still being written is picked up next time. A whole line that is not an entry is
+        // damage: the lines before it count, the offset stays at it, and the store is faulted until it reads.
         var revoked = new Dictionary<string, DateTimeOffset>(_revoked, StringComparer.Ordinal);
-        foreach (var line in Encoding.UTF8.GetString(bytes, 0, end).Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        var start = 0;
+        try
         {
-            RegistryEntry? entry;
-            try
+            for (var end = Array.IndexOf(bytes, (byte)'\n'); end >= 0; start = end + 1, end = Array.IndexOf(bytes, (byte)'\n', start))
             {
-                entry = JsonSerializer.Deserialize(line, TokenJsonContext.Default.RegistryEntry);
-            }
-            catch (JsonException)
-            {
-                continue;
-            }
-
-            if (entry?.Op == "mint" && entry.Token is not null)
-            {
-                _tokens[entry.Token.Id] = entry.Token;
-            }
-            else if (entry?.Op == "revoke" && entry.Id is not null)
-            {
-                revoked.TryAdd(entry.Id, entry.At);
+                if (end > start && !Apply(bytes.AsSpan(start, end - start), revoked))
+                {
+                    throw new RegistryDamagedException($"has a line that is not a registry entry at byte {_registryOffset + start}");
+                }
             }
         }
-
-        _revoked = revoked.ToFrozenDictionary(StringComparer.Ordinal);
-        _registryOffset += end + 1;
+        finally
+        {
+            _revoked = revoked.ToFrozenDictionary(StringComparer.Ordinal);
+            _registryOffset += start;
+        }
     }
+
+    /// <summary>Applies one line; false when it is not a well-formed mint or revoke entry.</summary>
+    bool Apply(ReadOnlySpan<byte> line, Dictionary<string, DateTimeOffset> revoked)
+    {
+        if (line.Trim((byte)'\r').IsEmpty)
+        {
+            return true;
+        }
+
+        RegistryEntry? entry;
+        try
+        {
+            entry = JsonSerializer.Deserialize(line, TokenJsonContext.Default.RegistryEntry);
+        }
+        catch (JsonException)
+        {
+            return false;
+        }
+
+        if (entry?.Op == "mint" && entry.Token?.Id is not null)
+        {
+            _tokens[entry.Token.Id] = entry.Token;
+            return true;
+        }
+
+        if (entry?.Op == "revoke" && entry.Id is not null)
+        {
+            revoked.TryAdd(entry.Id, entry.At);
+            return true;
+        }
+
+        return false;
+    }
+
+    /// <summary>Installations older than the marker get it at the first read; a read-only data directory only loses the
+    /// detection across restarts (this process still remembers that it saw the registry).</summary>
+    void TryWriteMarker()
+    {
+        try
+        {
+            WriteRegistryMarker();
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            // Best effort, as said above; the next first read of a later process tries again.
+        }
+    }
+
+    [LoggerMessage(EventId = EventIds.Identity + 20, Level = LogLevel.Error, Message = "Token registry {Path} {Reason}: AUTH answers 454 4.7.0 for every tenant until it reads again (revocations already read are kept)")]
+    private static partial void RegistryUnreadable(ILogger logger, string path, string reason);
+
+    [LoggerMessage(EventId = EventIds.Identity + 21, Level = LogLevel.Information, Message = "Token registry {Path} reads again; AUTH resumes")]
+    private static partial void RegistryRecovered(ILogger logger, string path);
 }

@@ -95,6 +95,13 @@ internal sealed class IdentityStage(IdentityServices identity, TenantRateLimits 
             return null;
         }
 
+        if (check.Temporary)
+        {
+            // Revocations cannot be read now (issue 12, fail closed): no mail until they can, but the session keeps its AUTH.
+            audit.Write(context, AuditActions.TokenCheck, "error", check.Reason, context.Tenant.TenantId, subject, crossTenant: false);
+            return SmtpReplies.TokenCheckUnavailable;
+        }
+
         audit.Write(context, AuditActions.TokenCheck, "refused", check.Reason, context.Tenant.TenantId, subject, crossTenant: false);
         context.Tenant = null;
         context.HoldSessionSlot(null);

@@ -51,12 +51,13 @@ internal sealed class PolicyStage(IdentityStage identity, TenantRateLimits rates
     {
         var tenant = context.Tenant;
         bool suppressed;
+        var throttled = false;
         PolicyDecision decision;
         string? recipientTenant;
         try
         {
             suppressed = tenant is not null && envelope is not null && envelope.Suppression.Contains(tenant.TenantId, path.Address);
-            decision = SenderPolicy.Recipient(tenant, path, context.Tenants, context.TransactionTenant, suppressed, IsReturnPath, out recipientTenant);
+            decision = SenderPolicy.Recipient(tenant, path, context.Tenants, context.TransactionTenant, suppressed, (t, local) => IsReturnPath(context, t, local, ref throttled), out recipientTenant);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or Hsm.HsmException)
         {
@@ -64,6 +65,12 @@ internal sealed class PolicyStage(IdentityStage identity, TenantRateLimits rates
             // local trouble, so try again later (RFC 3463 4.3.0); a genuine bounce must not be refused as forged.
             SubmissionLog.EnvelopeStateUnreadable(logger, context.SessionId, ex);
             return Verdict.Answer(SmtpReplies.LocalError);
+        }
+
+        if (throttled)
+        {
+            // Too many forged or stale tags from this address lately: no MAC is computed for it until they age out.
+            return Verdict.Answer(SmtpReplies.ReturnPathChecksThrottled);
         }
 
         if (suppressed && !decision.Accepted)
@@ -140,5 +147,39 @@ internal sealed class PolicyStage(IdentityStage identity, TenantRateLimits rates
         return decision.Reply;
     }
 
-    bool IsReturnPath(string tenant, string local) => envelope is not null && envelope.ReturnPaths.Verify(tenant, local) is not null;
+    /// <summary>
+    /// The tag check of an unauthenticated RCPT to a bounce domain, which costs one HSM MAC unless the tag is known: a
+    /// client address with too many failed checks in the window is not checked at all (<paramref name="throttled"/>).
+    /// </summary>
+    bool IsReturnPath(SubmissionContext context, string tenant, string local, ref bool throttled)
+    {
+        if (envelope is null)
+        {
+            return false;
+        }
+
+        var limiter = envelope.ReturnPathThrottle;
+        if (limiter is not null && limiter.IsBlocked(context.ClientAddress))
+        {
+            throttled = true;
+            return false;
+        }
+
+        if (envelope.ReturnPaths.Verify(tenant, local) is not null)
+        {
+            return true;
+        }
+
+        if (limiter is not null)
+        {
+            limiter.RecordFailure(context.ClientAddress);
+            if (limiter.IsBlocked(context.ClientAddress))
+            {
+                // Logged once per episode: the address gets no further checks (nor failures, nor logs) until its count ages out.
+                ReturnPathLog.ChecksThrottled(logger, context.SessionId, context.ClientAddress, tenant);
+            }
+        }
+
+        return false;
+    }
 }
