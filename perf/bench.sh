@@ -25,6 +25,24 @@
 #   --only LIST            comma list of rows: ceiling,postfix,postfix-dkim,smtpgw,smtpgw-dkim,halfpeak
 #   --kill-test            only: SIGKILL the gateway mid-run, restart it, check acknowledged <= received at sink
 #   --idle [N]             only: hold N (10000) idle connections to the gateway, report its peak RSS
+#   --fairness             only: rows `fairness` and `fairness_signing` (issue 12). Tenant A floods at --flood-factor
+#                          (10) times its MessagesPerMinute (--a-limit, 6000) from --a-conns (20) connections while
+#                          tenant B sends at --b-rate (20/s) from --b-conns (4) under its own limit (--b-limit, 6000);
+#                          B's accepted rate and p99 (end of DATA -> 250) against B alone (the mean of a run before
+#                          and one after the flood), each --duration (60) s long (one whole limit window, so a
+#                          per-minute limiter's burst is inside it).
+#                          fairness_signing: both tenants DKIM-signed (RSA-2048 in SoftHSM2); A sends unpaced from
+#                          --sign-a-conns (50) connections within its limits (MessagesPerMinute --sign-a-limit, 60000;
+#                          MaxConcurrentSigning --sign-a-share, 1), so signing is the contended resource.
+#                          --only fairness / --only fairness-signing runs one of the two.
+#   --slow-clients [N]     only: row `slow_clients`: N (1000) sessions trickle one byte every --slow-interval (5) s
+#                          (--slow-phase mixed: half inside a command line, half inside DATA) while tenant A sends at
+#                          full speed for --duration (20) s; against the same client without them (run before and
+#                          after); counts the slow sessions the gateway closed within --slow-hold (60) s, and with
+#                          which reply. --slow-timeout S (45; 0 = the gateway's own) sets Gateway:Limits:CommandTimeout
+#                          and DataTimeout (the grace of MinDataRate) so that the limits fall inside the run.
+#   --gw-set KEY=VALUE     a gateway setting (config path with ':') for every gateway started; repeatable, e.g.
+#                          --gw-set Gateway:Limits:MinDataRate=240
 #   --profile SECS         also sample the loaded gateway with `perf record` for SECS s (needs linux-perf)
 #   --no-install           do not apt-get anything
 #   --keep                 keep the work directory (default: removed unless something failed)
@@ -43,6 +61,10 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPE
 
 size=4k sessions=20 per_conn=1 mode=plain messages="" quick=0 only="" kill_test=0 idle=0 idle_count=10000
 install=1 keep=0 profile_secs=0
+fairness=0 slow_clients=0 slow_count=1000 duration=""
+a_limit=6000 flood_factor=10 a_conns=20 b_rate=20 b_conns=4 b_limit=6000 sign_a_conns=50 sign_a_limit=60000 sign_a_share=1
+slow_interval=5 slow_hold=60 slow_timeout=45 slow_phase=mixed
+declare -a gw_settings=()
 while (($#)); do
     case "$1" in
         --size) size="$2"; shift 2 ;;
@@ -55,6 +77,23 @@ while (($#)); do
         --kill-test) kill_test=1; shift ;;
         --idle) idle=1; if [[ "${2:-}" =~ ^[0-9]+$ ]]; then idle_count="$2"; shift; fi; shift ;;
         --profile) profile_secs="$2"; shift 2 ;;
+        --fairness) fairness=1; shift ;;
+        --slow-clients) slow_clients=1; if [[ "${2:-}" =~ ^[0-9]+$ ]]; then slow_count="$2"; shift; fi; shift ;;
+        --duration) duration="$2"; shift 2 ;;
+        --a-limit) a_limit="$2"; shift 2 ;;
+        --flood-factor) flood_factor="$2"; shift 2 ;;
+        --a-conns) a_conns="$2"; shift 2 ;;
+        --b-rate) b_rate="$2"; shift 2 ;;
+        --b-conns) b_conns="$2"; shift 2 ;;
+        --b-limit) b_limit="$2"; shift 2 ;;
+        --sign-a-conns) sign_a_conns="$2"; shift 2 ;;
+        --sign-a-limit) sign_a_limit="$2"; shift 2 ;;
+        --sign-a-share) sign_a_share="$2"; shift 2 ;;
+        --slow-interval) slow_interval="$2"; shift 2 ;;
+        --slow-hold) slow_hold="$2"; shift 2 ;;
+        --slow-timeout) slow_timeout="$2"; shift 2 ;;
+        --slow-phase) slow_phase="$2"; shift 2 ;;
+        --gw-set) [[ "$2" == *=* ]] || { echo "bench.sh: --gw-set takes KEY=VALUE" >&2; exit 2; }; gw_settings+=("$2"); shift 2 ;;
         --no-install) install=0; shift ;;
         --keep) keep=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -65,6 +104,16 @@ case "$size" in 1k|4k|100k) ;; *) echo "bench.sh: --size must be 1k, 4k or 100k"
 case "$mode" in plain|starttls|auth) ;; *) echo "bench.sh: --mode must be plain, starttls or auth" >&2; exit 2 ;; esac
 [[ "$sessions" =~ ^[0-9]+$ && "$per_conn" =~ ^[0-9]+$ ]] || { echo "bench.sh: --sessions/--per-conn take numbers" >&2; exit 2; }
 if [[ -z "$messages" ]]; then messages=$((quick ? 2000 : 20000)); fi
+for v in a_limit flood_factor a_conns b_rate b_conns b_limit sign_a_conns sign_a_limit sign_a_share slow_count slow_hold slow_timeout; do
+    [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "bench.sh: --${v//_/-} takes a whole number" >&2; exit 2; }
+done
+[[ "$slow_interval" =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "bench.sh: --slow-interval takes a number of seconds" >&2; exit 2; }
+case "$slow_phase" in command|data|mixed) ;; *) echo "bench.sh: --slow-phase must be command, data or mixed" >&2; exit 2 ;; esac
+if ((fairness)) && [[ "$mode" == starttls ]]; then
+    echo "bench.sh: --fairness needs tenant sessions: --mode plain (tenants by source address) or auth (tokens)" >&2; exit 2
+fi
+if [[ -z "$duration" ]]; then duration=$((slow_clients ? 20 : 60)); fi
+[[ "$duration" =~ ^[0-9]+$ ]] && ((duration > 0)) || { echo "bench.sh: --duration takes whole seconds" >&2; exit 2; }
 size_bytes=$(( ${size%k} * 1024 ))
 
 say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -187,6 +236,7 @@ sender="sender@tenant-a.example"
 # Unauthenticated STARTTLS sessions are inbound mail to the gateway: only tenant domains are accepted as recipients.
 # The same recipient is used for every row of a run.
 if [[ "$mode" == starttls ]]; then rcpt="rcpt@tenant-a.example"; else rcpt="rcpt@example.net"; fi
+rcpt_inbound="rcpt@tenant-a.example"   # --slow-clients: the data-phase slow sessions are inbound mail to a tenant domain
 
 # --- Sinks: one fresh smtp-sink per row, counted by lib/sinkwatch.pl from `smtp-sink -c` -------------------------
 # start_sink NAME → sets sink_port, sink_state, sink_pid
@@ -571,8 +621,11 @@ gw_start() {
     # --profile: JIT-compiled frames get names in perf (writes /tmp/perf-PID.map; W^X off or perf sees only
     # "memfd:doublemapper").
     ((profile_secs > 0)) && perfmap=(DOTNET_PerfMapEnabled=1 DOTNET_EnableWriteXorExecute=0)
+    # --gw-set KEY=VALUE: "Gateway:Limits:X" is the environment variable SMTPGW__Gateway__Limits__X.
+    local kv key settings=()
+    for kv in "${gw_settings[@]}"; do key="${kv%%=*}"; settings+=("SMTPGW__${key//:/__}=${kv#*=}"); done
     start_bg smtpgw "$dir/smtpgw.log" env "${perfmap[@]}" SMTPGW__Logging__LogLevel__Default=Warning \
-        SMTPGW__Logging__LogLevel__Microsoft.Hosting.Lifetime=Warning "$@" \
+        SMTPGW__Logging__LogLevel__Microsoft.Hosting.Lifetime=Warning "${settings[@]}" "$@" \
         "$gw_out/smtpgw" serve --config "$dir/conf/gateway.json"
     gw_pid=$bg_pid
     wait_banner "$gw_relay_port" 60 || die "smtpgw did not start: $(tail -20 "$dir/smtpgw.log")"
@@ -633,14 +686,14 @@ row_halfpeak() {
 # Setup follows ./run.sh's dev_hsm: `smtpgw hsm init-token`, then `smtpgw dkim keygen` per algorithm (the first key
 # of an algorithm for a domain signs at once). Only tenant sessions are signed: in --mode starttls (no AUTH: inbound
 # mail) the probe below reports the rows as unsigned.
-gw_dkim_setup() {   # gw_dkim_setup DIR ALGS (space-separated: rsa2048 ed25519)
-    local dir="$1" algs="$2" alg
-    smtpgw hsm init-token --config "$dir/conf/gateway.json" --tenant tenant-a >"$dir/init-token.log" 2>&1 \
-        || { say "smtpgw hsm init-token failed: $(tail -3 "$dir/init-token.log")"; return 1; }
+gw_dkim_setup() {   # gw_dkim_setup DIR ALGS [TENANT DOMAIN] (ALGS space-separated: rsa2048 ed25519; tenant-a)
+    local dir="$1" algs="$2" tenant="${3:-tenant-a}" domain="${4:-tenant-a.example}" alg
+    smtpgw hsm init-token --config "$dir/conf/gateway.json" --tenant "$tenant" >"$dir/init-token-$tenant.log" 2>&1 \
+        || { say "smtpgw hsm init-token ($tenant) failed: $(tail -3 "$dir/init-token-$tenant.log")"; return 1; }
     for alg in $algs; do
-        smtpgw dkim keygen --config "$dir/conf/gateway.json" --tenant tenant-a --domain tenant-a.example \
-            --selector "bench${alg%%[0-9]*}" --alg "$alg" >"$dir/dns-$alg.txt" 2>"$dir/keygen-$alg.err" \
-            || { say "smtpgw dkim keygen ($alg) failed: $(tail -3 "$dir/keygen-$alg.err")"; return 1; }
+        smtpgw dkim keygen --config "$dir/conf/gateway.json" --tenant "$tenant" --domain "$domain" \
+            --selector "bench${alg%%[0-9]*}" --alg "$alg" >"$dir/dns-$tenant-$alg.txt" 2>"$dir/keygen-$tenant-$alg.err" \
+            || { say "smtpgw dkim keygen ($tenant, $alg) failed: $(tail -3 "$dir/keygen-$tenant-$alg.err")"; return 1; }
     done
 }
 rows_smtpgw_dkim() {
@@ -687,6 +740,270 @@ rows_smtpgw_dkim() {
     done
 }
 # <<< DKIM SIGNING ROWS <<<
+# ======================================================================================================================
+
+# ======================================================================================================================
+# >>> FAIRNESS AND SLOW CLIENTS (issue 12) >>>
+# Two tenants of config/gateway.json: A (tenant-a) floods, B (tenant-b) is the bystander whose accepted rate and p99
+# (end of DATA -> 250) are compared with a run of B alone on the same warm gateway. In --mode plain a tenant is matched
+# by its client network (tenant-a 127.0.0.1/32, tenant-b 127.0.0.2/32), so each client binds its tenant's address; in
+# --mode auth each tenant has its own token (and still its own address, so the per-IP limit is per tenant either way).
+# Each client is its own smtp-loadgen process, so every count (250s, 4xx refusals by code, latencies) is per tenant.
+fair_tenants=(tenant-a tenant-b)
+declare -A fair_token=()
+fair_conf_get() { jq -r --arg t "$2" "$3" "$1/conf/gateway.json"; }   # DIR TENANT FILTER
+# fair_config DIR SINK_PORT LIMITS_A LIMITS_B: the bench config plus Tenants:<id>:Limits for A and B (JSON objects).
+fair_config() {
+    local dir="$1" per_ip=$(( (a_conns > sign_a_conns ? a_conns : sign_a_conns) + b_conns + 10 ))
+    gw_config "$dir" "$2"
+    jq --argjson la "$3" --argjson lb "$4" --argjson pip "$per_ip" '
+        .Tenants["tenant-a"].Limits = ((.Tenants["tenant-a"].Limits // {}) + $la)
+        | .Tenants["tenant-b"].Limits = ((.Tenants["tenant-b"].Limits // {}) + $lb)
+        | .Gateway.Limits.MaxConnectionsPerIp = ([.Gateway.Limits.MaxConnectionsPerIp // 50, $pip] | max)' \
+        "$dir/conf/gateway.json" >"$dir/conf/g.tmp" && mv "$dir/conf/g.tmp" "$dir/conf/gateway.json"
+    local t
+    for t in "${fair_tenants[@]}"; do
+        [[ -n "$(fair_conf_get "$dir" "$t" '.Tenants[$t].Networks[]? | select(test("^[0-9.]+/"))' | head -1)" ]] \
+            || die "fairness: tenant $t has no IPv4 network in config/gateway.json"
+        smtpgw hsm init-token --config "$dir/conf/gateway.json" --tenant "$t" >"$dir/init-token-$t.log" 2>&1 \
+            || die "smtpgw hsm init-token ($t) failed: $(tail -3 "$dir/init-token-$t.log")"
+        [[ "$mode" == auth ]] || continue
+        fair_token[$t]=$(smtpgw token mint --config "$dir/conf/gateway.json" --tenant "$t" --ttl 1h --description bench 2>"$dir/mint-$t.err") \
+            || die "smtpgw token mint ($t) failed: $(cat "$dir/mint-$t.err")"
+    done
+}
+# fair_args DIR TENANT: the tenant's loadgen flags, one a line (port, source address, sender in its domain, auth).
+fair_args() {
+    local dir="$1" t="$2"
+    printf '%s\n' --port "$(gw_port_for_mode)" --size "$size" --to "$rcpt" \
+        --source "$(fair_conf_get "$dir" "$t" '.Tenants[$t].Networks[] | select(test("^[0-9.]+/")) | sub("/.*"; "")' | head -1)" \
+        --from "sender@$(fair_conf_get "$dir" "$t" '.Tenants[$t].Domains[0]')"
+    if [[ "$mode" == auth ]]; then printf '%s\n' --starttls --auth-user "$t" --auth-pass "${fair_token[$t]}"; fi
+}
+# fair_probe_signing DIR: one message of each tenant into a dumping sink must carry its own domain's signature.
+fair_probe_signing() {
+    local dir="$1" t i files=0 a_args=() b_args=()
+    dump_sink_start fairness-signing
+    jq --argjson p "$dump_port" '.Gateway.Delivery.Smarthost.Port = $p' "$dir/conf/gateway.json" >"$dir/conf/g.tmp" && mv "$dir/conf/g.tmp" "$dir/conf/gateway.json"
+    gw_start "$dir"
+    for t in "${fair_tenants[@]}"; do
+        mapfile -t a_args < <(fair_args "$dir" "$t")
+        loadgen run "${a_args[@]}" --connections 1 --messages 1 >"$dump_dir/probe-$t.json" 2>&1 || true
+    done
+    for i in $(seq 1 150); do
+        files=$(grep -l '^DKIM-Signature:' "$dump_dir"/m.* 2>/dev/null | wc -l)
+        ((files >= 2)) && break
+        sleep 0.1
+    done
+    stop_pid "$gw_pid"; stop_pid "$dump_pid"
+    for t in "${fair_tenants[@]}"; do
+        grep -lq "d=$(fair_conf_get "$dir" "$t" '.Tenants[$t].Domains[0]')" "$dump_dir"/m.* 2>/dev/null \
+            || { say "fairness_signing: the probe message of $t was not signed for its domain; see $dump_dir"; return 1; }
+    done
+}
+# fair_b DIR OUT: tenant B paced at --b-rate for --duration seconds → DIR/OUT.json
+fair_b() {
+    local dir="$1" out="$2"
+    loadgen run "${b_args[@]}" --connections "$b_conns" --per-conn "$per_conn" --rate "$b_rate" \
+        --messages $((b_rate * duration)) --max-seconds "$duration" --label "B $out" \
+        --out "$dir/$out.json" >"$dir/$out.out" 2>"$dir/$out.err" || true
+    [[ -s "$dir/$out.json" ]] || { failed=1; die "fairness: tenant B's load generator failed: $(tail -3 "$dir/$out.err")"; }
+}
+# run_fairness NAME SIGNED: one fairness row (fairness or fairness_signing).
+run_fairness() {
+    local name="$1" signed="$2" dir="$work/$1" la lb a_rate a_conn a_limit_used a_share="" a_args=() b_args=() lead=2
+    if ((signed)); then
+        # Within its limits (the message limit is no help here): signing is what A's flood contends for.
+        a_limit_used=$sign_a_limit a_conn=$sign_a_conns a_rate=0 a_share=$sign_a_share
+        la=$(jq -n --argjson m "$a_limit_used" --argjson s "$sign_a_share" '{MessagesPerMinute: $m, MaxConcurrentSigning: $s}')
+    else
+        a_limit_used=$a_limit a_conn=$a_conns a_rate=$(fcalc "$flood_factor * $a_limit / 60")
+        la=$(jq -n --argjson m "$a_limit_used" '{MessagesPerMinute: $m}')
+    fi
+    lb=$(jq -n --argjson m "$b_limit" '{MessagesPerMinute: $m}')
+    if ((signed)) && ! smtpgw dkim --help >/dev/null 2>&1; then skip_row "$name" smtp-loadgen "skipped: signing not built"; return 0; fi
+    start_sink "$name"
+    fair_config "$dir" "$sink_port" "$la" "$lb"
+    if ((signed)); then
+        local t
+        for t in "${fair_tenants[@]}"; do
+            gw_dkim_setup "$dir" rsa2048 "$t" "$(fair_conf_get "$dir" "$t" '.Tenants[$t].Domains[0]')" \
+                || { failed=1; skip_row "$name" smtp-loadgen "key setup failed"; stop_pid "$sink_pid"; return 0; }
+        done
+        fair_probe_signing "$dir" || failed=1
+        jq --argjson p "$sink_port" '.Gateway.Delivery.Smarthost.Port = $p' "$dir/conf/gateway.json" >"$dir/conf/g.tmp" && mv "$dir/conf/g.tmp" "$dir/conf/gateway.json"
+    fi
+    gw_start "$dir"
+    mapfile -t a_args < <(fair_args "$dir" tenant-a)
+    mapfile -t b_args < <(fair_args "$dir" tenant-b)
+
+    # Warm-up (not measured): both tenants, unpaced, drained.
+    local sink0; sink0=$(sink_count)
+    loadgen run "${a_args[@]}" --connections 10 --messages 300 --label "A warm-up" --out "$dir/warm-a.json" >/dev/null 2>&1 &
+    local wa=$!; pids+=("$wa")
+    loadgen run "${b_args[@]}" --connections "$b_conns" --messages 300 --label "B warm-up" --out "$dir/warm-b.json" >/dev/null 2>&1 || true
+    wait "$wa" || true
+    wait_drain $((sink0 + $(jq -s 'map(.count) | add // 0' "$dir"/warm-?.json 2>/dev/null || echo 0))) 5 60 || say "$name: warm-up did not drain"
+
+    say "$name: B alone, $b_rate msg/s from $b_conns connections for ${duration}s"
+    local cpu0 cpu1 cpu2; cpu0=$("$lib/procstat.pl" cpu "$gw_pid")
+    fair_b "$dir" b-alone
+    wait_drain "$(( $(jq .count "$dir/warm-a.json" 2>/dev/null || echo 0) + $(jq .count "$dir/warm-b.json" 2>/dev/null || echo 0) + $(jq .count "$dir/b-alone.json") ))" 5 60 \
+        || say "$name: B's run did not drain"
+
+    local a_total a_secs=$((duration + lead + 2))
+    if ((signed)); then a_total=100000000; else a_total=$(awk -v r="$a_rate" -v s="$a_secs" 'BEGIN { print int(r * s) + 1 }'); fi
+    local offered="$a_rate msg/s"; ((signed)) && offered="unpaced"
+    say "$name: A floods ($offered offered, limit $a_limit_used/min${a_share:+, MaxConcurrentSigning $a_share}, $a_conn connections) while B sends again"
+    cpu1=$("$lib/procstat.pl" cpu "$gw_pid")   # (B's drain included in the alone figure)
+    loadgen run "${a_args[@]}" --connections "$a_conn" --per-conn 100 --rate "$a_rate" --messages "$a_total" \
+        --max-seconds "$a_secs" --timeline --label "A flood" --out "$dir/a-flood.json" >"$dir/a-flood.out" 2>"$dir/a-flood.err" &
+    local ap=$!; pids+=("$ap")
+    sleep "$lead"
+    fair_b "$dir" b-flood
+    wait "$ap" || true
+    cpu2=$("$lib/procstat.pl" cpu "$gw_pid")
+    [[ -s "$dir/a-flood.json" ]] || { failed=1; die "$name: tenant A's load generator failed: $(tail -3 "$dir/a-flood.err")"; }
+    # B alone again once A's backlog is delivered: the baseline is the mean of the runs before and after the flood, so
+    # that drift in this shared machine's load shows as a difference between the two instead of as a ratio.
+    wait_drain "$(jq -s 'map(.count) | add' "$dir"/warm-?.json "$dir/b-alone.json" "$dir/b-flood.json" "$dir/a-flood.json")" 10 180 \
+        || say "$name: A's backlog did not drain ($(sink_count) at the sink)"
+    say "$name: B alone again"
+    fair_b "$dir" b-alone-after
+    stop_pid "$gw_pid"; stop_pid "$sink_pid"
+
+    add_row "$(jq -n --arg name "$name" --slurpfile x "$dir/b-alone.json" --slurpfile y "$dir/b-flood.json" \
+        --slurpfile x2 "$dir/b-alone-after.json" \
+        --slurpfile z "$dir/a-flood.json" --argjson signed "$signed" --argjson alim "$a_limit_used" --argjson blim "$b_limit" \
+        --argjson arate "$a_rate" --argjson factor "$flood_factor" --argjson brate "$b_rate" --argjson dur "$duration" \
+        --arg ashare "$a_share" --argjson c0 "$cpu0" --argjson c1 "$cpu1" --argjson c2 "$cpu2" --arg mode "$mode" '
+        def r3: . * 1000 | round / 1000;
+        def rate($l): if $l.elapsed_s > 0 then ($l.count / $l.elapsed_s * 10 | round / 10) else 0 end;
+        def side($l): {rate: rate($l), acknowledged: $l.count, attempted: $l.attempted, refused: $l.refused,
+                       refused_by_code: $l.refused_by_code, errors: $l.errors, error_kinds: $l.error_kinds,
+                       connect_failures: $l.connect_failures, seconds: $l.elapsed_s, latency_ms: $l.latency_ms};
+        $x[0] as $before | $x2[0] as $after | $y[0] as $flood | $z[0] as $a
+        | ((rate($before) + rate($after)) / 2) as $rate_alone
+        | (($before.latency_ms.p99 + $after.latency_ms.p99) / 2) as $p99_alone
+        | {name: $name, client: "smtp-loadgen: tenant A flood + tenant B paced, separate processes", mode: $mode,
+           b_rate_ratio: (if $rate_alone > 0 then (rate($flood) / $rate_alone | r3) else null end),
+           b_p99_ratio: (if $p99_alone > 0 then ($flood.latency_ms.p99 / $p99_alone | r3) else null end),
+           b_rate_alone: ($rate_alone * 10 | round / 10), b_rate_under_flood: rate($flood),
+           b_p99_ms_alone: ($p99_alone | r3), b_p99_ms_under_flood: $flood.latency_ms.p99,
+           b: {limits: {MessagesPerMinute: $blim}, paced_rate: $brate, connections: $before.connections,
+               alone_before: side($before), under_flood: side($flood), alone_after: side($after)},
+           a: {limits: ({MessagesPerMinute: $alim} + (if $ashare != "" then {MaxConcurrentSigning: ($ashare | tonumber)} else {} end)),
+               flood: (if $signed == 1 then "unpaced, within its message limit" else "\($factor) x MessagesPerMinute" end),
+               paced_rate: (if $arate > 0 then $arate else null end), connections: $a.connections,
+               offered_rate: (if $a.elapsed_s > 0 then ($a.attempted / $a.elapsed_s * 10 | round / 10) else 0 end),
+               accepted_rate: rate($a), attempted: $a.attempted, acknowledged: $a.count,
+               refused: $a.refused, refused_by_code: $a.refused_by_code, refused_at: $a.refused_at,
+               errors: $a.errors, error_kinds: $a.error_kinds, connect_failures: $a.connect_failures,
+               connect_failure_kinds: $a.connect_failure_kinds, seconds: $a.elapsed_s, latency_ms: $a.latency_ms,
+               accepted_per_second: $a.acks_per_second},
+           signed: ($signed == 1), duration_s: $dur,
+           gateway_cpu_s: {b_alone: ($c1 - $c0 | r3), flood: ($c2 - $c1 | r3)},
+           limits_enforced: (if $signed == 1 then null else ($a.refused > 0) end),
+           target: "b_rate_ratio >= 0.9 and b_p99_ratio <= 1.1 (issue 12: within 10% of B alone)",
+           verdict: (if $signed == 0 and $a.refused == 0 then "FAIL (A was never refused: MessagesPerMinute is not enforced by this build)"
+                     elif ($rate_alone > 0 and $p99_alone > 0 and rate($flood) / $rate_alone >= 0.9
+                           and $flood.latency_ms.p99 / $p99_alone <= 1.1) then "PASS" else "FAIL" end)}')"
+    say "$name: $(jq -r '"B \(.b_rate_alone) -> \(.b_rate_under_flood) msg/s (ratio \(.b_rate_ratio)), p99 \(.b_p99_ms_alone) -> \(.b_p99_ms_under_flood) ms (ratio \(.b_p99_ratio)); A offered \(.a.offered_rate)/s, accepted \(.a.accepted_rate)/s, refused \(.a.refused_by_code | tostring): \(.verdict)"' "$rows_dir/$(printf %02d $row_seq).json")"
+}
+
+# --- Slow clients ----------------------------------------------------------------------------------------------------
+# Tenant A's normal client at full speed for --duration s: alone, with N slow sessions open, alone again. The slow
+# sessions come from 127.0.1.1 up, 40 per address (under the gateway's default MaxConnectionsPerIp of 50, which stays):
+# none is in a tenant network, so they are unauthenticated inbound sessions (the data-phase ones write to a tenant domain).
+slow_normal() {   # DIR OUT
+    local dir="$1" out="$2" client; client=$(gw_client_args)
+    # shellcheck disable=SC2086
+    loadgen run --port "$(gw_port_for_mode)" "${loadgen_args[@]}" $client --messages 100000000 --max-seconds "$duration" \
+        --label "normal $out" --out "$dir/$out.json" >"$dir/$out.out" 2>"$dir/$out.err" || true
+    [[ -s "$dir/$out.json" ]] || { failed=1; die "slow clients: the normal client failed: $(tail -3 "$dir/$out.err")"; }
+    say "slow clients: normal client ($out): $(jq -r '"\(.count) acked in \(.elapsed_s) s, p99 \(.latency_ms.p99) ms"' "$dir/$out.json")"
+}
+run_slow_clients() {
+    local need=$((slow_count * 2 + 1000))
+    if (( $(ulimit -n) < need )); then ulimit -n "$need" 2>/dev/null || say "could not raise ulimit -n to $need (now $(ulimit -n))"; fi
+    start_sink slow-clients
+    local dir="$work/smtpgw-slow" per_ip=40
+    gw_config "$dir" "$sink_port"; gw_mint "$dir"
+    if ((slow_timeout > 0)); then
+        local t; t=$(printf '%02d:%02d:%02d' $((slow_timeout / 3600)) $((slow_timeout % 3600 / 60)) $((slow_timeout % 60)))
+        jq --arg t "$t" '.Gateway.Limits.CommandTimeout = $t | .Gateway.Limits.DataTimeout = $t' "$dir/conf/gateway.json" >"$dir/conf/g.tmp" \
+            && mv "$dir/conf/g.tmp" "$dir/conf/gateway.json"
+    fi
+    local max_ip; max_ip=$(jq '.Gateway.Limits.MaxConnectionsPerIp // 50' "$dir/conf/gateway.json")
+    ((max_ip < per_ip)) && per_ip=$max_ip
+    local sources=$(( (slow_count + per_ip - 1) / per_ip ))
+    gw_start "$dir"
+    local sink0; sink0=$(sink_count)
+    local client; client=$(gw_client_args)
+    # shellcheck disable=SC2086
+    loadgen run --port "$(gw_port_for_mode)" "${loadgen_args[@]}" $client --messages 1000 --label warm-up --out "$dir/warm.json" >/dev/null 2>&1 || true
+    wait_drain $((sink0 + $(jq .count "$dir/warm.json" 2>/dev/null || echo 0))) 5 60 || say "slow clients: warm-up did not drain"
+
+    slow_normal "$dir" alone-before
+    local rss0; rss0=$("$lib/procstat.pl" rss "$gw_pid")
+    say "slow clients: opening $slow_count sessions (phase $slow_phase, 1 byte every ${slow_interval}s) from $sources source address(es) from 127.0.1.1; ulimit -n $(ulimit -n)"
+    loadgen slow --port "$gw_relay_port" --count "$slow_count" --interval "$slow_interval" --duration "$slow_hold" \
+        --phase "$slow_phase" --source 127.0.1.1 --source-count "$sources" --to "$rcpt_inbound" --ready "$dir/slow-ready" \
+        --out "$dir/slow.json" >"$dir/slow.out" 2>"$dir/slow.err" &
+    local sp=$!; pids+=("$sp")
+    local i; for i in $(seq 1 1200); do [[ -s "$dir/slow-ready" ]] && break; kill -0 "$sp" 2>/dev/null || break; sleep 0.1; done
+    say "slow clients: $(cat "$dir/slow-ready" 2>/dev/null || echo 0) slow sessions open; the normal client again"
+    slow_normal "$dir" with-slow
+    local rss1; rss1=$("$lib/procstat.pl" rss "$gw_pid")
+    wait "$sp" || true
+    [[ -s "$dir/slow.json" ]] || { failed=1; die "slow clients: the slow client failed: $(tail -5 "$dir/slow.err")"; }
+    slow_normal "$dir" alone-after
+    local hwm; hwm=$("$lib/procstat.pl" hwm "$gw_pid")
+    stop_pid "$gw_pid"; stop_pid "$sink_pid"
+
+    local limits; limits=$(jq -c '.Gateway.Limits | {CommandTimeout, DataTimeout, MinDataRate, MaxConnectionsPerIp}' "$dir/conf/gateway.json")
+    add_row "$(jq -n --slurpfile b "$dir/alone-before.json" --slurpfile w "$dir/with-slow.json" --slurpfile a "$dir/alone-after.json" \
+        --slurpfile s "$dir/slow.json" --argjson limits "$limits" --arg phase "$slow_phase" --arg mode "$mode" \
+        --argjson rss0 "$rss0" --argjson rss1 "$rss1" --argjson hwm "$hwm" --argjson dur "$duration" \
+        --arg settings "$(printf '%s\n' "${gw_settings[@]}")" '
+        def rate($l): if $l.elapsed_s > 0 then ($l.count / $l.elapsed_s * 10 | round / 10) else 0 end;
+        def side($l): {rate: rate($l), acknowledged: $l.count, refused: $l.refused, refused_by_code: $l.refused_by_code,
+                       errors: $l.errors, error_kinds: $l.error_kinds, seconds: $l.elapsed_s, latency_ms: $l.latency_ms};
+        $b[0] as $before | $w[0] as $with | $a[0] as $after | $s[0] as $slow
+        | ((rate($before) + rate($after)) / 2) as $alone
+        | {name: "slow_clients", client: "smtp-loadgen run (tenant A, full speed) + smtp-loadgen slow", mode: $mode,
+           normal_rate_ratio: (if $alone > 0 then (rate($with) / $alone * 1000 | round / 1000) else null end),
+           normal_rate_alone: ($alone * 10 | round / 10), normal_rate_with_slow: rate($with),
+           normal_p99_ratio: (if ($before.latency_ms.p99 + $after.latency_ms.p99) > 0
+                              then ($with.latency_ms.p99 / (($before.latency_ms.p99 + $after.latency_ms.p99) / 2) * 1000 | round / 1000) else null end),
+           normal: {connections: $with.connections, duration_s: $dur, alone_before: side($before), with_slow: side($with), alone_after: side($after)},
+           slow: {requested: $slow.requested, opened: $slow.opened, open_failures: $slow.open_failures,
+                  open_failure_kinds: $slow.open_failure_kinds, phase: $phase, interval_s: $slow.interval_s,
+                  hold_s: $slow.duration_s, source_addresses: $slow.source_addresses,
+                  closed_by_gateway: $slow.closed_by_server, closing_replies: $slow.closing_replies,
+                  closed_after_s: $slow.closed_after_s, still_open_at_end: $slow.still_open_at_end,
+                  by_phase: $slow.by_phase},
+           gateway_limits: $limits, gw_set: ($settings | split("\n") | map(select(. != ""))),
+           rss_mb: {before: ($rss0 / 1024 | round), with_slow: ($rss1 / 1024 | round), peak_vmhwm: ($hwm / 1024 | round)},
+           target: "normal_rate_ratio >= 0.9 and every slow session closed by the gateway (at its limit) within the hold",
+           verdict: (if $alone > 0 and rate($with) / $alone >= 0.9 and $slow.opened > 0 and $slow.still_open_at_end == 0
+                     then "PASS" else "FAIL" end)}')"
+    say "slow clients: $(jq -r '"normal \(.normal_rate_alone) -> \(.normal_rate_with_slow) msg/s (ratio \(.normal_rate_ratio)); slow: \(.slow.opened) opened, \(.slow.closed_by_gateway) closed by the gateway \(.slow.closing_replies | tostring), \(.slow.still_open_at_end) still open: \(.verdict)"' "$rows_dir/$(printf %02d $row_seq).json")"
+}
+
+# latest.json carries the issue-12 rows (fairness, fairness_signing, slow_clients) beside the default run's rows: a
+# --fairness or --slow-clients run replaces its own rows there (each naming the run it came from) and leaves the rest.
+merge_into_latest() {
+    local latest="$here/results/latest.json" stamped="$here/results/$stamp.json"
+    [[ -s "$latest" ]] || { cp "$stamped" "$latest"; return 0; }
+    jq --slurpfile new "$stamped" --arg from "$stamp.json" '
+        ($new[0].rows | map(.name)) as $names
+        | .rows = ([.rows[] | select(.name as $n | $names | index($n) | not)]
+                   + ($new[0].rows | map(. + {from_run: $from, command: $new[0].command, machine: $new[0].machine})))
+        ' "$latest" >"$latest.tmp" && mv "$latest.tmp" "$latest"
+    say "rows $(jq -r '[.rows[].name] | join(", ")' "$stamped") merged into perf/results/latest.json"
+}
+# <<< FAIRNESS AND SLOW CLIENTS <<<
 # ======================================================================================================================
 
 # --- Profile: perf record on the loaded gateway --------------------------------------------------------------------
@@ -802,6 +1119,11 @@ if ((kill_test)); then
     run_kill_test
 elif ((idle)); then
     run_idle
+elif ((fairness)); then
+    want fairness && run_fairness fairness 0
+    want fairness-signing && run_fairness fairness_signing 1
+elif ((slow_clients)); then
+    run_slow_clients
 else
     want ceiling && row_ceiling
     want postfix && row_postfix
@@ -850,6 +1172,7 @@ result=$(jq -s --argjson machine "$machine" --arg stamp "$stamp" --arg cmd "perf
     ' "$rows_dir"/*.json)
 mkdir -p "$here/results"
 printf '%s\n' "$result" >"$here/results/$stamp.json"
+if ((fairness || slow_clients)); then merge_into_latest; fi
 
 echo
 echo "SmtpGateway vs Postfix — $(jq -r '.machine | "\(.cpu), \(.cores) cores, \(.memory), \(.kernel), work dir on \(.work_fs)"' <<<"$result")"
@@ -869,6 +1192,10 @@ jq -r '.rows[] | select(.name == "smtpgw kill test") |
     "kill test: acknowledged \(.acknowledged), received at sink \(.received_at_sink) (\(.duplicates_or_unacked_delivered) more than acknowledged), SIGKILL after ~\(.killed_after_acks) acks, spool left \(.spool_queue_left): \(.verdict)"' <<<"$result"
 jq -r '.rows[] | select(.name == "smtpgw idle") |
     "idle: \(.opened)/\(.requested) connections open (\(.alive_after_hold) answered NOOP after the hold), RSS before \(.rss_mb.before) MB, held \(.rss_mb.held) MB, VmHWM \(.rss_mb.peak_vmhwm) MB, \(.kb_per_connection) kB/conn: \(.verdict)"' <<<"$result"
+jq -r '.rows[] | select(.name == "fairness" or .name == "fairness_signing") | select(.skipped == null) |
+    "\(.name): B \(.b_rate_alone) msg/s alone, \(.b_rate_under_flood) under A'"'"'s flood (b_rate_ratio \(.b_rate_ratio)); p99 \(.b_p99_ms_alone) -> \(.b_p99_ms_under_flood) ms (b_p99_ratio \(.b_p99_ratio)); A offered \(.a.offered_rate)/s, accepted \(.a.accepted_rate)/s, refused \(.a.refused_by_code | tostring): \(.verdict)"' <<<"$result"
+jq -r '.rows[] | select(.name == "slow_clients") |
+    "slow_clients: normal client \(.normal_rate_alone) msg/s alone, \(.normal_rate_with_slow) with \(.slow.opened) slow sessions (normal_rate_ratio \(.normal_rate_ratio)); gateway closed \(.slow.closed_by_gateway) \(.slow.closing_replies | tostring), still open at the end \(.slow.still_open_at_end): \(.verdict)"' <<<"$result"
 jq -r '.rows[] | select((.errors // 0) > 0 or (.connect_failures // 0) > 0) | select(.name != "smtpgw kill test") |
     "note: \(.name): \(.errors) errors \(.error_kinds // {} | tostring), \(.connect_failures // 0) connect failures"' <<<"$result"
 echo

@@ -3,6 +3,13 @@
 //   smtp-loadgen run  --port P [options]   N concurrent connections, M messages per connection; records the time from
 //                                          the end of DATA ("." sent) to the final reply, per message; prints JSON.
 //   smtp-loadgen idle --port P [options]   opens N connections, reads the banner, says EHLO, holds them; prints JSON.
+//   smtp-loadgen slow --port P [options]   opens N connections that trickle one byte every few seconds (slowloris), in
+//                                          the command phase or inside DATA; records which ones the server closed, when,
+//                                          and with which reply; prints JSON.
+//
+// A 4xx reply to MAIL, RCPT, DATA or the end of data is a refusal (a rate limit, a full spool), not a client error: it
+// is counted by code under "refused" and the session goes on with its next message (after RSET); 421 ends the session
+// and the worker reconnects. Only other failures count under "errors".
 //
 // The same client drives every server row of the benchmark (SmtpGateway and Postfix), so the comparison is fair.
 // No pipelining: each command waits for its reply, as a plain submission client does.
@@ -32,6 +39,7 @@ static class Program
         try
         {
             o = Options.Parse(args.AsSpan(1));
+            _ = o.Sources();
         }
         catch (ArgumentException e)
         {
@@ -43,6 +51,7 @@ static class Program
         {
             "run" => await RunCommand.RunAsync(o),
             "idle" => await IdleCommand.RunAsync(o),
+            "slow" => await SlowCommand.RunAsync(o),
             _ => Fail($"unknown command '{args[0]}'"),
         };
     }
@@ -55,7 +64,7 @@ static class Program
     }
 
     const string Usage = """
-        usage: smtp-loadgen run|idle [options]
+        usage: smtp-loadgen run|idle|slow [options]
           --host H            server address (127.0.0.1)
           --port P            server port (required)
           --connections N     concurrent connections (20)           [run]
@@ -75,8 +84,15 @@ static class Program
           --label TEXT        copied into the JSON
           --count N           connections to open (10000)           [idle]
           --hold S            seconds to hold them once all are open (20)  [idle]
-          --source-count K    bind client sockets to 127.0.0.1 .. 127.0.0.K round-robin (1)
-          --ready FILE        [idle] written once every connection is open (for the caller to sample memory)
+          --timeline          [run] add "acks_per_second" (250 replies in each second of the run) to the JSON
+          --source A          first client source address (127.0.0.1); a tenant matched by network sends from its own
+          --source-count K    bind client sockets to A, A+1, .. A+K-1 round-robin (1)
+          --ready FILE        [idle, slow] written once every connection is open (for the caller to sample memory)
+          --count N           [slow] connections (1000)
+          --interval S        [slow] seconds between two bytes of one connection (5)
+          --duration S        [slow] seconds to keep trickling after all are open (60)
+          --phase P           [slow] command: trickle "EHLO ..." itself; data: EHLO, MAIL, RCPT, DATA at once, then
+                              trickle the message; mixed: every other connection (mixed)
 
         """;
 }
@@ -85,7 +101,7 @@ sealed class Options
 {
     readonly Dictionary<string, string> _values = new(StringComparer.Ordinal);
     readonly HashSet<string> _flags = new(StringComparer.Ordinal);
-    static readonly HashSet<string> FlagNames = ["--starttls"];
+    static readonly HashSet<string> FlagNames = ["--starttls", "--timeline"];
 
     public static Options Parse(ReadOnlySpan<string> args)
     {
@@ -117,6 +133,30 @@ sealed class Options
 
     public bool Flag(string name) => _flags.Contains(name);
 
+    /// <summary>--host (127.0.0.1) and --port (required); null, with a message, without a port.</summary>
+    public IPEndPoint? Server()
+    {
+        var port = Int("--port", 0);
+        if (port <= 0)
+        {
+            Console.Error.WriteLine("smtp-loadgen: --port is required");
+            return null;
+        }
+
+        return new IPEndPoint(IPAddress.Parse(Str("--host", "127.0.0.1")), port);
+    }
+
+    /// <summary>The command's JSON result, on stdout and in --out FILE.</summary>
+    public async Task EmitAsync(JsonObject result)
+    {
+        var json = result.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+        Console.Out.WriteLine(json);
+        if (Opt("--out") is { } outFile)
+        {
+            await File.WriteAllTextAsync(outFile, json + "\n").ConfigureAwait(false);
+        }
+    }
+
     public string Str(string name, string fallback) => _values.TryGetValue(name, out var v) ? v : fallback;
 
     public string? Opt(string name) => _values.TryGetValue(name, out var v) ? v : null;
@@ -144,10 +184,23 @@ sealed class Options
         return long.Parse(v, CultureInfo.InvariantCulture) * mult;
     }
 
+    /// <summary>--source (default 127.0.0.1) and the next --source-count - 1 IPv4 addresses.</summary>
     public IPAddress[] Sources()
     {
-        var k = Int("--source-count", 1);
-        return [.. Enumerable.Range(1, Math.Max(1, k)).Select(i => new IPAddress(new byte[] { 127, 0, 0, (byte)i }))];
+        var k = Math.Max(1, Int("--source-count", 1));
+        var first = IPAddress.Parse(Str("--source", "127.0.0.1"));
+        if (first.AddressFamily != AddressFamily.InterNetwork)
+        {
+            throw new ArgumentException("--source must be an IPv4 address");
+        }
+
+        var b = first.GetAddressBytes();
+        var start = (uint)(b[0] << 24 | b[1] << 16 | b[2] << 8 | b[3]);
+        return [.. Enumerable.Range(0, k).Select(i =>
+        {
+            var a = start + (uint)i;
+            return new IPAddress(new[] { (byte)(a >> 24), (byte)(a >> 16), (byte)(a >> 8), (byte)a });
+        })];
     }
 }
 
@@ -185,6 +238,24 @@ sealed class SmtpConnection : IDisposable
         catch
         {
             socket.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Connects and reads the banner (at most 30 s); a banner other than 220 is a <see cref="ProtocolError"/>.</summary>
+    public static async Task<SmtpConnection> OpenAsync(IPEndPoint server, IPAddress? source, CancellationToken ct)
+    {
+        var c = await ConnectAsync(server, source, ct).ConfigureAwait(false);
+        try
+        {
+            using var greet = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            greet.CancelAfter(TimeSpan.FromSeconds(30));
+            var r = await c.ReadReplyAsync(greet.Token).ConfigureAwait(false);
+            return r.Code == 220 ? c : throw new ProtocolError($"banner {RunCommand.ReplyKind(r.Text)}");
+        }
+        catch
+        {
+            c.Dispose();
             throw;
         }
     }
@@ -336,11 +407,8 @@ static class RunCommand
 {
     public static async Task<int> RunAsync(Options o)
     {
-        var host = o.Str("--host", "127.0.0.1");
-        var port = o.Int("--port", 0);
-        if (port <= 0)
+        if (o.Server() is not { } server)
         {
-            Console.Error.WriteLine("smtp-loadgen: --port is required");
             return 2;
         }
 
@@ -358,7 +426,6 @@ static class RunCommand
         var maxSeconds = o.Double("--max-seconds", 600);
         var progressFile = o.Opt("--progress");
         var sources = o.Sources();
-        var server = new IPEndPoint(IPAddress.Parse(host), port);
         var body = MessageBody.Build(size, from, to);
         var runId = Guid.NewGuid().ToString("N")[..8];
 
@@ -366,7 +433,10 @@ static class RunCommand
         var acked = 0;
         var sessionsOpened = 0;
         var errors = new Errors();
+        var refused = new Errors();
+        var refusedAt = new Errors();
         var connectFailures = new Errors();
+        var timeline = o.Flag("--timeline") ? new ConcurrentDictionary<int, int>() : null;
         var latencies = new List<long>[connections];
         var deadline = Stopwatch.StartNew();
         var limit = TimeSpan.FromSeconds(maxSeconds);
@@ -391,6 +461,12 @@ static class RunCommand
                 }
             }
         });
+
+        void Refuse(Reply r, string step)
+        {
+            refused.Add(ReplyKind(r.Text));
+            refusedAt.Add(step);
+        }
 
         async Task Worker(int w)
         {
@@ -431,7 +507,7 @@ static class RunCommand
                         if (startTls)
                         {
                             Expect(await conn.CommandAsync("STARTTLS", ct).ConfigureAwait(false), 220, "STARTTLS");
-                            await conn.StartTlsAsync(host, ct).ConfigureAwait(false);
+                            await conn.StartTlsAsync(server.Address.ToString(), ct).ConfigureAwait(false);
                             Expect(await conn.CommandAsync($"EHLO {helo}", ct).ConfigureAwait(false), 250, "EHLO after TLS");
                         }
 
@@ -457,6 +533,26 @@ static class RunCommand
                     }
 
                     Interlocked.Increment(ref sessionsOpened);
+                    var closing = false;
+                    var needRset = false;
+                    bool Accepted(Reply r, int code, string step, bool rset)
+                    {
+                        if (r.Code == code)
+                        {
+                            return true;
+                        }
+
+                        if (r.Code is < 400 or >= 500)
+                        {
+                            throw new ProtocolError($"{step}: {r.Text}");
+                        }
+
+                        Refuse(r, step);
+                        closing = r.Code == 421;
+                        needRset = rset;
+                        return false;
+                    }
+
                     try
                     {
                         for (var j = 0; j < perConn; j++)
@@ -481,9 +577,25 @@ static class RunCommand
                                 }
                             }
 
-                            Expect(await conn.CommandAsync($"MAIL FROM:<{from}>", ct).ConfigureAwait(false), 250, "MAIL");
-                            Expect(await conn.CommandAsync($"RCPT TO:<{to}>", ct).ConfigureAwait(false), 250, "RCPT");
-                            Expect(await conn.CommandAsync("DATA", ct).ConfigureAwait(false), 354, "DATA");
+                            // A 4xx is a refusal (rate limit, full spool): counted, then the next message (RSET after
+                            // RCPT or DATA, RFC 5321 section 4.1.1.5); 421 means the server is closing (section 3.8).
+                            if (!Accepted(await conn.CommandAsync($"MAIL FROM:<{from}>", ct).ConfigureAwait(false), 250, "MAIL", rset: false)
+                                || !Accepted(await conn.CommandAsync($"RCPT TO:<{to}>", ct).ConfigureAwait(false), 250, "RCPT", rset: true)
+                                || !Accepted(await conn.CommandAsync("DATA", ct).ConfigureAwait(false), 354, "DATA", rset: true))
+                            {
+                                if (closing)
+                                {
+                                    break;
+                                }
+
+                                if (needRset)
+                                {
+                                    await conn.CommandAsync("RSET", ct).ConfigureAwait(false);
+                                }
+
+                                continue;
+                            }
+
                             var n = MessageBody.Compose(buffer, body, i, runId);
                             await conn.WriteAsync(buffer.AsMemory(0, n), ct).ConfigureAwait(false);
                             var t0 = Stopwatch.GetTimestamp();
@@ -494,11 +606,29 @@ static class RunCommand
                                 Interlocked.Increment(ref acked);
                                 lat.Add(t1 - t0);
                                 Volatile.Write(ref lastAckTicks, clock.ElapsedTicks);
+                                if (timeline is not null)
+                                {
+                                    timeline.AddOrUpdate((int)clock.Elapsed.TotalSeconds, 1, (_, c) => c + 1);
+                                }
+                            }
+                            else if (final.Code is >= 400 and < 500)
+                            {
+                                Refuse(final, "end of data");
+                                if (final.Code == 421)
+                                {
+                                    closing = true;
+                                    break;
+                                }
                             }
                             else
                             {
                                 errors.Add($"end of data: {Redact(final.Text)}");
                             }
+                        }
+
+                        if (closing)
+                        {
+                            continue;
                         }
 
                         await conn.CommandAsync("QUIT", ct).ConfigureAwait(false);
@@ -550,7 +680,7 @@ static class RunCommand
         {
             ["client"] = "smtp-loadgen",
             ["label"] = o.Opt("--label"),
-            ["server"] = $"{host}:{port}",
+            ["server"] = server.ToString(),
             ["mode"] = authUser is not null ? "auth" : startTls ? "starttls" : "plain",
             ["connections"] = connections,
             ["per_conn"] = perConn,
@@ -562,6 +692,9 @@ static class RunCommand
             ["count"] = acked,
             ["errors"] = errors.Total,
             ["error_kinds"] = errors.ToJson(),
+            ["refused"] = refused.Total,
+            ["refused_by_code"] = refused.ToJson(),
+            ["refused_at"] = refusedAt.ToJson(),
             ["sessions"] = sessionsOpened,
             ["connect_failures"] = connectFailures.Total,
             ["connect_failure_kinds"] = connectFailures.ToJson(),
@@ -579,14 +712,16 @@ static class RunCommand
                 ["mean"] = all.Length == 0 ? 0 : Math.Round(all.Average() * 1000.0 / Stopwatch.Frequency, 3),
             },
         };
-        var json = result.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
-        Console.Out.WriteLine(json);
-        if (o.Opt("--out") is { } outFile)
+        if (timeline is not null)
         {
-            await File.WriteAllTextAsync(outFile, json + "\n").ConfigureAwait(false);
+            var seconds = timeline.IsEmpty ? 0 : timeline.Keys.Max() + 1;
+            result["acks_per_second"] = new JsonArray([.. Enumerable.Range(0, seconds).Select(s => (JsonNode?)JsonValue.Create(timeline.GetValueOrDefault(s)))]);
         }
 
-        return acked > 0 ? 0 : 1;
+        await o.EmitAsync(result).ConfigureAwait(false);
+
+        // A run whose every message was refused still ran: only "nothing attempted" or "nothing answered" is a failure.
+        return acked > 0 || refused.Total > 0 ? 0 : 1;
     }
 
     static string Redact(string reply)
@@ -594,6 +729,15 @@ static class RunCommand
         // "250 2.0.0 Ok: queued as ABC" → without the id, so that kinds group.
         var i = reply.IndexOf("queued as", StringComparison.OrdinalIgnoreCase);
         return i >= 0 ? reply[..(i + 9)] : reply;
+    }
+
+    /// <summary>"450 4.7.1 ..." → "450 4.7.1": the code and the RFC 3463 enhanced status, without the free text.</summary>
+    public static string ReplyKind(string reply)
+    {
+        var parts = reply.Split(' ', 3, StringSplitOptions.RemoveEmptyEntries);
+        return parts.Length >= 2 && parts[1].Length >= 5 && char.IsAsciiDigit(parts[1][0]) && parts[1][1] == '.'
+            ? $"{parts[0][..Math.Min(3, parts[0].Length)]} {parts[1]}"
+            : reply.Length >= 3 ? reply[..3] : reply;
     }
 
     static void Expect(Reply r, int code, string step)
@@ -646,13 +790,15 @@ static class IdleCommand
 {
     public static async Task<int> RunAsync(Options o)
     {
-        var host = o.Str("--host", "127.0.0.1");
-        var port = o.Int("--port", 0);
+        if (o.Server() is not { } server)
+        {
+            return 2;
+        }
+
         var count = o.Int("--count", 10000);
         var hold = o.Double("--hold", 20);
         var helo = o.Str("--helo", "loadgen.bench");
         var sources = o.Sources();
-        var server = new IPEndPoint(IPAddress.Parse(host), port);
         var open = new ConcurrentBag<SmtpConnection>();
         var failures = new Errors();
         var next = -1;
@@ -667,16 +813,10 @@ static class IdleCommand
                 SmtpConnection? c = null;
                 try
                 {
-                    c = await SmtpConnection.ConnectAsync(server, sources[i % sources.Length], cts.Token).ConfigureAwait(false);
+                    c = await SmtpConnection.OpenAsync(server, sources[i % sources.Length], cts.Token).ConfigureAwait(false);
                     using var greet = CancellationTokenSource.CreateLinkedTokenSource(cts.Token);
                     greet.CancelAfter(TimeSpan.FromSeconds(30));
-                    var r = await c.ReadReplyAsync(greet.Token).ConfigureAwait(false);
-                    if (r.Code != 220)
-                    {
-                        throw new ProtocolError($"banner {r.Text}");
-                    }
-
-                    r = await c.CommandAsync($"EHLO {helo}", greet.Token).ConfigureAwait(false);
+                    var r = await c.CommandAsync($"EHLO {helo}", greet.Token).ConfigureAwait(false);
                     if (r.Code != 250)
                     {
                         throw new ProtocolError($"EHLO {r.Text}");
@@ -731,7 +871,7 @@ static class IdleCommand
         var result = new JsonObject
         {
             ["client"] = "smtp-loadgen idle",
-            ["server"] = $"{host}:{port}",
+            ["server"] = server.ToString(),
             ["requested"] = count,
             ["opened"] = conns.Length,
             ["alive_after_hold"] = alive,
@@ -741,12 +881,7 @@ static class IdleCommand
             ["hold_seconds"] = hold,
             ["source_addresses"] = sources.Length,
         };
-        var json = result.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
-        Console.Out.WriteLine(json);
-        if (o.Opt("--out") is { } outFile)
-        {
-            await File.WriteAllTextAsync(outFile, json + "\n").ConfigureAwait(false);
-        }
+        await o.EmitAsync(result).ConfigureAwait(false);
 
         return conns.Length > 0 ? 0 : 1;
     }
