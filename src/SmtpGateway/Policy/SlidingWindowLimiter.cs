@@ -6,6 +6,10 @@ namespace SmtpGateway.Policy;
 /// A sliding-window <see cref="RateLimiter"/> whose clock is a <see cref="TimeProvider"/>: at most
 /// <see cref="PermitLimit"/> permits in any window, counted in segments, a permit returning when its segment leaves the
 /// window. No queue: a request over the limit fails at once (an SMTP reply cannot wait).
+/// Paced as well: a token bucket holding <see cref="Burst"/> permits, refilled at PermitLimit per window, must also have
+/// one. Without it a tenant could spend a whole minute's allowance in the first seconds at the gateway's full speed,
+/// and that burst is what delays every other tenant (the fairness benchmark measured it: 6,000 messages in 19 s).
+/// KumoMTA's throttles pace the same way (GCRA with a burst).
 /// </summary>
 /// <remarks>
 /// Not the library's SlidingWindowRateLimiter: with AutoReplenishment=false its TryReplenish still checks the elapsed time
@@ -23,6 +27,9 @@ internal sealed class SlidingWindowLimiter : RateLimiter
     long _segmentStart;
     long _successful;
     long _failed;
+    double _tokens;
+    long _tokensAt;
+    int _pacedLimit = -1;
 
     public SlidingWindowLimiter(TimeProvider time, int permitLimit, TimeSpan window, int segments)
     {
@@ -36,6 +43,9 @@ internal sealed class SlidingWindowLimiter : RateLimiter
 
     /// <summary>Permits per window; may change at any time (a config reload), counting the permits already in the window.</summary>
     public int PermitLimit { get; set; }
+
+    /// <summary>Permits that may be taken at once: a second's worth of the limit, at least 10 (or the whole limit when smaller).</summary>
+    public static int Burst(int permitLimit) => Math.Max(Math.Min(permitLimit, 10), permitLimit / 60);
 
     public override TimeSpan? IdleDuration => null;
 
@@ -59,12 +69,14 @@ internal sealed class SlidingWindowLimiter : RateLimiter
         lock (_lock)
         {
             Slide();
-            if (_inWindow + permitCount > PermitLimit)
+            Refill();
+            if (_inWindow + permitCount > PermitLimit || _tokens < permitCount)
             {
                 _failed++;
                 return Lease.Refused;
             }
 
+            _tokens -= permitCount;
             _perSegment[_current] += permitCount;
             _inWindow += permitCount;
             _successful++;
@@ -74,6 +86,28 @@ internal sealed class SlidingWindowLimiter : RateLimiter
 
     protected override ValueTask<RateLimitLease> AcquireAsyncCore(int permitCount, CancellationToken cancellationToken) =>
         ValueTask.FromResult(AttemptAcquireCore(permitCount));
+
+    /// <summary>
+    /// Tops the pacing bucket up for the time since the last call. A changed limit (a reload) starts a full bucket of the
+    /// new size: the window still holds what was taken this minute, so nothing beyond the new limit gets through.
+    /// </summary>
+    void Refill()
+    {
+        var now = _time.GetTimestamp();
+        var burst = Burst(PermitLimit);
+        if (_pacedLimit != PermitLimit)
+        {
+            _pacedLimit = PermitLimit;
+            _tokens = burst;
+        }
+        else
+        {
+            var perSecond = (double)PermitLimit / (_segment.TotalSeconds * _perSegment.Length);
+            _tokens = Math.Min(burst, _tokens + (_time.GetElapsedTime(_tokensAt, now).TotalSeconds * perSecond));
+        }
+
+        _tokensAt = now;
+    }
 
     /// <summary>Moves the window on by the segments that elapsed; after a whole window everything is free and segments restart now.</summary>
     void Slide()

@@ -60,6 +60,42 @@ public sealed class TenantRateLimitsTests
     }
 
     [Fact]
+    public void A_large_limit_is_paced_a_second_at_a_time_not_spent_in_one_burst()
+    {
+        var rates = new TenantRateLimits(_clock, _log);
+        var limits = Limits(messages: 6_000);
+        var taken = 0;
+        while (rates.TryAcquireMessage("tenant-a", limits))
+        {
+            taken++;
+        }
+
+        // A second's worth (6,000 / 60) at once, then the pace: 100 a second, never the minute's 6,000 in a burst.
+        Assert.Equal(100, taken);
+        _clock.Advance(TimeSpan.FromMilliseconds(500));
+        Assert.Equal(50, Enumerable.Range(0, 200).Count(_ => rates.TryAcquireMessage("tenant-a", limits)));
+        _clock.Advance(TimeSpan.FromHours(1));
+        Assert.Equal(100, Enumerable.Range(0, 200).Count(_ => rates.TryAcquireMessage("tenant-a", limits)));
+    }
+
+    [Fact]
+    public void The_pace_never_lets_more_than_the_limit_through_in_one_minute()
+    {
+        var rates = new TenantRateLimits(_clock, _log);
+        var limits = Limits(messages: 20);
+        var taken = 0;
+
+        // 10 at once (the burst floor), then one every 3 s: at 59 s the window holds 20 and refuses the rest.
+        for (var second = 0; second < 60; second++)
+        {
+            taken += Enumerable.Range(0, 50).Count(_ => rates.TryAcquireMessage("tenant-a", limits));
+            _clock.Advance(TimeSpan.FromSeconds(1));
+        }
+
+        Assert.Equal(20, taken);
+    }
+
+    [Fact]
     public void A_tenant_at_its_limit_does_not_affect_another_tenant_or_its_own_other_limit()
     {
         var rates = new TenantRateLimits(_clock, _log);
