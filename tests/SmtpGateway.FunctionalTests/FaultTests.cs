@@ -240,6 +240,35 @@ public sealed class FaultTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public Task Downstream_that_stalls_after_the_final_dot_is_a_deferral_after_the_command_timeout_and_the_retry_delivers()
+    {
+        FaultySmtpServer? faulty = null;
+        return FaultGatewayHarness.RunAsync(output,
+            async (harness, config, ct) =>
+            {
+                faulty = await FaultySmtpServer.StartAsync(harness.WorkDirectory, "stall-data", faults: 1, ct);
+                harness.OnDispose(() => { faulty.Dispose(); return Task.CompletedTask; });
+                config["Gateway"]!["Delivery"]!["Smarthost"]!["Port"] = faulty.Port;
+                config["Gateway"]!["Delivery"]!["CommandTimeout"] = "00:00:03";
+            },
+            async harness =>
+            {
+                using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(120));
+                var subject = $"{Marker()} stall-data";
+                var reply = await SendAsync(harness, subject, cts.Token);
+                Assert.True(reply.Code == 250, reply.ToString());
+
+                var events = await faulty!.WaitAsync(es => es.Any(e => e.Event == "message" && e.Subject == subject), "the message after the stall", Wait, cts.Token);
+                Assert.Equal(1, events.Count(e => e.Event == "stalled-data"));
+                var delivery = harness.Events("tenant-a");
+                output.WriteLine(string.Join('\n', delivery));
+                Assert.Contains(delivery, e => e.Event == "deferred" && e.Reply.StartsWith('4'));
+                Assert.DoesNotContain(delivery, e => e.Event == "bounced");
+                Assert.Equal(1, faulty.Events().Count(e => e.Event == "message" && e.Subject == subject));
+            });
+    }
+
+    [Fact]
     public Task Corrupt_spool_files_at_start_are_quarantined_with_an_event_and_the_good_messages_are_delivered() => FaultGatewayHarness.RunAsync(output,
         (harness, config, ct) =>
         {

@@ -86,6 +86,14 @@ public sealed class LimitsConfig
     /// </summary>
     public int MaxReceivedHeaders { get; set; } = 50;
 
+    /// <summary>
+    /// A tenant rate-limit refusal (450 4.7.1 at MAIL, 452 4.5.3 at RCPT) is answered this much later, as Postfix's
+    /// smtpd_error_sleep_time (1 s) answers errors: the wait costs the gateway no thread and no CPU, and it turns a client
+    /// that retries in a tight loop from thousands of refused commands a second into one per connection per second, so a
+    /// tenant flooding far past its limit cannot take the other tenants' CPU with its refusals. 0 turns it off; at most 5 s.
+    /// </summary>
+    public TimeSpan RateLimitReplyDelay { get; set; } = TimeSpan.FromSeconds(1);
+
     /// <summary>RFC 5321 section 4.5.3.1.8: at least 100 recipients must be buffered; more get 452 4.5.3.</summary>
     public int MaxRecipients { get; set; } = 100;
 
@@ -184,6 +192,14 @@ public sealed class DeliveryConfig
 
     /// <summary>MX routing (Mode = Mx).</summary>
     public MxConfig Mx { get; set; } = new();
+
+    /// <summary>
+    /// How long an outbound session waits for each reply (and each write) before the attempt is deferred: a next hop that
+    /// stalls mid-transaction (after the final dot, say) must not hold a worker and a connection for ever. RFC 5321
+    /// section 4.5.3.2 gives MAIL and RCPT 5 minutes and the end of DATA 10; MailKit applies one value to every read, so
+    /// the default is the 10 minutes the final dot may take.
+    /// </summary>
+    public TimeSpan CommandTimeout { get; set; } = TimeSpan.FromMinutes(10);
 
     /// <summary>Outbound connections open at once for one tenant, across all destinations (isolation: one tenant cannot take every socket).</summary>
     public int MaxConnectionsPerTenant { get; set; } = 64;

@@ -145,6 +145,11 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
 
         var lim = c.Limits;
         var lp = $"{G}:Limits";
+        if (lim.RateLimitReplyDelay < TimeSpan.Zero || lim.RateLimitReplyDelay > TimeSpan.FromSeconds(5))
+        {
+            e.Add($"{lp}:RateLimitReplyDelay: {lim.RateLimitReplyDelay} is out of range 0-5 seconds.");
+        }
+
         if (lim.MaxMessageSize < 65536)
         {
             e.Add($"{lp}:MaxMessageSize: {lim.MaxMessageSize} is below the 64 KiB minimum of RFC 5321 section 4.5.3.1.7.");
@@ -294,6 +299,7 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
 
         Positive(e, $"{dp}:Mx:IdleTimeout", mx.IdleTimeout);
         Positive(e, $"{dp}:Mx:ConnectTimeout", mx.ConnectTimeout);
+        Positive(e, $"{dp}:CommandTimeout", d.CommandTimeout);
         if (d.MaxConnectionsPerTenant < 1)
         {
             e.Add($"{dp}:MaxConnectionsPerTenant: must be at least 1.");

@@ -21,7 +21,7 @@ public sealed class MxTransport : IDeliveryTransport, IOutboundTransport, IAsync
         SmtpConnector.ConnectFunc? connector = null, IUpstreamCredentials? credentials = null)
     {
         var trust = SmtpConnector.LoadTrustAnchors(config.Delivery.Tls.TrustAnchorsPath);
-        connector ??= new SmtpConnector(trust, time, logger, DestinationPolicy.For(config.Delivery, logger)).ConnectAsync;
+        connector ??= new SmtpConnector(trust, time, logger, DestinationPolicy.For(config.Delivery, logger), DestinationGuard.Smarthost, config.Delivery.CommandTimeout).ConnectAsync;
         _engine = new OutboundDelivery(null, config.Delivery.Mx, resolver, egress, config.Delivery, connector, time, logger, credentials);
     }
 

@@ -19,7 +19,7 @@ public sealed class SmarthostTransport : IDeliveryTransport, IOutboundTransport,
     internal SmarthostTransport(GatewayConfig config, EgressDirectory egress, TimeProvider time, ILogger logger, IUpstreamCredentials? credentials = null)
     {
         var trust = SmtpConnector.LoadTrustAnchors(config.Delivery.Tls.TrustAnchorsPath);
-        var connector = new SmtpConnector(trust, time, logger, DestinationPolicy.For(config.Delivery, logger));
+        var connector = new SmtpConnector(trust, time, logger, DestinationPolicy.For(config.Delivery, logger), DestinationGuard.Smarthost, config.Delivery.CommandTimeout);
         _engine = new OutboundDelivery(config.Delivery.Smarthost, config.Delivery.Mx, resolver: null, egress, config.Delivery, connector.ConnectAsync, time, logger,
             credentials);
     }

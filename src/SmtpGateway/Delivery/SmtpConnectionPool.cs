@@ -98,9 +98,6 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
     /// <summary>Bound on the RSET that checks an idle connection.</summary>
     static readonly TimeSpan ResetTimeout = TimeSpan.FromSeconds(30);
 
-    /// <summary>RFC 5321 section 4.5.3.2: command timeouts are minutes (MAIL/RCPT 5, DATA end 10); MailKit applies one value per read or write.</summary>
-    internal static readonly TimeSpan CommandTimeout = TimeSpan.FromMinutes(5);
-
     readonly TimeProvider _time;
     readonly ILogger _logger;
     readonly int _maxPerTenant;

@@ -25,9 +25,12 @@ namespace SmtpGateway.Delivery;
 /// loopback, private, link-local and metadata addresses unless allowed; the socket connects to a checked address only.
 /// </summary>
 /// <param name="path">The destination guard's path label for hops resolved here (smarthost or forward).</param>
+/// <param name="commandTimeout">Delivery:CommandTimeout, the wait for each reply; null: its default.</param>
 internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, TimeProvider time, ILogger logger, DestinationPolicy destinations,
-    string path = DestinationGuard.Smarthost)
+    string path = DestinationGuard.Smarthost, TimeSpan? commandTimeout = null)
 {
+    readonly int _timeoutMilliseconds = (int)(commandTimeout ?? new DeliveryConfig().CommandTimeout).TotalMilliseconds;
+
     /// <summary>Opens a session for the key, trying the addresses in order; throws <see cref="SmtpConnectException"/> when none works.</summary>
     public delegate Task<GatewaySmtpClient> ConnectFunc(SmtpPoolKey key, IReadOnlyList<IPAddress> addresses, TimeSpan connectTimeout, CancellationToken cancellationToken);
 
@@ -83,7 +86,7 @@ internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, Ti
         var client = new GatewaySmtpClient
         {
             LocalDomain = key.HeloName,
-            Timeout = (int)SmtpConnectionPool.CommandTimeout.TotalMilliseconds,
+            Timeout = _timeoutMilliseconds,
             CheckCertificateRevocation = false,
             RemoteAddress = address,
         };

@@ -68,6 +68,7 @@ public sealed partial class SmtpSession
     bool _esmtp;
     bool _tls;
     int _errors;
+    TimeSpan _holdNextFlush;
 
     public SmtpSession(Stream stream, ListenerModel listener, IPEndPoint remote, SessionServices services, ILogger logger, CancellationToken draining, CancellationToken hardStop)
     {
@@ -399,6 +400,7 @@ public sealed partial class SmtpSession
         if (!verdict.Accepted)
         {
             // A tenant's rate limit (450) is an answer, not a protocol error: it must not use up the error budget.
+            HoldIfRateLimited(verdict.Reply);
             return verdict.CountsAsError ? CountError(verdict.Reply) : Reply(verdict.Reply);
         }
 
@@ -442,7 +444,17 @@ public sealed partial class SmtpSession
             return Reply(verdict.Reply);
         }
 
+        HoldIfRateLimited(verdict.Reply);
         return verdict.CountsAsError ? CountError(verdict.Reply) : Reply(verdict.Reply);
+    }
+
+    /// <summary>A rate-limit refusal goes out Limits:RateLimitReplyDelay late (see there): a tight retry loop slows to the delay's pace.</summary>
+    void HoldIfRateLimited(SmtpReply reply)
+    {
+        if (ReferenceEquals(reply, SmtpReplies.TenantMessageRate) || ReferenceEquals(reply, SmtpReplies.TenantRecipientRate))
+        {
+            _holdNextFlush = _services.Limits.RateLimitReplyDelay;
+        }
     }
 
     async ValueTask<bool> DataAsync(SmtpCommandLine command, CancellationToken sessionToken)
@@ -570,6 +582,13 @@ public sealed partial class SmtpSession
         if (_out.Length == 0)
         {
             return;
+        }
+
+        if (_holdNextFlush > TimeSpan.Zero)
+        {
+            var hold = _holdNextFlush;
+            _holdNextFlush = TimeSpan.Zero;
+            await Task.Delay(hold, _services.Time, cancellationToken).ConfigureAwait(false);
         }
 
         var count = Encoding.UTF8.GetByteCount(_out.ToString());

@@ -4,9 +4,10 @@
 usage: faulty_smtp.py DIRECTORY MODE FAULTS
   MODE drop   the first FAULTS connections that reach DATA are closed (socket shut) after the first body line
   MODE stall  the first FAULTS connections get no greeting: the socket is held open, silent, until the peer leaves
+  MODE stall-data  the first FAULTS messages are read to the final dot and never answered: silent until the peer leaves
 Every other connection is a well-behaved SMTP server: each message received in full is answered 250 and
 recorded in DIRECTORY/events.jsonl as {"event": "message", "subject": ..., "rcpt": [...]}; faults are recorded
-as {"event": "dropped"} / {"event": "stalled"}. Prints "READY port=N" once listening on 127.0.0.1.
+as {"event": "dropped"} / {"event": "stalled"} / {"event": "stalled-data"} (a stalled message is not recorded as taken). Prints "READY port=N" once listening on 127.0.0.1.
 """
 import json
 import socket
@@ -82,6 +83,12 @@ class Handler(socketserver.StreamRequestHandler):
                         break
                     if subject is None and text.lower().startswith("subject:"):
                         subject = text[8:].strip()
+                if mode == "stall-data" and take_fault():
+                    record({"event": "stalled-data", "subject": subject})
+                    # A next hop that hangs after the final dot (a stuck content filter): silent until the client gives up.
+                    while self.rfile.read(1):
+                        pass
+                    return
                 record({"event": "message", "subject": subject, "from": mail_from, "rcpt": rcpt})
                 self.send("250 2.0.0 queued")
             elif verb == "RSET":

@@ -28,7 +28,7 @@ internal sealed partial class FaultySmtpServer : IDisposable
 
     public string Output => _process.Output;
 
-    /// <param name="mode">"drop" (close mid-DATA) or "stall" (no greeting).</param>
+    /// <param name="mode">"drop" (close mid-DATA), "stall" (no greeting) or "stall-data" (no reply to the final dot).</param>
     /// <param name="faults">How many connections fail before the server behaves.</param>
     public static async Task<FaultySmtpServer> StartAsync(string workDirectory, string mode, int faults, CancellationToken cancellationToken)
     {

@@ -56,6 +56,28 @@ public sealed class TenantLimitsTranscriptTests
     }
 
     [Fact]
+    public async Task A_rate_limit_refusal_is_answered_only_after_RateLimitReplyDelay_and_other_replies_are_not_held()
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var gw = await TestGateway.StartAsync(time: clock, limits: l => l.RateLimitReplyDelay = TimeSpan.FromSeconds(1),
+            tenantLimits: (id, l) => l.MessagesPerMinute = id == "tenant-a" ? 1 : null);
+        await using var a = await gw.ConnectAsync(gw.Relay);
+        await a.HelloAsync();
+        Assert.StartsWith("250 2.0.0", await SendAsync(a, "alice@tenant-a.example"));
+
+        await a.SendRawAsync("MAIL FROM:<alice@tenant-a.example>\r\n");
+        // Held: no reply while the fake clock stands still (a tight retry loop gets one refusal a second at most).
+        var reply = a.ReadReplyAsync();
+        await Task.WhenAny(reply, Task.Delay(TimeSpan.FromMilliseconds(300)));
+        Assert.False(reply.IsCompleted);
+        clock.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal("450 4.7.1 Message rate limit for this account reached, try again later", await reply);
+
+        // The hold is for that reply only: the next command is answered at once.
+        Assert.StartsWith("250", await a.CommandAsync("NOOP"));
+    }
+
+    [Fact]
     public async Task Over_RecipientsPerMinute_RCPT_gets_452_4_5_3_and_the_accepted_ones_are_sent()
     {
         await using var gw = await TestGateway.StartAsync(tenantLimits: (id, l) => l.RecipientsPerMinute = id == "tenant-a" ? 2 : null);

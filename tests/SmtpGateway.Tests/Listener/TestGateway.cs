@@ -122,7 +122,8 @@ public sealed class TestGateway : IAsyncDisposable
         SmtpGateway.Hsm.ITenantKeys? tenantKeys = null,
         Action<string, TenantLimitsConfig>? tenantLimits = null)
     {
-        var limitsConfig = new LimitsConfig();
+        // Transcripts assert replies, not the rate-limit reply's pace: that has its own test (TenantLimitsTranscriptTests).
+        var limitsConfig = new LimitsConfig { RateLimitReplyDelay = TimeSpan.Zero };
         limits?.Invoke(limitsConfig);
         var identityConfig = new IdentityConfig { Audience = "gw-test" };
         identity?.Invoke(identityConfig);
