@@ -211,55 +211,37 @@ public sealed class FaultTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public Task Downstream_that_never_greets_is_a_deferral_after_the_connect_timeout_and_the_retry_delivers()
-    {
-        FaultySmtpServer? faulty = null;
-        return FaultGatewayHarness.RunAsync(output,
-            async (harness, config, ct) =>
-            {
-                faulty = await FaultySmtpServer.StartAsync(harness.WorkDirectory, "stall", faults: 1, ct);
-                harness.OnDispose(() => { faulty.Dispose(); return Task.CompletedTask; });
-                config["Gateway"]!["Delivery"]!["Smarthost"]!["Port"] = faulty.Port;
-                config["Gateway"]!["Delivery"]!["Smarthost"]!["ConnectTimeout"] = "00:00:02";
-            },
-            async harness =>
-            {
-                using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(120));
-                var subject = $"{Marker()} stall";
-                var reply = await SendAsync(harness, subject, cts.Token);
-                Assert.True(reply.Code == 250, reply.ToString());
-
-                var events = await faulty!.WaitAsync(es => es.Any(e => e.Event == "message" && e.Subject == subject), "the message after the stall", Wait, cts.Token);
-                Assert.Equal(1, events.Count(e => e.Event == "stalled"));
-                var delivery = harness.Events("tenant-a");
-                output.WriteLine(string.Join('\n', delivery));
-                Assert.Contains(delivery, e => e.Event == "deferred" && e.Reply.StartsWith('4'));
-                Assert.DoesNotContain(delivery, e => e.Event == "bounced");
-                Assert.Equal(1, faulty.Events().Count(e => e.Event == "message" && e.Subject == subject));
-            });
-    }
+    public Task Downstream_that_never_greets_is_a_deferral_after_the_connect_timeout_and_the_retry_delivers() =>
+        StalledHopIsRetriedAsync("stall", "stalled", delivery => delivery["Smarthost"]!["ConnectTimeout"] = "00:00:02");
 
     [Fact]
-    public Task Downstream_that_stalls_after_the_final_dot_is_a_deferral_after_the_command_timeout_and_the_retry_delivers()
+    public Task Downstream_that_stalls_after_the_final_dot_is_a_deferral_after_the_command_timeout_and_the_retry_delivers() =>
+        StalledHopIsRetriedAsync("stall-data", "stalled-data", delivery => delivery["CommandTimeout"] = "00:00:03");
+
+    /// <summary>
+    /// One message through a smarthost that stalls its first connection (<paramref name="mode"/> of faulty_smtp.py): the
+    /// attempt is deferred when <paramref name="timeout"/> runs out, never bounced, and the retry delivers it exactly once.
+    /// </summary>
+    Task StalledHopIsRetriedAsync(string mode, string stallEvent, Action<JsonNode> timeout)
     {
         FaultySmtpServer? faulty = null;
         return FaultGatewayHarness.RunAsync(output,
             async (harness, config, ct) =>
             {
-                faulty = await FaultySmtpServer.StartAsync(harness.WorkDirectory, "stall-data", faults: 1, ct);
+                faulty = await FaultySmtpServer.StartAsync(harness.WorkDirectory, mode, faults: 1, ct);
                 harness.OnDispose(() => { faulty.Dispose(); return Task.CompletedTask; });
                 config["Gateway"]!["Delivery"]!["Smarthost"]!["Port"] = faulty.Port;
-                config["Gateway"]!["Delivery"]!["CommandTimeout"] = "00:00:03";
+                timeout(config["Gateway"]!["Delivery"]!);
             },
             async harness =>
             {
                 using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(120));
-                var subject = $"{Marker()} stall-data";
+                var subject = $"{Marker()} {mode}";
                 var reply = await SendAsync(harness, subject, cts.Token);
                 Assert.True(reply.Code == 250, reply.ToString());
 
                 var events = await faulty!.WaitAsync(es => es.Any(e => e.Event == "message" && e.Subject == subject), "the message after the stall", Wait, cts.Token);
-                Assert.Equal(1, events.Count(e => e.Event == "stalled-data"));
+                Assert.Equal(1, events.Count(e => e.Event == stallEvent));
                 var delivery = harness.Events("tenant-a");
                 output.WriteLine(string.Join('\n', delivery));
                 Assert.Contains(delivery, e => e.Event == "deferred" && e.Reply.StartsWith('4'));
