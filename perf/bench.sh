@@ -31,9 +31,10 @@
 #                          B's accepted rate and p99 (end of DATA -> 250) against B alone (the mean of a run before
 #                          and one after the flood), each --duration (60) s long (one whole limit window, so a
 #                          per-minute limiter's burst is inside it).
-#                          fairness_signing: both tenants DKIM-signed (RSA-2048 in SoftHSM2); A sends unpaced from
-#                          --sign-a-conns (50) connections within its limits (MessagesPerMinute --sign-a-limit, 60000;
-#                          MaxConcurrentSigning --sign-a-share, 1), so signing is the contended resource.
+#                          fairness_signing: both tenants DKIM-signed (RSA-2048 in SoftHSM2); A floods unpaced from
+#                          --sign-a-conns (50) connections, far past its limits (MessagesPerMinute --sign-a-limit, 6000;
+#                          MaxConcurrentSigning --sign-a-share, 4, the default share), so every message A gets
+#                          accepted is signed while B's are.
 #                          --only fairness / --only fairness-signing runs one of the two.
 #   --slow-clients [N]     only: row `slow_clients`: N (1000) sessions trickle one byte every --slow-interval (5) s
 #                          (--slow-phase mixed: half inside a command line, half inside DATA) while tenant A sends at
@@ -62,7 +63,7 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPE
 size=4k sessions=20 per_conn=1 mode=plain messages="" quick=0 only="" kill_test=0 idle=0 idle_count=10000
 install=1 keep=0 profile_secs=0
 fairness=0 slow_clients=0 slow_count=1000 duration=""
-a_limit=6000 flood_factor=10 a_conns=20 b_rate=20 b_conns=4 b_limit=6000 sign_a_conns=50 sign_a_limit=60000 sign_a_share=1
+a_limit=6000 flood_factor=10 a_conns=20 b_rate=20 b_conns=4 b_limit=6000 sign_a_conns=50 sign_a_limit=6000 sign_a_share=4
 slow_interval=5 slow_hold=60 slow_timeout=45 slow_phase=mixed
 declare -a gw_settings=()
 while (($#)); do
