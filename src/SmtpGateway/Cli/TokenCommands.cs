@@ -137,6 +137,12 @@ public static class TokenCommands
     /// <summary>"90s", "15m", "2h", "1d", or a TimeSpan ("00:15:00").</summary>
     public static TimeSpan ParseDuration(string text)
     {
+        if (text == "0")
+        {
+            // `rotate-key --grace 0`: the old key stops at once (starting a lost registry over); a TTL of 0 is refused by Mint.
+            return TimeSpan.Zero;
+        }
+
         if (text.Length > 1 && double.TryParse(text[..^1], NumberStyles.Float, CultureInfo.InvariantCulture, out var n) && n > 0)
         {
             switch (text[^1])

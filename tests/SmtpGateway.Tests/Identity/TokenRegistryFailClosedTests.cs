@@ -83,7 +83,8 @@ public sealed class TokenRegistryFailClosedTests : IDisposable
     [Fact]
     public void A_deleted_registry_makes_every_tenant_s_auth_temporary_keeps_known_revocations_and_logs_once()
     {
-        var (gateway, cli, a, b, revoked) = Running();
+        var (gateway, _, a, b, revoked) = Running();
+        var saved = File.ReadAllBytes(RegistryPath);
         File.Delete(RegistryPath);
         gateway.Store.Refresh();
         gateway.Store.Refresh();
@@ -107,8 +108,8 @@ public sealed class TokenRegistryFailClosedTests : IDisposable
         gateway.Store.Refresh();
         Assert.Equal(2, _log.Entries.Count(e => e.Level == LogLevel.Error));
 
-        // The operator recreates it (here: a new mint through the CLI): a good read ends the fault, the old revocation stays.
-        cli.Mint("tenant-b", null, [], null);
+        // The operator restores it: a good read ends the fault, the old revocation stays.
+        File.WriteAllBytes(RegistryPath, saved);
         gateway.Store.Refresh();
         Assert.Null(gateway.Store.RegistryFault);
         Assert.True(gateway.Verify("tenant-a", a.Token).Valid);
@@ -152,21 +153,24 @@ public sealed class TokenRegistryFailClosedTests : IDisposable
     public void A_damaged_line_is_a_fault_until_repaired_and_the_lines_after_it_count_once_it_is(string damage)
     {
         var (gateway, cli, a, b, _) = Running();
+        cli.Revoke(b.Record.Id);
         var good = File.ReadAllBytes(RegistryPath);
-        File.AppendAllText(RegistryPath, damage);
-        cli.Revoke(b.Record.Id); // written after the damage
+        var mintedLater = NewService().Mint("tenant-a", null, [], null);
+        var after = File.ReadAllLines(RegistryPath).Last();
+        File.WriteAllBytes(RegistryPath, [.. good, .. Encoding.UTF8.GetBytes(damage + after + "\n")]); // damage before the last line
         gateway.Store.Refresh();
 
         Assert.StartsWith("has a line that is not a registry entry at byte ", gateway.Store.RegistryFault, StringComparison.Ordinal);
         AssertTemporary(gateway.Verify("tenant-a", a.Token));
         Assert.DoesNotContain(_log.Lines, l => l.Contains("garbage", StringComparison.Ordinal) || l.Contains("not json", StringComparison.Ordinal));
 
-        // Repaired (the damaged line removed): the file is shorter, so it is read again from the start.
-        var after = File.ReadAllLines(RegistryPath).Last();
+        // Repaired (the damaged line removed): the file is shorter, so it is read again from the start; it kept every
+        // revoke line, so the watermark passes, and the line after the damage counts.
         File.WriteAllBytes(RegistryPath, [.. good, .. Encoding.UTF8.GetBytes(after + "\n")]);
         gateway.Store.Refresh();
         Assert.Null(gateway.Store.RegistryFault);
         Assert.True(gateway.Verify("tenant-a", a.Token).Valid);
+        Assert.True(gateway.Verify("tenant-a", mintedLater.Token).Valid);
         Assert.Equal("revoked", gateway.Verify("tenant-b", b.Token).Reason);
     }
 
@@ -174,11 +178,35 @@ public sealed class TokenRegistryFailClosedTests : IDisposable
     public void Revoking_a_token_behind_a_damaged_line_says_why_it_is_not_found()
     {
         var (_, cli, _, _, _) = Running();
-        File.AppendAllText(RegistryPath, "{not json\n");
-        var hidden = NewService().Mint("tenant-a", null, [], null); // written after the damage
+        var hidden = NewService().Mint("tenant-a", null, [], null);
+        var lines = File.ReadAllLines(RegistryPath);
+        File.WriteAllLines(RegistryPath, [.. lines[..^1], "{not json", lines[^1]]); // damage before the token's line
         var error = Assert.Throws<TokenException>(() => cli.Revoke(hidden.Record.Id));
         Assert.Contains("has a line that is not a registry entry", error.Message, StringComparison.Ordinal);
         Assert.Contains("Repair it", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Nothing_is_minted_or_revoked_while_the_registry_is_lost_so_a_restart_cannot_revive_a_revoked_token()
+    {
+        var (_, cli, a, _, revoked) = Running();
+        File.Delete(RegistryPath);
+
+        // A restarted gateway (a new store) knows the registry should exist: AUTH is a temporary failure.
+        var restarted = NewService(_log);
+        restarted.Store.Refresh();
+        AssertTemporary(restarted.Verify("tenant-a", revoked.Token));
+
+        // A routine mint or revoke must not recreate the file (which would end the fault with every revocation lost).
+        var mint = Assert.Throws<TokenException>(() => NewService().Mint("tenant-b", null, [], null));
+        Assert.Contains("nothing is written to it until it is repaired", mint.Message, StringComparison.Ordinal);
+        Assert.Contains("--grace 0", mint.Message, StringComparison.Ordinal);
+        Assert.Throws<TokenException>(() => cli.Revoke(a.Record.Id));
+        Assert.False(File.Exists(RegistryPath));
+
+        restarted.Store.Refresh();
+        AssertTemporary(restarted.Verify("tenant-a", revoked.Token));
+        Assert.False(restarted.Verify("tenant-a", revoked.Token).Valid);
     }
 
     [Fact]
@@ -204,8 +232,21 @@ public sealed class TokenRegistryFailClosedTests : IDisposable
 
         File.WriteAllBytes(RegistryPath, backup); // restored from a backup taken before the revocation
         gateway.Store.Refresh();
-        Assert.Null(gateway.Store.RegistryFault);
-        Assert.Equal("revoked", gateway.Verify("tenant-a", a.Token).Reason);
+        Assert.Equal("holds 0 revocations, fewer than the 1 written to it (an older copy put back?)", gateway.Store.RegistryFault);
+        Assert.False(gateway.Verify("tenant-a", a.Token).Valid);
+
+        // After a restart the revocation is in no file any more; the watermark in the marker still says one was written.
+        var restarted = NewService();
+        restarted.Store.Refresh();
+        AssertTemporary(restarted.Verify("tenant-a", a.Token));
+
+        // The operator starts over on purpose: the key rotated with no grace, the marker deleted.
+        restarted.RotateKey("tenant-a", TimeSpan.Zero);
+        File.Delete(restarted.Store.RegistryMarkerPath);
+        restarted.Store.Refresh();
+        Assert.Null(restarted.Store.RegistryFault);
+        Assert.False(restarted.Verify("tenant-a", a.Token).Valid);
+        Assert.True(restarted.Verify("tenant-a", restarted.Mint("tenant-a", null, [], null).Token).Valid);
     }
 
     [Fact]
@@ -213,12 +254,17 @@ public sealed class TokenRegistryFailClosedTests : IDisposable
     {
         var (gateway, _, a, _, _) = Running();
         var payload = gateway.Verify("tenant-a", a.Token).Payload!;
+        var saved = File.ReadAllBytes(RegistryPath);
         File.Delete(RegistryPath);
         gateway.Store.Refresh();
         var still = gateway.StillValid(payload);
         Assert.True(still.Temporary);
 
+        // An empty file would lack the revocation the watermark counts: still a fault. The real file back ends it.
         File.WriteAllText(RegistryPath, "");
+        gateway.Store.Refresh();
+        Assert.True(gateway.StillValid(payload).Temporary);
+        File.WriteAllBytes(RegistryPath, saved);
         gateway.Store.Refresh();
         Assert.True(gateway.StillValid(payload).Valid);
     }

@@ -71,6 +71,10 @@ public sealed partial class TokenStore
     FrozenDictionary<string, DateTimeOffset> _revoked = FrozenDictionary<string, DateTimeOffset>.Empty;
     long _registryOffset;
 
+    // Revoke lines read from the registry file as it is now (counted again when it is read again from the start),
+    // against the watermark in the marker: a file holding fewer than were ever written is an older copy.
+    long _fileRevocations;
+
     // Fail closed (issue 12): once the registry exists it must stay readable, or a revocation written to it could be
     // missed. Set while it is missing, unreadable or damaged; cleared by the next good read.
     volatile string? _registryFault;
@@ -173,10 +177,69 @@ public sealed partial class TokenStore
 
     public void AppendRegistry(RegistryEntry entry)
     {
+        ArgumentNullException.ThrowIfNull(entry);
+        if (_registryFault is { } fault)
+        {
+            // Appending would recreate a lost registry (O_CREAT) or write past damage, and a new file would make every
+            // revocation it lost count for nothing again: fail-open. The operator repairs it, or starts over on purpose.
+            throw new TokenException($"The token registry {_registryPath} {fault}; nothing is written to it until it is repaired. " +
+                $"Restore it from a backup (with every revocation), or, if it is lost for good, run `smtpgw token rotate-key --tenant <id> --grace 0` " +
+                $"for every tenant (every token made before is then refused, revoked or not) and delete {_registryMarkerPath} to start a new registry.");
+        }
+
         // The marker comes first: a registry line never exists without it, so its later loss is always noticed.
         WriteRegistryMarker();
         Storage.AppendOnlyFile.AppendLine(_registryPath, JsonSerializer.SerializeToUtf8Bytes(entry, TokenJsonContext.Default.RegistryEntry));
+        if (entry.Op == "revoke")
+        {
+            // After the line: a reader may see the line without the raised watermark, never the reverse. Two writers racing
+            // can only leave it lower than the lines, which loses detection of one restore, never raises a false fault.
+            WriteRevocationWatermark(_fileRevocations + 1);
+        }
     }
+
+    const string WatermarkPrefix = "revocations=";
+
+    /// <summary>Revoke lines the registry held when last written, from the marker; 0 for a marker without one (older versions).</summary>
+    long ReadRevocationWatermark()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines(_registryMarkerPath))
+            {
+                if (line.StartsWith(WatermarkPrefix, StringComparison.Ordinal) && long.TryParse(line.AsSpan(WatermarkPrefix.Length), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var count))
+                {
+                    return count;
+                }
+            }
+        }
+        catch (FileNotFoundException)
+        {
+        }
+
+        return 0;
+    }
+
+    void WriteRevocationWatermark(long count)
+    {
+        count = Math.Max(count, ReadRevocationWatermark());
+        var temp = _registryMarkerPath + ".tmp";
+        using (var marker = new FileStream(temp, new FileStreamOptions
+        {
+            Mode = FileMode.Create,
+            Access = FileAccess.Write,
+            UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+        }))
+        {
+            marker.Write(MarkerText);
+            marker.Write(System.Text.Encoding.ASCII.GetBytes($"{WatermarkPrefix}{count.ToString(System.Globalization.CultureInfo.InvariantCulture)}\n"));
+            marker.Flush(flushToDisk: true);
+        }
+
+        File.Move(temp, _registryMarkerPath, overwrite: true);
+    }
+
+    static ReadOnlySpan<byte> MarkerText => "tokens.jsonl (token mints and revocations) exists; while it is missing or damaged, AUTH answers 454 4.7.0\n"u8;
 
     void WriteRegistryMarker()
     {
@@ -195,7 +258,7 @@ public sealed partial class TokenStore
                 Access = FileAccess.Write,
                 UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
             });
-            marker.Write("tokens.jsonl (token mints and revocations) exists; while it is missing or damaged, AUTH answers 454 4.7.0\n"u8);
+            marker.Write(MarkerText);
             marker.Flush(flushToDisk: true);
         }
         catch (IOException) when (File.Exists(_registryMarkerPath))
@@ -496,10 +559,12 @@ public sealed partial class TokenStore
             // Replaced by a shorter file (restored from a backup, rewritten by hand): read it again from the start. What
             // was already read stays: a revocation is never forgotten because the file lost it.
             _registryOffset = 0;
+            _fileRevocations = 0;
         }
 
         if (file.Length == _registryOffset)
         {
+            CheckWatermark();
             return;
         }
 
@@ -525,6 +590,22 @@ public sealed partial class TokenStore
         {
             _revoked = revoked.ToFrozenDictionary(StringComparer.Ordinal);
             _registryOffset += start;
+        }
+
+        CheckWatermark();
+    }
+
+    /// <summary>
+    /// An older copy put back (a backup from before a revocation), in this process or before a restart: the revocations it
+    /// lacks would be forgotten by every later process, so it is damage until the missing lines are back (or the operator
+    /// starts over, see <see cref="AppendRegistry"/>). A repaired file that kept every revoke line passes.
+    /// </summary>
+    void CheckWatermark()
+    {
+        var written = ReadRevocationWatermark();
+        if (_fileRevocations < written)
+        {
+            throw new RegistryDamagedException($"holds {_fileRevocations} revocations, fewer than the {written} written to it (an older copy put back?)");
         }
     }
 
@@ -555,6 +636,7 @@ public sealed partial class TokenStore
         if (entry?.Op == "revoke" && entry.Id is not null)
         {
             revoked.TryAdd(entry.Id, entry.At);
+            _fileRevocations++;
             return true;
         }
 
