@@ -82,7 +82,8 @@ internal sealed class DestinationPolicy
     /// <summary>The gateway's smarthost, when it is in use and allowed to be private.</summary>
     public static IEnumerable<(string Host, int Port)> TrustedSmarthost(DeliveryConfig delivery) => DestinationRanges.TrustedSmarthost(delivery);
 
-    public bool AllowsPrivate(string host, int port) => _allowPrivate || _trusted.Contains((host.ToUpperInvariant(), port));
+    /// <summary>Names compared as config validation compares them (trimmed, case-insensitive), so what check-config passes is what connects.</summary>
+    public bool AllowsPrivate(string host, int port) => _allowPrivate || _trusted.Contains((host.Trim().ToUpperInvariant(), port));
 
     /// <summary>
     /// The addresses of <paramref name="host"/> the gateway may connect to, in the resolver's order, refused ones left out

@@ -170,6 +170,8 @@ public sealed class DestinationGuardTests
         var delivery = new DeliveryConfig { Mode = DeliveryMode.Smarthost, Smarthost = { Host = "relay.internal", Port = 2525, AllowPrivateDestinations = true } };
         var own = DestinationPolicy.For(delivery, NullLogger.Instance, loopback);
         Assert.Equal([IPAddress.Loopback], await own.ResolveAsync(DestinationGuard.Smarthost, "t", "RELAY.internal", 2525, CancellationToken.None));
+        var spaced = DestinationPolicy.For(new DeliveryConfig { Mode = DeliveryMode.Smarthost, Smarthost = { Host = " relay.internal ", Port = 2525, AllowPrivateDestinations = true } }, NullLogger.Instance, loopback);
+        Assert.Equal([IPAddress.Loopback], await spaced.ResolveAsync(DestinationGuard.Smarthost, "t", " relay.internal ", 2525, CancellationToken.None));
         await Assert.ThrowsAsync<DestinationRefusedException>(() => own.ResolveAsync(DestinationGuard.Smarthost, "t", "relay.internal", 25, CancellationToken.None));
         await Assert.ThrowsAsync<DestinationRefusedException>(() => own.ResolveAsync(DestinationGuard.Smarthost, "t", "other.internal", 2525, CancellationToken.None));
 
