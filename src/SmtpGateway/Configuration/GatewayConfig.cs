@@ -183,6 +183,12 @@ public sealed class DeliveryConfig
     /// <summary>Concurrent delivery workers.</summary>
     public int Workers { get; set; } = 16;
 
+    /// <summary>
+    /// Workers one tenant's messages may hold at once; 0 means half of <see cref="Workers"/> (at least 1). Ready messages are
+    /// served per tenant in turn, and this share keeps one tenant's backlog at a slow host from holding every worker.
+    /// </summary>
+    public int MaxWorkersPerTenant { get; set; }
+
     /// <summary>Drop folder; relative paths are under DataDirectory.</summary>
     public string DropDirectory { get; set; } = "drop";
 

@@ -240,6 +240,11 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
             e.Add($"{dp}:Workers: {d.Workers} is out of range 1-1024.");
         }
 
+        if (d.MaxWorkersPerTenant < 0 || d.MaxWorkersPerTenant > d.Workers)
+        {
+            e.Add($"{dp}:MaxWorkersPerTenant: {d.MaxWorkersPerTenant} is out of range 0-{d.Workers} (0: half of Workers).");
+        }
+
         if (d.Mode == DeliveryMode.Smarthost)
         {
             var s = d.Smarthost;

@@ -38,6 +38,7 @@ public sealed class DeliveryService : BackgroundService
     readonly DsnGenerator? _dsn;
     readonly QueueControl? _control;
     readonly DeliveryHooks _hooks;
+    readonly FairReadyQueue _fair;
 
     /// <summary>How often parked messages of paused tenants are checked for release (the pause file is re-read each second).</summary>
     internal static readonly TimeSpan HoldRecheck = TimeSpan.FromSeconds(1);
@@ -64,6 +65,7 @@ public sealed class DeliveryService : BackgroundService
         _control = control;
         _retry = new RetryPolicy(config.Retry, random);
         _workers = Math.Max(1, config.Workers);
+        _fair = new FairReadyQueue(config.MaxWorkersPerTenant > 0 ? config.MaxWorkersPerTenant : _workers / 2);
         _mode = config.Mode.ToString();
         _time = time;
         _logger = logger;
@@ -75,10 +77,14 @@ public sealed class DeliveryService : BackgroundService
     /// <summary>Ids being attempted right now.</summary>
     internal int InFlightCount => _inFlight.Count;
 
+    /// <summary>The per-tenant ready lists the workers take from (tests).</summary>
+    internal FairReadyQueue Ready => _fair;
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         DeliveryLog.Started(_logger, _workers, _mode);
         var workers = Enumerable.Range(0, _workers).Select(_ => WorkerAsync(stoppingToken)).ToList();
+        workers.Add(SortAsync(stoppingToken));
         if (_control is not null)
         {
             workers.Add(_control.RunAsync(this, ClearBackoff, stoppingToken));
@@ -93,7 +99,8 @@ public sealed class DeliveryService : BackgroundService
         DeliveryLog.Stopped(_logger);
     }
 
-    async Task WorkerAsync(CancellationToken stoppingToken)
+    /// <summary>Moves the spool's ready ids into the per-tenant lists (the tenant comes from the spool's memory, not from disk).</summary>
+    async Task SortAsync(CancellationToken stoppingToken)
     {
         var ready = _spool.Ready;
         try
@@ -102,13 +109,36 @@ public sealed class DeliveryService : BackgroundService
             {
                 while (!stoppingToken.IsCancellationRequested && ready.TryRead(out var id))
                 {
-                    await ProcessAsync(id, _abort.Token).ConfigureAwait(false);
+                    _fair.Add(id, _spool.TenantOf(id) ?? DefaultTenant);
                 }
             }
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
         {
-            // Shutdown: stop taking new work. Ids still in the channel are on disk and come back on recovery.
+            // Shutdown: ids still in memory are on disk and come back on recovery.
+        }
+    }
+
+    async Task WorkerAsync(CancellationToken stoppingToken)
+    {
+        try
+        {
+            while (!stoppingToken.IsCancellationRequested)
+            {
+                var (id, tenant) = await _fair.TakeAsync(stoppingToken).ConfigureAwait(false);
+                try
+                {
+                    await ProcessAsync(id, _abort.Token).ConfigureAwait(false);
+                }
+                finally
+                {
+                    _fair.Done(tenant);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        {
+            // Shutdown: stop taking new work. Ids not taken are on disk and come back on recovery.
         }
     }
 

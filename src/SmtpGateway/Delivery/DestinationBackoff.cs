@@ -29,8 +29,8 @@ internal readonly record struct EgressIdentity(string Tenant, IPAddress? SourceA
 /// <para>
 /// The table forgets: an entry is dropped once MaxDelay has passed without a new failure after its backoff ended (or
 /// after its last failure, when it never backed off), checked when the entry is used and swept (oldest failure first)
-/// on every call; and it never holds more than MaxEntries: a new identity then evicts the one whose last failure is
-/// oldest. Forgetting costs at most a probe, never a delivery.
+/// on every call; and it never holds more than MaxEntries: a new identity then evicts the oldest entry of the tenant
+/// with the most entries. Forgetting costs at most a probe, never a delivery.
 /// </para>
 /// </summary>
 internal sealed class DestinationBackoff(DestinationBackoffConfig config, TimeProvider time, ILogger logger)
@@ -43,6 +43,9 @@ internal sealed class DestinationBackoff(DestinationBackoffConfig config, TimePr
 
     /// <summary>Entries by last failure, oldest first: the sweep and the eviction both take from the head.</summary>
     readonly LinkedList<Entry> _byLastFailure = new();
+
+    /// <summary>Entries per tenant, for the eviction share.</summary>
+    readonly Dictionary<string, int> _perTenant = new(StringComparer.Ordinal);
     long _evicted;
     DateTimeOffset _lastFullWarning = DateTimeOffset.MinValue;
 
@@ -70,26 +73,48 @@ internal sealed class DestinationBackoff(DestinationBackoffConfig config, TimePr
         }
     }
 
-    /// <summary>True (with the time it ends) when <paramref name="identity"/> is to be skipped now.</summary>
-    public bool IsBackedOff(EgressIdentity identity, out DateTimeOffset until)
+    /// <summary>True (with the time it ends) when <paramref name="identity"/> is to be skipped now. Looks only: see <see cref="ClaimProbe"/>.</summary>
+    public bool IsBackedOff(EgressIdentity identity, out DateTimeOffset until) => Check(identity, claimProbe: false, out until);
+
+    /// <summary>
+    /// The check made again once a connection slot is held (a worker may have waited for it while a backoff started). When a
+    /// backoff has ended, only the first caller is let through, as the one probe: the others are skipped until the probe's
+    /// outcome is recorded, or for at most InitialDelay should it never be (cancelled, or a TLS policy failure, which does
+    /// not count against the host).
+    /// </summary>
+    public bool ClaimProbe(EgressIdentity identity, out DateTimeOffset until) => Check(identity, claimProbe: true, out until);
+
+    bool Check(EgressIdentity identity, bool claimProbe, out DateTimeOffset until)
     {
         lock (_gate)
         {
             var now = time.GetUtcNow();
             Sweep(now);
             until = default;
-            if (Find(identity, now) is not { Until: { } end })
+            if (Find(identity, now) is not { Until: { } end } entry)
             {
                 return false;
             }
 
-            if (end <= now)
+            if (end > now)
             {
-                return false; // Ended: one probe goes through; its outcome decides.
+                until = end;
+                return true;
             }
 
-            until = end;
-            return true;
+            // Ended: one probe goes through; its outcome decides.
+            if (entry.ProbeUntil is { } probing && probing > now)
+            {
+                until = probing;
+                return true;
+            }
+
+            if (claimProbe)
+            {
+                entry.ProbeUntil = now + config.InitialDelay;
+            }
+
+            return false;
         }
     }
 
@@ -123,9 +148,9 @@ internal sealed class DestinationBackoff(DestinationBackoffConfig config, TimePr
             }
             else
             {
-                while (_entries.Count >= Math.Max(1, config.MaxEntries) && _byLastFailure.First is { } oldest)
+                while (_entries.Count >= Math.Max(1, config.MaxEntries) && OldestOfLargestTenant() is { } oldest)
                 {
-                    Remove(oldest.Value.Identity);
+                    Remove(oldest.Identity);
                     _evicted++;
                     if (now - _lastFullWarning >= FullWarningInterval)
                     {
@@ -135,9 +160,11 @@ internal sealed class DestinationBackoff(DestinationBackoffConfig config, TimePr
                 }
 
                 _entries[identity] = _byLastFailure.AddLast(new Entry(identity));
+                _perTenant[identity.Tenant] = _perTenant.GetValueOrDefault(identity.Tenant) + 1;
             }
 
             var entry = _entries[identity].Value;
+            entry.ProbeUntil = null;
             entry.Failures++;
             entry.LastFailure = now;
             var over = entry.Failures - Math.Max(1, config.FailuresBeforeBackoff);
@@ -172,6 +199,7 @@ internal sealed class DestinationBackoff(DestinationBackoffConfig config, TimePr
         {
             _entries.Clear();
             _byLastFailure.Clear();
+            _perTenant.Clear();
         }
     }
 
@@ -210,7 +238,38 @@ internal sealed class DestinationBackoff(DestinationBackoffConfig config, TimePr
         if (_entries.Remove(identity, out var node))
         {
             _byLastFailure.Remove(node);
+            if (--_perTenant[identity.Tenant] == 0)
+            {
+                _perTenant.Remove(identity.Tenant);
+            }
         }
+    }
+
+    /// <summary>
+    /// What a full table gives up: the oldest entry of the tenant with the most entries, so that one tenant's thousands of
+    /// dead destinations push out its own entries and never another tenant's backoffs. Caller holds the gate.
+    /// </summary>
+    Entry? OldestOfLargestTenant()
+    {
+        string? largest = null;
+        var most = 0;
+        foreach (var (tenant, count) in _perTenant)
+        {
+            if (count > most)
+            {
+                (largest, most) = (tenant, count);
+            }
+        }
+
+        for (var node = _byLastFailure.First; node is not null; node = node.Next)
+        {
+            if (node.Value.Identity.Tenant == largest)
+            {
+                return node.Value;
+            }
+        }
+
+        return _byLastFailure.First?.Value;
     }
 
     sealed class Entry(EgressIdentity identity)
@@ -222,5 +281,8 @@ internal sealed class DestinationBackoff(DestinationBackoffConfig config, TimePr
         public DateTimeOffset LastFailure { get; set; }
 
         public DateTimeOffset? Until { get; set; }
+
+        /// <summary>Set while the one probe after a backoff is under way (see <see cref="ClaimProbe"/>).</summary>
+        public DateTimeOffset? ProbeUntil { get; set; }
     }
 }

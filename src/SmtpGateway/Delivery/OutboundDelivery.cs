@@ -220,6 +220,16 @@ internal sealed class OutboundDelivery : IAsyncDisposable
                 connection.Transactions++;
                 result = await connection.Client.SendSpooledAsync(message, recipients, mailFrom, cancellationToken).ConfigureAwait(false);
                 reusable = result.Reusable;
+
+                // Recorded before the slot goes back: a worker waiting for it checks the backoff again (ClaimProbe).
+                if (result.SessionLost)
+                {
+                    _backoff.Failure(key.Identity);
+                }
+                else
+                {
+                    _backoff.Success(key.Identity);
+                }
             }
             finally
             {
@@ -237,13 +247,11 @@ internal sealed class OutboundDelivery : IAsyncDisposable
             {
                 // RFC 5321 section 3.8: the session ended under the transaction; nothing it said binds the recipients.
                 DeliveryLog.TransactionBroken(_logger, message.Envelope.Id, peer, tagged.FirstOrDefault().Reply ?? "");
-                _backoff.Failure(key.Identity);
                 lost = tagged;
                 failure = null;
                 continue;
             }
 
-            _backoff.Success(key.Identity);
             for (var i = 0; i < indices.Length; i++)
             {
                 results[indices[i]] = tagged[i];
@@ -273,17 +281,28 @@ internal sealed class OutboundDelivery : IAsyncDisposable
     {
         try
         {
-            return new Rented(await _pool.RentAsync(key, hop.Addresses, limits, cancellationToken).ConfigureAwait(false), null, null);
+            // The backoff is checked again once the slot is held: workers that queued for it before a backoff started are
+            // skipped without connecting, and after a backoff only one of them probes. A connect failure is recorded before
+            // the slot is released, so the next waiter sees it.
+            var connection = await _pool.RentAsync(key, hop.Addresses, limits, cancellationToken,
+                backedOffUntil: () => _backoff.ClaimProbe(key.Identity, out var until) ? until : null,
+                connectFailed: ex =>
+                {
+                    // A TLS policy failure is about this tenant's policy, not the host's health: no backoff at all.
+                    if (!ex.Text.StartsWith("4.7.", StringComparison.Ordinal))
+                    {
+                        _backoff.Failure(key.Identity);
+                    }
+                }).ConfigureAwait(false);
+            return new Rented(connection, null, null);
         }
         catch (SmtpConnectException ex) when (!cancellationToken.IsCancellationRequested)
         {
-            // A TLS policy failure is about this tenant's policy, not the host's health: no backoff at all.
-            if (!ex.Text.StartsWith("4.7.", StringComparison.Ordinal))
-            {
-                _backoff.Failure(key.Identity);
-            }
-
             return new Rented(null, ex.Reply, $"{hop.Host}:{hop.Port}");
+        }
+        catch (DestinationBackedOffException ex)
+        {
+            return new Rented(null, DeliveryReplies.HopBackedOff(hop.Host, hop.Port, ex.Until), null);
         }
     }
 

@@ -67,6 +67,12 @@ internal sealed class PooledSmtpConnection(GatewaySmtpClient client, SmtpPoolKey
     public string Peer => Client.RemoteAddress is { } address ? $"{Key.Host}[{address}]:{Key.Port}" : $"{Key.Host}:{Key.Port}";
 }
 
+/// <summary>The egress identity went into backoff while the rent waited for its slot: nothing was tried (see <see cref="DestinationBackoff.ClaimProbe"/>).</summary>
+internal sealed class DestinationBackedOffException(DateTimeOffset until) : Exception("Destination backed off.")
+{
+    public DateTimeOffset Until { get; } = until;
+}
+
 /// <summary>Opening a connection failed on every address: the reply to record (4.4.1 unreachable, 4.7.x TLS policy), from <see cref="DeliveryReplies"/>.</summary>
 internal sealed class SmtpConnectException(SmtpReply reply, Exception? inner = null) : Exception(reply.ToString(), inner)
 {
@@ -153,7 +159,12 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
     /// needed. Waits while the tenant or its egress identity is at its cap. Throws <see cref="SmtpConnectException"/> when no
     /// address could be reached.
     /// </summary>
-    public async Task<PooledSmtpConnection> RentAsync(SmtpPoolKey key, IReadOnlyList<IPAddress> addresses, DestinationLimits limits, CancellationToken cancellationToken)
+    /// <param name="backedOffUntil">Asked once the slots are held, before anything is tried: a time means the identity went into
+    /// backoff meanwhile, and <see cref="DestinationBackedOffException"/> is thrown with the slots released.</param>
+    /// <param name="connectFailed">Told of a failed connect before the slots are released, so that the next waiter's
+    /// <paramref name="backedOffUntil"/> already sees the failure.</param>
+    public async Task<PooledSmtpConnection> RentAsync(SmtpPoolKey key, IReadOnlyList<IPAddress> addresses, DestinationLimits limits, CancellationToken cancellationToken,
+        Func<DateTimeOffset?>? backedOffUntil = null, Action<SmtpConnectException>? connectFailed = null)
     {
         Destination destination;
         TenantSlots tenant;
@@ -178,7 +189,7 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
 
         try
         {
-            return await RentAsync(key, addresses, destination, tenant, cancellationToken).ConfigureAwait(false);
+            return await RentAsync(key, addresses, destination, tenant, cancellationToken, backedOffUntil, connectFailed).ConfigureAwait(false);
         }
         catch
         {
@@ -192,7 +203,7 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
     }
 
     async Task<PooledSmtpConnection> RentAsync(SmtpPoolKey key, IReadOnlyList<IPAddress> addresses, Destination destination, TenantSlots tenant,
-        CancellationToken cancellationToken)
+        CancellationToken cancellationToken, Func<DateTimeOffset?>? backedOffUntil, Action<SmtpConnectException>? connectFailed)
     {
 
         // Always tenant first, then destination: one order, so two rents can never wait on each other crosswise.
@@ -209,6 +220,11 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
 
         try
         {
+            if (backedOffUntil?.Invoke() is { } until)
+            {
+                throw new DestinationBackedOffException(until);
+            }
+
             while (true)
             {
                 PooledSmtpConnection? idle = null, evicted = null, evictedForTenant = null;
@@ -285,12 +301,17 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
                     DeliveryMetrics.ConnectionOpened(key.Tenant, client.IsSecure);
                     return new PooledSmtpConnection(client, key, _time.GetUtcNow());
                 }
-                catch
+                catch (Exception ex)
                 {
                     lock (_gate)
                     {
                         destination.Open--;
                         tenant.Open--;
+                    }
+
+                    if (ex is SmtpConnectException failed && !cancellationToken.IsCancellationRequested)
+                    {
+                        connectFailed?.Invoke(failed);
                     }
 
                     throw;

@@ -50,6 +50,7 @@ public sealed partial class FileSpool
         {
             File.Delete(queued);
             TryDelete(Path.Combine(_state, id + StateSuffix));
+            _tenantById.TryRemove(id, out _);
             SpoolMetrics.Dequeued();
             return SpoolArea.Queue;
         }

@@ -42,6 +42,9 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     readonly Channel<string> _ready = Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleReader = false, SingleWriter = false });
     readonly GroupCommitter _queueSync;
     readonly WakeupQueue _wakeups;
+
+    /// <summary>Tenant of each queued message (scheduling hint for <see cref="TenantOf"/>): set on commit, recovery and load, dropped when the message leaves the queue.</summary>
+    readonly System.Collections.Concurrent.ConcurrentDictionary<string, string> _tenantById = new(StringComparer.Ordinal);
     readonly Lock _initGate = new();
     volatile bool _initialized;
     int _recovered;
@@ -174,6 +177,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         SpoolMetrics.Committed(_time.GetElapsedTime(started));
         SpoolMetrics.Enqueued();
         SpoolLog.Committed(_logger, envelope.Id, envelope.Recipients.Count, message.Length);
+        RememberTenant(envelope);
         _ready.Writer.TryWrite(envelope.Id);
     }
 
@@ -340,6 +344,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         }
 
         var state = ReadState(Path.Combine(_state, id + StateSuffix), header.Envelope);
+        RememberTenant(header.Envelope);
         return new SpooledMessage(path, offset, length, header.Envelope, header.EightBitData, state);
     }
 
@@ -409,6 +414,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             SpoolLog.Completed(_logger, state.Id);
         }
 
+        _tenantById.TryRemove(state.Id, out _);
         SpoolMetrics.Dequeued();
         return Task.CompletedTask;
     }
@@ -436,6 +442,17 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 
     /// <inheritdoc />
     public void Schedule(string id, DateTimeOffset due) => _wakeups.Schedule(id, due);
+
+    /// <inheritdoc />
+    public string? TenantOf(string id) => _tenantById.TryGetValue(id, out var tenant) ? tenant : null;
+
+    void RememberTenant(SpoolEnvelope envelope)
+    {
+        if (envelope.TenantId is { } tenant)
+        {
+            _tenantById[envelope.Id] = tenant;
+        }
+    }
 
     /// <inheritdoc />
     public IReadOnlyList<SpoolEntry> List(SpoolArea area)

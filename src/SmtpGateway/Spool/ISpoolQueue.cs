@@ -37,6 +37,12 @@ public interface ISpoolQueue
 
     /// <summary>Read-only snapshot of an area, oldest id first. Corrupt files are skipped.</summary>
     IReadOnlyList<SpoolEntry> List(SpoolArea area);
+
+    /// <summary>
+    /// The tenant of a queued message, from memory (no disk read), so that Delivery can serve ready ids per tenant in turn;
+    /// null when not known (the message left the queue, or the tenant is the default one). A hint for scheduling only.
+    /// </summary>
+    string? TenantOf(string id);
 }
 
 /// <summary>One message in a listing.</summary>
