@@ -165,6 +165,11 @@ public sealed class FileSpoolTests : IDisposable
         Assert.Equal(new[] { blocked, later }.Order(), Directory.EnumerateFiles(Path.Combine(Root, "corrupt")).Select(Path.GetFileName).Order());
         Assert.Equal(2, audit.Events.Count(e => e.Action == AuditActions.SpoolQuarantine));
         Assert.NotNull(await recovered.LoadAsync(good, CancellationToken.None));
+
+        // A directory in place of a queue file: recovery lists files only; a load of its id answers "not there".
+        var stray = recovered.NewId();
+        Directory.CreateDirectory(Path.Combine(Root, "queue", stray));
+        Assert.Null(await recovered.LoadAsync(stray, CancellationToken.None));
     }
 
     [Fact]
