@@ -90,7 +90,8 @@ public sealed class LimitsConfig
     /// A tenant rate-limit refusal (450 4.7.1 at MAIL, 452 4.5.3 at RCPT) is answered this much later, as Postfix's
     /// smtpd_error_sleep_time (1 s) answers errors: the wait costs the gateway no thread and no CPU, and it turns a client
     /// that retries in a tight loop from thousands of refused commands a second into one per connection per second, so a
-    /// tenant flooding far past its limit cannot take the other tenants' CPU with its refusals. 0 turns it off; at most 5 s.
+    /// tenant flooding far past its limit cannot take the other tenants' CPU with its refusals. Pipelined refusals wait one
+    /// delay each, at most 5 delays per batch of replies; each also counts against MaxJunkCommands. 0 turns it off; at most 5 s.
     /// </summary>
     public TimeSpan RateLimitReplyDelay { get; set; } = TimeSpan.FromSeconds(1);
 
@@ -131,7 +132,8 @@ public sealed class LimitsConfig
 
     /// <summary>
     /// NOOP, RSET, VRFY, HELP and repeated EHLO/HELO a session may send between accepted messages before it is closed with
-    /// 421 4.7.0 (Postfix smtpd_junk_command_limit defaults to 100). A message accepted with 250 starts the count afresh, so
+    /// 421 4.7.0 (Postfix smtpd_junk_command_limit defaults to 100); MAIL/RCPT refused for a tenant rate limit and AUTH
+    /// refused for a temporary reason (MaxSessions, token registry) count too. A message accepted with 250 starts the count afresh, so
     /// a client that keeps one connection open for many messages (RSET between them, NOOP to keep it alive) is never cut off.
     /// </summary>
     public int MaxJunkCommands { get; set; } = 100;

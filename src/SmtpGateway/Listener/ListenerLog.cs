@@ -40,6 +40,6 @@ static partial class ListenerLog
     [LoggerMessage(EventId = EventIds.Listener + 13, Level = LogLevel.Error, Message = "Session {SessionId} failed unexpectedly")]
     public static partial void SessionFailed(ILogger logger, string sessionId, Exception exception);
 
-    [LoggerMessage(EventId = EventIds.Listener + 25, Level = LogLevel.Warning, Message = "Session {SessionId}: more than {Limit} NOOP/RSET/VRFY/HELP/EHLO commands from {Client} without a message; closed")]
+    [LoggerMessage(EventId = EventIds.Listener + 25, Level = LogLevel.Warning, Message = "Session {SessionId}: more than {Limit} commands from {Client} without a message (NOOP/RSET/VRFY/HELP/EHLO, rate-limited MAIL/RCPT, temporary AUTH refusals); closed")]
     public static partial void TooManyJunkCommands(ILogger logger, string sessionId, int limit, IPAddress client);
 }

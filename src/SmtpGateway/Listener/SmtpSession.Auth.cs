@@ -103,7 +103,14 @@ public sealed partial class SmtpSession
 
         if (verdict.Temporary)
         {
-            // RFC 4954 section 6: the server could not check the credentials now; the client may retry, so no strike.
+            // RFC 4954 section 6: the server could not check the credentials now (or the tenant has MaxSessions); the
+            // client may retry, so no strike. But each answer may have cost an HSM MAC: it counts against the junk budget,
+            // so a client looping on it is closed with 421 4.7.0 at Limits:MaxJunkCommands rather than spend MACs unmetered.
+            if (!CountJunk())
+            {
+                return false;
+            }
+
             Reply(verdict.Refusal ?? SmtpReplies.AuthTemporaryFailure);
             return true;
         }

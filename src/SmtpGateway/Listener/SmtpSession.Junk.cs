@@ -5,6 +5,7 @@ namespace SmtpGateway.Listener;
 /// <summary>
 /// The junk-command budget (Gateway:Limits:MaxJunkCommands, after Postfix's smtpd_junk_command_limit): commands that cost
 /// us a reply but move no mail can otherwise keep a session, and its connection slot, busy for the whole session timeout.
+/// Refusals a client may loop on without a strike (tenant rate limits, temporary AUTH failures) are counted here too.
 /// </summary>
 public sealed partial class SmtpSession
 {

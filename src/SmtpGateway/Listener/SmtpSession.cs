@@ -400,7 +400,11 @@ public sealed partial class SmtpSession
         if (!verdict.Accepted)
         {
             // A tenant's rate limit (450) is an answer, not a protocol error: it must not use up the error budget.
-            HoldIfRateLimited(verdict.Reply);
+            if (IsRateLimited(verdict.Reply))
+            {
+                return RefuseRateLimited(verdict.Reply);
+            }
+
             return verdict.CountsAsError ? CountError(verdict.Reply) : Reply(verdict.Reply);
         }
 
@@ -444,17 +448,37 @@ public sealed partial class SmtpSession
             return Reply(verdict.Reply);
         }
 
-        HoldIfRateLimited(verdict.Reply);
+        if (IsRateLimited(verdict.Reply))
+        {
+            return RefuseRateLimited(verdict.Reply);
+        }
+
         return verdict.CountsAsError ? CountError(verdict.Reply) : Reply(verdict.Reply);
     }
 
-    /// <summary>A rate-limit refusal goes out Limits:RateLimitReplyDelay late (see there): a tight retry loop slows to the delay's pace.</summary>
-    void HoldIfRateLimited(SmtpReply reply)
+    static bool IsRateLimited(SmtpReply reply) =>
+        ReferenceEquals(reply, SmtpReplies.TenantMessageRate) || ReferenceEquals(reply, SmtpReplies.TenantRecipientRate);
+
+    /// <summary>Most refusals one flush is held for: 300 pipelined refused MAILs wait 5 delays, not one (nor 300).</summary>
+    const int MaxHeldRefusalsPerFlush = 5;
+
+    /// <summary>
+    /// A rate-limit refusal goes out Limits:RateLimitReplyDelay late (see there), once per refusal in the flush up to
+    /// <see cref="MaxHeldRefusalsPerFlush"/> delays, so pipelining cannot buy many refusals for one delay; and it counts
+    /// against the junk budget (it moves no mail), so a client that loops on it is closed with 421 4.7.0 at
+    /// Limits:MaxJunkCommands. A client that waits and retries loses little: an accepted message restores the budget, a
+    /// new session starts with a full one, and a refused RCPT leaves the transaction's accepted recipients in place.
+    /// </summary>
+    bool RefuseRateLimited(SmtpReply reply)
     {
-        if (ReferenceEquals(reply, SmtpReplies.TenantMessageRate) || ReferenceEquals(reply, SmtpReplies.TenantRecipientRate))
+        if (!CountJunk())
         {
-            _holdNextFlush = _services.Limits.RateLimitReplyDelay;
+            return false;
         }
+
+        var delay = _services.Limits.RateLimitReplyDelay;
+        _holdNextFlush = TimeSpan.FromTicks(Math.Min(_holdNextFlush.Ticks + delay.Ticks, delay.Ticks * MaxHeldRefusalsPerFlush));
+        return Reply(reply);
     }
 
     async ValueTask<bool> DataAsync(SmtpCommandLine command, CancellationToken sessionToken)

@@ -158,8 +158,11 @@ public static class SmtpReplies
     /// <summary>Issue 12: no signing slot for this tenant in time (its own share busy); never sent unsigned, so the client retries.</summary>
     public static readonly SmtpReply SigningBusy = new(451, "4.3.0", "Signing is busy for this account, try again later");
 
-    /// <summary>Gateway:Limits:MaxJunkCommands (Postfix smtpd_junk_command_limit): a session that only idles is closed.</summary>
-    public static readonly SmtpReply TooManyJunkCommands = new(421, "4.7.0", "Too many NOOP, RSET, VRFY, HELP or repeated EHLO commands without a message, closing connection");
+    /// <summary>
+    /// Gateway:Limits:MaxJunkCommands (Postfix smtpd_junk_command_limit): a session that only idles (NOOP, RSET, VRFY, HELP,
+    /// repeated EHLO) or loops on refusals that move no mail (tenant rate limits, temporary AUTH failures) is closed.
+    /// </summary>
+    public static readonly SmtpReply TooManyJunkCommands = new(421, "4.7.0", "Too many commands without a message, closing connection");
 
     /// <summary>MAIL of a token session while the token registry cannot be read: its revocation state is unknown (fail closed).</summary>
     public static readonly SmtpReply TokenCheckUnavailable = new(451, "4.7.0", "Temporary failure checking the session's credentials, try again later");

@@ -25,7 +25,7 @@ public sealed partial class FileSpool
             catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException)
             {
             }
-            catch (Exception ex) when (ex is IOException or InvalidDataException)
+            catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
             {
                 return null;
             }

@@ -336,6 +336,13 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             movedAside = MoveAside(id, ex.Message);
             return null;
         }
+        catch (UnauthorizedAccessException)
+        {
+            // Not ours to read (another owner, mode 0600) or a directory in its place: quarantined like a corrupt file,
+            // never a crash of recovery or of delivery. The reason is ours (the exception text would carry the path).
+            movedAside = MoveAside(id, UnreadableReason);
+            return null;
+        }
 
         if (header.Envelope.Id != id)
         {
@@ -343,14 +350,29 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             return null;
         }
 
-        var state = ReadState(Path.Combine(_state, id + StateSuffix), header.Envelope);
+        if (ReadState(Path.Combine(_state, id + StateSuffix), header.Envelope) is not { } state)
+        {
+            // An unreadable state cannot be started over either: the next save could not replace it, and every attempt
+            // would deliver again. The message waits in corrupt/ for an operator.
+            movedAside = MoveAside(id, "delivery state " + UnreadableReason);
+            return null;
+        }
+
         RememberTenant(header.Envelope);
         return new SpooledMessage(path, offset, length, header.Envelope, header.EightBitData, state);
     }
 
-    DeliveryState ReadState(string path, SpoolEnvelope envelope)
+    const string UnreadableReason = "file not readable (permissions, or not a regular file)";
+
+    /// <summary>The message's delivery state; null when the state file exists but cannot be read at all (see TryLoad).</summary>
+    DeliveryState? ReadState(string path, SpoolEnvelope envelope)
     {
         string reason;
+        if (Directory.Exists(path))
+        {
+            return null;
+        }
+
         try
         {
             var bytes = File.ReadAllBytes(path);
@@ -370,6 +392,10 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         catch (Exception ex) when (ex is JsonException or IOException)
         {
             reason = ex.GetType().Name;
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return null;
         }
 
         // Starting over may send duplicates to recipients already delivered: at-least-once, never loss.
@@ -480,7 +506,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
                 var state = ReadStateQuietly(Path.Combine(stateDirectory, id + StateSuffix), header.Envelope);
                 entries.Add(new SpoolEntry(id, area, header.Envelope, state, length));
             }
-            catch (Exception ex) when (ex is IOException or InvalidDataException)
+            catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
             {
                 // Listing is read-only: a file that vanished or is damaged is skipped, not moved.
             }
@@ -496,7 +522,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             var state = JsonSerializer.Deserialize(File.ReadAllBytes(path), SpoolJsonContext.Default.DeliveryState);
             return state is not null && state.Recipients is not null && state.Matches(envelope) ? state : DeliveryState.Initial(envelope);
         }
-        catch (Exception ex) when (ex is IOException or JsonException)
+        catch (Exception ex) when (ex is IOException or JsonException or UnauthorizedAccessException)
         {
             return DeliveryState.Initial(envelope);
         }

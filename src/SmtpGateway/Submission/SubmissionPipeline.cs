@@ -36,7 +36,7 @@ public sealed class SubmissionPipeline
         _policy = new PolicyStage(_identity, rates, services.Limits.MaxMessageSize, services.Envelope, audit, _logger);
         _envelope = new EnvelopeStage(services.ServerName, services.Envelope?.Hygiene, _logger);
         // One gate per process in the host (registered once); a pipeline built without one (tests) gets its own.
-        _signing = new SigningStage(services.Signer, services.SigningGate ?? new Signing.SigningGate(Signing.SigningGateOptions.Default, services.Time, _logger), _logger);
+        _signing = new SigningStage(services.Signer, services.SigningGate ?? new Signing.SigningGate(Signing.SigningGateOptions.Default, services.Time, _logger), _identity, _logger);
         _spool = new SpoolStage(services.Spool, _logger);
     }
 

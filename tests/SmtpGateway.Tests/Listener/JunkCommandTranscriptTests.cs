@@ -32,7 +32,7 @@ public sealed class JunkCommandTranscriptTests
             Assert.Equal("250 2.0.0 Ok", await c.CommandAsync("NOOP"));
         }
 
-        Assert.Equal("421 4.7.0 Too many NOOP, RSET, VRFY, HELP or repeated EHLO commands without a message, closing connection", await c.CommandAsync("NOOP"));
+        Assert.Equal("421 4.7.0 Too many commands without a message, closing connection", await c.CommandAsync("NOOP"));
         Assert.True(await c.IsClosedAsync());
         Assert.True(closed.Total >= 1);
         Assert.Empty(gw.Spool.Commits);

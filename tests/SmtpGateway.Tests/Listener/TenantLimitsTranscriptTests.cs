@@ -11,6 +11,8 @@ namespace SmtpGateway.Tests.Listener;
 public sealed class TenantLimitsTranscriptTests
 {
     static readonly IPAddress TenantB = IPAddress.Parse("127.0.0.2");
+    const string MessageRate = "450 4.7.1 Message rate limit for this account reached, try again later";
+    const string JunkClosed = "421 4.7.0 Too many commands without a message, closing connection";
 
     static async Task<string?> SendAsync(RawSmtpClient c, string from, string to = "bob@example.net", string body = "hello\r\n")
     {
@@ -56,7 +58,7 @@ public sealed class TenantLimitsTranscriptTests
     }
 
     [Fact]
-    public async Task A_rate_limit_refusal_is_answered_only_after_RateLimitReplyDelay_and_other_replies_are_not_held()
+    public async Task A_rate_limit_refusal_is_answered_only_after_RateLimitReplyDelay_pipelined_ones_one_delay_each_up_to_five_and_other_replies_are_not_held()
     {
         var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
         await using var gw = await TestGateway.StartAsync(time: clock, limits: l => l.RateLimitReplyDelay = TimeSpan.FromSeconds(1),
@@ -71,9 +73,25 @@ public sealed class TenantLimitsTranscriptTests
         await Task.WhenAny(reply, Task.Delay(TimeSpan.FromMilliseconds(300)));
         Assert.False(reply.IsCompleted);
         clock.Advance(TimeSpan.FromSeconds(1));
-        Assert.Equal("450 4.7.1 Message rate limit for this account reached, try again later", await reply);
+        Assert.Equal(MessageRate, await reply);
 
         // The hold is for that reply only: the next command is answered at once.
+        Assert.StartsWith("250", await a.CommandAsync("NOOP"));
+
+        // Ten refused MAILs in one write (RFC 2920): one flush of ten replies, held 5 s (the cap), not 1 s nor 10 s.
+        await a.SendRawAsync(string.Concat(Enumerable.Repeat("MAIL FROM:<alice@tenant-a.example>\r\n", 10)));
+        var first = a.ReadReplyAsync();
+        await Task.WhenAny(first, Task.Delay(TimeSpan.FromMilliseconds(300)));
+        clock.Advance(TimeSpan.FromSeconds(4));
+        await Task.WhenAny(first, Task.Delay(TimeSpan.FromMilliseconds(300)));
+        Assert.False(first.IsCompleted);
+        clock.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal(MessageRate, await first);
+        for (var i = 1; i < 10; i++)
+        {
+            Assert.Equal(MessageRate, await a.ReadReplyAsync());
+        }
+
         Assert.StartsWith("250", await a.CommandAsync("NOOP"));
     }
 
@@ -196,5 +214,71 @@ public sealed class TenantLimitsTranscriptTests
         await Poll.UntilAsync(() => gw.RateLimits.OpenSessions("tenant-a") == 0);
         Assert.StartsWith("235 2.7.0", await second.CommandAsync("AUTH PLAIN " + IdentityTranscriptTests.Plain("", "tenant-a", token)));
         Assert.StartsWith("250 2.1.0", await second.CommandAsync("MAIL FROM:<agent@tenant-a.example>"));
+    }
+
+    [Fact]
+    public async Task A_client_looping_on_a_rate_limited_MAIL_is_closed_at_the_junk_limit_and_an_accepted_message_restores_the_budget()
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var gw = await TestGateway.StartAsync(time: clock, limits: l => l.MaxJunkCommands = 5,
+            tenantLimits: (id, l) => l.MessagesPerMinute = id == "tenant-a" ? 1 : null);
+        await using var a = await gw.ConnectAsync(gw.Relay);
+        await a.HelloAsync();
+        Assert.StartsWith("250 2.0.0", await SendAsync(a, "alice@tenant-a.example"));
+        for (var i = 0; i < 4; i++)
+        {
+            Assert.Equal(MessageRate, await a.CommandAsync("MAIL FROM:<alice@tenant-a.example>"));
+        }
+
+        // A client that waits for the window and retries is not cut off: its accepted message starts the budget afresh.
+        clock.Advance(TimeSpan.FromMinutes(1));
+        Assert.StartsWith("250 2.0.0", await SendAsync(a, "alice@tenant-a.example"));
+        for (var i = 0; i < 5; i++)
+        {
+            Assert.Equal(MessageRate, await a.CommandAsync("MAIL FROM:<alice@tenant-a.example>"));
+        }
+
+        Assert.Equal(JunkClosed, await a.CommandAsync("MAIL FROM:<alice@tenant-a.example>"));
+        Assert.True(await a.IsClosedAsync());
+        Assert.Equal(2, gw.Spool.Commits.Count);
+    }
+
+    [Fact]
+    public async Task A_client_looping_on_a_rate_limited_RCPT_is_closed_at_the_junk_limit()
+    {
+        await using var gw = await TestGateway.StartAsync(limits: l => l.MaxJunkCommands = 5,
+            tenantLimits: (id, l) => l.RecipientsPerMinute = id == "tenant-a" ? 1 : null);
+        await using var c = await gw.ConnectAsync(gw.Relay);
+        await c.HelloAsync();
+        Assert.StartsWith("250", await c.CommandAsync("MAIL FROM:<alice@tenant-a.example>"));
+        Assert.StartsWith("250 2.1.5", await c.CommandAsync("RCPT TO:<r0@example.net>"));
+        for (var i = 1; i <= 5; i++)
+        {
+            Assert.StartsWith("452 4.5.3", await c.CommandAsync($"RCPT TO:<r{i}@example.net>"));
+        }
+
+        Assert.Equal(JunkClosed, await c.CommandAsync("RCPT TO:<r6@example.net>"));
+        Assert.True(await c.IsClosedAsync());
+    }
+
+    [Fact]
+    public async Task AUTH_looping_at_MaxSessions_is_closed_at_the_junk_limit()
+    {
+        await using var gw = await TestGateway.StartAsync(tenantLimits: (id, l) => l.MaxSessions = id == "tenant-a" ? 1 : null);
+        var token = gw.Tokens.Mint("tenant-a", null, [], "agent").Token;
+        await using var first = await IdentityTranscriptTests.SubmissionAsync(gw);
+        Assert.StartsWith("235 2.7.0", await first.CommandAsync("AUTH PLAIN " + IdentityTranscriptTests.Plain("", "tenant-a", token)));
+
+        // Each refusal may cost an HSM MAC: 100 (Limits:MaxJunkCommands, the default) are answered 454, the next closes.
+        await using var second = await IdentityTranscriptTests.SubmissionAsync(gw);
+        var auth = "AUTH PLAIN " + IdentityTranscriptTests.Plain("", "tenant-a", token);
+        for (var i = 0; i < 100; i++)
+        {
+            Assert.Equal("454 4.7.0 Too many concurrent sessions for this account, try again later", await second.CommandAsync(auth));
+        }
+
+        Assert.Equal(JunkClosed, await second.CommandAsync(auth));
+        Assert.True(await second.IsClosedAsync());
+        Assert.Equal(1, gw.RateLimits.OpenSessions("tenant-a"));
     }
 }

@@ -1,6 +1,11 @@
 using System.Buffers;
 using System.Text;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
+using SmtpGateway.Audit;
+using SmtpGateway.Configuration;
 using SmtpGateway.Spool;
+using SmtpGateway.Tests.Listener;
 using static SmtpGateway.Tests.Spool.SpoolTestKit;
 
 namespace SmtpGateway.Tests.Spool;
@@ -125,6 +130,46 @@ public sealed class FileSpoolTests : IDisposable
         Assert.Equal([good], Directory.EnumerateFiles(Path.Combine(Root, "queue")).Select(Path.GetFileName));
         var corrupt = Directory.EnumerateFiles(Path.Combine(Root, "corrupt")).Select(Path.GetFileName).Order().ToArray();
         Assert.Equal(new[] { "0000000000000000BEEF", "0000000000000000CAFE", truncated }.Order(), corrupt);
+    }
+
+    [Fact]
+    public async Task An_unreadable_state_file_is_quarantined_with_an_audit_event_at_recovery_and_at_load_never_a_crash()
+    {
+        string good, blocked, later;
+        using (var spool = NewSpool(Root, _time))
+        {
+            var envelopes = Enumerable.Range(0, 3).Select(_ => NewEnvelope(spool, _time)).ToArray();
+            foreach (var envelope in envelopes)
+            {
+                await spool.CommitAsync(envelope, Segmented(SampleMessage()), CancellationToken.None);
+            }
+
+            (good, blocked, later) = (envelopes[0].Id, envelopes[1].Id, envelopes[2].Id);
+        }
+
+        // A directory where the state file belongs: opening it fails with UnauthorizedAccessException on Linux, as a
+        // root-owned 0600 file does for a gateway running as another user (tests run as root, so chmod would not bite).
+        Directory.CreateDirectory(Path.Combine(Root, "state", blocked + ".json"));
+        var audit = new RecordingAudit();
+        using var recovered = new FileSpool(Options.Create(new GatewayConfig { Spool = { Directory = Root } }), _time, NullLogger<FileSpool>.Instance, audit);
+        await recovered.RecoverAsync(CancellationToken.None);
+
+        Assert.Equal(new[] { good, later }.Order(), Drain(recovered).Order());
+        Assert.Equal([blocked], Directory.EnumerateFiles(Path.Combine(Root, "corrupt")).Select(Path.GetFileName));
+        var quarantined = Assert.Single(audit.Events);
+        Assert.Equal((AuditActions.SpoolQuarantine, blocked), (quarantined.Action, quarantined.QueueId));
+
+        // At run time the same: the message is quarantined and the load answers "not there", no exception for delivery.
+        Directory.CreateDirectory(Path.Combine(Root, "state", later + ".json"));
+        Assert.Null(await recovered.LoadAsync(later, CancellationToken.None));
+        Assert.Equal(new[] { blocked, later }.Order(), Directory.EnumerateFiles(Path.Combine(Root, "corrupt")).Select(Path.GetFileName).Order());
+        Assert.Equal(2, audit.Events.Count(e => e.Action == AuditActions.SpoolQuarantine));
+        Assert.NotNull(await recovered.LoadAsync(good, CancellationToken.None));
+
+        // A directory in place of a queue file: recovery lists files only; a load of its id answers "not there".
+        var stray = recovered.NewId();
+        Directory.CreateDirectory(Path.Combine(Root, "queue", stray));
+        Assert.Null(await recovered.LoadAsync(stray, CancellationToken.None));
     }
 
     [Fact]

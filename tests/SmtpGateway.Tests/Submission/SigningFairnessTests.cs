@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Net;
 using System.Text;
 using SmtpGateway.Configuration;
+using SmtpGateway.Identity;
 using SmtpGateway.Signing;
 using SmtpGateway.Smtp;
 using SmtpGateway.Submission;
@@ -42,11 +43,18 @@ public sealed class SigningFairnessTests : IDisposable
 
     SubmissionPipeline Pipeline() => _bench.Pipeline(_keys, gate: _gate);
 
-    static ValueTask<SmtpReply> Submit(SubmissionPipeline pipeline, string tenant, int n)
+    static ValueTask<SmtpReply> Submit(SubmissionPipeline pipeline, string tenant, int n) => Submit(pipeline, Open(pipeline, tenant, n), tenant, n);
+
+    static SubmissionContext Open(SubmissionPipeline pipeline, string tenant, int n)
     {
         var client = IPAddress.Parse(tenant == "tenant-a" ? "127.0.0.1" : "127.0.0.2");
         var context = pipeline.Open($"s-{tenant}-{n}", SubmissionChannel.Mcp, client, "mcp", identifyByNetwork: true);
         Assert.Equal(tenant, context.Tenant?.TenantId);
+        return context;
+    }
+
+    static ValueTask<SmtpReply> Submit(SubmissionPipeline pipeline, SubmissionContext context, string tenant, int n)
+    {
         Assert.Equal(PathError.None, SmtpGrammar.TryParsePath($"<u{n}@{tenant}.example>", "", allowNull: false, out var from));
         Assert.Equal(PathError.None, SmtpGrammar.TryParsePath("<bob@example.net>", "", allowNull: false, out var to));
         var message = $"From: u{n}@{tenant}.example\r\nTo: bob@example.net\r\nSubject: m{n}\r\nDate: Fri, 04 Dec 2026 12:00:00 +0000\r\n" +
@@ -129,6 +137,34 @@ public sealed class SigningFairnessTests : IDisposable
 
         _keys.Open.Set();
         Assert.All(await Task.WhenAll(stuck), r => Assert.Equal(250, r.Code));
+        Assert.Equal(0, _gate.InUse);
+    }
+
+    [Fact]
+    public async Task A_reload_lowering_MaxConcurrentSigning_applies_to_sessions_opened_before_it()
+    {
+        var pipeline = Pipeline();
+        var early = Enumerable.Range(0, 2).Select(i => Open(pipeline, "tenant-a", i)).ToList();
+
+        // The reload: tenant A's share goes from 2 to 1 while both sessions are open on the old snapshot.
+        var errors = new List<string>();
+        _bench.Tenants = TenantSnapshot.Build(new Dictionary<string, TenantConfig>
+        {
+            ["tenant-a"] = new() { Domains = ["tenant-a.example"], Networks = ["127.0.0.1/32"], Limits = new TenantLimitsConfig { MaxConcurrentSigning = 1 } },
+            ["tenant-b"] = new() { Domains = ["tenant-b.example"], Networks = ["127.0.0.2/32"], Limits = new TenantLimitsConfig { MaxConcurrentSigning = 2 } },
+        }, errors);
+        Assert.Empty(errors);
+
+        var first = Task.Run(async () => await Submit(pipeline, early[0], "tenant-a", 0));
+        await Poll.UntilAsync(() => _keys.Inside == 1);
+
+        // The second old session waits for the one slot the new share gives, rather than sign beside the first.
+        var second = Task.Run(async () => await Submit(pipeline, early[1], "tenant-a", 1));
+        await Poll.UntilAsync(() => _gate.Usage("tenant-a") == (1, 1), TimeSpan.FromSeconds(3));
+        Assert.Equal(1, _keys.Inside);
+
+        _keys.Open.Set();
+        Assert.All(await Task.WhenAll(first, second), r => Assert.Equal(250, r.Code));
         Assert.Equal(0, _gate.InUse);
     }
 

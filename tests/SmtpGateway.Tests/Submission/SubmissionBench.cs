@@ -44,7 +44,8 @@ internal sealed class SubmissionBench : IDisposable
 
     public SuppressionList Suppression { get; }
 
-    public TenantSnapshot Tenants { get; }
+    /// <summary>The current snapshot; a test reloads by setting it (contexts already open keep the one they began with).</summary>
+    public TenantSnapshot Tenants { get; set; }
 
     public SubmissionPipeline Pipeline(IDkimKeySigner keys, LimitsConfig? limits = null, MessageMemoryBudget? budget = null, SigningGate? gate = null)
     {

@@ -1,5 +1,4 @@
 using SmtpGateway.Envelope;
-using SmtpGateway.Identity;
 using Microsoft.Extensions.Logging;
 using SmtpGateway.Signing;
 using SmtpGateway.Smtp;
@@ -10,7 +9,7 @@ namespace SmtpGateway.Submission.Stages;
 /// DKIM for a tenant's outbound message, made before the message is queued. Fails closed: any failure is 451 4.3.0 and
 /// nothing is queued, so a message that should be signed never leaves unsigned (issue #4, ARCHITECTURE "Fail closed").
 /// </summary>
-internal sealed class SigningStage(IMessageSigner? signer, SigningGate gate, ILogger logger)
+internal sealed class SigningStage(IMessageSigner? signer, SigningGate gate, IdentityStage identity, ILogger logger)
 {
     /// <summary>The DKIM-Signature fields to put on top, or the refusal (then nothing is queued).</summary>
     public readonly record struct Outcome(SmtpReply? Refusal, byte[] Signature);
@@ -34,9 +33,11 @@ internal sealed class SigningStage(IMessageSigner? signer, SigningGate gate, ILo
         }
 
         // Issue 12: wait (asynchronously, no thread held) for one of this tenant's signing slots; another tenant's flood
-        // holds only its own share. The C_Sign that follows is CPU work in the token, done on this thread.
+        // holds only its own share. The C_Sign that follows is CPU work in the token, done on this thread. The share is
+        // the tenant's as configured now, not at the session's start: every acquire sets the gate's share, so an old
+        // session must not undo a reload that lowered MaxConcurrentSigning.
         var model = context.Tenants.Find(tenant.TenantId);
-        using var slot = await gate.AcquireAsync(tenant.TenantId, (model?.Limits ?? TenantLimits.Defaults).MaxConcurrentSigning, cancellationToken)
+        using var slot = await gate.AcquireAsync(tenant.TenantId, identity.LimitsOf(context, tenant.TenantId).MaxConcurrentSigning, cancellationToken)
             .ConfigureAwait(false);
         if (!slot.Granted)
         {
