@@ -292,4 +292,7 @@ public sealed partial class SmtpSession
     }
 
     static byte LastByte(in ReadOnlySequence<byte> sequence) => sequence.Slice(sequence.Length - 1).FirstSpan[0];
+
+    /// <summary>Thrown when a TLS handshake fails; the session ends without a reply (there is no channel to reply on).</summary>
+    sealed class AuthenticationFailure(Exception inner) : Exception("TLS handshake failed", inner);
 }

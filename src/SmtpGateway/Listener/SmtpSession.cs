@@ -68,7 +68,6 @@ public sealed partial class SmtpSession
     bool _esmtp;
     bool _tls;
     int _errors;
-    TimeSpan _holdNextFlush;
 
     public SmtpSession(Stream stream, ListenerModel listener, IPEndPoint remote, SessionServices services, ILogger logger, CancellationToken draining, CancellationToken hardStop)
     {
@@ -456,31 +455,6 @@ public sealed partial class SmtpSession
         return verdict.CountsAsError ? CountError(verdict.Reply) : Reply(verdict.Reply);
     }
 
-    static bool IsRateLimited(SmtpReply reply) =>
-        ReferenceEquals(reply, SmtpReplies.TenantMessageRate) || ReferenceEquals(reply, SmtpReplies.TenantRecipientRate);
-
-    /// <summary>Most refusals one flush is held for: 300 pipelined refused MAILs wait 5 delays, not one (nor 300).</summary>
-    const int MaxHeldRefusalsPerFlush = 5;
-
-    /// <summary>
-    /// A rate-limit refusal goes out Limits:RateLimitReplyDelay late (see there), once per refusal in the flush up to
-    /// <see cref="MaxHeldRefusalsPerFlush"/> delays, so pipelining cannot buy many refusals for one delay; and it counts
-    /// against the junk budget (it moves no mail), so a client that loops on it is closed with 421 4.7.0 at
-    /// Limits:MaxJunkCommands. A client that waits and retries loses little: an accepted message restores the budget, a
-    /// new session starts with a full one, and a refused RCPT leaves the transaction's accepted recipients in place.
-    /// </summary>
-    bool RefuseRateLimited(SmtpReply reply)
-    {
-        if (!CountJunk())
-        {
-            return false;
-        }
-
-        var delay = _services.Limits.RateLimitReplyDelay;
-        _holdNextFlush = TimeSpan.FromTicks(Math.Min(_holdNextFlush.Ticks + delay.Ticks, delay.Ticks * MaxHeldRefusalsPerFlush));
-        return Reply(reply);
-    }
-
     async ValueTask<bool> DataAsync(SmtpCommandLine command, CancellationToken sessionToken)
     {
         if (command.Argument.Length > 0)
@@ -608,13 +582,7 @@ public sealed partial class SmtpSession
             return;
         }
 
-        if (_holdNextFlush > TimeSpan.Zero)
-        {
-            var hold = _holdNextFlush;
-            _holdNextFlush = TimeSpan.Zero;
-            await Task.Delay(hold, _services.Time, cancellationToken).ConfigureAwait(false);
-        }
-
+        await HoldRateLimitedAsync(cancellationToken).ConfigureAwait(false);
         var count = Encoding.UTF8.GetByteCount(_out.ToString());
         var buffer = ArrayPool<byte>.Shared.Rent(count);
         try
@@ -629,7 +597,4 @@ public sealed partial class SmtpSession
             ArrayPool<byte>.Shared.Return(buffer);
         }
     }
-
-    /// <summary>Thrown when a TLS handshake fails; the session ends without a reply (there is no channel to reply on).</summary>
-    sealed class AuthenticationFailure(Exception inner) : Exception("TLS handshake failed", inner);
 }
