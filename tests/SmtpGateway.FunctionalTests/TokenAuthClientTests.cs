@@ -107,7 +107,9 @@ public sealed class TokenAuthClientTests(GatewayHarness harness, ITestOutputHelp
 
         var result = await ChildProcess.RunCapturedAsync(curl!,
             ["--url", $"smtp://127.0.0.1:{harness.SubmissionPort}", "--ssl-reqd", "-k", "--mail-from", SenderA, "--mail-rcpt", recipient,
-             "--user", $"{TenantA}:{minted.Token}", "-T", file, "-v", "--max-time", "30"],
+             // --silent --show-error: no progress meter, which otherwise shares standard error with -v's transcript and can
+             // land in the middle of a reply line ("10333< 250 2.0.0 Ok: queued as ..."), failing the matches below.
+             "--user", $"{TenantA}:{minted.Token}", "-T", file, "-v", "--silent", "--show-error", "--max-time", "30"],
             harness.WorkDirectory, TimeSpan.FromSeconds(60));
         output.WriteLine(result.Output);
         Assert.True(result.ExitCode == 0, $"curl exited with {result.ExitCode}");
