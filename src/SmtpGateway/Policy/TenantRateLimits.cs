@@ -37,7 +37,7 @@ public sealed partial class TenantRateLimits(TimeProvider time, ILogger logger)
         Telemetry.LimitsRefused, description: "Commands refused because a tenant reached one of its limits (Tenants:<id>:Limits), by tenant and limit");
 
     readonly ConcurrentDictionary<string, TenantState> _tenants = new(StringComparer.Ordinal);
-    readonly ConcurrentDictionary<(string Tenant, TenantLimit Limit), LogGate> _gates = new();
+    readonly ConcurrentDictionary<(string Tenant, TenantLimit Limit), LogWindow> _gates = new();
 
     /// <summary>Takes one message permit (MAIL FROM); false, counted and logged, when the tenant is at MessagesPerMinute.</summary>
     public bool TryAcquireMessage(string tenant, TenantLimits limits) => Acquire(tenant, limits, TenantLimit.Messages);
@@ -84,20 +84,9 @@ public sealed partial class TenantRateLimits(TimeProvider time, ILogger logger)
     public void Refused(string tenant, TenantLimit limit)
     {
         RefusedCounter.Add(1, new KeyValuePair<string, object?>("tenant", tenant), new KeyValuePair<string, object?>("limit", Label(limit)));
-        var gate = _gates.GetOrAdd((tenant, limit), static _ => new LogGate());
-        int suppressed;
-        var now = time.GetUtcNow();
-        lock (gate)
+        if (!_gates.GetOrAdd((tenant, limit), static _ => new LogWindow(LogInterval)).ShouldWrite(time, out var suppressed))
         {
-            if (gate.LastLogged is { } last && now - last < LogInterval)
-            {
-                gate.Suppressed++;
-                return;
-            }
-
-            suppressed = gate.Suppressed;
-            gate.Suppressed = 0;
-            gate.LastLogged = now;
+            return;
         }
 
         LimitsLog.LimitReached(logger, tenant, Label(limit), suppressed);
@@ -157,12 +146,6 @@ public sealed partial class TenantRateLimits(TimeProvider time, ILogger logger)
                 }
             }
         }
-    }
-
-    sealed class LogGate
-    {
-        public DateTimeOffset? LastLogged;
-        public int Suppressed;
     }
 
     static partial class LimitsLog

@@ -192,8 +192,8 @@ public sealed class SigningGate
         if (reason != SigningRefusal.Cancelled)
         {
             // A closed session is no news to the operator; a tenant refused for want of slots is, once a minute.
-            var window = _logged.GetOrAdd((tenantId, reason), static _ => new LogWindow());
-            if (window.ShouldWrite(_time.GetTimestamp(), _time, out var skipped))
+            var window = _logged.GetOrAdd((tenantId, reason), static _ => new LogWindow(LogInterval));
+            if (window.ShouldWrite(_time, out var skipped))
             {
                 SigningLog.SigningRefused(_logger, tenantId, ReasonTag(reason), held, share, skipped);
             }
@@ -305,32 +305,6 @@ public sealed class SigningGate
         SigningRefusal.Cancelled => "cancelled",
         _ => "other",
     };
-
-    /// <summary>One warning per window; the refusals in between are counted and reported with the next one.</summary>
-    sealed class LogWindow
-    {
-        readonly Lock _lock = new();
-        long _next = long.MinValue;
-        int _skipped;
-
-        public bool ShouldWrite(long now, TimeProvider time, out int skipped)
-        {
-            lock (_lock)
-            {
-                if (_next != long.MinValue && now < _next)
-                {
-                    _skipped++;
-                    skipped = 0;
-                    return false;
-                }
-
-                _next = now + (long)(LogInterval.TotalSeconds * time.TimestampFrequency);
-                skipped = _skipped;
-                _skipped = 0;
-                return true;
-            }
-        }
-    }
 
     internal sealed class TenantState(string tenantId)
     {

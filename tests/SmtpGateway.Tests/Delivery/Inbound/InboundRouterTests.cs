@@ -287,13 +287,7 @@ public sealed class InboundRouterTests : IDisposable
         var message = await SpoolAsync(SampleMessage());
 
         var delivery = router.DeliverAsync(message, message.Envelope.Recipients, CancellationToken.None);
-        using (var arrived = new CancellationTokenSource(TimeSpan.FromSeconds(10)))
-        {
-            while (receiver.Requests.IsEmpty)
-            {
-                await Task.Delay(5, arrived.Token); // a poll for the request, not a wait for the timeout
-            }
-        }
+        await Poll.UntilAsync(() => !receiver.Requests.IsEmpty); // a poll for the request, not a wait for the timeout
 
         clock.Advance(TimeSpan.FromMilliseconds(299));
         Assert.False(delivery.IsCompleted);
