@@ -2,7 +2,6 @@ using System.CommandLine;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
-using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 using SmtpGateway.Configuration;
@@ -42,7 +41,12 @@ public static class GatewayCli
     static Command Serve()
     {
         var config = ConfigOption();
-        var command = new Command("serve", "Run the gateway: listeners, spool and delivery, until SIGTERM or Ctrl+C.") { config };
+        var logFormat = new Option<string?>("--log-format")
+        {
+            Description = $"Console log format: {GatewayLogging.Simple} (one text line per event) or {GatewayLogging.Json} (one JSON object per line, with scopes); overrides {GatewayLogging.FormatKey}.",
+        };
+        logFormat.AcceptOnlyFromAmong([.. GatewayLogging.Formats]);
+        var command = new Command("serve", "Run the gateway: listeners, spool and delivery, until SIGTERM or Ctrl+C.") { config, logFormat };
         command.SetAction(async (parse, ct) =>
         {
             IHost host;
@@ -63,7 +67,7 @@ public static class GatewayCli
                     return 2;
                 }
 
-                host = BuildHost(parse.GetValue(config));
+                host = BuildHost(parse.GetValue(config), parse.GetValue(logFormat));
             }
             catch (Exception ex) when (ex is FileNotFoundException or InvalidDataException or FormatException or InvalidOperationException or OptionsValidationException)
             {
@@ -140,6 +144,11 @@ public static class GatewayCli
     static List<string> CollectAll(IConfiguration configuration, GatewayConfig gateway)
     {
         var errors = GatewayConfigValidator.Collect(gateway);
+        if (GatewayLogging.Validate(configuration) is { } logging)
+        {
+            errors.Add(logging);
+        }
+
         // The tenant snapshot's own compile: domains, networks, egress, HSM tokens, inbound routes, limits, reputation.
         var tenants = Identity.TenantDirectoryService.Load(configuration, errors);
         if (errors.Count == 0)
@@ -153,7 +162,7 @@ public static class GatewayCli
         return errors;
     }
 
-    public static IHost BuildHost(string? configPath)
+    public static IHost BuildHost(string? configPath, string? logFormat = null)
     {
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings
         {
@@ -162,14 +171,7 @@ public static class GatewayCli
         });
         // Reload on change: tenant edits take effect without a restart (sessions keep their snapshot).
         builder.Configuration.AddGatewaySources(configPath, reloadOnChange: true);
-        builder.Logging.ClearProviders();
-        builder.Logging.AddConfiguration(builder.Configuration.GetSection("Logging"));
-        builder.Logging.AddSimpleConsole(o =>
-        {
-            o.SingleLine = true;
-            o.UseUtcTimestamp = true;
-            o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ ";
-        });
+        builder.Logging.AddGatewayConsole(builder.Configuration, logFormat);
         // DisableDefaults drops the console lifetime too; without it SIGTERM kills the process instead of draining it.
         builder.Services.AddSingleton<IHostLifetime, Microsoft.Extensions.Hosting.Internal.ConsoleLifetime>();
         builder.Services.AddSmtpGateway(builder.Configuration);

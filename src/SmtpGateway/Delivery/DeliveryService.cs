@@ -3,6 +3,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using SmtpGateway.Configuration;
+using SmtpGateway.Diagnostics;
 using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
 
@@ -269,7 +270,7 @@ public sealed class DeliveryService : BackgroundService
             }
 
             var tenant = message.Envelope.TenantId ?? DefaultTenant;
-            using var scope = _logger.BeginScope(new Dictionary<string, object?> { ["QueueId"] = id, ["TenantId"] = tenant });
+            using var scope = _logger.BeginScope(new LogScope(LogScope.Of("QueueId", id), LogScope.Of("TenantId", tenant)));
 
             var pending = state.Recipients.Where(r => r.Status == RecipientStatus.Pending).Select(r => r.Address).ToArray();
             if (pending.Length > 0)

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Net;
 using Microsoft.Extensions.Logging;
+using SmtpGateway.Diagnostics;
 using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
 using SmtpGateway.Storage;
@@ -79,10 +80,23 @@ public sealed class SubmissionPipeline
         _identity.AuthenticateAsync(context, mechanism, authorizationIdentity, user, password, cancellationToken);
 
     /// <param name="declaredSize">MAIL SIZE= (RFC 1870), checked against the tenant's MaxMessageSize.</param>
-    public Verdict Mail(SubmissionContext context, SmtpPath mailFrom, bool smtpUtf8, bool eightBitMime, long? declaredSize = null) =>
-        _policy.Mail(context, mailFrom, smtpUtf8, eightBitMime, declaredSize);
+    public Verdict Mail(SubmissionContext context, SmtpPath mailFrom, bool smtpUtf8, bool eightBitMime, long? declaredSize = null)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        using var scope = TenantScope(context);
+        return _policy.Mail(context, mailFrom, smtpUtf8, eightBitMime, declaredSize);
+    }
 
-    public Verdict Recipient(SubmissionContext context, SmtpPath recipient) => _policy.Recipient(context, recipient);
+    public Verdict Recipient(SubmissionContext context, SmtpPath recipient)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        using var scope = TenantScope(context);
+        return _policy.Recipient(context, recipient);
+    }
+
+    /// <summary>The tenant on the policy's refusal lines; nothing when the session has none yet (inbound mail, before AUTH).</summary>
+    IDisposable? TenantScope(SubmissionContext context) =>
+        context.Tenant is { } tenant ? _logger.BeginScope(new LogScope(LogScope.Of("TenantId", tenant.TenantId))) : null;
 
     /// <summary>
     /// A new message for the open transaction, with its queue id and Received field; null (and the reply) when the
@@ -125,6 +139,10 @@ public sealed class SubmissionPipeline
     {
         ArgumentNullException.ThrowIfNull(context);
         ArgumentNullException.ThrowIfNull(message);
+        // Every log line of the commit (signing, spool, refusals) carries the queue id and the tenant: one scope per
+        // message, inside the session's scope (SessionId), so a log shipper can follow one message from DATA to delivery.
+        using var scope = _logger.BeginScope(new LogScope(
+            LogScope.Of("QueueId", message.Id), LogScope.Of("TenantId", context.Tenant?.TenantId ?? context.TransactionTenant)));
         try
         {
             if (!message.Complete())
