@@ -5,6 +5,7 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
+using Microsoft.Extensions.Logging;
 
 namespace SmtpGateway.Admin;
 
@@ -26,12 +27,20 @@ public static class HealthEndpoints
 
     public static IServiceCollection AddGatewayHealth(this IServiceCollection services)
     {
-        // Every check answers from its own cached probe (HealthProbe), so a scrape flood costs no disk, HSM or DNS work.
+        // Every check answers from its own cached probe (HealthProbe), so a scrape flood costs no disk, HSM or DNS work. They
+        // are singletons: AddCheck<T> alone would make a new instance (and an empty cache) for every request.
+        services.AddSingleton<ListenerHealthCheck>();
+        services.AddSingleton<SpoolHealthCheck>();
+        services.AddSingleton<HsmHealthCheck>();
+        services.AddSingleton<DnsHealthCheck>();
         services.AddHealthChecks()
             .AddCheck<ListenerHealthCheck>("listeners", tags: [ReadyTag])
             .AddCheck<SpoolHealthCheck>("spool", tags: [ReadyTag])
             .AddCheck<HsmHealthCheck>("hsm", tags: [ReadyTag], timeout: HealthProbe.Timeout)
             .AddCheck<DnsHealthCheck>("dns", tags: [ReadyTag], timeout: HealthProbe.Timeout);
+        // The health check service logs every unhealthy check at Error on every request: a load balancer polling a gateway
+        // that is not ready would write several lines a second. The checks log their own changes of state (HealthLog).
+        services.AddLogging(logging => logging.AddFilter("Microsoft.Extensions.Diagnostics.HealthChecks", LogLevel.None));
         return services;
     }
 
