@@ -16,6 +16,7 @@ namespace SmtpGateway.FunctionalTests;
 public sealed class HealthTests(ITestOutputHelper output)
 {
     static readonly TimeSpan Wait = TimeSpan.FromSeconds(30);
+    const string WrongPin = "0000-not-the-pin-0000";
 
     /// <summary>One GET, synchronously (EventPoll reads with a plain function): status and body.</summary>
     static Probe Get(GatewayHarness harness, string path)
@@ -97,34 +98,22 @@ public sealed class HealthTests(ITestOutputHelper output)
             var ready = await ReadyzBecomesAsync(harness, HttpStatusCode.OK, cts.Token);
             Assert.Equal("Healthy", CheckStatus(ready, "hsm")); // the probe has logged in to every tenant's token
 
-            // How login is broken for real: SoftHSM2 keeps a login for the life of the process, so changing the token's PIN
-            // behind the gateway's back would show only at its next login. The gateway logs in again when the configured
-            // PIN changes (a reload that renews the tenant's PIN source), which is what an operator does when rotating the
-            // PIN. So the tenant's Hsm:PinFile is pointed, by a config reload, at a file holding a PIN the token does not
-            // know: the gateway logs out, C_Login answers CKR_PIN_INCORRECT, and the token is unusable until the PinFile
-            // setting is taken out again (the real PIN file is read afresh and the login succeeds at once: the hold-off
-            // after a refused PIN applies to that PIN only).
-            var pins = harness.DataDirectory + ".pins"; // the default PIN directory (0700), outside the data directory
-            var wrong = Path.Combine(pins, Tenant + ".wrong.pin");
-            await File.WriteAllTextAsync(wrong, "0000-not-the-pin-0000\n", cts.Token);
-            File.SetUnixFileMode(wrong, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-            var original = await File.ReadAllTextAsync(harness.ConfigPath, cts.Token);
-            await WriteConfigAsync(harness, original, root => root["Tenants"]![Tenant]!["Hsm"] = new JsonObject { ["PinFile"] = wrong }, cts.Token);
+            var restore = await BreakPinAsync(harness, Tenant, cts.Token);
 
             var notReady = await ReadyzBecomesAsync(harness, HttpStatusCode.ServiceUnavailable, cts.Token);
             output.WriteLine(notReady.ToString());
             Assert.Equal("Unhealthy", CheckStatus(notReady, "hsm"));
             Assert.Equal("Healthy", CheckStatus(notReady, "spool"));
             Assert.DoesNotContain(Tenant, notReady.Body, StringComparison.Ordinal); // counts only; the log names the tenant
-            Assert.DoesNotContain("0000-not-the-pin", notReady.Body, StringComparison.Ordinal);
+            Assert.DoesNotContain(WrongPin, notReady.Body, StringComparison.Ordinal);
 
-            await WriteConfigAsync(harness, original, _ => { }, cts.Token);
+            await restore();
             var again = await ReadyzBecomesAsync(harness, HttpStatusCode.OK, cts.Token);
             Assert.Equal("Healthy", CheckStatus(again, "hsm"));
             await LogShowsAsync(harness, "Ready again: hsm", cts.Token);
             // Logged once, on the change, however many times /readyz was asked meanwhile (the probe is cached and keeps its state).
             Assert.Single(harness.GatewayOutput.Split('\n'), l => l.Contains($"Not ready: tenant {Tenant}'s HSM token is not usable (LoginFailed", StringComparison.Ordinal));
-            Assert.DoesNotContain("0000-not-the-pin", harness.GatewayOutput, StringComparison.Ordinal);
+            Assert.DoesNotContain(WrongPin, harness.GatewayOutput, StringComparison.Ordinal);
         });
 
     static Task LogShowsAsync(GatewayHarness harness, string text, CancellationToken cancellationToken) =>
@@ -135,6 +124,98 @@ public sealed class HealthTests(ITestOutputHelper output)
             _ => $"the gateway did not log '{text}'",
             Wait,
             cancellationToken);
+
+    [Fact]
+    public Task HAProxy_with_the_example_config_stops_sending_sessions_to_a_gateway_that_is_not_ready_and_resumes_after() => FaultGatewayHarness.RunAsync(output,
+        (_, _, _) => Task.CompletedTask,
+        async harness =>
+        {
+            const string HAProxy = "/usr/sbin/haproxy";
+            if (!File.Exists(HAProxy))
+            {
+                Assert.Fail("haproxy is missing (Debian package haproxy; ./test.sh installs it)");
+            }
+
+            using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+            await ReadyzBecomesAsync(harness, HttpStatusCode.OK, cts.Token);
+
+            // config/examples/haproxy-health.cfg as it is, pointed at this gateway: one server, loopback ports.
+            var front = FreePort.Next();
+            var frontTls = FreePort.Next();
+            var example = await File.ReadAllTextAsync(Path.Combine(RepoPaths.Root, "config", "examples", "haproxy-health.cfg"), cts.Token);
+            var config = string.Join('\n', example.Split('\n')
+                .Where(line => !line.TrimStart().StartsWith("server gw2 ", StringComparison.Ordinal))
+                .Select(line => line
+                    .Replace("bind :587", $"bind 127.0.0.1:{front}", StringComparison.Ordinal)
+                    .Replace("bind :465", $"bind 127.0.0.1:{frontTls}", StringComparison.Ordinal)
+                    .Replace("10.0.0.11:2525", $"127.0.0.1:{harness.SubmissionPort}", StringComparison.Ordinal)
+                    .Replace("10.0.0.11:2465", $"127.0.0.1:{harness.SubmissionsPort}", StringComparison.Ordinal)
+                    .Replace("port 8025", $"port {harness.AdminPort}", StringComparison.Ordinal)));
+            Assert.DoesNotContain("10.0.0.", config, StringComparison.Ordinal);
+            var path = Path.Combine(harness.WorkDirectory, "haproxy.cfg");
+            await File.WriteAllTextAsync(path, config, cts.Token);
+            using var haproxy = ChildProcess.Start("haproxy", HAProxy, ["-db", "-f", path], harness.WorkDirectory);
+            harness.OnDispose(() => haproxy.KillAndWaitAsync(TimeSpan.FromSeconds(10)));
+
+            // Through HAProxy: the gateway's banner while ready, no session while /readyz is 503, the banner again after.
+            await BannerThroughAsync(front, expected: true, haproxy, cts.Token);
+            var restore = await BreakPinAsync(harness, "tenant-b", cts.Token);
+            await ReadyzBecomesAsync(harness, HttpStatusCode.ServiceUnavailable, cts.Token);
+            await BannerThroughAsync(front, expected: false, haproxy, cts.Token);
+            await restore();
+            await ReadyzBecomesAsync(harness, HttpStatusCode.OK, cts.Token);
+            await BannerThroughAsync(front, expected: true, haproxy, cts.Token);
+            output.WriteLine(haproxy.Output);
+        });
+
+    /// <summary>Polls until a connection to HAProxy's <paramref name="port"/> does (or does not) get the gateway's 220 banner.</summary>
+    static Task BannerThroughAsync(int port, bool expected, ChildProcess haproxy, CancellationToken cancellationToken) =>
+        EventPoll.UntilAsync<string>(
+            () => [Banner(port)],
+            seen => seen[0].StartsWith("220 ", StringComparison.Ordinal) == expected,
+            () => haproxy.HasExited,
+            seen => $"through HAProxy expected {(expected ? "the banner" : "no session")}, got: {seen[0]}\n{haproxy.Output}",
+            TimeSpan.FromSeconds(30),
+            cancellationToken);
+
+    /// <summary>The first line a connection receives, or what went wrong (HAProxy closes it when no server is up).</summary>
+    static string Banner(int port)
+    {
+        try
+        {
+            using var tcp = new System.Net.Sockets.TcpClient();
+            tcp.Connect(IPAddress.Loopback, port);
+            tcp.ReceiveTimeout = 5000;
+            using var reader = new StreamReader(tcp.GetStream());
+            return reader.ReadLine() ?? "(closed without a line)";
+        }
+        catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException)
+        {
+            return $"({e.GetType().Name}: {e.Message})";
+        }
+    }
+
+    /// <summary>
+    /// Makes <paramref name="tenant"/>'s token refuse the gateway's login; the returned function undoes it.
+    /// </summary>
+    /// <remarks>
+    /// How login is broken for real: SoftHSM2 keeps a login for the life of the process, so changing the token's PIN behind
+    /// the gateway's back would show only at its next login. The gateway logs in again when the configured PIN changes (a
+    /// reload that renews the tenant's PIN source), which is what an operator does when rotating the PIN. So the tenant's
+    /// Hsm:PinFile is pointed, by a config reload, at a file holding a PIN the token does not know: the gateway logs out,
+    /// C_Login answers CKR_PIN_INCORRECT, and the token is unusable until the PinFile setting is taken out again (the real
+    /// PIN file is read afresh and the login succeeds at once: the hold-off after a refused PIN applies to that PIN only).
+    /// </remarks>
+    static async Task<Func<Task>> BreakPinAsync(GatewayHarness harness, string tenant, CancellationToken cancellationToken)
+    {
+        var pins = harness.DataDirectory + ".pins"; // the default PIN directory (0700), outside the data directory
+        var wrong = Path.Combine(pins, tenant + ".wrong.pin");
+        await File.WriteAllTextAsync(wrong, WrongPin + "\n", cancellationToken);
+        File.SetUnixFileMode(wrong, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        var original = await File.ReadAllTextAsync(harness.ConfigPath, cancellationToken);
+        await WriteConfigAsync(harness, original, root => root["Tenants"]![tenant]!["Hsm"] = new JsonObject { ["PinFile"] = wrong }, cancellationToken);
+        return () => WriteConfigAsync(harness, original, _ => { }, CancellationToken.None);
+    }
 
     /// <summary>Writes the gateway's config as <paramref name="original"/> changed by <paramref name="change"/> (the gateway reloads it).</summary>
     static async Task WriteConfigAsync(GatewayHarness harness, string original, Action<JsonObject> change, CancellationToken cancellationToken)

@@ -35,7 +35,7 @@ public static class HealthEndpoints
         services.AddSingleton<DnsHealthCheck>();
         services.AddHealthChecks()
             .AddCheck<ListenerHealthCheck>("listeners", tags: [ReadyTag])
-            .AddCheck<SpoolHealthCheck>("spool", tags: [ReadyTag])
+            .AddCheck<SpoolHealthCheck>("spool", tags: [ReadyTag], timeout: HealthProbe.Timeout)
             .AddCheck<HsmHealthCheck>("hsm", tags: [ReadyTag], timeout: HealthProbe.Timeout)
             .AddCheck<DnsHealthCheck>("dns", tags: [ReadyTag], timeout: HealthProbe.Timeout);
         // The health check service logs every unhealthy check at Error on every request: a load balancer polling a gateway
