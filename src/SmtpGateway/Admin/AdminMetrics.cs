@@ -2,6 +2,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
 using SmtpGateway.Diagnostics;
 
 namespace SmtpGateway.Admin;
@@ -18,11 +19,14 @@ public static class AdminMetrics
 
     public static IServiceCollection AddGatewayMetrics(this IServiceCollection services)
     {
-        services.AddOpenTelemetry().WithMetrics(metrics => metrics
-            .AddMeter(Telemetry.MeterName)
-            // No response cache: a scrape says what is true now (the exporter's default would answer a second scraper
-            // within 300 ms with the first one's page). A scrape is one pass over the in-memory series.
-            .AddPrometheusExporter(options => options.ScrapeResponseCacheDurationMilliseconds = 0));
+        services.AddOpenTelemetry()
+            // target_info's service_name: "smtpgw" rather than the SDK's unknown_service:<process>.
+            .ConfigureResource(resource => resource.AddService("smtpgw"))
+            .WithMetrics(metrics => metrics
+                .AddMeter(Telemetry.MeterName)
+                // No response cache: a scrape says what is true now (the exporter's default would answer a second scraper
+                // within 300 ms with the first one's page). A scrape is one pass over the in-memory series.
+                .AddPrometheusExporter(options => options.ScrapeResponseCacheDurationMilliseconds = 0));
         return services;
     }
 
