@@ -9,7 +9,8 @@ namespace SmtpGateway.FunctionalTests;
 /// Issue 13: <c>/metrics</c> on the admin endpoint of the real gateway process, scraped before and after real traffic from
 /// two tenants (tenant-a with an AUTH token on the implicit-TLS listener, tenant-b by client network on the relay
 /// listener): counters and histogram counts move by exactly what was sent, under the right tenant label, and nothing the
-/// client chose (EHLO name, addresses, AUTH user name, header From) becomes a label value.
+/// client chose (EHLO name, addresses, AUTH user name, header From) becomes a label value. tenant-a signs with an
+/// Ed25519 key made for the test and tries one cross-tenant MAIL FROM.
 /// </summary>
 [Collection(GatewayCollection.Name)]
 public sealed class MetricsTests(GatewayHarness harness, ITestOutputHelper output) : IClassFixture<GatewayHarness>
@@ -27,6 +28,9 @@ public sealed class MetricsTests(GatewayHarness harness, ITestOutputHelper outpu
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(120));
         using var http = harness.AdminClient(null);
         var token = await harness.TryMintTokenAsync(TenantA, output) ?? throw new InvalidOperationException("no token verb");
+        // tenant-a signs (an Ed25519 key in its token); tenant-b stays unsigned.
+        var keygen = await harness.SmtpgwAsync(["dkim", "keygen", "--tenant", TenantA, "--domain", "tenant-a.example", "--selector", "metrics1", "--alg", "ed25519", "--config", harness.ConfigPath]);
+        Assert.True(keygen.ExitCode == 0, keygen.ToString());
 
         // Every value the client chooses carries this marker; none may reach the page.
         var marker = $"hostile{Guid.NewGuid():N}";
@@ -43,6 +47,8 @@ public sealed class MetricsTests(GatewayHarness harness, ITestOutputHelper outpu
         {
             Assert.Equal(235, (await a.AuthPlainAsync(TenantA, token, cts.Token)).Code);
             Assert.Equal(550, (await a.StepAsync($"MAIL FROM:<{marker}@attacker.example>", output, cts.Token)).Code);
+            // Another tenant's domain: a cross-tenant refusal, counted for the tenant that tried.
+            Assert.Equal(550, (await a.StepAsync("MAIL FROM:<app@tenant-b.example>", output, cts.Token)).Code);
             foreach (var recipient in recipientsA)
             {
                 var reply = await a.SendMailAsync("app@tenant-a.example", [recipient], Message("app@tenant-a.example", recipient, marker), cts.Token);
@@ -96,6 +102,11 @@ public sealed class MetricsTests(GatewayHarness harness, ITestOutputHelper outpu
         Assert.Equal(3, Delta("smtpgw_delivery_queue_latency_seconds_count", ("tenant", TenantA)));
         Assert.Equal(2, Delta("smtpgw_delivery_queue_latency_seconds_count", ("tenant", TenantB)));
         Assert.True(after.Has("smtpgw_delivery_queue_latency_seconds_bucket", ("tenant", TenantA), ("le", "3600")));
+
+        Assert.Equal(3, Delta("smtpgw_dkim_signatures_total", ("tenant", TenantA), ("algorithm", "ed25519")));
+        Assert.Equal(0, Delta("smtpgw_dkim_signatures_total", ("tenant", TenantB)));
+        Assert.Equal(1, Delta("smtpgw_audit_cross_tenant_refusals_total", ("tenant", TenantA)));
+        Assert.Equal(0, Delta("smtpgw_audit_cross_tenant_refusals_total", ("tenant", TenantB)));
 
         Assert.Equal(2, Delta("smtpgw_sessions_opened_total", ("listener", "submissions")));
         Assert.Equal(1, Delta("smtpgw_sessions_opened_total", ("listener", "relay")));
