@@ -28,8 +28,6 @@ COPY config/ config/
 RUN dotnet publish src/SmtpGateway.Host/SmtpGateway.Host.csproj -c Release -o /app --no-restore
 
 # ---- runtime ----------------------------------------------------------------------
-# The plain .NET runtime is enough while smtpgw has no ASP.NET Core dependency; when the admin
-# HTTP API (port 8025) arrives on Kestrel, switch to mcr.microsoft.com/dotnet/aspnet:10.0-noble.
 # aspnet, not runtime: the admin endpoint (issue 13) runs on Kestrel, part of the ASP.NET Core shared framework.
 FROM mcr.microsoft.com/dotnet/aspnet:10.0-noble AS runtime
 
