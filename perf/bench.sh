@@ -609,6 +609,7 @@ gw_config() {
         | .Gateway.Delivery.Mode = "Smarthost"
         | .Gateway.Delivery.Smarthost = {Host: "127.0.0.1", Port: $sink, StartTls: "None", MaxConnections: 20}
         | .Gateway.Delivery.AllowPrivateDestinations = true
+        | .Gateway.Admin = ((.Gateway.Admin // {}) + {Port: 0})
         | .Gateway.Delivery.Retry = {Schedule: ["00:00:01", "00:00:02", "00:00:05"], Jitter: 0.1}
         | .Tenants |= with_entries(.value.Dkim = (.value.Dkim // {Unsigned: true}))
         | if $sessions + 10 > (.Gateway.Limits.MaxConnectionsPerIp // 50)

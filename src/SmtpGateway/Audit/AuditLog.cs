@@ -33,6 +33,9 @@ public static class AuditActions
 
     /// <summary>An unreadable queue file moved to the spool's corrupt/ directory (not delivered unless an operator acts).</summary>
     public const string SpoolQuarantine = "spool-quarantine";
+
+    /// <summary>An admin API call (subject: method and route template; token id: the admin key id).</summary>
+    public const string Admin = "admin";
 }
 
 /// <summary>One audit record. Never carries a token, password or key: only the token id.</summary>

@@ -5,6 +5,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
+using SmtpGateway.Admin;
 using SmtpGateway.Configuration;
 using SmtpGateway.Hosting;
 
@@ -31,6 +32,7 @@ public static class GatewayCli
         root.Subcommands.Add(EnvelopeCommands.Suppression(ConfigOption));
         root.Subcommands.Add(EnvelopeCommands.Verp(ConfigOption));
         root.Subcommands.Add(VaultCommands.Build(ConfigOption));
+        root.Subcommands.Add(AdminCommands.Build(ConfigOption));
         return root;
     }
 
@@ -153,12 +155,16 @@ public static class GatewayCli
         return errors;
     }
 
+    /// <summary>
+    /// The gateway's host: a <see cref="Microsoft.AspNetCore.Builder.WebApplication"/> so that the admin endpoint's handlers
+    /// share the one DI container with every stage (ARCHITECTURE §3: never a second private copy), built empty so that
+    /// nothing is configured that the gateway did not ask for (no appsettings.json, no default URLs).
+    /// </summary>
     public static IHost BuildHost(string? configPath)
     {
-        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings
+        var builder = Microsoft.AspNetCore.Builder.WebApplication.CreateEmptyBuilder(new Microsoft.AspNetCore.Builder.WebApplicationOptions
         {
             ContentRootPath = Directory.GetCurrentDirectory(),
-            DisableDefaults = true,
         });
         // Reload on change: tenant edits take effect without a restart (sessions keep their snapshot).
         builder.Configuration.AddGatewaySources(configPath, reloadOnChange: true);
@@ -170,9 +176,14 @@ public static class GatewayCli
             o.UseUtcTimestamp = true;
             o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ ";
         });
-        // DisableDefaults drops the console lifetime too; without it SIGTERM kills the process instead of draining it.
+        // An empty builder has no console lifetime; without it SIGTERM kills the process instead of draining it.
         builder.Services.AddSingleton<IHostLifetime, Microsoft.Extensions.Hosting.Internal.ConsoleLifetime>();
         builder.Services.AddSmtpGateway(builder.Configuration);
-        return builder.Build();
+        builder.Services.AddAdmin();
+        var gateway = builder.Configuration.GetSection(GatewayConfig.SectionName).Get<GatewayConfig>() ?? new GatewayConfig();
+        AdminServer.Configure(builder.WebHost, builder.Services, gateway);
+        var app = builder.Build();
+        AdminEndpoints.MapAdmin(app);
+        return app;
     }
 }

@@ -41,6 +41,9 @@ public sealed class GatewayConfig
     /// <summary>Upstream-credential vault (issue #11).</summary>
     public VaultConfig Vault { get; set; } = new();
 
+    /// <summary>Admin HTTP endpoint: API, metrics, health, dashboard (issue #13).</summary>
+    public AdminConfig Admin { get; set; } = new();
+
     /// <summary>How long SIGTERM waits for in-flight SMTP sessions before answering 421 to the rest.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(20);
 }

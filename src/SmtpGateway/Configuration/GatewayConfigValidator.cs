@@ -348,6 +348,7 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
             e.Add($"{G}:Envelope:ReturnPathFailuresPerClient: must be at least 1.");
         }
         CheckVault(e, $"{G}:Vault", c.Vault);
+        CheckAdmin(e, c.Admin);
 
         for (var i = 0; i < c.Dns.Servers.Count; i++)
         {
@@ -529,6 +530,44 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
         {
             e.Add($"{path}:RefreshBefore: must not be negative.");
         }
+    }
+
+    static void CheckAdmin(List<string> e, AdminConfig a)
+    {
+        const string p = "Gateway:Admin";
+        if (!a.Enabled)
+        {
+            return;
+        }
+
+        if (!IPAddress.TryParse(a.Address, out _))
+        {
+            e.Add($"{p}:Address: '{a.Address}' is not an IP address.");
+        }
+
+        // 0: an ephemeral port (benchmarks and parallel test runs that scrape nothing over TCP).
+        if (a.Port is < 0 or > 65535)
+        {
+            e.Add($"{p}:Port: must be 0-65535.");
+        }
+
+        if (a.Tls.CertificatePath is not null || a.Tls.KeyPath is not null)
+        {
+            CheckFile(e, $"{p}:Tls:CertificatePath", a.Tls.CertificatePath, "the admin endpoint's certificate (PEM)");
+            CheckFile(e, $"{p}:Tls:KeyPath", a.Tls.KeyPath, "the admin endpoint's private key (PEM)");
+        }
+
+        if (a.MaxRequestBodySize is < 1024 or > 64 * 1024 * 1024)
+        {
+            e.Add($"{p}:MaxRequestBodySize: must be between 1024 and 67108864 bytes.");
+        }
+
+        if (a.BadKeyFailuresBeforeDelay < 1 || a.BadKeyFailuresBeforeBlock < a.BadKeyFailuresBeforeDelay)
+        {
+            e.Add($"{p}:BadKeyFailuresBeforeDelay/BadKeyFailuresBeforeBlock: need 1 <= delay <= block.");
+        }
+
+        Positive(e, $"{p}:BadKeyWindow", a.BadKeyWindow);
     }
 
     static void Positive(List<string> e, string path, TimeSpan value)

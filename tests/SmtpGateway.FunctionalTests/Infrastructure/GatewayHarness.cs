@@ -53,6 +53,7 @@ public class GatewayHarness : GatewayProcessHarness
             await CustomizeAsync(config, cts.Token);
             await File.WriteAllTextAsync(ConfigPath, config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }), cts.Token);
             await InitTenantTokensAsync(cts.Token);
+            await CreateOperatorKeyAsync();
             await StartGatewayAsync(cts.Token);
         }
         catch (Exception e)
@@ -105,6 +106,7 @@ public class GatewayHarness : GatewayProcessHarness
             ["MaxConnections"] = 8,
         };
         delivery["Retry"] = new JsonObject { ["Schedule"] = new JsonArray("00:00:01", "00:00:02"), ["Jitter"] = 0.1 };
+        EnableAdmin(root);
         AllowUnsignedTenants(root);
         return root;
     }

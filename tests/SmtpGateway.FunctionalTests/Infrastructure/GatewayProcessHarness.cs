@@ -71,6 +71,50 @@ public abstract class GatewayProcessHarness : IAsyncLifetime
         }
     }
 
+    /// <summary>The admin endpoint's TCP port (issue #13): a free port per harness, never config/gateway.json's 8025.</summary>
+    public int AdminPort { get; private set; }
+
+    public Uri AdminUrl => new($"http://127.0.0.1:{AdminPort}/");
+
+    /// <summary>An operator key created with <c>smtpgw admin key create --operator</c> before the gateway started.</summary>
+    public string OperatorKey { get; private set; } = "";
+
+    /// <summary>Turns the admin endpoint on at 127.0.0.1 on a free port (every harness: parallel runs must not share 8025).</summary>
+    protected void EnableAdmin(System.Text.Json.Nodes.JsonObject root)
+    {
+        AdminPort = FreePort.Next();
+        root["Gateway"]!["Admin"] = new System.Text.Json.Nodes.JsonObject
+        {
+            ["Enabled"] = true,
+            ["Address"] = "127.0.0.1",
+            ["Port"] = AdminPort,
+        };
+    }
+
+    /// <summary>Creates <see cref="OperatorKey"/> through the CLI (the key file is read by the gateway on each request).</summary>
+    private protected async Task CreateOperatorKeyAsync()
+    {
+        var result = await RunSmtpgwAsync(["admin", "key", "create", "--operator", "--config", ConfigPath, "--description", "functional tests"], TimeSpan.FromSeconds(60));
+        if (result.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"smtpgw admin key create failed: {result}");
+        }
+
+        OperatorKey = result.StandardOutput.Trim();
+    }
+
+    /// <summary>An HTTP client for the admin endpoint with <paramref name="key"/> as its bearer (none when null).</summary>
+    public HttpClient AdminClient(string? key)
+    {
+        var client = new HttpClient { BaseAddress = AdminUrl, Timeout = TimeSpan.FromSeconds(60) };
+        if (key is not null)
+        {
+            client.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", key);
+        }
+
+        return client;
+    }
+
     /// <summary>
     /// <c>smtpgw hsm init-token</c> for every tenant in the written config: each tenant's session-token and return-path
     /// keys live in its own SoftHSM2 token (issue #11), so a tenant without one could neither AUTH nor get return paths.

@@ -86,6 +86,7 @@ public class MxHarness : GatewayProcessHarness
             TenantAMailbox = await StartSinkAsync("127.0.0.25", [], cts.Token);
             await File.WriteAllTextAsync(ConfigPath, BuildConfig(), cts.Token);
             await InitTenantTokensAsync(cts.Token);
+            await CreateOperatorKeyAsync();
             var (fileName, prefix) = RepoPaths.Smtpgw();
             Gateway = ChildProcess.Start("smtpgw-mx", fileName, [.. prefix, "serve", "--config", ConfigPath], WorkDirectory,
                 new Dictionary<string, string?> { ["DOTNET_NOLOGO"] = "1" },
@@ -126,6 +127,7 @@ public class MxHarness : GatewayProcessHarness
         tenants["tenant-a"]!["Egress"] = new JsonObject { ["HeloName"] = "egress-a.test", ["SourceAddress"] = "127.0.0.1" };
         tenants["tenant-b"]!["Networks"] = new JsonArray("127.0.0.2/32");
         tenants["tenant-b"]!["Egress"] = new JsonObject { ["HeloName"] = "egress-b.test", ["SourceAddress"] = "127.0.0.2" };
+        EnableAdmin(root);
         AllowUnsignedTenants(root);
         return root.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
     }

@@ -61,6 +61,12 @@ internal static partial class SecretSearch
 
         foreach (var file in Directory.EnumerateFiles(source, "*", SearchOption.AllDirectories))
         {
+            if (file.EndsWith(".sock", StringComparison.Ordinal))
+            {
+                // The admin endpoint's unix socket (admin/admin.sock) is no file to copy: like cp and tar, leave it out.
+                continue;
+            }
+
             try
             {
                 File.Copy(file, Path.Combine(destination, Path.GetRelativePath(source, file)), overwrite: true);

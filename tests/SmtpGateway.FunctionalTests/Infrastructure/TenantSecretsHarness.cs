@@ -209,6 +209,7 @@ public sealed class TenantSecretsHarness : GatewayProcessHarness
                 ["Smarthost"] = new JsonObject { ["Host"] = "127.0.0.1", ["Port"] = OAuth.SmtpPort, ["ImplicitTls"] = true, ["Credential"] = CredentialName },
             },
         };
+        EnableAdmin(root);
         AllowUnsignedTenants(root);
         return root;
     }

@@ -1,5 +1,5 @@
-using SmtpGateway.Envelope;
 using Microsoft.Extensions.Logging;
+using SmtpGateway.Envelope;
 using SmtpGateway.Signing;
 using SmtpGateway.Smtp;
 

@@ -1,0 +1,32 @@
+using Microsoft.AspNetCore.Http;
+
+namespace SmtpGateway.Admin;
+
+/// <summary>The API's refusals, as application/problem+json (RFC 9457), in one place so that equal cases answer alike.</summary>
+public static class AdminResults
+{
+    /// <summary>
+    /// An absent tenant and another tenant's tenant (for a tenant-scoped key) get this same answer, byte for byte, so a
+    /// key scoped to one tenant cannot probe which others exist.
+    /// </summary>
+    public static IResult TenantNotFound() =>
+        Results.Problem(statusCode: StatusCodes.Status404NotFound, title: "Not Found", detail: "No such tenant.");
+
+    public static IResult NotFound(string what) =>
+        Results.Problem(statusCode: StatusCodes.Status404NotFound, title: "Not Found", detail: what);
+
+    public static IResult OperatorOnly() =>
+        Results.Problem(statusCode: StatusCodes.Status403Forbidden, title: "Forbidden", detail: "This resource needs an operator key.");
+
+    /// <summary>400 with every error, keyed by the field it is about.</summary>
+    public static IResult Invalid(IDictionary<string, string[]> errors) => Results.ValidationProblem(errors, title: "The request is invalid.");
+
+    public static IResult Invalid(string field, string error) => Invalid(new Dictionary<string, string[]> { [field] = [error] });
+
+    public static IResult Conflict(string detail) =>
+        Results.Problem(statusCode: StatusCodes.Status409Conflict, title: "Conflict", detail: detail);
+
+    /// <summary>A dependency (the HSM, the disk) failed: 503, like the SMTP side's 4xx, never a half-done change reported as done.</summary>
+    public static IResult Unavailable(string detail) =>
+        Results.Problem(statusCode: StatusCodes.Status503ServiceUnavailable, title: "Service Unavailable", detail: detail);
+}
