@@ -42,6 +42,13 @@ public sealed class DashboardTests(GatewayHarness harness, ITestOutputHelper out
             }
         }
 
+        // One refused cross-tenant attempt: tenant-a's client claiming a tenant-b sender.
+        using (var smtp = await harness.ConnectRelayFromAsync(Networks["tenant-a"], output, cts.Token))
+        {
+            var refused = await smtp.StepAsync("MAIL FROM:<ceo@tenant-b.example>", output, cts.Token);
+            Assert.Equal(5, refused.Code / 100);
+        }
+
         await harness.Sink.WaitAsync(ms => recipients.All(r => ms.Any(m => m.RcptArgs.Contains($"<{r}>"))), TimeSpan.FromSeconds(60), cts.Token);
 
         // The API first: operator only, and the numbers the page will draw.
@@ -79,6 +86,11 @@ public sealed class DashboardTests(GatewayHarness harness, ITestOutputHelper out
         {
             Assert.Equal(sent[tenant], Total(data, tenant, "delivered"));
         }
+
+        var refusal = Assert.Single(data["crossTenantRefusals"]!.AsArray());
+        Assert.Equal("tenant-a", (string?)refusal!["tenant"]);
+        Assert.Equal("send-as", (string?)refusal["action"]);
+        Assert.Null(refusal["subject"]); // the refused address stays in the audit log, off the page
 
         // Accepted comes from smtpgw.messages.accepted: under each tenant where the counter carries the tenant label, under
         // "(unknown)" where it does not; either way every 250 is counted once.
@@ -135,6 +147,10 @@ public sealed class DashboardTests(GatewayHarness harness, ITestOutputHelper out
             output.WriteLine($"page: {tenant} accepted {accepted}, delivered {await delivered.TextContentAsync()}");
             Assert.Equal(4, await page.Locator($"article[data-tenant='{tenant}'] svg.spark polyline").CountAsync());
         }
+
+        var row = page.Locator("#refusals tbody tr");
+        await Assertions.Expect(row).ToHaveCountAsync(1);
+        Assert.Equal("tenant-a", await row.Locator("td").Nth(1).TextContentAsync());
 
         // The key stays in this tab's sessionStorage, never in the page's address or a cookie.
         Assert.Equal(harness.OperatorKey, await page.EvaluateAsync<string>("() => sessionStorage.getItem('smtpgw.operatorKey')"));
