@@ -78,12 +78,13 @@
     if (!t.configured) { title.appendChild(el("span", "badge neutral", "not a configured tenant")); }
     card.appendChild(title);
 
-    const facts = el("div", "facts");
-    const queue = el("span", "", "queue ");
-    const depth = el("b", "queue-depth", t.queueDepth);
-    queue.appendChild(depth);
-    facts.appendChild(queue);
-    card.appendChild(facts);
+    if (t.configured) {
+      const facts = el("div", "facts");
+      const queue = el("span", "", "queue ");
+      queue.appendChild(el("b", "queue-depth", t.queueDepth));
+      facts.appendChild(queue);
+      card.appendChild(facts);
+    }
 
     for (const counter of COUNTERS) {
       const row = el("div", "chart " + counter);
