@@ -15,6 +15,7 @@ public static class AdminEndpoints
         app.UseMiddleware<AdminAuthentication>();
         app.MapOpenApi("/openapi.json");
         app.MapTenants();
+        app.MapGatewayDashboard();
     }
 
     /// <summary>Tenant summary shown by the API (never a secret: the HSM PIN source is named, not read).</summary>
