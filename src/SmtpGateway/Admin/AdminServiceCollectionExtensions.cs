@@ -24,6 +24,7 @@ public static class AdminServiceCollectionExtensions
                 new AuthThrottle(admin.BadKeyFailuresBeforeDelay, admin.BadKeyFailuresBeforeBlock, admin.BadKeyWindow, sp.GetRequiredService<TimeProvider>()),
                 admin.BadKeyWindow);
         });
+        services.AddGatewayDashboard();
         return services;
     }
 }
