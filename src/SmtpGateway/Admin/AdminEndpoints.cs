@@ -16,6 +16,8 @@ public static class AdminEndpoints
         app.MapOpenApi("/openapi.json");
         app.MapTenants();
         app.MapGatewayHealth();
+        app.MapGatewayMetrics();
+        app.MapGatewayDashboard();
     }
 
     /// <summary>Tenant summary shown by the API (never a secret: the HSM PIN source is named, not read).</summary>
