@@ -19,7 +19,7 @@ public sealed class HealthTests(ITestOutputHelper output)
     const string WrongPin = "0000-not-the-pin-0000";
 
     /// <summary>One GET, synchronously (EventPoll reads with a plain function): status and body.</summary>
-    static Probe Get(GatewayHarness harness, string path)
+    static Probe Get(GatewayProcessHarness harness, string path)
     {
         using var client = harness.AdminClient(null);
         using var response = client.Send(new HttpRequestMessage(HttpMethod.Get, path));
@@ -28,7 +28,7 @@ public sealed class HealthTests(ITestOutputHelper output)
     }
 
     /// <summary>Polls /readyz until it answers <paramref name="status"/> (with /healthz 200 at every poll) and returns that answer.</summary>
-    static async Task<Probe> ReadyzBecomesAsync(GatewayHarness harness, HttpStatusCode status, CancellationToken cancellationToken)
+    static async Task<Probe> ReadyzBecomesAsync(GatewayProcessHarness harness, HttpStatusCode status, CancellationToken cancellationToken)
     {
         var seen = await EventPoll.UntilAsync<Probe>(
             () =>
@@ -38,7 +38,7 @@ public sealed class HealthTests(ITestOutputHelper output)
                 return [Get(harness, "/readyz")];
             },
             probes => probes[0].Status == status,
-            () => !harness.IsRunning,
+            () => harness.GatewayPid is null,
             probes => $"/readyz did not turn {(int)status}; last answer: {probes[0]}",
             Wait,
             cancellationToken);
@@ -116,14 +116,46 @@ public sealed class HealthTests(ITestOutputHelper output)
             Assert.DoesNotContain(WrongPin, harness.GatewayOutput, StringComparison.Ordinal);
         });
 
-    static Task LogShowsAsync(GatewayHarness harness, string text, CancellationToken cancellationToken) =>
+    static Task LogShowsAsync(GatewayProcessHarness harness, string text, CancellationToken cancellationToken) =>
         EventPoll.UntilAsync<string>(
             () => [harness.GatewayOutput],
             output => output[0].Contains(text, StringComparison.Ordinal),
-            () => !harness.IsRunning,
+            () => harness.GatewayPid is null,
             _ => $"the gateway did not log '{text}'",
             Wait,
             cancellationToken);
+
+    [Fact]
+    public async Task In_mx_mode_readyz_is_503_while_the_resolver_is_down_and_200_after()
+    {
+        var harness = new MxHarness();
+        try
+        {
+            await harness.InitializeAsync();
+            await harness.RunAsync(output, async () =>
+            {
+                using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+                var ready = await ReadyzBecomesAsync(harness, HttpStatusCode.OK, cts.Token);
+                output.WriteLine(ready.ToString());
+                Assert.Equal("Healthy", CheckStatus(ready, "dns"));
+
+                // The harness's unbound is the configured resolver (Gateway:Dns:Servers); killed, nothing answers on its port.
+                await harness.Dns.StopAsync();
+                var notReady = await ReadyzBecomesAsync(harness, HttpStatusCode.ServiceUnavailable, cts.Token);
+                output.WriteLine(notReady.ToString());
+                Assert.Equal("Unhealthy", CheckStatus(notReady, "dns"));
+                Assert.Equal("Healthy", CheckStatus(notReady, "spool"));
+
+                await harness.Dns.RestartAsync("probe.test", cts.Token);
+                var again = await ReadyzBecomesAsync(harness, HttpStatusCode.OK, cts.Token);
+                Assert.Equal("Healthy", CheckStatus(again, "dns"));
+            });
+        }
+        finally
+        {
+            await harness.DisposeAsync();
+        }
+    }
 
     [Fact]
     public Task HAProxy_with_the_example_config_stops_sending_sessions_to_a_gateway_that_is_not_ready_and_resumes_after() => FaultGatewayHarness.RunAsync(output,

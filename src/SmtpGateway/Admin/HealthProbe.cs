@@ -17,7 +17,7 @@ internal sealed class HealthProbe(TimeProvider time, Func<CancellationToken, Tas
 
     readonly Lock _gate = new();
     Task<HealthCheckResult>? _current;
-    long _startedAt;
+    long _completedAt;
 
     /// <summary>The cached answer, or a fresh probe when it is older than <see cref="Ttl"/>; the caller's token only stops its wait.</summary>
     public Task<HealthCheckResult> GetAsync(CancellationToken cancellationToken)
@@ -25,16 +25,29 @@ internal sealed class HealthProbe(TimeProvider time, Func<CancellationToken, Tas
         Task<HealthCheckResult> current;
         lock (_gate)
         {
-            if (_current is null || (_current.IsCompleted && time.GetElapsedTime(_startedAt) >= Ttl))
+            // Aged from the probe's end, not its start: a slow probe (a resolver timing out) is not restarted the moment it ends.
+            if (_current is null || (_current.IsCompleted && time.GetElapsedTime(Interlocked.Read(ref _completedAt)) >= Ttl))
             {
-                _startedAt = time.GetTimestamp();
-                // Not the caller's token: the probe serves every caller until it ends; its own timeout is its business.
-                _current = Task.Run(() => probe(CancellationToken.None), CancellationToken.None);
+                _current = RunAsync();
             }
 
             current = _current;
         }
 
         return current.WaitAsync(cancellationToken);
+    }
+
+    async Task<HealthCheckResult> RunAsync()
+    {
+        try
+        {
+            // Not the caller's token: the probe serves every caller until it ends; its own timeout is its business.
+            return await Task.Run(() => probe(CancellationToken.None), CancellationToken.None).ConfigureAwait(false);
+        }
+        finally
+        {
+            // Written before the task completes, so whoever sees it completed reads this time.
+            Interlocked.Exchange(ref _completedAt, time.GetTimestamp());
+        }
     }
 }

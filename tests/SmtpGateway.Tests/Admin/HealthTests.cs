@@ -45,6 +45,26 @@ public sealed class HealthTests : IDisposable
     }
 
     [Fact]
+    public async Task A_slow_probe_is_aged_from_its_end()
+    {
+        var time = new FakeTimeProvider();
+        var runs = 0;
+        var probe = new HealthProbe(time, _ =>
+        {
+            Interlocked.Increment(ref runs);
+            time.Advance(TimeSpan.FromSeconds(3)); // a resolver timing out
+            return Task.FromResult(HealthCheckResult.Unhealthy());
+        });
+
+        await probe.GetAsync(CancellationToken.None);
+        await probe.GetAsync(CancellationToken.None);
+        Assert.Equal(1, runs);
+        time.Advance(HealthProbe.Ttl);
+        await probe.GetAsync(CancellationToken.None);
+        Assert.Equal(2, runs);
+    }
+
+    [Fact]
     public async Task The_spool_probe_writes_and_removes_its_file_and_fails_when_the_directory_is_gone()
     {
         var spool = Path.Combine(_data, "spool");
