@@ -15,6 +15,10 @@ public static class AdminEndpoints
         app.UseMiddleware<AdminAuthentication>();
         app.MapOpenApi("/openapi.json");
         app.MapTenants();
+        app.MapQueue();
+        app.MapSuppression();
+        app.MapVault();
+        app.MapEvents();
     }
 
     /// <summary>Tenant summary shown by the API (never a secret: the HSM PIN source is named, not read).</summary>
