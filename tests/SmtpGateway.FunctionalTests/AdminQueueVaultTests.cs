@@ -21,6 +21,11 @@ public sealed class AdminResourcesHarness : GatewayHarness
         var a = (JsonObject)config["Tenants"]!["tenant-a"]!;
         a["Egress"] = new JsonObject { ["Smarthost"] = new JsonObject { ["Host"] = "127.0.0.1", ["Port"] = FreePort.Next() } };
         config["Gateway"]!["Delivery"]!["Retry"] = new JsonObject { ["Schedule"] = new JsonArray("01:00:00"), ["Jitter"] = 0.1 };
+
+        // Every matrix run presents two bad keys from 127.0.0.1; this class runs many, far past the default block (20).
+        var admin = (JsonObject)config["Gateway"]!["Admin"]!;
+        admin["BadKeyFailuresBeforeDelay"] = 10_000;
+        admin["BadKeyFailuresBeforeBlock"] = 10_000;
         return Task.CompletedTask;
     }
 

@@ -18,7 +18,7 @@ public static class QueueEndpoints
     public static IEndpointRouteBuilder MapQueue(this IEndpointRouteBuilder e)
     {
         var queue = e.MapGroup("/api/v1/tenants/{tenant}/queue").WithTags("queue");
-        queue.MapGet("/", (string tenant, string? state, HttpContext context, TenantDirectoryService directory, FileSpool spool) =>
+        queue.MapGet("", (string tenant, string? state, HttpContext context, TenantDirectoryService directory, FileSpool spool) =>
         {
             if (AdminEndpoints.Visible(context, directory, tenant) is null)
             {

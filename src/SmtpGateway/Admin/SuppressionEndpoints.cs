@@ -24,11 +24,11 @@ public static class SuppressionEndpoints
     public static IEndpointRouteBuilder MapSuppression(this IEndpointRouteBuilder e)
     {
         var suppression = e.MapGroup("/api/v1/tenants/{tenant}/suppression").WithTags("suppression");
-        suppression.MapGet("/", (string tenant, HttpContext context, TenantDirectoryService directory, SuppressionList list) =>
+        suppression.MapGet("", (string tenant, HttpContext context, TenantDirectoryService directory, SuppressionList list) =>
             AdminEndpoints.Visible(context, directory, tenant) is null ? AdminResults.TenantNotFound() : Results.Ok(list.List(tenant)))
             .WithName("ListSuppression").WithSummary("The tenant's suppressed recipients (hard bounces, complaints, manual), oldest first.");
 
-        suppression.MapPost("/", async (string tenant, HttpContext context, TenantDirectoryService directory, SuppressionList list, ILoggerFactory loggers) =>
+        suppression.MapPost("", async (string tenant, HttpContext context, TenantDirectoryService directory, SuppressionList list, ILoggerFactory loggers) =>
         {
             if (AdminEndpoints.Visible(context, directory, tenant) is null)
             {

@@ -26,7 +26,7 @@ public static class VaultEndpoints
     public static IEndpointRouteBuilder MapVault(this IEndpointRouteBuilder e)
     {
         var vault = e.MapGroup("/api/v1/tenants/{tenant}/vault").WithTags("vault");
-        vault.MapGet("/", (string tenant, HttpContext context, TenantDirectoryService directory, CredentialVault credentials) =>
+        vault.MapGet("", (string tenant, HttpContext context, TenantDirectoryService directory, CredentialVault credentials) =>
         {
             if (AdminEndpoints.Visible(context, directory, tenant) is null)
             {
