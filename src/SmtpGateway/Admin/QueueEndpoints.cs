@@ -17,8 +17,8 @@ public static class QueueEndpoints
 {
     public static IEndpointRouteBuilder MapQueue(this IEndpointRouteBuilder e)
     {
-        var queue = e.MapGroup("/api/v1/tenants/{tenant}/queue").WithTags("queue");
-        queue.MapGet("", (string tenant, string? state, HttpContext context, TenantDirectoryService directory, FileSpool spool) =>
+        // The collection on its own (not the group's ""), so that its route template, audited per call, has no trailing slash.
+        e.MapGet("/api/v1/tenants/{tenant}/queue", (string tenant, string? state, HttpContext context, TenantDirectoryService directory, FileSpool spool) =>
         {
             if (AdminEndpoints.Visible(context, directory, tenant) is null)
             {
@@ -26,8 +26,9 @@ public static class QueueEndpoints
             }
 
             return QueueView.StateError(state) is { } error ? AdminResults.Invalid("state", error) : Results.Ok(QueueView.List(spool, tenant, state));
-        }).WithName("ListQueue").WithSummary("The tenant's queued, deferred and failed messages, oldest first (?state=queued|deferred|failed); as `queue list --json`.");
+        }).WithTags("queue").WithName("ListQueue").WithSummary("The tenant's queued, deferred and failed messages, oldest first (?state=queued|deferred|failed); as `queue list --json`.");
 
+        var queue = e.MapGroup("/api/v1/tenants/{tenant}/queue").WithTags("queue");
         queue.MapGet("/{id}", (string tenant, string id, HttpContext context, TenantDirectoryService directory, FileSpool spool) =>
             Check(context, directory, tenant, id) ?? (QueueView.Show(spool, id) is { } found && found.Message.Tenant == tenant ? Results.Ok(found) : NoSuchMessage()))
             .WithName("GetQueueMessage").WithSummary("One message: envelope, per-recipient state and last replies, and its header lines (as `queue show`).");

@@ -23,12 +23,12 @@ public static class SuppressionEndpoints
 {
     public static IEndpointRouteBuilder MapSuppression(this IEndpointRouteBuilder e)
     {
-        var suppression = e.MapGroup("/api/v1/tenants/{tenant}/suppression").WithTags("suppression");
-        suppression.MapGet("", (string tenant, HttpContext context, TenantDirectoryService directory, SuppressionList list) =>
+        // The collection on its own (not the group's ""), so that its route template, audited per call, has no trailing slash.
+        e.MapGet("/api/v1/tenants/{tenant}/suppression", (string tenant, HttpContext context, TenantDirectoryService directory, SuppressionList list) =>
             AdminEndpoints.Visible(context, directory, tenant) is null ? AdminResults.TenantNotFound() : Results.Ok(list.List(tenant)))
-            .WithName("ListSuppression").WithSummary("The tenant's suppressed recipients (hard bounces, complaints, manual), oldest first.");
+            .WithTags("suppression").WithName("ListSuppression").WithSummary("The tenant's suppressed recipients (hard bounces, complaints, manual), oldest first.");
 
-        suppression.MapPost("", async (string tenant, HttpContext context, TenantDirectoryService directory, SuppressionList list, ILoggerFactory loggers) =>
+        e.MapPost("/api/v1/tenants/{tenant}/suppression", async (string tenant, HttpContext context, TenantDirectoryService directory, SuppressionList list, ILoggerFactory loggers) =>
         {
             if (AdminEndpoints.Visible(context, directory, tenant) is null)
             {
@@ -66,9 +66,10 @@ public static class SuppressionEndpoints
 
             var result = new SuppressionResult(address, added);
             return added ? Results.Created($"/api/v1/tenants/{tenant}/suppression/{Uri.EscapeDataString(address)}", result) : Results.Ok(result);
-        }).WithName("AddSuppression").WithSummary("Suppresses a recipient for the tenant: {address, reason?}. 201 when added, 200 when it already was.")
+        }).WithTags("suppression").WithName("AddSuppression").WithSummary("Suppresses a recipient for the tenant: {address, reason?}. 201 when added, 200 when it already was.")
             .Accepts<SuppressionAddRequest>("application/json");
 
+        var suppression = e.MapGroup("/api/v1/tenants/{tenant}/suppression").WithTags("suppression");
         suppression.MapDelete("/{address}", (string tenant, string address, HttpContext context, TenantDirectoryService directory, SuppressionList list,
             ILoggerFactory loggers) =>
         {

@@ -25,8 +25,8 @@ public static class VaultEndpoints
 {
     public static IEndpointRouteBuilder MapVault(this IEndpointRouteBuilder e)
     {
-        var vault = e.MapGroup("/api/v1/tenants/{tenant}/vault").WithTags("vault");
-        vault.MapGet("", (string tenant, HttpContext context, TenantDirectoryService directory, CredentialVault credentials) =>
+        // The collection on its own (not the group's ""), so that its route template, audited per call, has no trailing slash.
+        e.MapGet("/api/v1/tenants/{tenant}/vault", (string tenant, HttpContext context, TenantDirectoryService directory, CredentialVault credentials) =>
         {
             if (AdminEndpoints.Visible(context, directory, tenant) is null)
             {
@@ -41,8 +41,9 @@ public static class VaultEndpoints
             {
                 return AdminResults.Unavailable($"the vault of tenant '{tenant}' cannot be read: {ex.Message}");
             }
-        }).WithName("ListVault").WithSummary("The tenant's credentials: names, versions, kind, user, created, retirement. Never a secret.");
+        }).WithTags("vault").WithName("ListVault").WithSummary("The tenant's credentials: names, versions, kind, user, created, retirement. Never a secret.");
 
+        var vault = e.MapGroup("/api/v1/tenants/{tenant}/vault").WithTags("vault");
         vault.MapPut("/{name}", (string tenant, string name, HttpContext context, TenantDirectoryService directory, CredentialVault credentials,
                 IOptions<GatewayConfig> options, ILoggerFactory loggers) =>
             StoreAsync(context, directory, credentials, options.Value, loggers, tenant, name, rotate: false))
