@@ -44,16 +44,15 @@ public static class VaultEndpoints
         }).WithTags("vault").WithName("ListVault").WithSummary("The tenant's credentials: names, versions, kind, user, created, retirement. Never a secret.");
 
         var vault = e.MapGroup("/api/v1/tenants/{tenant}/vault").WithTags("vault");
-        vault.MapPut("/{name}", (string tenant, string name, HttpContext context, TenantDirectoryService directory, CredentialVault credentials,
-                IOptions<GatewayConfig> options, ILoggerFactory loggers) =>
-            StoreAsync(context, directory, credentials, options.Value, loggers, tenant, name, rotate: false))
+        // set and rotate differ in one flag; a lambda keeps its parameter names, which minimal APIs bind by.
+        static Func<string, string, HttpContext, TenantDirectoryService, CredentialVault, IOptions<GatewayConfig>, ILoggerFactory, Task<IResult>> Store(bool rotate) =>
+            (string tenant, string name, HttpContext context, TenantDirectoryService directory, CredentialVault credentials, IOptions<GatewayConfig> options,
+                ILoggerFactory loggers) => StoreAsync(context, directory, credentials, options.Value, loggers, tenant, name, rotate);
+        vault.MapPut("/{name}", Store(rotate: false))
             .WithName("SetVaultCredential")
             .WithSummary("Stores a new credential (version 1); 409 when the name exists. Body: {user, password} | {user, accessToken} | {user, refreshToken, clientSecret?, tokenEndpoint, clientId}.")
             .Accepts<VaultSecretBodySchema>("application/json");
-
-        vault.MapPost("/{name}/rotate", (string tenant, string name, HttpContext context, TenantDirectoryService directory, CredentialVault credentials,
-                IOptions<GatewayConfig> options, ILoggerFactory loggers) =>
-            StoreAsync(context, directory, credentials, options.Value, loggers, tenant, name, rotate: true))
+        vault.MapPost("/{name}/rotate", Store(rotate: true))
             .WithName("RotateVaultCredential")
             .WithSummary("Stores a new version; the previous ones stay usable for grace (\"hh:mm:ss\", default Gateway:Vault:RotationGrace), then are destroyed.")
             .Accepts<VaultSecretBodySchema>("application/json");
