@@ -167,13 +167,16 @@ public static class QueueCommands
         {
             var gateway = LoadGateway(configPath);
             using var spool = OpenSpool(gateway);
-            // One message on a running gateway: through its admin API (audited, tenant-scoped). `retry --all` has no API
-            // route (it is an operator's whole-queue action) and keeps the control directory.
-            if (request.Id is { } id && AdminApiClient.TryConnect(gateway) is { } api)
+            // One tenant's message on a running gateway: through its admin API (audited, tenant-scoped). The API's routes
+            // are per tenant and a queue id names none, so the tenant is read from the message's own file (reading is safe
+            // next to a running gateway). An unknown id, a message of no tenant (a DSN) and `retry --all` (no API route)
+            // keep the control directory, which answers them as before.
+            if (request.Id is { } id && FileSpool.IsValidId(id) && spool.Peek(id) is { Entry.Envelope.TenantId: { } tenant }
+                && AdminApiClient.TryConnect(gateway) is { } api)
             {
                 using (api)
                 {
-                    return await ViaApiAsync(api, spool, request.Verb, id).ConfigureAwait(false);
+                    return await ViaApiAsync(api, tenant, request.Verb, id).ConfigureAwait(false);
                 }
             }
 
@@ -189,24 +192,9 @@ public static class QueueCommands
         }
     }
 
-    /// <summary>
-    /// retry or delete through the API. Its routes are per tenant and a queue id names none, so the tenant is read from the
-    /// message's own file first (reading is safe next to a running gateway); an unknown id is answered here, as before.
-    /// </summary>
-    static async Task<int> ViaApiAsync(AdminApiClient api, FileSpool spool, string verb, string id)
+    /// <summary>retry or delete through the API, with the sentence the gateway answers (the one the CLI always printed).</summary>
+    static async Task<int> ViaApiAsync(AdminApiClient api, string tenant, string verb, string id)
     {
-        if (!FileSpool.IsValidId(id))
-        {
-            Console.Error.WriteLine($"error: '{id}' is not a queue id");
-            return 1;
-        }
-
-        if (QueueView.TenantOf(spool, id) is not { } tenant)
-        {
-            Console.Error.WriteLine($"error: {id}: no such message");
-            return 1;
-        }
-
         var path = $"api/v1/tenants/{AdminApiCalls.Segment(tenant)}/queue/{id}";
         var answer = verb == "retry"
             ? await AdminApiCalls.SendAsync(api, HttpMethod.Post, path + "/retry").ConfigureAwait(false)
