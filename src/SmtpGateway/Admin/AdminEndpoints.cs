@@ -15,6 +15,8 @@ public static class AdminEndpoints
         app.UseMiddleware<AdminAuthentication>();
         app.MapOpenApi("/openapi.json");
         app.MapTenants();
+        app.MapGatewayMetrics();
+        app.MapGatewayDashboard();
         app.MapQueue();
         app.MapSuppression();
         app.MapVault();

@@ -93,6 +93,12 @@ public static class GatewayCli
                 await Console.Error.WriteLineAsync($"smtpgw: cannot listen: {ex.Message}").ConfigureAwait(false);
                 return 1;
             }
+            catch (IOException ex) when (ex.InnerException is System.Net.Sockets.SocketException or Microsoft.AspNetCore.Connections.AddressInUseException)
+            {
+                // Kestrel wraps a bind failure of the admin endpoint ("Failed to bind to address ...") in an IOException.
+                await Console.Error.WriteLineAsync($"smtpgw: cannot listen (Gateway:Admin): {ex.Message}").ConfigureAwait(false);
+                return 1;
+            }
             finally
             {
                 host.Dispose();

@@ -419,7 +419,7 @@ public sealed class DeliveryService : BackgroundService
                 case DeliveryOutcome.Delivered:
                     recipients.Add(recipient with { Status = RecipientStatus.Delivered, LastReply = result.Reply, UpdatedAt = now });
                     DeliveryLog.Delivered(_logger, state.Id, recipient.Address, result.Reply);
-                    DeliveryMetrics.Outcome(tenant, "delivered");
+                    DeliveryMetrics.Delivered(tenant, now - envelope.ReceivedAt);
                     break;
                 case DeliveryOutcome.Bounced:
                     recipients.Add(recipient with { Status = RecipientStatus.Failed, LastReply = result.Reply, UpdatedAt = now });
