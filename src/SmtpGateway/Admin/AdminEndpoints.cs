@@ -18,6 +18,10 @@ public static class AdminEndpoints
         app.MapGatewayHealth();
         app.MapGatewayMetrics();
         app.MapGatewayDashboard();
+        app.MapQueue();
+        app.MapSuppression();
+        app.MapVault();
+        app.MapEvents();
     }
 
     /// <summary>Tenant summary shown by the API (never a secret: the HSM PIN source is named, not read).</summary>

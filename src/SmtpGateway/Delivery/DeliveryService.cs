@@ -221,7 +221,7 @@ public sealed class DeliveryService : BackgroundService
     internal int HeldCount(string tenant) => _held.TryGetValue(tenant, out var ids) ? ids.Count : 0;
 
     /// <summary>`queue retry`: the operator says the destinations are worth trying again now.</summary>
-    void ClearBackoff()
+    internal void ClearBackoff()
     {
         if ((_transport is TenantRouter router ? router.Outbound : _transport) is IOutboundTransport smtp)
         {
