@@ -149,6 +149,11 @@ public sealed class AdminKeyStore(string dataDirectory, TimeProvider time)
         using var stream = File.OpenRead(_path);
         var keys = JsonSerializer.Deserialize(stream, AdminKeyJsonContext.Default.ListAdminKeyRecord)
             ?? throw new InvalidDataException($"{_path} is empty.");
+        if (keys.FirstOrDefault(k => k.Id is not { Length: 12 } || k.Sha256 is not { Length: 64 } || !k.Id.All(char.IsAsciiHexDigitLower)
+                                     || !k.Sha256.All(char.IsAsciiHexDigit)) is { } bad)
+        {
+            throw new InvalidDataException($"{_path} holds a malformed record (id '{bad.Id}'); restore the file or recreate the keys.");
+        }
         _cache = (info.LastWriteTimeUtc, info.Length, keys);
         return keys;
     }
@@ -157,10 +162,11 @@ public sealed class AdminKeyStore(string dataDirectory, TimeProvider time)
     {
         var directory = Path.GetDirectoryName(_path)!;
         Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-        var temp = _path + ".tmp";
+        // A fresh name each time: a leftover temp file (and its mode) is never reused, and two CLI runs never share one.
+        var temp = $"{_path}.{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8))}.tmp";
         using (var file = new FileStream(temp, new FileStreamOptions
         {
-            Mode = FileMode.Create,
+            Mode = FileMode.CreateNew,
             Access = FileAccess.Write,
             UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
         }))

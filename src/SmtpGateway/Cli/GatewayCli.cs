@@ -69,6 +69,12 @@ public static class GatewayCli
                     return 2;
                 }
 
+                if (AdminServer.CheckCanListen(configuration.GetSection(GatewayConfig.SectionName).Get<GatewayConfig>() ?? new GatewayConfig()) is { } bindError)
+                {
+                    await Console.Error.WriteLineAsync($"smtpgw: {bindError}").ConfigureAwait(false);
+                    return 1;
+                }
+
                 host = BuildHost(parse.GetValue(config), parse.GetValue(logFormat));
             }
             catch (Exception ex) when (ex is FileNotFoundException or InvalidDataException or FormatException or InvalidOperationException or OptionsValidationException)

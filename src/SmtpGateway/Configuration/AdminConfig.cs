@@ -23,6 +23,19 @@ public sealed class AdminConfig
     /// </summary>
     public string SocketPath { get; set; } = "admin/admin.sock";
 
+    /// <summary>
+    /// Serve /metrics without a key. Off by default: every series carries a tenant label, so an anonymous scrape would
+    /// list every tenant and its volume to anyone who reaches the port (a tenant key's 404s hide exactly that).
+    /// Prometheus sends the operator key with <c>authorization: { credentials_file: ... }</c>.
+    /// </summary>
+    public bool AnonymousMetrics { get; set; }
+
+    /// <summary>
+    /// Accept a non-loopback Address without Tls. Off by default: bearer keys and vault secrets would cross the network
+    /// in clear text. Turn it on only behind a TLS-terminating proxy on the same host or network namespace.
+    /// </summary>
+    public bool AllowPlaintext { get; set; }
+
     /// <summary>Request body cap. Kestrel's default is 30,000,000 bytes; the largest admin body (a vault secret) is tiny.</summary>
     public long MaxRequestBodySize { get; set; } = 1024 * 1024;
 

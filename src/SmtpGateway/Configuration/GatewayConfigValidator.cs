@@ -540,9 +540,13 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
             return;
         }
 
-        if (!IPAddress.TryParse(a.Address, out _))
+        if (!IPAddress.TryParse(a.Address, out var address))
         {
             e.Add($"{p}:Address: '{a.Address}' is not an IP address.");
+        }
+        else if (!IPAddress.IsLoopback(address) && (a.Tls.CertificatePath is null || a.Tls.KeyPath is null) && !a.AllowPlaintext)
+        {
+            e.Add($"{p}:Address: {a.Address} is not loopback and {p}:Tls is not set: admin keys and vault secrets would cross the network in clear text (set Tls, or AllowPlaintext behind a TLS proxy).");
         }
 
         // 0: an ephemeral port (benchmarks and parallel test runs that scrape nothing over TCP).

@@ -35,6 +35,9 @@ public static class GatewayLogging
         var format = commandLineFormat ?? configuration[FormatKey] ?? Simple;
         logging.ClearProviders();
         logging.AddConfiguration(configuration.GetSection("Logging"));
+        // ASP.NET Core's hosting scope puts each admin request's raw path (suppressed addresses, vault names) into every
+        // line logged during it; the admin audit has the route template instead.
+        logging.AddFilter("Microsoft.AspNetCore.Hosting.Diagnostics", LogLevel.None);
         if (string.Equals(format, Json, StringComparison.OrdinalIgnoreCase))
         {
             logging.AddJsonConsole(o =>
