@@ -15,6 +15,9 @@ public static class AdminEndpoints
         app.UseMiddleware<AdminAuthentication>();
         app.MapOpenApi("/openapi.json");
         app.MapTenants();
+        app.MapTokens();
+        app.MapDkim();
+        app.MapReload();
     }
 
     /// <summary>Tenant summary shown by the API (never a secret: the HSM PIN source is named, not read).</summary>

@@ -23,6 +23,7 @@ public static class AdminServiceCollectionExtensions
                 new AuthThrottle(admin.BadKeyFailuresBeforeDelay, admin.BadKeyFailuresBeforeBlock, admin.BadKeyWindow, sp.GetRequiredService<TimeProvider>()),
                 admin.BadKeyWindow);
         });
+        services.AddTokenDkimAdministration();
         return services;
     }
 }
