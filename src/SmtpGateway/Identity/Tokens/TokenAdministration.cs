@@ -79,6 +79,9 @@ public sealed class TokenAdministration(TokenService tokens, Func<TenantSnapshot
     public MintedToken Mint(string tenantId, TokenMintCheck check, AuditOrigin origin)
     {
         var minted = tokens.Mint(tenantId, check.Ttl, check.Senders, check.Description);
+        // A first mint may have made the tenant's key: the refresh lets an AUTH right after the mint find it (and the
+        // registry line), instead of waiting for the rate-limited refresh on an unknown key.
+        tokens.Store.Refresh();
         audit.Write(origin.Event(AuditActions.TokenMint, minted.Record.Tenant, $"expires {minted.Record.Expires:O}", minted.Record.Id));
         return minted;
     }
@@ -102,6 +105,8 @@ public sealed class TokenAdministration(TokenService tokens, Func<TenantSnapshot
     public (TokenKey NewKey, DateTimeOffset OldKeysRetireAt) RotateKey(string tenantId, TimeSpan? grace, AuditOrigin origin)
     {
         var (key, retireAt) = tokens.RotateKey(tenantId, grace);
+        // Without it, a mint before the periodic refresh would still sign with the key that is now retiring.
+        tokens.Store.Refresh();
         audit.Write(origin.Event(AuditActions.KeyRotate, tenantId, $"new key {key.Id}; old keys retire {retireAt:O}"));
         return (key, retireAt);
     }
