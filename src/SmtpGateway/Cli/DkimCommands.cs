@@ -76,7 +76,7 @@ public static class DkimCommands
             api =>
             {
                 var t = parse.GetValue(tenant)!;
-                var created = AdminApiCalls.Send<DkimSelectorView>(api, HttpMethod.Post, $"{DkimPath(t)}/keygen",
+                var created = AdminApiRequests.Send<DkimSelectorView>(api, HttpMethod.Post, $"{DkimPath(t)}/keygen",
                     new DkimKeygenRequest(parse.GetValue(domain), parse.GetValue(selector), parse.GetValue(alg)));
                 return created is null ? 1 : Generated(t, created);
             },
@@ -89,7 +89,7 @@ public static class DkimCommands
                 var algorithm = DkimAdministration.CheckAlgorithm(parse.GetValue(alg), errors);
                 if (errors.Count > 0)
                 {
-                    return AdminApiCalls.PrintErrors(errors);
+                    return AdminApiRequests.PrintErrors(errors);
                 }
 
                 return Generated(t, DkimSelectorView.Of(ctx.Admin.Keygen(t, d!, s!, algorithm!.Value, AuditOrigin.Cli)));
@@ -110,7 +110,7 @@ public static class DkimCommands
         var json = new Option<bool>("--json") { Description = "Print {\"name\": \"TXT value\"} for scripts and verifiers." };
         var command = new Command("dns", "Print every DKIM record the tenant must publish (pending, active and retiring selectors).") { config, tenant, json };
         command.SetAction(parse => Run(parse.GetValue(config),
-            api => AdminApiCalls.Send<List<DkimSelectorView>>(api, HttpMethod.Get, DkimPath(parse.GetValue(tenant)!)) is { } all
+            api => AdminApiRequests.Send<List<DkimSelectorView>>(api, HttpMethod.Get, DkimPath(parse.GetValue(tenant)!)) is { } all
                 ? PrintRecords([.. all.Where(s => s.Published)], parse.GetValue(json))
                 : 1,
             ctx => PrintRecords([.. ctx.Admin.Published(RequireTenant(ctx, parse.GetValue(tenant)!)).Select(DkimSelectorView.Of)], parse.GetValue(json))));
@@ -144,7 +144,7 @@ public static class DkimCommands
         command.SetAction(parse => Run(parse.GetValue(config),
             api =>
             {
-                var rotated = AdminApiCalls.Send<DkimRotateResponse>(api, HttpMethod.Post, $"{DkimPath(parse.GetValue(tenant)!)}/rotate",
+                var rotated = AdminApiRequests.Send<DkimRotateResponse>(api, HttpMethod.Post, $"{DkimPath(parse.GetValue(tenant)!)}/rotate",
                     new DkimRotateRequest(parse.GetValue(domain), parse.GetValue(activate), parse.GetValue(retire)));
                 return rotated is null ? 1 : Rotated(rotated.Step == "publish", rotated.Selectors.Select(s => s.Record), rotated.Message);
             },
@@ -160,7 +160,7 @@ public static class DkimCommands
 
                 if (errors.Count > 0)
                 {
-                    return AdminApiCalls.PrintErrors(errors);
+                    return AdminApiRequests.PrintErrors(errors);
                 }
 
                 var step = parse.GetValue(activate) ? DkimRotateStep.Activate : parse.GetValue(retire) ? DkimRotateStep.Retire : DkimRotateStep.Publish;
@@ -250,7 +250,7 @@ public static class DkimCommands
                 var problems = tokens.PrepareAtStart(cli.Tenants.Tenants.Keys, loggers.CreateLogger("SmtpGateway.Hsm"));
                 if (problems.Count > 0)
                 {
-                    return AdminApiCalls.PrintErrors(problems);
+                    return AdminApiRequests.PrintErrors(problems);
                 }
             }
 

@@ -34,7 +34,7 @@ public static class TokenCommands
         command.SetAction(parse => Run(parse.GetValue(config),
             (api, _) =>
             {
-                var minted = AdminApiCalls.Send<TokenMintResponse>(api, HttpMethod.Post, TokensPath(parse.GetValue(tenant)!),
+                var minted = AdminApiRequests.Send<TokenMintResponse>(api, HttpMethod.Post, TokensPath(parse.GetValue(tenant)!),
                     new TokenMintRequest(parse.GetValue(ttl), parse.GetValue(sender) ?? [], parse.GetValue(description)));
                 return minted is null ? 1 : Minted(minted.Token, minted.Id, minted.Tenant, minted.Expires);
             },
@@ -44,7 +44,7 @@ public static class TokenCommands
                 var check = ctx.Admin.CheckMint(t, parse.GetValue(ttl), parse.GetValue(sender) ?? [], parse.GetValue(description));
                 if (!check.Valid)
                 {
-                    return AdminApiCalls.PrintErrors(check.Errors.Values.SelectMany(e => e));
+                    return AdminApiRequests.PrintErrors(check.Errors.Values.SelectMany(e => e));
                 }
 
                 var minted = ctx.Admin.Mint(t, check, AuditOrigin.Cli);
@@ -93,12 +93,12 @@ public static class TokenCommands
     static List<TokenListItem>? ApiList(AdminApiClient api, string? tenant)
     {
         IEnumerable<string>? tenants = tenant is null
-            ? AdminApiCalls.Send<List<TenantId>>(api, HttpMethod.Get, "api/v1/tenants")?.Select(t => t.Id)
+            ? AdminApiRequests.Send<List<TenantId>>(api, HttpMethod.Get, "api/v1/tenants")?.Select(t => t.Id)
             : [tenant];
         var items = new List<TokenListItem>();
         foreach (var t in tenants ?? [])
         {
-            if (AdminApiCalls.Send<List<TokenListItem>>(api, HttpMethod.Get, TokensPath(t)) is not { } list)
+            if (AdminApiRequests.Send<List<TokenListItem>>(api, HttpMethod.Get, TokensPath(t)) is not { } list)
             {
                 return null;
             }
@@ -129,11 +129,11 @@ public static class TokenCommands
                     owner = all.FirstOrDefault(i => i.Id == tokenId)?.Tenant;
                     if (owner is null)
                     {
-                        return AdminApiCalls.PrintErrors([$"No token with id '{tokenId}'."]);
+                        return AdminApiRequests.PrintErrors([$"No token with id '{tokenId}'."]);
                     }
                 }
 
-                var revoked = AdminApiCalls.Send<TokenRevokeResponse>(api, HttpMethod.Delete, $"{TokensPath(owner)}/{Uri.EscapeDataString(tokenId)}");
+                var revoked = AdminApiRequests.Send<TokenRevokeResponse>(api, HttpMethod.Delete, $"{TokensPath(owner)}/{Uri.EscapeDataString(tokenId)}");
                 return revoked is null ? 1 : Revoked(revoked.Id, revoked.Tenant);
             },
             ctx =>
@@ -141,7 +141,7 @@ public static class TokenCommands
                 var tokenId = parse.GetValue(id)!;
                 if (parse.GetValue(tenant) is { } owner && ctx.Admin.Find(owner, tokenId) is null)
                 {
-                    return AdminApiCalls.PrintErrors([$"No token with id '{tokenId}' for tenant '{owner}'."]);
+                    return AdminApiRequests.PrintErrors([$"No token with id '{tokenId}' for tenant '{owner}'."]);
                 }
 
                 var record = ctx.Admin.Revoke(tokenId, AuditOrigin.Cli);
@@ -164,7 +164,7 @@ public static class TokenCommands
         command.SetAction(parse => Run(parse.GetValue(config),
             (api, _) =>
             {
-                var rotated = AdminApiCalls.Send<TokenRotateKeyResponse>(api, HttpMethod.Post, $"{TokensPath(parse.GetValue(tenant)!)}/rotate-key",
+                var rotated = AdminApiRequests.Send<TokenRotateKeyResponse>(api, HttpMethod.Post, $"{TokensPath(parse.GetValue(tenant)!)}/rotate-key",
                     new TokenRotateKeyRequest(parse.GetValue(grace)));
                 return rotated is null ? 1 : Rotated(rotated.Tenant, rotated.KeyId, rotated.OldKeysRetireAt);
             },

@@ -7,7 +7,7 @@ namespace SmtpGateway.Cli;
 /// A CLI verb's call to the running gateway's admin API: JSON in, JSON out; a refusal is printed as the verb's own errors
 /// would be (`error: ...`, every validation error on its own line) and the verb exits 1.
 /// </summary>
-internal static class AdminApiCalls
+internal static class AdminApiRequests
 {
     static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
 
