@@ -28,9 +28,8 @@ COPY config/ config/
 RUN dotnet publish src/SmtpGateway.Host/SmtpGateway.Host.csproj -c Release -o /app --no-restore
 
 # ---- runtime ----------------------------------------------------------------------
-# The plain .NET runtime is enough while smtpgw has no ASP.NET Core dependency; when the admin
-# HTTP API (port 8025) arrives on Kestrel, switch to mcr.microsoft.com/dotnet/aspnet:10.0-noble.
-FROM mcr.microsoft.com/dotnet/runtime:10.0-noble AS runtime
+# aspnet, not runtime: the admin endpoint (issue 13) runs on Kestrel, part of the ASP.NET Core shared framework.
+FROM mcr.microsoft.com/dotnet/aspnet:10.0-noble AS runtime
 
 # softhsm2 + opensc (pkcs11-tool): the development PKCS#11 token; ca-certificates: TLS to smarthosts.
 RUN apt-get update \
@@ -66,7 +65,9 @@ ENV SMTPGW__Gateway__DataDirectory=/var/lib/smtpgw \
 USER $APP_UID
 WORKDIR /var/lib/smtpgw
 VOLUME ["/var/lib/smtpgw"]
-# 2525 submission (STARTTLS), 2465 submissions (implicit TLS), 2526 legacy relay, 8025 admin HTTP
+# 2525 submission (STARTTLS), 2465 submissions (implicit TLS), 2526 legacy relay, 8025 admin HTTP.
+# The admin endpoint stays on the container's loopback unless you publish it on purpose:
+# -e SMTPGW__Gateway__Admin__Address=0.0.0.0 with Gateway:Admin:Tls set, behind your network policy.
 EXPOSE 2525 2465 2526 8025
 
 # `docker stop` sends SIGTERM; the gateway drains sessions for up to Gateway:ShutdownTimeout

@@ -141,6 +141,8 @@ cat >&2 <<EOF
     submission (STARTTLS)   127.0.0.1:2525
     submissions (TLS)       127.0.0.1:2465
     legacy relay (plain)    127.0.0.1:2526
+    admin API, dashboard    http://127.0.0.1:8025/  (metrics /metrics, health /healthz /readyz)
+                            a key for it: ./run.sh admin key create --operator
 
   In another terminal, send a message:
 

@@ -44,6 +44,11 @@ if command -v dpkg-query >/dev/null 2>&1 && ! pkg_installed libsasl2-modules; th
 [[ -x /usr/bin/gcore ]] || missing+=(gdb)
 # mount/umount (Debian "mount", util-linux): the fault tests mount a small tmpfs on the spool (spool full → 452 4.3.1).
 [[ -x /usr/bin/mount && -x /usr/bin/umount ]] || missing+=(mount)
+# haproxy: config/examples/haproxy-health.cfg is run in front of a gateway (its /readyz health check).
+[[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
+# chromium: the dashboard test's headless browser (driven by the Playwright driver bundled in its NuGet package, which
+# downloads nothing: it is pointed at /usr/bin/chromium).
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
 
 if ((${#missing[@]} > 0)); then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then

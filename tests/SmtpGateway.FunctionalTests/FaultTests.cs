@@ -78,7 +78,8 @@ public sealed class FaultTests(ITestOutputHelper output)
         return await smtp.SendMailAsync(Sender, ["sink@example.net"], Message(subject, bodyOctets), cancellationToken);
     }
 
-    static async Task RunToolAsync(string file, params string[] args)
+    /// <summary>Runs a system tool (mount, umount) and fails with its output when it exits non-zero.</summary>
+    internal static async Task RunToolAsync(string file, params string[] args)
     {
         var (exitCode, log) = await ChildProcess.RunAsync(file, args, "/", TimeSpan.FromSeconds(30));
         if (exitCode != 0)

@@ -15,6 +15,13 @@ public static class AdminEndpoints
         app.UseMiddleware<AdminAuthentication>();
         app.MapOpenApi("/openapi.json");
         app.MapTenants();
+        app.MapGatewayHealth();
+        app.MapGatewayMetrics();
+        app.MapGatewayDashboard();
+        app.MapQueue();
+        app.MapSuppression();
+        app.MapVault();
+        app.MapEvents();
         app.MapTokens();
         app.MapDkim();
         app.MapReload();

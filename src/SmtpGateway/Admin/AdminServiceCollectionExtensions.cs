@@ -14,6 +14,7 @@ public static class AdminServiceCollectionExtensions
         services.AddProblemDetails();
         services.AddOpenApi();
         services.ConfigureHttpJsonOptions(o => o.SerializerOptions.Converters.Add(new System.Text.Json.Serialization.JsonStringEnumConverter()));
+        services.AddGatewayMetrics();
         services.AddSingleton(sp => new AdminKeyStore(
             GatewayPaths.DataDirectory(sp.GetRequiredService<IOptions<GatewayConfig>>().Value), sp.GetRequiredService<TimeProvider>()));
         services.AddSingleton(sp =>
@@ -23,6 +24,8 @@ public static class AdminServiceCollectionExtensions
                 new AuthThrottle(admin.BadKeyFailuresBeforeDelay, admin.BadKeyFailuresBeforeBlock, admin.BadKeyWindow, sp.GetRequiredService<TimeProvider>()),
                 admin.BadKeyWindow);
         });
+        services.AddGatewayHealth();
+        services.AddGatewayDashboard();
         services.AddTokenDkimAdministration();
         return services;
     }

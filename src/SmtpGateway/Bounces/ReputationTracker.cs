@@ -139,6 +139,16 @@ public sealed class ReputationTracker
         }
     }
 
+    /// <summary>Delivered, bounced and complained in the tenant's current window: what the pause threshold is judged on (dashboard).</summary>
+    public (long Delivered, long Bounced, long Complained) WindowTotals(string tenant)
+    {
+        var window = _config(tenant).Window;
+        lock (_lock)
+        {
+            return _tenants.TryGetValue(tenant, out var counts) ? counts.Totals(_time.GetUtcNow(), window) : default;
+        }
+    }
+
     /// <summary>The recorded pause of <paramref name="tenant"/>, if any (CLI and admin).</summary>
     public static TenantPause? ReadPause(string dataDirectory, string tenant)
     {

@@ -132,14 +132,32 @@ public static class EnvelopeCommands
         var command = new Command("add", "Suppress a recipient for a tenant by hand.") { config, tenant, address };
         command.SetAction(parse => Run(parse.GetValue(config), parse.GetValue(tenant)!, (cli, t) =>
         {
-            using var list = new SuppressionList(cli.DataDirectory, TimeProvider.System);
             var a = parse.GetValue(address)!;
-            if (Bounces.SuppressionList.Normalize(a) is null)
+            if (ManualSuppression.AddressError(a) is { } error)
             {
-                throw new FormatException($"'{a}' is not an address.");
+                throw new FormatException(error);
             }
 
-            Console.WriteLine(list.Add(t, a, "manual", "added by operator") ? $"{t}: suppressed {a}" : $"{t}: {a} was already suppressed");
+            // A running gateway: through its API, so its own list changes at once (and the call is audited).
+            if (AdminApiClient.TryConnect(cli.Gateway) is { } api)
+            {
+                using (api)
+                {
+                    var answer = AdminApiCalls.SendAsync(api, HttpMethod.Post, $"api/v1/tenants/{AdminApiCalls.Segment(t)}/suppression",
+                        AdminApiCalls.Json(("address", a))).GetAwaiter().GetResult();
+                    if (!answer.Ok)
+                    {
+                        Console.Error.WriteLine($"error: {answer.Problem()}");
+                        return 1;
+                    }
+
+                    Console.WriteLine(answer.Status == System.Net.HttpStatusCode.Created ? $"{t}: suppressed {a}" : $"{t}: {a} was already suppressed");
+                    return 0;
+                }
+            }
+
+            using var list = new SuppressionList(cli.DataDirectory, TimeProvider.System);
+            Console.WriteLine(ManualSuppression.Add(list, t, a, null) ? $"{t}: suppressed {a}" : $"{t}: {a} was already suppressed");
             return 0;
         }));
         return command;
@@ -152,8 +170,31 @@ public static class EnvelopeCommands
         var command = new Command("remove", "Allow a tenant to mail a suppressed recipient again (takes effect on a running gateway within a second).") { config, tenant, address };
         command.SetAction(parse => Run(parse.GetValue(config), parse.GetValue(tenant)!, (cli, t) =>
         {
-            using var list = new SuppressionList(cli.DataDirectory, TimeProvider.System);
             var a = parse.GetValue(address)!;
+            if (AdminApiClient.TryConnect(cli.Gateway) is { } api)
+            {
+                using (api)
+                {
+                    var answer = AdminApiCalls.SendAsync(api, HttpMethod.Delete, $"api/v1/tenants/{AdminApiCalls.Segment(t)}/suppression/{AdminApiCalls.Segment(a)}")
+                        .GetAwaiter().GetResult();
+                    if (answer.Status == System.Net.HttpStatusCode.NotFound)
+                    {
+                        Console.Error.WriteLine($"{t}: {a} is not suppressed");
+                        return 1;
+                    }
+
+                    if (!answer.Ok)
+                    {
+                        Console.Error.WriteLine($"error: {answer.Problem()}");
+                        return 1;
+                    }
+
+                    Console.WriteLine($"{t}: removed {a}");
+                    return 0;
+                }
+            }
+
+            using var list = new SuppressionList(cli.DataDirectory, TimeProvider.System);
             if (!list.Remove(t, a))
             {
                 Console.Error.WriteLine($"{t}: {a} is not suppressed");
@@ -188,7 +229,7 @@ public static class EnvelopeCommands
         {
             return action(cli, tenant);
         }
-        catch (Exception ex) when (ex is FormatException or IOException or UnauthorizedAccessException or Hsm.HsmException)
+        catch (Exception ex) when (ex is FormatException or IOException or UnauthorizedAccessException or Hsm.HsmException or HttpRequestException)
         {
             Console.Error.WriteLine($"error: {ex.Message}");
             return 1;

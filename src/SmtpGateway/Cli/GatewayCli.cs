@@ -2,7 +2,6 @@ using System.CommandLine;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
-using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 using SmtpGateway.Admin;
@@ -44,7 +43,12 @@ public static class GatewayCli
     static Command Serve()
     {
         var config = ConfigOption();
-        var command = new Command("serve", "Run the gateway: listeners, spool and delivery, until SIGTERM or Ctrl+C.") { config };
+        var logFormat = new Option<string?>("--log-format")
+        {
+            Description = $"Console log format: {GatewayLogging.Simple} (one text line per event) or {GatewayLogging.Json} (one JSON object per line, with scopes); overrides {GatewayLogging.FormatKey}.",
+        };
+        logFormat.AcceptOnlyFromAmong([.. GatewayLogging.Formats]);
+        var command = new Command("serve", "Run the gateway: listeners, spool and delivery, until SIGTERM or Ctrl+C.") { config, logFormat };
         command.SetAction(async (parse, ct) =>
         {
             IHost host;
@@ -65,7 +69,7 @@ public static class GatewayCli
                     return 2;
                 }
 
-                host = BuildHost(parse.GetValue(config));
+                host = BuildHost(parse.GetValue(config), parse.GetValue(logFormat));
             }
             catch (Exception ex) when (ex is FileNotFoundException or InvalidDataException or FormatException or InvalidOperationException or OptionsValidationException)
             {
@@ -91,6 +95,12 @@ public static class GatewayCli
             catch (System.Net.Sockets.SocketException ex)
             {
                 await Console.Error.WriteLineAsync($"smtpgw: cannot listen: {ex.Message}").ConfigureAwait(false);
+                return 1;
+            }
+            catch (IOException ex) when (ex.InnerException is System.Net.Sockets.SocketException or Microsoft.AspNetCore.Connections.AddressInUseException)
+            {
+                // Kestrel wraps a bind failure of the admin endpoint ("Failed to bind to address ...") in an IOException.
+                await Console.Error.WriteLineAsync($"smtpgw: cannot listen (Gateway:Admin): {ex.Message}").ConfigureAwait(false);
                 return 1;
             }
             finally
@@ -142,6 +152,11 @@ public static class GatewayCli
     static List<string> CollectAll(IConfiguration configuration, GatewayConfig gateway)
     {
         var errors = GatewayConfigValidator.Collect(gateway);
+        if (GatewayLogging.Validate(configuration) is { } logging)
+        {
+            errors.Add(logging);
+        }
+
         // The tenant snapshot's own compile: domains, networks, egress, HSM tokens, inbound routes, limits, reputation.
         var tenants = Identity.TenantDirectoryService.Load(configuration, errors);
         if (errors.Count == 0)
@@ -160,7 +175,7 @@ public static class GatewayCli
     /// share the one DI container with every stage (ARCHITECTURE §3: never a second private copy), built empty so that
     /// nothing is configured that the gateway did not ask for (no appsettings.json, no default URLs).
     /// </summary>
-    public static IHost BuildHost(string? configPath)
+    public static IHost BuildHost(string? configPath, string? logFormat = null)
     {
         var builder = Microsoft.AspNetCore.Builder.WebApplication.CreateEmptyBuilder(new Microsoft.AspNetCore.Builder.WebApplicationOptions
         {
@@ -168,14 +183,7 @@ public static class GatewayCli
         });
         // Reload on change: tenant edits take effect without a restart (sessions keep their snapshot).
         builder.Configuration.AddGatewaySources(configPath, reloadOnChange: true);
-        builder.Logging.ClearProviders();
-        builder.Logging.AddConfiguration(builder.Configuration.GetSection("Logging"));
-        builder.Logging.AddSimpleConsole(o =>
-        {
-            o.SingleLine = true;
-            o.UseUtcTimestamp = true;
-            o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ ";
-        });
+        builder.Logging.AddGatewayConsole(builder.Configuration, logFormat);
         // An empty builder has no console lifetime; without it SIGTERM kills the process instead of draining it.
         builder.Services.AddSingleton<IHostLifetime, Microsoft.Extensions.Hosting.Internal.ConsoleLifetime>();
         builder.Services.AddSmtpGateway(builder.Configuration);

@@ -1,8 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
-using System.Text;
 using System.Text.Json;
-using System.Text.Json.Serialization;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging.Abstractions;
 using SmtpGateway.Configuration;
@@ -11,18 +9,6 @@ using SmtpGateway.Hosting;
 using SmtpGateway.Spool;
 
 namespace SmtpGateway.Cli;
-
-/// <summary>One message in `queue list --json` / `queue show --json`.</summary>
-internal sealed record QueueItem(
-    string Id, string Tenant, string State, string From, DateTimeOffset ReceivedAt, int Attempts, DateTimeOffset? NextAttemptAt,
-    DateTimeOffset? LastAttemptAt, long Size, IReadOnlyList<QueueRecipient> Recipients);
-
-internal sealed record QueueRecipient(string Address, string Status, string? LastReply, DateTimeOffset? UpdatedAt);
-
-[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, WriteIndented = true)]
-[JsonSerializable(typeof(List<QueueItem>))]
-[JsonSerializable(typeof(QueueItem))]
-internal sealed partial class QueueJsonContext : JsonSerializerContext;
 
 /// <summary>
 /// `smtpgw queue list|show|retry|delete`: the spool seen and steered by an operator. Listing and showing read the spool's
@@ -53,16 +39,12 @@ public static class QueueCommands
         command.SetAction(parse => Run(parse.GetValue(config), spool =>
         {
             var wanted = parse.GetValue(state)?.ToLowerInvariant();
-            if (wanted is not (null or "queued" or "deferred" or "failed"))
+            if (QueueView.StateError(wanted) is { } error)
             {
-                throw new FormatException($"--state must be queued, deferred or failed, not '{wanted}'.");
+                throw new FormatException("--" + error);
             }
 
-            var items = spool.List(SpoolArea.Queue).Concat(spool.List(SpoolArea.Failed))
-                .Select(ToItem)
-                .Where(i => parse.GetValue(tenant) is not { } t || i.Tenant == t)
-                .Where(i => wanted is null || i.State == wanted)
-                .ToList();
+            var items = QueueView.List(spool, parse.GetValue(tenant), wanted);
             if (parse.GetValue(json))
             {
                 Console.WriteLine(JsonSerializer.Serialize(items, QueueJsonContext.Default.ListQueueItem));
@@ -91,25 +73,24 @@ public static class QueueCommands
         var command = new Command("show", "Show one message: envelope, per-recipient state and replies, and its header section.") { config, id, json };
         command.SetAction(parse => Run(parse.GetValue(config), spool =>
         {
-            if (spool.Peek(parse.GetValue(id)!) is not { } found)
+            if (QueueView.Show(spool, parse.GetValue(id)!) is not { } found)
             {
                 Console.Error.WriteLine($"error: {parse.GetValue(id)}: no such message");
                 return 1;
             }
 
-            var item = ToItem(found.Entry);
+            var item = found.Message;
             if (parse.GetValue(json))
             {
                 Console.WriteLine(JsonSerializer.Serialize(item, QueueJsonContext.Default.QueueItem));
                 return 0;
             }
 
-            var e = found.Entry.Envelope;
             Console.WriteLine($"id:          {item.Id}");
             Console.WriteLine($"tenant:      {item.Tenant}");
             Console.WriteLine($"state:       {item.State}");
             Console.WriteLine($"from:        <{item.From}>");
-            Console.WriteLine($"received:    {item.ReceivedAt:O} from {e.ClientAddress} on {e.Listener}");
+            Console.WriteLine($"received:    {item.ReceivedAt:O} from {found.ClientAddress} on {found.Listener}");
             Console.WriteLine($"size:        {item.Size} bytes");
             Console.WriteLine($"attempts:    {item.Attempts}{(item.LastAttemptAt is { } l ? $", last {l:O}" : "")}{(item.State != "failed" && item.NextAttemptAt is { } n ? $", next {n:O}" : "")}");
             Console.WriteLine("recipients:");
@@ -119,8 +100,7 @@ public static class QueueCommands
             }
 
             Console.WriteLine("headers:");
-            using var content = found.Message.OpenContent();
-            foreach (var line in HeaderLines(content))
+            foreach (var line in found.Headers)
             {
                 Console.WriteLine("  " + line);
             }
@@ -148,32 +128,18 @@ public static class QueueCommands
         return command;
     }
 
-    static QueueItem ToItem(SpoolEntry entry)
-    {
-        var state = entry.Area == SpoolArea.Failed ? "failed" : entry.State.Attempts == 0 ? "queued" : "deferred";
-        return new QueueItem(entry.Id, entry.Envelope.TenantId ?? "default", state, entry.Envelope.MailFrom, entry.Envelope.ReceivedAt, entry.State.Attempts,
-            entry.State.NextAttemptAt, entry.State.LastAttemptAt, entry.Size,
-            entry.State.Recipients.Select(r => new QueueRecipient(r.Address, r.Status.ToString().ToLowerInvariant(), r.LastReply, r.UpdatedAt)).ToList());
-    }
-
-    /// <summary>The header section as text lines (up to the empty line, at most 200 lines), control characters shown as '?'.</summary>
-    static IEnumerable<string> HeaderLines(Stream content)
-    {
-        using var reader = new StreamReader(content, Encoding.UTF8, detectEncodingFromByteOrderMarks: false);
-        for (var i = 0; i < 200 && reader.ReadLine() is { Length: > 0 } line; i++)
-        {
-            yield return new string(line.Select(c => char.IsControl(c) && c != '\t' ? '?' : c).ToArray());
-        }
-    }
-
     static string Shorten(string text, int max) => text.Length <= max ? text : text[..(max - 1)] + "…";
 
-    static FileSpool OpenSpool(string? configPath)
+    static GatewayConfig LoadGateway(string? configPath)
     {
         var configuration = new ConfigurationBuilder().AddGatewaySources(configPath).Build();
-        var gateway = configuration.GetSection(GatewayConfig.SectionName).Get<GatewayConfig>() ?? new GatewayConfig();
-        return new FileSpool(GatewayPaths.SpoolDirectory(gateway), gateway.Spool.Fsync, TimeProvider.System, NullLogger.Instance);
+        return configuration.GetSection(GatewayConfig.SectionName).Get<GatewayConfig>() ?? new GatewayConfig();
     }
+
+    static FileSpool OpenSpool(string? configPath) => OpenSpool(LoadGateway(configPath));
+
+    static FileSpool OpenSpool(GatewayConfig gateway) =>
+        new(GatewayPaths.SpoolDirectory(gateway), gateway.Spool.Fsync, TimeProvider.System, NullLogger.Instance);
 
     static int Run(string? configPath, Func<FileSpool, int> action)
     {
@@ -199,15 +165,47 @@ public static class QueueCommands
 
         try
         {
-            using var spool = OpenSpool(configPath);
+            var gateway = LoadGateway(configPath);
+            using var spool = OpenSpool(gateway);
+            // One tenant's message on a running gateway: through its admin API (audited, tenant-scoped). The API's routes
+            // are per tenant and a queue id names none, so the tenant is read from the message's own file (reading is safe
+            // next to a running gateway). An unknown id, a message of no tenant (a DSN) and `retry --all` (no API route)
+            // keep the control directory, which answers them as before.
+            if (request.Id is { } id && FileSpool.IsValidId(id) && spool.Peek(id) is { Entry.Envelope.TenantId: { } tenant }
+                && AdminApiClient.TryConnect(gateway) is { } api)
+            {
+                using (api)
+                {
+                    return await ViaApiAsync(api, tenant, request.Verb, id).ConfigureAwait(false);
+                }
+            }
+
             var response = await QueueControl.SubmitAsync(spool, request, GatewayAnswerTimeout, TimeProvider.System, CancellationToken.None).ConfigureAwait(false);
             (response.Ok ? Console.Out : Console.Error).WriteLine(response.Ok ? response.Message : "error: " + response.Message);
             return response.Ok ? 0 : 1;
         }
-        catch (Exception ex) when (ex is FormatException or FileNotFoundException or InvalidDataException or IOException or UnauthorizedAccessException or InvalidOperationException)
+        catch (Exception ex) when (ex is FormatException or FileNotFoundException or InvalidDataException or IOException or UnauthorizedAccessException
+            or InvalidOperationException or HttpRequestException)
         {
             Console.Error.WriteLine($"error: {ex.Message}");
             return 1;
         }
+    }
+
+    /// <summary>retry or delete through the API, with the sentence the gateway answers (the one the CLI always printed).</summary>
+    static async Task<int> ViaApiAsync(AdminApiClient api, string tenant, string verb, string id)
+    {
+        var path = $"api/v1/tenants/{AdminApiCalls.Segment(tenant)}/queue/{id}";
+        var answer = verb == "retry"
+            ? await AdminApiCalls.SendAsync(api, HttpMethod.Post, path + "/retry").ConfigureAwait(false)
+            : await AdminApiCalls.SendAsync(api, HttpMethod.Delete, path).ConfigureAwait(false);
+        if (!answer.Ok)
+        {
+            Console.Error.WriteLine(answer.Status == System.Net.HttpStatusCode.NotFound ? $"error: {id}: no such message" : $"error: {answer.Problem()}");
+            return 1;
+        }
+
+        Console.WriteLine(answer.String("message"));
+        return 0;
     }
 }

@@ -10,10 +10,6 @@ using SmtpGateway.Vault;
 
 namespace SmtpGateway.Cli;
 
-/// <summary>One row of `vault list --json`; nothing secret.</summary>
-public sealed record VaultListItem(string Name, int Version, string Kind, string User, DateTimeOffset Created, DateTimeOffset? RetiresAt,
-    string? Grant, string? TokenEndpoint, string? ClientId, DateTimeOffset? AccessTokenExpires);
-
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull, WriteIndented = true)]
 [JsonSerializable(typeof(List<VaultListItem>))]
 internal sealed partial class VaultCliJsonContext : JsonSerializerContext;
@@ -79,9 +75,10 @@ public static class VaultCommands
             command.Options.Add(grace);
         }
 
-        command.SetAction(parse => Run(env, parse.GetValue(config), parse.GetValue(tenant)!, (cli, vault, t) =>
+        command.SetAction(parse => Run(env, parse.GetValue(config), parse.GetValue(tenant)!, viaApi: true, (cli, door, t) =>
         {
-            var period = rotate && parse.GetValue(grace) is { } text ? TokenCommands.ParseDuration(text) : cli.Gateway.Vault.RotationGrace;
+            var givenGrace = rotate && parse.GetValue(grace) is { } text ? TokenCommands.ParseDuration(text) : (TimeSpan?)null;
+            var period = givenGrace ?? cli.Gateway.Vault.RotationGrace;
             var kinds = new[] { parse.GetValue(password), parse.GetValue(accessToken), parse.GetValue(refreshToken) }.Count(x => x);
             if (kinds != 1)
             {
@@ -100,30 +97,65 @@ public static class VaultCommands
                 throw new FormatException($"--token-endpoint: {endpointError}");
             }
 
+            var kind = parse.GetValue(password) ? VaultSecretKind.Password : parse.GetValue(accessToken) ? VaultSecretKind.AccessToken : VaultSecretKind.RefreshToken;
             if (env.StdinIsTerminal)
             {
                 env.Error.WriteLine(refresh ? "Refresh token, then Enter; optionally the client secret, then Enter; then Ctrl+D:" : "Secret, then Enter, then Ctrl+D:");
             }
 
             var (first, second) = ReadSecretLines(env.Stdin());
-            using var secret = parse.GetValue(password) ? NewSecret.Password(parse.GetValue(user)!, first)
-                : parse.GetValue(accessToken) ? NewSecret.AccessToken(parse.GetValue(user)!, first)
-                : NewSecret.RefreshToken(parse.GetValue(user)!, first, second, parse.GetValue(endpoint)!, parse.GetValue(clientId)!);
-            if (!refresh && second is not null)
+            if (door.Api is { } api)
             {
-                CryptographicOperations.ZeroMemory(second);
+                return StoreViaApi(env, api, t, parse.GetValue(name)!, kind, parse.GetValue(user)!, first, second, parse.GetValue(endpoint), parse.GetValue(clientId),
+                    rotate, givenGrace);
             }
 
-            var stored = rotate ? vault.Rotate(t, parse.GetValue(name)!, secret, period) : vault.Set(t, parse.GetValue(name)!, secret);
-            // Decrypt once through the tenant's HSM key (audited, purpose cli-verify): what the gateway will do per AUTH.
-            vault.Verify(stored);
-            var retiring = rotate && vault.Usable(t, stored.Name).Skip(1).FirstOrDefault()?.RetiresAt is { } at
-                ? string.Create(CultureInfo.InvariantCulture, $"; the previous version stays usable until {at:yyyy-MM-ddTHH:mm:ssZ}, then it is destroyed")
-                : "";
-            env.Out.WriteLine($"{t}: stored {stored.Name}#v{stored.Version} ({stored.Kind.ToString().ToLowerInvariant()} for {stored.UserName}){retiring}");
+            using var secret = VaultOperations.Secret(kind, parse.GetValue(user)!, first, second, parse.GetValue(endpoint), parse.GetValue(clientId));
+            var stored = VaultOperations.Store(door.Vault!, t, parse.GetValue(name)!, secret, rotate ? period : null);
+            env.Out.WriteLine(stored.Describe(t));
             return 0;
         }));
         return command;
+    }
+
+    /// <summary>
+    /// set or rotate through a running gateway's API: the secret goes in the request body over the 0700 local socket, from
+    /// stdin's bytes into a pinned buffer, all zeroed after; the gateway stores, verifies and audits it (channel api).
+    /// </summary>
+    static int StoreViaApi(VaultCliEnvironment env, AdminApiClient api, string tenant, string name, VaultSecretKind kind, string user, byte[] first, byte[]? second,
+        string? tokenEndpoint, string? clientId, bool rotate, TimeSpan? grace)
+    {
+        AdminApiAnswer answer;
+        try
+        {
+            var (body, length) = VaultSecretBody.Write(kind, user, first, kind == VaultSecretKind.RefreshToken ? second : null, tokenEndpoint, clientId, grace);
+            try
+            {
+                var path = $"api/v1/tenants/{AdminApiCalls.Segment(tenant)}/vault/{AdminApiCalls.Segment(name)}";
+                answer = AdminApiCalls.SendAsync(api, rotate ? HttpMethod.Post : HttpMethod.Put, rotate ? path + "/rotate" : path, body, length).GetAwaiter().GetResult();
+            }
+            finally
+            {
+                CryptographicOperations.ZeroMemory(body);
+            }
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(first);
+            if (second is not null)
+            {
+                CryptographicOperations.ZeroMemory(second);
+            }
+        }
+
+        if (!answer.Ok)
+        {
+            env.Error.WriteLine($"error: {answer.Problem()}");
+            return 1;
+        }
+
+        env.Out.WriteLine(answer.Body.Deserialize<VaultStored>(JsonSerializerOptions.Web)!.Describe(tenant));
+        return 0;
     }
 
     static Command List(Option<string?> config, VaultCliEnvironment env)
@@ -131,10 +163,9 @@ public static class VaultCommands
         var tenant = TenantOption();
         var json = new Option<bool>("--json") { Description = "Print a JSON array for scripts." };
         var command = new Command("list", "List a tenant's credentials: names, versions, kind, user, created, retirement. Never a secret.") { config, tenant, json };
-        command.SetAction(parse => Run(env, parse.GetValue(config), parse.GetValue(tenant)!, (_, vault, t) =>
+        command.SetAction(parse => Run(env, parse.GetValue(config), parse.GetValue(tenant)!, viaApi: false, (_, door, t) =>
         {
-            var items = vault.List(t).Select(l => new VaultListItem(l.Version.Name, l.Version.Version, l.Version.Kind.ToString().ToLowerInvariant(), l.Version.UserName,
-                l.Version.Created, l.Version.RetiresAt, l.Grant, l.TokenEndpoint, l.ClientId, l.AccessTokenExpires)).ToList();
+            var items = door.Vault!.List(t).Select(VaultListItem.From).ToList();
             if (parse.GetValue(json))
             {
                 env.Out.WriteLine(JsonSerializer.Serialize(items, VaultCliJsonContext.Default.ListVaultListItem));
@@ -161,10 +192,26 @@ public static class VaultCommands
         var name = NameOption();
         var version = new Option<int?>("--version") { Description = "Only this version (default: every version of the name)." };
         var command = new Command("delete", "Destroy a credential, or one version of it; a running gateway stops using it within a second.") { config, tenant, name, version };
-        command.SetAction(parse => Run(env, parse.GetValue(config), parse.GetValue(tenant)!, (_, vault, t) =>
+        command.SetAction(parse => Run(env, parse.GetValue(config), parse.GetValue(tenant)!, viaApi: true, (_, door, t) =>
         {
             var n = parse.GetValue(name)!;
-            var removed = vault.Delete(t, n, parse.GetValue(version));
+            if (door.Api is { } api)
+            {
+                var path = $"api/v1/tenants/{AdminApiCalls.Segment(t)}/vault/{AdminApiCalls.Segment(n)}"
+                    + (parse.GetValue(version) is { } only ? string.Create(CultureInfo.InvariantCulture, $"?version={only}") : "");
+                var answer = AdminApiCalls.SendAsync(api, HttpMethod.Delete, path).GetAwaiter().GetResult();
+                if (!answer.Ok)
+                {
+                    // 404 is the CLI's own "no credential" line; anything else an error.
+                    env.Error.WriteLine(answer.Status == System.Net.HttpStatusCode.NotFound ? $"{t}: {answer.Problem()}" : $"error: {answer.Problem()}");
+                    return 1;
+                }
+
+                env.Out.WriteLine($"{t}: destroyed {answer.Body.GetProperty("removed").GetInt32()} version(s) of {n}");
+                return 0;
+            }
+
+            var removed = door.Vault!.Delete(t, n, parse.GetValue(version));
             if (removed == 0)
             {
                 env.Error.WriteLine(parse.GetValue(version) is { } v ? $"{t}: {n} has no version {v}" : $"{t}: no credential '{n}'");
@@ -223,7 +270,10 @@ public static class VaultCommands
 
     static Option<string> NameOption() => new("--name") { Description = "Credential name (the one Tenants:<id>:Egress:Smarthost:Credential names).", Required = true };
 
-    static int Run(VaultCliEnvironment env, string? configPath, string tenant, Func<CliConfiguration, CredentialVault, string, int> action)
+    /// <summary>Where a verb acts: a running gateway's API (set, rotate, delete when it answers), or the vault files themselves.</summary>
+    sealed record VaultDoor(AdminApiClient? Api, CredentialVault? Vault);
+
+    static int Run(VaultCliEnvironment env, string? configPath, string tenant, bool viaApi, Func<CliConfiguration, VaultDoor, string, int> action)
     {
         try
         {
@@ -238,6 +288,15 @@ public static class VaultCommands
                 return 2;
             }
 
+            // A running gateway changes its vault itself (audited with channel api); the HSM keys are then its business.
+            if (viaApi && AdminApiClient.TryConnect(cli.Gateway) is { } api)
+            {
+                using (api)
+                {
+                    return action(cli, new VaultDoor(api, null), tenant);
+                }
+            }
+
             var (keys, owner) = env.Keys(cli);
             using (owner)
             {
@@ -245,11 +304,11 @@ public static class VaultCommands
                 // The CLI never refreshes tokens; the handler is there because the vault is one type for both processes.
                 using var vault = new CredentialVault(cli.DataDirectory, keys, new AppendingAuditLog(cli.DataDirectory, time), time, cli.Gateway.Vault,
                     OAuth2TokenClient.CreateHandler(null), NullLogger<CredentialVault>.Instance);
-                return action(cli, vault, tenant);
+                return action(cli, new VaultDoor(null, vault), tenant);
             }
         }
         catch (Exception ex) when (ex is FormatException or ArgumentException or InvalidOperationException or InvalidDataException or IOException
-            or UnauthorizedAccessException or HsmException or UpstreamCredentialException)
+            or UnauthorizedAccessException or HsmException or UpstreamCredentialException or HttpRequestException or JsonException)
         {
             env.Error.WriteLine($"error: {ex.Message}");
             return 1;

@@ -3,6 +3,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using SmtpGateway.Configuration;
+using SmtpGateway.Diagnostics;
 using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
 
@@ -220,7 +221,7 @@ public sealed class DeliveryService : BackgroundService
     internal int HeldCount(string tenant) => _held.TryGetValue(tenant, out var ids) ? ids.Count : 0;
 
     /// <summary>`queue retry`: the operator says the destinations are worth trying again now.</summary>
-    void ClearBackoff()
+    internal void ClearBackoff()
     {
         if ((_transport is TenantRouter router ? router.Outbound : _transport) is IOutboundTransport smtp)
         {
@@ -269,7 +270,7 @@ public sealed class DeliveryService : BackgroundService
             }
 
             var tenant = message.Envelope.TenantId ?? DefaultTenant;
-            using var scope = _logger.BeginScope(new Dictionary<string, object?> { ["QueueId"] = id, ["TenantId"] = tenant });
+            using var scope = _logger.BeginScope(new LogScope(LogScope.Of("QueueId", id), LogScope.Of("TenantId", tenant)));
 
             var pending = state.Recipients.Where(r => r.Status == RecipientStatus.Pending).Select(r => r.Address).ToArray();
             if (pending.Length > 0)
@@ -419,7 +420,7 @@ public sealed class DeliveryService : BackgroundService
                 case DeliveryOutcome.Delivered:
                     recipients.Add(recipient with { Status = RecipientStatus.Delivered, LastReply = result.Reply, UpdatedAt = now });
                     DeliveryLog.Delivered(_logger, state.Id, recipient.Address, result.Reply);
-                    DeliveryMetrics.Outcome(tenant, "delivered");
+                    DeliveryMetrics.Delivered(tenant, now - envelope.ReceivedAt);
                     break;
                 case DeliveryOutcome.Bounced:
                     recipients.Add(recipient with { Status = RecipientStatus.Failed, LastReply = result.Reply, UpdatedAt = now });

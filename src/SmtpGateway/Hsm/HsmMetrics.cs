@@ -15,8 +15,8 @@ internal static class HsmMetrics
     internal const string LoginsName = Telemetry.HsmLogins;
     internal const string SessionsOpenName = Telemetry.HsmSessionsOpen;
 
-    static readonly Histogram<double> SignDuration = Telemetry.Meter.CreateHistogram<double>(
-        SignDurationName, "s", "Time of one C_SignInit+C_Sign in the token, pool wait included; algorithm=rsa2048|ed25519.");
+    static readonly Histogram<double> SignDuration = Telemetry.Meter.CreateHistogram(
+        SignDurationName, "s", "Time of one C_SignInit+C_Sign in the token, pool wait included; algorithm=rsa2048|ed25519.", advice: Telemetry.FastLatency);
 
     static readonly Counter<long> Errors = Telemetry.Meter.CreateCounter<long>(
         ErrorsName, "{error}", "HSM failures by tenant and kind (HsmErrorKind).");

@@ -6,6 +6,7 @@ using System.Text;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using SmtpGateway.Configuration;
+using SmtpGateway.Diagnostics;
 using SmtpGateway.Smtp;
 
 namespace SmtpGateway.Listener;
@@ -28,11 +29,18 @@ public sealed class SmtpListenerService(
     readonly CancellationTokenSource _hardStop = new();
     readonly List<Socket> _sockets = [];
     readonly List<Task> _acceptLoops = [];
+    int _bound;
 
     /// <summary>Actual bound endpoints (port 0 in config resolves here), in listener order.</summary>
     public IReadOnlyList<IPEndPoint> BoundEndPoints => _sockets.Select(s => (IPEndPoint)s.LocalEndPoint!).ToList();
 
     public int ActiveSessions => _sessions.Count;
+
+    /// <summary>Configured listeners.</summary>
+    public int ConfiguredCount => listeners.Count;
+
+    /// <summary>Listeners bound and accepting: 0 before the start and again once draining begins (/readyz reads it).</summary>
+    public int AcceptingCount => _draining.IsCancellationRequested ? 0 : Volatile.Read(ref _bound);
 
     public Task StartAsync(CancellationToken cancellationToken)
     {
@@ -44,6 +52,7 @@ public sealed class SmtpListenerService(
             socket.Bind(listener.EndPoint);
             socket.Listen(1024);
             _sockets.Add(socket);
+            Interlocked.Increment(ref _bound);
             ListenerLog.Listening(_logger, listener.Name, listener.Kind.ToString(), (IPEndPoint)socket.LocalEndPoint!);
             _acceptLoops.Add(AcceptLoopAsync(socket, listener));
         }
@@ -149,7 +158,7 @@ public sealed class SmtpListenerService(
             }
 
             var session = new SmtpSession(stream, listener, remote, services, _logger, _draining.Token, _hardStop.Token);
-            using (_logger.BeginScope(new Dictionary<string, object> { ["SessionId"] = session.SessionId, ["Listener"] = listener.Name, ["Client"] = remote.Address.ToString() }))
+            using (_logger.BeginScope(new LogScope(LogScope.Of("SessionId", session.SessionId), LogScope.Of("Listener", listener.Name), LogScope.Of("Client", remote.Address.ToString()))))
             {
                 await session.RunAsync().ConfigureAwait(false);
             }

@@ -16,7 +16,7 @@ public sealed partial class SmtpSession
         if (!_tls && !PlaintextAuthAllowed)
         {
             // RFC 4954 section 4 / RFC 8314: never accept a password in clear text.
-            return CountError(SmtpReplies.EncryptionRequired);
+            return AuthRefused(SmtpReplies.EncryptionRequired, AuthFailure.EncryptionRequired);
         }
 
         if (_context.Tenant is not null)
@@ -26,6 +26,7 @@ public sealed partial class SmtpSession
 
         if (_pipeline.AuthBlocked(_context))
         {
+            _services.Metrics.AuthFailed(_listener.Name, AuthFailure.Blocked);
             Reply(SmtpReplies.TooManyAuthFailures);
             return false;
         }
@@ -48,12 +49,12 @@ public sealed partial class SmtpSession
                 var decoded = Sasl.Decode(response, out var failure);
                 if (decoded is null)
                 {
-                    return CountError(failure!);
+                    return AuthRefused(failure!, AuthFailure.Malformed);
                 }
 
                 if (Sasl.ParsePlain(decoded) is not { } plain)
                 {
-                    return CountError(SmtpReplies.MalformedPlain);
+                    return AuthRefused(SmtpReplies.MalformedPlain, AuthFailure.Malformed);
                 }
 
                 (authzid, user, password) = plain;
@@ -71,7 +72,7 @@ public sealed partial class SmtpSession
                 var decodedUser = Sasl.Decode(userResponse, out var failure);
                 if (decodedUser is null)
                 {
-                    return CountError(failure!);
+                    return AuthRefused(failure!, AuthFailure.Malformed);
                 }
 
                 var passwordResponse = await ChallengeAsync("UGFzc3dvcmQ6", sessionToken).ConfigureAwait(false);
@@ -83,7 +84,7 @@ public sealed partial class SmtpSession
                 var decodedPassword = Sasl.Decode(passwordResponse, out failure);
                 if (decodedPassword is null)
                 {
-                    return CountError(failure!);
+                    return AuthRefused(failure!, AuthFailure.Malformed);
                 }
 
                 (authzid, user, password) = ("", decodedUser, decodedPassword);
@@ -91,7 +92,7 @@ public sealed partial class SmtpSession
             }
 
             default:
-                return CountError(SmtpReplies.UnknownMechanism);
+                return AuthRefused(SmtpReplies.UnknownMechanism, AuthFailure.UnknownMechanism);
         }
 
         var verdict = await _pipeline.AuthenticateAsync(_context, mechanism, authzid, user, password, sessionToken).ConfigureAwait(false);
@@ -103,6 +104,7 @@ public sealed partial class SmtpSession
 
         if (verdict.Temporary)
         {
+            _services.Metrics.AuthFailed(_listener.Name, ReferenceEquals(verdict.Refusal, SmtpReplies.TenantSessionsAtAuth) ? AuthFailure.SessionLimit : AuthFailure.Unavailable);
             // RFC 4954 section 6: the server could not check the credentials now (or the tenant has MaxSessions); the
             // client may retry, so no strike. But each answer may have cost an HSM MAC: it counts against the junk budget,
             // so a client looping on it is closed with 421 4.7.0 at Limits:MaxJunkCommands rather than spend MACs unmetered.
@@ -115,6 +117,7 @@ public sealed partial class SmtpSession
             return true;
         }
 
+        _services.Metrics.AuthFailed(_listener.Name, AuthFailure.InvalidCredentials);
         if (verdict.Delay > TimeSpan.Zero)
         {
             await FlushAsync(sessionToken).ConfigureAwait(false);
@@ -133,6 +136,13 @@ public sealed partial class SmtpSession
         }
 
         return true;
+    }
+
+    /// <summary>An AUTH refused before its credentials were checked: counted by reason, and against the error budget.</summary>
+    bool AuthRefused(SmtpReply reply, AuthFailure reason)
+    {
+        _services.Metrics.AuthFailed(_listener.Name, reason);
+        return CountError(reply);
     }
 
     /// <summary>Sends a 334 challenge and reads the client's line; null when the session must end.</summary>

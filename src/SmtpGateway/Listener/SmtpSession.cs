@@ -473,9 +473,8 @@ public sealed partial class SmtpSession
         using var message = _pipeline.BeginMessage(_context, out var refusal);
         if (message is null)
         {
-            // Transient and not the client's fault: it does not count against the error budget.
-            _services.Metrics.Rejected(_listener.Name, refusal!.Code);
-            return Reply(refusal);
+            // Transient and not the client's fault: it does not count against the error budget (the pipeline counted it).
+            return Reply(refusal!);
         }
 
         Reply(SmtpReplies.StartData);
@@ -494,14 +493,14 @@ public sealed partial class SmtpSession
                 reply = _pipeline.MessageTooBig(_context, message);
                 break;
             case DataOutcome.BareLineEnding:
-                reply = SmtpReplies.BareCrLfInData;
+                reply = SubmissionPipeline.Refused(_context, SmtpReplies.BareCrLfInData);
                 ListenerLog.BareLineEnding(_logger, SessionId, _remote.Address);
                 break;
             case DataOutcome.NulCharacter:
-                reply = SmtpReplies.NulInData;
+                reply = SubmissionPipeline.Refused(_context, SmtpReplies.NulInData);
                 break;
             case DataOutcome.LineTooLong:
-                reply = SmtpReplies.DataLineTooLong;
+                reply = SubmissionPipeline.Refused(_context, SmtpReplies.DataLineTooLong);
                 break;
             default:
                 reply = await _pipeline.EndMessageAsync(_context, message).ConfigureAwait(false);
@@ -511,13 +510,11 @@ public sealed partial class SmtpSession
         ResetTransaction();
         if (reply.IsPositive)
         {
-            _services.Metrics.Accepted(_listener.Name);
             ForgiveJunk();
             Reply(reply);
             return true;
         }
 
-        _services.Metrics.Rejected(_listener.Name, reply.Code);
         return reply.IsTransient ? Reply(reply) : CountError(reply);
     }
 

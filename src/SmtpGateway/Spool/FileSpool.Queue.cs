@@ -51,7 +51,7 @@ public sealed partial class FileSpool
             File.Delete(queued);
             TryDelete(Path.Combine(_state, id + StateSuffix));
             _tenantById.TryRemove(id, out _);
-            SpoolMetrics.Dequeued();
+            SpoolMetrics.Dequeued(id);
             return SpoolArea.Queue;
         }
 

@@ -9,11 +9,14 @@ internal static class SpoolMetrics
     static readonly Counter<long> Fsyncs = Telemetry.Meter.CreateCounter<long>(
         Telemetry.SpoolFsyncs, "{fsync}", "fsync calls made by the spool; kind=file|directory. Fewer directory fsyncs than messages shows group commit at work.");
 
-    static readonly Histogram<double> CommitDuration = Telemetry.Meter.CreateHistogram<double>(
-        Telemetry.SpoolCommitDuration, "s", "Time from the end of DATA to the message being on stable storage.");
+    static readonly Histogram<double> CommitDuration = Telemetry.Meter.CreateHistogram(
+        Telemetry.SpoolCommitDuration, "s", "Time to write and fsync one message into queue/ (group commit wait included).", advice: Telemetry.FastLatency);
 
-    static readonly UpDownCounter<long> QueueDepth = Telemetry.Meter.CreateUpDownCounter<long>(
-        Telemetry.QueueDepth, "{message}", "Messages in the queue (delivered or failed ones leave it).");
+    /// <summary>Process-wide, as the spool is: one per gateway.</summary>
+    internal static readonly QueueDepth Depth = new();
+
+    static readonly ObservableGauge<long> QueueDepthGauge = Telemetry.Meter.CreateObservableGauge(
+        Telemetry.QueueDepth, Depth.Observe, "{message}", "Messages in queue/ by tenant and state (queued|deferred); delivered and failed ones leave it.");
 
     static readonly KeyValuePair<string, object?> FileKind = new("kind", "file");
     static readonly KeyValuePair<string, object?> DirectoryKind = new("kind", "directory");
@@ -24,7 +27,7 @@ internal static class SpoolMetrics
 
     public static void Committed(TimeSpan elapsed) => CommitDuration.Record(elapsed.TotalSeconds);
 
-    public static void Enqueued(int count = 1) => QueueDepth.Add(count);
+    public static void Enqueued(string id, string? tenant, QueueState state = QueueState.Queued) => Depth.Set(id, tenant, state);
 
-    public static void Dequeued() => QueueDepth.Add(-1);
+    public static void Dequeued(string id) => Depth.Remove(id);
 }

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Net;
 using Microsoft.Extensions.Logging;
+using SmtpGateway.Diagnostics;
 using SmtpGateway.Smtp;
 using SmtpGateway.Spool;
 using SmtpGateway.Storage;
@@ -79,10 +80,23 @@ public sealed class SubmissionPipeline
         _identity.AuthenticateAsync(context, mechanism, authorizationIdentity, user, password, cancellationToken);
 
     /// <param name="declaredSize">MAIL SIZE= (RFC 1870), checked against the tenant's MaxMessageSize.</param>
-    public Verdict Mail(SubmissionContext context, SmtpPath mailFrom, bool smtpUtf8, bool eightBitMime, long? declaredSize = null) =>
-        _policy.Mail(context, mailFrom, smtpUtf8, eightBitMime, declaredSize);
+    public Verdict Mail(SubmissionContext context, SmtpPath mailFrom, bool smtpUtf8, bool eightBitMime, long? declaredSize = null)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        using var scope = TenantScope(context);
+        return _policy.Mail(context, mailFrom, smtpUtf8, eightBitMime, declaredSize);
+    }
 
-    public Verdict Recipient(SubmissionContext context, SmtpPath recipient) => _policy.Recipient(context, recipient);
+    public Verdict Recipient(SubmissionContext context, SmtpPath recipient)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        using var scope = TenantScope(context);
+        return _policy.Recipient(context, recipient);
+    }
+
+    /// <summary>The tenant on the policy's refusal lines; nothing when the session has none yet (inbound mail, before AUTH).</summary>
+    IDisposable? TenantScope(SubmissionContext context) =>
+        context.Tenant is { } tenant ? _logger.BeginScope(new LogScope(LogScope.Of("TenantId", tenant.TenantId))) : null;
 
     /// <summary>
     /// A new message for the open transaction, with its queue id and Received field; null (and the reply) when the
@@ -94,7 +108,7 @@ public sealed class SubmissionPipeline
         refusal = null;
         if (!HasRoomForMessage)
         {
-            refusal = SmtpReplies.InsufficientStorage;
+            refusal = Refused(context, SmtpReplies.InsufficientStorage);
             return null;
         }
 
@@ -114,73 +128,109 @@ public sealed class SubmissionPipeline
     public SmtpReply MessageTooBig(SubmissionContext context, IncomingMessage message)
     {
         ArgumentNullException.ThrowIfNull(message);
-        return _policy.TooBig(context, message.MaxSize);
+        return Refused(context, _policy.TooBig(context, message.MaxSize));
+    }
+
+    /// <summary>
+    /// A refusal the channel decided while the message streamed in (bare CR or LF, NUL, an over-long line): counted with
+    /// the pipeline's own, by reason, and returned.
+    /// </summary>
+    public static SmtpReply Refused(SubmissionContext context, SmtpReply reply)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        SubmissionMetrics.MessageRefused(context.Listener, SubmissionMetrics.TenantLabel(context), reply);
+        return reply;
     }
 
     /// <summary>
     /// End of DATA: header From binding, hygiene, DKIM, durable commit. The transaction is over whatever the answer; the
     /// message is the caller's to dispose.
     /// </summary>
+    /// <remarks>A pooled builder: this wrapper (outcome metrics, transaction reset) adds no allocation per message.</remarks>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<SmtpReply> EndMessageAsync(SubmissionContext context, IncomingMessage message)
     {
         ArgumentNullException.ThrowIfNull(context);
         ArgumentNullException.ThrowIfNull(message);
+        var started = _services.Time.GetTimestamp();
+        // Taken now: the transaction (and with it the recipients' tenant) is gone when the answer is known.
+        var tenant = SubmissionMetrics.TenantLabel(context);
         try
         {
-            if (!message.Complete())
+            var reply = await EndCoreAsync(context, message).ConfigureAwait(false);
+            if (reply.IsPositive)
             {
-                SubmissionLog.MessageNotTaken(_logger, context.SessionId, message.Id, message.Problem, _services.Budget.Used, _services.Budget.Capacity);
-                SubmissionMetrics.MessageNotTaken(message.Problem);
-                return message.Problem switch
-                {
-                    IncomingProblem.HeaderTooLarge => SmtpReplies.HeaderSectionTooBig,
-                    IncomingProblem.NoMemory => SmtpReplies.InsufficientStorage,
-                    IncomingProblem.LeadingContinuation => SmtpReplies.LeadingContinuation,
-                    IncomingProblem.StorageFull => SmtpReplies.SpoolFull,
-                    _ => SmtpReplies.SpoolFailed,
-                };
+                SubmissionMetrics.MessageAccepted(context.Listener, tenant, _services.Time.GetElapsedTime(started));
+            }
+            else
+            {
+                SubmissionMetrics.MessageRefused(context.Listener, tenant, reply);
             }
 
-            if (message.Headers.ReceivedCount > _services.Limits.MaxReceivedHeaders)
-            {
-                // A forward route or an MX pointing back at us: refuse rather than circle until the spool fills.
-                SubmissionLog.LoopRefused(_logger, context.SessionId, message.Id, message.Headers.ReceivedCount, _services.Limits.MaxReceivedHeaders);
-                return SmtpReplies.TooManyHops;
-            }
-
-            // Header From first (hygiene never removes it): its verified domain names the Message-ID we may add.
-            if (_policy.HeaderFrom(context, message.Headers, out var author) is { } refused)
-            {
-                return refused;
-            }
-
-            // One split of the header section (made while it streamed in) serves sender binding above, hygiene and DKIM.
-            var headers = _envelope.Clean(context, message, author);
-            var (unsigned, signature) = await _signing.SignAsync(context, author, headers, message.BodyHash).ConfigureAwait(false);
-            if (unsigned is not null)
-            {
-                return unsigned;
-            }
-
-            var inMemory = ReferenceEquals(headers, message.Headers) ? message.InMemory : ByteSequence.Concat([headers.ToSequence(), message.MemoryBody]);
-
-            // DKIM-Signature on top, above our Received (as a signing milter would put it).
-            var content = new MessageContent(
-                [new ReadOnlySequence<byte>(signature), new ReadOnlySequence<byte>(System.Text.Encoding.UTF8.GetBytes(message.ReceivedHeader)), inMemory],
-                message.OpenScratch(),
-                message.ScratchLength,
-                message.ScratchEightBit);
-            if (message.Spilled)
-            {
-                SubmissionMetrics.MessageSpilled();
-            }
-
-            return await _spool.CommitAsync(context, message.Id, content, message.ReceivedAt).ConfigureAwait(false);
+            return reply;
         }
         finally
         {
             context.ResetTransaction();
         }
+    }
+
+    async ValueTask<SmtpReply> EndCoreAsync(SubmissionContext context, IncomingMessage message)
+    {
+        // Every log line of the commit (signing, spool, refusals) carries the queue id and the tenant: one scope per message
+        // (a logging cost, kept out of the allocation-free wrapper above), inside the session's scope (SessionId), so a log
+        // shipper can follow one message from DATA to delivery.
+        using var scope = _logger.BeginScope(new LogScope(
+            LogScope.Of("QueueId", message.Id), LogScope.Of("TenantId", context.Tenant?.TenantId ?? context.TransactionTenant)));
+        if (!message.Complete())
+        {
+            SubmissionLog.MessageNotTaken(_logger, context.SessionId, message.Id, message.Problem, _services.Budget.Used, _services.Budget.Capacity);
+            SubmissionMetrics.MessageNotTaken(message.Problem);
+            return message.Problem switch
+            {
+                IncomingProblem.HeaderTooLarge => SmtpReplies.HeaderSectionTooBig,
+                IncomingProblem.NoMemory => SmtpReplies.InsufficientStorage,
+                IncomingProblem.LeadingContinuation => SmtpReplies.LeadingContinuation,
+                IncomingProblem.StorageFull => SmtpReplies.SpoolFull,
+                _ => SmtpReplies.SpoolFailed,
+            };
+        }
+
+        if (message.Headers.ReceivedCount > _services.Limits.MaxReceivedHeaders)
+        {
+            // A forward route or an MX pointing back at us: refuse rather than circle until the spool fills.
+            SubmissionLog.LoopRefused(_logger, context.SessionId, message.Id, message.Headers.ReceivedCount, _services.Limits.MaxReceivedHeaders);
+            return SmtpReplies.TooManyHops;
+        }
+
+        // Header From first (hygiene never removes it): its verified domain names the Message-ID we may add.
+        if (_policy.HeaderFrom(context, message.Headers, out var author) is { } refused)
+        {
+            return refused;
+        }
+
+        // One split of the header section (made while it streamed in) serves sender binding above, hygiene and DKIM.
+        var headers = _envelope.Clean(context, message, author);
+        var (unsigned, signature) = await _signing.SignAsync(context, author, headers, message.BodyHash).ConfigureAwait(false);
+        if (unsigned is not null)
+        {
+            return unsigned;
+        }
+
+        var inMemory = ReferenceEquals(headers, message.Headers) ? message.InMemory : ByteSequence.Concat([headers.ToSequence(), message.MemoryBody]);
+
+        // DKIM-Signature on top, above our Received (as a signing milter would put it).
+        var content = new MessageContent(
+            [new ReadOnlySequence<byte>(signature), new ReadOnlySequence<byte>(System.Text.Encoding.UTF8.GetBytes(message.ReceivedHeader)), inMemory],
+            message.OpenScratch(),
+            message.ScratchLength,
+            message.ScratchEightBit);
+        if (message.Spilled)
+        {
+            SubmissionMetrics.MessageSpilled();
+        }
+
+        return await _spool.CommitAsync(context, message.Id, content, message.ReceivedAt).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -241,14 +291,12 @@ public sealed class SubmissionPipeline
                 reader.AdvanceToEnd();
                 if (line.PositionOf((byte)'\r') is not null)
                 {
-                    context.ResetTransaction();
-                    return SmtpReplies.BareCrLfInData;
+                    return RefuseData(context, SmtpReplies.BareCrLfInData);
                 }
 
                 if (line.PositionOf((byte)0) is not null)
                 {
-                    context.ResetTransaction();
-                    return SmtpReplies.NulInData;
+                    return RefuseData(context, SmtpReplies.NulInData);
                 }
 
                 incoming.AppendLine(line);
@@ -257,19 +305,24 @@ public sealed class SubmissionPipeline
 
             if (line.Length == 0 || line.Slice(line.Length - 1).FirstSpan[0] != (byte)'\r' || line.Slice(0, line.Length - 1).PositionOf((byte)'\r') is not null)
             {
-                context.ResetTransaction();
-                return SmtpReplies.BareCrLfInData;
+                return RefuseData(context, SmtpReplies.BareCrLfInData);
             }
 
             if (line.PositionOf((byte)0) is not null)
             {
-                context.ResetTransaction();
-                return SmtpReplies.NulInData;
+                return RefuseData(context, SmtpReplies.NulInData);
             }
 
             incoming.AppendLine(line.Slice(0, line.Length - 1));
         }
 
         return await EndMessageAsync(context, incoming).ConfigureAwait(false);
+    }
+
+    static SmtpReply RefuseData(SubmissionContext context, SmtpReply reply)
+    {
+        Refused(context, reply);
+        context.ResetTransaction();
+        return reply;
     }
 }

@@ -68,7 +68,9 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
 
     /// <summary>Stores the first version of a new credential (1, or past any number a deleted one of that name used);
     /// refuses a name that exists (a second secret is a rotation).</summary>
-    public UpstreamCredentialVersion Set(string tenant, string name, NewSecret secret)
+    /// <param name="channel">The door the change came through ("api"; null for the CLI acting on the files), for the audit event.</param>
+    /// <param name="tokenId">The admin key id that asked for it, for the audit event.</param>
+    public UpstreamCredentialVersion Set(string tenant, string name, NewSecret secret, string? channel = null, string? tokenId = null)
     {
         CheckName(name);
         var version = Write(tenant, document =>
@@ -80,7 +82,7 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
 
             return AddVersion(tenant, document, name, document.NextVersion(name), secret, []);
         });
-        Audited(AuditActions.VaultSet, version, $"{version.Kind} for {version.UserName}");
+        Audited(AuditActions.VaultSet, version, $"{version.Kind} for {version.UserName}", channel, tokenId);
         return version;
     }
 
@@ -88,7 +90,7 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
     /// Stores a new current version; the versions before it stay usable until now + <paramref name="grace"/> (default
     /// Gateway:Vault:RotationGrace) and are destroyed after. A version already retiring sooner keeps its earlier time.
     /// </summary>
-    public UpstreamCredentialVersion Rotate(string tenant, string name, NewSecret secret, TimeSpan? grace = null)
+    public UpstreamCredentialVersion Rotate(string tenant, string name, NewSecret secret, TimeSpan? grace = null, string? channel = null, string? tokenId = null)
     {
         CheckName(name);
         var period = grace ?? _config.RotationGrace;
@@ -105,12 +107,12 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
             var kept = credential.Versions.Select(v => v.RetiresAt is { } at && at <= retiring ? v : Reseal(tenant, name, document, v, v with { RetiresAt = retiring })).ToList();
             return AddVersion(tenant, document, name, document.NextVersion(name), secret, kept);
         });
-        Audited(AuditActions.VaultRotate, version, $"{version.Kind} for {version.UserName}; previous versions retire {retiring:O}");
+        Audited(AuditActions.VaultRotate, version, $"{version.Kind} for {version.UserName}; previous versions retire {retiring:O}", channel, tokenId);
         return version;
     }
 
     /// <summary>Destroys one version, or every version of the name; returns how many went (0: nothing by that name).</summary>
-    public int Delete(string tenant, string name, int? version = null)
+    public int Delete(string tenant, string name, int? version = null, string? channel = null, string? tokenId = null)
     {
         CheckName(name);
         var removed = Write(tenant, document =>
@@ -128,6 +130,7 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
             _audit.Write(new AuditEvent
             {
                 Action = AuditActions.VaultDelete, Result = "ok", Tenant = tenant, Subject = version is { } v ? Subject(name, v) : $"{name} (all versions)",
+                Channel = channel, TokenId = tokenId,
             });
         }
 
@@ -540,8 +543,11 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
     static UpstreamCredentialVersion ToVersion(string tenant, string name, VaultRecord record) =>
         new(tenant, name, record.Version, record.Kind, record.UserName, record.Created, record.RetiresAt);
 
-    void Audited(string action, UpstreamCredentialVersion version, string reason) =>
-        _audit.Write(new AuditEvent { Action = action, Result = "ok", Tenant = version.Tenant, Subject = Subject(version.Name, version.Version), Reason = reason });
+    void Audited(string action, UpstreamCredentialVersion version, string reason, string? channel, string? tokenId) =>
+        _audit.Write(new AuditEvent
+        {
+            Action = action, Result = "ok", Tenant = version.Tenant, Subject = Subject(version.Name, version.Version), Reason = reason, Channel = channel, TokenId = tokenId,
+        });
 
     static string Subject(string name, int version) => $"{name}#v{version}";
 

@@ -40,7 +40,7 @@ internal static class VaultMetrics
     /// refusing the refresh token is counted here, the only place that sees it. One refusal, one count.
     /// </summary>
     static readonly Counter<long> UpstreamAuthFailures = Telemetry.Meter.CreateCounter<long>(
-        Telemetry.DeliveryUpstreamAuthFailures, "{refusal}", "A tenant's token endpoint refused its stored refresh token; the mail is deferred.");
+        Telemetry.DeliveryUpstreamAuthFailures, "{refusal}", Telemetry.DeliveryUpstreamAuthFailuresDescription);
 
     static readonly Counter<long> Decryptions = Telemetry.Meter.CreateCounter<long>(
         Telemetry.VaultDecryptions, "{decryption}", "Vault record decryptions by tenant; result=ok|refused|error.");

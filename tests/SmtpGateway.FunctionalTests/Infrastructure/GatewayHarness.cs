@@ -111,8 +111,11 @@ public class GatewayHarness : GatewayProcessHarness
         return root;
     }
 
-    /// <summary>Starts <c>smtpgw serve --config</c> and waits until every listener answers 220.</summary>
-    public async Task StartGatewayAsync(CancellationToken cancellationToken)
+    /// <summary>Arguments after <c>serve --config PATH</c> when <see cref="StartGatewayAsync"/> is given none (e.g. <c>--log-format json</c>).</summary>
+    protected virtual IReadOnlyList<string> ServeArguments => [];
+
+    /// <summary>Starts <c>smtpgw serve --config</c> (and <paramref name="extraArgs"/>, else <see cref="ServeArguments"/>) and waits until every listener answers 220.</summary>
+    public async Task StartGatewayAsync(CancellationToken cancellationToken, IReadOnlyList<string>? extraArgs = null)
     {
         if (IsRunning)
         {
@@ -120,7 +123,7 @@ public class GatewayHarness : GatewayProcessHarness
         }
 
         var (fileName, prefix) = RepoPaths.Smtpgw();
-        Gateway = ChildProcess.Start($"smtpgw#{Runs.Count + 1}", fileName, [.. prefix, "serve", "--config", ConfigPath], WorkDirectory,
+        Gateway = ChildProcess.Start($"smtpgw#{Runs.Count + 1}", fileName, [.. prefix, "serve", "--config", ConfigPath, .. extraArgs ?? ServeArguments], WorkDirectory,
             new Dictionary<string, string?> { ["DOTNET_NOLOGO"] = "1" },
             keepVariable: name => !name.StartsWith("SMTPGW__", StringComparison.OrdinalIgnoreCase));
         Runs.Add(Gateway);

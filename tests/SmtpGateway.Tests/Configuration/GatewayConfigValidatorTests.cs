@@ -25,6 +25,40 @@ public sealed class GatewayConfigValidatorTests
     }
 
     [Fact]
+    public void The_admin_endpoint_is_off_unless_configured_and_every_admin_error_is_listed()
+    {
+        Assert.False(new GatewayConfig().Admin.Enabled);
+        var embedded = new ConfigurationBuilder().AddJsonStream(GatewayConfiguration.EmbeddedDefault()).Build()
+            .GetSection(GatewayConfig.SectionName).Get<GatewayConfig>()!;
+        Assert.True(embedded.Admin.Enabled);
+        Assert.Equal(("127.0.0.1", 8025), (embedded.Admin.Address, embedded.Admin.Port));
+
+        var config = new GatewayConfig
+        {
+            Listeners = [new ListenerConfig { Name = "relay", Kind = ListenerKind.Relay, Address = "127.0.0.1", Port = 2526 }],
+            Admin = new AdminConfig
+            {
+                Enabled = true, Address = "localhost", Port = 70000, MaxRequestBodySize = 10,
+                Tls = new TlsConfig { CertificatePath = "/nonexistent.crt" },
+                BadKeyFailuresBeforeDelay = 10, BadKeyFailuresBeforeBlock = 5, BadKeyWindow = TimeSpan.Zero,
+            },
+        };
+        var errors = GatewayConfigValidator.Collect(config);
+        foreach (var expected in new[]
+                 {
+                     "Gateway:Admin:Address", "Gateway:Admin:Port", "Gateway:Admin:MaxRequestBodySize", "Gateway:Admin:Tls:CertificatePath",
+                     "Gateway:Admin:Tls:KeyPath", "Gateway:Admin:BadKeyFailuresBeforeDelay", "Gateway:Admin:BadKeyWindow",
+                 })
+        {
+            Assert.Contains(errors, e => e.StartsWith(expected, StringComparison.Ordinal));
+        }
+
+        // Off: its settings are not checked (nothing listens).
+        config.Admin.Enabled = false;
+        Assert.DoesNotContain(GatewayConfigValidator.Collect(config), e => e.StartsWith("Gateway:Admin", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public void Every_error_is_reported_with_its_path()
     {
         var config = new GatewayConfig

@@ -1,0 +1,85 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.Logging;
+using SmtpGateway.Delivery;
+using SmtpGateway.Identity;
+using SmtpGateway.Spool;
+
+namespace SmtpGateway.Admin;
+
+/// <summary>
+/// A tenant's delivery queue: list, show, retry, delete (what `smtpgw queue` does, through the same
+/// <see cref="QueueView"/> and <see cref="QueueControl"/>). Queue ids are global, so every id is checked against the
+/// route's tenant: another tenant's message answers exactly as an unknown id does.
+/// </summary>
+public static class QueueEndpoints
+{
+    public static IEndpointRouteBuilder MapQueue(this IEndpointRouteBuilder e)
+    {
+        // The collection on its own (not the group's ""), so that its route template, audited per call, has no trailing slash.
+        e.MapGet("/api/v1/tenants/{tenant}/queue", (string tenant, string? state, HttpContext context, TenantDirectoryService directory, FileSpool spool) =>
+        {
+            if (AdminEndpoints.Visible(context, directory, tenant) is null)
+            {
+                return AdminResults.TenantNotFound();
+            }
+
+            return QueueView.StateError(state) is { } error ? AdminResults.Invalid("state", error) : Results.Ok(QueueView.List(spool, tenant, state));
+        }).WithTags("queue").WithName("ListQueue").WithSummary("The tenant's queued, deferred and failed messages, oldest first (?state=queued|deferred|failed); as `queue list --json`.");
+
+        var queue = e.MapGroup("/api/v1/tenants/{tenant}/queue").WithTags("queue");
+        queue.MapGet("/{id}", (string tenant, string id, HttpContext context, TenantDirectoryService directory, FileSpool spool) =>
+            Check(context, directory, tenant, id) ?? (QueueView.Show(spool, id) is { } found && found.Message.Tenant == tenant ? Results.Ok(found) : NoSuchMessage()))
+            .WithName("GetQueueMessage").WithSummary("One message: envelope, per-recipient state and last replies, and its header lines (as `queue show`).");
+
+        queue.MapDelete("/{id}", (string tenant, string id, HttpContext context, TenantDirectoryService directory, FileSpool spool, DeliveryService delivery,
+                TimeProvider time, ILoggerFactory loggers, CancellationToken cancellationToken) =>
+            ActAsync(context, directory, spool, delivery, time, loggers, tenant, new QueueRequest("delete", id), clearBackoff: null, cancellationToken))
+            .WithName("DeleteQueueMessage").WithSummary("Removes a queued or failed message without delivering it or sending a DSN.");
+
+        queue.MapPost("/{id}/retry", (string tenant, string id, HttpContext context, TenantDirectoryService directory, FileSpool spool, DeliveryService delivery,
+                TimeProvider time, ILoggerFactory loggers, CancellationToken cancellationToken) =>
+            // Destination backoff is shared by every tenant: only an operator's retry forgets it (as `queue retry` does),
+            // so a tenant key cannot make the gateway hammer a destination that is refusing other tenants' mail.
+            ActAsync(context, directory, spool, delivery, time, loggers, tenant, new QueueRequest("retry", id),
+                AdminPrincipal.Of(context) is { IsOperator: true } ? delivery.ClearBackoff : null, cancellationToken))
+            .WithName("RetryQueueMessage").WithSummary("Makes a queued message due now; the gateway attempts it at once.");
+        return e;
+    }
+
+    /// <summary>404 for a tenant the key may not see, 400 for something that is not a queue id (before any path is made from it).</summary>
+    static IResult? Check(HttpContext context, TenantDirectoryService directory, string tenant, string id) =>
+        AdminEndpoints.Visible(context, directory, tenant) is null ? AdminResults.TenantNotFound()
+        : FileSpool.IsValidId(id) ? null
+        : AdminResults.Invalid("id", "a queue id is 1-64 ASCII letters and digits.");
+
+    /// <summary>The same answer, byte for byte, for an unknown id and for another tenant's: a tenant key learns nothing of other queues.</summary>
+    static IResult NoSuchMessage() => AdminResults.NotFound("No such message.");
+
+    static async Task<IResult> ActAsync(HttpContext context, TenantDirectoryService directory, FileSpool spool, DeliveryService delivery, TimeProvider time,
+        ILoggerFactory loggers, string tenant, QueueRequest request, Action? clearBackoff, CancellationToken cancellationToken)
+    {
+        var id = request.Id!;
+        if (Check(context, directory, tenant, id) is { } refused)
+        {
+            return refused;
+        }
+
+        if (QueueView.TenantOf(spool, id) != tenant)
+        {
+            return NoSuchMessage();
+        }
+
+        // The running gateway's own delivery service: the id is claimed from it, so no attempt runs while the files change.
+        var response = await QueueControl.ExecuteAsync(spool, request, time, delivery, clearBackoff, cancellationToken).ConfigureAwait(false);
+        ResourceLog.Queue(loggers.CreateLogger("SmtpGateway.Admin"), request.Verb, id, tenant, AdminPrincipal.Of(context)!.ToString(), response.Message);
+        if (response.Ok)
+        {
+            return Results.Ok(new QueueActionResult(id, response.Message));
+        }
+
+        // Gone meanwhile (delivered, deleted) is 404; anything else (failed, an attempt still running) is a conflict.
+        return QueueView.TenantOf(spool, id) is null ? NoSuchMessage() : AdminResults.Conflict(response.Message);
+    }
+}

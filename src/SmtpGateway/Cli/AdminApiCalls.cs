@@ -1,0 +1,95 @@
+using System.Net;
+using System.Text.Json;
+
+namespace SmtpGateway.Cli;
+
+/// <summary>An admin API answer as a CLI verb needs it: the status, and the JSON body (a problem for errors).</summary>
+internal sealed record AdminApiAnswer(HttpStatusCode Status, JsonElement Body)
+{
+    public bool Ok => (int)Status is >= 200 and < 300;
+
+    /// <summary>
+    /// What a problem says, as one line for "error: ...": its detail, or for a 400 every error it lists
+    /// ("field: error; field: error"), so the operator sees all of them at once, as from the API.
+    /// </summary>
+    public string Problem()
+    {
+        if (Body.ValueKind != JsonValueKind.Object)
+        {
+            return $"the gateway answered {(int)Status} {Status}";
+        }
+
+        if (Body.TryGetProperty("errors", out var errors) && errors.ValueKind == JsonValueKind.Object)
+        {
+            return string.Join("; ", errors.EnumerateObject().SelectMany(f => f.Value.EnumerateArray().Select(e => $"{f.Name}: {e.GetString()}")));
+        }
+
+        return Body.TryGetProperty("detail", out var detail) && detail.GetString() is { } text ? text
+            : Body.TryGetProperty("title", out var title) && title.GetString() is { } t ? t
+            : $"the gateway answered {(int)Status} {Status}";
+    }
+
+    public string? String(string property) => Body.ValueKind == JsonValueKind.Object && Body.TryGetProperty(property, out var value) && value.ValueKind == JsonValueKind.String
+        ? value.GetString()
+        : null;
+}
+
+/// <summary>The CLI's calls to a running gateway's admin API over the local socket (<see cref="AdminApiClient"/>).</summary>
+internal static class AdminApiCalls
+{
+    /// <summary>Tenant, name, address or id as one path segment.</summary>
+    public static string Segment(string value) => Uri.EscapeDataString(value);
+
+    /// <summary>
+    /// Sends one request; <paramref name="body"/> is JSON, its first <paramref name="length"/> bytes (all by default). The
+    /// bytes stay the caller's (sent from the array itself, not copied): a secret body is zeroed by the caller after.
+    /// </summary>
+    public static async Task<AdminApiAnswer> SendAsync(AdminApiClient api, HttpMethod method, string path, byte[]? body = null, int? length = null)
+    {
+        using var request = new HttpRequestMessage(method, path.TrimStart('/'));
+        if (body is not null)
+        {
+            request.Content = new ByteArrayContent(body, 0, length ?? body.Length);
+            request.Content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
+        }
+
+        using var response = await api.Http.SendAsync(request).ConfigureAwait(false);
+        var bytes = await response.Content.ReadAsByteArrayAsync().ConfigureAwait(false);
+        JsonElement json = default;
+        if (bytes.Length > 0)
+        {
+            try
+            {
+                using var document = JsonDocument.Parse(bytes);
+                json = document.RootElement.Clone();
+            }
+            catch (JsonException)
+            {
+                // Not JSON (a proxy's page, an empty 204): only the status counts.
+            }
+        }
+
+        return new AdminApiAnswer(response.StatusCode, json);
+    }
+
+    /// <summary>The body of a JSON object with string properties (null values left out), for requests that carry no secret.</summary>
+    public static byte[] Json(params (string Name, string? Value)[] properties)
+    {
+        using var stream = new MemoryStream();
+        using (var writer = new Utf8JsonWriter(stream))
+        {
+            writer.WriteStartObject();
+            foreach (var (name, value) in properties)
+            {
+                if (value is not null)
+                {
+                    writer.WriteString(name, value);
+                }
+            }
+
+            writer.WriteEndObject();
+        }
+
+        return stream.ToArray();
+    }
+}

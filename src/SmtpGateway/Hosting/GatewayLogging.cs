@@ -1,0 +1,60 @@
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Logging;
+
+namespace SmtpGateway.Hosting;
+
+/// <summary>
+/// The console log of <c>smtpgw serve</c>: one line per event, "simple" text for people (the default) or "json" for log
+/// shippers (one JSON object per line on stdout, with the scopes: SessionId, TenantId, QueueId). Chosen by
+/// <c>--log-format</c>, else <c>Logging:Format</c>; timestamps are UTC either way.
+/// </summary>
+public static class GatewayLogging
+{
+    public const string FormatKey = "Logging:Format";
+    public const string Simple = "simple";
+    public const string Json = "json";
+
+    /// <summary>The formats <c>--log-format</c> and <c>Logging:Format</c> accept.</summary>
+    public static IReadOnlyList<string> Formats { get; } = [Simple, Json];
+
+    /// <summary>The error for a <c>Logging:Format</c> the gateway does not know, or null (absent counts as "simple").</summary>
+    public static string? Validate(IConfiguration configuration)
+    {
+        ArgumentNullException.ThrowIfNull(configuration);
+        var value = configuration[FormatKey];
+        return value is null || Formats.Contains(value, StringComparer.OrdinalIgnoreCase)
+            ? null
+            : $"{FormatKey}: '{value}' is not a log format; use {string.Join(" or ", Formats)}";
+    }
+
+    /// <summary>Replaces the logging providers with the console in the chosen format; <paramref name="commandLineFormat"/> wins over the file.</summary>
+    public static ILoggingBuilder AddGatewayConsole(this ILoggingBuilder logging, IConfiguration configuration, string? commandLineFormat)
+    {
+        ArgumentNullException.ThrowIfNull(logging);
+        ArgumentNullException.ThrowIfNull(configuration);
+        var format = commandLineFormat ?? configuration[FormatKey] ?? Simple;
+        logging.ClearProviders();
+        logging.AddConfiguration(configuration.GetSection("Logging"));
+        if (string.Equals(format, Json, StringComparison.OrdinalIgnoreCase))
+        {
+            logging.AddJsonConsole(o =>
+            {
+                o.IncludeScopes = true;
+                o.UseUtcTimestamp = true;
+                o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ";
+                o.JsonWriterOptions = new System.Text.Json.JsonWriterOptions { Indented = false };
+            });
+        }
+        else
+        {
+            logging.AddSimpleConsole(o =>
+            {
+                o.SingleLine = true;
+                o.UseUtcTimestamp = true;
+                o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ ";
+            });
+        }
+
+        return logging;
+    }
+}
