@@ -137,6 +137,9 @@ public sealed class DkimFailClosedTests(SigningRequiredHarness harness, ITestOut
         const string Tenant = "tenant-b";
         const string Domain = "tenant-b.example";
         const string WrongPin = "0000-not-the-pin-0000";
+        // With the gateway stopped: a running one would make the key itself (`dkim keygen` goes through its admin API),
+        // logged in to the token with the right PIN, and a session it holds does not notice a PIN file changing later.
+        await harness.KillGatewayAsync();
         await CliAsync("hsm", "init-token", "--tenant", Tenant);
         await CliAsync("dkim", "keygen", "--tenant", Tenant, "--domain", Domain, "--selector", "ed1", "--alg", "ed25519");
 
@@ -145,6 +148,7 @@ public sealed class DkimFailClosedTests(SigningRequiredHarness harness, ITestOut
         var pinFile = Path.Combine(harness.DataDirectory + ".pins", Tenant + ".pin");
         var pin = (await File.ReadAllTextAsync(pinFile, cts.Token)).Trim();
         await File.WriteAllTextAsync(pinFile, WrongPin + "\n", cts.Token);
+        await harness.StartGatewayAsync(cts.Token);
 
         var (recipient, reply) = await SendAsync("127.0.0.2", Domain, cts.Token);
         AssertSigningFailed(reply);

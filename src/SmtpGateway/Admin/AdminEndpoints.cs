@@ -22,6 +22,9 @@ public static class AdminEndpoints
         app.MapSuppression();
         app.MapVault();
         app.MapEvents();
+        app.MapTokens();
+        app.MapDkim();
+        app.MapReload();
     }
 
     /// <summary>Tenant summary shown by the API (never a secret: the HSM PIN source is named, not read).</summary>

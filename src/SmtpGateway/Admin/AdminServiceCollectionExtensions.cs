@@ -26,6 +26,7 @@ public static class AdminServiceCollectionExtensions
         });
         services.AddGatewayHealth();
         services.AddGatewayDashboard();
+        services.AddTokenDkimAdministration();
         return services;
     }
 }

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
+using SmtpGateway.Admin;
 using SmtpGateway.Audit;
 using SmtpGateway.Configuration;
 using SmtpGateway.Hsm;
@@ -9,7 +10,10 @@ using SmtpGateway.Signing;
 
 namespace SmtpGateway.Cli;
 
-/// <summary>`smtpgw hsm init-token` and `smtpgw dkim keygen|dns|rotate`: DKIM key lifecycle in the tenants' HSM tokens.</summary>
+/// <summary>
+/// `smtpgw hsm init-token` and `smtpgw dkim keygen|dns|rotate`: DKIM key lifecycle in the tenants' HSM tokens. The dkim
+/// verbs go through the running gateway's admin API when it answers on its socket, else act on the data directory.
+/// </summary>
 public static class DkimCommands
 {
     public static Command Hsm(Func<Option<string?>> configOption)
@@ -68,33 +72,36 @@ public static class DkimCommands
         var selector = new Option<string>("--selector") { Description = "Selector (s=).", Required = true };
         var alg = new Option<string>("--alg") { Description = "ed25519 or rsa2048.", Required = true };
         var command = new Command("keygen", "Generate a key pair in the tenant's token and print the DNS record to publish.") { config, tenant, domain, selector, alg };
-        command.SetAction(parse => Run(parse.GetValue(config), ctx =>
-        {
-            var t = RequireTenant(ctx, parse.GetValue(tenant)!);
-            var d = RequireDomain(ctx, t, parse.GetValue(domain)!);
-            var s = RequireSelector(parse.GetValue(selector)!);
-            var algorithm = parse.GetValue(alg)!.ToLowerInvariant() switch
+        command.SetAction(parse => Run(parse.GetValue(config),
+            api =>
             {
-                "ed25519" => DkimAlgorithm.Ed25519,
-                "rsa2048" or "rsa" => DkimAlgorithm.Rsa2048,
-                var other => throw new FormatException($"--alg must be ed25519 or rsa2048, not '{other}'."),
-            };
-            var existing = ctx.Store.Selectors(t).ToList();
-            if (existing.Any(x => x.Domain == d && x.Selector == s))
+                var t = parse.GetValue(tenant)!;
+                var created = AdminApiRequests.Send<DkimSelectorView>(api, HttpMethod.Post, $"{DkimPath(t)}/keygen",
+                    new DkimKeygenRequest(parse.GetValue(domain), parse.GetValue(selector), parse.GetValue(alg)));
+                return created is null ? 1 : Generated(t, created);
+            },
+            ctx =>
             {
-                throw new InvalidOperationException($"selector '{s}' already exists for {d}.");
-            }
+                var t = RequireTenant(ctx, parse.GetValue(tenant)!);
+                var errors = new List<string>();
+                var d = ctx.Admin.CheckDomain(t, parse.GetValue(domain), errors);
+                var s = DkimAdministration.CheckSelector(parse.GetValue(selector), errors);
+                var algorithm = DkimAdministration.CheckAlgorithm(parse.GetValue(alg), errors);
+                if (errors.Count > 0)
+                {
+                    return AdminApiRequests.PrintErrors(errors);
+                }
 
-            // The first key of an algorithm for a domain signs at once; later ones wait for `dkim rotate --activate`.
-            var state = existing.Any(x => x.Domain == d && x.Algorithm == algorithm && x.State == SelectorState.Active) ? SelectorState.Pending : SelectorState.Active;
-            var created = Generate(ctx, t, d, s, algorithm, state);
-            ctx.Store.Save(t, [.. existing, created]);
-            Audit(ctx, t, AuditActions.DkimKeygen, $"{s}._domainkey.{d} {algorithm} {state}");
-            Console.WriteLine(DkimDnsRecord.Format(created));
-            Console.Error.WriteLine($"{t}: {d} selector {s} ({algorithm}) is {state.ToString().ToLowerInvariant()}");
-            return 0;
-        }));
+                return Generated(t, DkimSelectorView.Of(ctx.Admin.Keygen(t, d!, s!, algorithm!.Value, AuditOrigin.Cli)));
+            }));
         return command;
+    }
+
+    static int Generated(string tenant, DkimSelectorView created)
+    {
+        Console.WriteLine(created.Record);
+        Console.Error.WriteLine($"{tenant}: {created.Domain} selector {created.Selector} ({Enum.Parse<DkimAlgorithm>(created.Algorithm, ignoreCase: true)}) is {created.State}");
+        return 0;
     }
 
     static Command Dns(Option<string?> config)
@@ -102,25 +109,29 @@ public static class DkimCommands
         var tenant = new Option<string>("--tenant") { Description = "Tenant id.", Required = true };
         var json = new Option<bool>("--json") { Description = "Print {\"name\": \"TXT value\"} for scripts and verifiers." };
         var command = new Command("dns", "Print every DKIM record the tenant must publish (pending, active and retiring selectors).") { config, tenant, json };
-        command.SetAction(parse => Run(parse.GetValue(config), ctx =>
-        {
-            var t = RequireTenant(ctx, parse.GetValue(tenant)!);
-            var published = ctx.Store.Selectors(t).Where(s => s.State != SelectorState.Retired).ToList();
-            if (parse.GetValue(json))
-            {
-                Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(published.ToDictionary(DkimDnsRecord.Name, DkimDnsRecord.Value), new System.Text.Json.JsonSerializerOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }));
-                return 0;
-            }
-
-            foreach (var s in published)
-            {
-                Console.WriteLine($"; {s.State.ToString().ToLowerInvariant()} {s.Algorithm.ToString().ToLowerInvariant()}");
-                Console.WriteLine(DkimDnsRecord.Format(s));
-            }
-
-            return 0;
-        }));
+        command.SetAction(parse => Run(parse.GetValue(config),
+            api => AdminApiRequests.Send<List<DkimSelectorView>>(api, HttpMethod.Get, DkimPath(parse.GetValue(tenant)!)) is { } all
+                ? PrintRecords([.. all.Where(s => s.Published)], parse.GetValue(json))
+                : 1,
+            ctx => PrintRecords([.. ctx.Admin.Published(RequireTenant(ctx, parse.GetValue(tenant)!)).Select(DkimSelectorView.Of)], parse.GetValue(json))));
         return command;
+    }
+
+    static int PrintRecords(IReadOnlyList<DkimSelectorView> published, bool json)
+    {
+        if (json)
+        {
+            Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(published.ToDictionary(s => s.Name, s => s.Value), new System.Text.Json.JsonSerializerOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }));
+            return 0;
+        }
+
+        foreach (var s in published)
+        {
+            Console.WriteLine($"; {s.State} {s.Algorithm}");
+            Console.WriteLine(s.Record);
+        }
+
+        return 0;
     }
 
     static Command Rotate(Option<string?> config)
@@ -130,94 +141,57 @@ public static class DkimCommands
         var activate = new Option<bool>("--activate") { Description = "Step 2: pending selectors start signing; the ones they replace retire (still published)." };
         var retire = new Option<bool>("--retire") { Description = "Step 3: withdraw retiring selectors and delete their keys from the HSM." };
         var command = new Command("rotate", "Rotate a domain's DKIM keys in steps: (1) add pending selectors to publish, (2) --activate, (3) --retire.") { config, tenant, domain, activate, retire };
-        command.SetAction(parse => Run(parse.GetValue(config), ctx =>
-        {
-            var t = RequireTenant(ctx, parse.GetValue(tenant)!);
-            var d = RequireDomain(ctx, t, parse.GetValue(domain)!);
-            var now = ctx.Time.GetUtcNow();
-            var selectors = ctx.Store.Selectors(t).ToList();
-            if (parse.GetValue(activate))
+        command.SetAction(parse => Run(parse.GetValue(config),
+            api =>
             {
-                var pending = selectors.Where(s => s.Domain == d && s.State == SelectorState.Pending).ToList();
-                if (pending.Count == 0)
+                var rotated = AdminApiRequests.Send<DkimRotateResponse>(api, HttpMethod.Post, $"{DkimPath(parse.GetValue(tenant)!)}/rotate",
+                    new DkimRotateRequest(parse.GetValue(domain), parse.GetValue(activate), parse.GetValue(retire)));
+                return rotated is null ? 1 : Rotated(rotated.Step == "publish", rotated.Selectors.Select(s => s.Record), rotated.Message);
+            },
+            ctx =>
+            {
+                var t = RequireTenant(ctx, parse.GetValue(tenant)!);
+                var errors = new List<string>();
+                var d = ctx.Admin.CheckDomain(t, parse.GetValue(domain), errors);
+                if (parse.GetValue(activate) && parse.GetValue(retire))
                 {
-                    throw new InvalidOperationException($"no pending selector for {d}; run `dkim rotate --tenant {t} --domain {d}` first.");
+                    errors.Add("give at most one of --activate and --retire.");
                 }
 
-                selectors = selectors.Select(s =>
-                    s.Domain == d && s.State == SelectorState.Active && pending.Any(p => p.Algorithm == s.Algorithm) ? s with { State = SelectorState.Retiring, StateChanged = now }
-                    : s.Domain == d && s.State == SelectorState.Pending ? s with { State = SelectorState.Active, StateChanged = now }
-                    : s).ToList();
-                ctx.Store.Save(t, selectors);
-                Audit(ctx, t, AuditActions.DkimRotate, $"{d}: activated {string.Join(",", pending.Select(p => p.Selector))}");
-                Console.WriteLine($"{d}: now signing with {string.Join(", ", pending.Select(p => p.Selector))}; the replaced selectors stay published until `--retire`.");
-                return 0;
-            }
-
-            if (parse.GetValue(retire))
-            {
-                var retiring = selectors.Where(s => s.Domain == d && s.State == SelectorState.Retiring).ToList();
-                foreach (var s in retiring)
+                if (errors.Count > 0)
                 {
-                    ctx.Hsm.DeleteKeyPair(ctx.Tokens.Resolve(t), s.KeyLabel);
+                    return AdminApiRequests.PrintErrors(errors);
                 }
 
-                selectors = selectors.Select(s => retiring.Contains(s) ? s with { State = SelectorState.Retired, StateChanged = now } : s).ToList();
-                ctx.Store.Save(t, selectors);
-                Audit(ctx, t, AuditActions.DkimRotate, $"{d}: retired {string.Join(",", retiring.Select(p => p.Selector))}");
-                Console.WriteLine($"{d}: retired {retiring.Count} selector(s); remove their TXT records.");
-                return 0;
-            }
-
-            var active = selectors.Where(s => s.Domain == d && s.State == SelectorState.Active).ToList();
-            if (active.Count == 0)
-            {
-                throw new InvalidOperationException($"{d} has no active selector; create one with `dkim keygen`.");
-            }
-
-            var added = new List<DkimSelector>();
-            foreach (var algorithm in active.Select(a => a.Algorithm).Distinct())
-            {
-                if (selectors.Any(s => s.Domain == d && s.Algorithm == algorithm && s.State == SelectorState.Pending))
-                {
-                    continue;
-                }
-
-                var name = $"{(algorithm == DkimAlgorithm.Ed25519 ? "ed" : "rsa")}{now:yyyyMMddHHmm}";
-                added.Add(Generate(ctx, t, d, name, algorithm, SelectorState.Pending));
-            }
-
-            ctx.Store.Save(t, [.. selectors, .. added]);
-            Audit(ctx, t, AuditActions.DkimRotate, $"{d}: pending {string.Join(",", added.Select(p => p.Selector))}");
-            foreach (var s in added)
-            {
-                Console.WriteLine(DkimDnsRecord.Format(s));
-            }
-
-            Console.Error.WriteLine($"Publish the record(s) above, wait for DNS (at least the old TTL), then: smtpgw dkim rotate --tenant {t} --domain {d} --activate");
-            return 0;
-        }));
+                var step = parse.GetValue(activate) ? DkimRotateStep.Activate : parse.GetValue(retire) ? DkimRotateStep.Retire : DkimRotateStep.Publish;
+                var result = ctx.Admin.Rotate(t, d!, step, AuditOrigin.Cli);
+                return Rotated(step == DkimRotateStep.Publish, result.Changed.Select(DkimDnsRecord.Format), result.Message);
+            }));
         return command;
     }
 
-    static DkimSelector Generate(Context ctx, string tenant, string domain, string selector, DkimAlgorithm algorithm, SelectorState state)
+    /// <summary>Step 1 prints the records to publish on stdout and what to do next on stderr; the other steps say what they did.</summary>
+    static int Rotated(bool publish, IEnumerable<string> records, string message)
     {
-        var label = $"dkim:{domain}:{selector}";
-        var key = ctx.Hsm.GenerateKeyPair(ctx.Tokens.Resolve(tenant), label, algorithm == DkimAlgorithm.Ed25519 ? DkimKeyAlgorithm.Ed25519 : DkimKeyAlgorithm.Rsa2048);
-        return new DkimSelector(domain, selector, algorithm, state, label, Convert.ToBase64String(key.Value), ctx.Time.GetUtcNow(), null);
+        if (!publish)
+        {
+            Console.WriteLine(message);
+            return 0;
+        }
+
+        foreach (var record in records)
+        {
+            Console.WriteLine(record);
+        }
+
+        Console.Error.WriteLine(message);
+        return 0;
     }
 
-    static void Audit(Context ctx, string tenant, string action, string subject) =>
-        AuditFile.Append(ctx.DataDirectory, new AuditEvent { Time = ctx.Time.GetUtcNow(), Action = action, Result = "ok", Tenant = tenant, Subject = subject, Listener = "cli" });
+    static string DkimPath(string tenant) => $"api/v1/tenants/{Uri.EscapeDataString(tenant)}/dkim";
 
     static string RequireTenant(Context ctx, string tenant) =>
         ctx.Tenants.Find(tenant) is null ? throw new InvalidOperationException($"unknown tenant '{tenant}'.") : tenant;
-
-    static string RequireDomain(Context ctx, string tenant, string domain)
-    {
-        var d = DomainName.Normalize(domain) ?? throw new FormatException($"'{domain}' is not a domain name.");
-        return ctx.Tenants.Find(tenant)!.OwnsSendingDomain(d) ? d : throw new InvalidOperationException($"{domain} is not a domain of tenant '{tenant}'.");
-    }
 
     /// <summary>A new random user PIN in a new file only the gateway's user can read, in a directory only it can enter.</summary>
     static void WritePinFile(string pinFile)
@@ -238,21 +212,31 @@ public static class DkimCommands
         }
     }
 
-    static string RequireSelector(string selector) =>
-        selector.Length is > 0 and <= 63 && selector.All(c => char.IsAsciiLetterOrDigit(c) || c == '-')
-            ? selector.ToLowerInvariant()
-            : throw new FormatException($"'{selector}' is not a selector (letters, digits and '-', at most 63).");
+    /// <param name="Admin">The DKIM control plane on the data directory and a token session of this process's own.</param>
+    sealed record Context(string DataDirectory, GatewayConfig Gateway, TenantSnapshot Tenants, TenantHsmTokens Tokens, DkimAdministration Admin, SoftHsmSetup? SoftHsm);
 
-    /// <param name="Time">The clock for selector state changes (rotation) and audit times: the system clock in the CLI.</param>
-    sealed record Context(string DataDirectory, GatewayConfig Gateway, TenantSnapshot Tenants, TenantHsmTokens Tokens, DkimKeyStore Store, IHsm Hsm, SoftHsmSetup? SoftHsm, TimeProvider Time);
+    static int Run(string? configPath, Func<Context, int> local) => Run(configPath, null, local);
 
-    static int Run(string? configPath, Func<Context, int> action)
+    /// <summary>
+    /// Runs <paramref name="api"/> when a gateway answers on the admin socket (it owns the tenants' token sessions and
+    /// signs with the selectors, so it makes the change itself), else <paramref name="local"/> on the data directory.
+    /// </summary>
+    static int Run(string? configPath, Func<AdminApiClient, int>? api, Func<Context, int> local)
     {
         try
         {
             if (CliConfiguration.Load(configPath) is not { } cli)
             {
                 return 1;
+            }
+
+            if (api is not null)
+            {
+                using var client = AdminApiClient.TryConnect(cli.Gateway);
+                if (client is not null)
+                {
+                    return api(client);
+                }
             }
 
             var (data, gateway) = (cli.DataDirectory, cli.Gateway);
@@ -266,18 +250,16 @@ public static class DkimCommands
                 var problems = tokens.PrepareAtStart(cli.Tenants.Tenants.Keys, loggers.CreateLogger("SmtpGateway.Hsm"));
                 if (problems.Count > 0)
                 {
-                    foreach (var problem in problems)
-                    {
-                        Console.Error.WriteLine($"error: {problem}");
-                    }
-
-                    return 1;
+                    return AdminApiRequests.PrintErrors(problems);
                 }
             }
 
-            return action(new Context(data, gateway, cli.Tenants, tokens, new DkimKeyStore(data), hsm, softHsm, TimeProvider.System));
+            var time = TimeProvider.System;
+            var admin = new DkimAdministration(new DkimKeyStore(data), hsm, tokens, () => cli.Tenants, new AppendingAuditLog(data, time), time);
+            return local(new Context(data, gateway, cli.Tenants, tokens, admin, softHsm));
         }
-        catch (Exception ex) when (ex is HsmException or SigningException or InvalidOperationException or FormatException or FileNotFoundException or IOException or ArgumentException)
+        catch (Exception ex) when (ex is HsmException or SigningException or InvalidOperationException or FormatException or FileNotFoundException or IOException
+                                       or ArgumentException or HttpRequestException or System.Text.Json.JsonException)
         {
             Console.Error.WriteLine($"error: {ex.Message}");
             return 1;

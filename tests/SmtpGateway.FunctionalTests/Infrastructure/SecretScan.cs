@@ -44,7 +44,8 @@ internal static class SecretScan
 
         if (Directory.Exists(harness.DataDirectory))
         {
-            foreach (var path in Directory.EnumerateFiles(harness.DataDirectory, "*", SearchOption.AllDirectories))
+            // The admin endpoint's unix socket (admin/admin.sock) holds nothing to read (opening it fails with ENXIO).
+            foreach (var path in Directory.EnumerateFiles(harness.DataDirectory, "*", SearchOption.AllDirectories).Where(f => !f.EndsWith(".sock", StringComparison.Ordinal)))
             {
                 try
                 {
