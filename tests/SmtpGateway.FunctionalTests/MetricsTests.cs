@@ -26,7 +26,7 @@ public sealed class MetricsTests(GatewayHarness harness, ITestOutputHelper outpu
     public Task Counters_and_histograms_move_by_the_traffic_sent_with_tenant_labels_and_no_client_input() => harness.RunAsync(output, async () =>
     {
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(120));
-        using var http = harness.AdminClient(null);
+        using var http = harness.AdminClient(harness.OperatorKey);
         var token = await harness.TryMintTokenAsync(TenantA, output) ?? throw new InvalidOperationException("no token verb");
         // tenant-a signs (an Ed25519 key in its token); tenant-b stays unsigned.
         var keygen = await harness.SmtpgwAsync(["dkim", "keygen", "--tenant", TenantA, "--domain", "tenant-a.example", "--selector", "metrics1", "--alg", "ed25519", "--config", harness.ConfigPath]);
@@ -123,10 +123,25 @@ public sealed class MetricsTests(GatewayHarness harness, ITestOutputHelper outpu
     });
 
     [Fact]
-    public Task Metrics_are_anonymous_and_in_prometheus_text_format() => harness.RunAsync(output, async () =>
+    public Task Metrics_need_an_operator_key_and_are_in_prometheus_text_format() => harness.RunAsync(output, async () =>
     {
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-        using var http = harness.AdminClient(null);
+        // Every series has a tenant label: anonymous callers and tenant keys must not list the tenants (Gateway:Admin:AnonymousMetrics is off).
+        using (var anonymous = harness.AdminClient(null))
+        {
+            Assert.Equal(System.Net.HttpStatusCode.Unauthorized, (await anonymous.GetAsync(new Uri("metrics", UriKind.Relative), cts.Token)).StatusCode);
+        }
+
+        var tenantKey = await harness.SmtpgwAsync("admin", "key", "create", "--tenant", TenantA, "--config", harness.ConfigPath);
+        Assert.True(tenantKey.ExitCode == 0, tenantKey.ToString());
+        using (var tenant = harness.AdminClient(tenantKey.StandardOutput.Trim()))
+        {
+            using var refused = await tenant.GetAsync(new Uri("metrics", UriKind.Relative), cts.Token);
+            Assert.Equal(System.Net.HttpStatusCode.Forbidden, refused.StatusCode);
+            Assert.DoesNotContain("tenant-b", await refused.Content.ReadAsStringAsync(cts.Token), StringComparison.Ordinal);
+        }
+
+        using var http = harness.AdminClient(harness.OperatorKey);
         using var response = await http.GetAsync(new Uri("metrics", UriKind.Relative), cts.Token);
         Assert.Equal(System.Net.HttpStatusCode.OK, response.StatusCode);
         Assert.StartsWith("text/plain", response.Content.Headers.ContentType?.MediaType, StringComparison.Ordinal);

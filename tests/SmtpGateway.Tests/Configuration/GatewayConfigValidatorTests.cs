@@ -53,6 +53,12 @@ public sealed class GatewayConfigValidatorTests
             Assert.Contains(errors, e => e.StartsWith(expected, StringComparison.Ordinal));
         }
 
+        // A non-loopback address in clear text is refused unless the operator says a TLS proxy is in front.
+        var wide = new GatewayConfig { Listeners = config.Listeners, Admin = new AdminConfig { Enabled = true, Address = "10.0.0.5" } };
+        Assert.Contains(GatewayConfigValidator.Collect(wide), e => e.StartsWith("Gateway:Admin:Address: 10.0.0.5 is not loopback", StringComparison.Ordinal));
+        wide.Admin.AllowPlaintext = true;
+        Assert.DoesNotContain(GatewayConfigValidator.Collect(wide), e => e.StartsWith("Gateway:Admin", StringComparison.Ordinal));
+
         // Off: its settings are not checked (nothing listens).
         config.Admin.Enabled = false;
         Assert.DoesNotContain(GatewayConfigValidator.Collect(config), e => e.StartsWith("Gateway:Admin", StringComparison.Ordinal));
