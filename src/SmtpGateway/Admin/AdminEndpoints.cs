@@ -11,6 +11,9 @@ public static class AdminEndpoints
 {
     public static void MapAdmin(WebApplication app)
     {
+        // An error the framework answers without a body (a 415 for a wrong Content-Type, a 400 from a binding failure, a
+        // 405) becomes problem+json too, like every refusal the handlers write.
+        app.UseStatusCodePages();
         app.UseRouting();
         app.UseMiddleware<AdminAuthentication>();
         app.MapOpenApi("/openapi.json");
