@@ -215,4 +215,7 @@ static partial class AdminLog
 
     [LoggerMessage(EventId = EventIds.Admin + 2, Level = LogLevel.Error, Message = "Admin key file unusable, every admin request is refused: {Reason}")]
     public static partial void KeyFileUnusable(ILogger logger, string reason);
+
+    [LoggerMessage(EventId = EventIds.Admin + 3, Level = LogLevel.Warning, Message = "Admin request {TraceId} answered 503: {Kind}: {Reason}")]
+    public static partial void DependencyFailed(ILogger logger, string traceId, string kind, string reason);
 }

@@ -1,4 +1,6 @@
 using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 
 namespace SmtpGateway.Admin;
 
@@ -25,6 +27,17 @@ public static class AdminResults
 
     public static IResult Conflict(string detail) =>
         Results.Problem(statusCode: StatusCodes.Status409Conflict, title: "Conflict", detail: detail);
+
+    /// <summary>
+    /// A dependency failed, answered without the exception's text (it can name PIN sources, paths, token labels, and a
+    /// tenant key must not read them); the cause goes to the gateway's log with the request's trace id.
+    /// </summary>
+    public static IResult Unavailable(HttpContext context, Exception cause)
+    {
+        var logger = context.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger("SmtpGateway.Admin");
+        AdminLog.DependencyFailed(logger, context.TraceIdentifier, cause.GetType().Name, cause.Message);
+        return Unavailable($"The gateway could not complete this now; its log has the cause (trace id {context.TraceIdentifier}).");
+    }
 
     /// <summary>A dependency (the HSM, the disk) failed: 503, like the SMTP side's 4xx, never a half-done change reported as done.</summary>
     public static IResult Unavailable(string detail) =>

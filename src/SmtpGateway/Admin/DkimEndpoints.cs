@@ -23,7 +23,7 @@ public static class DkimEndpoints
         var dkim = e.MapGroup("/api/v1/tenants/{tenant}/dkim").WithTags("dkim");
         dkim.MapGet("/", (string tenant, HttpContext context, TenantDirectoryService directory, DkimAdministration admin) =>
             AdminEndpoints.Visible(context, directory, tenant) is null ? AdminResults.TenantNotFound()
-            : Guard(() => Results.Ok(admin.Selectors(tenant).Select(DkimSelectorView.Of).ToList())))
+            : Guard(context, () => Results.Ok(admin.Selectors(tenant).Select(DkimSelectorView.Of).ToList())))
             .WithName("ListDkimSelectors").WithSummary("The tenant's DKIM selectors: state (pending, active, retiring, retired) and the TXT record to publish.");
 
         dkim.MapPost("/keygen", async (string tenant, HttpContext context, TenantDirectoryService directory, DkimAdministration admin) =>
@@ -48,7 +48,7 @@ public static class DkimEndpoints
                 return AdminResults.Invalid(errors);
             }
 
-            return Guard(() =>
+            return Guard(context, () =>
             {
                 var created = admin.Keygen(tenant, domain!, selector ?? admin.DefaultSelector(algorithm!.Value), algorithm!.Value, AdminAudit.Origin(context));
                 return Results.Json(DkimSelectorView.Of(created), statusCode: StatusCodes.Status201Created);
@@ -82,7 +82,7 @@ public static class DkimEndpoints
             }
 
             var step = request!.Activate ? DkimRotateStep.Activate : request.Retire ? DkimRotateStep.Retire : DkimRotateStep.Publish;
-            return Guard(() =>
+            return Guard(context, () =>
             {
                 var result = admin.Rotate(tenant, domain!, step, AdminAudit.Origin(context));
                 return Results.Ok(new DkimRotateResponse(tenant, result.Domain, step.ToString().ToLowerInvariant(),
@@ -106,7 +106,7 @@ public static class DkimEndpoints
     }
 
     /// <summary>A step the selectors do not allow now (a selector that exists, nothing pending) is 409; the HSM or the disk failing is 503.</summary>
-    static IResult Guard(Func<IResult> action)
+    static IResult Guard(HttpContext context, Func<IResult> action)
     {
         try
         {
@@ -118,7 +118,7 @@ public static class DkimEndpoints
         }
         catch (Exception ex) when (ex is HsmException or SigningException or IOException or UnauthorizedAccessException)
         {
-            return AdminResults.Unavailable(ex.Message);
+            return AdminResults.Unavailable(context, ex);
         }
     }
 }

@@ -52,7 +52,7 @@ public static class TokenEndpoints
                 return AdminResults.Invalid(check.Errors.ToDictionary());
             }
 
-            return Guard(() =>
+            return Guard(context, () =>
             {
                 var minted = admin.Mint(tenant, check, AdminAudit.Origin(context));
                 var r = minted.Record;
@@ -74,7 +74,7 @@ public static class TokenEndpoints
                 return AdminResults.NotFound("No such token.");
             }
 
-            return Guard(() =>
+            return Guard(context, () =>
             {
                 var record = admin.Revoke(id, AdminAudit.Origin(context));
                 return Results.Ok(new TokenRevokeResponse(record.Id, record.Tenant, "revoked"));
@@ -107,7 +107,7 @@ public static class TokenEndpoints
                 }
             }
 
-            return Guard(() =>
+            return Guard(context, () =>
             {
                 var (key, retireAt) = admin.RotateKey(tenant, grace, AdminAudit.Origin(context));
                 return Results.Ok(new TokenRotateKeyResponse(tenant, key.Id, retireAt));
@@ -118,7 +118,7 @@ public static class TokenEndpoints
     }
 
     /// <summary>A refusal by the token service is the client's (400); the HSM or the registry failing is ours (503), never reported as done.</summary>
-    static IResult Guard(Func<IResult> action)
+    static IResult Guard(HttpContext context, Func<IResult> action)
     {
         try
         {
@@ -130,7 +130,7 @@ public static class TokenEndpoints
         }
         catch (Exception ex) when (ex is HsmException or IOException or UnauthorizedAccessException or InvalidDataException)
         {
-            return AdminResults.Unavailable(ex.Message);
+            return AdminResults.Unavailable(context, ex);
         }
     }
 }
