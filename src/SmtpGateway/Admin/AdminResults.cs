@@ -26,6 +26,21 @@ public static class AdminResults
     public static IResult Conflict(string detail) =>
         Results.Problem(statusCode: StatusCodes.Status409Conflict, title: "Conflict", detail: detail);
 
+    /// <summary>
+    /// The detail of every 503 of the vault: the cause (an exception's text) names paths, PIN sources, token labels and
+    /// upstream answers, none of which a tenant key may learn, so it goes to the gateway's log only.
+    /// </summary>
+    public const string VaultUnavailable = "The vault is unavailable; the gateway log has the cause.";
+
+    /// <summary>The detail of a 503 of the delivery events; as <see cref="VaultUnavailable"/>, the cause is logged only.</summary>
+    public const string EventsUnavailable = "The delivery events are unavailable; the gateway log has the cause.";
+
+    /// <summary>The detail of a 503 of the queue; as <see cref="VaultUnavailable"/>, the cause is logged only.</summary>
+    public const string QueueUnavailable = "The queue is unavailable; the gateway log has the cause.";
+
+    /// <summary>The detail of a 503 of the suppression list; as <see cref="VaultUnavailable"/>, the cause is logged only.</summary>
+    public const string SuppressionUnavailable = "The suppression list is unavailable; the gateway log has the cause.";
+
     /// <summary>A dependency (the HSM, the disk) failed: 503, like the SMTP side's 4xx, never a half-done change reported as done.</summary>
     public static IResult Unavailable(string detail) =>
         Results.Problem(statusCode: StatusCodes.Status503ServiceUnavailable, title: "Service Unavailable", detail: detail);
