@@ -10,7 +10,10 @@ public static class AdminResults
     /// key scoped to one tenant cannot probe which others exist.
     /// </summary>
     public static IResult TenantNotFound() =>
-        Results.Problem(statusCode: StatusCodes.Status404NotFound, title: "Not Found", detail: "No such tenant.");
+        Results.Problem(statusCode: StatusCodes.Status404NotFound, title: "Not Found", detail: NoSuchTenant);
+
+    /// <summary>The detail of <see cref="TenantNotFound"/>: the CLI tells it from a 404 about the resource by it.</summary>
+    public const string NoSuchTenant = "No such tenant.";
 
     public static IResult NotFound(string what) =>
         Results.Problem(statusCode: StatusCodes.Status404NotFound, title: "Not Found", detail: what);
