@@ -376,6 +376,45 @@ public sealed class AdminQueueVaultTests(AdminResourcesHarness harness, ITestOut
     });
 
     [Fact]
+    public Task A_failing_vault_answers_a_fixed_503_and_logs_the_cause() => harness.RunAsync(output, async () =>
+    {
+        using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(1));
+        // tenant-b's vault file damaged: the cause (an InvalidDataException) names the file's absolute path.
+        var path = Path.Combine(harness.DataDirectory, "vault", "tenant-b.json");
+        var saved = File.Exists(path) ? await File.ReadAllBytesAsync(path, cts.Token) : null;
+        var createdDirectory = Directory.CreateDirectory(Path.GetDirectoryName(path)!).GetFiles().Length == 0 && saved is null;
+        await File.WriteAllTextAsync(path, "{ damaged", cts.Token);
+        try
+        {
+            using var op = harness.AdminClient(harness.OperatorKey);
+            var answer = await SendAsync(op, HttpMethod.Get, "api/v1/tenants/tenant-b/vault", null, cts.Token);
+            output.WriteLine(answer.Body);
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, answer.Status);
+            Assert.Equal("application/problem+json", answer.ContentType);
+            Assert.Equal("The vault is unavailable; the gateway log has the cause.", JsonDocument.Parse(answer.Body).RootElement.GetProperty("detail").GetString());
+            Assert.DoesNotContain(harness.DataDirectory, answer.Body, StringComparison.Ordinal);
+            Assert.DoesNotContain("damaged", answer.Body, StringComparison.Ordinal);
+            // The cause goes to the gateway's log (the log line is written before the answer).
+            Assert.Matches("vault list for tenant tenant-b failed: .*damaged", harness.Diagnostics());
+        }
+        finally
+        {
+            if (saved is null)
+            {
+                File.Delete(path);
+                if (createdDirectory && Directory.GetFileSystemEntries(Path.GetDirectoryName(path)!).Length == 0)
+                {
+                    Directory.Delete(Path.GetDirectoryName(path)!);
+                }
+            }
+            else
+            {
+                await File.WriteAllBytesAsync(path, saved, CancellationToken.None);
+            }
+        }
+    });
+
+    [Fact]
     public Task Every_route_is_in_the_OpenAPI_document() => harness.RunAsync(output, async () =>
     {
         using var client = harness.AdminClient(null);

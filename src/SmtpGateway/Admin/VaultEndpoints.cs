@@ -38,7 +38,8 @@ public static class VaultEndpoints
             {
                 return Results.Ok(credentials.List(tenant).Select(VaultListItem.From).ToList());
             }
-            catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
+            // The vault reports a damaged or unreadable file as an UpstreamCredentialException (its delivery-side type).
+            catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException or UpstreamCredentialException or HsmException)
             {
                 ResourceLog.VaultFailed(loggers.CreateLogger("SmtpGateway.Admin"), "list", tenant, ex.Message);
                 return AdminResults.Unavailable(AdminResults.VaultUnavailable);
@@ -97,7 +98,7 @@ public static class VaultEndpoints
             {
                 removed = credentials.Delete(tenant, name, only, "api", principal.KeyId);
             }
-            catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException or HsmException)
+            catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException or HsmException or UpstreamCredentialException)
             {
                 ResourceLog.VaultFailed(loggers.CreateLogger("SmtpGateway.Admin"), "delete", tenant, ex.Message);
                 return AdminResults.Unavailable(AdminResults.VaultUnavailable);
