@@ -26,6 +26,8 @@ public sealed class ResourceHardeningTests : IDisposable
         // In .NET, '$' also matches before a final '\n': "x\n" passed and became a second credential that looks like "x".
         Assert.Throws<ArgumentException>(() => CredentialVault.CheckName(name));
         CredentialVault.CheckName(name.TrimEnd());
+        Assert.False(GatewayConfigValidator.IsCredentialName(name));
+        Assert.True(GatewayConfigValidator.IsCredentialName(name.TrimEnd()));
     }
 
     [Fact]
