@@ -1,11 +1,15 @@
+using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
+using System.Text;
 using System.Text.Json;
+using Microsoft.Extensions.Logging.Abstractions;
 using SmtpGateway.Admin;
 using SmtpGateway.Cli;
 using SmtpGateway.Configuration;
 using SmtpGateway.Delivery;
 using SmtpGateway.Identity;
+using SmtpGateway.Spool;
 using SmtpGateway.Vault;
 
 namespace SmtpGateway.Tests.Admin;
@@ -40,6 +44,39 @@ public sealed class ResourceHardeningTests : IDisposable
         Assert.StartsWith("Tenants:default: the tenant id 'default' is reserved", error, StringComparison.Ordinal);
         Assert.False(TenantSnapshot.IsValidTenantId("default"));
         Assert.True(TenantSnapshot.IsValidTenantId("default-2"));
+    }
+
+    [Fact]
+    public async Task Queue_pages_are_bounded_and_a_message_of_no_tenant_is_no_tenants()
+    {
+        var root = Path.Combine(_directory, "spool");
+        var ids = new List<(string Id, string? Tenant)>();
+        using (var spool = new FileSpool(root, fsync: false, TimeProvider.System, NullLogger.Instance))
+        {
+            foreach (var tenant in new[] { "tenant-a", null, "tenant-b", "tenant-a", null, "tenant-a" })
+            {
+                var envelope = new SpoolEnvelope(spool.NewId(), tenant, "s@example.net", ["r@example.net"], DateTimeOffset.UtcNow, "192.0.2.1", "relay", false, false);
+                await spool.CommitAsync(envelope, new ReadOnlySequence<byte>(Encoding.ASCII.GetBytes("Subject: x\r\n\r\nHi.\r\n")), CancellationToken.None);
+                ids.Add((envelope.Id, tenant));
+            }
+
+            var own = ids.Where(i => i.Tenant == "tenant-a").Select(i => i.Id).ToList();
+            Assert.Equal(own, QueueView.Page(spool, "tenant-a", null, null, 100).Select(i => i.Id));
+            Assert.Equal(own[..2], QueueView.Page(spool, "tenant-a", null, null, 2).Select(i => i.Id));
+            Assert.Equal(own[1..], QueueView.Page(spool, "tenant-a", null, own[0], 100).Select(i => i.Id));
+            Assert.Empty(QueueView.Page(spool, "tenant-a", null, own[^1], 100));
+            Assert.Empty(QueueView.Page(spool, "tenant-a", "failed", null, 100));
+
+            // The gateway's own mail (no tenant) shows as "default" in lists, but belongs to no tenant, whatever its name.
+            var none = ids.First(i => i.Tenant is null).Id;
+            Assert.Equal("default", QueueView.Show(spool, none)!.Message.Tenant);
+            Assert.Null(QueueView.OwnerOf(spool, none));
+            Assert.Empty(QueueView.Page(spool, "default", null, null, 100));
+        }
+
+        // A spool that has not loaded the messages yet (no tenant in memory) reads the files and answers the same.
+        using var fresh = new FileSpool(root, fsync: false, TimeProvider.System, NullLogger.Instance);
+        Assert.Equal(ids.Where(i => i.Tenant == "tenant-b").Select(i => i.Id), QueueView.Page(fresh, "tenant-b", null, null, 100).Select(i => i.Id));
     }
 
     [Fact]
