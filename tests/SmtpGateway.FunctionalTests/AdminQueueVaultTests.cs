@@ -318,6 +318,103 @@ public sealed class AdminQueueVaultTests(AdminResourcesHarness harness, ITestOut
     });
 
     [Fact]
+    public Task Queue_lists_come_in_pages_and_vault_names_end_at_their_end() => harness.RunAsync(output, async () =>
+    {
+        using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+        var marker = Guid.NewGuid().ToString("N")[..10];
+        var ids = new List<string>();
+        for (var i = 0; i < 3; i++)
+        {
+            ids.Add(await SendAsync(TenantANetwork, SenderA, $"page{i}-{marker}@example.net", $"page {marker}", cts.Token));
+        }
+
+        await harness.WaitForEventsAsync("tenant-a", es => ids.All(id => es.Any(e => e.Id == id && e.Event == "deferred")), Wait, cts.Token);
+        using var op = harness.AdminClient(harness.OperatorKey);
+
+        // Pages of one, oldest first, each after the last id of the one before: the three messages in their order.
+        var paged = new List<string>();
+        string? after = null;
+        while (true)
+        {
+            var page = JsonDocument.Parse(await op.GetStringAsync($"api/v1/tenants/tenant-a/queue?limit=1{(after is null ? "" : $"&after={after}")}", cts.Token)).RootElement;
+            Assert.True(page.GetArrayLength() <= 1, page.ToString());
+            if (page.GetArrayLength() == 0)
+            {
+                break;
+            }
+
+            after = page[0].GetProperty("id").GetString()!;
+            paged.Add(after);
+        }
+
+        Assert.Equal(ids, paged.Where(ids.Contains));
+        Assert.Equal(paged.Order(StringComparer.Ordinal), paged);
+        var tail = JsonDocument.Parse(await op.GetStringAsync($"api/v1/tenants/tenant-a/queue?after={ids[1]}", cts.Token)).RootElement;
+        Assert.Contains(tail.EnumerateArray(), i => i.GetProperty("id").GetString() == ids[2]);
+        Assert.DoesNotContain(tail.EnumerateArray(), i => i.GetProperty("id").GetString() == ids[0] || i.GetProperty("id").GetString() == ids[1]);
+        foreach (var limit in new[] { "0", "1001", "ten", "-1" })
+        {
+            AssertInvalid(await SendAsync(op, HttpMethod.Get, $"api/v1/tenants/tenant-a/queue?limit={limit}", null, cts.Token), "limit");
+        }
+
+        AssertInvalid(await SendAsync(op, HttpMethod.Get, "api/v1/tenants/tenant-a/queue?after=..%2Fstate&limit=5000&state=stuck", null, cts.Token), "after", "limit", "state");
+
+        // A name with a trailing LF is no name ('$' matched before it): 400 for set and delete, and nothing stored.
+        using var a = harness.AdminClient((await MatrixAsync()).TenantAKey);
+        AssertInvalid(await SendAsync(a, HttpMethod.Put, "api/v1/tenants/tenant-a/vault/lf%0A", "{\"user\":\"u\",\"password\":\"p-lf\"}", cts.Token), "name");
+        AssertInvalid(await SendAsync(a, HttpMethod.Delete, "api/v1/tenants/tenant-a/vault/lf%0A?version=1", null, cts.Token), "name");
+        Assert.DoesNotContain("\"lf", await a.GetStringAsync("api/v1/tenants/tenant-a/vault", cts.Token), StringComparison.Ordinal);
+
+        // The Location of a new credential is its escaped path.
+        using var set = new HttpRequestMessage(HttpMethod.Put, $"api/v1/tenants/tenant-a/vault/loc-{marker}")
+        {
+            Content = new StringContent("{\"user\":\"u\",\"password\":\"p-loc\"}", Encoding.UTF8, "application/json"),
+        };
+        using var created = await a.SendAsync(set, cts.Token);
+        Assert.Equal(HttpStatusCode.Created, created.StatusCode);
+        Assert.Equal($"/api/v1/tenants/tenant-a/vault/loc-{marker}", created.Headers.Location?.OriginalString);
+    });
+
+    [Fact]
+    public Task A_failing_vault_answers_a_fixed_503_and_logs_the_cause() => harness.RunAsync(output, async () =>
+    {
+        using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(1));
+        // tenant-b's vault file damaged: the cause (an InvalidDataException) names the file's absolute path.
+        var path = Path.Combine(harness.DataDirectory, "vault", "tenant-b.json");
+        var saved = File.Exists(path) ? await File.ReadAllBytesAsync(path, cts.Token) : null;
+        var createdDirectory = Directory.CreateDirectory(Path.GetDirectoryName(path)!).GetFiles().Length == 0 && saved is null;
+        await File.WriteAllTextAsync(path, "{ damaged", cts.Token);
+        try
+        {
+            using var op = harness.AdminClient(harness.OperatorKey);
+            var answer = await SendAsync(op, HttpMethod.Get, "api/v1/tenants/tenant-b/vault", null, cts.Token);
+            output.WriteLine(answer.Body);
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, answer.Status);
+            Assert.Equal("application/problem+json", answer.ContentType);
+            Assert.Equal("The vault is unavailable; the gateway log has the cause.", JsonDocument.Parse(answer.Body).RootElement.GetProperty("detail").GetString());
+            Assert.DoesNotContain(harness.DataDirectory, answer.Body, StringComparison.Ordinal);
+            Assert.DoesNotContain("damaged", answer.Body, StringComparison.Ordinal);
+            // The cause goes to the gateway's log (the log line is written before the answer).
+            Assert.Matches("vault list for tenant tenant-b failed: .*damaged", harness.Diagnostics());
+        }
+        finally
+        {
+            if (saved is null)
+            {
+                File.Delete(path);
+                if (createdDirectory && Directory.GetFileSystemEntries(Path.GetDirectoryName(path)!).Length == 0)
+                {
+                    Directory.Delete(Path.GetDirectoryName(path)!);
+                }
+            }
+            else
+            {
+                await File.WriteAllBytesAsync(path, saved, CancellationToken.None);
+            }
+        }
+    });
+
+    [Fact]
     public Task Every_route_is_in_the_OpenAPI_document() => harness.RunAsync(output, async () =>
     {
         using var client = harness.AdminClient(null);

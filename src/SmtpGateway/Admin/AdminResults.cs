@@ -12,7 +12,10 @@ public static class AdminResults
     /// key scoped to one tenant cannot probe which others exist.
     /// </summary>
     public static IResult TenantNotFound() =>
-        Results.Problem(statusCode: StatusCodes.Status404NotFound, title: "Not Found", detail: "No such tenant.");
+        Results.Problem(statusCode: StatusCodes.Status404NotFound, title: "Not Found", detail: NoSuchTenant);
+
+    /// <summary>The detail of <see cref="TenantNotFound"/>: the CLI tells it from a 404 about the resource by it.</summary>
+    public const string NoSuchTenant = "No such tenant.";
 
     public static IResult NotFound(string what) =>
         Results.Problem(statusCode: StatusCodes.Status404NotFound, title: "Not Found", detail: what);
@@ -38,6 +41,21 @@ public static class AdminResults
         AdminLog.DependencyFailed(logger, context.TraceIdentifier, cause.GetType().Name, cause.Message);
         return Unavailable($"The gateway could not complete this now; its log has the cause (trace id {context.TraceIdentifier}).");
     }
+
+    /// <summary>
+    /// The detail of every 503 of the vault: the cause (an exception's text) names paths, PIN sources, token labels and
+    /// upstream answers, none of which a tenant key may learn, so it goes to the gateway's log only.
+    /// </summary>
+    public const string VaultUnavailable = "The vault is unavailable; the gateway log has the cause.";
+
+    /// <summary>The detail of a 503 of the delivery events; as <see cref="VaultUnavailable"/>, the cause is logged only.</summary>
+    public const string EventsUnavailable = "The delivery events are unavailable; the gateway log has the cause.";
+
+    /// <summary>The detail of a 503 of the queue; as <see cref="VaultUnavailable"/>, the cause is logged only.</summary>
+    public const string QueueUnavailable = "The queue is unavailable; the gateway log has the cause.";
+
+    /// <summary>The detail of a 503 of the suppression list; as <see cref="VaultUnavailable"/>, the cause is logged only.</summary>
+    public const string SuppressionUnavailable = "The suppression list is unavailable; the gateway log has the cause.";
 
     /// <summary>A dependency (the HSM, the disk) failed: 503, like the SMTP side's 4xx, never a half-done change reported as done.</summary>
     public static IResult Unavailable(string detail) =>

@@ -3,6 +3,7 @@ using System.Text.Json;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.Logging;
 using SmtpGateway.Delivery;
 using SmtpGateway.Identity;
 
@@ -19,12 +20,19 @@ public static class EventEndpoints
 
     const int ChunkSize = 64 * 1024;
 
+    /// <summary>
+    /// Most bytes one request reads: the limit bounds the events, not the reading (a file shared with another tenant id,
+    /// or full of damaged lines, would otherwise be read whole per request); past it, what was found is the answer.
+    /// </summary>
+    public const long MaxScanBytes = 8 * 1024 * 1024;
+
     /// <summary>A longer line is no event the gateway wrote (they are a few hundred bytes): skipped, never buffered whole.</summary>
     const int MaxLineBytes = 64 * 1024;
 
     public static IEndpointRouteBuilder MapEvents(this IEndpointRouteBuilder e)
     {
-        e.MapGet("/api/v1/tenants/{tenant}/events", (string tenant, string? limit, HttpContext context, TenantDirectoryService directory, DeliveryEvents events) =>
+        e.MapGet("/api/v1/tenants/{tenant}/events", (string tenant, string? limit, HttpContext context, TenantDirectoryService directory, DeliveryEvents events,
+            ILoggerFactory loggers) =>
         {
             if (AdminEndpoints.Visible(context, directory, tenant) is null)
             {
@@ -43,7 +51,8 @@ public static class EventEndpoints
             }
             catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
             {
-                return AdminResults.Unavailable($"the events of tenant '{tenant}' cannot be read now: {ex.Message}");
+                ResourceLog.Failed(loggers.CreateLogger("SmtpGateway.Admin"), "events", "list", tenant, ex.Message);
+                return AdminResults.Unavailable(AdminResults.EventsUnavailable);
             }
         }).WithTags("events").WithName("ListEvents")
             .WithSummary("The tenant's most recent delivery events (delivered, deferred, bounced, expired, reports, suppressed, paused), newest first; ?limit= (default 100, at most 1000).");
@@ -51,7 +60,7 @@ public static class EventEndpoints
     }
 
     /// <summary>The last <paramref name="limit"/> whole events of the file, newest first; damaged and half-written lines are skipped.</summary>
-    internal static List<DeliveryEvent> Latest(string path, string tenant, int limit)
+    internal static List<DeliveryEvent> Latest(string path, string tenant, int limit, long maxScanBytes = MaxScanBytes)
     {
         var events = new List<DeliveryEvent>();
         if (!File.Exists(path))
@@ -65,9 +74,10 @@ public static class EventEndpoints
         byte[] tail = [];          // the start of a line whose end has been read already
         var partial = true;        // what follows the file's last LF is a line still being written
         var oversized = false;     // the line being assembled is past MaxLineBytes: skip it
-        while (position > 0 && events.Count < limit)
+        var stop = Math.Max(0, stream.Length - maxScanBytes);
+        while (position > stop && events.Count < limit)
         {
-            var n = (int)Math.Min(ChunkSize, position);
+            var n = (int)Math.Min(ChunkSize, position - stop);
             position -= n;
             stream.Position = position;
             stream.ReadExactly(chunk, 0, n);

@@ -1,3 +1,4 @@
+using System.Globalization;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
@@ -15,22 +16,58 @@ namespace SmtpGateway.Admin;
 /// </summary>
 public static class QueueEndpoints
 {
+    public const int DefaultLimit = 100;
+    public const int MaxLimit = 1000;
+
     public static IEndpointRouteBuilder MapQueue(this IEndpointRouteBuilder e)
     {
         // The collection on its own (not the group's ""), so that its route template, audited per call, has no trailing slash.
-        e.MapGet("/api/v1/tenants/{tenant}/queue", (string tenant, string? state, HttpContext context, TenantDirectoryService directory, FileSpool spool) =>
+        e.MapGet("/api/v1/tenants/{tenant}/queue", (string tenant, string? state, string? limit, string? after, HttpContext context, TenantDirectoryService directory,
+            FileSpool spool, ILoggerFactory loggers) =>
         {
             if (AdminEndpoints.Visible(context, directory, tenant) is null)
             {
                 return AdminResults.TenantNotFound();
             }
 
-            return QueueView.StateError(state) is { } error ? AdminResults.Invalid("state", error) : Results.Ok(QueueView.List(spool, tenant, state));
-        }).WithTags("queue").WithName("ListQueue").WithSummary("The tenant's queued, deferred and failed messages, oldest first (?state=queued|deferred|failed); as `queue list --json`.");
+            var errors = new Dictionary<string, string[]>();
+            if (QueueView.StateError(state) is { } stateError)
+            {
+                errors["state"] = [stateError];
+            }
+
+            var count = DefaultLimit;
+            if (limit is not null && (!int.TryParse(limit, NumberStyles.None, CultureInfo.InvariantCulture, out count) || count is < 1 or > MaxLimit))
+            {
+                errors["limit"] = [$"limit is a whole number from 1 to {MaxLimit} (default {DefaultLimit})."];
+            }
+
+            if (after is not null && !FileSpool.IsValidId(after))
+            {
+                errors["after"] = ["after is a queue id (1-64 ASCII letters and digits): the last id of the previous page."];
+            }
+
+            if (errors.Count > 0)
+            {
+                return AdminResults.Invalid(errors);
+            }
+
+            try
+            {
+                return Results.Ok(QueueView.Page(spool, tenant, state, after, count));
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+            {
+                ResourceLog.Failed(loggers.CreateLogger("SmtpGateway.Admin"), "queue", "list", tenant, ex.Message);
+                return AdminResults.Unavailable(AdminResults.QueueUnavailable);
+            }
+        }).WithTags("queue").WithName("ListQueue").WithSummary(
+            "The tenant's queued, deferred and failed messages, oldest first (?state=queued|deferred|failed), a page at a time: ?limit= (default 100, at most 1000), ?after=<the last id of the previous page>; as `queue list --json`.");
 
         var queue = e.MapGroup("/api/v1/tenants/{tenant}/queue").WithTags("queue");
         queue.MapGet("/{id}", (string tenant, string id, HttpContext context, TenantDirectoryService directory, FileSpool spool) =>
-            Check(context, directory, tenant, id) ?? (QueueView.Show(spool, id) is { } found && found.Message.Tenant == tenant ? Results.Ok(found) : NoSuchMessage()))
+            Check(context, directory, tenant, id)
+            ?? (QueueView.OwnerOf(spool, id) == tenant && QueueView.Show(spool, id) is { } found ? Results.Ok(found) : NoSuchMessage()))
             .WithName("GetQueueMessage").WithSummary("One message: envelope, per-recipient state and last replies, and its header lines (as `queue show`).");
 
         queue.MapDelete("/{id}", (string tenant, string id, HttpContext context, TenantDirectoryService directory, FileSpool spool, DeliveryService delivery,
@@ -66,7 +103,8 @@ public static class QueueEndpoints
             return refused;
         }
 
-        if (QueueView.TenantOf(spool, id) != tenant)
+        // The envelope's tenant id, not the display name: a message of no tenant ("default" in lists) is no tenant's.
+        if (QueueView.OwnerOf(spool, id) != tenant)
         {
             return NoSuchMessage();
         }
@@ -80,6 +118,6 @@ public static class QueueEndpoints
         }
 
         // Gone meanwhile (delivered, deleted) is 404; anything else (failed, an attempt still running) is a conflict.
-        return QueueView.TenantOf(spool, id) is null ? NoSuchMessage() : AdminResults.Conflict(response.Message);
+        return QueueView.OwnerOf(spool, id) is null ? NoSuchMessage() : AdminResults.Conflict(response.Message);
     }
 }

@@ -20,4 +20,7 @@ static partial class ResourceLog
 
     [LoggerMessage(EventId = EventIds.Admin + 53, Level = LogLevel.Warning, Message = "Admin API: vault {Action} for tenant {Tenant} failed: {Reason}")]
     public static partial void VaultFailed(ILogger logger, string action, string tenant, string reason);
+
+    [LoggerMessage(EventId = EventIds.Admin + 54, Level = LogLevel.Warning, Message = "Admin API: {Area} {Action} for tenant {Tenant} failed: {Reason}")]
+    public static partial void Failed(ILogger logger, string area, string action, string tenant, string reason);
 }

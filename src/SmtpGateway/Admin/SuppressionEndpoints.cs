@@ -24,8 +24,9 @@ public static class SuppressionEndpoints
     public static IEndpointRouteBuilder MapSuppression(this IEndpointRouteBuilder e)
     {
         // The collection on its own (not the group's ""), so that its route template, audited per call, has no trailing slash.
-        e.MapGet("/api/v1/tenants/{tenant}/suppression", (string tenant, HttpContext context, TenantDirectoryService directory, SuppressionList list) =>
-            AdminEndpoints.Visible(context, directory, tenant) is null ? AdminResults.TenantNotFound() : Results.Ok(list.List(tenant)))
+        e.MapGet("/api/v1/tenants/{tenant}/suppression", (string tenant, HttpContext context, TenantDirectoryService directory, SuppressionList list, ILoggerFactory loggers) =>
+            AdminEndpoints.Visible(context, directory, tenant) is null ? AdminResults.TenantNotFound()
+            : Guarded(loggers, "list", tenant, () => Results.Ok(list.List(tenant))))
             .WithTags("suppression").WithName("ListSuppression").WithSummary("The tenant's suppressed recipients (hard bounces, complaints, manual), oldest first.");
 
         e.MapPost("/api/v1/tenants/{tenant}/suppression", async (string tenant, HttpContext context, TenantDirectoryService directory, SuppressionList list, ILoggerFactory loggers) =>
@@ -58,14 +59,17 @@ public static class SuppressionEndpoints
             }
 
             var address = SuppressionList.Normalize(body.Address!)!;
-            var added = ManualSuppression.Add(list, tenant, address, body.Reason);
-            if (added)
+            return Guarded(loggers, "add", tenant, () =>
             {
-                ResourceLog.Suppression(loggers.CreateLogger("SmtpGateway.Admin"), "add", address, tenant, AdminPrincipal.Of(context)!.ToString());
-            }
+                var added = ManualSuppression.Add(list, tenant, address, body.Reason);
+                if (added)
+                {
+                    ResourceLog.Suppression(loggers.CreateLogger("SmtpGateway.Admin"), "add", address, tenant, AdminPrincipal.Of(context)!.ToString());
+                }
 
-            var result = new SuppressionResult(address, added);
-            return added ? Results.Created($"/api/v1/tenants/{tenant}/suppression/{Uri.EscapeDataString(address)}", result) : Results.Ok(result);
+                var result = new SuppressionResult(address, added);
+                return added ? Results.Created($"/api/v1/tenants/{tenant}/suppression/{Uri.EscapeDataString(address)}", result) : Results.Ok(result);
+            });
         }).WithTags("suppression").WithName("AddSuppression").WithSummary("Suppresses a recipient for the tenant: {address, reason?}. 201 when added, 200 when it already was.")
             .Accepts<SuppressionAddRequest>("application/json");
 
@@ -83,15 +87,35 @@ public static class SuppressionEndpoints
                 return AdminResults.Invalid("address", error);
             }
 
-            if (!list.Remove(tenant, address))
+            return Guarded(loggers, "remove", tenant, () =>
             {
-                return AdminResults.NotFound($"{SuppressionList.Normalize(address)} is not suppressed");
-            }
+                if (!list.Remove(tenant, address))
+                {
+                    return AdminResults.NotFound($"{SuppressionList.Normalize(address)} is not suppressed");
+                }
 
-            ResourceLog.Suppression(loggers.CreateLogger("SmtpGateway.Admin"), "remove", SuppressionList.Normalize(address)!, tenant, AdminPrincipal.Of(context)!.ToString());
-            return Results.NoContent();
+                ResourceLog.Suppression(loggers.CreateLogger("SmtpGateway.Admin"), "remove", SuppressionList.Normalize(address)!, tenant, AdminPrincipal.Of(context)!.ToString());
+                return Results.NoContent();
+            });
         }).WithName("RemoveSuppression").WithSummary("Lets the tenant mail a suppressed recipient again (at once).");
         return e;
+    }
+
+    /// <summary>
+    /// Runs a suppression-list action; a disk failure answers 503 with a fixed detail (its text names paths) and goes to
+    /// the log.
+    /// </summary>
+    static IResult Guarded(ILoggerFactory loggers, string action, string tenant, Func<IResult> run)
+    {
+        try
+        {
+            return run();
+        }
+        catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
+        {
+            ResourceLog.Failed(loggers.CreateLogger("SmtpGateway.Admin"), "suppression", action, tenant, ex.Message);
+            return AdminResults.Unavailable(AdminResults.SuppressionUnavailable);
+        }
     }
 
     /// <summary>The JSON body, or a 400 saying why there is none (not JSON, not an object, wrong types).</summary>

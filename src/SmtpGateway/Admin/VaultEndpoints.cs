@@ -26,7 +26,8 @@ public static class VaultEndpoints
     public static IEndpointRouteBuilder MapVault(this IEndpointRouteBuilder e)
     {
         // The collection on its own (not the group's ""), so that its route template, audited per call, has no trailing slash.
-        e.MapGet("/api/v1/tenants/{tenant}/vault", (string tenant, HttpContext context, TenantDirectoryService directory, CredentialVault credentials) =>
+        e.MapGet("/api/v1/tenants/{tenant}/vault", (string tenant, HttpContext context, TenantDirectoryService directory, CredentialVault credentials,
+            ILoggerFactory loggers) =>
         {
             if (AdminEndpoints.Visible(context, directory, tenant) is null)
             {
@@ -37,9 +38,11 @@ public static class VaultEndpoints
             {
                 return Results.Ok(credentials.List(tenant).Select(VaultListItem.From).ToList());
             }
-            catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
+            // The vault reports a damaged or unreadable file as an UpstreamCredentialException (its delivery-side type).
+            catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException or UpstreamCredentialException or HsmException)
             {
-                return AdminResults.Unavailable($"the vault of tenant '{tenant}' cannot be read: {ex.Message}");
+                ResourceLog.VaultFailed(loggers.CreateLogger("SmtpGateway.Admin"), "list", tenant, ex.Message);
+                return AdminResults.Unavailable(AdminResults.VaultUnavailable);
             }
         }).WithTags("vault").WithName("ListVault").WithSummary("The tenant's credentials: names, versions, kind, user, created, retirement. Never a secret.");
 
@@ -95,10 +98,10 @@ public static class VaultEndpoints
             {
                 removed = credentials.Delete(tenant, name, only, "api", principal.KeyId);
             }
-            catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException or HsmException)
+            catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException or HsmException or UpstreamCredentialException)
             {
                 ResourceLog.VaultFailed(loggers.CreateLogger("SmtpGateway.Admin"), "delete", tenant, ex.Message);
-                return AdminResults.Unavailable($"the vault of tenant '{tenant}' cannot be changed now: {ex.Message}");
+                return AdminResults.Unavailable(AdminResults.VaultUnavailable);
             }
 
             if (removed == 0)
@@ -169,7 +172,7 @@ public static class VaultEndpoints
                 using var secret = body.ToSecret();
                 var stored = VaultOperations.Store(vault, tenant, name, secret, rotate ? body.Grace ?? config.Vault.RotationGrace : null, "api", principal.KeyId);
                 ResourceLog.Vault(logger, action, $"{stored.Name}#v{stored.Version}", tenant, principal.ToString());
-                return rotate ? Results.Ok(stored) : Results.Created($"/api/v1/tenants/{tenant}/vault/{name}", stored);
+                return rotate ? Results.Ok(stored) : Results.Created($"/api/v1/tenants/{tenant}/vault/{Uri.EscapeDataString(name)}", stored);
             }
             catch (InvalidOperationException ex)
             {
@@ -183,7 +186,7 @@ public static class VaultEndpoints
             catch (Exception ex) when (ex is HsmException or UpstreamCredentialException or IOException or InvalidDataException or UnauthorizedAccessException)
             {
                 ResourceLog.VaultFailed(logger, action, tenant, ex.Message);
-                return AdminResults.Unavailable($"the credential cannot be stored now: {ex.Message}");
+                return AdminResults.Unavailable(AdminResults.VaultUnavailable);
             }
         }
         finally

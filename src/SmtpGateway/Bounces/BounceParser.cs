@@ -1237,7 +1237,7 @@ public static partial class BounceParser
         return sb.Length == 0 ? null : sb.ToString();
     }
 
-    [GeneratedRegex(@"^[245]\.[0-9]{1,3}\.[0-9]{1,3}$", RegexOptions.CultureInvariant, 1000)]
+    [GeneratedRegex(@"^[245]\.[0-9]{1,3}\.[0-9]{1,3}\z", RegexOptions.CultureInvariant, 1000)]
     private static partial Regex StatusExact();
 
     /// <summary>RFC 3463 section 2, not part of a longer dotted number (an IP address, a version).</summary>

@@ -29,6 +29,16 @@ internal sealed record AdminApiAnswer(HttpStatusCode Status, JsonElement Body)
             : $"the gateway answered {(int)Status} {Status}";
     }
 
+    /// <summary>
+    /// A 404 for the tenant itself (the running gateway has no such tenant, e.g. one removed from its config), not for
+    /// the message, address or credential asked about: the CLI must not answer it with "not suppressed" or "no such message".
+    /// </summary>
+    public bool IsNoSuchTenant => Status == HttpStatusCode.NotFound && String("detail") == SmtpGateway.Admin.AdminResults.NoSuchTenant;
+
+    /// <summary>The line a CLI verb prints for <see cref="IsNoSuchTenant"/>.</summary>
+    public static string NoSuchTenantError(string tenant) =>
+        $"error: the running gateway has no tenant '{tenant}' (is it still in the gateway's config? `smtpgw reload` after adding it back)";
+
     public string? String(string property) => Body.ValueKind == JsonValueKind.Object && Body.TryGetProperty(property, out var value) && value.ValueKind == JsonValueKind.String
         ? value.GetString()
         : null;
@@ -53,15 +63,27 @@ internal static class AdminApiCalls
             request.Content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
         }
 
-        using var response = await api.Http.SendAsync(request).ConfigureAwait(false);
-        var bytes = await response.Content.ReadAsByteArrayAsync().ConfigureAwait(false);
-        JsonElement json = default;
+        try
+        {
+            using var response = await api.Http.SendAsync(request).ConfigureAwait(false);
+            var bytes = await response.Content.ReadAsByteArrayAsync().ConfigureAwait(false);
+            return new AdminApiAnswer(response.StatusCode, Parse(bytes));
+        }
+        catch (TaskCanceledException ex)
+        {
+            // The client's timeout: one line for every verb's "error: ..." (they all catch HttpRequestException), no stack trace.
+            throw new HttpRequestException($"the running gateway did not answer within {api.Http.Timeout.TotalSeconds:0} seconds", ex);
+        }
+    }
+
+    static JsonElement Parse(byte[] bytes)
+    {
         if (bytes.Length > 0)
         {
             try
             {
                 using var document = JsonDocument.Parse(bytes);
-                json = document.RootElement.Clone();
+                return document.RootElement.Clone();
             }
             catch (JsonException)
             {
@@ -69,7 +91,7 @@ internal static class AdminApiCalls
             }
         }
 
-        return new AdminApiAnswer(response.StatusCode, json);
+        return default;
     }
 
     /// <summary>The body of a JSON object with string properties (null values left out), for requests that carry no secret.</summary>

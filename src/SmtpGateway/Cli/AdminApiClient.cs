@@ -39,29 +39,46 @@ internal sealed class AdminApiClient : IDisposable
 
     public HttpClient Http { get; }
 
-    /// <summary>A client when a gateway answers on the socket now; null when none runs (socket absent or refusing).</summary>
+    /// <summary>
+    /// A client when a gateway answers on the socket now; null when none runs (no socket, or a socket file nobody listens
+    /// on). Any other failure (EACCES/EPERM: the CLI runs as another user than the gateway) is an error: falling back
+    /// would edit the files under a running gateway.
+    /// </summary>
+    /// <exception cref="HttpRequestException">The socket exists but cannot be reached.</exception>
     public static AdminApiClient? TryConnect(GatewayConfig gateway)
     {
-        if (AdminServer.SocketPath(gateway) is not { } path || !File.Exists(path))
+        if (AdminServer.SocketPath(gateway) is not { } path)
         {
             return null;
         }
 
+        // No File.Exists first: it says "no" for a socket in a directory the caller may not search (0700, another user's).
         using (var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
         {
             try
             {
                 probe.Connect(new UnixDomainSocketEndPoint(path));
             }
-            catch (SocketException)
+            catch (SocketException ex) when (FallsBack(ex.SocketErrorCode))
             {
-                // A socket file left by a killed gateway: nobody listens, so the verb works on the files directly.
+                // No socket, or one left by a killed gateway: nobody listens, so the verb works on the files directly.
                 return null;
+            }
+            catch (SocketException ex) when (ex.SocketErrorCode == SocketError.AccessDenied)
+            {
+                throw new HttpRequestException("cannot reach the running gateway's admin socket: permission denied; run as the gateway's user", ex);
+            }
+            catch (SocketException ex)
+            {
+                throw new HttpRequestException($"cannot reach the running gateway's admin socket {path}: {ex.Message}", ex);
             }
         }
 
         return new AdminApiClient(path);
     }
+
+    /// <summary>ENOENT (AddressNotAvailable on Unix: no socket file, or no directory) and ECONNREFUSED: no gateway runs.</summary>
+    internal static bool FallsBack(SocketError error) => error is SocketError.AddressNotAvailable or SocketError.ConnectionRefused;
 
     public void Dispose() => Http.Dispose();
 }

@@ -147,7 +147,7 @@ public static class EnvelopeCommands
                         AdminApiCalls.Json(("address", a))).GetAwaiter().GetResult();
                     if (!answer.Ok)
                     {
-                        Console.Error.WriteLine($"error: {answer.Problem()}");
+                        Console.Error.WriteLine(answer.IsNoSuchTenant ? AdminApiAnswer.NoSuchTenantError(t) : $"error: {answer.Problem()}");
                         return 1;
                     }
 
@@ -177,6 +177,12 @@ public static class EnvelopeCommands
                 {
                     var answer = AdminApiCalls.SendAsync(api, HttpMethod.Delete, $"api/v1/tenants/{AdminApiCalls.Segment(t)}/suppression/{AdminApiCalls.Segment(a)}")
                         .GetAwaiter().GetResult();
+                    if (answer.IsNoSuchTenant)
+                    {
+                        Console.Error.WriteLine(AdminApiAnswer.NoSuchTenantError(t));
+                        return 1;
+                    }
+
                     if (answer.Status == System.Net.HttpStatusCode.NotFound)
                     {
                         Console.Error.WriteLine($"{t}: {a} is not suppressed");

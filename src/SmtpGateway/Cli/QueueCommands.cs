@@ -201,7 +201,8 @@ public static class QueueCommands
             : await AdminApiCalls.SendAsync(api, HttpMethod.Delete, path).ConfigureAwait(false);
         if (!answer.Ok)
         {
-            Console.Error.WriteLine(answer.Status == System.Net.HttpStatusCode.NotFound ? $"error: {id}: no such message" : $"error: {answer.Problem()}");
+            Console.Error.WriteLine(answer.IsNoSuchTenant ? AdminApiAnswer.NoSuchTenantError(tenant)
+                : answer.Status == System.Net.HttpStatusCode.NotFound ? $"error: {id}: no such message" : $"error: {answer.Problem()}");
             return 1;
         }
 

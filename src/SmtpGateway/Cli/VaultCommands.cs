@@ -150,7 +150,7 @@ public static class VaultCommands
 
         if (!answer.Ok)
         {
-            env.Error.WriteLine($"error: {answer.Problem()}");
+            env.Error.WriteLine(answer.IsNoSuchTenant ? AdminApiAnswer.NoSuchTenantError(tenant) : $"error: {answer.Problem()}");
             return 1;
         }
 
@@ -203,7 +203,8 @@ public static class VaultCommands
                 if (!answer.Ok)
                 {
                     // 404 is the CLI's own "no credential" line; anything else an error.
-                    env.Error.WriteLine(answer.Status == System.Net.HttpStatusCode.NotFound ? $"{t}: {answer.Problem()}" : $"error: {answer.Problem()}");
+                    env.Error.WriteLine(answer.IsNoSuchTenant ? AdminApiAnswer.NoSuchTenantError(t)
+                        : answer.Status == System.Net.HttpStatusCode.NotFound ? $"{t}: {answer.Problem()}" : $"error: {answer.Problem()}");
                     return 1;
                 }
 

@@ -429,7 +429,7 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
     }
 
     /// <summary>The names the vault accepts for a credential (letters, digits, dot, underscore, hyphen; at most 64).</summary>
-    [GeneratedRegex("^[A-Za-z0-9._-]{1,64}$", RegexOptions.CultureInvariant)]
+    [GeneratedRegex("^[A-Za-z0-9._-]{1,64}\\z", RegexOptions.CultureInvariant)]
     private static partial Regex CredentialName();
 
     /// <summary>True when <paramref name="name"/> is a well-formed vault credential name.</summary>

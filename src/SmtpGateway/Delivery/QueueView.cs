@@ -45,6 +45,44 @@ public static class QueueView
             .Where(i => tenant is null || i.Tenant == tenant)
             .Where(i => state is null || i.State == state)];
 
+    /// <summary>
+    /// One page of a tenant's messages (the admin API), oldest first (ids sort by arrival), after <paramref name="after"/>:
+    /// at most <paramref name="limit"/>, so a request costs a page, not the spool. The owner is the envelope's tenant id (a
+    /// message of no tenant belongs to none); a message the running spool already knows is another tenant's is skipped
+    /// without reading its file.
+    /// </summary>
+    internal static List<QueueItem> Page(FileSpool spool, string tenant, string? state, string? after, int limit)
+    {
+        var items = new List<QueueItem>();
+        var ids = spool.Ids(SpoolArea.Queue).Select(id => (Id: id, Area: SpoolArea.Queue))
+            .Concat(spool.Ids(SpoolArea.Failed).Select(id => (Id: id, Area: SpoolArea.Failed)))
+            .Where(e => after is null || string.CompareOrdinal(e.Id, after) > 0)
+            .Order(Comparer<(string Id, SpoolArea Area)>.Create((a, b) => string.CompareOrdinal(a.Id, b.Id) is var c and not 0 ? c : a.Area.CompareTo(b.Area)));
+        foreach (var (id, area) in ids)
+        {
+            if (items.Count >= limit)
+            {
+                break;
+            }
+
+            if (area == SpoolArea.Queue && spool.TenantOf(id) is { } known && known != tenant)
+            {
+                continue;
+            }
+
+            if (spool.Read(id, area) is { } entry && entry.Envelope.TenantId == tenant && ToItem(entry) is var item && (state is null || item.State == state))
+            {
+                items.Add(item);
+            }
+        }
+
+        return items;
+    }
+
+    /// <summary>The tenant id of a message's envelope: null when it has none (DSNs, mail for no tenant) or no message has that id.</summary>
+    internal static string? OwnerOf(FileSpool spool, string id) =>
+        FileSpool.IsValidId(id) && spool.Peek(id) is { } found ? found.Entry.Envelope.TenantId : null;
+
     /// <summary>One message (queued or failed) with its header lines; null when no message has that id (or it is no id).</summary>
     internal static QueueDetails? Show(FileSpool spool, string id)
     {
@@ -56,10 +94,6 @@ public static class QueueView
         using var content = found.Message.OpenContent();
         return new QueueDetails(ToItem(found.Entry), found.Entry.Envelope.ClientAddress, found.Entry.Envelope.Listener, [.. HeaderLines(content)]);
     }
-
-    /// <summary>The tenant a message belongs to, or null when no message has that id (ids are checked before any path is made).</summary>
-    internal static string? TenantOf(FileSpool spool, string id) =>
-        FileSpool.IsValidId(id) && spool.Peek(id) is { } found ? TenantOf(found.Entry) : null;
 
     internal static QueueItem ToItem(SpoolEntry entry)
     {

@@ -133,6 +133,12 @@ public sealed class TenantSnapshot
         foreach (var (id, t) in config.OrderBy(kv => kv.Key, StringComparer.Ordinal))
         {
             var p = $"Tenants:{id}";
+            if (id == ReservedTenantId)
+            {
+                errors.Add($"{p}: the tenant id '{ReservedTenantId}' is reserved: it names the gateway's own mail of no tenant (DSNs, inbound mail) in the queue and metrics. Choose another id.");
+                continue;
+            }
+
             if (!IsValidTenantId(id))
             {
                 errors.Add($"{p}: tenant id must be 1-64 characters of a-z, 0-9, '-' and '_' (it is the AUTH user name and a directory name).");
@@ -336,8 +342,11 @@ public sealed class TenantSnapshot
                 hsm.PinFile is { Length: > 0 } file ? Path.GetFullPath(file) : null,
                 hsm.PinEnvironmentVariable is { Length: > 0 } variable ? variable : null);
 
+    /// <summary>The name under which mail of no tenant is shown (queue lists, metrics): never a configured tenant's id.</summary>
+    public const string ReservedTenantId = "default";
+
     public static bool IsValidTenantId(string id) =>
-        id.Length is > 0 and <= 64 && id.All(c => c is (>= 'a' and <= 'z') or (>= '0' and <= '9') or '-' or '_');
+        id != ReservedTenantId && id.Length is > 0 and <= 64 && id.All(c => c is (>= 'a' and <= 'z') or (>= '0' and <= '9') or '-' or '_');
 
     static bool Overlaps(IPNetwork a, IPNetwork b) =>
         a.BaseAddress.AddressFamily == b.BaseAddress.AddressFamily && (a.Contains(b.BaseAddress) || b.Contains(a.BaseAddress));

@@ -499,25 +499,42 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         foreach (var path in Directory.EnumerateFiles(directory).Order(StringComparer.Ordinal))
         {
             var id = Path.GetFileName(path);
-            if (!IsValidId(id))
+            if (IsValidId(id) && Read(id, area) is { } entry)
             {
-                continue;
-            }
-
-            try
-            {
-                using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1);
-                var header = SpoolFileFormat.ReadHeader(stream, out _, out var length);
-                var state = ReadStateQuietly(Path.Combine(stateDirectory, id + StateSuffix), header.Envelope);
-                entries.Add(new SpoolEntry(id, area, header.Envelope, state, length));
-            }
-            catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
-            {
-                // Listing is read-only: a file that vanished or is damaged is skipped, not moved.
+                entries.Add(entry);
             }
         }
 
         return entries;
+    }
+
+    /// <summary>
+    /// The ids of <paramref name="area"/> without reading any file (a directory listing), for callers that filter or page
+    /// before paying for the headers.
+    /// </summary>
+    internal IEnumerable<string> Ids(SpoolArea area)
+    {
+        var directory = area == SpoolArea.Queue ? _queue : _failed;
+        return Directory.Exists(directory) ? Directory.EnumerateFiles(directory).Select(p => Path.GetFileName(p)).Where(IsValidId) : [];
+    }
+
+    /// <summary>One entry of <paramref name="area"/> (the id must be valid), or null when it vanished or is damaged.</summary>
+    internal SpoolEntry? Read(string id, SpoolArea area)
+    {
+        var directory = area == SpoolArea.Queue ? _queue : _failed;
+        var stateDirectory = area == SpoolArea.Queue ? _state : _failed;
+        try
+        {
+            using var stream = new FileStream(Path.Combine(directory, id), FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1);
+            var header = SpoolFileFormat.ReadHeader(stream, out _, out var length);
+            var state = ReadStateQuietly(Path.Combine(stateDirectory, id + StateSuffix), header.Envelope);
+            return new SpoolEntry(id, area, header.Envelope, state, length);
+        }
+        catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
+        {
+            // Listing is read-only: a file that vanished or is damaged is skipped, not moved.
+            return null;
+        }
     }
 
     static DeliveryState ReadStateQuietly(string path, SpoolEnvelope envelope)

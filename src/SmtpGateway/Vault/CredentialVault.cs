@@ -574,6 +574,6 @@ public sealed partial class CredentialVault : IUpstreamCredentials, IDisposable
         }
     }
 
-    [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\\z")]
     private static partial Regex NamePattern();
 }

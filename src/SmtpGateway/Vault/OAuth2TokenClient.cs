@@ -91,7 +91,8 @@ internal sealed class OAuth2TokenClient(HttpMessageInvoker http, TimeSpan timeou
         }
 
         var uri = new Uri(endpoint);
-        var where = uri.GetLeftPart(UriPartial.Path);
+        // Never the user info: this text reaches logs and (through the admin API) problem details.
+        var where = uri.GetComponents(UriComponents.SchemeAndServer | UriComponents.Path, UriFormat.UriEscaped);
         var body = FormBody(refreshToken.Span, clientId, clientSecret.Span);
         byte[]? response = null;
         var length = 0;
