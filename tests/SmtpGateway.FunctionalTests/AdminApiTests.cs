@@ -89,6 +89,12 @@ public sealed class AdminApiTests(GatewayHarness harness, ITestOutputHelper outp
 
         using var op = harness.AdminClient(harness.OperatorKey);
         Assert.Equal(HttpStatusCode.OK, (await op.GetAsync("API/v1/tenants", cts.Token)).StatusCode);
+
+        // The OpenAPI document (anonymous) tells generated clients to send the key as a bearer.
+        var document = JsonDocument.Parse(await anonymous.GetStringAsync("openapi.json", cts.Token)).RootElement;
+        var scheme = document.GetProperty("components").GetProperty("securitySchemes").GetProperty("adminKey");
+        Assert.Equal(("http", "bearer"), (scheme.GetProperty("type").GetString(), scheme.GetProperty("scheme").GetString()));
+        Assert.True(document.GetProperty("security")[0].TryGetProperty("adminKey", out _));
     });
 
     HttpClient AdminClientFrom(string key)
