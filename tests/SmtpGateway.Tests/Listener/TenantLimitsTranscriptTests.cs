@@ -60,7 +60,7 @@ public sealed class TenantLimitsTranscriptTests
     [Fact]
     public async Task A_rate_limit_refusal_is_answered_only_after_RateLimitReplyDelay_pipelined_ones_one_delay_each_up_to_five_and_other_replies_are_not_held()
     {
-        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        var clock = new TimerWatch(DateTimeOffset.UtcNow);
         await using var gw = await TestGateway.StartAsync(time: clock, limits: l => l.RateLimitReplyDelay = TimeSpan.FromSeconds(1),
             tenantLimits: (id, l) => l.MessagesPerMinute = id == "tenant-a" ? 1 : null);
         await using var a = await gw.ConnectAsync(gw.Relay);
@@ -68,9 +68,10 @@ public sealed class TenantLimitsTranscriptTests
         Assert.StartsWith("250 2.0.0", await SendAsync(a, "alice@tenant-a.example"));
 
         await a.SendRawAsync("MAIL FROM:<alice@tenant-a.example>\r\n");
-        // Held: no reply while the fake clock stands still (a tight retry loop gets one refusal a second at most).
+        // Held: once the session has armed its 1 s hold, no reply while the fake clock stands still (a tight retry loop
+        // gets one refusal a second at most).
         var reply = a.ReadReplyAsync();
-        await Task.WhenAny(reply, Task.Delay(TimeSpan.FromMilliseconds(300)));
+        await clock.WaitForTimersAsync(TimeSpan.FromSeconds(1));
         Assert.False(reply.IsCompleted);
         clock.Advance(TimeSpan.FromSeconds(1));
         Assert.Equal(MessageRate, await reply);
@@ -81,9 +82,8 @@ public sealed class TenantLimitsTranscriptTests
         // Ten refused MAILs in one write (RFC 2920): one flush of ten replies, held 5 s (the cap), not 1 s nor 10 s.
         await a.SendRawAsync(string.Concat(Enumerable.Repeat("MAIL FROM:<alice@tenant-a.example>\r\n", 10)));
         var first = a.ReadReplyAsync();
-        await Task.WhenAny(first, Task.Delay(TimeSpan.FromMilliseconds(300)));
+        await clock.WaitForTimersAsync(TimeSpan.FromSeconds(5));
         clock.Advance(TimeSpan.FromSeconds(4));
-        await Task.WhenAny(first, Task.Delay(TimeSpan.FromMilliseconds(300)));
         Assert.False(first.IsCompleted);
         clock.Advance(TimeSpan.FromSeconds(1));
         Assert.Equal(MessageRate, await first);
