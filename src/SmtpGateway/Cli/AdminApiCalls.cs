@@ -12,21 +12,33 @@ internal sealed record AdminApiAnswer(HttpStatusCode Status, JsonElement Body)
     /// What a problem says, as one line for "error: ...": its detail, or for a 400 every error it lists
     /// ("field: error; field: error"), so the operator sees all of them at once, as from the API.
     /// </summary>
-    public string Problem()
+    public string Problem() => string.Join("; ", Errors().Select(e => e.Field is null ? e.Error : $"{e.Field}: {e.Error}"));
+
+    /// <summary>
+    /// Every error a problem (RFC 9457) states: each validation error with its field, else the detail, else the title,
+    /// else the status; one reader for every CLI verb, whether it prints them on one line or one per line.
+    /// </summary>
+    public IReadOnlyList<(string? Field, string Error)> Errors()
     {
+        var status = $"the gateway answered {(int)Status} {Status}";
         if (Body.ValueKind != JsonValueKind.Object)
         {
-            return $"the gateway answered {(int)Status} {Status}";
+            return [(null, status)];
         }
 
         if (Body.TryGetProperty("errors", out var errors) && errors.ValueKind == JsonValueKind.Object)
         {
-            return string.Join("; ", errors.EnumerateObject().SelectMany(f => f.Value.EnumerateArray().Select(e => $"{f.Name}: {e.GetString()}")));
+            var list = errors.EnumerateObject()
+                .SelectMany(f => f.Value.ValueKind == JsonValueKind.Array ? f.Value.EnumerateArray().Select(e => ((string?)f.Name, e.GetString() ?? "")) : [])
+                .Where(e => e.Item2.Length > 0)
+                .ToList();
+            if (list.Count > 0)
+            {
+                return list;
+            }
         }
 
-        return Body.TryGetProperty("detail", out var detail) && detail.GetString() is { } text ? text
-            : Body.TryGetProperty("title", out var title) && title.GetString() is { } t ? t
-            : $"the gateway answered {(int)Status} {Status}";
+        return [(null, String("detail") is { Length: > 0 } detail ? detail : String("title") is { Length: > 0 } title ? title : status)];
     }
 
     /// <summary>

@@ -1,4 +1,3 @@
-using System.Net.Http.Json;
 using System.Text.Json;
 
 namespace SmtpGateway.Cli;
@@ -12,23 +11,19 @@ internal static class AdminApiRequests
     static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
 
     /// <summary>The parsed response on success; null (errors printed) when the gateway refused.</summary>
+    /// <remarks>Sent by <see cref="AdminApiCalls.SendAsync"/>, the one transport of every verb (its timeout handling included).</remarks>
     public static T? Send<T>(AdminApiClient api, HttpMethod method, string path, object? body = null)
         where T : class
     {
-        using var request = new HttpRequestMessage(method, path);
-        if (body is not null)
+        var bytes = body is null ? null : JsonSerializer.SerializeToUtf8Bytes(body, body.GetType(), Json);
+        var answer = AdminApiCalls.SendAsync(api, method, path, bytes).GetAwaiter().GetResult();
+        if (answer.Ok)
         {
-            request.Content = JsonContent.Create(body, body.GetType(), options: Json);
+            return answer.Body.ValueKind == JsonValueKind.Undefined ? throw new InvalidDataException($"the gateway answered {method} {path} with an empty body.")
+                : answer.Body.Deserialize<T>(Json) ?? throw new InvalidDataException($"the gateway answered {method} {path} with an empty body.");
         }
 
-        using var response = api.Http.SendAsync(request).GetAwaiter().GetResult();
-        var text = response.Content.ReadAsStringAsync().GetAwaiter().GetResult();
-        if (response.IsSuccessStatusCode)
-        {
-            return JsonSerializer.Deserialize<T>(text, Json) ?? throw new InvalidDataException($"the gateway answered {method} {path} with an empty body.");
-        }
-
-        PrintErrors(Errors(text, (int)response.StatusCode));
+        PrintErrors(answer.Errors().Select(e => e.Error));
         return null;
     }
 
@@ -41,40 +36,5 @@ internal static class AdminApiRequests
         }
 
         return 1;
-    }
-
-    /// <summary>Problem details (RFC 9457): each validation error, else the detail, else the title and status.</summary>
-    static IEnumerable<string> Errors(string body, int status)
-    {
-        JsonElement root;
-        try
-        {
-            root = JsonDocument.Parse(body).RootElement;
-        }
-        catch (JsonException)
-        {
-            return [$"the gateway answered {status}."];
-        }
-
-        if (root.ValueKind != JsonValueKind.Object)
-        {
-            return [$"the gateway answered {status}."];
-        }
-
-        if (root.TryGetProperty("errors", out var errors) && errors.ValueKind == JsonValueKind.Object)
-        {
-            var list = errors.EnumerateObject()
-                .SelectMany(field => field.Value.ValueKind == JsonValueKind.Array ? field.Value.EnumerateArray().Select(e => e.GetString() ?? "") : [])
-                .Where(e => e.Length > 0)
-                .ToList();
-            if (list.Count > 0)
-            {
-                return list;
-            }
-        }
-
-        return root.TryGetProperty("detail", out var detail) && detail.GetString() is { Length: > 0 } d ? [d]
-            : root.TryGetProperty("title", out var title) && title.GetString() is { Length: > 0 } t ? [$"{t} ({status})"]
-            : [$"the gateway answered {status}."];
     }
 }
