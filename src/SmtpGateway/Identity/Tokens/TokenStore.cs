@@ -189,12 +189,15 @@ public sealed partial class TokenStore
 
         // The marker comes first: a registry line never exists without it, so its later loss is always noticed.
         WriteRegistryMarker();
+        // Counted before the line is written: this process's own refresh (the running gateway appends through the admin API)
+        // may read the new line before the watermark below is raised, and must not make it count that line twice.
+        var revocationsBefore = Interlocked.Read(ref _fileRevocations);
         Storage.AppendOnlyFile.AppendLine(_registryPath, JsonSerializer.SerializeToUtf8Bytes(entry, TokenJsonContext.Default.RegistryEntry));
         if (entry.Op == "revoke")
         {
             // After the line: a reader may see the line without the raised watermark, never the reverse. Two writers racing
             // can only leave it lower than the lines, which loses detection of one restore, never raises a false fault.
-            WriteRevocationWatermark(_fileRevocations + 1);
+            WriteRevocationWatermark(revocationsBefore + 1);
         }
     }
 
