@@ -59,8 +59,11 @@ public static class EventEndpoints
         return e;
     }
 
-    /// <summary>The last <paramref name="limit"/> whole events of the file, newest first; damaged and half-written lines are skipped.</summary>
-    internal static List<DeliveryEvent> Latest(string path, string tenant, int limit, long maxScanBytes = MaxScanBytes)
+    /// <summary>
+    /// The last <paramref name="limit"/> whole events of the file (those <paramref name="match"/> takes, when given), newest
+    /// first; damaged and half-written lines are skipped.
+    /// </summary>
+    internal static List<DeliveryEvent> Latest(string path, string tenant, int limit, long maxScanBytes = MaxScanBytes, Func<DeliveryEvent, bool>? match = null)
     {
         var events = new List<DeliveryEvent>();
         if (!File.Exists(path))
@@ -98,7 +101,7 @@ public static class EventEndpoints
                 }
                 else
                 {
-                    Add(data.AsSpan((lf + 1)..end), tenant, events);
+                    Add(data.AsSpan((lf + 1)..end), tenant, match, events);
                 }
 
                 end = lf;
@@ -115,13 +118,13 @@ public static class EventEndpoints
         // The file's first line has no LF before it.
         if (position == 0 && events.Count < limit && !partial && !oversized && tail.Length > 0)
         {
-            Add(tail, tenant, events);
+            Add(tail, tenant, match, events);
         }
 
         return events;
     }
 
-    static void Add(ReadOnlySpan<byte> line, string tenant, List<DeliveryEvent> events)
+    static void Add(ReadOnlySpan<byte> line, string tenant, Func<DeliveryEvent, bool>? match, List<DeliveryEvent> events)
     {
         if (line.IsEmpty)
         {
@@ -131,7 +134,7 @@ public static class EventEndpoints
         try
         {
             // File names are a reduced form of the tenant id: keep only this tenant's own lines.
-            if (JsonSerializer.Deserialize(line, DeliveryEventJsonContext.Default.DeliveryEvent) is { } e && e.Tenant == tenant)
+            if (JsonSerializer.Deserialize(line, DeliveryEventJsonContext.Default.DeliveryEvent) is { } e && e.Tenant == tenant && (match is null || match(e)))
             {
                 events.Add(e);
             }

@@ -36,6 +36,9 @@ public static class AuditActions
 
     /// <summary>An admin API call (subject: method and route template; token id: the admin key id).</summary>
     public const string Admin = "admin";
+
+    /// <summary>One MCP tool call (issue #14): tool name as the subject, result ok | refused | invalid | error.</summary>
+    public const string McpTool = "mcp-tool";
 }
 
 /// <summary>One audit record. Never carries a token, password or key: only the token id.</summary>

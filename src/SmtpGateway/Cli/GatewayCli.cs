@@ -5,6 +5,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 using SmtpGateway.Admin;
+using SmtpGateway.Mcp;
 using SmtpGateway.Configuration;
 using SmtpGateway.Hosting;
 
@@ -32,6 +33,7 @@ public static class GatewayCli
         root.Subcommands.Add(EnvelopeCommands.Verp(ConfigOption));
         root.Subcommands.Add(VaultCommands.Build(ConfigOption));
         root.Subcommands.Add(AdminCommands.Build(ConfigOption));
+        root.Subcommands.Add(McpCommand.Build(ConfigOption));
         return root;
     }
 
@@ -194,10 +196,12 @@ public static class GatewayCli
         builder.Services.AddSingleton<IHostLifetime, Microsoft.Extensions.Hosting.Internal.ConsoleLifetime>();
         builder.Services.AddSmtpGateway(builder.Configuration);
         builder.Services.AddAdmin();
+        builder.Services.AddGatewayMcp();
         var gateway = builder.Configuration.GetSection(GatewayConfig.SectionName).Get<GatewayConfig>() ?? new GatewayConfig();
         AdminServer.Configure(builder.WebHost, builder.Services, gateway);
         var app = builder.Build();
         AdminEndpoints.MapAdmin(app);
+        app.MapGatewayMcp();
         return app;
     }
 }

@@ -44,6 +44,9 @@ public sealed class GatewayConfig
     /// <summary>Admin HTTP endpoint: API, metrics, health, dashboard (issue #13).</summary>
     public AdminConfig Admin { get; set; } = new();
 
+    /// <summary>MCP tool server at /mcp on the admin endpoint (issue #14).</summary>
+    public McpConfig Mcp { get; set; } = new();
+
     /// <summary>How long SIGTERM waits for in-flight SMTP sessions before answering 421 to the rest.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(20);
 }

@@ -349,6 +349,7 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
         }
         CheckVault(e, $"{G}:Vault", c.Vault);
         CheckAdmin(e, c.Admin);
+        CheckMcp(e, c.Mcp, c.Limits);
 
         for (var i = 0; i < c.Dns.Servers.Count; i++)
         {
@@ -572,6 +573,39 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
         }
 
         Positive(e, $"{p}:BadKeyWindow", a.BadKeyWindow);
+    }
+
+    static void CheckMcp(List<string> e, McpConfig m, LimitsConfig limits)
+    {
+        const string p = "Gateway:Mcp";
+        if (m.MaxAttachmentSize < 1 || m.MaxAttachmentSize > limits.MaxMessageSize)
+        {
+            e.Add($"{p}:MaxAttachmentSize: must be between 1 and Gateway:Limits:MaxMessageSize ({limits.MaxMessageSize}).");
+        }
+
+        // Base64 is 4/3 of the bytes; the rest of a call (addresses, text, JSON) gets at least 1 MiB.
+        var needed = (m.MaxAttachmentSize + 2) / 3 * 4 + 1024 * 1024;
+        if (m.MaxRequestBodySize < needed || m.MaxRequestBodySize > 1024L * 1024 * 1024)
+        {
+            e.Add($"{p}:MaxRequestBodySize: must be between {needed} (MaxAttachmentSize as base64, plus 1 MiB) and 1073741824 bytes.");
+        }
+
+        if (m.MaxAttachments < 0 || m.MaxConcurrentRequests < 1)
+        {
+            e.Add($"{p}: MaxAttachments must be at least 0 and MaxConcurrentRequests at least 1.");
+        }
+
+        foreach (var name in m.EffectiveAllowedHeaders)
+        {
+            if (string.IsNullOrEmpty(name) || !name.All(c => c is > ' ' and < (char)127 and not ':'))
+            {
+                e.Add($"{p}:AllowedHeaders: '{name}' is not a header field name (RFC 5322 section 3.6.8).");
+            }
+            else if (McpConfig.IsForbiddenHeader(name))
+            {
+                e.Add($"{p}:AllowedHeaders: '{name}' is set by the gateway itself and cannot be allowed.");
+            }
+        }
     }
 
     static void Positive(List<string> e, string path, TimeSpan value)

@@ -21,4 +21,5 @@ public static class EventIds
     public const int Audit = 2400;        // 2400-2499
     public const int Admin = 2500;        // 2500-2599
     public const int Submission = 2600;   // 2600-2699
+    public const int Mcp = 2700;          // 2700-2799
 }

@@ -55,6 +55,8 @@ public static class Telemetry
     public const string VaultDecryptions = "smtpgw.vault.decryptions";
     public const string LimitsRefused = "smtpgw.limits.refused";
     public const string SessionsJunkClosed = "smtpgw.sessions.junk_closed";
+    public const string McpToolCalls = "smtpgw.mcp.tool_calls";
+    public const string McpRequestsRefused = "smtpgw.mcp.requests_refused";
 
     /// <summary>
     /// Buckets (seconds) for what takes milliseconds when healthy (end of DATA to 250, spool commit, an HSM signature):

@@ -3,10 +3,11 @@ using System.Net;
 namespace SmtpGateway.Identity;
 
 /// <summary>What the Listener knows about the client when it asks for authentication.</summary>
-public sealed record AuthRequest(string SessionId, IPAddress ClientAddress, string Listener, string Mechanism, string AuthorizationIdentity, string UserName, string Password)
+/// <param name="Channel">The audit channel (smtp, mcp): the same credential check serves every door.</param>
+public sealed record AuthRequest(string SessionId, IPAddress ClientAddress, string Listener, string Mechanism, string AuthorizationIdentity, string UserName, string Password, string Channel = "smtp")
 {
     // The generated record ToString would print the password (a session token) into any log or exception that formats it.
-    public override string ToString() => $"AuthRequest {{ SessionId = {SessionId}, ClientAddress = {ClientAddress}, Listener = {Listener}, Mechanism = {Mechanism}, UserName = {UserName} }}";
+    public override string ToString() => $"AuthRequest {{ SessionId = {SessionId}, ClientAddress = {ClientAddress}, Listener = {Listener}, Mechanism = {Mechanism}, UserName = {UserName}, Channel = {Channel} }}";
 }
 
 /// <summary>

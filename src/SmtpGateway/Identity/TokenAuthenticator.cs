@@ -27,6 +27,7 @@ public sealed class TokenAuthenticator(TokenService tokens, IAuditLog audit) : I
             Listener = request.Listener,
             TokenId = check?.Payload?.Id,
             CrossTenant = crossTenant,
+            Channel = request.Channel,
         });
         return ValueTask.FromResult(result);
     }

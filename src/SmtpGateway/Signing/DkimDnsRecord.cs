@@ -33,4 +33,38 @@ public static class DkimDnsRecord
 
     /// <summary>Just the TXT strings joined, as a resolver returns them (for verifiers fed from `smtpgw dkim dns`).</summary>
     public static string Name(DkimSelector selector) => $"{selector.Selector}._domainkey.{selector.Domain}.";
+
+    /// <summary>
+    /// Whether a published TXT value (its strings joined) carries this selector's key: same key type (k=, default rsa) and
+    /// same p=, whitespace removed (RFC 6376 section 3.6.1 allows FWS inside p=, and providers fold long values).
+    /// </summary>
+    public static bool Matches(string published, DkimSelector selector)
+    {
+        ArgumentNullException.ThrowIfNull(published);
+        ArgumentNullException.ThrowIfNull(selector);
+        string? key = null;
+        var type = "rsa";
+        foreach (var tag in published.Split(';'))
+        {
+            var eq = tag.IndexOf('=', StringComparison.Ordinal);
+            if (eq < 0)
+            {
+                continue;
+            }
+
+            var name = tag[..eq].Trim();
+            var value = string.Concat(tag[(eq + 1)..].Where(c => !char.IsWhiteSpace(c)));
+            if (name == "p")
+            {
+                key = value;
+            }
+            else if (name == "k")
+            {
+                type = value;
+            }
+        }
+
+        var expectedType = selector.Algorithm == DkimAlgorithm.Ed25519 ? "ed25519" : "rsa";
+        return key is not null && string.Equals(type, expectedType, StringComparison.OrdinalIgnoreCase) && key == selector.PublicKey;
+    }
 }

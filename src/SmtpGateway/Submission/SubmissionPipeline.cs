@@ -236,32 +236,38 @@ public sealed class SubmissionPipeline
     /// <summary>
     /// A message built in code (MCP tool, admin API) enters here: the same Policy, Envelope, Signing and Spool stages as an
     /// SMTP transaction, in the same order. <paramref name="message"/> is RFC 5322 with CRLF line endings; a bare CR or LF
-    /// is refused as it is on the wire. The first refusal is the answer.
+    /// is refused as it is on the wire. The first refusal is the answer; the queue id is set when the message was committed.
     /// </summary>
-    public async ValueTask<SmtpReply> SubmitAsync(SubmissionContext context, SmtpPath mailFrom, IReadOnlyList<SmtpPath> recipients, ReadOnlySequence<byte> message, bool smtpUtf8 = false)
+    public async ValueTask<SubmitResult> SubmitAsync(SubmissionContext context, SmtpPath mailFrom, IReadOnlyList<SmtpPath> recipients, ReadOnlySequence<byte> message, bool smtpUtf8 = false)
     {
         ArgumentNullException.ThrowIfNull(context);
         ArgumentNullException.ThrowIfNull(recipients);
+        if (context.ConnectRefusal is { } closed)
+        {
+            // A conversation the Identity stage refused at its start (tenant at MaxSessions) takes no message either.
+            return new(closed, null);
+        }
+
         if (recipients.Count == 0)
         {
-            return SmtpReplies.NoValidRecipients;
+            return new(SmtpReplies.NoValidRecipients, null);
         }
 
         if (recipients.Count > _services.Limits.MaxRecipients)
         {
-            return SmtpReplies.TooManyRecipients;
+            return new(SmtpReplies.TooManyRecipients, null);
         }
 
         if (message.Length > _services.Limits.MaxMessageSize)
         {
-            return SmtpReplies.MessageTooBig;
+            return new(SmtpReplies.MessageTooBig, null);
         }
 
         // The whole message is at hand: its length is the declared size, so the tenant's MaxMessageSize applies at MAIL.
         var mail = Mail(context, mailFrom, smtpUtf8, eightBitMime: true, declaredSize: message.Length);
         if (!mail.Accepted)
         {
-            return mail.Reply;
+            return new(mail.Reply, null);
         }
 
         foreach (var recipient in recipients)
@@ -270,7 +276,7 @@ public sealed class SubmissionPipeline
             if (!verdict.Accepted)
             {
                 context.ResetTransaction();
-                return verdict.Reply;
+                return new(verdict.Reply, null);
             }
         }
 
@@ -278,7 +284,7 @@ public sealed class SubmissionPipeline
         if (incoming is null)
         {
             context.ResetTransaction();
-            return refusal!;
+            return new(refusal!, null);
         }
 
         var reader = new SequenceReader<byte>(message);
@@ -291,12 +297,12 @@ public sealed class SubmissionPipeline
                 reader.AdvanceToEnd();
                 if (line.PositionOf((byte)'\r') is not null)
                 {
-                    return RefuseData(context, SmtpReplies.BareCrLfInData);
+                    return new(RefuseData(context, SmtpReplies.BareCrLfInData), null);
                 }
 
                 if (line.PositionOf((byte)0) is not null)
                 {
-                    return RefuseData(context, SmtpReplies.NulInData);
+                    return new(RefuseData(context, SmtpReplies.NulInData), null);
                 }
 
                 incoming.AppendLine(line);
@@ -305,18 +311,19 @@ public sealed class SubmissionPipeline
 
             if (line.Length == 0 || line.Slice(line.Length - 1).FirstSpan[0] != (byte)'\r' || line.Slice(0, line.Length - 1).PositionOf((byte)'\r') is not null)
             {
-                return RefuseData(context, SmtpReplies.BareCrLfInData);
+                return new(RefuseData(context, SmtpReplies.BareCrLfInData), null);
             }
 
             if (line.PositionOf((byte)0) is not null)
             {
-                return RefuseData(context, SmtpReplies.NulInData);
+                return new(RefuseData(context, SmtpReplies.NulInData), null);
             }
 
             incoming.AppendLine(line.Slice(0, line.Length - 1));
         }
 
-        return await EndMessageAsync(context, incoming).ConfigureAwait(false);
+        var reply = await EndMessageAsync(context, incoming).ConfigureAwait(false);
+        return new(reply, reply.IsPositive ? incoming.Id : null);
     }
 
     static SmtpReply RefuseData(SubmissionContext context, SmtpReply reply)
@@ -326,3 +333,6 @@ public sealed class SubmissionPipeline
         return reply;
     }
 }
+
+/// <summary>The answer to <see cref="SubmissionPipeline.SubmitAsync"/>: the reply an SMTP client would have had, and the queue id once committed.</summary>
+public readonly record struct SubmitResult(SmtpReply Reply, string? QueueId);

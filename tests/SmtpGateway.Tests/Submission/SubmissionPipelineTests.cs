@@ -99,7 +99,8 @@ public sealed class SubmissionPipelineTests : IDisposable
         var reply = await pipeline.SubmitAsync(context, Path("alice@tenant-a.example"), [Path("bob@example.net")],
             Built("alice@tenant-a.example", "Hello from an agent.", ("X-Tenant", "tenant-b")));
 
-        var spooled = await SpooledAsync(QueueId(reply));
+        Assert.Equal(QueueId(reply.Reply), reply.QueueId);
+        var spooled = await SpooledAsync(reply.QueueId!);
         var text = Encoding.UTF8.GetString(spooled);
         Assert.StartsWith("DKIM-Signature:", text, StringComparison.Ordinal);
         Assert.Contains("\r\nReceived: from unknown ([127.0.0.1])", text, StringComparison.Ordinal);
@@ -120,7 +121,8 @@ public sealed class SubmissionPipelineTests : IDisposable
         var reply = await pipeline.SubmitAsync(context, Path("mallory@tenant-b.example"), [Path("bob@example.net")],
             Built("ceo@tenant-a.example", "Pay this invoice."));
 
-        Assert.Equal(SmtpReplies.HeaderFromNotOwned, reply);
+        Assert.Equal(SmtpReplies.HeaderFromNotOwned, reply.Reply);
+        Assert.Null(reply.QueueId);
         Assert.Empty(_spool.List(SpoolArea.Queue));
         var audit = Assert.Single(_audit.Events, e => e.Action == "header-from");
         Assert.True(audit.CrossTenant);
@@ -197,7 +199,7 @@ public sealed class SubmissionPipelineTests : IDisposable
         var headers = string.Concat(Enumerable.Range(0, 400).Select(i => $"X-Filler-{i}: {new string('z', 60)}\r\n"));
         var message = Encoding.ASCII.GetBytes($"From: alice@tenant-a.example\r\n{headers}\r\nbody\r\n");
 
-        var reply = await pipeline.SubmitAsync(context, Path("alice@tenant-a.example"), [Path("bob@example.net")], new ReadOnlySequence<byte>(message));
+        var reply = (await pipeline.SubmitAsync(context, Path("alice@tenant-a.example"), [Path("bob@example.net")], new ReadOnlySequence<byte>(message))).Reply;
 
         Assert.Equal(SmtpReplies.HeaderSectionTooBig, reply);
         Assert.Empty(_spool.List(SpoolArea.Queue));
@@ -211,7 +213,7 @@ public sealed class SubmissionPipelineTests : IDisposable
         var context = AsTenant(pipeline, "tenant-a");
         var message = Encoding.ASCII.GetBytes("From: alice@tenant-a.example\r\nSubject: x\r\n\r\nline one\n.\nline two\r\n");
 
-        var reply = await pipeline.SubmitAsync(context, Path("alice@tenant-a.example"), [Path("bob@example.net")], new ReadOnlySequence<byte>(message));
+        var reply = (await pipeline.SubmitAsync(context, Path("alice@tenant-a.example"), [Path("bob@example.net")], new ReadOnlySequence<byte>(message))).Reply;
 
         Assert.Equal(SmtpReplies.BareCrLfInData, reply);
         Assert.Empty(_spool.List(SpoolArea.Queue));
@@ -225,7 +227,7 @@ public sealed class SubmissionPipelineTests : IDisposable
         var pipeline = Pipeline();
         var context = AsTenant(pipeline, "tenant-a");
 
-        var reply = await pipeline.SubmitAsync(context, Path("alice@tenant-a.example"), [Path("bob@example.net")], new ReadOnlySequence<byte>(Encoding.ASCII.GetBytes(text)));
+        var reply = (await pipeline.SubmitAsync(context, Path("alice@tenant-a.example"), [Path("bob@example.net")], new ReadOnlySequence<byte>(Encoding.ASCII.GetBytes(text)))).Reply;
 
         Assert.Equal(SmtpReplies.NulInData, reply);
         Assert.Empty(_spool.List(SpoolArea.Queue));
@@ -239,7 +241,7 @@ public sealed class SubmissionPipelineTests : IDisposable
         var received = string.Concat(Enumerable.Range(0, 4).Select(i => $"Received: from h{i}.example.net by h{i + 1}.example.net; Fri, 4 Dec 2026 12:00:00 +0000\r\n"));
         var message = Encoding.ASCII.GetBytes($"From: alice@tenant-a.example\r\n{received}Subject: x\r\n\r\nbody\r\n");
 
-        var reply = await pipeline.SubmitAsync(context, Path("alice@tenant-a.example"), [Path("bob@example.net")], new ReadOnlySequence<byte>(message));
+        var reply = (await pipeline.SubmitAsync(context, Path("alice@tenant-a.example"), [Path("bob@example.net")], new ReadOnlySequence<byte>(message))).Reply;
 
         Assert.Equal(SmtpReplies.TooManyHops, reply);
         Assert.Empty(_spool.List(SpoolArea.Queue));

@@ -101,6 +101,29 @@ public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants,
         return new MintedToken(token, record);
     }
 
+    /// <summary>
+    /// The tenant a token claims, unverified: a bearer token (MCP) comes without a user name, so the claim names the tenant
+    /// whose key then verifies it in <see cref="Verify"/>, exactly as a SASL user name would. Null when it is no token.
+    /// </summary>
+    public static string? ClaimedTenant(string token)
+    {
+        if (token.Length is 0 or > MaxTokenLength || !token.StartsWith(Prefix, StringComparison.Ordinal))
+        {
+            return null;
+        }
+
+        var parts = token.Split('.');
+        try
+        {
+            return parts.Length == 3 && JsonSerializer.Deserialize(FromBase64Url(parts[1]), TokenJsonContext.Default.TokenPayload) is { } payload
+                && TenantSnapshot.IsValidTenantId(payload.Tenant) ? payload.Tenant : null;
+        }
+        catch (Exception ex) when (ex is FormatException or JsonException)
+        {
+            return null;
+        }
+    }
+
     /// <summary>Checks a token presented as the AUTH password by the user <paramref name="userName"/>.</summary>
     public TokenCheck Verify(string userName, string token)
     {

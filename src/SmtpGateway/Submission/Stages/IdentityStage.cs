@@ -52,7 +52,7 @@ internal sealed class IdentityStage(IdentityServices identity, TenantRateLimits 
     public async ValueTask<AuthVerdict> AuthenticateAsync(SubmissionContext context, string mechanism, string authorizationIdentity, string user, string password, CancellationToken cancellationToken)
     {
         var result = await identity.Authenticator.AuthenticateAsync(
-            new AuthRequest(context.SessionId, context.ClientAddress, context.Listener, mechanism, authorizationIdentity, user, password), cancellationToken).ConfigureAwait(false);
+            new AuthRequest(context.SessionId, context.ClientAddress, context.Listener, mechanism, authorizationIdentity, user, password, Auditor.ChannelName(context.Channel)), cancellationToken).ConfigureAwait(false);
         if (result.Succeeded)
         {
             if (rates.TryOpenSession(result.Session!.TenantId, LimitsOf(context, result.Session.TenantId)) is not { } slot)

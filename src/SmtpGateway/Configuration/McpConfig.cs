@@ -1,0 +1,60 @@
+namespace SmtpGateway.Configuration;
+
+/// <summary>
+/// "Gateway:Mcp": the MCP tool server (issue #14) at /mcp on the admin endpoint, and the stdio bridge `smtpgw mcp` that
+/// forwards to it. Served only while Gateway:Admin is enabled.
+/// </summary>
+public sealed class McpConfig
+{
+    public bool Enabled { get; set; } = true;
+
+    /// <summary>
+    /// Body cap for /mcp, replacing Gateway:Admin:MaxRequestBodySize there. Large enough that an over-sized attachment is
+    /// refused by the tool with its own clear error (a 30 MiB file is 40 MiB of base64) instead of a bare 413; every
+    /// body is read only after the bearer token verified, and <see cref="MaxConcurrentRequests"/> bounds how many at once.
+    /// </summary>
+    public long MaxRequestBodySize { get; set; } = 48L * 1024 * 1024;
+
+    /// <summary>Decoded bytes of all attachments of one send_email call (SES allows 10 MB, Gmail 25 MB).</summary>
+    public long MaxAttachmentSize { get; set; } = 10L * 1024 * 1024;
+
+    public int MaxAttachments { get; set; } = 20;
+
+    /// <summary>
+    /// /mcp requests served at once, gateway-wide (each may hold a body of up to <see cref="MaxRequestBodySize"/>); a
+    /// tenant's own share is its Limits:MaxSessions, as for SMTP sessions. Past it: 503 with Retry-After.
+    /// </summary>
+    public int MaxConcurrentRequests { get; set; } = 16;
+
+    /// <summary>
+    /// Header fields send_email may set through its `headers` argument (case-insensitive). Null: the default list. Fields
+    /// the gateway builds itself (<see cref="IsForbiddenHeader"/>) are refused at start even when listed.
+    /// </summary>
+    public List<string>? AllowedHeaders { get; set; }
+
+    public static readonly IReadOnlyList<string> DefaultAllowedHeaders =
+    [
+        "In-Reply-To", "References", "List-Unsubscribe", "List-Unsubscribe-Post", "List-Id", "Auto-Submitted", "Precedence",
+        "Keywords", "Comments", "Feedback-ID", "X-Entity-Ref-ID",
+    ];
+
+    /// <summary>The allowlist in force.</summary>
+    public IReadOnlyList<string> EffectiveAllowedHeaders => AllowedHeaders ?? DefaultAllowedHeaders;
+
+    static readonly HashSet<string> Forbidden = new(StringComparer.OrdinalIgnoreCase)
+    {
+        // Identity and addressing come from the tool's own arguments (RFC 5322 section 3.6), checked by policy there.
+        "From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Subject", "Date", "Message-ID",
+        // Trace and authentication fields are the gateway's and the receivers' (RFC 5321 4.4, RFC 6376, RFC 8601).
+        "Return-Path", "Received", "DKIM-Signature", "Authentication-Results", "Received-SPF",
+        // MIME structure is built by MimeKit (RFC 2045); a header here would contradict the body.
+        "MIME-Version",
+    };
+
+    /// <summary>Fields no allowlist can open: the message's identity, trace, signatures and MIME structure.</summary>
+    public static bool IsForbiddenHeader(string name) =>
+        Forbidden.Contains(name)
+        || name.StartsWith("Content-", StringComparison.OrdinalIgnoreCase)
+        || name.StartsWith("Resent-", StringComparison.OrdinalIgnoreCase)
+        || name.StartsWith("ARC-", StringComparison.OrdinalIgnoreCase);
+}
