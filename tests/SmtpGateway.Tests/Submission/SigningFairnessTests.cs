@@ -53,13 +53,13 @@ public sealed class SigningFairnessTests : IDisposable
         return context;
     }
 
-    static ValueTask<SmtpReply> Submit(SubmissionPipeline pipeline, SubmissionContext context, string tenant, int n)
+    static async ValueTask<SmtpReply> Submit(SubmissionPipeline pipeline, SubmissionContext context, string tenant, int n)
     {
         Assert.Equal(PathError.None, SmtpGrammar.TryParsePath($"<u{n}@{tenant}.example>", "", allowNull: false, out var from));
         Assert.Equal(PathError.None, SmtpGrammar.TryParsePath("<bob@example.net>", "", allowNull: false, out var to));
         var message = $"From: u{n}@{tenant}.example\r\nTo: bob@example.net\r\nSubject: m{n}\r\nDate: Fri, 04 Dec 2026 12:00:00 +0000\r\n" +
                       $"Message-ID: <{tenant}-{n}@{tenant}.example>\r\n\r\nbody {n}\r\n";
-        return pipeline.SubmitAsync(context, from!, [to!], new ReadOnlySequence<byte>(Encoding.ASCII.GetBytes(message)));
+        return (await pipeline.SubmitAsync(context, from!, [to!], new ReadOnlySequence<byte>(Encoding.ASCII.GetBytes(message)))).Reply;
     }
 
     async Task<string> SpooledTopAsync(SmtpReply reply)

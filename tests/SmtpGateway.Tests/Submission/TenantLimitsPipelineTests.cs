@@ -81,8 +81,8 @@ public sealed class TenantLimitsPipelineTests
     static ReadOnlySequence<byte> Message(string from, int bodyOctets = 10) =>
         new(Encoding.ASCII.GetBytes($"From: <{from}>\r\nTo: <bob@example.net>\r\nSubject: limits\r\n\r\n{new string('x', bodyOctets)}\r\n"));
 
-    static Task<SmtpReply> SendAsync(SubmissionPipeline pipeline, SubmissionContext context, string from, int recipients = 1, int bodyOctets = 10) =>
-        pipeline.SubmitAsync(context, Path(from), [.. Enumerable.Range(0, recipients).Select(i => Path($"bob{i}@example.net"))], Message(from, bodyOctets)).AsTask();
+    static async Task<SmtpReply> SendAsync(SubmissionPipeline pipeline, SubmissionContext context, string from, int recipients = 1, int bodyOctets = 10) =>
+        (await pipeline.SubmitAsync(context, Path(from), [.. Enumerable.Range(0, recipients).Select(i => Path($"bob{i}@example.net"))], Message(from, bodyOctets))).Reply;
 
     [Fact]
     public async Task The_fourth_message_in_a_minute_gets_450_4_7_1_while_the_other_tenant_still_sends_and_it_refills()
