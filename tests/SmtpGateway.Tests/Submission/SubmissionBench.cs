@@ -47,11 +47,14 @@ internal sealed class SubmissionBench : IDisposable
     /// <summary>The current snapshot; a test reloads by setting it (contexts already open keep the one they began with).</summary>
     public TenantSnapshot Tenants { get; set; }
 
+    /// <summary>The token service of the last pipeline built (same store, clock and keys): mints tokens its Identity stage accepts.</summary>
+    public TokenService? Tokens { get; private set; }
+
     public SubmissionPipeline Pipeline(IDkimKeySigner keys, LimitsConfig? limits = null, MessageMemoryBudget? budget = null, SigningGate? gate = null)
     {
         limits ??= new LimitsConfig();
         var identity = new IdentityConfig { Audience = "gw-test" };
-        var tokens = new TokenService(new TokenStore(Dir.Path, Clock, Hsm), () => Tenants, identity, Clock);
+        var tokens = Tokens = new TokenService(new TokenStore(Dir.Path, Clock, Hsm), () => Tenants, identity, Clock);
         return new SubmissionPipeline(
             new SubmissionServices(
                 "gw.test.example",
