@@ -5,9 +5,9 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 using SmtpGateway.Admin;
-using SmtpGateway.Mcp;
 using SmtpGateway.Configuration;
 using SmtpGateway.Hosting;
+using SmtpGateway.Mcp;
 
 namespace SmtpGateway.Cli;
 

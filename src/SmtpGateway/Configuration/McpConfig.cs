@@ -1,3 +1,5 @@
+using System.Collections.Frozen;
+
 namespace SmtpGateway.Configuration;
 
 /// <summary>
@@ -41,20 +43,24 @@ public sealed class McpConfig
     /// <summary>The allowlist in force.</summary>
     public IReadOnlyList<string> EffectiveAllowedHeaders => AllowedHeaders ?? DefaultAllowedHeaders;
 
-    static readonly HashSet<string> Forbidden = new(StringComparer.OrdinalIgnoreCase)
+    /// <summary>
+    /// Fields no allowlist can open: the tool sets them itself from checked arguments, they carry the MIME structure, or
+    /// they are trace and authentication results only an MTA may add (RFC 5321 4.4, RFC 6376, RFC 8601, RFC 8617).
+    /// </summary>
+    static readonly FrozenSet<string> Forbidden = new[]
     {
-        // Identity and addressing come from the tool's own arguments (RFC 5322 section 3.6), checked by policy there.
-        "From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Subject", "Date", "Message-ID",
-        // Trace and authentication fields are the gateway's and the receivers' (RFC 5321 4.4, RFC 6376, RFC 8601).
-        "Return-Path", "Received", "DKIM-Signature", "Authentication-Results", "Received-SPF",
-        // MIME structure is built by MimeKit (RFC 2045); a header here would contradict the body.
-        "MIME-Version",
-    };
+        "From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Subject", "Date", "Message-ID", "Return-Path", "Received",
+        "Received-SPF", "DKIM-Signature", "DomainKey-Signature", "Authentication-Results", "MIME-Version", "Delivered-To",
+        "X-Original-To",
+    }.ToFrozenSet(StringComparer.OrdinalIgnoreCase);
 
-    /// <summary>Fields no allowlist can open: the message's identity, trace, signatures and MIME structure.</summary>
-    public static bool IsForbiddenHeader(string name) =>
-        Forbidden.Contains(name)
-        || name.StartsWith("Content-", StringComparison.OrdinalIgnoreCase)
-        || name.StartsWith("Resent-", StringComparison.OrdinalIgnoreCase)
-        || name.StartsWith("ARC-", StringComparison.OrdinalIgnoreCase);
+    // Whole families: a new ARC-*, Resent-* or Content-* field is as dangerous as a listed one, and X-Tenant*,
+    // X-SmtpGateway*, X-SmtpGw* are the gateway's own trust headers (header hygiene strips them from client mail).
+    static readonly string[] ForbiddenPrefixes = ["ARC-", "Resent-", "Content-", "X-Tenant", "X-SmtpGateway", "X-SmtpGw"];
+
+    public static bool IsForbiddenHeader(string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        return Forbidden.Contains(name) || ForbiddenPrefixes.Any(p => name.StartsWith(p, StringComparison.OrdinalIgnoreCase));
+    }
 }

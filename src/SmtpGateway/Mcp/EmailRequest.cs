@@ -122,11 +122,7 @@ public static class EmailRequestParser
     };
 
     /// <summary>Client text fit for an error message: short, and without anything that could break a log line.</summary>
-    static string Echo(string text)
-    {
-        var shown = new string([.. text.Take(MaxEchoLength).Select(c => char.IsControl(c) || char.IsSurrogate(c) ? '?' : c)]);
-        return text.Length > MaxEchoLength ? shown + "..." : shown;
-    }
+    static string Echo(string text) => McpText.Printable(text, MaxEchoLength);
 
     /// <summary>The problem with a value bound for a header, or null; TAB only where RFC 5322 allows it as folding white space.</summary>
     static string? ControlProblem(string value, bool allowTab)
@@ -314,7 +310,7 @@ public static class EmailRequestParser
         var distinct = to.Concat(cc).Concat(bcc).Select(m => m.Address).Distinct(StringComparer.OrdinalIgnoreCase).Count();
         if (distinct > limits.MaxRecipients)
         {
-            found.Add($"to, cc, bcc: {distinct} distinct recipients, above the limit of {limits.MaxRecipients} (Gateway:Mcp:MaxRecipients)");
+            found.Add($"to, cc, bcc: {distinct} distinct recipients, above the limit of {limits.MaxRecipients} (Gateway:Limits:MaxRecipients)");
         }
     }
 
@@ -561,7 +557,7 @@ public static class EmailRequestParser
             found.Add($"headers: {properties.Count} headers, above the limit of {MaxHeaders}");
         }
 
-        var allowed = new HashSet<string>(limits.AllowedHeaders.Where(h => !EmailLimits.IsForbidden(h)), StringComparer.OrdinalIgnoreCase);
+        var allowed = new HashSet<string>(limits.AllowedHeaders.Where(h => !Configuration.McpConfig.IsForbiddenHeader(h)), StringComparer.OrdinalIgnoreCase);
         var seen = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
         foreach (var property in properties)
         {
@@ -603,7 +599,7 @@ public static class EmailRequestParser
             return false;
         }
 
-        if (EmailLimits.IsForbidden(name))
+        if (Configuration.McpConfig.IsForbiddenHeader(name))
         {
             found.Add($"headers: '{Echo(name)}' can never be set through headers");
             return false;

@@ -342,7 +342,7 @@ public sealed class EmailRequestParserTests
         Assert.Equal(2, request.To.Count);
 
         arguments["bcc"] = new JsonArray("Bob@example.net", "carol@example.net");
-        Assert.Equal(["to, cc, bcc: 3 distinct recipients, above the limit of 2 (Gateway:Mcp:MaxRecipients)"], ParseErrors(arguments, limits));
+        Assert.Equal(["to, cc, bcc: 3 distinct recipients, above the limit of 2 (Gateway:Limits:MaxRecipients)"], ParseErrors(arguments, limits));
     }
 
     [Fact]
@@ -364,7 +364,7 @@ public sealed class EmailRequestParserTests
 
         var error = Assert.Single(ParseErrors(arguments));
 
-        Assert.Equal($"headers: 'X-Foo' is not an allowed header (allowed: {string.Join(", ", EmailLimits.DefaultAllowedHeaders)})", error);
+        Assert.Equal($"headers: 'X-Foo' is not an allowed header (allowed: {string.Join(", ", SmtpGateway.Configuration.McpConfig.DefaultAllowedHeaders)})", error);
     }
 
     [Fact]
@@ -401,8 +401,8 @@ public sealed class EmailRequestParserTests
     [InlineData("X-SmtpGateway-Trace")]
     public void A_forbidden_header_is_refused_even_when_the_allowlist_names_it(string name)
     {
-        Assert.True(EmailLimits.IsForbidden(name));
-        var limits = Limits with { AllowedHeaders = [.. EmailLimits.DefaultAllowedHeaders, name] };
+        Assert.True(SmtpGateway.Configuration.McpConfig.IsForbiddenHeader(name));
+        var limits = Limits with { AllowedHeaders = [.. SmtpGateway.Configuration.McpConfig.DefaultAllowedHeaders, name] };
         var arguments = Minimal();
         arguments["headers"] = new JsonObject { [name] = "x" };
 
@@ -411,10 +411,10 @@ public sealed class EmailRequestParserTests
 
     [Fact]
     public void No_default_allowed_header_is_forbidden() =>
-        Assert.DoesNotContain(EmailLimits.DefaultAllowedHeaders, EmailLimits.IsForbidden);
+        Assert.DoesNotContain(SmtpGateway.Configuration.McpConfig.DefaultAllowedHeaders, SmtpGateway.Configuration.McpConfig.IsForbiddenHeader);
 
     [Fact]
-    public void The_forbidden_set_ignores_case() => Assert.Contains("dkim-signature", EmailLimits.Forbidden);
+    public void The_forbidden_set_ignores_case() => Assert.True(SmtpGateway.Configuration.McpConfig.IsForbiddenHeader("dkim-signature"));
 
     [Fact]
     public void A_header_given_twice_in_any_case_is_an_error()

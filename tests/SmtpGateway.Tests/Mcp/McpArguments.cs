@@ -7,7 +7,7 @@ namespace SmtpGateway.Tests.Mcp;
 /// <summary>send_email arguments as an MCP client delivers them: a dictionary of JSON values, built from JSON text.</summary>
 public static class McpArguments
 {
-    public static readonly EmailLimits Limits = new(10 * 1024 * 1024, 10, 50, EmailLimits.DefaultAllowedHeaders);
+    public static readonly EmailLimits Limits = new(10 * 1024 * 1024, 10, 50, SmtpGateway.Configuration.McpConfig.DefaultAllowedHeaders);
 
     public static IReadOnlyDictionary<string, JsonElement> Args(string json) =>
         JsonDocument.Parse(json).RootElement.EnumerateObject().ToDictionary(p => p.Name, p => p.Value.Clone());

@@ -81,8 +81,33 @@ internal abstract partial class GatewayTool(Tool tool, IAuditLog audit, ILogger 
     /// <summary>A success: the object as structured content and, for clients that read text only, as JSON text.</summary>
     protected static CallToolResult Success(JsonObject value)
     {
+        DropNulls(value);
         var element = JsonSerializer.SerializeToElement(value, McpJson.Options);
         return new() { Content = [new TextContentBlock { Text = element.GetRawText() }], StructuredContent = element };
+    }
+
+    /// <summary>Fields with nothing to say are left out (an event without a host, a message never attempted): shorter for a model to read.</summary>
+    static void DropNulls(JsonNode? node)
+    {
+        if (node is JsonObject o)
+        {
+            foreach (var name in o.Where(p => p.Value is null).Select(p => p.Key).ToList())
+            {
+                o.Remove(name);
+            }
+
+            foreach (var (_, child) in o)
+            {
+                DropNulls(child);
+            }
+        }
+        else if (node is JsonArray a)
+        {
+            foreach (var child in a)
+            {
+                DropNulls(child);
+            }
+        }
     }
 
     /// <summary>The first line of an error's text, bounded: the audit log keeps why a call failed, not an essay.</summary>
