@@ -211,8 +211,9 @@ public sealed class McpTests(McpHarness harness, ITestOutputHelper output) : ICl
         await using var b = await ConnectAsync(harness.TokenB.Token, cts.Token);
 
         var foreign = await b.CallToolAsync(MessageStatus, new Dictionary<string, object?> { ["queue_id"] = idA }, cancellationToken: cts.Token);
-        var madeUp = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(idA.Length / 2 + 1))[..idA.Length];
+        var madeUp = Convert.ToHexString(RandomNumberGenerator.GetBytes(idA.Length / 2 + 1))[..idA.Length];
         var unknown = await b.CallToolAsync(MessageStatus, new Dictionary<string, object?> { ["queue_id"] = madeUp }, cancellationToken: cts.Token);
+        output.WriteLine($"foreign id: {ErrorText(foreign)}\nmade-up id: {ErrorText(unknown)}");
         Assert.Equal(ErrorText(unknown).Replace(madeUp, "<id>", StringComparison.Ordinal), ErrorText(foreign).Replace(idA, "<id>", StringComparison.Ordinal));
         Assert.Null(foreign.StructuredContent);
 
@@ -224,6 +225,7 @@ public sealed class McpTests(McpHarness harness, ITestOutputHelper output) : ICl
             ["subject"] = $"wire transfer {marker}",
             ["text"] = "Please pay.",
         }, cancellationToken: cts.Token);
+        output.WriteLine($"send as tenant-a: {ErrorText(spoof)}");
         Assert.Matches(@"\b5\d\d 5\.\d{1,3}\.\d{1,3}\b", ErrorText(spoof));
 
         var audit = await harness.Audit.WaitForAsync(e => e.CrossTenant && e.TokenId == harness.TokenB.Id && e.Channel == "mcp", "cross-tenant via mcp", Wait, cts.Token);
@@ -268,6 +270,7 @@ public sealed class McpTests(McpHarness harness, ITestOutputHelper output) : ICl
         }
 
         var call = await bridge.CallToolAsync(SendingDomains, new Dictionary<string, object?>(), cancellationToken: cts.Token);
+        output.WriteLine($"revoked, through the bridge: {ErrorText(call)}");
         Assert.Contains("not valid", ErrorText(call), StringComparison.Ordinal);
         await harness.Audit.WaitForAsync(e => e is { Action: "auth" } && e.Result != "ok" && e.TokenId == victim.Id && e.Channel == "mcp", "refused mcp auth of the revoked token", Wait, cts.Token);
     });
@@ -292,7 +295,7 @@ public sealed class McpTests(McpHarness harness, ITestOutputHelper output) : ICl
         var cases = new List<(string What, Dictionary<string, object?> Arguments, Func<string, bool> Names)>();
         var missingTo = Valid();
         missingTo.Remove("to");
-        cases.Add(("missing to", missingTo, t => t.Contains("to", StringComparison.Ordinal) && t.Contains("required", StringComparison.OrdinalIgnoreCase)));
+        cases.Add(("missing to", missingTo, t => t.Contains("to:", StringComparison.Ordinal) && t.Contains("required", StringComparison.OrdinalIgnoreCase)));
 
         var huge = Valid();
         huge["attachments"] = new[]
@@ -307,11 +310,11 @@ public sealed class McpTests(McpHarness harness, ITestOutputHelper output) : ICl
 
         var subject = Valid();
         subject["subject"] = "hello\r\nBcc: x@evil.example";
-        cases.Add(("CRLF in subject", subject, t => t.Contains("subject", StringComparison.OrdinalIgnoreCase)));
+        cases.Add(("CRLF in subject", subject, t => t.Contains("subject", StringComparison.OrdinalIgnoreCase) && t.Contains("CR", StringComparison.Ordinal)));
 
         var address = Valid();
         address["to"] = new[] { $"{recipient}\r\nBcc: x@evil.example" };
-        cases.Add(("CRLF in an address", address, t => t.Contains("to[0]", StringComparison.Ordinal) || t.Contains("to:", StringComparison.Ordinal)));
+        cases.Add(("CRLF in an address", address, t => t.Contains("to[0]", StringComparison.Ordinal) && t.Contains("CR", StringComparison.Ordinal)));
 
         var tenant = Valid();
         tenant["tenant"] = TenantB;
