@@ -203,6 +203,30 @@ public sealed class McpTests(McpHarness harness, ITestOutputHelper output) : ICl
     });
 
     [Fact]
+    public Task Smtpgw_mcp_without_a_usable_token_exits_with_the_reason_on_stderr_and_nothing_on_stdout() => harness.RunAsync(output, async () =>
+    {
+        var (fileName, prefix) = RepoPaths.Smtpgw();
+        string[] args = [.. prefix, "mcp", "--config", harness.ConfigPath];
+
+        // No token at all: a usage error before any connection.
+        var none = await ChildProcess.RunCapturedAsync(fileName, args, harness.WorkDirectory, TimeSpan.FromSeconds(60),
+            new Dictionary<string, string?> { ["SMTPGW_TOKEN"] = null, ["DOTNET_NOLOGO"] = "1" });
+        output.WriteLine(none.Output);
+        Assert.Equal(2, none.ExitCode);
+        Assert.Equal("", none.StandardOutput);
+        Assert.Contains("SMTPGW_TOKEN", none.StandardError, StringComparison.Ordinal);
+
+        // A token the gateway refuses: the bridge proves it at start and exits 1 with the gateway's own sentence.
+        var forged = harness.TokenA.Token[..^4] + (harness.TokenA.Token.EndsWith("AAAA", StringComparison.Ordinal) ? "BBBB" : "AAAA");
+        var refused = await ChildProcess.RunCapturedAsync(fileName, args, harness.WorkDirectory, TimeSpan.FromSeconds(60),
+            new Dictionary<string, string?> { ["SMTPGW_TOKEN"] = forged, ["DOTNET_NOLOGO"] = "1" });
+        output.WriteLine(refused.Output);
+        Assert.Equal(1, refused.ExitCode);
+        Assert.Equal("", refused.StandardOutput);
+        Assert.Contains("not valid", refused.StandardError, StringComparison.Ordinal);
+    });
+
+    [Fact]
     public Task Tenant_b_cannot_see_tenant_a_messages_nor_send_as_tenant_a_and_the_attempt_is_audited() => harness.RunAsync(output, async () =>
     {
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(90));
