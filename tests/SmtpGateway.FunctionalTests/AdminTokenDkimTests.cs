@@ -73,7 +73,7 @@ public sealed class AdminTokenDkimTests(GatewayHarness harness, ITestOutputHelpe
 
         // The change is audited like the CLI's, with the admin key that made it.
         var audit = await harness.Audit.WaitForAsync(e => e is { Action: "token-revoke", Result: "ok" } && e.TokenId == token.Id, "token-revoke", TimeSpan.FromSeconds(5), cts.Token);
-        Assert.Equal("api", Channel(audit));
+        Assert.Equal("api", audit.Channel);
         Assert.Contains("admin key ", audit.Subject, StringComparison.Ordinal);
     });
 
@@ -204,24 +204,24 @@ public sealed class AdminTokenDkimTests(GatewayHarness harness, ITestOutputHelpe
         var minted = await harness.MintTokenAsync(TenantA, "--description", "cli through the api");
         Assert.Equal(235, (await AuthOnceAsync(minted.Token, cts.Token)).Code);
         var mint = await audit.WaitForAsync(e => e is { Action: "token-mint" } && e.TokenId == minted.Id, "token-mint", TimeSpan.FromSeconds(5), cts.Token);
-        Assert.Equal(("api", "cli"), (Channel(mint), mint.Listener));
+        Assert.Equal(("api", "cli"), (mint.Channel, mint.Listener));
         Assert.EndsWith("admin key local", mint.Subject, StringComparison.Ordinal);
 
         var revoke = await harness.TokenCliAsync("revoke", "--id", minted.Id);
         Assert.True(revoke.ExitCode == 0, revoke.ToString());
         Assert.Equal($"revoked {minted.Id} ({TenantA})\n", revoke.StandardOutput);
         Assert.Equal(535, (await AuthOnceAsync(minted.Token, cts.Token)).Code);
-        await audit.WaitForAsync(e => e is { Action: "token-revoke" } && e.TokenId == minted.Id && Channel(e) == "api", "token-revoke via api", TimeSpan.FromSeconds(5), cts.Token);
+        await audit.WaitForAsync(e => e is { Action: "token-revoke" } && e.TokenId == minted.Id && e.Channel == "api", "token-revoke via api", TimeSpan.FromSeconds(5), cts.Token);
 
         var rotate = await harness.TokenCliAsync("rotate-key", "--tenant", "tenant-b", "--grace", "1h");
         Assert.True(rotate.ExitCode == 0, rotate.ToString());
         Assert.Matches(@"^tenant tenant-b: new key \S+; tokens under older keys are refused from \S+\n$", rotate.StandardOutput);
-        await audit.WaitForAsync(e => e is { Action: "key-rotate", Tenant: "tenant-b", TokenId: "local" } && Channel(e) == "api", "key-rotate via api", TimeSpan.FromSeconds(5), cts.Token);
+        await audit.WaitForAsync(e => e is { Action: "key-rotate", Tenant: "tenant-b", TokenId: "local" } && e.Channel == "api", "key-rotate via api", TimeSpan.FromSeconds(5), cts.Token);
 
         var keygen = await CliAsync("dkim", "keygen", "--tenant", TenantA, "--domain", DomainA, "--selector", "cli1", "--alg", "rsa2048");
         Assert.Matches(@"^cli1\._domainkey\.tenant-a\.example\. IN TXT ""v=DKIM1; k=rsa; p=[^""]{1,238}"" ""[^""]+""\n$", keygen.StandardOutput);
         Assert.Contains("tenant-a: tenant-a.example selector cli1 (Rsa2048) is ", keygen.StandardError, StringComparison.Ordinal);
-        await audit.WaitForAsync(e => e is { Action: "dkim-keygen", TokenId: "local" } && Channel(e) == "api", "dkim-keygen via api", TimeSpan.FromSeconds(5), cts.Token);
+        await audit.WaitForAsync(e => e is { Action: "dkim-keygen", TokenId: "local" } && e.Channel == "api", "dkim-keygen via api", TimeSpan.FromSeconds(5), cts.Token);
         using var op = harness.AdminClient(harness.OperatorKey);
         Assert.Contains((await op.GetFromJsonAsync<JsonArray>($"api/v1/tenants/{TenantA}/dkim", cts.Token))!, s => (string?)s!["selector"] == "cli1");
 
@@ -229,7 +229,7 @@ public sealed class AdminTokenDkimTests(GatewayHarness harness, ITestOutputHelpe
         Assert.Contains($"cli1._domainkey.{DomainA}.", JsonSerializer.Deserialize<Dictionary<string, string>>(dns.StandardOutput)!.Keys);
         var pending = await CliAsync("dkim", "rotate", "--tenant", TenantA, "--domain", DomainA);
         Assert.Contains("--activate", pending.StandardError, StringComparison.Ordinal);
-        await audit.WaitForAsync(e => e is { Action: "dkim-rotate", TokenId: "local" } && Channel(e) == "api", "dkim-rotate via api", TimeSpan.FromSeconds(5), cts.Token);
+        await audit.WaitForAsync(e => e is { Action: "dkim-rotate", TokenId: "local" } && e.Channel == "api", "dkim-rotate via api", TimeSpan.FromSeconds(5), cts.Token);
         var unknown = await harness.TokenCliAsync("revoke", "--id", "tok_doesnotexist000");
         Assert.Equal(1, unknown.ExitCode);
         Assert.StartsWith("error: ", unknown.StandardError, StringComparison.Ordinal);
@@ -240,7 +240,7 @@ public sealed class AdminTokenDkimTests(GatewayHarness harness, ITestOutputHelpe
         {
             var offline = await harness.MintTokenAsync(TenantA, "--description", "offline");
             var offlineMint = await audit.WaitForAsync(e => e is { Action: "token-mint" } && e.TokenId == offline.Id, "offline token-mint", TimeSpan.FromSeconds(5), cts.Token);
-            Assert.Equal((null, "cli"), (Channel(offlineMint), offlineMint.Listener));
+            Assert.Equal((null, "cli"), (offlineMint.Channel, offlineMint.Listener));
             var offlineKey = await CliAsync("dkim", "keygen", "--tenant", TenantA, "--domain", DomainA, "--selector", "offline1", "--alg", "ed25519");
             Assert.StartsWith("offline1._domainkey.tenant-a.example. IN TXT ", offlineKey.StandardOutput, StringComparison.Ordinal);
             var offlineRevoke = await harness.TokenCliAsync("revoke", "--id", offline.Id);
@@ -282,10 +282,6 @@ public sealed class AdminTokenDkimTests(GatewayHarness harness, ITestOutputHelpe
     }
 
     static StringContent Json(string body) => new(body, System.Text.Encoding.UTF8, "application/json");
-
-    /// <summary>The audit line's channel (the test's record type predates it).</summary>
-    static string? Channel(AuditRecord record) =>
-        JsonNode.Parse(record.Line)?["channel"] is JsonValue v ? (string?)v : null;
 
     static string WithoutTrace(string body) => Regex.Replace(body, "\"traceId\":\"[^\"]*\"", "\"traceId\":\"\"");
 

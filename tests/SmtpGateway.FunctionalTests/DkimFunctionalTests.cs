@@ -1,5 +1,4 @@
 using System.Text;
-using System.Text.Json;
 using System.Text.RegularExpressions;
 using SmtpGateway.FunctionalTests.Infrastructure;
 using Xunit;
@@ -26,8 +25,7 @@ public sealed partial class DkimFunctionalTests(GatewayHarness harness, ITestOut
         return result.StandardOutput;
     }
 
-    async Task<Dictionary<string, string>> RecordsAsync() =>
-        JsonSerializer.Deserialize<Dictionary<string, string>>(await CliAsync("dkim", "dns", "--tenant", Tenant, "--json"))!;
+    Task<Dictionary<string, string>> RecordsAsync() => DkimVerifier.RecordsAsync(harness, Tenant, output);
 
     async Task<SinkMessage> SendAsync(string body)
     {
@@ -43,28 +41,7 @@ public sealed partial class DkimFunctionalTests(GatewayHarness harness, ITestOut
         return Assert.Single(messages, m => m.RcptArgs.Contains($"<{recipient}>"));
     }
 
-    /// <summary>smtp-sink stores messages with CRs removed; every line ending on the wire was CRLF, so put them back.</summary>
-    bool[] Verify(SinkMessage message, Dictionary<string, string> records)
-    {
-        var dir = Directory.CreateTempSubdirectory("dkim-fn");
-        try
-        {
-            var eml = Path.Combine(dir.FullName, "m.eml");
-            var dns = Path.Combine(dir.FullName, "dns.json");
-            File.WriteAllBytes(eml, Encoding.Latin1.GetBytes(message.Content.Replace("\n", "\r\n", StringComparison.Ordinal)));
-            File.WriteAllText(dns, JsonSerializer.Serialize(records));
-            var script = Path.Combine(RepoPaths.Root, "tests", "SmtpGateway.Tests", "Signing", "dkim_verify.py");
-            var (exit, log) = ChildProcess.RunAsync("/usr/bin/python3", [script, eml, dns], dir.FullName, TimeSpan.FromSeconds(30)).GetAwaiter().GetResult();
-            output.WriteLine($"python3-dkim: {log}");
-            var json = Regex.Match(log, @"\[(true|false)(, (true|false))*\]");
-            Assert.True(json.Success, $"python3-dkim printed no result: {log}");
-            return JsonSerializer.Deserialize<bool[]>(json.Value)!;
-        }
-        finally
-        {
-            dir.Delete(true);
-        }
-    }
+    Task<bool[]> Verify(SinkMessage message, Dictionary<string, string> records) => DkimVerifier.VerifyAsync(message, records, output);
 
     static List<string> Selectors(SinkMessage message) =>
         SelectorTag().Matches(message.Content.Replace("\n\t", " ", StringComparison.Ordinal)).Select(m => m.Groups[1].Value).ToList();
@@ -82,10 +59,10 @@ public sealed partial class DkimFunctionalTests(GatewayHarness harness, ITestOut
 
         var sevenBit = await SendAsync($"From: App <app@{Domain}>\nTo: someone@example.net\nSubject: seven bit\nDate: Sat, 28 Nov 2026 12:00:00 +0000\nMessage-ID: <7bit@{Domain}>\n\nHello.\n\n");
         Assert.Equal(["ed1", "rsa1"], Selectors(sevenBit));
-        Assert.Equal([true, true], Verify(sevenBit, records));
+        Assert.Equal(new[] { true, true }, await Verify(sevenBit, records));
 
         var eightBit = await SendAsync($"From: app@{Domain}\nTo: someone@example.net\nSubject: =?UTF-8?Q?K=C3=A4se?=\nMIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\nK\u00e4se, Br\u00f6tchen und \u00dcberraschungen.\n..leading dot\n");
-        Assert.Equal([true, true], Verify(eightBit, records));
+        Assert.Equal(new[] { true, true }, await Verify(eightBit, records));
 
         // Rotation step 1: pending selectors are published but do not sign yet.
         var pending = await CliAsync("dkim", "rotate", "--tenant", Tenant, "--domain", Domain);
@@ -102,15 +79,15 @@ public sealed partial class DkimFunctionalTests(GatewayHarness harness, ITestOut
         Assert.Equal(newSelectors.Order(), Selectors(rotated).Order());
         records = await RecordsAsync();
         Assert.Equal(4, records.Count);
-        Assert.Equal([true, true], Verify(rotated, records));
-        Assert.Equal([true, true], Verify(sevenBit, records));
+        Assert.Equal(new[] { true, true }, await Verify(rotated, records));
+        Assert.Equal(new[] { true, true }, await Verify(sevenBit, records));
 
         // Step 3: the old selectors are withdrawn (and their keys deleted from the token).
         await CliAsync("dkim", "rotate", "--tenant", Tenant, "--domain", Domain, "--retire");
         records = await RecordsAsync();
         Assert.Equal(newSelectors.Order(), records.Keys.Select(k => k.Split('.')[0]).Order());
         var afterRetire = await SendAsync($"From: app@{Domain}\nSubject: after retire\n\nx\n");
-        Assert.Equal([true, true], Verify(afterRetire, records));
+        Assert.Equal(new[] { true, true }, await Verify(afterRetire, records));
     });
 
     [GeneratedRegex(@"DKIM-Signature:[^\n]*?\bs=([a-z0-9-]+);", RegexOptions.IgnoreCase)]

@@ -22,6 +22,9 @@ internal sealed record AuditRecord
     public string? QueueId { get; init; }
     public bool CrossTenant { get; init; }
 
+    /// <summary>How the action came in (api, mcp, ...); null for the CLI acting on the data directory.</summary>
+    public string? Channel { get; init; }
+
     /// <summary>The JSON line itself.</summary>
     public string Line { get; init; } = "";
 

@@ -48,8 +48,10 @@ internal sealed class ChildProcess : IDisposable
     public Task Exited => _exited.Task;
 
     /// <param name="standardInput">Written to the process's stdin, which is then closed (null: closed at once). How secrets reach a CLI: never argv.</param>
+    /// <param name="keepStandardInputOpen">Leave stdin open after <paramref name="standardInput"/> for <see cref="WriteLineAsync"/> (a conversation over stdio); <see cref="CloseStandardInput"/> ends it.</param>
     public static ChildProcess Start(string name, string fileName, IEnumerable<string> args, string workingDirectory,
-        IReadOnlyDictionary<string, string?>? environment = null, Func<string, bool>? keepVariable = null, string? standardInput = null)
+        IReadOnlyDictionary<string, string?>? environment = null, Func<string, bool>? keepVariable = null, string? standardInput = null,
+        bool keepStandardInputOpen = false)
     {
         var psi = new ProcessStartInfo(fileName)
         {
@@ -130,7 +132,11 @@ internal sealed class ChildProcess : IDisposable
             }
         }
 
-        process.StandardInput.Close();
+        if (!keepStandardInputOpen)
+        {
+            process.StandardInput.Close();
+        }
+
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
         return child;
@@ -178,6 +184,16 @@ internal sealed class ChildProcess : IDisposable
             }
         }
     }
+
+    /// <summary>Writes one line to stdin (started with keepStandardInputOpen) and flushes it.</summary>
+    public async Task WriteLineAsync(string line)
+    {
+        await _process.StandardInput.WriteAsync(line + "\n").ConfigureAwait(false);
+        await _process.StandardInput.FlushAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>Closes stdin (end of input for the process).</summary>
+    public void CloseStandardInput() => _process.StandardInput.Close();
 
     /// <summary>SIGKILL to the process (and its children). No-op when it has already exited.</summary>
     public void Kill()
