@@ -131,7 +131,10 @@ public static class McpCommand
 
     static async Task<int> RunAsync(Uri endpoint, string token, string? caFile, CancellationToken cancellationToken)
     {
-        using var loggers = LoggerFactory.Create(b => b.AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace).SetMinimumLevel(LogLevel.Warning));
+        // Standard error only. The SDK client's own failure logs (a stack trace per refused call) are left out: the bridge
+        // reports each refusal itself, in one line at start or as the tool error.
+        using var loggers = LoggerFactory.Create(b => b.AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace)
+            .SetMinimumLevel(LogLevel.Warning).AddFilter("ModelContextProtocol.Client", LogLevel.None));
         using var http = new HttpClient(Handler(caFile)) { Timeout = CallTimeout };
         McpClient gatewayClient;
         try
