@@ -44,6 +44,15 @@
 #                          and DataTimeout (the grace of MinDataRate) so that the limits fall inside the run.
 #   --gw-set KEY=VALUE     a gateway setting (config path with ':') for every gateway started; repeatable, e.g.
 #                          --gw-set Gateway:Limits:MinDataRate=240
+#   --gw-cores LIST        comma list of core counts, e.g. 1,2: the gateway rows (smtpgw and smtpgw+dkim-*, as --only
+#                          selects them) run once per count N, named e.g. smtpgw@1c, smtpgw+dkim-rsa2048@2c, with the
+#                          gateway pinned by `taskset` to the first N online CPUs and the load generator and smtp-sink
+#                          to the remaining ones; when none remain (N = all CPUs) they share all CPUs, reported as
+#                          "shared_cores": true. Each N: a whole number from 1 to the number of online CPUs usable by
+#                          this shell (/sys/devices/system/cpu/online and its affinity). A second table lists, per row
+#                          and N, msg/s, the gateway's CPU ms per message and both as a ratio to the smallest N
+#                          (JSON: cores, gw_cpus, client_cpus, shared_cores, cpu_ms_per_msg_vs_min_cores,
+#                          rate_vs_min_cores). smtpgw@50% is skipped with --gw-cores. Without it nothing is pinned.
 #   --profile SECS         also sample the loaded gateway with `perf record` for SECS s (needs linux-perf)
 #   --no-install           do not apt-get anything
 #   --keep                 keep the work directory (default: removed unless something failed)
@@ -66,6 +75,7 @@ fairness=0 slow_clients=0 slow_count=1000 duration=""
 a_limit=6000 flood_factor=10 a_conns=20 b_rate=20 b_conns=4 b_limit=6000 sign_a_conns=50 sign_a_limit=6000 sign_a_share=4
 slow_interval=5 slow_hold=60 slow_timeout=45 slow_phase=mixed
 declare -a gw_settings=()
+gw_cores=""
 while (($#)); do
     case "$1" in
         --size) size="$2"; shift 2 ;;
@@ -95,6 +105,7 @@ while (($#)); do
         --slow-timeout) slow_timeout="$2"; shift 2 ;;
         --slow-phase) slow_phase="$2"; shift 2 ;;
         --gw-set) [[ "$2" == *=* ]] || { echo "bench.sh: --gw-set takes KEY=VALUE" >&2; exit 2; }; gw_settings+=("$2"); shift 2 ;;
+        --gw-cores) [[ -n "${2:-}" ]] || { echo "bench.sh: --gw-cores takes a comma list of core counts, e.g. 1,2" >&2; exit 2; }; gw_cores="$2"; shift 2 ;;
         --no-install) install=0; shift ;;
         --keep) keep=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -117,6 +128,54 @@ if [[ -z "$duration" ]]; then duration=$((slow_clients ? 20 : 60)); fi
 [[ "$duration" =~ ^[0-9]+$ ]] && ((duration > 0)) || { echo "bench.sh: --duration takes whole seconds" >&2; exit 2; }
 size_bytes=$(( ${size%k} * 1024 ))
 
+# --gw-cores: the CPUs this run may use (online, and in this shell's own affinity), in order; parsed, never assumed
+# to be 0..n-1.
+cpulist_expand() {   # "0-3,8,10-11" -> one CPU number a line
+    local IFS=, part
+    for part in $1; do
+        part="${part//[[:space:]]/}"
+        if [[ "$part" =~ ^([0-9]+)-([0-9]+)$ ]]; then seq "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
+        elif [[ "$part" =~ ^[0-9]+$ ]]; then echo "$part"; fi
+    done
+}
+cpulist_join() {   # CPU numbers as arguments -> "0-3,8" (taskset -c syntax)
+    local out="" first="" prev="" c
+    for c in "$@" end; do
+        if [[ "$c" != end && -n "$prev" ]] && ((c == prev + 1)); then prev=$c; continue; fi
+        if [[ -n "$first" ]]; then
+            out+="${out:+,}$first"
+            if ((prev != first)); then out+="-$prev"; fi
+        fi
+        first=$c; prev=$c
+    done
+    echo "$out"
+}
+declare -a cpus_usable=() core_counts=()
+if [[ -n "$gw_cores" ]]; then
+    if ((kill_test || idle || fairness || slow_clients)); then
+        echo "bench.sh: --gw-cores applies to the throughput rows (smtpgw, smtpgw-dkim), not to --kill-test, --idle, --fairness or --slow-clients" >&2; exit 2
+    fi
+    online_list=$(cat /sys/devices/system/cpu/online 2>/dev/null || echo "0-$(( $(nproc --all) - 1 ))")
+    allowed_list=$(awk '/^Cpus_allowed_list:/ {print $2}' "/proc/$$/status" 2>/dev/null || true)
+    mapfile -t cpus_online < <(cpulist_expand "$online_list")
+    if [[ -n "$allowed_list" ]]; then
+        allowed=" $(cpulist_expand "$allowed_list" | tr '\n' ' ') "
+        for c in "${cpus_online[@]}"; do [[ "$allowed" == *" $c "* ]] && cpus_usable+=("$c"); done
+    fi
+    ((${#cpus_usable[@]})) || cpus_usable=("${cpus_online[@]}")
+    IFS=, read -r -a requested <<<"$gw_cores"
+    ((${#requested[@]})) || { echo "bench.sh: --gw-cores takes a comma list of core counts, e.g. 1,2" >&2; exit 2; }
+    for n in "${requested[@]}"; do
+        if ! [[ "$n" =~ ^[0-9]+$ ]] || ((10#$n < 1 || 10#$n > ${#cpus_usable[@]})); then
+            echo "bench.sh: --gw-cores: '$n' is not a core count from 1 to ${#cpus_usable[@]} (online CPUs: $online_list${allowed_list:+, this shell may use $allowed_list})" >&2; exit 2
+        fi
+    done
+    mapfile -t core_counts < <(for n in "${requested[@]}"; do echo $((10#$n)); done | sort -n -u)
+    if [[ -n "$only" && ",$only," != *",smtpgw,"* && ",$only," != *",smtpgw-dkim,"* ]]; then
+        echo "bench.sh: --gw-cores: --only $only selects no gateway row (smtpgw, smtpgw-dkim)" >&2; exit 2
+    fi
+fi
+
 say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'bench.sh: error: %s\n' "$*" >&2; exit 1; }
 want() { [[ -z "$only" || ",$only," == *",$1,"* ]]; }
@@ -127,6 +186,7 @@ install_packages() {
     local wanted=(postfix opendkim opendkim-tools softhsm2 swaks openssl jq perl) missing=() p
     [[ "$mode" == auth ]] && wanted+=(sasl2-bin libsasl2-modules)
     ((profile_secs > 0)) && wanted+=(linux-perf)
+    [[ -n "$gw_cores" ]] && wanted+=(util-linux)   # taskset
     for p in "${wanted[@]}"; do pkg_installed "$p" || missing+=("$p"); done
     ((${#missing[@]} == 0)) && return 0
     if ((install)) && [[ $(id -u) == 0 ]]; then
@@ -224,7 +284,39 @@ if [[ "${SKIP_BUILD:-0}" != 1 || ! -e "$gw_out/smtpgw.dll" || ! -e "$lg_out/smtp
     dotnet build "$here/SmtpGateway.LoadGen/SmtpGateway.LoadGen.csproj" -c Release -nologo -v quiet -clp:NoSummary >&2 || die "smtp-loadgen build failed"
 fi
 smtpgw() { if [[ -x "$gw_out/smtpgw" ]]; then "$gw_out/smtpgw" "$@"; else dotnet "$gw_out/smtpgw.dll" "$@"; fi; }
-loadgen() { if [[ -x "$lg_out/smtp-loadgen" ]]; then "$lg_out/smtp-loadgen" "$@"; else dotnet "$lg_out/smtp-loadgen.dll" "$@"; fi; }
+loadgen() { if [[ -x "$lg_out/smtp-loadgen" ]]; then "${pin_client[@]}" "$lg_out/smtp-loadgen" "$@"; else "${pin_client[@]}" dotnet "$lg_out/smtp-loadgen.dll" "$@"; fi; }
+
+# --- CPU pinning (--gw-cores) -----------------------------------------------------------------------------------
+# pin_cores N: the gateway on the first N usable CPUs, the load generator, smtp-sink (and its counter) and the RSS
+# sampler on the rest; all of them on every usable CPU when none are left (shared). pin_cores "" (and the default):
+# nothing pinned. Sets pin_gw and pin_client (command prefixes: taskset execs, so a started PID stays the program's).
+declare -a pin_gw=() pin_client=()
+pin_n="" pin_gw_cpus="" pin_client_cpus="" pin_shared=false
+pin_cores() {
+    pin_n="$1"; pin_gw=(); pin_client=(); pin_gw_cpus=""; pin_client_cpus=""; pin_shared=false
+    [[ -n "$pin_n" ]] || return 0
+    pin_gw_cpus=$(cpulist_join "${cpus_usable[@]:0:pin_n}")
+    if ((pin_n < ${#cpus_usable[@]})); then
+        pin_client_cpus=$(cpulist_join "${cpus_usable[@]:pin_n}")
+    else
+        pin_client_cpus=$(cpulist_join "${cpus_usable[@]}"); pin_shared=true
+    fi
+    pin_gw=(taskset -c "$pin_gw_cpus")
+    pin_client=(taskset -c "$pin_client_cpus")
+}
+# pin_suffix: "@Nc" for a pinned row's name, "" otherwise.
+pin_suffix() { if [[ -n "$pin_n" ]]; then echo "@${pin_n}c"; fi; }
+# pin_annotate: adds the pinning (and the affinity actually observed on the gateway and the sink) to the last row.
+pin_annotate() {
+    [[ -n "$pin_n" ]] || return 0
+    local last_row; last_row="$rows_dir/$(printf %02d $row_seq).json"
+    jq --argjson n "$pin_n" --arg gw "$pin_gw_cpus" --arg cl "$pin_client_cpus" --argjson shared "$pin_shared" \
+       --arg gw_seen "$pin_gw_seen" --arg sink_seen "$pin_sink_seen" '
+        . + {cores: $n, gw_cpus: $gw, client_cpus: $cl, shared_cores: $shared,
+             affinity_seen: {gateway: $gw_seen, sink: $sink_seen}}' "$last_row" >"$last_row.tmp" && mv "$last_row.tmp" "$last_row"
+}
+affinity_of() { awk '/^Cpus_allowed_list:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo "?"; }
+pin_gw_seen="" pin_sink_seen=""
 
 # TLS material for starttls/auth rows (both servers use the same certificate): EC P-256 like certs/gen-dev-cert.sh.
 tls_crt="$work/tls/server.crt" tls_key="$work/tls/server.key"
@@ -256,9 +348,9 @@ start_sink_once() {
     sink_state="$dir/count"
     mkfifo "$dir/fifo"
     # The watcher's open of the FIFO waits for smtp-sink's; it ends at EOF, when the sink exits.
-    perl "$lib/sinkwatch.pl" "$sink_state" <"$dir/fifo" >"$dir/watch.log" 2>&1 &
+    "${pin_client[@]}" perl "$lib/sinkwatch.pl" "$sink_state" <"$dir/fifo" >"$dir/watch.log" 2>&1 &
     pids+=("$!")
-    smtp-sink -c -u nobody -h sink.bench -m 2048 "127.0.0.1:$sink_port" 2048 >"$dir/fifo" 2>"$dir/sink.err" &
+    "${pin_client[@]}" smtp-sink -c -u nobody -h sink.bench -m 2048 "127.0.0.1:$sink_port" 2048 >"$dir/fifo" 2>"$dir/sink.err" &
     sink_pid=$!
     pids+=("$sink_pid")
     wait_banner "$sink_port" 20
@@ -307,7 +399,7 @@ measure() {
     cpu0=$("$lib/procstat.pl" cpu $roots)
     [[ -n "$extra" ]] && xcpu0=$("$lib/procstat.pl" cpu $extra)
     sinkc0=$("$lib/procstat.pl" cpu "$sink_pid")
-    start_bg "sampler-$name" "$dir/sampler.log" "$lib/procstat.pl" sample "$dir/rss" 0.5 $roots
+    start_bg "sampler-$name" "$dir/sampler.log" "${pin_client[@]}" "$lib/procstat.pl" sample "$dir/rss" 0.5 $roots
     local sampler=$bg_pid
     sink0=$(sink_count)
     say "$name: $client → 127.0.0.1:$port (${messages} msgs, $sessions sessions, $per_conn/conn, $size, $mode)"
@@ -626,12 +718,16 @@ gw_start() {
     # --gw-set KEY=VALUE: "Gateway:Limits:X" is the environment variable SMTPGW__Gateway__Limits__X.
     local kv key settings=()
     for kv in "${gw_settings[@]}"; do key="${kv%%=*}"; settings+=("SMTPGW__${key//:/__}=${kv#*=}"); done
-    start_bg smtpgw "$dir/smtpgw.log" env "${perfmap[@]}" SMTPGW__Logging__LogLevel__Default=Warning \
+    start_bg smtpgw "$dir/smtpgw.log" "${pin_gw[@]}" env "${perfmap[@]}" SMTPGW__Logging__LogLevel__Default=Warning \
         SMTPGW__Logging__LogLevel__Microsoft.Hosting.Lifetime=Warning "${settings[@]}" "$@" \
         "$gw_out/smtpgw" serve --config "$dir/conf/gateway.json"
     gw_pid=$bg_pid
     wait_banner "$gw_relay_port" 60 || die "smtpgw did not start: $(tail -20 "$dir/smtpgw.log")"
-    # env execs: $gw_pid is smtpgw itself.
+    # env (and taskset) exec: $gw_pid is smtpgw itself.
+    if [[ -n "$pin_n" ]]; then
+        pin_gw_seen=$(affinity_of "$gw_pid"); pin_sink_seen=$(affinity_of "$sink_pid")
+        say "pinned: smtpgw (pid $gw_pid) on CPUs $pin_gw_seen; smtp-sink (pid $sink_pid) on $pin_sink_seen; load generator on $pin_client_cpus$([[ $pin_shared == true ]] && echo ' (shared with the gateway: no CPU left)')"
+    fi
 }
 gw_token=""
 # The load generator's flags for the mode (the port comes from gw_port_for_mode).
@@ -654,20 +750,27 @@ gw_mint() {
 }
 
 gw_rate=0
+# row_smtpgw [N]: N cores (--gw-cores): the row smtpgw@Nc, pinned.
 row_smtpgw() {
-    start_sink smtpgw
-    local dir="$work/smtpgw"
+    pin_cores "${1:-}"
+    local name; name="smtpgw$(pin_suffix)"
+    start_sink "$name"
+    local dir="$work/$name"
     gw_config "$dir" "$sink_port"; gw_mint "$dir"; gw_start "$dir"
     local client; client=$(gw_client_args)
     # shellcheck disable=SC2086
-    measure smtpgw smtp-loadgen "$(gw_port_for_mode)" "$gw_pid" "" --messages "$messages" $client
-    gw_rate=$(jq -r .rate "$rows_dir/$(printf %02d $row_seq).json")
+    measure "$name" smtp-loadgen "$(gw_port_for_mode)" "$gw_pid" "" --messages "$messages" $client
+    pin_annotate
+    # smtpgw@50% paces at the unpinned row's rate only.
+    [[ -n "$pin_n" ]] || gw_rate=$(jq -r .rate "$rows_dir/$(printf %02d $row_seq).json")
     if ((profile_secs > 0)); then profile_gateway "$dir" "$client"; fi
     stop_pid "$gw_pid"; stop_pid "$sink_pid"
+    pin_cores ""
 }
 
 # p99 at half of the peak rate just measured (issue 5 target: under 20 ms)
 row_halfpeak() {
+    [[ -z "$gw_cores" ]] || { skip_row "smtpgw@50%" smtp-loadgen "not run with --gw-cores"; return; }
     [[ "$gw_rate" != 0 && -n "$gw_rate" ]] || { skip_row "smtpgw@50%" smtp-loadgen "needs the smtpgw row"; return; }
     local rate n; rate=$(fcalc "$gw_rate / 2"); n=$(awk -v r="$rate" -v q="$quick" 'BEGIN { s = q ? 5 : 15; n = int(r * s); if (n < 500) n = 500; print n }')
     start_sink halfpeak
@@ -698,20 +801,26 @@ gw_dkim_setup() {   # gw_dkim_setup DIR ALGS [TENANT DOMAIN] (ALGS space-separat
             || { say "smtpgw dkim keygen ($tenant, $alg) failed: $(tail -3 "$dir/keygen-$tenant-$alg.err")"; return 1; }
     done
 }
+# rows_smtpgw_dkim [N]: N cores (--gw-cores): rows smtpgw+dkim-*@Nc, pinned (each with its own keys and probe).
 rows_smtpgw_dkim() {
+    pin_cores "${1:-}"
+    rows_smtpgw_dkim_variants
+    pin_cores ""
+}
+rows_smtpgw_dkim_variants() {
     local variants=("rsa2048:rsa2048" "ed25519:ed25519" "rsa2048+ed25519:rsa2048 ed25519") v name algs
     if ! smtpgw dkim --help >/dev/null 2>&1; then
-        for v in "${variants[@]}"; do skip_row "smtpgw+dkim-${v%%:*}" smtp-loadgen "skipped: signing not built"; done
+        for v in "${variants[@]}"; do skip_row "smtpgw+dkim-${v%%:*}$(pin_suffix)" smtp-loadgen "skipped: signing not built"; done
         return 0
     fi
     if [[ "$mode" == starttls ]]; then
         # STARTTLS without AUTH is unauthenticated (inbound) mail to the gateway: it signs tenant sessions only.
-        for v in "${variants[@]}"; do skip_row "smtpgw+dkim-${v%%:*}" smtp-loadgen "skipped: --mode starttls has no tenant session, nothing is signed (use plain or auth)"; done
+        for v in "${variants[@]}"; do skip_row "smtpgw+dkim-${v%%:*}$(pin_suffix)" smtp-loadgen "skipped: --mode starttls has no tenant session, nothing is signed (use plain or auth)"; done
         return 0
     fi
     for v in "${variants[@]}"; do
-        name="smtpgw+dkim-${v%%:*}"; algs="${v#*:}"
-        local dir="$work/smtpgw-dkim-${v%%:*}"
+        name="smtpgw+dkim-${v%%:*}$(pin_suffix)"; algs="${v#*:}"
+        local dir="$work/smtpgw-dkim-${v%%:*}$(pin_suffix)"
         # Probe first: one message into a dumping sink must carry one signature per algorithm.
         dump_sink_start "$name"
         gw_config "$dir" "$dump_port"; gw_mint "$dir"
@@ -738,6 +847,7 @@ rows_smtpgw_dkim() {
         measure "$name" smtp-loadgen "$(gw_port_for_mode)" "$gw_pid" "" --messages "$messages" $client
         local last_row; last_row="$rows_dir/$(printf %02d $row_seq).json"
         jq --argjson s "$sigs" '. + {probe_dkim_signatures: $s}' "$last_row" >"$last_row.tmp" && mv "$last_row.tmp" "$last_row"
+        pin_annotate
         stop_pid "$gw_pid"; stop_pid "$sink_pid"
     done
 }
@@ -1130,8 +1240,13 @@ else
     want ceiling && row_ceiling
     want postfix && row_postfix
     want postfix-dkim && row_postfix_dkim
-    want smtpgw && row_smtpgw
-    want smtpgw-dkim && rows_smtpgw_dkim
+    if [[ -z "$gw_cores" ]]; then
+        want smtpgw && row_smtpgw
+        want smtpgw-dkim && rows_smtpgw_dkim
+    else
+        for n in "${core_counts[@]}"; do want smtpgw && row_smtpgw "$n"; done
+        for n in "${core_counts[@]}"; do want smtpgw-dkim && rows_smtpgw_dkim "$n"; done
+    fi
     want halfpeak && row_halfpeak
 fi
 t_total=$(( $(date +%s) - t_start ))
@@ -1158,12 +1273,14 @@ machine=$(jq -n --arg cpu "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- 
       loadavg_before: $la0, loadavg_after: $la1}')
 result=$(jq -s --argjson machine "$machine" --arg stamp "$stamp" --arg cmd "perf/bench.sh ${ORIG_ARGS:-}" \
     --arg size "$size" --argjson sessions "$sessions" --argjson per_conn "$per_conn" --arg mode "$mode" \
-    --argjson messages "$messages" --argjson total "$t_total" '
+    --argjson messages "$messages" --argjson total "$t_total" \
+    --arg gwc "$(IFS=,; echo "${core_counts[*]}")" --arg usable "$(cpulist_join "${cpus_usable[@]}")" '
     (map(select(.name == "ceiling")) | first | .rate // null) as $ceil
     | (map(select(.name == "postfix")) | first | .rate // null) as $pf
     | (map(select(.name == "postfix+opendkim-rsa2048")) | first | .rate // null) as $pfd
     | {timestamp: $stamp, command: $cmd, machine: $machine,
-       scenario: {size: $size, sessions: $sessions, per_conn: $per_conn, mode: $mode, messages_per_system: $messages},
+       scenario: ({size: $size, sessions: $sessions, per_conn: $per_conn, mode: $mode, messages_per_system: $messages}
+                  + (if $gwc == "" then {} else {gw_cores: ($gwc | split(",") | map(tonumber)), cpus_usable: $usable} end)),
        total_seconds: $total,
        rows: map(. + (if .rate == null or (.name | test("@")) then {} else
             {vs_ceiling: (if $ceil then (.rate / $ceil * 1000 | round / 1000) else null end),
@@ -1171,6 +1288,16 @@ result=$(jq -s --argjson machine "$machine" --arg stamp "$stamp" --arg cmd "perf
                           elif (.name | startswith("ceiling")) then null
                           else (if $pf then (.rate / $pf * 100 | round / 100) else null end) end),
              vs_postfix_basis: (if (.name | test("dkim")) then "postfix+opendkim-rsa2048" else "postfix" end)} end))}
+    # --gw-cores: each pinned row against the same row at the smallest core count.
+    | .rows |= (. as $all | map(
+        if .cores == null or .rate == null then . else
+          (.name | sub("@[0-9]+c$"; "")) as $base
+          | ([$all[] | select(.cores != null and .rate != null and (.name | sub("@[0-9]+c$"; "")) == $base)] | min_by(.cores)) as $min
+          | . + {min_cores: $min.cores,
+                 cpu_ms_per_msg_vs_min_cores: (if (.cpu_ms_per_msg // 0) > 0 and ($min.cpu_ms_per_msg // 0) > 0
+                     then (.cpu_ms_per_msg / $min.cpu_ms_per_msg * 1000 | round / 1000) else null end),
+                 rate_vs_min_cores: (if $min.rate > 0 then (.rate / $min.rate * 1000 | round / 1000) else null end)}
+        end))
     ' "$rows_dir"/*.json)
 mkdir -p "$here/results"
 printf '%s\n' "$result" >"$here/results/$stamp.json"
@@ -1190,6 +1317,19 @@ jq -e '[.rows[] | select(.rate != null or .skipped != null)] | length > 0' <<<"$
      (.vs_postfix // "-" | tostring), (.vs_ceiling // "-" | tostring)] end | @tsv' <<<"$result" \
   | { printf 'row\tclient\tsink/acked\tmsg/s\tp50ms\tp99ms\tsrvCPUs\tCPUms/msg\tRSS MB\tvsPostfix\tvsCeiling\n'; cat; } \
   | column -t -s $'\t'
+if [[ -n "$gw_cores" ]]; then
+    echo
+    echo "gateway by core count (--gw-cores $(IFS=,; echo "${core_counts[*]}"); usable CPUs $(cpulist_join "${cpus_usable[@]}")): ratios against the same row at the smallest core count"
+    jq -r '.rows[] | select(.cores != null and .rate != null) |
+        [.name, (.cores | tostring), .gw_cpus, .client_cpus + (if .shared_cores then " (shared)" else "" end),
+         (.rate | tostring), (.cpu_ms_per_msg // "-" | tostring),
+         (.cpu_ms_per_msg_vs_min_cores // "-" | tostring), (.rate_vs_min_cores // "-" | tostring)] | @tsv' <<<"$result" \
+      | { printf 'row\tcores\tgateway CPUs\tloadgen+sink CPUs\tmsg/s\tCPUms/msg\tCPUms/msg vs min\tmsg/s vs min\n'; cat; } \
+      | column -t -s $'\t'
+    if jq -e '[.rows[] | select(.shared_cores == true)] | length > 0' <<<"$result" >/dev/null; then
+        echo "(shared): no CPU left for the load generator and smtp-sink: they run on the gateway's CPUs too."
+    fi
+fi
 jq -r '.rows[] | select(.name == "smtpgw kill test") |
     "kill test: acknowledged \(.acknowledged), received at sink \(.received_at_sink) (\(.duplicates_or_unacked_delivered) more than acknowledged), SIGKILL after ~\(.killed_after_acks) acks, spool left \(.spool_queue_left): \(.verdict)"' <<<"$result"
 jq -r '.rows[] | select(.name == "smtpgw idle") |
