@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Net;
 using System.Net.Security;
+using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using System.Text.Json;
 using Microsoft.Extensions.Configuration;
@@ -49,7 +50,29 @@ public static class McpCommand
                 return 2;
             }
 
-            return await RunAsync(endpoint, token, parse.GetValue(caFile), ct).ConfigureAwait(false);
+            var ca = parse.GetValue(caFile);
+            X509Certificate2Collection? anchors = null;
+            if (ca is not null)
+            {
+                if (endpoint.Scheme != "https")
+                {
+                    await Console.Error.WriteLineAsync("smtpgw mcp: --ca-file is for an https endpoint; this one is http.").ConfigureAwait(false);
+                    return 2;
+                }
+
+                try
+                {
+                    anchors = [];
+                    anchors.ImportFromPemFile(ca);
+                }
+                catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or CryptographicException)
+                {
+                    await Console.Error.WriteLineAsync($"smtpgw mcp: cannot read --ca-file {ca}: {ex.Message}").ConfigureAwait(false);
+                    return 2;
+                }
+            }
+
+            return await RunAsync(endpoint, token, anchors, ct).ConfigureAwait(false);
         });
         return command;
     }
@@ -83,18 +106,25 @@ public static class McpCommand
         return token;
     }
 
-    static Uri? Endpoint(string? url, string? configPath, out string? error)
+    internal static Uri? Endpoint(string? url, string? configPath, out string? error)
     {
         error = null;
         if (url is not null)
         {
-            if (Uri.TryCreate(url, UriKind.Absolute, out var given) && given.Scheme is "http" or "https")
+            if (!Uri.TryCreate(url, UriKind.Absolute, out var given) || given.Scheme is not ("http" or "https"))
             {
-                return given;
+                error = $"--url '{url}' is not an http or https URL.";
+                return null;
             }
 
-            error = $"--url '{url}' is not an http or https URL.";
-            return null;
+            // The bearer is a session token: over plain http it may cross only the loopback interface.
+            if (given.Scheme == "http" && !given.IsLoopback)
+            {
+                error = $"--url '{url}' is plain http to a host that is not loopback: the session token would cross the network in clear text; use https.";
+                return null;
+            }
+
+            return given;
         }
 
         GatewayConfig gateway;
@@ -126,16 +156,22 @@ public static class McpCommand
         }
 
         var scheme = admin.Tls.CertificatePath is not null && admin.Tls.KeyPath is not null ? "https" : "http";
+        if (scheme == "http" && !IPAddress.IsLoopback(address))
+        {
+            // Gateway:Admin:AllowPlaintext means a TLS proxy is in front: the bridge must go through it.
+            error = $"the admin endpoint {address}:{admin.Port} is plain http on a non-loopback address; pass --url https://<the TLS proxy>/mcp.";
+            return null;
+        }
         return new Uri($"{scheme}://{new IPEndPoint(address, admin.Port)}{McpAuthentication.Path}");
     }
 
-    static async Task<int> RunAsync(Uri endpoint, string token, string? caFile, CancellationToken cancellationToken)
+    static async Task<int> RunAsync(Uri endpoint, string token, X509Certificate2Collection? anchors, CancellationToken cancellationToken)
     {
         // Standard error only. The SDK client's own failure logs (a stack trace per refused call) are left out: the bridge
         // reports each refusal itself, in one line at start or as the tool error.
         using var loggers = LoggerFactory.Create(b => b.AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace)
             .SetMinimumLevel(LogLevel.Warning).AddFilter("ModelContextProtocol.Client", LogLevel.None));
-        using var http = new HttpClient(Handler(caFile)) { Timeout = CallTimeout };
+        using var http = new HttpClient(Handler(anchors)) { Timeout = CallTimeout };
         McpClient gatewayClient;
         try
         {
@@ -217,14 +253,12 @@ public static class McpCommand
         return ex is TaskCanceledException ? $"no answer within {CallTimeout.TotalSeconds:0} s" : text;
     }
 
-    static SocketsHttpHandler Handler(string? caFile)
+    static SocketsHttpHandler Handler(X509Certificate2Collection? anchors)
     {
         var handler = new SocketsHttpHandler { PooledConnectionIdleTimeout = TimeSpan.FromSeconds(15) };
-        if (caFile is not null)
+        if (anchors is not null)
         {
-            var anchors = new X509Certificate2Collection();
-            anchors.ImportFromPemFile(caFile);
-            handler.SslOptions.RemoteCertificateValidationCallback = (_, certificate, _, errors) =>
+            handler.SslOptions.RemoteCertificateValidationCallback = (_, certificate, presented, errors) =>
             {
                 if (errors == SslPolicyErrors.None)
                 {
@@ -240,6 +274,16 @@ public static class McpCommand
                 using var chain = new X509Chain();
                 chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
                 chain.ChainPolicy.CustomTrustStore.AddRange(anchors);
+                // The intermediates the server sent, so a leaf issued below an anchor's intermediate still builds.
+                if (presented is not null)
+                {
+                    foreach (var element in presented.ChainElements)
+                    {
+                        chain.ChainPolicy.ExtraStore.Add(element.Certificate);
+                    }
+                }
+
+                chain.ChainPolicy.ApplicationPolicy.Add(new Oid("1.3.6.1.5.5.7.3.1")); // id-kp-serverAuth (RFC 5280 4.2.1.12)
                 chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
                 return chain.Build(new X509Certificate2(certificate));
             };

@@ -590,9 +590,14 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
             e.Add($"{p}:MaxRequestBodySize: must be between {needed} (MaxAttachmentSize as base64, plus 1 MiB) and 1073741824 bytes.");
         }
 
-        if (m.MaxAttachments < 0 || m.MaxConcurrentRequests < 1)
+        if (m.MaxAttachments < 0 || m.MaxConcurrentRequests < 1 || m.MaxConcurrentRequestsPerTenant < 1 || m.MaxConcurrentRequestsPerTenant > m.MaxConcurrentRequests)
         {
-            e.Add($"{p}: MaxAttachments must be at least 0 and MaxConcurrentRequests at least 1.");
+            e.Add($"{p}: MaxAttachments must be at least 0, and 1 <= MaxConcurrentRequestsPerTenant <= MaxConcurrentRequests.");
+        }
+
+        if (m.MinRequestBodyDataRate < 1)
+        {
+            e.Add($"{p}:MinRequestBodyDataRate: must be at least 1 byte per second.");
         }
 
         foreach (var name in m.EffectiveAllowedHeaders)

@@ -23,10 +23,23 @@ public sealed class McpConfig
     public int MaxAttachments { get; set; } = 20;
 
     /// <summary>
-    /// /mcp requests served at once, gateway-wide (each may hold a body of up to <see cref="MaxRequestBodySize"/>); a
-    /// tenant's own share is its Limits:MaxSessions, as for SMTP sessions. Past it: 503 with Retry-After.
+    /// Authenticated /mcp requests served at once, gateway-wide. Each may hold its body (up to
+    /// <see cref="MaxRequestBodySize"/>) and the SDK's parse of it, about twice the body: the default bounds that to
+    /// well under 1 GiB however the tenants behave. Past it: 503 with Retry-After.
     /// </summary>
-    public int MaxConcurrentRequests { get; set; } = 16;
+    public int MaxConcurrentRequests { get; set; } = 8;
+
+    /// <summary>
+    /// One tenant's share of <see cref="MaxConcurrentRequests"/>, so one tenant's slow uploads or long calls cannot take
+    /// every slot. Past it: 429 with Retry-After. (The tenant's Limits:MaxSessions applies too.)
+    /// </summary>
+    public int MaxConcurrentRequestsPerTenant { get; set; } = 4;
+
+    /// <summary>
+    /// Slowest accepted upload of an /mcp body, after a 10 s grace. Kestrel's default is 240 bytes/s, at which a 48 MiB
+    /// body would hold its slot for more than two days.
+    /// </summary>
+    public int MinRequestBodyDataRate { get; set; } = 16 * 1024;
 
     /// <summary>
     /// Header fields send_email may set through its `headers` argument (case-insensitive). Null: the default list. Fields

@@ -83,6 +83,10 @@ public static class QueueView
     internal static string? OwnerOf(FileSpool spool, string id) =>
         FileSpool.IsValidId(id) && spool.Peek(id) is { } found ? found.Entry.Envelope.TenantId : null;
 
+    /// <summary>One message (queued or failed) without its header lines (one read of its envelope); null when there is none.</summary>
+    internal static QueueItem? Item(FileSpool spool, string id) =>
+        FileSpool.IsValidId(id) && spool.Peek(id) is { } found ? ToItem(found.Entry) : null;
+
     /// <summary>One message (queued or failed) with its header lines; null when no message has that id (or it is no id).</summary>
     internal static QueueDetails? Show(FileSpool spool, string id)
     {

@@ -34,9 +34,10 @@ public static class GatewayLogging
         ArgumentNullException.ThrowIfNull(configuration);
         var format = commandLineFormat ?? configuration[FormatKey] ?? Simple;
         logging.ClearProviders();
-        // The MCP SDK logs two Information lines per request; each tool call is already an audit event and a metric.
+        // The MCP SDK logs two Information lines per request (each tool call is already an audit event and a metric) and,
+        // at Warning, an unknown method or tool name exactly as the client sent it (unbounded client text in the log).
         // Added before the file's rules, so Logging:LogLevel:ModelContextProtocol there still wins (same category, later).
-        logging.AddFilter("ModelContextProtocol", LogLevel.Warning);
+        logging.AddFilter("ModelContextProtocol", LogLevel.Error);
         logging.AddConfiguration(configuration.GetSection("Logging"));
         // ASP.NET Core's hosting scope puts each admin request's raw path (suppressed addresses, vault names) into every
         // line logged during it; the admin audit has the route template instead.

@@ -345,8 +345,8 @@ public sealed class TenantSnapshot
     /// <summary>The name under which mail of no tenant is shown (queue lists, metrics): never a configured tenant's id.</summary>
     public const string ReservedTenantId = "default";
 
-    public static bool IsValidTenantId(string id) =>
-        id != ReservedTenantId && id.Length is > 0 and <= 64 && id.All(c => c is (>= 'a' and <= 'z') or (>= '0' and <= '9') or '-' or '_');
+    public static bool IsValidTenantId(string? id) =>
+        id is not null && id != ReservedTenantId && id.Length is > 0 and <= 64 && id.All(c => c is (>= 'a' and <= 'z') or (>= '0' and <= '9') or '-' or '_');
 
     static bool Overlaps(IPNetwork a, IPNetwork b) =>
         a.BaseAddress.AddressFamily == b.BaseAddress.AddressFamily && (a.Contains(b.BaseAddress) || b.Contains(a.BaseAddress));

@@ -3,6 +3,8 @@ using System.Security.Cryptography;
 using System.Text.Json;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.AspNetCore.Server.Kestrel.Core.Features;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using SmtpGateway.Configuration;
@@ -28,6 +30,8 @@ public sealed partial class McpAuthentication(RequestDelegate next, SubmissionPi
 
     readonly McpConfig _config = options.Value.Mcp;
     readonly ILogger _logger = loggers.CreateLogger("SmtpGateway.Mcp");
+    readonly Lock _gate = new();
+    readonly Dictionary<string, int> _perTenant = new(StringComparer.Ordinal);
     int _inFlight;
 
     public async Task InvokeAsync(HttpContext http)
@@ -39,26 +43,6 @@ public sealed partial class McpAuthentication(RequestDelegate next, SubmissionPi
             return;
         }
 
-        if (Interlocked.Increment(ref _inFlight) > _config.MaxConcurrentRequests)
-        {
-            Interlocked.Decrement(ref _inFlight);
-            http.Response.Headers.RetryAfter = "1";
-            await RefuseAsync(http, StatusCodes.Status503ServiceUnavailable, "busy", "The MCP endpoint is at its request limit (Gateway:Mcp:MaxConcurrentRequests); try again shortly.").ConfigureAwait(false);
-            return;
-        }
-
-        try
-        {
-            await AuthenticateAndRunAsync(http).ConfigureAwait(false);
-        }
-        finally
-        {
-            Interlocked.Decrement(ref _inFlight);
-        }
-    }
-
-    async Task AuthenticateAndRunAsync(HttpContext http)
-    {
         if (Bearer(http.Request.Headers.Authorization.ToString()) is not { } token)
         {
             // RFC 6750 section 3.1: no credentials at all get the bare challenge, no error code.
@@ -72,14 +56,9 @@ public sealed partial class McpAuthentication(RequestDelegate next, SubmissionPi
         var context = pipeline.Open($"mcp-{RandomNumberGenerator.GetHexString(12, lowercase: true)}", SubmissionChannel.Mcp, client, "mcp", identifyByNetwork: false);
         try
         {
-            if (pipeline.AuthBlocked(context))
-            {
-                http.Response.Headers.RetryAfter = "60";
-                await RefuseAsync(http, StatusCodes.Status429TooManyRequests, "throttled", "Too many failed authentications from this address; try again later.").ConfigureAwait(false);
-                return;
-            }
-
             // The token names its tenant; that tenant's key then verifies it, just as a SASL user name would choose the key.
+            // A valid token passes even from an address the throttle holds (as an admin key does): every local bridge
+            // reaches the gateway from 127.0.0.1, and one agent retrying an expired token must not lock out the others.
             var verdict = await pipeline.AuthenticateAsync(context, "BEARER", "", TokenService.ClaimedTenant(token) ?? "", token, http.RequestAborted).ConfigureAwait(false);
             if (!verdict.Succeeded)
             {
@@ -87,25 +66,96 @@ public sealed partial class McpAuthentication(RequestDelegate next, SubmissionPi
                 return;
             }
 
-            // Bodies are read only now, after the token verified, under the MCP limit instead of the admin API's 1 MiB.
-            if (http.Request.ContentLength > _config.MaxRequestBodySize)
-            {
-                await RefuseAsync(http, StatusCodes.Status413PayloadTooLarge, "too_large",
-                    $"The request body is larger than {_config.MaxRequestBodySize} bytes (Gateway:Mcp:MaxRequestBodySize); attachments are limited to {_config.MaxAttachmentSize} bytes.").ConfigureAwait(false);
-                return;
-            }
-
-            if (http.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } body)
-            {
-                body.MaxRequestBodySize = _config.MaxRequestBodySize;
-            }
-
-            http.User = new McpCallerPrincipal(new McpCaller(context));
-            await next(http).ConfigureAwait(false);
+            await ServeAsync(http, new McpCaller(context)).ConfigureAwait(false);
         }
         finally
         {
             SubmissionPipeline.Close(context);
+        }
+    }
+
+    /// <summary>An authenticated request: its share of the request slots, then its body under the MCP limits, then the SDK.</summary>
+    async Task ServeAsync(HttpContext http, McpCaller caller)
+    {
+        // Bodies are read only now, after the token verified, under the MCP limit instead of the admin API's 1 MiB.
+        if (http.Request.ContentLength > _config.MaxRequestBodySize)
+        {
+            await RefuseAsync(http, StatusCodes.Status413PayloadTooLarge, "too_large",
+                $"The request body is larger than {_config.MaxRequestBodySize} bytes (Gateway:Mcp:MaxRequestBodySize); attachments are limited to {_config.MaxAttachmentSize} bytes.").ConfigureAwait(false);
+            return;
+        }
+
+        var slot = TakeSlot(caller.TenantId);
+        if (slot is not null)
+        {
+            http.Response.Headers.RetryAfter = "1";
+            await (slot == "busy"
+                ? RefuseAsync(http, StatusCodes.Status503ServiceUnavailable, "busy", "The MCP endpoint is at its request limit (Gateway:Mcp:MaxConcurrentRequests); try again shortly.")
+                : RefuseAsync(http, StatusCodes.Status429TooManyRequests, "tenant_busy", "This tenant has as many MCP requests in flight as it may (Gateway:Mcp:MaxConcurrentRequestsPerTenant); try again shortly.")).ConfigureAwait(false);
+            return;
+        }
+
+        try
+        {
+            if (http.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } size)
+            {
+                size.MaxRequestBodySize = _config.MaxRequestBodySize;
+            }
+
+            if (http.Features.Get<IHttpMinRequestBodyDataRateFeature>() is { } rate)
+            {
+                rate.MinDataRate = new MinDataRate(_config.MinRequestBodyDataRate, TimeSpan.FromSeconds(10));
+            }
+
+            http.Request.Body = new McpBodyGuard(http.Request.Body);
+            http.User = new McpCallerPrincipal(caller);
+            try
+            {
+                await next(http).ConfigureAwait(false);
+            }
+            catch (McpBodyRejectedException ex) when (!http.Response.HasStarted)
+            {
+                await RefuseAsync(http, StatusCodes.Status400BadRequest, "too_complex", ex.Message).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            GiveBackSlot(caller.TenantId);
+        }
+    }
+
+    /// <summary>Null when the request may run (its slots taken); else which limit said no.</summary>
+    string? TakeSlot(string tenant)
+    {
+        lock (_gate)
+        {
+            if (_inFlight >= _config.MaxConcurrentRequests)
+            {
+                return "busy";
+            }
+
+            var mine = _perTenant.GetValueOrDefault(tenant);
+            if (mine >= _config.MaxConcurrentRequestsPerTenant)
+            {
+                return "tenant_busy";
+            }
+
+            _perTenant[tenant] = mine + 1;
+            _inFlight++;
+            return null;
+        }
+    }
+
+    void GiveBackSlot(string tenant)
+    {
+        lock (_gate)
+        {
+            _inFlight--;
+            // Tenant ids come from the configuration, so the table is bounded by it; an idle tenant's entry goes.
+            if (--_perTenant[tenant] == 0)
+            {
+                _perTenant.Remove(tenant);
+            }
         }
     }
 
@@ -124,6 +174,14 @@ public sealed partial class McpAuthentication(RequestDelegate next, SubmissionPi
             // The token could not be checked (its tenant's HSM token or the revocation list is unavailable): not the client's fault.
             http.Response.Headers.RetryAfter = "30";
             await RefuseAsync(http, StatusCodes.Status503ServiceUnavailable, "unavailable", "The session token cannot be checked now; try again later.").ConfigureAwait(false);
+            return;
+        }
+
+        if (verdict.Blocked)
+        {
+            // Past the throttle's limit: answered at once, without the delay (it would only hold a connection open).
+            http.Response.Headers.RetryAfter = "60";
+            await RefuseAsync(http, StatusCodes.Status429TooManyRequests, "throttled", "Too many failed authentications from this address; try again later.").ConfigureAwait(false);
             return;
         }
 

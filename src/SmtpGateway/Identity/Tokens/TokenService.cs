@@ -115,8 +115,9 @@ public sealed class TokenService(TokenStore store, Func<TenantSnapshot> tenants,
         var parts = token.Split('.');
         try
         {
-            return parts.Length == 3 && JsonSerializer.Deserialize(FromBase64Url(parts[1]), TokenJsonContext.Default.TokenPayload) is { } payload
-                && TenantSnapshot.IsValidTenantId(payload.Tenant) ? payload.Tenant : null;
+            // Claims are client input: a payload without "t" deserialises with a null tenant.
+            return parts.Length == 3 && JsonSerializer.Deserialize(FromBase64Url(parts[1]), TokenJsonContext.Default.TokenPayload)?.Tenant is { } tenant
+                && TenantSnapshot.IsValidTenantId(tenant) ? tenant : null;
         }
         catch (Exception ex) when (ex is FormatException or JsonException)
         {

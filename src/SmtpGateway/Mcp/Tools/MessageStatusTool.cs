@@ -53,7 +53,7 @@ internal sealed class MessageStatusTool(FileSpool spool, DeliveryEvents events, 
         }
 
         var tenant = caller.TenantId;
-        var queued = FileSpool.IsValidId(id) && QueueView.OwnerOf(spool, id) == tenant ? QueueView.Show(spool, id)?.Message : null;
+        var queued = QueueView.Item(spool, id) is { } item && item.Tenant == tenant ? item : null;
         var found = FileSpool.IsValidId(id) && events.Log is { } log
             ? EventEndpoints.Latest(log.PathFor(tenant), tenant, MaxEvents, match: e => e.Id == id)
             : [];
