@@ -1,6 +1,8 @@
 using System.Runtime.InteropServices;
+using System.Text;
 using System.Text.Json;
 using MimeKit;
+using MimeKit.Utils;
 using SmtpGateway.Smtp;
 
 namespace SmtpGateway.Mcp;
@@ -36,6 +38,12 @@ public static class EmailRequestParser
 
     public const int MaxHeaders = 20;
 
+    /// <summary>
+    /// Reply-To names where answers go, not who receives the mail, so MaxRecipients does not bound it; a handful covers
+    /// a team alias or two, and the cap keeps a huge array from being parsed item by item.
+    /// </summary>
+    public const int MaxReplyTo = 10;
+
     public const int MaxFileNameLength = 255;
 
     const int MaxContentTypeLength = 255;
@@ -69,11 +77,28 @@ public static class EmailRequestParser
         }
 
         var from = ParseFrom(arguments, found);
-        var to = ParseAddresses(arguments, "to", required: true, found);
-        var cc = ParseAddresses(arguments, "cc", required: false, found);
-        var bcc = ParseAddresses(arguments, "bcc", required: false, found);
-        var replyTo = ParseAddresses(arguments, "reply_to", required: false, found);
-        CheckRecipientCount(to, cc, bcc, limits, found);
+
+        // Counted on the raw arrays, before any item is parsed: parsing is what costs, so an array of millions must be
+        // refused for its length alone. Each item counts, a repeated address too (an agent naming one twice made a
+        // mistake anyway); the envelope still lists each address once.
+        var recipientItems = ArrayLength(arguments, "to") + ArrayLength(arguments, "cc") + ArrayLength(arguments, "bcc");
+        var recipientsOk = recipientItems <= limits.MaxRecipients;
+        if (!recipientsOk)
+        {
+            found.Add($"to, cc, bcc: {recipientItems} addresses, above the limit of {limits.MaxRecipients} (Gateway:Limits:MaxRecipients)");
+        }
+
+        var replyToItems = ArrayLength(arguments, "reply_to");
+        var replyToOk = replyToItems <= MaxReplyTo;
+        if (!replyToOk)
+        {
+            found.Add($"reply_to: {replyToItems} addresses, above the limit of {MaxReplyTo}");
+        }
+
+        var to = ParseAddresses(arguments, "to", required: true, recipientsOk, found);
+        var cc = ParseAddresses(arguments, "cc", required: false, recipientsOk, found);
+        var bcc = ParseAddresses(arguments, "bcc", required: false, recipientsOk, found);
+        var replyTo = ParseAddresses(arguments, "reply_to", required: false, replyToOk, found);
         var subject = ParseSubject(arguments, found);
         var text = ParseBody(arguments, "text", found, out var textGiven);
         var html = ParseBody(arguments, "html", found, out var htmlGiven);
@@ -154,6 +179,47 @@ public static class EmailRequestParser
         return null;
     }
 
+    /// <summary>
+    /// The checks a free-text header value needs beyond <see cref="TryGetHeaderText"/>: what mail clients will show after
+    /// decoding, and whether MimeKit can fold it into lines of at most 998 octets.
+    /// </summary>
+    static bool CheckHeaderValue(string fieldName, string value, string label, ErrorList found)
+    {
+        var decodedOk = CheckDecoded(value, allowTab: true, label, found);
+
+        // MimeKit folds at white space and cannot split a word of a structured value (one message id in References), so
+        // every word has to fit on one line after "Name: " (a continuation line's single space leaves more room). One
+        // rule for every field, subject included. Octets, not characters: the limit is on the wire.
+        var room = MaxHeaderValueLength - fieldName.Length - 2;
+        int longest = 0, run = 0;
+        foreach (var rune in value.EnumerateRunes())
+        {
+            run = rune.Value is ' ' or '\t' ? 0 : run + rune.Utf8SequenceLength;
+            longest = Math.Max(longest, run);
+        }
+
+        if (longest > room)
+        {
+            found.Add($"{label}: a word of {longest} octets without a space, above the {room} that fit on one line after '{fieldName}: ' (RFC 5322 section 2.1.1)");
+            return false;
+        }
+
+        return decodedOk;
+    }
+
+    /// <summary>An encoded word (=?utf-8?q?a=0D=0A?=) is written as it is, and decodes in the reader's client to what the raw check could not see.</summary>
+    static bool CheckDecoded(string value, bool allowTab, string label, ErrorList found)
+    {
+        if (!value.Contains("=?", StringComparison.Ordinal)
+            || ControlProblem(Rfc2047.DecodeText(Encoding.UTF8.GetBytes(value)), allowTab) is not { } problem)
+        {
+            return true;
+        }
+
+        found.Add($"{label}: the decoded encoded-word text {problem}");
+        return false;
+    }
+
     static bool TryGetString(JsonElement value, string label, string expected, ErrorList found, out string text)
     {
         text = "";
@@ -214,6 +280,10 @@ public static class EmailRequestParser
         }
     }
 
+    /// <summary>The item count of an array argument; 0 when absent or not an array (its type error comes from its parser).</summary>
+    static long ArrayLength(IReadOnlyDictionary<string, JsonElement> arguments, string name) =>
+        TryGet(arguments, name, out var value) && value.ValueKind == JsonValueKind.Array ? value.GetArrayLength() : 0;
+
     static MailboxAddress? ParseFrom(IReadOnlyDictionary<string, JsonElement> arguments, ErrorList found)
     {
         if (!TryGet(arguments, "from", out var value))
@@ -225,7 +295,8 @@ public static class EmailRequestParser
         return ParseAddress(value, "from", found);
     }
 
-    static List<MailboxAddress> ParseAddresses(IReadOnlyDictionary<string, JsonElement> arguments, string name, bool required, ErrorList found)
+    /// <param name="parseItems">False when the count is already refused: the cheap checks still run, no item is parsed.</param>
+    static List<MailboxAddress> ParseAddresses(IReadOnlyDictionary<string, JsonElement> arguments, string name, bool required, bool parseItems, ErrorList found)
     {
         var list = new List<MailboxAddress>();
         if (!TryGet(arguments, name, out var value))
@@ -247,6 +318,11 @@ public static class EmailRequestParser
         if (required && value.GetArrayLength() == 0)
         {
             found.Add($"{name}: required, at least one address");
+        }
+
+        if (!parseItems)
+        {
+            return list;
         }
 
         var index = 0;
@@ -305,15 +381,6 @@ public static class EmailRequestParser
     internal static SmtpPath? EnvelopePath(string address) =>
         SmtpGrammar.TryParsePath("FROM:<" + address + ">", "FROM:", allowNull: false, out var path) == PathError.None ? path : null;
 
-    static void CheckRecipientCount(List<MailboxAddress> to, List<MailboxAddress> cc, List<MailboxAddress> bcc, EmailLimits limits, ErrorList found)
-    {
-        var distinct = to.Concat(cc).Concat(bcc).Select(m => m.Address).Distinct(StringComparer.OrdinalIgnoreCase).Count();
-        if (distinct > limits.MaxRecipients)
-        {
-            found.Add($"to, cc, bcc: {distinct} distinct recipients, above the limit of {limits.MaxRecipients} (Gateway:Limits:MaxRecipients)");
-        }
-    }
-
     static string? ParseSubject(IReadOnlyDictionary<string, JsonElement> arguments, ErrorList found)
     {
         if (!TryGet(arguments, "subject", out var value))
@@ -322,7 +389,10 @@ public static class EmailRequestParser
             return null;
         }
 
-        return TryGetHeaderText(value, "subject", "a JSON string", MaxHeaderValueLength, allowTab: true, found, out var subject) ? subject : null;
+        return TryGetHeaderText(value, "subject", "a JSON string", MaxHeaderValueLength, allowTab: true, found, out var subject)
+            && CheckHeaderValue("Subject", subject, "subject", found)
+            ? subject
+            : null;
     }
 
     static string? ParseBody(IReadOnlyDictionary<string, JsonElement> arguments, string name, ErrorList found, out bool given)
@@ -424,7 +494,8 @@ public static class EmailRequestParser
             return null;
         }
 
-        if (!TryGetHeaderText(value, label, "a JSON string", MaxFileNameLength, allowTab: false, found, out var fileName))
+        if (!TryGetHeaderText(value, label, "a JSON string", MaxFileNameLength, allowTab: false, found, out var fileName)
+            || !CheckDecoded(fileName, allowTab: false, label, found))
         {
             return null;
         }
@@ -551,15 +622,21 @@ public static class EmailRequestParser
             return headers;
         }
 
-        var properties = value.EnumerateObject().ToList();
-        if (properties.Count > MaxHeaders)
+        // Counted without building anything, and only as far as the limit: an object of millions of names is refused for
+        // its size alone, before a single name is read.
+        var count = 0;
+        foreach (var unused in value.EnumerateObject())
         {
-            found.Add($"headers: {properties.Count} headers, above the limit of {MaxHeaders}");
+            if (++count > MaxHeaders)
+            {
+                found.Add($"headers: more than {MaxHeaders} headers, above the limit of {MaxHeaders}");
+                return headers;
+            }
         }
 
         var allowed = new HashSet<string>(limits.AllowedHeaders.Where(h => !Configuration.McpConfig.IsForbiddenHeader(h)), StringComparer.OrdinalIgnoreCase);
         var seen = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
-        foreach (var property in properties)
+        foreach (var property in value.EnumerateObject())
         {
             if (!TryRead(() => property.Name, out var name))
             {
@@ -575,7 +652,9 @@ public static class EmailRequestParser
             }
 
             var label = $"headers['{Echo(name)}']";
-            if (TryGetHeaderText(property.Value, label, "a JSON string", MaxHeaderValueLength, allowTab: true, found, out var text) && nameOk)
+            if (TryGetHeaderText(property.Value, label, "a JSON string", MaxHeaderValueLength, allowTab: true, found, out var text)
+                && nameOk
+                && CheckHeaderValue(name, text, label, found))
             {
                 headers.Add(new KeyValuePair<string, string>(name, text));
             }

@@ -235,8 +235,9 @@ public sealed class SubmissionPipeline
 
     /// <summary>
     /// A message built in code (MCP tool, admin API) enters here: the same Policy, Envelope, Signing and Spool stages as an
-    /// SMTP transaction, in the same order. <paramref name="message"/> is RFC 5322 with CRLF line endings; a bare CR or LF
-    /// is refused as it is on the wire. The first refusal is the answer; the queue id is set when the message was committed.
+    /// SMTP transaction, in the same order. <paramref name="message"/> is RFC 5322 with CRLF line endings; a bare CR or LF,
+    /// a NUL or an over-long line is refused as it is on the wire. The first refusal is the answer; the queue id is set when
+    /// the message was committed.
     /// </summary>
     public async ValueTask<SubmitResult> SubmitAsync(SubmissionContext context, SmtpPath mailFrom, IReadOnlyList<SmtpPath> recipients, ReadOnlySequence<byte> message, bool smtpUtf8 = false)
     {
@@ -305,6 +306,11 @@ public sealed class SubmissionPipeline
                     return new(RefuseData(context, SmtpReplies.NulInData), null);
                 }
 
+                if (TooLong(line))
+                {
+                    return new(RefuseData(context, SmtpReplies.DataLineTooLong), null);
+                }
+
                 incoming.AppendLine(line);
                 break;
             }
@@ -319,11 +325,28 @@ public sealed class SubmissionPipeline
                 return new(RefuseData(context, SmtpReplies.NulInData), null);
             }
 
-            incoming.AppendLine(line.Slice(0, line.Length - 1));
+            var content = line.Slice(0, line.Length - 1);
+            if (TooLong(content))
+            {
+                return new(RefuseData(context, SmtpReplies.DataLineTooLong), null);
+            }
+
+            incoming.AppendLine(content);
         }
 
         var reply = await EndMessageAsync(context, incoming).ConfigureAwait(false);
         return new(reply, reply.IsPositive ? incoming.Id : null);
+    }
+
+    /// <summary>
+    /// The listener's bound (RFC 5321 section 4.5.3.1.6, MaxTextLineLength with the CRLF): a line it would refuse on the
+    /// wire must not come in through code, or relaying it would send what a strict server refuses. The listener counts
+    /// the line dot-stuffed, as it arrives and as our own relay will send it, so a leading dot counts here too.
+    /// </summary>
+    bool TooLong(ReadOnlySequence<byte> content)
+    {
+        var stuffed = content.Length > 0 && content.FirstSpan[0] == (byte)'.' ? 1 : 0;
+        return content.Length + stuffed + 2 > _services.Limits.MaxTextLineLength;
     }
 
     static SmtpReply RefuseData(SubmissionContext context, SmtpReply reply)

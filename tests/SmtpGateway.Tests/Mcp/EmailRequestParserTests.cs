@@ -330,30 +330,166 @@ public sealed class EmailRequestParserTests
     }
 
     [Fact]
-    public void Recipients_are_counted_once_whatever_their_case_or_field()
+    public void Recipients_are_counted_per_item_across_to_cc_and_bcc_repeats_included()
     {
-        var limits = Limits with { MaxRecipients = 2 };
+        var limits = Limits with { MaxRecipients = 3 };
         var arguments = Minimal();
         arguments["to"] = new JsonArray("alice@example.net", "ALICE@Example.NET");
-        arguments["cc"] = new JsonArray("\"Alice again\" <alice@example.net>", "bob@example.net");
-        arguments["bcc"] = new JsonArray("Bob@example.net");
+        arguments["cc"] = new JsonArray("bob@example.net");
 
-        var request = ParseValid(arguments, limits);
-        Assert.Equal(2, request.To.Count);
+        Assert.Equal(2, ParseValid(arguments, limits).To.Count);
 
-        arguments["bcc"] = new JsonArray("Bob@example.net", "carol@example.net");
-        Assert.Equal(["to, cc, bcc: 3 distinct recipients, above the limit of 2 (Gateway:Limits:MaxRecipients)"], ParseErrors(arguments, limits));
+        arguments["bcc"] = new JsonArray("\"Alice again\" <alice@example.net>");
+        Assert.Equal(["to, cc, bcc: 4 addresses, above the limit of 3 (Gateway:Limits:MaxRecipients)"], ParseErrors(arguments, limits));
+    }
+
+    /// <summary>One address repeated <paramref name="count"/> times as JSON text: no JsonNode per item, so only Parse allocates much.</summary>
+    static string Repeated(string item, int count) => "[" + string.Join(',', Enumerable.Repeat($"\"{item}\"", count)) + "]";
+
+    static (IReadOnlyList<string> Errors, long Allocated) ParseMeasured(string json)
+    {
+        var arguments = Args(json);
+        var before = GC.GetAllocatedBytesForCurrentThread();
+        var request = EmailRequestParser.Parse(arguments, Limits, out var errors);
+        var allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.Null(request);
+        return (errors, allocated);
+    }
+
+    [Theory]
+    [InlineData("to")]
+    [InlineData("cc")]
+    [InlineData("bcc")]
+    public void A_huge_recipient_array_is_refused_by_its_length_before_any_item_is_parsed(string field)
+    {
+        var to = field == "to" ? Repeated("a@b.cc", 200_000) : """["alice@example.net"]""";
+        var other = field == "to" ? "" : $",\"{field}\":{Repeated("a@b.cc", 200_000)}";
+        var (errors, allocated) = ParseMeasured($$"""{"from":"a@b.example","to":{{to}}{{other}},"subject":"","text":""}""");
+
+        var count = field == "to" ? 200_000 : 200_001;
+        Assert.Equal([$"to, cc, bcc: {count} addresses, above the limit of 50 (Gateway:Limits:MaxRecipients)"], errors);
+        Assert.True(allocated < 1024 * 1024, $"Parse allocated {allocated} bytes for a refused recipient list");
+    }
+
+    [Fact]
+    public void More_reply_to_addresses_than_the_limit_are_refused_before_any_is_parsed()
+    {
+        var arguments = Minimal();
+        arguments["reply_to"] = new JsonArray([.. Enumerable.Range(0, EmailRequestParser.MaxReplyTo).Select(i => (JsonNode?)$"r{i}@tenant-a.example")]);
+        Assert.Equal(EmailRequestParser.MaxReplyTo, ParseValid(arguments).ReplyTo.Count);
+
+        var (errors, allocated) = ParseMeasured($$"""{"from":"a@b.example","to":["c@d.example"],"reply_to":{{Repeated("not an address", 200_000)}},"subject":"","text":""}""");
+
+        Assert.Equal(["reply_to: 200000 addresses, above the limit of 10"], errors);
+        Assert.True(allocated < 1024 * 1024, $"Parse allocated {allocated} bytes for a refused reply_to list");
+    }
+
+    [Fact]
+    public void A_huge_headers_object_is_refused_by_its_size_before_any_header_is_read()
+    {
+        var headers = "{" + string.Join(',', Enumerable.Range(0, 200_000).Select(i => $"\"X-H{i}\":\"v\"")) + "}";
+
+        var (errors, allocated) = ParseMeasured($$"""{"from":"a@b.example","to":["c@d.example"],"subject":"","text":"","headers":{{headers}}}""");
+
+        Assert.Equal(["headers: more than 20 headers, above the limit of 20"], errors);
+        Assert.True(allocated < 1024 * 1024, $"Parse allocated {allocated} bytes for a refused headers object");
     }
 
     [Fact]
     public void A_subject_of_998_characters_passes_and_one_more_does_not()
     {
         var arguments = Minimal();
-        arguments["subject"] = new string('s', 998);
+        var words = string.Join(' ', Enumerable.Repeat(new string('s', 99), 10));
+        arguments["subject"] = words[..998];
         ParseValid(arguments);
 
-        arguments["subject"] = new string('s', 999);
+        arguments["subject"] = words[..998] + "s";
         Assert.Equal(["subject: longer than 998 characters"], ParseErrors(arguments));
+    }
+
+    /// <summary>A word is never split when a header is folded, so it must fit after "Name: " in a 998-octet line.</summary>
+    [Theory]
+    [InlineData("subject", "Subject", "")]
+    [InlineData("References", "References", "<a@b> ")]
+    [InlineData("X-Entity-Ref-ID", "X-Entity-Ref-ID", "ref\t")]
+    public void A_word_too_long_for_one_header_line_is_refused(string field, string name, string before)
+    {
+        var room = 998 - name.Length - 2;
+        JsonObject With(int length)
+        {
+            var value = before + "<" + new string('m', length - "<@b>".Length) + "@b>";
+            var arguments = Minimal();
+            if (field == "subject")
+            {
+                arguments["subject"] = value;
+            }
+            else
+            {
+                arguments["headers"] = new JsonObject { [field] = value };
+            }
+
+            return arguments;
+        }
+
+        ParseValid(With(room));
+
+        var label = field == "subject" ? "subject" : $"headers['{field}']";
+        Assert.Equal(
+            [$"{label}: a word of {room + 1} octets without a space, above the {room} that fit on one line after '{name}: ' (RFC 5322 section 2.1.1)"],
+            ParseErrors(With(room + 1)));
+    }
+
+    [Fact]
+    public void A_header_word_is_measured_in_utf8_octets()
+    {
+        var arguments = Minimal();
+        arguments["subject"] = new string('é', 495); // 990 octets: one line would be 999
+
+        Assert.Equal(["subject: a word of 990 octets without a space, above the 989 that fit on one line after 'Subject: ' (RFC 5322 section 2.1.1)"], ParseErrors(arguments));
+    }
+
+    public static TheoryData<string, string, string> EncodedWordInjections() => new()
+    {
+        { "subject", "=?utf-8?q?a=0D=0ABcc:_x@evil?=", "subject: the decoded encoded-word text contains CR or LF" },
+        { "subject", "Hi =?utf-8?b?DQpCY2M6IHhAZXZpbA==?=", "subject: the decoded encoded-word text contains CR or LF" },
+        { "subject", "=?utf-8?q?bell=07?=", "subject: the decoded encoded-word text contains a control character" },
+        { "header", "=?utf-8?b?DQpCY2M6IHhAZXZpbA==?=", "headers['Keywords']: the decoded encoded-word text contains CR or LF" },
+        { "header", "=?iso-8859-1?q?a=0Ab?=", "headers['Keywords']: the decoded encoded-word text contains CR or LF" },
+        { "header", "=?utf-8?q?esc=1B[2J?=", "headers['Keywords']: the decoded encoded-word text contains a control character" },
+        { "filename", "=?utf-8?q?a=0D=0A.txt?=", "attachments[0].filename: the decoded encoded-word text contains CR or LF" },
+    };
+
+    [Theory]
+    [MemberData(nameof(EncodedWordInjections))]
+    public void An_encoded_word_that_decodes_to_a_control_character_is_refused(string field, string value, string expected)
+    {
+        var arguments = Minimal();
+        switch (field)
+        {
+            case "subject":
+                arguments["subject"] = value;
+                break;
+            case "header":
+                arguments["headers"] = new JsonObject { ["Keywords"] = value };
+                break;
+            default:
+                arguments["attachments"] = new JsonArray(new JsonObject { ["filename"] = value, ["content_base64"] = "" });
+                break;
+        }
+
+        Assert.Equal([expected], ParseErrors(arguments));
+    }
+
+    [Fact]
+    public void An_encoded_word_that_decodes_to_plain_text_or_a_tab_is_accepted()
+    {
+        var arguments = Minimal();
+        arguments["subject"] = "=?utf-8?q?Caf=C3=A9=09menu?=";
+        arguments["headers"] = new JsonObject { ["Keywords"] = "=?utf-8?b?w7xiZXI=?=" };
+
+        var request = ParseValid(arguments);
+
+        Assert.Equal("=?utf-8?q?Caf=C3=A9=09menu?=", request.Subject);
     }
 
     [Fact]
@@ -443,14 +579,17 @@ public sealed class EmailRequestParserTests
         var limits = Limits with { AllowedHeaders = [.. Enumerable.Range(0, 21).Select(i => $"X-H{i}")] };
         var arguments = Minimal();
         var headers = new JsonObject();
-        for (var i = 0; i < 21; i++)
+        for (var i = 0; i < 20; i++)
         {
-            headers[$"X-H{i}"] = i == 0 ? new string('v', 999) : "v";
+            headers[$"X-H{i}"] = i == 0 ? string.Concat(Enumerable.Repeat("v ", 500)) : "v";
         }
 
         arguments["headers"] = headers;
+        Assert.Equal(["headers['X-H0']: longer than 998 characters"], ParseErrors(arguments, limits));
 
-        Assert.Equal(["headers: 21 headers, above the limit of 20", "headers['X-H0']: longer than 998 characters"], ParseErrors(arguments, limits));
+        // Over the count nothing else is looked at: the count alone is the answer.
+        headers["X-H20"] = "v";
+        Assert.Equal(["headers: more than 20 headers, above the limit of 20"], ParseErrors(arguments, limits));
     }
 
     static JsonObject WithAttachments(params JsonObject[] attachments)
@@ -583,7 +722,7 @@ public sealed class EmailRequestParserTests
         var arguments = Minimal();
         arguments["to"] = new JsonArray([.. Enumerable.Range(0, 200).Select(_ => (JsonNode?)"bad")]);
 
-        var errors = ParseErrors(arguments);
+        var errors = ParseErrors(arguments, Limits with { MaxRecipients = 200 });
 
         Assert.Equal(51, errors.Count);
         Assert.Equal("... and 150 more errors", errors[^1]);

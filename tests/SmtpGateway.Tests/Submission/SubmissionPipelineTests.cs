@@ -233,6 +233,45 @@ public sealed class SubmissionPipelineTests : IDisposable
         Assert.Empty(_spool.List(SpoolArea.Queue));
     }
 
+    /// <summary>The listener's bound: 1000 octets with the CRLF, counted dot-stuffed as the line would travel.</summary>
+    [Theory]
+    [InlineData(999, "", "\r\n")]
+    [InlineData(999, "", "")]
+    [InlineData(998, ".", "\r\n")]
+    [InlineData(1500, "Subject: ", "\r\n")]
+    public async Task A_line_over_1000_octets_in_a_built_message_is_refused_as_on_the_wire(int length, string prefix, string ending)
+    {
+        var pipeline = Pipeline();
+        var context = AsTenant(pipeline, "tenant-a");
+        var line = prefix + new string('x', length - prefix.Length);
+        var text = prefix.Length > 0 && !prefix.StartsWith('.')
+            ? $"From: alice@tenant-a.example\r\n{line}{ending}\r\nbody\r\n"
+            : $"From: alice@tenant-a.example\r\nSubject: x\r\n\r\n{line}{ending}";
+
+        var reply = (await pipeline.SubmitAsync(context, Path("alice@tenant-a.example"), [Path("bob@example.net")], new ReadOnlySequence<byte>(Encoding.ASCII.GetBytes(text)))).Reply;
+
+        Assert.Equal(SmtpReplies.DataLineTooLong, reply);
+        Assert.Empty(_spool.List(SpoolArea.Queue));
+        Assert.False(context.InTransaction);
+        Assert.Equal(0, pipeline.Budget.Used);
+    }
+
+    [Theory]
+    [InlineData("", "\r\n")]
+    [InlineData("", "")]
+    [InlineData(".", "\r\n")]
+    public async Task A_line_of_exactly_1000_octets_on_the_wire_is_taken(string prefix, string ending)
+    {
+        var pipeline = Pipeline();
+        var context = AsTenant(pipeline, "tenant-a");
+        var line = prefix + new string('x', 998 - (2 * prefix.Length));
+        var text = $"From: alice@tenant-a.example\r\nSubject: x\r\n\r\n{line}{ending}";
+
+        var reply = await pipeline.SubmitAsync(context, Path("alice@tenant-a.example"), [Path("bob@example.net")], new ReadOnlySequence<byte>(Encoding.ASCII.GetBytes(text)));
+
+        Assert.Equal(QueueId(reply.Reply), reply.QueueId);
+    }
+
     [Fact]
     public async Task A_built_message_over_the_hop_limit_is_refused_as_a_loop()
     {
