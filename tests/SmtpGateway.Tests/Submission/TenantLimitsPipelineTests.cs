@@ -78,8 +78,9 @@ public sealed class TenantLimitsPipelineTests
         return path!;
     }
 
+    /// <summary>A body of about <paramref name="bodyOctets"/> octets in lines of 76 (a longer line is refused as on the wire).</summary>
     static ReadOnlySequence<byte> Message(string from, int bodyOctets = 10) =>
-        new(Encoding.ASCII.GetBytes($"From: <{from}>\r\nTo: <bob@example.net>\r\nSubject: limits\r\n\r\n{new string('x', bodyOctets)}\r\n"));
+        new(Encoding.ASCII.GetBytes($"From: <{from}>\r\nTo: <bob@example.net>\r\nSubject: limits\r\n\r\n{string.Join("\r\n", new string('x', bodyOctets).Chunk(76).Select(c => new string(c)))}\r\n"));
 
     static async Task<SmtpReply> SendAsync(SubmissionPipeline pipeline, SubmissionContext context, string from, int recipients = 1, int bodyOctets = 10) =>
         (await pipeline.SubmitAsync(context, Path(from), [.. Enumerable.Range(0, recipients).Select(i => Path($"bob{i}@example.net"))], Message(from, bodyOctets))).Reply;
