@@ -447,12 +447,15 @@ public sealed class McpTests(McpHarness harness, ITestOutputHelper output) : ICl
     });
 
     /// <summary>An SDK client on /mcp over streamable HTTP with <paramref name="token"/> as the bearer (none when null).</summary>
-    async Task<McpClient> ConnectAsync(string? token, CancellationToken cancellationToken)
+    Task<McpClient> ConnectAsync(string? token, CancellationToken cancellationToken) => ConnectAsync(harness.AdminUrl, token, cancellationToken);
+
+    /// <summary>An SDK client on <paramref name="adminUrl"/>/mcp over streamable HTTP with <paramref name="token"/> as the bearer (none when null).</summary>
+    internal static async Task<McpClient> ConnectAsync(Uri adminUrl, string? token, CancellationToken cancellationToken)
     {
         var headers = token is null ? new Dictionary<string, string>() : new Dictionary<string, string> { ["Authorization"] = "Bearer " + token };
         return await McpClient.CreateAsync(new HttpClientTransport(new HttpClientTransportOptions
         {
-            Endpoint = new Uri(harness.AdminUrl, "mcp"),
+            Endpoint = new Uri(adminUrl, "mcp"),
             TransportMode = HttpTransportMode.StreamableHttp,
             AdditionalHeaders = headers,
         }), cancellationToken: cancellationToken);
@@ -537,7 +540,7 @@ public sealed class McpTests(McpHarness harness, ITestOutputHelper output) : ICl
     }
 
     /// <summary>A successful tool result's structured content (fails with the result's text otherwise).</summary>
-    static JsonObject Structured(CallToolResult result)
+    internal static JsonObject Structured(CallToolResult result)
     {
         var text = string.Concat(result.Content.OfType<TextContentBlock>().Select(c => c.Text));
         Assert.True(result.IsError != true, $"tool error: {text}");
