@@ -27,14 +27,14 @@ internal sealed class SendingDomainsTool(DkimAdministration dkim, ILookupClient 
         Annotations = new ToolAnnotations { ReadOnlyHint = true, DestructiveHint = false, IdempotentHint = true, OpenWorldHint = true },
     };
 
-    /// <summary>A gateway with a DNS client built from its configuration: no cache, one retry, the configured timeout.</summary>
+    /// <summary>A DNS client from Gateway:Dns (servers, timeout, retries), without the cache: the answer must be today's.</summary>
     public static ILookupClient Resolver(GatewayConfig gateway)
     {
         var servers = gateway.Dns.Servers.Select(s => GatewayConfigValidator.TryParseEndpoint(s, 53, out var ep) ? ep! : throw new FormatException($"DNS server '{s}' is not ip[:port].")).ToArray();
         var options = servers.Length > 0 ? new LookupClientOptions(servers) : new LookupClientOptions();
         options.UseCache = false;
         options.Timeout = gateway.Dns.Timeout;
-        options.Retries = 1;
+        options.Retries = gateway.Dns.Retries;
         options.ThrowDnsErrors = false;
         options.ContinueOnDnsError = false;
         return new LookupClient(options);
