@@ -8,6 +8,11 @@ namespace SmtpGateway.Listener;
 
 public sealed partial class SmtpSession
 {
+    CancellationTokenSource? _lineTimer;
+    CancellationTokenSource? _lineLinked;
+    CancellationTokenSource? _lineLinkedDraining;
+    CancellationToken _lineSession;
+
     enum LineStatus
     {
         Ok,
@@ -48,9 +53,7 @@ public sealed partial class SmtpSession
     /// </summary>
     async ValueTask<Line> ReadLineAsync(int maxLength, TimeSpan timeout, CancellationToken sessionToken, bool allowDrain)
     {
-        // The timeout runs on the injected clock, so tests move time instead of waiting for it.
-        using var timer = new CancellationTokenSource(timeout, _services.Time);
-        using var cts = CancellationTokenSource.CreateLinkedTokenSource(sessionToken, _hardStop, allowDrain ? _draining : CancellationToken.None, timer.Token);
+        var token = ArmLineTimeout(timeout, sessionToken, allowDrain);
         var discarding = false;
         try
         {
@@ -59,8 +62,8 @@ public sealed partial class SmtpSession
                 ReadResult result;
                 if (_mustWait || !_reader.TryRead(out result))
                 {
-                    await FlushAsync(cts.Token).ConfigureAwait(false);
-                    result = await _reader.ReadAsync(cts.Token).ConfigureAwait(false);
+                    await FlushAsync(token).ConfigureAwait(false);
+                    result = await _reader.ReadAsync(token).ConfigureAwait(false);
                 }
 
                 _mustWait = false;
@@ -128,6 +131,43 @@ public sealed partial class SmtpSession
             Reply(TimeoutReply(sessionToken, allowDrain));
             return new Line(LineStatus.Closed, "");
         }
+        finally
+        {
+            // Disarmed while the command runs (a DATA has its own timer; signing and the spool are not the client's time).
+            _lineTimer?.CancelAfter(Timeout.InfiniteTimeSpan);
+        }
+    }
+
+    /// <summary>
+    /// The token one command line is read under: the session's cap, shutdown, and the command timeout on the injected
+    /// clock (tests move time instead of waiting). One timer and two linked sources serve the whole session, re-armed per
+    /// line with CancelAfter, where a new timer and linked source per command cost allocations and registrations on the
+    /// runtime's shared timer queue for every command of every session (issue 15).
+    /// </summary>
+    CancellationToken ArmLineTimeout(TimeSpan timeout, CancellationToken sessionToken, bool allowDrain)
+    {
+        if (_lineTimer is null || _lineTimer.IsCancellationRequested || _lineSession != sessionToken)
+        {
+            // First line, another session token (the handshake's), or a timer that fired after its line was read.
+            DisposeLineTimeout();
+            // Created with the clock and no due time, so CancelAfter runs on that clock's timer (not the system's).
+            _lineTimer = new CancellationTokenSource(Timeout.InfiniteTimeSpan, _services.Time);
+            _lineSession = sessionToken;
+        }
+
+        var linked = allowDrain
+            ? _lineLinkedDraining ??= CancellationTokenSource.CreateLinkedTokenSource(sessionToken, _hardStop, _draining, _lineTimer.Token)
+            : _lineLinked ??= CancellationTokenSource.CreateLinkedTokenSource(sessionToken, _hardStop, _lineTimer.Token);
+        _lineTimer.CancelAfter(timeout);
+        return linked.Token;
+    }
+
+    void DisposeLineTimeout()
+    {
+        _lineLinked?.Dispose();
+        _lineLinkedDraining?.Dispose();
+        _lineTimer?.Dispose();
+        _lineLinked = _lineLinkedDraining = _lineTimer = null;
     }
 
     SmtpReply TimeoutReply(CancellationToken sessionToken, bool allowDrain) =>

@@ -155,6 +155,7 @@ public sealed partial class SmtpSession
         {
             // However the session ended (QUIT, abort, a bug): the tenant's session slot goes back.
             SubmissionPipeline.Close(_context);
+            DisposeLineTimeout();
             await _reader.CompleteAsync().ConfigureAwait(false);
         }
     }
