@@ -45,6 +45,13 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 
     /// <summary>Tenant of each queued message (scheduling hint for <see cref="TenantOf"/>): set on commit, recovery and load, dropped when the message leaves the queue.</summary>
     readonly System.Collections.Concurrent.ConcurrentDictionary<string, string> _tenantById = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// Messages committed by this instance whose state file has never been written: their load skips the state-file probe
+    /// (a stat and a failing open per first attempt). Only this process writes state for them: a queue tool acts on the
+    /// spool itself only when no gateway holds the control lock (QueueControl). Recovered messages are not in here.
+    /// </summary>
+    readonly System.Collections.Concurrent.ConcurrentDictionary<string, byte> _withoutState = new(StringComparer.Ordinal);
     readonly Lock _initGate = new();
     volatile bool _initialized;
     int _recovered;
@@ -176,6 +183,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             throw new SpoolWriteException($"Could not spool message {envelope.Id}.", ex);
         }
 
+        _withoutState[envelope.Id] = 0;
         SpoolMetrics.Committed(_time.GetElapsedTime(started));
         SpoolMetrics.Enqueued(envelope.Id, envelope.TenantId);
         SpoolLog.Committed(_logger, envelope.Id, envelope.Recipients.Count, message.Length);
@@ -432,7 +440,8 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             return null;
         }
 
-        if (ReadState(Path.Combine(_state, id + StateSuffix), header.Envelope) is not { } state)
+        var state = _withoutState.ContainsKey(id) ? DeliveryState.Initial(header.Envelope) : ReadState(Path.Combine(_state, id + StateSuffix), header.Envelope);
+        if (state is null)
         {
             // An unreadable state cannot be started over either: the next save could not replace it, and every attempt
             // would deliver again. The message waits in corrupt/ for an operator.
@@ -498,6 +507,8 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 
         cancellationToken.ThrowIfCancellationRequested();
 
+        // Before anything is written: from here on a load looks for the state file again.
+        var mayHaveState = !_withoutState.TryRemove(state.Id, out _);
         var message = Path.Combine(_queue, state.Id);
         var statePath = Path.Combine(_state, state.Id + StateSuffix);
         if (!state.IsComplete)
@@ -513,7 +524,11 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             // Message first, then its state: a crash in between leaves an orphan state that recovery moves after it.
             MoveReplacing(message, Path.Combine(_failed, state.Id));
             WriteStateAtomically(Path.Combine(_failed, state.Id + StateSuffix), state);
-            TryDelete(statePath);
+            if (mayHaveState)
+            {
+                TryDelete(statePath);
+            }
+
             SpoolLog.MovedToFailed(_logger, state.Id);
         }
         else
@@ -521,7 +536,11 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             // Message first: a crash before the state goes leaves an orphan state (removed on recovery),
             // never a message without its "delivered" marks (which would be delivered again).
             Recycle(message);
-            TryDelete(statePath);
+            if (mayHaveState)
+            {
+                TryDelete(statePath);
+            }
+
             SpoolLog.Completed(_logger, state.Id);
         }
 
@@ -664,6 +683,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 
     bool MoveAside(string id, string reason)
     {
+        _withoutState.TryRemove(id, out _);
         var source = Path.Combine(_queue, id);
         var destination = Path.Combine(_corrupt, SafeFileName(id));
         try

@@ -479,6 +479,27 @@ public sealed class FileSpoolTests : IDisposable
     }
 
     [Fact]
+    public async Task A_state_written_after_commit_is_read_back_by_the_next_load()
+    {
+        using var spool = NewSpool(Root, _time);
+        var envelope = NewEnvelope(spool, _time, ["a@example.net", "b@example.net"]);
+        await spool.CommitAsync(envelope, Segmented(SampleMessage()), CancellationToken.None);
+        Assert.Equal(0, (await spool.LoadAsync(envelope.Id, CancellationToken.None))!.State.Attempts);
+
+        var deferred = DeliveryState.Initial(envelope) with
+        {
+            Attempts = 1,
+            NextAttemptAt = _time.GetUtcNow().AddMinutes(1),
+            Recipients = [new("a@example.net", RecipientStatus.Delivered, "250 ok"), new("b@example.net", RecipientStatus.Pending, "451 later")],
+        };
+        await spool.SaveAsync(deferred, CancellationToken.None);
+
+        var loaded = await spool.LoadAsync(envelope.Id, CancellationToken.None);
+        Assert.Equal(1, loaded!.State.Attempts);
+        Assert.Equal(RecipientStatus.Delivered, loaded.State.Recipients[0].Status);
+    }
+
+    [Fact]
     public async Task Recovery_removes_orphan_state_files()
     {
         Directory.CreateDirectory(Path.Combine(Root, "state"));
