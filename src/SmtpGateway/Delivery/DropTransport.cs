@@ -69,18 +69,21 @@ public sealed class DropTransport : IDeliveryTransport
             EnsureDirectory(tmpDirectory);
             EnsureDirectory(tenantDirectory);
 
-            var source = message.OpenContent();
-            await using (source.ConfigureAwait(false))
+            // The spool deletes its copy once this returns Delivered; the drop copy must survive a crash first.
+            // The temp name is this attempt's alone: on Linux it is opened without FileStream's flock and stats.
+            var handle = DurableFile.OpenForOverwrite(tmp, mustCreate: true);
+            if (handle is null)
             {
-                var target = new FileStream(tmp, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, Share = FileShare.None, BufferSize = 81920, Options = FileOptions.Asynchronous, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite });
-                await using (target.ConfigureAwait(false))
+                await WriteWithFileStreamAsync(message, tmp, cancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                using (handle)
                 {
-                    await source.CopyToAsync(target, cancellationToken).ConfigureAwait(false);
-
-                    // The spool deletes its copy once this returns Delivered; the drop copy must survive a crash first.
+                    await CopyAsync(message, handle, cancellationToken).ConfigureAwait(false);
                     if (_fsync)
                     {
-                        target.Flush(flushToDisk: true);
+                        DurableFile.SyncFile(handle, tmp);
                     }
                 }
             }
@@ -109,6 +112,46 @@ public sealed class DropTransport : IDeliveryTransport
             TryDelete(tmp);
             DeliveryLog.DropFailed(_logger, id, ex);
             return recipients.Select(r => RecipientResult.FromReply(r, DeliveryReplies.DropFailed)).ToArray();
+        }
+    }
+
+    static async Task CopyAsync(SpooledMessage message, Microsoft.Win32.SafeHandles.SafeFileHandle target, CancellationToken cancellationToken)
+    {
+        var source = message.OpenContent();
+        await using (source.ConfigureAwait(false))
+        {
+            var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(81920);
+            try
+            {
+                long offset = 0;
+                int n;
+                while ((n = await source.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)
+                {
+                    RandomAccess.Write(target, buffer.AsSpan(0, n), offset);
+                    offset += n;
+                }
+            }
+            finally
+            {
+                System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+    }
+
+    async Task WriteWithFileStreamAsync(SpooledMessage message, string tmp, CancellationToken cancellationToken)
+    {
+        var source = message.OpenContent();
+        await using (source.ConfigureAwait(false))
+        {
+            var target = new FileStream(tmp, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, Share = FileShare.None, BufferSize = 81920, Options = FileOptions.Asynchronous, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite });
+            await using (target.ConfigureAwait(false))
+            {
+                await source.CopyToAsync(target, cancellationToken).ConfigureAwait(false);
+                if (_fsync)
+                {
+                    target.Flush(flushToDisk: true);
+                }
+            }
         }
     }
 

@@ -70,8 +70,16 @@ internal static partial class DurableFile
         var fd = Native.open(path, oWrOnly | oCreat | OCloExecLinux | (mustCreate ? oExcl : 0), OwnerReadWrite);
         if (fd < 0)
         {
+            // The exception types FileStream would throw, which callers tell apart (a missing directory, no permission).
             var errno = Marshal.GetLastPInvokeError();
-            throw StorageErrors.FromErrno($"open({path}) failed: {new Win32Exception(errno).Message}", errno);
+            const int eperm = 1, enoent = 2, eacces = 13;
+            var message = $"open({path}) failed: {new Win32Exception(errno).Message}";
+            throw errno switch
+            {
+                enoent => new DirectoryNotFoundException(message) { HResult = errno },
+                eperm or eacces => new UnauthorizedAccessException(message) { HResult = errno },
+                _ => StorageErrors.FromErrno(message, errno),
+            };
         }
 
         return new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true);
