@@ -23,6 +23,9 @@ public sealed class DropTransport : IDeliveryTransport
     readonly bool _fsync;
     readonly ILogger _logger;
 
+    /// <summary>Directories this instance has created or found (drop/.tmp, drop/&lt;tenant&gt;): mkdir once, not per message.</summary>
+    readonly System.Collections.Concurrent.ConcurrentDictionary<string, byte> _directories = new(StringComparer.Ordinal);
+
     public DropTransport(IOptions<GatewayConfig> options, ILogger<DropTransport> logger)
         : this(GatewayPaths.DropDirectory(options.Value), options.Value.Spool.Fsync, logger)
     {
@@ -40,6 +43,22 @@ public sealed class DropTransport : IDeliveryTransport
     {
         ArgumentNullException.ThrowIfNull(message);
         ArgumentNullException.ThrowIfNull(recipients);
+        try
+        {
+            return await DeliverOnceAsync(message, recipients, mayRetry: true, cancellationToken).ConfigureAwait(false);
+        }
+        catch (DirectoryNotFoundException)
+        {
+            // A remembered directory was removed behind our back (an operator emptied drop/): make it again, once.
+            _directories.Clear();
+            return await DeliverOnceAsync(message, recipients, mayRetry: false, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>One attempt; with <paramref name="mayRetry"/> throws <see cref="DirectoryNotFoundException"/> (after cleaning up) when directories were taken from memory.</summary>
+    async Task<IReadOnlyList<RecipientResult>> DeliverOnceAsync(SpooledMessage message, IReadOnlyList<string> recipients, bool mayRetry, CancellationToken cancellationToken)
+    {
+        var remembered = mayRetry && !_directories.IsEmpty;
         var id = message.Envelope.Id;
         var tmpDirectory = Path.Combine(_root, TempDirectoryName);
         var tmp = Path.Combine(tmpDirectory, string.Create(CultureInfo.InvariantCulture, $"{id}.{Guid.NewGuid():N}.eml"));
@@ -47,21 +66,24 @@ public sealed class DropTransport : IDeliveryTransport
         {
             var tenantDirectory = TenantDirectory(_root, message.Envelope.TenantId);
             var final = Path.Combine(tenantDirectory, id + ".eml");
-            Directory.CreateDirectory(tmpDirectory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-            Directory.CreateDirectory(tenantDirectory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            EnsureDirectory(tmpDirectory);
+            EnsureDirectory(tenantDirectory);
 
-            var source = message.OpenContent();
-            await using (source.ConfigureAwait(false))
+            // The spool deletes its copy once this returns Delivered; the drop copy must survive a crash first.
+            // The temp name is this attempt's alone: on Linux it is opened without FileStream's flock and stats.
+            var handle = DurableFile.OpenForOverwrite(tmp, mustCreate: true);
+            if (handle is null)
             {
-                var target = new FileStream(tmp, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, Share = FileShare.None, BufferSize = 81920, Options = FileOptions.Asynchronous, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite });
-                await using (target.ConfigureAwait(false))
+                await WriteWithFileStreamAsync(message, tmp, cancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                using (handle)
                 {
-                    await source.CopyToAsync(target, cancellationToken).ConfigureAwait(false);
-
-                    // The spool deletes its copy once this returns Delivered; the drop copy must survive a crash first.
+                    await CopyAsync(message, handle, cancellationToken).ConfigureAwait(false);
                     if (_fsync)
                     {
-                        target.Flush(flushToDisk: true);
+                        DurableFile.SyncFile(handle, tmp);
                     }
                 }
             }
@@ -80,12 +102,68 @@ public sealed class DropTransport : IDeliveryTransport
             TryDelete(tmp);
             throw;
         }
+        catch (DirectoryNotFoundException) when (remembered)
+        {
+            TryDelete(tmp);
+            throw;
+        }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
             TryDelete(tmp);
             DeliveryLog.DropFailed(_logger, id, ex);
             return recipients.Select(r => RecipientResult.FromReply(r, DeliveryReplies.DropFailed)).ToArray();
         }
+    }
+
+    static async Task CopyAsync(SpooledMessage message, Microsoft.Win32.SafeHandles.SafeFileHandle target, CancellationToken cancellationToken)
+    {
+        var source = message.OpenContent();
+        await using (source.ConfigureAwait(false))
+        {
+            var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(81920);
+            try
+            {
+                long offset = 0;
+                int n;
+                while ((n = await source.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)
+                {
+                    RandomAccess.Write(target, buffer.AsSpan(0, n), offset);
+                    offset += n;
+                }
+            }
+            finally
+            {
+                System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+    }
+
+    async Task WriteWithFileStreamAsync(SpooledMessage message, string tmp, CancellationToken cancellationToken)
+    {
+        var source = message.OpenContent();
+        await using (source.ConfigureAwait(false))
+        {
+            var target = new FileStream(tmp, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, Share = FileShare.None, BufferSize = 81920, Options = FileOptions.Asynchronous, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite });
+            await using (target.ConfigureAwait(false))
+            {
+                await source.CopyToAsync(target, cancellationToken).ConfigureAwait(false);
+                if (_fsync)
+                {
+                    target.Flush(flushToDisk: true);
+                }
+            }
+        }
+    }
+
+    void EnsureDirectory(string path)
+    {
+        if (_directories.ContainsKey(path))
+        {
+            return;
+        }
+
+        Directory.CreateDirectory(path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        _directories[path] = 0;
     }
 
     /// <summary>

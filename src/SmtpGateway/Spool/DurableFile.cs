@@ -53,6 +53,126 @@ internal static partial class DurableFile
     }
 
     /// <summary>
+    /// Opens <paramref name="path"/> for writing, owner-only (0600), creating it when absent (exclusively when
+    /// <paramref name="mustCreate"/>), never truncating it and taking no lock: FileStream's open costs an flock, an
+    /// ftruncate and several stats per file, none of which a spool temp file needs (its name is ours alone; only the
+    /// rename publishes it). Null on Windows or a platform without these flags: the caller falls back to FileStream.
+    /// </summary>
+    /// <exception cref="IOException">open failed.</exception>
+    public static Microsoft.Win32.SafeHandles.SafeFileHandle? OpenForOverwrite(string path, bool mustCreate)
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return null;
+        }
+
+        const int oWrOnly = 0x1, oCreat = 0x40, oExcl = 0x80;
+        var fd = Native.open(path, oWrOnly | oCreat | OCloExecLinux | (mustCreate ? oExcl : 0), OwnerReadWrite);
+        if (fd < 0)
+        {
+            // The exception types FileStream would throw, which callers tell apart (a missing directory, no permission).
+            var errno = Marshal.GetLastPInvokeError();
+            const int eperm = 1, enoent = 2, eacces = 13;
+            var message = $"open({path}) failed: {new Win32Exception(errno).Message}";
+            throw errno switch
+            {
+                enoent => new DirectoryNotFoundException(message) { HResult = errno },
+                eperm or eacces => new UnauthorizedAccessException(message) { HResult = errno },
+                _ => StorageErrors.FromErrno(message, errno),
+            };
+        }
+
+        return new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true);
+    }
+
+    const int OwnerReadWrite = 0x180; // 0600
+
+    /// <summary>fsync(2) of an open file (its data and size), retried on EINTR.</summary>
+    /// <exception cref="IOException">fsync failed (errno kept, see StorageErrors).</exception>
+    public static void SyncFile(Microsoft.Win32.SafeHandles.SafeFileHandle handle, string path)
+    {
+        var added = false;
+        handle.DangerousAddRef(ref added);
+        try
+        {
+            const int eintr = 4;
+            while (Native.fsync((int)handle.DangerousGetHandle()) != 0)
+            {
+                var errno = Marshal.GetLastPInvokeError();
+                if (errno != eintr)
+                {
+                    throw StorageErrors.FromErrno($"fsync({path}) failed: {new Win32Exception(errno).Message}", errno);
+                }
+            }
+        }
+        finally
+        {
+            if (added)
+            {
+                handle.DangerousRelease();
+            }
+        }
+    }
+
+    /// <summary>Cuts an open file to <paramref name="length"/> octets (ftruncate(2)).</summary>
+    /// <exception cref="IOException">ftruncate failed.</exception>
+    public static void Truncate(Microsoft.Win32.SafeHandles.SafeFileHandle handle, long length, string path)
+    {
+        var added = false;
+        handle.DangerousAddRef(ref added);
+        try
+        {
+            if (Native.ftruncate((int)handle.DangerousGetHandle(), length) != 0)
+            {
+                var errno = Marshal.GetLastPInvokeError();
+                throw StorageErrors.FromErrno($"ftruncate({path}) failed: {new Win32Exception(errno).Message}", errno);
+            }
+        }
+        finally
+        {
+            if (added)
+            {
+                handle.DangerousRelease();
+            }
+        }
+    }
+
+    /// <summary>
+    /// rename(2) that refuses to replace an existing <paramref name="destination"/> (renameat2 RENAME_NOREPLACE): the
+    /// semantics of File.Move(overwrite: false) in one system call instead of a rename preceded by stats. Falls back to
+    /// File.Move where renameat2 or the flag is not supported.
+    /// </summary>
+    /// <exception cref="IOException">The destination exists, or the rename failed.</exception>
+    public static void MoveNoReplace(string source, string destination)
+    {
+        if (OperatingSystem.IsLinux())
+        {
+            const int atFdCwd = -100, renameNoReplace = 1;
+            try
+            {
+                if (Native.renameat2(atFdCwd, source, atFdCwd, destination, renameNoReplace) == 0)
+                {
+                    return;
+                }
+            }
+            catch (EntryPointNotFoundException)
+            {
+                File.Move(source, destination, overwrite: false);
+                return;
+            }
+
+            var errno = Marshal.GetLastPInvokeError();
+            const int einval = 22, enosys = 38;
+            if (errno is not (einval or enosys))
+            {
+                throw StorageErrors.FromErrno($"rename({source}, {destination}) failed: {new Win32Exception(errno).Message}", errno);
+            }
+        }
+
+        File.Move(source, destination, overwrite: false);
+    }
+
+    /// <summary>
     /// Plain DllImport with blittable arguments and a UTF-8 string: LibraryImport would need AllowUnsafeBlocks
     /// in the project, which this stage does not own.
     /// </summary>
@@ -62,6 +182,15 @@ internal static partial class DurableFile
 #pragma warning disable CA5392 // libc is a system library resolved by the loader.
         [DllImport("libc", SetLastError = true)]
         public static extern int open([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags);
+
+        [DllImport("libc", SetLastError = true)]
+        public static extern int open([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags, int mode);
+
+        [DllImport("libc", SetLastError = true)]
+        public static extern int ftruncate(int fd, long length);
+
+        [DllImport("libc", SetLastError = true)]
+        public static extern int renameat2(int olddirfd, [MarshalAs(UnmanagedType.LPUTF8Str)] string oldpath, int newdirfd, [MarshalAs(UnmanagedType.LPUTF8Str)] string newpath, uint flags);
 
         [DllImport("libc", SetLastError = true)]
         public static extern int fsync(int fd);

@@ -51,6 +51,7 @@ public sealed partial class FileSpool
             File.Delete(queued);
             TryDelete(Path.Combine(_state, id + StateSuffix));
             _tenantById.TryRemove(id, out _);
+            _withoutState.TryRemove(id, out _);
             SpoolMetrics.Dequeued(id);
             return SpoolArea.Queue;
         }

@@ -45,6 +45,13 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 
     /// <summary>Tenant of each queued message (scheduling hint for <see cref="TenantOf"/>): set on commit, recovery and load, dropped when the message leaves the queue.</summary>
     readonly System.Collections.Concurrent.ConcurrentDictionary<string, string> _tenantById = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// Messages committed by this instance whose state file has never been written: their load skips the state-file probe
+    /// (a stat and a failing open per first attempt). Only this process writes state for them: a queue tool acts on the
+    /// spool itself only when no gateway holds the control lock (QueueControl). Recovered messages are not in here.
+    /// </summary>
+    readonly System.Collections.Concurrent.ConcurrentDictionary<string, byte> _withoutState = new(StringComparer.Ordinal);
     readonly Lock _initGate = new();
     volatile bool _initialized;
     int _recovered;
@@ -136,17 +143,19 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         // A recycled file (see Recycle) when there is one: overwriting an existing inode avoids ext4's inode
         // allocation, which dominated the commit path under load (perf: openat 23% of CPU in find_inode_bit /
         // recently_deleted at ~1000 creates+unlinks per second).
-        var tmp = _recycled.TryTake(out var reuse) ? reuse : Path.Combine(_tmp, string.Create(CultureInfo.InvariantCulture, $"{envelope.Id}.{Guid.NewGuid():N}.msg"));
+        var recycled = _recycled.TryTake(out var reuse);
+        var tmp = recycled ? reuse! : Path.Combine(_tmp, string.Create(CultureInfo.InvariantCulture, $"{envelope.Id}.{Guid.NewGuid():N}.msg"));
         var queued = Path.Combine(_queue, envelope.Id);
         var renamed = false;
         try
         {
             EnsureDirectories();
             cancellationToken.ThrowIfCancellationRequested();
-            await WriteMessageFileAsync(tmp, envelope, message, cancellationToken).ConfigureAwait(false);
+            await WriteMessageFileAsync(tmp, recycled, envelope, message, cancellationToken).ConfigureAwait(false);
 
             // The rename publishes envelope and content at once; queue/ never holds a partial file.
-            File.Move(tmp, queued, overwrite: false);
+            // It happens only after the file's fsync above, and the 250 only after the directory fsync below.
+            DurableFile.MoveNoReplace(tmp, queued);
             renamed = true;
 
             // The rename is durable only once queue/ itself is synced; wait for a (shared) directory fsync.
@@ -174,6 +183,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             throw new SpoolWriteException($"Could not spool message {envelope.Id}.", ex);
         }
 
+        _withoutState[envelope.Id] = 0;
         SpoolMetrics.Committed(_time.GetElapsedTime(started));
         SpoolMetrics.Enqueued(envelope.Id, envelope.TenantId);
         SpoolLog.Committed(_logger, envelope.Id, envelope.Recipients.Count, message.Length);
@@ -181,9 +191,19 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         _ready.Writer.TryWrite(envelope.Id);
     }
 
-    async Task WriteMessageFileAsync(string path, SpoolEnvelope envelope, MessageContent message, CancellationToken cancellationToken)
+    async Task WriteMessageFileAsync(string path, bool recycled, SpoolEnvelope envelope, MessageContent message, CancellationToken cancellationToken)
     {
-        var preamble = SpoolFileFormat.EncodePreamble(new SpoolFileHeader(envelope, message.EightBit), message.Length);
+        var header = new SpoolFileHeader(envelope, message.EightBit);
+        using (var handle = DurableFile.OpenForOverwrite(path, mustCreate: !recycled))
+        {
+            if (handle is not null)
+            {
+                await WriteMessageFileAsync(handle, path, recycled, header, message, cancellationToken).ConfigureAwait(false);
+                return;
+            }
+        }
+
+        var preamble = SpoolFileFormat.EncodePreamble(header, message.Length);
         // Create, not CreateNew: a recycled file is truncated and rewritten (its old content is never published:
         // only the rename below makes a file visible in queue/, and recovery deletes everything in tmp/).
         // Owner-only: the spool holds every tenant's mail.
@@ -204,6 +224,78 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             {
                 await stream.FlushAsync(cancellationToken).ConfigureAwait(false);
             }
+        }
+    }
+
+    /// <summary>Whitespace a recycled file's header may be padded with to keep its length (SpoolFileFormat.EncodePreamble).</summary>
+    const int MaxHeaderPadding = 4096;
+
+    /// <summary>
+    /// Writes the file from offset 0 with positioned writes on a handle that holds no lock and was not truncated
+    /// (DurableFile.OpenForOverwrite): the in-memory parts in one gathered write, the tail in chunks. A recycled file longer
+    /// than the new content gets a padded header or is cut after the write, so no octet of an earlier message stays
+    /// behind and the length check on load holds; then the file is fsynced.
+    /// </summary>
+    async Task WriteMessageFileAsync(Microsoft.Win32.SafeHandles.SafeFileHandle handle, string path, bool recycled, SpoolFileHeader header, MessageContent message, CancellationToken cancellationToken)
+    {
+        var json = SpoolFileFormat.HeaderJson(header);
+        var preamble = SpoolFileFormat.EncodePreamble(json, message.Length);
+        var truncate = false;
+        if (recycled && RandomAccess.GetLength(handle) is var existing && existing > preamble.Length + message.Length)
+        {
+            // Messages differ in length by a few octets (ids, dates): pad the header to the old length rather than
+            // truncate, which costs a journalled size change. Much longer old files are cut after the write.
+            var padded = SpoolFileFormat.EncodePreamble(json, message.Length, existing - message.Length, MaxHeaderPadding);
+            truncate = padded is null;
+            preamble = padded ?? preamble;
+        }
+
+        var buffers = new List<ReadOnlyMemory<byte>> { preamble };
+        long offset = preamble.Length;
+        foreach (var part in message.Parts)
+        {
+            foreach (var segment in part)
+            {
+                buffers.Add(segment);
+                offset += segment.Length;
+            }
+        }
+
+        RandomAccess.Write(handle, buffers, 0);
+        if (message.Tail is { } tail)
+        {
+            var buffer = ArrayPool<byte>.Shared.Rent(81920);
+            try
+            {
+                var left = message.TailLength;
+                while (left > 0)
+                {
+                    var n = await tail.ReadAsync(buffer.AsMemory(0, (int)Math.Min(buffer.Length, left)), cancellationToken).ConfigureAwait(false);
+                    if (n == 0)
+                    {
+                        throw new IOException($"Scratch file ended {left} octets early.");
+                    }
+
+                    RandomAccess.Write(handle, buffer.AsSpan(0, n), offset);
+                    offset += n;
+                    left -= n;
+                }
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+
+        if (truncate)
+        {
+            DurableFile.Truncate(handle, offset, path);
+        }
+
+        if (_fsync)
+        {
+            DurableFile.SyncFile(handle, path);
+            CountFileFsync();
         }
     }
 
@@ -348,7 +440,8 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             return null;
         }
 
-        if (ReadState(Path.Combine(_state, id + StateSuffix), header.Envelope) is not { } state)
+        var state = _withoutState.ContainsKey(id) ? DeliveryState.Initial(header.Envelope) : ReadState(Path.Combine(_state, id + StateSuffix), header.Envelope);
+        if (state is null)
         {
             // An unreadable state cannot be started over either: the next save could not replace it, and every attempt
             // would deliver again. The message waits in corrupt/ for an operator.
@@ -414,6 +507,8 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 
         cancellationToken.ThrowIfCancellationRequested();
 
+        // Before anything is written: from here on a load looks for the state file again.
+        var mayHaveState = !_withoutState.TryRemove(state.Id, out _);
         var message = Path.Combine(_queue, state.Id);
         var statePath = Path.Combine(_state, state.Id + StateSuffix);
         if (!state.IsComplete)
@@ -429,7 +524,11 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             // Message first, then its state: a crash in between leaves an orphan state that recovery moves after it.
             MoveReplacing(message, Path.Combine(_failed, state.Id));
             WriteStateAtomically(Path.Combine(_failed, state.Id + StateSuffix), state);
-            TryDelete(statePath);
+            if (mayHaveState)
+            {
+                TryDelete(statePath);
+            }
+
             SpoolLog.MovedToFailed(_logger, state.Id);
         }
         else
@@ -437,7 +536,11 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             // Message first: a crash before the state goes leaves an orphan state (removed on recovery),
             // never a message without its "delivered" marks (which would be delivered again).
             Recycle(message);
-            TryDelete(statePath);
+            if (mayHaveState)
+            {
+                TryDelete(statePath);
+            }
+
             SpoolLog.Completed(_logger, state.Id);
         }
 
@@ -460,7 +563,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         }
 
         var target = Path.Combine(_tmp, string.Create(CultureInfo.InvariantCulture, $"free.{Guid.NewGuid():N}.msg"));
-        File.Move(message, target);
+        DurableFile.MoveNoReplace(message, target);
         _recycled.Add(target);
     }
 
@@ -580,6 +683,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 
     bool MoveAside(string id, string reason)
     {
+        _withoutState.TryRemove(id, out _);
         var source = Path.Combine(_queue, id);
         var destination = Path.Combine(_corrupt, SafeFileName(id));
         try

@@ -35,13 +35,50 @@ internal static class SpoolFileFormat
     /// <summary>A header is a few KiB even with 100 recipients; refuse absurd lengths from a damaged file.</summary>
     const int MaxHeaderLength = 16 * 1024 * 1024;
 
-    public static byte[] EncodePreamble(SpoolFileHeader header, long messageLength)
+    public static byte[] EncodePreamble(SpoolFileHeader header, long messageLength) => EncodePreamble(HeaderJson(header), messageLength);
+
+    /// <summary>The header as it goes into the file (UTF-8 JSON), for the overloads that take it.</summary>
+    public static byte[] HeaderJson(SpoolFileHeader header) => JsonSerializer.SerializeToUtf8Bytes(header, SpoolJsonContext.Default.SpoolFileHeader);
+
+    public static byte[] EncodePreamble(byte[] json, long messageLength) => Encode(json, messageLength, 0);
+
+    /// <summary>
+    /// The preamble padded to exactly <paramref name="length"/> octets with JSON whitespace after the header object (part of
+    /// the header's length, so readers are unaffected), or null when it cannot be made that long: longer than
+    /// <paramref name="length"/> already, or more than <paramref name="maxPadding"/> short. Lets a recycled spool file keep
+    /// its length, so it needs no truncation.
+    /// </summary>
+    public static byte[]? EncodePreamble(byte[] json, long messageLength, long length, int maxPadding)
     {
-        var json = JsonSerializer.SerializeToUtf8Bytes(header, SpoolJsonContext.Default.SpoolFileHeader);
-        var line = Encoding.ASCII.GetBytes(string.Create(CultureInfo.InvariantCulture, $"{Magic} {json.Length} {messageLength}\n"));
-        var result = new byte[line.Length + json.Length];
+        var plain = PreambleLength(json.Length, messageLength, 0);
+        var guess = length - plain;
+        if (guess < 0 || guess > maxPadding)
+        {
+            return null;
+        }
+
+        // The header length in the preamble line grows by a digit now and then as the padding grows: look just below.
+        for (var padding = (int)guess; padding >= 0 && padding >= guess - 20; padding--)
+        {
+            if (PreambleLength(json.Length, messageLength, padding) == length)
+            {
+                return Encode(json, messageLength, padding);
+            }
+        }
+
+        return null;
+    }
+
+    static long PreambleLength(int jsonLength, long messageLength, int padding) =>
+        string.Create(CultureInfo.InvariantCulture, $"{Magic} {jsonLength + padding} {messageLength}\n").Length + (long)jsonLength + padding;
+
+    static byte[] Encode(byte[] json, long messageLength, int padding)
+    {
+        var line = Encoding.ASCII.GetBytes(string.Create(CultureInfo.InvariantCulture, $"{Magic} {json.Length + padding} {messageLength}\n"));
+        var result = new byte[line.Length + json.Length + padding];
         line.CopyTo(result, 0);
         json.CopyTo(result, line.Length);
+        result.AsSpan(line.Length + json.Length).Fill((byte)' ');
         return result;
     }
 

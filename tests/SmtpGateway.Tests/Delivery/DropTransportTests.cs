@@ -103,4 +103,21 @@ public sealed class DropTransportTests : IDisposable
         Assert.All(results, r => Assert.Equal(DeliveryOutcome.Deferred, r.Outcome));
         Assert.All(results, r => Assert.StartsWith("451 4.3.0", r.Reply));
     }
+
+    [Fact]
+    public async Task Drop_directories_removed_after_a_delivery_are_made_again()
+    {
+        var transport = new DropTransport(DropRoot, fsync: true, NullLogger.Instance);
+        var first = await SpoolAsync(SampleMessage(), tenant: "tenant-a");
+        await transport.DeliverAsync(first, first.Envelope.Recipients, CancellationToken.None);
+
+        // An operator empties the drop directory while the gateway runs: the remembered directories are gone.
+        Directory.Delete(DropRoot, recursive: true);
+        var second = await SpoolAsync(SampleMessage("again"), tenant: "tenant-a");
+        var results = await transport.DeliverAsync(second, second.Envelope.Recipients, CancellationToken.None);
+
+        Assert.All(results, r => Assert.Equal(DeliveryOutcome.Delivered, r.Outcome));
+        Assert.True(File.Exists(Path.Combine(DropRoot, "tenant-a", second.Envelope.Id + ".eml")));
+        Assert.Empty(Directory.EnumerateFiles(Path.Combine(DropRoot, ".tmp")));
+    }
 }

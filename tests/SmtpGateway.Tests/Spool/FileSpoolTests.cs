@@ -382,6 +382,42 @@ public sealed class FileSpoolTests : IDisposable
         Assert.Null(await spool.LoadAsync(envelope.Id, CancellationToken.None));
     }
 
+    [Theory]
+    [InlineData(0)]      // same length
+    [InlineData(5)]      // a few octets shorter than the recycled file: header padded, no truncation
+    [InlineData(1000)]
+    [InlineData(20000)]  // far shorter: cut to length after the write
+    [InlineData(-300)]   // longer than the recycled file
+    public async Task A_recycled_file_carries_exactly_the_new_message_whatever_the_old_length(int shorterBy)
+    {
+        using var spool = NewSpool(Root, _time);
+        var first = Encoding.ASCII.GetBytes("Subject: old\r\n\r\n" + new string('o', 30000) + "\r\n");
+        var old = NewEnvelope(spool, _time);
+        await spool.CommitAsync(old, Segmented(first, 4096), CancellationToken.None);
+        var done = DeliveryState.Initial(old) with { Attempts = 1, Recipients = [new("rcpt@example.net", RecipientStatus.Delivered, "250 ok")] };
+        await spool.SaveAsync(done, CancellationToken.None);
+        var recycled = Assert.Single(Directory.EnumerateFiles(Path.Combine(Root, "tmp")));
+        var oldLength = new FileInfo(recycled).Length;
+
+        var second = Encoding.ASCII.GetBytes("Subject: new\r\n\r\n" + new string('n', first.Length - 20 - shorterBy) + "\r\n");
+        var envelope = NewEnvelope(spool, _time, ["x@example.net"]);
+        await spool.CommitAsync(envelope, Segmented(second, 4096), CancellationToken.None);
+
+        Assert.Empty(Directory.EnumerateFiles(Path.Combine(Root, "tmp")));
+        var queued = Path.Combine(Root, "queue", envelope.Id);
+        Assert.False(File.ReadAllBytes(queued).AsSpan().IndexOf("oooo"u8) >= 0, "an octet of the old message stayed behind");
+        if (shorterBy is > 0 and < 4000)
+        {
+            Assert.Equal(oldLength, new FileInfo(queued).Length);
+        }
+
+        using var reread = NewSpool(Root, _time);
+        var message = await reread.LoadAsync(envelope.Id, CancellationToken.None);
+        Assert.NotNull(message);
+        Assert.Equal(envelope.Recipients, message.Envelope.Recipients);
+        Assert.Equal(second, await ReadContentAsync(message));
+    }
+
     [Fact]
     public async Task Save_with_a_failed_recipient_moves_message_and_state_to_failed()
     {
@@ -440,6 +476,27 @@ public sealed class FileSpoolTests : IDisposable
         Assert.NotNull(message);
         Assert.Equal(0, message.State.Attempts);
         Assert.Equal(RecipientStatus.Pending, message.State.Recipients[0].Status);
+    }
+
+    [Fact]
+    public async Task A_state_written_after_commit_is_read_back_by_the_next_load()
+    {
+        using var spool = NewSpool(Root, _time);
+        var envelope = NewEnvelope(spool, _time, ["a@example.net", "b@example.net"]);
+        await spool.CommitAsync(envelope, Segmented(SampleMessage()), CancellationToken.None);
+        Assert.Equal(0, (await spool.LoadAsync(envelope.Id, CancellationToken.None))!.State.Attempts);
+
+        var deferred = DeliveryState.Initial(envelope) with
+        {
+            Attempts = 1,
+            NextAttemptAt = _time.GetUtcNow().AddMinutes(1),
+            Recipients = [new("a@example.net", RecipientStatus.Delivered, "250 ok"), new("b@example.net", RecipientStatus.Pending, "451 later")],
+        };
+        await spool.SaveAsync(deferred, CancellationToken.None);
+
+        var loaded = await spool.LoadAsync(envelope.Id, CancellationToken.None);
+        Assert.Equal(1, loaded!.State.Attempts);
+        Assert.Equal(RecipientStatus.Delivered, loaded.State.Recipients[0].Status);
     }
 
     [Fact]
