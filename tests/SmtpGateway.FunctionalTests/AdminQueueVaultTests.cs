@@ -394,8 +394,11 @@ public sealed class AdminQueueVaultTests(AdminResourcesHarness harness, ITestOut
             Assert.Equal("The vault is unavailable; the gateway log has the cause.", JsonDocument.Parse(answer.Body).RootElement.GetProperty("detail").GetString());
             Assert.DoesNotContain(harness.DataDirectory, answer.Body, StringComparison.Ordinal);
             Assert.DoesNotContain("damaged", answer.Body, StringComparison.Ordinal);
-            // The cause goes to the gateway's log (the log line is written before the answer).
-            Assert.Matches("vault list for tenant tenant-b failed: .*damaged", harness.Diagnostics());
+            // The cause goes to the gateway's log. The line is logged before the answer, but the console logger writes on
+            // its own thread and the harness reads the process's output asynchronously: wait for it to arrive.
+            await EventPoll.UntilAsync<string>(() => [harness.Diagnostics()],
+                d => System.Text.RegularExpressions.Regex.IsMatch(d[0], "vault list for tenant tenant-b failed: .*damaged"),
+                () => false, _ => "the gateway log never showed the vault failure's cause", TimeSpan.FromSeconds(10), cts.Token);
         }
         finally
         {
