@@ -45,22 +45,12 @@ internal sealed partial class DkimJsonContext : JsonSerializerContext;
 /// <summary>
 /// DKIM selector metadata per tenant under DataDirectory/dkim/&lt;tenant&gt;.json, written by the CLI
 /// (`smtpgw dkim keygen|rotate`) and re-read by the gateway when the file changes, so a rotation step needs no restart.
-/// With a <see cref="TimeProvider"/> (the gateway) the file's timestamp is looked at most once per <see cref="RefreshInterval"/>
-/// per tenant rather than for every message: a change made through this instance (<see cref="Save"/>, which the admin API
-/// and a CLI talking to the running gateway use) takes effect at once, an edit by another process within the interval.
-/// Without one (CLI, tests) every call looks at the file.
 /// </summary>
-public sealed class DkimKeyStore(string dataDirectory, TimeProvider? time = null)
+public sealed class DkimKeyStore(string dataDirectory)
 {
     readonly string _directory = Path.Combine(dataDirectory, "dkim");
     readonly Lock _lock = new();
-    Dictionary<string, (DateTime Stamp, IReadOnlyList<DkimSelector> Selectors, long CheckedAt)> _cache = new(StringComparer.Ordinal);
-
-    /// <summary>How long a tenant's file is trusted unchanged before its timestamp is looked at again (only with a TimeProvider).</summary>
-    public TimeSpan RefreshInterval { get; init; } = TimeSpan.FromSeconds(1);
-
-    /// <summary>Bumped by every <see cref="Save"/>, so that a read that overlapped it does not cache what it read.</summary>
-    long _generation;
+    Dictionary<string, (DateTime Stamp, IReadOnlyList<DkimSelector> Selectors)> _cache = new(StringComparer.Ordinal);
 
     /// <summary>
     /// The tenant's selectors; empty when it has no selector file. Throws <see cref="SigningException"/> (message names
@@ -70,20 +60,6 @@ public sealed class DkimKeyStore(string dataDirectory, TimeProvider? time = null
     public IReadOnlyList<DkimSelector> Selectors(string tenant)
     {
         var path = PathOf(tenant);
-        var now = time?.GetTimestamp() ?? 0;
-        long generation;
-        lock (_lock)
-        {
-            generation = _generation;
-            if (time is not null)
-            {
-                if (_cache.TryGetValue(tenant, out var fresh) && time.GetElapsedTime(fresh.CheckedAt, now) < RefreshInterval)
-                {
-                    return fresh.Selectors;
-                }
-            }
-        }
-
         try
         {
             DateTime stamp;
@@ -103,9 +79,8 @@ public sealed class DkimKeyStore(string dataDirectory, TimeProvider? time = null
 
             lock (_lock)
             {
-                if (_cache.TryGetValue(tenant, out var cached) && cached.Stamp == stamp && generation == _generation)
+                if (_cache.TryGetValue(tenant, out var cached) && cached.Stamp == stamp)
                 {
-                    _cache = new(_cache, StringComparer.Ordinal) { [tenant] = cached with { CheckedAt = now } };
                     return cached.Selectors;
                 }
             }
@@ -120,11 +95,7 @@ public sealed class DkimKeyStore(string dataDirectory, TimeProvider? time = null
 
             lock (_lock)
             {
-                // Not when a Save ran meanwhile: what was read may predate it.
-                if (generation == _generation)
-                {
-                    _cache = new(_cache, StringComparer.Ordinal) { [tenant] = (stamp, selectors, now) };
-                }
+                _cache = new(_cache, StringComparer.Ordinal) { [tenant] = (stamp, selectors) };
             }
 
             return selectors;
@@ -155,18 +126,6 @@ public sealed class DkimKeyStore(string dataDirectory, TimeProvider? time = null
         }
 
         File.Move(tmp, path, overwrite: true);
-
-        // Our own change is seen by the very next message, not after the refresh interval.
-        lock (_lock)
-        {
-            _generation++;
-            if (_cache.ContainsKey(tenant))
-            {
-                var next = new Dictionary<string, (DateTime Stamp, IReadOnlyList<DkimSelector> Selectors, long CheckedAt)>(_cache, StringComparer.Ordinal);
-                next.Remove(tenant);
-                _cache = next;
-            }
-        }
     }
 
     string PathOf(string tenant) => Path.Combine(_directory, tenant + ".json");
