@@ -165,7 +165,7 @@ internal sealed class DnsHealthCheck : ProbingHealthCheck
             return;
         }
 
-        var servers = gateway.Dns.Servers.Select(s => GatewayConfigValidator.TryParseEndpoint(s, 53, out var ep) ? ep! : throw new FormatException($"DNS server '{s}' is not ip[:port].")).ToArray();
+        var servers = gateway.Dns.Endpoints();
         var options = servers.Length > 0 ? new LookupClientOptions(servers) : new LookupClientOptions();
         options.UseCache = false;
         options.Timeout = gateway.Dns.Timeout < HealthProbe.Timeout ? gateway.Dns.Timeout : HealthProbe.Timeout - TimeSpan.FromSeconds(1);

@@ -286,6 +286,10 @@ public sealed class DnsConfig
 
     /// <summary>Cache answers for their TTL (DnsClient's cache).</summary>
     public bool UseCache { get; set; } = true;
+
+    /// <summary>The resolvers as endpoints (port 53 unless given); the validator has refused anything else at start.</summary>
+    public System.Net.IPEndPoint[] Endpoints() =>
+        [.. Servers.Select(s => GatewayConfigValidator.TryParseEndpoint(s, 53, out var ep) ? ep! : throw new FormatException($"DNS server '{s}' is not ip[:port]."))];
 }
 
 /// <summary>STARTTLS policy for outbound delivery.</summary>

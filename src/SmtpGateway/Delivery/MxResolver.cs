@@ -54,8 +54,7 @@ internal sealed class MxResolver : IMxResolver
     {
         _mx = mx;
         _allowPrivate = mx.AllowPrivateDestinations || allowPrivateDestinations;
-        var servers = dns.Servers.Select(s => GatewayConfigValidator.TryParseEndpoint(s, 53, out var ep) ? ep! : throw new FormatException($"DNS server '{s}' is not ip[:port]."))
-            .ToArray();
+        var servers = dns.Endpoints();
         var options = servers.Length > 0 ? new LookupClientOptions(servers) : new LookupClientOptions();
         options.UseCache = dns.UseCache;
         options.Timeout = dns.Timeout;

@@ -30,7 +30,7 @@ internal sealed class SendingDomainsTool(DkimAdministration dkim, ILookupClient 
     /// <summary>A DNS client from Gateway:Dns (servers, timeout, retries), without the cache: the answer must be today's.</summary>
     public static ILookupClient Resolver(GatewayConfig gateway)
     {
-        var servers = gateway.Dns.Servers.Select(s => GatewayConfigValidator.TryParseEndpoint(s, 53, out var ep) ? ep! : throw new FormatException($"DNS server '{s}' is not ip[:port].")).ToArray();
+        var servers = gateway.Dns.Endpoints();
         var options = servers.Length > 0 ? new LookupClientOptions(servers) : new LookupClientOptions();
         options.UseCache = false;
         options.Timeout = gateway.Dns.Timeout;
