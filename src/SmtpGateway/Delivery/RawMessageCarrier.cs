@@ -100,6 +100,11 @@ internal static class RawMessageCarrier
     /// </summary>
     static async Task<(byte[]? HeaderBlock, long BodyOffset)> ReadHeaderBlockAsync(SpooledMessage message, CancellationToken cancellationToken)
     {
+        if (message.InMemory)
+        {
+            return HeaderBlockOf(message.Content.Span);
+        }
+
         var stream = message.OpenContent();
         await using (stream.ConfigureAwait(false))
         {
@@ -137,6 +142,18 @@ internal static class RawMessageCarrier
             var all = buffer.ToArray();
             return all.Length >= 2 && all[0] == '\r' && all[1] == '\n' ? ([], 2) : (all, all.Length);
         }
+    }
+
+    /// <summary>The same split as <see cref="ReadHeaderBlockAsync"/> for content held in memory (it is below MaxHeaderBlock).</summary>
+    static (byte[] HeaderBlock, long BodyOffset) HeaderBlockOf(ReadOnlySpan<byte> data)
+    {
+        if (data.StartsWith(Crlf))
+        {
+            return ([], 2);
+        }
+
+        var index = data.IndexOf(HeaderEnd);
+        return index >= 0 ? (data[..(index + 2)].ToArray(), index + HeaderEnd.Length) : (data.ToArray(), data.Length);
     }
 
     /// <summary>A MimeMessage ready for SmtpClient.Send, with its exact serialised length (-1 when unknown).</summary>
@@ -177,6 +194,13 @@ internal static class RawMessageCarrier
 
         public override void WriteTo(FormatOptions options, Stream stream, bool contentOnly, CancellationToken cancellationToken = default)
         {
+            if (_message.InMemory)
+            {
+                var (array, start) = Segment();
+                Write(stream, array, start, (int)Length, cancellationToken);
+                return;
+            }
+
             using var source = _message.OpenContent();
             source.Position += _offset;
             CopyTo(source, stream, cancellationToken);
@@ -184,6 +208,13 @@ internal static class RawMessageCarrier
 
         public override async Task WriteToAsync(FormatOptions options, Stream stream, bool contentOnly, CancellationToken cancellationToken = default)
         {
+            if (_message.InMemory)
+            {
+                // MailKit's SmtpDataFilter dot-stuffs whatever it is given; one write hands it the whole body.
+                await stream.WriteAsync(_message.Content[(int)_offset..], cancellationToken).ConfigureAwait(false);
+                return;
+            }
+
             var source = _message.OpenContent();
             await using (source.ConfigureAwait(false))
             {
@@ -192,20 +223,31 @@ internal static class RawMessageCarrier
             }
         }
 
+        (byte[] Array, int Start) Segment()
+        {
+            System.Runtime.InteropServices.MemoryMarshal.TryGetArray(_message.Content, out var segment);
+            return (segment.Array!, segment.Offset + (int)_offset);
+        }
+
         static void CopyTo(Stream source, Stream destination, CancellationToken cancellationToken)
         {
             var buffer = new byte[81920];
             int read;
             while ((read = source.Read(buffer)) > 0)
             {
-                if (destination is ICancellableStream cancellable)
-                {
-                    cancellable.Write(buffer, 0, read, cancellationToken);
-                }
-                else
-                {
-                    destination.Write(buffer, 0, read);
-                }
+                Write(destination, buffer, 0, read, cancellationToken);
+            }
+        }
+
+        static void Write(Stream destination, byte[] buffer, int offset, int count, CancellationToken cancellationToken)
+        {
+            if (destination is ICancellableStream cancellable)
+            {
+                cancellable.Write(buffer, offset, count, cancellationToken);
+            }
+            else
+            {
+                destination.Write(buffer, offset, count);
             }
         }
     }

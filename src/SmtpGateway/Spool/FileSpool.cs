@@ -407,10 +407,23 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 
         SpoolFileHeader header;
         long offset, length;
+        byte[]? file = null;
         try
         {
             using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1);
-            header = SpoolFileFormat.ReadHeader(stream, out offset, out length);
+            if (stream.Length <= SpooledMessage.InMemoryLimit)
+            {
+                // A typical message is read whole with one read(2) and served from memory to every reader of this
+                // attempt (carrier, body writer, DSN): no second and third open, lock and thread-pool read per delivery.
+                file = new byte[stream.Length];
+                stream.ReadExactly(file);
+                using var memory = new MemoryStream(file, writable: false);
+                header = SpoolFileFormat.ReadHeader(memory, out offset, out length);
+            }
+            else
+            {
+                header = SpoolFileFormat.ReadHeader(stream, out offset, out length);
+            }
         }
         catch (FileNotFoundException)
         {
@@ -452,7 +465,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         RememberTenant(header.Envelope);
         // Recovery counts what it finds here; for a message already counted (each attempt loads it) this changes nothing.
         SpoolMetrics.Enqueued(id, header.Envelope.TenantId, state.Attempts > 0 ? QueueState.Deferred : QueueState.Queued);
-        return new SpooledMessage(path, offset, length, header.Envelope, header.EightBitData, state);
+        return new SpooledMessage(path, offset, length, header.Envelope, header.EightBitData, state, file);
     }
 
     const string UnreadableReason = "file not readable (permissions, or not a regular file)";

@@ -82,9 +82,9 @@ internal static class SpoolFileFormat
         return result;
     }
 
-    /// <summary>Reads and validates the preamble and header of an open spool file.</summary>
+    /// <summary>Reads and validates the preamble and header of an open spool file (or of its bytes in memory).</summary>
     /// <exception cref="InvalidDataException">The file is not a complete spool file.</exception>
-    public static SpoolFileHeader ReadHeader(FileStream stream, out long contentOffset, out long messageLength)
+    public static SpoolFileHeader ReadHeader(Stream stream, out long contentOffset, out long messageLength)
     {
         Span<byte> buffer = stackalloc byte[MaxPreambleLength];
         var read = ReadAtMost(stream, buffer);

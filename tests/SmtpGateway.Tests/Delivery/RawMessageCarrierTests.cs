@@ -38,9 +38,11 @@ public sealed class RawMessageCarrierTests : IDisposable
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public async Task Carrier_writes_the_spooled_bytes_exactly_and_knows_its_length(bool international)
+    [InlineData(false, 3000)]
+    [InlineData(true, 3000)]
+    [InlineData(false, 300_000)]
+    [InlineData(true, 300_000)]
+    public async Task Carrier_writes_the_spooled_bytes_exactly_and_knows_its_length(bool international, int bodyLength)
     {
         var text =
             "From: J\u00f6rg <joerg@tenant-a.example>,\r\n  \"Other, Person\" <o@example.org>\r\n" +
@@ -51,12 +53,14 @@ public sealed class RawMessageCarrierTests : IDisposable
             "Content-Type: text/plain; charset=utf-8\r\n" +
             "Content-Transfer-Encoding: 8bit\r\n" +
             "\r\n" +
-            $"{new string('z', 3000)}\r\n" +
+            $"{new string('z', bodyLength)}\r\n" +
             ".\r\n" +
             "\u00e9t\u00e9\r\n";
         var message = await SpoolAsync(text);
         var format = SmtpFormat(international);
 
+        // Up to SpooledMessage.InMemoryLimit the load read the file whole; above it the content streams from disk.
+        Assert.Equal(bodyLength < SpooledMessage.InMemoryLimit, message.InMemory);
         using var carrier = await RawMessageCarrier.TryCreateAsync(message, format, CancellationToken.None);
 
         Assert.NotNull(carrier);
@@ -65,6 +69,13 @@ public sealed class RawMessageCarrierTests : IDisposable
         await carrier.Message.WriteToAsync(format, written, CancellationToken.None);
         Assert.Equal(text, Encoding.UTF8.GetString(written.ToArray()));
         Assert.Equal(written.Length, carrier.Length);
+
+        // The synchronous path (MailKit's Send) writes the same bytes.
+        using var writtenSync = new MemoryStream();
+        carrier.Message.WriteTo(format, writtenSync);
+        Assert.Equal(written.ToArray(), writtenSync.ToArray());
+        using var content = message.OpenContent();
+        Assert.Equal(Encoding.UTF8.GetBytes(text).Length, content.Length - content.Position);
     }
 
     [Fact]
