@@ -42,6 +42,9 @@ internal static partial class DeliveryLog
     [LoggerMessage(EventId = EventIds.Delivery + 23, Level = LogLevel.Warning, Message = "{Id}: session with {Peer} was lost during the transaction: {Reason}")]
     public static partial void TransactionBroken(ILogger logger, string id, string peer, string reason);
 
+    [LoggerMessage(EventId = EventIds.Delivery + 181, Level = LogLevel.Information, Message = "{Id}: pooled session with {Peer} was gone when reused ({Reason}); trying once more on a new one")]
+    public static partial void StaleSessionReplaced(ILogger logger, string id, string peer, string reason);
+
     [LoggerMessage(EventId = EventIds.Delivery + 24, Level = LogLevel.Warning, Message = "{Id}: header block could not be reproduced byte for byte; sending MimeKit's serialisation instead")]
     public static partial void RawFallback(ILogger logger, string id);
 

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Net;
+using System.Net.Sockets;
 using System.Security.Authentication;
 using MailKit;
 using MailKit.Net.Smtp;
@@ -53,7 +54,32 @@ internal sealed class GatewaySmtpClient : SmtpClient
         _ => protocol.ToString(),
     };
 
-    /// <summary>RSET (RFC 5321 section 4.1.1.5) before reusing a pooled connection: a clean transaction state, and proof that the session is alive.</summary>
+    /// <summary>The connected socket under MailKit's stream (set by SmtpConnector), for <see cref="IsQuiet"/>.</summary>
+    public Socket? Socket { get; set; }
+
+    /// <summary>
+    /// True when the peer has sent nothing since the last reply was read: no EOF, no reset, no unsolicited 421 (RFC 5321
+    /// section 3.8). A pooled connection only ever goes back after a completed transaction (RFC 5321 section 4.1.1.4: the
+    /// final reply ends it; MailKit itself sends RSET after a refused one), so a quiet connection is exactly where that
+    /// reply left it and can be reused without a round trip. One poll(2), as .NET's HTTP connection pool checks an idle
+    /// connection. Anything pending sends the caller to <see cref="ResetAsync"/>.
+    /// </summary>
+    public bool IsQuiet
+    {
+        get
+        {
+            try
+            {
+                return Socket is { Connected: true } socket && !socket.Poll(0, SelectMode.SelectRead);
+            }
+            catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+            {
+                return false;
+            }
+        }
+    }
+
+    /// <summary>RSET (RFC 5321 section 4.1.1.5) before reusing a pooled connection on which something arrived: a clean transaction state, and proof that the session is alive.</summary>
     public async Task<bool> ResetAsync(CancellationToken cancellationToken)
     {
         var response = await SendCommandAsync("RSET", cancellationToken).ConfigureAwait(false);

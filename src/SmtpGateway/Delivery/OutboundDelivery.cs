@@ -193,8 +193,10 @@ internal sealed class OutboundDelivery : IAsyncDisposable
         var recipients = indices.Select(i => all[i]).ToArray();
         IReadOnlyList<RecipientResult>? lost = null;
         (SmtpReply Reply, string? Host)? failure = null;
-        foreach (var hop in hops)
+        var staleReplaced = false;
+        for (var h = 0; h < hops.Count; h++)
         {
+            var hop = hops[h];
             var key = new SmtpPoolKey(tenant, egress.HeloName, egress.SourceAddress, hop.Host, hop.Port, tls);
             if (_backoff.IsBackedOff(key.Identity, out var until))
             {
@@ -215,20 +217,26 @@ internal sealed class OutboundDelivery : IAsyncDisposable
             var reusable = false;
             GatewaySmtpClient.TransactionResult result;
             string peer = connection.Peer, tlsDescription = connection.Client.TlsDescription ?? "";
+            bool retryStale;
             try
             {
-                connection.Transactions++;
+                var reused = connection.Transactions++ > 0;
                 result = await connection.Client.SendSpooledAsync(message, recipients, mailFrom, cancellationToken).ConfigureAwait(false);
                 reusable = result.Reusable;
 
+                // A pooled session can end while idle after the pool's check (the peer's idle timeout racing it, or a
+                // 421 read ahead with the last reply): that says nothing about the host, so the transaction is tried once
+                // more at once on a new session, and only the second loss counts towards backoff.
+                retryStale = result.SessionLost && reused && !staleReplaced;
+
                 // Recorded before the slot goes back: a worker waiting for it checks the backoff again (ClaimProbe).
-                if (result.SessionLost)
-                {
-                    _backoff.Failure(key.Identity);
-                }
-                else
+                if (!result.SessionLost)
                 {
                     _backoff.Success(key.Identity);
+                }
+                else if (!retryStale)
+                {
+                    _backoff.Failure(key.Identity);
                 }
             }
             finally
@@ -243,6 +251,14 @@ internal sealed class OutboundDelivery : IAsyncDisposable
             }
 
             var tagged = result.Results.Select(r => r with { RemoteHost = peer, Tls = tlsDescription.Length == 0 ? null : tlsDescription, ReturnPath = mailFrom }).ToArray();
+            if (retryStale)
+            {
+                DeliveryLog.StaleSessionReplaced(_logger, message.Envelope.Id, peer, tagged.FirstOrDefault().Reply ?? "");
+                staleReplaced = true;
+                h--;
+                continue;
+            }
+
             if (result.SessionLost)
             {
                 // RFC 5321 section 3.8: the session ended under the transaction; nothing it said binds the recipients.

@@ -116,6 +116,7 @@ internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, Ti
 
             // The MX host name (not the address) is what TLS checks the certificate against.
             await client.ConnectAsync(socket, key.Host, key.Port, options, linked.Token).ConfigureAwait(false);
+            client.Socket = socket;
             return client;
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)

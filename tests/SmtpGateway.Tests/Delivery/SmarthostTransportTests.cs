@@ -253,12 +253,29 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
         Assert.Equal(1, _server.Connections);
         Assert.Equal(2, _server.Messages.Count);
 
-        // Issue 6: a pooled connection is reused after an RSET (RFC 5321 section 4.1.1.5), which also proves it alive.
-        var commands = _server.Commands.ToList();
-        Assert.Equal(1, commands.Count(c => c == "RSET"));
-        Assert.True(commands.IndexOf("RSET") < commands.FindLastIndex(c => c.StartsWith("MAIL FROM:", StringComparison.Ordinal)), "RSET comes before the second MAIL");
+        // Issue 15: nothing arrived after the first 250, so the second MAIL follows without an RSET round trip.
+        Assert.DoesNotContain("RSET", _server.Commands);
         Assert.DoesNotContain("QUIT", _server.Commands);
         Assert.Equal(2, _server.Commands.Count(c => c.StartsWith("MAIL FROM:", StringComparison.Ordinal)));
+    }
+
+    [Fact]
+    public async Task A_pooled_connection_the_server_closed_is_replaced_without_a_failure()
+    {
+        _server.CloseAfterDataReply = n => n == 1;
+        await using var transport = NewTransport();
+        var first = await SpoolAsync(SampleMessage("one"));
+        var second = await SpoolAsync(SampleMessage("two"));
+
+        Assert.Equal(DeliveryOutcome.Delivered, Assert.Single(await transport.DeliverAsync(first, first.Envelope.Recipients, CancellationToken.None)).Outcome);
+        await Poll.UntilAsync(() => _server.ServerCloses == 1);
+        var result = Assert.Single(await transport.DeliverAsync(second, second.Envelope.Recipients, CancellationToken.None));
+
+        // The EOF waiting on the idle socket is seen before reuse: a new connection, no deferral, no RSET sent into it.
+        Assert.Equal(DeliveryOutcome.Delivered, result.Outcome);
+        Assert.Equal(2, _server.Connections);
+        Assert.Equal(2, _server.Messages.Count);
+        Assert.DoesNotContain("RSET", _server.Commands);
     }
 
     [Fact]
@@ -357,7 +374,8 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
     [Fact]
     public async Task Dropped_connection_defers_and_next_attempt_opens_a_new_connection()
     {
-        _server.DropOnMail = n => n == 2;
+        // MAIL 2 is on the pooled session, which is replaced once at once; MAIL 3, on the new session, is dropped as well.
+        _server.DropOnMail = n => n is 2 or 3;
         await using var transport = NewTransport();
         var first = await SpoolAsync(SampleMessage("one"));
         var second = await SpoolAsync(SampleMessage("two"));
@@ -371,8 +389,36 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
         var retry = Assert.Single(await transport.DeliverAsync(second, second.Envelope.Recipients, CancellationToken.None));
 
         Assert.Equal(DeliveryOutcome.Delivered, retry.Outcome);
-        Assert.Equal(2, _server.Connections);
+        Assert.Equal(3, _server.Connections);
         Assert.Equal(2, _server.Messages.Count);
+    }
+
+    [Theory]
+    [InlineData("dropped at MAIL")]
+    [InlineData("unsolicited 421")]
+    public async Task A_pooled_session_that_is_gone_costs_the_next_message_no_deferral(string how)
+    {
+        // A 421 still on the socket makes the pool probe with RSET; one read ahead with the 250 is the MAIL reply; a session
+        // dropped at MAIL is lost under the transaction. Either way the message goes out at once on one new session.
+        if (how == "dropped at MAIL")
+        {
+            _server.DropOnMail = n => n == 2;
+        }
+        else
+        {
+            _server.AfterDataReply = n => n == 1 ? "421 4.4.2 test.example idle too long" : null;
+        }
+
+        await using var transport = NewTransport();
+        var first = await SpoolAsync(SampleMessage("one"));
+        var second = await SpoolAsync(SampleMessage("two"));
+
+        await transport.DeliverAsync(first, first.Envelope.Recipients, CancellationToken.None);
+        var result = Assert.Single(await transport.DeliverAsync(second, second.Envelope.Recipients, CancellationToken.None));
+
+        Assert.Equal(DeliveryOutcome.Delivered, result.Outcome);
+        Assert.Equal(2, _server.Connections);
+        Assert.Equal([1, 2], _server.Messages.Select(m => m.Connection).Order());
     }
 
     [Fact]

@@ -29,6 +29,8 @@ public sealed class TestSmtpServer : IAsyncDisposable
     int _active;
     int _maxActive;
     int _mailCommands;
+    int _dataReplies;
+    int _serverCloses;
     int _disposed;
     int _tlsSessions;
 
@@ -48,6 +50,15 @@ public sealed class TestSmtpServer : IAsyncDisposable
 
     /// <summary>Final reply after the dot; default 250.</summary>
     public string DataReply { get; set; } = "250 2.0.0 Ok: queued";
+
+    /// <summary>A line sent unprompted after the n-th DATA reply (1-based, over all connections), e.g. a 421; null sends nothing.</summary>
+    public Func<int, string?> AfterDataReply { get; set; } = _ => null;
+
+    /// <summary>Close the connection right after the n-th DATA reply (1-based), as a server with a short idle timeout does.</summary>
+    public Func<int, bool> CloseAfterDataReply { get; set; } = _ => false;
+
+    /// <summary>Connections closed by <see cref="CloseAfterDataReply"/>; the client has seen the FIN once this counts it (loopback).</summary>
+    public int ServerCloses => Volatile.Read(ref _serverCloses);
 
     /// <summary>Close the socket without a reply when the n-th MAIL command (1-based, over all connections) arrives.</summary>
     public Func<int, bool> DropOnMail { get; set; } = _ => false;
@@ -240,6 +251,19 @@ public sealed class TestSmtpServer : IAsyncDisposable
 
                     recipients.Clear();
                     await Send(DataReply);
+                    var replied = Interlocked.Increment(ref _dataReplies);
+                    if (AfterDataReply(replied) is { } unsolicited)
+                    {
+                        await Send(unsolicited);
+                    }
+
+                    if (CloseAfterDataReply(replied))
+                    {
+                        client.Client.Close();
+                        Interlocked.Increment(ref _serverCloses);
+                        return;
+                    }
+
                     break;
                 case "RSET":
                     recipients.Clear();
