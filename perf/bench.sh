@@ -683,8 +683,9 @@ row_postfix_dkim() {
 # the DKIM rows add keys, and a tenant with an active selector is signed either way.
 # With --sessions above the per-IP limit (default 50; every client is 127.0.0.1) the limit is raised to sessions+10
 # (Postfix exempts $mynetworks from its own per-client limit, so both serve every session).
-# The config lives in its own directory, not above the data directory: the gateway watches the config file's
-# directory (reload on change) recursively, and every spool file operation below it would wake that watcher.
+# The config lives in its own directory beside the data directory (the gateway's reload watches the config file alone,
+# not its directory tree, since issue 15, so either layout costs the same; this one is kept so that rows stay
+# comparable with the builds before, which watched the tree).
 gw_config() {
     local dir="$1" sink="$2"
     mkdir -p "$dir/conf"
