@@ -12,6 +12,12 @@
 #   smtpgw+dkim-*      RSA-2048 / Ed25519 / both in SoftHSM2     ("skipped: signing not built" until `smtpgw dkim` exists)
 #   smtpgw@50%         smtpgw paced at half of its measured rate (p99 latency target)
 #
+# Gateway rows also report bytes allocated per message (table: allocKB/msg; JSON: alloc_bytes_per_msg, alloc_bytes):
+# the gateway's total allocated bytes (dotnet_gc_heap_total_allocated_bytes_total, the runtime's System.Runtime meter
+# on its /metrics, read through the admin unix socket of the row's data directory) after the run minus before it,
+# over the same window as the CPU (after the warm-up, until the sink has everything), divided by the messages
+# acknowledged. "-" (null) for a build without the runtime meter on /metrics.
+#
 # Options:
 #   --size 1k|4k|100k      message size (4k)
 #   --sessions N           concurrent client sessions (20)
@@ -183,7 +189,7 @@ want() { [[ -z "$only" || ",$only," == *",$1,"* ]]; }
 # --- 1. Packages -------------------------------------------------------------------------------------------
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 install_packages() {
-    local wanted=(postfix opendkim opendkim-tools softhsm2 swaks openssl jq perl) missing=() p
+    local wanted=(postfix opendkim opendkim-tools softhsm2 swaks openssl jq perl curl) missing=() p
     [[ "$mode" == auth ]] && wanted+=(sasl2-bin libsasl2-modules)
     ((profile_secs > 0)) && wanted+=(linux-perf)
     [[ -n "$gw_cores" ]] && wanted+=(util-linux)   # taskset
@@ -381,13 +387,27 @@ skip_row() { add_row "$(jq -n --arg n "$1" --arg c "$2" --arg r "$3" '{name:$n, 
 
 loadgen_args=(--connections "$sessions" --per-conn "$per_conn" --size "$size" --from "$sender" --to "$rcpt")
 
+# gw_allocated SOCKET → the gateway's total allocated bytes since it started, or nothing when it cannot say.
+# Why the gateway's own /metrics (the runtime's System.Runtime meter, .NET 9+) rather than `dotnet-counters collect`:
+# it is the cumulative counter itself (GC.GetTotalAllocatedBytes), read at the two instants that bound the run, where
+# dotnet-counters reports counters as rates per refresh interval that would have to be summed back (losing the partial
+# intervals at both ends); it needs no extra tool, no diagnostic IPC attach (which DOTNET_EnableDiagnostics=0 would
+# refuse) and no timing between a collector's start and the run; and it is the series operators scrape. The admin
+# unix socket of the data directory is the local operator (no key, no TCP port). The "after" scrape's own
+# allocations fall inside the window: one page, against thousands of messages.
+gw_allocated() {
+    curl -sf --max-time 10 --unix-socket "$1" http://localhost/metrics 2>/dev/null \
+        | awk '/^dotnet_gc_heap_total_allocated_bytes_total[{ ]/ { sub(/^[^{ ]*(\{[^}]*\})? /, ""); printf "%.0f\n", $1; exit }' || true
+}
+
 # measure NAME CLIENT_LABEL PORT "ROOT_PIDS" "EXTRA_PIDS" [loadgen args...]
 # Runs the load generator against PORT, waits for the sink to receive everything acknowledged, and records the row.
 # ROOT_PIDS: the server's process tree roots (CPU and memory summed over each tree); EXTRA_PIDS: e.g. opendkim.
+# alloc_sock=SOCKET (prefix assignment, gateway rows): also the bytes the gateway allocated per acknowledged message.
 measure() {
     local name="$1" client="$2" port="$3" roots="$4" extra="$5"; shift 5
     local dir="$work/row-$name"; mkdir -p "$dir"
-    local cpu0 cpu1 xcpu0=0 xcpu1=0 sink0 sinkc0 sinkc1
+    local cpu0 cpu1 xcpu0=0 xcpu1=0 sink0 sinkc0 sinkc1 alloc0="" alloc1=""
     # Warm-up, not measured: a tenth of the run (200..1000 messages), unpaced, and drained, so that the row sees a
     # steady state (JIT-compiled code for .NET, a warm process pool for Postfix) rather than start-up costs.
     local warm=$((messages / 10)); ((warm > 1000)) && warm=1000; ((warm < 200)) && warm=200
@@ -399,6 +419,7 @@ measure() {
     cpu0=$("$lib/procstat.pl" cpu $roots)
     [[ -n "$extra" ]] && xcpu0=$("$lib/procstat.pl" cpu $extra)
     sinkc0=$("$lib/procstat.pl" cpu "$sink_pid")
+    [[ -z "${alloc_sock:-}" ]] || alloc0=$(gw_allocated "$alloc_sock")
     start_bg "sampler-$name" "$dir/sampler.log" "${pin_client[@]}" "$lib/procstat.pl" sample "$dir/rss" 0.5 $roots
     local sampler=$bg_pid
     sink0=$(sink_count)
@@ -415,6 +436,10 @@ measure() {
     cpu1=$("$lib/procstat.pl" cpu $roots)
     [[ -n "$extra" ]] && xcpu1=$("$lib/procstat.pl" cpu $extra)
     sinkc1=$("$lib/procstat.pl" cpu "$sink_pid")
+    [[ -z "${alloc_sock:-}" ]] || alloc1=$(gw_allocated "$alloc_sock")
+    if [[ -n "${alloc_sock:-}" && ( -z "$alloc0" || -z "$alloc1" ) ]]; then
+        say "$name: no dotnet_gc_heap_total_allocated_bytes_total on the gateway's /metrics ($alloc_sock): allocKB/msg not reported"
+    fi
     sleep 0.3; stop_pid "$sampler"
     local hwm=0 rss_peak xrss_peak=0 single=1
     # A single server process: its own VmHWM. A process tree (Postfix): the sampled peak of the tree's summed Pss.
@@ -429,7 +454,8 @@ measure() {
         --argjson received "$received" --argjson last "$last" --argjson started "$started" \
         --argjson cpu "$(fcalc "$cpu1 - $cpu0")" --argjson xcpu "$(fcalc "$xcpu1 - $xcpu0")" \
         --argjson sinkcpu "$(fcalc "$sinkc1 - $sinkc0")" \
-        --argjson hwm "$hwm" --argjson rsspeak "$rss_peak" --argjson xrss "$xrss_peak" --argjson single "$single" '
+        --argjson hwm "$hwm" --argjson rsspeak "$rss_peak" --argjson xrss "$xrss_peak" --argjson single "$single" \
+        --arg gw "${alloc_sock:+1}" --arg alloc0 "$alloc0" --arg alloc1 "$alloc1" '
         ($lg[0]) as $l
         | ($last - $started) as $secs
         | {name: $name, client: $client,
@@ -444,7 +470,11 @@ measure() {
            cpu_ms_per_msg: (if $received > 0 then (($cpu + $xcpu) * 1000 / $received * 1000 | round / 1000) else null end),
            rss_mb: {server: ((if $single == 1 then $hwm else $rsspeak end) / 1024 * 10 | round / 10),
                     how: (if $single == 1 then "VmHWM" else "peak of the Pss summed over the process tree, sampled every 0.5 s" end),
-                    milter: ($xrss / 1024 * 10 | round / 10)}}')"
+                    milter: ($xrss / 1024 * 10 | round / 10)}}
+        + (if $gw == "" then {} else
+             (if $alloc0 != "" and $alloc1 != "" then ($alloc1 | tonumber) - ($alloc0 | tonumber) else null end) as $a
+             | {alloc_bytes: $a,
+                alloc_bytes_per_msg: (if $a != null and $l.count > 0 then ($a / $l.count | round) else null end)} end)')"
     say "$name: acked $acked, at sink $received, $(jq -r '"\(.rate) msg/s, p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms"' "$rows_dir/$(printf %02d $row_seq).json")"
 }
 
@@ -683,8 +713,9 @@ row_postfix_dkim() {
 # the DKIM rows add keys, and a tenant with an active selector is signed either way.
 # With --sessions above the per-IP limit (default 50; every client is 127.0.0.1) the limit is raised to sessions+10
 # (Postfix exempts $mynetworks from its own per-client limit, so both serve every session).
-# The config lives in its own directory, not above the data directory: the gateway watches the config file's
-# directory (reload on change) recursively, and every spool file operation below it would wake that watcher.
+# The config lives in its own directory beside the data directory (the gateway's reload watches the config file alone,
+# not its directory tree, since issue 15, so either layout costs the same; this one is kept so that rows stay
+# comparable with the builds before, which watched the tree).
 gw_config() {
     local dir="$1" sink="$2"
     mkdir -p "$dir/conf"
@@ -701,13 +732,15 @@ gw_config() {
         | .Gateway.Delivery.Mode = "Smarthost"
         | .Gateway.Delivery.Smarthost = {Host: "127.0.0.1", Port: $sink, StartTls: "None", MaxConnections: 20}
         | .Gateway.Delivery.AllowPrivateDestinations = true
-        | .Gateway.Admin = ((.Gateway.Admin // {}) + {Port: 0})
+        | .Gateway.Admin = ((.Gateway.Admin // {}) + {Enabled: true, Port: 0, SocketPath: "admin/admin.sock"})
         | .Gateway.Delivery.Retry = {Schedule: ["00:00:01", "00:00:02", "00:00:05"], Jitter: 0.1}
         | .Tenants |= with_entries(.value.Dkim = (.value.Dkim // {Unsigned: true}))
         | if $sessions + 10 > (.Gateway.Limits.MaxConnectionsPerIp // 50)
           then .Gateway.Limits.MaxConnectionsPerIp = $sessions + 10 else . end
         ' "$gw_root/config/gateway.json" >"$dir/conf/gateway.json"
 }
+# The admin unix socket of gw_config's data directory: bytes allocated per message are read from /metrics there.
+gw_admin_sock() { echo "$1/data/admin/admin.sock"; }
 # gw_start DIR [env...] → sets gw_pid
 gw_start() {
     local dir="$1"; shift
@@ -759,7 +792,7 @@ row_smtpgw() {
     gw_config "$dir" "$sink_port"; gw_mint "$dir"; gw_start "$dir"
     local client; client=$(gw_client_args)
     # shellcheck disable=SC2086
-    measure "$name" smtp-loadgen "$(gw_port_for_mode)" "$gw_pid" "" --messages "$messages" $client
+    alloc_sock=$(gw_admin_sock "$dir") measure "$name" smtp-loadgen "$(gw_port_for_mode)" "$gw_pid" "" --messages "$messages" $client
     pin_annotate
     # smtpgw@50% paces at the unpinned row's rate only.
     [[ -n "$pin_n" ]] || gw_rate=$(jq -r .rate "$rows_dir/$(printf %02d $row_seq).json")
@@ -779,7 +812,7 @@ row_halfpeak() {
     local client; client=$(gw_client_args)
     local saved=$messages; messages=$n
     # shellcheck disable=SC2086
-    measure "smtpgw@50%" "smtp-loadgen (paced $rate/s)" "$(gw_port_for_mode)" "$gw_pid" "" --messages "$n" --rate "$rate" $client
+    alloc_sock=$(gw_admin_sock "$dir") measure "smtpgw@50%" "smtp-loadgen (paced $rate/s)" "$(gw_port_for_mode)" "$gw_pid" "" --messages "$n" --rate "$rate" $client
     messages=$saved
     stop_pid "$gw_pid"; stop_pid "$sink_pid"
 }
@@ -844,7 +877,7 @@ rows_smtpgw_dkim_variants() {
         gw_start "$dir"
         local client; client=$(gw_client_args)
         # shellcheck disable=SC2086
-        measure "$name" smtp-loadgen "$(gw_port_for_mode)" "$gw_pid" "" --messages "$messages" $client
+        alloc_sock=$(gw_admin_sock "$dir") measure "$name" smtp-loadgen "$(gw_port_for_mode)" "$gw_pid" "" --messages "$messages" $client
         local last_row; last_row="$rows_dir/$(printf %02d $row_seq).json"
         jq --argjson s "$sigs" '. + {probe_dkim_signatures: $s}' "$last_row" >"$last_row.tmp" && mv "$last_row.tmp" "$last_row"
         pin_annotate
@@ -1309,13 +1342,14 @@ echo "scenario: $size messages, $sessions sessions, $per_conn per connection, mo
 echo "smtpgw $(jq -r '.machine | "\(.smtpgw_commit); Postfix \(.postfix), OpenDKIM \(.opendkim); load average before \(.loadavg_before), after \(.loadavg_after)"' <<<"$result")"
 echo
 jq -e '[.rows[] | select(.rate != null or .skipped != null)] | length > 0' <<<"$result" >/dev/null && jq -r '.rows[] | select(.skipped != null or .rate != null) |
-    if .skipped != null then [.name, .client, .skipped, "-", "-", "-", "-", "-", "-", "-", "-"] else
+    if .skipped != null then [.name, .client, .skipped, "-", "-", "-", "-", "-", "-", "-", "-", "-"] else
     [.name, .client, (.received_at_sink | tostring) + "/" + ((.acknowledged // "-") | tostring),
      (.rate | tostring), (.latency_ms.p50 // "-" | tostring), (.latency_ms.p99 // "-" | tostring),
      (.cpu_s.server // "-" | tostring), (.cpu_ms_per_msg // "-" | tostring),
+     (if .alloc_bytes_per_msg != null then (.alloc_bytes_per_msg / 1024 * 10 | round / 10 | tostring) else "-" end),
      ((.rss_mb.server // "-") | tostring) + (if .rss_mb.milter > 0 then "+" + (.rss_mb.milter | tostring) else "" end),
      (.vs_postfix // "-" | tostring), (.vs_ceiling // "-" | tostring)] end | @tsv' <<<"$result" \
-  | { printf 'row\tclient\tsink/acked\tmsg/s\tp50ms\tp99ms\tsrvCPUs\tCPUms/msg\tRSS MB\tvsPostfix\tvsCeiling\n'; cat; } \
+  | { printf 'row\tclient\tsink/acked\tmsg/s\tp50ms\tp99ms\tsrvCPUs\tCPUms/msg\tallocKB/msg\tRSS MB\tvsPostfix\tvsCeiling\n'; cat; } \
   | column -t -s $'\t'
 if [[ -n "$gw_cores" ]]; then
     echo
@@ -1323,8 +1357,9 @@ if [[ -n "$gw_cores" ]]; then
     jq -r '.rows[] | select(.cores != null and .rate != null) |
         [.name, (.cores | tostring), .gw_cpus, .client_cpus + (if .shared_cores then " (shared)" else "" end),
          (.rate | tostring), (.cpu_ms_per_msg // "-" | tostring),
+         (if .alloc_bytes_per_msg != null then (.alloc_bytes_per_msg / 1024 * 10 | round / 10 | tostring) else "-" end),
          (.cpu_ms_per_msg_vs_min_cores // "-" | tostring), (.rate_vs_min_cores // "-" | tostring)] | @tsv' <<<"$result" \
-      | { printf 'row\tcores\tgateway CPUs\tloadgen+sink CPUs\tmsg/s\tCPUms/msg\tCPUms/msg vs min\tmsg/s vs min\n'; cat; } \
+      | { printf 'row\tcores\tgateway CPUs\tloadgen+sink CPUs\tmsg/s\tCPUms/msg\tallocKB/msg\tCPUms/msg vs min\tmsg/s vs min\n'; cat; } \
       | column -t -s $'\t'
     if jq -e '[.rows[] | select(.shared_cores == true)] | length > 0' <<<"$result" >/dev/null; then
         echo "(shared): no CPU left for the load generator and smtp-sink: they run on the gateway's CPUs too."
@@ -1343,6 +1378,7 @@ jq -r '.rows[] | select((.errors // 0) > 0 or (.connect_failures // 0) > 0) | se
 echo
 echo "RSS: VmHWM for one-process servers; Postfix: peak of the Pss summed over its process tree (sampled 2/s; Pss splits shared pages), +OpenDKIM VmHWM."
 echo "CPU: utime+stime of the server (Postfix: master's whole tree incl. exited children; + opendkim) during the row."
+echo "allocKB/msg: gateway rows: KiB the gateway allocated during the row (dotnet_gc_heap_total_allocated_bytes_total on its /metrics) ÷ messages acknowledged."
 echo "vsPostfix: signed rows against postfix+opendkim-rsa2048, others against postfix. vsCeiling: against smtp-source→smtp-sink."
 echo "results: perf/results/$stamp.json"
 ((failed)) && exit 1 || exit 0

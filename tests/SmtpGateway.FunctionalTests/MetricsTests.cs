@@ -147,6 +147,13 @@ public sealed class MetricsTests(GatewayHarness harness, ITestOutputHelper outpu
         Assert.StartsWith("text/plain", response.Content.Headers.ContentType?.MediaType, StringComparison.Ordinal);
         var scrape = PrometheusScrape.Parse(await response.Content.ReadAsStringAsync(cts.Token));
         Assert.Contains("smtpgw_sessions_active", scrape.Types);
+
+        // The runtime's meter beside the gateway's (issue 15: perf/bench.sh reads bytes allocated per message here), with
+        // closed label sets only: the exception count carries no exception type name.
+        Assert.True(scrape.Value("dotnet_gc_heap_total_allocated_bytes_total") > 0, "no dotnet_gc_heap_total_allocated_bytes_total on the page");
+        Assert.Contains("dotnet_gc_collections_total", scrape.Types);
+        Assert.All(scrape.Samples.Where(s => s.Name.StartsWith("dotnet_", StringComparison.Ordinal)), s =>
+            Assert.All(s.Labels.Keys, key => Assert.Contains(key, new[] { "otel_scope_name", "otel_scope_version", "gc_heap_generation", "cpu_mode" })));
     });
 
     async Task<RawSmtpClient> ConnectSubmissionsAsync(string ehlo, CancellationToken cancellationToken)

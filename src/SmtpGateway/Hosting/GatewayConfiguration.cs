@@ -23,11 +23,11 @@ public static class GatewayConfiguration
                 throw new FileNotFoundException($"Configuration file '{full}' does not exist.", full);
             }
 
-            builder.AddJsonFile(full, optional: false, reloadOnChange: reloadOnChange);
+            builder.AddConfigFile(full, reloadOnChange);
         }
         else if (File.Exists(DefaultPath))
         {
-            builder.AddJsonFile(Path.GetFullPath(DefaultPath), optional: false, reloadOnChange: reloadOnChange);
+            builder.AddConfigFile(Path.GetFullPath(DefaultPath), reloadOnChange);
         }
         else
         {
@@ -37,6 +37,31 @@ public static class GatewayConfiguration
         // SMTPGW__Gateway__Delivery__Mode=Smarthost → Gateway:Delivery:Mode (the .NET way, ARCHITECTURE section 6).
         builder.AddEnvironmentVariables(EnvironmentPrefix);
         return builder;
+    }
+
+    /// <summary>
+    /// Reloading watches the file alone (<see cref="ConfigFileProvider"/>), never its directory tree: the data directory
+    /// often lies below it.
+    /// </summary>
+    static void AddConfigFile(this IConfigurationBuilder builder, string full, bool reloadOnChange)
+    {
+        if (!reloadOnChange)
+        {
+            builder.AddJsonFile(full, optional: false, reloadOnChange: false);
+            return;
+        }
+
+        // Not disposed: the host's configuration lives as long as the process, and so does its one watcher.
+        var provider = new ConfigFileProvider(full);
+        builder.AddJsonFile(source =>
+        {
+            source.FileProvider = provider;
+            source.Path = provider.FileName;
+            source.Optional = false;
+            source.ReloadOnChange = true;
+            // The provider debounces (quiet time after the last event); a second delay would only add latency.
+            source.ReloadDelay = 0;
+        });
     }
 
     public static Stream EmbeddedDefault() =>
