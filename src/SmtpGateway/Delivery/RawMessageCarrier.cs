@@ -6,12 +6,11 @@ namespace SmtpGateway.Delivery;
 
 /// <summary>
 /// Builds the <see cref="MimeMessage"/> that MailKit sends so that the bytes on the wire (before dot-stuffing)
-/// are exactly the spooled bytes. MailKit can only send a MimeMessage, and re-serialising one may refold
+/// are exactly the spooled bytes. MailKit can only send a MimeMessage, and re-serialising a parsed one may refold
 /// headers or re-encode parts, which breaks DKIM signatures made before the spool (RFC 6376 section 3.4.1:
 /// "simple" canonicalisation tolerates no change at all). So:
 /// <list type="bullet">
-/// <item>the header block is parsed into MimeKit headers whose raw values are pinned (Header.SetRawValue),
-/// and the re-serialised block is compared byte for byte with the original before use;</item>
+/// <item>the header block is carried as one verbatim header (<see cref="VerbatimHeaderBlock"/>), never parsed;</item>
 /// <item>the body is an entity whose WriteTo copies the spooled body bytes verbatim;</item>
 /// <item>a placeholder 8bit part is added when the content has 8-bit octets, so that MailKit announces
 /// BODY=8BITMIME (RFC 6152) when the server offers it; it is never written.</item>
@@ -23,6 +22,7 @@ internal static class RawMessageCarrier
 {
     static readonly byte[] HeaderEnd = "\r\n\r\n"u8.ToArray();
     static readonly byte[] Crlf = "\r\n"u8.ToArray();
+    static readonly IEnumerable<Header> NoHeaders = [];
 
     /// <summary>The headers are parsed in memory; a header block beyond this is not a real message.</summary>
     const int MaxHeaderBlock = 4 * 1024 * 1024;
@@ -39,47 +39,59 @@ internal static class RawMessageCarrier
             return null;
         }
 
-        HeaderList headers;
-        try
-        {
-            var parseInput = new byte[headerBlock.Length + Crlf.Length];
-            headerBlock.CopyTo(parseInput, 0);
-            Crlf.CopyTo(parseInput, headerBlock.Length);
-            using var input = new MemoryStream(parseInput, writable: false);
-            headers = HeaderList.Load(ParserOptions.Default, input, cancellationToken);
-
-            // Pin every value to its raw bytes: with FormatOptions.International (SMTPUTF8) MimeKit would otherwise
-            // re-encode address headers in its own folding. A malformed line (no colon) has no value and is
-            // written back as its raw line; the comparison below proves the result either way.
-            foreach (var header in headers)
-            {
-                if (header.RawValue is [.., (byte)'\n'])
-                {
-                    header.SetRawValue(header.RawValue);
-                }
-            }
-        }
-        catch (Exception ex) when (ex is ParseException or FormatException or ArgumentException)
+        // MimeKit writes the header part through a CRLF filter, which leaves CRLF alone but turns a bare LF into CRLF:
+        // only a block without a bare CR or LF comes out unchanged. A first line that is not a header field is left to
+        // LoadParsedAsync, which refuses what is not a message at all.
+        var colon = headerBlock.Length == 0 ? 0 : FieldNameEnd(headerBlock);
+        if (colon < 0 || !IsCrlfOnly(headerBlock))
         {
             return null;
         }
 
         var body = new RawBody(message, bodyOffset, message.Length - bodyOffset, message.EightBitData || message.Envelope.EightBitMime);
-        var mime = new MimeMessage(headers) { Body = body };
-
-        // Prove it: what MimeKit will write for the header part must be the original block plus the empty line.
-        using (var written = new MemoryStream())
+        var mime = new MimeMessage(NoHeaders) { Body = body };
+        if (headerBlock.Length > 0)
         {
-            await mime.WriteToAsync(format, written, headersOnly: true, cancellationToken).ConfigureAwait(false);
-            var expected = headerBlock.Length == 0 ? Crlf : [.. headerBlock, .. Crlf];
-            if (!written.GetBuffer().AsSpan(0, (int)written.Length).SequenceEqual(expected))
-            {
-                mime.Dispose();
-                return null;
-            }
+            mime.Headers.Add(new VerbatimHeaderBlock(headerBlock[..colon], headerBlock[(colon + 1)..]));
         }
 
         return new Carrier(mime, headerBlock.Length + Crlf.Length + body.Length, Exact: true);
+    }
+
+    /// <summary>
+    /// The colon after the first line's field name (RFC 5322 section 2.2: printable US-ASCII but colon; section 4.5.3
+    /// allows white space before the colon), or -1 when the first line is not a header field.
+    /// </summary>
+    static int FieldNameEnd(ReadOnlySpan<byte> block)
+    {
+        var nameEnd = block.IndexOfAnyExceptInRange((byte)'!', (byte)'~');
+        if (nameEnd <= 0)
+        {
+            return -1;
+        }
+
+        var colon = block.IndexOf((byte)':');
+        if (colon <= 0 || colon > nameEnd && block[nameEnd..colon].IndexOfAnyExcept((byte)' ', (byte)'\t') >= 0)
+        {
+            return -1;
+        }
+
+        return colon;
+    }
+
+    static bool IsCrlfOnly(ReadOnlySpan<byte> block)
+    {
+        for (var i = block.IndexOfAny((byte)'\r', (byte)'\n'); i >= 0; i = block.IndexOfAny((byte)'\r', (byte)'\n'))
+        {
+            if (block[i] != '\r' || i + 1 >= block.Length || block[i + 1] != '\n')
+            {
+                return false;
+            }
+
+            block = block[(i + 2)..];
+        }
+
+        return true;
     }
 
     /// <summary>Fallback for header blocks that cannot be reproduced: MimeKit's own parse. Delivered, but not guaranteed byte for byte.</summary>
@@ -154,6 +166,21 @@ internal static class RawMessageCarrier
 
         var index = data.IndexOf(HeaderEnd);
         return index >= 0 ? (data[..(index + 2)].ToArray(), index + HeaderEnd.Length) : (data.ToArray(), data.Length);
+    }
+
+    /// <summary>
+    /// The whole header block as one header: MimeMessage writes a header as its raw field, a colon and its raw value,
+    /// so the block split at its first colon comes out as it went in. No header is parsed, and no address list, header
+    /// dictionary or parser buffer is built per message (they were the largest allocations of a delivery in the issue 15
+    /// profile). The id is Unknown and the raw value is pinned (SetRawValue), so no FormatOptions (International for
+    /// SMTPUTF8) re-encodes it, and no HiddenHeaders entry hides it. MailKit reads no header of a message it is given
+    /// explicit envelope addresses for, with Prepare overridden (GatewaySmtpClient).
+    /// </summary>
+    sealed class VerbatimHeaderBlock : Header
+    {
+        public VerbatimHeaderBlock(byte[] field, byte[] value)
+            : base(ParserOptions.Default, HeaderId.Unknown, "X-Smtpgw-Verbatim-Header-Block", field, value) =>
+            SetRawValue(value);
     }
 
     /// <summary>A MimeMessage ready for SmtpClient.Send, with its exact serialised length (-1 when unknown).</summary>
