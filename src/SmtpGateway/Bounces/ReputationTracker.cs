@@ -71,12 +71,15 @@ public sealed class ReputationTracker
 
     static ReputationConfig DefaultConfig { get; } = new();
 
+    /// <summary>The metric label of each outcome, made once rather than two strings per recipient.</summary>
+    static readonly string[] OutcomeLabels = Enum.GetNames<ReputationOutcome>().Select(n => n.ToLowerInvariant()).ToArray();
+
     public static string PausePath(string dataDirectory, string tenant) => Path.Combine(dataDirectory, "reputation", tenant + ".paused");
 
     /// <summary>Counts one outcome; returns the pause when this outcome tipped the tenant over its threshold.</summary>
     public TenantPause? Record(string tenant, ReputationOutcome outcome)
     {
-        Outcomes.Add(1, new KeyValuePair<string, object?>("outcome", outcome.ToString().ToLowerInvariant()), new KeyValuePair<string, object?>("tenant", tenant));
+        Outcomes.Add(1, new KeyValuePair<string, object?>("outcome", OutcomeLabels[(int)outcome]), new KeyValuePair<string, object?>("tenant", tenant));
         if (outcome == ReputationOutcome.Deferred)
         {
             return null;

@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.IO.Pipelines;
 using System.Net;
 using System.Net.Security;
@@ -571,28 +570,5 @@ public sealed partial class SmtpSession
         Reply(SmtpReplies.TooManyErrors);
         ListenerLog.TooManyErrors(_logger, SessionId, _remote.Address);
         return false;
-    }
-
-    async ValueTask FlushAsync(CancellationToken cancellationToken)
-    {
-        if (_out.Length == 0)
-        {
-            return;
-        }
-
-        await HoldRateLimitedAsync(cancellationToken).ConfigureAwait(false);
-        var count = Encoding.UTF8.GetByteCount(_out.ToString());
-        var buffer = ArrayPool<byte>.Shared.Rent(count);
-        try
-        {
-            Encoding.UTF8.GetBytes(_out.ToString(), 0, _out.Length, buffer, 0);
-            _out.Clear();
-            await _stream.WriteAsync(buffer.AsMemory(0, count), cancellationToken).ConfigureAwait(false);
-            await _stream.FlushAsync(cancellationToken).ConfigureAwait(false);
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(buffer);
-        }
     }
 }
