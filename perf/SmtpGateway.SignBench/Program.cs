@@ -1,6 +1,8 @@
 // DKIM signing micro-benchmark: where does the CPU of one signed 4 KiB message go?
 //
 //   dotnet run -c Release --project perf/SmtpGateway.SignBench -- [--rounds N] [--ms N] [--only a,b] [--label X] [--tsv FILE]
+//   ... --ops N: no timing; each selected case runs 20 times, then exactly N times (for `strace -f -c`: two runs with
+//   different N differ by exactly that many operations, so the difference of their counts is syscalls per operation)
 //
 // Sets up a SoftHSM2 token in a temp directory the way the tests do (SoftHsmSetup.Configure, EnsureToken,
 // Pkcs11Hsm.GenerateKeyPair), then times each case in rounds of ~--ms milliseconds and prints the median over the
@@ -27,6 +29,7 @@ var roundMs = 150;
 string? only = null;
 var label = "current";
 string? tsv = null;
+var ops = 0;
 for (var i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -36,11 +39,12 @@ for (var i = 0; i < args.Length; i++)
         case "--only": only = args[++i]; break;
         case "--label": label = args[++i]; break;
         case "--tsv": tsv = args[++i]; break;
+        case "--ops": ops = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
         default: Console.Error.WriteLine($"unknown argument {args[i]}"); return 2;
     }
 }
 
-var bench = new Bench(rounds, roundMs, only, label, tsv);
+var bench = new Bench(rounds, roundMs, only, label, tsv, ops);
 var dir = Directory.CreateTempSubdirectory("smtpgw-signbench");
 try
 {
@@ -56,7 +60,7 @@ finally
 
 }
 
-sealed class Bench(int rounds, int roundMs, string? only, string label, string? tsv)
+sealed class Bench(int rounds, int roundMs, string? only, string label, string? tsv, int ops)
 {
     const string Tenant = "bench";
     const string TokenLabel = "smtpgw-bench";
@@ -300,6 +304,22 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
         var cases = all.Where(c => only is null || only.Split(',').Any(o => c.Name.StartsWith(o, StringComparison.Ordinal))).ToArray();
         if (cases.Length == 0)
         {
+            return;
+        }
+
+        if (ops > 0)
+        {
+            // A fixed number of operations and nothing timed, so syscall counts of two runs can be subtracted.
+            foreach (var (name, op) in cases)
+            {
+                for (var i = 0; i < 20 + ops; i++)
+                {
+                    op();
+                }
+
+                Console.WriteLine($"{name,-22} ran {ops} times after 20 warm-up runs");
+            }
+
             return;
         }
 

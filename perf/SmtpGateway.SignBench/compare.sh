@@ -26,7 +26,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/before/perf"
 git -C "$root" archive "$base" Directory.Build.props Directory.Packages.props src config | tar -x -C "$work/before"
 mkdir -p "$work/before/perf/SmtpGateway.SignBench"
-cp "$here/SmtpGateway.SignBench.csproj" "$here/Program.cs" "$work/before/perf/SmtpGateway.SignBench/"
+cp "$here/SmtpGateway.SignBench.csproj" "$here"/*.cs "$work/before/perf/SmtpGateway.SignBench/"
 dotnet build -c Release -v q -o "$work/bin-before" "$work/before/perf/SmtpGateway.SignBench" >"$work/build-before.log" 2>&1 || { cat "$work/build-before.log"; exit 1; }
 dotnet build -c Release -v q -o "$work/bin-after" "$here" >"$work/build-after.log" 2>&1 || { cat "$work/build-after.log"; exit 1; }
 
