@@ -63,6 +63,14 @@ public sealed partial class SmtpSession
                 if (_mustWait || !_reader.TryRead(out result))
                 {
                     await FlushAsync(token).ConfigureAwait(false);
+                    if (!_mustWait)
+                    {
+                        // Nothing buffered: wait for the client with a zero-byte read, which holds no buffer (as Kestrel
+                        // waits before it allocates one). An idle session then keeps no 4 KiB pipe segment, which is most of
+                        // what 10,000 idle connections cost (issue 15: 200 MB for 10,000).
+                        await _stream.ReadAsync(Memory<byte>.Empty, token).ConfigureAwait(false);
+                    }
+
                     result = await _reader.ReadAsync(token).ConfigureAwait(false);
                 }
 
