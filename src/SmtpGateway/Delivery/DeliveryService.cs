@@ -247,7 +247,7 @@ public sealed class DeliveryService : BackgroundService
 
         try
         {
-            var message = await _spool.LoadAsync(id, abort).ConfigureAwait(false);
+            var message = await _spool.LoadAsync(id, abort, forDelivery: true).ConfigureAwait(false);
             if (message is null)
             {
                 return;

@@ -27,13 +27,16 @@ internal sealed class GatewaySmtpClient : SmtpClient
 {
     readonly Dictionary<MailboxAddress, SmtpResponse> _refused = new(ReferenceEqualityComparer.Instance);
     long _knownSize = -1;
+    bool _replied;
 
     /// <summary>
     /// Result of one transaction; <see cref="Reusable"/> is false when the connection must not go back to the pool.
     /// <see cref="SessionLost"/> is true when the session ended under the transaction (a 421 reply, RFC 5321 section 3.8,
     /// or a dropped connection): the replies say nothing about the recipients, so the whole transaction may be tried elsewhere.
     /// </summary>
-    public readonly record struct TransactionResult(IReadOnlyList<RecipientResult> Results, bool Reusable, bool Exact, bool SessionLost = false);
+    /// <para><see cref="LostBeforeReply"/>: the session broke (EOF, reset, I/O error) before any reply of this transaction
+    /// arrived, so no DATA was sent and nothing can have been accepted: sending it again at once cannot duplicate it.</para>
+    public readonly record struct TransactionResult(IReadOnlyList<RecipientResult> Results, bool Reusable, bool Exact, bool SessionLost = false, bool LostBeforeReply = false);
 
     /// <summary>The address this connection reached (for the event log); null before connecting.</summary>
     public IPAddress? RemoteAddress { get; set; }
@@ -154,6 +157,7 @@ internal sealed class GatewaySmtpClient : SmtpClient
 
         using var _ = carrier;
         _refused.Clear();
+        _replied = false;
         _knownSize = carrier.Length;
         try
         {
@@ -206,7 +210,7 @@ internal sealed class GatewaySmtpClient : SmtpClient
                 results[indexOf[mailbox]] = Refused(mailbox) ?? RecipientResult.FromReply(recipients[indexOf[mailbox]], DeliveryReplies.ConnectionLost(ex.GetType().Name, ex.Message));
             }
 
-            return new TransactionResult(Complete(results, recipients), false, carrier.Exact, SessionLost: true);
+            return new TransactionResult(Complete(results, recipients), false, carrier.Exact, SessionLost: true, LostBeforeReply: !_replied);
         }
         finally
         {
@@ -230,8 +234,23 @@ internal sealed class GatewaySmtpClient : SmtpClient
     static RecipientResult[] Complete(RecipientResult?[] results, IReadOnlyList<string> recipients, SmtpReply? missing = null) =>
         results.Select((r, i) => r ?? RecipientResult.FromReply(recipients[i], missing ?? DeliveryReplies.NoResult)).ToArray();
 
-    protected override void OnRecipientNotAccepted(MimeMessage message, MailboxAddress mailbox, SmtpResponse response) =>
+    protected override void OnRecipientNotAccepted(MimeMessage message, MailboxAddress mailbox, SmtpResponse response)
+    {
+        _replied = true;
         _refused[mailbox] = response;
+    }
+
+    protected override void OnSenderAccepted(MimeMessage message, MailboxAddress mailbox, SmtpResponse response)
+    {
+        _replied = true;
+        base.OnSenderAccepted(message, mailbox, response);
+    }
+
+    protected override void OnSenderNotAccepted(MimeMessage message, MailboxAddress mailbox, SmtpResponse response)
+    {
+        _replied = true;
+        base.OnSenderNotAccepted(message, mailbox, response);
+    }
 
     protected override void Prepare(FormatOptions options, MimeMessage message, EncodingConstraint constraint, int maxLineLength)
     {

@@ -224,10 +224,11 @@ internal sealed class OutboundDelivery : IAsyncDisposable
                 result = await connection.Client.SendSpooledAsync(message, recipients, mailFrom, cancellationToken).ConfigureAwait(false);
                 reusable = result.Reusable;
 
-                // A pooled session can end while idle after the pool's check (the peer's idle timeout racing it, or a
-                // 421 read ahead with the last reply): that says nothing about the host, so the transaction is tried once
-                // more at once on a new session, and only the second loss counts towards backoff.
-                retryStale = result.SessionLost && reused && !staleReplaced;
+                // A pooled session can end while idle, after the pool's check (the peer's idle timeout racing it): the
+                // MAIL then meets EOF or a reset before any reply. That says nothing about the host and nothing was sent,
+                // so the transaction is tried once more at once on a new session, and only a second loss counts towards
+                // backoff. A reply (a 421 to MAIL is a host saying "later") or a loss after one is handled as before.
+                retryStale = result.LostBeforeReply && reused && !staleReplaced;
 
                 // Recorded before the slot goes back: a worker waiting for it checks the backoff again (ClaimProbe).
                 if (!result.SessionLost)

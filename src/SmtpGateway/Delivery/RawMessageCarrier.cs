@@ -40,10 +40,11 @@ internal static class RawMessageCarrier
         }
 
         // MimeKit writes the header part through a CRLF filter, which leaves CRLF alone but turns a bare LF into CRLF:
-        // only a block without a bare CR or LF comes out unchanged. A first line that is not a header field is left to
+        // only a block without a bare CR or LF comes out unchanged, and a pinned raw value must end with one (a message
+        // that is all header and lacks its last CRLF). A first line that is not a header field is left to
         // LoadParsedAsync, which refuses what is not a message at all.
         var colon = headerBlock.Length == 0 ? 0 : FieldNameEnd(headerBlock);
-        if (colon < 0 || !IsCrlfOnly(headerBlock))
+        if (colon < 0 || !IsCrlfOnly(headerBlock) || headerBlock.Length > 0 && !headerBlock.AsSpan().EndsWith(Crlf))
         {
             return null;
         }

@@ -138,6 +138,16 @@ internal sealed class SmtpConnectionPool : IAsyncDisposable
         }
     }
 
+    /// <summary>Idle connections to host:port on which the peer has sent something (tests: an unsolicited 421 or EOF has arrived).</summary>
+    internal int IdleWithInput(string host, int port)
+    {
+        lock (_gate)
+        {
+            return _destinations.Where(d => d.Key.Host == host && d.Key.Port == port)
+                .Sum(d => d.Value.Idle.Values.Sum(list => list.Count(c => !c.Client.IsQuiet)));
+        }
+    }
+
     /// <summary>Egress identities the pool keeps books for now (tests: the table does not grow without bound).</summary>
     internal int IdentityCount
     {

@@ -87,7 +87,9 @@ public sealed class ConfigFileProvider : IFileProvider, IDisposable
 
     FileSystemWatcher StartWatcher()
     {
-        var watcher = new FileSystemWatcher(_files.Root.TrimEnd('/'), _fileName)
+        // The provider's root ends with a separator; "/" itself (a config file in the root directory) must stay "/".
+        var root = _files.Root.Length > 1 ? _files.Root.TrimEnd('/') : _files.Root;
+        var watcher = new FileSystemWatcher(root, _fileName)
         {
             IncludeSubdirectories = false,
             NotifyFilter = NotifyFilters.FileName | NotifyFilters.LastWrite | NotifyFilters.Size,

@@ -377,7 +377,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     }
 
     /// <inheritdoc />
-    public Task<SpooledMessage?> LoadAsync(string id, CancellationToken cancellationToken)
+    public Task<SpooledMessage?> LoadAsync(string id, CancellationToken cancellationToken, bool forDelivery = false)
     {
         cancellationToken.ThrowIfCancellationRequested();
         if (!IsValidId(id))
@@ -385,7 +385,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             return Task.FromResult<SpooledMessage?>(null);
         }
 
-        var message = TryLoad(id, out var movedAside);
+        var message = TryLoad(id, out var movedAside, forDelivery);
         if (movedAside)
         {
             SpoolMetrics.Dequeued(id);
@@ -395,7 +395,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     }
 
     /// <summary>Reads a queued message; null when absent or corrupt (corrupt files are moved to corrupt/).</summary>
-    SpooledMessage? TryLoad(string id, out bool movedAside)
+    SpooledMessage? TryLoad(string id, out bool movedAside, bool withContent = false)
     {
         movedAside = false;
         var path = Path.Combine(_queue, id);
@@ -411,7 +411,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         try
         {
             using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1);
-            if (stream.Length <= SpooledMessage.InMemoryLimit)
+            if (withContent && stream.Length <= SpooledMessage.InMemoryLimit)
             {
                 // A typical message is read whole with one read(2) and served from memory to every reader of this
                 // attempt (carrier, body writer, DSN): no second and third open, lock and thread-pool read per delivery.

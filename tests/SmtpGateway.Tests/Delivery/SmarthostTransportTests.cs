@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using System.Text;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using SmtpGateway.Configuration;
 using SmtpGateway.Delivery;
@@ -31,7 +32,7 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
     }
 
     SmarthostTransport NewTransport(int maxConnections = 4, int maxMessagesPerConnection = 100, TimeProvider? time = null, TimeSpan? idleTimeout = null,
-        StartTlsMode startTls = StartTlsMode.WhenAvailable) =>
+        StartTlsMode startTls = StartTlsMode.WhenAvailable, ILogger? logger = null) =>
         new(new SmarthostConfig
         {
             Host = "127.0.0.1",
@@ -43,7 +44,7 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
             ConnectTimeout = TimeSpan.FromSeconds(10),
             HeloName = "gw.test",
             AllowPrivateDestinations = true,
-        }, "smtpgw.localhost", time ?? TimeProvider.System, NullLogger.Instance);
+        }, "smtpgw.localhost", time ?? TimeProvider.System, logger ?? NullLogger.Instance);
 
     async Task<SpooledMessage> SpoolAsync(byte[] bytes, string[]? recipients = null, string mailFrom = "sender@tenant-a.example",
         string? tenant = null, bool eightBitMime = false, bool smtpUtf8 = false)
@@ -263,19 +264,21 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
     public async Task A_pooled_connection_the_server_closed_is_replaced_without_a_failure()
     {
         _server.CloseAfterDataReply = n => n == 1;
-        await using var transport = NewTransport();
+        var logger = new CapturingLogger();
+        await using var transport = NewTransport(logger: logger);
         var first = await SpoolAsync(SampleMessage("one"));
         var second = await SpoolAsync(SampleMessage("two"));
 
         Assert.Equal(DeliveryOutcome.Delivered, Assert.Single(await transport.DeliverAsync(first, first.Envelope.Recipients, CancellationToken.None)).Outcome);
-        await Poll.UntilAsync(() => _server.ServerCloses == 1);
+        await Poll.UntilAsync(() => _server.ServerCloses == 1 && transport.Pool.IdleWithInput("127.0.0.1", _server.Port) == 1);
         var result = Assert.Single(await transport.DeliverAsync(second, second.Envelope.Recipients, CancellationToken.None));
 
-        // The EOF waiting on the idle socket is seen before reuse: a new connection, no deferral, no RSET sent into it.
+        // The EOF waiting on the idle socket is seen before reuse (not found by a MAIL that fails and is retried): a new
+        // connection, no deferral.
         Assert.Equal(DeliveryOutcome.Delivered, result.Outcome);
         Assert.Equal(2, _server.Connections);
         Assert.Equal(2, _server.Messages.Count);
-        Assert.DoesNotContain("RSET", _server.Commands);
+        Assert.DoesNotContain(logger.Lines, l => l.Contains("trying once more", StringComparison.Ordinal));
     }
 
     [Fact]
@@ -393,20 +396,54 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
         Assert.Equal(2, _server.Messages.Count);
     }
 
-    [Theory]
-    [InlineData("dropped at MAIL")]
-    [InlineData("unsolicited 421")]
-    public async Task A_pooled_session_that_is_gone_costs_the_next_message_no_deferral(string how)
+    [Fact]
+    public async Task An_unsolicited_421_on_an_idle_pooled_connection_is_seen_and_the_next_message_goes_out_on_a_new_one()
     {
-        // A 421 still on the socket makes the pool probe with RSET; one read ahead with the 250 is the MAIL reply; a session
-        // dropped at MAIL is lost under the transaction. Either way the message goes out at once on one new session.
-        if (how == "dropped at MAIL")
+        var idle = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _server.AfterDataReply = async n =>
         {
-            _server.DropOnMail = n => n == 2;
+            if (n != 1)
+            {
+                return null;
+            }
+
+            await idle.Task;
+            return "421 4.4.2 test.example idle too long";
+        };
+        var logger = new CapturingLogger();
+        await using var transport = NewTransport(logger: logger);
+        var first = await SpoolAsync(SampleMessage("one"));
+        var second = await SpoolAsync(SampleMessage("two"));
+
+        await transport.DeliverAsync(first, first.Envelope.Recipients, CancellationToken.None);
+        idle.SetResult();
+        // Written is not yet received (loopback may defer it): wait until the client's socket has it.
+        await Poll.UntilAsync(() => transport.Pool.IdleWithInput("127.0.0.1", _server.Port) == 1);
+        var result = Assert.Single(await transport.DeliverAsync(second, second.Envelope.Recipients, CancellationToken.None));
+
+        // The 421 waits on the idle socket, so the pool's poll sees it and probes with RSET (RFC 5321 section 4.1.1.5),
+        // whose reply is the 421: a new session, not a retry of a broken transaction.
+        Assert.Equal(DeliveryOutcome.Delivered, result.Outcome);
+        Assert.Equal(2, _server.Connections);
+        Assert.Equal([1, 2], _server.Messages.Select(m => m.Connection).Order());
+        Assert.DoesNotContain(logger.Lines, l => l.Contains("trying once more", StringComparison.Ordinal));
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_pooled_session_lost_before_any_reply_is_replaced_at_once_but_a_421_reply_defers(bool replies421)
+    {
+        // No reply (the peer's idle close racing the pool's check, MAIL meets EOF): nothing was sent, so the transaction
+        // goes out at once on one new session. A 421 to MAIL is the host speaking ("later", e.g. a rate limit): deferred,
+        // with no immediate second session.
+        if (replies421)
+        {
+            _server.MailReply = _ => Interlocked.Increment(ref _mails) == 2 ? "421 4.7.0 test.example rate limited, try later" : "250 2.1.0 Ok";
         }
         else
         {
-            _server.AfterDataReply = n => n == 1 ? "421 4.4.2 test.example idle too long" : null;
+            _server.DropOnMail = n => n == 2;
         }
 
         await using var transport = NewTransport();
@@ -416,10 +453,12 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
         await transport.DeliverAsync(first, first.Envelope.Recipients, CancellationToken.None);
         var result = Assert.Single(await transport.DeliverAsync(second, second.Envelope.Recipients, CancellationToken.None));
 
-        Assert.Equal(DeliveryOutcome.Delivered, result.Outcome);
-        Assert.Equal(2, _server.Connections);
-        Assert.Equal([1, 2], _server.Messages.Select(m => m.Connection).Order());
+        Assert.Equal(replies421 ? DeliveryOutcome.Deferred : DeliveryOutcome.Delivered, result.Outcome);
+        Assert.Equal(replies421 ? 1 : 2, _server.Connections);
+        Assert.Equal(replies421 ? [1] : [1, 2], _server.Messages.Select(m => m.Connection).Order());
     }
+
+    int _mails;
 
     [Fact]
     public async Task Unreachable_smarthost_defers()

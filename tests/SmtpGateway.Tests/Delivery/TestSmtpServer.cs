@@ -51,8 +51,12 @@ public sealed class TestSmtpServer : IAsyncDisposable
     /// <summary>Final reply after the dot; default 250.</summary>
     public string DataReply { get; set; } = "250 2.0.0 Ok: queued";
 
-    /// <summary>A line sent unprompted after the n-th DATA reply (1-based, over all connections), e.g. a 421; null sends nothing.</summary>
-    public Func<int, string?> AfterDataReply { get; set; } = _ => null;
+    /// <summary>
+    /// A line sent unprompted after the n-th DATA reply (1-based, over all connections), e.g. a 421; null sends nothing.
+    /// Awaited before the session reads its next command, so a test can hold the line back until the client is idle.
+    /// </summary>
+    public Func<int, Task<string?>> AfterDataReply { get; set; } = _ => Task.FromResult<string?>(null);
+
 
     /// <summary>Close the connection right after the n-th DATA reply (1-based), as a server with a short idle timeout does.</summary>
     public Func<int, bool> CloseAfterDataReply { get; set; } = _ => false;
@@ -252,7 +256,7 @@ public sealed class TestSmtpServer : IAsyncDisposable
                     recipients.Clear();
                     await Send(DataReply);
                     var replied = Interlocked.Increment(ref _dataReplies);
-                    if (AfterDataReply(replied) is { } unsolicited)
+                    if (await AfterDataReply(replied) is { } unsolicited)
                     {
                         await Send(unsolicited);
                     }
