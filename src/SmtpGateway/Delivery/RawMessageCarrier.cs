@@ -152,12 +152,13 @@ internal static class RawMessageCarrier
                 return (null, 0);
             }
 
-            var all = buffer.ToArray();
-            return all.Length >= 2 && all[0] == '\r' && all[1] == '\n' ? ([], 2) : (all, all.Length);
+            // The whole content without an empty line: all header (or the empty block when it starts with CRLF).
+            return HeaderBlockOf(buffer.GetBuffer().AsSpan(0, (int)buffer.Length));
         }
     }
 
-    /// <summary>The same split as <see cref="ReadHeaderBlockAsync"/> for content held in memory (it is below MaxHeaderBlock).</summary>
+    /// <summary>The split of <see cref="ReadHeaderBlockAsync"/> over bytes in memory: content held in memory (below
+    /// MaxHeaderBlock), and the streamed content that ended without an empty line.</summary>
     static (byte[] HeaderBlock, long BodyOffset) HeaderBlockOf(ReadOnlySpan<byte> data)
     {
         if (data.StartsWith(Crlf))

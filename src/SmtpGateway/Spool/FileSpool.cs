@@ -395,7 +395,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     }
 
     /// <summary>Reads a queued message; null when absent or corrupt (corrupt files are moved to corrupt/).</summary>
-    SpooledMessage? TryLoad(string id, out bool movedAside, bool withContent = false)
+    SpooledMessage? TryLoad(string id, out bool movedAside, bool forDelivery = false)
     {
         movedAside = false;
         var path = Path.Combine(_queue, id);
@@ -411,7 +411,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         try
         {
             using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1);
-            if (withContent && stream.Length <= SpooledMessage.InMemoryLimit)
+            if (forDelivery && stream.Length <= SpooledMessage.InMemoryLimit)
             {
                 // A typical message is read whole with one read(2) and served from memory to every reader of this
                 // attempt (carrier, body writer, DSN): no second and third open, lock and thread-pool read per delivery.
