@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.RegularExpressions;
@@ -42,14 +41,14 @@ public sealed partial class ReturnPath
     readonly VerpKeyStore _keys;
 
     /// <summary>Recipient fingerprints by (tenant, key label, normalised address).</summary>
-    readonly ConcurrentDictionary<(string, string, string), string> _hashes = new();
+    readonly BoundedMemo<(string, string, string)> _hashes = new(MemoCapacity);
 
     /// <summary>Tagged local parts by (tenant, key label, queue id, normalised address): a delivery retry makes the same one.</summary>
-    readonly ConcurrentDictionary<(string, string, string, string), string> _tags = new();
+    readonly BoundedMemo<(string, string, string, string)> _tags = new(MemoCapacity);
 
     /// <summary>Local parts known to be valid tags, by (tenant, key label, lower-cased local part): made here or verified once.
     /// Only valid ones: a flood of forgeries cannot fill it.</summary>
-    readonly ConcurrentDictionary<(string, string, string), string> _valid = new();
+    readonly BoundedMemo<(string, string, string)> _valid = new(MemoCapacity);
 
     public ReturnPath(VerpKeyStore keys) => _keys = keys;
 
@@ -96,7 +95,7 @@ public sealed partial class ReturnPath
 
         // The key (and with it the retirement check) is looked up before the memo, so a retired key's tags stop at once.
         var local = localPart.ToLowerInvariant();
-        if (!_valid.ContainsKey((tenant, key.KeyLabel, local)))
+        if (!_valid.Contains((tenant, key.KeyLabel, local)))
         {
             var expected = Encoding.ASCII.GetBytes(Mac(key, tenant, id, hash));
             var given = Encoding.ASCII.GetBytes(match.Groups["mac"].Value.ToLowerInvariant());
@@ -145,7 +144,7 @@ public sealed partial class ReturnPath
     /// rotation never serves an old key's value. Emptied when full rather than evicted piecemeal: simple, and the cost
     /// of forgetting is only an HSM call per entry made again.
     /// </summary>
-    static string Remember<TKey>(ConcurrentDictionary<TKey, string> memo, TKey key, Func<string> make)
+    static string Remember<TKey>(BoundedMemo<TKey> memo, TKey key, Func<string> make)
         where TKey : notnull
     {
         if (memo.TryGetValue(key, out var known))
@@ -154,12 +153,7 @@ public sealed partial class ReturnPath
         }
 
         var value = make();
-        if (memo.Count >= MemoCapacity)
-        {
-            memo.Clear();
-        }
-
-        memo[key] = value;
+        memo.Add(key, value);
         return value;
     }
 
