@@ -158,19 +158,48 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
     {
         Storage.AppendOnlyFile? file = null;
         var reader = _channel.Reader;
+
+        // Lines written but not yet fsynced, and when the last fsync was: the fsync waits until Audit:SyncInterval has
+        // passed since the last one (or for a flush request, or the stop), so that a stream of events shares one.
+        var unsynced = false;
+        long? lastSync = null;
         try
         {
-            while (await WaitAsync(reader, stoppingToken).ConfigureAwait(false))
+            while (true)
             {
+                TimeSpan? syncIn = unsynced ? SyncIn(lastSync) : null;
+                var next = syncIn <= TimeSpan.Zero ? Next.SyncDue : await WaitAsync(reader, syncIn, stoppingToken).ConfigureAwait(false);
+                if (next == Next.Done)
+                {
+                    break;
+                }
+
                 try
                 {
-                    if (file is null)
+                    if (next == Next.Events)
                     {
-                        Directory.CreateDirectory(_directory);
-                        file = Open();
+                        if (file is null)
+                        {
+                            Directory.CreateDirectory(_directory);
+                            file = Open();
+                        }
+
+                        (file, var wrote) = WriteBatch(reader, file);
+                        unsynced |= wrote;
+                        if (_flushWaiters.IsEmpty && !stoppingToken.IsCancellationRequested && SyncIn(lastSync) > TimeSpan.Zero)
+                        {
+                            continue;
+                        }
                     }
 
-                    file = WriteBatch(reader, file);
+                    if (unsynced)
+                    {
+                        Sync(file);
+                        unsynced = false;
+                        lastSync = _time.GetTimestamp();
+                    }
+
+                    CompleteFlushWaiters();
                 }
                 catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
                 {
@@ -179,6 +208,7 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
                     AuditLogMessages.WriteFailed(_logger, ex);
                     file?.Dispose();
                     file = null;
+                    unsynced = false;
                     if (stoppingToken.IsCancellationRequested)
                     {
                         break;
@@ -190,15 +220,50 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
         }
         finally
         {
-            file?.Dispose();
-            while (_flushWaiters.TryDequeue(out var waiter))
+            try
             {
-                waiter.TrySetResult();
+                if (unsynced)
+                {
+                    Sync(file);
+                }
             }
+            catch (IOException ex)
+            {
+                AuditLogMessages.WriteFailed(_logger, ex);
+            }
+
+            file?.Dispose();
+            CompleteFlushWaiters();
         }
     }
 
-    Storage.AppendOnlyFile WriteBatch(ChannelReader<AuditEvent> reader, Storage.AppendOnlyFile file)
+    /// <summary>How long until the next fsync may run: none before the first, Audit:SyncInterval after the last.</summary>
+    TimeSpan SyncIn(long? lastSync) => lastSync is { } t ? _config.SyncInterval - _time.GetElapsedTime(t) : TimeSpan.Zero;
+
+    /// <summary>fsyncs of audit.jsonl so far (tests: Audit:SyncInterval batches them).</summary>
+    internal long SyncCount => Interlocked.Read(ref _syncs);
+
+    long _syncs;
+
+    void Sync(Storage.AppendOnlyFile? file)
+    {
+        if (file is not null)
+        {
+            file.Flush();
+            Interlocked.Increment(ref _syncs);
+        }
+    }
+
+    void CompleteFlushWaiters()
+    {
+        while (_flushWaiters.TryDequeue(out var waiter))
+        {
+            waiter.TrySetResult();
+        }
+    }
+
+    /// <summary>Writes every queued event (a rotation fsyncs the file it closes); the caller fsyncs the rest.</summary>
+    (Storage.AppendOnlyFile File, bool Wrote) WriteBatch(ChannelReader<AuditEvent> reader, Storage.AppendOnlyFile file)
     {
         var wrote = false;
         while (reader.TryPeek(out var e))
@@ -224,7 +289,7 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
             // Checked per line, not per batch, so a burst cannot grow one file far past the limit.
             if (file.Length >= _config.MaxFileSize)
             {
-                file.Flush();
+                Sync(file);
                 file.Dispose();
                 Rotate();
                 file = Open();
@@ -232,30 +297,38 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
             }
         }
 
-        if (wrote)
-        {
-            // One fsync per batch: durable without one fsync per event.
-            file.Flush();
-        }
-
-        while (_flushWaiters.TryDequeue(out var waiter))
-        {
-            waiter.TrySetResult();
-        }
-
-        return file;
+        return (file, wrote);
     }
 
-    static async ValueTask<bool> WaitAsync(ChannelReader<AuditEvent> reader, CancellationToken stoppingToken)
+    enum Next
     {
+        Events,
+        SyncDue,
+        Done,
+    }
+
+    /// <summary>Waits for events, or until <paramref name="syncIn"/> has passed when lines wait for their fsync.</summary>
+    async ValueTask<Next> WaitAsync(ChannelReader<AuditEvent> reader, TimeSpan? syncIn, CancellationToken stoppingToken)
+    {
+        if (reader.TryPeek(out _))
+        {
+            return Next.Events;
+        }
+
+        using var due = syncIn is { } d ? new CancellationTokenSource(d, _time) : null;
+        using var linked = due is null ? null : CancellationTokenSource.CreateLinkedTokenSource(due.Token, stoppingToken);
         try
         {
-            return await reader.WaitToReadAsync(stoppingToken).ConfigureAwait(false);
+            return await reader.WaitToReadAsync(linked?.Token ?? stoppingToken).ConfigureAwait(false) ? Next.Events : Next.Done;
+        }
+        catch (OperationCanceledException) when (!stoppingToken.IsCancellationRequested)
+        {
+            return Next.SyncDue;
         }
         catch (OperationCanceledException)
         {
             // Drain what is left before stopping: an audit trail with a hole at shutdown is no trail.
-            return reader.TryPeek(out _);
+            return reader.TryPeek(out _) ? Next.Events : Next.Done;
         }
     }
 

@@ -132,6 +132,11 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
             e.Add($"{G}:Audit: MaxFileSize must be at least 4096 and MaxFiles at least 1.");
         }
 
+        if (c.Audit.SyncInterval < TimeSpan.Zero || c.Audit.SyncInterval > TimeSpan.FromSeconds(10))
+        {
+            e.Add($"{G}:Audit:SyncInterval: must be between 00:00:00 and 00:00:10.");
+        }
+
         var tl = c.TenantLimits;
         if (tl.MessagesPerMinute < 1 || tl.RecipientsPerMinute < 1 || tl.MaxSessions < 1 || tl.MaxConcurrentSigning < 1 || tl.MaxMessageSize is < 1)
         {

@@ -184,6 +184,15 @@ public sealed class AuditConfig
 
     /// <summary>Rotated files kept.</summary>
     public int MaxFiles { get; set; } = 10;
+
+    /// <summary>
+    /// The writer fsyncs audit.jsonl at most once per this interval, with everything written meanwhile (0: after every
+    /// batch, as before issue 15). Events reach the file at once; this only batches the fsync. One legacy-relay session is
+    /// one event, so at 1,000 sessions a second a fsync per batch was about a hundred fsyncs a second, 3 % of the gateway's
+    /// CPU. An event was never durable before the action it records goes on (the writer is asynchronous); the window a
+    /// crash can cost grows from one fsync to this. Between 0 and 10 seconds.
+    /// </summary>
+    public TimeSpan SyncInterval { get; set; } = TimeSpan.FromMilliseconds(100);
 }
 
 /// <summary>

@@ -2,9 +2,11 @@ using System.Diagnostics.Metrics;
 using System.Text.Json;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
+using Microsoft.Extensions.Time.Testing;
 using SmtpGateway.Audit;
 using SmtpGateway.Configuration;
 using SmtpGateway.Diagnostics;
+using SmtpGateway.Tests.Fakes;
 
 namespace SmtpGateway.Tests.Audit;
 
@@ -14,6 +16,72 @@ public sealed class JsonLinesAuditLogTests : IDisposable
 
     JsonLinesAuditLog NewLog(long maxFileSize = 1 << 20, int maxFiles = 3) =>
         new(Options.Create(new GatewayConfig { DataDirectory = _data.FullName, Audit = new AuditConfig { MaxFileSize = maxFileSize, MaxFiles = maxFiles } }), TimeProvider.System, NullLoggerFactory.Instance);
+
+    JsonLinesAuditLog NewLog(TimeProvider time, TimeSpan syncInterval) =>
+        new(Options.Create(new GatewayConfig { DataDirectory = _data.FullName, Audit = new AuditConfig { SyncInterval = syncInterval } }), time, NullLoggerFactory.Instance);
+
+    int LinesOnDisk(JsonLinesAuditLog log) => File.Exists(log.FilePath) ? File.ReadAllLines(log.FilePath).Length : 0;
+
+    [Fact]
+    public async Task Events_reach_the_file_at_once_and_share_one_fsync_per_sync_interval()
+    {
+        var time = new FakeTimeProvider(DateTimeOffset.Parse("2026-12-05T07:00:00Z", System.Globalization.CultureInfo.InvariantCulture));
+        var log = NewLog(time, TimeSpan.FromMilliseconds(100));
+        await log.StartAsync(CancellationToken.None);
+
+        // The first event after a quiet interval is fsynced at once.
+        log.Write(new AuditEvent { Action = AuditActions.LegacyRelay, Result = "ok", SessionId = "s0" });
+        await Poll.UntilAsync(() => log.SyncCount == 1);
+
+        // Within the interval: every line is written as it comes, none is fsynced until the interval has passed.
+        for (var i = 1; i <= 20; i++)
+        {
+            log.Write(new AuditEvent { Action = AuditActions.LegacyRelay, Result = "ok", SessionId = $"s{i}" });
+            await Poll.UntilAsync(() => LinesOnDisk(log) == i + 1);
+        }
+
+        Assert.Equal(1, log.SyncCount);
+        time.Advance(TimeSpan.FromMilliseconds(99));
+        Assert.Equal(1, log.SyncCount);
+        time.Advance(TimeSpan.FromMilliseconds(1));
+        await Poll.UntilAsync(() => log.SyncCount == 2);
+
+        // Nothing new: no fsync however much time passes.
+        time.Advance(TimeSpan.FromSeconds(5));
+        Assert.Equal(2, log.SyncCount);
+
+        // A flush request does not wait for the interval.
+        log.Write(new AuditEvent { Action = AuditActions.LegacyRelay, Result = "ok", SessionId = "s21" });
+        log.Write(new AuditEvent { Action = AuditActions.LegacyRelay, Result = "ok", SessionId = "s22" });
+        await Poll.UntilAsync(() => LinesOnDisk(log) == 23);
+        var flushed = log.FlushAsync();
+        await flushed.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.InRange(log.SyncCount, 3, 4);
+
+        // Stopping fsyncs what is written.
+        log.Write(new AuditEvent { Action = AuditActions.LegacyRelay, Result = "ok", SessionId = "s23" });
+        await Poll.UntilAsync(() => LinesOnDisk(log) == 24);
+        var before = log.SyncCount;
+        await log.StopAsync(CancellationToken.None);
+        Assert.Equal(before + 1, log.SyncCount);
+    }
+
+    [Fact]
+    public async Task A_zero_sync_interval_fsyncs_every_batch()
+    {
+        var time = new FakeTimeProvider(DateTimeOffset.Parse("2026-12-05T07:00:00Z", System.Globalization.CultureInfo.InvariantCulture));
+        var log = NewLog(time, TimeSpan.Zero);
+        await log.StartAsync(CancellationToken.None);
+        for (var i = 1; i <= 5; i++)
+        {
+            log.Write(new AuditEvent { Action = AuditActions.LegacyRelay, Result = "ok", SessionId = $"s{i}" });
+            await Poll.UntilAsync(() => log.SyncCount == i);
+            Assert.Equal(i, LinesOnDisk(log));
+        }
+
+        await log.StopAsync(CancellationToken.None);
+        Assert.Equal(5, log.SyncCount);
+    }
 
     [Fact]
     public async Task Events_are_durable_json_lines_with_every_field()

@@ -118,6 +118,21 @@ public sealed class GatewayConfigValidatorTests
         }
     }
 
+    [Theory]
+    [InlineData(-1, true)]
+    [InlineData(0, false)]
+    [InlineData(100, false)]
+    [InlineData(10_000, false)]
+    [InlineData(10_001, true)]
+    public void The_audit_sync_interval_is_between_zero_and_ten_seconds(int milliseconds, bool refused)
+    {
+        var config = new GatewayConfig();
+        config.Audit.SyncInterval = TimeSpan.FromMilliseconds(milliseconds);
+        var errors = GatewayConfigValidator.Collect(config);
+        Assert.Equal(refused, errors.Any(e => e.Contains("Audit:SyncInterval", StringComparison.Ordinal)));
+        Assert.Equal(TimeSpan.FromMilliseconds(100), new AuditConfig().SyncInterval);
+    }
+
     [Fact]
     public void A_missing_explicit_config_file_is_an_error_not_a_silent_default()
     {
