@@ -87,6 +87,42 @@ internal static partial class DurableFile
 
     const int OwnerReadWrite = 0x180; // 0600
 
+    /// <summary>
+    /// Opens <paramref name="path"/> for reading without the shared flock(2), its unlock and the two extra fstat(2) calls
+    /// of a FileStream open: a queue file is immutable once renamed into queue/, so a lock guards nothing, and delivery
+    /// reads one per message (issue 15). Null on Windows: the caller falls back to FileStream. A directory opens too;
+    /// reading it fails with EISDIR (<see cref="IsDirectoryError"/>).
+    /// </summary>
+    /// <exception cref="FileNotFoundException">No such file.</exception>
+    /// <exception cref="UnauthorizedAccessException">Not readable by this user.</exception>
+    /// <exception cref="IOException">open failed otherwise.</exception>
+    public static Microsoft.Win32.SafeHandles.SafeFileHandle? OpenForRead(string path)
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return null;
+        }
+
+        var fd = Native.open(path, OCloExecLinux);
+        if (fd < 0)
+        {
+            var errno = Marshal.GetLastPInvokeError();
+            const int eperm = 1, enoent = 2, eacces = 13;
+            var message = $"open({path}) failed: {new Win32Exception(errno).Message}";
+            throw errno switch
+            {
+                enoent => new FileNotFoundException(message, path) { HResult = errno },
+                eperm or eacces => new UnauthorizedAccessException(message) { HResult = errno },
+                _ => StorageErrors.FromErrno(message, errno),
+            };
+        }
+
+        return new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true);
+    }
+
+    /// <summary>True for the error a read(2) of a directory gives (EISDIR), which .NET reports as a plain IOException.</summary>
+    public static bool IsDirectoryError(IOException exception) => exception.HResult == 21;
+
     /// <summary>fsync(2) of an open file (its data and size), retried on EINTR.</summary>
     /// <exception cref="IOException">fsync failed (errno kept, see StorageErrors).</exception>
     public static void SyncFile(Microsoft.Win32.SafeHandles.SafeFileHandle handle, string path)

@@ -410,18 +410,17 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         byte[]? file = null;
         try
         {
-            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1);
-            if (forDelivery && stream.Length <= SpooledMessage.InMemoryLimit)
+            // A typical message is read whole with one read(2) and served from memory to every reader of this attempt
+            // (carrier, body writer, DSN): no second and third open, lock and thread-pool read per delivery.
+            file = forDelivery ? ReadWhole(path) : null;
+            if (file is not null)
             {
-                // A typical message is read whole with one read(2) and served from memory to every reader of this
-                // attempt (carrier, body writer, DSN): no second and third open, lock and thread-pool read per delivery.
-                file = new byte[stream.Length];
-                stream.ReadExactly(file);
                 using var memory = new MemoryStream(file, writable: false);
                 header = SpoolFileFormat.ReadHeader(memory, out offset, out length);
             }
             else
             {
+                using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1);
                 header = SpoolFileFormat.ReadHeader(stream, out offset, out length);
             }
         }
@@ -439,7 +438,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             movedAside = MoveAside(id, ex.Message);
             return null;
         }
-        catch (UnauthorizedAccessException)
+        catch (Exception ex) when (ex is UnauthorizedAccessException || (ex is IOException io && DurableFile.IsDirectoryError(io)))
         {
             // Not ours to read (another owner, mode 0600) or a directory in its place: quarantined like a corrupt file,
             // never a crash of recovery or of delivery. The reason is ours (the exception text would carry the path).
@@ -469,6 +468,51 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     }
 
     const string UnreadableReason = "file not readable (permissions, or not a regular file)";
+
+    /// <summary>
+    /// The whole queue file when it is at most <see cref="SpooledMessage.InMemoryLimit"/> octets (below the large object
+    /// heap, so the copy dies young); null when it is larger. Opened without FileStream's lock and stats
+    /// (<see cref="DurableFile.OpenForRead"/>): open, fstat, pread, close.
+    /// </summary>
+    static byte[]? ReadWhole(string path)
+    {
+        using var handle = DurableFile.OpenForRead(path);
+        if (handle is null)
+        {
+            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1);
+            return stream.Length <= SpooledMessage.InMemoryLimit ? ReadExactly(stream) : null;
+        }
+
+        var size = RandomAccess.GetLength(handle);
+        if (size > SpooledMessage.InMemoryLimit)
+        {
+            return null;
+        }
+
+        var file = new byte[size];
+        var read = 0;
+        while (read < file.Length)
+        {
+            var n = RandomAccess.Read(handle, file.AsSpan(read), read);
+            if (n == 0)
+            {
+                // Shorter than its size a moment ago: a queue file never shrinks, so it is damaged (the header check says
+                // how); what was read is parsed as it is.
+                return file[..read];
+            }
+
+            read += n;
+        }
+
+        return file;
+
+        static byte[] ReadExactly(FileStream stream)
+        {
+            var bytes = new byte[stream.Length];
+            stream.ReadExactly(bytes);
+            return bytes;
+        }
+    }
 
     /// <summary>The message's delivery state; null when the state file exists but cannot be read at all (see TryLoad).</summary>
     DeliveryState? ReadState(string path, SpoolEnvelope envelope)
