@@ -209,6 +209,7 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
                     file?.Dispose();
                     file = null;
                     unsynced = false;
+                    _size = -1;
                     if (stoppingToken.IsCancellationRequested)
                     {
                         break;
@@ -252,7 +253,16 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
             file.Flush();
             Interlocked.Increment(ref _syncs);
         }
+
+        // Re-read at the next write: the CLI appends to the same file.
+        _size = -1;
     }
+
+    /// <summary>
+    /// The file's size as of the last lseek plus what this writer appended since: the rotation check per line needs no
+    /// lseek(2) per event. Unknown (-1) after every fsync, open and failure, so the CLI's appends count within an interval.
+    /// </summary>
+    long _size = -1;
 
     void CompleteFlushWaiters()
     {
@@ -274,7 +284,13 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
                 var line = new byte[json.Length + 1];
                 json.CopyTo(line, 0);
                 line[^1] = (byte)'\n';
+                if (_size < 0)
+                {
+                    _size = file.Length;
+                }
+
                 file.Write(line);
+                _size += line.Length;
                 wrote = true;
                 if (_config.Stdout)
                 {
@@ -287,7 +303,7 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
             reader.TryRead(out _);
 
             // Checked per line, not per batch, so a burst cannot grow one file far past the limit.
-            if (file.Length >= _config.MaxFileSize)
+            if (_size >= _config.MaxFileSize)
             {
                 Sync(file);
                 file.Dispose();

@@ -619,10 +619,14 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             return;
         }
 
-        var target = Path.Combine(_tmp, string.Create(CultureInfo.InvariantCulture, $"free.{Guid.NewGuid():N}.msg"));
+        // A counter from a random start names it: unique in this process, and tmp/ is emptied at start. A Guid cost a
+        // read(2) of /dev/urandom per delivered message.
+        var target = Path.Combine(_tmp, string.Create(CultureInfo.InvariantCulture, $"free.{(ulong)Interlocked.Increment(ref _freeSequence):x16}.msg"));
         DurableFile.MoveNoReplace(message, target);
         _recycled.Add(target);
     }
+
+    long _freeSequence = Random.Shared.NextInt64();
 
     const int MaxRecycled = 4096;
     readonly System.Collections.Concurrent.ConcurrentBag<string> _recycled = [];
