@@ -413,25 +413,33 @@ gw_counter() {
 # over the first 15,000 (tier 0, then instrumented code, then tier 1 of every method that gets hot), which would land
 # in the row as "CPU per message" though a relay pays it once per start. So the warm-up goes on in batches of 1,000
 # until one batch's JIT time is at most 5 % of the gateway's CPU over it (at most 30 batches). The row records how many
-# messages that took and the JIT seconds spent until then (warmup.jit_s), and the JIT seconds inside its own window
-# (jit_s), so that both figures stay visible.
+# messages that took (acknowledged ones), the JIT seconds spent until then (warmup.jit_s), whether the threshold was met
+# (warmup.quiet), and the JIT seconds inside its own window (jit_s), so that every figure stays visible.
 gw_warm_jit() {
     local name="$1" dir="$2" port="$3" roots="$4"; shift 4
-    local batch=1000 i j0 j1 c0 c1 s0
+    local batch=1000 i j0 j1="" c0 c1 s0 n
+    wquiet=false
     for ((i = 1; i <= 30; i++)); do
-        j0=$(gw_jit "$alloc_sock"); [[ -n "$j0" ]] || return 0
+        j0=$(gw_jit "$alloc_sock")
+        [[ -n "$j0" ]] || { say "$name: no JIT counter on the gateway's /metrics: warm-up not extended"; wquiet=""; return 0; }
         # shellcheck disable=SC2086
         c0=$("$lib/procstat.pl" cpu $roots); s0=$(sink_count)
         loadgen run --port "$port" "${loadgen_args[@]}" "$@" --messages "$batch" --rate 0 --label "$name warm-up $i" \
             --out "$dir/warmup-$i.json" >>"$dir/warmup.out" 2>&1 || true
-        wait_drain $((s0 + $(jq .count "$dir/warmup-$i.json" 2>/dev/null || echo 0))) 5 60 || say "$name: warm-up batch $i did not drain"
+        n=$(jq .count "$dir/warmup-$i.json" 2>/dev/null || echo 0)
+        wait_drain $((s0 + n)) 5 60 || say "$name: warm-up batch $i did not drain"
         # shellcheck disable=SC2086
         c1=$("$lib/procstat.pl" cpu $roots); j1=$(gw_jit "$alloc_sock")
-        warmed=$((warmed + batch))
-        if awk "BEGIN { exit !(($j1 - $j0) <= 0.05 * ($c1 - $c0)) }"; then break; fi
+        warmed=$((warmed + n))
+        if [[ -z "$j1" || -z "$c0" || -z "$c1" ]]; then say "$name: warm-up batch $i: JIT or CPU not readable; warm-up ends here"; break; fi
+        if awk "BEGIN { exit !(($j1 - $j0) <= 0.05 * ($c1 - $c0)) }"; then wquiet=true; break; fi
     done
     wjit=$j1
-    say "$name: warm-up $warmed messages until the JIT went quiet (JIT ${j1:-?} s so far)"
+    if [[ "$wquiet" == true ]]; then
+        say "$name: warm-up $warmed messages until the JIT went quiet (JIT ${j1:-?} s so far)"
+    else
+        say "$name: warm-up $warmed messages; the JIT was still above 5 % of the CPU when the warm-up stopped (JIT ${j1:-?} s so far)"
+    fi
 }
 
 # measure NAME CLIENT_LABEL PORT "ROOT_PIDS" "EXTRA_PIDS" [loadgen args...]
@@ -449,7 +457,7 @@ measure() {
     loadgen run --port "$port" "${loadgen_args[@]}" "$@" --messages "$warm" --rate 0 --label "$name warm-up" \
         --out "$dir/warmup.json" >"$dir/warmup.out" 2>&1 || true
     wait_drain $((sink0 + $(jq .count "$dir/warmup.json" 2>/dev/null || echo 0))) 5 60 || say "$name: warm-up did not drain"
-    local warmed=$warm jit0="" jit1="" wjit=""
+    local warmed=$warm jit0="" jit1="" wjit="" wquiet=""
     [[ -z "${alloc_sock:-}" ]] || gw_warm_jit "$name" "$dir" "$port" "$roots" "$@"
     # shellcheck disable=SC2086
     cpu0=$("$lib/procstat.pl" cpu $roots)
@@ -492,7 +500,7 @@ measure() {
         --argjson sinkcpu "$(fcalc "$sinkc1 - $sinkc0")" \
         --argjson hwm "$hwm" --argjson rsspeak "$rss_peak" --argjson xrss "$xrss_peak" --argjson single "$single" \
         --arg gw "${alloc_sock:+1}" --arg alloc0 "$alloc0" --arg alloc1 "$alloc1" \
-        --arg jit0 "$jit0" --arg jit1 "$jit1" --arg wjit "$wjit" --argjson warmed "$warmed" '
+        --arg jit0 "$jit0" --arg jit1 "$jit1" --arg wjit "$wjit" --argjson warmed "$warmed" --arg wquiet "$wquiet" '
         ($lg[0]) as $l
         | ($last - $started) as $secs
         | {name: $name, client: $client,
@@ -512,7 +520,8 @@ measure() {
              (if $alloc0 != "" and $alloc1 != "" then ($alloc1 | tonumber) - ($alloc0 | tonumber) else null end) as $a
              | {alloc_bytes: $a,
                 alloc_bytes_per_msg: (if $a != null and $l.count > 0 then ($a / $l.count | round) else null end),
-                warmup: {messages: $warmed, jit_s: (if $wjit != "" then ($wjit | tonumber) else null end)},
+                warmup: {messages: $warmed, jit_s: (if $wjit != "" then ($wjit | tonumber) else null end),
+                         quiet: (if $wquiet == "" then null else $wquiet == "true" end)},
                 jit_s: (if $jit0 != "" and $jit1 != "" then (($jit1 | tonumber) - ($jit0 | tonumber)) * 1000 | round / 1000 else null end)}
              end)')"
     say "$name: acked $acked, at sink $received, $(jq -r '"\(.rate) msg/s, p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms"' "$rows_dir/$(printf %02d $row_seq).json")"

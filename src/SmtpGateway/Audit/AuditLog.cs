@@ -84,8 +84,8 @@ internal sealed partial class AuditJsonContext : JsonSerializerContext
 }
 
 /// <summary>
-/// JSON lines under DataDirectory/audit/audit.jsonl, written by one background writer that fsyncs each batch
-/// (durable without one fsync per event), rotated by size. Optionally echoed to stdout.
+/// JSON lines under DataDirectory/audit/audit.jsonl, written by one background writer as they come and fsynced at most
+/// every Gateway:Audit:SyncInterval (durable without one fsync per event), rotated by size. Optionally echoed to stdout.
 /// </summary>
 public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
 {
@@ -163,12 +163,21 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
         // passed since the last one (or for a flush request, or the stop), so that a stream of events shares one.
         var unsynced = false;
         long? lastSync = null;
+
+        // One timer per interval, not one per event that arrives within it.
+        CancellationTokenSource? due = null;
         try
         {
             while (true)
             {
-                TimeSpan? syncIn = unsynced ? SyncIn(lastSync) : null;
-                var next = syncIn <= TimeSpan.Zero ? Next.SyncDue : await WaitAsync(reader, syncIn, stoppingToken).ConfigureAwait(false);
+                if (unsynced && due is null)
+                {
+                    due = new CancellationTokenSource(SyncIn(lastSync) is var wait && wait > TimeSpan.Zero ? wait : TimeSpan.Zero, _time);
+                }
+
+                var next = _markersRead > 0 || (unsynced && SyncIn(lastSync) <= TimeSpan.Zero)
+                    ? Next.SyncDue
+                    : await WaitAsync(reader, due?.Token, stoppingToken).ConfigureAwait(false);
                 if (next == Next.Done)
                 {
                     break;
@@ -176,7 +185,7 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
 
                 try
                 {
-                    if (next == Next.Events)
+                    if (reader.TryPeek(out _))
                     {
                         if (file is null)
                         {
@@ -186,10 +195,11 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
 
                         (file, var wrote) = WriteBatch(reader, file);
                         unsynced |= wrote;
-                        if (_flushWaiters.IsEmpty && !stoppingToken.IsCancellationRequested && SyncIn(lastSync) > TimeSpan.Zero)
-                        {
-                            continue;
-                        }
+                    }
+
+                    if (next == Next.Events && _markersRead == 0 && !stoppingToken.IsCancellationRequested && SyncIn(lastSync) > TimeSpan.Zero)
+                    {
+                        continue;
                     }
 
                     if (unsynced)
@@ -199,17 +209,23 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
                         lastSync = _time.GetTimestamp();
                     }
 
+                    due?.Dispose();
+                    due = null;
                     CompleteFlushWaiters();
                 }
                 catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
                 {
                     // Disk full, EIO, a permission slip: the writer must not die (mail keeps flowing and the trail would
-                    // silently stop). Report, back off, reopen, and go on with the events still queued.
+                    // silently stop). Report, back off, reopen, and go on with the events still queued. What was written
+                    // since the last fsync gets a last try at durability; a flush waits until an fsync succeeds.
                     AuditLogMessages.WriteFailed(_logger, ex);
+                    TrySync(file);
                     file?.Dispose();
                     file = null;
                     unsynced = false;
                     _size = -1;
+                    due?.Dispose();
+                    due = null;
                     if (stoppingToken.IsCancellationRequested)
                     {
                         break;
@@ -221,20 +237,27 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
         }
         finally
         {
-            try
+            if (unsynced)
             {
-                if (unsynced)
-                {
-                    Sync(file);
-                }
-            }
-            catch (IOException ex)
-            {
-                AuditLogMessages.WriteFailed(_logger, ex);
+                TrySync(file);
             }
 
             file?.Dispose();
+            due?.Dispose();
+            _markersRead = int.MaxValue;
             CompleteFlushWaiters();
+        }
+    }
+
+    void TrySync(Storage.AppendOnlyFile? file)
+    {
+        try
+        {
+            Sync(file);
+        }
+        catch (IOException ex)
+        {
+            AuditLogMessages.WriteFailed(_logger, ex);
         }
     }
 
@@ -264,12 +287,23 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
     /// </summary>
     long _size = -1;
 
+    /// <summary>
+    /// Flush markers read from the channel whose waiters are not completed yet (kept across a write failure, so a flush
+    /// waits for the fsync after the reopen). Waiter k, in FlushAsync order, may be completed once k markers are read:
+    /// its events went into the channel before its marker, and each marker read was written after its own waiter queued,
+    /// so among k markers read one came after waiter k's events.
+    /// </summary>
+    int _markersRead;
+
     void CompleteFlushWaiters()
     {
-        while (_flushWaiters.TryDequeue(out var waiter))
+        while (_markersRead > 0 && _flushWaiters.TryDequeue(out var waiter))
         {
             waiter.TrySetResult();
+            _markersRead--;
         }
+
+        _markersRead = 0;
     }
 
     /// <summary>Writes every queued event (a rotation fsyncs the file it closes); the caller fsyncs the rest.</summary>
@@ -301,6 +335,10 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
 
             // Taken off the queue only once written: an event that failed to write is retried after the reopen.
             reader.TryRead(out _);
+            if (ReferenceEquals(e, FlushMarker))
+            {
+                _markersRead++;
+            }
 
             // Checked per line, not per batch, so a burst cannot grow one file far past the limit.
             if (_size >= _config.MaxFileSize)
@@ -323,16 +361,15 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
         Done,
     }
 
-    /// <summary>Waits for events, or until <paramref name="syncIn"/> has passed when lines wait for their fsync.</summary>
-    async ValueTask<Next> WaitAsync(ChannelReader<AuditEvent> reader, TimeSpan? syncIn, CancellationToken stoppingToken)
+    /// <summary>Waits for events, or until <paramref name="syncDue"/> fires when lines wait for their fsync.</summary>
+    static async ValueTask<Next> WaitAsync(ChannelReader<AuditEvent> reader, CancellationToken? syncDue, CancellationToken stoppingToken)
     {
         if (reader.TryPeek(out _))
         {
             return Next.Events;
         }
 
-        using var due = syncIn is { } d ? new CancellationTokenSource(d, _time) : null;
-        using var linked = due is null ? null : CancellationTokenSource.CreateLinkedTokenSource(due.Token, stoppingToken);
+        using var linked = syncDue is { } d ? CancellationTokenSource.CreateLinkedTokenSource(d, stoppingToken) : null;
         try
         {
             return await reader.WaitToReadAsync(linked?.Token ?? stoppingToken).ConfigureAwait(false) ? Next.Events : Next.Done;

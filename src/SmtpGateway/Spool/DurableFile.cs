@@ -103,10 +103,17 @@ internal static partial class DurableFile
             return null;
         }
 
-        var fd = Native.open(path, OCloExecLinux);
+        const int eintr = 4;
+        int fd, errno = 0;
+        do
+        {
+            fd = Native.open(path, OCloExecLinux);
+        }
+        while (fd < 0 && (errno = Marshal.GetLastPInvokeError()) == eintr);
+
         if (fd < 0)
         {
-            var errno = Marshal.GetLastPInvokeError();
+            // ENOENT is FileNotFoundException even when the directory is gone: a load answers "not there" either way.
             const int eperm = 1, enoent = 2, eacces = 13;
             var message = $"open({path}) failed: {new Win32Exception(errno).Message}";
             throw errno switch

@@ -486,6 +486,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         var size = RandomAccess.GetLength(handle);
         if (size > SpooledMessage.InMemoryLimit)
         {
+            // The caller opens it again as a stream: one more open for a message over 64 KiB, rare and already costly.
             return null;
         }
 

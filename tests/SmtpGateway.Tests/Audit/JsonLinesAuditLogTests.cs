@@ -28,42 +28,74 @@ public sealed class JsonLinesAuditLogTests : IDisposable
         var time = new FakeTimeProvider(DateTimeOffset.Parse("2026-12-05T07:00:00Z", System.Globalization.CultureInfo.InvariantCulture));
         var log = NewLog(time, TimeSpan.FromMilliseconds(100));
         await log.StartAsync(CancellationToken.None);
-
-        // The first event after a quiet interval is fsynced at once.
-        log.Write(new AuditEvent { Action = AuditActions.LegacyRelay, Result = "ok", SessionId = "s0" });
-        await Poll.UntilAsync(() => log.SyncCount == 1);
-
-        // Within the interval: every line is written as it comes, none is fsynced until the interval has passed.
-        for (var i = 1; i <= 20; i++)
+        var sent = 0;
+        async Task SendAndSeeOnDisk()
         {
-            log.Write(new AuditEvent { Action = AuditActions.LegacyRelay, Result = "ok", SessionId = $"s{i}" });
-            await Poll.UntilAsync(() => LinesOnDisk(log) == i + 1);
+            log.Write(new AuditEvent { Action = AuditActions.LegacyRelay, Result = "ok", SessionId = $"s{sent}" });
+            sent++;
+            await Poll.UntilAsync(() => LinesOnDisk(log) == sent);
         }
 
-        Assert.Equal(1, log.SyncCount);
+        // The first event after a quiet interval is fsynced at once.
+        await SendAndSeeOnDisk();
+        await Poll.UntilAsync(() => log.SyncCount == 1);
+
+        // Within the interval: every line is written as it comes, none is fsynced until the interval has passed. Each
+        // check follows a line the writer has handled, so an fsync it made for an earlier event would already count.
+        for (var i = 0; i < 20; i++)
+        {
+            await SendAndSeeOnDisk();
+        }
+
         time.Advance(TimeSpan.FromMilliseconds(99));
+        await SendAndSeeOnDisk();
         Assert.Equal(1, log.SyncCount);
         time.Advance(TimeSpan.FromMilliseconds(1));
         await Poll.UntilAsync(() => log.SyncCount == 2);
 
-        // Nothing new: no fsync however much time passes.
+        // Nothing new: no fsync however much time passes; the next event after that quiet time is fsynced at once.
         time.Advance(TimeSpan.FromSeconds(5));
-        Assert.Equal(2, log.SyncCount);
+        await SendAndSeeOnDisk();
+        await Poll.UntilAsync(() => log.SyncCount == 3);
 
-        // A flush request does not wait for the interval.
-        log.Write(new AuditEvent { Action = AuditActions.LegacyRelay, Result = "ok", SessionId = "s21" });
-        log.Write(new AuditEvent { Action = AuditActions.LegacyRelay, Result = "ok", SessionId = "s22" });
-        await Poll.UntilAsync(() => LinesOnDisk(log) == 23);
-        var flushed = log.FlushAsync();
-        await flushed.WaitAsync(TimeSpan.FromSeconds(10));
-        Assert.InRange(log.SyncCount, 3, 4);
+        // A flush request does not wait for the interval: written, not fsynced, then flushed without advancing the clock.
+        await SendAndSeeOnDisk();
+        Assert.Equal(3, log.SyncCount);
+        await log.FlushAsync();
+        Assert.Equal(4, log.SyncCount);
+
+        // A flush with nothing unsynced costs no fsync.
+        await log.FlushAsync();
+        Assert.Equal(4, log.SyncCount);
 
         // Stopping fsyncs what is written.
-        log.Write(new AuditEvent { Action = AuditActions.LegacyRelay, Result = "ok", SessionId = "s23" });
-        await Poll.UntilAsync(() => LinesOnDisk(log) == 24);
-        var before = log.SyncCount;
+        await SendAndSeeOnDisk();
+        Assert.Equal(4, log.SyncCount);
         await log.StopAsync(CancellationToken.None);
-        Assert.Equal(before + 1, log.SyncCount);
+        Assert.Equal(5, log.SyncCount);
+    }
+
+    [Fact]
+    public async Task A_flush_waits_for_the_events_written_before_it_even_while_an_interval_runs()
+    {
+        var time = new FakeTimeProvider(DateTimeOffset.Parse("2026-12-05T07:00:00Z", System.Globalization.CultureInfo.InvariantCulture));
+        var log = NewLog(time, TimeSpan.FromMilliseconds(100));
+        await log.StartAsync(CancellationToken.None);
+        for (var round = 0; round < 200; round++)
+        {
+            // Interleave writes, expiring intervals and flushes: whatever the writer is doing, a completed flush means
+            // every event written before it is in the file (the first test shows the flush's fsync).
+            log.Write(new AuditEvent { Action = AuditActions.LegacyRelay, Result = "ok", SessionId = $"r{round}" });
+            if (round % 3 == 0)
+            {
+                time.Advance(TimeSpan.FromMilliseconds(100));
+            }
+
+            await log.FlushAsync();
+            Assert.Equal(round + 1, LinesOnDisk(log));
+        }
+
+        await log.StopAsync(CancellationToken.None);
     }
 
     [Fact]
