@@ -170,14 +170,22 @@ public sealed partial class JsonLinesAuditLog : BackgroundService, IAuditLog
         {
             while (true)
             {
-                if (unsynced && due is null)
+                var syncIn = SyncIn(lastSync);
+                Next next;
+                if (_markersRead > 0 || (unsynced && syncIn <= TimeSpan.Zero))
                 {
-                    due = new CancellationTokenSource(SyncIn(lastSync) is var wait && wait > TimeSpan.Zero ? wait : TimeSpan.Zero, _time);
+                    next = Next.SyncDue;
+                }
+                else
+                {
+                    if (unsynced)
+                    {
+                        due ??= new CancellationTokenSource(syncIn, _time);
+                    }
+
+                    next = await WaitAsync(reader, due?.Token, stoppingToken).ConfigureAwait(false);
                 }
 
-                var next = _markersRead > 0 || (unsynced && SyncIn(lastSync) <= TimeSpan.Zero)
-                    ? Next.SyncDue
-                    : await WaitAsync(reader, due?.Token, stoppingToken).ConfigureAwait(false);
                 if (next == Next.Done)
                 {
                     break;

@@ -67,22 +67,7 @@ internal static partial class DurableFile
         }
 
         const int oWrOnly = 0x1, oCreat = 0x40, oExcl = 0x80;
-        var fd = Native.open(path, oWrOnly | oCreat | OCloExecLinux | (mustCreate ? oExcl : 0), OwnerReadWrite);
-        if (fd < 0)
-        {
-            // The exception types FileStream would throw, which callers tell apart (a missing directory, no permission).
-            var errno = Marshal.GetLastPInvokeError();
-            const int eperm = 1, enoent = 2, eacces = 13;
-            var message = $"open({path}) failed: {new Win32Exception(errno).Message}";
-            throw errno switch
-            {
-                enoent => new DirectoryNotFoundException(message) { HResult = errno },
-                eperm or eacces => new UnauthorizedAccessException(message) { HResult = errno },
-                _ => StorageErrors.FromErrno(message, errno),
-            };
-        }
-
-        return new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true);
+        return Open(path, oWrOnly | oCreat | OCloExecLinux | (mustCreate ? oExcl : 0), missingIsFile: false);
     }
 
     const int OwnerReadWrite = 0x180; // 0600
@@ -103,22 +88,32 @@ internal static partial class DurableFile
             return null;
         }
 
+        // ENOENT is FileNotFoundException even when the directory is gone: a load answers "not there" either way.
+        return Open(path, OCloExecLinux, missingIsFile: true);
+    }
+
+    /// <summary>
+    /// open(2), retried on EINTR as FileStream does, failing with the exception types FileStream would throw, which
+    /// callers tell apart (a missing file or directory, no permission); other errors keep their errno (StorageErrors).
+    /// </summary>
+    static Microsoft.Win32.SafeHandles.SafeFileHandle Open(string path, int flags, bool missingIsFile)
+    {
         const int eintr = 4;
         int fd, errno = 0;
         do
         {
-            fd = Native.open(path, OCloExecLinux);
+            fd = Native.open(path, flags, OwnerReadWrite);
         }
         while (fd < 0 && (errno = Marshal.GetLastPInvokeError()) == eintr);
 
         if (fd < 0)
         {
-            // ENOENT is FileNotFoundException even when the directory is gone: a load answers "not there" either way.
             const int eperm = 1, enoent = 2, eacces = 13;
             var message = $"open({path}) failed: {new Win32Exception(errno).Message}";
             throw errno switch
             {
-                enoent => new FileNotFoundException(message, path) { HResult = errno },
+                enoent when missingIsFile => new FileNotFoundException(message, path) { HResult = errno },
+                enoent => new DirectoryNotFoundException(message) { HResult = errno },
                 eperm or eacces => new UnauthorizedAccessException(message) { HResult = errno },
                 _ => StorageErrors.FromErrno(message, errno),
             };
