@@ -125,16 +125,23 @@ internal static partial class DurableFile
     /// <summary>True for the error a read(2) of a directory gives (EISDIR), which .NET reports as a plain IOException.</summary>
     public static bool IsDirectoryError(IOException exception) => exception.HResult == 21;
 
-    /// <summary>fsync(2) of an open file (its data and size), retried on EINTR.</summary>
+    /// <summary>
+    /// fsync(2) of an open file, retried on EINTR; with <paramref name="dataOnly"/>, fdatasync(2) on Linux: the data and
+    /// what is needed to read it back (size, block map), but not the timestamps. On ext4 an overwrite of a recycled spool
+    /// file at its old length then costs one write instead of two (no inode write: perf showed ext4_write_inode and its
+    /// wait in every message's fsync).
+    /// </summary>
     /// <exception cref="IOException">fsync failed (errno kept, see StorageErrors).</exception>
-    public static void SyncFile(Microsoft.Win32.SafeHandles.SafeFileHandle handle, string path)
+    public static void SyncFile(Microsoft.Win32.SafeHandles.SafeFileHandle handle, string path, bool dataOnly = false)
     {
         var added = false;
         handle.DangerousAddRef(ref added);
         try
         {
             const int eintr = 4;
-            while (Native.fsync((int)handle.DangerousGetHandle()) != 0)
+            var fd = (int)handle.DangerousGetHandle();
+            dataOnly &= OperatingSystem.IsLinux();
+            while ((dataOnly ? Native.fdatasync(fd) : Native.fsync(fd)) != 0)
             {
                 var errno = Marshal.GetLastPInvokeError();
                 if (errno != eintr)
@@ -235,6 +242,9 @@ internal static partial class DurableFile
 
         [DllImport("libc", SetLastError = true)]
         public static extern int close(int fd);
+
+        [DllImport("libc", SetLastError = true)]
+        public static extern int fdatasync(int fd);
 #pragma warning restore CA5392
 #pragma warning restore SYSLIB1054
     }

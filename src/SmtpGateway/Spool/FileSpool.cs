@@ -294,7 +294,8 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 
         if (_fsync)
         {
-            DurableFile.SyncFile(handle, path);
+            // Data only: nothing reads a queue file's timestamps, and its name is made durable by the directory fsync.
+            DurableFile.SyncFile(handle, path, dataOnly: true);
             CountFileFsync();
         }
     }
