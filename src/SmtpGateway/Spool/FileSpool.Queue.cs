@@ -52,6 +52,7 @@ public sealed partial class FileSpool
             TryDelete(Path.Combine(_state, id + StateSuffix));
             _tenantById.TryRemove(id, out _);
             _withoutState.TryRemove(id, out _);
+            TakeCommitted(id);
             SpoolMetrics.Dequeued(id);
             return SpoolArea.Queue;
         }

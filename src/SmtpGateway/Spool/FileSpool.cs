@@ -52,6 +52,17 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     /// spool itself only when no gateway holds the control lock (QueueControl). Recovered messages are not in here.
     /// </summary>
     readonly System.Collections.Concurrent.ConcurrentDictionary<string, byte> _withoutState = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// The file of each message this instance committed (at most <see cref="SpooledMessage.InMemoryLimit"/> octets) until
+    /// its first delivery load takes it: the bytes just written and fsynced, so that load needs no open, stat, read and
+    /// close of the file (issue 15). Held to <see cref="_committedLimit"/> octets in all; past it a message is read
+    /// from disk as before, which costs only those calls. Like <see cref="_withoutState"/> it relies on the queue being
+    /// changed only through this instance while it runs (QueueControl); its own delete and quarantine drop the entry.
+    /// </summary>
+    readonly System.Collections.Concurrent.ConcurrentDictionary<string, byte[]> _committed = new(StringComparer.Ordinal);
+    readonly long _committedLimit;
+    long _committedBytes;
     readonly Lock _initGate = new();
     volatile bool _initialized;
     int _recovered;
@@ -73,8 +84,10 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     /// <param name="time">Clock for ids, schedules and durations.</param>
     /// <param name="logger">Spool logger.</param>
     /// <param name="syncDirectory">Directory fsync; tests wrap it to observe group commit.</param>
-    internal FileSpool(string root, bool fsync, TimeProvider time, ILogger logger, Action<string>? syncDirectory = null)
+    /// <param name="committedCacheLimit">Octets of committed files kept for their first delivery load (tests make it small).</param>
+    internal FileSpool(string root, bool fsync, TimeProvider time, ILogger logger, Action<string>? syncDirectory = null, long committedCacheLimit = DefaultCommittedCacheLimit)
     {
+        _committedLimit = committedCacheLimit;
         _root = Path.GetFullPath(root);
         _tmp = Path.Combine(_root, TmpName);
         _queue = Path.Combine(_root, QueueName);
@@ -104,6 +117,15 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 
     /// <summary>File data fsyncs so far (messages and state files).</summary>
     internal long FileFsyncCount => Interlocked.Read(ref _fileFsyncs);
+
+    /// <summary>
+    /// Octets of committed files kept for their first delivery load by default: 16 MiB, a few thousand typical messages,
+    /// the backlog of a few seconds at full speed (a longer backlog is read from disk).
+    /// </summary>
+    internal const long DefaultCommittedCacheLimit = 16 * 1024 * 1024;
+
+    /// <summary>Committed files kept for their first delivery load now.</summary>
+    internal int CommittedKept => _committed.Count;
 
     /// <summary>Ids waiting in memory for a later attempt.</summary>
     internal int ScheduledCount => _wakeups.Count;
@@ -147,11 +169,12 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         var tmp = recycled ? reuse! : Path.Combine(_tmp, string.Create(CultureInfo.InvariantCulture, $"{envelope.Id}.{Guid.NewGuid():N}.msg"));
         var queued = Path.Combine(_queue, envelope.Id);
         var renamed = false;
+        byte[]? file;
         try
         {
             EnsureDirectories();
             cancellationToken.ThrowIfCancellationRequested();
-            await WriteMessageFileAsync(tmp, recycled, envelope, message, cancellationToken).ConfigureAwait(false);
+            file = await WriteMessageFileAsync(tmp, recycled, envelope, message, cancellationToken).ConfigureAwait(false);
 
             // The rename publishes envelope and content at once; queue/ never holds a partial file.
             // It happens only after the file's fsync above, and the 250 only after the directory fsync below.
@@ -184,6 +207,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         }
 
         _withoutState[envelope.Id] = 0;
+        KeepCommitted(envelope.Id, file);
         SpoolMetrics.Committed(_time.GetElapsedTime(started));
         SpoolMetrics.Enqueued(envelope.Id, envelope.TenantId);
         SpoolLog.Committed(_logger, envelope.Id, envelope.Recipients.Count, message.Length);
@@ -191,15 +215,15 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         _ready.Writer.TryWrite(envelope.Id);
     }
 
-    async Task WriteMessageFileAsync(string path, bool recycled, SpoolEnvelope envelope, MessageContent message, CancellationToken cancellationToken)
+    /// <summary>Writes and fsyncs the file; returns its whole content when it was written from memory in one piece.</summary>
+    async Task<byte[]?> WriteMessageFileAsync(string path, bool recycled, SpoolEnvelope envelope, MessageContent message, CancellationToken cancellationToken)
     {
         var header = new SpoolFileHeader(envelope, message.EightBit);
         using (var handle = DurableFile.OpenForOverwrite(path, mustCreate: !recycled))
         {
             if (handle is not null)
             {
-                await WriteMessageFileAsync(handle, path, recycled, header, message, cancellationToken).ConfigureAwait(false);
-                return;
+                return await WriteMessageFileAsync(handle, path, recycled, header, message, cancellationToken).ConfigureAwait(false);
             }
         }
 
@@ -225,6 +249,8 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
                 await stream.FlushAsync(cancellationToken).ConfigureAwait(false);
             }
         }
+
+        return null;
     }
 
     /// <summary>Whitespace a recycled file's header may be padded with to keep its length (SpoolFileFormat.EncodePreamble).</summary>
@@ -236,7 +262,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     /// than the new content gets a padded header or is cut after the write, so no octet of an earlier message stays
     /// behind and the length check on load holds; then the file is fsynced.
     /// </summary>
-    async Task WriteMessageFileAsync(Microsoft.Win32.SafeHandles.SafeFileHandle handle, string path, bool recycled, SpoolFileHeader header, MessageContent message, CancellationToken cancellationToken)
+    async Task<byte[]?> WriteMessageFileAsync(Microsoft.Win32.SafeHandles.SafeFileHandle handle, string path, bool recycled, SpoolFileHeader header, MessageContent message, CancellationToken cancellationToken)
     {
         var json = SpoolFileFormat.HeaderJson(header);
         var preamble = SpoolFileFormat.EncodePreamble(json, message.Length);
@@ -250,18 +276,37 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             preamble = padded ?? preamble;
         }
 
-        var buffers = new List<ReadOnlyMemory<byte>> { preamble };
+        // A message held in memory is laid out once as the whole file: written with one pwrite(2), and kept for its first
+        // delivery load (KeepCommitted). The same octets the gathered write below would write.
+        byte[]? file = null;
         long offset = preamble.Length;
-        foreach (var part in message.Parts)
+        if (message.Tail is null && preamble.Length + message.Length <= SpooledMessage.InMemoryLimit)
         {
-            foreach (var segment in part)
+            file = new byte[preamble.Length + message.Length];
+            preamble.CopyTo(file, 0);
+            foreach (var part in message.Parts)
             {
-                buffers.Add(segment);
-                offset += segment.Length;
+                part.CopyTo(file.AsSpan((int)offset));
+                offset += part.Length;
             }
+
+            RandomAccess.Write(handle, file, 0);
+        }
+        else
+        {
+            var buffers = new List<ReadOnlyMemory<byte>> { preamble };
+            foreach (var part in message.Parts)
+            {
+                foreach (var segment in part)
+                {
+                    buffers.Add(segment);
+                    offset += segment.Length;
+                }
+            }
+
+            RandomAccess.Write(handle, buffers, 0);
         }
 
-        RandomAccess.Write(handle, buffers, 0);
         if (message.Tail is { } tail)
         {
             var buffer = ArrayPool<byte>.Shared.Rent(81920);
@@ -298,6 +343,34 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             DurableFile.SyncFile(handle, path, dataOnly: true);
             CountFileFsync();
         }
+
+        return file;
+    }
+
+    /// <summary>Keeps a committed file for its first delivery load, within <see cref="_committedLimit"/>.</summary>
+    void KeepCommitted(string id, byte[]? file)
+    {
+        if (file is null)
+        {
+            return;
+        }
+
+        if (Interlocked.Add(ref _committedBytes, file.Length) > _committedLimit || !_committed.TryAdd(id, file))
+        {
+            Interlocked.Add(ref _committedBytes, -file.Length);
+        }
+    }
+
+    /// <summary>The committed file of <paramref name="id"/> if it is still kept, no longer kept afterwards.</summary>
+    byte[]? TakeCommitted(string id)
+    {
+        if (!_committed.TryRemove(id, out var file))
+        {
+            return null;
+        }
+
+        Interlocked.Add(ref _committedBytes, -file.Length);
+        return file;
     }
 
     /// <summary>
@@ -413,7 +486,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         {
             // A typical message is read whole with one read(2) and served from memory to every reader of this attempt
             // (carrier, body writer, DSN): no second and third open, lock and thread-pool read per delivery.
-            file = forDelivery ? ReadWhole(path) : null;
+            file = forDelivery ? TakeCommitted(id) ?? ReadWhole(path) : null;
             if (file is not null)
             {
                 using var memory = new MemoryStream(file, writable: false);
@@ -568,6 +641,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 
         // Before anything is written: from here on a load looks for the state file again.
         var mayHaveState = !_withoutState.TryRemove(state.Id, out _);
+        TakeCommitted(state.Id);
         var message = Path.Combine(_queue, state.Id);
         var statePath = Path.Combine(_state, state.Id + StateSuffix);
         if (!state.IsComplete)
@@ -747,6 +821,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     bool MoveAside(string id, string reason)
     {
         _withoutState.TryRemove(id, out _);
+        TakeCommitted(id);
         var source = Path.Combine(_queue, id);
         var destination = Path.Combine(_corrupt, SafeFileName(id));
         try

@@ -185,7 +185,12 @@ public sealed class FileSpoolTests : IDisposable
         }
 
         var (good, truncated, replaced) = (envelopes[0].Id, envelopes[1].Id, envelopes[2].Id);
-        var loaded = await spool.LoadAsync(good, CancellationToken.None, forDelivery: true);
+
+        // Another instance over the same spool (as after a restart): the committing one would serve its first delivery
+        // load from the bytes it wrote (see the test below), and this one is about reading the file.
+        spool.Dispose();
+        using var reader = NewSpool(Root, _time);
+        var loaded = await reader.LoadAsync(good, CancellationToken.None, forDelivery: true);
         Assert.NotNull(loaded);
         Assert.True(loaded.InMemory);
         await using (var content = loaded.OpenContent())
@@ -204,16 +209,98 @@ public sealed class FileSpoolTests : IDisposable
         File.Delete(Path.Combine(Root, "queue", replaced));
         Directory.CreateDirectory(Path.Combine(Root, "queue", replaced));
 
-        Assert.Null(await spool.LoadAsync(truncated, CancellationToken.None, forDelivery: true));
-        Assert.Null(await spool.LoadAsync(replaced, CancellationToken.None, forDelivery: true));
-        Assert.Null(await spool.LoadAsync(spool.NewId(), CancellationToken.None, forDelivery: true));
+        Assert.Null(await reader.LoadAsync(truncated, CancellationToken.None, forDelivery: true));
+        Assert.Null(await reader.LoadAsync(replaced, CancellationToken.None, forDelivery: true));
+        Assert.Null(await reader.LoadAsync(reader.NewId(), CancellationToken.None, forDelivery: true));
         Assert.Equal([truncated], Directory.EnumerateFileSystemEntries(Path.Combine(Root, "corrupt")).Select(Path.GetFileName));
 
         // The directory is not a queue file to move: it stays, and every load of its id answers "not there", as a load
         // through FileStream did (delivery never crashes on it).
         Assert.True(Directory.Exists(Path.Combine(Root, "queue", replaced)));
-        Assert.Null(await spool.LoadAsync(replaced, CancellationToken.None, forDelivery: true));
-        Assert.Null(await spool.LoadAsync(replaced, CancellationToken.None));
+        Assert.Null(await reader.LoadAsync(replaced, CancellationToken.None, forDelivery: true));
+        Assert.Null(await reader.LoadAsync(replaced, CancellationToken.None));
+    }
+
+    [Fact]
+    public async Task The_first_delivery_load_after_a_commit_is_served_from_the_committed_bytes_within_the_cache_limit()
+    {
+        var bytes = SampleMessage();
+        var envelopes = new SpoolEnvelope[4];
+        long fileLength;
+        using (var probe = NewSpool(Path.Combine(Root, "probe"), _time))
+        {
+            var envelope = NewEnvelope(probe, _time);
+            await probe.CommitAsync(envelope, Segmented(bytes), CancellationToken.None);
+            fileLength = new FileInfo(Path.Combine(Root, "probe", "queue", envelope.Id)).Length;
+        }
+
+        // Room for two files: the third commit is not kept.
+        using var spool = NewSpool(Root, _time, cacheLimit: 2 * fileLength + 1);
+        await spool.RecoverAsync(CancellationToken.None);
+        for (var i = 0; i < envelopes.Length; i++)
+        {
+            envelopes[i] = NewEnvelope(spool, _time);
+            await spool.CommitAsync(envelopes[i], Segmented(bytes), CancellationToken.None);
+        }
+
+        Assert.Equal(2, spool.CommittedKept);
+        async Task DamageAsync(string id)
+        {
+            // Behind the spool's back: a load that reads the disk quarantines the file.
+            var path = Path.Combine(Root, "queue", id);
+            Assert.Equal(fileLength, new FileInfo(path).Length);
+            await using var stream = new FileStream(path, FileMode.Open);
+            stream.SetLength(stream.Length - 5);
+        }
+
+        async Task<byte[]?> DeliveryLoadAsync(string id)
+        {
+            var loaded = await spool.LoadAsync(id, CancellationToken.None, forDelivery: true);
+            if (loaded is null)
+            {
+                return null;
+            }
+
+            await using var content = loaded.OpenContent();
+            using var copy = new MemoryStream();
+            await content.CopyToAsync(copy);
+            return copy.ToArray();
+        }
+
+        await DamageAsync(envelopes[0].Id);
+        await DamageAsync(envelopes[2].Id);
+
+        // Kept: the first delivery load is the message as committed, whatever the disk now holds.
+        Assert.Equal(bytes, await DeliveryLoadAsync(envelopes[0].Id));
+        // Taken by that load: the next one (a retry) reads the file.
+        Assert.Null(await DeliveryLoadAsync(envelopes[0].Id));
+        // Past the limit: read from disk at once.
+        Assert.Null(await DeliveryLoadAsync(envelopes[2].Id));
+
+        // A load for the state alone (queue show, retry) leaves the kept bytes to the delivery load, which takes them.
+        Assert.NotNull(await spool.LoadAsync(envelopes[1].Id, CancellationToken.None));
+        Assert.Equal(1, spool.CommittedKept);
+        Assert.Equal(bytes, await DeliveryLoadAsync(envelopes[1].Id));
+        Assert.Equal(0, spool.CommittedKept);
+
+        // The limit counts what is kept now: both taken, so the next commits are kept again...
+        var later = new[] { NewEnvelope(spool, _time), NewEnvelope(spool, _time) };
+        foreach (var envelope in later)
+        {
+            await spool.CommitAsync(envelope, Segmented(bytes), CancellationToken.None);
+        }
+
+        await DamageAsync(later[0].Id);
+        Assert.Equal(bytes, await DeliveryLoadAsync(later[0].Id));
+
+        // ...and an operator's delete through this instance drops what it kept.
+        Assert.Equal(1, spool.CommittedKept);
+        Assert.Equal(SpoolArea.Queue, spool.Delete(later[1].Id));
+        Assert.Equal(0, spool.CommittedKept);
+        Assert.Null(await DeliveryLoadAsync(later[1].Id));
+        Assert.Equal(
+            new[] { envelopes[0].Id, envelopes[2].Id }.Order(StringComparer.Ordinal),
+            Directory.EnumerateFiles(Path.Combine(Root, "corrupt")).Select(Path.GetFileName).Order(StringComparer.Ordinal));
     }
 
     [Fact]

@@ -38,8 +38,8 @@ public sealed class TempDirectory : IDisposable
 
 public static class SpoolTestKit
 {
-    public static FileSpool NewSpool(string root, TimeProvider? time = null, bool fsync = true, Action<string>? syncDirectory = null) =>
-        new(root, fsync, time ?? new ManualTimeProvider(), NullLogger.Instance, syncDirectory);
+    public static FileSpool NewSpool(string root, TimeProvider? time = null, bool fsync = true, Action<string>? syncDirectory = null, long cacheLimit = FileSpool.DefaultCommittedCacheLimit) =>
+        new(root, fsync, time ?? new ManualTimeProvider(), NullLogger.Instance, syncDirectory, cacheLimit);
 
     public static SpoolEnvelope NewEnvelope(FileSpool spool, TimeProvider time, string[]? recipients = null, string mailFrom = "sender@tenant-a.example",
         string? tenant = null, bool eightBitMime = false, bool smtpUtf8 = false) =>
