@@ -126,10 +126,10 @@ internal static partial class DurableFile
     public static bool IsDirectoryError(IOException exception) => exception.HResult == 21;
 
     /// <summary>
-    /// fsync(2) of an open file, retried on EINTR; with <paramref name="dataOnly"/>, fdatasync(2) on Linux: the data and
-    /// what is needed to read it back (size, block map), but not the timestamps. On ext4 an overwrite of a recycled spool
-    /// file at its old length then costs one write instead of two (no inode write: perf showed ext4_write_inode and its
-    /// wait in every message's fsync).
+    /// fsync(2) of an open file, retried on EINTR; with <paramref name="dataOnly"/>, fdatasync(2) on Linux, which skips the
+    /// inode when only its timestamps changed. Only for a file overwritten in place at its old length: POSIX promises the
+    /// size and block map with fdatasync too, but ext4 without a journal may leave the inode of a file grown by delayed
+    /// allocation unwritten (no I_DIRTY_DATASYNC), so a new, grown or cut file takes fsync.
     /// </summary>
     /// <exception cref="IOException">fsync failed (errno kept, see StorageErrors).</exception>
     public static void SyncFile(Microsoft.Win32.SafeHandles.SafeFileHandle handle, string path, bool dataOnly = false)
@@ -146,7 +146,7 @@ internal static partial class DurableFile
                 var errno = Marshal.GetLastPInvokeError();
                 if (errno != eintr)
                 {
-                    throw StorageErrors.FromErrno($"fsync({path}) failed: {new Win32Exception(errno).Message}", errno);
+                    throw StorageErrors.FromErrno($"{(dataOnly ? "fdatasync" : "fsync")}({path}) failed: {new Win32Exception(errno).Message}", errno);
                 }
             }
         }

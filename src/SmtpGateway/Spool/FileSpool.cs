@@ -169,12 +169,16 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         var tmp = recycled ? reuse! : Path.Combine(_tmp, string.Create(CultureInfo.InvariantCulture, $"{envelope.Id}.{Guid.NewGuid():N}.msg"));
         var queued = Path.Combine(_queue, envelope.Id);
         var renamed = false;
-        byte[]? file;
         try
         {
             EnsureDirectories();
             cancellationToken.ThrowIfCancellationRequested();
-            file = await WriteMessageFileAsync(tmp, recycled, envelope, message, cancellationToken).ConfigureAwait(false);
+            var file = await WriteMessageFileAsync(tmp, recycled, envelope, message, cancellationToken).ConfigureAwait(false);
+
+            // What this instance knows of the message is in place before the rename shows its id: a delete of the id
+            // during the directory fsync below finds and drops it, rather than it being added after the file is gone.
+            _withoutState[envelope.Id] = 0;
+            KeepCommitted(envelope.Id, file);
 
             // The rename publishes envelope and content at once; queue/ never holds a partial file.
             // It happens only after the file's fsync above, and the 250 only after the directory fsync below.
@@ -189,6 +193,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         }
         catch (OperationCanceledException) when (!renamed)
         {
+            Forget(envelope.Id);
             TryDelete(tmp);
             throw;
         }
@@ -196,6 +201,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         {
             // Whatever failed, the client gets 451 and will send again, so nothing of this attempt may be delivered:
             // not the partial tmp file, and not a renamed file whose directory entry may not survive a crash.
+            Forget(envelope.Id);
             TryDelete(tmp);
             if (renamed)
             {
@@ -206,8 +212,6 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             throw new SpoolWriteException($"Could not spool message {envelope.Id}.", ex);
         }
 
-        _withoutState[envelope.Id] = 0;
-        KeepCommitted(envelope.Id, file);
         SpoolMetrics.Committed(_time.GetElapsedTime(started));
         SpoolMetrics.Enqueued(envelope.Id, envelope.TenantId);
         SpoolLog.Committed(_logger, envelope.Id, envelope.Recipients.Count, message.Length);
@@ -258,16 +262,18 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 
     /// <summary>
     /// Writes the file from offset 0 with positioned writes on a handle that holds no lock and was not truncated
-    /// (DurableFile.OpenForOverwrite): the in-memory parts in one gathered write, the tail in chunks. A recycled file longer
-    /// than the new content gets a padded header or is cut after the write, so no octet of an earlier message stays
-    /// behind and the length check on load holds; then the file is fsynced.
+    /// (DurableFile.OpenForOverwrite): a message kept for its first delivery as one buffer, other in-memory parts in one
+    /// gathered write, the tail in chunks. A recycled file longer than the new content gets a padded header or is cut
+    /// after the write, so no octet of an earlier message stays behind and the length check on load holds; then the file
+    /// is synced. Returns the whole file when it is kept (its room reserved), else null.
     /// </summary>
     async Task<byte[]?> WriteMessageFileAsync(Microsoft.Win32.SafeHandles.SafeFileHandle handle, string path, bool recycled, SpoolFileHeader header, MessageContent message, CancellationToken cancellationToken)
     {
         var json = SpoolFileFormat.HeaderJson(header);
         var preamble = SpoolFileFormat.EncodePreamble(json, message.Length);
         var truncate = false;
-        if (recycled && RandomAccess.GetLength(handle) is var existing && existing > preamble.Length + message.Length)
+        var existing = recycled ? RandomAccess.GetLength(handle) : -1;
+        if (existing > preamble.Length + message.Length)
         {
             // Messages differ in length by a few octets (ids, dates): pad the header to the old length rather than
             // truncate, which costs a journalled size change. Much longer old files are cut after the write.
@@ -276,13 +282,14 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             preamble = padded ?? preamble;
         }
 
-        // A message held in memory is laid out once as the whole file: written with one pwrite(2), and kept for its first
-        // delivery load (KeepCommitted). The same octets the gathered write below would write.
+        // A message held in memory, when there is room to keep it (_committed), is laid out once as the whole file: written
+        // with one pwrite(2) and kept for its first delivery load. The same octets the gathered write below would write.
+        var size = preamble.Length + message.Length;
         byte[]? file = null;
         long offset = preamble.Length;
-        if (message.Tail is null && preamble.Length + message.Length <= SpooledMessage.InMemoryLimit)
+        if (message.Tail is null && size <= SpooledMessage.InMemoryLimit && TryReserveCommitted(size))
         {
-            file = new byte[preamble.Length + message.Length];
+            file = new byte[size];
             preamble.CopyTo(file, 0);
             foreach (var part in message.Parts)
             {
@@ -290,22 +297,31 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
                 offset += part.Length;
             }
 
-            RandomAccess.Write(handle, file, 0);
-        }
-        else
-        {
-            var buffers = new List<ReadOnlyMemory<byte>> { preamble };
-            foreach (var part in message.Parts)
+            try
             {
-                foreach (var segment in part)
-                {
-                    buffers.Add(segment);
-                    offset += segment.Length;
-                }
+                RandomAccess.Write(handle, file, 0);
+                SyncWritten(handle, path, recycled, existing, size, truncate);
+            }
+            catch
+            {
+                ReleaseCommitted(size);
+                throw;
             }
 
-            RandomAccess.Write(handle, buffers, 0);
+            return file;
         }
+
+        var buffers = new List<ReadOnlyMemory<byte>> { preamble };
+        foreach (var part in message.Parts)
+        {
+            foreach (var segment in part)
+            {
+                buffers.Add(segment);
+                offset += segment.Length;
+            }
+        }
+
+        RandomAccess.Write(handle, buffers, 0);
 
         if (message.Tail is { } tail)
         {
@@ -332,33 +348,59 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             }
         }
 
+        SyncWritten(handle, path, recycled, existing, offset, truncate);
+        return null;
+    }
+
+    /// <summary>Cuts a recycled file to its new length when it was longer, then syncs it (see DurableFile.SyncFile).</summary>
+    void SyncWritten(Microsoft.Win32.SafeHandles.SafeFileHandle handle, string path, bool recycled, long existing, long length, bool truncate)
+    {
         if (truncate)
         {
-            DurableFile.Truncate(handle, offset, path);
+            DurableFile.Truncate(handle, length, path);
         }
 
         if (_fsync)
         {
-            // Data only: nothing reads a queue file's timestamps, and its name is made durable by the directory fsync.
-            DurableFile.SyncFile(handle, path, dataOnly: true);
+            // fdatasync when a recycled file was overwritten in place at its old length (the usual case: the header is padded
+            // to it): its size and blocks are on disk from before, and nothing reads a queue file's timestamps. Otherwise
+            // fsync. The name is made durable by the directory fsync either way.
+            DurableFile.SyncFile(handle, path, dataOnly: recycled && !truncate && length == existing);
             CountFileFsync();
         }
-
-        return file;
     }
 
-    /// <summary>Keeps a committed file for its first delivery load, within <see cref="_committedLimit"/>.</summary>
-    void KeepCommitted(string id, byte[]? file)
+    /// <summary>Room for a file of <paramref name="size"/> octets among the kept ones (<see cref="_committedLimit"/>).</summary>
+    bool TryReserveCommitted(long size)
     {
-        if (file is null)
+        if (Interlocked.Add(ref _committedBytes, size) <= _committedLimit)
         {
-            return;
+            return true;
         }
 
-        if (Interlocked.Add(ref _committedBytes, file.Length) > _committedLimit || !_committed.TryAdd(id, file))
+        ReleaseCommitted(size);
+        return false;
+    }
+
+    void ReleaseCommitted(long size) => Interlocked.Add(ref _committedBytes, -size);
+
+    /// <summary>
+    /// Keeps a committed file (its room reserved by the write) for its first delivery load. Before the rename makes the
+    /// id visible in queue/: a delete of the id by this instance from then on finds and drops it.
+    /// </summary>
+    void KeepCommitted(string id, byte[]? file)
+    {
+        if (file is not null && !_committed.TryAdd(id, file))
         {
-            Interlocked.Add(ref _committedBytes, -file.Length);
+            ReleaseCommitted(file.Length);
         }
+    }
+
+    /// <summary>Drops what this instance remembers of a message whose commit failed.</summary>
+    void Forget(string id)
+    {
+        _withoutState.TryRemove(id, out _);
+        TakeCommitted(id);
     }
 
     /// <summary>The committed file of <paramref name="id"/> if it is still kept, no longer kept afterwards.</summary>
@@ -369,7 +411,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             return null;
         }
 
-        Interlocked.Add(ref _committedBytes, -file.Length);
+        ReleaseCommitted(file.Length);
         return file;
     }
 

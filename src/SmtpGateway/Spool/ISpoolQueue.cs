@@ -61,9 +61,10 @@ public sealed record SpoolEntry(string Id, SpoolArea Area, SpoolEnvelope Envelop
 public sealed class SpooledMessage
 {
     /// <summary>
-    /// Spool files up to this size are read into memory when loaded for delivery. Below the large-object heap's 85,000
-    /// bytes, so the copy dies young in gen0, and it covers most mail: the bench's 4 KiB messages and typical
-    /// transactional mail of tens of KiB.
+    /// Spool files up to this size are read into memory when loaded for delivery (or kept from the commit for the first
+    /// load, FileSpool._committed). Below the large-object heap's 85,000 bytes, so the copy is a small-object allocation
+    /// that dies young (a kept one lives until its first delivery), and it covers most mail: the bench's 4 KiB messages
+    /// and typical transactional mail of tens of KiB.
     /// </summary>
     internal const long InMemoryLimit = 64 * 1024;
 

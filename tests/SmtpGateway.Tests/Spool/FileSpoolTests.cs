@@ -304,6 +304,23 @@ public sealed class FileSpoolTests : IDisposable
     }
 
     [Fact]
+    public async Task A_message_with_a_scratch_file_tail_is_not_kept_and_loads_from_disk()
+    {
+        using var spool = NewSpool(Root, _time);
+        var head = Encoding.ASCII.GetBytes("Subject: tail\r\n\r\nfirst part\r\n");
+        var rest = Encoding.ASCII.GetBytes("the rest, from the scratch file\r\n");
+        using var tail = new MemoryStream(rest);
+        var envelope = NewEnvelope(spool, _time);
+        await spool.CommitAsync(envelope, new MessageContent([new System.Buffers.ReadOnlySequence<byte>(head)], tail, rest.Length), CancellationToken.None);
+
+        Assert.Equal(0, spool.CommittedKept);
+        var loaded = await spool.LoadAsync(envelope.Id, CancellationToken.None, forDelivery: true);
+        Assert.NotNull(loaded);
+        var content = await ReadContentAsync(loaded);
+        Assert.Equal(head.Concat(rest).ToArray(), content);
+    }
+
+    [Fact]
     public async Task Concurrent_commits_share_directory_fsyncs()
     {
         const int tasks = 20, perTask = 10;
@@ -383,6 +400,7 @@ public sealed class FileSpoolTests : IDisposable
         Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(Root, "queue")));
         Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(Root, "tmp")));
         Assert.Empty(Drain(spool));
+        Assert.Equal(0, spool.CommittedKept); // kept before the rename, dropped with the failed commit
     }
 
     [Fact]
@@ -547,6 +565,15 @@ public sealed class FileSpoolTests : IDisposable
         Assert.NotNull(message);
         Assert.Equal(envelope.Recipients, message.Envelope.Recipients);
         Assert.Equal(second, await ReadContentAsync(message));
+
+        // The bytes kept for the first delivery load say the same as the file (padded, cut or grown).
+        Assert.Equal(1, spool.CommittedKept);
+        var kept = await spool.LoadAsync(envelope.Id, CancellationToken.None, forDelivery: true);
+        Assert.Equal(0, spool.CommittedKept);
+        Assert.NotNull(kept);
+        Assert.Equal(message.Length, kept.Length);
+        Assert.Equal(envelope.Recipients, kept.Envelope.Recipients);
+        Assert.Equal(second, kept.Content.ToArray());
     }
 
     [Fact]
