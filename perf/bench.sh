@@ -506,6 +506,7 @@ measure() {
         | {name: $name, client: $client,
            acknowledged: $l.count, errors: $l.errors, error_kinds: $l.error_kinds,
            connect_failures: $l.connect_failures,
+           refused: ($l.refused // 0), refused_by_code: ($l.refused_by_code // {}),
            received_at_sink: $received,
            seconds: ($secs * 1000 | round / 1000),
            rate: (if $secs > 0 then ($received / $secs * 10 | round / 10) else 0 end),
@@ -1429,8 +1430,11 @@ jq -r '.rows[] | select(.name == "fairness" or .name == "fairness_signing") | se
     "\(.name): B \(.b_rate_alone) msg/s alone, \(.b_rate_under_flood) under A'"'"'s flood (b_rate_ratio \(.b_rate_ratio)); p99 \(.b_p99_ms_alone) -> \(.b_p99_ms_under_flood) ms (b_p99_ratio \(.b_p99_ratio)); A offered \(.a.offered_rate)/s, accepted \(.a.accepted_rate)/s, refused \(.a.refused_by_code | tostring): \(.verdict)"' <<<"$result"
 jq -r '.rows[] | select(.name == "slow_clients") |
     "slow_clients: normal client \(.normal_rate_alone) msg/s alone, \(.normal_rate_with_slow) with \(.slow.opened) slow sessions (normal_rate_ratio \(.normal_rate_ratio)); gateway closed \(.slow.closed_by_gateway) \(.slow.closing_replies | tostring), still open at the end \(.slow.still_open_at_end): \(.verdict)"' <<<"$result"
-jq -r '.rows[] | select((.errors // 0) > 0 or (.connect_failures // 0) > 0) | select(.name != "smtpgw kill test") |
-    "note: \(.name): \(.errors) errors \(.error_kinds // {} | tostring), \(.connect_failures // 0) connect failures"' <<<"$result"
+# A refusal (4xx: a tenant limit, a full spool) is neither an error nor an acknowledgement: say so, or a row that
+# acknowledged fewer messages than it sent reads as clean.
+jq -r '.rows[] | select((.errors // 0) > 0 or (.connect_failures // 0) > 0 or ((.refused // 0) > 0 and .a == null))
+    | select(.name != "smtpgw kill test") |
+    "note: \(.name): \(.errors) errors \(.error_kinds // {} | tostring), \(.connect_failures // 0) connect failures, \(.refused // 0) refused \(.refused_by_code // {} | tostring)"' <<<"$result"
 echo
 echo "RSS: VmHWM for one-process servers; Postfix: peak of the Pss summed over its process tree (sampled 2/s; Pss splits shared pages), +OpenDKIM VmHWM."
 echo "CPU: utime+stime of the server (Postfix: master's whole tree incl. exited children; + opendkim) during the row."

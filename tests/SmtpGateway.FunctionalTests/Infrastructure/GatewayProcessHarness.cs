@@ -196,7 +196,9 @@ public abstract class GatewayProcessHarness : IAsyncLifetime
 
     /// <summary>
     /// Starts <c>smtpgw serve --config</c> (environment without SMTPGW__ overrides) as <see cref="Gateway"/> and waits until
-    /// the listener on <paramref name="port"/> greets with 220.
+    /// the listener on <paramref name="port"/> greets with 220 and, when the admin endpoint is on, until it accepts
+    /// connections: it is bound by its own hosted service, which can come up a moment after the SMTP listener (a health
+    /// test that probed it at once met "connection refused").
     /// </summary>
     private protected async Task StartServeAsync(string name, int port, bool implicitTls, CancellationToken cancellationToken)
     {
@@ -218,6 +220,12 @@ public abstract class GatewayProcessHarness : IAsyncLifetime
                 using var client = await RawSmtpClient.ConnectAsync("127.0.0.1", port, TimeSpan.FromSeconds(5), cancellationToken, implicitTls);
                 if (client.Banner.Code == 220)
                 {
+                    if (AdminPort != 0)
+                    {
+                        using var admin = new System.Net.Sockets.TcpClient();
+                        await admin.ConnectAsync(System.Net.IPAddress.Loopback, AdminPort, cancellationToken);
+                    }
+
                     return;
                 }
             }
