@@ -51,8 +51,7 @@ public sealed partial class FileSpool
             File.Delete(queued);
             TryDelete(Path.Combine(_state, id + StateSuffix));
             _tenantById.TryRemove(id, out _);
-            _withoutState.TryRemove(id, out _);
-            TakeCommitted(id);
+            Forget(id);
             SpoolMetrics.Dequeued(id);
             return SpoolArea.Queue;
         }

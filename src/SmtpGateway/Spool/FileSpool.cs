@@ -300,7 +300,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             try
             {
                 RandomAccess.Write(handle, file, 0);
-                SyncWritten(handle, path, recycled, existing, size, truncate);
+                SyncWritten(handle, path, existing, size, truncate);
             }
             catch
             {
@@ -348,12 +348,15 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             }
         }
 
-        SyncWritten(handle, path, recycled, existing, offset, truncate);
+        SyncWritten(handle, path, existing, offset, truncate);
         return null;
     }
 
-    /// <summary>Cuts a recycled file to its new length when it was longer, then syncs it (see DurableFile.SyncFile).</summary>
-    void SyncWritten(Microsoft.Win32.SafeHandles.SafeFileHandle handle, string path, bool recycled, long existing, long length, bool truncate)
+    /// <summary>
+    /// Cuts a recycled file to its new length when it was longer, then syncs it (see DurableFile.SyncFile).
+    /// <paramref name="existing"/> is the recycled file's old length, -1 for a new file.
+    /// </summary>
+    void SyncWritten(Microsoft.Win32.SafeHandles.SafeFileHandle handle, string path, long existing, long length, bool truncate)
     {
         if (truncate)
         {
@@ -363,9 +366,9 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         if (_fsync)
         {
             // fdatasync when a recycled file was overwritten in place at its old length (the usual case: the header is padded
-            // to it): its size and blocks are on disk from before, and nothing reads a queue file's timestamps. Otherwise
-            // fsync. The name is made durable by the directory fsync either way.
-            DurableFile.SyncFile(handle, path, dataOnly: recycled && !truncate && length == existing);
+            // to it): its size and blocks are on disk from before, and nothing reads a queue file's timestamps. A new file
+            // (existing -1), a grown one or a cut one has another length: fsync. The directory fsync makes the name durable.
+            DurableFile.SyncFile(handle, path, dataOnly: length == existing);
             CountFileFsync();
         }
     }
@@ -396,7 +399,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         }
     }
 
-    /// <summary>Drops what this instance remembers of a message whose commit failed.</summary>
+    /// <summary>Drops what this instance remembers in memory of a message: its commit failed, or it leaves queue/.</summary>
     void Forget(string id)
     {
         _withoutState.TryRemove(id, out _);
@@ -862,8 +865,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 
     bool MoveAside(string id, string reason)
     {
-        _withoutState.TryRemove(id, out _);
-        TakeCommitted(id);
+        Forget(id);
         var source = Path.Combine(_queue, id);
         var destination = Path.Combine(_corrupt, SafeFileName(id));
         try
