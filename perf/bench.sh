@@ -17,6 +17,9 @@
 # on its /metrics, read through the admin unix socket of the row's data directory) after the run minus before it,
 # over the same window as the CPU (after the warm-up, until the sink has everything), divided by the messages
 # acknowledged. "-" (null) for a build without the runtime meter on /metrics.
+# Gateway rows also report context switches per message (JSON: ctxsw_per_msg): voluntary + involuntary switches of
+# the gateway's live threads (/proc/PID/task/*/status) over the same window, divided by the messages at the sink. On a
+# VM each switch is expensive (issue 15's profiles), and the count travels between machines better than CPU time.
 # Gateway rows warm up until the JIT is quiet (see gw_warm_jit); JSON: warmup.messages, warmup.jit_s (JIT seconds
 # before the window) and jit_s (JIT seconds inside it).
 #
@@ -449,7 +452,7 @@ gw_warm_jit() {
 measure() {
     local name="$1" client="$2" port="$3" roots="$4" extra="$5"; shift 5
     local dir="$work/row-$name"; mkdir -p "$dir"
-    local cpu0 cpu1 xcpu0=0 xcpu1=0 sink0 sinkc0 sinkc1 alloc0="" alloc1=""
+    local cpu0 cpu1 xcpu0=0 xcpu1=0 sink0 sinkc0 sinkc1 alloc0="" alloc1="" ctx0="" ctx1=""
     # Warm-up, not measured: a tenth of the run (200..1000 messages), unpaced, and drained, so that the row sees a
     # steady state (JIT-compiled code for .NET, a warm process pool for Postfix) rather than start-up costs.
     local warm=$((messages / 10)); ((warm > 1000)) && warm=1000; ((warm < 200)) && warm=200
@@ -463,7 +466,7 @@ measure() {
     cpu0=$("$lib/procstat.pl" cpu $roots)
     [[ -n "$extra" ]] && xcpu0=$("$lib/procstat.pl" cpu $extra)
     sinkc0=$("$lib/procstat.pl" cpu "$sink_pid")
-    [[ -z "${alloc_sock:-}" ]] || { alloc0=$(gw_allocated "$alloc_sock"); jit0=$(gw_jit "$alloc_sock"); }
+    [[ -z "${alloc_sock:-}" ]] || { alloc0=$(gw_allocated "$alloc_sock"); jit0=$(gw_jit "$alloc_sock"); ctx0=$("$lib/procstat.pl" ctxsw "$roots"); }
     start_bg "sampler-$name" "$dir/sampler.log" "${pin_client[@]}" "$lib/procstat.pl" sample "$dir/rss" 0.5 $roots
     local sampler=$bg_pid
     sink0=$(sink_count)
@@ -480,7 +483,7 @@ measure() {
     cpu1=$("$lib/procstat.pl" cpu $roots)
     [[ -n "$extra" ]] && xcpu1=$("$lib/procstat.pl" cpu $extra)
     sinkc1=$("$lib/procstat.pl" cpu "$sink_pid")
-    [[ -z "${alloc_sock:-}" ]] || { alloc1=$(gw_allocated "$alloc_sock"); jit1=$(gw_jit "$alloc_sock"); }
+    [[ -z "${alloc_sock:-}" ]] || { alloc1=$(gw_allocated "$alloc_sock"); jit1=$(gw_jit "$alloc_sock"); ctx1=$("$lib/procstat.pl" ctxsw "$roots"); }
     if [[ -n "${alloc_sock:-}" && ( -z "$alloc0" || -z "$alloc1" ) ]]; then
         say "$name: no dotnet_gc_heap_total_allocated_bytes_total on the gateway's /metrics ($alloc_sock): allocKB/msg not reported"
     fi
@@ -499,7 +502,7 @@ measure() {
         --argjson cpu "$(fcalc "$cpu1 - $cpu0")" --argjson xcpu "$(fcalc "$xcpu1 - $xcpu0")" \
         --argjson sinkcpu "$(fcalc "$sinkc1 - $sinkc0")" \
         --argjson hwm "$hwm" --argjson rsspeak "$rss_peak" --argjson xrss "$xrss_peak" --argjson single "$single" \
-        --arg gw "${alloc_sock:+1}" --arg alloc0 "$alloc0" --arg alloc1 "$alloc1" \
+        --arg gw "${alloc_sock:+1}" --arg alloc0 "$alloc0" --arg alloc1 "$alloc1" --arg ctx0 "$ctx0" --arg ctx1 "$ctx1" \
         --arg jit0 "$jit0" --arg jit1 "$jit1" --arg wjit "$wjit" --argjson warmed "$warmed" --arg wquiet "$wquiet" '
         ($lg[0]) as $l
         | ($last - $started) as $secs
@@ -521,6 +524,8 @@ measure() {
              (if $alloc0 != "" and $alloc1 != "" then ($alloc1 | tonumber) - ($alloc0 | tonumber) else null end) as $a
              | {alloc_bytes: $a,
                 alloc_bytes_per_msg: (if $a != null and $l.count > 0 then ($a / $l.count | round) else null end),
+                ctxsw_per_msg: (if $ctx0 != "" and $ctx1 != "" and $received > 0
+                                then (($ctx1 | tonumber) - ($ctx0 | tonumber)) / $received * 10 | round / 10 else null end),
                 warmup: {messages: $warmed, jit_s: (if $wjit != "" then ($wjit | tonumber) else null end),
                          quiet: (if $wquiet == "" then null else $wquiet == "true" end)},
                 jit_s: (if $jit0 != "" and $jit1 != "" then (($jit1 | tonumber) - ($jit0 | tonumber)) * 1000 | round / 1000 else null end)}
@@ -1399,14 +1404,15 @@ echo "scenario: $size messages, $sessions sessions, $per_conn per connection, mo
 echo "smtpgw $(jq -r '.machine | "\(.smtpgw_commit); Postfix \(.postfix), OpenDKIM \(.opendkim); load average before \(.loadavg_before), after \(.loadavg_after)"' <<<"$result")"
 echo
 jq -e '[.rows[] | select(.rate != null or .skipped != null)] | length > 0' <<<"$result" >/dev/null && jq -r '.rows[] | select(.skipped != null or .rate != null) |
-    if .skipped != null then [.name, .client, .skipped, "-", "-", "-", "-", "-", "-", "-", "-", "-"] else
+    if .skipped != null then [.name, .client, .skipped, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"] else
     [.name, .client, (.received_at_sink | tostring) + "/" + ((.acknowledged // "-") | tostring),
      (.rate | tostring), (.latency_ms.p50 // "-" | tostring), (.latency_ms.p99 // "-" | tostring),
      (.cpu_s.server // "-" | tostring), (.cpu_ms_per_msg // "-" | tostring),
      (if .alloc_bytes_per_msg != null then (.alloc_bytes_per_msg / 1024 * 10 | round / 10 | tostring) else "-" end),
+     (.ctxsw_per_msg // "-" | tostring),
      ((.rss_mb.server // "-") | tostring) + (if .rss_mb.milter > 0 then "+" + (.rss_mb.milter | tostring) else "" end),
      (.vs_postfix // "-" | tostring), (.vs_ceiling // "-" | tostring)] end | @tsv' <<<"$result" \
-  | { printf 'row\tclient\tsink/acked\tmsg/s\tp50ms\tp99ms\tsrvCPUs\tCPUms/msg\tallocKB/msg\tRSS MB\tvsPostfix\tvsCeiling\n'; cat; } \
+  | { printf 'row\tclient\tsink/acked\tmsg/s\tp50ms\tp99ms\tsrvCPUs\tCPUms/msg\tallocKB/msg\tctxsw/msg\tRSS MB\tvsPostfix\tvsCeiling\n'; cat; } \
   | column -t -s $'\t'
 if [[ -n "$gw_cores" ]]; then
     echo
@@ -1439,6 +1445,7 @@ echo
 echo "RSS: VmHWM for one-process servers; Postfix: peak of the Pss summed over its process tree (sampled 2/s; Pss splits shared pages), +OpenDKIM VmHWM."
 echo "CPU: utime+stime of the server (Postfix: master's whole tree incl. exited children; + opendkim) during the row."
 echo "allocKB/msg: gateway rows: KiB the gateway allocated during the row (dotnet_gc_heap_total_allocated_bytes_total on its /metrics) ÷ messages acknowledged."
+echo "ctxsw/msg: gateway rows: context switches of the gateway's threads during the row ÷ messages at the sink."
 echo "vsPostfix: signed rows against postfix+opendkim-rsa2048, others against postfix. vsCeiling: against smtp-source→smtp-sink."
 echo "results: perf/results/$stamp.json"
 ((failed)) && exit 1 || exit 0

@@ -6,6 +6,8 @@
 #   procstat.pl rss PID...            VmRSS summed over the PIDs' trees, kB.
 #   procstat.pl pss PID...            Pss (proportional set size: shared pages split between sharers) summed over
 #                                     the PIDs' trees, kB — the honest total for a many-process server like Postfix.
+#   procstat.pl ctxsw PID             context switches (voluntary + involuntary) of one process's live threads, summed
+#                                     (/proc/PID/task/*/status; a thread that exited takes its count with it).
 #   procstat.pl sample OUT SECS PID...  every SECS: sum Pss over the trees; keep the peak; rewrite OUT with
 #                                     "peak_kB current_kB"; runs until killed or every PID is gone.
 use strict;
@@ -64,6 +66,13 @@ if ($cmd eq 'cpu') {
     my $t = 0;
     for my $p (tree(@ARGV)) { my $st = stat_of($p) or next; $t += $st->{cpu} }
     printf "%.2f\n", $t / $tck;
+} elsif ($cmd eq 'ctxsw') {
+    my $n = 0;
+    for my $status (glob("/proc/$ARGV[0]/task/*/status")) {
+        my ($task) = $status =~ m{/task/(\d+)/};
+        for my $key (qw(voluntary_ctxt_switches nonvoluntary_ctxt_switches)) { $n += status_kb("$ARGV[0]/task/$task", $key) }
+    }
+    print "$n\n";
 } elsif ($cmd eq 'hwm') {
     print status_kb($ARGV[0], 'VmHWM'), "\n";
 } elsif ($cmd eq 'rss') {
@@ -89,5 +98,5 @@ if ($cmd eq 'cpu') {
         sleep($secs);
     }
 } else {
-    die "usage: procstat.pl cpu|hwm|rss|sample ...\n";
+    die "usage: procstat.pl cpu|ctxsw|hwm|rss|pss|sample ...\n";
 }
