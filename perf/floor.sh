@@ -1,27 +1,34 @@
 #!/usr/bin/env bash
-# perf/floor.sh — what the unavoidable parts of one relayed message cost in CPU on this machine, each measured with
-# a minimal tool outside the gateway (issue 15: is 0.4 CPU ms per unsigned message reachable here?).
+# perf/floor.sh — what the parts of one relayed message cost in CPU on this machine, each measured with a small tool
+# outside the gateway, in C and in .NET (issue 15: how much of 0.4 CPU ms per unsigned message is left for the
+# gateway's own work?).
 #
-#   perf/floor.sh [--messages N] [--group G] [--no-install]
+#   perf/floor.sh [--messages N] [--group G] [--no-install]      (as root: smtp-sink drops to the user nobody)
 #
-# The gateway's unsigned bench row (perf/bench.sh, 4 KiB, 20 sessions, one message per connection, plain relay port)
-# has to do at least this for every message:
-#   inbound    the SMTP session the load generator opens: smtp-sink's own CPU (a small C server that stores and
-#              forwards nothing) while smtp-loadgen sends it the bench row's messages
-#   outbound   one transaction on an already open connection: smtp-source's own CPU (C, -d keeps the connections; it
-#              does not pipeline, the gateway's client does, so this part is a little high)
-#   commit     the durable spool's system calls, from python3: pwrite of the message into a recycled file of the same
-#              length, fdatasync, rename into the queue directory, one directory fsync per G messages (--group, 3: the
-#              gateway's group commit), and the rename out of the queue at delivery
-#   mac        the return-path HMAC in SoftHSM2 (SignBench's hmac.hsm; needs perf/SmtpGateway.SignBench built)
-# The sum is a floor for the whole gateway: managed code, policy, logs and metrics all come on top of it.
+# The gateway's unsigned bench row (perf/bench.sh: 4 KiB, 20 sessions, one message per connection, plain relay port)
+# does at least this for every message:
+#   inbound    the SMTP session the load generator opens. C: smtp-sink's own CPU (stores and forwards nothing) while
+#              smtp-loadgen sends it the bench row's messages. .NET: the same for `smtp-loadgen sink`, the smallest
+#              async .NET server that takes them (one async loop per connection over a PipeReader, as the gateway's
+#              listener) — the difference is what the runtime's socket engine and thread pool add.
+#   outbound   one transaction on an already open connection. C: smtp-source -d's own CPU. .NET: smtp-loadgen's own
+#              CPU with --per-conn 1000 (its client_cpu_s). Neither pipelines; the gateway's client does, so this part
+#              is a little high.
+#   commit     the durable spool's system calls as the gateway makes them today, from python3: open a recycled file,
+#              pwrite the message at its old length, fdatasync, close, rename into the queue directory, one directory
+#              fsync per G messages (--group, 3), and the rename out of the queue at delivery. Only the kernel's
+#              (system) CPU is counted, not the interpreter's. A log-structured spool (one fdatasync per batch, no
+#              renames) would cost less: this part is today's design, not a law.
+#   mac        the return-path HMAC in SoftHSM2 (SignBench's hmac.hsm).
 #
 # Output: a table, and perf/results/floor-<UTC timestamp>.json. BENCH_TMP (default /var/tmp) holds the work
 # directory; it must not be tmpfs, or fsync is free.
 set -euo pipefail
 
 here="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)"
+root="$(cd "$here/.." && pwd)"
 lib="$here/lib"
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 messages=10000 group=3 install=1
 while (($#)); do
     case "$1" in
@@ -32,125 +39,165 @@ while (($#)); do
     esac
 done
 [[ "$messages" =~ ^[1-9][0-9]*$ && "$group" =~ ^[1-9][0-9]*$ ]] || { echo "floor.sh: --messages and --group take whole numbers" >&2; exit 2; }
-
-if ((install)) && { ! command -v smtp-sink >/dev/null || ! command -v smtp-source >/dev/null || ! command -v jq >/dev/null; }; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix jq python3 >/dev/null
-fi
-for tool in smtp-sink smtp-source jq python3; do
-    command -v "$tool" >/dev/null || [[ -x "/usr/sbin/$tool" ]] || { echo "floor.sh: $tool missing (packages postfix, jq, python3)" >&2; exit 1; }
-done
+((EUID == 0)) || { echo "floor.sh: run as root (smtp-sink drops to the user nobody; packages are installed with apt-get)" >&2; exit 2; }
 export PATH="$PATH:/usr/sbin"
 
-loadgen="$here/SmtpGateway.LoadGen/bin/Release/net10.0/smtp-loadgen"
-[[ -x "$loadgen" ]] || dotnet build "$here/SmtpGateway.LoadGen" -c Release -nologo -v quiet >/dev/null
-signbench="$here/SmtpGateway.SignBench/bin/Release/net10.0/smtpgw-signbench.dll"
+if ((install)); then
+    missing=()
+    for pair in smtp-sink:postfix smtp-source:postfix jq:jq python3:python3 /usr/bin/time:time; do
+        command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+    done
+    if ((${#missing[@]})); then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+fi
+for tool in smtp-sink smtp-source jq python3 /usr/bin/time dotnet; do
+    command -v "$tool" >/dev/null || { echo "floor.sh: $tool missing (packages postfix, jq, python3, time; the .NET SDK)" >&2; exit 1; }
+done
 
 work="$(mktemp -d "${BENCH_TMP:-/var/tmp}/smtpgw-floor.XXXXXX")"
+fs=$(stat -f -c %T "$work")
+[[ "$fs" != tmpfs ]] || { rm -rf "$work"; echo "floor.sh: $work is on tmpfs, where fsync costs nothing: set BENCH_TMP" >&2; exit 2; }
 sink_pid=""
 cleanup() { [[ -z "$sink_pid" ]] || kill "$sink_pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 say() { echo "[floor $(date +%H:%M:%S)] $*" >&2; }
 fcalc() { awk "BEGIN { printf \"%.3f\", $* }"; }
 
-start_sink() {
-    local p i j
+loadgen="$here/SmtpGateway.LoadGen/bin/Release/net10.0/smtp-loadgen"
+signbench="$here/SmtpGateway.SignBench/bin/Release/net10.0/smtpgw-signbench.dll"
+if [[ -z "${SKIP_BUILD:-}" || ! -x "$loadgen" || ! -f "$signbench" ]]; then
+    say "building smtp-loadgen and SignBench (Release)"
+    dotnet build "$here/SmtpGateway.LoadGen" -c Release -nologo -v quiet >"$work/build.log" 2>&1 \
+        && dotnet build "$here/SmtpGateway.SignBench" -c Release -nologo -v quiet >>"$work/build.log" 2>&1 \
+        || { cat "$work/build.log" >&2; exit 1; }
+fi
+loadavg_before=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# start_server NAME CMD...: on a free port below the ephemeral range; sets sink_pid and sink_port.
+start_server() {
+    local name="$1" p i j; shift
     for i in 1 2 3 4 5; do
         p=$((10000 + RANDOM % 22000))
         ss -Htan "sport = :$p" | grep -q . && continue
-        smtp-sink -u nobody -h sink.floor -m 2048 "127.0.0.1:$p" 2048 >/dev/null 2>"$work/sink.err" &
+        "$@" "$p" >/dev/null 2>"$work/$name.err" &
         sink_pid=$!
         for ((j = 0; j < 50; j++)); do
+            kill -0 "$sink_pid" 2>/dev/null || break
             if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then sink_port=$p; return 0; fi
             sleep 0.1
         done
         kill "$sink_pid" 2>/dev/null || true
+        sink_pid=""
     done
-    echo "floor.sh: smtp-sink did not start: $(cat "$work/sink.err")" >&2; exit 1
+    echo "floor.sh: $name did not start: $(cat "$work/$name.err")" >&2; exit 1
 }
-stop_sink() { kill "$sink_pid" 2>/dev/null || true; wait "$sink_pid" 2>/dev/null || true; sink_pid=""; }
+stop_server() { kill "$sink_pid" 2>/dev/null || true; wait "$sink_pid" 2>/dev/null || true; sink_pid=""; }
+c_sink() { exec smtp-sink -u nobody -h sink.floor -m 2048 "127.0.0.1:$1" 2048; }
+dotnet_sink() { exec "$loadgen" sink --port "$1"; }
 
-# inbound: the sink's CPU for the bench row's client pattern.
-start_sink
-"$loadgen" run --port "$sink_port" --messages 1000 --connections 20 --size 4096 >/dev/null
-c0=$("$lib/procstat.pl" cpu "$sink_pid"); x0=$("$lib/procstat.pl" ctxsw "$sink_pid")
-say "inbound: smtp-loadgen → smtp-sink, $messages messages, 20 sessions, 1 per connection"
-"$loadgen" run --port "$sink_port" --messages "$messages" --connections 20 --size 4096 >"$work/inbound.json"
-c1=$("$lib/procstat.pl" cpu "$sink_pid"); x1=$("$lib/procstat.pl" ctxsw "$sink_pid")
-acked=$(jq .count "$work/inbound.json")
-inbound=$(fcalc "($c1 - $c0) * 1000 / $acked")
-inbound_cs=$(fcalc "($x1 - $x0) / $acked")
-stop_sink
+# inbound NAME START_FN WARM: the server's CPU and context switches per message for the bench row's client, in
+# r_cpu and r_cs.
+inbound() {
+    local name="$1" start="$2" warm="$3" c0 c1 acked
+    start_server "$name" "$start"
+    "$loadgen" run --port "$sink_port" --messages "$warm" --connections 20 --size 4096 >/dev/null
+    c0=$("$lib/procstat.pl" cpu "$sink_pid"); "$lib/procstat.pl" ctxsw "$sink_pid" >"$work/ctxsw0"
+    say "inbound ($name): smtp-loadgen, $messages messages, 20 sessions, 1 per connection"
+    "$loadgen" run --port "$sink_port" --messages "$messages" --connections 20 --size 4096 >"$work/$name.json"
+    c1=$("$lib/procstat.pl" cpu "$sink_pid")
+    acked=$(jq .count "$work/$name.json")
+    ((acked > 0)) || { echo "floor.sh: $name acknowledged nothing" >&2; exit 1; }
+    r_cpu=$(fcalc "($c1 - $c0) * 1000 / $acked")
+    r_cs=$(fcalc "$("$lib/procstat.pl" ctxsw-since "$sink_pid" "$work/ctxsw0") / $acked")
+    stop_server
+}
+inbound smtp-sink c_sink 1000
+in_c=$r_cpu in_c_cs=$r_cs
+# The .NET server warms until tiered compilation is done with its loop (as bench.sh warms the gateway).
+inbound dotnet-sink dotnet_sink 20000
+in_net=$r_cpu in_net_cs=$r_cs
 
-# outbound: smtp-source's own CPU, connections kept (-d), 20 at once as the gateway's pool to one smarthost.
-start_sink
-say "outbound: smtp-source -d → smtp-sink, $messages messages over 20 kept connections"
+# outbound: the client's own CPU over 20 kept connections (a pool of 20 to one smarthost).
+start_server smtp-sink c_sink
+say "outbound (C): smtp-source -d, $messages messages over 20 kept connections"
 /usr/bin/time -f '%U %S %w %c' -o "$work/source.time" smtp-source -d -s 20 -m "$messages" -l 4096 \
-    -f sender@tenant-a.example -t rcpt@example.net "127.0.0.1:$sink_port" >"$work/source.out" 2>&1
-outbound=$(awk -v n="$messages" '{ printf "%.3f", ($1 + $2) * 1000 / n }' "$work/source.time")
-outbound_cs=$(awk -v n="$messages" '{ printf "%.3f", ($3 + $4) / n }' "$work/source.time")
-stop_sink
+    -f sender@tenant-a.example -t rcpt@example.net "127.0.0.1:$sink_port" >"$work/source.out" 2>&1 \
+    || { echo "floor.sh: smtp-source failed: $(tail -3 "$work/source.out")" >&2; exit 1; }
+read -r out_c out_c_cs < <(awk -v n="$messages" 'NF == 4 { printf "%.3f %.3f\n", ($1 + $2) * 1000 / n, ($3 + $4) / n }' "$work/source.time")
+[[ -n "${out_c_cs:-}" ]] || { echo "floor.sh: no CPU line from /usr/bin/time: $(cat "$work/source.time")" >&2; exit 1; }
+say "outbound (.NET): smtp-loadgen --per-conn 1000, $messages messages over 20 kept connections"
+"$loadgen" run --port "$sink_port" --messages "$((messages / 2))" --connections 20 --per-conn 1000 --size 4096 >/dev/null
+"$loadgen" run --port "$sink_port" --messages "$messages" --connections 20 --per-conn 1000 --size 4096 >"$work/outbound.json"
+out_net=$(jq '.client_cpu_s * 1000 / .count * 1000 | round / 1000' "$work/outbound.json")
+stop_server
 
-# commit: the spool's system calls for one message, as the gateway makes them.
-say "commit: pwrite + fdatasync + rename in, directory fsync per $group, rename out ($messages messages)"
-read -r commit commit_cs < <(python3 - "$work/spool" "$messages" "$group" <<'EOF'
-import os, resource, sys, time
+# commit: the spool's system calls for one message, as the gateway makes them today.
+say "commit: open, pwrite, fdatasync, close, rename in, directory fsync per $group, rename out ($messages messages)"
+read -r commit commit_user commit_cs < <(python3 - "$work/spool" "$messages" "$group" <<'EOF'
+import os, resource, sys
 root, n, group = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 tmp, queue = os.path.join(root, "tmp"), os.path.join(root, "queue")
-os.makedirs(tmp); os.makedirs(queue)
+os.makedirs(tmp)
+os.makedirs(queue)
 data = b"x" * 4608
-free = []
-for i in range(64):  # recycled files at their old length: the gateway's steady state
-    p = os.path.join(tmp, f"free.{i}")
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o600); os.pwrite(fd, data, 0); os.fsync(fd); os.close(fd)
-    free.append(p)
+free = [os.path.join(tmp, f"free.{i}") for i in range(64)]
+names = [os.path.join(queue, f"m{i}") for i in range(64)]
+for p in free:  # recycled files at their old length: the gateway's steady state
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.pwrite(fd, data, 0)
+    os.fsync(fd)
+    os.close(fd)
 qfd = os.open(queue, os.O_RDONLY | os.O_DIRECTORY)
 os.fsync(qfd)
-start = time.process_time()
-ru = resource.getrusage(resource.RUSAGE_SELF)
+before = resource.getrusage(resource.RUSAGE_SELF)
 for i in range(n):
-    p = free[i % 64]
+    p, q = free[i % 64], names[i % 64]
     fd = os.open(p, os.O_WRONLY)
     os.pwrite(fd, data, 0)
     os.fdatasync(fd)
     os.close(fd)
-    q = os.path.join(queue, f"m{i}")
     os.rename(p, q)
     if i % group == group - 1:
         os.fsync(qfd)
     os.rename(q, p)  # delivered: back to the free list
-end = resource.getrusage(resource.RUSAGE_SELF)
-switches = end.ru_nvcsw + end.ru_nivcsw - ru.ru_nvcsw - ru.ru_nivcsw
-print("%.3f %.3f" % ((time.process_time() - start) * 1000 / n, switches / n))
+after = resource.getrusage(resource.RUSAGE_SELF)
+print("%.3f %.3f %.3f" % ((after.ru_stime - before.ru_stime) * 1000 / n, (after.ru_utime - before.ru_utime) * 1000 / n,
+                          (after.ru_nvcsw + after.ru_nivcsw - before.ru_nvcsw - before.ru_nivcsw) / n))
 EOF
 )
+[[ -n "${commit_cs:-}" ]] || { echo "floor.sh: the commit measurement failed" >&2; exit 1; }
 
 # mac: SoftHSM2's HMAC for the return path.
-mac=null
-if [[ -f "$signbench" ]]; then
-    say "mac: SignBench hmac.hsm"
-    mac=$(dotnet "$signbench" --only hmac.hsm --rounds 5 2>/dev/null | awk '$1 == "hmac.hsm" { printf "%.3f", $2 / 1000 }')
-    [[ -n "$mac" ]] || mac=null
-else
-    say "mac: not measured ($signbench not built: dotnet build perf/SmtpGateway.SignBench -c Release)"
-fi
+say "mac: SignBench hmac.hsm"
+mac=$(dotnet "$signbench" --only hmac.hsm --rounds 5 2>"$work/signbench.err" | awk '$1 == "hmac.hsm" { printf "%.3f", $2 / 1000 }') \
+    || { echo "floor.sh: SignBench failed: $(tail -3 "$work/signbench.err")" >&2; exit 1; }
+[[ -n "$mac" ]] || { echo "floor.sh: SignBench printed no hmac.hsm row" >&2; exit 1; }
 
-macv=$mac; [[ "$mac" != null ]] || macv=0
-total=$(fcalc "$inbound + $outbound + $commit + $macv")
+sum_c=$(fcalc "$in_c + $out_c + $commit + $mac")
+sum_net=$(fcalc "$in_net + $out_net + $commit + $mac")
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$here/results"
-jq -n --argjson inbound "$inbound" --argjson outbound "$outbound" --argjson commit "$commit" --argjson mac "$mac" \
-    --argjson inbound_cs "$inbound_cs" --argjson outbound_cs "$outbound_cs" --argjson commit_cs "$commit_cs" \
-    --argjson total "$total" --argjson messages "$messages" --argjson group "$group" \
-    --arg cpu "$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" --arg cores "$(nproc)" --arg kernel "$(uname -r)" '
-    {name: "floor", messages: $messages, group: $group, machine: {cpu: $cpu, cores: ($cores | tonumber), kernel: $kernel},
-     cpu_ms_per_msg: {inbound_smtp_sink: $inbound, outbound_smtp_source_kept: $outbound, commit_syscalls: $commit,
-                      verp_hmac_softhsm2: $mac, sum: $total},
-     ctxsw_per_msg: {inbound_smtp_sink: $inbound_cs, outbound_smtp_source_kept: $outbound_cs, commit_syscalls: $commit_cs}}' >"$here/results/floor-$stamp.json"
+jq -n --argjson in_c "$in_c" --argjson in_c_cs "$in_c_cs" --argjson in_net "$in_net" --argjson in_net_cs "$in_net_cs" \
+    --argjson out_c "$out_c" --argjson out_c_cs "$out_c_cs" --argjson out_net "$out_net" \
+    --argjson commit "$commit" --argjson commit_user "$commit_user" --argjson commit_cs "$commit_cs" --argjson mac "$mac" \
+    --argjson sum_c "$sum_c" --argjson sum_net "$sum_net" --argjson messages "$messages" --argjson group "$group" \
+    --arg cpu "$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" --arg cores "$(nproc)" --arg kernel "$(uname -r)" \
+    --arg fs "$fs" --arg commit_id "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --arg load0 "$loadavg_before" --arg load1 "$(cut -d' ' -f1-3 /proc/loadavg)" '
+    {name: "floor", messages: $messages, group: $group, commit: $commit_id,
+     machine: {cpu: $cpu, cores: ($cores | tonumber), kernel: $kernel, work_fs: $fs, loadavg_before: $load0, loadavg_after: $load1},
+     cpu_ms_per_msg: {inbound_smtp_sink: $in_c, inbound_dotnet_sink: $in_net,
+                      outbound_smtp_source_kept: $out_c, outbound_dotnet_loadgen_kept: $out_net,
+                      commit_syscalls_system: $commit, commit_interpreter_user: $commit_user,
+                      verp_hmac_softhsm2: $mac, sum_c: $sum_c, sum_dotnet: $sum_net},
+     ctxsw_per_msg: {inbound_smtp_sink: $in_c_cs, inbound_dotnet_sink: $in_net_cs,
+                     outbound_smtp_source_kept: $out_c_cs, commit_syscalls: $commit_cs}}' >"$here/results/floor-$stamp.json"
 
-printf '%-52s %-8s %s\n' "part (per message)" "CPU ms" "ctxsw" \
-    "inbound: smtp-sink, the bench row's client" "$inbound" "$inbound_cs" \
-    "outbound: smtp-source on kept connections" "$outbound" "$outbound_cs" \
-    "commit: write, fdatasync, renames, dir fsync/$group" "$commit" "$commit_cs" \
-    "return-path HMAC in SoftHSM2" "${mac/null/-}" "-" \
-    "floor (sum)" "$total" ""
+printf '%-56s %-8s %-8s %s\n' "part (per message)" "C" ".NET" "ctxsw C/.NET" \
+    "inbound: the bench row's sessions, server CPU" "$in_c" "$in_net" "$in_c_cs / $in_net_cs" \
+    "outbound: one transaction on a kept connection" "$out_c" "$out_net" "$out_c_cs / -" \
+    "commit: today's spool syscalls (kernel CPU), dir fsync/$group" "$commit" "$commit" "$commit_cs" \
+    "return-path HMAC in SoftHSM2" "$mac" "$mac" "-" \
+    "sum (CPU ms)" "$sum_c" "$sum_net" ""
 echo "results: perf/results/floor-$stamp.json"

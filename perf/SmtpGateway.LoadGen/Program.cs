@@ -3,6 +3,8 @@
 //   smtp-loadgen run  --port P [options]   N concurrent connections, M messages per connection; records the time from
 //                                          the end of DATA ("." sent) to the final reply, per message; prints JSON.
 //   smtp-loadgen idle --port P [options]   opens N connections, reads the banner, says EHLO, holds them; prints JSON.
+//   smtp-loadgen sink --port P              the smallest async .NET SMTP server that takes these messages (stores
+//                                          nothing; runs until killed): what the runtime adds, for perf/floor.sh.
 //   smtp-loadgen slow --port P [options]   opens N connections that trickle one byte every few seconds (slowloris), in
 //                                          the command phase or inside DATA; records which ones the server closed, when,
 //                                          and with which reply; prints JSON.
@@ -52,6 +54,7 @@ static class Program
             "run" => await RunCommand.RunAsync(o),
             "idle" => await IdleCommand.RunAsync(o),
             "slow" => await SlowCommand.RunAsync(o),
+            "sink" => await SinkCommand.RunAsync(o),
             _ => Fail($"unknown command '{args[0]}'"),
         };
     }
@@ -64,7 +67,7 @@ static class Program
     }
 
     const string Usage = """
-        usage: smtp-loadgen run|idle|slow [options]
+        usage: smtp-loadgen run|idle|slow|sink [options]
           --host H            server address (127.0.0.1)
           --port P            server port (required)
           --connections N     concurrent connections (20)           [run]

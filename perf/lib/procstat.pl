@@ -6,8 +6,12 @@
 #   procstat.pl rss PID...            VmRSS summed over the PIDs' trees, kB.
 #   procstat.pl pss PID...            Pss (proportional set size: shared pages split between sharers) summed over
 #                                     the PIDs' trees, kB — the honest total for a many-process server like Postfix.
-#   procstat.pl ctxsw PID             context switches (voluntary + involuntary) of one process's live threads, summed
-#                                     (/proc/PID/task/*/status; a thread that exited takes its count with it).
+#   procstat.pl ctxsw PID             context switches (voluntary + involuntary) of each live thread of one process, one
+#                                     "TID COUNT" line per thread (/proc/PID/task/*/status): a snapshot for ctxsw-since.
+#   procstat.pl ctxsw-since PID FILE  switches since the snapshot FILE: per live thread, its count minus its count in
+#                                     FILE (0 for a thread born since), summed. A thread that exited in between is left
+#                                     out (its switches since the snapshot are lost), so the result is a lower bound;
+#                                     it is never negative.
 #   procstat.pl sample OUT SECS PID...  every SECS: sum Pss over the trees; keep the peak; rewrite OUT with
 #                                     "peak_kB current_kB"; runs until killed or every PID is gone.
 use strict;
@@ -66,13 +70,24 @@ if ($cmd eq 'cpu') {
     my $t = 0;
     for my $p (tree(@ARGV)) { my $st = stat_of($p) or next; $t += $st->{cpu} }
     printf "%.2f\n", $t / $tck;
-} elsif ($cmd eq 'ctxsw') {
-    my $n = 0;
-    for my $status (glob("/proc/$ARGV[0]/task/*/status")) {
-        my ($task) = $status =~ m{/task/(\d+)/};
-        for my $key (qw(voluntary_ctxt_switches nonvoluntary_ctxt_switches)) { $n += status_kb("$ARGV[0]/task/$task", $key) }
+} elsif ($cmd eq 'ctxsw' || $cmd eq 'ctxsw-since') {
+    my ($pid, $since) = @ARGV;
+    my %before;
+    if ($cmd eq 'ctxsw-since') {
+        open(my $f, '<', $since) or die "procstat.pl: $since: $!\n";
+        while (<$f>) { $before{$1} = $2 if /^(\d+) (\d+)$/ }
+        close($f);
     }
-    print "$n\n";
+    my $sum = 0;
+    for my $status (glob("/proc/$pid/task/*/status")) {
+        my ($task) = $status =~ m{/task/(\d+)/};
+        open(my $f, '<', $status) or next;  # the thread exited since the glob
+        my $n = 0;
+        while (<$f>) { $n += $1 if /^(?:non)?voluntary_ctxt_switches:\s+(\d+)/ }
+        close($f);
+        if ($cmd eq 'ctxsw') { print "$task $n\n" } else { $sum += $n - ($before{$task} // 0) }
+    }
+    print "$sum\n" if $cmd eq 'ctxsw-since';
 } elsif ($cmd eq 'hwm') {
     print status_kb($ARGV[0], 'VmHWM'), "\n";
 } elsif ($cmd eq 'rss') {
@@ -98,5 +113,5 @@ if ($cmd eq 'cpu') {
         sleep($secs);
     }
 } else {
-    die "usage: procstat.pl cpu|ctxsw|hwm|rss|pss|sample ...\n";
+    die "usage: procstat.pl cpu|ctxsw|ctxsw-since|hwm|rss|pss|sample ...\n";
 }
