@@ -62,10 +62,12 @@ ENV SMTPGW__Gateway__DataDirectory=/var/lib/smtpgw \
     SMTPGW__Gateway__Listeners__1__Address=0.0.0.0 \
     SMTPGW__Gateway__Listeners__2__Address=0.0.0.0
 
-# A container limited to one CPU (--cpus=1, a cpuset of one) makes .NET wait ten times longer before it compiles hot
-# code at its optimising tier, restarted by every newly compiled method: pinned to one core the gateway still spent
-# 0.98 CPU ms per message after 40,000 messages (0.55 once it got there, after 120,000), and 0.64 after 12,000 with
-# this setting (issue 15). It changes nothing on more than one CPU.
+# When the runtime sees one CPU (a cpuset of one; likely also --cpus=1, which .NET counts as one CPU: tested with taskset
+# only), .NET waits ten times longer before it compiles hot code at its optimising tier, and every newly compiled
+# method restarts the wait. Pinned to one core the gateway still spent 0.98 CPU ms per message after 40,000 messages,
+# reaching its steady 0.55 only after 120,000; with this setting 0.64 after 12,000 (issue 15). It shortens the
+# warm-up, not the steady state, and changes nothing on more than one CPU. An internal runtime setting, not a
+# documented one: check it when the .NET version changes.
 ENV DOTNET_TC_DelaySingleProcMultiplier=1
 
 USER $APP_UID

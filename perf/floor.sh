@@ -12,8 +12,10 @@
 #              async .NET server that takes them (one async loop per connection over a PipeReader, as the gateway's
 #              listener) — the difference is what the runtime's socket engine and thread pool add.
 #   outbound   one transaction on an already open connection. C: smtp-source -d's own CPU. .NET: smtp-loadgen's own
-#              CPU with --per-conn 1000 (its client_cpu_s). Neither pipelines; the gateway's client does, so this part
-#              is a little high.
+#              CPU with --per-conn 1000 (client_cpu_s of a run of 3N less a run of N: no start-up). Neither pipelines;
+#              the gateway's client does, so this part is a little high.
+#   The .NET tools run with the gateway's runtime settings. Two .NET processes each pay their runtime's own threads
+#   and wake-ups, which the gateway pays once: the .NET sum leans high.
 #   commit     the durable spool's system calls as the gateway makes them today, from python3: open a recycled file,
 #              pwrite the message at its old length, fdatasync, close, rename into the queue directory, one directory
 #              fsync per G messages (--group, 3), and the rename out of the queue at delivery. Only the kernel's
@@ -44,19 +46,19 @@ export PATH="$PATH:/usr/sbin"
 
 if ((install)); then
     missing=()
-    for pair in smtp-sink:postfix smtp-source:postfix jq:jq python3:python3 /usr/bin/time:time; do
+    for pair in smtp-sink:postfix smtp-source:postfix jq:jq python3:python3 /usr/bin/time:time ss:iproute2 findmnt:util-linux; do
         command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
     done
     if ((${#missing[@]})); then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
 fi
-for tool in smtp-sink smtp-source jq python3 /usr/bin/time dotnet; do
-    command -v "$tool" >/dev/null || { echo "floor.sh: $tool missing (packages postfix, jq, python3, time; the .NET SDK)" >&2; exit 1; }
+for tool in smtp-sink smtp-source jq python3 /usr/bin/time ss findmnt dotnet; do
+    command -v "$tool" >/dev/null || { echo "floor.sh: $tool missing (packages postfix, jq, python3, time, iproute2, util-linux; the .NET SDK)" >&2; exit 1; }
 done
 
 work="$(mktemp -d "${BENCH_TMP:-/var/tmp}/smtpgw-floor.XXXXXX")"
-fs=$(stat -f -c %T "$work")
+fs=$(findmnt -no FSTYPE -T "$work")
 [[ "$fs" != tmpfs ]] || { rm -rf "$work"; echo "floor.sh: $work is on tmpfs, where fsync costs nothing: set BENCH_TMP" >&2; exit 2; }
 sink_pid=""
 cleanup() { [[ -z "$sink_pid" ]] || kill "$sink_pid" 2>/dev/null || true; rm -rf "$work"; }
@@ -79,7 +81,7 @@ start_server() {
     local name="$1" p i j; shift
     for i in 1 2 3 4 5; do
         p=$((10000 + RANDOM % 22000))
-        ss -Htan "sport = :$p" | grep -q . && continue
+        [[ -z "$(ss -Htan "sport = :$p")" ]] || continue
         "$@" "$p" >/dev/null 2>"$work/$name.err" &
         sink_pid=$!
         for ((j = 0; j < 50; j++)); do
@@ -94,7 +96,15 @@ start_server() {
 }
 stop_server() { kill "$sink_pid" 2>/dev/null || true; wait "$sink_pid" 2>/dev/null || true; sink_pid=""; }
 c_sink() { exec smtp-sink -u nobody -h sink.floor -m 2048 "127.0.0.1:$1" 2048; }
+# The .NET tools run with the gateway's runtime settings (src/SmtpGateway.Host: thread-pool spin limit 10, concurrent
+# GC), so that the difference to the C tools is the runtime as the gateway uses it.
+export DOTNET_ThreadPool_UnfairSemaphoreSpinLimit=10 DOTNET_gcConcurrent=1 DOTNET_TC_DelaySingleProcMultiplier=1
 dotnet_sink() { exec "$loadgen" sink --port "$1"; }
+# check_run FILE N: the load generator's result took all N messages without an error.
+check_run() {
+    jq -e --argjson n "$2" '.count == $n and .errors == 0 and (.refused // 0) == 0' "$1" >/dev/null \
+        || { echo "floor.sh: load generator run incomplete: $(jq -c '{count, errors, refused, error_kinds}' "$1")" >&2; exit 1; }
+}
 
 # inbound NAME START_FN WARM: the server's CPU and context switches per message for the bench row's client, in
 # r_cpu and r_cs.
@@ -106,8 +116,8 @@ inbound() {
     say "inbound ($name): smtp-loadgen, $messages messages, 20 sessions, 1 per connection"
     "$loadgen" run --port "$sink_port" --messages "$messages" --connections 20 --size 4096 >"$work/$name.json"
     c1=$("$lib/procstat.pl" cpu "$sink_pid")
-    acked=$(jq .count "$work/$name.json")
-    ((acked > 0)) || { echo "floor.sh: $name acknowledged nothing" >&2; exit 1; }
+    check_run "$work/$name.json" "$messages"
+    acked=$messages
     r_cpu=$(fcalc "($c1 - $c0) * 1000 / $acked")
     r_cs=$(fcalc "$("$lib/procstat.pl" ctxsw-since "$sink_pid" "$work/ctxsw0") / $acked")
     stop_server
@@ -124,17 +134,23 @@ say "outbound (C): smtp-source -d, $messages messages over 20 kept connections"
 /usr/bin/time -f '%U %S %w %c' -o "$work/source.time" smtp-source -d -s 20 -m "$messages" -l 4096 \
     -f sender@tenant-a.example -t rcpt@example.net "127.0.0.1:$sink_port" >"$work/source.out" 2>&1 \
     || { echo "floor.sh: smtp-source failed: $(tail -3 "$work/source.out")" >&2; exit 1; }
-read -r out_c out_c_cs < <(awk -v n="$messages" 'NF == 4 { printf "%.3f %.3f\n", ($1 + $2) * 1000 / n, ($3 + $4) / n }' "$work/source.time")
-[[ -n "${out_c_cs:-}" ]] || { echo "floor.sh: no CPU line from /usr/bin/time: $(cat "$work/source.time")" >&2; exit 1; }
-say "outbound (.NET): smtp-loadgen --per-conn 1000, $messages messages over 20 kept connections"
-"$loadgen" run --port "$sink_port" --messages "$((messages / 2))" --connections 20 --per-conn 1000 --size 4096 >/dev/null
-"$loadgen" run --port "$sink_port" --messages "$messages" --connections 20 --per-conn 1000 --size 4096 >"$work/outbound.json"
-out_net=$(jq '.client_cpu_s * 1000 / .count * 1000 | round / 1000' "$work/outbound.json")
+if ! read -r out_c out_c_cs < <(awk -v n="$messages" 'NF == 4 { printf "%.3f %.3f\n", ($1 + $2) * 1000 / n, ($3 + $4) / n }' "$work/source.time"); then
+    echo "floor.sh: no CPU line from /usr/bin/time: $(cat "$work/source.time")" >&2; exit 1
+fi
+# client_cpu_s is the whole process's CPU, start-up and JIT included: a run of 3N less a run of N leaves 2N messages
+# of steady state.
+say "outbound (.NET): smtp-loadgen --per-conn 1000, runs of $messages and $((3 * messages)) messages over 20 kept connections"
+"$loadgen" run --port "$sink_port" --messages "$messages" --connections 20 --per-conn 1000 --size 4096 >"$work/outbound1.json"
+check_run "$work/outbound1.json" "$messages"
+"$loadgen" run --port "$sink_port" --messages "$((3 * messages))" --connections 20 --per-conn 1000 --size 4096 >"$work/outbound3.json"
+check_run "$work/outbound3.json" "$((3 * messages))"
+out_net=$(jq -n --slurpfile a "$work/outbound1.json" --slurpfile b "$work/outbound3.json" --argjson n "$messages" \
+    '($b[0].client_cpu_s - $a[0].client_cpu_s) * 1000 / (2 * $n) * 1000 | round / 1000')
 stop_server
 
 # commit: the spool's system calls for one message, as the gateway makes them today.
 say "commit: open, pwrite, fdatasync, close, rename in, directory fsync per $group, rename out ($messages messages)"
-read -r commit commit_user commit_cs < <(python3 - "$work/spool" "$messages" "$group" <<'EOF'
+if ! read -r commit commit_user commit_cs < <(python3 - "$work/spool" "$messages" "$group" <<'EOF'
 import os, resource, sys
 root, n, group = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 tmp, queue = os.path.join(root, "tmp"), os.path.join(root, "queue")
@@ -165,8 +181,9 @@ after = resource.getrusage(resource.RUSAGE_SELF)
 print("%.3f %.3f %.3f" % ((after.ru_stime - before.ru_stime) * 1000 / n, (after.ru_utime - before.ru_utime) * 1000 / n,
                           (after.ru_nvcsw + after.ru_nivcsw - before.ru_nvcsw - before.ru_nivcsw) / n))
 EOF
-)
-[[ -n "${commit_cs:-}" ]] || { echo "floor.sh: the commit measurement failed" >&2; exit 1; }
+); then
+    echo "floor.sh: the commit measurement failed" >&2; exit 1
+fi
 
 # mac: SoftHSM2's HMAC for the return path.
 say "mac: SignBench hmac.hsm"
@@ -183,7 +200,7 @@ jq -n --argjson in_c "$in_c" --argjson in_c_cs "$in_c_cs" --argjson in_net "$in_
     --argjson commit "$commit" --argjson commit_user "$commit_user" --argjson commit_cs "$commit_cs" --argjson mac "$mac" \
     --argjson sum_c "$sum_c" --argjson sum_net "$sum_net" --argjson messages "$messages" --argjson group "$group" \
     --arg cpu "$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" --arg cores "$(nproc)" --arg kernel "$(uname -r)" \
-    --arg fs "$fs" --arg commit_id "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --arg fs "$fs" --arg commit_id "$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)" \
     --arg load0 "$loadavg_before" --arg load1 "$(cut -d' ' -f1-3 /proc/loadavg)" '
     {name: "floor", messages: $messages, group: $group, commit: $commit_id,
      machine: {cpu: $cpu, cores: ($cores | tonumber), kernel: $kernel, work_fs: $fs, loadavg_before: $load0, loadavg_after: $load1},

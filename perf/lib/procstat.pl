@@ -10,8 +10,8 @@
 #                                     "TID COUNT" line per thread (/proc/PID/task/*/status): a snapshot for ctxsw-since.
 #   procstat.pl ctxsw-since PID FILE  switches since the snapshot FILE: per live thread, its count minus its count in
 #                                     FILE (0 for a thread born since), summed. A thread that exited in between is left
-#                                     out (its switches since the snapshot are lost), so the result is a lower bound;
-#                                     it is never negative.
+#                                     out (its switches since the snapshot are lost), so the result is a lower bound.
+#                                     Nothing is printed when the process is gone.
 #   procstat.pl sample OUT SECS PID...  every SECS: sum Pss over the trees; keep the peak; rewrite OUT with
 #                                     "peak_kB current_kB"; runs until killed or every PID is gone.
 use strict;
@@ -78,16 +78,18 @@ if ($cmd eq 'cpu') {
         while (<$f>) { $before{$1} = $2 if /^(\d+) (\d+)$/ }
         close($f);
     }
-    my $sum = 0;
+    my ($sum, $seen) = (0, 0);
     for my $status (glob("/proc/$pid/task/*/status")) {
         my ($task) = $status =~ m{/task/(\d+)/};
         open(my $f, '<', $status) or next;  # the thread exited since the glob
         my $n = 0;
         while (<$f>) { $n += $1 if /^(?:non)?voluntary_ctxt_switches:\s+(\d+)/ }
         close($f);
+        $seen++;
         if ($cmd eq 'ctxsw') { print "$task $n\n" } else { $sum += $n - ($before{$task} // 0) }
     }
-    print "$sum\n" if $cmd eq 'ctxsw-since';
+    # A process that is gone has no count: print nothing, which bench.sh reports as null, not as 0.
+    print "$sum\n" if $cmd eq 'ctxsw-since' && $seen;
 } elsif ($cmd eq 'hwm') {
     print status_kb($ARGV[0], 'VmHWM'), "\n";
 } elsif ($cmd eq 'rss') {
