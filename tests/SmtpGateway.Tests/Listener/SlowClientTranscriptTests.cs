@@ -14,7 +14,11 @@ public sealed class SlowClientTranscriptTests
 {
     static readonly IPAddress TenantB = IPAddress.Parse("127.0.0.2"); // Dkim:Unsigned, so a finished message is 250
 
-    /// <summary>Sends one octet, lets the session read it, then moves the fake clock by <paramref name="step"/>; stops at the first reply.</summary>
+    /// <summary>
+    /// Sends one octet, waits until the session has taken it and waits for more, then moves the fake clock by
+    /// <paramref name="step"/>; stops at the first reply. After a move the session either had nothing due (and waits on)
+    /// or closes, and then the next octet's wait ends with the reply.
+    /// </summary>
     /// <returns>The pending (or received) reply, and the fake time the trickle took.</returns>
     static async Task<(Task<string?> Reply, TimeSpan Elapsed)> TrickleAsync(RawSmtpClient c, FakeTimeProvider clock, TimeSpan step, int maxOctets)
     {
@@ -24,16 +28,19 @@ public sealed class SlowClientTranscriptTests
         {
             try
             {
-                await c.SendRawAsync("x");
+                await c.SendAndSettleAsync("x", reply);
             }
             catch (IOException)
             {
                 break; // closed under us: the reply is already there
             }
 
-            await Task.WhenAny(reply, Task.Delay(TimeSpan.FromMilliseconds(30), TimeProvider.System));
+            if (reply.IsCompleted)
+            {
+                break;
+            }
+
             clock.Advance(step);
-            await Task.WhenAny(reply, Task.Delay(TimeSpan.FromMilliseconds(30), TimeProvider.System));
         }
 
         return (reply, clock.GetUtcNow() - started);

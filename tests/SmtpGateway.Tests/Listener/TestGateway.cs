@@ -190,8 +190,11 @@ public sealed class TestGateway : IAsyncDisposable
         var toServer = new System.IO.Pipelines.Pipe();
         var toClient = new System.IO.Pipelines.Pipe();
         var remote = new IPEndPoint(source ?? IPAddress.Loopback, Interlocked.Increment(ref _nextPort));
-        _service.Accept(new DuplexPipeStream(toServer.Reader, toClient.Writer), _service.ListenerAt(endPoint), remote);
-        return await RawSmtpClient.OverAsync(new DuplexPipeStream(toClient.Reader, toServer.Writer), implicitTls);
+        var serverSide = new DuplexPipeStream(toServer.Reader, toClient.Writer);
+        _service.Accept(serverSide, _service.ListenerAt(endPoint), remote);
+        var client = await RawSmtpClient.OverAsync(new DuplexPipeStream(toClient.Reader, toServer.Writer), implicitTls);
+        client.ServerSide = serverSide;
+        return client;
     }
 
     public async ValueTask DisposeAsync()
@@ -253,6 +256,23 @@ public sealed class RawSmtpClient : IAsyncDisposable
     }
 
     public string? TlsProtocol => (_stream as SslStream)?.SslProtocol.ToString();
+
+    /// <summary>The session's end of an in-memory connection (<see cref="TestGateway.ConnectAsync"/>); null over TCP.</summary>
+    public DuplexPipeStream? ServerSide { get; internal set; }
+
+    /// <summary>
+    /// Sends <paramref name="text"/> and completes once the session has taken all of it and waits for more (or with
+    /// <paramref name="reply"/>, whichever comes first). Replaces a real-time pause before moving a fake clock: the session
+    /// has then re-armed whatever timer the octets concern. In-memory connections only.
+    /// </summary>
+    public async Task SendAndSettleAsync(string text, Task reply)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(text); // nothing sent, nothing read: the wait would never end
+        var server = ServerSide ?? throw new InvalidOperationException("SendAndSettleAsync needs an in-memory connection");
+        var mark = server.Waits;
+        await SendRawAsync(text);
+        await Task.WhenAny(reply, server.WaitedSinceAsync(mark));
+    }
 
     public async Task SendRawAsync(string text) => await SendRawAsync(Encoding.UTF8.GetBytes(text));
 
@@ -352,11 +372,74 @@ public sealed class RawSmtpClient : IAsyncDisposable
     }
 }
 
-/// <summary>One end of an in-memory connection: reads from one pipe, writes to the other; closing completes both.</summary>
+/// <summary>
+/// One end of an in-memory connection: reads from one pipe, writes to the other; closing completes both. It counts the
+/// reads that find nothing to read (<see cref="Waits"/>): the moment the reader has taken everything sent and waits, which
+/// a test needs before it moves a fake clock (instead of pausing on the real one).
+/// </summary>
 public sealed class DuplexPipeStream(System.IO.Pipelines.PipeReader input, System.IO.Pipelines.PipeWriter output) : Stream
 {
     readonly Stream _in = input.AsStream();
     readonly Stream _out = output.AsStream();
+    readonly Lock _gate = new();
+    long _waits;
+    TaskCompletionSource _waited = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>Reads so far that found the pipe empty.</summary>
+    public long Waits
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _waits;
+            }
+        }
+    }
+
+    /// <summary>Completes at the first read after <paramref name="mark"/> (a value of <see cref="Waits"/>) that finds the pipe empty.</summary>
+    public async Task WaitedSinceAsync(long mark)
+    {
+        while (true)
+        {
+            Task waited;
+            lock (_gate)
+            {
+                if (_waits > mark)
+                {
+                    return;
+                }
+
+                waited = _waited.Task;
+            }
+
+            await waited.ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Before a read: when nothing is buffered, the reader is about to wait.</summary>
+    void NoteRead()
+    {
+        if (input.TryRead(out var result))
+        {
+            // Looked at, not taken: the read below sees the same octets.
+            input.AdvanceTo(result.Buffer.Start);
+            if (!result.Buffer.IsEmpty || result.IsCompleted || result.IsCanceled)
+            {
+                return;
+            }
+        }
+
+        TaskCompletionSource waited;
+        lock (_gate)
+        {
+            _waits++;
+            waited = _waited;
+            _waited = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        }
+
+        waited.SetResult();
+    }
 
     public override bool CanRead => true;
 
@@ -368,11 +451,23 @@ public sealed class DuplexPipeStream(System.IO.Pipelines.PipeReader input, Syste
 
     public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
 
-    public override int Read(byte[] buffer, int offset, int count) => _in.Read(buffer, offset, count);
+    public override int Read(byte[] buffer, int offset, int count)
+    {
+        NoteRead();
+        return _in.Read(buffer, offset, count);
+    }
 
-    public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) => _in.ReadAsync(buffer, cancellationToken);
+    public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        NoteRead();
+        return _in.ReadAsync(buffer, cancellationToken);
+    }
 
-    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) => _in.ReadAsync(buffer, offset, count, cancellationToken);
+    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken)
+    {
+        NoteRead();
+        return _in.ReadAsync(buffer, offset, count, cancellationToken);
+    }
 
     public override void Write(byte[] buffer, int offset, int count) => _out.Write(buffer, offset, count);
 
