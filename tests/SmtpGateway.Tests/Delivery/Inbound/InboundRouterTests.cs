@@ -279,15 +279,15 @@ public sealed class InboundRouterTests : IDisposable
     [Fact]
     public async Task Webhook_timeout_is_deferred()
     {
-        // The timeout runs on the router's clock: the receiver holds the request (it answers after a minute of real time,
-        // or when disposed), and the test moves the fake clock past the 300 ms limit once the request has arrived.
+        // The timeout runs on the router's clock: the receiver holds the request unanswered, and the test moves the fake
+        // clock past the 300 ms limit once the request has arrived.
         var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
-        await using var receiver = new WebhookReceiver { Delay = TimeSpan.FromMinutes(1) };
+        await using var receiver = new WebhookReceiver { Hold = true };
         var router = NewRouter(WebhookRoute(receiver.Url, timeout: TimeSpan.FromMilliseconds(300), secretFile: WriteSecretFile()), clock);
         var message = await SpoolAsync(SampleMessage());
 
         var delivery = router.DeliverAsync(message, message.Envelope.Recipients, CancellationToken.None);
-        await Poll.UntilAsync(() => !receiver.Requests.IsEmpty); // a poll for the request, not a wait for the timeout
+        await receiver.Arrived.WaitAsync(TimeSpan.FromSeconds(10));
 
         clock.Advance(TimeSpan.FromMilliseconds(299));
         Assert.False(delivery.IsCompleted);
@@ -332,12 +332,16 @@ public sealed class InboundRouterTests : IDisposable
     [Fact]
     public async Task Webhook_cancellation_throws()
     {
-        await using var receiver = new WebhookReceiver { Delay = TimeSpan.FromSeconds(5) };
+        await using var receiver = new WebhookReceiver { Hold = true };
         var router = NewRouter(WebhookRoute(receiver.Url, secretFile: WriteSecretFile()));
         var message = await SpoolAsync(SampleMessage());
-        using var cancel = new CancellationTokenSource(TimeSpan.FromMilliseconds(200));
+        using var cancel = new CancellationTokenSource();
 
-        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => router.DeliverAsync(message, message.Envelope.Recipients, cancel.Token));
+        var delivery = router.DeliverAsync(message, message.Envelope.Recipients, cancel.Token);
+        await receiver.Arrived.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.False(delivery.IsCompleted);
+        await cancel.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => delivery);
     }
 
     [Fact]
@@ -707,9 +711,15 @@ public sealed class InboundRouterTests : IDisposable
 
         public int Status { get; init; } = 204;
 
-        public TimeSpan Delay { get; init; } = TimeSpan.Zero;
+        /// <summary>Holds every request unanswered until the receiver is disposed (a webhook that never answers).</summary>
+        public bool Hold { get; init; }
 
         public ConcurrentQueue<ReceivedRequest> Requests { get; } = new();
+
+        /// <summary>Completes when the first request has arrived (its body read): the moment to move a fake clock or cancel.</summary>
+        public Task Arrived => _arrived.Task;
+
+        readonly TaskCompletionSource _arrived = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
         async Task LoopAsync()
         {
@@ -742,9 +752,16 @@ public sealed class InboundRouterTests : IDisposable
                 }
 
                 Requests.Enqueue(new ReceivedRequest(context.Request.HttpMethod, context.Request.Url!.PathAndQuery, headers, body.ToArray()));
-                if (Delay > TimeSpan.Zero)
+                _arrived.TrySetResult();
+                if (Hold)
                 {
-                    await Task.Delay(Delay, _stop.Token);
+                    var released = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                    await using (_stop.Token.Register(() => released.TrySetResult()))
+                    {
+                        await released.Task;
+                    }
+
+                    return;
                 }
 
                 context.Response.StatusCode = Status;
