@@ -479,7 +479,7 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
     [Fact]
     public async Task MaxConnections_cap_holds_under_concurrency()
     {
-        _server.DataDelay = TimeSpan.FromMilliseconds(30);
+        _server.HoldDataUntilConcurrent = 3;
         await using var transport = NewTransport(maxConnections: 3);
         var messages = new List<SpooledMessage>();
         for (var i = 0; i < 24; i++)
@@ -491,8 +491,8 @@ public sealed class SmarthostTransportTests : IAsyncLifetime
 
         Assert.All(results.SelectMany(r => r), r => Assert.Equal(DeliveryOutcome.Delivered, r.Outcome));
         Assert.Equal(24, _server.Messages.Count);
-        Assert.InRange(_server.MaxConcurrentConnections, 2, 3);
-        Assert.InRange(_server.Connections, 2, 3);
+        Assert.Equal(3, _server.MaxConcurrentConnections);
+        Assert.Equal(3, _server.Connections);
     }
 
     [Fact]

@@ -67,8 +67,33 @@ public sealed class TestSmtpServer : IAsyncDisposable
     /// <summary>Close the socket without a reply when the n-th MAIL command (1-based, over all connections) arrives.</summary>
     public Func<int, bool> DropOnMail { get; set; } = _ => false;
 
-    /// <summary>Delay before the final DATA reply, to hold connections open concurrently.</summary>
-    public TimeSpan DataDelay { get; set; } = TimeSpan.Zero;
+    /// <summary>
+    /// When above 0, the final DATA reply waits until this many sessions wait for it at once; then every session goes on
+    /// and later ones do not wait. It holds connections open concurrently (for the connection caps) without a pause on
+    /// the real clock. If that many never meet within 10 s (a cap set lower than the test thinks), they go on anyway and
+    /// the test's own assertions say what went wrong.
+    /// </summary>
+    public int HoldDataUntilConcurrent { get; set; }
+
+    readonly TaskCompletionSource _dataGate = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    int _heldAtData;
+
+    async Task HoldAtDataAsync()
+    {
+        if (Interlocked.Increment(ref _heldAtData) >= HoldDataUntilConcurrent)
+        {
+            _dataGate.TrySetResult();
+        }
+
+        try
+        {
+            await _dataGate.Task.WaitAsync(TimeSpan.FromSeconds(10), _stop.Token);
+        }
+        catch (TimeoutException)
+        {
+            _dataGate.TrySetResult();
+        }
+    }
 
     public bool AdvertiseSmtpUtf8 { get; set; }
 
@@ -243,9 +268,9 @@ public sealed class TestSmtpServer : IAsyncDisposable
                         return;
                     }
 
-                    if (DataDelay > TimeSpan.Zero)
+                    if (HoldDataUntilConcurrent > 0)
                     {
-                        await Task.Delay(DataDelay, _stop.Token);
+                        await HoldAtDataAsync();
                     }
 
                     if (DataReply.StartsWith('2'))
