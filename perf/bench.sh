@@ -453,7 +453,7 @@ gw_warm_jit() {
 measure() {
     local name="$1" client="$2" port="$3" roots="$4" extra="$5"; shift 5
     local dir="$work/row-$name"; mkdir -p "$dir"
-    local cpu0 cpu1 xcpu0=0 xcpu1=0 sink0 sinkc0 sinkc1 alloc0="" alloc1="" ctx0="" ctx1=""
+    local cpu0 cpu1 xcpu0=0 xcpu1=0 sink0 sinkc0 sinkc1 alloc0="" alloc1="" ctxsw=""
     # Warm-up, not measured: a tenth of the run (200..1000 messages), unpaced, and drained, so that the row sees a
     # steady state (JIT-compiled code for .NET, a warm process pool for Postfix) rather than start-up costs.
     local warm=$((messages / 10)); ((warm > 1000)) && warm=1000; ((warm < 200)) && warm=200
@@ -467,7 +467,7 @@ measure() {
     cpu0=$("$lib/procstat.pl" cpu $roots)
     [[ -n "$extra" ]] && xcpu0=$("$lib/procstat.pl" cpu $extra)
     sinkc0=$("$lib/procstat.pl" cpu "$sink_pid")
-    [[ -z "${alloc_sock:-}" ]] || { alloc0=$(gw_allocated "$alloc_sock"); jit0=$(gw_jit "$alloc_sock"); "$lib/procstat.pl" ctxsw "$roots" >"$dir/ctxsw0"; ctx0=0; }
+    [[ -z "${alloc_sock:-}" ]] || { alloc0=$(gw_allocated "$alloc_sock"); jit0=$(gw_jit "$alloc_sock"); "$lib/procstat.pl" ctxsw "$roots" >"$dir/ctxsw0"; }
     start_bg "sampler-$name" "$dir/sampler.log" "${pin_client[@]}" "$lib/procstat.pl" sample "$dir/rss" 0.5 $roots
     local sampler=$bg_pid
     sink0=$(sink_count)
@@ -484,7 +484,7 @@ measure() {
     cpu1=$("$lib/procstat.pl" cpu $roots)
     [[ -n "$extra" ]] && xcpu1=$("$lib/procstat.pl" cpu $extra)
     sinkc1=$("$lib/procstat.pl" cpu "$sink_pid")
-    [[ -z "${alloc_sock:-}" ]] || { alloc1=$(gw_allocated "$alloc_sock"); jit1=$(gw_jit "$alloc_sock"); ctx1=$("$lib/procstat.pl" ctxsw-since "$roots" "$dir/ctxsw0"); }
+    [[ -z "${alloc_sock:-}" ]] || { alloc1=$(gw_allocated "$alloc_sock"); jit1=$(gw_jit "$alloc_sock"); ctxsw=$("$lib/procstat.pl" ctxsw-since "$roots" "$dir/ctxsw0"); }
     if [[ -n "${alloc_sock:-}" && ( -z "$alloc0" || -z "$alloc1" ) ]]; then
         say "$name: no dotnet_gc_heap_total_allocated_bytes_total on the gateway's /metrics ($alloc_sock): allocKB/msg not reported"
     fi
@@ -503,7 +503,7 @@ measure() {
         --argjson cpu "$(fcalc "$cpu1 - $cpu0")" --argjson xcpu "$(fcalc "$xcpu1 - $xcpu0")" \
         --argjson sinkcpu "$(fcalc "$sinkc1 - $sinkc0")" \
         --argjson hwm "$hwm" --argjson rsspeak "$rss_peak" --argjson xrss "$xrss_peak" --argjson single "$single" \
-        --arg gw "${alloc_sock:+1}" --arg alloc0 "$alloc0" --arg alloc1 "$alloc1" --arg ctx0 "$ctx0" --arg ctx1 "$ctx1" \
+        --arg gw "${alloc_sock:+1}" --arg alloc0 "$alloc0" --arg alloc1 "$alloc1" --arg ctxsw "$ctxsw" \
         --arg jit0 "$jit0" --arg jit1 "$jit1" --arg wjit "$wjit" --argjson warmed "$warmed" --arg wquiet "$wquiet" '
         ($lg[0]) as $l
         | ($last - $started) as $secs
@@ -525,8 +525,7 @@ measure() {
              (if $alloc0 != "" and $alloc1 != "" then ($alloc1 | tonumber) - ($alloc0 | tonumber) else null end) as $a
              | {alloc_bytes: $a,
                 alloc_bytes_per_msg: (if $a != null and $l.count > 0 then ($a / $l.count | round) else null end),
-                ctxsw_per_msg: (if $ctx0 != "" and $ctx1 != "" and $received > 0
-                                then (($ctx1 | tonumber) - ($ctx0 | tonumber)) / $received * 10 | round / 10 else null end),
+                ctxsw_per_msg: (if $ctxsw != "" and $received > 0 then ($ctxsw | tonumber) / $received * 10 | round / 10 else null end),
                 warmup: {messages: $warmed, jit_s: (if $wjit != "" then ($wjit | tonumber) else null end),
                          quiet: (if $wquiet == "" then null else $wquiet == "true" end)},
                 jit_s: (if $jit0 != "" and $jit1 != "" then (($jit1 | tonumber) - ($jit0 | tonumber)) * 1000 | round / 1000 else null end)}
