@@ -44,6 +44,10 @@ if command -v dpkg-query >/dev/null 2>&1 && ! pkg_installed libsasl2-modules; th
 [[ -x /usr/bin/gcore ]] || missing+=(gdb)
 # mount/umount (Debian "mount", util-linux): the fault tests mount a small tmpfs on the spool (spool full → 452 4.3.1).
 [[ -x /usr/bin/mount && -x /usr/bin/umount ]] || missing+=(mount)
+# strace: the spool-sync tests trace the gateway's syncs and replies (and delay a sync by fault injection);
+# e2fsprogs (mkfs.ext4): one of them gives the data directory an ext4 file system of its own on a loop device.
+[[ -x /usr/bin/strace ]] || missing+=(strace)
+[[ -x /usr/sbin/mkfs.ext4 ]] || missing+=(e2fsprogs)
 # haproxy: config/examples/haproxy-health.cfg is run in front of a gateway (its /readyz health check).
 [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
 # chromium: the dashboard test's headless browser (driven by the Playwright driver bundled in its NuGet package, which

@@ -88,7 +88,7 @@ public sealed class FaultTests(ITestOutputHelper output)
         }
     }
 
-    static void RequireRoot(string why)
+    internal static void RequireRoot(string why)
     {
         // CI runs as root; elsewhere this must fail loudly, never pass without having tested anything.
         if (!string.Equals(Environment.UserName, "root", StringComparison.Ordinal))

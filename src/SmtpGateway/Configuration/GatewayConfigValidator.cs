@@ -233,6 +233,15 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
             e.Add($"{G}:Spool:Directory: required.");
         }
 
+        if (!Enum.IsDefined(c.Spool.Sync))
+        {
+            e.Add($"{G}:Spool:Sync: must be one of {string.Join(", ", Enum.GetNames<SpoolSync>())}.");
+        }
+        else if (c.Spool.Sync == SpoolSync.FileSystem && !SpoolSyncSupport.FileSystemReportsErrors)
+        {
+            e.Add($"{G}:Spool:Sync: FileSystem needs Linux 5.8 or later, where syncfs(2) reports write-back errors; this is {Environment.OSVersion}. Use File or Auto.");
+        }
+
         var d = c.Delivery;
         var dp = $"{G}:Delivery";
         if (!Enum.IsDefined(d.Mode))

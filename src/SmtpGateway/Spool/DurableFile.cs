@@ -218,6 +218,106 @@ internal static partial class DurableFile
     }
 
     /// <summary>
+    /// syncfs(2) of the file system that holds a directory, through a descriptor held from before the first message is
+    /// written until the spool is disposed. The kernel reports to each descriptor the write-back errors since its open or
+    /// its last syncfs (errseq on the super block, f_sb_err), so one descriptor held across all syncs sees every error on
+    /// that file system since the spool started, including one the flusher thread met before a sync began; a descriptor
+    /// opened per sync would miss those. Calls are serialised by the caller (GroupCommitter's single loop).
+    /// A descriptor syncs the file system it was opened on; if another one is mounted over the spool while the gateway
+    /// runs, files written there would not be covered, so each sync first checks that the directory is still on it.
+    /// </summary>
+    internal sealed class FileSystemSync : IDisposable
+    {
+        const int ODirectory = 0x10000;
+        readonly string _path;
+        Microsoft.Win32.SafeHandles.SafeFileHandle _directory;
+        (uint Major, uint Minor) _device;
+
+        /// <exception cref="IOException">open or statx failed.</exception>
+        public FileSystemSync(string directory)
+        {
+            _path = directory;
+            _directory = Open(directory, ORdOnly | OCloExecLinux | ODirectory, missingIsFile: false);
+            _device = Device(_directory, directory);
+        }
+
+        /// <summary>Syncs the whole file system; retried on EINTR.</summary>
+        /// <exception cref="IOException">
+        /// syncfs failed or reported a write-back error since the last call (errno kept, see StorageErrors), or the directory
+        /// is now on another file system (then the descriptor is reopened there, for the commits after this one).
+        /// </exception>
+        public void Sync()
+        {
+            var now = Device(null, _path);
+            if (now != _device)
+            {
+                var old = _directory;
+                _directory = Open(_path, ORdOnly | OCloExecLinux | ODirectory, missingIsFile: false);
+                _device = Device(_directory, _path);
+                old.Dispose();
+                throw new IOException($"{_path} moved to another file system (device {now.Major}:{now.Minor}) while the spool was in use; commits waiting for this sync are refused, later ones sync the new file system.");
+            }
+
+            var added = false;
+            _directory.DangerousAddRef(ref added);
+            try
+            {
+                const int eintr = 4;
+                var fd = (int)_directory.DangerousGetHandle();
+                while (Native.syncfs(fd) != 0)
+                {
+                    var errno = Marshal.GetLastPInvokeError();
+                    if (errno != eintr)
+                    {
+                        throw StorageErrors.FromErrno($"syncfs({_path}) failed: {new Win32Exception(errno).Message}", errno);
+                    }
+                }
+            }
+            finally
+            {
+                if (added)
+                {
+                    _directory.DangerousRelease();
+                }
+            }
+        }
+
+        /// <summary>
+        /// The device (file system) of an open descriptor, or of <paramref name="path"/> when it is null, from statx(2),
+        /// whose layout is the same on every Linux architecture (stx_dev_major at octet 136, stx_dev_minor at 140).
+        /// </summary>
+        static (uint Major, uint Minor) Device(Microsoft.Win32.SafeHandles.SafeFileHandle? handle, string path)
+        {
+            const int atFdCwd = -100, atEmptyPath = 0x1000, statxSize = 256;
+            var buffer = new byte[statxSize];
+            var added = false;
+            handle?.DangerousAddRef(ref added);
+            try
+            {
+                var rc = handle is null
+                    ? Native.statx(atFdCwd, path, 0, 0, buffer)
+                    : Native.statx((int)handle.DangerousGetHandle(), "", atEmptyPath, 0, buffer);
+                if (rc != 0)
+                {
+                    var errno = Marshal.GetLastPInvokeError();
+                    throw StorageErrors.FromErrno($"statx({path}) failed: {new Win32Exception(errno).Message}", errno);
+                }
+            }
+            finally
+            {
+                if (added)
+                {
+                    handle!.DangerousRelease();
+                }
+            }
+
+            return (BitConverter.ToUInt32(buffer, 136), BitConverter.ToUInt32(buffer, 140));
+        }
+
+        public void Dispose() => _directory.Dispose();
+    }
+
+    /// <summary>
     /// Plain DllImport with blittable arguments and a UTF-8 string: LibraryImport would need AllowUnsafeBlocks
     /// in the project, which this stage does not own.
     /// </summary>
@@ -245,6 +345,12 @@ internal static partial class DurableFile
 
         [DllImport("libc", SetLastError = true)]
         public static extern int fdatasync(int fd);
+
+        [DllImport("libc", SetLastError = true)]
+        public static extern int syncfs(int fd);
+
+        [DllImport("libc", SetLastError = true)]
+        public static extern int statx(int dirfd, [MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags, uint mask, [Out] byte[] buffer);
 #pragma warning restore CA5392
 #pragma warning restore SYSLIB1054
     }

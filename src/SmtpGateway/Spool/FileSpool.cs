@@ -18,7 +18,8 @@ namespace SmtpGateway.Spool;
 /// &lt;spool&gt;/corrupt/  queue files that could not be read, moved aside for an operator
 /// </code>
 /// RFC 5321 section 6.1: once the server answers 250 after DATA it is responsible for the message, so
-/// <see cref="CommitAsync(SpoolEnvelope, MessageContent, CancellationToken)"/> returns only when file data and the queue directory entry are fsynced.
+/// <see cref="CommitAsync(SpoolEnvelope, MessageContent, CancellationToken)"/> returns only when file data and the queue directory entry are
+/// on disk: synced per file and then per directory, or by one syncfs(2) of the file system per batch (<see cref="SpoolSync"/>).
 /// </summary>
 public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 {
@@ -36,6 +37,8 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     readonly string _failed;
     readonly string _corrupt;
     readonly bool _fsync;
+    readonly SpoolSync _sync;
+    DurableFile.FileSystemSync? _fileSystem;
     readonly TimeProvider _time;
     readonly ILogger _logger;
     readonly Audit.IAuditLog? _audit;
@@ -74,19 +77,37 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     /// <param name="logger">Spool logger.</param>
     /// <param name="audit">Where a quarantined queue file is recorded for the operator (optional: the CLI has none).</param>
     public FileSpool(IOptions<GatewayConfig> options, TimeProvider time, ILogger<FileSpool> logger, Audit.IAuditLog? audit = null)
-        : this(GatewayPaths.SpoolDirectory(options.Value), options.Value.Spool.Fsync, time, logger)
+        : this(options.Value, time, logger, audit,
+            SpoolSyncChoice.Resolve(options.Value.Spool.Sync, GatewayPaths.SpoolDirectory(options.Value), GatewayPaths.DataDirectory(options.Value)))
+    {
+    }
+
+    FileSpool(GatewayConfig config, TimeProvider time, ILogger logger, Audit.IAuditLog? audit, SpoolSyncChoice.Choice choice)
+        : this(GatewayPaths.SpoolDirectory(config), config.Spool.Fsync, time, logger, sync: choice.Sync)
     {
         _audit = audit;
+        if (_fsync)
+        {
+            SpoolLog.SyncChosen(logger, choice.Sync, choice.Reason);
+        }
     }
 
     /// <param name="root">Spool directory (absolute).</param>
     /// <param name="fsync">False only for benchmarks (SpoolConfig.Fsync).</param>
     /// <param name="time">Clock for ids, schedules and durations.</param>
     /// <param name="logger">Spool logger.</param>
-    /// <param name="syncDirectory">Directory fsync; tests wrap it to observe group commit.</param>
+    /// <param name="syncDirectory">The group sync (directory fsync, or syncfs with <see cref="SpoolSync.FileSystem"/>) given queue/; tests wrap it to observe group commit.</param>
     /// <param name="committedCacheLimit">Octets of committed files kept for their first delivery load (tests make it small).</param>
-    internal FileSpool(string root, bool fsync, TimeProvider time, ILogger logger, Action<string>? syncDirectory = null, long committedCacheLimit = DefaultCommittedCacheLimit)
+    /// <param name="sync">How commits are made durable; <see cref="SpoolSync.Auto"/> is resolved here.</param>
+    internal FileSpool(string root, bool fsync, TimeProvider time, ILogger logger, Action<string>? syncDirectory = null, long committedCacheLimit = DefaultCommittedCacheLimit, SpoolSync sync = SpoolSync.File)
     {
+        _sync = sync switch
+        {
+            SpoolSync.Auto => SpoolSyncChoice.Resolve(sync, root, root).Sync,
+            SpoolSync.FileSystem when !SpoolSyncSupport.FileSystemReportsErrors =>
+                throw new ArgumentException("SpoolSync.FileSystem needs Linux 5.8 or later (GatewayConfigValidator refuses it at start).", nameof(sync)),
+            _ => sync,
+        };
         _committedLimit = committedCacheLimit;
         _root = Path.GetFullPath(root);
         _tmp = Path.Combine(_root, TmpName);
@@ -97,11 +118,18 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         _fsync = fsync;
         _time = time;
         _logger = logger;
-        var sync = syncDirectory ?? DurableFile.SyncDirectory;
+        var groupSync = syncDirectory ?? (_sync == SpoolSync.FileSystem ? _ => _fileSystem!.Sync() : DurableFile.SyncDirectory);
         _queueSync = new GroupCommitter(() =>
         {
-            sync(_queue);
-            SpoolMetrics.DirectoryFsync();
+            groupSync(_queue);
+            if (_sync == SpoolSync.FileSystem)
+            {
+                SpoolMetrics.FileSystemSync();
+            }
+            else
+            {
+                SpoolMetrics.DirectoryFsync();
+            }
         });
         _wakeups = new WakeupQueue(time, id => _ready.Writer.TryWrite(id));
     }
@@ -112,10 +140,16 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     /// <inheritdoc />
     public ChannelReader<string> Ready => _ready.Reader;
 
-    /// <summary>Directory fsyncs of queue/ so far (group commit makes this smaller than the number of commits under concurrency).</summary>
+    /// <summary>How this spool makes commits durable (<see cref="SpoolSync.Auto"/> resolved).</summary>
+    internal SpoolSync Sync => _sync;
+
+    /// <summary>True when each message file is synced by its own commit (<see cref="SpoolSync.File"/>).</summary>
+    bool SyncEachFile => _fsync && _sync == SpoolSync.File;
+
+    /// <summary>Group syncs so far: fsyncs of queue/, or syncfs calls with <see cref="SpoolSync.FileSystem"/> (group commit makes this smaller than the number of commits under concurrency).</summary>
     internal long DirectoryFsyncCount => _queueSync.SyncCount;
 
-    /// <summary>File data fsyncs so far (messages and state files).</summary>
+    /// <summary>File data fsyncs so far (messages and state files; with <see cref="SpoolSync.FileSystem"/> message files take none).</summary>
     internal long FileFsyncCount => Interlocked.Read(ref _fileFsyncs);
 
     /// <summary>
@@ -181,11 +215,12 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             KeepCommitted(envelope.Id, file);
 
             // The rename publishes envelope and content at once; queue/ never holds a partial file.
-            // It happens only after the file's fsync above, and the 250 only after the directory fsync below.
+            // With SpoolSync.File it happens only after the file's fsync above, and the 250 only after the directory fsync
+            // below; with SpoolSync.FileSystem the one syncfs below covers the file's data and the rename together.
             DurableFile.MoveNoReplace(tmp, queued);
             renamed = true;
 
-            // The rename is durable only once queue/ itself is synced; wait for a (shared) directory fsync.
+            // The rename is durable only once queue/ itself is synced; wait for a (shared) group sync that starts after it.
             if (_fsync)
             {
                 await _queueSync.WaitForSyncAsync().ConfigureAwait(false);
@@ -243,7 +278,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 
             // Flush(true) is fsync(2) of the file. Concurrent sessions fsync concurrently; the file system
             // batches them into one journal commit (ext4, xfs), so this does not serialise sessions.
-            if (_fsync)
+            if (SyncEachFile)
             {
                 stream.Flush(flushToDisk: true);
                 CountFileFsync();
@@ -363,7 +398,8 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             DurableFile.Truncate(handle, length, path);
         }
 
-        if (_fsync)
+        // With SpoolSync.FileSystem the group's syncfs writes the data out (CommitAsync waits for it).
+        if (SyncEachFile)
         {
             // fdatasync when a recycled file was overwritten in place at its old length (the usual case: the header is padded
             // to it): its size and blocks are on disk from before, and nothing reads a queue file's timestamps. A new file
@@ -936,6 +972,13 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
                 DurableFile.SyncDirectory(_root);
             }
 
+            // Opened before the first message file is written, so that its syncs report every write-back error since
+            // (DurableFile.FileSystemSync).
+            if (_fsync && _sync == SpoolSync.FileSystem)
+            {
+                _fileSystem ??= new DurableFile.FileSystemSync(_queue);
+            }
+
             _initialized = true;
         }
     }
@@ -962,5 +1005,9 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     internal static bool IsValidId(string? id) =>
         !string.IsNullOrEmpty(id) && id.Length <= 64 && id.All(char.IsAsciiLetterOrDigit);
 
-    public void Dispose() => _wakeups.Dispose();
+    public void Dispose()
+    {
+        _wakeups.Dispose();
+        _fileSystem?.Dispose();
+    }
 }

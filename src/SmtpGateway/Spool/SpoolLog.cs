@@ -39,4 +39,7 @@ internal static partial class SpoolLog
 
     [LoggerMessage(EventId = EventIds.Spool + 10, Level = LogLevel.Error, Message = "Could not move corrupt queue file {Id} aside")]
     public static partial void MoveAsideFailed(ILogger logger, string id, Exception exception);
+
+    [LoggerMessage(EventId = EventIds.Spool + 11, Level = LogLevel.Information, Message = "Spool sync {Sync}: {Reason}")]
+    public static partial void SyncChosen(ILogger logger, Configuration.SpoolSync sync, string reason);
 }

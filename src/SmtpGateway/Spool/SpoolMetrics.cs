@@ -7,7 +7,7 @@ namespace SmtpGateway.Spool;
 internal static class SpoolMetrics
 {
     static readonly Counter<long> Fsyncs = Telemetry.Meter.CreateCounter<long>(
-        Telemetry.SpoolFsyncs, "{fsync}", "fsync calls made by the spool; kind=file|directory. Fewer directory fsyncs than messages shows group commit at work.");
+        Telemetry.SpoolFsyncs, "{fsync}", "fsync calls made by the spool; kind=file|directory|filesystem (syncfs, Spool:Sync FileSystem). Fewer directory or filesystem syncs than messages shows group commit at work.");
 
     static readonly Histogram<double> CommitDuration = Telemetry.Meter.CreateHistogram(
         Telemetry.SpoolCommitDuration, "s", "Time to write and fsync one message into queue/ (group commit wait included).", advice: Telemetry.FastLatency);
@@ -20,10 +20,13 @@ internal static class SpoolMetrics
 
     static readonly KeyValuePair<string, object?> FileKind = new("kind", "file");
     static readonly KeyValuePair<string, object?> DirectoryKind = new("kind", "directory");
+    static readonly KeyValuePair<string, object?> FileSystemKind = new("kind", "filesystem");
 
     public static void FileFsync() => Fsyncs.Add(1, FileKind);
 
     public static void DirectoryFsync() => Fsyncs.Add(1, DirectoryKind);
+
+    public static void FileSystemSync() => Fsyncs.Add(1, FileSystemKind);
 
     public static void Committed(TimeSpan elapsed) => CommitDuration.Record(elapsed.TotalSeconds);
 

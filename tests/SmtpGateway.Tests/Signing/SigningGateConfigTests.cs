@@ -1,19 +1,11 @@
-using Microsoft.Extensions.Configuration;
 using SmtpGateway.Configuration;
-using SmtpGateway.Hosting;
 
 namespace SmtpGateway.Tests.Signing;
 
 /// <summary>Issue 12: the signing gate's settings under Gateway:Hsm are checked at start, like every other setting.</summary>
 public sealed class SigningGateConfigTests
 {
-    static GatewayConfig Embedded()
-    {
-        var config = new ConfigurationBuilder().AddJsonStream(GatewayConfiguration.EmbeddedDefault()).Build()
-            .GetSection(GatewayConfig.SectionName).Get<GatewayConfig>()!;
-        config.Tls.CertificatePath = config.Tls.KeyPath = typeof(SigningGateConfigTests).Assembly.Location;
-        return config;
-    }
+    static GatewayConfig Embedded() => Configuration.EmbeddedConfig.Load();
 
     [Fact]
     public void The_defaults_are_valid_and_leave_each_tenant_within_its_token_sessions()

@@ -320,16 +320,27 @@ public sealed class FileSpoolTests : IDisposable
         Assert.Equal(head.Concat(rest).ToArray(), content);
     }
 
-    [Fact]
-    public async Task Concurrent_commits_share_directory_fsyncs()
+    [Theory]
+    [InlineData(SpoolSync.File)]
+    [InlineData(SpoolSync.FileSystem)]
+    public async Task Concurrent_commits_share_directory_fsyncs(SpoolSync sync)
     {
         const int tasks = 20, perTask = 10;
 
-        // The real directory fsync plus a little latency, as on a disk that is not a RAM-backed VM image:
-        // committers arriving during one fsync must share the next one.
-        using var spool = NewSpool(Root, TimeProvider.System, syncDirectory: path =>
+        // The real group sync (directory fsync, or syncfs of the file system) plus a little latency, as on a disk that is
+        // not a RAM-backed VM image: committers arriving during one sync must share the next one.
+        using var spool = NewSpool(Root, TimeProvider.System, sync: sync, syncDirectory: path =>
         {
-            DurableFile.SyncDirectory(path);
+            if (sync == SpoolSync.FileSystem)
+            {
+                using var fileSystem = new DurableFile.FileSystemSync(path);
+                fileSystem.Sync();
+            }
+            else
+            {
+                DurableFile.SyncDirectory(path);
+            }
+
             Thread.Sleep(2);
         });
         var payload = SampleMessage();
@@ -344,8 +355,138 @@ public sealed class FileSpoolTests : IDisposable
         const int messages = tasks * perTask;
         Assert.Equal(messages, Directory.EnumerateFiles(Path.Combine(Root, "queue")).Count());
         Assert.Equal(messages, Drain(spool).Distinct().Count());
-        Assert.Equal(messages, spool.FileFsyncCount);
+        // With syncfs no message file is synced on its own: the group's one call covers data and names together.
+        Assert.Equal(sync == SpoolSync.File ? messages : 0, spool.FileFsyncCount);
         Assert.InRange(spool.DirectoryFsyncCount, 1, messages / 2);
+    }
+
+    [Fact]
+    public async Task FileSystem_sync_commits_with_the_real_syncfs_and_no_file_fsync_and_recovers()
+    {
+        var payload = SampleMessage();
+        var ids = new List<string>();
+        using (var spool = NewSpool(Root, _time, sync: SpoolSync.FileSystem))
+        {
+            Assert.Equal(SpoolSync.FileSystem, spool.Sync);
+            for (var i = 0; i < 3; i++)
+            {
+                var envelope = NewEnvelope(spool, _time);
+                ids.Add(envelope.Id);
+                await spool.CommitAsync(envelope, Segmented(payload, 1000), CancellationToken.None);
+            }
+
+            Assert.Equal(0, spool.FileFsyncCount);
+            Assert.Equal(3, spool.DirectoryFsyncCount); // one commit at a time: one syncfs each
+        }
+
+        using var recovered = NewSpool(Root, _time, sync: SpoolSync.FileSystem);
+        await recovered.RecoverAsync(CancellationToken.None);
+        Assert.Equal(ids.Order(StringComparer.Ordinal), Drain(recovered).Order(StringComparer.Ordinal));
+        var loaded = await recovered.LoadAsync(ids[1], CancellationToken.None);
+        Assert.NotNull(loaded);
+        Assert.Equal(payload, await ReadContentAsync(loaded));
+    }
+
+    [Fact]
+    public void Auto_sync_knows_the_kernel_and_syncs_each_file_on_a_shared_file_system()
+    {
+        // /proc/sys/kernel/osrelease is what uname -r prints ("6.18.44", "5.4.0-150-generic").
+        var release = File.ReadAllText("/proc/sys/kernel/osrelease").Trim();
+        var numbers = System.Text.RegularExpressions.Regex.Match(release, @"^(\d+)\.(\d+)");
+        var kernel = new Version(int.Parse(numbers.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), int.Parse(numbers.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture));
+        Assert.Equal(kernel >= new Version(5, 8), SpoolSyncSupport.FileSystemReportsErrors);
+
+        // The test's directory is somewhere under a file system that holds other things too (its mount point is not the
+        // spool directory): each file is synced on its own.
+        using var spool = NewSpool(Root, _time, sync: SpoolSync.Auto);
+        Assert.Equal(SpoolSync.File, spool.Sync);
+        var choice = SpoolSyncChoice.Resolve(SpoolSync.Auto, Root, _dir.Combine("."));
+        Assert.Equal(SpoolSync.File, choice.Sync);
+        Assert.Equal(SpoolSync.FileSystem, SpoolSyncChoice.Resolve(SpoolSync.FileSystem, Root, Root).Sync); // configured wins
+    }
+
+    const string MountInfo = """
+        22 27 0:21 / /proc rw,relatime - proc proc rw
+        27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+        31 27 254:16 / /var/lib/smtpgw rw,noatime shared:5 - xfs /dev/vdb rw,attr2
+        32 27 254:32 / /srv/mail\040spool rw,noatime - ext4 /dev/vdc rw
+        33 27 254:0 /var/lib/docker/volumes/gw/_data /data rw,relatime - ext4 /dev/vda rw
+        34 31 254:48 / /var/lib/smtpgw/spool/nested rw - ext4 /dev/vdd rw
+        """;
+
+    [Theory]
+    [InlineData("/var/lib/smtpgw/spool", "/var/lib/smtpgw", "FileSystem", "/var/lib/smtpgw")] // the data directory is its own disk
+    [InlineData("/var/lib/smtpgw/spool/", "/var/lib/smtpgw/", "FileSystem", "/var/lib/smtpgw")] // trailing slashes
+    [InlineData("/srv/mail spool", "/var/lib/other", "FileSystem", "/srv/mail spool")] // the spool directory is (octal escape)
+    [InlineData("/var/lib/smtpgw/spool", "/var/lib/smtpgw/data", "File", "/var/lib/smtpgw")] // a disk mounted above both
+    [InlineData("/data/spool", "/data", "File", "/data")] // a bind mount of a directory on the root disk (a container volume)
+    [InlineData("/var/tmp/gw/spool", "/var/tmp/gw", "File", "/")] // the root file system
+    [InlineData("/var/lib/smtpgwx/spool", "/var/lib/smtpgwx", "File", "/")] // a prefix of a mount point is not under it
+    public void Auto_sync_is_syncfs_only_on_a_whole_file_system_mounted_for_the_spool(string spool, string data, string expected, string point)
+    {
+        var choice = SpoolSyncChoice.Decide(MountInfo, spool, data);
+        Assert.Equal(Enum.Parse<SpoolSync>(expected), choice.Sync);
+        Assert.Contains(point == "/" ? "mounted at / " : point, choice.Reason, StringComparison.Ordinal);
+        Assert.Equal(point, SpoolSyncChoice.SpoolMount(MountInfo, spool)!.Point);
+    }
+
+    [Fact]
+    public void Auto_sync_takes_the_mount_on_top_and_skips_malformed_lines()
+    {
+        // The same point mounted twice: the later line hides the earlier one (here a bind mount over a whole disk).
+        const string stacked = """
+            27 1 254:0 / / rw - ext4 /dev/vda rw
+            not a mountinfo line
+            31 27 254:16 / /var/lib/smtpgw rw - xfs /dev/vdb rw
+            40 31 254:0 /srv/x /var/lib/smtpgw rw - ext4 /dev/vda rw
+            """;
+        Assert.Equal("/srv/x", SpoolSyncChoice.SpoolMount(stacked, "/var/lib/smtpgw/spool")!.Root);
+        Assert.Equal(SpoolSync.File, SpoolSyncChoice.Decide(stacked, "/var/lib/smtpgw/spool", "/var/lib/smtpgw").Sync);
+        Assert.Null(SpoolSyncChoice.SpoolMount("garbage\n1 2 3\n", "/var/lib/smtpgw"));
+    }
+
+    [Theory]
+    [InlineData("4.19.0", false)]
+    [InlineData("5.4.0", false)]
+    [InlineData("5.7.19", false)]
+    [InlineData("5.8", true)]
+    [InlineData("5.8.0", true)]
+    [InlineData("6.18.44", true)]
+    public void Syncfs_reports_write_back_errors_from_Linux_5_8(string kernel, bool reports) =>
+        Assert.Equal(reports, SpoolSyncSupport.ReportsSyncFsErrors(Version.Parse(kernel)));
+
+    [Fact]
+    public void FileSystem_sync_refuses_a_sync_once_the_directory_is_on_another_file_system_then_syncs_the_new_one()
+    {
+        // A symbolic link stands for a mount over the spool: the path now leads to another file system (tmpfs).
+        var here = Directory.CreateDirectory(_dir.Combine("disk")).FullName;
+        var elsewhere = Directory.CreateDirectory(Path.Combine("/dev/shm", "smtpgw-test-" + Guid.NewGuid().ToString("N"))).FullName;
+        try
+        {
+            var link = _dir.Combine("queue-link");
+            File.CreateSymbolicLink(link, here);
+            using var sync = new DurableFile.FileSystemSync(link);
+            sync.Sync();
+
+            File.Delete(link);
+            File.CreateSymbolicLink(link, elsewhere);
+            var ex = Assert.Throws<IOException>(sync.Sync);
+            Assert.Contains("another file system", ex.Message, StringComparison.Ordinal);
+            sync.Sync(); // reopened on the new one
+        }
+        finally
+        {
+            Directory.Delete(elsewhere, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void FileSystem_sync_of_a_missing_directory_fails_to_open()
+    {
+        Assert.Throws<DirectoryNotFoundException>(() => new DurableFile.FileSystemSync(_dir.Combine("absent")));
+        var file = _dir.Combine("plain-file");
+        File.WriteAllText(file, "x");
+        Assert.ThrowsAny<IOException>(() => new DurableFile.FileSystemSync(file)); // O_DIRECTORY: ENOTDIR
     }
 
     [Fact]
@@ -388,10 +529,12 @@ public sealed class FileSpoolTests : IDisposable
         Assert.Empty(Drain(spool));
     }
 
-    [Fact]
-    public async Task Commit_removes_renamed_file_when_directory_fsync_fails()
+    [Theory]
+    [InlineData(SpoolSync.File)]
+    [InlineData(SpoolSync.FileSystem)]
+    public async Task Commit_removes_renamed_file_when_directory_fsync_fails(SpoolSync sync)
     {
-        using var spool = NewSpool(Root, _time, syncDirectory: _ => throw new IOException("EIO"));
+        using var spool = NewSpool(Root, _time, sync: sync, syncDirectory: _ => throw new IOException("EIO"));
         var envelope = NewEnvelope(spool, _time);
 
         var ex = await Assert.ThrowsAsync<SpoolWriteException>(() => spool.CommitAsync(envelope, Segmented(SampleMessage()), CancellationToken.None));

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Text;
 using Microsoft.Extensions.Logging.Abstractions;
+using SmtpGateway.Configuration;
 using SmtpGateway.Spool;
 using SmtpGateway.Storage;
 
@@ -38,8 +39,9 @@ public sealed class TempDirectory : IDisposable
 
 public static class SpoolTestKit
 {
-    public static FileSpool NewSpool(string root, TimeProvider? time = null, bool fsync = true, Action<string>? syncDirectory = null, long cacheLimit = FileSpool.DefaultCommittedCacheLimit) =>
-        new(root, fsync, time ?? new ManualTimeProvider(), NullLogger.Instance, syncDirectory, cacheLimit);
+    public static FileSpool NewSpool(string root, TimeProvider? time = null, bool fsync = true, Action<string>? syncDirectory = null, long cacheLimit = FileSpool.DefaultCommittedCacheLimit,
+        SpoolSync sync = SpoolSync.File) =>
+        new(root, fsync, time ?? new ManualTimeProvider(), NullLogger.Instance, syncDirectory, cacheLimit, sync);
 
     public static SpoolEnvelope NewEnvelope(FileSpool spool, TimeProvider time, string[]? recipients = null, string mailFrom = "sender@tenant-a.example",
         string? tenant = null, bool eightBitMime = false, bool smtpUtf8 = false) =>

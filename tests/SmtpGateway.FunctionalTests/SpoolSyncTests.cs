@@ -1,0 +1,205 @@
+using System.Text;
+using System.Text.RegularExpressions;
+using SmtpGateway.FunctionalTests.Infrastructure;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace SmtpGateway.FunctionalTests;
+
+/// <summary>
+/// Issue 15: the spool's two ways of making a commit durable (Gateway:Spool:Sync), each proved on the running gateway
+/// with strace: the 250 after DATA is sent only after a sync that began once the message's name was in queue/ has
+/// returned. With Auto, a spool whose data directory is a file system of its own (here ext4 on a loop device) is synced by
+/// one syncfs(2) per batch and no message file is synced on its own; a spool on a shared file system (the test machine's
+/// root) syncs each file, then queue/.
+/// </summary>
+[Collection(GatewayCollection.Name)]
+public sealed class SpoolSyncTests(ITestOutputHelper output)
+{
+    static readonly TimeSpan Wait = TimeSpan.FromSeconds(60);
+
+    [Fact]
+    public Task A_data_directory_with_its_own_file_system_is_synced_by_one_syncfs_before_the_250() => FaultGatewayHarness.RunAsync(output,
+        async (harness, config, ct) =>
+        {
+            FaultTests.RequireRoot("it mounts an ext4 file system on a loop device at the data directory");
+            var image = Path.Combine(harness.WorkDirectory, "data.ext4");
+            await using (var file = new FileStream(image, FileMode.CreateNew))
+            {
+                file.SetLength(128L * 1024 * 1024);
+            }
+
+            await FaultTests.RunToolAsync("/usr/sbin/mkfs.ext4", "-q", "-F", image);
+            Directory.CreateDirectory(harness.DataDirectory);
+            await FaultTests.RunToolAsync("/usr/bin/mount", "-o", "loop", image, harness.DataDirectory);
+            harness.OnDispose(() => FaultTests.RunToolAsync("/usr/bin/umount", "-l", harness.DataDirectory));
+        },
+        async harness =>
+        {
+            using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+            Assert.Contains($"Spool sync FileSystem: the spool's file system (ext4) is mounted at {harness.DataDirectory} for the gateway alone", harness.GatewayOutput, StringComparison.Ordinal);
+
+            var (trace, id, subject) = await TraceOneMessageAsync(harness, "syncfs", cts.Token);
+            var queued = trace.Renamed($"/spool/queue/{id}");
+            var reply = trace.Sent($"queued as {id}");
+            trace.Show(output, queued, reply);
+
+            // A syncfs that began after the rename had returned, and returned before the 250 was sent.
+            Assert.Contains(trace.Calls, c => c.Name == "syncfs" && c.Start > queued.End && c.End < reply.Start && c.Result == "0");
+
+            // The message file itself was never synced: the group's syncfs covered its data.
+            var written = trace.OpenedBefore(queued, queued.SourcePath!);
+            Assert.DoesNotContain(trace.Calls, c => c.Name is "fsync" or "fdatasync" && c.Fd == written.Result && c.Start > written.End && c.End < queued.Start);
+
+            await harness.Sink.WaitAsync(ms => ms.Any(m => m.Header("Subject") == subject), Wait, cts.Token);
+        });
+
+    [Fact]
+    public Task A_spool_on_a_shared_file_system_syncs_the_file_then_queue_before_the_250() => FaultGatewayHarness.RunAsync(output,
+        (_, _, _) => Task.CompletedTask,
+        async harness =>
+        {
+            using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+            Assert.Contains("Spool sync File: the spool shares the file system mounted at /", harness.GatewayOutput, StringComparison.Ordinal);
+
+            var (trace, id, subject) = await TraceOneMessageAsync(harness, "fsync", cts.Token);
+            var queued = trace.Renamed($"/spool/queue/{id}");
+            var reply = trace.Sent($"queued as {id}");
+            trace.Show(output, queued, reply);
+
+            // fdatasync (or fsync) of the message file returned before the rename published it...
+            var written = trace.OpenedBefore(queued, queued.SourcePath!);
+            // (Descriptors belong to the process, not the thread: the file is open, so its number is its own, until the rename.)
+            Assert.Contains(trace.Calls, c => c.Name is "fsync" or "fdatasync" && c.Fd == written.Result && c.Start > written.End && c.End < queued.Start && c.Result == "0");
+
+            // ...and an fsync of queue/ that began after the rename returned before the 250.
+            Assert.Contains(trace.Calls, c => c.Name == "fsync" && c.Result == "0" && c.Start > queued.End && c.End < reply.Start
+                && trace.Calls.Where(o => o.Name == "openat" && o.Result == c.Fd && o.End < c.Start).MaxBy(o => o.End) is { } opened
+                && opened.Args.Contains("/spool/queue\"", StringComparison.Ordinal));
+            Assert.DoesNotContain(trace.Calls, c => c.Name == "syncfs");
+
+            await harness.Sink.WaitAsync(ms => ms.Any(m => m.Header("Subject") == subject), Wait, cts.Token);
+        });
+
+    /// <summary>Attaches strace to the gateway, sends one message on the relay listener, detaches; the trace, the queue id and the subject.</summary>
+    async Task<(Trace Trace, string Id, string Subject)> TraceOneMessageAsync(GatewayHarness harness, string delayed, CancellationToken cancellationToken)
+    {
+        var pid = harness.GatewayPid ?? throw new InvalidOperationException("the gateway is not running");
+        var strace = ChildProcess.Start("strace", "/usr/bin/strace",
+            // Each call of the spool's group sync starts 0.3 s late (strace fault injection, delay_enter; strace prints a
+            // delay_exit call's end before the delay, so that would prove nothing): a 250 that did not
+            // wait for its sync would show in the trace before that sync's end, however fast the disk. Only that call:
+            // a delayed fsync of another file on the way to the 250 (the audit log's) could otherwise hide the fault.
+            ["-f", "-qq", "-s", "300", "-e", "trace=openat,renameat2,rename,fsync,fdatasync,syncfs,sendto,sendmsg",
+             "-e", $"inject={delayed}:delay_enter=300000", "-p", pid.ToString(System.Globalization.CultureInfo.InvariantCulture)],
+            harness.WorkDirectory);
+        string id, subject;
+        try
+        {
+            // Attached once the banner of a new connection shows in the trace.
+            await EventPoll.UntilAsync<string>(
+                () =>
+                {
+                    using var probe = RawSmtpClient.ConnectAsync("127.0.0.1", harness.RelayPort, TimeSpan.FromSeconds(10), cancellationToken).GetAwaiter().GetResult();
+                    return [strace.StandardError];
+                },
+                seen => seen[0].Contains("\"220 ", StringComparison.Ordinal),
+                () => strace.HasExited,
+                seen => $"strace never showed a banner: {strace.Output}",
+                Wait,
+                cancellationToken);
+
+            using var smtp = await RawSmtpClient.ConnectAsync("127.0.0.1", harness.RelayPort, TimeSpan.FromSeconds(10), cancellationToken);
+            Assert.Equal(250, (await smtp.CommandAsync("EHLO sync.functional.test", cancellationToken)).Code);
+            subject = $"sync {Guid.NewGuid():N}";
+            var content = Encoding.ASCII.GetBytes($"From: sync@tenant-a.example\r\nTo: sink@example.net\r\nSubject: {subject}\r\n\r\nDurable before 250.\r\n");
+            var reply = await smtp.SendMailAsync("sync@tenant-a.example", ["sink@example.net"], content, cancellationToken);
+            Assert.True(reply.Code == 250, $"DATA: {reply}");
+            id = Regex.Match(reply.Text, "queued as ([0-9A-F]+)").Groups[1].Value;
+            Assert.NotEmpty(id);
+        }
+        finally
+        {
+            await FaultTests.RunToolAsync("/usr/bin/kill", "-TERM", strace.Id.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            await strace.Exited.WaitAsync(Wait, cancellationToken);
+        }
+
+        var trace = Trace.Parse(strace.StandardError);
+        output.WriteLine($"{trace.Calls.Count} system calls traced; message {id}");
+        return (trace, id, subject);
+    }
+
+    /// <summary>One traced system call: its first and last line in the trace (the same line unless another thread's call came between).</summary>
+    sealed record Call(int Pid, string Name, string Args, string Result, int Start, int End)
+    {
+        /// <summary>The first argument as a descriptor (fsync, fdatasync, syncfs, sendto).</summary>
+        public string Fd => Args.Split(',', 2)[0].Trim();
+
+        /// <summary>The old name of a rename.</summary>
+        public string? SourcePath => Regex.Match(Args, "\"([^\"]+)\"") is { Success: true } m ? m.Groups[1].Value : null;
+    }
+
+    /// <summary>strace -f output ("[pid PID] name(args) = result", split into "&lt;unfinished ...&gt;" and "&lt;... name resumed&gt;" lines).</summary>
+    sealed class Trace
+    {
+        public List<Call> Calls { get; } = [];
+
+        public static Trace Parse(string text)
+        {
+            var trace = new Trace();
+            var open = new Dictionary<int, (string Name, string Args, int Start)>();
+            var lines = text.Split('\n');
+            for (var i = 0; i < lines.Length; i++)
+            {
+                // "[pid 123] call(...)" on strace's standard error once it traces several threads.
+                var m = Regex.Match(lines[i], @"^\[pid\s+(\d+)\]\s+(.*)$");
+                if (!m.Success)
+                {
+                    continue;
+                }
+
+                var pid = int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+                var rest = m.Groups[2].Value;
+                if (Regex.Match(rest, @"^<\.\.\. (\w+) resumed>(.*)\)\s+= (-?\w+)") is { Success: true } resumed)
+                {
+                    if (open.Remove(pid, out var begun))
+                    {
+                        trace.Calls.Add(new Call(pid, begun.Name, begun.Args + resumed.Groups[2].Value, resumed.Groups[3].Value, begun.Start, i));
+                    }
+                }
+                else if (Regex.Match(rest, @"^(\w+)\((.*) <unfinished \.\.\.>$") is { Success: true } unfinished)
+                {
+                    open[pid] = (unfinished.Groups[1].Value, unfinished.Groups[2].Value, i);
+                }
+                else if (Regex.Match(rest, @"^(\w+)\((.*)\)\s+= (-?\w+)") is { Success: true } whole)
+                {
+                    trace.Calls.Add(new Call(pid, whole.Groups[1].Value, whole.Groups[2].Value, whole.Groups[3].Value, i, i));
+                }
+            }
+
+            return trace;
+        }
+
+        /// <summary>Writes the calls from <paramref name="from"/>'s start to <paramref name="to"/>'s end to the test output.</summary>
+        public void Show(ITestOutputHelper output, Call from, Call to)
+        {
+            foreach (var c in Calls.Where(c => c.End >= from.Start && c.Start <= to.End).OrderBy(c => c.Start))
+            {
+                output.WriteLine($"[{c.Start}-{c.End}] {c.Pid} {c.Name}({(c.Args.Length > 120 ? c.Args[..120] + "..." : c.Args)}) = {c.Result}");
+            }
+        }
+
+        public Call Renamed(string destinationSuffix) =>
+            Assert.Single(Calls, c => c.Name is "renameat2" or "rename" && c.Result == "0" && c.Args.Contains(destinationSuffix + "\"", StringComparison.Ordinal));
+
+        public Call Sent(string text) =>
+            Calls.Where(c => c.Name is "sendto" or "sendmsg" && c.Args.Contains(text, StringComparison.Ordinal)).MinBy(c => c.Start)
+            ?? throw new Xunit.Sdk.XunitException($"no send of \"{text}\" in the trace");
+
+        /// <summary>The last open of <paramref name="path"/> that returned before <paramref name="before"/> began.</summary>
+        public Call OpenedBefore(Call before, string path) =>
+            Calls.Where(c => c.Name == "openat" && c.End < before.Start && c.Args.Contains($"\"{path}\"", StringComparison.Ordinal) && !c.Result.StartsWith('-'))
+                .MaxBy(c => c.End)
+            ?? throw new Xunit.Sdk.XunitException($"no open of {path} before the rename");
+    }
+}
