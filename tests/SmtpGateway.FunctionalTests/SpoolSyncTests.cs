@@ -8,10 +8,10 @@ namespace SmtpGateway.FunctionalTests;
 
 /// <summary>
 /// Issue 15: the spool's two ways of making a commit durable (Gateway:Spool:Sync), each proved on the running gateway
-/// with strace: the 250 after DATA is sent only after a sync that began once the message's name was in queue/ has
-/// returned. With Auto, a spool whose data directory is a file system of its own (here ext4 on a loop device) is synced by
-/// one syncfs(2) per batch and no message file is synced on its own; a spool on a shared file system (the test machine's
-/// root) syncs each file, then queue/.
+/// with strace: the message's data is on disk before its name goes into queue/, and the 250 after DATA is sent only after
+/// a sync that began once the name was there has returned. With Auto, a spool whose data directory is a file system of its
+/// own (here ext4 on a loop device) is synced by syncfs(2), shared by the commits of a batch, and no message file is synced
+/// on its own; a spool on a shared file system (the test machine's root) syncs each file, then queue/.
 /// </summary>
 [Collection(GatewayCollection.Name)]
 public sealed class SpoolSyncTests(ITestOutputHelper output)
@@ -19,7 +19,7 @@ public sealed class SpoolSyncTests(ITestOutputHelper output)
     static readonly TimeSpan Wait = TimeSpan.FromSeconds(60);
 
     [Fact]
-    public Task A_data_directory_with_its_own_file_system_is_synced_by_one_syncfs_before_the_250() => FaultGatewayHarness.RunAsync(output,
+    public Task A_data_directory_with_its_own_file_system_is_synced_by_syncfs_before_the_rename_and_before_the_250() => FaultGatewayHarness.RunAsync(output,
         async (harness, config, ct) =>
         {
             FaultTests.RequireRoot("it mounts an ext4 file system on a loop device at the data directory");
@@ -32,7 +32,15 @@ public sealed class SpoolSyncTests(ITestOutputHelper output)
             await FaultTests.RunToolAsync("/usr/sbin/mkfs.ext4", "-q", "-F", image);
             Directory.CreateDirectory(harness.DataDirectory);
             await FaultTests.RunToolAsync("/usr/bin/mount", "-o", "loop", image, harness.DataDirectory);
-            harness.OnDispose(() => FaultTests.RunToolAsync("/usr/bin/umount", "-l", harness.DataDirectory));
+            harness.OnDispose(async () =>
+            {
+                // The harness could not delete the mount point while mounted: unmount, then remove what is left.
+                await FaultTests.RunToolAsync("/usr/bin/umount", "-l", harness.DataDirectory);
+                if (!harness.Failed && Directory.Exists(harness.WorkDirectory))
+                {
+                    Directory.Delete(harness.WorkDirectory, recursive: true);
+                }
+            });
         },
         async harness =>
         {
@@ -44,19 +52,24 @@ public sealed class SpoolSyncTests(ITestOutputHelper output)
             var reply = trace.Sent($"queued as {id}");
             trace.Show(output, queued, reply);
 
-            // A syncfs that began after the rename had returned, and returned before the 250 was sent.
-            Assert.Contains(trace.Calls, c => c.Name == "syncfs" && c.Start > queued.End && c.End < reply.Start && c.Result == "0");
-
-            // The message file itself was never synced: the group's syncfs covered its data.
+            // The message file itself was never synced: a syncfs that began after it was opened (and written: the write
+            // is between the two) returned before the rename, and another that began after the rename returned before
+            // the 250.
             var written = trace.OpenedBefore(queued, queued.SourcePath!);
             Assert.DoesNotContain(trace.Calls, c => c.Name is "fsync" or "fdatasync" && c.Fd == written.Result && c.Start > written.End && c.End < queued.Start);
+            Assert.Contains(trace.Calls, c => c.Name == "syncfs" && c.Start > written.End && c.End < queued.Start && c.Result == "0");
+            Assert.Contains(trace.Calls, c => c.Name == "syncfs" && c.Start > queued.End && c.End < reply.Start && c.Result == "0");
 
             await harness.Sink.WaitAsync(ms => ms.Any(m => m.Header("Subject") == subject), Wait, cts.Token);
         });
 
     [Fact]
     public Task A_spool_on_a_shared_file_system_syncs_the_file_then_queue_before_the_250() => FaultGatewayHarness.RunAsync(output,
-        (_, _, _) => Task.CompletedTask,
+        (_, _, _) =>
+        {
+            FaultTests.RequireRoot("strace attaches to the gateway with ptrace");
+            return Task.CompletedTask;
+        },
         async harness =>
         {
             using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(2));
@@ -136,7 +149,12 @@ public sealed class SpoolSyncTests(ITestOutputHelper output)
         public string Fd => Args.Split(',', 2)[0].Trim();
 
         /// <summary>The old name of a rename.</summary>
-        public string? SourcePath => Regex.Match(Args, "\"([^\"]+)\"") is { Success: true } m ? m.Groups[1].Value : null;
+        public string? SourcePath => Paths.ElementAtOrDefault(0);
+
+        /// <summary>The new name of a rename.</summary>
+        public string? DestinationPath => Paths.ElementAtOrDefault(1);
+
+        IEnumerable<string> Paths => Regex.Matches(Args, "\"([^\"]+)\"").Select(m => m.Groups[1].Value);
     }
 
     /// <summary>strace -f output ("[pid PID] name(args) = result", split into "&lt;unfinished ...&gt;" and "&lt;... name resumed&gt;" lines).</summary>
@@ -189,8 +207,9 @@ public sealed class SpoolSyncTests(ITestOutputHelper output)
             }
         }
 
+        /// <summary>The rename whose new name (not its old one: delivery renames queue/ID away) ends with <paramref name="destinationSuffix"/>.</summary>
         public Call Renamed(string destinationSuffix) =>
-            Assert.Single(Calls, c => c.Name is "renameat2" or "rename" && c.Result == "0" && c.Args.Contains(destinationSuffix + "\"", StringComparison.Ordinal));
+            Assert.Single(Calls, c => c.Name is "renameat2" or "rename" && c.Result == "0" && c.DestinationPath is { } to && to.EndsWith(destinationSuffix, StringComparison.Ordinal));
 
         public Call Sent(string text) =>
             Calls.Where(c => c.Name is "sendto" or "sendmsg" && c.Args.Contains(text, StringComparison.Ordinal)).MinBy(c => c.Start)

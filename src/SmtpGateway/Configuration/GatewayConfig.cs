@@ -179,14 +179,16 @@ public sealed class SpoolConfig
 public static class SpoolSyncSupport
 {
     /// <summary>
-    /// True where one syncfs(2) may stand in for per-file fsyncs: Linux 5.8 and later, where syncfs returns write-back
-    /// errors (kernel commit 735e4ae5ba28, "vfs: track per-sb writeback errors and report them to syncfs"); before it
-    /// syncfs returned 0 even when pages it wrote were lost, which would acknowledge mail that is not on disk.
+    /// True where one syncfs(2) may stand in for per-file fsyncs: Linux 5.17 and later. syncfs reports write-back errors
+    /// since 5.8 (kernel commit 735e4ae5ba28, "vfs: track per-sb writeback errors and report them to syncfs"), and the
+    /// file system's own sync failing (a journal commit, a cache flush) since 5.17 (5679897eb104, "vfs: make
+    /// sync_filesystem return errors from ->sync_fs"; fstests generic/546). Before, syncfs could return 0 where fsync
+    /// fails, which would acknowledge mail that is not on disk.
     /// </summary>
     public static bool FileSystemReportsErrors { get; } = OperatingSystem.IsLinux() && ReportsSyncFsErrors(Environment.OSVersion.Version);
 
-    /// <summary>True for a Linux kernel version whose syncfs(2) reports write-back errors (5.8 and later).</summary>
-    public static bool ReportsSyncFsErrors(Version kernel) => kernel >= new Version(5, 8);
+    /// <summary>True for a Linux kernel version whose syncfs(2) reports every error fsync(2) would (5.17 and later).</summary>
+    public static bool ReportsSyncFsErrors(Version kernel) => kernel >= new Version(5, 17);
 }
 
 /// <summary>
@@ -196,8 +198,10 @@ public static class SpoolSyncSupport
 public enum SpoolSync
 {
     /// <summary>
-    /// <see cref="FileSystem"/> where the spool has a file system to itself (the spool or data directory is the mount point
-    /// of a whole file system, not a bind mount) on Linux 5.8 or later; else <see cref="File"/>. Logged at start with the reason.
+    /// <see cref="FileSystem"/> where the spool looks like it has a file system to itself: the spool directory, or the data
+    /// directory holding it, is the root of a mount of a whole ext4, xfs or btrfs file system (not of a directory within
+    /// one, as a container volume is), on Linux 5.17 or later; else <see cref="File"/>. The gateway cannot see who else
+    /// writes there (the same file system mounted elsewhere too): set <see cref="File"/> if others do. Logged at start.
     /// </summary>
     Auto,
 
@@ -208,12 +212,13 @@ public enum SpoolSync
     File,
 
     /// <summary>
-    /// One syncfs(2) of the spool's file system shared by the commits waiting at that moment: Linux documents it as
-    /// fsync(2) of every file on that file system, so it covers each message file and queue/ at once, with one journal
-    /// commit and one device flush per batch instead of one per message (issue 15: about 0.08 ms CPU and 2-4 context
-    /// switches per message less). It also writes out other files' dirty data on that file system, so a commit waits for
-    /// that too: choose it for a file system that only the gateway writes. Linux 5.8 and later only: older kernels do not
-    /// report write-back errors from syncfs(2).
+    /// syncfs(2) of the spool's file system, each shared by the commits waiting at that moment: Linux documents it as
+    /// fsync(2) of every file on that file system. A commit waits for one after writing its file and for another after
+    /// renaming it into queue/, so data is on disk before the name, as with <see cref="File"/>; under load each sync
+    /// serves the first step of some commits and the second of others. That is one journal commit and device flush per
+    /// batch instead of one per message (issue 15: about 0.08 ms CPU and 2-4 context switches per message less). It also
+    /// writes out other files' dirty data on that file system, so a commit waits for that too: choose it for a file system
+    /// that only the gateway writes. Linux 5.17 and later only (<see cref="SpoolSyncSupport"/>).
     /// </summary>
     FileSystem,
 }

@@ -239,7 +239,7 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
         }
         else if (c.Spool.Sync == SpoolSync.FileSystem && !SpoolSyncSupport.FileSystemReportsErrors)
         {
-            e.Add($"{G}:Spool:Sync: FileSystem needs Linux 5.8 or later, where syncfs(2) reports write-back errors; this is {Environment.OSVersion}. Use File or Auto.");
+            e.Add($"{G}:Spool:Sync: FileSystem needs Linux 5.17 or later, where syncfs(2) reports every error fsync(2) would; this is {Environment.OSVersion}. Use File or Auto.");
         }
 
         var d = c.Delivery;

@@ -220,40 +220,40 @@ internal static partial class DurableFile
     /// <summary>
     /// syncfs(2) of the file system that holds a directory, through a descriptor held from before the first message is
     /// written until the spool is disposed. The kernel reports to each descriptor the write-back errors since its open or
-    /// its last syncfs (errseq on the super block, f_sb_err), so one descriptor held across all syncs sees every error on
-    /// that file system since the spool started, including one the flusher thread met before a sync began; a descriptor
-    /// opened per sync would miss those. Calls are serialised by the caller (GroupCommitter's single loop).
-    /// A descriptor syncs the file system it was opened on; if another one is mounted over the spool while the gateway
-    /// runs, files written there would not be covered, so each sync first checks that the directory is still on it.
+    /// its last syncfs (errseq on the super block, f_sb_err sampled at open): one descriptor held across all syncs is told
+    /// of every error on that file system since the spool started, including one the flusher thread met between syncs.
+    /// An error is reported once, to the sync that sees it, which may not be the sync a message that lost pages waits for
+    /// (syncfs writes every dirty page, also those of a message written for a later batch): FileSpool therefore fails every
+    /// commit that was under way when any sync failed. Calls are serialised by the caller (GroupCommitter's single loop).
     /// </summary>
     internal sealed class FileSystemSync : IDisposable
     {
-        const int ODirectory = 0x10000;
         readonly string _path;
         Microsoft.Win32.SafeHandles.SafeFileHandle _directory;
         (uint Major, uint Minor) _device;
 
-        /// <exception cref="IOException">open or statx failed.</exception>
+        /// <exception cref="IOException">open or statx failed, or <paramref name="directory"/> is no directory.</exception>
         public FileSystemSync(string directory)
         {
             _path = directory;
-            _directory = Open(directory, ORdOnly | OCloExecLinux | ODirectory, missingIsFile: false);
-            _device = Device(_directory, directory);
+            (_directory, _device) = OpenDirectory(directory);
         }
 
         /// <summary>Syncs the whole file system; retried on EINTR.</summary>
         /// <exception cref="IOException">
-        /// syncfs failed or reported a write-back error since the last call (errno kept, see StorageErrors), or the directory
-        /// is now on another file system (then the descriptor is reopened there, for the commits after this one).
+        /// syncfs failed or reported a write-back error since the last call (errno kept, see StorageErrors); the directory
+        /// is now on another file system (then the descriptor is reopened there, for the commits after this one); or the
+        /// file system is read-only now.
         /// </exception>
         public void Sync()
         {
-            var now = Device(null, _path);
+            // A descriptor syncs the file system it was opened on: if another was mounted over the spool since, files
+            // written there would not be covered.
+            var now = Stat(null, _path).Device;
             if (now != _device)
             {
                 var old = _directory;
-                _directory = Open(_path, ORdOnly | OCloExecLinux | ODirectory, missingIsFile: false);
-                _device = Device(_directory, _path);
+                (_directory, _device) = OpenDirectory(_path);
                 old.Dispose();
                 throw new IOException($"{_path} moved to another file system (device {now.Major}:{now.Minor}) while the spool was in use; commits waiting for this sync are refused, later ones sync the new file system.");
             }
@@ -280,41 +280,89 @@ internal static partial class DurableFile
                     _directory.DangerousRelease();
                 }
             }
+
+            // sync_filesystem returns 0 at once on a read-only super block, and ext4 turns read-only when its journal
+            // aborts (errors=remount-ro): a rename made before that could then be lost without any sync failing.
+            // access(2) answers EROFS for write access on a read-only file system, whoever asks.
+            const int wOk = 2;
+            if (Native.access(_path, wOk) != 0)
+            {
+                var errno = Marshal.GetLastPInvokeError();
+                throw StorageErrors.FromErrno($"{_path} is not writable after syncfs: {new Win32Exception(errno).Message}", errno);
+            }
         }
 
-        /// <summary>
-        /// The device (file system) of an open descriptor, or of <paramref name="path"/> when it is null, from statx(2),
-        /// whose layout is the same on every Linux architecture (stx_dev_major at octet 136, stx_dev_minor at 140).
-        /// </summary>
-        static (uint Major, uint Minor) Device(Microsoft.Win32.SafeHandles.SafeFileHandle? handle, string path)
+        static (Microsoft.Win32.SafeHandles.SafeFileHandle Handle, (uint Major, uint Minor) Device) OpenDirectory(string path)
         {
-            const int atFdCwd = -100, atEmptyPath = 0x1000, statxSize = 256;
-            var buffer = new byte[statxSize];
-            var added = false;
-            handle?.DangerousAddRef(ref added);
+            // No O_DIRECTORY: its value differs between architectures (0x10000 on x86-64, O_DIRECT there on arm64).
+            var handle = Open(path, ORdOnly | OCloExecLinux, missingIsFile: false);
             try
             {
-                var rc = handle is null
-                    ? Native.statx(atFdCwd, path, 0, 0, buffer)
-                    : Native.statx((int)handle.DangerousGetHandle(), "", atEmptyPath, 0, buffer);
-                if (rc != 0)
+                var stat = Stat(handle, path);
+                const int sIfMt = 0xF000, sIfDir = 0x4000;
+                if ((stat.Mode & sIfMt) != sIfDir)
                 {
-                    var errno = Marshal.GetLastPInvokeError();
-                    throw StorageErrors.FromErrno($"statx({path}) failed: {new Win32Exception(errno).Message}", errno);
+                    throw new IOException($"{path} is not a directory.");
                 }
-            }
-            finally
-            {
-                if (added)
-                {
-                    handle!.DangerousRelease();
-                }
-            }
 
-            return (BitConverter.ToUInt32(buffer, 136), BitConverter.ToUInt32(buffer, 140));
+                return (handle, stat.Device);
+            }
+            catch
+            {
+                handle.Dispose();
+                throw;
+            }
         }
 
         public void Dispose() => _directory.Dispose();
+    }
+
+    /// <summary>What the spool needs of statx(2): the file system's device, the mount, and the file type.</summary>
+    internal readonly record struct StatxInfo((uint Major, uint Minor) Device, ulong MountId, bool IsMountRoot, int Mode);
+
+    /// <summary>
+    /// statx(2) of an open descriptor, or of <paramref name="path"/> (symbolic links followed) when it is null. The layout
+    /// of struct statx is the same on every Linux architecture: stx_attributes at octet 8, stx_mode 28, stx_attributes_mask
+    /// 56, stx_dev_major 136, stx_dev_minor 140, stx_mnt_id 144 (Linux 5.8, STATX_MNT_ID; STATX_ATTR_MOUNT_ROOT too).
+    /// </summary>
+    /// <exception cref="FileNotFoundException">No such file.</exception>
+    /// <exception cref="IOException">statx failed otherwise.</exception>
+    internal static StatxInfo Stat(Microsoft.Win32.SafeHandles.SafeFileHandle? handle, string path)
+    {
+        const int atFdCwd = -100, atEmptyPath = 0x1000, enoent = 2;
+        const uint statxBasicStats = 0x7FF, statxMntId = 0x1000;
+        const ulong attrMountRoot = 0x2000;
+        var buffer = new byte[256];
+        var added = false;
+        handle?.DangerousAddRef(ref added);
+        try
+        {
+            var rc = handle is null
+                ? Native.statx(atFdCwd, path, 0, statxBasicStats | statxMntId, buffer)
+                : Native.statx((int)handle.DangerousGetHandle(), "", atEmptyPath, statxBasicStats | statxMntId, buffer);
+            if (rc != 0)
+            {
+                var errno = Marshal.GetLastPInvokeError();
+                var message = $"statx({path}) failed: {new Win32Exception(errno).Message}";
+                throw errno == enoent ? new FileNotFoundException(message, path) { HResult = errno } : StorageErrors.FromErrno(message, errno);
+            }
+        }
+        finally
+        {
+            if (added)
+            {
+                handle!.DangerousRelease();
+            }
+        }
+
+        var mask = BitConverter.ToUInt32(buffer, 0);
+        var attributes = BitConverter.ToUInt64(buffer, 8);
+        var supported = BitConverter.ToUInt64(buffer, 56);
+        return new StatxInfo(
+            (BitConverter.ToUInt32(buffer, 136), BitConverter.ToUInt32(buffer, 140)),
+            (mask & statxMntId) != 0 ? BitConverter.ToUInt64(buffer, 144) : 0,
+            (supported & attrMountRoot) != 0 && (attributes & attrMountRoot) != 0,
+            BitConverter.ToUInt16(buffer, 28));
     }
 
     /// <summary>
@@ -348,6 +396,9 @@ internal static partial class DurableFile
 
         [DllImport("libc", SetLastError = true)]
         public static extern int syncfs(int fd);
+
+        [DllImport("libc", SetLastError = true)]
+        public static extern int access([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int mode);
 
         [DllImport("libc", SetLastError = true)]
         public static extern int statx(int dirfd, [MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags, uint mask, [Out] byte[] buffer);

@@ -72,6 +72,9 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     uint _sequence = (uint)Random.Shared.Next();
     long _fileFsyncs;
 
+    /// <summary>Group syncs that failed so far: with <see cref="SpoolSync.FileSystem"/> every commit under way when one fails fails too.</summary>
+    long _syncFailures;
+
     /// <param name="options">Gateway config (spool directory, fsync).</param>
     /// <param name="time">Clock.</param>
     /// <param name="logger">Spool logger.</param>
@@ -121,7 +124,16 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         var groupSync = syncDirectory ?? (_sync == SpoolSync.FileSystem ? _ => _fileSystem!.Sync() : DurableFile.SyncDirectory);
         _queueSync = new GroupCommitter(() =>
         {
-            groupSync(_queue);
+            try
+            {
+                groupSync(_queue);
+            }
+            catch
+            {
+                Interlocked.Increment(ref _syncFailures);
+                throw;
+            }
+
             if (_sync == SpoolSync.FileSystem)
             {
                 SpoolMetrics.FileSystemSync();
@@ -146,8 +158,11 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     /// <summary>True when each message file is synced by its own commit (<see cref="SpoolSync.File"/>).</summary>
     bool SyncEachFile => _fsync && _sync == SpoolSync.File;
 
-    /// <summary>Group syncs so far: fsyncs of queue/, or syncfs calls with <see cref="SpoolSync.FileSystem"/> (group commit makes this smaller than the number of commits under concurrency).</summary>
-    internal long DirectoryFsyncCount => _queueSync.SyncCount;
+    /// <summary>True when commits are made durable by syncs of the whole file system (<see cref="SpoolSync.FileSystem"/>).</summary>
+    bool SyncsFileSystem => _fsync && _sync == SpoolSync.FileSystem;
+
+    /// <summary>Group syncs so far (two per commit with <see cref="SpoolSync.FileSystem"/>, shared under load): fsyncs of queue/, or syncfs calls with <see cref="SpoolSync.FileSystem"/> (group commit makes this smaller than the number of commits under concurrency).</summary>
+    internal long GroupSyncCount => _queueSync.SyncCount;
 
     /// <summary>File data fsyncs so far (messages and state files; with <see cref="SpoolSync.FileSystem"/> message files take none).</summary>
     internal long FileFsyncCount => Interlocked.Read(ref _fileFsyncs);
@@ -207,7 +222,19 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         {
             EnsureDirectories();
             cancellationToken.ThrowIfCancellationRequested();
+
+            // With SpoolSync.FileSystem an error may be reported to a sync this commit does not wait for (FileSystemSync):
+            // any failed sync from the first octet written on fails this commit.
+            long? failures = SyncsFileSystem ? Interlocked.Read(ref _syncFailures) : null;
             var file = await WriteMessageFileAsync(tmp, recycled, envelope, message, cancellationToken).ConfigureAwait(false);
+
+            // Data before name, as with the file's own fsync above (SpoolSync.File): otherwise the rename could reach disk
+            // first (a periodic journal commit, another batch's sync) and, after a crash, queue/ could hold the file with
+            // old content, a recycled file's earlier message under this message's header.
+            if (SyncsFileSystem)
+            {
+                await _queueSync.WaitForSyncAsync().ConfigureAwait(false);
+            }
 
             // What this instance knows of the message is in place before the rename shows its id: a delete of the id
             // during the directory fsync below finds and drops it, rather than it being added after the file is gone.
@@ -215,8 +242,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             KeepCommitted(envelope.Id, file);
 
             // The rename publishes envelope and content at once; queue/ never holds a partial file.
-            // With SpoolSync.File it happens only after the file's fsync above, and the 250 only after the directory fsync
-            // below; with SpoolSync.FileSystem the one syncfs below covers the file's data and the rename together.
+            // It happens only after the file's data is on disk (above), and the 250 only after the group sync below.
             DurableFile.MoveNoReplace(tmp, queued);
             renamed = true;
 
@@ -224,6 +250,11 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             if (_fsync)
             {
                 await _queueSync.WaitForSyncAsync().ConfigureAwait(false);
+            }
+
+            if (failures is { } before && Interlocked.Read(ref _syncFailures) != before)
+            {
+                throw new IOException("A sync of the spool's file system failed while this message was being committed; its data may not be on disk.");
             }
         }
         catch (OperationCanceledException) when (!renamed)
@@ -398,7 +429,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             DurableFile.Truncate(handle, length, path);
         }
 
-        // With SpoolSync.FileSystem the group's syncfs writes the data out (CommitAsync waits for it).
+        // With SpoolSync.FileSystem a group syncfs writes the data out before the rename (CommitAsync waits for it).
         if (SyncEachFile)
         {
             // fdatasync when a recycled file was overwritten in place at its old length (the usual case: the header is padded
@@ -974,7 +1005,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 
             // Opened before the first message file is written, so that its syncs report every write-back error since
             // (DurableFile.FileSystemSync).
-            if (_fsync && _sync == SpoolSync.FileSystem)
+            if (SyncsFileSystem)
             {
                 _fileSystem ??= new DurableFile.FileSystemSync(_queue);
             }

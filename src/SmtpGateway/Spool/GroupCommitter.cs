@@ -1,10 +1,11 @@
 namespace SmtpGateway.Spool;
 
 /// <summary>
-/// Group commit for directory fsyncs. Every committer renames its file into queue/ and then waits here;
-/// one loop fsyncs the directory and completes every waiter that enqueued before that fsync started.
-/// A waiter that arrives while an fsync runs joins the next one, because the running fsync may have
-/// started before its rename. Under concurrency N sessions share one directory fsync instead of paying N.
+/// Group commit for the spool's syncs: the fsync of queue/ (SpoolSync.File), or syncfs of the file system
+/// (SpoolSync.FileSystem, waited for once after the write and once after the rename). A committer waits here after
+/// the step the sync must cover; one loop syncs and completes every waiter that enqueued before that sync started.
+/// A waiter that arrives while a sync runs joins the next one, because the running sync may have started before its
+/// step. Under concurrency N sessions share one sync instead of paying N.
 /// </summary>
 internal sealed class GroupCommitter(Action sync)
 {
@@ -13,7 +14,7 @@ internal sealed class GroupCommitter(Action sync)
     bool _running;
     long _syncs;
 
-    /// <summary>Directory fsyncs performed so far.</summary>
+    /// <summary>Syncs performed so far.</summary>
     public long SyncCount => Interlocked.Read(ref _syncs);
 
     /// <summary>Completes after an fsync that started after this call; faults with that fsync's exception.</summary>

@@ -4,14 +4,22 @@ namespace SmtpGateway.Spool;
 
 /// <summary>
 /// Resolves <see cref="SpoolSync.Auto"/>. syncfs(2) writes out every dirty file on the spool's file system, so it is chosen
-/// only where the spool has a file system to itself: the spool directory, or the gateway's data directory, is the mount
-/// point of a whole file system (mountinfo root "/", so not a bind mount of a directory of a shared one, as a container
-/// volume usually is). Anywhere else a commit could wait for other programs' writes, and each file is synced on its own.
+/// only where the spool looks like it has a file system to itself: the spool directory, or the data directory holding
+/// it, is the root of a mount (statx STATX_ATTR_MOUNT_ROOT), that mount shows a whole file system (mountinfo root "/",
+/// not a directory within a shared one, as a container volume usually is), and the type is one whose syncfs writes and
+/// flushes like fsync (ext4, xfs, btrfs; FUSE before 5.15 and overlayfs forward no syncfs, tmpfs has nothing to sync).
+/// The mount is found by its id (statx STATX_MNT_ID), so symbolic links and mounts hidden by later ones do not mislead.
 /// </summary>
 internal static class SpoolSyncChoice
 {
+    /// <summary>File system types whose syncfs writes every dirty page and flushes the device, as fsync would.</summary>
+    static readonly string[] SyncingTypes = ["ext4", "xfs", "btrfs"];
+
     /// <summary>The mode and, for the start-up log line, why.</summary>
     public readonly record struct Choice(SpoolSync Sync, string Reason);
+
+    /// <summary>Where a directory is: the id of its mount, and whether it is that mount's root (false when it does not exist yet).</summary>
+    public readonly record struct Place(ulong MountId, bool IsMountRoot);
 
     public static Choice Resolve(SpoolSync configured, string spoolDirectory, string dataDirectory)
     {
@@ -22,72 +30,90 @@ internal static class SpoolSyncChoice
 
         if (!SpoolSyncSupport.FileSystemReportsErrors)
         {
-            return new(SpoolSync.File, $"syncfs(2) does not report write-back errors on {Environment.OSVersion}");
+            return new(SpoolSync.File, $"syncfs(2) does not report every error fsync(2) would on {Environment.OSVersion}");
         }
 
-        string mountinfo;
         try
         {
-            mountinfo = File.ReadAllText("/proc/self/mountinfo");
+            var spool = Locate(spoolDirectory);
+            var data = Locate(dataDirectory);
+            return Decide(File.ReadAllText("/proc/self/mountinfo"), spool, data);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
-            return new(SpoolSync.File, $"/proc/self/mountinfo is unreadable ({ex.GetType().Name}), so it is unknown whether the spool has a file system to itself");
+            return new(SpoolSync.File, $"could not tell whether the spool has a file system to itself ({ex.GetType().Name})");
         }
-
-        return Decide(mountinfo, spoolDirectory, dataDirectory);
     }
 
-    /// <summary><see cref="SpoolSync.Auto"/> on a kernel whose syncfs reports errors, given the mount table.</summary>
-    public static Choice Decide(string mountinfo, string spoolDirectory, string dataDirectory)
+    /// <summary>The mount of <paramref name="directory"/>, or of its nearest existing ancestor when it is not made yet.</summary>
+    static Place Locate(string directory)
     {
-        var mount = SpoolMount(mountinfo, spoolDirectory);
+        var path = Path.GetFullPath(directory);
+        var exists = true;
+        while (true)
+        {
+            try
+            {
+                var stat = DurableFile.Stat(null, path);
+                return new Place(stat.MountId, exists && stat.IsMountRoot);
+            }
+            catch (FileNotFoundException) when (Path.GetDirectoryName(path) is { } parent)
+            {
+                path = parent;
+                exists = false;
+            }
+        }
+    }
+
+    /// <summary><see cref="SpoolSync.Auto"/> on a kernel whose syncfs reports errors, given the mount table and where the directories are.</summary>
+    public static Choice Decide(string mountinfo, Place spool, Place data)
+    {
+        var mount = Find(mountinfo, spool.MountId);
         if (mount is null)
         {
-            return new(SpoolSync.File, "the spool's mount is not listed in /proc/self/mountinfo");
+            return new(SpoolSync.File, $"mount {spool.MountId} of the spool is not in /proc/self/mountinfo");
         }
 
-        var own = mount.Root == "/" && (SamePath(mount.Point, spoolDirectory) || SamePath(mount.Point, dataDirectory));
-        return own
-            ? new(SpoolSync.FileSystem, $"the spool's file system ({mount.Type}) is mounted at {mount.Point} for the gateway alone")
-            : new(SpoolSync.File, $"the spool shares the file system mounted at {mount.Point} with other directories; give the data or spool directory a file system of its own to sync once per batch");
+        var dedicated = spool.IsMountRoot || (data.IsMountRoot && data.MountId == spool.MountId);
+        if (!dedicated)
+        {
+            return new(SpoolSync.File, $"the spool shares the file system mounted at {mount.Point} with other directories; mount one of its own at the data or spool directory to sync once per batch");
+        }
+
+        if (mount.Root != "/")
+        {
+            return new(SpoolSync.File, $"{mount.Point} mounts the directory {mount.Root} of a file system that holds more (a bind mount or volume)");
+        }
+
+        if (!SyncingTypes.Contains(mount.Type, StringComparer.Ordinal))
+        {
+            return new(SpoolSync.File, $"the spool's file system at {mount.Point} is {mount.Type}, not one of {string.Join(", ", SyncingTypes)}");
+        }
+
+        return new(SpoolSync.FileSystem, $"the spool's file system ({mount.Type}) is mounted at {mount.Point} for the gateway alone");
     }
 
     /// <summary>One line of /proc/self/mountinfo (proc(5)): the directory of the file system mounted (root), where, and its type.</summary>
-    public sealed record Mount(string Root, string Point, string Type);
+    public sealed record Mount(ulong Id, string Root, string Point, string Type);
 
-    /// <summary>
-    /// The mount that holds <paramref name="directory"/>: the one with the longest mount point that is the directory or
-    /// one of its ancestors; of several at one point, the last listed, which is the one on top.
-    /// </summary>
-    public static Mount? SpoolMount(string mountinfo, string directory)
+    /// <summary>The mountinfo line of mount <paramref name="id"/> (its first field), or null.</summary>
+    public static Mount? Find(string mountinfo, ulong id)
     {
-        var path = Trim(directory);
-        Mount? best = null;
         foreach (var line in mountinfo.Split('\n', StringSplitOptions.RemoveEmptyEntries))
         {
             // "36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext3 /dev/root rw": optional fields end at " - ".
             var fields = line.Split(' ');
             var dash = Array.IndexOf(fields, "-");
-            if (fields.Length < 5 || dash < 6 || dash + 1 >= fields.Length)
+            if (fields.Length < 5 || dash < 6 || dash + 1 >= fields.Length || !ulong.TryParse(fields[0], System.Globalization.CultureInfo.InvariantCulture, out var lineId) || lineId != id)
             {
                 continue;
             }
 
-            var point = Trim(Unescape(fields[4]));
-            var under = point == "/" || path == point || path.StartsWith(point + "/", StringComparison.Ordinal);
-            if (under && (best is null || point.Length >= best.Point.Length))
-            {
-                best = new Mount(Unescape(fields[3]), point, fields[dash + 1]);
-            }
+            return new Mount(lineId, Unescape(fields[3]), Unescape(fields[4]), fields[dash + 1]);
         }
 
-        return best;
+        return null;
     }
-
-    static bool SamePath(string a, string b) => string.Equals(Trim(a), Trim(b), StringComparison.Ordinal);
-
-    static string Trim(string path) => path.Length > 1 ? path.TrimEnd('/') : path;
 
     /// <summary>mountinfo writes space, tab, newline and backslash as octal escapes (\040, \011, \012, \134).</summary>
     static string Unescape(string field) =>

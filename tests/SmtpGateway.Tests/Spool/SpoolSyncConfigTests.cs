@@ -26,7 +26,7 @@ public sealed class SpoolSyncConfigTests
         }
         else
         {
-            Assert.Contains(errors, e => e.StartsWith("Gateway:Spool:Sync: FileSystem needs Linux 5.8", StringComparison.Ordinal));
+            Assert.Contains(errors, e => e.StartsWith("Gateway:Spool:Sync: FileSystem needs Linux 5.17", StringComparison.Ordinal));
         }
     }
 
