@@ -47,18 +47,17 @@ public sealed class SpoolSyncTests(ITestOutputHelper output)
             using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(2));
             Assert.Contains($"Spool sync FileSystem: the spool's file system (ext4) is mounted at {harness.DataDirectory} for the gateway alone", harness.GatewayOutput, StringComparison.Ordinal);
 
-            var (trace, id, subject) = await TraceOneMessageAsync(harness, "syncfs", cts.Token);
+            var (trace, id, subject) = await TraceOneMessageAsync(harness, "syncfs,fsync", cts.Token);
             var queued = trace.Renamed($"/spool/queue/{id}");
             var reply = trace.Sent($"queued as {id}");
-            trace.Show(output, queued, reply);
+            var file = trace.FileBefore(queued);
+            trace.Show(output, file.Opened, reply);
 
-            // The message file itself was never synced: a syncfs that began after it was opened (and written: the write
-            // is between the two) returned before the rename, and another that began after the rename returned before
-            // the 250.
-            var written = trace.OpenedBefore(queued, queued.SourcePath!);
-            Assert.DoesNotContain(trace.Calls, c => c.Name is "fsync" or "fdatasync" && c.Fd == written.Result && c.Start > written.End && c.End < queued.Start);
-            Assert.Contains(trace.Calls, c => c.Name == "syncfs" && c.Start > written.End && c.End < queued.Start && c.Result == "0");
-            Assert.Contains(trace.Calls, c => c.Name == "syncfs" && c.Start > queued.End && c.End < reply.Start && c.Result == "0");
+            // The message file itself was never synced; a syncfs that began after it was written and closed returned
+            // before the rename, and an fsync of queue/ that began after the rename returned before the 250.
+            Assert.DoesNotContain(trace.Calls, c => c.Name is "fsync" or "fdatasync" && c.Fd == file.Opened.Result && c.Start > file.Opened.End && c.End < file.Closed.Start);
+            Assert.Contains(trace.Calls, c => c.Name == "syncfs" && c.Start > file.Closed.End && c.End < queued.Start && c.Result == "0");
+            Assert.Contains(trace.Calls, c => trace.IsQueueFsync(c) && c.Start > queued.End && c.End < reply.Start);
 
             await harness.Sink.WaitAsync(ms => ms.Any(m => m.Header("Subject") == subject), Wait, cts.Token);
         });
@@ -78,17 +77,15 @@ public sealed class SpoolSyncTests(ITestOutputHelper output)
             var (trace, id, subject) = await TraceOneMessageAsync(harness, "fsync", cts.Token);
             var queued = trace.Renamed($"/spool/queue/{id}");
             var reply = trace.Sent($"queued as {id}");
-            trace.Show(output, queued, reply);
+            var file = trace.FileBefore(queued);
+            trace.Show(output, file.Opened, reply);
 
-            // fdatasync (or fsync) of the message file returned before the rename published it...
-            var written = trace.OpenedBefore(queued, queued.SourcePath!);
-            // (Descriptors belong to the process, not the thread: the file is open, so its number is its own, until the rename.)
-            Assert.Contains(trace.Calls, c => c.Name is "fsync" or "fdatasync" && c.Fd == written.Result && c.Start > written.End && c.End < queued.Start && c.Result == "0");
+            // fdatasync (or fsync) of the message file, after its last write and before its close (its descriptor number
+            // is its own only while it is open), returned before the rename published it...
+            Assert.Contains(trace.Calls, c => c.Name is "fsync" or "fdatasync" && c.Fd == file.Opened.Result && c.Start > file.LastWrite.End && c.End < file.Closed.Start && c.Result == "0");
 
             // ...and an fsync of queue/ that began after the rename returned before the 250.
-            Assert.Contains(trace.Calls, c => c.Name == "fsync" && c.Result == "0" && c.Start > queued.End && c.End < reply.Start
-                && trace.Calls.Where(o => o.Name == "openat" && o.Result == c.Fd && o.End < c.Start).MaxBy(o => o.End) is { } opened
-                && opened.Args.Contains("/spool/queue\"", StringComparison.Ordinal));
+            Assert.Contains(trace.Calls, c => trace.IsQueueFsync(c) && c.Start > queued.End && c.End < reply.Start);
             Assert.DoesNotContain(trace.Calls, c => c.Name == "syncfs");
 
             await harness.Sink.WaitAsync(ms => ms.Any(m => m.Header("Subject") == subject), Wait, cts.Token);
@@ -103,7 +100,7 @@ public sealed class SpoolSyncTests(ITestOutputHelper output)
             // delay_exit call's end before the delay, so that would prove nothing): a 250 that did not
             // wait for its sync would show in the trace before that sync's end, however fast the disk. Only that call:
             // a delayed fsync of another file on the way to the 250 (the audit log's) could otherwise hide the fault.
-            ["-f", "-qq", "-s", "300", "-e", "trace=openat,renameat2,rename,fsync,fdatasync,syncfs,sendto,sendmsg",
+            ["-f", "-qq", "-s", "300", "-e", "trace=openat,pwrite64,write,close,renameat2,rename,fsync,fdatasync,syncfs,sendto,sendmsg",
              "-e", $"inject={delayed}:delay_enter=300000", "-p", pid.ToString(System.Globalization.CultureInfo.InvariantCulture)],
             harness.WorkDirectory);
         string id, subject;
@@ -215,10 +212,24 @@ public sealed class SpoolSyncTests(ITestOutputHelper output)
             Calls.Where(c => c.Name is "sendto" or "sendmsg" && c.Args.Contains(text, StringComparison.Ordinal)).MinBy(c => c.Start)
             ?? throw new Xunit.Sdk.XunitException($"no send of \"{text}\" in the trace");
 
-        /// <summary>The last open of <paramref name="path"/> that returned before <paramref name="before"/> began.</summary>
-        public Call OpenedBefore(Call before, string path) =>
-            Calls.Where(c => c.Name == "openat" && c.End < before.Start && c.Args.Contains($"\"{path}\"", StringComparison.Ordinal) && !c.Result.StartsWith('-'))
-                .MaxBy(c => c.End)
-            ?? throw new Xunit.Sdk.XunitException($"no open of {path} before the rename");
+        /// <summary>The renamed file's last open before the rename, its last write and its close (all before the rename).</summary>
+        public (Call Opened, Call LastWrite, Call Closed) FileBefore(Call rename)
+        {
+            var path = rename.SourcePath!;
+            var opened = Calls.Where(c => c.Name == "openat" && c.End < rename.Start && c.Args.Contains($"\"{path}\"", StringComparison.Ordinal) && !c.Result.StartsWith('-'))
+                .MaxBy(c => c.End) ?? throw new Xunit.Sdk.XunitException($"no open of {path} before the rename");
+            var closed = Calls.Where(c => c.Name == "close" && c.Fd == opened.Result && c.Start > opened.End).MinBy(c => c.Start)
+                ?? throw new Xunit.Sdk.XunitException($"no close of descriptor {opened.Result} ({path})");
+            Assert.True(closed.End < rename.Start, $"{path} was still open at the rename");
+            var lastWrite = Calls.Where(c => c.Name is "pwrite64" or "write" && c.Fd == opened.Result && c.Start > opened.End && c.End < closed.Start).MaxBy(c => c.End)
+                ?? throw new Xunit.Sdk.XunitException($"no write to descriptor {opened.Result} ({path})");
+            return (opened, lastWrite, closed);
+        }
+
+        /// <summary>A successful fsync of a descriptor whose latest open before it was of the spool's queue/ directory.</summary>
+        public bool IsQueueFsync(Call call) =>
+            call.Name == "fsync" && call.Result == "0"
+            && Calls.Where(o => o.Name == "openat" && o.Result == call.Fd && o.End < call.Start).MaxBy(o => o.End) is { } opened
+            && opened.Args.Contains("/spool/queue\"", StringComparison.Ordinal);
     }
 }

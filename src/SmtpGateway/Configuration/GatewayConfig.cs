@@ -212,13 +212,13 @@ public enum SpoolSync
     File,
 
     /// <summary>
-    /// syncfs(2) of the spool's file system, each shared by the commits waiting at that moment: Linux documents it as
-    /// fsync(2) of every file on that file system. A commit waits for one after writing its file and for another after
-    /// renaming it into queue/, so data is on disk before the name, as with <see cref="File"/>; under load each sync
-    /// serves the first step of some commits and the second of others. That is one journal commit and device flush per
-    /// batch instead of one per message (issue 15: about 0.08 ms CPU and 2-4 context switches per message less). It also
-    /// writes out other files' dirty data on that file system, so a commit waits for that too: choose it for a file system
-    /// that only the gateway writes. Linux 5.17 and later only (<see cref="SpoolSyncSupport"/>).
+    /// After writing its file a commit waits for a syncfs(2) of the spool's file system shared by the commits waiting at
+    /// that moment (the syncfs(2) manual: the same guarantees as fsync(2) of every file on that file system), then renames
+    /// the file into queue/ and waits for the shared fsync of queue/ as with <see cref="File"/>. So data is on disk before
+    /// the name, as with <see cref="File"/>, and a batch of writes costs one sync instead of one per message (issue 15).
+    /// syncfs also writes out other files' dirty data on that file system, so a commit waits for that too: choose it for
+    /// a file system that only the gateway writes. Linux 5.17 and later (<see cref="SpoolSyncSupport"/>), ext4, xfs or
+    /// btrfs; elsewhere the gateway logs a warning and syncs per file.
     /// </summary>
     FileSystem,
 }

@@ -224,7 +224,9 @@ internal static partial class DurableFile
     /// of every error on that file system since the spool started, including one the flusher thread met between syncs.
     /// An error is reported once, to the sync that sees it, which may not be the sync a message that lost pages waits for
     /// (syncfs writes every dirty page, also those of a message written for a later batch): FileSpool therefore fails every
-    /// commit that was under way when any sync failed. Calls are serialised by the caller (GroupCommitter's single loop).
+    /// commit whose data was not yet synced when any syncfs failed. syncfs is not trusted alone: ext4 before 6.13 answers it
+    /// with 0 once shut down after an error (150c174a6053), so FileSpool still fsyncs queue/ after the rename, which
+    /// reports that. Calls are serialised by the caller (GroupCommitter's single loop).
     /// </summary>
     internal sealed class FileSystemSync : IDisposable
     {
@@ -241,9 +243,8 @@ internal static partial class DurableFile
 
         /// <summary>Syncs the whole file system; retried on EINTR.</summary>
         /// <exception cref="IOException">
-        /// syncfs failed or reported a write-back error since the last call (errno kept, see StorageErrors); the directory
-        /// is now on another file system (then the descriptor is reopened there, for the commits after this one); or the
-        /// file system is read-only now.
+        /// syncfs failed or reported a write-back error since the last call (errno kept, see StorageErrors), or the directory
+        /// is now on another file system (then the descriptor is reopened there, for the commits after this one).
         /// </exception>
         public void Sync()
         {
@@ -279,16 +280,6 @@ internal static partial class DurableFile
                 {
                     _directory.DangerousRelease();
                 }
-            }
-
-            // sync_filesystem returns 0 at once on a read-only super block, and ext4 turns read-only when its journal
-            // aborts (errors=remount-ro): a rename made before that could then be lost without any sync failing.
-            // access(2) answers EROFS for write access on a read-only file system, whoever asks.
-            const int wOk = 2;
-            if (Native.access(_path, wOk) != 0)
-            {
-                var errno = Marshal.GetLastPInvokeError();
-                throw StorageErrors.FromErrno($"{_path} is not writable after syncfs: {new Win32Exception(errno).Message}", errno);
             }
         }
 
@@ -396,9 +387,6 @@ internal static partial class DurableFile
 
         [DllImport("libc", SetLastError = true)]
         public static extern int syncfs(int fd);
-
-        [DllImport("libc", SetLastError = true)]
-        public static extern int access([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int mode);
 
         [DllImport("libc", SetLastError = true)]
         public static extern int statx(int dirfd, [MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags, uint mask, [Out] byte[] buffer);

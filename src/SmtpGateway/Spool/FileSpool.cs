@@ -19,7 +19,7 @@ namespace SmtpGateway.Spool;
 /// </code>
 /// RFC 5321 section 6.1: once the server answers 250 after DATA it is responsible for the message, so
 /// <see cref="CommitAsync(SpoolEnvelope, MessageContent, CancellationToken)"/> returns only when file data and the queue directory entry are
-/// on disk: synced per file and then per directory, or by one syncfs(2) of the file system per batch (<see cref="SpoolSync"/>).
+/// on disk: synced per file, or by a syncfs(2) of the file system per batch of writes (<see cref="SpoolSync"/>), then per directory.
 /// </summary>
 public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 {
@@ -44,6 +44,9 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     readonly Audit.IAuditLog? _audit;
     readonly Channel<string> _ready = Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleReader = false, SingleWriter = false });
     readonly GroupCommitter _queueSync;
+
+    /// <summary>With <see cref="SpoolSync.FileSystem"/>: the group syncfs that writes message data out before the rename.</summary>
+    readonly GroupCommitter _dataSync;
     readonly WakeupQueue _wakeups;
 
     /// <summary>Tenant of each queued message (scheduling hint for <see cref="TenantOf"/>): set on commit, recovery and load, dropped when the message leaves the queue.</summary>
@@ -72,8 +75,8 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     uint _sequence = (uint)Random.Shared.Next();
     long _fileFsyncs;
 
-    /// <summary>Group syncs that failed so far: with <see cref="SpoolSync.FileSystem"/> every commit under way when one fails fails too.</summary>
-    long _syncFailures;
+    /// <summary>Group syncfs calls that failed so far: every commit whose data was not yet on disk when one failed fails too.</summary>
+    long _dataSyncFailures;
 
     /// <param name="options">Gateway config (spool directory, fsync).</param>
     /// <param name="time">Clock.</param>
@@ -89,7 +92,16 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         : this(GatewayPaths.SpoolDirectory(config), config.Spool.Fsync, time, logger, sync: choice.Sync)
     {
         _audit = audit;
-        if (_fsync)
+        if (!_fsync)
+        {
+            return;
+        }
+
+        if (choice.Overruled)
+        {
+            SpoolLog.SyncOverruled(logger, choice.Sync, choice.Reason);
+        }
+        else
         {
             SpoolLog.SyncChosen(logger, choice.Sync, choice.Reason);
         }
@@ -99,16 +111,18 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     /// <param name="fsync">False only for benchmarks (SpoolConfig.Fsync).</param>
     /// <param name="time">Clock for ids, schedules and durations.</param>
     /// <param name="logger">Spool logger.</param>
-    /// <param name="syncDirectory">The group sync (directory fsync, or syncfs with <see cref="SpoolSync.FileSystem"/>) given queue/; tests wrap it to observe group commit.</param>
+    /// <param name="syncDirectory">The group fsync of queue/ (given its path); tests wrap it to observe group commit.</param>
     /// <param name="committedCacheLimit">Octets of committed files kept for their first delivery load (tests make it small).</param>
-    /// <param name="sync">How commits are made durable; <see cref="SpoolSync.Auto"/> is resolved here.</param>
-    internal FileSpool(string root, bool fsync, TimeProvider time, ILogger logger, Action<string>? syncDirectory = null, long committedCacheLimit = DefaultCommittedCacheLimit, SpoolSync sync = SpoolSync.File)
+    /// <param name="sync">How commits are made durable; <see cref="SpoolSync.Auto"/> is resolved here (tests pass a resolved mode).</param>
+    /// <param name="syncFileSystem">With <see cref="SpoolSync.FileSystem"/>, the group syncfs of the data (given queue/); tests wrap it.</param>
+    internal FileSpool(string root, bool fsync, TimeProvider time, ILogger logger, Action<string>? syncDirectory = null, long committedCacheLimit = DefaultCommittedCacheLimit,
+        SpoolSync sync = SpoolSync.File, Action<string>? syncFileSystem = null)
     {
         _sync = sync switch
         {
             SpoolSync.Auto => SpoolSyncChoice.Resolve(sync, root, root).Sync,
             SpoolSync.FileSystem when !SpoolSyncSupport.FileSystemReportsErrors =>
-                throw new ArgumentException("SpoolSync.FileSystem needs Linux 5.8 or later (GatewayConfigValidator refuses it at start).", nameof(sync)),
+                throw new ArgumentException("SpoolSync.FileSystem needs Linux 5.17 or later (GatewayConfigValidator refuses it at start).", nameof(sync)),
             _ => sync,
         };
         _committedLimit = committedCacheLimit;
@@ -121,27 +135,26 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         _fsync = fsync;
         _time = time;
         _logger = logger;
-        var groupSync = syncDirectory ?? (_sync == SpoolSync.FileSystem ? _ => _fileSystem!.Sync() : DurableFile.SyncDirectory);
+        var directorySync = syncDirectory ?? DurableFile.SyncDirectory;
         _queueSync = new GroupCommitter(() =>
+        {
+            directorySync(_queue);
+            SpoolMetrics.DirectoryFsync();
+        });
+        var dataSync = syncFileSystem ?? (_ => _fileSystem!.Sync());
+        _dataSync = new GroupCommitter(() =>
         {
             try
             {
-                groupSync(_queue);
+                dataSync(_queue);
             }
             catch
             {
-                Interlocked.Increment(ref _syncFailures);
+                Interlocked.Increment(ref _dataSyncFailures);
                 throw;
             }
 
-            if (_sync == SpoolSync.FileSystem)
-            {
-                SpoolMetrics.FileSystemSync();
-            }
-            else
-            {
-                SpoolMetrics.DirectoryFsync();
-            }
+            SpoolMetrics.FileSystemSync();
         });
         _wakeups = new WakeupQueue(time, id => _ready.Writer.TryWrite(id));
     }
@@ -161,8 +174,11 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     /// <summary>True when commits are made durable by syncs of the whole file system (<see cref="SpoolSync.FileSystem"/>).</summary>
     bool SyncsFileSystem => _fsync && _sync == SpoolSync.FileSystem;
 
-    /// <summary>Group syncs so far (two per commit with <see cref="SpoolSync.FileSystem"/>, shared under load): fsyncs of queue/, or syncfs calls with <see cref="SpoolSync.FileSystem"/> (group commit makes this smaller than the number of commits under concurrency).</summary>
-    internal long GroupSyncCount => _queueSync.SyncCount;
+    /// <summary>Group syncfs calls so far (<see cref="SpoolSync.FileSystem"/>: one per batch of writes).</summary>
+    internal long DataSyncCount => _dataSync.SyncCount;
+
+    /// <summary>Directory fsyncs of queue/ so far, in either mode (group commit makes this smaller than the number of commits under concurrency).</summary>
+    internal long DirectoryFsyncCount => _queueSync.SyncCount;
 
     /// <summary>File data fsyncs so far (messages and state files; with <see cref="SpoolSync.FileSystem"/> message files take none).</summary>
     internal long FileFsyncCount => Interlocked.Read(ref _fileFsyncs);
@@ -175,6 +191,9 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
 
     /// <summary>Committed files kept for their first delivery load now.</summary>
     internal int CommittedKept => _committed.Count;
+
+    /// <summary>Octets reserved for kept files now (released when a file is taken or its commit fails).</summary>
+    internal long CommittedBytes => Interlocked.Read(ref _committedBytes);
 
     /// <summary>Ids waiting in memory for a later attempt.</summary>
     internal int ScheduledCount => _wakeups.Count;
@@ -223,38 +242,41 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
             EnsureDirectories();
             cancellationToken.ThrowIfCancellationRequested();
 
-            // With SpoolSync.FileSystem an error may be reported to a sync this commit does not wait for (FileSystemSync):
-            // any failed sync from the first octet written on fails this commit.
-            long? failures = SyncsFileSystem ? Interlocked.Read(ref _syncFailures) : null;
+            // With SpoolSync.FileSystem an error may be reported to a syncfs this commit does not wait for (FileSystemSync):
+            // any failed syncfs from the first octet written on fails this commit.
+            var failures = Interlocked.Read(ref _dataSyncFailures);
             var file = await WriteMessageFileAsync(tmp, recycled, envelope, message, cancellationToken).ConfigureAwait(false);
-
-            // Data before name, as with the file's own fsync above (SpoolSync.File): otherwise the rename could reach disk
-            // first (a periodic journal commit, another batch's sync) and, after a crash, queue/ could hold the file with
-            // old content, a recycled file's earlier message under this message's header.
-            if (SyncsFileSystem)
-            {
-                await _queueSync.WaitForSyncAsync().ConfigureAwait(false);
-            }
 
             // What this instance knows of the message is in place before the rename shows its id: a delete of the id
             // during the directory fsync below finds and drops it, rather than it being added after the file is gone.
+            // (Before the data sync too, so that a failure there releases the kept bytes: Forget.)
             _withoutState[envelope.Id] = 0;
             KeepCommitted(envelope.Id, file);
+
+            // SpoolSync.FileSystem: the data is written out by a shared syncfs that starts after the write, and the commit
+            // goes on only if no syncfs failed meanwhile, all before the rename (data before name, as the file's own fsync
+            // above gives SpoolSync.File). Otherwise the rename could reach disk first and, after a crash, queue/ could
+            // hold the file with old content: a recycled file's earlier message under this message's header.
+            if (SyncsFileSystem)
+            {
+                await _dataSync.WaitForSyncAsync().ConfigureAwait(false);
+                if (Interlocked.Read(ref _dataSyncFailures) != failures)
+                {
+                    throw new IOException("A sync of the spool's file system failed while this message was being written; its data may not be on disk.");
+                }
+            }
 
             // The rename publishes envelope and content at once; queue/ never holds a partial file.
             // It happens only after the file's data is on disk (above), and the 250 only after the group sync below.
             DurableFile.MoveNoReplace(tmp, queued);
             renamed = true;
 
-            // The rename is durable only once queue/ itself is synced; wait for a (shared) group sync that starts after it.
+            // The rename is durable only once queue/ itself is synced; wait for a (shared) directory fsync that starts after
+            // it. In both modes: an fsync reports what a syncfs may not (ext4 before 6.13 answers syncfs with 0 once shut
+            // down after an error; 150c174a6053), and it writes no other file's data.
             if (_fsync)
             {
                 await _queueSync.WaitForSyncAsync().ConfigureAwait(false);
-            }
-
-            if (failures is { } before && Interlocked.Read(ref _syncFailures) != before)
-            {
-                throw new IOException("A sync of the spool's file system failed while this message was being committed; its data may not be on disk.");
             }
         }
         catch (OperationCanceledException) when (!renamed)

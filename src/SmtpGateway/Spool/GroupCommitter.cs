@@ -1,9 +1,9 @@
 namespace SmtpGateway.Spool;
 
 /// <summary>
-/// Group commit for the spool's syncs: the fsync of queue/ (SpoolSync.File), or syncfs of the file system
-/// (SpoolSync.FileSystem, waited for once after the write and once after the rename). A committer waits here after
-/// the step the sync must cover; one loop syncs and completes every waiter that enqueued before that sync started.
+/// Group commit for the spool's syncs: the fsync of queue/ after the renames, and with SpoolSync.FileSystem the syncfs
+/// of the file system after the writes. A committer waits here after the step the sync must cover; one loop (per kind of
+/// sync) syncs and completes every waiter that enqueued before that sync started.
 /// A waiter that arrives while a sync runs joins the next one, because the running sync may have started before its
 /// step. Under concurrency N sessions share one sync instead of paying N.
 /// </summary>

@@ -42,4 +42,7 @@ internal static partial class SpoolLog
 
     [LoggerMessage(EventId = EventIds.Spool + 11, Level = LogLevel.Information, Message = "Spool sync {Sync}: {Reason}")]
     public static partial void SyncChosen(ILogger logger, Configuration.SpoolSync sync, string reason);
+
+    [LoggerMessage(EventId = EventIds.Spool + 12, Level = LogLevel.Warning, Message = "Spool sync {Sync} instead of the configured FileSystem: {Reason}")]
+    public static partial void SyncOverruled(ILogger logger, Configuration.SpoolSync sync, string reason);
 }

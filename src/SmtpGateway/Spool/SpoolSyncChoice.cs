@@ -15,34 +15,49 @@ internal static class SpoolSyncChoice
     /// <summary>File system types whose syncfs writes every dirty page and flushes the device, as fsync would.</summary>
     static readonly string[] SyncingTypes = ["ext4", "xfs", "btrfs"];
 
-    /// <summary>The mode and, for the start-up log line, why.</summary>
-    public readonly record struct Choice(SpoolSync Sync, string Reason);
+    /// <summary>The mode and, for the start-up log line, why; <paramref name="Overruled"/> when a configured FileSystem could not be used.</summary>
+    public readonly record struct Choice(SpoolSync Sync, string Reason, bool Overruled = false);
 
     /// <summary>Where a directory is: the id of its mount, and whether it is that mount's root (false when it does not exist yet).</summary>
     public readonly record struct Place(ulong MountId, bool IsMountRoot);
 
     public static Choice Resolve(SpoolSync configured, string spoolDirectory, string dataDirectory)
     {
-        if (configured != SpoolSync.Auto)
+        if (configured == SpoolSync.File)
         {
             return new(configured, "configured");
         }
 
+        // A configured FileSystem that cannot work here falls back to File, loudly: never a sync that does not sync.
+        var overruled = configured == SpoolSync.FileSystem;
         if (!SpoolSyncSupport.FileSystemReportsErrors)
         {
-            return new(SpoolSync.File, $"syncfs(2) does not report every error fsync(2) would on {Environment.OSVersion}");
+            return new(SpoolSync.File, $"syncfs(2) does not report every error fsync(2) would on {Environment.OSVersion}", overruled);
         }
 
+        Place spool, data;
+        string mountinfo;
         try
         {
-            var spool = Locate(spoolDirectory);
-            var data = Locate(dataDirectory);
-            return Decide(File.ReadAllText("/proc/self/mountinfo"), spool, data);
+            spool = Locate(spoolDirectory);
+            data = Locate(dataDirectory);
+            mountinfo = File.ReadAllText("/proc/self/mountinfo");
         }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or EntryPointNotFoundException)
         {
-            return new(SpoolSync.File, $"could not tell whether the spool has a file system to itself ({ex.GetType().Name})");
+            // EntryPointNotFoundException: a C library without statx (glibc before 2.28), e.g. an old image on a new kernel.
+            return new(SpoolSync.File, $"could not tell the spool's file system ({ex.GetType().Name})", overruled);
         }
+
+        if (!overruled)
+        {
+            return Decide(mountinfo, spool, data);
+        }
+
+        var mount = Find(mountinfo, spool.MountId);
+        return mount is not null && SyncingTypes.Contains(mount.Type, StringComparer.Ordinal)
+            ? new(SpoolSync.FileSystem, $"configured; the spool's file system ({mount.Type}) is mounted at {mount.Point}")
+            : new(SpoolSync.File, $"configured FileSystem, but the spool's file system is {mount?.Type ?? "not in /proc/self/mountinfo"}, whose syncfs may not write and flush as fsync does (only {string.Join(", ", SyncingTypes)})", true);
     }
 
     /// <summary>The mount of <paramref name="directory"/>, or of its nearest existing ancestor when it is not made yet.</summary>

@@ -329,20 +329,11 @@ public sealed class FileSpoolTests : IDisposable
     {
         const int tasks = 20, perTask = 10;
 
-        // The real group sync (directory fsync, or syncfs of the file system) plus a little latency, as on a disk that is
-        // not a RAM-backed VM image: committers arriving during one sync must share the next one.
+        // The real directory fsync plus a little latency, as on a disk that is not a RAM-backed VM image: committers
+        // arriving during one fsync must share the next one. With FileSystem the data syncs are the real held syncfs.
         using var spool = NewSpool(Root, TimeProvider.System, sync: sync, syncDirectory: path =>
         {
-            if (sync == SpoolSync.FileSystem)
-            {
-                using var fileSystem = new DurableFile.FileSystemSync(path);
-                fileSystem.Sync();
-            }
-            else
-            {
-                DurableFile.SyncDirectory(path);
-            }
-
+            DurableFile.SyncDirectory(path);
             Thread.Sleep(2);
         });
         var payload = SampleMessage();
@@ -357,9 +348,10 @@ public sealed class FileSpoolTests : IDisposable
         const int messages = tasks * perTask;
         Assert.Equal(messages, Directory.EnumerateFiles(Path.Combine(Root, "queue")).Count());
         Assert.Equal(messages, Drain(spool).Distinct().Count());
-        // With syncfs no message file is synced on its own: the group's one call covers data and names together.
+        // With syncfs no message file is synced on its own: a shared syncfs writes the data of a batch.
         Assert.Equal(sync == SpoolSync.File ? messages : 0, spool.FileFsyncCount);
-        Assert.InRange(spool.GroupSyncCount, 1, messages / 2);
+        Assert.InRange(spool.DirectoryFsyncCount, 1, messages / 2);
+        Assert.InRange(spool.DataSyncCount, sync == SpoolSync.File ? 0 : 1, sync == SpoolSync.File ? 0 : messages);
     }
 
     [Fact]
@@ -378,7 +370,8 @@ public sealed class FileSpoolTests : IDisposable
             }
 
             Assert.Equal(0, spool.FileFsyncCount);
-            Assert.Equal(6, spool.GroupSyncCount); // one commit at a time: a syncfs after the write and one after the rename
+            Assert.Equal(3, spool.DataSyncCount); // one commit at a time: a syncfs after each write...
+            Assert.Equal(3, spool.DirectoryFsyncCount); // ...and an fsync of queue/ after each rename
         }
 
         using var recovered = NewSpool(Root, _time, sync: SpoolSync.FileSystem);
@@ -393,17 +386,19 @@ public sealed class FileSpoolTests : IDisposable
     public async Task FileSystem_sync_syncs_the_data_before_the_rename_and_the_name_before_the_250()
     {
         var steps = new List<string>();
-        using var spool = NewSpool(Root, _time, sync: SpoolSync.FileSystem, syncDirectory: _ =>
+        void Step(string sync)
         {
             lock (steps)
             {
                 var queued = Directory.EnumerateFiles(Path.Combine(Root, "queue")).Count();
-                steps.Add($"sync with {queued} in queue/");
+                var written = Directory.EnumerateFiles(Path.Combine(Root, "tmp")).Count();
+                steps.Add($"{sync} with {written} in tmp/, {queued} in queue/");
             }
-        });
+        }
 
+        using var spool = NewSpool(Root, _time, sync: SpoolSync.FileSystem, syncDirectory: _ => Step("fsync of queue/"), syncFileSystem: _ => Step("syncfs"));
         await spool.CommitAsync(NewEnvelope(spool, _time), Segmented(SampleMessage()), CancellationToken.None);
-        Assert.Equal(["sync with 0 in queue/", "sync with 1 in queue/"], steps);
+        Assert.Equal(["syncfs with 1 in tmp/, 0 in queue/", "fsync of queue/ with 0 in tmp/, 1 in queue/"], steps);
     }
 
     [Fact]
@@ -414,30 +409,39 @@ public sealed class FileSpoolTests : IDisposable
         var entered = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var calls = 0;
-        using var spool = NewSpool(Root, TimeProvider.System, sync: SpoolSync.FileSystem, syncDirectory: _ =>
+        using var spool = NewSpool(Root, TimeProvider.System, sync: SpoolSync.FileSystem, syncFileSystem: _ =>
         {
             if (Interlocked.Increment(ref calls) == 1)
             {
                 entered.SetResult();
-                release.Task.Wait();
+                Assert.True(release.Task.Wait(TimeSpan.FromSeconds(30)), "the test never released the first sync");
                 throw new IOException("EIO reported for an earlier batch");
             }
         });
 
-        var a = spool.CommitAsync(NewEnvelope(spool, TimeProvider.System), Segmented(SampleMessage()), CancellationToken.None);
-        await entered.Task;
+        try
+        {
+            var a = spool.CommitAsync(NewEnvelope(spool, TimeProvider.System), Segmented(SampleMessage()), CancellationToken.None);
+            await entered.Task;
 
-        // B writes its file while A's sync runs and waits for the next sync.
-        var b = spool.CommitAsync(NewEnvelope(spool, TimeProvider.System), Segmented(SampleMessage()), CancellationToken.None);
-        Assert.False(b.IsCompleted);
-        release.SetResult();
+            // B writes its file while A's sync runs and waits for the next sync.
+            var b = spool.CommitAsync(NewEnvelope(spool, TimeProvider.System), Segmented(SampleMessage()), CancellationToken.None);
+            Assert.False(b.IsCompleted);
+            release.SetResult();
 
-        Assert.IsType<IOException>((await Assert.ThrowsAsync<SpoolWriteException>(() => a)).InnerException);
-        var refused = await Assert.ThrowsAsync<SpoolWriteException>(() => b);
-        Assert.Contains("may not be on disk", refused.InnerException!.Message, StringComparison.Ordinal);
-        Assert.Equal(3, calls); // B's own two syncs succeeded
-        Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(Root, "queue")));
-        Assert.Empty(Drain(spool));
+            Assert.IsType<IOException>((await Assert.ThrowsAsync<SpoolWriteException>(() => a)).InnerException);
+            var refused = await Assert.ThrowsAsync<SpoolWriteException>(() => b);
+            Assert.Contains("may not be on disk", refused.InnerException!.Message, StringComparison.Ordinal);
+            Assert.Equal(2, calls); // B's own syncfs succeeded
+            Assert.Equal(0, spool.DirectoryFsyncCount); // and it never renamed
+            Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(Root, "queue")));
+            Assert.Empty(Drain(spool));
+            Assert.Equal(0, spool.CommittedBytes); // the kept copies of both are released
+        }
+        finally
+        {
+            release.TrySetResult();
+        }
 
         // Commits that start after the failure are not held to it.
         await spool.CommitAsync(NewEnvelope(spool, TimeProvider.System), Segmented(SampleMessage()), CancellationToken.None);
@@ -507,7 +511,16 @@ public sealed class FileSpoolTests : IDisposable
         Assert.Contains("shares the file system mounted at", choice.Reason, StringComparison.Ordinal);
         using var spool = NewSpool(Root, _time, sync: SpoolSync.Auto);
         Assert.Equal(SpoolSync.File, spool.Sync);
-        Assert.Equal(SpoolSync.FileSystem, SpoolSyncChoice.Resolve(SpoolSync.FileSystem, Root, Root).Sync); // configured wins
+        Assert.Equal(SpoolSync.File, SpoolSyncChoice.Resolve(SpoolSync.File, Root, Root).Sync);
+
+        // A configured FileSystem holds on ext4, xfs or btrfs, and is overruled elsewhere (here tmpfs), with the reason.
+        var configured = SpoolSyncChoice.Resolve(SpoolSync.FileSystem, Path.Combine(data, "spool"), data);
+        var type = SpoolSyncChoice.Find(File.ReadAllText("/proc/self/mountinfo"), DurableFile.Stat(null, data).MountId)!.Type;
+        Assert.Equal(type is "ext4" or "xfs" or "btrfs" ? SpoolSync.FileSystem : SpoolSync.File, configured.Sync);
+        var shm = SpoolSyncChoice.Resolve(SpoolSync.FileSystem, "/dev/shm/smtpgw-spool", "/dev/shm");
+        Assert.Equal(SpoolSync.File, shm.Sync);
+        Assert.True(shm.Overruled);
+        Assert.Contains("is tmpfs", shm.Reason, StringComparison.Ordinal);
     }
 
     const string MountInfo = """
@@ -577,7 +590,7 @@ public sealed class FileSpoolTests : IDisposable
         using var spool = NewSpool(Root, _time, fsync: false, syncDirectory: _ => throw new InvalidOperationException("no fsync expected"));
         await spool.CommitAsync(NewEnvelope(spool, _time), Segmented(SampleMessage()), CancellationToken.None);
         Assert.Equal(0, spool.FileFsyncCount);
-        Assert.Equal(0, spool.GroupSyncCount);
+        Assert.Equal(0, spool.DirectoryFsyncCount);
         Assert.Single(Drain(spool));
     }
 
@@ -609,6 +622,21 @@ public sealed class FileSpoolTests : IDisposable
 
         Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(Root, "tmp")));
         Assert.Empty(Drain(spool));
+    }
+
+    [Fact]
+    public async Task FileSystem_sync_failure_before_the_rename_queues_nothing_and_releases_the_kept_copy()
+    {
+        using var spool = NewSpool(Root, _time, sync: SpoolSync.FileSystem, syncFileSystem: _ => throw new IOException("EIO"),
+            syncDirectory: _ => throw new InvalidOperationException("nothing was renamed, so nothing to sync"));
+        var ex = await Assert.ThrowsAsync<SpoolWriteException>(() => spool.CommitAsync(NewEnvelope(spool, _time), Segmented(SampleMessage()), CancellationToken.None));
+
+        Assert.IsType<IOException>(ex.InnerException);
+        Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(Root, "queue")));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(Root, "tmp")));
+        Assert.Empty(Drain(spool));
+        Assert.Equal(0, spool.CommittedKept);
+        Assert.Equal(0, spool.CommittedBytes);
     }
 
     [Theory]

@@ -40,8 +40,8 @@ public sealed class TempDirectory : IDisposable
 public static class SpoolTestKit
 {
     public static FileSpool NewSpool(string root, TimeProvider? time = null, bool fsync = true, Action<string>? syncDirectory = null, long cacheLimit = FileSpool.DefaultCommittedCacheLimit,
-        SpoolSync sync = SpoolSync.File) =>
-        new(root, fsync, time ?? new ManualTimeProvider(), NullLogger.Instance, syncDirectory, cacheLimit, sync);
+        SpoolSync sync = SpoolSync.File, Action<string>? syncFileSystem = null) =>
+        new(root, fsync, time ?? new ManualTimeProvider(), NullLogger.Instance, syncDirectory, cacheLimit, sync, syncFileSystem);
 
     public static SpoolEnvelope NewEnvelope(FileSpool spool, TimeProvider time, string[]? recipients = null, string mailFrom = "sender@tenant-a.example",
         string? tenant = null, bool eightBitMime = false, bool smtpUtf8 = false) =>
