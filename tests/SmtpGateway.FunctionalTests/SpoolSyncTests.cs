@@ -20,28 +20,7 @@ public sealed class SpoolSyncTests(ITestOutputHelper output)
 
     [Fact]
     public Task A_data_directory_with_its_own_file_system_is_synced_by_syncfs_before_the_rename_and_before_the_250() => FaultGatewayHarness.RunAsync(output,
-        async (harness, config, ct) =>
-        {
-            FaultTests.RequireRoot("it mounts an ext4 file system on a loop device at the data directory");
-            var image = Path.Combine(harness.WorkDirectory, "data.ext4");
-            await using (var file = new FileStream(image, FileMode.CreateNew))
-            {
-                file.SetLength(128L * 1024 * 1024);
-            }
-
-            await FaultTests.RunToolAsync("/usr/sbin/mkfs.ext4", "-q", "-F", image);
-            Directory.CreateDirectory(harness.DataDirectory);
-            await FaultTests.RunToolAsync("/usr/bin/mount", "-o", "loop", image, harness.DataDirectory);
-            harness.OnDispose(async () =>
-            {
-                // The harness could not delete the mount point while mounted: unmount, then remove what is left.
-                await FaultTests.RunToolAsync("/usr/bin/umount", "-l", harness.DataDirectory);
-                if (!harness.Failed && Directory.Exists(harness.WorkDirectory))
-                {
-                    Directory.Delete(harness.WorkDirectory, recursive: true);
-                }
-            });
-        },
+        (harness, _, _) => MountOwnFileSystemAsync(harness),
         async harness =>
         {
             using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(2));
@@ -60,6 +39,54 @@ public sealed class SpoolSyncTests(ITestOutputHelper output)
             Assert.Contains(trace.Calls, c => trace.IsQueueFsync(c) && c.Start > queued.End && c.End < reply.Start);
 
             await harness.Sink.WaitAsync(ms => ms.Any(m => m.Header("Subject") == subject), Wait, cts.Token);
+        });
+
+    [Fact]
+    public Task A_file_system_shut_down_between_the_rename_and_its_sync_answers_4xx_never_250() => FaultGatewayHarness.RunAsync(output,
+        (harness, _, _) => MountOwnFileSystemAsync(harness),
+        async harness =>
+        {
+            using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+            Assert.Contains("Spool sync FileSystem:", harness.GatewayOutput, StringComparison.Ordinal);
+            var pid = harness.GatewayPid ?? throw new InvalidOperationException("the gateway is not running");
+
+            // Every fsync starts 2 s late, so the commit waits in the fsync of queue/ after its rename; meanwhile the file
+            // system is shut down as ext4 does after an error (EXT4_IOC_SHUTDOWN, no log flush): the rename may be lost.
+            var strace = ChildProcess.Start("strace", "/usr/bin/strace",
+                ["-f", "-qq", "-s", "300", "-e", "trace=renameat2,fsync", "-e", "inject=fsync:delay_enter=2000000", "-p", pid.ToString(System.Globalization.CultureInfo.InvariantCulture)],
+                harness.WorkDirectory);
+            SmtpGateway.FunctionalTests.Infrastructure.SmtpReply reply;
+            try
+            {
+                using var smtp = await RawSmtpClient.ConnectAsync("127.0.0.1", harness.RelayPort, TimeSpan.FromSeconds(30), cts.Token);
+                Assert.Equal(250, (await smtp.CommandAsync("EHLO shutdown.functional.test", cts.Token)).Code);
+                Assert.Equal(250, (await smtp.CommandAsync("MAIL FROM:<sync@tenant-a.example>", cts.Token)).Code);
+                Assert.Equal(250, (await smtp.CommandAsync("RCPT TO:<sink@example.net>", cts.Token)).Code);
+                Assert.Equal(354, (await smtp.CommandAsync("DATA", cts.Token)).Code);
+                await smtp.WriteAsync(RawSmtpClient.DotStuff("From: sync@tenant-a.example\r\nTo: sink@example.net\r\nSubject: shut down\r\n\r\nNot on disk.\r\n"u8), cts.Token);
+
+                await EventPoll.UntilAsync<string>(
+                    () => [strace.StandardError],
+                    seen => Regex.IsMatch(seen[0], @"renameat2\([^\n]*/spool/queue/[0-9A-F]+"", [^\n]*\) = 0"),
+                    () => strace.HasExited,
+                    _ => $"no rename into queue/ while the fsync was held back: {strace.Output}",
+                    Wait,
+                    cts.Token);
+                ShutDown(harness.DataDirectory);
+
+                reply = await smtp.ReadReplyAsync(cts.Token);
+            }
+            finally
+            {
+                await FaultTests.RunToolAsync("/usr/bin/kill", "-TERM", strace.Id.ToString(System.Globalization.CultureInfo.InvariantCulture));
+                await strace.Exited.WaitAsync(Wait, cts.Token);
+            }
+
+            output.WriteLine($"reply after the shutdown: {reply}");
+            Assert.InRange(reply.Code, 400, 499);
+            Assert.NotNull(harness.GatewayPid); // still running, still answering
+            using var again = await RawSmtpClient.ConnectAsync("127.0.0.1", harness.RelayPort, TimeSpan.FromSeconds(30), cts.Token);
+            Assert.Equal(220, again.Banner.Code);
         });
 
     [Fact]
@@ -90,6 +117,64 @@ public sealed class SpoolSyncTests(ITestOutputHelper output)
 
             await harness.Sink.WaitAsync(ms => ms.Any(m => m.Header("Subject") == subject), Wait, cts.Token);
         });
+
+    /// <summary>An ext4 file system of its own (on a loop device) at the harness's data directory: Auto then syncs with syncfs.</summary>
+    static async Task MountOwnFileSystemAsync(FaultGatewayHarness harness)
+    {
+        FaultTests.RequireRoot("it mounts an ext4 file system on a loop device at the data directory");
+        var image = Path.Combine(harness.WorkDirectory, "data.ext4");
+        await using (var file = new FileStream(image, FileMode.CreateNew))
+        {
+            file.SetLength(128L * 1024 * 1024);
+        }
+
+        await FaultTests.RunToolAsync("/usr/sbin/mkfs.ext4", "-q", "-F", image);
+        Directory.CreateDirectory(harness.DataDirectory);
+        await FaultTests.RunToolAsync("/usr/bin/mount", "-o", "loop", image, harness.DataDirectory);
+        harness.OnDispose(async () =>
+        {
+            // The harness could not delete the mount point while mounted: unmount, then remove what is left.
+            await FaultTests.RunToolAsync("/usr/bin/umount", "-l", harness.DataDirectory);
+            if (!harness.Failed && Directory.Exists(harness.WorkDirectory))
+            {
+                Directory.Delete(harness.WorkDirectory, recursive: true);
+            }
+        });
+    }
+
+    /// <summary>
+    /// Shuts the file system down as ext4 does after an error, without flushing its journal (EXT4_IOC_SHUTDOWN,
+    /// _IOR('X', 125, __u32), flag EXT4_GOING_FLAGS_NOLOGFLUSH): every later write or sync on it fails.
+    /// </summary>
+    static void ShutDown(string directory)
+    {
+        var fd = Native.open(directory, 0);
+        Assert.True(fd >= 0, $"open({directory}) failed: errno {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()}");
+        try
+        {
+            const ulong shutdown = 0x8004587D;
+            var flag = 2u;
+            Assert.True(Native.ioctl(fd, shutdown, ref flag) == 0, $"EXT4_IOC_SHUTDOWN failed: errno {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()}");
+        }
+        finally
+        {
+            _ = Native.close(fd);
+        }
+    }
+
+    static class Native
+    {
+#pragma warning disable SYSLIB1054, CA5392 // a test's direct libc calls
+        [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+        public static extern int open([System.Runtime.InteropServices.MarshalAs(System.Runtime.InteropServices.UnmanagedType.LPUTF8Str)] string path, int flags);
+
+        [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+        public static extern int ioctl(int fd, ulong request, ref uint argument);
+
+        [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+        public static extern int close(int fd);
+#pragma warning restore SYSLIB1054, CA5392
+    }
 
     /// <summary>Attaches strace to the gateway, sends one message on the relay listener, detaches; the trace, the queue id and the subject.</summary>
     async Task<(Trace Trace, string Id, string Subject)> TraceOneMessageAsync(GatewayHarness harness, string delayed, CancellationToken cancellationToken)
