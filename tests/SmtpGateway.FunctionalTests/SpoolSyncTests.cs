@@ -50,11 +50,9 @@ public sealed class SpoolSyncTests(ITestOutputHelper output)
             Assert.Contains("Spool sync FileSystem:", harness.GatewayOutput, StringComparison.Ordinal);
             var pid = harness.GatewayPid ?? throw new InvalidOperationException("the gateway is not running");
 
-            // Every fsync starts 2 s late, so the commit waits in the fsync of queue/ after its rename; meanwhile the file
+            // Every fsync starts 5 s late, so the commit waits in the fsync of queue/ after its rename; meanwhile the file
             // system is shut down as ext4 does after an error (EXT4_IOC_SHUTDOWN, no log flush): the rename may be lost.
-            var strace = ChildProcess.Start("strace", "/usr/bin/strace",
-                ["-f", "-qq", "-s", "300", "-e", "trace=renameat2,fsync", "-e", "inject=fsync:delay_enter=2000000", "-p", pid.ToString(System.Globalization.CultureInfo.InvariantCulture)],
-                harness.WorkDirectory);
+            var strace = await AttachStraceAsync(harness, "trace=renameat2,fsync,sendto,sendmsg", "inject=fsync:delay_enter=5000000", cts.Token);
             SmtpGateway.FunctionalTests.Infrastructure.SmtpReply reply;
             try
             {
@@ -67,7 +65,8 @@ public sealed class SpoolSyncTests(ITestOutputHelper output)
 
                 await EventPoll.UntilAsync<string>(
                     () => [strace.StandardError],
-                    seen => Regex.IsMatch(seen[0], @"renameat2\([^\n]*/spool/queue/[0-9A-F]+"", [^\n]*\) = 0"),
+                    // The call's start: with -f strace may print its end on a later line ("<... renameat2 resumed>").
+                    seen => Regex.IsMatch(seen[0], @"renameat2\([^\n]*/spool/queue/[0-9A-F]+"""),
                     () => strace.HasExited,
                     _ => $"no rename into queue/ while the fsync was held back: {strace.Output}",
                     Wait,
@@ -117,6 +116,31 @@ public sealed class SpoolSyncTests(ITestOutputHelper output)
 
             await harness.Sink.WaitAsync(ms => ms.Any(m => m.Header("Subject") == subject), Wait, cts.Token);
         });
+
+    /// <summary>
+    /// strace -f attached to the gateway with <paramref name="trace"/> and <paramref name="inject"/>, once it is attached to
+    /// every thread: strace attaches to all of them before it prints any event, so the banner of a new connection in its
+    /// output is the barrier (<paramref name="trace"/> must include sendto).
+    /// </summary>
+    static async Task<ChildProcess> AttachStraceAsync(GatewayHarness harness, string trace, string inject, CancellationToken cancellationToken)
+    {
+        var pid = harness.GatewayPid ?? throw new InvalidOperationException("the gateway is not running");
+        var strace = ChildProcess.Start("strace", "/usr/bin/strace",
+            ["-f", "-qq", "-s", "300", "-e", trace, "-e", inject, "-p", pid.ToString(System.Globalization.CultureInfo.InvariantCulture)],
+            harness.WorkDirectory);
+        await EventPoll.UntilAsync<string>(
+            () =>
+            {
+                using var probe = RawSmtpClient.ConnectAsync("127.0.0.1", harness.RelayPort, TimeSpan.FromSeconds(10), cancellationToken).GetAwaiter().GetResult();
+                return [strace.StandardError];
+            },
+            seen => seen[0].Contains("\"220 ", StringComparison.Ordinal),
+            () => strace.HasExited,
+            _ => $"strace never showed a banner: {strace.Output}",
+            Wait,
+            cancellationToken);
+        return strace;
+    }
 
     /// <summary>An ext4 file system of its own (on a loop device) at the harness's data directory: Auto then syncs with syncfs.</summary>
     static async Task MountOwnFileSystemAsync(FaultGatewayHarness harness)
@@ -179,31 +203,15 @@ public sealed class SpoolSyncTests(ITestOutputHelper output)
     /// <summary>Attaches strace to the gateway, sends one message on the relay listener, detaches; the trace, the queue id and the subject.</summary>
     async Task<(Trace Trace, string Id, string Subject)> TraceOneMessageAsync(GatewayHarness harness, string delayed, CancellationToken cancellationToken)
     {
-        var pid = harness.GatewayPid ?? throw new InvalidOperationException("the gateway is not running");
-        var strace = ChildProcess.Start("strace", "/usr/bin/strace",
-            // Each call of the spool's group sync starts 0.3 s late (strace fault injection, delay_enter; strace prints a
-            // delay_exit call's end before the delay, so that would prove nothing): a 250 that did not
-            // wait for its sync would show in the trace before that sync's end, however fast the disk. Only that call:
-            // a delayed fsync of another file on the way to the 250 (the audit log's) could otherwise hide the fault.
-            ["-f", "-qq", "-s", "300", "-e", "trace=openat,pwrite64,write,close,renameat2,rename,fsync,fdatasync,syncfs,sendto,sendmsg",
-             "-e", $"inject={delayed}:delay_enter=300000", "-p", pid.ToString(System.Globalization.CultureInfo.InvariantCulture)],
-            harness.WorkDirectory);
+        // Each call of the spool's group sync starts 0.3 s late (strace fault injection, delay_enter; strace prints a
+        // delay_exit call's end before the delay, so that would prove nothing): a 250 that did not wait for its sync
+        // would show in the trace before that sync's end, however fast the disk. Only that call: a delayed fsync of
+        // another file on the way to the 250 (the audit log's) could otherwise hide the fault.
+        var strace = await AttachStraceAsync(harness, "trace=openat,pwrite64,write,close,renameat2,rename,fsync,fdatasync,syncfs,sendto,sendmsg",
+            $"inject={delayed}:delay_enter=300000", cancellationToken);
         string id, subject;
         try
         {
-            // Attached once the banner of a new connection shows in the trace.
-            await EventPoll.UntilAsync<string>(
-                () =>
-                {
-                    using var probe = RawSmtpClient.ConnectAsync("127.0.0.1", harness.RelayPort, TimeSpan.FromSeconds(10), cancellationToken).GetAwaiter().GetResult();
-                    return [strace.StandardError];
-                },
-                seen => seen[0].Contains("\"220 ", StringComparison.Ordinal),
-                () => strace.HasExited,
-                seen => $"strace never showed a banner: {strace.Output}",
-                Wait,
-                cancellationToken);
-
             using var smtp = await RawSmtpClient.ConnectAsync("127.0.0.1", harness.RelayPort, TimeSpan.FromSeconds(10), cancellationToken);
             Assert.Equal(250, (await smtp.CommandAsync("EHLO sync.functional.test", cancellationToken)).Code);
             subject = $"sync {Guid.NewGuid():N}";

@@ -217,8 +217,9 @@ public enum SpoolSync
     /// the file into queue/ and waits for the shared fsync of queue/ as with <see cref="File"/>. So data is on disk before
     /// the name, as with <see cref="File"/>, and a batch of writes costs one sync instead of one per message (issue 15).
     /// syncfs also writes out other files' dirty data on that file system, so a commit waits for that too: choose it for
-    /// a file system that only the gateway writes. Linux 5.17 and later (<see cref="SpoolSyncSupport"/>), ext4, xfs or
-    /// btrfs; elsewhere the gateway logs a warning and syncs per file.
+    /// a file system that only the gateway writes. Needs Linux 5.17 or later (<see cref="SpoolSyncSupport"/>; refused at
+    /// start otherwise); on a file system other than ext4, xfs or btrfs, or where the mount cannot be read, the gateway
+    /// logs a warning and syncs per file.
     /// </summary>
     FileSystem,
 }
