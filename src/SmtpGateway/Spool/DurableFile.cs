@@ -34,17 +34,7 @@ internal static partial class DurableFile
 
         try
         {
-            // EINTR is retried: fsync may be interrupted by a signal without having failed.
-            const int eintr = 4;
-            while (Native.fsync(fd) != 0)
-            {
-                var errno = Marshal.GetLastPInvokeError();
-                if (errno != eintr)
-                {
-                    // errno kept in HResult: ENOSPC from fsync is "mail system full" (StorageErrors), not a generic failure.
-                    throw StorageErrors.FromErrno($"fsync({path}) failed: {new Win32Exception(errno).Message}", errno);
-                }
-            }
+            SyncRetried(fd, Native.fsync, "fsync", path);
         }
         finally
         {
@@ -134,21 +124,36 @@ internal static partial class DurableFile
     /// <exception cref="IOException">fsync failed (errno kept, see StorageErrors).</exception>
     public static void SyncFile(Microsoft.Win32.SafeHandles.SafeFileHandle handle, string path, bool dataOnly = false)
     {
+        dataOnly &= OperatingSystem.IsLinux();
+        SyncRetried(handle, dataOnly ? Native.fdatasync : Native.fsync, dataOnly ? "fdatasync" : "fsync", path);
+    }
+
+    /// <summary>
+    /// A sync call (fsync, fdatasync, syncfs) on <paramref name="fd"/>, made again when a signal interrupted it (EINTR: it did
+    /// not fail). Any other error throws with its errno kept in HResult: ENOSPC is "mail system full" (StorageErrors), not a
+    /// generic failure. The message is made only on failure: this is on the commit path.
+    /// </summary>
+    static void SyncRetried(int fd, Func<int, int> call, string name, string path)
+    {
+        const int eintr = 4;
+        while (call(fd) != 0)
+        {
+            var errno = Marshal.GetLastPInvokeError();
+            if (errno != eintr)
+            {
+                throw StorageErrors.FromErrno($"{name}({path}) failed: {new Win32Exception(errno).Message}", errno);
+            }
+        }
+    }
+
+    /// <summary><see cref="SyncRetried(int, Func{int, int}, string, string)"/> on an open handle, kept from closing meanwhile.</summary>
+    static void SyncRetried(Microsoft.Win32.SafeHandles.SafeFileHandle handle, Func<int, int> call, string name, string path)
+    {
         var added = false;
         handle.DangerousAddRef(ref added);
         try
         {
-            const int eintr = 4;
-            var fd = (int)handle.DangerousGetHandle();
-            dataOnly &= OperatingSystem.IsLinux();
-            while ((dataOnly ? Native.fdatasync(fd) : Native.fsync(fd)) != 0)
-            {
-                var errno = Marshal.GetLastPInvokeError();
-                if (errno != eintr)
-                {
-                    throw StorageErrors.FromErrno($"{(dataOnly ? "fdatasync" : "fsync")}({path}) failed: {new Win32Exception(errno).Message}", errno);
-                }
-            }
+            SyncRetried((int)handle.DangerousGetHandle(), call, name, path);
         }
         finally
         {
@@ -259,28 +264,7 @@ internal static partial class DurableFile
                 throw new IOException($"{_path} moved to another file system (device {now.Major}:{now.Minor}) while the spool was in use; commits waiting for this sync are refused, later ones sync the new file system.");
             }
 
-            var added = false;
-            _directory.DangerousAddRef(ref added);
-            try
-            {
-                const int eintr = 4;
-                var fd = (int)_directory.DangerousGetHandle();
-                while (Native.syncfs(fd) != 0)
-                {
-                    var errno = Marshal.GetLastPInvokeError();
-                    if (errno != eintr)
-                    {
-                        throw StorageErrors.FromErrno($"syncfs({_path}) failed: {new Win32Exception(errno).Message}", errno);
-                    }
-                }
-            }
-            finally
-            {
-                if (added)
-                {
-                    _directory.DangerousRelease();
-                }
-            }
+            SyncRetried(_directory, Native.syncfs, "syncfs", _path);
         }
 
         static (Microsoft.Win32.SafeHandles.SafeFileHandle Handle, (uint Major, uint Minor) Device) OpenDirectory(string path)
