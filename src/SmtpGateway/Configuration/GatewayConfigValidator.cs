@@ -122,6 +122,12 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
             e.Add($"{G}:Hsm: MaxConcurrentSigning must be 1-4096 when set, SigningWaitTimeout above 0 and at most 5 minutes, MaxSigningWaitersPerTenant 0-100000.");
         }
 
+        if (c.Hsm.KeyCopyRecheckInterval < TimeSpan.Zero || c.Hsm.KeyCopyRecheckInterval > TimeSpan.FromMinutes(5))
+        {
+            // 5 minutes: a deleted key (a compromise response) must stop signing well inside a DNS TTL.
+            e.Add($"{G}:Hsm:KeyCopyRecheckInterval: {c.Hsm.KeyCopyRecheckInterval} is out of range 0 to 5 minutes (0 signs without session copies).");
+        }
+
         if (c.Dkim.SignatureLifetime is { } lifetime && lifetime <= TimeSpan.Zero)
         {
             e.Add($"{G}:Dkim:SignatureLifetime: must be positive when set.");

@@ -238,6 +238,12 @@ public sealed class HsmConfig
     public int MaxSigningWaitersPerTenant { get; set; } = 256;
 
     /// <summary>
+    /// DKIM keys sign as session-object copies inside the token; each key's token object is looked up again at most this
+    /// often, so a key deleted by another process stops signing within it. Zero: sign with the token objects, no copies.
+    /// </summary>
+    public TimeSpan KeyCopyRecheckInterval { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>
     /// Where default PIN files live (&lt;tenant&gt;.pin); default: the data directory's sibling "&lt;DataDirectory&gt;.pins",
     /// so that neither a copy of the data directory nor of the SoftHSM2 token store carries the PINs. Relative paths
     /// are relative to the working directory, like Tenants:&lt;id&gt;:Hsm:PinFile.

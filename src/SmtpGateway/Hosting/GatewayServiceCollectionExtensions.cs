@@ -76,7 +76,7 @@ public static class GatewayServiceCollectionExtensions
             }
 
             return new Pkcs11Hsm(
-                new Pkcs11HsmOptions { ModulePath = config.Hsm.ModulePath, MaxSessionsPerToken = config.Hsm.MaxSessionsPerToken },
+                new Pkcs11HsmOptions { ModulePath = config.Hsm.ModulePath, MaxSessionsPerToken = config.Hsm.MaxSessionsPerToken, KeyCopyRecheckInterval = config.Hsm.KeyCopyRecheckInterval },
                 sp.GetRequiredService<ILogger<Pkcs11Hsm>>(),
                 sp.GetRequiredService<TimeProvider>());
         });

@@ -48,6 +48,9 @@ internal static partial class HsmLog
     [LoggerMessage(EventId = EventIds.Hsm + 25, Level = LogLevel.Information, Message = "Tenant {Tenant}: deleted secret key {KeyLabel} from token {TokenLabel}")]
     public static partial void SecretKeyDeleted(ILogger logger, string tenant, string keyLabel, string tokenLabel);
 
+    [LoggerMessage(EventId = EventIds.Hsm + 26, Level = LogLevel.Information, Message = "Tenant {Tenant}: private key {KeyLabel} in token {TokenLabel} cannot be copied into a session ({ReturnValue}); signing with the token object")]
+    public static partial void KeyNotCopied(ILogger logger, string tenant, string keyLabel, string tokenLabel, string returnValue);
+
     [LoggerMessage(EventId = EventIds.Hsm + 30, Level = LogLevel.Warning, Message = "Tenant {Tenant}: {Operation} with key {KeyLabel} in token {TokenLabel} failed: {Kind}{ReturnValue}")]
     public static partial void OperationFailed(ILogger logger, string tenant, string operation, string keyLabel, string tokenLabel, HsmErrorKind kind, string returnValue);
 

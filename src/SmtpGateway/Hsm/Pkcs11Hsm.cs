@@ -28,6 +28,13 @@ public sealed record Pkcs11HsmOptions
 
     /// <summary>After a token refused a PIN, that same PIN is not offered to it again for this long (a different PIN is tried at once).</summary>
     public TimeSpan LoginRetryInterval { get; init; } = TimeSpan.FromMinutes(1);
+
+    /// <summary>
+    /// DKIM private keys are signed with as session-object copies, and each key's token object is looked up again at most
+    /// this often, so a key deleted by another process stops signing within this time. Zero signs with the token objects
+    /// (no copies). 1 s: a fraction of a DNS TTL, and one extra C_GetAttributeValue a second per key at any message rate.
+    /// </summary>
+    public TimeSpan KeyCopyRecheckInterval { get; init; } = TimeSpan.FromSeconds(1);
 }
 
 /// <summary>
@@ -93,7 +100,7 @@ public sealed class Pkcs11Hsm : IHsm
         Validate(token, keyLabel);
         return Execute(token, "find", keyLabel, (login, session) =>
         {
-            var key = login.FindKey(session, keyLabel, CKO.CKO_PUBLIC_KEY, Counters);
+            var key = login.FindKey(session, keyLabel, CKO.CKO_PUBLIC_KEY, Counters, _time, _options.KeyCopyRecheckInterval);
             return key is null ? null : new HsmPublicKey(key.Algorithm, ReadPublicKey(login, session, key.Handle, key.Algorithm));
         });
     }
@@ -120,7 +127,7 @@ public sealed class Pkcs11Hsm : IHsm
         var started = _time.GetTimestamp();
         var signature = Execute(token, "sign", keyLabel, (login, session) =>
         {
-            var key = login.FindKey(session, keyLabel, CKO.CKO_PRIVATE_KEY, Counters)
+            var key = login.FindKey(session, keyLabel, CKO.CKO_PRIVATE_KEY, Counters, _time, _options.KeyCopyRecheckInterval)
                 ?? throw new HsmException(HsmErrorKind.KeyNotFound, token.TenantId, $"token '{token.TokenLabel}' has no private key labelled '{keyLabel}'");
             if (key.Algorithm != algorithm)
             {
@@ -133,7 +140,7 @@ public sealed class Pkcs11Hsm : IHsm
             // locally and signing with CKM_RSA_PKCS over the DigestInfo gives the same bytes and was measured no faster
             // in SoftHSM2: its cost is the per-C_SignInit rebuild of the key, not the hash; perf/SmtpGateway.SignBench.)
             var mechanism = login.Context.Runtime.SignMechanism(algorithm);
-            return session.Sign(mechanism, key.Handle, input);
+            return session.Sign(mechanism, TokenLogin.SigningHandle(session, key, _time, _options.KeyCopyRecheckInterval), input);
         });
         HsmMetrics.Signed(algorithm, _time.GetElapsedTime(started));
         return signature;
@@ -284,7 +291,7 @@ public sealed class Pkcs11Hsm : IHsm
     public bool HasSecretKey(HsmTenantToken token, string keyLabel)
     {
         Validate(token, keyLabel);
-        return Execute(token, "find", keyLabel, (login, session) => login.FindKey(session, keyLabel, CKO.CKO_SECRET_KEY, Counters) is not null);
+        return Execute(token, "find", keyLabel, (login, session) => login.FindKey(session, keyLabel, CKO.CKO_SECRET_KEY, Counters, _time, _options.KeyCopyRecheckInterval) is not null);
     }
 
     public bool DeleteSecretKey(HsmTenantToken token, string keyLabel)
@@ -493,12 +500,13 @@ public sealed class Pkcs11Hsm : IHsm
     {
         var factory = login.Context.Runtime.Factories.ObjectAttributeFactory;
         Counters.FindObject();
+        // First, so a private key's session copy (which outlives a deletion by another process by up to one recheck
+        // interval) is gone before the search.
+        login.ForgetKey(keyLabel);
         if (session.FindAllObjects([factory.Create(CKA.CKA_LABEL, keyLabel)]).Count > 0)
         {
             throw new HsmException(HsmErrorKind.KeyExists, token.TenantId, $"token '{token.TokenLabel}' already holds objects labelled '{keyLabel}'");
         }
-
-        login.ForgetKey(keyLabel);
     }
 
     /// <summary>Destroys the objects with that label (of that class, or of any); returns how many there were.</summary>
@@ -513,9 +521,10 @@ public sealed class Pkcs11Hsm : IHsm
 
         lock (login.Context.Management)
         {
+            // First: it destroys a private key's session copy, which the search would otherwise find too.
+            login.ForgetKey(keyLabel);
             Counters.FindObject();
             var objects = session.FindAllObjects(template);
-            login.ForgetKey(keyLabel);
             foreach (var handle in objects)
             {
                 session.DestroyObject(handle);
@@ -528,7 +537,7 @@ public sealed class Pkcs11Hsm : IHsm
     /// <summary>The secret key of that label and type, from the login's handle cache after the first lookup.</summary>
     CachedKey SecretKey(TokenLogin login, ISession session, HsmTenantToken token, string keyLabel, HsmSecretKeyType type)
     {
-        var key = login.FindKey(session, keyLabel, CKO.CKO_SECRET_KEY, Counters)
+        var key = login.FindKey(session, keyLabel, CKO.CKO_SECRET_KEY, Counters, _time, _options.KeyCopyRecheckInterval)
             ?? throw new HsmException(HsmErrorKind.KeyNotFound, token.TenantId, $"token '{token.TokenLabel}' has no secret key labelled '{keyLabel}'");
         return key.SecretType == type
             ? key

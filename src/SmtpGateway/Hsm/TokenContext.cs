@@ -33,9 +33,29 @@ internal sealed class HsmCounters
     public void Reset() => Interlocked.Increment(ref _resets);
 }
 
-/// <summary>A key object found in a token: its handle and its CKA_KEY_TYPE (checked on lookup to be one the gateway makes).</summary>
-internal sealed record CachedKey(IObjectHandle Handle, ulong KeyType)
+/// <summary>
+/// A key object found in a token: its handle, its CKA_KEY_TYPE (checked on lookup to be one the gateway makes), and for a
+/// private key the session-object copy signing uses (see <see cref="TokenLogin.SigningHandle"/>).
+/// </summary>
+internal sealed class CachedKey(IObjectHandle handle, ulong keyType, IObjectHandle? sessionCopy = null, long copiedAt = 0)
 {
+    long _confirmedAt = copiedAt;
+
+    /// <summary>The token object.</summary>
+    public IObjectHandle Handle { get; } = handle;
+
+    public ulong KeyType { get; } = keyType;
+
+    /// <summary>A copy of the private key as a session object of the login's anchor session, or null to sign with <see cref="Handle"/>.</summary>
+    public IObjectHandle? SessionCopy { get; } = sessionCopy;
+
+    /// <summary>When the token object was last seen to exist (a <see cref="TimeProvider"/> timestamp).</summary>
+    public long ConfirmedAt
+    {
+        get => Volatile.Read(ref _confirmedAt);
+        set => Volatile.Write(ref _confirmedAt, value);
+    }
+
     /// <summary>For key pairs: RSA or Edwards (the only two types <see cref="TokenLogin.FindKey"/> accepts for them).</summary>
     public DkimKeyAlgorithm Algorithm => KeyType == Pkcs11Constants.CKK_EC_EDWARDS ? DkimKeyAlgorithm.Ed25519 : DkimKeyAlgorithm.Rsa2048;
 
@@ -171,11 +191,16 @@ internal sealed class TokenLogin
     readonly SemaphoreSlim _capacity;
     readonly ConcurrentDictionary<(string Label, CKO Class), CachedKey> _keys = new();
     readonly TimeSpan _wait;
+
+    /// <summary>Guards the anchor session, which also creates and destroys the keys' session copies (a session is one caller's at a time, v2.40 §2.6.7).</summary>
+    readonly Lock _anchorGate = new();
+    readonly ILogger _logger;
     volatile bool _retired;
 
-    TokenLogin(TokenContext context, string tenantId, ISlot slot, ISession anchor, HsmPin pin)
+    TokenLogin(TokenContext context, string tenantId, ISlot slot, ISession anchor, HsmPin pin, ILogger logger)
     {
         _context = context;
+        _logger = logger;
         TenantId = tenantId;
         Slot = slot;
         _anchor = anchor;
@@ -265,7 +290,7 @@ internal sealed class TokenLogin
 
         HsmMetrics.Login(token.TenantId, "ok");
         HsmLog.LoggedIn(logger, token.TenantId, token.TokenLabel, slot.SlotId);
-        return new TokenLogin(context, token.TenantId, slot, anchor, token.Pin);
+        return new TokenLogin(context, token.TenantId, slot, anchor, token.Pin, logger);
     }
 
     /// <summary>The PIN bytes from their source; a source that cannot be read (file gone, mode widened) is configuration trouble.</summary>
@@ -343,7 +368,8 @@ internal sealed class TokenLogin
     /// The key object of that class and label: from the cache, or found once with C_FindObjects and
     /// cached. Misses are not cached, so a key made later (by `smtpgw dkim keygen`) is found.
     /// </summary>
-    public CachedKey? FindKey(ISession session, string keyLabel, CKO objectClass, HsmCounters counters)
+    /// <param name="copyRecheck">For a private key: <see cref="Pkcs11HsmOptions.KeyCopyRecheckInterval"/>; zero or less makes no session copy.</param>
+    public CachedKey? FindKey(ISession session, string keyLabel, CKO objectClass, HsmCounters counters, TimeProvider time, TimeSpan copyRecheck)
     {
         if (_keys.TryGetValue((keyLabel, objectClass), out var cached))
         {
@@ -352,7 +378,14 @@ internal sealed class TokenLogin
 
         var factory = _context.Runtime.Factories.ObjectAttributeFactory;
         counters.FindObject();
-        var found = session.FindAllObjects([factory.Create(CKA.CKA_CLASS, objectClass), factory.Create(CKA.CKA_LABEL, keyLabel)]);
+        List<IObjectAttribute> template = [factory.Create(CKA.CKA_CLASS, objectClass), factory.Create(CKA.CKA_LABEL, keyLabel)];
+        if (objectClass == CKO.CKO_PRIVATE_KEY)
+        {
+            // The token object: its session copy carries the same label and class.
+            template.Add(factory.Create(CKA.CKA_TOKEN, true));
+        }
+
+        var found = session.FindAllObjects(template);
         if (found.Count == 0)
         {
             return null;
@@ -374,16 +407,97 @@ internal sealed class TokenLogin
                 $"key '{keyLabel}' in token '{_context.TokenLabel}' has key type 0x{keyType:x}, which the gateway does not use for {objectClass}");
         }
 
-        var key = new CachedKey(found[0], keyType);
-        _keys[(keyLabel, objectClass)] = key;
-        return key;
+        if (objectClass != CKO.CKO_PRIVATE_KEY || copyRecheck <= TimeSpan.Zero)
+        {
+            var key = new CachedKey(found[0], keyType);
+            _keys[(keyLabel, objectClass)] = key;
+            return key;
+        }
+
+        lock (_anchorGate)
+        {
+            // Another signer may have copied it meanwhile; one copy per key and login.
+            if (_keys.TryGetValue((keyLabel, objectClass), out cached))
+            {
+                return cached;
+            }
+
+            // A retired login's anchor is closed (under this gate): sign with the token object, which then fails as stale.
+            var key = new CachedKey(found[0], keyType, _retired ? null : CopyToSession(found[0], keyLabel), time.GetTimestamp());
+            _keys[(keyLabel, objectClass)] = key;
+            return key;
+        }
     }
 
+    /// <summary>
+    /// The handle to sign with: the key's session copy, or the token object when there is none.
+    /// </summary>
+    /// <remarks>
+    /// SoftHSM2 re-reads a token object's file (open, fcntl locks, read: about 20 system calls) every time an operation
+    /// starts with it, to notice changes made by other processes; a session object lives in the module's memory (or, in
+    /// a hardware HSM, in the device's) and is used as it is. The copy is made with C_CopyObject, which can neither reveal
+    /// a sensitive value nor make a key extractable (v2.40 §4.9); it stays private (it needs this login) and ends with the
+    /// anchor session. What the copy cannot see is the token object being deleted by another process (`smtpgw dkim rotate
+    /// --retire` from the CLI; the admin API's retire runs in this process and forgets it at once), so the token object is
+    /// looked up again once per <see cref="Pkcs11HsmOptions.KeyCopyRecheckInterval"/>: a deleted key
+    /// (CKR_OBJECT_HANDLE_INVALID) drops the login like any stale handle, and the next lookup reports it missing.
+    /// </remarks>
+    public static IObjectHandle SigningHandle(ISession session, CachedKey key, TimeProvider time, TimeSpan recheck)
+    {
+        if (key.SessionCopy is not { } copy || recheck <= TimeSpan.Zero)
+        {
+            return key.Handle;
+        }
+
+        // Negative when the key was cached through another Pkcs11Hsm with another clock (they share the login): check then too.
+        var now = time.GetTimestamp();
+        var elapsed = time.GetElapsedTime(key.ConfirmedAt, now);
+        if (elapsed >= recheck || elapsed < TimeSpan.Zero)
+        {
+            session.GetAttributeValue(key.Handle, [CKA.CKA_CLASS]);
+            key.ConfirmedAt = now;
+        }
+
+        return copy;
+    }
+
+    /// <summary>The session copy of a private key, or null when the token refuses to copy it (CKA_COPYABLE false): then it signs with the token object.</summary>
+    IObjectHandle? CopyToSession(IObjectHandle handle, string keyLabel)
+    {
+        try
+        {
+            return _anchor.CopyObject(handle, [_context.Runtime.Factories.ObjectAttributeFactory.Create(CKA.CKA_TOKEN, false)]);
+        }
+        catch (Pkcs11Exception ex) when (!Pkcs11Constants.IsStale(ex.RV))
+        {
+            HsmLog.KeyNotCopied(_logger, TenantId, keyLabel, _context.TokenLabel, ex.RV.ToString());
+            return null;
+        }
+    }
+
+    /// <summary>Drops the cached handles of that label, and destroys a private key's session copy.</summary>
     public void ForgetKey(string keyLabel)
     {
-        _keys.TryRemove((keyLabel, CKO.CKO_PRIVATE_KEY), out _);
         _keys.TryRemove((keyLabel, CKO.CKO_PUBLIC_KEY), out _);
         _keys.TryRemove((keyLabel, CKO.CKO_SECRET_KEY), out _);
+        if (_keys.TryRemove((keyLabel, CKO.CKO_PRIVATE_KEY), out var removed) && removed.SessionCopy is { } copy)
+        {
+            lock (_anchorGate)
+            {
+                try
+                {
+                    // A retired login closed the anchor, and the copy with it.
+                    if (!_retired)
+                    {
+                        _anchor.DestroyObject(copy);
+                    }
+                }
+                catch (Pkcs11Exception)
+                {
+                    // Gone with its session already (token removed); a signer still holding it gets a stale handle and retries.
+                }
+            }
+        }
     }
 
     /// <summary>Closes the pool and the anchor. Sessions still rented are closed when they come back.</summary>
@@ -395,21 +509,26 @@ internal sealed class TokenLogin
         }
 
         _retired = true;
+
+        // The session copies end with the anchor session below.
         _keys.Clear();
         DrainIdle();
-        if (logout)
+        lock (_anchorGate)
         {
-            try
+            if (logout)
             {
-                _anchor.Logout();
+                try
+                {
+                    _anchor.Logout();
+                }
+                catch (Pkcs11Exception)
+                {
+                    // Already logged out, or the token is gone: either way nobody is logged in any more.
+                }
             }
-            catch (Pkcs11Exception)
-            {
-                // Already logged out, or the token is gone: either way nobody is logged in any more.
-            }
-        }
 
-        CloseQuietly(_anchor);
+            CloseQuietly(_anchor);
+        }
     }
 
     void DrainIdle()

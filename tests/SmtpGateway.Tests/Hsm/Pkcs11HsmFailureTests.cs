@@ -98,14 +98,19 @@ public sealed class Pkcs11HsmFailureTests(SoftHsmFixture fixture)
         var setup = SoftHsmSetup.Configure(fixture.DataDirectory);
         setup.EnsureToken(label, "so-removed", "user-removed");
         var token = new HsmTenantToken("tenant-removed", label, HsmPin.FromString("user-removed"));
-        fixture.Hsm.GenerateKeyPair(token, "k", DkimKeyAlgorithm.Ed25519);
-        Assert.Equal(64, fixture.Hsm.Sign(token, "k", DkimKeyAlgorithm.Ed25519, Data).Length);
-        var slotId = fixture.Hsm.WithSession(token, session => session.GetSessionInfo().SlotId);
+        var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        using var hsm = new Pkcs11Hsm(new Pkcs11HsmOptions(), null, time);
+        hsm.GenerateKeyPair(token, "k", DkimKeyAlgorithm.Ed25519);
+        Assert.Equal(64, hsm.Sign(token, "k", DkimKeyAlgorithm.Ed25519, Data).Length);
+        var slotId = hsm.WithSession(token, session => session.GetSessionInfo().SlotId);
         var directory = TokenDirectory(setup, slotId);
         Directory.Move(directory, directory + ".removed");
         try
         {
-            var ex = Assert.Throws<HsmException>(() => fixture.Hsm.Sign(token, "k", DkimKeyAlgorithm.Ed25519, Data));
+            // The key's session copy lives in the module's memory; its token object is looked up again after the
+            // recheck interval, and then the removal shows.
+            time.Advance(new Pkcs11HsmOptions().KeyCopyRecheckInterval);
+            var ex = Assert.Throws<HsmException>(() => hsm.Sign(token, "k", DkimKeyAlgorithm.Ed25519, Data));
 
             // The cached handle fails, the token is dropped, and on the retry it no longer answers C_GetTokenInfo.
             Assert.Contains(ex.Kind, new[] { HsmErrorKind.TokenNotFound, HsmErrorKind.TokenUnavailable });
@@ -116,7 +121,7 @@ public sealed class Pkcs11HsmFailureTests(SoftHsmFixture fixture)
             Assert.Equal(64, fixture.Hsm.Sign(fixture.TenantA, SoftHsmFixture.Ed25519Key, DkimKeyAlgorithm.Ed25519, Data).Length);
             Assert.Equal(64, fixture.Hsm.Sign(fixture.TenantB, SoftHsmFixture.Ed25519KeyB, DkimKeyAlgorithm.Ed25519, Data).Length);
             Assert.Equal(logins + 2, fixture.Hsm.Counters.Logins);
-            Assert.True(Assert.Throws<HsmException>(() => fixture.Hsm.Sign(token, "k", DkimKeyAlgorithm.Ed25519, Data)).Transient);
+            Assert.True(Assert.Throws<HsmException>(() => hsm.Sign(token, "k", DkimKeyAlgorithm.Ed25519, Data)).Transient);
         }
         finally
         {

@@ -105,7 +105,8 @@ public sealed class Pkcs11HsmKeyTests(SoftHsmFixture fixture, ITestOutputHelper 
         var factory = new Pkcs11InteropFactories().ObjectAttributeFactory;
         fixture.Hsm.WithSession(fixture.TenantA, session =>
         {
-            var key = Assert.Single(session.FindAllObjects([factory.Create(CKA.CKA_CLASS, CKO.CKO_PRIVATE_KEY), factory.Create(CKA.CKA_LABEL, label)]));
+            // The token object (signing uses a session copy of it, Pkcs11HsmSessionCopyTests).
+            var key = Assert.Single(session.FindAllObjects([factory.Create(CKA.CKA_TOKEN, true), factory.Create(CKA.CKA_CLASS, CKO.CKO_PRIVATE_KEY), factory.Create(CKA.CKA_LABEL, label)]));
             var flags = session.GetAttributeValue(key, [CKA.CKA_TOKEN, CKA.CKA_PRIVATE, CKA.CKA_SENSITIVE, CKA.CKA_EXTRACTABLE,
                 CKA.CKA_ALWAYS_SENSITIVE, CKA.CKA_NEVER_EXTRACTABLE, CKA.CKA_SIGN, CKA.CKA_DECRYPT, CKA.CKA_UNWRAP, CKA.CKA_DERIVE]);
             Assert.Equal([true, true, true, false, true, true, true, false, false, false], flags.Select(a => a.GetValueAsBool()));
