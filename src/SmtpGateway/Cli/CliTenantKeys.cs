@@ -19,7 +19,7 @@ internal sealed class CliTenantKeys : IDisposable
             SoftHsmSetup.Configure(cli.DataDirectory);
         }
 
-        _hsm = new Pkcs11Hsm(new Pkcs11HsmOptions { ModulePath = hsm.ModulePath, MaxSessionsPerToken = hsm.MaxSessionsPerToken });
+        _hsm = new Pkcs11Hsm(new Pkcs11HsmOptions { ModulePath = hsm.ModulePath, MaxSessionsPerToken = hsm.MaxSessionsPerToken, KeyCopyRecheckInterval = hsm.KeyCopyRecheckInterval });
         Keys = new HsmTenantKeys(_hsm, new TenantHsmTokens(cli.DataDirectory, () => cli.Tenants, hsm));
     }
 

@@ -241,7 +241,7 @@ public static class DkimCommands
 
             var (data, gateway) = (cli.DataDirectory, cli.Gateway);
             var softHsm = gateway.Hsm.SoftHsm ? SoftHsmSetup.Configure(data) : null;
-            using var hsm = new Pkcs11Hsm(new Pkcs11HsmOptions { ModulePath = gateway.Hsm.ModulePath, MaxSessionsPerToken = gateway.Hsm.MaxSessionsPerToken });
+            using var hsm = new Pkcs11Hsm(new Pkcs11HsmOptions { ModulePath = gateway.Hsm.ModulePath, MaxSessionsPerToken = gateway.Hsm.MaxSessionsPerToken, KeyCopyRecheckInterval = gateway.Hsm.KeyCopyRecheckInterval });
             var tokens = new TenantHsmTokens(data, () => cli.Tenants, gateway.Hsm);
             // As the gateway does at start: legacy PIN files move out of the data directory, and a PIN file that group or
             // others may read is refused before any token is opened with it.

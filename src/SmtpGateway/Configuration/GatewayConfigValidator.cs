@@ -122,7 +122,7 @@ public sealed partial class GatewayConfigValidator : IValidateOptions<GatewayCon
             e.Add($"{G}:Hsm: MaxConcurrentSigning must be 1-4096 when set, SigningWaitTimeout above 0 and at most 5 minutes, MaxSigningWaitersPerTenant 0-100000.");
         }
 
-        if (c.Hsm.KeyCopyRecheckInterval < TimeSpan.Zero || c.Hsm.KeyCopyRecheckInterval > TimeSpan.FromMinutes(5))
+        if (c.Hsm.KeyCopyRecheckInterval is { } recheck && (recheck < TimeSpan.Zero || recheck > TimeSpan.FromMinutes(5)))
         {
             // 5 minutes: a deleted key (a compromise response) must stop signing well inside a DNS TTL.
             e.Add($"{G}:Hsm:KeyCopyRecheckInterval: {c.Hsm.KeyCopyRecheckInterval} is out of range 0 to 5 minutes (0 signs without session copies).");

@@ -240,8 +240,9 @@ public sealed class HsmConfig
     /// <summary>
     /// DKIM keys sign as session-object copies inside the token; each key's token object is looked up again at most this
     /// often, so a key deleted by another process stops signing within it. Zero: sign with the token objects, no copies.
+    /// Unset: 1 s with SoftHSM2, no copies with any other module.
     /// </summary>
-    public TimeSpan KeyCopyRecheckInterval { get; set; } = TimeSpan.FromSeconds(1);
+    public TimeSpan? KeyCopyRecheckInterval { get; set; }
 
     /// <summary>
     /// Where default PIN files live (&lt;tenant&gt;.pin); default: the data directory's sibling "&lt;DataDirectory&gt;.pins",

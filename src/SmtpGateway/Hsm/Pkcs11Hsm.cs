@@ -32,9 +32,14 @@ public sealed record Pkcs11HsmOptions
     /// <summary>
     /// DKIM private keys are signed with as session-object copies, and each key's token object is looked up again at most
     /// this often, so a key deleted by another process stops signing within this time. Zero signs with the token objects
-    /// (no copies). 1 s: a fraction of a DNS TTL, and one extra C_GetAttributeValue a second per key at any message rate.
+    /// (no copies). Null: <see cref="SoftHsmKeyCopyRecheckInterval"/> with SoftHSM2, whose re-reading of token object
+    /// files the copies avoid, and no copies with any other module (a hardware HSM gains nothing, and its policy may
+    /// count or forbid copies of private keys).
     /// </summary>
-    public TimeSpan KeyCopyRecheckInterval { get; init; } = TimeSpan.FromSeconds(1);
+    public TimeSpan? KeyCopyRecheckInterval { get; init; }
+
+    /// <summary>1 s: a fraction of a DNS TTL, and one extra C_GetAttributeValue a second per key at any message rate.</summary>
+    public static TimeSpan SoftHsmKeyCopyRecheckInterval { get; } = TimeSpan.FromSeconds(1);
 }
 
 /// <summary>
@@ -100,7 +105,7 @@ public sealed class Pkcs11Hsm : IHsm
         Validate(token, keyLabel);
         return Execute(token, "find", keyLabel, (login, session) =>
         {
-            var key = login.FindKey(session, keyLabel, CKO.CKO_PUBLIC_KEY, Counters, _time, _options.KeyCopyRecheckInterval);
+            var key = login.FindKey(session, keyLabel, CKO.CKO_PUBLIC_KEY, Counters, _time, CopyRecheck(login));
             return key is null ? null : new HsmPublicKey(key.Algorithm, ReadPublicKey(login, session, key.Handle, key.Algorithm));
         });
     }
@@ -127,7 +132,7 @@ public sealed class Pkcs11Hsm : IHsm
         var started = _time.GetTimestamp();
         var signature = Execute(token, "sign", keyLabel, (login, session) =>
         {
-            var key = login.FindKey(session, keyLabel, CKO.CKO_PRIVATE_KEY, Counters, _time, _options.KeyCopyRecheckInterval)
+            var key = login.FindKey(session, keyLabel, CKO.CKO_PRIVATE_KEY, Counters, _time, CopyRecheck(login))
                 ?? throw new HsmException(HsmErrorKind.KeyNotFound, token.TenantId, $"token '{token.TokenLabel}' has no private key labelled '{keyLabel}'");
             if (key.Algorithm != algorithm)
             {
@@ -140,7 +145,7 @@ public sealed class Pkcs11Hsm : IHsm
             // locally and signing with CKM_RSA_PKCS over the DigestInfo gives the same bytes and was measured no faster
             // in SoftHSM2: its cost is the per-C_SignInit rebuild of the key, not the hash; perf/SmtpGateway.SignBench.)
             var mechanism = login.Context.Runtime.SignMechanism(algorithm);
-            return session.Sign(mechanism, TokenLogin.SigningHandle(session, key, _time, _options.KeyCopyRecheckInterval), input);
+            return session.Sign(mechanism, TokenLogin.SigningHandle(session, key, _time, CopyRecheck(login)), input);
         });
         HsmMetrics.Signed(algorithm, _time.GetElapsedTime(started));
         return signature;
@@ -291,7 +296,7 @@ public sealed class Pkcs11Hsm : IHsm
     public bool HasSecretKey(HsmTenantToken token, string keyLabel)
     {
         Validate(token, keyLabel);
-        return Execute(token, "find", keyLabel, (login, session) => login.FindKey(session, keyLabel, CKO.CKO_SECRET_KEY, Counters, _time, _options.KeyCopyRecheckInterval) is not null);
+        return Execute(token, "find", keyLabel, (login, session) => login.FindKey(session, keyLabel, CKO.CKO_SECRET_KEY, Counters, _time, CopyRecheck(login)) is not null);
     }
 
     public bool DeleteSecretKey(HsmTenantToken token, string keyLabel)
@@ -308,6 +313,9 @@ public sealed class Pkcs11Hsm : IHsm
             return deleted;
         });
     }
+
+    TimeSpan CopyRecheck(TokenLogin login) =>
+        _options.KeyCopyRecheckInterval ?? (login.Context.Runtime.IsSoftHsm ? Pkcs11HsmOptions.SoftHsmKeyCopyRecheckInterval : TimeSpan.Zero);
 
     /// <summary>Runs <paramref name="body"/> on a rented session of the tenant's token (tests inspect objects with it).</summary>
     internal T WithSession<T>(HsmTenantToken token, Func<ISession, T> body)
@@ -500,20 +508,22 @@ public sealed class Pkcs11Hsm : IHsm
     {
         var factory = login.Context.Runtime.Factories.ObjectAttributeFactory;
         Counters.FindObject();
-        // First, so a private key's session copy (which outlives a deletion by another process by up to one recheck
-        // interval) is gone before the search.
-        login.ForgetKey(keyLabel);
-        if (session.FindAllObjects([factory.Create(CKA.CKA_LABEL, keyLabel)]).Count > 0)
+        // Token objects: the gateway's only session objects are its copies of private keys, and a copy of a key that
+        // another process deleted lives on until its next recheck or the end of the login.
+        if (session.FindAllObjects([factory.Create(CKA.CKA_TOKEN, true), factory.Create(CKA.CKA_LABEL, keyLabel)]).Count > 0)
         {
             throw new HsmException(HsmErrorKind.KeyExists, token.TenantId, $"token '{token.TokenLabel}' already holds objects labelled '{keyLabel}'");
         }
+
+        login.ForgetKey(keyLabel);
     }
 
     /// <summary>Destroys the objects with that label (of that class, or of any); returns how many there were.</summary>
     int Destroy(TokenLogin login, ISession session, string keyLabel, CKO? objectClass)
     {
         var factory = login.Context.Runtime.Factories.ObjectAttributeFactory;
-        List<IObjectAttribute> template = [factory.Create(CKA.CKA_LABEL, keyLabel)];
+        // Token objects; ForgetKey destroys a private key's session copy.
+        List<IObjectAttribute> template = [factory.Create(CKA.CKA_TOKEN, true), factory.Create(CKA.CKA_LABEL, keyLabel)];
         if (objectClass is { } cls)
         {
             template.Add(factory.Create(CKA.CKA_CLASS, cls));
@@ -521,7 +531,6 @@ public sealed class Pkcs11Hsm : IHsm
 
         lock (login.Context.Management)
         {
-            // First: it destroys a private key's session copy, which the search would otherwise find too.
             login.ForgetKey(keyLabel);
             Counters.FindObject();
             var objects = session.FindAllObjects(template);
@@ -530,6 +539,9 @@ public sealed class Pkcs11Hsm : IHsm
                 session.DestroyObject(handle);
             }
 
+            // Again: a signer that found the key between the first ForgetKey and the destroy has cached it (and copied it).
+            login.ForgetKey(keyLabel);
+
             return objects.Count;
         }
     }
@@ -537,7 +549,7 @@ public sealed class Pkcs11Hsm : IHsm
     /// <summary>The secret key of that label and type, from the login's handle cache after the first lookup.</summary>
     CachedKey SecretKey(TokenLogin login, ISession session, HsmTenantToken token, string keyLabel, HsmSecretKeyType type)
     {
-        var key = login.FindKey(session, keyLabel, CKO.CKO_SECRET_KEY, Counters, _time, _options.KeyCopyRecheckInterval)
+        var key = login.FindKey(session, keyLabel, CKO.CKO_SECRET_KEY, Counters, _time, CopyRecheck(login))
             ?? throw new HsmException(HsmErrorKind.KeyNotFound, token.TenantId, $"token '{token.TokenLabel}' has no secret key labelled '{keyLabel}'");
         return key.SecretType == type
             ? key

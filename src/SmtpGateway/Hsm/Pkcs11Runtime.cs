@@ -59,6 +59,9 @@ internal sealed class Pkcs11Runtime
     /// <summary>Pool sizes and timeouts: those of the first <see cref="Pkcs11Hsm"/> that loaded the module.</summary>
     public Pkcs11HsmOptions Options { get; }
 
+    /// <summary>C_GetInfo named SoftHSM as the manufacturer (it re-reads token object files on every operation).</summary>
+    public bool IsSoftHsm { get; private init; }
+
     /// <summary>SOFTHSM2_CONF as it was when C_Initialize ran: SoftHSM2 reads its configuration only then.</summary>
     public string? SoftHsmConfig { get; }
 
@@ -114,17 +117,19 @@ internal sealed class Pkcs11Runtime
                 throw new HsmException(HsmErrorKind.ModuleUnavailable, null, $"PKCS#11 module '{modulePath}' cannot be loaded", rv, ex);
             }
 
+            var softHsm = false;
             try
             {
                 var info = library.GetInfo();
                 HsmLog.ModuleLoaded(logger, modulePath, info.ManufacturerId, info.LibraryDescription);
+                softHsm = info.ManufacturerId.StartsWith("SoftHSM", StringComparison.Ordinal);
             }
             catch (Pkcs11Exception)
             {
                 // C_GetInfo is informational only; a module that cannot answer it may still sign.
             }
 
-            var runtime = new Pkcs11Runtime(key, modulePath, factories, library, options, logger);
+            var runtime = new Pkcs11Runtime(key, modulePath, factories, library, options, logger) { IsSoftHsm = softHsm };
             Registry[key] = runtime;
             return runtime;
         }

@@ -195,6 +195,9 @@ internal sealed class TokenLogin
     /// <summary>Guards the anchor session, which also creates and destroys the keys' session copies (a session is one caller's at a time, v2.40 §2.6.7).</summary>
     readonly Lock _anchorGate = new();
     readonly ILogger _logger;
+
+    /// <summary>ForgetKey calls so far (see FindKey).</summary>
+    long _forgets;
     volatile bool _retired;
 
     TokenLogin(TokenContext context, string tenantId, ISlot slot, ISession anchor, HsmPin pin, ILogger logger)
@@ -376,6 +379,8 @@ internal sealed class TokenLogin
             return cached;
         }
 
+        // A ForgetKey from here on (a delete or a new key under the label) means what the search finds may be gone.
+        var forgets = Interlocked.Read(ref _forgets);
         var factory = _context.Runtime.Factories.ObjectAttributeFactory;
         counters.FindObject();
         List<IObjectAttribute> template = [factory.Create(CKA.CKA_CLASS, objectClass), factory.Create(CKA.CKA_LABEL, keyLabel)];
@@ -407,23 +412,23 @@ internal sealed class TokenLogin
                 $"key '{keyLabel}' in token '{_context.TokenLabel}' has key type 0x{keyType:x}, which the gateway does not use for {objectClass}");
         }
 
-        if (objectClass != CKO.CKO_PRIVATE_KEY || copyRecheck <= TimeSpan.Zero)
-        {
-            var key = new CachedKey(found[0], keyType);
-            _keys[(keyLabel, objectClass)] = key;
-            return key;
-        }
-
+        var plain = new CachedKey(found[0], keyType);
         lock (_anchorGate)
         {
-            // Another signer may have copied it meanwhile; one copy per key and login.
+            // Another caller may have cached it meanwhile (one copy per key and login); a key forgotten since the search
+            // is used this once, uncached and uncopied. A retired login's anchor is closed (under this gate): no copy either.
             if (_keys.TryGetValue((keyLabel, objectClass), out cached))
             {
                 return cached;
             }
 
-            // A retired login's anchor is closed (under this gate): sign with the token object, which then fails as stale.
-            var key = new CachedKey(found[0], keyType, _retired ? null : CopyToSession(found[0], keyLabel), time.GetTimestamp());
+            if (Interlocked.Read(ref _forgets) != forgets)
+            {
+                return plain;
+            }
+
+            var copy = objectClass == CKO.CKO_PRIVATE_KEY && copyRecheck > TimeSpan.Zero && !_retired ? CopyToSession(found[0], keyLabel) : null;
+            var key = copy is null ? plain : new CachedKey(found[0], keyType, copy, time.GetTimestamp());
             _keys[(keyLabel, objectClass)] = key;
             return key;
         }
@@ -454,7 +459,13 @@ internal sealed class TokenLogin
         var elapsed = time.GetElapsedTime(key.ConfirmedAt, now);
         if (elapsed >= recheck || elapsed < TimeSpan.Zero)
         {
-            session.GetAttributeValue(key.Handle, [CKA.CKA_CLASS]);
+            // Deleted: CKR_OBJECT_HANDLE_INVALID. Changed to sign no more (possible only for a key made modifiable
+            // elsewhere): the token object is used, so the module refuses as it would have without the copy.
+            if (!session.GetAttributeValue(key.Handle, [CKA.CKA_SIGN])[0].GetValueAsBool())
+            {
+                return key.Handle;
+            }
+
             key.ConfirmedAt = now;
         }
 
@@ -468,8 +479,11 @@ internal sealed class TokenLogin
         {
             return _anchor.CopyObject(handle, [_context.Runtime.Factories.ObjectAttributeFactory.Create(CKA.CKA_TOKEN, false)]);
         }
-        catch (Pkcs11Exception ex) when (!Pkcs11Constants.IsStale(ex.RV))
+        catch (Pkcs11Exception ex) when (ex.RV is CKR.CKR_ACTION_PROHIBITED or CKR.CKR_FUNCTION_NOT_SUPPORTED or CKR.CKR_ATTRIBUTE_READ_ONLY
+            or CKR.CKR_TEMPLATE_INCONSISTENT)
         {
+            // The module will never copy this key (CKA_COPYABLE or CKA_MODIFIABLE false, or no C_CopyObject); anything
+            // else (stale handle, out of memory) fails this call and is tried again by the next.
             HsmLog.KeyNotCopied(_logger, TenantId, keyLabel, _context.TokenLabel, ex.RV.ToString());
             return null;
         }
@@ -478,24 +492,25 @@ internal sealed class TokenLogin
     /// <summary>Drops the cached handles of that label, and destroys a private key's session copy.</summary>
     public void ForgetKey(string keyLabel)
     {
-        _keys.TryRemove((keyLabel, CKO.CKO_PUBLIC_KEY), out _);
-        _keys.TryRemove((keyLabel, CKO.CKO_SECRET_KEY), out _);
-        if (_keys.TryRemove((keyLabel, CKO.CKO_PRIVATE_KEY), out var removed) && removed.SessionCopy is { } copy)
+        // Under the gate, like FindKey's check-and-cache: a lookup that searched before this point caches nothing.
+        lock (_anchorGate)
         {
-            lock (_anchorGate)
+            Interlocked.Increment(ref _forgets);
+            _keys.TryRemove((keyLabel, CKO.CKO_PUBLIC_KEY), out _);
+            _keys.TryRemove((keyLabel, CKO.CKO_SECRET_KEY), out _);
+            if (!_keys.TryRemove((keyLabel, CKO.CKO_PRIVATE_KEY), out var removed) || removed.SessionCopy is not { } copy || _retired)
             {
-                try
-                {
-                    // A retired login closed the anchor, and the copy with it.
-                    if (!_retired)
-                    {
-                        _anchor.DestroyObject(copy);
-                    }
-                }
-                catch (Pkcs11Exception)
-                {
-                    // Gone with its session already (token removed); a signer still holding it gets a stale handle and retries.
-                }
+                // No copy, or a retired login closed the anchor and the copy with it.
+                return;
+            }
+
+            try
+            {
+                _anchor.DestroyObject(copy);
+            }
+            catch (Pkcs11Exception)
+            {
+                // Gone with its session already (token removed); a signer still holding it gets a stale handle and retries.
             }
         }
     }

@@ -6,10 +6,11 @@ namespace SmtpGateway.Tests.Hsm;
 public sealed class KeyCopyConfigTests
 {
     [Fact]
-    public void Default_is_one_second_and_valid()
+    public void Default_is_unset_and_valid()
     {
+        // Unset: 1 s with SoftHSM2, no copies with any other module (Pkcs11HsmSessionCopyTests).
         var config = Configuration.EmbeddedConfig.Load();
-        Assert.Equal(TimeSpan.FromSeconds(1), config.Hsm.KeyCopyRecheckInterval);
+        Assert.Null(config.Hsm.KeyCopyRecheckInterval);
         Assert.Empty(GatewayConfigValidator.Collect(config));
     }
 

@@ -109,7 +109,7 @@ public sealed class Pkcs11HsmFailureTests(SoftHsmFixture fixture)
         {
             // The key's session copy lives in the module's memory; its token object is looked up again after the
             // recheck interval, and then the removal shows.
-            time.Advance(new Pkcs11HsmOptions().KeyCopyRecheckInterval);
+            time.Advance(Pkcs11HsmOptions.SoftHsmKeyCopyRecheckInterval);
             var ex = Assert.Throws<HsmException>(() => hsm.Sign(token, "k", DkimKeyAlgorithm.Ed25519, Data));
 
             // The cached handle fails, the token is dropped, and on the retry it no longer answers C_GetTokenInfo.

@@ -95,6 +95,94 @@ public sealed class Pkcs11HsmSessionCopyTests(SoftHsmFixture fixture)
     }
 
     [Fact]
+    public void SoftHsm2_GetsCopiesByDefault_EveryOtherModuleOnlyWhenConfigured()
+    {
+        Assert.Null(new Pkcs11HsmOptions().KeyCopyRecheckInterval);
+        Assert.Equal(TimeSpan.FromSeconds(1), Pkcs11HsmOptions.SoftHsmKeyCopyRecheckInterval);
+        // The module here is SoftHSM2, so the default makes copies (the first test above); the rule for other modules is
+        // the manufacturer check, read from the loaded module.
+        Assert.True(fixture.Hsm.WithSession(fixture.TenantA, _ => true));
+        var runtime = Pkcs11Runtime.Acquire(SoftHsmSetup.DefaultModulePath, new Pkcs11HsmOptions(), Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        try
+        {
+            Assert.True(runtime.IsSoftHsm);
+        }
+        finally
+        {
+            runtime.Release();
+        }
+    }
+
+    [Fact]
+    public async Task ParallelFirstSignatures_MakeOneCopy()
+    {
+        const string label = "session-copy-parallel";
+        using var hsm = new Pkcs11Hsm(new Pkcs11HsmOptions(), null, new FakeTimeProvider(DateTimeOffset.UtcNow));
+        var key = hsm.GenerateKeyPair(fixture.TenantA, label, DkimKeyAlgorithm.Ed25519);
+        try
+        {
+            using var start = new Barrier(6);
+            var signatures = Enumerable.Range(0, 6).Select(_ => Task.Factory.StartNew(() =>
+            {
+                start.SignalAndWait();
+                return hsm.Sign(fixture.TenantA, label, DkimKeyAlgorithm.Ed25519, Data);
+            }, TaskCreationOptions.LongRunning)).ToArray();
+            var results = await Task.WhenAll(signatures);
+
+            Assert.All(results, signature => Assert.True(OpenSslEd25519.Verify(key.Value, Data, signature)));
+            Assert.Single(SessionObjects(hsm, label));
+        }
+        finally
+        {
+            Assert.True(hsm.DeleteKeyPair(fixture.TenantA, label));
+        }
+    }
+
+    [Fact]
+    public void KeyDeletedElsewhere_LabelCanBeTakenAgainAtOnce_AndARefusedClaimKeepsTheCopy()
+    {
+        const string label = "session-copy-label-again";
+        using var hsm = new Pkcs11Hsm(new Pkcs11HsmOptions(), null, new FakeTimeProvider(DateTimeOffset.UtcNow));
+        var first = hsm.GenerateKeyPair(fixture.TenantA, label, DkimKeyAlgorithm.Ed25519);
+        try
+        {
+            hsm.Sign(fixture.TenantA, label, DkimKeyAlgorithm.Ed25519, Data);
+            var resets = hsm.Counters.Resets;
+
+            // A claim of a label that is taken is refused, and changes nothing: the copy still signs, no reset.
+            Assert.Equal(HsmErrorKind.KeyExists,
+                Assert.Throws<HsmException>(() => hsm.GenerateKeyPair(fixture.TenantA, label, DkimKeyAlgorithm.Ed25519)).Kind);
+            Assert.Single(SessionObjects(hsm, label));
+            Assert.True(OpenSslEd25519.Verify(first.Value, Data, hsm.Sign(fixture.TenantA, label, DkimKeyAlgorithm.Ed25519, Data)));
+            Assert.Equal(resets, hsm.Counters.Resets);
+
+            // Another process deletes the key pair (token objects only; the copy lives on until its recheck)...
+            hsm.WithSession(fixture.TenantA, session =>
+            {
+                foreach (var handle in session.FindAllObjects(
+                    [Factories.ObjectAttributeFactory.Create(CKA.CKA_TOKEN, true), Factories.ObjectAttributeFactory.Create(CKA.CKA_LABEL, label)]))
+                {
+                    session.DestroyObject(handle);
+                }
+
+                return true;
+            });
+            Assert.Single(SessionObjects(hsm, label));
+
+            // ...and the label can be taken at once: the stale copy is not "an object labelled" so, and is destroyed.
+            var second = hsm.GenerateKeyPair(fixture.TenantA, label, DkimKeyAlgorithm.Ed25519);
+            Assert.True(OpenSslEd25519.Verify(second.Value, Data, hsm.Sign(fixture.TenantA, label, DkimKeyAlgorithm.Ed25519, Data)));
+            Assert.Single(SessionObjects(hsm, label));
+        }
+        finally
+        {
+            hsm.DeleteKeyPair(fixture.TenantA, label);
+        }
+
+        Assert.Empty(SessionObjects(hsm, label));
+    }
+
+    [Fact]
     public void ZeroInterval_SignsWithTheTokenObject()
     {
         const string label = "session-copy-off";
