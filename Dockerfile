@@ -31,9 +31,10 @@ RUN dotnet publish src/SmtpGateway.Host/SmtpGateway.Host.csproj -c Release -o /a
 # aspnet, not runtime: the admin endpoint (issue 13) runs on Kestrel, part of the ASP.NET Core shared framework.
 FROM mcr.microsoft.com/dotnet/aspnet:10.0-noble AS runtime
 
-# softhsm2 + opensc (pkcs11-tool): the development PKCS#11 token; ca-certificates: TLS to smarthosts.
+# softhsm2 + opensc (pkcs11-tool): the development PKCS#11 token; ca-certificates: TLS to smarthosts; util-linux: chrt
+# for the entrypoint (part of the base image; named so that it stays).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends softhsm2 opensc ca-certificates \
+    && apt-get install -y --no-install-recommends softhsm2 opensc ca-certificates util-linux \
     && rm -rf /var/lib/apt/lists/*
 
 # The image's built-in non-root user "app" ($APP_UID) owns the data volume.
@@ -81,5 +82,9 @@ EXPOSE 2525 2465 2526 8025
 # `docker stop` sends SIGTERM; the gateway drains sessions for up to Gateway:ShutdownTimeout
 # (20 s), longer than docker's default 10 s grace: use `docker stop -t 30`.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["/app/smtpgw"]
+# SCHED_BATCH, as the systemd unit sets it (config/examples/smtpgw.service, CPUSchedulingPolicy=batch): a woken gateway
+# thread waits for the running one's slice instead of preempting it; about 40 % fewer context switches and a tenth less
+# CPU per message on two cores (issue 15). An unprivileged change of policy (sched(7)); use --entrypoint /app/smtpgw to
+# run without it.
+ENTRYPOINT ["chrt", "--batch", "0", "/app/smtpgw"]
 CMD ["serve", "--config", "/etc/smtpgw/gateway.json"]

@@ -56,6 +56,9 @@
 #                          and DataTimeout (the grace of MinDataRate) so that the limits fall inside the run.
 #   --gw-set KEY=VALUE     a gateway setting (config path with ':') for every gateway started; repeatable, e.g.
 #                          --gw-set Gateway:Limits:MinDataRate=240
+#   --gw-sched POLICY      batch (default, as config/examples/smtpgw.service sets it: CPUSchedulingPolicy=batch) or
+#                          other: the Linux scheduling policy every gateway is started with (`chrt`); recorded as
+#                          scenario.gw_sched. Postfix and the load generator always run as SCHED_OTHER.
 #   --gw-cores LIST        comma list of core counts, e.g. 1,2: the gateway rows (smtpgw and smtpgw+dkim-*, as --only
 #                          selects them) run once per count N, named e.g. smtpgw@1c, smtpgw+dkim-rsa2048@2c, with the
 #                          gateway pinned by `taskset` to the first N online CPUs and the load generator and smtp-sink
@@ -87,7 +90,7 @@ fairness=0 slow_clients=0 slow_count=1000 duration=""
 a_limit=6000 flood_factor=10 a_conns=20 b_rate=20 b_conns=4 b_limit=6000 sign_a_conns=50 sign_a_limit=6000 sign_a_share=4
 slow_interval=5 slow_hold=60 slow_timeout=45 slow_phase=mixed
 declare -a gw_settings=()
-gw_cores=""
+gw_cores="" gw_sched=batch
 while (($#)); do
     case "$1" in
         --size) size="$2"; shift 2 ;;
@@ -117,6 +120,7 @@ while (($#)); do
         --slow-timeout) slow_timeout="$2"; shift 2 ;;
         --slow-phase) slow_phase="$2"; shift 2 ;;
         --gw-set) [[ "$2" == *=* ]] || { echo "bench.sh: --gw-set takes KEY=VALUE" >&2; exit 2; }; gw_settings+=("$2"); shift 2 ;;
+        --gw-sched) [[ "${2:-}" == batch || "${2:-}" == other ]] || { echo "bench.sh: --gw-sched takes batch or other" >&2; exit 2; }; gw_sched="$2"; shift 2 ;;
         --gw-cores) [[ -n "${2:-}" ]] || { echo "bench.sh: --gw-cores takes a comma list of core counts, e.g. 1,2" >&2; exit 2; }; gw_cores="$2"; shift 2 ;;
         --no-install) install=0; shift ;;
         --keep) keep=1; shift ;;
@@ -832,10 +836,13 @@ gw_start() {
     # Dockerfile): pinned to one CPU (--gw-cores 1) .NET otherwise delays tier-up tenfold, the JIT goes quiet long
     # before the hot code is optimised, and the row measures tier-0 code (1.17 against 0.58 ms per message: results
     # 20261205T114508Z and 115925Z).
+    # SCHED_BATCH as the shipped unit sets it (CPUSchedulingPolicy=batch): a woken gateway thread does not preempt
+    # the running one, which on two cores halved the context switches per message (README "Hot path").
+    local sched=(chrt --batch 0); [[ "$gw_sched" == other ]] && sched=(chrt --other 0)
     start_bg smtpgw "$dir/smtpgw.log" "${pin_gw[@]}" env "${perfmap[@]}" DOTNET_TC_DelaySingleProcMultiplier=1 \
         SMTPGW__Logging__LogLevel__Default=Warning \
         SMTPGW__Logging__LogLevel__Microsoft.Hosting.Lifetime=Warning "${settings[@]}" "$@" \
-        "$gw_out/smtpgw" serve --config "$dir/conf/gateway.json"
+        "${sched[@]}" "$gw_out/smtpgw" serve --config "$dir/conf/gateway.json"
     gw_pid=$bg_pid
     wait_banner "$gw_relay_port" 60 || die "smtpgw did not start: $(tail -20 "$dir/smtpgw.log")"
     # env (and taskset) exec: $gw_pid is smtpgw itself.
@@ -1393,13 +1400,13 @@ result=$(jq -s --argjson machine "$machine" --arg stamp "$stamp" --arg cmd "perf
     --arg size "$size" --argjson sessions "$sessions" --argjson per_conn "$per_conn" --arg mode "$mode" \
     --argjson messages "$messages" --argjson total "$t_total" \
     --arg gwc "$(IFS=,; echo "${core_counts[*]}")" --arg usable "$(cpulist_join "${cpus_usable[@]}")" \
-    --arg spool_sync "$(spool_sync_mode)" '
+    --arg spool_sync "$(spool_sync_mode)" --arg gw_sched "$gw_sched" '
     (map(select(.name == "ceiling")) | first | .rate // null) as $ceil
     | (map(select(.name == "postfix")) | first | .rate // null) as $pf
     | (map(select(.name == "postfix+opendkim-rsa2048")) | first | .rate // null) as $pfd
     | {timestamp: $stamp, command: $cmd, machine: $machine,
        scenario: ({size: $size, sessions: $sessions, per_conn: $per_conn, mode: $mode, messages_per_system: $messages,
-                   spool_sync: $spool_sync}
+                   spool_sync: $spool_sync, gw_sched: $gw_sched}
                   + (if $gwc == "" then {} else {gw_cores: ($gwc | split(",") | map(tonumber)), cpus_usable: $usable} end)),
        total_seconds: $total,
        rows: map(. + (if .rate == null or (.name | test("@")) then {} else
