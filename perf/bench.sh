@@ -58,7 +58,8 @@
 #                          --gw-set Gateway:Limits:MinDataRate=240
 #   --gw-sched POLICY      batch (default, as config/examples/smtpgw.service sets it: CPUSchedulingPolicy=batch) or
 #                          other: the Linux scheduling policy every gateway is started with (`chrt`); recorded as
-#                          scenario.gw_sched. Postfix and the load generator always run as SCHED_OTHER.
+#                          scenario.gw_sched, and what took effect as each gateway row's sched_seen. Postfix and
+#                          the load generator keep the policy bench.sh runs under (normally SCHED_OTHER).
 #   --gw-cores LIST        comma list of core counts, e.g. 1,2: the gateway rows (smtpgw and smtpgw+dkim-*, as --only
 #                          selects them) run once per count N, named e.g. smtpgw@1c, smtpgw+dkim-rsa2048@2c, with the
 #                          gateway pinned by `taskset` to the first N online CPUs and the load generator and smtp-sink
@@ -502,7 +503,10 @@ measure() {
     received=$(( $(sink_count) - sink0 ))
     last=$(sink_last)
     started=$(jq .started_unix "$dir/loadgen.json")
+    # The scheduling policy the server's main thread has at the end of the row (the gateway's should be --gw-sched's).
+    local sched_seen; sched_seen=$(chrt -p "${roots%% *}" 2>/dev/null | awk -F': ' '/policy/ {print $2; exit}')
     add_row "$(jq -n --arg name "$name" --arg client "$client" --slurpfile lg "$dir/loadgen.json" \
+        --arg sched "${sched_seen:-?}" \
         --argjson received "$received" --argjson last "$last" --argjson started "$started" \
         --argjson cpu "$(fcalc "$cpu1 - $cpu0")" --argjson xcpu "$(fcalc "$xcpu1 - $xcpu0")" \
         --argjson sinkcpu "$(fcalc "$sinkc1 - $sinkc0")" \
@@ -524,7 +528,8 @@ measure() {
            cpu_ms_per_msg: (if $received > 0 then (($cpu + $xcpu) * 1000 / $received * 1000 | round / 1000) else null end),
            rss_mb: {server: ((if $single == 1 then $hwm else $rsspeak end) / 1024 * 10 | round / 10),
                     how: (if $single == 1 then "VmHWM" else "peak of the Pss summed over the process tree, sampled every 0.5 s" end),
-                    milter: ($xrss / 1024 * 10 | round / 10)}}
+                    milter: ($xrss / 1024 * 10 | round / 10)},
+           sched_seen: $sched}
         + (if $gw == "" then {} else
              (if $alloc0 != "" and $alloc1 != "" then ($alloc1 | tonumber) - ($alloc0 | tonumber) else null end) as $a
              | {alloc_bytes: $a,
@@ -837,7 +842,8 @@ gw_start() {
     # before the hot code is optimised, and the row measures tier-0 code (1.17 against 0.58 ms per message: results
     # 20261205T114508Z and 115925Z).
     # SCHED_BATCH as the shipped unit sets it (CPUSchedulingPolicy=batch): a woken gateway thread does not preempt
-    # the running one, which on two cores halved the context switches per message (README "Hot path").
+    # the running one; on two cores shared with the load, about a third fewer context switches per message (README
+    # "Hot path").
     local sched=(chrt --batch 0); [[ "$gw_sched" == other ]] && sched=(chrt --other 0)
     start_bg smtpgw "$dir/smtpgw.log" "${pin_gw[@]}" env "${perfmap[@]}" DOTNET_TC_DelaySingleProcMultiplier=1 \
         SMTPGW__Logging__LogLevel__Default=Warning \
@@ -1229,11 +1235,18 @@ run_slow_clients() {
 # --fairness or --slow-clients run replaces its own rows there (each naming the run it came from) and leaves the rest.
 merge_into_latest() {
     local latest="$here/results/latest.json" stamped="$here/results/$stamp.json"
+    # latest.json is the gateway as shipped: a comparison (--gw-sched other) or a changed setting (--gw-set) stays in
+    # its own file.
+    if [[ "$gw_sched" != batch || ${#gw_settings[@]} -gt 0 ]]; then
+        say "rows not merged into perf/results/latest.json: --gw-sched $gw_sched${gw_settings[*]:+, --gw-set ${gw_settings[*]}}"
+        return 0
+    fi
     [[ -s "$latest" ]] || { cp "$stamped" "$latest"; return 0; }
     jq --slurpfile new "$stamped" --arg from "$stamp.json" '
         ($new[0].rows | map(.name)) as $names
         | .rows = ([.rows[] | select(.name as $n | $names | index($n) | not)]
-                   + ($new[0].rows | map(. + {from_run: $from, command: $new[0].command, machine: $new[0].machine})))
+                   + ($new[0].rows | map(. + {from_run: $from, command: $new[0].command, machine: $new[0].machine,
+                                              scenario: $new[0].scenario})))
         ' "$latest" >"$latest.tmp" && mv "$latest.tmp" "$latest"
     say "rows $(jq -r '[.rows[].name] | join(", ")' "$stamped") merged into perf/results/latest.json"
 }
