@@ -338,6 +338,13 @@ public sealed class FaultTests(ITestOutputHelper output)
             // tenant-a must sign (no Dkim:Unsigned); tenant-b keeps Dkim:Unsigned (added by the harness).
             ((JsonObject)config["Tenants"]!["tenant-a"]!).Remove("Dkim");
             config["Tenants"]!["tenant-b"]!["Dkim"] = new JsonObject { ["Unsigned"] = true };
+
+            // The key signs as a session copy, and its token object is looked up again once per this interval: 1 ms,
+            // shorter than the gap between two messages here, so the first message after the objects are taken away
+            // (by this test, another process, as `softhsm2-util` would) finds them gone, without sleeping for the
+            // default 1 s. The copy path itself stays on.
+            config["Gateway"]!["Hsm"] ??= new JsonObject();
+            config["Gateway"]!["Hsm"]!["KeyCopyRecheckInterval"] = "00:00:00.001";
             return Task.CompletedTask;
         },
         async harness =>
