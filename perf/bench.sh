@@ -504,7 +504,7 @@ measure() {
     last=$(sink_last)
     started=$(jq .started_unix "$dir/loadgen.json")
     # The scheduling policy the server's main thread has at the end of the row (the gateway's should be --gw-sched's).
-    local sched_seen; sched_seen=$(chrt -p "${roots%% *}" 2>/dev/null | awk -F': ' '/policy/ {print $2; exit}')
+    local sched_seen; sched_seen=$(chrt -p "${roots%% *}" 2>/dev/null | awk -F': ' '/policy/ {print $2}' || true)
     add_row "$(jq -n --arg name "$name" --arg client "$client" --slurpfile lg "$dir/loadgen.json" \
         --arg sched "${sched_seen:-?}" \
         --argjson received "$received" --argjson last "$last" --argjson started "$started" \

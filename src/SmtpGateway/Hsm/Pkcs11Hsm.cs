@@ -46,7 +46,8 @@ public sealed record Pkcs11HsmOptions
 /// <see cref="IHsm"/> over a PKCS#11 module through Pkcs11Interop. The module is loaded on first use
 /// (so the gateway starts, and answers 451, when it is missing), once per process; each tenant's token is
 /// logged into once with that tenant's PIN; operations run on pooled sessions and cached key handles, so
-/// a signature costs C_SignInit + C_Sign and nothing else.
+/// a signature costs C_SignInit + C_Sign (a DKIM key's session copy adds one C_CopyObject per key and login, and one
+/// C_GetAttributeValue per recheck interval).
 /// </summary>
 public sealed class Pkcs11Hsm : IHsm
 {
@@ -314,8 +315,11 @@ public sealed class Pkcs11Hsm : IHsm
         });
     }
 
-    TimeSpan CopyRecheck(TokenLogin login) =>
-        _options.KeyCopyRecheckInterval ?? (login.Context.Runtime.IsSoftHsm ? Pkcs11HsmOptions.SoftHsmKeyCopyRecheckInterval : TimeSpan.Zero);
+    TimeSpan CopyRecheck(TokenLogin login) => EffectiveCopyRecheck(_options.KeyCopyRecheckInterval, login.Context.Runtime.IsSoftHsm);
+
+    /// <summary>The configured interval, or when unset: copies with SoftHSM2 only (see <see cref="Pkcs11HsmOptions.KeyCopyRecheckInterval"/>).</summary>
+    internal static TimeSpan EffectiveCopyRecheck(TimeSpan? configured, bool softHsm) =>
+        configured ?? (softHsm ? Pkcs11HsmOptions.SoftHsmKeyCopyRecheckInterval : TimeSpan.Zero);
 
     /// <summary>Runs <paramref name="body"/> on a rented session of the tenant's token (tests inspect objects with it).</summary>
     internal T WithSession<T>(HsmTenantToken token, Func<ISession, T> body)

@@ -427,7 +427,22 @@ internal sealed class TokenLogin
                 return plain;
             }
 
-            var copy = objectClass == CKO.CKO_PRIVATE_KEY && copyRecheck > TimeSpan.Zero && !_retired ? CopyToSession(found[0], keyLabel) : null;
+            IObjectHandle? copy = null;
+            if (objectClass == CKO.CKO_PRIVATE_KEY && copyRecheck > TimeSpan.Zero && !_retired)
+            {
+                try
+                {
+                    copy = CopyToSession(found[0], keyLabel);
+                }
+                catch (Pkcs11Exception ex) when (!Pkcs11Constants.IsStale(ex.RV))
+                {
+                    // Perhaps passing (a full session-object store, CKR_DEVICE_MEMORY): this signature uses the token
+                    // object, uncached, and the next lookup tries the copy again.
+                    HsmLog.KeyNotCopied(_logger, TenantId, keyLabel, _context.TokenLabel, ex.RV.ToString());
+                    return plain;
+                }
+            }
+
             var key = copy is null ? plain : new CachedKey(found[0], keyType, copy, time.GetTimestamp());
             _keys[(keyLabel, objectClass)] = key;
             return key;
@@ -442,10 +457,11 @@ internal sealed class TokenLogin
     /// starts with it, to notice changes made by other processes; a session object lives in the module's memory (or, in
     /// a hardware HSM, in the device's) and is used as it is. The copy is made with C_CopyObject, which can neither reveal
     /// a sensitive value nor make a key extractable (v2.40 §4.9); it stays private (it needs this login) and ends with the
-    /// anchor session. What the copy cannot see is the token object being deleted by another process (`smtpgw dkim rotate
-    /// --retire` from the CLI; the admin API's retire runs in this process and forgets it at once), so the token object is
-    /// looked up again once per <see cref="Pkcs11HsmOptions.KeyCopyRecheckInterval"/>: a deleted key
-    /// (CKR_OBJECT_HANDLE_INVALID) drops the login like any stale handle, and the next lookup reports it missing.
+    /// anchor session. What the copy cannot see is the token object being deleted by another program (`softhsm2-util`,
+    /// or `smtpgw dkim rotate --retire` with the admin API unreachable; through the API the retire runs in this process
+    /// and forgets the key at once), so the token object is looked up again once per
+    /// <see cref="Pkcs11HsmOptions.KeyCopyRecheckInterval"/>: a deleted key (CKR_OBJECT_HANDLE_INVALID) drops the login
+    /// like any stale handle, and the next lookup reports it missing.
     /// </remarks>
     public static IObjectHandle SigningHandle(ISession session, CachedKey key, TimeProvider time, TimeSpan recheck)
     {
@@ -482,8 +498,8 @@ internal sealed class TokenLogin
         catch (Pkcs11Exception ex) when (ex.RV is CKR.CKR_ACTION_PROHIBITED or CKR.CKR_FUNCTION_NOT_SUPPORTED or CKR.CKR_ATTRIBUTE_READ_ONLY
             or CKR.CKR_TEMPLATE_INCONSISTENT)
         {
-            // The module will never copy this key (CKA_COPYABLE or CKA_MODIFIABLE false, or no C_CopyObject); anything
-            // else (stale handle, out of memory) fails this call and is tried again by the next.
+            // The module will never copy this key (CKA_COPYABLE or CKA_MODIFIABLE false, or no C_CopyObject): it is cached
+            // without a copy. Other errors go to the caller (FindKey).
             HsmLog.KeyNotCopied(_logger, TenantId, keyLabel, _context.TokenLabel, ex.RV.ToString());
             return null;
         }

@@ -140,6 +140,7 @@ public sealed class Pkcs11HsmConcurrencyTests(SoftHsmFixture fixture, ITestOutpu
         Assert.True(fixture.Hsm.DeleteKeyPair(fixture.TenantA, label));
     }
 
+    /// <summary>Every object with the label, the key's session copy included (a token object alone gone is Pkcs11HsmSessionCopyTests).</summary>
     void DestroyBypassingTheCache(string label)
     {
         var factory = new Net.Pkcs11Interop.HighLevelAPI.Pkcs11InteropFactories().ObjectAttributeFactory;

@@ -65,7 +65,7 @@ public sealed class Pkcs11HsmSessionCopyTests(SoftHsmFixture fixture)
         {
             hsm.Sign(fixture.TenantA, label, DkimKeyAlgorithm.Ed25519, Data);
 
-            // As `smtpgw dkim rotate --retire` from the CLI (another process) does it: the token object goes, this process's cache is not told.
+            // As another program does it (softhsm2-util; the CLI with the admin API down): the token object goes, this process's cache is not told.
             hsm.WithSession(fixture.TenantA, session =>
             {
                 session.DestroyObject(Assert.Single(session.FindAllObjects(
@@ -112,6 +112,15 @@ public sealed class Pkcs11HsmSessionCopyTests(SoftHsmFixture fixture)
             runtime.Release();
         }
     }
+
+    [Theory]
+    [InlineData(null, true, 1000)]
+    [InlineData(null, false, 0)]
+    [InlineData(0, true, 0)]
+    [InlineData(250, false, 250)]
+    public void CopiesByDefaultOnlyWithSoftHsm2_AnyModuleWhenConfigured(int? configuredMs, bool softHsm, int expectedMs) =>
+        Assert.Equal(TimeSpan.FromMilliseconds(expectedMs),
+            Pkcs11Hsm.EffectiveCopyRecheck(configuredMs is { } ms ? TimeSpan.FromMilliseconds(ms) : null, softHsm));
 
     [Fact]
     public async Task ParallelFirstSignatures_MakeOneCopy()
