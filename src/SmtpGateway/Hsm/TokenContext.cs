@@ -427,22 +427,7 @@ internal sealed class TokenLogin
                 return plain;
             }
 
-            IObjectHandle? copy = null;
-            if (objectClass == CKO.CKO_PRIVATE_KEY && copyRecheck > TimeSpan.Zero && !_retired)
-            {
-                try
-                {
-                    copy = CopyToSession(found[0], keyLabel);
-                }
-                catch (Pkcs11Exception ex) when (!Pkcs11Constants.IsStale(ex.RV))
-                {
-                    // Perhaps passing (a full session-object store, CKR_DEVICE_MEMORY): this signature uses the token
-                    // object, uncached, and the next lookup tries the copy again.
-                    HsmLog.KeyNotCopied(_logger, TenantId, keyLabel, _context.TokenLabel, ex.RV.ToString());
-                    return plain;
-                }
-            }
-
+            var copy = objectClass == CKO.CKO_PRIVATE_KEY && copyRecheck > TimeSpan.Zero && !_retired ? CopyToSession(found[0], keyLabel) : null;
             var key = copy is null ? plain : new CachedKey(found[0], keyType, copy, time.GetTimestamp());
             _keys[(keyLabel, objectClass)] = key;
             return key;
@@ -488,18 +473,21 @@ internal sealed class TokenLogin
         return copy;
     }
 
-    /// <summary>The session copy of a private key, or null when the token refuses to copy it (CKA_COPYABLE false): then it signs with the token object.</summary>
+    /// <summary>
+    /// The session copy of a private key, or null when the token will not copy it: then the key signs as the token object
+    /// until the login ends (a new login tries again), which is how it signed before copies existed.
+    /// </summary>
     IObjectHandle? CopyToSession(IObjectHandle handle, string keyLabel)
     {
         try
         {
             return _anchor.CopyObject(handle, [_context.Runtime.Factories.ObjectAttributeFactory.Create(CKA.CKA_TOKEN, false)]);
         }
-        catch (Pkcs11Exception ex) when (ex.RV is CKR.CKR_ACTION_PROHIBITED or CKR.CKR_FUNCTION_NOT_SUPPORTED or CKR.CKR_ATTRIBUTE_READ_ONLY
-            or CKR.CKR_TEMPLATE_INCONSISTENT)
+        catch (Pkcs11Exception ex) when (!Pkcs11Constants.IsStale(ex.RV))
         {
-            // The module will never copy this key (CKA_COPYABLE or CKA_MODIFIABLE false, or no C_CopyObject): it is cached
-            // without a copy. Other errors go to the caller (FindKey).
+            // Never (CKR_ACTION_PROHIBITED: CKA_COPYABLE or CKA_MODIFIABLE false; no C_CopyObject) or not now (a full
+            // session-object store): either way the signature must not fail for it, and retrying every message would
+            // cost a search and a log line each. A stale handle or session goes to the caller's reset.
             HsmLog.KeyNotCopied(_logger, TenantId, keyLabel, _context.TokenLabel, ex.RV.ToString());
             return null;
         }
