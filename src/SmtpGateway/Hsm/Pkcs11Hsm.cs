@@ -133,7 +133,8 @@ public sealed class Pkcs11Hsm : IHsm
         var started = _time.GetTimestamp();
         var signature = Execute(token, "sign", keyLabel, (login, session) =>
         {
-            var key = login.FindKey(session, keyLabel, CKO.CKO_PRIVATE_KEY, Counters, _time, CopyRecheck(login))
+            var recheck = CopyRecheck(login);
+            var key = login.FindKey(session, keyLabel, CKO.CKO_PRIVATE_KEY, Counters, _time, recheck)
                 ?? throw new HsmException(HsmErrorKind.KeyNotFound, token.TenantId, $"token '{token.TokenLabel}' has no private key labelled '{keyLabel}'");
             if (key.Algorithm != algorithm)
             {
@@ -146,7 +147,7 @@ public sealed class Pkcs11Hsm : IHsm
             // locally and signing with CKM_RSA_PKCS over the DigestInfo gives the same bytes and was measured no faster
             // in SoftHSM2: its cost is the per-C_SignInit rebuild of the key, not the hash; perf/SmtpGateway.SignBench.)
             var mechanism = login.Context.Runtime.SignMechanism(algorithm);
-            return session.Sign(mechanism, TokenLogin.SigningHandle(session, key, _time, CopyRecheck(login)), input);
+            return session.Sign(mechanism, TokenLogin.SigningHandle(session, key, _time, recheck), input);
         });
         HsmMetrics.Signed(algorithm, _time.GetElapsedTime(started));
         return signature;

@@ -17,7 +17,7 @@ internal sealed class GroupCommitter(Action sync)
     /// <summary>Syncs performed so far.</summary>
     public long SyncCount => Interlocked.Read(ref _syncs);
 
-    /// <summary>Completes after an fsync that started after this call; faults with that fsync's exception.</summary>
+    /// <summary>Completes after a sync that started after this call; faults with that sync's exception.</summary>
     public Task WaitForSyncAsync()
     {
         lock (_gate)
