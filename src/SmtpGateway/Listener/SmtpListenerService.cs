@@ -82,7 +82,7 @@ public sealed class SmtpListenerService(
             client.NoDelay = true;
             var remote = (IPEndPoint)client.RemoteEndPoint!;
             var address = remote.Address.IsIPv4MappedToIPv6 ? remote.Address.MapToIPv4() : remote.Address;
-            Accept(new NetworkStream(client, ownsSocket: true), listener, new IPEndPoint(address, remote.Port));
+            Accept(new ClosingNetworkStream(client), listener, new IPEndPoint(address, remote.Port));
         }
     }
 

@@ -62,12 +62,15 @@ public sealed class DkimKeyStore(string dataDirectory)
         var path = PathOf(tenant);
         try
         {
+            // One lstat(2) per message for the existence, kind and time together (File.Exists and then a time or Path.Exists
+            // cost two: issue 15).
+            var info = new FileInfo(path);
             DateTime stamp;
-            if (File.Exists(path))
+            if (info.Exists)
             {
-                stamp = File.GetLastWriteTimeUtc(path);
+                stamp = info.LastWriteTimeUtc;
             }
-            else if (Path.Exists(path))
+            else if ((int)info.Attributes != -1)
             {
                 // A directory (or other non-file) where the selector file belongs: broken state, not "no keys".
                 throw new IOException("not a regular file");

@@ -65,8 +65,12 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     /// close of the file (issue 15). Held to <see cref="_committedLimit"/> octets in all; past it a message is read
     /// from disk as before, which costs only those calls. Like <see cref="_withoutState"/> it relies on the queue being
     /// changed only through this instance while it runs (QueueControl); its own delete and quarantine drop the entry.
+    /// The header the bytes were made from is kept with them, so the load does not parse back the JSON it just wrote.
     /// </summary>
-    readonly System.Collections.Concurrent.ConcurrentDictionary<string, byte[]> _committed = new(StringComparer.Ordinal);
+    readonly System.Collections.Concurrent.ConcurrentDictionary<string, KeptFile> _committed = new(StringComparer.Ordinal);
+
+    /// <summary>A committed file kept in memory: its octets, and the header and message extent they were laid out from.</summary>
+    sealed record KeptFile(byte[] Bytes, SpoolFileHeader Header, long Offset, long Length);
     readonly long _committedLimit;
     long _committedBytes;
     readonly Lock _initGate = new();
@@ -308,7 +312,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     }
 
     /// <summary>Writes and fsyncs the file; returns its whole content when it was written from memory in one piece.</summary>
-    async Task<byte[]?> WriteMessageFileAsync(string path, bool recycled, SpoolEnvelope envelope, MessageContent message, CancellationToken cancellationToken)
+    async Task<KeptFile?> WriteMessageFileAsync(string path, bool recycled, SpoolEnvelope envelope, MessageContent message, CancellationToken cancellationToken)
     {
         var header = new SpoolFileHeader(envelope, message.EightBit);
         using (var handle = DurableFile.OpenForOverwrite(path, mustCreate: !recycled))
@@ -355,7 +359,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     /// after the write, so no octet of an earlier message stays behind and the length check on load holds; then the file
     /// is synced. Returns the whole file when it is kept (its room reserved), else null.
     /// </summary>
-    async Task<byte[]?> WriteMessageFileAsync(Microsoft.Win32.SafeHandles.SafeFileHandle handle, string path, bool recycled, SpoolFileHeader header, MessageContent message, CancellationToken cancellationToken)
+    async Task<KeptFile?> WriteMessageFileAsync(Microsoft.Win32.SafeHandles.SafeFileHandle handle, string path, bool recycled, SpoolFileHeader header, MessageContent message, CancellationToken cancellationToken)
     {
         var json = SpoolFileFormat.HeaderJson(header);
         var preamble = SpoolFileFormat.EncodePreamble(json, message.Length);
@@ -396,7 +400,7 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
                 throw;
             }
 
-            return file;
+            return new KeptFile(file, header, preamble.Length, message.Length);
         }
 
         var buffers = new List<ReadOnlyMemory<byte>> { preamble };
@@ -480,11 +484,11 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     /// Keeps a committed file (its room reserved by the write) for its first delivery load. Before the rename makes the
     /// id visible in queue/: a delete of the id by this instance from then on finds and drops it.
     /// </summary>
-    void KeepCommitted(string id, byte[]? file)
+    void KeepCommitted(string id, KeptFile? file)
     {
         if (file is not null && !_committed.TryAdd(id, file))
         {
-            ReleaseCommitted(file.Length);
+            ReleaseCommitted(file.Bytes.Length);
         }
     }
 
@@ -496,14 +500,14 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
     }
 
     /// <summary>The committed file of <paramref name="id"/> if it is still kept, no longer kept afterwards.</summary>
-    byte[]? TakeCommitted(string id)
+    KeptFile? TakeCommitted(string id)
     {
         if (!_committed.TryRemove(id, out var file))
         {
             return null;
         }
 
-        ReleaseCommitted(file.Length);
+        ReleaseCommitted(file.Bytes.Length);
         return file;
     }
 
@@ -620,8 +624,13 @@ public sealed partial class FileSpool : IMessageSpool, ISpoolQueue, IDisposable
         {
             // A typical message is read whole with one read(2) and served from memory to every reader of this attempt
             // (carrier, body writer, DSN): no second and third open, lock and thread-pool read per delivery.
-            file = forDelivery ? TakeCommitted(id) ?? ReadWhole(path) : null;
-            if (file is not null)
+            var kept = forDelivery ? TakeCommitted(id) : null;
+            file = kept?.Bytes ?? (forDelivery ? ReadWhole(path) : null);
+            if (kept is not null)
+            {
+                (header, offset, length) = (kept.Header, kept.Offset, kept.Length);
+            }
+            else if (file is not null)
             {
                 using var memory = new MemoryStream(file, writable: false);
                 header = SpoolFileFormat.ReadHeader(memory, out offset, out length);

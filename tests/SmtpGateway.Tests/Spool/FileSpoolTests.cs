@@ -303,6 +303,36 @@ public sealed class FileSpoolTests : IDisposable
             Directory.EnumerateFiles(Path.Combine(Root, "corrupt")).Select(Path.GetFileName).Order(StringComparer.Ordinal));
     }
 
+    [Fact]
+    public async Task A_kept_delivery_load_serves_the_committed_envelope_itself_and_agrees_with_the_file()
+    {
+        using var spool = NewSpool(Root, _time);
+        await spool.RecoverAsync(CancellationToken.None);
+        var envelope = NewEnvelope(spool, _time, recipients: ["a@example.net", "b@example.org"], tenant: "tenant-a", eightBitMime: true, smtpUtf8: true);
+        var bytes = SampleMessage();
+        bytes[^5] = 0xC3;
+        await spool.CommitAsync(envelope, Segmented(bytes), CancellationToken.None);
+
+        // The header the file was written from, not a parse of it (issue 15: no JSON read back per delivery).
+        var kept = await spool.LoadAsync(envelope.Id, CancellationToken.None, forDelivery: true);
+        Assert.NotNull(kept);
+        Assert.Same(envelope, kept.Envelope);
+        Assert.True(kept.EightBitData);
+
+        // What a load from the file (a retry, a restart) sees is the same envelope, extent and 8-bit fact.
+        var read = await spool.LoadAsync(envelope.Id, CancellationToken.None, forDelivery: true);
+        Assert.NotNull(read);
+        Assert.NotSame(envelope, read.Envelope);
+        Assert.Equal(envelope with { Recipients = read.Envelope.Recipients }, read.Envelope);
+        Assert.Equal(envelope.Recipients, read.Envelope.Recipients);
+        Assert.Equal(kept.EightBitData, read.EightBitData);
+        Assert.Equal(kept.Length, read.Length);
+        await using var content = read.OpenContent();
+        using var copy = new MemoryStream();
+        await content.CopyToAsync(copy);
+        Assert.Equal(bytes, copy.ToArray());
+    }
+
     [Theory]
     [InlineData(SpoolSync.File)]
     [InlineData(SpoolSync.FileSystem)]
