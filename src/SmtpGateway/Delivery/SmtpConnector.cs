@@ -115,7 +115,7 @@ internal sealed class SmtpConnector(X509Certificate2Collection? trustAnchors, Ti
             await socket.ConnectAsync(new IPEndPoint(address, key.Port), linked.Token).ConfigureAwait(false);
 
             // The MX host name (not the address) is what TLS checks the certificate against.
-            await client.ConnectAsync(socket, key.Host, key.Port, options, linked.Token).ConfigureAwait(false);
+            await client.ConnectAsync(new OutboundSocketStream(socket, time), key.Host, key.Port, options, linked.Token).ConfigureAwait(false);
             client.Socket = socket;
             return client;
         }
