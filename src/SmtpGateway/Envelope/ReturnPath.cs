@@ -15,17 +15,24 @@ public sealed record VerpTag(string Tenant, string QueueId, string RecipientHash
 /// <summary>
 /// Per-tenant VERP return paths: <c>b+&lt;queue id&gt;.&lt;recipient hash&gt;.&lt;key id&gt;&lt;mac&gt;@&lt;bounce domain&gt;</c>.
 /// <list type="bullet">
-/// <item>The MAC is HMAC-SHA256 under the tenant's own key over (tenant, queue id, recipient hash), cut to 80 bits and
-/// written in base32: unguessable (2^-80 per try) and unforgeable without the key, yet short — the local part stays at
-/// 48 octets, under RFC 5321 section 4.5.3.1.1's 64.</item>
+/// <item>The MAC is HMAC-SHA256 keyed from the tenant's own key (see version 2 below) over (tenant, queue id, recipient
+/// hash), cut to 80 bits and written in base32: unguessable (2^-80 per try) and unforgeable without the key, yet short —
+/// the local part stays at 48 octets, under RFC 5321 section 4.5.3.1.1's 64.</item>
 /// <item>The tag carries a fingerprint of the recipient, not the address: an address does not fit in 64 octets, and a
 /// fingerprint lets the bounce parser recognise the original recipient in any report (DSN, ARF or free text) without
 /// keeping a sent-mail index.</item>
 /// <item>Everything is lower case and compared case-insensitively: some MTAs change the case of local parts.</item>
-/// <item>Both MACs are computed in the tenant's HSM token. A new return path costs two HSM calls (recipient fingerprint,
-/// tag MAC), a verification one; what they yield is public (it is the address itself) and is remembered, so a retry of
-/// the same message, or another message to the same recipient, costs fewer or none. An unreachable token is an
-/// <see cref="Hsm.HsmException"/>: callers defer, never send without a tag or treat a genuine tag as forged.</item>
+/// <item>The recipient fingerprint is computed in the tenant's HSM token and remembered (it is public: part of the address).</item>
+/// <item>The tag MAC (version 2) is keyed with a minute key: HMAC-SHA256 in the token over (tenant, the minute of the queue
+/// id's time), made once per tenant, key and minute and held in memory only, for the current minute and its neighbours
+/// (<see cref="_minuteKeys"/>); the tag MAC itself is then computed here. An HSM call per message cost about a fifth of
+/// the unsigned gateway's CPU with SoftHSM2, which re-reads the key's object file under file locks on every use (issue
+/// 15). A minute key opens only the tags of its minute, is never written anywhere, and sits in a process whose logged-in
+/// sessions can have the token compute any MAC anyway; the tenant key itself never leaves the token. Verification also
+/// accepts version 1 (the MAC computed in the token under the tenant key itself, as made before this version), so
+/// bounces of mail sent earlier are still recognised.</item>
+/// <item>An unreachable token is an <see cref="Hsm.HsmException"/>: callers defer, never send without a tag or treat a
+/// genuine tag as forged.</item>
 /// </list>
 /// </summary>
 public sealed partial class ReturnPath
@@ -50,6 +57,14 @@ public sealed partial class ReturnPath
     /// Only valid ones: a flood of forgeries cannot fill it.</summary>
     readonly BoundedMemo<(string, string, string)> _valid = new(MemoCapacity);
 
+    /// <summary>
+    /// Minute keys by (tenant, key label, minute), secret and in memory only, kept for the current minute and the ones
+    /// either side of it and no others: what a dump of this process could reveal is at most the tags of those minutes.
+    /// A key for any other minute (a retry of an older message, a bounce) is made, used once and dropped.
+    /// </summary>
+    readonly System.Collections.Concurrent.ConcurrentDictionary<(string Tenant, string Label, long Minute), byte[]> _minuteKeys = new();
+    long _prunedFor;
+
     public ReturnPath(VerpKeyStore keys) => _keys = keys;
 
     /// <summary>The return path for <paramref name="recipient"/> of queued message <paramref name="queueId"/>.</summary>
@@ -61,7 +76,7 @@ public sealed partial class ReturnPath
         var local = Remember(_tags, (tenant, key.KeyLabel, id, normalized), () =>
         {
             var hash = RecipientHash(tenant, key, normalized);
-            var made = $"{Prefix}{id}.{hash}.{key.Id}{Mac(key, tenant, id, hash)}";
+            var made = $"{Prefix}{id}.{hash}.{key.Id}{MinuteMac(key, tenant, id, hash) ?? Mac(key, tenant, id, hash)}";
             Remember(_valid, (tenant, key.KeyLabel, made), () => made);
             return made;
         });
@@ -97,9 +112,10 @@ public sealed partial class ReturnPath
         var local = localPart.ToLowerInvariant();
         if (!_valid.Contains((tenant, key.KeyLabel, local)))
         {
-            var expected = Encoding.ASCII.GetBytes(Mac(key, tenant, id, hash));
+            // Version 2 first (made by this version), then version 1 (tags made before it): two tries double a forger's
+            // 2^-80 chance per guess, which stays negligible.
             var given = Encoding.ASCII.GetBytes(match.Groups["mac"].Value.ToLowerInvariant());
-            if (!CryptographicOperations.FixedTimeEquals(expected, given))
+            if (!Matches(MinuteMac(key, tenant, id, hash), given) && !Matches(Mac(key, tenant, id, hash), given))
             {
                 return null;
             }
@@ -131,6 +147,59 @@ public sealed partial class ReturnPath
         var at = a.LastIndexOf('@');
         return at < 0 ? a.ToLowerInvariant() : $"{a[..at].ToLowerInvariant()}@{DomainName.Normalize(a[(at + 1)..]) ?? a[(at + 1)..].ToLowerInvariant()}";
     }
+
+    static bool Matches(string? expected, byte[] given) =>
+        expected is not null && CryptographicOperations.FixedTimeEquals(Encoding.ASCII.GetBytes(expected), given);
+
+    /// <summary>
+    /// The version 2 tag MAC: HMAC-SHA256 under the minute key of the queue id's time; null when the id is not one the
+    /// spool makes (20 hex digits, the first 12 Unix milliseconds), so that it has no minute: such a tag gets version 1.
+    /// </summary>
+    string? MinuteMac(VerpKey key, string tenant, string id, string hash)
+    {
+        if (id.Length != 20 || !long.TryParse(id.AsSpan(0, 12), System.Globalization.NumberStyles.AllowHexSpecifier, System.Globalization.CultureInfo.InvariantCulture, out var ms))
+        {
+            return null;
+        }
+
+        var minuteKey = MinuteKey(key, tenant, ms / 60_000);
+
+        Span<byte> mac = stackalloc byte[HMACSHA256.HashSizeInBytes];
+        HMACSHA256.HashData(minuteKey, Encoding.UTF8.GetBytes($"smtpgw-verp2\0{tenant}\0{id}\0{hash}"), mac);
+        return Base32(mac[..MacBytes]);
+    }
+
+    byte[] MinuteKey(VerpKey key, string tenant, long minute)
+    {
+        var now = _keys.Time.GetUtcNow().ToUnixTimeMilliseconds() / 60_000;
+        var near = Math.Abs(minute - now) <= 1;
+        if (near && _minuteKeys.TryGetValue((tenant, key.KeyLabel, minute), out var known))
+        {
+            return known;
+        }
+
+        // Domain-separated from every version 1 input, and never published: no tag or fingerprint can reveal it.
+        var made = _keys.Mac(tenant, key, Encoding.UTF8.GetBytes(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"smtpgw-verp2-minute\0{tenant}\0{minute}")));
+        if (near)
+        {
+            _minuteKeys[(tenant, key.KeyLabel, minute)] = made;
+            if (Interlocked.Exchange(ref _prunedFor, now) != now)
+            {
+                foreach (var entry in _minuteKeys)
+                {
+                    if (Math.Abs(entry.Key.Minute - now) > 1)
+                    {
+                        _minuteKeys.TryRemove(entry.Key, out _);
+                    }
+                }
+            }
+        }
+
+        return made;
+    }
+
+    /// <summary>Minute keys held now (tests).</summary>
+    internal int MinuteKeysHeld => _minuteKeys.Count;
 
     string Mac(VerpKey key, string tenant, string id, string hash)
     {

@@ -63,6 +63,9 @@ public sealed partial class VerpKeyStore
         _logger = logger ?? NullLogger.Instance;
     }
 
+    /// <summary>The injected clock (ReturnPath keeps minute keys of the current minute only).</summary>
+    internal TimeProvider Time => _time;
+
     /// <summary>How often a cached key file is checked for a change on disk (on the injected clock).</summary>
     public TimeSpan RefreshInterval { get; init; } = TimeSpan.FromSeconds(1);
 

@@ -154,6 +154,27 @@ public sealed partial class ReturnPathTests : IDisposable
     }
 
     [Fact]
+    public void Forged_tags_naming_many_minutes_are_refused_at_a_bounded_cost_and_leave_genuine_ones_valid()
+    {
+        var rp = new ReturnPath(NewStore());
+        var genuine = Local(rp.For("tenant-a", Bounce, QueueId, "u@example.net"));
+        var hash = genuine.Split('.')[1];
+
+        // Each forged tag names another minute: its minute key is made (one HSM MAC), then the version 1 MAC (one more).
+        const int Forgeries = 3_000;
+        var before = _hsm.MacCalls;
+        for (var i = 0; i < Forgeries; i++)
+        {
+            var id = $"{0x018F6B2C3D4EL + ((i + 1) * 60_000L):x12}{i:x8}";
+            Assert.Null(rp.Verify("tenant-a", $"b+{id}.{hash}.aaaaaaaaaaaaaaaaa"));
+        }
+
+        Assert.Equal(2 * Forgeries, _hsm.MacCalls - before);
+        Assert.NotNull(rp.Verify("tenant-a", genuine));
+        Assert.NotNull(new ReturnPath(NewStore()).Verify("tenant-a", genuine));
+    }
+
+    [Fact]
     public void Another_tenants_name_with_the_same_tag_is_refused_even_with_the_same_key()
     {
         // The tenant is bound in the MAC input, not only by key choice: tenant-c's token given tenant-a's very key

@@ -40,12 +40,25 @@ public sealed class VerpKeyMigrationTests : IDisposable
     }
 
     /// <summary>The tag the pre-#11 code made with a plaintext key (HMAC-SHA256 in process), for "made before the migration".</summary>
-    static string LegacyLocal(string secret, string tenant, char keyId, string queueId, string recipient)
+    /// <summary>A version 1 tag: the MAC under the tenant key itself (what versions before issue 15's minute keys made).</summary>
+    static string LegacyLocal(string secret, string tenant, char keyId, string queueId, string recipient) =>
+        Tag(secret, tenant, keyId, queueId, recipient, minuteKey: false);
+
+    /// <summary>A version 2 tag, computed from the specification: the MAC under HMAC(tenant key, "smtpgw-verp2-minute", tenant, minute).</summary>
+    static string MinuteLocal(string secret, string tenant, char keyId, string queueId, string recipient) =>
+        Tag(secret, tenant, keyId, queueId, recipient, minuteKey: true);
+
+    static string Tag(string secret, string tenant, char keyId, string queueId, string recipient, bool minuteKey)
     {
         var key = Convert.FromBase64String(secret);
         var hash = Convert.ToHexStringLower(HMACSHA256.HashData(key, Encoding.UTF8.GetBytes("smtpgw-verp1-rcpt\0" + ReturnPath.NormalizeRecipient(recipient)))[..4]);
         var id = queueId.ToLowerInvariant();
-        var mac = HMACSHA256.HashData(key, Encoding.UTF8.GetBytes($"smtpgw-verp1\0{tenant}\0{id}\0{hash}"))[..10];
+        var minute = Convert.ToInt64(id[..12], 16) / 60_000;
+        var mac = minuteKey
+            ? HMACSHA256.HashData(
+                HMACSHA256.HashData(key, Encoding.UTF8.GetBytes($"smtpgw-verp2-minute\0{tenant}\0{minute}")),
+                Encoding.UTF8.GetBytes($"smtpgw-verp2\0{tenant}\0{id}\0{hash}"))[..10]
+            : HMACSHA256.HashData(key, Encoding.UTF8.GetBytes($"smtpgw-verp1\0{tenant}\0{id}\0{hash}"))[..10];
         var base32 = new StringBuilder();
         for (var bit = 0; bit < mac.Length * 8; bit += 5)
         {
@@ -60,6 +73,8 @@ public sealed class VerpKeyMigrationTests : IDisposable
 
         return $"b+{id}.{hash}.{keyId}{base32}";
     }
+
+    static int MinutesHeld(ReturnPath rp) => rp.MinuteKeysHeld;
 
     static string NewSecret() => Convert.ToBase64String(RandomNumberGenerator.GetBytes(32));
 
@@ -88,11 +103,15 @@ public sealed class VerpKeyMigrationTests : IDisposable
         Assert.True(_hsm.HasKey("tenant-a", VerpKeyStore.LabelFor('a', createdA)));
         Assert.True(_hsm.HasKey("tenant-a", $"smtpgw-verp-b{createdB.ToUnixTimeSeconds()}"));
 
-        // Tags made before the migration verify; the newest key still makes the very same tag.
+        // Tags made before the migration verify; the newest key makes today's tag (version 2), exactly as specified, so
+        // any later version can recognise it too.
         var rp = new ReturnPath(store);
         Assert.NotNull(rp.Verify("tenant-a", oldA));
         Assert.NotNull(rp.Verify("tenant-a", oldB));
-        Assert.Equal(oldB, Local(rp.For("tenant-a", Bounce, QueueId, "u@example.net")));
+        var made = Local(rp.For("tenant-a", Bounce, QueueId, "u@example.net"));
+        Assert.Equal(MinuteLocal(secretB, "tenant-a", 'b', QueueId, "u@example.net"), made);
+        Assert.NotEqual(oldB, made);
+        Assert.NotNull(new ReturnPath(store).Verify("tenant-a", made));
 
         // Nothing left to do a second time: no new log line.
         NewStore(log).MigrateLegacyKeys();
@@ -181,7 +200,7 @@ public sealed class VerpKeyMigrationTests : IDisposable
     }
 
     [Fact]
-    public void A_return_path_costs_two_hsm_macs_once_and_none_when_made_or_checked_again()
+    public void A_return_path_costs_an_hsm_mac_per_new_recipient_and_minute_and_none_when_made_or_checked_again()
     {
         var store = NewStore();
         store.Current("tenant-a");
@@ -193,10 +212,31 @@ public sealed class VerpKeyMigrationTests : IDisposable
             return _hsm.MacCalls - before;
         }
 
+        // Queue ids as the spool makes them now: 12 hex digits of Unix milliseconds, then a sequence.
+        string IdAt(TimeSpan offset, int sequence) =>
+            $"{(_time.GetUtcNow() + offset).ToUnixTimeMilliseconds():X12}{sequence:X8}";
+
         var address = "";
-        Assert.Equal(2, Macs(() => address = rp.For("tenant-a", Bounce, QueueId, "u@example.net")));
-        Assert.Equal(0, Macs(() => rp.For("tenant-a", Bounce, QueueId, "U@Example.NET"))); // a retry of the same message
-        Assert.Equal(1, Macs(() => rp.For("tenant-a", Bounce, "018F6B2C3D4E0000001B", "u@example.net"))); // known recipient
+        var now = IdAt(TimeSpan.Zero, 1);
+        Assert.Equal(2, Macs(() => address = rp.For("tenant-a", Bounce, now, "u@example.net"))); // fingerprint, minute key
+        Assert.Equal(0, Macs(() => rp.For("tenant-a", Bounce, now, "U@Example.NET"))); // a retry of the same message
+        Assert.Equal(0, Macs(() => rp.For("tenant-a", Bounce, IdAt(TimeSpan.Zero, 2), "u@example.net"))); // known recipient
+        Assert.Equal(1, Macs(() => rp.For("tenant-a", Bounce, IdAt(TimeSpan.Zero, 3), "w@example.net"))); // new recipient
+        Assert.Equal(1, MinutesHeld(rp));
+
+        // The next minute: one MAC for its key, then none; the keys of the minute before and after stay, no others.
+        _time.Advance(TimeSpan.FromMinutes(1));
+        Assert.Equal(1, Macs(() => rp.For("tenant-a", Bounce, IdAt(TimeSpan.Zero, 4), "u@example.net")));
+        Assert.Equal(0, Macs(() => rp.For("tenant-a", Bounce, IdAt(TimeSpan.Zero, 5), "u@example.net")));
+        Assert.Equal(2, MinutesHeld(rp));
+        _time.Advance(TimeSpan.FromMinutes(2));
+        Assert.Equal(1, Macs(() => rp.For("tenant-a", Bounce, IdAt(TimeSpan.Zero, 6), "u@example.net")));
+        Assert.Equal(1, MinutesHeld(rp));
+
+        // An older message (a retry days later) gets its minute's key made and dropped: each one costs a MAC.
+        Assert.Equal(1, Macs(() => rp.For("tenant-a", Bounce, IdAt(TimeSpan.FromDays(-2), 7), "u@example.net")));
+        Assert.Equal(1, Macs(() => rp.For("tenant-a", Bounce, IdAt(TimeSpan.FromDays(-2), 8), "u@example.net")));
+        Assert.Equal(1, MinutesHeld(rp));
         Assert.Equal(0, Macs(() => rp.Verify("tenant-a", Local(address))));
 
         var other = new ReturnPath(store);
