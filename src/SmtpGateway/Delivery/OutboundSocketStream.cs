@@ -24,8 +24,12 @@ internal sealed class OutboundSocketStream : Stream
 
     readonly Socket _socket;
     readonly TimeProvider _time;
+
+    /// <summary>Guards the gathered buffer between a send in flight and Dispose (the pool may close a connection at any time).</summary>
+    readonly Lock _bufferGate = new();
     byte[] _pending = [];
     int _pendingLength;
+    bool _sending;
     CancellationTokenSource? _readTimer;
     CancellationTokenSource? _writeTimer;
     int _readTimeout = Timeout.Infinite;
@@ -113,14 +117,20 @@ internal sealed class OutboundSocketStream : Stream
         }
 
         var timer = Arm(ref _readTimer, _readTimeout);
-        using var registration = Link(timer, cancellationToken);
+        var registration = Link(timer, cancellationToken);
         try
         {
             return await _socket.ReceiveAsync(buffer, SocketFlags.None, timer?.Token ?? cancellationToken).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is OperationCanceledException or SocketException)
         {
+            // The link goes before Failed disposes the timer: a cancel of the caller's token must never reach a disposed source.
+            await registration.DisposeAsync().ConfigureAwait(false);
             throw Failed(ex, timer, cancellationToken, _readTimeout);
+        }
+        finally
+        {
+            await registration.DisposeAsync().ConfigureAwait(false);
         }
     }
 
@@ -149,16 +159,24 @@ internal sealed class OutboundSocketStream : Stream
 
     public override void Flush()
     {
-        ObjectDisposedException.ThrowIf(_disposed, this);
+        byte[] pending;
+        int length;
+        lock (_bufferGate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            (pending, length, _sending) = (_pending, _pendingLength, true);
+        }
+
         var sent = 0;
-        while (sent < _pendingLength)
+        while (sent < length)
         {
             try
             {
-                sent += _socket.Send(_pending.AsSpan(sent, _pendingLength - sent), SocketFlags.None);
+                sent += _socket.Send(pending.AsSpan(sent, length - sent), SocketFlags.None);
             }
             catch (SocketException ex)
             {
+                Release();
                 throw Failed(ex, _writeTimeout);
             }
         }
@@ -175,15 +193,29 @@ internal sealed class OutboundSocketStream : Stream
         }
 
         var timer = Arm(ref _writeTimer, _writeTimeout);
-        using var registration = Link(timer, cancellationToken);
+        var registration = Link(timer, cancellationToken);
+        ReadOnlyMemory<byte> pending;
+        lock (_bufferGate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            _sending = true;
+            pending = _pending.AsMemory(0, _pendingLength);
+        }
+
         try
         {
             // One send(2) for all of it unless the peer's window is full; SendAsync loops on a partial send itself.
-            await _socket.SendAsync(_pending.AsMemory(0, _pendingLength), SocketFlags.None, timer?.Token ?? cancellationToken).ConfigureAwait(false);
+            await _socket.SendAsync(pending, SocketFlags.None, timer?.Token ?? cancellationToken).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is OperationCanceledException or SocketException)
         {
+            await registration.DisposeAsync().ConfigureAwait(false);
+            Release();
             throw Failed(ex, timer, cancellationToken, _writeTimeout);
+        }
+        finally
+        {
+            await registration.DisposeAsync().ConfigureAwait(false);
         }
 
         Release();
@@ -194,28 +226,44 @@ internal sealed class OutboundSocketStream : Stream
         if (_pending.Length - _pendingLength < buffer.Length)
         {
             var larger = ArrayPool<byte>.Shared.Rent(Math.Max(_pendingLength + buffer.Length, 8 * 1024));
-            _pending.AsSpan(0, _pendingLength).CopyTo(larger);
-            ReturnBuffer();
-            _pending = larger;
+            var length = _pendingLength;
+            _pending.AsSpan(0, length).CopyTo(larger);
+            lock (_bufferGate)
+            {
+                ReturnBuffer();
+                _pending = larger;
+                _pendingLength = length;
+            }
         }
 
         buffer.CopyTo(_pending.AsSpan(_pendingLength));
         _pendingLength += buffer.Length;
     }
 
-    /// <summary>Sent: the buffer goes back to the pool, so an idle pooled connection holds none.</summary>
+    /// <summary>Sent (or failed): the buffer goes back to the pool, so an idle pooled connection holds none.</summary>
     void Release()
     {
-        _pendingLength = 0;
-        ReturnBuffer();
-        _pending = [];
+        lock (_bufferGate)
+        {
+            _sending = false;
+            ReturnBuffer();
+        }
     }
 
+    /// <summary>
+    /// Cleared before it goes back: the pool is shared, and the octets are mail, or an AUTH exchange with a smarthost
+    /// (UpstreamSasl pins and zeroes its own copy of the credentials).
+    /// </summary>
     void ReturnBuffer()
     {
-        if (_pending.Length > 0)
+        var buffer = _pending;
+        var used = _pendingLength;
+        _pending = [];
+        _pendingLength = 0;
+        if (buffer.Length > 0)
         {
-            ArrayPool<byte>.Shared.Return(_pending);
+            buffer.AsSpan(0, used).Clear();
+            ArrayPool<byte>.Shared.Return(buffer);
         }
     }
 
@@ -240,8 +288,21 @@ internal sealed class OutboundSocketStream : Stream
     /// <summary>The caller's cancellation cancels the timer's token too, so one token serves the socket call.</summary>
     static CancellationTokenRegistration Link(CancellationTokenSource? timer, CancellationToken cancellationToken) =>
         timer is not null && cancellationToken.CanBeCanceled
-            ? cancellationToken.UnsafeRegister(static state => ((CancellationTokenSource)state!).Cancel(), timer)
+            ? cancellationToken.UnsafeRegister(static state => CancelQuietly((CancellationTokenSource)state!), timer)
             : default;
+
+    /// <summary>Runs on whoever cancels the caller's token (a timer, another request): it must not throw there.</summary>
+    static void CancelQuietly(CancellationTokenSource timer)
+    {
+        try
+        {
+            timer.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+            // The stream failed or was disposed meanwhile; the operation has ended.
+        }
+    }
 
     /// <summary>
     /// What a failed read or send throws, after closing the socket (the session is unusable after a partial exchange):
@@ -280,9 +341,14 @@ internal sealed class OutboundSocketStream : Stream
             _socket.Dispose();
             _readTimer?.Dispose();
             _writeTimer?.Dispose();
-            _pendingLength = 0;
-            ReturnBuffer();
-            _pending = [];
+            lock (_bufferGate)
+            {
+                // A send in flight still reads the buffer: its own Release returns it when the send ends.
+                if (!_sending)
+                {
+                    ReturnBuffer();
+                }
+            }
         }
 
         base.Dispose(disposing);

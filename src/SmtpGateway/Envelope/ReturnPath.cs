@@ -62,8 +62,19 @@ public sealed partial class ReturnPath
     /// either side of it and no others: what a dump of this process could reveal is at most the tags of those minutes.
     /// A key for any other minute (a retry of an older message, a bounce) is made, used once and dropped.
     /// </summary>
-    readonly System.Collections.Concurrent.ConcurrentDictionary<(string Tenant, string Label, long Minute), byte[]> _minuteKeys = new();
-    long _prunedFor;
+    readonly Dictionary<(string Tenant, string Label, long Minute), byte[]> _minuteKeys = [];
+
+    /// <summary>
+    /// Guards <see cref="_minuteKeys"/> and every use of a key in it: a key is zeroed when it leaves, and never while a MAC
+    /// is being made with it (a MAC under a zeroed key would be a tag that never verifies). Held for one HMAC, never for an
+    /// HSM call, so one tenant's slow token does not hold up another's return paths.
+    /// </summary>
+    readonly Lock _minuteGate = new();
+    long _prunedFor = long.MinValue;
+
+    /// <summary>How far ahead of this clock a queue id's minute may lie (another cluster member's clock); a tag from
+    /// further ahead is no real tag and is refused without an HSM call.</summary>
+    const long MaxMinutesAhead = 5;
 
     public ReturnPath(VerpKeyStore keys) => _keys = keys;
 
@@ -102,6 +113,11 @@ public sealed partial class ReturnPath
 
         var id = match.Groups["id"].Value.ToLowerInvariant();
         var hash = match.Groups["hash"].Value.ToLowerInvariant();
+        if (MinuteOf(id) is { } minute && minute > CurrentMinute() + MaxMinutesAhead)
+        {
+            return null;
+        }
+
         var key = _keys.Find(tenant, char.ToLowerInvariant(match.Groups["key"].Value[0]));
         if (key is null)
         {
@@ -157,49 +173,95 @@ public sealed partial class ReturnPath
     /// </summary>
     string? MinuteMac(VerpKey key, string tenant, string id, string hash)
     {
-        if (id.Length != 20 || !long.TryParse(id.AsSpan(0, 12), System.Globalization.NumberStyles.AllowHexSpecifier, System.Globalization.CultureInfo.InvariantCulture, out var ms))
+        if (MinuteOf(id) is not { } minute)
         {
             return null;
         }
 
-        var minuteKey = MinuteKey(key, tenant, ms / 60_000);
-
+        var input = Encoding.UTF8.GetBytes($"smtpgw-verp2\0{tenant}\0{id}\0{hash}");
         Span<byte> mac = stackalloc byte[HMACSHA256.HashSizeInBytes];
-        HMACSHA256.HashData(minuteKey, Encoding.UTF8.GetBytes($"smtpgw-verp2\0{tenant}\0{id}\0{hash}"), mac);
-        return Base32(mac[..MacBytes]);
-    }
-
-    byte[] MinuteKey(VerpKey key, string tenant, long minute)
-    {
-        var now = _keys.Time.GetUtcNow().ToUnixTimeMilliseconds() / 60_000;
+        var now = CurrentMinute();
         var near = Math.Abs(minute - now) <= 1;
-        if (near && _minuteKeys.TryGetValue((tenant, key.KeyLabel, minute), out var known))
-        {
-            return known;
-        }
-
-        // Domain-separated from every version 1 input, and never published: no tag or fingerprint can reveal it.
-        var made = _keys.Mac(tenant, key, Encoding.UTF8.GetBytes(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"smtpgw-verp2-minute\0{tenant}\0{minute}")));
+        var slot = (tenant, key.KeyLabel, minute);
         if (near)
         {
-            _minuteKeys[(tenant, key.KeyLabel, minute)] = made;
-            if (Interlocked.Exchange(ref _prunedFor, now) != now)
+            lock (_minuteGate)
             {
-                foreach (var entry in _minuteKeys)
+                Prune(now);
+                if (_minuteKeys.TryGetValue(slot, out var known))
                 {
-                    if (Math.Abs(entry.Key.Minute - now) > 1)
-                    {
-                        _minuteKeys.TryRemove(entry.Key, out _);
-                    }
+                    HMACSHA256.HashData(known, input, mac);
+                    return Base32(mac[..MacBytes]);
                 }
             }
         }
 
-        return made;
+        // Made outside the gate (an HSM call). Pinned, so the collector never leaves a copy behind, and zeroed when done.
+        var made = GC.AllocateArray<byte>(HMACSHA256.HashSizeInBytes, pinned: true);
+        var raw = _keys.Mac(tenant, key, Encoding.UTF8.GetBytes(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"smtpgw-verp2-minute\0{tenant}\0{minute}")));
+        raw.CopyTo(made, 0);
+        CryptographicOperations.ZeroMemory(raw);
+        if (near)
+        {
+            lock (_minuteGate)
+            {
+                if (_minuteKeys.TryAdd(slot, made))
+                {
+                    HMACSHA256.HashData(made, input, mac);
+                    return Base32(mac[..MacBytes]);
+                }
+
+                HMACSHA256.HashData(_minuteKeys[slot], input, mac);
+            }
+        }
+        else
+        {
+            HMACSHA256.HashData(made, input, mac);
+            lock (_minuteGate)
+            {
+                Prune(now);
+            }
+        }
+
+        CryptographicOperations.ZeroMemory(made);
+        return Base32(mac[..MacBytes]);
     }
 
+    /// <summary>Drops (and zeroes) the keys of minutes no longer next to <paramref name="now"/>; under the gate, once a minute.</summary>
+    void Prune(long now)
+    {
+        if (_prunedFor == now)
+        {
+            return;
+        }
+
+        _prunedFor = now;
+        foreach (var slot in _minuteKeys.Keys.Where(k => Math.Abs(k.Minute - now) > 1).ToList())
+        {
+            _minuteKeys.Remove(slot, out var dropped);
+            CryptographicOperations.ZeroMemory(dropped);
+        }
+    }
+
+    long CurrentMinute() => _keys.Time.GetUtcNow().ToUnixTimeMilliseconds() / 60_000;
+
+    /// <summary>The minute of a queue id the spool made (its first 12 hex digits are Unix milliseconds), else null.</summary>
+    static long? MinuteOf(string id) =>
+        id.Length == 20 && long.TryParse(id.AsSpan(0, 12), System.Globalization.NumberStyles.AllowHexSpecifier, System.Globalization.CultureInfo.InvariantCulture, out var ms)
+            ? ms / 60_000
+            : null;
+
     /// <summary>Minute keys held now (tests).</summary>
-    internal int MinuteKeysHeld => _minuteKeys.Count;
+    internal int MinuteKeysHeld
+    {
+        get
+        {
+            lock (_minuteGate)
+            {
+                return _minuteKeys.Count;
+            }
+        }
+    }
 
     string Mac(VerpKey key, string tenant, string id, string hash)
     {

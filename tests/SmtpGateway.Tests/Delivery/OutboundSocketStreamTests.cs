@@ -138,6 +138,41 @@ public sealed class OutboundSocketStreamTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Cancelling_the_callers_token_after_a_timeout_ended_the_stream_does_not_throw_at_the_canceller()
+    {
+        var stream = NewStream(timeoutMs: 1_000);
+        using var caller = new CancellationTokenSource();
+        var reading = stream.ReadAsync(new byte[8], caller.Token).AsTask();
+        _time.Advance(TimeSpan.FromSeconds(1));
+        await Assert.ThrowsAsync<TimeoutException>(() => reading);
+
+        // The caller's source may be a timer of its own: an exception here would be thrown on that timer's thread.
+        caller.Cancel();
+        await stream.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task A_sent_buffer_goes_back_to_the_pool_cleared()
+    {
+        await using var stream = NewStream();
+        var secret = "AUTH PLAIN AHVzZXIAc2VjcmV0LXBhc3N3b3Jk\r\n"u8.ToArray();
+        await stream.WriteAsync(secret);
+        await stream.FlushAsync();
+        Assert.Equal(secret.Length, (await PeerReadsAsync(secret.Length)).Length);
+
+        // The shared pool hands this thread its last returned array of the size class first.
+        var rented = System.Buffers.ArrayPool<byte>.Shared.Rent(8 * 1024);
+        try
+        {
+            Assert.Equal(-1, rented.AsSpan().IndexOf(secret.AsSpan(0, 20)));
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(rented);
+        }
+    }
+
+    [Fact]
     public async Task The_callers_cancellation_is_a_cancellation_not_a_timeout()
     {
         await using var stream = NewStream();

@@ -154,6 +154,24 @@ public sealed partial class ReturnPathTests : IDisposable
     }
 
     [Fact]
+    public void A_tag_from_minutes_ahead_of_the_clock_is_refused_without_an_hsm_call()
+    {
+        var rp = new ReturnPath(NewStore());
+        var now = _time.GetUtcNow().ToUnixTimeMilliseconds();
+        var genuine = Local(rp.For("tenant-a", Bounce, $"{now:X12}00000001", "u@example.net"));
+        var hash = genuine.Split('.')[1];
+        var before = _hsm.MacCalls;
+
+        Assert.Null(rp.Verify("tenant-a", $"b+{now + (6 * 60_000):x12}00000002.{hash}.aaaaaaaaaaaaaaaaa"));
+        Assert.Equal(before, _hsm.MacCalls);
+
+        // A few minutes ahead (another member's clock) is still checked.
+        Assert.Null(rp.Verify("tenant-a", $"b+{now + (4 * 60_000):x12}00000003.{hash}.aaaaaaaaaaaaaaaaa"));
+        Assert.Equal(before + 2, _hsm.MacCalls);
+        Assert.NotNull(rp.Verify("tenant-a", genuine));
+    }
+
+    [Fact]
     public void Forged_tags_naming_many_minutes_are_refused_at_a_bounded_cost_and_leave_genuine_ones_valid()
     {
         var rp = new ReturnPath(NewStore());
