@@ -60,6 +60,23 @@ public sealed class ClosingNetworkStreamTests
     }
 
     [Fact]
+    public async Task Closing_with_the_sessions_own_read_still_pending_is_still_an_orderly_end()
+    {
+        var (server, client) = await ConnectedPairAsync();
+        using (client)
+        {
+            var stream = new ClosingNetworkStream(server);
+            var pending = stream.ReadAsync(new byte[16]).AsTask();
+            await stream.WriteAsync("421 4.3.2 shutting down\r\n"u8.ToArray());
+            await stream.DisposeAsync();
+
+            // Without the shutdown .NET would reset the connection to abort the read: the reply could be lost.
+            Assert.Equal("421 4.3.2 shutting down\r\n", await ReadToEndAsync(client));
+            await Assert.ThrowsAnyAsync<Exception>(() => pending);
+        }
+    }
+
+    [Fact]
     public async Task A_client_waiting_in_a_read_sees_the_end_when_the_session_closes()
     {
         var (server, client) = await ConnectedPairAsync();
