@@ -21,6 +21,14 @@ public interface IMessageSigner
     /// <param name="headerSection">The header section as it will be queued (after hygiene, without our Received field).</param>
     /// <param name="bodyHash">SHA-256 of the relaxed canonical body (<see cref="DkimBodyHash"/>), computed while the body arrived.</param>
     byte[] Sign(string tenantId, string fromAddress, HeaderSection headerSection, ReadOnlySpan<byte> bodyHash, string sessionId, bool signingRequired);
+
+    /// <summary>
+    /// False when the tenant has no active DKIM selector at all, so that a message beginning now needs no body hash
+    /// (issue 15: SHA-256 over every body of a tenant that does not sign). True when it has one, and when its selector file
+    /// cannot be read (the signature then fails closed). A message hashed on false and signed after a selector became
+    /// active meanwhile gets <see cref="SigningException"/> from <see cref="Sign"/> (451), never a signature without the hash.
+    /// </summary>
+    bool MaySign(string tenantId);
 }
 
 /// <summary>
@@ -64,6 +72,20 @@ public sealed class DkimSigningService(DkimKeyStore store, IDkimKeySigner keys, 
         return Sign(tenantId, fromAddress, header, hash.Finish(), sessionId, signingRequired);
     }
 
+    /// <inheritdoc />
+    public bool MaySign(string tenantId)
+    {
+        try
+        {
+            return store.Selectors(tenantId).Any(s => s.State == SelectorState.Active);
+        }
+        catch (SigningException)
+        {
+            return true;
+        }
+    }
+
+    /// <param name="bodyHash">Empty when the body was not hashed (<see cref="MaySign"/> said false when it began).</param>
     public byte[] Sign(string tenantId, string fromAddress, HeaderSection headerSection, ReadOnlySpan<byte> bodyHash, string sessionId, bool signingRequired)
     {
         var domain = DomainName.OfAddress(fromAddress);
@@ -91,6 +113,13 @@ public sealed class DkimSigningService(DkimKeyStore store, IDkimKeySigner keys, 
                 }
 
                 return [];
+            }
+
+            if (bodyHash.IsEmpty)
+            {
+                // A selector became active while the message arrived (or it began before the session had a tenant): the
+                // body was not hashed, and a signature without its hash would be false. The client sends it again.
+                throw new SigningException($"tenant '{tenantId}' has an active DKIM selector for {domain}, but this message's body was not hashed");
             }
 
             // The header section was split into fields once, while it streamed in; every signature reuses that and the body hash.

@@ -115,8 +115,9 @@ public sealed class SubmissionPipeline
         var id = _spool.NewId();
         var received = _envelope.Received(context, id, _services.Time.GetUtcNow());
         var limits = _services.Limits;
-        // The DKIM body hash is made while the body streams in, for the mail that will be signed (a tenant's own).
-        var bodyHash = context.Tenant is not null && _services.Signer is not null ? new Signing.DkimBodyHash() : null;
+        // The DKIM body hash is made while the body streams in, for the mail that will be signed: a tenant's own, when the
+        // tenant has an active selector (none: the signer signs nothing, see IMessageSigner.MaySign).
+        var bodyHash = context.Tenant is { } tenant && _services.Signer is { } signer && signer.MaySign(tenant.TenantId) ? new Signing.DkimBodyHash() : null;
         return new IncomingMessage(id, received, _services.Budget, _spool.CreateScratchFile, limits.MessageMemoryThreshold, limits.MaxHeaderSectionSize, bodyHash)
         {
             ReceivedAt = _services.Time.GetUtcNow(),

@@ -81,6 +81,47 @@ public sealed class SigningTranscriptTests : IDisposable
     }
 
     [Fact]
+    public async Task A_selector_activated_while_a_message_arrives_gets_451_never_a_signature_without_the_body_hash()
+    {
+        // tenant-b ("Dkim:Unsigned") has no selector when DATA begins, so its body is not hashed (issue 15).
+        await using var gw = await StartAsync();
+        await using var b = await RawSmtpClient.ConnectAsync(gw.Relay, source: System.Net.IPAddress.Parse("127.0.0.2"));
+        await b.HelloAsync();
+        Assert.StartsWith("250", await b.CommandAsync("MAIL FROM:<app@tenant-b.example>"));
+        Assert.StartsWith("250", await b.CommandAsync("RCPT TO:<x@example.net>"));
+        Assert.StartsWith("354", await b.CommandAsync("DATA"));
+        await b.SendRawAsync("From: app@tenant-b.example\r\nSubject: racing a keygen\r\n\r\nbody\r\n");
+
+        var ed = _keys.AddEd25519("tenant-b.example", "e1");
+        _store.Save("tenant-b", [ed]);
+        await b.SendRawAsync(".\r\n");
+        Assert.StartsWith("451 4.3.0", await b.ReadReplyAsync());
+        Assert.Empty(gw.Spool.Commits);
+        Assert.Empty(_keys.SignedData);
+        Assert.Single(_audit.Events, e => e.Action == "dkim-sign" && e.Result == "failed" && e.Tenant == "tenant-b");
+
+        // Sent again, the message is hashed and signed with the new key.
+        Assert.StartsWith("250 2.0.0", await SendAsync(b, "app@tenant-b.example", "x@example.net", "From: app@tenant-b.example\r\nSubject: racing a keygen\r\n\r\nbody\r\n"));
+        var stored = Assert.Single(gw.Spool.Commits).Message;
+        Assert.Equal([true], PythonDkim.Verify(stored, PythonDkim.Records(ed)));
+    }
+
+    [Fact]
+    public void MaySign_is_false_only_for_a_tenant_without_any_active_selector()
+    {
+        var signer = new DkimSigningService(_store, _keys, _audit, TimeProvider.System, null);
+        Assert.False(signer.MaySign("tenant-a"));
+        _store.Save("tenant-a", [_keys.AddEd25519("tenant-a.example", "p1") with { State = SelectorState.Pending }]);
+        Assert.False(signer.MaySign("tenant-a"));
+        _store.Save("tenant-a", [_keys.AddEd25519("other.tenant-a.example", "e1")]);
+        Assert.True(signer.MaySign("tenant-a"));
+
+        // Unreadable: true, so the body is hashed and the signature fails closed with the real reason.
+        File.WriteAllText(Path.Combine(_data.FullName, "dkim", "tenant-a.json"), "{ not json");
+        Assert.True(signer.MaySign("tenant-a"));
+    }
+
+    [Fact]
     public async Task Inbound_mail_and_domains_without_keys_are_not_signed()
     {
         _store.Save("tenant-a", [_keys.AddEd25519("tenant-a.example", "e1")]);

@@ -17,19 +17,12 @@ internal sealed class SigningStage(IMessageSigner? signer, SigningGate gate, Ide
     static readonly Outcome NotSigned = new(null, []);
 
     /// <param name="headerSection">The header section as it will be spooled (after hygiene).</param>
-    /// <param name="bodyHash">The DKIM body hash made while the body streamed in.</param>
+    /// <param name="bodyHash">The DKIM body hash made while the body streamed in; null when none was made.</param>
     public async ValueTask<Outcome> SignAsync(SubmissionContext context, string? author, HeaderSection headerSection, byte[]? bodyHash, CancellationToken cancellationToken = default)
     {
         if (context.Tenant is not { } tenant || author is null || signer is null)
         {
             return NotSigned;
-        }
-
-        if (bodyHash is null)
-        {
-            // The message began before the session had a tenant: nothing hashed its body, so nothing can be signed.
-            SubmissionLog.SigningFailed(logger, context.SessionId, tenant.TenantId, "no body hash");
-            return new Outcome(SmtpReplies.SigningFailed, []);
         }
 
         // Issue 12: wait (asynchronously, no thread held) for one of this tenant's signing slots; another tenant's flood
@@ -48,7 +41,9 @@ internal sealed class SigningStage(IMessageSigner? signer, SigningGate gate, Ide
         {
             // Required unless the session's tenant snapshot says "Dkim:Unsigned" (a tenant missing from it: required).
             var signingRequired = model?.Unsigned != true;
-            return new Outcome(null, signer.Sign(tenant.TenantId, author, headerSection, bodyHash, context.SessionId, signingRequired));
+            // No body hash (the tenant had no active selector when the message began): the signer signs nothing, fails closed
+            // as always for a tenant that must sign, or refuses when a selector has become active since.
+            return new Outcome(null, signer.Sign(tenant.TenantId, author, headerSection, bodyHash ?? [], context.SessionId, signingRequired));
         }
         catch (SigningException ex)
         {
