@@ -179,6 +179,11 @@ internal sealed class OutboundSocketStream : Stream
                 Release();
                 throw Failed(ex, _writeTimeout);
             }
+            catch
+            {
+                Release();
+                throw;
+            }
         }
 
         Release();
@@ -192,8 +197,6 @@ internal sealed class OutboundSocketStream : Stream
             return;
         }
 
-        var timer = Arm(ref _writeTimer, _writeTimeout);
-        var registration = Link(timer, cancellationToken);
         ReadOnlyMemory<byte> pending;
         lock (_bufferGate)
         {
@@ -202,6 +205,8 @@ internal sealed class OutboundSocketStream : Stream
             pending = _pending.AsMemory(0, _pendingLength);
         }
 
+        var timer = Arm(ref _writeTimer, _writeTimeout);
+        var registration = Link(timer, cancellationToken);
         try
         {
             // One send(2) for all of it unless the peer's window is full; SendAsync loops on a partial send itself.
@@ -215,29 +220,31 @@ internal sealed class OutboundSocketStream : Stream
         }
         finally
         {
+            // Every way out (a socket disposed elsewhere throws ObjectDisposedException) gives the buffer back, cleared.
             await registration.DisposeAsync().ConfigureAwait(false);
+            Release();
         }
-
-        Release();
     }
 
+    /// <summary>Under the gate, so that a Dispose meanwhile can never have the octets land in a buffer back in the pool.</summary>
     void Gather(ReadOnlySpan<byte> buffer)
     {
-        if (_pending.Length - _pendingLength < buffer.Length)
+        lock (_bufferGate)
         {
-            var larger = ArrayPool<byte>.Shared.Rent(Math.Max(_pendingLength + buffer.Length, 8 * 1024));
-            var length = _pendingLength;
-            _pending.AsSpan(0, length).CopyTo(larger);
-            lock (_bufferGate)
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_pending.Length - _pendingLength < buffer.Length)
             {
+                var larger = ArrayPool<byte>.Shared.Rent(Math.Max(_pendingLength + buffer.Length, 8 * 1024));
+                var length = _pendingLength;
+                _pending.AsSpan(0, length).CopyTo(larger);
                 ReturnBuffer();
                 _pending = larger;
                 _pendingLength = length;
             }
-        }
 
-        buffer.CopyTo(_pending.AsSpan(_pendingLength));
-        _pendingLength += buffer.Length;
+            buffer.CopyTo(_pending.AsSpan(_pendingLength));
+            _pendingLength += buffer.Length;
+        }
     }
 
     /// <summary>Sent (or failed): the buffer goes back to the pool, so an idle pooled connection holds none.</summary>

@@ -59,8 +59,9 @@ public sealed partial class ReturnPath
 
     /// <summary>
     /// Minute keys by (tenant, key label, minute), secret and in memory only, kept for the current minute and the ones
-    /// either side of it and no others: what a dump of this process could reveal is at most the tags of those minutes.
-    /// A key for any other minute (a retry of an older message, a bounce) is made, used once and dropped.
+    /// either side of it (pruned whenever a tag is made or checked, so an idle gateway keeps those of its last minute of
+    /// work): what a dump of this process could reveal is at most the tags of three minutes. A key for any other minute (a
+    /// retry of an older message, a bounce) is made, used once and zeroed.
     /// </summary>
     readonly Dictionary<(string Tenant, string Label, long Minute), byte[]> _minuteKeys = [];
 
@@ -196,14 +197,19 @@ public sealed partial class ReturnPath
             }
         }
 
-        // Made outside the gate (an HSM call). Pinned, so the collector never leaves a copy behind, and zeroed when done.
+        // Made outside the gate (an HSM call), copied at once into a pinned array (the collector does not move it) and the
+        // returned one zeroed; zeroed itself when done, or when it leaves the cache.
         var made = GC.AllocateArray<byte>(HMACSHA256.HashSizeInBytes, pinned: true);
         var raw = _keys.Mac(tenant, key, Encoding.UTF8.GetBytes(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"smtpgw-verp2-minute\0{tenant}\0{minute}")));
         raw.CopyTo(made, 0);
         CryptographicOperations.ZeroMemory(raw);
-        if (near)
+
+        // The clock is read again: a minute may have turned during the HSM call, and a key is kept only while it is near.
+        now = CurrentMinute();
+        lock (_minuteGate)
         {
-            lock (_minuteGate)
+            Prune(now);
+            if (Math.Abs(minute - now) <= 1)
             {
                 if (_minuteKeys.TryAdd(slot, made))
                 {
@@ -213,13 +219,9 @@ public sealed partial class ReturnPath
 
                 HMACSHA256.HashData(_minuteKeys[slot], input, mac);
             }
-        }
-        else
-        {
-            HMACSHA256.HashData(made, input, mac);
-            lock (_minuteGate)
+            else
             {
-                Prune(now);
+                HMACSHA256.HashData(made, input, mac);
             }
         }
 

@@ -18,7 +18,17 @@ internal sealed class ClosingNetworkStream(Socket socket) : NetworkStream(socket
     public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
         Interlocked.Increment(ref _inFlight);
-        var read = base.ReadAsync(buffer, cancellationToken);
+        ValueTask<int> read;
+        try
+        {
+            read = base.ReadAsync(buffer, cancellationToken);
+        }
+        catch
+        {
+            Interlocked.Decrement(ref _inFlight);
+            throw;
+        }
+
         if (read.IsCompleted)
         {
             Interlocked.Decrement(ref _inFlight);
@@ -31,7 +41,17 @@ internal sealed class ClosingNetworkStream(Socket socket) : NetworkStream(socket
     public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
     {
         Interlocked.Increment(ref _inFlight);
-        var write = base.WriteAsync(buffer, cancellationToken);
+        ValueTask write;
+        try
+        {
+            write = base.WriteAsync(buffer, cancellationToken);
+        }
+        catch
+        {
+            Interlocked.Decrement(ref _inFlight);
+            throw;
+        }
+
         if (write.IsCompleted)
         {
             Interlocked.Decrement(ref _inFlight);

@@ -62,7 +62,7 @@ public sealed class DkimKeyStore(string dataDirectory)
         var path = PathOf(tenant);
         try
         {
-            // One lstat(2) per message for the existence, kind and time together (File.Exists and then a time or Path.Exists
+            // One lstat(2) per lookup for the existence, kind and time together (File.Exists and then a time or Path.Exists
             // cost two: issue 15).
             var info = new FileInfo(path);
             DateTime stamp;

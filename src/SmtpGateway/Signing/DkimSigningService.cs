@@ -79,8 +79,9 @@ public sealed class DkimSigningService(DkimKeyStore store, IDkimKeySigner keys, 
         {
             return store.Selectors(tenantId).Any(s => s.State == SelectorState.Active);
         }
-        catch (SigningException)
+        catch (Exception ex) when (ex is not OutOfMemoryException)
         {
+            // Whatever went wrong, hash the body: the signature then fails closed with the real reason (451).
             return true;
         }
     }
