@@ -65,25 +65,25 @@ internal sealed class OutboundSocketStream : Stream
     public override int ReadTimeout
     {
         get => _readTimeout;
-        set
-        {
-            ArgumentOutOfRangeException.ThrowIfLessThan(value, Timeout.Infinite);
-            _readTimeout = value == 0 ? Timeout.Infinite : value;
-            _socket.ReceiveTimeout = value == Timeout.Infinite ? 0 : value;
-        }
+        set => _socket.ReceiveTimeout = SocketTimeout(_readTimeout = Limit(value));
     }
 
     /// <summary>Milliseconds a send may wait for room in the peer's window; <see cref="Timeout.Infinite"/> for no limit.</summary>
     public override int WriteTimeout
     {
         get => _writeTimeout;
-        set
-        {
-            ArgumentOutOfRangeException.ThrowIfLessThan(value, Timeout.Infinite);
-            _writeTimeout = value == 0 ? Timeout.Infinite : value;
-            _socket.SendTimeout = value == Timeout.Infinite ? 0 : value;
-        }
+        set => _socket.SendTimeout = SocketTimeout(_writeTimeout = Limit(value));
     }
+
+    /// <summary>A timeout as Stream takes it (0 or <see cref="Timeout.Infinite"/>: none), as this stream keeps it.</summary>
+    static int Limit(int milliseconds)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(milliseconds, Timeout.Infinite);
+        return milliseconds == 0 ? Timeout.Infinite : milliseconds;
+    }
+
+    /// <summary>The same limit as SO_RCVTIMEO/SO_SNDTIMEO take it for MailKit's synchronous calls (0: none).</summary>
+    static int SocketTimeout(int limit) => limit == Timeout.Infinite ? 0 : limit;
 
     public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
 
@@ -167,26 +167,22 @@ internal sealed class OutboundSocketStream : Stream
             (pending, length, _sending) = (_pending, _pendingLength, true);
         }
 
-        var sent = 0;
-        while (sent < length)
+        try
         {
-            try
+            for (var sent = 0; sent < length;)
             {
                 sent += _socket.Send(pending.AsSpan(sent, length - sent), SocketFlags.None);
             }
-            catch (SocketException ex)
-            {
-                Release();
-                throw Failed(ex, _writeTimeout);
-            }
-            catch
-            {
-                Release();
-                throw;
-            }
         }
-
-        Release();
+        catch (SocketException ex)
+        {
+            throw Failed(ex, _writeTimeout);
+        }
+        finally
+        {
+            // Every way out gives the buffer back, cleared (Failed's Dispose leaves it to this while the send is marked).
+            Release();
+        }
     }
 
     public override async Task FlushAsync(CancellationToken cancellationToken)
@@ -214,8 +210,8 @@ internal sealed class OutboundSocketStream : Stream
         }
         catch (Exception ex) when (ex is OperationCanceledException or SocketException)
         {
+            // The link goes before Failed disposes the timer: a cancel of the caller's token must never reach a disposed source.
             await registration.DisposeAsync().ConfigureAwait(false);
-            Release();
             throw Failed(ex, timer, cancellationToken, _writeTimeout);
         }
         finally

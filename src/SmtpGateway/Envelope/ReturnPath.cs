@@ -182,9 +182,8 @@ public sealed partial class ReturnPath
         var input = Encoding.UTF8.GetBytes($"smtpgw-verp2\0{tenant}\0{id}\0{hash}");
         Span<byte> mac = stackalloc byte[HMACSHA256.HashSizeInBytes];
         var now = CurrentMinute();
-        var near = Math.Abs(minute - now) <= 1;
         var slot = (tenant, key.KeyLabel, minute);
-        if (near)
+        if (Near(minute, now))
         {
             lock (_minuteGate)
             {
@@ -206,28 +205,30 @@ public sealed partial class ReturnPath
 
         // The clock is read again: a minute may have turned during the HSM call, and a key is kept only while it is near.
         now = CurrentMinute();
+        var kept = false;
         lock (_minuteGate)
         {
             Prune(now);
-            if (Math.Abs(minute - now) <= 1)
+            var use = made;
+            if (Near(minute, now) && !_minuteKeys.TryGetValue(slot, out use))
             {
-                if (_minuteKeys.TryAdd(slot, made))
-                {
-                    HMACSHA256.HashData(made, input, mac);
-                    return Base32(mac[..MacBytes]);
-                }
+                _minuteKeys[slot] = use = made;
+                kept = true;
+            }
 
-                HMACSHA256.HashData(_minuteKeys[slot], input, mac);
-            }
-            else
-            {
-                HMACSHA256.HashData(made, input, mac);
-            }
+            HMACSHA256.HashData(use!, input, mac);
         }
 
-        CryptographicOperations.ZeroMemory(made);
+        if (!kept)
+        {
+            CryptographicOperations.ZeroMemory(made);
+        }
+
         return Base32(mac[..MacBytes]);
     }
+
+    /// <summary>Whether a minute key is kept: the current minute and the one either side of it.</summary>
+    static bool Near(long minute, long now) => Math.Abs(minute - now) <= 1;
 
     /// <summary>Drops (and zeroes) the keys of minutes no longer next to <paramref name="now"/>; under the gate, once a minute.</summary>
     void Prune(long now)
@@ -238,7 +239,7 @@ public sealed partial class ReturnPath
         }
 
         _prunedFor = now;
-        foreach (var slot in _minuteKeys.Keys.Where(k => Math.Abs(k.Minute - now) > 1).ToList())
+        foreach (var slot in _minuteKeys.Keys.Where(k => !Near(k.Minute, now)).ToList())
         {
             _minuteKeys.Remove(slot, out var dropped);
             CryptographicOperations.ZeroMemory(dropped);
