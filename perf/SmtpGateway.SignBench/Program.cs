@@ -136,6 +136,28 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
         };
         Cases(("dkim.rsa.nohsm", Dkim(rsa)), ("dkim.ed.nohsm", Dkim(ed)));
 
+        // The DKIM body hash as the listener feeds it: one call per body line (without its CRLF), then Finish.
+        var bodyStart = messageBytes.AsSpan().IndexOf("\r\n\r\n"u8) + 4;
+        var bodyLines = new List<byte[]>();
+        for (var at = bodyStart; at < messageBytes.Length;)
+        {
+            var end = messageBytes.AsSpan(at).IndexOf("\r\n"u8);
+            end = end < 0 ? messageBytes.Length : at + end;
+            bodyLines.Add(messageBytes[at..end]);
+            at = end + 2;
+        }
+
+        Cases(("bodyhash", () =>
+        {
+            using var hash = new DkimBodyHash();
+            foreach (var line in bodyLines)
+            {
+                hash.AppendLine(line);
+            }
+
+            GC.KeepAlive(hash.Finish());
+        }));
+
         var audit = new NullAudit();
         var stores = new Dictionary<string, DkimKeyStore>();
         foreach (var (name, selectors) in new[] { ("rsa", new[] { rsa }), ("ed", new[] { ed }), ("both", new[] { rsa, ed }) })
@@ -159,7 +181,12 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
         // (c) the gateway's IHsm.Sign: session pool, cached handle, mechanism, C_SignInit + C_Sign.
         Cases(
             ("hsm.rsa", () => hsm.Sign(token, RsaKey, DkimKeyAlgorithm.Rsa2048, headerData)),
-            ("hsm.ed", () => hsm.Sign(token, EdKey, DkimKeyAlgorithm.Ed25519, headerDigest)));
+            ("hsm.ed", () => hsm.Sign(token, EdKey, DkimKeyAlgorithm.Ed25519, headerDigest)),
+            ("hsm.both", () =>
+            {
+                hsm.Sign(token, RsaKey, DkimKeyAlgorithm.Rsa2048, headerData);
+                hsm.Sign(token, EdKey, DkimKeyAlgorithm.Ed25519, headerDigest);
+            }));
 
         // HMAC-SHA256 in the token (session-token and VERP keys, issue 11) over a ~100-byte input, the size of a token's
         // signed fields or a return path's: the raw IHsm call, the production path through HsmTenantKeys (tenant → token
@@ -237,6 +264,13 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
 
         // (d) the full path.
         var keys = new HsmKeySigner(hsm, new TenantHsmTokens(dataDir, () => SmtpGateway.Identity.TenantSnapshot.Empty));
+        // The key signer alone (tenant → token and PIN, the Ed25519 pre-hash, IHsm.Sign) for both keys, against hsm.both.
+        Cases(
+            ("keys.both", () =>
+            {
+                keys.Sign(Tenant, rsa, headerData);
+                keys.Sign(Tenant, ed, headerData);
+            }));
         var outputs = new Dictionary<string, byte[]>();
         Cases([.. stores.SelectMany(s =>
         {

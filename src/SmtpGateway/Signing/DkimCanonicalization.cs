@@ -9,9 +9,15 @@ namespace SmtpGateway.Signing;
 /// </summary>
 public sealed class DkimBodyHash : IDisposable
 {
-    static readonly byte[] Crlf = "\r\n"u8.ToArray();
+    /// <summary>
+    /// Canonical bytes are gathered up to this size before they reach the hash: one AppendData per body line (and one per
+    /// CRLF) was a native call each, about two thirds of the hash's cost for a 4 KiB body of 78-character lines.
+    /// </summary>
+    const int BufferSize = 4096;
 
     readonly IncrementalHash _sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+    byte[]? _buffer = ArrayPool<byte>.Shared.Rent(BufferSize);
+    int _buffered;
     long _pendingEmptyLines;
     byte[]? _hash;
 
@@ -44,6 +50,8 @@ public sealed class DkimBodyHash : IDisposable
             throw new InvalidOperationException("The body hash is already finished.");
         }
 
+        ObjectDisposedException.ThrowIf(_buffer is null, this);
+
         // Step a: white space at the end of a line is ignored. An empty line is held back: step c ignores empty lines at the
         // end of the body, and only a later non-empty line proves these were not at the end.
         var end = line.Length;
@@ -60,35 +68,91 @@ public sealed class DkimBodyHash : IDisposable
 
         for (; _pendingEmptyLines > 0; _pendingEmptyLines--)
         {
-            _sha.AppendData(Crlf);
+            Write("\r\n"u8);
         }
 
         line = line[..end];
         if (line.IndexOf((byte)'\t') < 0 && line.IndexOf("  "u8) < 0)
         {
-            _sha.AppendData(line);
+            Write(line);
+        }
+        else if (line.Length <= BufferSize)
+        {
+            // Step b: every run of white space within the line becomes one SP (never longer than the line).
+            Reserve(line.Length);
+            _buffered += CollapseWhiteSpace(line, _buffer.AsSpan(_buffered));
         }
         else
         {
-            // Step b: every run of white space within the line becomes one SP.
-            var buffer = ArrayPool<byte>.Shared.Rent(line.Length);
+            var collapsed = ArrayPool<byte>.Shared.Rent(line.Length);
             try
             {
-                _sha.AppendData(buffer, 0, CollapseWhiteSpace(line, buffer));
+                Write(collapsed.AsSpan(0, CollapseWhiteSpace(line, collapsed)));
             }
             finally
             {
-                ArrayPool<byte>.Shared.Return(buffer);
+                ArrayPool<byte>.Shared.Return(collapsed);
             }
         }
 
-        _sha.AppendData(Crlf);
+        Write("\r\n"u8);
     }
 
     /// <summary>The SHA-256 of the canonical body (an empty body hashes as the empty string, RFC 6376 section 3.4.4).</summary>
-    public byte[] Finish() => _hash ??= _sha.GetHashAndReset();
+    public byte[] Finish()
+    {
+        if (_hash is null)
+        {
+            ObjectDisposedException.ThrowIf(_buffer is null, this);
+            Drain();
+            _hash = _sha.GetHashAndReset();
+        }
 
-    public void Dispose() => _sha.Dispose();
+        return _hash;
+    }
+
+    public void Dispose()
+    {
+        if (_buffer is { } buffer)
+        {
+            _buffer = null;
+            ArrayPool<byte>.Shared.Return(buffer, clearArray: true);
+        }
+
+        _sha.Dispose();
+    }
+
+    void Write(ReadOnlySpan<byte> data)
+    {
+        if (data.Length > BufferSize)
+        {
+            Drain();
+            _sha.AppendData(data);
+            return;
+        }
+
+        Reserve(data.Length);
+        data.CopyTo(_buffer.AsSpan(_buffered));
+        _buffered += data.Length;
+    }
+
+    /// <summary>Makes room for <paramref name="length"/> (at most <see cref="BufferSize"/>) bytes in the buffer.</summary>
+    void Reserve(int length)
+    {
+        if (_buffered + length > BufferSize)
+        {
+            Drain();
+        }
+    }
+
+    void Drain()
+    {
+        if (_buffered > 0)
+        {
+            _sha.AppendData(_buffer.AsSpan(0, _buffered));
+            _buffered = 0;
+        }
+    }
 
     internal static int CollapseWhiteSpace(ReadOnlySpan<byte> input, Span<byte> output)
     {

@@ -51,4 +51,41 @@ public sealed class DkimBodyHashTests
         Assert.Equal(whole, Convert.ToBase64String(hash.Finish()));
         Assert.Equal(Sha("x y z\r\n"), whole);
     }
+
+    [Fact]
+    public void Bodies_of_long_and_short_lines_hash_as_the_rfc_says_across_the_gathering_buffer()
+    {
+        // The canonical bytes are gathered in 4 KiB before they reach SHA-256: lines that end exactly at, straddle or exceed
+        // that size, with white-space runs to collapse, must hash as the plain reading of section 3.4.4 does.
+        var random = new Random(15);
+        for (var round = 0; round < 200; round++)
+        {
+            var lines = new List<string>();
+            for (var n = random.Next(0, 40); n > 0; n--)
+            {
+                var length = random.Next(4) switch { 0 => 0, 1 => random.Next(1, 80), 2 => random.Next(4090, 4100), _ => random.Next(4100, 10000) };
+                var line = new StringBuilder(length);
+                while (line.Length < length)
+                {
+                    line.Append(random.Next(10) switch { 0 => " ", 1 => "\t", 2 => "  \t ", _ => ((char)random.Next('a', 'z' + 1)).ToString() });
+                }
+
+                lines.Add(line.ToString());
+            }
+
+            Assert.Equal(Sha(Relaxed(lines)), Hash([.. lines]));
+        }
+    }
+
+    /// <summary>RFC 6376 section 3.4.4 read plainly: runs of WSP become one SP, WSP at line ends goes, empty lines at the end go.</summary>
+    static string Relaxed(IEnumerable<string> lines)
+    {
+        var text = string.Concat(lines.Select(l => System.Text.RegularExpressions.Regex.Replace(l, "[ \t]+", " ").TrimEnd(' ') + "\r\n"));
+        while (text.EndsWith("\r\n\r\n", StringComparison.Ordinal))
+        {
+            text = text[..^2];
+        }
+
+        return text == "\r\n" ? "" : text;
+    }
 }
