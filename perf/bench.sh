@@ -23,6 +23,11 @@
 # switch is expensive (issue 15's profiles), and the count travels between machines better than CPU time.
 # Gateway rows warm up until the JIT is quiet (see gw_warm_jit); JSON: warmup.messages, warmup.jit_s (JIT seconds
 # before the window) and jit_s (JIT seconds inside it).
+# Signed gateway rows also report the token's own CPU per message (table: HSMms/msg; JSON: hsm_cpu_ms_per_msg, and
+# cpu_ms_per_msg_without_hsm = cpu_ms_per_msg minus it): the signing threads' CPU inside C_SignInit+C_Sign
+# (smtpgw_hsm_sign_cpu_seconds_total on the gateway's /metrics, every algorithm summed) over the same window, divided
+# by the messages at the sink. SoftHSM2 computes on the gateway's cores; this is that share, measured where it runs
+# (under the row's load and contention, not in a benchmark loop). "-" (null) for unsigned rows and older builds.
 #
 # Options:
 #   --size 1k|4k|100k      message size (4k)
@@ -411,6 +416,13 @@ gw_allocated() { gw_counter "$1" dotnet_gc_heap_total_allocated_bytes_total '%.0
 # gw_jit SOCKET → seconds the gateway's JIT has spent compiling since it started (dotnet_jit_compilation_time_seconds_total).
 gw_jit() { gw_counter "$1" dotnet_jit_compilation_time_seconds_total '%.3f'; }
 
+# gw_hsm_cpu SOCKET → seconds of CPU the gateway's signing threads spent inside C_Sign since it started (every
+# algorithm's series summed), or nothing when /metrics has no such series (no signature yet, or an older build).
+gw_hsm_cpu() {
+    curl -sf --max-time 10 --unix-socket "$1" http://localhost/metrics 2>/dev/null \
+        | awk '$1 ~ /^smtpgw_hsm_sign_cpu_seconds_total(\{|$)/ { sum += $NF; n++ } END { if (n) printf "%.6f\n", sum }' || true
+}
+
 # gw_counter SOCKET NAME FORMAT → the value of one unlabelled-by-us counter on the gateway's /metrics, or nothing.
 gw_counter() {
     curl -sf --max-time 10 --unix-socket "$1" http://localhost/metrics 2>/dev/null \
@@ -458,7 +470,7 @@ gw_warm_jit() {
 measure() {
     local name="$1" client="$2" port="$3" roots="$4" extra="$5"; shift 5
     local dir="$work/row-$name"; mkdir -p "$dir"
-    local cpu0 cpu1 xcpu0=0 xcpu1=0 sink0 sinkc0 sinkc1 alloc0="" alloc1="" ctxsw=""
+    local cpu0 cpu1 xcpu0=0 xcpu1=0 sink0 sinkc0 sinkc1 alloc0="" alloc1="" ctxsw="" hsm0="" hsm1=""
     # Warm-up, not measured: a tenth of the run (200..1000 messages), unpaced, and drained, so that the row sees a
     # steady state (JIT-compiled code for .NET, a warm process pool for Postfix) rather than start-up costs.
     local warm=$((messages / 10)); ((warm > 1000)) && warm=1000; ((warm < 200)) && warm=200
@@ -472,7 +484,7 @@ measure() {
     cpu0=$("$lib/procstat.pl" cpu $roots)
     [[ -n "$extra" ]] && xcpu0=$("$lib/procstat.pl" cpu $extra)
     sinkc0=$("$lib/procstat.pl" cpu "$sink_pid")
-    [[ -z "${alloc_sock:-}" ]] || { alloc0=$(gw_allocated "$alloc_sock"); jit0=$(gw_jit "$alloc_sock"); "$lib/procstat.pl" ctxsw "$roots" >"$dir/ctxsw0"; }
+    [[ -z "${alloc_sock:-}" ]] || { alloc0=$(gw_allocated "$alloc_sock"); jit0=$(gw_jit "$alloc_sock"); hsm0=$(gw_hsm_cpu "$alloc_sock"); "$lib/procstat.pl" ctxsw "$roots" >"$dir/ctxsw0"; }
     start_bg "sampler-$name" "$dir/sampler.log" "${pin_client[@]}" "$lib/procstat.pl" sample "$dir/rss" 0.5 $roots
     local sampler=$bg_pid
     sink0=$(sink_count)
@@ -489,7 +501,7 @@ measure() {
     cpu1=$("$lib/procstat.pl" cpu $roots)
     [[ -n "$extra" ]] && xcpu1=$("$lib/procstat.pl" cpu $extra)
     sinkc1=$("$lib/procstat.pl" cpu "$sink_pid")
-    [[ -z "${alloc_sock:-}" ]] || { alloc1=$(gw_allocated "$alloc_sock"); jit1=$(gw_jit "$alloc_sock"); ctxsw=$("$lib/procstat.pl" ctxsw-since "$roots" "$dir/ctxsw0"); }
+    [[ -z "${alloc_sock:-}" ]] || { alloc1=$(gw_allocated "$alloc_sock"); jit1=$(gw_jit "$alloc_sock"); hsm1=$(gw_hsm_cpu "$alloc_sock"); ctxsw=$("$lib/procstat.pl" ctxsw-since "$roots" "$dir/ctxsw0"); }
     if [[ -n "${alloc_sock:-}" && ( -z "$alloc0" || -z "$alloc1" ) ]]; then
         say "$name: no dotnet_gc_heap_total_allocated_bytes_total on the gateway's /metrics ($alloc_sock): allocKB/msg not reported"
     fi
@@ -512,6 +524,7 @@ measure() {
         --argjson sinkcpu "$(fcalc "$sinkc1 - $sinkc0")" \
         --argjson hwm "$hwm" --argjson rsspeak "$rss_peak" --argjson xrss "$xrss_peak" --argjson single "$single" \
         --arg gw "${alloc_sock:+1}" --arg alloc0 "$alloc0" --arg alloc1 "$alloc1" --arg ctxsw "$ctxsw" \
+        --arg hsm0 "$hsm0" --arg hsm1 "$hsm1" \
         --arg jit0 "$jit0" --arg jit1 "$jit1" --arg wjit "$wjit" --argjson warmed "$warmed" --arg wquiet "$wquiet" '
         ($lg[0]) as $l
         | ($last - $started) as $secs
@@ -535,10 +548,16 @@ measure() {
              | {alloc_bytes: $a,
                 alloc_bytes_per_msg: (if $a != null and $l.count > 0 then ($a / $l.count | round) else null end),
                 ctxsw_per_msg: (if $ctxsw != "" and $received > 0 then ($ctxsw | tonumber) / $received * 10 | round / 10 else null end),
+                # A series that appeared inside the window (the first signature of the row) started at 0.
+                hsm_cpu_ms_per_msg: (if $hsm1 != "" and $received > 0
+                    then ((($hsm1 | tonumber) - (if $hsm0 != "" then ($hsm0 | tonumber) else 0 end)) * 1000 / $received * 1000 | round / 1000)
+                    else null end),
                 warmup: {messages: $warmed, jit_s: (if $wjit != "" then ($wjit | tonumber) else null end),
                          quiet: (if $wquiet == "" then null else $wquiet == "true" end)},
                 jit_s: (if $jit0 != "" and $jit1 != "" then (($jit1 | tonumber) - ($jit0 | tonumber)) * 1000 | round / 1000 else null end)}
-             end)')"
+             end)
+        | if .hsm_cpu_ms_per_msg != null and .cpu_ms_per_msg != null
+          then . + {cpu_ms_per_msg_without_hsm: ((.cpu_ms_per_msg - .hsm_cpu_ms_per_msg) * 1000 | round / 1000)} else . end')"
     say "$name: acked $acked, at sink $received, $(jq -r '"\(.rate) msg/s, p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms"' "$rows_dir/$(printf %02d $row_seq).json")"
 }
 
@@ -1449,15 +1468,16 @@ echo "scenario: $size messages, $sessions sessions, $per_conn per connection, mo
 echo "smtpgw $(jq -r '.machine | "\(.smtpgw_commit); Postfix \(.postfix), OpenDKIM \(.opendkim); load average before \(.loadavg_before), after \(.loadavg_after)"' <<<"$result")"
 echo
 jq -e '[.rows[] | select(.rate != null or .skipped != null)] | length > 0' <<<"$result" >/dev/null && jq -r '.rows[] | select(.skipped != null or .rate != null) |
-    if .skipped != null then [.name, .client, .skipped, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"] else
+    if .skipped != null then [.name, .client, .skipped, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"] else
     [.name, .client, (.received_at_sink | tostring) + "/" + ((.acknowledged // "-") | tostring),
      (.rate | tostring), (.latency_ms.p50 // "-" | tostring), (.latency_ms.p99 // "-" | tostring),
      (.cpu_s.server // "-" | tostring), (.cpu_ms_per_msg // "-" | tostring),
      (if .alloc_bytes_per_msg != null then (.alloc_bytes_per_msg / 1024 * 10 | round / 10 | tostring) else "-" end),
      (.ctxsw_per_msg // "-" | tostring),
+     (.hsm_cpu_ms_per_msg // "-" | tostring),
      ((.rss_mb.server // "-") | tostring) + (if .rss_mb.milter > 0 then "+" + (.rss_mb.milter | tostring) else "" end),
      (.vs_postfix // "-" | tostring), (.vs_ceiling // "-" | tostring)] end | @tsv' <<<"$result" \
-  | { printf 'row\tclient\tsink/acked\tmsg/s\tp50ms\tp99ms\tsrvCPUs\tCPUms/msg\tallocKB/msg\tctxsw/msg\tRSS MB\tvsPostfix\tvsCeiling\n'; cat; } \
+  | { printf 'row\tclient\tsink/acked\tmsg/s\tp50ms\tp99ms\tsrvCPUs\tCPUms/msg\tallocKB/msg\tctxsw/msg\tHSMms/msg\tRSS MB\tvsPostfix\tvsCeiling\n'; cat; } \
   | column -t -s $'\t'
 if [[ -n "$gw_cores" ]]; then
     echo
@@ -1491,6 +1511,7 @@ echo "RSS: VmHWM for one-process servers; Postfix: peak of the Pss summed over i
 echo "CPU: utime+stime of the server (Postfix: master's whole tree incl. exited children; + opendkim) during the row."
 echo "allocKB/msg: gateway rows: KiB the gateway allocated during the row (dotnet_gc_heap_total_allocated_bytes_total on its /metrics) ÷ messages acknowledged."
 echo "ctxsw/msg: gateway rows: context switches of the gateway's threads during the row ÷ messages at the sink."
+echo "HSMms/msg: signed gateway rows: CPU of the signing threads inside C_SignInit+C_Sign (SoftHSM2 computes on the gateway's cores; part of CPUms/msg) ÷ messages at the sink."
 echo "vsPostfix: signed rows against postfix+opendkim-rsa2048, others against postfix. vsCeiling: against smtp-source→smtp-sink."
 echo "results: perf/results/$stamp.json"
 ((failed)) && exit 1 || exit 0

@@ -46,6 +46,7 @@ public static class Telemetry
     public const string SigningWait = "smtpgw.signing.wait";
     public const string SigningRefused = "smtpgw.signing.refused";
     public const string HsmSignDuration = "smtpgw.hsm.sign.duration";
+    public const string HsmSignCpu = "smtpgw.hsm.sign.cpu";
     public const string HsmErrors = "smtpgw.hsm.errors";
     public const string HsmLogins = "smtpgw.hsm.logins";
     public const string HsmSessionsOpen = "smtpgw.hsm.sessions.open";

@@ -4,6 +4,7 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Net.Pkcs11Interop.Common;
 using Net.Pkcs11Interop.HighLevelAPI;
+using SmtpGateway.Diagnostics;
 
 namespace SmtpGateway.Hsm;
 
@@ -147,7 +148,15 @@ public sealed class Pkcs11Hsm : IHsm
             // locally and signing with CKM_RSA_PKCS over the DigestInfo gives the same bytes and was measured no faster
             // in SoftHSM2: its cost is the per-C_SignInit rebuild of the key, not the hash; perf/SmtpGateway.SignBench.)
             var mechanism = login.Context.Runtime.SignMechanism(algorithm);
-            return session.Sign(mechanism, TokenLogin.SigningHandle(session, key, _time, recheck), input);
+            var handle = TokenLogin.SigningHandle(session, key, _time, recheck);
+            var cpuBefore = ThreadCpuTime.Nanoseconds();
+            var signature = session.Sign(mechanism, handle, input);
+            if (ThreadCpuTime.SecondsBetween(cpuBefore, ThreadCpuTime.Nanoseconds()) is { } cpu)
+            {
+                HsmMetrics.SignCpuUsed(algorithm, cpu);
+            }
+
+            return signature;
         });
         HsmMetrics.Signed(algorithm, _time.GetElapsedTime(started));
         return signature;
