@@ -420,7 +420,8 @@ gw_jit() { gw_counter "$1" dotnet_jit_compilation_time_seconds_total '%.3f'; }
 # algorithm's series summed), or nothing when /metrics has no such series (no signature yet, or an older build).
 gw_hsm_cpu() {
     curl -sf --max-time 10 --unix-socket "$1" http://localhost/metrics 2>/dev/null \
-        | awk '$1 ~ /^smtpgw_hsm_sign_cpu_seconds_total(\{|$)/ { sum += $NF; n++ } END { if (n) printf "%.6f\n", sum }' || true
+        | awk '$1 ~ /^smtpgw_hsm_sign_cpu_seconds_total(\{|$)/ { sub(/^[^{ ]*(\{[^}]*\})? /, ""); sum += $1; n++ }
+               END { if (n) printf "%.6f\n", sum }' || true
 }
 
 # gw_counter SOCKET NAME FORMAT → the value of one unlabelled-by-us counter on the gateway's /metrics, or nothing.

@@ -132,6 +132,7 @@ public sealed class Pkcs11Hsm : IHsm
         Validate(token, keyLabel);
         var input = data.ToArray();
         var started = _time.GetTimestamp();
+        double? signCpu = null;
         var signature = Execute(token, "sign", keyLabel, (login, session) =>
         {
             var recheck = CopyRecheck(login);
@@ -151,14 +152,18 @@ public sealed class Pkcs11Hsm : IHsm
             var handle = TokenLogin.SigningHandle(session, key, _time, recheck);
             var cpuBefore = ThreadCpuTime.Nanoseconds();
             var signature = session.Sign(mechanism, handle, input);
-            if (ThreadCpuTime.SecondsBetween(cpuBefore, ThreadCpuTime.Nanoseconds()) is { } cpu)
-            {
-                HsmMetrics.SignCpuUsed(algorithm, cpu);
-            }
-
+            signCpu = ThreadCpuTime.SecondsBetween(cpuBefore, ThreadCpuTime.Nanoseconds());
             return signature;
         });
+
+        // Recorded outside Execute: a metric listener's exception must not turn a good signature into an HSM failure.
+        // The attempt that signed is counted (one retried after a stale session is not).
         HsmMetrics.Signed(algorithm, _time.GetElapsedTime(started));
+        if (signCpu is { } cpu)
+        {
+            HsmMetrics.SignCpuUsed(algorithm, cpu);
+        }
+
         return signature;
     }
 

@@ -38,7 +38,7 @@ public sealed class DkimBodyHash : IDisposable
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(copy);
+            ArrayPool<byte>.Shared.Return(copy, clearArray: true);
         }
     }
 
@@ -91,7 +91,7 @@ public sealed class DkimBodyHash : IDisposable
             }
             finally
             {
-                ArrayPool<byte>.Shared.Return(collapsed);
+                ArrayPool<byte>.Shared.Return(collapsed, clearArray: true);
             }
         }
 

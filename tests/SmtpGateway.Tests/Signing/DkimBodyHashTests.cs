@@ -77,6 +77,30 @@ public sealed class DkimBodyHashTests
         }
     }
 
+    [Theory]
+    [InlineData(4094, false)] // with its CRLF exactly the 4 KiB gathered at once
+    [InlineData(4095, false)]
+    [InlineData(4096, true)] // a run to collapse in a line as long as the buffer
+    [InlineData(4097, false)] // longer than the buffer, nothing to collapse: hashed past it
+    [InlineData(9000, true)]
+    public void Lines_at_and_past_the_gathering_buffer_hash_as_the_rfc_says(int length, bool withRuns)
+    {
+        var line = new string('x', length).ToCharArray();
+        if (withRuns)
+        {
+            for (var i = 100; i < length - 10; i += 700)
+            {
+                line[i] = ' ';
+                line[i + 1] = '\t';
+                line[i + 2] = ' ';
+            }
+        }
+
+        string[] lines = ["a", new string(line), "b", new string(line)];
+        Assert.Equal(Sha(Relaxed(lines)), Hash(lines));
+        Assert.Equal(Sha(Relaxed(lines[1..])), Hash(lines[1..]));
+    }
+
     /// <summary>RFC 6376 section 3.4.4 read plainly: runs of WSP become one SP, WSP at line ends goes, empty lines at the end go.</summary>
     static string Relaxed(IEnumerable<string> lines)
     {
