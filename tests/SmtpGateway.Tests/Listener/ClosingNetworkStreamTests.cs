@@ -72,7 +72,12 @@ public sealed class ClosingNetworkStreamTests
 
             // Without the shutdown .NET would reset the connection to abort the read: the reply could be lost.
             Assert.Equal("421 4.3.2 shutting down\r\n", await ReadToEndAsync(client));
-            await Assert.ThrowsAnyAsync<Exception>(() => pending);
+
+            // The session's own read ends either way: with 0 when the shutdown ended the receive side first, with an
+            // exception when the close overtook it. Which one wins is a race (both end the session); it never hangs and
+            // never returns data the client did not send.
+            var ended = await Record.ExceptionAsync(async () => Assert.Equal(0, await pending));
+            Assert.False(ended is Xunit.Sdk.XunitException, ended?.ToString());
         }
     }
 
