@@ -418,16 +418,14 @@ gw_jit() { gw_counter "$1" dotnet_jit_compilation_time_seconds_total '%.3f'; }
 
 # gw_hsm_cpu SOCKET → seconds of CPU the gateway's signing threads spent inside C_Sign since it started (every
 # algorithm's series summed), or nothing when /metrics has no such series (no signature yet, or an older build).
-gw_hsm_cpu() {
-    curl -sf --max-time 10 --unix-socket "$1" http://localhost/metrics 2>/dev/null \
-        | awk '$1 ~ /^smtpgw_hsm_sign_cpu_seconds_total(\{|$)/ { sub(/^[^{ ]*(\{[^}]*\})? /, ""); sum += $1; n++ }
-               END { if (n) printf "%.6f\n", sum }' || true
-}
+gw_hsm_cpu() { gw_counter "$1" smtpgw_hsm_sign_cpu_seconds_total '%.6f'; }
 
-# gw_counter SOCKET NAME FORMAT → the value of one unlabelled-by-us counter on the gateway's /metrics, or nothing.
+# gw_counter SOCKET NAME FORMAT → the value of a counter on the gateway's /metrics, summed over its series (labels),
+# or nothing when it has none.
 gw_counter() {
     curl -sf --max-time 10 --unix-socket "$1" http://localhost/metrics 2>/dev/null \
-        | awk -v n="$2" -v f="$3\n" '$1 == n || index($1, n "{") == 1 { sub(/^[^{ ]*(\{[^}]*\})? /, ""); printf f, $1; exit }' || true
+        | awk -v n="$2" -v f="$3\n" '$1 == n || index($1, n "{") == 1 { sub(/^[^{ ]*(\{[^}]*\})? /, ""); sum += $1; seen = 1 }
+                                      END { if (seen) printf f, sum }' || true
 }
 
 # gw_warm_jit NAME DIR PORT ROOTS [loadgen args...] (inside measure: sets warmed, wjit)

@@ -21,6 +21,7 @@ using SmtpGateway.SignBench;
 using Net.Pkcs11Interop.Common;
 using Net.Pkcs11Interop.HighLevelAPI;
 using SmtpGateway.Audit;
+using SmtpGateway.Diagnostics;
 using SmtpGateway.Hsm;
 using SmtpGateway.Signing;
 
@@ -400,7 +401,8 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
             {
                 var op = cases[c].Op;
                 var before = GC.GetAllocatedBytesForCurrentThread();
-                var cpu = ThreadCpu.Microseconds();
+                // The calling thread's CPU: workstation GC collects on the allocating thread and the PKCS#11 module signs on it.
+                var cpu = ThreadCpuTime.Nanoseconds() / 1e3;
                 var start = Stopwatch.GetTimestamp();
                 for (var i = 0; i < perRound[c]; i++)
                 {
@@ -408,7 +410,7 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
                 }
 
                 perOp[c, r] = Stopwatch.GetElapsedTime(start).TotalMicroseconds / perRound[c];
-                cpuPerOp[c, r] = (ThreadCpu.Microseconds() - cpu) / perRound[c];
+                cpuPerOp[c, r] = ((ThreadCpuTime.Nanoseconds() / 1e3) - cpu) / perRound[c];
                 allocated[c] += GC.GetAllocatedBytesForCurrentThread() - before;
             }
         }
@@ -455,26 +457,6 @@ sealed class Bench(int rounds, int roundMs, string? only, string label, string? 
 
         public override Task<Org.BouncyCastle.Crypto.AsymmetricKeyParameter> LocatePublicKeyAsync(string methods, string domain, string selector, CancellationToken cancellationToken = default) =>
             Task.FromResult(LocatePublicKey(methods, domain, selector, cancellationToken));
-    }
-}
-
-/// <summary>CPU time of the calling thread (CLOCK_THREAD_CPUTIME_ID): time this thread ran, not time it waited for a core.
-/// Workstation GC collects on the allocating thread and the PKCS#11 module signs on it, so both are counted.</summary>
-static class ThreadCpu
-{
-    [DllImport("libc", EntryPoint = "clock_gettime")]
-    static extern int ClockGetTime(int clock, out Timespec value);
-
-    struct Timespec
-    {
-        public long Seconds;
-        public long Nanoseconds;
-    }
-
-    public static double Microseconds()
-    {
-        ClockGetTime(3, out var t); // CLOCK_THREAD_CPUTIME_ID
-        return t.Seconds * 1e6 + t.Nanoseconds / 1e3;
     }
 }
 
