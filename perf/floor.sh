@@ -22,6 +22,12 @@
 #              (system) CPU is counted, not the interpreter's. A log-structured spool (one fdatasync per batch, no
 #              renames) would cost less: this part is today's design, not a law.
 #   mac        the return-path HMAC in SoftHSM2 (SignBench's hmac.hsm).
+# and a dual-signed message adds its two DKIM signatures:
+#   dkim       RSA-2048 and Ed25519, each once in SoftHSM2 (SignBench's hsm.rsa and hsm.ed: C_SignInit + C_Sign on a
+#              cached handle) and once by OpenSSL alone (`openssl speed`, one core), the library SoftHSM2 signs with. The
+#              difference is SoftHSM2's own work per signature (on C_SignInit it decrypts the key's attributes and builds
+#              a new OpenSSL key, so every RSA signature also sets up blinding and Montgomery contexts afresh): it is
+#              spent on the gateway's cores with a software token, and not at all with a hardware one.
 #
 # Output: a table, and perf/results/floor-<UTC timestamp>.json. BENCH_TMP (default /var/tmp) holds the work
 # directory; it must not be tmpfs, or fsync is free.
@@ -46,15 +52,15 @@ export PATH="$PATH:/usr/sbin"
 
 if ((install)); then
     missing=()
-    for pair in smtp-sink:postfix smtp-source:postfix jq:jq python3:python3 /usr/bin/time:time ss:iproute2 findmnt:util-linux; do
+    for pair in smtp-sink:postfix smtp-source:postfix jq:jq python3:python3 /usr/bin/time:time ss:iproute2 findmnt:util-linux taskset:util-linux openssl:openssl; do
         command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
     done
     if ((${#missing[@]})); then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
 fi
-for tool in smtp-sink smtp-source jq python3 /usr/bin/time ss findmnt dotnet; do
-    command -v "$tool" >/dev/null || { echo "floor.sh: $tool missing (packages postfix, jq, python3, time, iproute2, util-linux; the .NET SDK)" >&2; exit 1; }
+for tool in smtp-sink smtp-source jq python3 /usr/bin/time ss findmnt taskset openssl dotnet; do
+    command -v "$tool" >/dev/null || { echo "floor.sh: $tool missing (packages postfix, jq, python3, time, iproute2, util-linux, openssl; the .NET SDK)" >&2; exit 1; }
 done
 
 work="$(mktemp -d "${BENCH_TMP:-/var/tmp}/smtpgw-floor.XXXXXX")"
@@ -191,6 +197,20 @@ mac=$(dotnet "$signbench" --only hmac.hsm --rounds 5 2>"$work/signbench.err" | a
     || { echo "floor.sh: SignBench failed: $(tail -3 "$work/signbench.err")" >&2; exit 1; }
 [[ -n "$mac" ]] || { echo "floor.sh: SignBench printed no hmac.hsm row" >&2; exit 1; }
 
+# dkim: the same two signatures in SoftHSM2 and in OpenSSL alone (ms per signature). openssl speed prints signatures per
+# second in the next-to-last column of its summary lines ("rsa 2048 bits ... sign/s verify/s", "253 bits EdDSA (Ed25519) ...").
+say "dkim: SignBench hsm.rsa, hsm.ed; openssl speed rsa2048 ed25519 on one core"
+if ! read -r hsm_rsa hsm_ed < <(dotnet "$signbench" --only hsm.rsa,hsm.ed --rounds 5 2>>"$work/signbench.err" \
+        | awk '$1 == "hsm.rsa" { r = $2 / 1000 } $1 == "hsm.ed" { e = $2 / 1000 } END { if (r > 0 && e > 0) printf "%.3f %.3f\n", r, e; else exit 1 }'); then
+    echo "floor.sh: SignBench printed no hsm.rsa or hsm.ed row: $(tail -3 "$work/signbench.err")" >&2; exit 1
+fi
+if ! read -r ossl_rsa ossl_ed < <(taskset -c "$(cut -d, -f1 /sys/devices/system/cpu/online | cut -d- -f1)" openssl speed -seconds 3 rsa2048 ed25519 2>/dev/null \
+        | awk '/^rsa 2048 bits / { r = 1000 / $(NF - 1) } /\(Ed25519\)/ { e = 1000 / $(NF - 1) } END { if (r > 0 && e > 0) printf "%.3f %.3f\n", r, e; else exit 1 }'); then
+    echo "floor.sh: openssl speed printed no rsa2048 or Ed25519 summary line" >&2; exit 1
+fi
+dkim_hsm=$(fcalc "$hsm_rsa + $hsm_ed")
+dkim_ossl=$(fcalc "$ossl_rsa + $ossl_ed")
+
 sum_c=$(fcalc "$in_c + $out_c + $commit + $mac")
 sum_net=$(fcalc "$in_net + $out_net + $commit + $mac")
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -199,6 +219,9 @@ jq -n --argjson in_c "$in_c" --argjson in_c_cs "$in_c_cs" --argjson in_net "$in_
     --argjson out_c "$out_c" --argjson out_c_cs "$out_c_cs" --argjson out_net "$out_net" \
     --argjson commit "$commit" --argjson commit_user "$commit_user" --argjson commit_cs "$commit_cs" --argjson mac "$mac" \
     --argjson sum_c "$sum_c" --argjson sum_net "$sum_net" --argjson messages "$messages" --argjson group "$group" \
+    --argjson hsm_rsa "$hsm_rsa" --argjson hsm_ed "$hsm_ed" --argjson ossl_rsa "$ossl_rsa" --argjson ossl_ed "$ossl_ed" \
+    --argjson dkim_hsm "$dkim_hsm" --argjson dkim_ossl "$dkim_ossl" \
+    --arg openssl "$(openssl version | cut -d' ' -f1-2)" --arg softhsm "$(dpkg-query -W -f='${Version}' softhsm2 2>/dev/null || echo unknown)" \
     --arg cpu "$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" --arg cores "$(nproc)" --arg kernel "$(uname -r)" \
     --arg fs "$fs" --arg commit_id "$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)" \
     --arg load0 "$loadavg_before" --arg load1 "$(cut -d' ' -f1-3 /proc/loadavg)" '
@@ -208,6 +231,10 @@ jq -n --argjson in_c "$in_c" --argjson in_c_cs "$in_c_cs" --argjson in_net "$in_
                       outbound_smtp_source_kept: $out_c, outbound_dotnet_loadgen_kept: $out_net,
                       commit_syscalls_system: $commit, commit_interpreter_user: $commit_user,
                       verp_hmac_softhsm2: $mac, sum_c: $sum_c, sum_dotnet: $sum_net},
+     dkim_ms_per_signature: {softhsm2_rsa2048: $hsm_rsa, softhsm2_ed25519: $hsm_ed, openssl_rsa2048: $ossl_rsa, openssl_ed25519: $ossl_ed,
+                             softhsm2_both: $dkim_hsm, openssl_both: $dkim_ossl, softhsm2_version: $softhsm, openssl_version: $openssl},
+     dual_signed_floor_ms_per_msg: {dotnet_with_softhsm2: (($sum_net + $dkim_hsm) * 1000 | round / 1000),
+                                    dotnet_with_openssl_cost: (($sum_net + $dkim_ossl) * 1000 | round / 1000)},
      ctxsw_per_msg: {inbound_smtp_sink: $in_c_cs, inbound_dotnet_sink: $in_net_cs,
                      outbound_smtp_source_kept: $out_c_cs, commit_syscalls: $commit_cs}}' >"$here/results/floor-$stamp.json"
 
@@ -217,4 +244,9 @@ printf '%-56s %-8s %-8s %s\n' "part (per message)" "C" ".NET" "ctxsw C/.NET" \
     "commit: today's spool syscalls (kernel CPU), dir fsync/$group" "$commit" "$commit" "$commit_cs" \
     "return-path HMAC in SoftHSM2" "$mac" "$mac" "-" \
     "sum (CPU ms)" "$sum_c" "$sum_net" ""
+printf '%-56s %-8s %-8s\n' "DKIM, ms per signature" "RSA-2048" "Ed25519" \
+    "SoftHSM2 $(dpkg-query -W -f='${Version}' softhsm2 2>/dev/null): C_SignInit + C_Sign" "$hsm_rsa" "$hsm_ed" \
+    "$(openssl version | cut -d' ' -f1-2) alone (openssl speed, one core)" "$ossl_rsa" "$ossl_ed"
+printf '%-56s %s\n' "dual-signed floor, .NET (sum + both in SoftHSM2)" "$(fcalc "$sum_net + $dkim_hsm")" \
+    "  the same if the token cost what OpenSSL does" "$(fcalc "$sum_net + $dkim_ossl")"
 echo "results: perf/results/floor-$stamp.json"
