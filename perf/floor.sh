@@ -25,9 +25,10 @@
 # and a dual-signed message adds its two DKIM signatures:
 #   dkim       RSA-2048 and Ed25519, each once in SoftHSM2 (SignBench's hsm.rsa and hsm.ed: C_SignInit + C_Sign on a
 #              cached handle) and once by OpenSSL alone (`openssl speed`, one core), the library SoftHSM2 signs with. The
-#              difference is SoftHSM2's own work per signature (on C_SignInit it decrypts the key's attributes and builds
-#              a new OpenSSL key, so every RSA signature also sets up blinding and Montgomery contexts afresh): it is
-#              spent on the gateway's cores with a software token, and not at all with a hardware one.
+#              difference is SoftHSM2's own work per signature (among it: each C_SignInit makes a new key object from
+#              the token's decrypted attributes, and each signature builds an OpenSSL key from it, so RSA sets up its
+#              blinding afresh and Ed25519 decodes its key from DER): spent on the gateway's cores with a software
+#              token, almost none of it with a hardware one.
 #
 # Output: a table, and perf/results/floor-<UTC timestamp>.json. BENCH_TMP (default /var/tmp) holds the work
 # directory; it must not be tmpfs, or fsync is free.
@@ -200,13 +201,15 @@ mac=$(dotnet "$signbench" --only hmac.hsm --rounds 5 2>"$work/signbench.err" | a
 # dkim: the same two signatures in SoftHSM2 and in OpenSSL alone (ms per signature). openssl speed prints signatures per
 # second in the next-to-last column of its summary lines ("rsa 2048 bits ... sign/s verify/s", "253 bits EdDSA (Ed25519) ...").
 say "dkim: SignBench hsm.rsa, hsm.ed; openssl speed rsa2048 ed25519 on one core"
-if ! read -r hsm_rsa hsm_ed < <(dotnet "$signbench" --only hsm.rsa,hsm.ed --rounds 5 2>>"$work/signbench.err" \
+if ! read -r hsm_rsa hsm_ed < <(dotnet "$signbench" --only hsm.rsa,hsm.ed --rounds 5 2>"$work/signbench-dkim.err" \
         | awk '$1 == "hsm.rsa" { r = $2 / 1000 } $1 == "hsm.ed" { e = $2 / 1000 } END { if (r > 0 && e > 0) printf "%.3f %.3f\n", r, e; else exit 1 }'); then
-    echo "floor.sh: SignBench printed no hsm.rsa or hsm.ed row: $(tail -3 "$work/signbench.err")" >&2; exit 1
+    echo "floor.sh: SignBench printed no hsm.rsa or hsm.ed row: $(tail -3 "$work/signbench-dkim.err")" >&2; exit 1
 fi
-if ! read -r ossl_rsa ossl_ed < <(taskset -c "$(cut -d, -f1 /sys/devices/system/cpu/online | cut -d- -f1)" openssl speed -seconds 3 rsa2048 ed25519 2>/dev/null \
+# One of the CPUs this process may run on (a cpuset may leave out CPU 0).
+one_cpu=$(awk '/^Cpus_allowed_list:/ { split($2, a, "[,-]"); print a[1] }' /proc/self/status)
+if ! read -r ossl_rsa ossl_ed < <(taskset -c "$one_cpu" openssl speed -seconds 3 rsa2048 ed25519 2>"$work/openssl.err" \
         | awk '/^rsa 2048 bits / { r = 1000 / $(NF - 1) } /\(Ed25519\)/ { e = 1000 / $(NF - 1) } END { if (r > 0 && e > 0) printf "%.3f %.3f\n", r, e; else exit 1 }'); then
-    echo "floor.sh: openssl speed printed no rsa2048 or Ed25519 summary line" >&2; exit 1
+    echo "floor.sh: openssl speed printed no rsa2048 or Ed25519 summary line: $(tail -3 "$work/openssl.err")" >&2; exit 1
 fi
 dkim_hsm=$(fcalc "$hsm_rsa + $hsm_ed")
 dkim_ossl=$(fcalc "$ossl_rsa + $ossl_ed")
