@@ -192,19 +192,17 @@ EOF
     echo "floor.sh: the commit measurement failed" >&2; exit 1
 fi
 
-# mac: SoftHSM2's HMAC for the return path.
-say "mac: SignBench hmac.hsm"
-mac=$(dotnet "$signbench" --only hmac.hsm --rounds 5 2>"$work/signbench.err" | awk '$1 == "hmac.hsm" { printf "%.3f", $2 / 1000 }') \
-    || { echo "floor.sh: SignBench failed: $(tail -3 "$work/signbench.err")" >&2; exit 1; }
-[[ -n "$mac" ]] || { echo "floor.sh: SignBench printed no hmac.hsm row" >&2; exit 1; }
-
-# dkim: the same two signatures in SoftHSM2 and in OpenSSL alone (ms per signature). openssl speed prints signatures per
-# second in the next-to-last column of its summary lines ("rsa 2048 bits ... sign/s verify/s", "253 bits EdDSA (Ed25519) ...").
-say "dkim: SignBench hsm.rsa, hsm.ed; openssl speed rsa2048 ed25519 on one core"
-if ! read -r hsm_rsa hsm_ed < <(dotnet "$signbench" --only hsm.rsa,hsm.ed --rounds 5 2>"$work/signbench-dkim.err" \
-        | awk '$1 == "hsm.rsa" { r = $2 / 1000 } $1 == "hsm.ed" { e = $2 / 1000 } END { if (r > 0 && e > 0) printf "%.3f %.3f\n", r, e; else exit 1 }'); then
-    echo "floor.sh: SignBench printed no hsm.rsa or hsm.ed row: $(tail -3 "$work/signbench-dkim.err")" >&2; exit 1
+# mac and dkim: SoftHSM2's HMAC for the return path and the two DKIM signatures, from one SignBench run (one token set
+# up, one warm-up). SignBench prints the median thread CPU in µs per operation in its second column.
+say "mac and dkim: SignBench hmac.hsm, hsm.rsa, hsm.ed; then openssl speed rsa2048 ed25519 on one core"
+if ! read -r mac hsm_rsa hsm_ed < <(dotnet "$signbench" --only hmac.hsm,hsm.rsa,hsm.ed --rounds 5 2>"$work/signbench.err" \
+        | awk '$1 == "hmac.hsm" { m = $2 / 1000 } $1 == "hsm.rsa" { r = $2 / 1000 } $1 == "hsm.ed" { e = $2 / 1000 }
+               END { if (m > 0 && r > 0 && e > 0) printf "%.3f %.3f %.3f\n", m, r, e; else exit 1 }'); then
+    echo "floor.sh: SignBench printed no hmac.hsm, hsm.rsa or hsm.ed row: $(tail -3 "$work/signbench.err")" >&2; exit 1
 fi
+
+# dkim, OpenSSL alone: openssl speed prints signatures per second in the next-to-last column of its summary lines
+# ("rsa 2048 bits ... sign/s verify/s", "253 bits EdDSA (Ed25519) ...").
 # One of the CPUs this process may run on (a cpuset may leave out CPU 0).
 one_cpu=$(awk '/^Cpus_allowed_list:/ { split($2, a, "[,-]"); print a[1] }' /proc/self/status)
 if ! read -r ossl_rsa ossl_ed < <(taskset -c "$one_cpu" openssl speed -seconds 3 rsa2048 ed25519 2>"$work/openssl.err" \
